@@ -1,0 +1,39 @@
+#!/bin/sh
+# deps.sh: install the Debian 12 packages couponsvc needs to build, test and
+# run its demo. Only packages that are missing are installed; sudo is used
+# when not root. Called by `make deps`, and by `make test` / `make demo`
+# through `deps-check` when a library is missing.
+set -eu
+
+# Build: compiler, pkg-config and the four libraries (+ libcurl for tests and
+# the load generator). Run: PostgreSQL and Redis servers for tests and the
+# local stack, nginx as the load balancer. Tools: wrk (load generator
+# benchmark), gnuplot (report), faketime (clock-jump fault test), clang
+# (fuzzer), valgrind (leak check), procps/iproute2 for the harness.
+PKGS="build-essential pkg-config
+libmicrohttpd-dev libhiredis-dev libjansson-dev libpq-dev libcurl4-openssl-dev
+postgresql-15 postgresql-client-15 redis-server redis-tools nginx-light
+wrk gnuplot-nox faketime clang valgrind procps iproute2 curl ca-certificates
+python3"
+
+missing=""
+for p in $PKGS; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+        missing="$missing $p"
+    fi
+done
+
+if [ -z "$missing" ]; then
+    exit 0
+fi
+
+echo "deps: installing:$missing"
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=""
+else
+    SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# bench-loadgen.sh -- is build/loadgen fast enough not to be the bottleneck?
+#
+# Starts nginx on a free 127.0.0.1 port as a trivial endpoint (return 200
+# "ok", keep-alive), then runs wrk and loadgen against it for the same
+# duration, connections and threads, and prints both rates and their ratio.
+# The goal is loadgen/wrk >= 0.9: then a slow service measured with loadgen
+# is the service, not the load generator.
+#
+# Everything runs in a temp dir and is stopped on exit, error or Ctrl-C.
+#
+# Environment (defaults in brackets):
+#   LOADGEN            path to loadgen                    [build/loadgen]
+#   BENCH_DURATION     seconds per tool                   [5]
+#   BENCH_CONNECTIONS  connections per tool               [64]
+#   BENCH_THREADS      threads per tool                   [2]
+#   BENCH_NGINX_WORKERS nginx worker_processes            [1]
+#   BENCH_STRICT       1: exit 1 when the ratio is below the goal  [0]
+#
+# With 2 cores, one nginx worker leaves one core to the client under test;
+# with "auto" the client competes with nginx for both cores.
+set -euo pipefail
+
+LOADGEN=${LOADGEN:-build/loadgen}
+DURATION=${BENCH_DURATION:-5}
+CONNS=${BENCH_CONNECTIONS:-64}
+THREADS=${BENCH_THREADS:-2}
+NGINX_WORKERS=${BENCH_NGINX_WORKERS:-1}
+STRICT=${BENCH_STRICT:-0}
+GOAL=0.9
+
+die() { echo "bench-loadgen: $*" >&2; exit 1; }
+
+[ -x "$LOADGEN" ] || die "$LOADGEN not built (make $LOADGEN)"
+command -v wrk >/dev/null || die "wrk not installed (apt-get install wrk)"
+NGINX=$(command -v nginx || true)
+[ -n "$NGINX" ] || NGINX=/usr/sbin/nginx
+[ -x "$NGINX" ] || die "nginx not installed (apt-get install nginx-light)"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/bench-loadgen.XXXXXX")
+NGINX_PID=
+
+cleanup() {
+    if [ -n "$NGINX_PID" ] && kill -0 "$NGINX_PID" 2>/dev/null; then
+        kill -TERM "$NGINX_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$NGINX_PID" 2>/dev/null || true
+        wait "$NGINX_PID" 2>/dev/null || true
+    fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Temp paths for every module compiled in, so nothing is written outside TMP.
+# (nginx-light leaves some modules out; naming their paths would be an error.)
+temp_paths="client_body_temp_path $TMP/body;"
+for m in proxy fastcgi uwsgi scgi; do
+    if ! "$NGINX" -V 2>&1 | grep -q -- "--without-http_${m}_module"; then
+        temp_paths="$temp_paths ${m}_temp_path $TMP/$m;"
+    fi
+done
+
+write_conf() { # port
+    {
+        [ "$(id -u)" = 0 ] && echo "user root;"
+        cat <<EOF
+worker_processes $NGINX_WORKERS;
+daemon off;
+master_process on;
+pid $TMP/nginx.pid;
+error_log $TMP/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    $temp_paths
+    keepalive_timeout 60s;
+    keepalive_requests 100000000;
+    server {
+        listen 127.0.0.1:$1 reuseport;
+        location / { return 200 "ok"; }
+    }
+}
+EOF
+    } > "$TMP/nginx.conf"
+}
+
+# Pick a random port; if nginx cannot bind it, try another.
+PORT=
+for _ in $(seq 20); do
+    p=$((20000 + RANDOM % 40000))
+    if ss -Htln "sport = :$p" 2>/dev/null | grep -q .; then continue; fi
+    write_conf "$p"
+    "$NGINX" -e "$TMP/error.log" -p "$TMP" -c "$TMP/nginx.conf" &
+    NGINX_PID=$!
+    for _ in $(seq 50); do
+        if ! kill -0 "$NGINX_PID" 2>/dev/null; then break; fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then PORT=$p; break; fi
+        sleep 0.1
+    done
+    [ -n "$PORT" ] && break
+    kill -TERM "$NGINX_PID" 2>/dev/null || true
+    wait "$NGINX_PID" 2>/dev/null || true
+    NGINX_PID=
+done
+[ -n "$PORT" ] || { cat "$TMP/error.log" >&2 || true; die "could not start nginx"; }
+URL="http://127.0.0.1:$PORT"
+
+echo "endpoint: nginx ($NGINX_WORKERS worker(s)) at $URL/, return 200 \"ok\", keep-alive"
+echo "each tool: ${DURATION}s, $CONNS connections, $THREADS threads ($(nproc) cores)"
+bound=$(awk -v d="$DURATION" 'BEGIN { printf "%d", d + 30 }')
+
+# A short warm-up, so neither tool pays for nginx's first accepts.
+timeout "$bound" wrk -t "$THREADS" -c "$CONNS" -d 1s "$URL/" >/dev/null
+
+timeout "$bound" wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" "$URL/" > "$TMP/wrk.txt"
+wrk_rps=$(awk '/^Requests\/sec:/ { print $2 }' "$TMP/wrk.txt")
+[ -n "$wrk_rps" ] || { cat "$TMP/wrk.txt" >&2; die "no rate in wrk's output"; }
+
+timeout "$bound" "$LOADGEN" --url "$URL" --method GET --path / -c "$CONNS" -t "$THREADS" \
+    -d "$DURATION" -q --json "$TMP/loadgen.json" > "$TMP/loadgen.txt"
+lg_rps=$(sed -n 's/.*"achieved_rate":\([0-9.]*\).*/\1/p' "$TMP/loadgen.json")
+[ -n "$lg_rps" ] || { cat "$TMP/loadgen.txt" >&2; die "no rate in loadgen's JSON"; }
+lg_err=$(sed -n 's/.*"transport_errors":\([0-9]*\).*/\1/p' "$TMP/loadgen.json")
+
+printf 'wrk      %10.0f req/s\n' "$wrk_rps"
+printf 'loadgen  %10.0f req/s  (transport errors: %s)\n' "$lg_rps" "$lg_err"
+ratio=$(awk -v a="$lg_rps" -v b="$wrk_rps" 'BEGIN { printf "%.2f", a / b }')
+echo "loadgen/wrk = $ratio (goal >= $GOAL)"
+if awk -v r="$ratio" -v g="$GOAL" 'BEGIN { exit !(r < g) }'; then
+    echo "bench-loadgen: below the goal" >&2
+    [ "$STRICT" = 1 ] && exit 1
+fi
+exit 0

@@ -1,0 +1,358 @@
+/*
+ * api.c: routes, status codes and bodies; see the README's API section.
+ *
+ * Every error, 4xx and 5xx, is {"error": CODE, "detail": TEXT}. Handlers
+ * whose name ends in OrReply have already filled the response when they
+ * return nonzero; the caller just returns.
+ */
+#include "api.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "claim.h"
+#include "metrics.h"
+#include "req.h"
+
+static const cfg_t *api__cfg;
+
+void api_init(const cfg_t *cfg) { api__cfg = cfg; }
+
+void api_response_free(api_response_t *resp) {
+    if (resp != NULL) {
+        free(resp->body);
+        resp->body = NULL;
+    }
+}
+
+/* ----------------------------------------------------------- responses --- */
+
+/* Takes ownership of obj (a new reference) and makes it the body. */
+static void api__json(api_response_t *resp, unsigned status, json_t *obj) {
+    resp->status = status;
+    resp->content_type = "application/json";
+    resp->body = obj != NULL ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    if (resp->body == NULL) {
+        static const char oom[] =
+            "{\"error\":\"internal\",\"detail\":\"out of memory\"}";
+        resp->status = 500;
+        resp->body = strdup(oom);
+    }
+    resp->len = resp->body != NULL ? strlen(resp->body) : 0;
+}
+
+static void api__error(api_response_t *resp, unsigned status,
+                       const char *code, const char *detail) {
+    api__json(resp, status,
+              json_pack("{s:s, s:s}", "error", code, "detail", detail));
+}
+
+static void api__unavailable(api_response_t *resp, const char *code,
+                             const char *detail) {
+    api__error(resp, 503, code, detail);
+    resp->retry_after = 1;
+}
+
+/* -------------------------------------------------------------- checks --- */
+
+/* Compares without an early exit, so the time taken does not tell an
+ * attacker how many leading bytes of the token were right. */
+static int api__token_equal(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned char diff = (unsigned char)(la != lb);
+    for (size_t i = 0; i < la; i++) {
+        diff |= (unsigned char)(a[i] ^ b[i % (lb ? lb : 1)]);
+    }
+    return diff == 0 && lb != 0;
+}
+
+static int api__check_adminOrReply(const api_request_t *req,
+                                   api_response_t *resp) {
+    const char *want = api__cfg->admin_token;
+    const char *got = req->authorization;
+    if (want == NULL || want[0] == '\0') {
+        api__error(resp, 401, "unauthorized",
+                   "the admin API is off: COUPON_ADMIN_TOKEN is not set");
+    } else if (got == NULL || strncasecmp(got, "Bearer ", 7) != 0) {
+        api__error(resp, 401, "unauthorized",
+                   "send Authorization: Bearer <admin token>");
+    } else if (!api__token_equal(got + 7, want)) {
+        api__error(resp, 401, "unauthorized", "wrong admin token");
+    } else {
+        return 0;
+    }
+    resp->www_authenticate = 1;
+    return 1;
+}
+
+static int api__check_bodyOrReply(const api_request_t *req,
+                                  api_response_t *resp) {
+    if (req->body_too_large) {
+        char d[96];
+        snprintf(d, sizeof(d), "request body is larger than %u bytes",
+                 api__cfg->max_body);
+        api__error(resp, 413, "payload_too_large", d);
+        return 1;
+    }
+    if (!req_is_json_type(req->content_type)) {
+        api__error(resp, 415, "unsupported_media_type",
+                   "send Content-Type: application/json");
+        return 1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ handlers --- */
+
+static void api__claim(const api_request_t *req, api_response_t *resp) {
+    if (api__check_bodyOrReply(req, resp)) {
+        metrics_inc(M_CLAIM_BAD_REQUEST);
+        return;
+    }
+    req_claim_t rc;
+    req_error_t err;
+    if (req_parse_claim(req->body, req->body_len, &rc, &err) != 0) {
+        metrics_inc(M_CLAIM_BAD_REQUEST);
+        api__error(resp, 400, err.code, err.detail);
+        return;
+    }
+
+    claim_result_t r;
+    claim_one(rc.coupon_id, rc.user_id, &r);
+
+    json_t *fence = r.fence >= 0 ? json_integer(r.fence) : json_null();
+    char d[160];
+    switch (r.outcome) {
+    case CLAIM_CLAIMED:
+    case CLAIM_ALREADY:
+        api__json(resp, r.outcome == CLAIM_CLAIMED ? 201 : 200,
+                  json_pack("{s:s, s:I, s:s, s:s, s:o, s:I}", "status",
+                            r.outcome == CLAIM_CLAIMED ? "claimed"
+                                                       : "already_claimed",
+                            "claim_id", (json_int_t)r.claim_id, "coupon_id",
+                            rc.coupon_id, "user_id", rc.user_id, "fence",
+                            fence, "remaining", (json_int_t)r.remaining));
+        return;
+    case CLAIM_SOLD_OUT:
+        json_decref(fence);
+        snprintf(d, sizeof(d), "coupon \"%s\" has no stock left",
+                 rc.coupon_id);
+        api__json(resp, 410,
+                  json_pack("{s:s, s:s, s:s, s:s, s:i}", "status", "sold_out",
+                            "error", "sold_out", "detail", d, "coupon_id",
+                            rc.coupon_id, "remaining", 0));
+        return;
+    case CLAIM_NOT_FOUND:
+        json_decref(fence);
+        snprintf(d, sizeof(d), "no coupon \"%s\"", rc.coupon_id);
+        api__error(resp, 404, "not_found", d);
+        return;
+    case CLAIM_FENCED:
+        api__json(resp, 409,
+                  json_pack("{s:s, s:s, s:s, s:o}", "error", "fenced",
+                            "detail", r.detail, "coupon_id", rc.coupon_id,
+                            "fence", fence));
+        return;
+    case CLAIM_BUSY:
+        json_decref(fence);
+        api__unavailable(resp, "lock_busy", r.detail);
+        return;
+    case CLAIM_LEASE_LOST:
+        json_decref(fence);
+        api__unavailable(resp, "lease_lost", r.detail);
+        return;
+    case CLAIM_UNAVAILABLE:
+        json_decref(fence);
+        api__unavailable(resp, "unavailable", r.detail);
+        return;
+    }
+    json_decref(fence);
+    api__error(resp, 500, "internal", "unknown claim outcome");
+}
+
+static void api__coupon_create(const api_request_t *req,
+                               api_response_t *resp) {
+    if (api__check_adminOrReply(req, resp) ||
+        api__check_bodyOrReply(req, resp)) {
+        return;
+    }
+    req_coupon_t c;
+    req_error_t err;
+    if (req_parse_coupon(req->body, req->body_len, &c, &err) != 0) {
+        api__error(resp, 400, err.code, err.detail);
+        return;
+    }
+    char d[256];
+    int rc = claim_coupon_create(c.id, c.total, d, sizeof(d));
+    if (rc < 0) {
+        api__unavailable(resp, "unavailable", d);
+    } else if (rc == 1) {
+        snprintf(d, sizeof(d), "coupon \"%s\" exists already", c.id);
+        api__error(resp, 409, "exists", d);
+    } else {
+        api__json(resp, 201,
+                  json_pack("{s:s, s:I, s:i, s:I, s:i}", "id", c.id, "total",
+                            (json_int_t)c.total, "claimed", 0, "remaining",
+                            (json_int_t)c.total, "last_fence", 0));
+    }
+}
+
+static void api__coupon_get(const char *id, api_response_t *resp) {
+    const char *why = NULL;
+    char d[256];
+    if (req_valid_coupon_id(id, strlen(id), &why) != 0) {
+        api__error(resp, 400, "invalid_id", why);
+        return;
+    }
+    claim_coupon_t c;
+    int rc = claim_coupon_get(id, &c, d, sizeof(d));
+    if (rc < 0) {
+        api__unavailable(resp, "unavailable", d);
+    } else if (rc == 1) {
+        snprintf(d, sizeof(d), "no coupon \"%s\"", id);
+        api__error(resp, 404, "not_found", d);
+    } else {
+        api__json(resp, 200,
+                  json_pack("{s:s, s:I, s:I, s:I, s:I}", "id", id, "total",
+                            (json_int_t)c.total, "claimed",
+                            (json_int_t)c.claimed, "remaining",
+                            (json_int_t)(c.total - c.claimed), "last_fence",
+                            (json_int_t)c.last_fence));
+    }
+}
+
+static void api__readyz(api_response_t *resp) {
+    char d[512];
+    if (claim_ready(d, sizeof(d)) == 0) {
+        api__json(resp, 200, json_pack("{s:s}", "status", "ready"));
+    } else {
+        api__unavailable(resp, "not_ready", d);
+    }
+}
+
+static void api__metrics(api_response_t *resp) {
+    size_t len = 0;
+    char *text = metrics_render(api__cfg->instance_id,
+                                cfg_mode_name(api__cfg->mode), &len);
+    if (text == NULL) {
+        api__error(resp, 500, "internal", "out of memory");
+        return;
+    }
+    resp->status = 200;
+    resp->body = text;
+    resp->len = len;
+    resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
+}
+
+/* -------------------------------------------------------------- routing --- */
+
+typedef enum api__route {
+    API__NONE,
+    API__HEALTHZ,
+    API__READYZ,
+    API__METRICS,
+    API__CLAIM,
+    API__COUPONS,
+    API__COUPON,
+} api__route_t;
+
+static api__route_t api__match(const char *path, const char **arg) {
+    static const struct {
+        const char *path;
+        api__route_t route;
+    } exact[] = {{"/healthz", API__HEALTHZ}, {"/readyz", API__READYZ},
+                 {"/metrics", API__METRICS}, {"/claim", API__CLAIM},
+                 {"/coupons", API__COUPONS}};
+    for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++) {
+        if (strcmp(path, exact[i].path) == 0) {
+            return exact[i].route;
+        }
+    }
+    if (strncmp(path, "/coupons/", 9) == 0) {
+        *arg = path + 9;
+        return API__COUPON;
+    }
+    return API__NONE;
+}
+
+/* Copies untrusted text for an error detail: printable ASCII only, so the
+ * detail is always valid UTF-8 and safe in a log line. */
+static void api__printable(char *out, size_t n, const char *in) {
+    size_t i = 0;
+    for (; in[i] != '\0' && i + 1 < n; i++) {
+        unsigned char ch = (unsigned char)in[i];
+        out[i] = ch >= 0x20 && ch < 0x7f && ch != '"' ? (char)ch : '?';
+    }
+    out[i] = '\0';
+}
+
+static int api__is(const char *m, const char *want) {
+    return strcmp(m, want) == 0;
+}
+
+void api_handle(const api_request_t *req, api_response_t *resp) {
+    memset(resp, 0, sizeof(*resp));
+    const char *arg = NULL;
+    api__route_t route = api__match(req->path, &arg);
+    int get = api__is(req->method, "GET") || api__is(req->method, "HEAD");
+    int post = api__is(req->method, "POST");
+
+    switch (route) {
+    case API__HEALTHZ:
+        if (get) {
+            api__json(resp, 200, json_pack("{s:s}", "status", "ok"));
+            return;
+        }
+        break;
+    case API__READYZ:
+        if (get) {
+            api__readyz(resp);
+            return;
+        }
+        break;
+    case API__METRICS:
+        if (get) {
+            api__metrics(resp);
+            return;
+        }
+        break;
+    case API__CLAIM:
+        if (post) {
+            api__claim(req, resp);
+            return;
+        }
+        break;
+    case API__COUPONS:
+        if (post) {
+            api__coupon_create(req, resp);
+            return;
+        }
+        break;
+    case API__COUPON:
+        if (get) {
+            api__coupon_get(arg, resp);
+            return;
+        }
+        break;
+    case API__NONE: {
+        char d[160], p[101];
+        api__printable(p, sizeof(p), req->path);
+        snprintf(d, sizeof(d), "no route for %s", p);
+        api__error(resp, 404, "not_found", d);
+        return;
+    }
+    }
+
+    /* The path exists but not with this method. */
+    resp->allow = (route == API__CLAIM || route == API__COUPONS)
+                      ? "POST"
+                      : "GET, HEAD";
+    char d[96], m[17];
+    api__printable(m, sizeof(m), req->method);
+    snprintf(d, sizeof(d), "%s is not allowed here; use %s", m, resp->allow);
+    api__error(resp, 405, "method_not_allowed", d);
+}

@@ -1,0 +1,368 @@
+/*
+ * cfg.c: the settings table, and the parsing of environment and flags.
+ *
+ * The table is the single source: cfg_usage prints it and cfg_load walks it.
+ * Each entry says how to parse the text into its field of cfg_t.
+ */
+#include "cfg.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef enum cfg__kind {
+    CFG__STR,   /* char * owned by cfg_t */
+    CFG__U32,   /* uint32_t within [min, max] */
+    CFG__ADDR,  /* cfg_addr_t */
+    CFG__ADDRS, /* redis[] + nredis */
+    CFG__MODE,  /* claim_mode_t */
+    CFG__LEVEL, /* log_level_t */
+    CFG__ID,    /* char instance_id[128] */
+} cfg__kind_t;
+
+typedef struct cfg__opt {
+    const char *env;   /* COUPON_X; the flag is --x with '_' -> '-' */
+    cfg__kind_t kind;
+    size_t off;        /* offset of the field in cfg_t */
+    const char *def;   /* default, as text; NULL = computed */
+    uint32_t min, max; /* bounds for CFG__U32 */
+    const char *help;
+} cfg__opt_t;
+
+#define F(field) offsetof(cfg_t, field)
+
+static const cfg__opt_t cfg__opts[] = {
+    {"COUPON_HTTP_ADDR", CFG__ADDR, F(http), "127.0.0.1:8081", 0, 0,
+     "listen address host:port (0.0.0.0:8081 in containers)"},
+    {"COUPON_PG_DSN", CFG__STR, F(pg_dsn),
+     "host=127.0.0.1 port=5432 dbname=couponsvc user=couponsvc", 0, 0,
+     "PostgreSQL connection string (libpq keywords or URI)"},
+    {"COUPON_REDIS_ADDRS", CFG__ADDRS, F(redis), "127.0.0.1:6379", 0, 0,
+     "Redis host:port, comma-separated (one node used for now)"},
+    {"COUPON_LOCK_TTL_MS", CFG__U32, F(lock_ttl_ms), "5000", 100, 600000,
+     "lock lease TTL in ms, kept alive by the watchdog"},
+    {"COUPON_LOCK_WAIT_MS", CFG__U32, F(lock_wait_ms), "2000", 0, 600000,
+     "longest wait for a busy lock before 503"},
+    {"COUPON_WATCHDOG_PERIOD_MS", CFG__U32, F(watchdog_period_ms), NULL, 0,
+     600000, "lease renewal period in ms (default: TTL/10)"},
+    {"COUPON_CLAIM_MODE", CFG__MODE, F(mode), "lock", 0, 0,
+     "lock | naive | atomic"},
+    {"COUPON_ADMIN_TOKEN", CFG__STR, F(admin_token), "", 0, 0,
+     "Bearer token for POST /coupons (empty: admin API refused)"},
+    {"COUPON_FAULT", CFG__STR, F(fault), "", 0, 0,
+     "fault hook, e.g. after_acquire:3000,before_commit:100 (tests only)"},
+    {"COUPON_THREADS", CFG__U32, F(threads), "16", 1, 1024,
+     "HTTP worker threads (each owns one Redis and one PostgreSQL "
+     "connection)"},
+    {"COUPON_MAX_CONNECTIONS", CFG__U32, F(max_connections), "4096", 1,
+     1000000, "concurrent HTTP connections accepted"},
+    {"COUPON_CONN_TIMEOUT_S", CFG__U32, F(conn_timeout_s), "30", 1, 3600,
+     "seconds an idle or slow HTTP connection is kept"},
+    {"COUPON_MAX_BODY", CFG__U32, F(max_body), "4096", 64, 1048576,
+     "request body limit in bytes (413 above it)"},
+    {"COUPON_REDIS_TIMEOUT_MS", CFG__U32, F(redis_timeout_ms), "500", 10,
+     60000, "Redis connect and command timeout in ms"},
+    {"COUPON_PG_CONNECT_TIMEOUT_S", CFG__U32, F(pg_connect_timeout_s), "3", 2,
+     600, "PostgreSQL connect timeout in seconds"},
+    {"COUPON_PG_STATEMENT_TIMEOUT_MS", CFG__U32, F(pg_statement_timeout_ms),
+     "2000", 1, 3600000, "PostgreSQL statement_timeout in ms"},
+    {"COUPON_PG_IDLE_TX_TIMEOUT_MS", CFG__U32, F(pg_idle_tx_timeout_ms),
+     "60000", 0, 3600000,
+     "idle_in_transaction_session_timeout in ms (0: off)"},
+    {"COUPON_SHUTDOWN_GRACE_MS", CFG__U32, F(shutdown_grace_ms), "10000", 0,
+     600000, "how long SIGTERM waits for open connections to finish"},
+    {"COUPON_INSTANCE_ID", CFG__ID, F(instance_id), NULL, 0, 0,
+     "name in logs, metrics and claim rows (default: hostname-pid)"},
+    {"COUPON_LOG_LEVEL", CFG__LEVEL, F(log_level), "info", 0, 0,
+     "debug | info | warn | error"},
+};
+
+#define CFG__NOPTS (sizeof(cfg__opts) / sizeof(cfg__opts[0]))
+
+const char *cfg_mode_name(claim_mode_t m) {
+    switch (m) {
+    case CLAIM_MODE_LOCK:
+        return "lock";
+    case CLAIM_MODE_NAIVE:
+        return "naive";
+    case CLAIM_MODE_ATOMIC:
+        return "atomic";
+    }
+    return "?";
+}
+
+int cfg_parse_addr(const char *s, cfg_addr_t *out) {
+    const char *colon = strrchr(s, ':');
+    if (colon == NULL || colon[1] == '\0') {
+        return -1;
+    }
+    size_t hlen = (size_t)(colon - s);
+    const char *h = s;
+    if (hlen >= 2 && h[0] == '[' && h[hlen - 1] == ']') {
+        h++;
+        hlen -= 2;
+    }
+    if (hlen >= sizeof(out->host)) {
+        return -1;
+    }
+    char *end;
+    errno = 0;
+    unsigned long port = strtoul(colon + 1, &end, 10);
+    if (errno != 0 || *end != '\0' || port == 0 || port > 65535) {
+        return -1;
+    }
+    memcpy(out->host, h, hlen);
+    out->host[hlen] = '\0';
+    out->port = (uint16_t)port;
+    return 0;
+}
+
+int cfg_parse_addr_list(const char *s, cfg_addr_t *out, int max) {
+    int n = 0;
+    char buf[1024];
+    if (strlen(s) >= sizeof(buf)) {
+        return -1;
+    }
+    strcpy(buf, s);
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok != NULL;
+         tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ') {
+            tok++;
+        }
+        if (n == max || cfg_parse_addr(tok, &out[n]) != 0 ||
+            out[n].host[0] == '\0') {
+            return -1;
+        }
+        n++;
+    }
+    return n > 0 ? n : -1;
+}
+
+static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
+    char *field = (char *)c + o->off;
+
+    switch (o->kind) {
+    case CFG__STR: {
+        char **dst = (char **)(void *)field;
+        char *copy = strdup(v);
+        if (copy == NULL) {
+            snprintf(c->errstr, sizeof(c->errstr), "out of memory");
+            return -1;
+        }
+        free(*dst);
+        *dst = copy;
+        return 0;
+    }
+    case CFG__U32: {
+        char *end;
+        errno = 0;
+        unsigned long x = strtoul(v, &end, 10);
+        if (errno != 0 || end == v || *end != '\0' || v[0] == '-' ||
+            x < o->min || x > o->max) {
+            snprintf(c->errstr, sizeof(c->errstr),
+                     "%s: '%s' is not a whole number in [%u, %u]", o->env, v,
+                     o->min, o->max);
+            return -1;
+        }
+        *(uint32_t *)(void *)field = (uint32_t)x;
+        return 0;
+    }
+    case CFG__ADDR:
+        if (cfg_parse_addr(v, (cfg_addr_t *)(void *)field) != 0) {
+            snprintf(c->errstr, sizeof(c->errstr),
+                     "%s: '%s' is not host:port", o->env, v);
+            return -1;
+        }
+        return 0;
+    case CFG__ADDRS: {
+        int n = cfg_parse_addr_list(v, c->redis, CFG_MAX_REDIS);
+        if (n < 0) {
+            snprintf(c->errstr, sizeof(c->errstr),
+                     "%s: '%s' is not a list of up to %d host:port", o->env,
+                     v, CFG_MAX_REDIS);
+            return -1;
+        }
+        c->nredis = n;
+        return 0;
+    }
+    case CFG__MODE:
+        if (strcmp(v, "lock") == 0) {
+            c->mode = CLAIM_MODE_LOCK;
+        } else if (strcmp(v, "naive") == 0) {
+            c->mode = CLAIM_MODE_NAIVE;
+        } else if (strcmp(v, "atomic") == 0) {
+            c->mode = CLAIM_MODE_ATOMIC;
+        } else {
+            snprintf(c->errstr, sizeof(c->errstr),
+                     "%s: '%s' is not lock, naive or atomic", o->env, v);
+            return -1;
+        }
+        return 0;
+    case CFG__LEVEL:
+        if (log_level_parse(v, &c->log_level) != 0) {
+            snprintf(c->errstr, sizeof(c->errstr),
+                     "%s: '%s' is not debug, info, warn or error", o->env, v);
+            return -1;
+        }
+        return 0;
+    case CFG__ID: {
+        size_t len = strlen(v);
+        if (len == 0 || len >= sizeof(c->instance_id)) {
+            snprintf(c->errstr, sizeof(c->errstr),
+                     "%s: must be 1 to %zu characters", o->env,
+                     sizeof(c->instance_id) - 1);
+            return -1;
+        }
+        memcpy(c->instance_id, v, len + 1);
+        return 0;
+    }
+    }
+    return -1;
+}
+
+/* "COUPON_LOCK_TTL_MS" -> "lock-ttl-ms" */
+static void cfg__flag_name(const char *env, char *out, size_t n) {
+    const char *p = env + strlen("COUPON_");
+    size_t i = 0;
+    for (; *p != '\0' && i + 1 < n; p++, i++) {
+        out[i] = *p == '_' ? '-' : (char)(*p - 'A' + 'a');
+        if (*p >= '0' && *p <= '9') {
+            out[i] = *p;
+        }
+    }
+    out[i] = '\0';
+}
+
+static const cfg__opt_t *cfg__find_flag(const char *name, size_t len) {
+    char flag[64];
+    for (size_t i = 0; i < CFG__NOPTS; i++) {
+        cfg__flag_name(cfg__opts[i].env, flag, sizeof(flag));
+        if (strlen(flag) == len && memcmp(flag, name, len) == 0) {
+            return &cfg__opts[i];
+        }
+    }
+    return NULL;
+}
+
+int cfg_load(cfg_t *c, int argc, char **argv) {
+    memset(c, 0, sizeof(*c));
+    c->command = "serve";
+
+    /* Defaults first, so every field is valid before the environment. */
+    for (size_t i = 0; i < CFG__NOPTS; i++) {
+        if (cfg__opts[i].def != NULL &&
+            cfg__set(c, &cfg__opts[i], cfg__opts[i].def) != 0) {
+            return CFG_ERR;
+        }
+    }
+    char host[64] = "host";
+    gethostname(host, sizeof(host) - 1);
+    host[sizeof(host) - 1] = '\0';
+    snprintf(c->instance_id, sizeof(c->instance_id), "%s-%ld", host,
+             (long)getpid());
+
+    for (size_t i = 0; i < CFG__NOPTS; i++) {
+        const char *v = getenv(cfg__opts[i].env);
+        if (v != NULL && cfg__set(c, &cfg__opts[i], v) != 0) {
+            return CFG_ERR;
+        }
+    }
+
+    int have_command = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            return CFG_HELP;
+        }
+        if (strcmp(a, "--version") == 0) {
+            return CFG_VERSION;
+        }
+        if (strncmp(a, "--", 2) != 0) {
+            if (have_command ||
+                (strcmp(a, "serve") != 0 && strcmp(a, "migrate") != 0)) {
+                snprintf(c->errstr, sizeof(c->errstr),
+                         "unknown command '%s' (serve, migrate)", a);
+                return CFG_ERR;
+            }
+            c->command = a;
+            have_command = 1;
+            continue;
+        }
+        /* --name=value or --name value */
+        const char *name = a + 2;
+        const char *eq = strchr(name, '=');
+        size_t len = eq != NULL ? (size_t)(eq - name) : strlen(name);
+        const cfg__opt_t *o = cfg__find_flag(name, len);
+        if (o == NULL) {
+            snprintf(c->errstr, sizeof(c->errstr), "unknown flag '%s'", a);
+            return CFG_ERR;
+        }
+        const char *v = eq != NULL ? eq + 1 : NULL;
+        if (v == NULL) {
+            if (i + 1 == argc) {
+                snprintf(c->errstr, sizeof(c->errstr),
+                         "flag '%s' needs a value", a);
+                return CFG_ERR;
+            }
+            v = argv[++i];
+        }
+        if (cfg__set(c, o, v) != 0) {
+            return CFG_ERR;
+        }
+    }
+
+    if (c->watchdog_period_ms == 0) {
+        c->watchdog_period_ms = c->lock_ttl_ms / 10;
+    }
+    if (c->watchdog_period_ms >= c->lock_ttl_ms) {
+        snprintf(c->errstr, sizeof(c->errstr),
+                 "COUPON_WATCHDOG_PERIOD_MS (%u) must be below "
+                 "COUPON_LOCK_TTL_MS (%u), or leases expire between renewals",
+                 c->watchdog_period_ms, c->lock_ttl_ms);
+        return CFG_ERR;
+    }
+    if (c->redis_timeout_ms >= c->lock_ttl_ms) {
+        snprintf(c->errstr, sizeof(c->errstr),
+                 "COUPON_REDIS_TIMEOUT_MS (%u) must be below "
+                 "COUPON_LOCK_TTL_MS (%u)",
+                 c->redis_timeout_ms, c->lock_ttl_ms);
+        return CFG_ERR;
+    }
+    return CFG_OK;
+}
+
+void cfg_free(cfg_t *c) {
+    if (c == NULL) {
+        return;
+    }
+    free(c->pg_dsn);
+    free(c->admin_token);
+    free(c->fault);
+    c->pg_dsn = c->admin_token = c->fault = NULL;
+}
+
+void cfg_usage(FILE *out) {
+    fprintf(out,
+            "couponsvc %s: hands out a limited stock of coupons, never one "
+            "too many.\n\n"
+            "usage: couponsvc [serve|migrate] [--flag value ...]\n"
+            "  serve     serve HTTP (default)\n"
+            "  migrate   apply migrations to COUPON_PG_DSN and exit\n\n"
+            "Settings: environment variable, or the flag beside it "
+            "(a flag wins).\n\n",
+            COUPONSVC_VERSION_STRING);
+    for (size_t i = 0; i < CFG__NOPTS; i++) {
+        const cfg__opt_t *o = &cfg__opts[i];
+        char flag[64];
+        cfg__flag_name(o->env, flag, sizeof(flag));
+        fprintf(out, "  %-31s --%s\n      %s", o->env, flag, o->help);
+        if (o->def != NULL && o->def[0] != '\0') {
+            fprintf(out, " [%s]", o->def);
+        }
+        fputc('\n', out);
+    }
+}

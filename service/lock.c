@@ -1,0 +1,475 @@
+/*
+ * lock.c: see lock.h for the contract and lock_scripts.h for the scripts.
+ *
+ * Scripts are run with EVALSHA, which sends 40 bytes instead of the script.
+ * Their SHA1s are learned with SCRIPT LOAD right after each connect (Redis
+ * computes them for us, so no SHA1 code lives here). A NOSCRIPT answer means
+ * the server's script cache was emptied (SCRIPT FLUSH, or a restart behind a
+ * proxy): the call is repeated once with EVAL, which also caches it again.
+ */
+#include "lock.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "lock_scripts.h"
+#include "log.h"
+#include "metrics.h"
+#include "mono.h"
+
+typedef enum lock__script {
+    LOCK__ACQUIRE = 0,
+    LOCK__EXTEND,
+    LOCK__RELEASE,
+    LOCK__RAISE,
+    LOCK__NSCRIPTS,
+} lock__script_t;
+
+static const char *const lock__src[LOCK__NSCRIPTS] = {
+    LOCK_SCRIPT_ACQUIRE,
+    LOCK_SCRIPT_EXTEND,
+    LOCK_SCRIPT_RELEASE,
+    LOCK_SCRIPT_RAISE_FENCE,
+};
+
+struct lock_client {
+    redisContext *ctx;  /* NULL while disconnected */
+    cfg_addr_t addr;    /* where Redis is */
+    uint32_t timeout_ms; /* connect and command timeout */
+    char sha[LOCK__NSCRIPTS][41]; /* SHA1s from SCRIPT LOAD on this conn */
+    uint64_t rng;       /* backoff jitter state (xorshift64) */
+    char errstr[160];   /* last error */
+};
+
+/* ------------------------------------------------------------ plumbing --- */
+
+lock_client_t *lock_client_new(const cfg_addr_t *addr, uint32_t timeout_ms) {
+    lock_client_t *cl = calloc(1, sizeof(*cl));
+    if (cl == NULL) {
+        return NULL;
+    }
+    cl->addr = *addr;
+    cl->timeout_ms = timeout_ms;
+    if (getrandom(&cl->rng, sizeof(cl->rng), 0) != sizeof(cl->rng) ||
+        cl->rng == 0) {
+        cl->rng = (uint64_t)mono_ns() | 1;
+    }
+    return cl;
+}
+
+static void lock__disconnect(lock_client_t *cl) {
+    if (cl->ctx != NULL) {
+        redisFree(cl->ctx);
+        cl->ctx = NULL;
+    }
+}
+
+void lock_client_free(lock_client_t *cl) {
+    if (cl == NULL) {
+        return;
+    }
+    lock__disconnect(cl);
+    free(cl);
+}
+
+const char *lock_errstr(const lock_client_t *cl) { return cl->errstr; }
+
+/* Records a failure: the connection is dropped, so the next call starts on a
+ * fresh one. Always returns LOCK_ERR. */
+static int lock__fail(lock_client_t *cl, const char *what) {
+    if (cl->ctx != NULL && cl->ctx->err != 0) {
+        snprintf(cl->errstr, sizeof(cl->errstr), "redis %s:%u: %s: %s",
+                 cl->addr.host, cl->addr.port, what, cl->ctx->errstr);
+    } else {
+        snprintf(cl->errstr, sizeof(cl->errstr), "redis %s:%u: %s",
+                 cl->addr.host, cl->addr.port, what);
+    }
+    lock__disconnect(cl);
+    metrics_inc(M_REDIS_ERRORS);
+    return LOCK_ERR;
+}
+
+static int lock__connect(lock_client_t *cl) {
+    if (cl->ctx != NULL) {
+        return LOCK_OK;
+    }
+    struct timeval tv = {.tv_sec = cl->timeout_ms / 1000,
+                         .tv_usec = (cl->timeout_ms % 1000) * 1000};
+    cl->ctx = redisConnectWithTimeout(cl->addr.host, cl->addr.port, tv);
+    if (cl->ctx == NULL) {
+        return lock__fail(cl, "connect: out of memory");
+    }
+    if (cl->ctx->err != 0 || redisSetTimeout(cl->ctx, tv) != REDIS_OK ||
+        redisEnableKeepAlive(cl->ctx) != REDIS_OK) {
+        return lock__fail(cl, "connect");
+    }
+
+    for (int i = 0; i < LOCK__NSCRIPTS; i++) {
+        redisReply *r = redisCommand(cl->ctx, "SCRIPT LOAD %s", lock__src[i]);
+        if (r == NULL) {
+            return lock__fail(cl, "SCRIPT LOAD");
+        }
+        int ok = r->type == REDIS_REPLY_STRING && r->len == 40;
+        char msg[96];
+        if (ok) {
+            memcpy(cl->sha[i], r->str, 40);
+            cl->sha[i][40] = '\0';
+        } else {
+            snprintf(msg, sizeof(msg), "SCRIPT LOAD: %s",
+                     r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+        }
+        freeReplyObject(r);
+        if (!ok) {
+            return lock__fail(cl, msg);
+        }
+    }
+    return LOCK_OK;
+}
+
+static int lock__is_noscript(const redisReply *r) {
+    return r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
+}
+
+/* Builds the argv of EVALSHA (or EVAL when src is set) for script s. */
+static int lock__argv(lock_client_t *cl, lock__script_t s, int use_src,
+                      const char **keys, int nkeys, const char **args,
+                      int nargs, const char **argv, char *nkeys_buf) {
+    int argc = 0;
+    argv[argc++] = use_src ? "EVAL" : "EVALSHA";
+    argv[argc++] = use_src ? lock__src[s] : cl->sha[s];
+    snprintf(nkeys_buf, 8, "%d", nkeys);
+    argv[argc++] = nkeys_buf;
+    for (int i = 0; i < nkeys; i++) {
+        argv[argc++] = keys[i];
+    }
+    for (int i = 0; i < nargs; i++) {
+        argv[argc++] = args[i];
+    }
+    return argc;
+}
+
+/* Runs script s. Returns a new reply (freeReplyObject) or NULL after
+ * lock__fail. An error reply from the script itself is returned as a reply,
+ * for the caller to judge. */
+static redisReply *lock__eval(lock_client_t *cl, lock__script_t s,
+                              const char **keys, int nkeys, const char **args,
+                              int nargs) {
+    if (lock__connect(cl) != LOCK_OK) {
+        return NULL;
+    }
+    const char *argv[8];
+    char nk[8];
+    for (int use_src = 0; use_src < 2; use_src++) {
+        int argc = lock__argv(cl, s, use_src, keys, nkeys, args, nargs, argv,
+                              nk);
+        redisReply *r = redisCommandArgv(cl->ctx, argc, argv, NULL);
+        if (r == NULL) {
+            lock__fail(cl, argv[0]);
+            return NULL;
+        }
+        if (!lock__is_noscript(r) || use_src) {
+            return r;
+        }
+        freeReplyObject(r); /* NOSCRIPT: once more, with the source */
+    }
+    return NULL; /* not reached */
+}
+
+/* Turns an unexpected reply into an error; frees it. */
+static int lock__bad_reply(lock_client_t *cl, redisReply *r,
+                           const char *what) {
+    char msg[128];
+    snprintf(msg, sizeof(msg), "%s: unexpected reply%s%s", what,
+             r->type == REDIS_REPLY_ERROR ? ": " : "",
+             r->type == REDIS_REPLY_ERROR ? r->str : "");
+    freeReplyObject(r);
+    /* The connection is healthy; the data is not what we expect. Keep the
+     * connection but count and report the error. */
+    snprintf(cl->errstr, sizeof(cl->errstr), "redis: %s", msg);
+    metrics_inc(M_REDIS_ERRORS);
+    return LOCK_ERR;
+}
+
+/* --------------------------------------------------------------- lease --- */
+
+int lock_token_new(char *out) {
+    unsigned char raw[LOCK_TOKEN_HEX / 2];
+    size_t got = 0;
+    while (got < sizeof(raw)) {
+        ssize_t n = getrandom(raw + got, sizeof(raw) - got, 0);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        got += (size_t)n;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof(raw); i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[LOCK_TOKEN_HEX] = '\0';
+    return 0;
+}
+
+static void lock__lease_init(lock_lease_t *l, const char *coupon,
+                             uint32_t ttl_ms) {
+    snprintf(l->key, sizeof(l->key), "coupon:{%s}:lock", coupon);
+    snprintf(l->fence_key, sizeof(l->fence_key), "coupon:{%s}:fence", coupon);
+    snprintf(l->channel, sizeof(l->channel), "coupon:{%s}:released", coupon);
+    l->token[0] = '\0';
+    l->fence = 0;
+    l->ttl_ms = ttl_ms;
+    atomic_store(&l->valid_until_ns, 0);
+    atomic_store(&l->lost, 0);
+    l->wd_prev = l->wd_next = NULL;
+    l->wd_watched = 0;
+}
+
+int lock_lease_usable(const lock_lease_t *l) {
+    return !atomic_load(&l->lost) &&
+           mono_ns() < atomic_load(&l->valid_until_ns);
+}
+
+int lock_lease_mark_lost(lock_lease_t *l) {
+    int expected = 0;
+    return atomic_compare_exchange_strong(&l->lost, &expected, 1);
+}
+
+/* ------------------------------------------------------------- acquire --- */
+
+int lock_try_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
+                     lock_lease_t *lease, int64_t *holder_pttl_ms) {
+    lock__lease_init(lease, coupon, ttl_ms);
+    if (lock_token_new(lease->token) != 0) {
+        snprintf(cl->errstr, sizeof(cl->errstr), "getrandom: %s",
+                 strerror(errno));
+        return LOCK_ERR;
+    }
+    char ttl[16];
+    snprintf(ttl, sizeof(ttl), "%u", ttl_ms);
+    const char *keys[] = {lease->key, lease->fence_key};
+    const char *args[] = {lease->token, ttl};
+
+    /* The lease is valid for ttl from the moment we SENT the request: the
+     * server started the TTL later than that, never earlier. */
+    int64_t sent = mono_ns();
+    redisReply *r = lock__eval(cl, LOCK__ACQUIRE, keys, 2, args, 2);
+    if (r == NULL) {
+        return LOCK_ERR;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER ||
+        r->element[1]->type != REDIS_REPLY_INTEGER) {
+        return lock__bad_reply(cl, r, "acquire");
+    }
+    int granted = r->element[0]->integer == 1;
+    long long v = r->element[1]->integer;
+    freeReplyObject(r);
+
+    if (!granted) {
+        *holder_pttl_ms = v;
+        return LOCK_BUSY;
+    }
+    lease->fence = v;
+    atomic_store(&lease->valid_until_ns, sent + (int64_t)ttl_ms * MONO_MS);
+    return LOCK_OK;
+}
+
+static uint64_t lock__rand(lock_client_t *cl) {
+    uint64_t x = cl->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return cl->rng = x;
+}
+
+/*
+ * Backoff: the first retry waits about 1 ms, each later one doubles the cap
+ * up to 50 ms, and the actual sleep is drawn uniformly from [cap/2, cap]
+ * ("equal jitter") so that waiters released by the same event do not retry in
+ * lock step. The sleep never runs past the holder's PTTL (the lock is free at
+ * the latest then) nor past the caller's deadline.
+ */
+#define LOCK__BACKOFF_MIN_NS (1 * MONO_MS)
+#define LOCK__BACKOFF_MAX_NS (50 * MONO_MS)
+
+int lock_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
+                 int64_t deadline_ns, lock_lease_t *lease,
+                 int64_t *waited_ns) {
+    int64_t start = mono_ns();
+    int64_t cap = LOCK__BACKOFF_MIN_NS;
+    int rc;
+
+    for (;;) {
+        int64_t pttl = -1;
+        rc = lock_try_acquire(cl, coupon, ttl_ms, lease, &pttl);
+        if (rc == LOCK_OK) {
+            metrics_inc(M_LOCK_OK);
+            break;
+        }
+        if (rc == LOCK_ERR) {
+            metrics_inc(M_LOCK_ERROR);
+            break;
+        }
+        metrics_inc(M_LOCK_BUSY);
+
+        int64_t now = mono_ns();
+        if (now >= deadline_ns) {
+            break; /* LOCK_BUSY: waited long enough */
+        }
+        int64_t sleep = cap / 2 + (int64_t)(lock__rand(cl) %
+                                             (uint64_t)(cap / 2 + 1));
+        if (pttl >= 0 && sleep > pttl * MONO_MS) {
+            sleep = pttl * MONO_MS;
+        }
+        if (sleep > deadline_ns - now) {
+            sleep = deadline_ns - now;
+        }
+        mono_sleep_ns(sleep);
+        cap = cap * 2 > LOCK__BACKOFF_MAX_NS ? LOCK__BACKOFF_MAX_NS : cap * 2;
+    }
+    *waited_ns = mono_ns() - start;
+    return rc;
+}
+
+/* -------------------------------------------------------------- extend --- */
+
+int lock_extend_many(lock_client_t *cl, lock_lease_t *const *leases, size_t n,
+                     int *results, int64_t *sent_at_ns) {
+    for (size_t i = 0; i < n; i++) {
+        results[i] = -1;
+    }
+    if (n == 0) {
+        return LOCK_OK;
+    }
+    if (lock__connect(cl) != LOCK_OK) {
+        return LOCK_ERR;
+    }
+
+    /* Pipeline: every renewal goes out in one write, the replies come back
+     * in order. One round trip however many leases this process holds. */
+    *sent_at_ns = mono_ns();
+    for (size_t i = 0; i < n; i++) {
+        char ttl[16], nk[8];
+        snprintf(ttl, sizeof(ttl), "%u", leases[i]->ttl_ms);
+        const char *keys[] = {leases[i]->key};
+        const char *args[] = {leases[i]->token, ttl};
+        const char *argv[8];
+        int argc = lock__argv(cl, LOCK__EXTEND, 0, keys, 1, args, 2, argv, nk);
+        if (redisAppendCommandArgv(cl->ctx, argc, argv, NULL) != REDIS_OK) {
+            return lock__fail(cl, "pipeline");
+        }
+    }
+    int noscript = 0;
+    for (size_t i = 0; i < n; i++) {
+        void *reply = NULL;
+        if (redisGetReply(cl->ctx, &reply) != REDIS_OK || reply == NULL) {
+            for (size_t j = 0; j < n; j++) {
+                results[j] = -1;
+            }
+            return lock__fail(cl, "extend");
+        }
+        redisReply *r = reply;
+        if (r->type == REDIS_REPLY_INTEGER) {
+            results[i] = r->integer == 1 ? 1 : 0;
+        } else if (lock__is_noscript(r)) {
+            noscript = 1;
+        } else {
+            snprintf(cl->errstr, sizeof(cl->errstr), "extend: %s",
+                     r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+            metrics_inc(M_REDIS_ERRORS);
+        }
+        freeReplyObject(r);
+    }
+
+    /* Rare: the script cache was flushed. Redo those one by one with EVAL
+     * (lock__eval falls back by itself). */
+    for (size_t i = 0; noscript && i < n; i++) {
+        if (results[i] != -1) {
+            continue;
+        }
+        char ttl[16];
+        snprintf(ttl, sizeof(ttl), "%u", leases[i]->ttl_ms);
+        const char *keys[] = {leases[i]->key};
+        const char *args[] = {leases[i]->token, ttl};
+        redisReply *r = lock__eval(cl, LOCK__EXTEND, keys, 1, args, 2);
+        if (r == NULL) {
+            return LOCK_ERR;
+        }
+        if (r->type == REDIS_REPLY_INTEGER) {
+            results[i] = r->integer == 1 ? 1 : 0;
+        }
+        freeReplyObject(r);
+    }
+    return LOCK_OK;
+}
+
+/* ------------------------------------------------------------- release --- */
+
+int lock_release(lock_client_t *cl, const lock_lease_t *lease) {
+    const char *keys[] = {lease->key};
+    const char *args[] = {lease->token, lease->channel};
+    redisReply *r = lock__eval(cl, LOCK__RELEASE, keys, 1, args, 2);
+    if (r == NULL) {
+        return LOCK_ERR;
+    }
+    if (r->type != REDIS_REPLY_INTEGER) {
+        return lock__bad_reply(cl, r, "release");
+    }
+    int rc = r->integer == 1 ? LOCK_OK : LOCK_BUSY;
+    freeReplyObject(r);
+    return rc;
+}
+
+int lock_check(lock_client_t *cl, const lock_lease_t *lease) {
+    if (lock__connect(cl) != LOCK_OK) {
+        return LOCK_ERR;
+    }
+    redisReply *r = redisCommand(cl->ctx, "GET %s", lease->key);
+    if (r == NULL) {
+        return lock__fail(cl, "GET");
+    }
+    int held = r->type == REDIS_REPLY_STRING &&
+               strcmp(r->str, lease->token) == 0;
+    freeReplyObject(r);
+    return held;
+}
+
+int lock_raise_fence(lock_client_t *cl, const char *coupon, int64_t floor,
+                     int64_t *now_at) {
+    char key[LOCK_KEY_MAX], fl[24];
+    snprintf(key, sizeof(key), "coupon:{%s}:fence", coupon);
+    snprintf(fl, sizeof(fl), "%lld", (long long)floor);
+    const char *keys[] = {key};
+    const char *args[] = {fl};
+    redisReply *r = lock__eval(cl, LOCK__RAISE, keys, 1, args, 1);
+    if (r == NULL) {
+        return LOCK_ERR;
+    }
+    if (r->type != REDIS_REPLY_INTEGER) {
+        return lock__bad_reply(cl, r, "raise fence");
+    }
+    *now_at = r->integer;
+    freeReplyObject(r);
+    return LOCK_OK;
+}
+
+int lock_ping(lock_client_t *cl) {
+    if (lock__connect(cl) != LOCK_OK) {
+        return LOCK_ERR;
+    }
+    redisReply *r = redisCommand(cl->ctx, "PING");
+    if (r == NULL) {
+        return lock__fail(cl, "PING");
+    }
+    int ok = r->type == REDIS_REPLY_STATUS;
+    freeReplyObject(r);
+    return ok ? LOCK_OK : lock__fail(cl, "PING: bad reply");
+}

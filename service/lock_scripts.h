@@ -1,0 +1,101 @@
+/*
+ * lock_scripts.h: every Lua script the lock runs, in one place.
+ *
+ * Redis runs a script atomically: no other command executes between its
+ * first and last line. Each script below exists because doing the same steps
+ * as separate commands leaves a gap another client can fall into; the comment
+ * above each one names that gap.
+ *
+ * Keys (the braces are a Redis Cluster hash tag: both keys of a coupon hash to
+ * one slot, so a script may touch both):
+ *   coupon:{ID}:lock      the lock; value = the holder's random token
+ *   coupon:{ID}:fence     the fencing counter; no TTL, must never be evicted
+ *   coupon:{ID}:released  pub/sub channel announcing releases
+ */
+#ifndef COUPONSVC_LOCK_SCRIPTS_H
+#define COUPONSVC_LOCK_SCRIPTS_H
+
+/*
+ * ACQUIRE. KEYS[1] lock, KEYS[2] fence; ARGV[1] token, ARGV[2] TTL in ms.
+ * Returns {1, fence} when granted, {0, holder's PTTL in ms} when busy.
+ *
+ * Race closed: granting the lock and drawing the fence must be one step. As
+ * two commands (SET NX, then INCR) a holder could pause between them while
+ * its lease expires and a second client acquires and INCRs: the first would
+ * then draw a HIGHER fence than the newer holder and PostgreSQL would take
+ * the stale write and refuse the current one, the opposite of fencing. Inside
+ * one script, fence order is grant order.
+ *
+ * The busy answer carries PTTL so the waiter never sleeps past the moment the
+ * lock can expire. If INCR fails (the fence key holds a non-number), the lock
+ * is deleted again so that no lease exists that has no fence.
+ */
+#define LOCK_SCRIPT_ACQUIRE                                                   \
+    "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then\n"     \
+    "  local f = redis.pcall('INCR', KEYS[2])\n"                             \
+    "  if type(f) == 'table' and f.err then\n"                               \
+    "    redis.call('DEL', KEYS[1])\n"                                       \
+    "    return f\n"                                                         \
+    "  end\n"                                                                \
+    "  return {1, f}\n"                                                      \
+    "end\n"                                                                  \
+    "return {0, redis.call('PTTL', KEYS[1])}\n"
+
+/*
+ * EXTEND. KEYS[1] lock; ARGV[1] token, ARGV[2] TTL in ms.
+ * Returns 1 when the TTL was reset, 0 when the lock is not ours any more.
+ *
+ * Race closed: a plain PEXPIRE would extend whoever holds the key. If our
+ * lease expired and another client acquired, a blind PEXPIRE (or a re-SET)
+ * would stretch or steal the NEW holder's lock. Comparing the token first,
+ * atomically, makes a late renewal a no-op, and tells the watchdog the lease
+ * is lost.
+ */
+#define LOCK_SCRIPT_EXTEND                                                    \
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"                        \
+    "  return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"                     \
+    "end\n"                                                                  \
+    "return 0\n"
+
+/*
+ * RELEASE. KEYS[1] lock; ARGV[1] token, ARGV[2] release channel.
+ * Returns 1 when we deleted our lock, 0 when it was not ours.
+ *
+ * Race closed: GET-then-DEL as two commands can delete a lock that expired
+ * and was granted to someone else between the GET and the DEL, letting a
+ * third client in beside the new holder. The compare and the delete must be
+ * one step. The PUBLISH is in the same step so a waiter is woken only by a
+ * release that really happened.
+ */
+#define LOCK_SCRIPT_RELEASE                                                   \
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"                        \
+    "  redis.call('DEL', KEYS[1])\n"                                         \
+    "  redis.call('PUBLISH', ARGV[2], KEYS[1])\n"                            \
+    "  return 1\n"                                                           \
+    "end\n"                                                                  \
+    "return 0\n"
+
+/*
+ * RAISE FENCE. KEYS[1] fence; ARGV[1] the floor (PostgreSQL's last_fence).
+ * Returns the counter's value afterwards.
+ *
+ * Race closed: after Redis lost the counter (restart without persistence,
+ * failover to a lagging replica, FLUSHALL), INCR starts again near 0, below
+ * the high-water mark in PostgreSQL, and every write would be refused. Raising
+ * it with GET-then-SET could move the counter DOWN if another instance raised
+ * it or INCRed past our floor in between; compare-and-raise in one step only
+ * ever moves it up, so fences stay monotonic.
+ */
+#define LOCK_SCRIPT_RAISE_FENCE                                               \
+    "local cur = tonumber(redis.call('GET', KEYS[1]) or '0')\n"              \
+    "local floor = tonumber(ARGV[1])\n"                                      \
+    "if cur == nil then\n"                                                   \
+    "  return redis.error_reply('fence counter is not a number')\n"          \
+    "end\n"                                                                  \
+    "if cur < floor then\n"                                                  \
+    "  redis.call('SET', KEYS[1], ARGV[1])\n"                                \
+    "  return floor\n"                                                       \
+    "end\n"                                                                  \
+    "return cur\n"
+
+#endif

@@ -1,0 +1,203 @@
+/*
+ * metrics.c: see metrics.h.
+ */
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Atomic uint64_t metrics__c[M__COUNT];
+static _Atomic int64_t metrics__leases_held;
+
+/* Lock wait histogram, upper bounds in seconds. The claim path waits at most
+ * COUPON_LOCK_WAIT_MS (2 s by default), so the buckets stop at 10 s. */
+static const double metrics__le[] = {0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                     0.025,  0.05,  0.1,    0.25,  0.5,
+                                     1,      2.5,   5,      10};
+#define METRICS__NB (sizeof(metrics__le) / sizeof(metrics__le[0]))
+static _Atomic uint64_t metrics__wait_bucket[METRICS__NB];
+static _Atomic uint64_t metrics__wait_count;
+static _Atomic uint64_t metrics__wait_sum_ns;
+
+void metrics_inc(metrics_counter_t c) {
+    atomic_fetch_add_explicit(&metrics__c[c], 1, memory_order_relaxed);
+}
+
+uint64_t metrics_get(metrics_counter_t c) {
+    return atomic_load_explicit(&metrics__c[c], memory_order_relaxed);
+}
+
+void metrics_set_leases_held(int64_t n) {
+    atomic_store_explicit(&metrics__leases_held, n, memory_order_relaxed);
+}
+
+void metrics_observe_lock_wait(uint64_t ns) {
+    double s = (double)ns / 1e9;
+    for (size_t i = 0; i < METRICS__NB; i++) {
+        if (s <= metrics__le[i]) {
+            atomic_fetch_add_explicit(&metrics__wait_bucket[i], 1,
+                                      memory_order_relaxed);
+            break;
+        }
+    }
+    atomic_fetch_add_explicit(&metrics__wait_count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&metrics__wait_sum_ns, ns,
+                              memory_order_relaxed);
+}
+
+/* A growing text buffer; on allocation failure it keeps failing quietly and
+ * metrics_render returns NULL. */
+typedef struct metrics__buf {
+    char *p;
+    size_t len, cap;
+    int failed;
+} metrics__buf_t;
+
+__attribute__((format(printf, 2, 3))) static void
+metrics__printf(metrics__buf_t *b, const char *fmt, ...) {
+    if (b->failed) {
+        return;
+    }
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->failed = 1;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap * 2 + (size_t)n;
+        char *p = realloc(b->p, cap);
+        if (p == NULL) {
+            b->failed = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+}
+
+typedef struct metrics__family {
+    const char *name;
+    const char *help;
+    const char *label; /* NULL: no label */
+    struct {
+        metrics_counter_t c;
+        const char *value;
+    } series[10];
+} metrics__family_t;
+
+static const metrics__family_t metrics__families[] = {
+    {"couponsvc_claims_total",
+     "Claims answered, by outcome.",
+     "outcome",
+     {{M_CLAIM_CLAIMED, "claimed"},
+      {M_CLAIM_ALREADY, "already_claimed"},
+      {M_CLAIM_SOLD_OUT, "sold_out"},
+      {M_CLAIM_NOT_FOUND, "not_found"},
+      {M_CLAIM_FENCED, "fenced"},
+      {M_CLAIM_BUSY, "lock_busy"},
+      {M_CLAIM_UNAVAILABLE, "unavailable"},
+      {M_CLAIM_LEASE_LOST, "lease_lost"},
+      {M_CLAIM_BAD_REQUEST, "bad_request"},
+      {M__COUNT, NULL}}},
+    {"couponsvc_lock_acquisitions_total",
+     "Lock acquire attempts, by result.",
+     "result",
+     {{M_LOCK_OK, "ok"},
+      {M_LOCK_BUSY, "busy"},
+      {M_LOCK_ERROR, "error"},
+      {M__COUNT, NULL}}},
+    {"couponsvc_watchdog_renewals_total",
+     "Lease renewals sent by the watchdog, by result.",
+     "result",
+     {{M_WD_RENEW_OK, "ok"}, {M_WD_RENEW_FAILED, "failed"}, {M__COUNT, NULL}}},
+    {"couponsvc_leases_lost_total",
+     "Leases marked lost (renewal refused or TTL ran out).",
+     NULL,
+     {{M_LEASES_LOST, NULL}, {M__COUNT, NULL}}},
+    {"couponsvc_fenced_refusals_total",
+     "Writes PostgreSQL refused because their fence was stale.",
+     NULL,
+     {{M_FENCED_REFUSALS, NULL}, {M__COUNT, NULL}}},
+    {"couponsvc_fence_counter_recoveries_total",
+     "Times the Redis fence counter was found below last_fence and raised.",
+     NULL,
+     {{M_FENCE_RECOVERIES, NULL}, {M__COUNT, NULL}}},
+    {"couponsvc_backend_errors_total",
+     "Errors talking to a backend.",
+     "backend",
+     {{M_REDIS_ERRORS, "redis"}, {M_PG_ERRORS, "postgres"}, {M__COUNT, NULL}}},
+};
+
+char *metrics_render(const char *instance, const char *mode, size_t *len) {
+    metrics__buf_t b = {.p = malloc(4096), .cap = 4096};
+    if (b.p == NULL) {
+        return NULL;
+    }
+
+    metrics__printf(&b,
+                    "# HELP couponsvc_info Build and configuration.\n"
+                    "# TYPE couponsvc_info gauge\n"
+                    "couponsvc_info{instance=\"%s\",mode=\"%s\"} 1\n",
+                    instance, mode);
+
+    for (size_t f = 0;
+         f < sizeof(metrics__families) / sizeof(metrics__families[0]); f++) {
+        const metrics__family_t *fam = &metrics__families[f];
+        metrics__printf(&b, "# HELP %s %s\n# TYPE %s counter\n", fam->name,
+                        fam->help, fam->name);
+        for (int i = 0; fam->series[i].c != M__COUNT; i++) {
+            uint64_t v = metrics_get(fam->series[i].c);
+            if (fam->label != NULL) {
+                metrics__printf(&b, "%s{%s=\"%s\"} %llu\n", fam->name,
+                                fam->label, fam->series[i].value,
+                                (unsigned long long)v);
+            } else {
+                metrics__printf(&b, "%s %llu\n", fam->name,
+                                (unsigned long long)v);
+            }
+        }
+    }
+
+    metrics__printf(&b,
+                    "# HELP couponsvc_leases_held Leases the watchdog keeps "
+                    "alive now.\n"
+                    "# TYPE couponsvc_leases_held gauge\n"
+                    "couponsvc_leases_held %lld\n",
+                    (long long)atomic_load(&metrics__leases_held));
+
+    metrics__printf(&b, "# HELP couponsvc_lock_wait_seconds Time from the "
+                        "first acquire attempt to the grant or give-up.\n"
+                        "# TYPE couponsvc_lock_wait_seconds histogram\n");
+    uint64_t cum = 0;
+    for (size_t i = 0; i < METRICS__NB; i++) {
+        cum += atomic_load(&metrics__wait_bucket[i]);
+        metrics__printf(&b,
+                        "couponsvc_lock_wait_seconds_bucket{le=\"%g\"} %llu\n",
+                        metrics__le[i], (unsigned long long)cum);
+    }
+    uint64_t count = atomic_load(&metrics__wait_count);
+    metrics__printf(&b,
+                    "couponsvc_lock_wait_seconds_bucket{le=\"+Inf\"} %llu\n"
+                    "couponsvc_lock_wait_seconds_sum %.6f\n"
+                    "couponsvc_lock_wait_seconds_count %llu\n",
+                    (unsigned long long)count,
+                    (double)atomic_load(&metrics__wait_sum_ns) / 1e9,
+                    (unsigned long long)count);
+
+    if (b.failed) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}

@@ -1,0 +1,56 @@
+/*
+ * metrics.h: process-wide counters and one histogram, rendered in the
+ * Prometheus text format for GET /metrics.
+ *
+ * Thread safety: every entry point may be called from any thread. Counters
+ * are relaxed atomics: each is exact, but a scrape is not a snapshot across
+ * counters (Prometheus does not need one).
+ */
+#ifndef COUPONSVC_METRICS_H
+#define COUPONSVC_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum metrics_counter {
+    /* couponsvc_claims_total{outcome} */
+    M_CLAIM_CLAIMED = 0,
+    M_CLAIM_ALREADY,
+    M_CLAIM_SOLD_OUT,
+    M_CLAIM_NOT_FOUND,
+    M_CLAIM_FENCED,
+    M_CLAIM_BUSY,        /* lock wait ran past its deadline */
+    M_CLAIM_UNAVAILABLE, /* Redis or PostgreSQL failed */
+    M_CLAIM_LEASE_LOST,  /* rolled back: the watchdog lost the lease */
+    M_CLAIM_BAD_REQUEST,
+    /* couponsvc_lock_acquisitions_total{result}: one per attempt */
+    M_LOCK_OK,
+    M_LOCK_BUSY,
+    M_LOCK_ERROR,
+    /* couponsvc_watchdog_renewals_total{result} */
+    M_WD_RENEW_OK,
+    M_WD_RENEW_FAILED,
+    M_LEASES_LOST,      /* couponsvc_leases_lost_total */
+    M_FENCED_REFUSALS,  /* couponsvc_fenced_refusals_total */
+    M_FENCE_RECOVERIES, /* couponsvc_fence_counter_recoveries_total */
+    M_REDIS_ERRORS,     /* couponsvc_backend_errors_total{backend="redis"} */
+    M_PG_ERRORS,        /* ...{backend="postgres"} */
+    M__COUNT,
+} metrics_counter_t;
+
+void metrics_inc(metrics_counter_t c);
+
+/* Records one lock wait (from the first attempt to the grant or give-up). */
+void metrics_observe_lock_wait(uint64_t ns);
+
+/* The leases the watchdog holds right now (a gauge). */
+void metrics_set_leases_held(int64_t n);
+
+uint64_t metrics_get(metrics_counter_t c);
+
+/* Renders every metric. Returns a new NUL-terminated buffer (free with
+ * free()) and its length in *len, or NULL when out of memory. instance and
+ * mode label couponsvc_info. */
+char *metrics_render(const char *instance, const char *mode, size_t *len);
+
+#endif

@@ -1,0 +1,126 @@
+/*
+ * store.h: PostgreSQL, the source of truth. Only this module includes libpq.
+ *
+ * A store_t is one PGconn plus its prepared statements and error state, used
+ * by one thread at a time (each HTTP worker owns one). It connects lazily,
+ * prepares every statement on connect, and after an error that leaves the
+ * connection bad it drops it and connects (and prepares) again on the next
+ * call. Each session runs with statement_timeout and
+ * idle_in_transaction_session_timeout set, so no call waits forever on a row
+ * lock or leaves a lock held forever.
+ *
+ * Return codes: STORE_OK (0); expected outcomes that are not failures have
+ * positive names (STORE_NOT_FOUND, STORE_SOLD_OUT, STORE_FENCED, ...); a
+ * failure is STORE_ERR (negative) and store_errstr says what failed.
+ */
+#ifndef COUPONSVC_STORE_H
+#define COUPONSVC_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+    STORE_OK = 0,
+    STORE_NOT_FOUND = 1, /* no such coupon */
+    STORE_SOLD_OUT = 2,  /* claimed == total */
+    STORE_FENCED = 3,    /* our fence is below last_fence: nothing written */
+    STORE_ALREADY = 4,   /* this user already holds a claim */
+    STORE_EXISTS = 5,    /* coupon id taken (create) */
+    STORE_ABORTED = 6,   /* the commit gate said no: rolled back */
+    STORE_ERR = -1,
+};
+
+#define STORE_NO_FENCE (-1) /* the claim carries no fence (atomic mode) */
+
+typedef struct store store_t;
+
+typedef struct store_opts {
+    const char *dsn;          /* libpq conninfo or URI; borrowed */
+    const char *instance;     /* written into claims.instance; borrowed */
+    uint32_t connect_timeout_s;
+    uint32_t statement_timeout_ms;
+    uint32_t idle_tx_timeout_ms; /* 0 = off */
+} store_opts_t;
+
+/* One claim in a batch. The caller fills user_id; the store fills the rest. */
+typedef struct store_item {
+    const char *user_id; /* in; borrowed */
+    int status;          /* out: STORE_OK (claimed now), STORE_ALREADY or
+                            STORE_SOLD_OUT */
+    int64_t claim_id;    /* out: claims.id (new or existing) */
+    int64_t fence;       /* out: the claim's fence, STORE_NO_FENCE if NULL */
+    int64_t remaining;   /* out: stock left after this claim (or now) */
+} store_item_t;
+
+typedef struct store_coupon {
+    int64_t total, claimed, last_fence;
+} store_coupon_t;
+
+/* Called after the claims were written and before COMMIT. Return 0 to
+ * commit, anything else to roll back (the claim then returns STORE_ABORTED).
+ * This is where the claim checks that its lease still holds. */
+typedef int (*store_gate_fn)(void *arg);
+
+/* Returns a new store (free with store_free); NULL when out of memory. The
+ * strings in opts are copied. Nothing is sent until the first call. */
+store_t *store_new(const store_opts_t *opts);
+
+/* Closes the connection and frees. Accepts NULL. */
+void store_free(store_t *st);
+
+/* The last error, borrowed; valid until the next call on st. */
+const char *store_errstr(const store_t *st);
+
+/*
+ * The claim, for 1..n users of one coupon, in ONE transaction.
+ *
+ * For each item: read the coupon and the user's existing claim (the check);
+ * already claimed -> STORE_ALREADY; sold out -> STORE_SOLD_OUT; otherwise
+ * the conditional increment and the claim row in one statement:
+ *
+ *   UPDATE coupons SET claimed = claimed + 1, last_fence = $fence
+ *    WHERE id = $1 AND last_fence <= $fence AND claimed < total
+ *
+ * (without the fence terms when fence == STORE_NO_FENCE). Zero rows updated
+ * is told apart: last_fence above our fence means FENCED, which aborts the
+ * whole batch (rolled back, *last_fence_out set), anything else is sold out.
+ * When something was written, gate(arg) decides between COMMIT and ROLLBACK.
+ *
+ * Returns STORE_OK (see each item's status), STORE_NOT_FOUND, STORE_FENCED,
+ * STORE_ABORTED or STORE_ERR. items is borrowed; gate may be NULL.
+ */
+int store_claim(store_t *st, const char *coupon, int64_t fence,
+                store_item_t *items, size_t n, store_gate_fn gate, void *arg,
+                int64_t *last_fence_out);
+
+/* The naive claim, for demonstrating the race: read claimed, then write
+ * claimed = <read> + 1 and insert, as separate autocommit statements with
+ * nothing holding other writers off between them. Never use it for real. */
+int store_claim_naive(store_t *st, const char *coupon, store_item_t *item);
+
+/* Creates a coupon. STORE_OK, STORE_EXISTS or STORE_ERR. */
+int store_coupon_create(store_t *st, const char *id, int64_t total);
+
+/* Reads a coupon. STORE_OK, STORE_NOT_FOUND or STORE_ERR. */
+int store_coupon_get(store_t *st, const char *id, store_coupon_t *out);
+
+/* SELECT 1. STORE_OK or STORE_ERR. */
+int store_ping(store_t *st);
+
+/* One migration, as compiled into the binary (build/service/migrations.c). */
+typedef struct store_migration {
+    int version;      /* from the file name: 001_init.sql -> 1 */
+    const char *name; /* the file name */
+    const char *sql;
+} store_migration_t;
+
+extern const store_migration_t store_migrations[];
+extern const size_t store_migrations_count;
+
+/* Applies the migrations not yet recorded in schema_migrations, in order,
+ * each in its own transaction, under an advisory lock so that replicas
+ * starting together do not race. Returns the number applied, or STORE_ERR
+ * with the reason in errstr. */
+int store_migrate(const store_opts_t *opts, char *errstr, size_t errlen);
+
+#endif

@@ -1,0 +1,252 @@
+/*
+ * wd.c: see wd.h.
+ *
+ * Data: a doubly linked list of watched leases (links live in the lease) and,
+ * during a round, an array snapshot of the leases being renewed. Each lease in
+ * a round has wd_watched == 2 ("in flight"); wd_unwatch of such a lease
+ * unlinks it at once, then sleeps on round_done until the round ends.
+ *
+ * Invariants (under mu): a lease is in the list iff wd_watched >= 1;
+ * wd_watched == 2 only between the snapshot and the end of the round; count
+ * is the length of the list.
+ */
+#include "wd.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "mono.h"
+
+#define WD__UNLINKED_IN_ROUND 3 /* unwatched while its round is in flight */
+
+struct wd {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t wake;       /* signals stop */
+    pthread_cond_t round_done; /* a round in flight has finished */
+    int stop;                  /* set by wd_stop */
+    int64_t period_ns;
+
+    lock_lease_t *head; /* watched leases */
+    long count;
+
+    lock_client_t *redis; /* the watchdog's own connection */
+    lock_lease_t **round; /* snapshot for one round; grows as needed */
+    int *results;
+    size_t cap;
+};
+
+/* ------------------------------------------------------------ the list --- */
+
+void wd_watch(wd_t *wd, lock_lease_t *l) {
+    pthread_mutex_lock(&wd->mu);
+    l->wd_prev = NULL;
+    l->wd_next = wd->head;
+    if (wd->head != NULL) {
+        wd->head->wd_prev = l;
+    }
+    wd->head = l;
+    l->wd_watched = 1;
+    metrics_set_leases_held(++wd->count);
+    pthread_mutex_unlock(&wd->mu);
+}
+
+static void wd__unlink(wd_t *wd, lock_lease_t *l) {
+    if (l->wd_prev != NULL) {
+        l->wd_prev->wd_next = l->wd_next;
+    } else {
+        wd->head = l->wd_next;
+    }
+    if (l->wd_next != NULL) {
+        l->wd_next->wd_prev = l->wd_prev;
+    }
+    l->wd_prev = l->wd_next = NULL;
+    metrics_set_leases_held(--wd->count);
+}
+
+void wd_unwatch(wd_t *wd, lock_lease_t *l) {
+    pthread_mutex_lock(&wd->mu);
+    if (l->wd_watched == 1 || l->wd_watched == 2) {
+        wd__unlink(wd, l);
+        l->wd_watched = l->wd_watched == 2 ? WD__UNLINKED_IN_ROUND : 0;
+    }
+    while (l->wd_watched == WD__UNLINKED_IN_ROUND) {
+        pthread_cond_wait(&wd->round_done, &wd->mu);
+    }
+    pthread_mutex_unlock(&wd->mu);
+}
+
+/* ----------------------------------------------------------- the round --- */
+
+static void wd__lost(lock_lease_t *l, const char *why) {
+    if (lock_lease_mark_lost(l)) {
+        metrics_inc(M_LEASES_LOST);
+        log_warn("lease.lost", "key=%s fence=%lld reason=%s", l->key,
+                 (long long)l->fence, why);
+    }
+}
+
+/* Takes a snapshot of the leases to renew; marks them in flight. Expired
+ * leases are marked lost here and left out. Called with mu held. */
+static size_t wd__snapshot(wd_t *wd) {
+    if ((size_t)wd->count > wd->cap) {
+        size_t cap = (size_t)wd->count * 2;
+        lock_lease_t **r = realloc(wd->round, cap * sizeof(*r));
+        int *res = r != NULL ? realloc(wd->results, cap * sizeof(*res)) : NULL;
+        if (r != NULL) {
+            wd->round = r;
+        }
+        if (res == NULL) {
+            /* Keep the old capacity; leases beyond it wait for a later
+             * round (their expiry check still runs below). */
+            log_error("wd.oom", "cannot grow the round to %zu leases", cap);
+        } else {
+            wd->results = res;
+            wd->cap = cap;
+        }
+    }
+
+    int64_t now = mono_ns();
+    size_t n = 0;
+    for (lock_lease_t *l = wd->head; l != NULL; l = l->wd_next) {
+        if (atomic_load(&l->lost)) {
+            continue;
+        }
+        if (now >= atomic_load(&l->valid_until_ns)) {
+            wd__lost(l, "ttl_ran_out");
+            continue;
+        }
+        if (n < wd->cap) {
+            l->wd_watched = 2;
+            wd->round[n++] = l;
+        }
+    }
+    return n;
+}
+
+static void wd__round(wd_t *wd) {
+    pthread_mutex_lock(&wd->mu);
+    size_t n = wd__snapshot(wd);
+    pthread_mutex_unlock(&wd->mu);
+    if (n == 0) {
+        return;
+    }
+
+    /* The round trip runs without the mutex: claims can watch and unwatch
+     * other leases meanwhile. The leases in the round stay valid because
+     * wd_unwatch waits for round_done. */
+    int64_t sent = 0;
+    int rc = lock_extend_many(wd->redis, wd->round, n, wd->results, &sent);
+    if (rc != LOCK_OK) {
+        log_warn("wd.renew_failed", "leases=%zu err=\"%s\"", n,
+                 lock_errstr(wd->redis));
+    }
+
+    pthread_mutex_lock(&wd->mu);
+    for (size_t i = 0; i < n; i++) {
+        lock_lease_t *l = wd->round[i];
+        if (wd->results[i] == 1) {
+            metrics_inc(M_WD_RENEW_OK);
+            /* Valid for ttl from when the renewal was sent. */
+            int64_t until = sent + (int64_t)l->ttl_ms * MONO_MS;
+            if (until > atomic_load(&l->valid_until_ns)) {
+                atomic_store(&l->valid_until_ns, until);
+            }
+        } else {
+            metrics_inc(M_WD_RENEW_FAILED);
+            if (wd->results[i] == 0) {
+                wd__lost(l, "renewal_refused");
+            }
+            /* -1: unknown; the expiry check of a later round (and the
+             * claim's own check before COMMIT) decides. */
+        }
+        l->wd_watched = l->wd_watched == 2 ? 1 : 0;
+    }
+    pthread_cond_broadcast(&wd->round_done);
+    pthread_mutex_unlock(&wd->mu);
+}
+
+static void *wd__main(void *arg) {
+    wd_t *wd = arg;
+    int64_t next = mono_ns() + wd->period_ns;
+
+    pthread_mutex_lock(&wd->mu);
+    while (!wd->stop) {
+        struct timespec ts = {.tv_sec = next / 1000000000LL,
+                              .tv_nsec = next % 1000000000LL};
+        int rc = pthread_cond_timedwait(&wd->wake, &wd->mu, &ts);
+        if (wd->stop) {
+            break;
+        }
+        if (rc != ETIMEDOUT) {
+            continue;
+        }
+        pthread_mutex_unlock(&wd->mu);
+        wd__round(wd);
+        /* Fixed period from the previous tick, but never a burst of
+         * catch-up rounds after a long stall. */
+        int64_t now = mono_ns();
+        next += wd->period_ns;
+        if (next < now) {
+            next = now + wd->period_ns;
+        }
+        pthread_mutex_lock(&wd->mu);
+    }
+    pthread_mutex_unlock(&wd->mu);
+    return NULL;
+}
+
+wd_t *wd_start(const cfg_addr_t *addr, uint32_t redis_timeout_ms,
+               uint32_t period_ms) {
+    wd_t *wd = calloc(1, sizeof(*wd));
+    if (wd == NULL) {
+        return NULL;
+    }
+    wd->period_ns = (int64_t)period_ms * MONO_MS;
+    wd->redis = lock_client_new(addr, redis_timeout_ms);
+
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&wd->mu, NULL);
+    pthread_cond_init(&wd->wake, &ca);
+    pthread_cond_init(&wd->round_done, NULL);
+    pthread_condattr_destroy(&ca);
+
+    int err = wd->redis == NULL ? ENOMEM
+                                : pthread_create(&wd->thread, NULL, wd__main,
+                                                 wd);
+    if (err != 0) {
+        lock_client_free(wd->redis);
+        pthread_mutex_destroy(&wd->mu);
+        pthread_cond_destroy(&wd->wake);
+        pthread_cond_destroy(&wd->round_done);
+        free(wd);
+        errno = err;
+        return NULL;
+    }
+    return wd;
+}
+
+void wd_stop(wd_t *wd) {
+    if (wd == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&wd->mu);
+    wd->stop = 1;
+    pthread_cond_signal(&wd->wake);
+    pthread_mutex_unlock(&wd->mu);
+    pthread_join(wd->thread, NULL);
+
+    lock_client_free(wd->redis);
+    free(wd->round);
+    free(wd->results);
+    pthread_mutex_destroy(&wd->mu);
+    pthread_cond_destroy(&wd->wake);
+    pthread_cond_destroy(&wd->round_done);
+    free(wd);
+}
