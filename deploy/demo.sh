@@ -54,7 +54,9 @@ mkdir -p "$OUT"
 STARTED=0
 cleanup() {
     local rc=$?
-    trap - EXIT INT TERM
+    trap - EXIT
+    # A second Ctrl-C must not cut the teardown short.
+    trap '' INT TERM
     if [ "$STARTED" = 1 ]; then
         say "taking the stack down"
         "$STACK" down >"$OUT/down.log" 2>&1 || cat "$OUT/down.log" >&2

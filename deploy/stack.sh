@@ -23,7 +23,8 @@
 #   PG_BIN         PostgreSQL server binaries  (/usr/lib/postgresql/15/bin)
 #   PG_PASSWORD    password of the couponsvc database role  (couponsvc)
 #   WAIT_SECS      bound on each readiness wait             (30)
-#   STOP_SECS      grace after the stop signal before KILL  (10)
+#   STOP_SECS      grace after the stop signal before KILL  (15; the
+#                  service drains for up to 10 s on SIGTERM)
 #   COUPON_ADMIN_TOKEN                                      (dev-admin-token)
 #   COUPON_*       every other COUPON_ variable (COUPON_CLAIM_MODE,
 #                  COUPON_LOCK_TTL_MS, COUPON_FAULT, ...) reaches the replicas
@@ -55,7 +56,7 @@ COUPONSVC=${COUPONSVC:-$ROOT/build/couponsvc}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_PASSWORD=${PG_PASSWORD:-couponsvc}
 WAIT_SECS=${WAIT_SECS:-30}
-STOP_SECS=${STOP_SECS:-10}
+STOP_SECS=${STOP_SECS:-15}
 ADMIN_TOKEN=${COUPON_ADMIN_TOKEN:-dev-admin-token}
 
 # Relative paths are taken from the caller's directory, then made absolute:
@@ -246,13 +247,20 @@ stop_components() {
 IS_ROOT=0
 [ "$(id -u)" = 0 ] && IS_ROOT=1
 
-# Run a PostgreSQL server command as the user that owns the data directory.
-# From / so that a cwd the postgres user cannot read does not matter.
+# as_pg LOG CMD...: run a PostgreSQL server command as the user that owns
+# the data directory, from / (a cwd the postgres user cannot read would be
+# an error), its output appended to LOG.
+#
+# The redirection is on the command inside, never on a call of a shell
+# function: bash applies a function call's redirection to itself, so a
+# Ctrl-C trap that runs meanwhile would write its messages into the log.
 as_pg() {
+    local log=$1
+    shift
     if [ "$IS_ROOT" = 1 ]; then
-        (cd / && runuser -u postgres -- "$@")
+        runuser -u postgres -- env -C / "$@" >>"$log" 2>&1
     else
-        (cd / && "$@")
+        env -C / "$@" >>"$log" 2>&1
     fi
 }
 
@@ -338,9 +346,9 @@ start_postgres() {
 
     say "postgres: initdb in $pg/data"
     # Local sockets (in a 0700 directory) trust; TCP needs a password.
-    as_pg "$PG_BIN/initdb" -D "$pg/data" -U postgres -E UTF8 --locale=C \
-        --auth-local=trust --auth-host=scram-sha-256 --no-sync \
-        >"$SD/logs/initdb.log" 2>&1 || {
+    as_pg "$SD/logs/initdb.log" "$PG_BIN/initdb" -D "$pg/data" -U postgres \
+        -E UTF8 --locale=C --auth-local=trust --auth-host=scram-sha-256 \
+        --no-sync || {
         tail_log "$SD/logs/initdb.log"
         fail "initdb failed"
     }
@@ -361,7 +369,7 @@ log_min_duration_statement = -1
 EOF
 
     say "postgres: starting on 127.0.0.1:$PG_PORT"
-    as_pg "$PG_BIN/pg_ctl" -D "$pg/data" -l "$log" -w -t "$WAIT_SECS" start >/dev/null 2>&1 || {
+    as_pg /dev/null "$PG_BIN/pg_ctl" -D "$pg/data" -l "$log" -w -t "$WAIT_SECS" start || {
         tail_log "$log"
         fail "PostgreSQL did not start within ${WAIT_SECS}s (see $log)"
     }
@@ -370,7 +378,7 @@ EOF
 
     # The service's role and database. psql runs as the caller, over the
     # socket, as the postgres superuser (trusted locally).
-    psql_admin -v pw="$PG_PASSWORD" >>"$SD/logs/initdb.log" 2>&1 <<'EOF' || {
+    psql_admin "$SD/logs/initdb.log" -v pw="$PG_PASSWORD" <<'EOF' || {
 CREATE ROLE couponsvc LOGIN PASSWORD :'pw';
 CREATE DATABASE couponsvc OWNER couponsvc;
 EOF
@@ -379,10 +387,13 @@ EOF
     }
 }
 
+# psql_admin LOG ARGS...: psql as the superuser, over the unix socket.
 psql_admin() {
-    local psql=psql
+    local log=$1 psql=psql
+    shift
     [ -x "$PG_BIN/psql" ] && psql=$PG_BIN/psql
-    "$psql" -X -q -v ON_ERROR_STOP=1 -h "$SD/pg/sock" -p "$PG_PORT" -U postgres -d postgres "$@"
+    "$psql" -X -q -v ON_ERROR_STOP=1 -h "$SD/pg/sock" -p "$PG_PORT" \
+        -U postgres -d postgres "$@" >>"$log" 2>&1
 }
 
 start_redis() {
@@ -573,6 +584,10 @@ cmd_up() {
         fail "$SD exists, is not empty and was not made by stack.sh; choose another STACK_DIR"
     fi
 
+    if [ "$REPLICAS" -gt 0 ] && [ ! -x "$COUPONSVC" ]; then
+        fail "$COUPONSVC not found: build it first (make), or set COUPONSVC"
+    fi
+
     # Ports: all distinct, all free.
     p=1
     set -- "LB_PORT=$LB_PORT" "PG_PORT=$PG_PORT" "REDIS_PORT=$REDIS_PORT"
@@ -644,6 +659,8 @@ EOF
 up_exit() {
     local rc=$?
     trap - EXIT
+    # A second Ctrl-C must not cut the cleanup short.
+    trap '' INT TERM
     if [ "$rc" != 0 ]; then
         warn "up failed: stopping what was started (logs kept in $SD/logs)"
         stop_all
@@ -666,11 +683,12 @@ cmd_down() {
     load_recorded
     # Replicas from an earlier, larger stack in the same directory are
     # stopped too: every pid file counts, not only REPLICAS of them.
-    local f extra=''
+    local f extra='' apps
+    apps=" $(app_names "$REPLICAS")"
     for f in "$SD"/pids/app*.pid; do
         [ -e "$f" ] || continue
         f=${f##*/}
-        extra="$extra ${f%.pid}"
+        case $apps in *" ${f%.pid} "*) ;; *) extra="$extra ${f%.pid}" ;; esac
     done
     stop_components nginx
     # shellcheck disable=SC2086,SC2046 # one word per replica
@@ -731,9 +749,9 @@ cmd_restart_app() {
     say "restart-app: $REPLICAS replica(s) ready, mode ${COUPON_CLAIM_MODE:-default}"
 }
 
+# The header comment, up to the paragraph on stop signals, is the help.
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
-    exit 2
+    sed -n '2,/^# Stop signals/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
 }
 
 case ${1:-} in
@@ -742,5 +760,8 @@ down) cmd_down ;;
 status) cmd_status ;;
 restart-app) cmd_restart_app ;;
 -h | --help | help) usage ;;
-*) usage ;;
+*)
+    usage >&2
+    fail "unknown command '${1:-}': use up, down, status or restart-app"
+    ;;
 esac

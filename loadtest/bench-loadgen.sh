@@ -14,6 +14,7 @@
 #   BENCH_DURATION     seconds per tool                   [5]
 #   BENCH_CONNECTIONS  connections per tool               [64]
 #   BENCH_THREADS      threads per tool                   [2]
+#   BENCH_ROUNDS       alternating rounds; medians compared [3]
 #   BENCH_NGINX_WORKERS nginx worker_processes            [1]
 #   BENCH_STRICT       1: exit 1 when the ratio is below the goal  [0]
 #
@@ -25,6 +26,7 @@ LOADGEN=${LOADGEN:-build/loadgen}
 DURATION=${BENCH_DURATION:-5}
 CONNS=${BENCH_CONNECTIONS:-64}
 THREADS=${BENCH_THREADS:-2}
+ROUNDS=${BENCH_ROUNDS:-3}
 NGINX_WORKERS=${BENCH_NGINX_WORKERS:-1}
 STRICT=${BENCH_STRICT:-0}
 GOAL=0.9
@@ -40,6 +42,7 @@ NGINX=$(command -v nginx || true)
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/bench-loadgen.XXXXXX")
 NGINX_PID=
 
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     if [ -n "$NGINX_PID" ] && kill -0 "$NGINX_PID" 2>/dev/null; then
         kill -TERM "$NGINX_PID" 2>/dev/null || true
@@ -112,20 +115,46 @@ echo "each tool: ${DURATION}s, $CONNS connections, $THREADS threads ($(nproc) co
 bound=$(awk -v d="$DURATION" 'BEGIN { printf "%d", d + 30 }')
 
 # A short warm-up, so neither tool pays for nginx's first accepts.
-timeout "$bound" wrk -t "$THREADS" -c "$CONNS" -d 1s "$URL/" >/dev/null
+timeout --foreground "$bound" wrk -t "$THREADS" -c "$CONNS" -d 1s "$URL/" >/dev/null
 
-timeout "$bound" wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" "$URL/" > "$TMP/wrk.txt"
-wrk_rps=$(awk '/^Requests\/sec:/ { print $2 }' "$TMP/wrk.txt")
-[ -n "$wrk_rps" ] || { cat "$TMP/wrk.txt" >&2; die "no rate in wrk's output"; }
+run_wrk() {
+    timeout --foreground "$bound" wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" "$URL/" > "$TMP/wrk.txt"
+    r=$(awk '/^Requests\/sec:/ { print $2 }' "$TMP/wrk.txt")
+    [ -n "$r" ] || { cat "$TMP/wrk.txt" >&2; die "no rate in wrk's output"; }
+    echo "$r"
+}
 
-timeout "$bound" "$LOADGEN" --url "$URL" --method GET --path / -c "$CONNS" -t "$THREADS" \
-    -d "$DURATION" -q --json "$TMP/loadgen.json" > "$TMP/loadgen.txt"
-lg_rps=$(sed -n 's/.*"achieved_rate":\([0-9.]*\).*/\1/p' "$TMP/loadgen.json")
-[ -n "$lg_rps" ] || { cat "$TMP/loadgen.txt" >&2; die "no rate in loadgen's JSON"; }
-lg_err=$(sed -n 's/.*"transport_errors":\([0-9]*\).*/\1/p' "$TMP/loadgen.json")
+run_loadgen() {
+    timeout --foreground "$bound" "$LOADGEN" --url "$URL" --method GET --path / -c "$CONNS" -t "$THREADS" \
+        -d "$DURATION" -q --json "$TMP/loadgen.json" > "$TMP/loadgen.txt"
+    r=$(sed -n 's/.*"achieved_rate":\([0-9.]*\).*/\1/p' "$TMP/loadgen.json")
+    [ -n "$r" ] || { cat "$TMP/loadgen.txt" >&2; die "no rate in loadgen's JSON"; }
+    e=$(sed -n 's/.*"transport_errors":\([0-9]*\).*/\1/p' "$TMP/loadgen.json")
+    [ "$e" = 0 ] || echo "bench-loadgen: loadgen saw $e transport errors" >&2
+    echo "$r"
+}
 
-printf 'wrk      %10.0f req/s\n' "$wrk_rps"
-printf 'loadgen  %10.0f req/s  (transport errors: %s)\n' "$lg_rps" "$lg_err"
+median() {
+    tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+# Alternate the tools, so a slow patch of the machine hurts both alike, and
+# compare medians.
+wrk_all=''
+lg_all=''
+for round in $(seq "$ROUNDS"); do
+    w=$(run_wrk)
+    l=$(run_loadgen)
+    printf 'round %d: wrk %8.0f req/s   loadgen %8.0f req/s   (%.2f)\n' "$round" "$w" "$l" \
+        "$(awk -v a="$l" -v b="$w" 'BEGIN { print a / b }')"
+    wrk_all="$wrk_all $w"
+    lg_all="$lg_all $l"
+done
+wrk_rps=$(echo "$wrk_all" | median)
+lg_rps=$(echo "$lg_all" | median)
+
+printf 'wrk      %10.0f req/s (median of %d)\n' "$wrk_rps" "$ROUNDS"
+printf 'loadgen  %10.0f req/s (median of %d)\n' "$lg_rps" "$ROUNDS"
 ratio=$(awk -v a="$lg_rps" -v b="$wrk_rps" 'BEGIN { printf "%.2f", a / b }')
 echo "loadgen/wrk = $ratio (goal >= $GOAL)"
 if awk -v r="$ratio" -v g="$GOAL" 'BEGIN { exit !(r < g) }'; then

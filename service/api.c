@@ -294,6 +294,13 @@ static int api__is(const char *m, const char *want) {
     return strcmp(m, want) == 0;
 }
 
+int api_is_inline(const char *method, const char *path) {
+    const char *arg = NULL;
+    api__route_t r = api__match(path, &arg);
+    return (r == API__HEALTHZ || r == API__METRICS) &&
+           (api__is(method, "GET") || api__is(method, "HEAD"));
+}
+
 void api_handle(const api_request_t *req, api_response_t *resp) {
     memset(resp, 0, sizeof(*resp));
     const char *arg = NULL;

@@ -40,6 +40,10 @@ void api_init(const cfg_t *cfg);
  * that fails). Thread-safe. */
 void api_handle(const api_request_t *req, api_response_t *resp);
 
+/* 1 if the request never touches a backend (GET /healthz, /metrics) and may
+ * be answered on the HTTP event-loop thread; 0 if it must go to a worker. */
+int api_is_inline(const char *method, const char *path);
+
 /* Frees resp->body. Accepts NULL. */
 void api_response_free(api_response_t *resp);
 

@@ -55,16 +55,19 @@ static const cfg__opt_t cfg__opts[] = {
     {"COUPON_FAULT", CFG__STR, F(fault), "", 0, 0,
      "fault hook, e.g. after_acquire:3000,before_commit:100 (tests only)"},
     {"COUPON_THREADS", CFG__U32, F(threads), "16", 1, 1024,
-     "HTTP worker threads (each owns one Redis and one PostgreSQL "
+     "claim worker threads (each owns one Redis and one PostgreSQL "
      "connection)"},
+    {"COUPON_HTTP_THREADS", CFG__U32, F(http_threads), "2", 1, 64,
+     "HTTP event-loop threads (they never block on a backend)"},
     {"COUPON_MAX_CONNECTIONS", CFG__U32, F(max_connections), "4096", 1,
      1000000, "concurrent HTTP connections accepted"},
     {"COUPON_CONN_TIMEOUT_S", CFG__U32, F(conn_timeout_s), "30", 1, 3600,
      "seconds an idle or slow HTTP connection is kept"},
     {"COUPON_MAX_BODY", CFG__U32, F(max_body), "4096", 64, 1048576,
      "request body limit in bytes (413 above it)"},
-    {"COUPON_REDIS_TIMEOUT_MS", CFG__U32, F(redis_timeout_ms), "500", 10,
-     60000, "Redis connect and command timeout in ms"},
+    {"COUPON_REDIS_TIMEOUT_MS", CFG__U32, F(redis_timeout_ms), NULL, 0,
+     60000, "Redis connect and command timeout in ms (default: the smaller "
+     "of 500 and TTL/4)"},
     {"COUPON_PG_CONNECT_TIMEOUT_S", CFG__U32, F(pg_connect_timeout_s), "3", 2,
      600, "PostgreSQL connect timeout in seconds"},
     {"COUPON_PG_STATEMENT_TIMEOUT_MS", CFG__U32, F(pg_statement_timeout_ms),
@@ -122,24 +125,29 @@ int cfg_parse_addr(const char *s, cfg_addr_t *out) {
 
 int cfg_parse_addr_list(const char *s, cfg_addr_t *out, int max) {
     int n = 0;
-    char buf[1024];
-    if (strlen(s) >= sizeof(buf)) {
-        return -1;
-    }
-    strcpy(buf, s);
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, ",", &save); tok != NULL;
-         tok = strtok_r(NULL, ",", &save)) {
-        while (*tok == ' ') {
-            tok++;
+    const char *p = s;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma != NULL ? (size_t)(comma - p) : strlen(p);
+        while (len > 0 && *p == ' ') {
+            p++;
+            len--;
         }
-        if (n == max || cfg_parse_addr(tok, &out[n]) != 0 ||
-            out[n].host[0] == '\0') {
+        char item[300];
+        if (n == max || len == 0 || len >= sizeof(item)) {
+            return -1; /* too many, an empty entry, or absurdly long */
+        }
+        memcpy(item, p, len);
+        item[len] = '\0';
+        if (cfg_parse_addr(item, &out[n]) != 0 || out[n].host[0] == '\0') {
             return -1;
         }
         n++;
+        if (comma == NULL) {
+            return n;
+        }
+        p = comma + 1;
     }
-    return n > 0 ? n : -1;
 }
 
 static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
@@ -317,6 +325,10 @@ int cfg_load(cfg_t *c, int argc, char **argv) {
 
     if (c->watchdog_period_ms == 0) {
         c->watchdog_period_ms = c->lock_ttl_ms / 10;
+    }
+    if (c->redis_timeout_ms == 0) {
+        c->redis_timeout_ms =
+            c->lock_ttl_ms / 4 < 500 ? c->lock_ttl_ms / 4 : 500;
     }
     if (c->watchdog_period_ms >= c->lock_ttl_ms) {
         snprintf(c->errstr, sizeof(c->errstr),

@@ -43,8 +43,9 @@ typedef struct cfg {
     claim_mode_t mode;         /* COUPON_CLAIM_MODE */
     char *admin_token;         /* COUPON_ADMIN_TOKEN; owned; "" = admin off */
     char *fault;               /* COUPON_FAULT spec; owned; "" = none */
-    uint32_t threads;          /* HTTP worker threads, each with its own
-                                  Redis and PostgreSQL connection */
+    uint32_t threads;          /* claim workers, each with its own Redis
+                                  and PostgreSQL connection */
+    uint32_t http_threads;     /* libmicrohttpd event-loop threads */
     uint32_t max_connections;  /* libmicrohttpd connection limit */
     uint32_t conn_timeout_s;   /* idle/slow connection timeout */
     uint32_t max_body;         /* request body limit in bytes (413 above) */

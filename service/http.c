@@ -1,5 +1,6 @@
 /*
- * http.c: libmicrohttpd glue; see http.h for the threading model.
+ * http.c: libmicrohttpd glue and the claim workers; see http.h for the
+ * threading model.
  *
  * libmicrohttpd calls the access handler several times per request: once
  * when the headers are in (*con_cls still NULL), once per chunk of body, and
@@ -7,12 +8,23 @@
  * a per-request buffer up to COUPON_MAX_BODY; beyond that the rest is read
  * and dropped and the answer is 413. A Content-Length above the limit is
  * answered 413 at once, before any body is read.
+ *
+ * A request's life (http__req_t.state):
+ *
+ *   READING --body complete--> QUEUED --worker done--> ANSWERED --> sent
+ *      |                        (connection suspended)
+ *      +--inline route or early 413--> sent
+ *
+ * Invariant: a request is on the queue iff its state is QUEUED, and its
+ * connection is suspended exactly while it is QUEUED. Every QUEUED request is
+ * resumed exactly once, by the worker that answered it.
  */
 #include "http.h"
 
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -25,20 +37,43 @@
 #include "log.h"
 #include "mono.h"
 
+typedef enum http__state {
+    HTTP__READING = 0, /* headers in, body arriving */
+    HTTP__QUEUED,      /* waiting for or held by a worker */
+    HTTP__ANSWERED,    /* resp is filled; the event loop sends it */
+} http__state_t;
+
+/* One request, from the first call of the handler to completion. */
+typedef struct http__req {
+    http__state_t state;
+    struct MHD_Connection *conn; /* borrowed from libmicrohttpd */
+    char *body;                  /* collected body; NULL until the first byte */
+    size_t len;                  /* bytes in body */
+    int too_large;               /* passed the limit: the rest is dropped */
+    /* Copies of what the worker needs: libmicrohttpd's strings are only
+     * guaranteed during the handler call. */
+    char method[16];
+    char *path, *content_type, *authorization; /* owned */
+    api_response_t resp;         /* filled by the worker (or inline) */
+    struct http__req *next;      /* queue link */
+} http__req_t;
+
 struct http {
     struct MHD_Daemon *d;
     const cfg_t *cfg;
     atomic_int draining;     /* set by http_stop: answer Connection: close */
-    atomic_long connections; /* open connections right now */
     atomic_long requests;    /* requests between first call and completion */
+
+    /* The work queue: FIFO, guarded by mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t work;
+    http__req_t *head, *tail;
+    int stopping;            /* workers answer what is left with 503, exit */
+    pthread_t *workers;
+    uint32_t nworkers;
 };
 
-/* One request's state, from the first call of the handler to completion. */
-typedef struct http__req {
-    char *body;     /* collected body; NULL until the first byte */
-    size_t len;     /* bytes in body */
-    int too_large;  /* passed the limit: the rest is dropped */
-} http__req_t;
+/* ------------------------------------------------------------ responses --- */
 
 static enum MHD_Result http__send(http_t *h, struct MHD_Connection *conn,
                                   api_response_t *r) {
@@ -73,23 +108,78 @@ static enum MHD_Result http__send(http_t *h, struct MHD_Connection *conn,
     return ret;
 }
 
-static void http__dispatch(http_t *h, struct MHD_Connection *conn,
-                           const char *url, const char *method,
-                           http__req_t *rq, api_response_t *out) {
+static void http__handle(http__req_t *rq) {
     api_request_t ar = {
-        .method = method,
-        .path = url,
-        .content_type = MHD_lookup_connection_value(
-            conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE),
-        .authorization = MHD_lookup_connection_value(
-            conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
+        .method = rq->method,
+        .path = rq->path,
+        .content_type = rq->content_type,
+        .authorization = rq->authorization,
         .body = rq->body,
         .body_len = rq->len,
         .body_too_large = rq->too_large,
     };
-    (void)h;
-    api_handle(&ar, out);
+    api_handle(&ar, &rq->resp);
 }
+
+/* ------------------------------------------------------------- workers --- */
+
+static void http__answer_shutting_down(http__req_t *rq) {
+    memset(&rq->resp, 0, sizeof(rq->resp));
+    rq->resp.status = 503;
+    rq->resp.retry_after = 1;
+    rq->resp.body = strdup("{\"error\":\"shutting_down\",\"detail\":"
+                           "\"this instance is stopping; retry\"}");
+    rq->resp.len = rq->resp.body != NULL ? strlen(rq->resp.body) : 0;
+}
+
+static void *http__worker(void *arg) {
+    http_t *h = arg;
+    for (;;) {
+        pthread_mutex_lock(&h->mu);
+        while (h->head == NULL && !h->stopping) {
+            pthread_cond_wait(&h->work, &h->mu);
+        }
+        http__req_t *rq = h->head;
+        if (rq == NULL) { /* stopping and nothing left */
+            pthread_mutex_unlock(&h->mu);
+            break;
+        }
+        h->head = rq->next;
+        if (h->head == NULL) {
+            h->tail = NULL;
+        }
+        int stopping = h->stopping;
+        pthread_mutex_unlock(&h->mu);
+
+        if (stopping) {
+            http__answer_shutting_down(rq);
+        } else {
+            http__handle(rq);
+        }
+        rq->state = HTTP__ANSWERED;
+        /* From here on the event loop owns rq again: it calls the access
+         * handler, which sends rq->resp. */
+        MHD_resume_connection(rq->conn);
+    }
+    return NULL;
+}
+
+static void http__enqueue(http_t *h, http__req_t *rq) {
+    pthread_mutex_lock(&h->mu);
+    rq->next = NULL;
+    if (h->tail != NULL) {
+        h->tail->next = rq;
+    } else {
+        h->head = rq;
+    }
+    h->tail = rq;
+    pthread_cond_signal(&h->work);
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* ------------------------------------------------------------- handler --- */
+
+static char *http__dup(const char *s) { return s != NULL ? strdup(s) : NULL; }
 
 static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
                                     const char *url, const char *method,
@@ -108,15 +198,30 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
         }
         *con_cls = rq;
         atomic_fetch_add(&h->requests, 1);
+        rq->conn = conn;
+        snprintf(rq->method, sizeof(rq->method), "%s", method);
+        rq->path = http__dup(url);
+        rq->content_type = http__dup(MHD_lookup_connection_value(
+            conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE));
+        rq->authorization = http__dup(MHD_lookup_connection_value(
+            conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION));
+        if (rq->path == NULL) {
+            return MHD_NO;
+        }
         const char *cl = MHD_lookup_connection_value(
             conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl != NULL && strtoull(cl, NULL, 10) > h->cfg->max_body) {
+            /* Answer before reading the body at all. The API decides the
+             * status (405 beats 413, for one); no backend is involved. */
             rq->too_large = 1;
-            api_response_t r;
-            http__dispatch(h, conn, url, method, rq, &r);
-            return http__send(h, conn, &r);
+            http__handle(rq);
+            return http__send(h, conn, &rq->resp);
         }
         return MHD_YES;
+    }
+
+    if (rq->state == HTTP__ANSWERED) {
+        return http__send(h, conn, &rq->resp);
     }
 
     if (*upload_data_size > 0) {
@@ -144,9 +249,14 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
     }
 
     /* The whole request is in. */
-    api_response_t r;
-    http__dispatch(h, conn, url, method, rq, &r);
-    return http__send(h, conn, &r);
+    if (api_is_inline(rq->method, rq->path)) {
+        http__handle(rq);
+        return http__send(h, conn, &rq->resp);
+    }
+    rq->state = HTTP__QUEUED;
+    MHD_suspend_connection(conn);
+    http__enqueue(h, rq);
+    return MHD_YES;
 }
 
 static void http__completed(void *cls, struct MHD_Connection *conn,
@@ -158,20 +268,14 @@ static void http__completed(void *cls, struct MHD_Connection *conn,
     http__req_t *rq = *con_cls;
     if (rq != NULL) {
         atomic_fetch_sub(&h->requests, 1);
+        api_response_free(&rq->resp);
         free(rq->body);
+        free(rq->path);
+        free(rq->content_type);
+        free(rq->authorization);
         free(rq);
         *con_cls = NULL;
     }
-}
-
-static void http__connection(void *cls, struct MHD_Connection *conn,
-                             void **socket_context,
-                             enum MHD_ConnectionNotificationCode toe) {
-    http_t *h = cls;
-    (void)conn;
-    (void)socket_context;
-    atomic_fetch_add(&h->connections,
-                     toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1);
 }
 
 static void http__log(void *cls, const char *fmt, va_list ap) {
@@ -183,6 +287,26 @@ static void http__log(void *cls, const char *fmt, va_list ap) {
         msg[--n] = '\0';
     }
     log_debug("http.mhd", "msg=\"%s\"", msg);
+}
+
+/* -------------------------------------------------------- start / stop --- */
+
+static void http__stop_workers(http_t *h) {
+    pthread_mutex_lock(&h->mu);
+    h->stopping = 1;
+    pthread_cond_broadcast(&h->work);
+    pthread_mutex_unlock(&h->mu);
+    for (uint32_t i = 0; i < h->nworkers; i++) {
+        pthread_join(h->workers[i], NULL);
+    }
+    h->nworkers = 0;
+}
+
+static void http__free(http_t *h) {
+    pthread_mutex_destroy(&h->mu);
+    pthread_cond_destroy(&h->work);
+    free(h->workers);
+    free(h);
 }
 
 http_t *http_start(const cfg_t *cfg) {
@@ -206,29 +330,45 @@ http_t *http_start(const cfg_t *cfg) {
         return NULL;
     }
     h->cfg = cfg;
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_cond_init(&h->work, NULL);
+    h->workers = calloc(cfg->threads, sizeof(*h->workers));
+    for (uint32_t i = 0; h->workers != NULL && i < cfg->threads; i++) {
+        if (pthread_create(&h->workers[i], NULL, http__worker, h) != 0) {
+            break;
+        }
+        h->nworkers++;
+    }
+    if (h->nworkers != cfg->threads) {
+        log_error("http.start", "cannot start %u workers", cfg->threads);
+        http__stop_workers(h);
+        http__free(h);
+        freeaddrinfo(ai);
+        return NULL;
+    }
 
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC |
-                     MHD_USE_ERROR_LOG;
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) {
         flags |= MHD_USE_IPv6;
     }
     h->d = MHD_start_daemon(
         flags, cfg->http.port, NULL, NULL, http__access, h,
         MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->threads,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http_threads,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->conn_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024),
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024U,
         MHD_OPTION_NOTIFY_COMPLETED, http__completed, h,
-        MHD_OPTION_NOTIFY_CONNECTION, http__connection, h,
         MHD_OPTION_EXTERNAL_LOGGER, http__log, h,
         MHD_OPTION_END);
     freeaddrinfo(ai);
     if (h->d == NULL) {
         log_error("http.start", "cannot listen on %s:%u (in use?)",
                   cfg->http.host, cfg->http.port);
-        free(h);
+        http__stop_workers(h);
+        http__free(h);
         return NULL;
     }
     return h;
@@ -240,25 +380,17 @@ void http_stop(http_t *h, uint32_t grace_ms) {
     }
     /* 1. No new connections. 2. Open ones get "Connection: close" on their
      * next response, so keep-alive clients (the load balancer) move on.
-     * 3. Wait until no request is in progress and no connection is open,
-     * bounded by grace_ms; idle keep-alive connections are not worth
-     * waiting for once every request has been answered, so the wait for
-     * connections is short. 4. Stop the threads. */
+     * 3. Wait until every request in progress has been answered, bounded
+     * by grace_ms. 4. Stop the workers: whatever is still queued then is
+     * answered 503, and every suspended connection gets resumed, which
+     * libmicrohttpd requires before it stops. 5. Stop the event loops. */
     atomic_store(&h->draining, 1);
     MHD_socket ls = MHD_quiesce_daemon(h->d);
     if (ls != MHD_INVALID_SOCKET) {
         close(ls);
     }
-    int64_t start = mono_ns();
-    int64_t deadline = start + (int64_t)grace_ms * MONO_MS;
-    int64_t idle_wait = start + 200 * MONO_MS;
-    for (;;) {
-        int64_t now = mono_ns();
-        long req = atomic_load(&h->requests);
-        long conns = atomic_load(&h->connections);
-        if (now >= deadline || (req == 0 && (conns == 0 || now >= idle_wait))) {
-            break;
-        }
+    int64_t deadline = mono_ns() + (int64_t)grace_ms * MONO_MS;
+    while (atomic_load(&h->requests) > 0 && mono_ns() < deadline) {
         mono_sleep_ns(10 * MONO_MS);
     }
     long left = atomic_load(&h->requests);
@@ -266,6 +398,9 @@ void http_stop(http_t *h, uint32_t grace_ms) {
         log_warn("http.drain", "stopping with %ld request(s) in progress "
                  "after %u ms", left, grace_ms);
     }
+    http__stop_workers(h);
+    /* Give the event loops a moment to send what the workers resumed. */
+    mono_sleep_ns(50 * MONO_MS);
     MHD_stop_daemon(h->d);
-    free(h);
+    http__free(h);
 }

@@ -1,15 +1,25 @@
 /*
  * http.h: the HTTP server (libmicrohttpd), and nothing but transport.
  *
- * Threading model: an epoll thread pool of COUPON_THREADS threads. Each
- * thread runs its own event loop over its share of the connections, and
- * calls the API synchronously: a claim blocks its thread while it waits for
- * Redis and PostgreSQL. That is deliberate. It keeps each claim a straight
- * line of code a reader can follow, and it gives each thread exactly one
- * Redis connection and one PGconn with no pool and no locking. The price: a
- * thread blocked in a claim delays the other connections on that thread, so
- * COUPON_THREADS should be at least the number of claims you want in flight
- * per instance (lock mode serialises a hot coupon anyway).
+ * Threading model. Two kinds of threads, so that a slow backend never stalls
+ * an unrelated connection:
+ *
+ *   - COUPON_HTTP_THREADS event-loop threads (libmicrohttpd's epoll thread
+ *     pool) parse requests and write responses. They never wait on Redis or
+ *     PostgreSQL. Each one serves many connections; if it blocked in a claim,
+ *     every other connection it happens to own (including a health check,
+ *     or a load balancer's kept-alive connection) would wait behind it.
+ *   - COUPON_THREADS claim workers do the blocking work. When a request is
+ *     complete, its connection is suspended and the request goes on a queue;
+ *     a worker takes it, runs the API (which may wait on the lock and talk to
+ *     PostgreSQL), stores the response and resumes the connection; the event
+ *     loop then sends it. Each worker owns exactly one Redis connection and
+ *     one PGconn (see claim.c), so no connection is shared and none needs a
+ *     lock; the number of workers is the number of backend conversations one
+ *     instance has in flight.
+ *
+ * GET /healthz and /metrics touch no backend and are answered on the event
+ * loop directly, so they stay responsive under any load.
  *
  * The connection limit and per-connection timeout are set explicitly (the
  * library's defaults are about 1020 connections and no timeout at all).
@@ -21,14 +31,14 @@
 
 typedef struct http http_t;
 
-/* Starts serving on cfg->http. Returns a new server (free with http_stop),
- * or NULL with a log line. Borrows cfg. */
+/* Starts the workers and serves on cfg->http. Returns a new server (free
+ * with http_stop), or NULL with a log line. Borrows cfg. */
 http_t *http_start(const cfg_t *cfg);
 
 /* Graceful stop: closes the listening socket, marks every further response
- * "Connection: close", waits until open connections have finished (at most
- * grace_ms), then stops the threads and frees. Requests in flight complete.
- * Accepts NULL. */
+ * "Connection: close", waits until every request in progress is answered (at
+ * most grace_ms; after that, queued requests are answered 503), then stops
+ * the workers and the event loops and frees. Accepts NULL. */
 void http_stop(http_t *h, uint32_t grace_ms);
 
 #endif

@@ -42,13 +42,17 @@ static const store__stmt_t store__stmts[] = {
      "  FROM coupons c"
      "  LEFT JOIN claims cl ON cl.coupon_id = c.id AND cl.user_id = $2"
      " WHERE c.id = $1"},
-    /* The fenced, conditional increment and the claim row. last_fence <=
-     * fence refuses a stale holder; claimed < total refuses a check that
-     * went stale (fences order writes, not reads). */
+    /* The fenced, conditional increment and the claim row. $5 is the
+     * highest last_fence this write may find: fence - 1 for a lease's first
+     * write, fence for its later writes in the same transaction (a batch).
+     * So a stale holder is refused, and so is a NEW lease that drew a fence
+     * someone already wrote with (possible only after Redis lost the
+     * counter). claimed < total refuses a check that went stale: fences
+     * order writes, not reads. */
     {"write_fenced",
      "WITH upd AS ("
      "  UPDATE coupons SET claimed = claimed + 1, last_fence = $3::bigint"
-     "   WHERE id = $1 AND last_fence <= $3::bigint AND claimed < total"
+     "   WHERE id = $1 AND last_fence <= $5::bigint AND claimed < total"
      "  RETURNING claimed)"
      "INSERT INTO claims (coupon_id, user_id, fence, seq, instance)"
      " SELECT $1, $2, $3::bigint, upd.claimed, $4 FROM upd"
@@ -298,7 +302,11 @@ static int store__existing(store_t *st, const char *coupon,
 static int store__claim_item(store_t *st, const char *coupon, int64_t fence,
                              const char *fence_txt, store_item_t *item,
                              int64_t *last_fence_out, int *wrote) {
-    const char *p[4] = {coupon, item->user_id};
+    const char *p[5] = {coupon, item->user_id};
+    /* The highest last_fence we may find: see write_fenced. */
+    int64_t max_seen = *wrote ? fence : fence - 1;
+    char max_txt[24];
+    snprintf(max_txt, sizeof(max_txt), "%lld", (long long)max_seen);
     PGresult *res = store__exec(st, "check", 2, p, PGRES_TUPLES_OK);
     if (res == NULL) {
         return STORE_ERR;
@@ -330,7 +338,8 @@ static int store__claim_item(store_t *st, const char *coupon, int64_t fence,
     if (fence != STORE_NO_FENCE) {
         p[2] = fence_txt;
         p[3] = st->instance;
-        np = 4;
+        p[4] = max_txt;
+        np = 5;
         stmt = "write_fenced";
     } else {
         p[2] = st->instance;
@@ -374,7 +383,7 @@ static int store__claim_item(store_t *st, const char *coupon, int64_t fence,
     }
     int64_t last_fence = store__int(res, 0, 2);
     PQclear(res);
-    if (fence != STORE_NO_FENCE && last_fence > fence) {
+    if (fence != STORE_NO_FENCE && last_fence > max_seen) {
         *last_fence_out = last_fence;
         return STORE_FENCED;
     }

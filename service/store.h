@@ -79,10 +79,12 @@ const char *store_errstr(const store_t *st);
  * the conditional increment and the claim row in one statement:
  *
  *   UPDATE coupons SET claimed = claimed + 1, last_fence = $fence
- *    WHERE id = $1 AND last_fence <= $fence AND claimed < total
+ *    WHERE id = $1 AND last_fence < $fence AND claimed < total
  *
- * (without the fence terms when fence == STORE_NO_FENCE). Zero rows updated
- * is told apart: last_fence above our fence means FENCED, which aborts the
+ * (without the fence terms when fence == STORE_NO_FENCE; the batch's later
+ * items accept last_fence == $fence, their own lease's earlier write). Zero
+ * rows updated is told apart: a last_fence we may not pass means FENCED,
+ * which aborts the
  * whole batch (rolled back, *last_fence_out set), anything else is sold out.
  * When something was written, gate(arg) decides between COMMIT and ROLLBACK.
  *

@@ -1,0 +1,40 @@
+# loadtest/loadtest.mk -- the load generator and its helpers.
+#
+# Included by the top-level Makefile, which defines BUILD, CC, CFLAGS, LDFLAGS,
+# LDLIBS, Q and deps-check.
+#
+#   make build/loadgen      the load generator (also part of `make all`)
+#   make bench-loadgen      loadgen vs wrk against a trivial nginx endpoint
+#   make report [CSV=file.csv] [OUT=file.png]
+#                           plot a `loadgen --csv` file (default
+#                           $(BUILD)/demo/lock.csv -> $(BUILD)/report.png)
+
+LOADGEN_PKGS := libcurl libpq
+LOADGEN_OBJS := $(BUILD)/loadtest/loadgen.o
+
+# Recursive (=) on purpose: pkg-config runs when a recipe needs the flags,
+# after deps-check has had the chance to install the packages.
+LOADGEN_CFLAGS = $(shell pkg-config --cflags $(LOADGEN_PKGS) 2>/dev/null)
+LOADGEN_LIBS   = $(shell pkg-config --libs $(LOADGEN_PKGS) 2>/dev/null)
+
+.PHONY: all
+all: $(BUILD)/loadgen
+
+$(BUILD)/loadgen: $(LOADGEN_OBJS)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LOADGEN_LIBS) $(LDLIBS) -lm -pthread
+
+$(BUILD)/loadtest/%.o: loadtest/%.c | deps-check
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	$(Q)$(CC) $(CFLAGS) $(LOADGEN_CFLAGS) -c -o $@ $<
+
+.PHONY: bench-loadgen
+bench-loadgen: $(BUILD)/loadgen
+	$(Q)LOADGEN=$(BUILD)/loadgen bash loadtest/bench-loadgen.sh
+
+# CSV and OUT are read from the command line only, so that the generic names
+# do not leak into the rest of the build as defaults.
+.PHONY: report
+report:
+	$(Q)sh loadtest/report.sh $(or $(CSV),$(BUILD)/demo/lock.csv) $(or $(OUT),$(BUILD)/report.png)

@@ -1,0 +1,693 @@
+/*
+ * harness.c: see harness.h.
+ */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <libpq-fe.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tt.h"
+
+#define H_ADMIN_TOKEN "test-admin-token"
+
+/* Run-wide (set in the runner before forking, inherited by each test). */
+static char h__dir[256];   /* temporary directory of the run */
+static char h__bindir[256]; /* PostgreSQL's bin directory */
+static int h__pg_port;
+static pid_t h__pg_pid;
+
+/* Per test (in the test's process). */
+static char h__test_dir[320];
+static char h__dsn[256];
+static int h__redis_port;
+static pid_t h__redis_pid;
+static h_svc_t h__svcs[H_MAX_SVCS];
+static int h__nsvcs;
+
+/* -------------------------------------------------------------- helpers --- */
+
+void h_sleep_ms(long ms) {
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+static double h__now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+}
+
+static int h__free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+        perror("free port");
+        exit(1);
+    }
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* The user PostgreSQL runs as: postgres when we are root (initdb refuses
+ * root), ourselves otherwise. Returns NULL for "ourselves". */
+static struct passwd *h__pg_user(void) {
+    if (geteuid() != 0) {
+        return NULL;
+    }
+    struct passwd *pw = getpwnam("postgres");
+    if (pw == NULL) {
+        fprintf(stderr, "harness: running as root but there is no user "
+                        "'postgres' (install postgresql)\n");
+        exit(1);
+    }
+    return pw;
+}
+
+/* fork + exec argv with stdout/stderr to logfile, optionally as pw. */
+static pid_t h__spawn(char *const *argv, const char *logfile,
+                      struct passwd *pw, const char *const *env) {
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        exit(1);
+    }
+    if (pid != 0) {
+        return pid;
+    }
+    int fd = open(logfile, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+        close(fd);
+    }
+    int devnull = open("/dev/null", O_RDONLY);
+    if (devnull >= 0) {
+        dup2(devnull, 0);
+        close(devnull);
+    }
+    for (int i = 0; env != NULL && env[i] != NULL; i++) {
+        putenv((char *)env[i]);
+    }
+    if (pw != NULL && (setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0)) {
+        perror("setuid postgres");
+        _exit(127);
+    }
+    execvp(argv[0], argv);
+    fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+}
+
+/* Waits for pid up to timeout_ms; returns its wait status or -1. */
+static int h__wait(pid_t pid, int timeout_ms) {
+    double end = h__now_ms() + timeout_ms;
+    int status;
+    for (;;) {
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid) {
+            return status;
+        }
+        if (w < 0 || h__now_ms() > end) {
+            return -1;
+        }
+        h_sleep_ms(10);
+    }
+}
+
+static void h__tail(const char *path, int lines) {
+    char cmd[700];
+    snprintf(cmd, sizeof(cmd), "tail -n %d '%s' 2>/dev/null | sed 's/^/      | /'",
+             lines, path);
+    fflush(stderr);
+    int rc = system(cmd);
+    (void)rc;
+}
+
+static void h__dump(void) {
+    for (int i = 0; i < h__nsvcs; i++) {
+        fprintf(stderr, "    --- log of %s (%s), last lines:\n",
+                h__svcs[i].name, h__svcs[i].log);
+        h__tail(h__svcs[i].log, 25);
+    }
+}
+
+/* ----------------------------------------------------------- postgres --- */
+
+static PGconn *h__pg(const char *db) {
+    char dsn[256];
+    snprintf(dsn, sizeof(dsn),
+             "host=127.0.0.1 port=%d dbname=%s user=postgres "
+             "connect_timeout=5",
+             h__pg_port, db);
+    PGconn *c = PQconnectdb(dsn);
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "harness: connect %s: %s", db, PQerrorMessage(c));
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+static int h__pg_exec(PGconn *c, const char *sql) {
+    PGresult *r = PQexec(c, sql);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK ||
+             PQresultStatus(r) == PGRES_TUPLES_OK;
+    if (!ok) {
+        fprintf(stderr, "harness: %s: %s", sql, PQresultErrorMessage(r));
+    }
+    PQclear(r);
+    return ok ? 0 : -1;
+}
+
+static const char *h__bin(void) {
+    const char *b = getenv("COUPONSVC_BIN");
+    return b != NULL ? b : "build/couponsvc";
+}
+
+int h_setup(void) {
+    curl_global_init(CURL_GLOBAL_ALL);
+    signal(SIGPIPE, SIG_IGN);
+
+    FILE *p = popen("pg_config --bindir 2>/dev/null", "r");
+    if (p == NULL || fgets(h__bindir, sizeof(h__bindir), p) == NULL) {
+        fprintf(stderr, "harness: pg_config not found (libpq-dev)\n");
+        return -1;
+    }
+    pclose(p);
+    h__bindir[strcspn(h__bindir, "\n")] = '\0';
+
+    snprintf(h__dir, sizeof(h__dir), "/tmp/couponsvc-it-XXXXXX");
+    if (mkdtemp(h__dir) == NULL) {
+        perror("mkdtemp");
+        return -1;
+    }
+    chmod(h__dir, 0755);
+
+    struct passwd *pw = h__pg_user();
+    char pgdir[300], log[320], initdb[300], postgres[300], port[16];
+    snprintf(pgdir, sizeof(pgdir), "%s/pg", h__dir);
+    snprintf(log, sizeof(log), "%s/postgres.log", h__dir);
+    mkdir(pgdir, 0700);
+    int fd = open(log, O_CREAT | O_WRONLY, 0666);
+    if (fd >= 0) {
+        close(fd);
+    }
+    if (pw != NULL && (chown(pgdir, pw->pw_uid, pw->pw_gid) != 0 ||
+                       chown(log, pw->pw_uid, pw->pw_gid) != 0)) {
+        perror("chown");
+        return -1;
+    }
+
+    snprintf(initdb, sizeof(initdb), "%s/initdb", h__bindir);
+    char *iargv[] = {initdb, "-D", pgdir, "-A", "trust", "-U", "postgres",
+                     "--no-sync", "-E", "UTF8", NULL};
+    pid_t ip = h__spawn(iargv, log, pw, NULL);
+    int st = h__wait(ip, 60000);
+    if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "harness: initdb failed, see %s\n", log);
+        h__tail(log, 20);
+        return -1;
+    }
+
+    h__pg_port = h__free_port();
+    snprintf(port, sizeof(port), "%d", h__pg_port);
+    snprintf(postgres, sizeof(postgres), "%s/postgres", h__bindir);
+    char *pargv[] = {postgres, "-D", pgdir, "-p", port, "-k", pgdir,
+                     "-c", "listen_addresses=127.0.0.1",
+                     "-c", "fsync=off",
+                     "-c", "synchronous_commit=off",
+                     "-c", "full_page_writes=off",
+                     "-c", "max_connections=400",
+                     NULL};
+    h__pg_pid = h__spawn(pargv, log, pw, NULL);
+
+    double end = h__now_ms() + 30000;
+    char ping[128];
+    snprintf(ping, sizeof(ping), "host=127.0.0.1 port=%d dbname=postgres "
+             "user=postgres", h__pg_port);
+    while (PQping(ping) != PQPING_OK) {
+        if (h__now_ms() > end || waitpid(h__pg_pid, NULL, WNOHANG) != 0) {
+            fprintf(stderr, "harness: postgres did not start, see %s\n", log);
+            h__tail(log, 20);
+            return -1;
+        }
+        h_sleep_ms(50);
+    }
+
+    PGconn *c = h__pg("postgres");
+    if (c == NULL || h__pg_exec(c, "CREATE DATABASE tpl") != 0) {
+        PQfinish(c);
+        return -1;
+    }
+    PQfinish(c);
+
+    /* The schema comes from the real migrate command. */
+    char dsn[200], mlog[320];
+    snprintf(dsn, sizeof(dsn), "COUPON_PG_DSN=host=127.0.0.1 port=%d "
+             "dbname=tpl user=postgres", h__pg_port);
+    snprintf(mlog, sizeof(mlog), "%s/migrate.log", h__dir);
+    const char *env[] = {dsn, NULL};
+    char *margv[] = {(char *)h__bin(), "migrate", NULL};
+    pid_t mp = h__spawn(margv, mlog, NULL, env);
+    st = h__wait(mp, 30000);
+    if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "harness: couponsvc migrate failed\n");
+        h__tail(mlog, 20);
+        return -1;
+    }
+    printf("# postgres on 127.0.0.1:%d, run directory %s\n", h__pg_port,
+           h__dir);
+    return 0;
+}
+
+void h_teardown(void) {
+    if (h__pg_pid > 0) {
+        kill(h__pg_pid, SIGINT); /* fast shutdown */
+        if (h__wait(h__pg_pid, 15000) < 0) {
+            kill(h__pg_pid, SIGKILL);
+            waitpid(h__pg_pid, NULL, 0);
+        }
+    }
+    if (h__dir[0] != '\0' && getenv("KEEP_TEST_DIR") == NULL) {
+        char cmd[300];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", h__dir);
+        int rc = system(cmd);
+        (void)rc;
+    }
+}
+
+long long h_pg_int(const char *sql) {
+    PGconn *c = PQconnectdb(h__dsn);
+    TT_ASSERT_MSG(PQstatus(c) == CONNECTION_OK, "connect: %s",
+                  PQerrorMessage(c));
+    PGresult *r = PQexec(c, sql);
+    TT_ASSERT_MSG(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0,
+                  "%s: %s", sql, PQresultErrorMessage(r));
+    long long v = PQgetisnull(r, 0, 0) ? -1 : atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    PQfinish(c);
+    return v;
+}
+
+/* -------------------------------------------------------------- redis --- */
+
+void h_redis_start(void) {
+    char port[16], log[400];
+    snprintf(port, sizeof(port), "%d", h__redis_port);
+    snprintf(log, sizeof(log), "%s/redis.log", h__test_dir);
+    char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1",
+                    "--save", "", "--appendonly", "no", "--dir", h__test_dir,
+                    "--maxmemory-policy", "noeviction", NULL};
+    h__redis_pid = h__spawn(argv, log, NULL, NULL);
+    double end = h__now_ms() + 10000;
+    for (;;) {
+        struct timeval tv = {1, 0};
+        redisContext *c = redisConnectWithTimeout("127.0.0.1", h__redis_port,
+                                                  tv);
+        int ok = c != NULL && c->err == 0;
+        if (ok) {
+            redisReply *r = redisCommand(c, "PING");
+            ok = r != NULL && r->type == REDIS_REPLY_STATUS;
+            freeReplyObject(r);
+        }
+        redisFree(c);
+        if (ok) {
+            return;
+        }
+        TT_ASSERT_MSG(h__now_ms() < end, "redis did not start (%s)", log);
+        h_sleep_ms(20);
+    }
+}
+
+void h_redis_stop(void) {
+    if (h__redis_pid > 0) {
+        kill(h__redis_pid, SIGKILL); /* no persistence: the data is gone */
+        waitpid(h__redis_pid, NULL, 0);
+        h__redis_pid = 0;
+    }
+}
+
+void h_redis_signal(int sig) { kill(h__redis_pid, sig); }
+
+int h_redis_port(void) { return h__redis_port; }
+
+long long h_redis_cmd(const char *fmt, ...) {
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", h__redis_port, tv);
+    TT_ASSERT_MSG(c != NULL && c->err == 0, "redis connect: %s",
+                  c ? c->errstr : "oom");
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    TT_ASSERT_MSG(r != NULL, "redis command failed: %s", c->errstr);
+    long long v = r->type == REDIS_REPLY_INTEGER ? r->integer
+                  : r->type == REDIS_REPLY_NIL  ? -1
+                                                : 0;
+    if (r->type == REDIS_REPLY_STRING) {
+        v = atoll(r->str);
+    }
+    freeReplyObject(r);
+    redisFree(c);
+    return v;
+}
+
+/* ---------------------------------------------------------------- test --- */
+
+void h_begin(void) {
+    tt_on_failure = h__dump;
+    snprintf(h__test_dir, sizeof(h__test_dir), "%s/t%d", h__dir, (int)getpid());
+    mkdir(h__test_dir, 0755);
+
+    char db[32], sql[96];
+    snprintf(db, sizeof(db), "t%d", (int)getpid());
+    snprintf(sql, sizeof(sql), "CREATE DATABASE %s TEMPLATE tpl", db);
+    PGconn *c = h__pg("postgres");
+    TT_ASSERT(c != NULL);
+    TT_ASSERT(h__pg_exec(c, sql) == 0);
+    PQfinish(c);
+    snprintf(h__dsn, sizeof(h__dsn),
+             "host=127.0.0.1 port=%d dbname=%s user=postgres", h__pg_port, db);
+
+    h__redis_port = h__free_port();
+    h_redis_start();
+}
+
+const char *h_dsn(void) { return h__dsn; }
+
+h_svc_t *h_svc_start(const char *name, const char *const *env) {
+    TT_ASSERT(h__nsvcs < H_MAX_SVCS);
+    h_svc_t *s = &h__svcs[h__nsvcs++];
+    memset(s, 0, sizeof(*s));
+    snprintf(s->name, sizeof(s->name), "%s", name);
+    s->port = h__free_port();
+    snprintf(s->url, sizeof(s->url), "http://127.0.0.1:%d", s->port);
+    snprintf(s->log, sizeof(s->log), "%s/%s.log", h__test_dir, name);
+
+    /* Defaults first; the test's env comes after and wins (putenv order). */
+    static char buf[H_MAX_SVCS][6][300];
+    char(*b)[300] = buf[h__nsvcs - 1];
+    snprintf(b[0], 300, "COUPON_PG_DSN=%s", h__dsn);
+    snprintf(b[1], 300, "COUPON_REDIS_ADDRS=127.0.0.1:%d", h__redis_port);
+    snprintf(b[2], 300, "COUPON_HTTP_ADDR=127.0.0.1:%d", s->port);
+    snprintf(b[3], 300, "COUPON_INSTANCE_ID=%s", name);
+    snprintf(b[4], 300, "COUPON_ADMIN_TOKEN=%s", H_ADMIN_TOKEN);
+    snprintf(b[5], 300, "COUPON_THREADS=8");
+    const char *all[32];
+    int n = 0;
+    for (int i = 0; i < 6; i++) {
+        all[n++] = b[i];
+    }
+    for (int i = 0; env != NULL && env[i] != NULL && n < 31; i++) {
+        all[n++] = env[i];
+    }
+    all[n] = NULL;
+
+    char *argv[] = {(char *)h__bin(), NULL};
+    s->pid = h__spawn(argv, s->log, NULL, all);
+
+    char url[96];
+    snprintf(url, sizeof(url), "%s/healthz", s->url);
+    double end = h__now_ms() + 10000;
+    while (h_http("GET", url, NULL, NULL, NULL, 0, NULL) != 200) {
+        TT_ASSERT_MSG(waitpid(s->pid, NULL, WNOHANG) == 0,
+                      "%s exited during start", name);
+        TT_ASSERT_MSG(h__now_ms() < end, "%s did not answer /healthz", name);
+        h_sleep_ms(20);
+    }
+    return s;
+}
+
+int h_svc_stop(h_svc_t *s, int timeout_ms) {
+    kill(s->pid, SIGTERM);
+    int st = h__wait(s->pid, timeout_ms);
+    if (st < 0) {
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
+        return -1;
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* ---------------------------------------------------------------- http --- */
+
+typedef struct h__buf {
+    char *p;
+    size_t len;
+} h__buf_t;
+
+static size_t h__write(char *ptr, size_t size, size_t n, void *arg) {
+    h__buf_t *b = arg;
+    size_t add = size * n;
+    char *p = realloc(b->p, b->len + add + 1);
+    if (p == NULL) {
+        return 0;
+    }
+    memcpy(p + b->len, ptr, add);
+    b->p = p;
+    b->len += add;
+    b->p[b->len] = '\0';
+    return add;
+}
+
+static __thread CURL *h__curl;
+
+long h_http(const char *method, const char *url, const char *content_type,
+            const char *auth, const char *data, size_t len, char **body) {
+    if (h__curl == NULL) {
+        h__curl = curl_easy_init();
+    }
+    CURL *c = h__curl;
+    curl_easy_reset(c);
+    h__buf_t b = {0};
+    struct curl_slist *hdr = NULL;
+    char line[300];
+    if (content_type != NULL) {
+        snprintf(line, sizeof(line), "Content-Type: %s", content_type);
+        hdr = curl_slist_append(hdr, line);
+    }
+    if (auth != NULL) {
+        snprintf(line, sizeof(line), "Authorization: %s", auth);
+        hdr = curl_slist_append(hdr, line);
+    }
+    hdr = curl_slist_append(hdr, "Expect:");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, h__write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 30000L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    /* A new connection per request: a kept-alive one lives on one service
+     * thread, and if that thread is busy in a claim, a metrics poll on it
+     * would wait for that claim. */
+    curl_easy_setopt(c, CURLOPT_FORBID_REUSE, 1L);
+    if (data != NULL) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, data);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
+    }
+    long status = 0;
+    if (curl_easy_perform(c) == CURLE_OK) {
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    }
+    curl_slist_free_all(hdr);
+    if (body != NULL) {
+        *body = b.p != NULL ? b.p : strdup("");
+    } else {
+        free(b.p);
+    }
+    return status;
+}
+
+long h_claim(const h_svc_t *s, const char *coupon, const char *user,
+             json_t **json) {
+    char url[96], data[512];
+    snprintf(url, sizeof(url), "%s/claim", s->url);
+    snprintf(data, sizeof(data), "{\"coupon_id\":\"%s\",\"user_id\":\"%s\"}",
+             coupon, user);
+    char *body = NULL;
+    long st = h_http("POST", url, "application/json", NULL, data,
+                     strlen(data), json != NULL ? &body : NULL);
+    if (json != NULL) {
+        *json = json_loads(body, 0, NULL);
+        free(body);
+    }
+    return st;
+}
+
+void h_coupon(const h_svc_t *s, const char *id, long total) {
+    char url[96], data[256];
+    snprintf(url, sizeof(url), "%s/coupons", s->url);
+    snprintf(data, sizeof(data), "{\"id\":\"%s\",\"total\":%ld}", id, total);
+    long st = h_http("POST", url, "application/json",
+                     "Bearer " H_ADMIN_TOKEN, data, strlen(data), NULL);
+    TT_ASSERT_MSG(st == 201, "create coupon %s: status %ld", id, st);
+}
+
+double h_metric(const h_svc_t *s, const char *series) {
+    char url[96], *body = NULL;
+    snprintf(url, sizeof(url), "%s/metrics", s->url);
+    long st = h_http("GET", url, NULL, NULL, NULL, 0, &body);
+    if (st != 200) {
+        if (getenv("HDEBUG")) fprintf(stderr, "metric %s: status %ld\n", url, st);
+        free(body);
+        return -1;
+    }
+    double v = -1;
+    size_t n = strlen(series);
+    for (char *line = body; line != NULL && *line != '\0';) {
+        char *next = strchr(line, '\n');
+        if (strncmp(line, series, n) == 0 && line[n] == ' ') {
+            v = atof(line + n + 1);
+            break;
+        }
+        line = next != NULL ? next + 1 : NULL;
+    }
+    free(body);
+    return v;
+}
+
+double h_wait_metric(const h_svc_t *s, const char *series, double want,
+                     int timeout_ms) {
+    double end = h__now_ms() + timeout_ms;
+    double v;
+    while ((v = h_metric(s, series)) < want && h__now_ms() < end) {
+        h_sleep_ms(10);
+    }
+    return v;
+}
+
+/* ---------------------------------------------------------- concurrency --- */
+
+typedef struct h__many {
+    h_svc_t *const *svcs;
+    int nsvc;
+    const char *coupon, *prefix;
+    int n;
+    int next; /* guarded by mu */
+    pthread_mutex_t mu;
+    h_counts_t *out;
+} h__many_t;
+
+static void *h__many_thread(void *arg) {
+    h__many_t *m = arg;
+    for (;;) {
+        pthread_mutex_lock(&m->mu);
+        int i = m->next++;
+        pthread_mutex_unlock(&m->mu);
+        if (i >= m->n) {
+            break;
+        }
+        char user[96];
+        snprintf(user, sizeof(user), "%s-%d", m->prefix, i);
+        long st = h_claim(m->svcs[i % m->nsvc], m->coupon, user, NULL);
+        pthread_mutex_lock(&m->mu);
+        m->out->by_status[st >= 0 && st < 600 ? st : 0]++;
+        pthread_mutex_unlock(&m->mu);
+    }
+    return NULL;
+}
+
+void h_claim_many(h_svc_t *const *svcs, int nsvc, const char *coupon,
+                  const char *prefix, int n, int threads, h_counts_t *out) {
+    memset(out, 0, sizeof(*out));
+    h__many_t m = {.svcs = svcs, .nsvc = nsvc, .coupon = coupon,
+                   .prefix = prefix, .n = n, .out = out};
+    pthread_mutex_init(&m.mu, NULL);
+    pthread_t t[256];
+    if (threads > 256) {
+        threads = 256;
+    }
+    for (int i = 0; i < threads; i++) {
+        pthread_create(&t[i], NULL, h__many_thread, &m);
+    }
+    for (int i = 0; i < threads; i++) {
+        pthread_join(t[i], NULL);
+    }
+    pthread_mutex_destroy(&m.mu);
+}
+
+/* ---------------------------------------------------------- invariants --- */
+
+void h_check_invariants(const char *coupon, long stock, long n201) {
+    PGconn *c = PQconnectdb(h__dsn);
+    TT_ASSERT(PQstatus(c) == CONNECTION_OK);
+    const char *p[] = {coupon};
+    PGresult *r = PQexecParams(
+        c,
+        "SELECT c.total, c.claimed,"
+        "  (SELECT count(*) FROM claims WHERE coupon_id = c.id),"
+        "  (SELECT count(DISTINCT user_id) FROM claims WHERE coupon_id = c.id),"
+        "  (SELECT count(DISTINCT seq) FROM claims WHERE coupon_id = c.id),"
+        "  (SELECT coalesce(max(seq), 0) FROM claims WHERE coupon_id = c.id)"
+        " FROM coupons c WHERE c.id = $1",
+        1, NULL, p, NULL, NULL, 0);
+    TT_ASSERT_MSG(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1,
+                  "coupon %s: %s", coupon, PQresultErrorMessage(r));
+    long total = atol(PQgetvalue(r, 0, 0));
+    long claimed = atol(PQgetvalue(r, 0, 1));
+    long rows = atol(PQgetvalue(r, 0, 2));
+    long users = atol(PQgetvalue(r, 0, 3));
+    long seqs = atol(PQgetvalue(r, 0, 4));
+    long maxseq = atol(PQgetvalue(r, 0, 5));
+    PQclear(r);
+
+    TT_EQ_INT(total, stock);
+    TT_CMP_INT(claimed, <=, stock);           /* never oversold */
+    TT_EQ_INT(rows, claimed);                 /* every claim counted once */
+    TT_EQ_INT(users, rows);                   /* one claim per user */
+    TT_EQ_INT(n201, rows);                    /* every 201 durable, no more */
+    TT_EQ_INT(seqs, rows);                    /* seq 1..claimed, no repeats */
+    TT_EQ_INT(maxseq, rows);
+
+    /* Fences strictly rising in commit order. */
+    r = PQexecParams(c,
+                     "SELECT seq, fence FROM claims WHERE coupon_id = $1"
+                     " ORDER BY seq",
+                     1, NULL, p, NULL, NULL, 0);
+    TT_ASSERT(PQresultStatus(r) == PGRES_TUPLES_OK);
+    long long prev = -1;
+    for (int i = 0; i < PQntuples(r); i++) {
+        if (PQgetisnull(r, i, 1)) {
+            continue; /* atomic mode: no fences */
+        }
+        long long f = atoll(PQgetvalue(r, i, 1));
+        TT_ASSERT_MSG(f > prev,
+                      "fences not rising in commit order: seq %s has fence "
+                      "%lld after %lld",
+                      PQgetvalue(r, i, 0), f, prev);
+        prev = f;
+    }
+    PQclear(r);
+    PQfinish(c);
+}
+
+int h_run_migrate(void) {
+    char dsn[300], log[400];
+    snprintf(dsn, sizeof(dsn), "COUPON_PG_DSN=%s", h__dsn);
+    snprintf(log, sizeof(log), "%s/migrate.log", h__test_dir);
+    const char *env[] = {dsn, NULL};
+    char *argv[] = {(char *)h__bin(), "migrate", NULL};
+    int st = h__wait(h__spawn(argv, log, NULL, env), 30000);
+    return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}

@@ -1,0 +1,104 @@
+/*
+ * harness.h: real PostgreSQL, real Redis and real couponsvc processes for the
+ * integration tests. Nothing here is a mock.
+ *
+ * Once per run (in the test runner, before any test): a temporary directory,
+ * a fresh PostgreSQL cluster on a free loopback port (as user postgres when
+ * run as root: initdb refuses root), and a template database with the
+ * migrations applied by `couponsvc migrate`.
+ *
+ * Once per test (in the test's own process): a database cloned from the
+ * template, and a Redis on another free port. Services the test starts are
+ * children of the test process, in its process group: when the test ends,
+ * or times out, the runner kills the group, so nothing outlives it. On
+ * failure the tail of every service log is printed.
+ */
+#ifndef COUPONSVC_HARNESS_H
+#define COUPONSVC_HARNESS_H
+
+#include <jansson.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define H_MAX_SVCS 8
+
+typedef struct h_svc {
+    pid_t pid;
+    int port;
+    char name[32];
+    char url[64];
+    char log[512];
+} h_svc_t;
+
+/* Runner-level setup/teardown (for tt_main). */
+int h_setup(void);
+void h_teardown(void);
+
+/* Per test: a database and a Redis of its own. Call first in every
+ * integration test. */
+void h_begin(void);
+
+const char *h_dsn(void); /* the test database, for COUPON_PG_DSN */
+int h_redis_port(void);
+
+/* Redis control, for fault tests. */
+void h_redis_stop(void);   /* SIGTERM and wait: data gone (no persistence) */
+void h_redis_start(void);  /* on the same port */
+void h_redis_signal(int sig); /* e.g. SIGSTOP / SIGCONT */
+
+/* Runs one Redis command on the test's Redis; returns its integer reply or
+ * -1 (for status/string replies 0). Fails the test if Redis is down. */
+long long h_redis_cmd(const char *fmt, ...);
+
+/* Starts couponsvc with the test's DSN and Redis, plus env ("K=V", NULL-
+ * terminated; may be NULL), and waits until /healthz answers. */
+h_svc_t *h_svc_start(const char *name, const char *const *env);
+
+/* SIGTERM, then waits up to timeout_ms; returns the exit status (or -1 if
+ * it had to be killed). */
+int h_svc_stop(h_svc_t *s, int timeout_ms);
+
+/* One HTTP request. Returns the status (0 on transport error); *body gets a
+ * new NUL-terminated copy of the response body if body != NULL. */
+long h_http(const char *method, const char *url, const char *content_type,
+            const char *auth, const char *data, size_t len, char **body);
+
+/* POST /claim; returns the status and the parsed body (new ref) in *json. */
+long h_claim(const h_svc_t *s, const char *coupon, const char *user,
+             json_t **json);
+
+/* POST /coupons with the admin token the harness gives every service. */
+void h_coupon(const h_svc_t *s, const char *id, long total);
+
+/* Reads a metric's value from GET /metrics (the whole line's name part must
+ * match, labels included). -1 if absent. */
+double h_metric(const h_svc_t *s, const char *series);
+
+/* One integer from a query on the test database (first row, first column). */
+long long h_pg_int(const char *sql);
+
+/* Concurrent claims: users <prefix>-0 .. <prefix>-(n-1), spread round-robin
+ * over svcs, from `threads` threads at once. counts[status]++ per answer
+ * (status 0 = transport error). */
+typedef struct h_counts {
+    long by_status[600];
+} h_counts_t;
+void h_claim_many(h_svc_t *const *svcs, int nsvc, const char *coupon,
+                  const char *prefix, int n, int threads, h_counts_t *out);
+
+/* The invariants every claim test ends with: claimed <= stock, claim rows ==
+ * claimed, one claim per user, every 201 durable (n201 == rows), and fences
+ * strictly rising in commit order (seq) when the claims carry fences. */
+void h_check_invariants(const char *coupon, long stock, long n201);
+
+/* Runs `couponsvc migrate` on the test database; returns its exit status. */
+int h_run_migrate(void);
+
+/* Sleeps ms milliseconds. */
+void h_sleep_ms(long ms);
+
+/* Polls until metric >= want on s, up to timeout_ms; returns the last value. */
+double h_wait_metric(const h_svc_t *s, const char *series, double want,
+                     int timeout_ms);
+
+#endif

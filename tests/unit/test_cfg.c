@@ -1,0 +1,116 @@
+/*
+ * test_cfg.c: configuration from defaults, environment and flags.
+ */
+#include <stdlib.h>
+
+#include "cfg.h"
+#include "tt.h"
+
+static int load(cfg_t *c, int argc, char **argv) {
+    return cfg_load(c, argc, argv);
+}
+
+TT_TEST(cfg_defaults, 5) {
+    cfg_t c;
+    char *argv[] = {"couponsvc", NULL};
+    TT_EQ_INT(load(&c, 1, argv), CFG_OK);
+    TT_EQ_STR(c.command, "serve");
+    TT_EQ_INT(c.lock_ttl_ms, 5000);
+    TT_EQ_INT(c.watchdog_period_ms, 500); /* a tenth of the TTL */
+    TT_EQ_INT(c.redis_timeout_ms, 500);
+    TT_EQ_INT(c.mode, CLAIM_MODE_LOCK);
+    TT_EQ_INT(c.nredis, 1);
+    TT_EQ_STR(c.redis[0].host, "127.0.0.1");
+    TT_EQ_INT(c.redis[0].port, 6379);
+    TT_EQ_STR(c.http.host, "127.0.0.1");
+    TT_EQ_INT(c.http.port, 8081);
+    TT_EQ_STR(c.admin_token, "");
+    cfg_free(&c);
+}
+
+TT_TEST(cfg_env_then_flag_wins, 5) {
+    setenv("COUPON_LOCK_TTL_MS", "2000", 1);
+    setenv("COUPON_CLAIM_MODE", "atomic", 1);
+    setenv("COUPON_REDIS_ADDRS", "10.0.0.1:7000, 10.0.0.2:7001", 1);
+    cfg_t c;
+    char *argv[] = {"couponsvc", "--claim-mode", "naive",
+                    "--http-addr=0.0.0.0:9000", "migrate", NULL};
+    TT_EQ_INT(load(&c, 5, argv), CFG_OK);
+    TT_EQ_INT(c.lock_ttl_ms, 2000);
+    TT_EQ_INT(c.watchdog_period_ms, 200);
+    TT_EQ_INT(c.mode, CLAIM_MODE_NAIVE); /* the flag beat the env */
+    TT_EQ_INT(c.nredis, 2);
+    TT_EQ_STR(c.redis[1].host, "10.0.0.2");
+    TT_EQ_INT(c.redis[1].port, 7001);
+    TT_EQ_STR(c.http.host, "0.0.0.0");
+    TT_EQ_INT(c.http.port, 9000);
+    TT_EQ_STR(c.command, "migrate");
+    cfg_free(&c);
+}
+
+TT_TEST(cfg_small_ttl_scales_redis_timeout, 5) {
+    setenv("COUPON_LOCK_TTL_MS", "400", 1);
+    cfg_t c;
+    char *argv[] = {"couponsvc", NULL};
+    TT_EQ_INT(load(&c, 1, argv), CFG_OK);
+    TT_EQ_INT(c.redis_timeout_ms, 100);
+    TT_EQ_INT(c.watchdog_period_ms, 40);
+    cfg_free(&c);
+}
+
+TT_TEST(cfg_rejects_bad_values, 5) {
+    static const char *bad[][2] = {
+        {"COUPON_LOCK_TTL_MS", "abc"},     {"COUPON_LOCK_TTL_MS", "-5"},
+        {"COUPON_LOCK_TTL_MS", "99"},      {"COUPON_LOCK_TTL_MS", "5000x"},
+        {"COUPON_CLAIM_MODE", "fast"},     {"COUPON_HTTP_ADDR", "nohost"},
+        {"COUPON_HTTP_ADDR", "h:99999"},   {"COUPON_REDIS_ADDRS", "a:1,,"},
+        {"COUPON_LOG_LEVEL", "loud"},      {"COUPON_THREADS", "0"},
+        {"COUPON_WATCHDOG_PERIOD_MS", "5000"}, /* not below the TTL */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        setenv(bad[i][0], bad[i][1], 1);
+        cfg_t c;
+        char *argv[] = {"couponsvc", NULL};
+        int rc = load(&c, 1, argv);
+        TT_ASSERT_MSG(rc == CFG_ERR, "%s=%s was accepted", bad[i][0],
+                      bad[i][1]);
+        TT_ASSERT(c.errstr[0] != '\0');
+        cfg_free(&c);
+        unsetenv(bad[i][0]);
+    }
+}
+
+TT_TEST(cfg_unknown_flag_and_command, 5) {
+    cfg_t c;
+    char *a1[] = {"couponsvc", "--no-such-flag", "1", NULL};
+    TT_EQ_INT(load(&c, 3, a1), CFG_ERR);
+    TT_CONTAINS(c.errstr, "unknown flag");
+    cfg_free(&c);
+    char *a2[] = {"couponsvc", "explode", NULL};
+    TT_EQ_INT(load(&c, 2, a2), CFG_ERR);
+    cfg_free(&c);
+    char *a3[] = {"couponsvc", "--lock-ttl-ms", NULL};
+    TT_EQ_INT(load(&c, 2, a3), CFG_ERR);
+    TT_CONTAINS(c.errstr, "needs a value");
+    cfg_free(&c);
+    char *a4[] = {"couponsvc", "--help", NULL};
+    TT_EQ_INT(load(&c, 2, a4), CFG_HELP);
+    cfg_free(&c);
+}
+
+TT_TEST(cfg_usage_lists_every_contract_name, 5) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    cfg_usage(f);
+    fclose(f);
+    static const char *names[] = {
+        "COUPON_HTTP_ADDR",   "COUPON_PG_DSN",      "COUPON_REDIS_ADDRS",
+        "COUPON_LOCK_TTL_MS", "COUPON_CLAIM_MODE",  "COUPON_ADMIN_TOKEN",
+        "COUPON_FAULT",       "COUPON_LOCK_WAIT_MS", "--lock-ttl-ms",
+        "COUPON_WATCHDOG_PERIOD_MS"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        TT_CONTAINS(buf, names[i]);
+    }
+    free(buf);
+}
