@@ -74,13 +74,16 @@ $(BUILD)/service/migrations.o: $(BUILD)/service/migrations.c
 
 # ------------------------------------------------------------------ deps ----
 
-# deps-check is cheap: it runs the installer only when pkg-config cannot find
-# a library. `make deps` always runs it.
+# deps-check runs before every build: deploy/deps.sh asks dpkg which of the
+# packages are missing (about 0.1 s) and installs only those, so a fresh
+# machine gets libraries, servers and tools alike. NO_DEPS=1 skips it.
 .PHONY: deps deps-check
 deps:
 	$(Q)sh deploy/deps.sh
 deps-check:
-	$(Q)pkg-config --exists $(PKGS) libcurl || sh deploy/deps.sh
+ifneq ($(NO_DEPS),1)
+	$(Q)sh deploy/deps.sh
+endif
 
 -include tests/tests.mk
 -include loadtest/loadtest.mk
