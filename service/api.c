@@ -19,7 +19,9 @@
 
 static const cfg_t *api__cfg;
 
-void api_init(const cfg_t *cfg) { api__cfg = cfg; }
+void api_init(const cfg_t *cfg) {
+    api__cfg = cfg;
+}
 
 void api_response_free(api_response_t *resp) {
     if (resp != NULL) {
@@ -45,8 +47,8 @@ static void api__json(api_response_t *resp, unsigned status, json_t *obj) {
     resp->len = resp->body != NULL ? strlen(resp->body) : 0;
 }
 
-static void api__error(api_response_t *resp, unsigned status,
-                       const char *code, const char *detail) {
+static void api__error(api_response_t *resp, unsigned status, const char *code,
+                       const char *detail) {
     api__json(resp, status,
               json_pack("{s:s, s:s}", "error", code, "detail", detail));
 }
@@ -134,13 +136,12 @@ static void api__claim(const api_request_t *req, api_response_t *resp) {
                             r.outcome == CLAIM_CLAIMED ? "claimed"
                                                        : "already_claimed",
                             "claim_id", (json_int_t)r.claim_id, "coupon_id",
-                            rc.coupon_id, "user_id", rc.user_id, "fence",
-                            fence, "remaining", (json_int_t)r.remaining));
+                            rc.coupon_id, "user_id", rc.user_id, "fence", fence,
+                            "remaining", (json_int_t)r.remaining));
         return;
     case CLAIM_SOLD_OUT:
         json_decref(fence);
-        snprintf(d, sizeof(d), "coupon \"%s\" has no stock left",
-                 rc.coupon_id);
+        snprintf(d, sizeof(d), "coupon \"%s\" has no stock left", rc.coupon_id);
         api__json(resp, 410,
                   json_pack("{s:s, s:s, s:s, s:s, s:i}", "status", "sold_out",
                             "error", "sold_out", "detail", d, "coupon_id",
@@ -153,9 +154,9 @@ static void api__claim(const api_request_t *req, api_response_t *resp) {
         return;
     case CLAIM_FENCED:
         api__json(resp, 409,
-                  json_pack("{s:s, s:s, s:s, s:o}", "error", "fenced",
-                            "detail", r.detail, "coupon_id", rc.coupon_id,
-                            "fence", fence));
+                  json_pack("{s:s, s:s, s:s, s:o}", "error", "fenced", "detail",
+                            r.detail, "coupon_id", rc.coupon_id, "fence",
+                            fence));
         return;
     case CLAIM_BUSY:
         json_decref(fence);
@@ -174,8 +175,7 @@ static void api__claim(const api_request_t *req, api_response_t *resp) {
     api__error(resp, 500, "internal", "unknown claim outcome");
 }
 
-static void api__coupon_create(const api_request_t *req,
-                               api_response_t *resp) {
+static void api__coupon_create(const api_request_t *req, api_response_t *resp) {
     if (api__check_adminOrReply(req, resp) ||
         api__check_bodyOrReply(req, resp)) {
         return;
@@ -264,8 +264,10 @@ static api__route_t api__match(const char *path, const char **arg) {
     static const struct {
         const char *path;
         api__route_t route;
-    } exact[] = {{"/healthz", API__HEALTHZ}, {"/readyz", API__READYZ},
-                 {"/metrics", API__METRICS}, {"/claim", API__CLAIM},
+    } exact[] = {{"/healthz", API__HEALTHZ},
+                 {"/readyz", API__READYZ},
+                 {"/metrics", API__METRICS},
+                 {"/claim", API__CLAIM},
                  {"/coupons", API__COUPONS}};
     for (size_t i = 0; i < sizeof(exact) / sizeof(exact[0]); i++) {
         if (strcmp(path, exact[i].path) == 0) {
@@ -355,9 +357,8 @@ void api_handle(const api_request_t *req, api_response_t *resp) {
     }
 
     /* The path exists but not with this method. */
-    resp->allow = (route == API__CLAIM || route == API__COUPONS)
-                      ? "POST"
-                      : "GET, HEAD";
+    resp->allow =
+        (route == API__CLAIM || route == API__COUPONS) ? "POST" : "GET, HEAD";
     char d[96], m[17];
     api__printable(m, sizeof(m), req->method);
     snprintf(d, sizeof(d), "%s is not allowed here; use %s", m, resp->allow);

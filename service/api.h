@@ -20,12 +20,12 @@ typedef struct api_request {
     const char *authorization; /* borrowed; NULL if absent */
     const char *body;          /* borrowed; may be NULL when body_len == 0 */
     size_t body_len;
-    int body_too_large;        /* the body passed COUPON_MAX_BODY */
+    int body_too_large; /* the body passed COUPON_MAX_BODY */
 } api_request_t;
 
 typedef struct api_response {
     unsigned status;
-    char *body;               /* new (free with api_response_free) */
+    char *body; /* new (free with api_response_free) */
     size_t len;
     const char *content_type; /* static */
     const char *allow;        /* static; set on 405 */

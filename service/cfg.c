@@ -24,7 +24,7 @@ typedef enum cfg__kind {
 } cfg__kind_t;
 
 typedef struct cfg__opt {
-    const char *env;   /* COUPON_X; the flag is --x with '_' -> '-' */
+    const char *env; /* COUPON_X; the flag is --x with '_' -> '-' */
     cfg__kind_t kind;
     size_t off;        /* offset of the field in cfg_t */
     const char *def;   /* default, as text; NULL = computed */
@@ -59,22 +59,21 @@ static const cfg__opt_t cfg__opts[] = {
      "connection)"},
     {"COUPON_HTTP_THREADS", CFG__U32, F(http_threads), "2", 1, 64,
      "HTTP event-loop threads (they never block on a backend)"},
-    {"COUPON_MAX_CONNECTIONS", CFG__U32, F(max_connections), "4096", 1,
-     1000000, "concurrent HTTP connections accepted"},
+    {"COUPON_MAX_CONNECTIONS", CFG__U32, F(max_connections), "4096", 1, 1000000,
+     "concurrent HTTP connections accepted"},
     {"COUPON_CONN_TIMEOUT_S", CFG__U32, F(conn_timeout_s), "30", 1, 3600,
      "seconds an idle or slow HTTP connection is kept"},
     {"COUPON_MAX_BODY", CFG__U32, F(max_body), "4096", 64, 1048576,
      "request body limit in bytes (413 above it)"},
-    {"COUPON_REDIS_TIMEOUT_MS", CFG__U32, F(redis_timeout_ms), NULL, 0,
-     60000, "Redis connect and command timeout in ms (default: the smaller "
+    {"COUPON_REDIS_TIMEOUT_MS", CFG__U32, F(redis_timeout_ms), NULL, 0, 60000,
+     "Redis connect and command timeout in ms (default: the smaller "
      "of 500 and TTL/4)"},
     {"COUPON_PG_CONNECT_TIMEOUT_S", CFG__U32, F(pg_connect_timeout_s), "3", 2,
      600, "PostgreSQL connect timeout in seconds"},
     {"COUPON_PG_STATEMENT_TIMEOUT_MS", CFG__U32, F(pg_statement_timeout_ms),
      "2000", 1, 3600000, "PostgreSQL statement_timeout in ms"},
     {"COUPON_PG_IDLE_TX_TIMEOUT_MS", CFG__U32, F(pg_idle_tx_timeout_ms),
-     "60000", 0, 3600000,
-     "idle_in_transaction_session_timeout in ms (0: off)"},
+     "60000", 0, 3600000, "idle_in_transaction_session_timeout in ms (0: off)"},
     {"COUPON_SHUTDOWN_GRACE_MS", CFG__U32, F(shutdown_grace_ms), "10000", 0,
      600000, "how long SIGTERM waits for open connections to finish"},
     {"COUPON_INSTANCE_ID", CFG__ID, F(instance_id), NULL, 0, 0,
@@ -181,8 +180,8 @@ static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
     }
     case CFG__ADDR:
         if (cfg_parse_addr(v, (cfg_addr_t *)(void *)field) != 0) {
-            snprintf(c->errstr, sizeof(c->errstr),
-                     "%s: '%s' is not host:port", o->env, v);
+            snprintf(c->errstr, sizeof(c->errstr), "%s: '%s' is not host:port",
+                     o->env, v);
             return -1;
         }
         return 0;
@@ -190,8 +189,8 @@ static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
         int n = cfg_parse_addr_list(v, c->redis, CFG_MAX_REDIS);
         if (n < 0) {
             snprintf(c->errstr, sizeof(c->errstr),
-                     "%s: '%s' is not a list of up to %d host:port", o->env,
-                     v, CFG_MAX_REDIS);
+                     "%s: '%s' is not a list of up to %d host:port", o->env, v,
+                     CFG_MAX_REDIS);
             return -1;
         }
         c->nredis = n;

@@ -33,42 +33,43 @@ typedef struct cfg_addr {
 typedef struct cfg {
     const char *command; /* "serve" or "migrate"; points into argv or static */
 
-    cfg_addr_t http;           /* COUPON_HTTP_ADDR */
-    char *pg_dsn;              /* COUPON_PG_DSN; owned */
+    cfg_addr_t http;                 /* COUPON_HTTP_ADDR */
+    char *pg_dsn;                    /* COUPON_PG_DSN; owned */
     cfg_addr_t redis[CFG_MAX_REDIS]; /* COUPON_REDIS_ADDRS */
-    int nredis;                /* entries used in redis[]; >= 1 */
-    uint32_t lock_ttl_ms;      /* lease TTL; the watchdog keeps it alive */
-    uint32_t lock_wait_ms;     /* how long a claim may wait for the lock */
+    int nredis;                      /* entries used in redis[]; >= 1 */
+    uint32_t lock_ttl_ms;        /* lease TTL; the watchdog keeps it alive */
+    uint32_t lock_wait_ms;       /* how long a claim may wait for the lock */
     uint32_t watchdog_period_ms; /* renewal period; 0 in input = TTL/10 */
-    claim_mode_t mode;         /* COUPON_CLAIM_MODE */
-    char *admin_token;         /* COUPON_ADMIN_TOKEN; owned; "" = admin off */
-    char *fault;               /* COUPON_FAULT spec; owned; "" = none */
-    uint32_t threads;          /* claim workers, each with its own Redis
-                                  and PostgreSQL connection */
-    uint32_t http_threads;     /* libmicrohttpd event-loop threads */
-    uint32_t max_connections;  /* libmicrohttpd connection limit */
-    uint32_t conn_timeout_s;   /* idle/slow connection timeout */
-    uint32_t max_body;         /* request body limit in bytes (413 above) */
-    uint32_t redis_timeout_ms; /* connect and command timeout, every call */
+    claim_mode_t mode;           /* COUPON_CLAIM_MODE */
+    char *admin_token;           /* COUPON_ADMIN_TOKEN; owned; "" = admin off */
+    char *fault;                 /* COUPON_FAULT spec; owned; "" = none */
+    uint32_t threads;            /* claim workers, each with its own Redis
+                                    and PostgreSQL connection */
+    uint32_t http_threads;       /* libmicrohttpd event-loop threads */
+    uint32_t max_connections;    /* libmicrohttpd connection limit */
+    uint32_t conn_timeout_s;     /* idle/slow connection timeout */
+    uint32_t max_body;           /* request body limit in bytes (413 above) */
+    uint32_t redis_timeout_ms;   /* connect and command timeout, every call */
     uint32_t pg_connect_timeout_s;    /* libpq connect_timeout */
     uint32_t pg_statement_timeout_ms; /* SET statement_timeout */
     uint32_t pg_idle_tx_timeout_ms;   /* idle_in_transaction_session_timeout */
     uint32_t shutdown_grace_ms; /* how long SIGTERM waits for connections */
-    char instance_id[128];     /* COUPON_INSTANCE_ID; default hostname-pid */
-    log_level_t log_level;     /* COUPON_LOG_LEVEL */
+    char instance_id[128];      /* COUPON_INSTANCE_ID; default hostname-pid */
+    log_level_t log_level;      /* COUPON_LOG_LEVEL */
 
     char errstr[256]; /* why cfg_load failed */
 } cfg_t;
 
 enum {
     CFG_OK = 0,
-    CFG_HELP = 1,     /* --help was given; usage printed, exit 0 */
-    CFG_VERSION = 2,  /* --version was given */
-    CFG_ERR = -1,     /* errstr says what is wrong */
+    CFG_HELP = 1,    /* --help was given; usage printed, exit 0 */
+    CFG_VERSION = 2, /* --version was given */
+    CFG_ERR = -1,    /* errstr says what is wrong */
 };
 
 /* Fills *c from defaults, then the environment, then argv. Strings in *c are
- * new (free with cfg_free). Returns CFG_OK, CFG_HELP, CFG_VERSION or CFG_ERR. */
+ * new (free with cfg_free). Returns CFG_OK, CFG_HELP, CFG_VERSION or CFG_ERR.
+ */
 int cfg_load(cfg_t *c, int argc, char **argv);
 
 /* Frees the strings cfg_load allocated. Accepts NULL. */

@@ -210,8 +210,8 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
         int rrc = lock_release(c->lock, &lease);
         if (rrc == LOCK_ERR) {
             log_warn("lock.release_failed",
-                     "key=%s fence=%lld err=\"%s\" (expires by TTL)",
-                     lease.key, (long long)lease.fence, lock_errstr(c->lock));
+                     "key=%s fence=%lld err=\"%s\" (expires by TTL)", lease.key,
+                     (long long)lease.fence, lock_errstr(c->lock));
         }
 
         if (src != STORE_FENCED) {
@@ -239,8 +239,7 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
             continue;
         }
         log_warn("claim.fenced", "coupon=%s user=%s fence=%lld last_fence=%lld",
-                 coupon, user, (long long)lease.fence,
-                 (long long)last_fence);
+                 coupon, user, (long long)lease.fence, (long long)last_fence);
         out->fence = lease.fence;
         snprintf(out->detail, sizeof(out->detail),
                  "fence %lld is below the coupon's last accepted fence %lld: "
@@ -288,9 +287,8 @@ void claim_one(const char *coupon, const char *user, claim_result_t *out) {
 
     claim__count(out);
     if (out->outcome == CLAIM_CLAIMED) {
-        log_info("claim.ok", "coupon=%s user=%s claim=%lld fence=%lld",
-                 coupon, user, (long long)out->claim_id,
-                 (long long)out->fence);
+        log_info("claim.ok", "coupon=%s user=%s claim=%lld fence=%lld", coupon,
+                 user, (long long)out->claim_id, (long long)out->fence);
     } else if (out->outcome == CLAIM_UNAVAILABLE) {
         log_warn("claim.unavailable", "coupon=%s err=\"%s\"", coupon,
                  out->detail);
@@ -348,12 +346,13 @@ int claim_ready(char *detail, size_t len) {
     }
     int pg = store_ping(c->store);
     /* Only lock mode uses Redis; the other modes are ready without it. */
-    int redis = claim__cfg->mode == CLAIM_MODE_LOCK ? lock_ping(c->lock)
-                                                    : LOCK_OK;
+    int redis =
+        claim__cfg->mode == CLAIM_MODE_LOCK ? lock_ping(c->lock) : LOCK_OK;
     if (pg == STORE_OK && redis == LOCK_OK) {
         return 0;
     }
-    snprintf(detail, len, "%s%s%s", pg != STORE_OK ? store_errstr(c->store) : "",
+    snprintf(detail, len, "%s%s%s",
+             pg != STORE_OK ? store_errstr(c->store) : "",
              pg != STORE_OK && redis != LOCK_OK ? "; " : "",
              redis != LOCK_OK ? lock_errstr(c->lock) : "");
     return -1;

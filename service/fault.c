@@ -56,10 +56,9 @@ int fault_parse(const char *spec, char *errstr, size_t errlen) {
             }
             char *end = NULL;
             errno = 0;
-            unsigned long v =
-                colon != NULL ? strtoul(colon + 1, &end, 10) : 0;
-            if (point < 0 || end == colon + 1 || *end != '\0' ||
-                errno != 0 || v > 600000) {
+            unsigned long v = colon != NULL ? strtoul(colon + 1, &end, 10) : 0;
+            if (point < 0 || end == colon + 1 || *end != '\0' || errno != 0 ||
+                v > 600000) {
                 snprintf(errstr, errlen,
                          "COUPON_FAULT: '%s' is not <point>:<ms> with point "
                          "after_acquire, before_commit or after_commit and "

@@ -54,21 +54,21 @@ typedef struct http__req {
      * guaranteed during the handler call. */
     char method[16];
     char *path, *content_type, *authorization; /* owned */
-    api_response_t resp;         /* filled by the worker (or inline) */
-    struct http__req *next;      /* queue link */
+    api_response_t resp;    /* filled by the worker (or inline) */
+    struct http__req *next; /* queue link */
 } http__req_t;
 
 struct http {
     struct MHD_Daemon *d;
     const cfg_t *cfg;
-    atomic_int draining;     /* set by http_stop: answer Connection: close */
-    atomic_long requests;    /* requests between first call and completion */
+    atomic_int draining;  /* set by http_stop: answer Connection: close */
+    atomic_long requests; /* requests between first call and completion */
 
     /* The work queue: FIFO, guarded by mu. */
     pthread_mutex_t mu;
     pthread_cond_t work;
     http__req_t *head, *tail;
-    int stopping;            /* workers answer what is left with 503, exit */
+    int stopping; /* workers answer what is left with 503, exit */
     pthread_t *workers;
     uint32_t nworkers;
 };
@@ -77,8 +77,8 @@ struct http {
 
 static enum MHD_Result http__send(http_t *h, struct MHD_Connection *conn,
                                   api_response_t *r) {
-    struct MHD_Response *resp = MHD_create_response_from_buffer(
-        r->len, r->body, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(r->len, r->body, MHD_RESPMEM_MUST_FREE);
     if (resp == NULL) {
         api_response_free(r);
         return MHD_NO;
@@ -179,7 +179,9 @@ static void http__enqueue(http_t *h, http__req_t *rq) {
 
 /* ------------------------------------------------------------- handler --- */
 
-static char *http__dup(const char *s) { return s != NULL ? strdup(s) : NULL; }
+static char *http__dup(const char *s) {
+    return s != NULL ? strdup(s) : NULL;
+}
 
 static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
                                     const char *url, const char *method,
@@ -354,15 +356,13 @@ http_t *http_start(const cfg_t *cfg) {
     }
     h->d = MHD_start_daemon(
         flags, cfg->http.port, NULL, NULL, http__access, h,
-        MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http_threads,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->conn_timeout_s,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024),
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024U,
+        MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned int)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)cfg->conn_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)(32 * 1024), MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024U,
         MHD_OPTION_NOTIFY_COMPLETED, http__completed, h,
-        MHD_OPTION_EXTERNAL_LOGGER, http__log, h,
-        MHD_OPTION_END);
+        MHD_OPTION_EXTERNAL_LOGGER, http__log, h, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (h->d == NULL) {
         log_error("http.start", "cannot listen on %s:%u (in use?)",
@@ -395,8 +395,10 @@ void http_stop(http_t *h, uint32_t grace_ms) {
     }
     long left = atomic_load(&h->requests);
     if (left > 0) {
-        log_warn("http.drain", "stopping with %ld request(s) in progress "
-                 "after %u ms", left, grace_ms);
+        log_warn("http.drain",
+                 "stopping with %ld request(s) in progress "
+                 "after %u ms",
+                 left, grace_ms);
     }
     http__stop_workers(h);
     /* Give the event loops a moment to send what the workers resumed. */

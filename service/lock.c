@@ -37,12 +37,12 @@ static const char *const lock__src[LOCK__NSCRIPTS] = {
 };
 
 struct lock_client {
-    redisContext *ctx;  /* NULL while disconnected */
-    cfg_addr_t addr;    /* where Redis is */
-    uint32_t timeout_ms; /* connect and command timeout */
+    redisContext *ctx;            /* NULL while disconnected */
+    cfg_addr_t addr;              /* where Redis is */
+    uint32_t timeout_ms;          /* connect and command timeout */
     char sha[LOCK__NSCRIPTS][41]; /* SHA1s from SCRIPT LOAD on this conn */
-    uint64_t rng;       /* backoff jitter state (xorshift64) */
-    char errstr[160];   /* last error */
+    uint64_t rng;                 /* backoff jitter state (xorshift64) */
+    char errstr[160];             /* last error */
 };
 
 /* ------------------------------------------------------------ plumbing --- */
@@ -76,7 +76,9 @@ void lock_client_free(lock_client_t *cl) {
     free(cl);
 }
 
-const char *lock_errstr(const lock_client_t *cl) { return cl->errstr; }
+const char *lock_errstr(const lock_client_t *cl) {
+    return cl->errstr;
+}
 
 /* Records a failure: the connection is dropped, so the next call starts on a
  * fresh one. Always returns LOCK_ERR. */
@@ -164,8 +166,8 @@ static redisReply *lock__eval(lock_client_t *cl, lock__script_t s,
     const char *argv[8];
     char nk[8];
     for (int use_src = 0; use_src < 2; use_src++) {
-        int argc = lock__argv(cl, s, use_src, keys, nkeys, args, nargs, argv,
-                              nk);
+        int argc =
+            lock__argv(cl, s, use_src, keys, nkeys, args, nargs, argv, nk);
         redisReply *r = redisCommandArgv(cl->ctx, argc, argv, NULL);
         if (r == NULL) {
             lock__fail(cl, argv[0]);
@@ -180,8 +182,7 @@ static redisReply *lock__eval(lock_client_t *cl, lock__script_t s,
 }
 
 /* Turns an unexpected reply into an error; frees it. */
-static int lock__bad_reply(lock_client_t *cl, redisReply *r,
-                           const char *what) {
+static int lock__bad_reply(lock_client_t *cl, redisReply *r, const char *what) {
     char msg[128];
     snprintf(msg, sizeof(msg), "%s: unexpected reply%s%s", what,
              r->type == REDIS_REPLY_ERROR ? ": " : "",
@@ -301,8 +302,7 @@ static uint64_t lock__rand(lock_client_t *cl) {
 #define LOCK__BACKOFF_MAX_NS (50 * MONO_MS)
 
 int lock_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
-                 int64_t deadline_ns, lock_lease_t *lease,
-                 int64_t *waited_ns) {
+                 int64_t deadline_ns, lock_lease_t *lease, int64_t *waited_ns) {
     int64_t start = mono_ns();
     int64_t cap = LOCK__BACKOFF_MIN_NS;
     int rc;
@@ -324,8 +324,8 @@ int lock_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
         if (now >= deadline_ns) {
             break; /* LOCK_BUSY: waited long enough */
         }
-        int64_t sleep = cap / 2 + (int64_t)(lock__rand(cl) %
-                                             (uint64_t)(cap / 2 + 1));
+        int64_t sleep =
+            cap / 2 + (int64_t)(lock__rand(cl) % (uint64_t)(cap / 2 + 1));
         if (pttl >= 0 && sleep > pttl * MONO_MS) {
             sleep = pttl * MONO_MS;
         }
@@ -436,8 +436,8 @@ int lock_check(lock_client_t *cl, const lock_lease_t *lease) {
     if (r == NULL) {
         return lock__fail(cl, "GET");
     }
-    int held = r->type == REDIS_REPLY_STRING &&
-               strcmp(r->str, lease->token) == 0;
+    int held =
+        r->type == REDIS_REPLY_STRING && strcmp(r->str, lease->token) == 0;
     freeReplyObject(r);
     return held;
 }

@@ -42,12 +42,12 @@ enum {
 typedef struct lock_client lock_client_t;
 
 typedef struct lock_lease {
-    char key[LOCK_KEY_MAX];       /* coupon:{ID}:lock */
-    char fence_key[LOCK_KEY_MAX]; /* coupon:{ID}:fence */
-    char channel[LOCK_KEY_MAX];   /* coupon:{ID}:released */
+    char key[LOCK_KEY_MAX];         /* coupon:{ID}:lock */
+    char fence_key[LOCK_KEY_MAX];   /* coupon:{ID}:fence */
+    char channel[LOCK_KEY_MAX];     /* coupon:{ID}:released */
     char token[LOCK_TOKEN_HEX + 1]; /* our value in the lock key */
-    int64_t fence;                /* the fencing token drawn at grant */
-    uint32_t ttl_ms;              /* TTL set at grant and on each renewal */
+    int64_t fence;                  /* the fencing token drawn at grant */
+    uint32_t ttl_ms;                /* TTL set at grant and on each renewal */
 
     /* Written by the watchdog, read by the claim. Invariant: once lost is 1
      * it stays 1; valid_until_ns only grows while lost is 0. The lease may be
@@ -87,8 +87,7 @@ int lock_try_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
  * passed) or LOCK_ERR. *waited_ns gets the time spent. A later issue replaces
  * the sleeping with release notifications; callers do not change. */
 int lock_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
-                 int64_t deadline_ns, lock_lease_t *lease,
-                 int64_t *waited_ns);
+                 int64_t deadline_ns, lock_lease_t *lease, int64_t *waited_ns);
 
 /* Extends many leases in one pipelined round trip. results[i] is 1 when
  * lease i was extended, 0 when its token is gone (lease lost), -1 on error.

@@ -30,15 +30,15 @@
  * lock can expire. If INCR fails (the fence key holds a non-number), the lock
  * is deleted again so that no lease exists that has no fence.
  */
-#define LOCK_SCRIPT_ACQUIRE                                                   \
-    "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then\n"     \
-    "  local f = redis.pcall('INCR', KEYS[2])\n"                             \
-    "  if type(f) == 'table' and f.err then\n"                               \
-    "    redis.call('DEL', KEYS[1])\n"                                       \
-    "    return f\n"                                                         \
-    "  end\n"                                                                \
-    "  return {1, f}\n"                                                      \
-    "end\n"                                                                  \
+#define LOCK_SCRIPT_ACQUIRE                                                    \
+    "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then\n"       \
+    "  local f = redis.pcall('INCR', KEYS[2])\n"                               \
+    "  if type(f) == 'table' and f.err then\n"                                 \
+    "    redis.call('DEL', KEYS[1])\n"                                         \
+    "    return f\n"                                                           \
+    "  end\n"                                                                  \
+    "  return {1, f}\n"                                                        \
+    "end\n"                                                                    \
     "return {0, redis.call('PTTL', KEYS[1])}\n"
 
 /*
@@ -51,10 +51,10 @@
  * atomically, makes a late renewal a no-op, and tells the watchdog the lease
  * is lost.
  */
-#define LOCK_SCRIPT_EXTEND                                                    \
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"                        \
-    "  return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"                     \
-    "end\n"                                                                  \
+#define LOCK_SCRIPT_EXTEND                                                     \
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"                          \
+    "  return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"                       \
+    "end\n"                                                                    \
     "return 0\n"
 
 /*
@@ -67,12 +67,12 @@
  * one step. The PUBLISH is in the same step so a waiter is woken only by a
  * release that really happened.
  */
-#define LOCK_SCRIPT_RELEASE                                                   \
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"                        \
-    "  redis.call('DEL', KEYS[1])\n"                                         \
-    "  redis.call('PUBLISH', ARGV[2], KEYS[1])\n"                            \
-    "  return 1\n"                                                           \
-    "end\n"                                                                  \
+#define LOCK_SCRIPT_RELEASE                                                    \
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"                          \
+    "  redis.call('DEL', KEYS[1])\n"                                           \
+    "  redis.call('PUBLISH', ARGV[2], KEYS[1])\n"                              \
+    "  return 1\n"                                                             \
+    "end\n"                                                                    \
     "return 0\n"
 
 /*
@@ -86,16 +86,16 @@
  * it or INCRed past our floor in between; compare-and-raise in one step only
  * ever moves it up, so fences stay monotonic.
  */
-#define LOCK_SCRIPT_RAISE_FENCE                                               \
-    "local cur = tonumber(redis.call('GET', KEYS[1]) or '0')\n"              \
-    "local floor = tonumber(ARGV[1])\n"                                      \
-    "if cur == nil then\n"                                                   \
-    "  return redis.error_reply('fence counter is not a number')\n"          \
-    "end\n"                                                                  \
-    "if cur < floor then\n"                                                  \
-    "  redis.call('SET', KEYS[1], ARGV[1])\n"                                \
-    "  return floor\n"                                                       \
-    "end\n"                                                                  \
+#define LOCK_SCRIPT_RAISE_FENCE                                                \
+    "local cur = tonumber(redis.call('GET', KEYS[1]) or '0')\n"                \
+    "local floor = tonumber(ARGV[1])\n"                                        \
+    "if cur == nil then\n"                                                     \
+    "  return redis.error_reply('fence counter is not a number')\n"            \
+    "end\n"                                                                    \
+    "if cur < floor then\n"                                                    \
+    "  redis.call('SET', KEYS[1], ARGV[1])\n"                                  \
+    "  return floor\n"                                                         \
+    "end\n"                                                                    \
     "return cur\n"
 
 #endif

@@ -39,8 +39,7 @@ static int main__migrate(const cfg_t *cfg) {
         log_error("migrate.failed", "err=\"%s\"", err);
         return 1;
     }
-    log_info("migrate.done", "applied=%d known=%zu", n,
-             store_migrations_count);
+    log_info("migrate.done", "applied=%d known=%zu", n, store_migrations_count);
     return 0;
 }
 
@@ -99,7 +98,8 @@ static int main__serve(const cfg_t *cfg) {
         claim_shutdown();
         return 1;
     }
-    log_info("start", "listen=%s:%u mode=%s redis=%s:%u lock_ttl_ms=%u "
+    log_info("start",
+             "listen=%s:%u mode=%s redis=%s:%u lock_ttl_ms=%u "
              "lock_wait_ms=%u watchdog_period_ms=%u threads=%u "
              "max_connections=%u",
              cfg->http.host, cfg->http.port, cfg_mode_name(cfg->mode),
@@ -136,8 +136,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (rc != CFG_OK) {
-        fprintf(stderr, "couponsvc: %s\n(see couponsvc --help)\n",
-                cfg.errstr);
+        fprintf(stderr, "couponsvc: %s\n(see couponsvc --help)\n", cfg.errstr);
         cfg_free(&cfg);
         return 2;
     }
@@ -151,7 +150,7 @@ int main(int argc, char **argv) {
     }
 
     int status = strcmp(cfg.command, "migrate") == 0 ? main__migrate(&cfg)
-                                                      : main__serve(&cfg);
+                                                     : main__serve(&cfg);
     cfg_free(&cfg);
     return status;
 }

@@ -44,8 +44,7 @@ void metrics_observe_lock_wait(uint64_t ns) {
         }
     }
     atomic_fetch_add_explicit(&metrics__wait_count, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&metrics__wait_sum_ns, ns,
-                              memory_order_relaxed);
+    atomic_fetch_add_explicit(&metrics__wait_sum_ns, ns, memory_order_relaxed);
 }
 
 /* A growing text buffer; on allocation failure it keeps failing quietly and

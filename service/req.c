@@ -17,8 +17,7 @@ static int req__id_chars(const char *s, size_t len, const char *extra) {
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)s[i];
         if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
-            (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' ||
-            ch == '-') {
+            (ch >= '0' && ch <= '9') || ch == '_' || ch == '.' || ch == '-') {
             continue;
         }
         if (ch != '\0' && extra != NULL && strchr(extra, ch) != NULL) {
@@ -95,8 +94,7 @@ static json_t *req__load_object(const char *body, size_t len,
 /* Copies member `name` of obj, a string valid per `check`, into out. */
 static int req__string_member(json_t *obj, const char *name, char *out,
                               size_t outsz,
-                              int (*check)(const char *, size_t,
-                                           const char **),
+                              int (*check)(const char *, size_t, const char **),
                               req_error_t *err) {
     json_t *v = json_object_get(obj, name);
     if (v == NULL) {
@@ -125,9 +123,9 @@ int req_parse_claim(const char *body, size_t len, req_claim_t *out,
     if (root == NULL) {
         return -1;
     }
-    int rc = req__string_member(root, "coupon_id", out->coupon_id,
-                                sizeof(out->coupon_id), req_valid_coupon_id,
-                                err);
+    int rc =
+        req__string_member(root, "coupon_id", out->coupon_id,
+                           sizeof(out->coupon_id), req_valid_coupon_id, err);
     if (rc == 0) {
         rc = req__string_member(root, "user_id", out->user_id,
                                 sizeof(out->user_id), req_valid_user_id, err);
@@ -147,8 +145,8 @@ int req_parse_coupon(const char *body, size_t len, req_coupon_t *out,
     if (rc == 0) {
         json_t *t = json_object_get(root, "total");
         if (t == NULL) {
-            rc = req__fail(err, "bad_request", "%s",
-                           "missing member \"total\"");
+            rc =
+                req__fail(err, "bad_request", "%s", "missing member \"total\"");
         } else if (!json_is_integer(t)) {
             rc = req__fail(err, "bad_request", "%s",
                            "\"total\" must be an integer");

@@ -21,8 +21,8 @@
 #include "metrics.h"
 
 struct store {
-    PGconn *conn;  /* NULL while disconnected */
-    char *dsn;     /* owned copies of the options */
+    PGconn *conn; /* NULL while disconnected */
+    char *dsn;    /* owned copies of the options */
     char *instance;
     uint32_t connect_timeout_s, statement_timeout_ms, idle_tx_timeout_ms;
     char errstr[256];
@@ -37,11 +37,10 @@ typedef struct store__stmt {
 
 static const store__stmt_t store__stmts[] = {
     /* The check: the coupon, and this user's claim if any. */
-    {"check",
-     "SELECT c.total, c.claimed, c.last_fence, cl.id, cl.fence"
-     "  FROM coupons c"
-     "  LEFT JOIN claims cl ON cl.coupon_id = c.id AND cl.user_id = $2"
-     " WHERE c.id = $1"},
+    {"check", "SELECT c.total, c.claimed, c.last_fence, cl.id, cl.fence"
+              "  FROM coupons c"
+              "  LEFT JOIN claims cl ON cl.coupon_id = c.id AND cl.user_id = $2"
+              " WHERE c.id = $1"},
     /* The fenced, conditional increment and the claim row. $5 is the
      * highest last_fence this write may find: fence - 1 for a lease's first
      * write, fence for its later writes in the same transaction (a batch).
@@ -68,13 +67,11 @@ static const store__stmt_t store__stmts[] = {
      " RETURNING id, seq"},
     {"coupon_get",
      "SELECT total, claimed, last_fence FROM coupons WHERE id = $1"},
-    {"claim_get",
-     "SELECT cl.id, cl.fence, c.total - c.claimed"
-     "  FROM claims cl JOIN coupons c ON c.id = cl.coupon_id"
-     " WHERE cl.coupon_id = $1 AND cl.user_id = $2"},
-    {"coupon_create",
-     "INSERT INTO coupons (id, total) VALUES ($1, $2::integer)"
-     " ON CONFLICT (id) DO NOTHING RETURNING id"},
+    {"claim_get", "SELECT cl.id, cl.fence, c.total - c.claimed"
+                  "  FROM claims cl JOIN coupons c ON c.id = cl.coupon_id"
+                  " WHERE cl.coupon_id = $1 AND cl.user_id = $2"},
+    {"coupon_create", "INSERT INTO coupons (id, total) VALUES ($1, $2::integer)"
+                      " ON CONFLICT (id) DO NOTHING RETURNING id"},
     /* Naive mode's write: the value computed by the client, unguarded. */
     {"naive_set", "UPDATE coupons SET claimed = $2::integer WHERE id = $1"},
     {"naive_insert",
@@ -115,7 +112,9 @@ void store_free(store_t *st) {
     free(st);
 }
 
-const char *store_errstr(const store_t *st) { return st->errstr; }
+const char *store_errstr(const store_t *st) {
+    return st->errstr;
+}
 
 /* Copies libpq's message without its trailing newline. */
 static void store__seterr(store_t *st, const char *what, const char *msg) {
@@ -250,8 +249,7 @@ static int store__simple(store_t *st, const char *sql) {
 /* ROLLBACK after a failure; its own failure only matters for the connection
  * state, which store__fail already handles. */
 static void store__rollback(store_t *st) {
-    if (st->conn != NULL &&
-        PQtransactionStatus(st->conn) != PQTRANS_IDLE) {
+    if (st->conn != NULL && PQtransactionStatus(st->conn) != PQTRANS_IDLE) {
         char keep[sizeof(st->errstr)];
         memcpy(keep, st->errstr, sizeof(keep));
         store__simple(st, "ROLLBACK");
@@ -260,9 +258,9 @@ static void store__rollback(store_t *st) {
 }
 
 static int64_t store__int(const PGresult *res, int row, int col) {
-    return PQgetisnull(res, row, col) ? STORE_NO_FENCE
-                                      : strtoll(PQgetvalue(res, row, col),
-                                                NULL, 10);
+    return PQgetisnull(res, row, col)
+               ? STORE_NO_FENCE
+               : strtoll(PQgetvalue(res, row, col), NULL, 10);
 }
 
 static int store__is_unique_violation(const PGresult *res) {
@@ -570,8 +568,8 @@ int store_ping(store_t *st) {
 /* ---------------------------------------------------------- migrations --- */
 
 static int store__mexec(PGconn *c, const char *sql, int n,
-                        const char *const *params, char *errstr,
-                        size_t errlen, const char *what) {
+                        const char *const *params, char *errstr, size_t errlen,
+                        const char *what) {
     PGresult *res = n > 0 ? PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0)
                           : PQexec(c, sql);
     ExecStatusType s = PQresultStatus(res);
@@ -627,15 +625,13 @@ int store_migrate(const store_opts_t *o, char *errstr, size_t errlen) {
                          "INSERT INTO schema_migrations (version, name)"
                          " VALUES ($1::integer, $2)",
                          2, p, errstr, errlen, m->name) < 0 ||
-            store__mexec(c, "COMMIT", 0, NULL, errstr, errlen, "COMMIT") <
-                0) {
+            store__mexec(c, "COMMIT", 0, NULL, errstr, errlen, "COMMIT") < 0) {
             PGresult *r = PQexec(c, "ROLLBACK");
             PQclear(r);
             applied = STORE_ERR;
             break;
         }
-        log_info("migrate.applied", "version=%d name=%s", m->version,
-                 m->name);
+        log_info("migrate.applied", "version=%d name=%s", m->version, m->name);
         applied++;
     }
     PGresult *r = PQexec(c, "SELECT pg_advisory_unlock(7245001)");

@@ -35,8 +35,8 @@ enum {
 typedef struct store store_t;
 
 typedef struct store_opts {
-    const char *dsn;          /* libpq conninfo or URI; borrowed */
-    const char *instance;     /* written into claims.instance; borrowed */
+    const char *dsn;      /* libpq conninfo or URI; borrowed */
+    const char *instance; /* written into claims.instance; borrowed */
     uint32_t connect_timeout_s;
     uint32_t statement_timeout_ms;
     uint32_t idle_tx_timeout_ms; /* 0 = off */

@@ -217,9 +217,9 @@ wd_t *wd_start(const cfg_addr_t *addr, uint32_t redis_timeout_ms,
     pthread_cond_init(&wd->round_done, NULL);
     pthread_condattr_destroy(&ca);
 
-    int err = wd->redis == NULL ? ENOMEM
-                                : pthread_create(&wd->thread, NULL, wd__main,
-                                                 wd);
+    int err = wd->redis == NULL
+                  ? ENOMEM
+                  : pthread_create(&wd->thread, NULL, wd__main, wd);
     if (err != 0) {
         lock_client_free(wd->redis);
         pthread_mutex_destroy(&wd->mu);

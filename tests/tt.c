@@ -101,8 +101,7 @@ static int tt__run(const tt_test_t *t) {
     } else if (timed_out) {
         printf("FAIL  %-44s timed out after %u s\n", t->name, t->timeout_s);
     } else if (WIFSIGNALED(status)) {
-        printf("FAIL  %-44s killed by signal %d\n", t->name,
-               WTERMSIG(status));
+        printf("FAIL  %-44s killed by signal %d\n", t->name, WTERMSIG(status));
     } else {
         printf("FAIL  %-44s %8.0f ms\n", t->name, ms);
     }
@@ -110,8 +109,7 @@ static int tt__run(const tt_test_t *t) {
     return ok;
 }
 
-int tt_main(int argc, char **argv, int (*setup)(void),
-            void (*teardown)(void)) {
+int tt_main(int argc, char **argv, int (*setup)(void), void (*teardown)(void)) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     int selected = 0;
     for (int i = 0; i < tt__n; i++) {

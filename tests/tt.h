@@ -38,61 +38,61 @@ int tt_main(int argc, char **argv, int (*setup)(void), void (*teardown)(void));
  * integration harness prints the logs of the processes it started. */
 extern void (*tt_on_failure)(void);
 
-#define TT_TEST(name, timeout_s)                                              \
-    static void tt_test_##name(void);                                         \
-    __attribute__((constructor)) static void tt_reg_##name(void) {            \
-        tt__register(#name, tt_test_##name, timeout_s);                       \
-    }                                                                         \
+#define TT_TEST(name, timeout_s)                                               \
+    static void tt_test_##name(void);                                          \
+    __attribute__((constructor)) static void tt_reg_##name(void) {             \
+        tt__register(#name, tt_test_##name, timeout_s);                        \
+    }                                                                          \
     static void tt_test_##name(void)
 
-#define TT_ASSERT(cond)                                                       \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            tt__fail(__FILE__, __LINE__, "assertion failed: %s", #cond);      \
-        }                                                                     \
+#define TT_ASSERT(cond)                                                        \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            tt__fail(__FILE__, __LINE__, "assertion failed: %s", #cond);       \
+        }                                                                      \
     } while (0)
 
-#define TT_ASSERT_MSG(cond, ...)                                              \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            tt__fail(__FILE__, __LINE__, __VA_ARGS__);                        \
-        }                                                                     \
+#define TT_ASSERT_MSG(cond, ...)                                               \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            tt__fail(__FILE__, __LINE__, __VA_ARGS__);                         \
+        }                                                                      \
     } while (0)
 
-#define TT_EQ_INT(a, b)                                                       \
-    do {                                                                      \
-        long long tt_a_ = (long long)(a), tt_b_ = (long long)(b);             \
-        if (tt_a_ != tt_b_) {                                                 \
-            tt__fail(__FILE__, __LINE__, "%s == %s: %lld != %lld", #a, #b,    \
-                     tt_a_, tt_b_);                                           \
-        }                                                                     \
+#define TT_EQ_INT(a, b)                                                        \
+    do {                                                                       \
+        long long tt_a_ = (long long)(a), tt_b_ = (long long)(b);              \
+        if (tt_a_ != tt_b_) {                                                  \
+            tt__fail(__FILE__, __LINE__, "%s == %s: %lld != %lld", #a, #b,     \
+                     tt_a_, tt_b_);                                            \
+        }                                                                      \
     } while (0)
 
-#define TT_CMP_INT(a, op, b)                                                  \
-    do {                                                                      \
-        long long tt_a_ = (long long)(a), tt_b_ = (long long)(b);             \
-        if (!(tt_a_ op tt_b_)) {                                              \
-            tt__fail(__FILE__, __LINE__, "%s %s %s: %lld vs %lld", #a, #op,   \
-                     #b, tt_a_, tt_b_);                                       \
-        }                                                                     \
+#define TT_CMP_INT(a, op, b)                                                   \
+    do {                                                                       \
+        long long tt_a_ = (long long)(a), tt_b_ = (long long)(b);              \
+        if (!(tt_a_ op tt_b_)) {                                               \
+            tt__fail(__FILE__, __LINE__, "%s %s %s: %lld vs %lld", #a, #op,    \
+                     #b, tt_a_, tt_b_);                                        \
+        }                                                                      \
     } while (0)
 
-#define TT_EQ_STR(a, b)                                                       \
-    do {                                                                      \
-        const char *tt_a_ = (a), *tt_b_ = (b);                                \
-        if (tt_a_ == NULL || tt_b_ == NULL || strcmp(tt_a_, tt_b_) != 0) {    \
-            tt__fail(__FILE__, __LINE__, "%s == %s: \"%s\" != \"%s\"", #a,    \
-                     #b, tt_a_ ? tt_a_ : "(null)", tt_b_ ? tt_b_ : "(null)"); \
-        }                                                                     \
+#define TT_EQ_STR(a, b)                                                        \
+    do {                                                                       \
+        const char *tt_a_ = (a), *tt_b_ = (b);                                 \
+        if (tt_a_ == NULL || tt_b_ == NULL || strcmp(tt_a_, tt_b_) != 0) {     \
+            tt__fail(__FILE__, __LINE__, "%s == %s: \"%s\" != \"%s\"", #a, #b, \
+                     tt_a_ ? tt_a_ : "(null)", tt_b_ ? tt_b_ : "(null)");      \
+        }                                                                      \
     } while (0)
 
-#define TT_CONTAINS(hay, needle)                                              \
-    do {                                                                      \
-        const char *tt_h_ = (hay), *tt_n_ = (needle);                         \
-        if (tt_h_ == NULL || strstr(tt_h_, tt_n_) == NULL) {                  \
-            tt__fail(__FILE__, __LINE__, "\"%s\" does not contain \"%s\"",    \
-                     tt_h_ ? tt_h_ : "(null)", tt_n_);                        \
-        }                                                                     \
+#define TT_CONTAINS(hay, needle)                                               \
+    do {                                                                       \
+        const char *tt_h_ = (hay), *tt_n_ = (needle);                          \
+        if (tt_h_ == NULL || strstr(tt_h_, tt_n_) == NULL) {                   \
+            tt__fail(__FILE__, __LINE__, "\"%s\" does not contain \"%s\"",     \
+                     tt_h_ ? tt_h_ : "(null)", tt_n_);                         \
+        }                                                                      \
     } while (0)
 
 #endif

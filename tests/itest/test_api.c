@@ -20,9 +20,11 @@ static void run_case(const h_svc_t *s, const api_case_t *c, int i) {
     snprintf(url, sizeof(url), "%s%s", s->url, c->path);
     long st = h_http(c->method, url, c->ctype, c->auth, c->body,
                      c->body != NULL ? strlen(c->body) : 0, &body);
-    TT_ASSERT_MSG(st == c->status, "case %d %s %s %s: status %ld, want %ld "
-                  "(body %s)", i, c->method, c->path,
-                  c->body ? c->body : "", st, c->status, body);
+    TT_ASSERT_MSG(st == c->status,
+                  "case %d %s %s %s: status %ld, want %ld "
+                  "(body %s)",
+                  i, c->method, c->path, c->body ? c->body : "", st, c->status,
+                  body);
     json_t *j = json_loads(body, 0, NULL);
     if (strcmp(c->method, "HEAD") != 0 && strcmp(c->path, "/metrics") != 0) {
         TT_ASSERT_MSG(j != NULL, "case %d: body is not JSON: %s", i, body);
@@ -53,10 +55,10 @@ TT_TEST(api_contract, 60) {
          "exists"},
         {"POST", "/coupons", JSON, NULL, "{\"id\":\"c2\",\"total\":2}", 401,
          "unauthorized"},
-        {"POST", "/coupons", JSON, "Bearer wrong", "{\"id\":\"c2\",\"total\":2}",
-         401, "unauthorized"},
-        {"POST", "/coupons", JSON, "Basic dGVzdA==",
+        {"POST", "/coupons", JSON, "Bearer wrong",
          "{\"id\":\"c2\",\"total\":2}", 401, "unauthorized"},
+        {"POST", "/coupons", JSON,
+         "Basic dGVzdA==", "{\"id\":\"c2\",\"total\":2}", 401, "unauthorized"},
         {"POST", "/coupons", JSON, ADMIN, "{\"id\":\"c2\",\"total\":-2}", 400,
          "bad_request"},
         {"POST", "/coupons", JSON, ADMIN, "{\"id\":\"c 2\",\"total\":2}", 400,
@@ -64,16 +66,16 @@ TT_TEST(api_contract, 60) {
         {"POST", "/coupons", "text/plain", ADMIN, "{\"id\":\"c2\",\"total\":2}",
          415, "unsupported_media_type"},
         {"GET", "/coupons", NULL, NULL, NULL, 405, "method_not_allowed"},
-        {"POST", "/claim", JSON, NULL, "{\"coupon_id\":\"c1\",\"user_id\":\"u1\"}",
-         201, NULL},
-        {"POST", "/claim", JSON, NULL, "{\"coupon_id\":\"c1\",\"user_id\":\"u1\"}",
-         200, NULL},
+        {"POST", "/claim", JSON, NULL,
+         "{\"coupon_id\":\"c1\",\"user_id\":\"u1\"}", 201, NULL},
+        {"POST", "/claim", JSON, NULL,
+         "{\"coupon_id\":\"c1\",\"user_id\":\"u1\"}", 200, NULL},
         {"POST", "/claim", "application/json; charset=utf-8", NULL,
          "{\"coupon_id\":\"c1\",\"user_id\":\"u2\"}", 201, NULL},
-        {"POST", "/claim", JSON, NULL, "{\"coupon_id\":\"c1\",\"user_id\":\"u3\"}",
-         410, "sold_out"},
-        {"POST", "/claim", JSON, NULL, "{\"coupon_id\":\"zz\",\"user_id\":\"u3\"}",
-         404, "not_found"},
+        {"POST", "/claim", JSON, NULL,
+         "{\"coupon_id\":\"c1\",\"user_id\":\"u3\"}", 410, "sold_out"},
+        {"POST", "/claim", JSON, NULL,
+         "{\"coupon_id\":\"zz\",\"user_id\":\"u3\"}", 404, "not_found"},
         {"POST", "/claim", JSON, NULL, "{\"coupon_id\":\"c1\"}", 400,
          "bad_request"},
         {"POST", "/claim", JSON, NULL, "{\"coupon_id\":\"c1\",", 400,
@@ -82,8 +84,9 @@ TT_TEST(api_contract, 60) {
         {"POST", "/claim", JSON, NULL,
          "{\"coupon_id\":\"c1'; DROP TABLE claims; --\",\"user_id\":\"x\"}",
          400, "invalid_id"},
-        {"POST", "/claim", NULL, NULL, "{\"coupon_id\":\"c1\",\"user_id\":\"u\"}",
-         415, "unsupported_media_type"},
+        {"POST", "/claim", NULL, NULL,
+         "{\"coupon_id\":\"c1\",\"user_id\":\"u\"}", 415,
+         "unsupported_media_type"},
         {"PUT", "/claim", JSON, NULL, "{}", 405, "method_not_allowed"},
         {"GET", "/claim", NULL, NULL, NULL, 405, "method_not_allowed"},
         {"DELETE", "/coupons/c1", NULL, NULL, NULL, 405, "method_not_allowed"},

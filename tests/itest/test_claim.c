@@ -217,8 +217,8 @@ TT_TEST(f_long_critical_section_is_renewed, 60) {
     h_begin();
     const char *env_a[] = {"COUPON_LOCK_TTL_MS=500",
                            "COUPON_FAULT=before_commit:1500", NULL};
-    const char *env_b[] = {"COUPON_LOCK_TTL_MS=500",
-                           "COUPON_LOCK_WAIT_MS=100", NULL};
+    const char *env_b[] = {"COUPON_LOCK_TTL_MS=500", "COUPON_LOCK_WAIT_MS=100",
+                           NULL};
     h_svc_t *a = h_svc_start("slow-a", env_a);
     h_svc_t *b = h_svc_start("quick-b", env_b);
     h_coupon(b, "slow", 5);
@@ -374,7 +374,8 @@ TT_TEST(migrations_recorded_once, 30) {
     TT_EQ_INT(h_pg_int("SELECT count(*) FROM schema_migrations"), 1);
     TT_EQ_INT(h_pg_int("SELECT min(version) FROM schema_migrations"), 1);
     /* The constraints the README promises are in the schema. */
-    TT_EQ_INT(h_pg_int("SELECT count(*) FROM pg_constraint WHERE conname IN "
-                       "('coupons_claimed_within_total','claims_one_per_user')"),
-              2);
+    TT_EQ_INT(
+        h_pg_int("SELECT count(*) FROM pg_constraint WHERE conname IN "
+                 "('coupons_claimed_within_total','claims_one_per_user')"),
+        2);
 }

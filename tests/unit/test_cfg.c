@@ -33,8 +33,9 @@ TT_TEST(cfg_env_then_flag_wins, 5) {
     setenv("COUPON_CLAIM_MODE", "atomic", 1);
     setenv("COUPON_REDIS_ADDRS", "10.0.0.1:7000, 10.0.0.2:7001", 1);
     cfg_t c;
-    char *argv[] = {"couponsvc", "--claim-mode", "naive",
-                    "--http-addr=0.0.0.0:9000", "migrate", NULL};
+    char *argv[] = {"couponsvc", "--claim-mode",
+                    "naive",     "--http-addr=0.0.0.0:9000",
+                    "migrate",   NULL};
     TT_EQ_INT(load(&c, 5, argv), CFG_OK);
     TT_EQ_INT(c.lock_ttl_ms, 2000);
     TT_EQ_INT(c.watchdog_period_ms, 200);
@@ -60,11 +61,11 @@ TT_TEST(cfg_small_ttl_scales_redis_timeout, 5) {
 
 TT_TEST(cfg_rejects_bad_values, 5) {
     static const char *bad[][2] = {
-        {"COUPON_LOCK_TTL_MS", "abc"},     {"COUPON_LOCK_TTL_MS", "-5"},
-        {"COUPON_LOCK_TTL_MS", "99"},      {"COUPON_LOCK_TTL_MS", "5000x"},
-        {"COUPON_CLAIM_MODE", "fast"},     {"COUPON_HTTP_ADDR", "nohost"},
-        {"COUPON_HTTP_ADDR", "h:99999"},   {"COUPON_REDIS_ADDRS", "a:1,,"},
-        {"COUPON_LOG_LEVEL", "loud"},      {"COUPON_THREADS", "0"},
+        {"COUPON_LOCK_TTL_MS", "abc"},         {"COUPON_LOCK_TTL_MS", "-5"},
+        {"COUPON_LOCK_TTL_MS", "99"},          {"COUPON_LOCK_TTL_MS", "5000x"},
+        {"COUPON_CLAIM_MODE", "fast"},         {"COUPON_HTTP_ADDR", "nohost"},
+        {"COUPON_HTTP_ADDR", "h:99999"},       {"COUPON_REDIS_ADDRS", "a:1,,"},
+        {"COUPON_LOG_LEVEL", "loud"},          {"COUPON_THREADS", "0"},
         {"COUPON_WATCHDOG_PERIOD_MS", "5000"}, /* not below the TTL */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -105,10 +106,11 @@ TT_TEST(cfg_usage_lists_every_contract_name, 5) {
     cfg_usage(f);
     fclose(f);
     static const char *names[] = {
-        "COUPON_HTTP_ADDR",   "COUPON_PG_DSN",      "COUPON_REDIS_ADDRS",
-        "COUPON_LOCK_TTL_MS", "COUPON_CLAIM_MODE",  "COUPON_ADMIN_TOKEN",
-        "COUPON_FAULT",       "COUPON_LOCK_WAIT_MS", "--lock-ttl-ms",
-        "COUPON_WATCHDOG_PERIOD_MS"};
+        "COUPON_HTTP_ADDR",   "COUPON_PG_DSN",
+        "COUPON_REDIS_ADDRS", "COUPON_LOCK_TTL_MS",
+        "COUPON_CLAIM_MODE",  "COUPON_ADMIN_TOKEN",
+        "COUPON_FAULT",       "COUPON_LOCK_WAIT_MS",
+        "--lock-ttl-ms",      "COUPON_WATCHDOG_PERIOD_MS"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         TT_CONTAINS(buf, names[i]);
     }

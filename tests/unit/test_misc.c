@@ -11,18 +11,17 @@
 
 TT_TEST(fault_parse_points, 5) {
     char err[256];
-    TT_EQ_INT(fault_parse("after_acquire:3000,before_commit:15", err,
-                          sizeof(err)),
-              0);
+    TT_EQ_INT(
+        fault_parse("after_acquire:3000,before_commit:15", err, sizeof(err)),
+        0);
     TT_EQ_INT(fault_ms(FAULT_AFTER_ACQUIRE), 3000);
     TT_EQ_INT(fault_ms(FAULT_BEFORE_COMMIT), 15);
     TT_EQ_INT(fault_ms(FAULT_AFTER_COMMIT), 0);
     TT_EQ_INT(fault_any(), 1);
     TT_EQ_INT(fault_parse("", err, sizeof(err)), 0);
     TT_EQ_INT(fault_any(), 0);
-    static const char *bad[] = {"after_acquire", "nowhere:5",
-                                "after_acquire:x", "after_acquire:",
-                                "before_commit:9999999"};
+    static const char *bad[] = {"after_acquire", "nowhere:5", "after_acquire:x",
+                                "after_acquire:", "before_commit:9999999"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         TT_ASSERT_MSG(fault_parse(bad[i], err, sizeof(err)) == -1,
                       "accepted %s", bad[i]);
@@ -66,4 +65,6 @@ TT_TEST(metrics_render_prometheus_text, 5) {
     free(t);
 }
 
-int main(int argc, char **argv) { return tt_main(argc, argv, NULL, NULL); }
+int main(int argc, char **argv) {
+    return tt_main(argc, argv, NULL, NULL);
+}

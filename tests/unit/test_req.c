@@ -51,8 +51,7 @@ TT_TEST(req_claim_rejects, 5) {
         req_claim_t c;
         req_error_t e = {0};
         int rc = claim(cases[i].body, &c, &e);
-        TT_ASSERT_MSG(rc == -1, "case %zu (%s) was accepted", i,
-                      cases[i].body);
+        TT_ASSERT_MSG(rc == -1, "case %zu (%s) was accepted", i, cases[i].body);
         TT_ASSERT_MSG(e.code != NULL && strcmp(e.code, cases[i].code) == 0,
                       "case %zu: code %s, want %s", i, e.code, cases[i].code);
         TT_ASSERT(e.detail[0] != '\0');
