@@ -121,26 +121,26 @@
 /* Everything the command line sets; written by main() before any thread
  * starts and only read afterwards. */
 typedef struct lg_config {
-    char *url;              /* base URL without a trailing slash */
-    int connections;        /* closed loop: connections; open loop: cap */
-    double rate;            /* open loop: requests/s in total; 0 = closed */
-    double duration;        /* seconds of sending */
-    uint64_t requests;      /* stop after this many; 0 = no limit */
-    int threads;            /* worker threads */
-    uint64_t users;         /* distinct users; 0 = one per request */
-    char *user_prefix;      /* users are "<prefix>-<n>" */
-    const char *coupon;     /* coupon ID, or the stem with --coupons */
-    uint64_t coupons;       /* 0 = just `coupon`; else "<coupon>-<k>" */
-    long long create_stock; /* -1 = do not create coupons */
-    const char *admin_token;/* for --create-stock; NULL = none */
-    const char *method;     /* raw mode: HTTP method */
-    const char *path;       /* raw mode: request path */
-    bool raw;               /* --method/--path given: no claim body */
-    long timeout_ms;        /* per request, connect included */
-    const char *json_path;  /* --json FILE; NULL = none */
-    const char *csv_path;   /* --csv FILE; NULL = none */
-    const char *verify_dsn; /* --verify-dsn DSN; NULL = no verification */
-    bool quiet;             /* no progress line, no create-stock note */
+    char *url;               /* base URL without a trailing slash */
+    int connections;         /* closed loop: connections; open loop: cap */
+    double rate;             /* open loop: requests/s in total; 0 = closed */
+    double duration;         /* seconds of sending */
+    uint64_t requests;       /* stop after this many; 0 = no limit */
+    int threads;             /* worker threads */
+    uint64_t users;          /* distinct users; 0 = one per request */
+    char *user_prefix;       /* users are "<prefix>-<n>" */
+    const char *coupon;      /* coupon ID, or the stem with --coupons */
+    uint64_t coupons;        /* 0 = just `coupon`; else "<coupon>-<k>" */
+    long long create_stock;  /* -1 = do not create coupons */
+    const char *admin_token; /* for --create-stock; NULL = none */
+    const char *method;      /* raw mode: HTTP method */
+    const char *path;        /* raw mode: request path */
+    bool raw;                /* --method/--path given: no claim body */
+    long timeout_ms;         /* per request, connect included */
+    const char *json_path;   /* --json FILE; NULL = none */
+    const char *csv_path;    /* --csv FILE; NULL = none */
+    const char *verify_dsn;  /* --verify-dsn DSN; NULL = no verification */
+    bool quiet;              /* no progress line, no create-stock note */
 } lg_config_t;
 
 static lg_config_t cfg = {
@@ -153,23 +153,24 @@ static lg_config_t cfg = {
 };
 
 /* Derived once from cfg before the run. */
-static char *g_target;          /* the URL every request goes to */
-static char *g_coupon_json;     /* cfg.coupon escaped for a JSON string */
-static char *g_prefix_json;     /* cfg.user_prefix escaped likewise */
+static char *g_target;               /* the URL every request goes to */
+static char *g_coupon_json;          /* cfg.coupon escaped for a JSON string */
+static char *g_prefix_json;          /* cfg.user_prefix escaped likewise */
 static struct curl_slist *g_headers; /* request headers, shared read-only */
 
 /* Run control, shared by all threads. */
-static int64_t g_start_ns;           /* first request may go (MONOTONIC) */
-static int64_t g_end_ns;             /* no request may start from here on */
-static int64_t g_last_sec;           /* CSV row that also takes the drain */
-static atomic_int g_stop;            /* 1: stop sending; 2: also abandon */
-static atomic_uint_fast64_t g_next;  /* closed loop: next request number */
-static atomic_int g_workers_done;    /* workers that left their loop */
+static int64_t g_start_ns;          /* first request may go (MONOTONIC) */
+static int64_t g_end_ns;            /* no request may start from here on */
+static int64_t g_last_sec;          /* CSV row that also takes the drain */
+static atomic_int g_stop;           /* 1: stop sending; 2: also abandon */
+static atomic_uint_fast64_t g_next; /* closed loop: next request number */
+static atomic_int g_workers_done;   /* workers that left their loop */
 static volatile sig_atomic_t g_interrupts; /* SIGINT/SIGTERM received */
 
 /* ================================ Helpers ================================ */
 
-static void lg_die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void lg_die(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2), noreturn));
 
 /* Print "loadgen: <message>" and exit 1. */
 static void lg_die(const char *fmt, ...) {
@@ -185,14 +186,16 @@ static void lg_die(const char *fmt, ...) {
 /* Returns new memory, zeroed; never NULL. */
 static void *lg_calloc(size_t n, size_t size) {
     void *p = calloc(n ? n : 1, size ? size : 1);
-    if (p == NULL) lg_die("out of memory");
+    if (p == NULL)
+        lg_die("out of memory");
     return p;
 }
 
 /* Returns p resized (p is stolen); never NULL. */
 static void *lg_realloc(void *p, size_t size) {
     void *q = realloc(p, size ? size : 1);
-    if (q == NULL) lg_die("out of memory");
+    if (q == NULL)
+        lg_die("out of memory");
     return q;
 }
 
@@ -205,7 +208,8 @@ static char *lg_strdup(const char *s) {
 }
 
 /* Returns a new string, formatted. */
-static char *lg_sprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *lg_sprintf(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
 static char *lg_sprintf(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -226,8 +230,10 @@ static int64_t lg_now_ns(void) {
 }
 
 static void lg_sleep_until(int64_t when_ns) {
-    struct timespec ts = {.tv_sec = when_ns / LG_NS, .tv_nsec = when_ns % LG_NS};
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+    struct timespec ts = {.tv_sec = when_ns / LG_NS,
+                          .tv_nsec = when_ns % LG_NS};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) ==
+           EINTR) {
     }
 }
 
@@ -261,11 +267,24 @@ static char *lg_copy_escape(const char *s) {
     char *out = lg_calloc(strlen(s) * 2 + 1, 1), *o = out;
     for (; *s; s++) {
         switch (*s) {
-        case '\\': *o++ = '\\'; *o++ = '\\'; break;
-        case '\t': *o++ = '\\'; *o++ = 't'; break;
-        case '\n': *o++ = '\\'; *o++ = 'n'; break;
-        case '\r': *o++ = '\\'; *o++ = 'r'; break;
-        default: *o++ = *s;
+        case '\\':
+            *o++ = '\\';
+            *o++ = '\\';
+            break;
+        case '\t':
+            *o++ = '\\';
+            *o++ = 't';
+            break;
+        case '\n':
+            *o++ = '\\';
+            *o++ = 'n';
+            break;
+        case '\r':
+            *o++ = '\\';
+            *o++ = 'r';
+            break;
+        default:
+            *o++ = *s;
         }
     }
     return out;
@@ -273,9 +292,9 @@ static char *lg_copy_escape(const char *s) {
 
 /* A growable array of request numbers. */
 typedef struct lg_u64vec {
-    uint64_t *v;  /* the elements, owned */
-    size_t n;     /* elements in use */
-    size_t cap;   /* elements allocated */
+    uint64_t *v; /* the elements, owned */
+    size_t n;    /* elements in use */
+    size_t cap;  /* elements allocated */
 } lg_u64vec_t;
 
 static void lg_u64vec_push(lg_u64vec_t *a, uint64_t x) {
@@ -313,7 +332,8 @@ typedef struct hist {
 } hist_t;
 
 static int hist_index(uint64_t v) {
-    if (v >= (1ULL << (HIST_TOP_BIT + 1))) return HIST_LEN - 1;
+    if (v >= (1ULL << (HIST_TOP_BIT + 1)))
+        return HIST_LEN - 1;
     int h = v ? 63 - __builtin_clzll(v) : 0;
     int s = h > HIST_SUB_BITS ? h - HIST_SUB_BITS : 0;
     return s * HIST_SUB + (int)(v >> s);
@@ -328,19 +348,23 @@ static uint64_t hist_high(int i) {
 static void hist_record(hist_t *h, uint64_t v) {
     h->count[hist_index(v)]++;
     h->total++;
-    if (v > h->max) h->max = v;
+    if (v > h->max)
+        h->max = v;
 }
 
 static void hist_merge(hist_t *dst, const hist_t *src) {
-    for (int i = 0; i < HIST_LEN; i++) dst->count[i] += src->count[i];
+    for (int i = 0; i < HIST_LEN; i++)
+        dst->count[i] += src->count[i];
     dst->total += src->total;
-    if (src->max > dst->max) dst->max = src->max;
+    if (src->max > dst->max)
+        dst->max = src->max;
 }
 
 /* The invariant, for asserts: total is the sum of the buckets. */
 static bool hist_check(const hist_t *h) {
     uint64_t sum = 0;
-    for (int i = 0; i < HIST_LEN; i++) sum += h->count[i];
+    for (int i = 0; i < HIST_LEN; i++)
+        sum += h->count[i];
     return sum == h->total;
 }
 
@@ -348,9 +372,11 @@ static bool hist_check(const hist_t *h) {
  * upper bound of the bucket holding the ceil(p% * total)-th value, but never
  * more than the exact maximum. */
 static uint64_t hist_percentile(const hist_t *h, double p) {
-    if (h->total == 0) return 0;
+    if (h->total == 0)
+        return 0;
     uint64_t rank = (uint64_t)ceil(p / 100.0 * (double)h->total);
-    if (rank < 1) rank = 1;
+    if (rank < 1)
+        rank = 1;
     uint64_t seen = 0;
     for (int i = 0; i < HIST_LEN; i++) {
         seen += h->count[i];
@@ -362,7 +388,9 @@ static uint64_t hist_percentile(const hist_t *h, double p) {
     return h->max;
 }
 
-static double us_to_ms(uint64_t us) { return (double)us / 1000.0; }
+static double us_to_ms(uint64_t us) {
+    return (double)us / 1000.0;
+}
 
 /* ============================= Request naming =============================
  *
@@ -371,17 +399,21 @@ static double us_to_ms(uint64_t us) { return (double)us / 1000.0; }
  * of the requests that were answered 201 to ask PostgreSQL about them later.
  */
 
-static uint64_t lg_user_no(uint64_t seq) { return cfg.users ? seq % cfg.users : seq; }
+static uint64_t lg_user_no(uint64_t seq) {
+    return cfg.users ? seq % cfg.users : seq;
+}
 
 /* The claim body for request seq into buf; returns its length. */
 static size_t lg_claim_body(char *buf, size_t cap, uint64_t seq) {
     int n;
     if (cfg.coupons)
-        n = snprintf(buf, cap,
-                     "{\"coupon_id\":\"%s-%" PRIu64 "\",\"user_id\":\"%s-%" PRIu64 "\"}",
-                     g_coupon_json, seq % cfg.coupons, g_prefix_json, lg_user_no(seq));
+        n = snprintf(
+            buf, cap,
+            "{\"coupon_id\":\"%s-%" PRIu64 "\",\"user_id\":\"%s-%" PRIu64 "\"}",
+            g_coupon_json, seq % cfg.coupons, g_prefix_json, lg_user_no(seq));
     else
-        n = snprintf(buf, cap, "{\"coupon_id\":\"%s\",\"user_id\":\"%s-%" PRIu64 "\"}",
+        n = snprintf(buf, cap,
+                     "{\"coupon_id\":\"%s\",\"user_id\":\"%s-%" PRIu64 "\"}",
                      g_coupon_json, g_prefix_json, lg_user_no(seq));
     assert(n > 0 && (size_t)n < cap); /* the CLI bounds the name lengths */
     return (size_t)n;
@@ -395,7 +427,9 @@ static void lg_coupon_name(char *buf, size_t cap, uint64_t k) {
         snprintf(buf, cap, "%s", cfg.coupon);
 }
 
-static uint64_t lg_coupon_count(void) { return cfg.coupons ? cfg.coupons : 1; }
+static uint64_t lg_coupon_count(void) {
+    return cfg.coupons ? cfg.coupons : 1;
+}
 
 /* Open loop: when request seq is due. */
 static int64_t lg_due_ns(uint64_t seq) {
@@ -405,9 +439,12 @@ static int64_t lg_due_ns(uint64_t seq) {
 /* Open loop: how many requests the schedule holds before the end. */
 static uint64_t lg_scheduled(void) {
     uint64_t n = (uint64_t)ceil(cfg.duration * cfg.rate);
-    while (n > 0 && lg_due_ns(n - 1) >= g_end_ns) n--;
-    while (lg_due_ns(n) < g_end_ns) n++;
-    if (cfg.requests && n > cfg.requests) n = cfg.requests;
+    while (n > 0 && lg_due_ns(n - 1) >= g_end_ns)
+        n--;
+    while (lg_due_ns(n) < g_end_ns)
+        n++;
+    if (cfg.requests && n > cfg.requests)
+        n = cfg.requests;
     return n;
 }
 
@@ -416,12 +453,12 @@ static uint64_t lg_scheduled(void) {
 /* What a worker counts over the whole run. Owned by the worker until it has
  * finished, then read by main(). */
 typedef struct lg_stats {
-    uint64_t requests;             /* finished: responses + transport errors */
-    uint64_t errors;               /* transport errors (no HTTP status) */
-    uint64_t status[600];          /* responses by status; [0]: out of range */
-    uint64_t c2xx, c4xx, c5xx;     /* responses by class, for the live line */
-    uint64_t err_kind[CURL_LAST];  /* transport errors by libcurl code */
-    hist_t *lat;                   /* latency of every response, owned */
+    uint64_t requests;            /* finished: responses + transport errors */
+    uint64_t errors;              /* transport errors (no HTTP status) */
+    uint64_t status[600];         /* responses by status; [0]: out of range */
+    uint64_t c2xx, c4xx, c5xx;    /* responses by class, for the live line */
+    uint64_t err_kind[CURL_LAST]; /* transport errors by libcurl code */
+    hist_t *lat;                  /* latency of every response, owned */
 } lg_stats_t;
 
 /* What a worker counts for the current second. */
@@ -435,8 +472,8 @@ typedef struct lg_secstats {
  * percentiles and frees it (lg_secrow_close). */
 typedef struct lg_secrow {
     uint64_t requests, c2xx, c4xx, c5xx, errors; /* summed over workers */
-    hist_t *lat;       /* merged latency, NULL once closed */
-    int reported;      /* workers that have merged this second */
+    hist_t *lat;               /* merged latency, NULL once closed */
+    int reported;              /* workers that have merged this second */
     double p50, p90, p99, max; /* milliseconds, valid once closed */
 } lg_secrow_t;
 
@@ -446,7 +483,8 @@ static lg_secrow_t *g_secs;
 static size_t g_nsecs;
 
 static void lg_secrow_close(lg_secrow_t *r) {
-    if (r->lat == NULL) return;
+    if (r->lat == NULL)
+        return;
     r->p50 = us_to_ms(hist_percentile(r->lat, 50));
     r->p90 = us_to_ms(hist_percentile(r->lat, 90));
     r->p99 = us_to_ms(hist_percentile(r->lat, 99));
@@ -471,9 +509,12 @@ static void lg_secs_merge(int64_t sec, lg_secstats_t *s, int nworkers) {
     r->c4xx += s->c4xx;
     r->c5xx += s->c5xx;
     r->errors += s->errors;
-    if (r->reported == 0) r->lat = lg_calloc(1, sizeof *r->lat);
-    if (r->lat) hist_merge(r->lat, s->lat);
-    if (++r->reported == nworkers) lg_secrow_close(r);
+    if (r->reported == 0)
+        r->lat = lg_calloc(1, sizeof *r->lat);
+    if (r->lat)
+        hist_merge(r->lat, s->lat);
+    if (++r->reported == nworkers)
+        lg_secrow_close(r);
     pthread_mutex_unlock(&g_secs_lock);
 
     hist_t *lat = s->lat;
@@ -486,55 +527,66 @@ static void lg_secs_merge(int64_t sec, lg_secstats_t *s, int nworkers) {
 
 /* Counters a worker publishes for the progress line (relaxed atomics: the
  * line is a glance, not a measurement). */
-enum { LIVE_REQ, LIVE_ERR, LIVE_2XX, LIVE_4XX, LIVE_5XX,
-       LIVE_201, LIVE_200, LIVE_409, LIVE_410, LIVE_503, LIVE_N };
+enum {
+    LIVE_REQ,
+    LIVE_ERR,
+    LIVE_2XX,
+    LIVE_4XX,
+    LIVE_5XX,
+    LIVE_201,
+    LIVE_200,
+    LIVE_409,
+    LIVE_410,
+    LIVE_503,
+    LIVE_N
+};
 
 struct lg_worker;
 
 /* One connection: an easy handle and the request it is carrying. */
 typedef struct lg_conn {
-    CURL *easy;                 /* owned; its PRIVATE points back here */
-    struct lg_worker *w;        /* the owner */
-    bool busy;                  /* added to the multi handle */
-    uint64_t seq;               /* the request number being carried */
-    int64_t t0_ns;              /* latency origin: send or due time */
-    int64_t done_ns;            /* when body bytes last arrived; 0 = none */
-    char body[LG_BODY_MAX];     /* claim body; libcurl reads it in place */
-    char resp[LG_SAMPLE_MAX];   /* start of the response body */
-    size_t resp_len;            /* bytes in resp */
-    struct lg_conn *next_idle;  /* idle list link */
+    CURL *easy;                /* owned; its PRIVATE points back here */
+    struct lg_worker *w;       /* the owner */
+    bool busy;                 /* added to the multi handle */
+    uint64_t seq;              /* the request number being carried */
+    int64_t t0_ns;             /* latency origin: send or due time */
+    int64_t done_ns;           /* when body bytes last arrived; 0 = none */
+    char body[LG_BODY_MAX];    /* claim body; libcurl reads it in place */
+    char resp[LG_SAMPLE_MAX];  /* start of the response body */
+    size_t resp_len;           /* bytes in resp */
+    struct lg_conn *next_idle; /* idle list link */
 } lg_conn_t;
 
 /* A worker thread and all it owns. main() sets it up before the thread
  * starts and reads it after the join; in between only the worker touches it,
  * except `live`, which main() reads at any time for the progress line. */
 typedef struct lg_worker {
-    int id;                    /* 0 .. threads-1 */
+    int id; /* 0 .. threads-1 */
     pthread_t thread;
-    CURLM *multi;              /* owned */
-    CURLU *url;                /* g_target parsed once, owned, read by conns */
-    int epfd;                  /* epoll set: sockets and sched_fd */
-    int sched_fd;              /* timerfd: the open-loop schedule */
-    uint32_t *want;            /* owned, by socket: events libcurl wants; */
-    int nfds;                  /* 0 = none (see lg_sock_cb); nfds of them */
-    int64_t sched_armed_ns;    /* what sched_fd is armed for; 0 = not */
-    int64_t curl_deadline_ns;  /* libcurl wants a timeout call; -1 = no */
-    lg_conn_t *conns;          /* owned, nconns of them */
+    CURLM *multi;             /* owned */
+    CURLU *url;               /* g_target parsed once, owned, read by conns */
+    int epfd;                 /* epoll set: sockets and sched_fd */
+    int sched_fd;             /* timerfd: the open-loop schedule */
+    uint32_t *want;           /* owned, by socket: events libcurl wants; */
+    int nfds;                 /* 0 = none (see lg_sock_cb); nfds of them */
+    int64_t sched_armed_ns;   /* what sched_fd is armed for; 0 = not */
+    int64_t curl_deadline_ns; /* libcurl wants a timeout call; -1 = no */
+    lg_conn_t *conns;         /* owned, nconns of them */
     int nconns;
-    lg_conn_t *idle;           /* connections not carrying a request */
-    int inflight;              /* == nconns - length of idle */
-    bool sending_done;         /* no new request will start */
-    uint64_t next_seq;         /* open loop: next request, id + k*threads */
-    uint64_t sent;             /* requests handed to libcurl */
-    uint64_t sent_late;        /* open loop: sent > 1 ms after due */
-    int64_t end_ns;            /* when the loop ended */
-    lg_stats_t total;          /* the whole run */
-    lg_secstats_t sec;         /* the current second */
-    int64_t sec_no;            /* which second `sec` is */
-    lg_u64vec_t claimed;       /* numbers of requests answered 201 */
-    long sample_status;        /* first unexpected status, 0 = none yet */
+    lg_conn_t *idle;     /* connections not carrying a request */
+    int inflight;        /* == nconns - length of idle */
+    bool sending_done;   /* no new request will start */
+    uint64_t next_seq;   /* open loop: next request, id + k*threads */
+    uint64_t sent;       /* requests handed to libcurl */
+    uint64_t sent_late;  /* open loop: sent > 1 ms after due */
+    int64_t end_ns;      /* when the loop ended */
+    lg_stats_t total;    /* the whole run */
+    lg_secstats_t sec;   /* the current second */
+    int64_t sec_no;      /* which second `sec` is */
+    lg_u64vec_t claimed; /* numbers of requests answered 201 */
+    long sample_status;  /* first unexpected status, 0 = none yet */
     char sample[LG_SAMPLE_MAX + 1]; /* its body, NUL-terminated */
-    char errstr[128];          /* why the loop failed; "" = it did not */
+    char errstr[128];               /* why the loop failed; "" = it did not */
     _Atomic uint64_t live[LIVE_N];
 } lg_worker_t;
 
@@ -551,11 +603,13 @@ static lg_worker_t *g_workers;
  * takes a socket out of every epoll set), and then it is added. An idle
  * socket that wakes up anyway (the server closed it) is taken out in the loop,
  * or level-triggered epoll would report it again and again. */
-static int lg_sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
+static int lg_sock_cb(CURL *easy, curl_socket_t s, int what, void *userp,
+                      void *socketp) {
     lg_worker_t *w = userp;
     (void)easy;
     (void)socketp;
-    if (s < 0) return 0;
+    if (s < 0)
+        return 0;
     if (s >= w->nfds) {
         int n = s + 64;
         w->want = lg_realloc(w->want, (size_t)n * sizeof *w->want);
@@ -588,7 +642,8 @@ static void lg_fd_drop_idle(lg_worker_t *w, int fd) {
 static int lg_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
     lg_worker_t *w = userp;
     (void)multi;
-    w->curl_deadline_ns = timeout_ms < 0 ? -1 : lg_now_ns() + (int64_t)timeout_ms * 1000000;
+    w->curl_deadline_ns =
+        timeout_ms < 0 ? -1 : lg_now_ns() + (int64_t)timeout_ms * 1000000;
     return 0;
 }
 
@@ -596,7 +651,8 @@ static int lg_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
  * The time of the last call is when the response was complete; the loop
  * reaps it only after serving the other ready sockets, up to a fraction of a
  * millisecond later under load. */
-static size_t lg_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata) {
+static size_t lg_write_cb(char *ptr, size_t size, size_t nmemb,
+                          void *userdata) {
     lg_conn_t *c = userdata;
     c->done_ns = lg_now_ns();
     size_t n = size * nmemb, room = sizeof c->resp - c->resp_len;
@@ -608,19 +664,27 @@ static size_t lg_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata) 
 /* The response statuses a claim run expects; anything else is an error.
  * In raw mode, every 2xx is expected. */
 static bool lg_status_expected(long st) {
-    if (cfg.raw) return st >= 200 && st < 300;
+    if (cfg.raw)
+        return st >= 200 && st < 300;
     return st == 201 || st == 200 || st == 410 || st == 409 || st == 503;
 }
 
 static const char *lg_status_label(long st) {
-    if (cfg.raw) return lg_status_expected(st) ? "" : "unexpected";
+    if (cfg.raw)
+        return lg_status_expected(st) ? "" : "unexpected";
     switch (st) {
-    case 201: return "claimed";
-    case 200: return "already_claimed";
-    case 410: return "sold_out";
-    case 409: return "fenced";
-    case 503: return "busy/unavailable";
-    default: return "error";
+    case 201:
+        return "claimed";
+    case 200:
+        return "already_claimed";
+    case 410:
+        return "sold_out";
+    case 409:
+        return "fenced";
+    case 503:
+        return "busy/unavailable";
+    default:
+        return "error";
     }
 }
 
@@ -635,11 +699,13 @@ static int64_t lg_sec_of(int64_t now) {
 /* Close every second before the one `now` belongs to. */
 static void lg_sec_advance(lg_worker_t *w, int64_t now) {
     int64_t sec = lg_sec_of(now);
-    while (w->sec_no < sec) lg_secs_merge(w->sec_no++, &w->sec, cfg.threads);
+    while (w->sec_no < sec)
+        lg_secs_merge(w->sec_no++, &w->sec, cfg.threads);
 }
 
 /* Count one finished request. */
-static void lg_record(lg_worker_t *w, lg_conn_t *c, CURLcode rc, long st, int64_t now) {
+static void lg_record(lg_worker_t *w, lg_conn_t *c, CURLcode rc, long st,
+                      int64_t now) {
     lg_sec_advance(w, now); /* a request belongs to the second it ended in */
     w->total.requests++;
     w->sec.requests++;
@@ -652,19 +718,25 @@ static void lg_record(lg_worker_t *w, lg_conn_t *c, CURLcode rc, long st, int64_
     uint64_t us = now > c->t0_ns ? (uint64_t)(now - c->t0_ns) / 1000 : 0;
     hist_record(w->total.lat, us);
     hist_record(w->sec.lat, us);
-    if (st < 100 || st > 599) st = 0;
+    if (st < 100 || st > 599)
+        st = 0;
     w->total.status[st]++;
-    if (st >= 200 && st < 300) w->total.c2xx++, w->sec.c2xx++;
-    if (st >= 400 && st < 500) w->total.c4xx++, w->sec.c4xx++;
-    if (st >= 500 && st < 600) w->total.c5xx++, w->sec.c5xx++;
-    if (!cfg.raw && st == 201) lg_u64vec_push(&w->claimed, c->seq);
+    if (st >= 200 && st < 300)
+        w->total.c2xx++, w->sec.c2xx++;
+    if (st >= 400 && st < 500)
+        w->total.c4xx++, w->sec.c4xx++;
+    if (st >= 500 && st < 600)
+        w->total.c5xx++, w->sec.c5xx++;
+    if (!cfg.raw && st == 201)
+        lg_u64vec_push(&w->claimed, c->seq);
     if (!lg_status_expected(st) && w->sample_status == 0) {
         w->sample_status = st;
         size_t n = c->resp_len < LG_SAMPLE_MAX ? c->resp_len : LG_SAMPLE_MAX;
         memcpy(w->sample, c->resp, n);
         w->sample[n] = '\0';
         for (size_t i = 0; i < n; i++)
-            if ((unsigned char)w->sample[i] < 0x20) w->sample[i] = ' ';
+            if ((unsigned char)w->sample[i] < 0x20)
+                w->sample[i] = ' ';
     }
 }
 
@@ -677,7 +749,8 @@ static void lg_publish(lg_worker_t *w) {
         [LIVE_200] = st[200],           [LIVE_409] = st[409],
         [LIVE_410] = st[410],           [LIVE_503] = st[503],
     };
-    for (int i = 0; i < LIVE_N; i++) atomic_store_explicit(&w->live[i], v[i], memory_order_relaxed);
+    for (int i = 0; i < LIVE_N; i++)
+        atomic_store_explicit(&w->live[i], v[i], memory_order_relaxed);
 }
 
 /* Hand request seq to libcurl on idle connection c; latency counts from t0. */
@@ -701,8 +774,10 @@ static void lg_start(lg_worker_t *w, uint64_t seq, int64_t t0) {
 }
 
 static void lg_arm_schedule(lg_worker_t *w, int64_t due) {
-    if (w->sched_armed_ns == due) return;
-    struct itimerspec its = {.it_value = {.tv_sec = due / LG_NS, .tv_nsec = due % LG_NS}};
+    if (w->sched_armed_ns == due)
+        return;
+    struct itimerspec its = {
+        .it_value = {.tv_sec = due / LG_NS, .tv_nsec = due % LG_NS}};
     timerfd_settime(w->sched_fd, TFD_TIMER_ABSTIME, &its, NULL);
     w->sched_armed_ns = due;
 }
@@ -713,7 +788,8 @@ static void lg_arm_schedule(lg_worker_t *w, int64_t due) {
 static void lg_issue(lg_worker_t *w, int64_t now) {
     while (w->idle && !w->sending_done) {
         if (cfg.rate <= 0) {
-            uint64_t seq = atomic_fetch_add_explicit(&g_next, 1, memory_order_relaxed);
+            uint64_t seq =
+                atomic_fetch_add_explicit(&g_next, 1, memory_order_relaxed);
             if (cfg.requests && seq >= cfg.requests) {
                 w->sending_done = true;
                 break;
@@ -730,7 +806,8 @@ static void lg_issue(lg_worker_t *w, int64_t now) {
                 lg_arm_schedule(w, due);
                 break;
             }
-            if (now - due > LG_LATE_NS) w->sent_late++;
+            if (now - due > LG_LATE_NS)
+                w->sent_late++;
             lg_start(w, seq, due); /* timed from when it was due, not now */
             w->next_seq += (uint64_t)cfg.threads;
         }
@@ -742,13 +819,15 @@ static void lg_reap(lg_worker_t *w) {
     CURLMsg *m;
     int left;
     while ((m = curl_multi_info_read(w->multi, &left)) != NULL) {
-        if (m->msg != CURLMSG_DONE) continue;
+        if (m->msg != CURLMSG_DONE)
+            continue;
         CURL *easy = m->easy_handle; /* m dies in remove_handle below */
         CURLcode rc = m->data.result;
         char *priv = NULL;
         long st = 0;
         curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
-        if (rc == CURLE_OK) curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &st);
+        if (rc == CURLE_OK)
+            curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &st);
         curl_multi_remove_handle(w->multi, easy);
         lg_conn_t *c = (lg_conn_t *)priv;
         c->busy = false;
@@ -757,14 +836,16 @@ static void lg_reap(lg_worker_t *w) {
         w->inflight--;
         assert(w->inflight >= 0);
         /* No body (HEAD, 204, an error): the reap time has to do. */
-        lg_record(w, c, rc, st, c->done_ns && rc == CURLE_OK ? c->done_ns : lg_now_ns());
+        lg_record(w, c, rc, st,
+                  c->done_ns && rc == CURLE_OK ? c->done_ns : lg_now_ns());
     }
 }
 
 /* Give libcurl its timeout call if it is due. */
 static void lg_run_timeout(lg_worker_t *w) {
     int running;
-    if (w->curl_deadline_ns < 0 || lg_now_ns() < w->curl_deadline_ns) return;
+    if (w->curl_deadline_ns < 0 || lg_now_ns() < w->curl_deadline_ns)
+        return;
     w->curl_deadline_ns = -1; /* the call may set a new one */
     curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
 }
@@ -779,15 +860,18 @@ static void *lg_worker_main(void *arg) {
     for (;;) {
         int64_t now = lg_now_ns();
         int stop = atomic_load_explicit(&g_stop, memory_order_relaxed);
-        if (stop >= 2) break; /* abandon what is in flight */
-        if (stop || now >= g_end_ns) w->sending_done = true;
+        if (stop >= 2)
+            break; /* abandon what is in flight */
+        if (stop || now >= g_end_ns)
+            w->sending_done = true;
 
         /* Start what may start. Adding a handle asks for a timeout call at
          * once, and making it here sends the requests before we sleep. */
         lg_issue(w, now);
         lg_run_timeout(w);
         lg_reap(w);
-        if (w->sending_done && w->inflight == 0) break;
+        if (w->sending_done && w->inflight == 0)
+            break;
 
         /* Sleep until a socket is ready, the schedule timer fires, or
          * libcurl's timeout is due; not at all if a request failed at once
@@ -796,17 +880,21 @@ static void *lg_worker_main(void *arg) {
         int64_t wait_ns = LG_WAIT_MAX_MS * 1000000LL;
         if (w->curl_deadline_ns >= 0 && w->curl_deadline_ns - now < wait_ns)
             wait_ns = w->curl_deadline_ns > now ? w->curl_deadline_ns - now : 0;
-        if (w->idle && !w->sending_done && cfg.rate <= 0) wait_ns = 0;
-        int n = epoll_wait(w->epfd, evs, 64, (int)((wait_ns + 999999) / 1000000));
+        if (w->idle && !w->sending_done && cfg.rate <= 0)
+            wait_ns = 0;
+        int n =
+            epoll_wait(w->epfd, evs, 64, (int)((wait_ns + 999999) / 1000000));
         if (n < 0 && errno != EINTR) {
-            snprintf(w->errstr, sizeof w->errstr, "epoll_wait: %s", strerror(errno));
+            snprintf(w->errstr, sizeof w->errstr, "epoll_wait: %s",
+                     strerror(errno));
             break;
         }
         for (int i = 0; i < n; i++) {
             int fd = evs[i].data.fd;
             if (fd == w->sched_fd) {
                 uint64_t expirations;
-                if (read(fd, &expirations, sizeof expirations) < 0) { /* EAGAIN */
+                if (read(fd, &expirations, sizeof expirations) <
+                    0) { /* EAGAIN */
                 }
                 w->sched_armed_ns = 0;
                 continue;
@@ -827,7 +915,8 @@ static void *lg_worker_main(void *arg) {
         lg_publish(w);
     }
     w->end_ns = lg_now_ns();
-    lg_secs_merge(w->sec_no, &w->sec, cfg.threads); /* the last, partial second */
+    lg_secs_merge(w->sec_no, &w->sec,
+                  cfg.threads); /* the last, partial second */
     lg_publish(w);
     atomic_fetch_add(&g_workers_done, 1);
     return NULL;
@@ -838,18 +927,21 @@ static void lg_worker_init(lg_worker_t *w, int id, int nconns) {
     w->id = id;
     w->curl_deadline_ns = -1;
     w->next_seq = (uint64_t)id;
-    for (int i = 0; i < LIVE_N; i++) atomic_init(&w->live[i], 0);
+    for (int i = 0; i < LIVE_N; i++)
+        atomic_init(&w->live[i], 0);
     w->total.lat = lg_calloc(1, sizeof(hist_t));
     w->sec.lat = lg_calloc(1, sizeof(hist_t));
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     w->sched_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (w->epfd < 0 || w->sched_fd < 0) lg_die("epoll/timerfd: %s", strerror(errno));
+    if (w->epfd < 0 || w->sched_fd < 0)
+        lg_die("epoll/timerfd: %s", strerror(errno));
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = w->sched_fd};
     if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->sched_fd, &ev) < 0)
         lg_die("epoll_ctl: %s", strerror(errno));
 
     w->multi = curl_multi_init();
-    if (w->multi == NULL) lg_die("curl_multi_init failed");
+    if (w->multi == NULL)
+        lg_die("curl_multi_init failed");
     curl_multi_setopt(w->multi, CURLMOPT_SOCKETFUNCTION, lg_sock_cb);
     curl_multi_setopt(w->multi, CURLMOPT_SOCKETDATA, w);
     curl_multi_setopt(w->multi, CURLMOPT_TIMERFUNCTION, lg_timer_cb);
@@ -859,7 +951,8 @@ static void lg_worker_init(lg_worker_t *w, int id, int nconns) {
 
     /* Handing libcurl a parsed URL spares it a parse per request. */
     w->url = curl_url();
-    if (w->url == NULL || curl_url_set(w->url, CURLUPART_URL, g_target, 0) != CURLUE_OK)
+    if (w->url == NULL ||
+        curl_url_set(w->url, CURLUPART_URL, g_target, 0) != CURLUE_OK)
         lg_die("cannot parse URL %s", g_target);
 
     w->nconns = nconns;
@@ -867,18 +960,21 @@ static void lg_worker_init(lg_worker_t *w, int id, int nconns) {
     for (int i = 0; i < nconns; i++) {
         lg_conn_t *c = &w->conns[i];
         CURL *e = c->easy = curl_easy_init();
-        if (e == NULL) lg_die("curl_easy_init failed");
+        if (e == NULL)
+            lg_die("curl_easy_init failed");
         c->w = w;
         curl_easy_setopt(e, CURLOPT_CURLU, w->url);
         curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)c);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, lg_write_cb);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)c);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_PROXY, ""); /* ignore http_proxy: loopback */
+        curl_easy_setopt(e, CURLOPT_PROXY,
+                         ""); /* ignore http_proxy: loopback */
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, cfg.timeout_ms);
         curl_easy_setopt(e, CURLOPT_USERAGENT, "couponsvc-loadgen/1");
         curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-        if (g_headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, g_headers);
+        if (g_headers)
+            curl_easy_setopt(e, CURLOPT_HTTPHEADER, g_headers);
         if (!cfg.raw) {
             curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
         } else if (strcmp(cfg.method, "GET") == 0) {
@@ -898,8 +994,10 @@ static void lg_worker_init(lg_worker_t *w, int id, int nconns) {
 
 static void lg_worker_free(lg_worker_t *w) {
     for (int i = 0; i < w->nconns; i++)
-        if (w->conns[i].busy) curl_multi_remove_handle(w->multi, w->conns[i].easy);
-    for (int i = 0; i < w->nconns; i++) curl_easy_cleanup(w->conns[i].easy);
+        if (w->conns[i].busy)
+            curl_multi_remove_handle(w->multi, w->conns[i].easy);
+    for (int i = 0; i < w->nconns; i++)
+        curl_easy_cleanup(w->conns[i].easy);
     curl_multi_cleanup(w->multi); /* closes the sockets: needs epfd */
     curl_url_cleanup(w->url);
     close(w->sched_fd);
@@ -938,12 +1036,14 @@ static int lg_create_stock(void) {
     CURL *e = curl_easy_init();
     int rc = 0;
     uint64_t created = 0, existed = 0;
-    if (e == NULL || hdr == NULL) lg_die("curl setup failed");
+    if (e == NULL || hdr == NULL)
+        lg_die("curl setup failed");
     for (uint64_t k = 0; k < lg_coupon_count() && rc == 0; k++) {
         char name[LG_NAME_MAX + 32], body[2 * LG_NAME_MAX * 6 + 64];
         lg_coupon_name(name, sizeof name, k);
         char *esc = lg_json_escape(name);
-        snprintf(body, sizeof body, "{\"id\":\"%s\",\"total\":%lld}", esc, cfg.create_stock);
+        snprintf(body, sizeof body, "{\"id\":\"%s\",\"total\":%lld}", esc,
+                 cfg.create_stock);
         free(esc);
         lg_buf_t resp = {.len = 0};
         long st = 0;
@@ -956,21 +1056,25 @@ static int lg_create_stock(void) {
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, lg_buf_cb);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)&resp);
         CURLcode cc = curl_easy_perform(e);
-        if (cc == CURLE_OK) curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &st);
+        if (cc == CURLE_OK)
+            curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &st);
         if (cc != CURLE_OK) {
-            fprintf(stderr, "loadgen: create coupon %s: %s\n", name, curl_easy_strerror(cc));
+            fprintf(stderr, "loadgen: create coupon %s: %s\n", name,
+                    curl_easy_strerror(cc));
             rc = -1;
         } else if (st == 201) {
             created++;
         } else if (st == 409) {
             existed++;
         } else {
-            fprintf(stderr, "loadgen: create coupon %s: HTTP %ld %s\n", name, st, resp.data);
+            fprintf(stderr, "loadgen: create coupon %s: HTTP %ld %s\n", name,
+                    st, resp.data);
             rc = -1;
         }
     }
     if (rc == 0 && !cfg.quiet)
-        fprintf(stderr, "loadgen: create-stock %lld: %" PRIu64 " created, %" PRIu64
+        fprintf(stderr,
+                "loadgen: create-stock %lld: %" PRIu64 " created, %" PRIu64
                 " already existed (their stock was left as it was)\n",
                 cfg.create_stock, created, existed);
     curl_easy_cleanup(e);
@@ -1012,7 +1116,8 @@ typedef struct lg_verify {
 
 /* Run sql and check its result status; NULL (and v->err set) otherwise.
  * Returns a new result: PQclear it. */
-static PGresult *lg_pg(PGconn *pg, const char *sql, ExecStatusType want, lg_verify_t *v) {
+static PGresult *lg_pg(PGconn *pg, const char *sql, ExecStatusType want,
+                       lg_verify_t *v) {
     PGresult *r = PQexec(pg, sql);
     if (PQresultStatus(r) != want) {
         snprintf(v->err, sizeof v->err, "%s", PQerrorMessage(pg));
@@ -1029,15 +1134,18 @@ static bool lg_pg_ok(PGconn *pg, const char *sql, lg_verify_t *v) {
     return r != NULL;
 }
 
-/* COPY the run's coupons, or its 201 pairs (pairs = true), into a temp table. */
+/* COPY the run's coupons, or the pairs answered 201 (pairs = true), into
+ * a temp table. */
 static bool lg_pg_copy(PGconn *pg, bool pairs, lg_verify_t *v) {
     const char *sql = pairs ? "COPY lg_ok (coupon_id, user_id) FROM STDIN"
                             : "COPY lg_coupons (id) FROM STDIN";
     PGresult *r = lg_pg(pg, sql, PGRES_COPY_IN, v);
-    if (r == NULL) return false;
+    if (r == NULL)
+        return false;
     PQclear(r);
 
-    char *coupon = lg_copy_escape(cfg.coupon), *prefix = lg_copy_escape(cfg.user_prefix);
+    char *coupon = lg_copy_escape(cfg.coupon),
+         *prefix = lg_copy_escape(cfg.user_prefix);
     size_t cap = 1 << 16, len = 0;
     char *buf = lg_calloc(cap, 1);
     bool ok = true;
@@ -1047,21 +1155,24 @@ static bool lg_pg_copy(PGconn *pg, bool pairs, lg_verify_t *v) {
             uint64_t seq = pairs ? g_workers[t].claimed.v[i] : i;
             int k;
             if (cfg.coupons)
-                k = snprintf(buf + len, cap - len, "%s-%" PRIu64, coupon, seq % cfg.coupons);
+                k = snprintf(buf + len, cap - len, "%s-%" PRIu64, coupon,
+                             seq % cfg.coupons);
             else
                 k = snprintf(buf + len, cap - len, "%s", coupon);
             len += (size_t)k;
             if (pairs)
-                len += (size_t)snprintf(buf + len, cap - len, "\t%s-%" PRIu64, prefix,
-                                        lg_user_no(seq));
+                len += (size_t)snprintf(buf + len, cap - len, "\t%s-%" PRIu64,
+                                        prefix, lg_user_no(seq));
             buf[len++] = '\n';
-            if (cap - len < 4 * LG_NAME_MAX + 256) { /* keep room for one more line */
+            if (cap - len <
+                4 * LG_NAME_MAX + 256) { /* keep room for one more line */
                 ok = PQputCopyData(pg, buf, (int)len) == 1;
                 len = 0;
             }
         }
     }
-    if (ok && len) ok = PQputCopyData(pg, buf, (int)len) == 1;
+    if (ok && len)
+        ok = PQputCopyData(pg, buf, (int)len) == 1;
     ok = PQputCopyEnd(pg, ok ? NULL : "loadgen: write failed") == 1 && ok;
     while ((r = PQgetResult(pg)) != NULL) {
         if (PQresultStatus(r) != PGRES_COMMAND_OK && ok) {
@@ -1071,7 +1182,8 @@ static bool lg_pg_copy(PGconn *pg, bool pairs, lg_verify_t *v) {
         }
         PQclear(r);
     }
-    if (!ok && !v->err[0]) snprintf(v->err, sizeof v->err, "COPY: %s", PQerrorMessage(pg));
+    if (!ok && !v->err[0])
+        snprintf(v->err, sizeof v->err, "COPY: %s", PQerrorMessage(pg));
     free(buf);
     free(coupon);
     free(prefix);
@@ -1084,7 +1196,8 @@ static long long lg_ll(const PGresult *r, int row, int col) {
 
 static void lg_verify(lg_verify_t *v) {
     v->ran = true;
-    for (int t = 0; t < cfg.threads; t++) v->claimed_2xx += (long long)g_workers[t].claimed.n;
+    for (int t = 0; t < cfg.threads; t++)
+        v->claimed_2xx += (long long)g_workers[t].claimed.n;
 
     PGconn *pg = PQconnectdb(cfg.verify_dsn);
     if (PQstatus(pg) != CONNECTION_OK) {
@@ -1095,32 +1208,41 @@ static void lg_verify(lg_verify_t *v) {
     }
     PGresult *r = NULL;
     if (!lg_pg_ok(pg, "BEGIN ISOLATION LEVEL REPEATABLE READ", v) ||
-        !lg_pg_ok(pg, "CREATE TEMP TABLE lg_coupons (id text) ON COMMIT DROP", v) ||
-        !lg_pg_ok(pg, "CREATE TEMP TABLE lg_ok (coupon_id text, user_id text) ON COMMIT DROP", v) ||
+        !lg_pg_ok(pg, "CREATE TEMP TABLE lg_coupons (id text) ON COMMIT DROP",
+                  v) ||
+        !lg_pg_ok(pg,
+                  "CREATE TEMP TABLE lg_ok (coupon_id text, user_id text) ON "
+                  "COMMIT DROP",
+                  v) ||
         !lg_pg_copy(pg, false, v) || !lg_pg_copy(pg, true, v))
         goto done;
 
     /* Per coupon: does it exist, its stock and counter, its rows. */
-    r = lg_pg(pg,
-              "SELECT c.id IS NULL, coalesce(c.total, 0), coalesce(c.claimed, 0),"
-              "       (SELECT count(*) FROM claims k WHERE k.coupon_id = l.id),"
-              "       (SELECT count(DISTINCT k.user_id) FROM claims k"
-              "         WHERE k.coupon_id = l.id)"
-              "  FROM lg_coupons l LEFT JOIN coupons c ON c.id = l.id",
-              PGRES_TUPLES_OK, v);
-    if (r == NULL) goto done;
+    r = lg_pg(
+        pg,
+        "SELECT c.id IS NULL, coalesce(c.total, 0), coalesce(c.claimed, 0),"
+        "       (SELECT count(*) FROM claims k WHERE k.coupon_id = l.id),"
+        "       (SELECT count(DISTINCT k.user_id) FROM claims k"
+        "         WHERE k.coupon_id = l.id)"
+        "  FROM lg_coupons l LEFT JOIN coupons c ON c.id = l.id",
+        PGRES_TUPLES_OK, v);
+    if (r == NULL)
+        goto done;
     for (int i = 0; i < PQntuples(r); i++) {
         long long total = lg_ll(r, i, 1), claimed = lg_ll(r, i, 2);
         long long rows = lg_ll(r, i, 3), distinct = lg_ll(r, i, 4);
         long long used = rows > claimed ? rows : claimed;
         v->coupons++;
-        if (PQgetvalue(r, i, 0)[0] == 't') v->coupons_missing++;
+        if (PQgetvalue(r, i, 0)[0] == 't')
+            v->coupons_missing++;
         v->stock += total;
         v->claimed += claimed;
         v->claim_rows += rows;
         v->duplicate_users += rows - distinct;
-        if (rows != claimed) v->rows_mismatch++;
-        if (used > total) v->oversell += used - total, v->oversold_coupons++;
+        if (rows != claimed)
+            v->rows_mismatch++;
+        if (used > total)
+            v->oversell += used - total, v->oversold_coupons++;
     }
     PQclear(r);
 
@@ -1137,7 +1259,8 @@ static void lg_verify(lg_verify_t *v) {
               "         WHERE coupon_id IN (SELECT id FROM lg_coupons)"
               "           AND fence IS NOT NULL) f",
               PGRES_TUPLES_OK, v);
-    if (r == NULL) goto done;
+    if (r == NULL)
+        goto done;
     v->fenced_rows = lg_ll(r, 0, 0);
     v->fence_repeats = lg_ll(r, 0, 1);
     v->fence_decreases = lg_ll(r, 0, 2);
@@ -1148,35 +1271,38 @@ static void lg_verify(lg_verify_t *v) {
         v->fences_increasing = v->fence_repeats == 0 && v->fence_decreases == 0;
 
     /* Every 201 the clients were given must be a row. */
-    r = lg_pg(pg,
-              "SELECT count(*) FROM (SELECT DISTINCT coupon_id, user_id FROM lg_ok) o"
-              " WHERE NOT EXISTS (SELECT 1 FROM claims k"
-              "                    WHERE k.coupon_id = o.coupon_id"
-              "                      AND k.user_id = o.user_id)",
-              PGRES_TUPLES_OK, v);
-    if (r == NULL) goto done;
+    r = lg_pg(
+        pg,
+        "SELECT count(*) FROM (SELECT DISTINCT coupon_id, user_id FROM lg_ok) o"
+        " WHERE NOT EXISTS (SELECT 1 FROM claims k"
+        "                    WHERE k.coupon_id = o.coupon_id"
+        "                      AND k.user_id = o.user_id)",
+        PGRES_TUPLES_OK, v);
+    if (r == NULL)
+        goto done;
     v->missing_rows = lg_ll(r, 0, 0);
     PQclear(r);
 
-    v->ok = v->coupons_missing == 0 && v->oversell == 0 && v->duplicate_users == 0 &&
-            v->rows_mismatch == 0 && v->missing_rows == 0 && v->fences_increasing != 0;
+    v->ok = v->coupons_missing == 0 && v->oversell == 0 &&
+            v->duplicate_users == 0 && v->rows_mismatch == 0 &&
+            v->missing_rows == 0 && v->fences_increasing != 0;
 done:
     lg_pg_ok(pg, "ROLLBACK", &(lg_verify_t){0}); /* nothing to keep */
     PQfinish(pg);
 }
 
-/* ================================ Reporting ================================ */
+/* =============================== Reporting =============================== */
 
 /* Everything the summary, --json and --csv print, gathered after the run. */
 typedef struct lg_result {
-    lg_stats_t total;          /* all workers merged */
-    double duration_s;         /* start to the last worker's end */
-    double rate;               /* requests / duration_s */
-    uint64_t sent_late;        /* open loop */
-    uint64_t unsent;           /* open loop: due before the end, never sent */
-    bool interrupted;          /* stopped by a signal */
-    long sample_status;        /* an unexpected response, 0 = none */
-    const char *sample;        /* its body (borrowed from a worker) */
+    lg_stats_t total;   /* all workers merged */
+    double duration_s;  /* start to the last worker's end */
+    double rate;        /* requests / duration_s */
+    uint64_t sent_late; /* open loop */
+    uint64_t unsent;    /* open loop: due before the end, never sent */
+    bool interrupted;   /* stopped by a signal */
+    long sample_status; /* an unexpected response, 0 = none */
+    const char *sample; /* its body (borrowed from a worker) */
     double p50, p90, p99, p999, max; /* milliseconds */
 } lg_result_t;
 
@@ -1189,12 +1315,15 @@ static void lg_collect(lg_result_t *res) {
         lg_worker_t *w = &g_workers[i];
         t->requests += w->total.requests;
         t->errors += w->total.errors;
-        for (int s = 0; s < 600; s++) t->status[s] += w->total.status[s];
-        for (int k = 0; k < CURL_LAST; k++) t->err_kind[k] += w->total.err_kind[k];
+        for (int s = 0; s < 600; s++)
+            t->status[s] += w->total.status[s];
+        for (int k = 0; k < CURL_LAST; k++)
+            t->err_kind[k] += w->total.err_kind[k];
         hist_merge(t->lat, w->total.lat);
         res->sent_late += w->sent_late;
         sent += w->sent;
-        if (w->end_ns > end) end = w->end_ns;
+        if (w->end_ns > end)
+            end = w->end_ns;
         if (w->sample_status && !res->sample_status) {
             res->sample_status = w->sample_status;
             res->sample = w->sample;
@@ -1214,14 +1343,16 @@ static void lg_collect(lg_result_t *res) {
     res->p999 = us_to_ms(hist_percentile(t->lat, 99.9));
     res->max = us_to_ms(t->lat->max);
 
-    for (size_t s = 0; s < g_nsecs; s++) lg_secrow_close(&g_secs[s]); /* stragglers */
+    for (size_t s = 0; s < g_nsecs; s++)
+        lg_secrow_close(&g_secs[s]); /* stragglers */
 }
 
 static void lg_progress(int64_t now, uint64_t *last_req, int64_t *last_ns) {
     uint64_t v[LIVE_N] = {0};
     for (int i = 0; i < cfg.threads; i++)
         for (int k = 0; k < LIVE_N; k++)
-            v[k] += atomic_load_explicit(&g_workers[i].live[k], memory_order_relaxed);
+            v[k] += atomic_load_explicit(&g_workers[i].live[k],
+                                         memory_order_relaxed);
     double dt = (double)(now - *last_ns) / 1e9;
     double rate = dt > 0 ? (double)(v[LIVE_REQ] - *last_req) / dt : 0;
     double el = now > g_start_ns ? (double)(now - g_start_ns) / 1e9 : 0;
@@ -1229,23 +1360,29 @@ static void lg_progress(int64_t now, uint64_t *last_req, int64_t *last_ns) {
     *last_ns = now;
     if (cfg.raw) {
         fprintf(stderr,
-                "\r%6.1fs %8.0f req/s | 2xx %" PRIu64 "  4xx %" PRIu64 "  5xx %" PRIu64
-                " | errors %" PRIu64 "\033[K",
+                "\r%6.1fs %8.0f req/s | 2xx %" PRIu64 "  4xx %" PRIu64
+                "  5xx %" PRIu64 " | errors %" PRIu64 "\033[K",
                 el, rate, v[LIVE_2XX], v[LIVE_4XX], v[LIVE_5XX], v[LIVE_ERR]);
     } else {
-        uint64_t known = v[LIVE_201] + v[LIVE_200] + v[LIVE_410] + v[LIVE_409] + v[LIVE_503];
+        uint64_t known =
+            v[LIVE_201] + v[LIVE_200] + v[LIVE_410] + v[LIVE_409] + v[LIVE_503];
         uint64_t other = v[LIVE_REQ] - v[LIVE_ERR] - known;
         fprintf(stderr,
-                "\r%6.1fs %8.0f req/s | 201 %" PRIu64 "  200 %" PRIu64 "  410 %" PRIu64
-                "  409 %" PRIu64 "  503 %" PRIu64 "  other %" PRIu64 " | errors %" PRIu64 "\033[K",
-                el, rate, v[LIVE_201], v[LIVE_200], v[LIVE_410], v[LIVE_409], v[LIVE_503], other,
-                v[LIVE_ERR]);
+                "\r%6.1fs %8.0f req/s | 201 %" PRIu64 "  200 %" PRIu64
+                "  410 %" PRIu64 "  409 %" PRIu64 "  503 %" PRIu64
+                "  other %" PRIu64 " | errors %" PRIu64 "\033[K",
+                el, rate, v[LIVE_201], v[LIVE_200], v[LIVE_410], v[LIVE_409],
+                v[LIVE_503], other, v[LIVE_ERR]);
     }
     fflush(stderr);
 }
 
-static const char *lg_yes(bool b) { return b ? "yes" : "no"; }
-static const char *lg_flag(bool failed) { return failed ? "   <-- FAIL" : ""; }
+static const char *lg_yes(bool b) {
+    return b ? "yes" : "no";
+}
+static const char *lg_flag(bool failed) {
+    return failed ? "   <-- FAIL" : "";
+}
 
 static void lg_print_verify(const lg_verify_t *v) {
     if (v->err[0]) {
@@ -1253,22 +1390,26 @@ static void lg_print_verify(const lg_verify_t *v) {
         return;
     }
     printf("verify             %s\n", v->ok ? "OK" : "FAILED");
-    printf("  coupons          %lld (%lld missing)%s\n", v->coupons, v->coupons_missing,
-           lg_flag(v->coupons_missing > 0));
+    printf("  coupons          %lld (%lld missing)%s\n", v->coupons,
+           v->coupons_missing, lg_flag(v->coupons_missing > 0));
     printf("  stock            %lld\n", v->stock);
     printf("  claimed          %lld\n", v->claimed);
     printf("  claim rows       %lld\n", v->claim_rows);
     printf("  201 responses    %lld\n", v->claimed_2xx);
-    printf("  oversell         %lld (%lld coupons)%s\n", v->oversell, v->oversold_coupons,
-           lg_flag(v->oversell > 0));
-    printf("  duplicate users  %lld%s\n", v->duplicate_users, lg_flag(v->duplicate_users > 0));
-    printf("  rows = claimed   %s (%lld coupons differ)%s\n", lg_yes(v->rows_mismatch == 0),
-           v->rows_mismatch, lg_flag(v->rows_mismatch > 0));
-    printf("  missing rows     %lld%s\n", v->missing_rows, lg_flag(v->missing_rows > 0));
+    printf("  oversell         %lld (%lld coupons)%s\n", v->oversell,
+           v->oversold_coupons, lg_flag(v->oversell > 0));
+    printf("  duplicate users  %lld%s\n", v->duplicate_users,
+           lg_flag(v->duplicate_users > 0));
+    printf("  rows = claimed   %s (%lld coupons differ)%s\n",
+           lg_yes(v->rows_mismatch == 0), v->rows_mismatch,
+           lg_flag(v->rows_mismatch > 0));
+    printf("  missing rows     %lld%s\n", v->missing_rows,
+           lg_flag(v->missing_rows > 0));
     if (v->fences_increasing < 0)
         printf("  fences increase  n/a (no fenced rows)\n");
     else
-        printf("  fences increase  %s (%lld fenced rows, %lld repeats, %lld decreases)%s\n",
+        printf("  fences increase  %s (%lld fenced rows, %lld repeats, %lld "
+               "decreases)%s\n",
                lg_yes(v->fences_increasing), v->fenced_rows, v->fence_repeats,
                v->fence_decreases, lg_flag(!v->fences_increasing));
 }
@@ -1277,34 +1418,44 @@ static void lg_print_summary(const lg_result_t *res, const lg_verify_t *v) {
     const lg_stats_t *t = &res->total;
     printf("\n%s %s\n", cfg.raw ? cfg.method : "POST", g_target);
     if (cfg.rate > 0)
-        printf("open loop: %.1f req/s scheduled, at most %d in flight, %d threads\n", cfg.rate,
-               cfg.connections, cfg.threads);
+        printf("open loop: %.1f req/s scheduled, at most %d in flight, %d "
+               "threads\n",
+               cfg.rate, cfg.connections, cfg.threads);
     else
-        printf("closed loop: %d connections, %d threads\n", cfg.connections, cfg.threads);
-    if (!cfg.raw) printf("users: %s-*\n", cfg.user_prefix);
-    if (res->interrupted) printf("(interrupted)\n");
+        printf("closed loop: %d connections, %d threads\n", cfg.connections,
+               cfg.threads);
+    if (!cfg.raw)
+        printf("users: %s-*\n", cfg.user_prefix);
+    if (res->interrupted)
+        printf("(interrupted)\n");
     printf("\n");
     printf("requests           %" PRIu64 "\n", t->requests);
     printf("duration           %.2f s\n", res->duration_s);
     printf("achieved rate      %.1f req/s\n", res->rate);
     for (int s = 0; s < 600; s++)
         if (t->status[s])
-            printf("status %-3d         %-10" PRIu64 " %s\n", s, t->status[s], lg_status_label(s));
+            printf("status %-3d         %-10" PRIu64 " %s\n", s, t->status[s],
+                   lg_status_label(s));
     printf("transport errors   %" PRIu64 "\n", t->errors);
     for (int k = 0; k < CURL_LAST; k++)
         if (t->err_kind[k])
-            printf("  %-16" PRIu64 " %s\n", t->err_kind[k], curl_easy_strerror((CURLcode)k));
+            printf("  %-16" PRIu64 " %s\n", t->err_kind[k],
+                   curl_easy_strerror((CURLcode)k));
     if (cfg.rate > 0) {
         printf("sent late (>1 ms)  %" PRIu64 "\n", res->sent_late);
         printf("never sent         %" PRIu64 "%s\n", res->unsent,
                res->unsent ? " (due before the end; raise -c?)" : "");
     }
-    printf("latency ms         p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f\n", res->p50,
-           res->p90, res->p99, res->p999, res->max);
-    if (cfg.rate > 0) printf("                   (from the intended send time)\n");
+    printf("latency ms         p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max "
+           "%.3f\n",
+           res->p50, res->p90, res->p99, res->p999, res->max);
+    if (cfg.rate > 0)
+        printf("                   (from the intended send time)\n");
     if (res->sample_status)
-        printf("first unexpected   HTTP %ld %s\n", res->sample_status, res->sample);
-    if (v->ran) lg_print_verify(v);
+        printf("first unexpected   HTTP %ld %s\n", res->sample_status,
+               res->sample);
+    if (v->ran)
+        lg_print_verify(v);
 }
 
 static void lg_write_verify_json(FILE *f, const lg_verify_t *v) {
@@ -1318,28 +1469,37 @@ static void lg_write_verify_json(FILE *f, const lg_verify_t *v) {
         fputs("}", f);
         return;
     }
-    fprintf(f,
-            "{\"ok\":%s,\"coupons\":%lld,\"coupons_missing\":%lld,\"stock\":%lld,"
-            "\"claimed\":%lld,\"claim_rows\":%lld,\"claimed_2xx\":%lld,\"oversell\":%lld,"
-            "\"oversold_coupons\":%lld,\"duplicate_users\":%lld,\"rows_match_claimed\":%s,"
-            "\"missing_rows\":%lld,\"fences_increasing\":%s,\"fenced_rows\":%lld,"
-            "\"fence_repeats\":%lld,\"fence_decreases\":%lld}",
-            v->ok ? "true" : "false", v->coupons, v->coupons_missing, v->stock, v->claimed,
-            v->claim_rows, v->claimed_2xx, v->oversell, v->oversold_coupons, v->duplicate_users,
-            v->rows_mismatch == 0 ? "true" : "false", v->missing_rows,
-            v->fences_increasing < 0 ? "null" : v->fences_increasing ? "true" : "false",
-            v->fenced_rows, v->fence_repeats, v->fence_decreases);
+    fprintf(
+        f,
+        "{\"ok\":%s,\"coupons\":%lld,\"coupons_missing\":%lld,\"stock\":%lld,"
+        "\"claimed\":%lld,\"claim_rows\":%lld,\"claimed_2xx\":%lld,"
+        "\"oversell\":%lld,"
+        "\"oversold_coupons\":%lld,\"duplicate_users\":%lld,\"rows_match_"
+        "claimed\":%s,"
+        "\"missing_rows\":%lld,\"fences_increasing\":%s,\"fenced_rows\":%lld,"
+        "\"fence_repeats\":%lld,\"fence_decreases\":%lld}",
+        v->ok ? "true" : "false", v->coupons, v->coupons_missing, v->stock,
+        v->claimed, v->claim_rows, v->claimed_2xx, v->oversell,
+        v->oversold_coupons, v->duplicate_users,
+        v->rows_mismatch == 0 ? "true" : "false", v->missing_rows,
+        v->fences_increasing < 0 ? "null"
+        : v->fences_increasing   ? "true"
+                                 : "false",
+        v->fenced_rows, v->fence_repeats, v->fence_decreases);
 }
 
-static int lg_write_json(const char *path, const lg_result_t *res, const lg_verify_t *v) {
+static int lg_write_json(const char *path, const lg_result_t *res,
+                         const lg_verify_t *v) {
     FILE *f = fopen(path, "w");
     if (f == NULL) {
         fprintf(stderr, "loadgen: %s: %s\n", path, strerror(errno));
         return -1;
     }
     const lg_stats_t *t = &res->total;
-    fprintf(f, "{\"requests\":%" PRIu64 ",\"duration_s\":%.3f,\"achieved_rate\":%.1f,", t->requests,
-            res->duration_s, res->rate);
+    fprintf(f,
+            "{\"requests\":%" PRIu64
+            ",\"duration_s\":%.3f,\"achieved_rate\":%.1f,",
+            t->requests, res->duration_s, res->rate);
     fputs("\"status\":{", f);
     const char *sep = "";
     for (int s = 0; s < 600; s++)
@@ -1347,7 +1507,8 @@ static int lg_write_json(const char *path, const lg_result_t *res, const lg_veri
             fprintf(f, "%s\"%d\":%" PRIu64, sep, s, t->status[s]);
             sep = ",";
         }
-    fprintf(f, "},\"transport_errors\":%" PRIu64 ",\"transport_error_kinds\":{", t->errors);
+    fprintf(f, "},\"transport_errors\":%" PRIu64 ",\"transport_error_kinds\":{",
+            t->errors);
     sep = "";
     for (int k = 0; k < CURL_LAST; k++)
         if (t->err_kind[k]) {
@@ -1356,11 +1517,13 @@ static int lg_write_json(const char *path, const lg_result_t *res, const lg_veri
             fprintf(f, ":%" PRIu64, t->err_kind[k]);
             sep = ",";
         }
-    fprintf(f, "},\"mode\":\"%s\",\"connections\":%d,\"threads\":%d,\"target_rate\":",
-            cfg.rate > 0 ? "open" : "closed", cfg.connections, cfg.threads);
+    fprintf(
+        f,
+        "},\"mode\":\"%s\",\"connections\":%d,\"threads\":%d,\"target_rate\":",
+        cfg.rate > 0 ? "open" : "closed", cfg.connections, cfg.threads);
     if (cfg.rate > 0)
-        fprintf(f, "%.3f,\"sent_late\":%" PRIu64 ",\"unsent\":%" PRIu64 ",", cfg.rate,
-                res->sent_late, res->unsent);
+        fprintf(f, "%.3f,\"sent_late\":%" PRIu64 ",\"unsent\":%" PRIu64 ",",
+                cfg.rate, res->sent_late, res->unsent);
     else
         fputs("null,", f);
     fputs("\"url\":", f);
@@ -1370,12 +1533,14 @@ static int lg_write_json(const char *path, const lg_result_t *res, const lg_veri
     if (!cfg.raw) {
         fputs(",\"coupon\":", f);
         lg_json_str(f, cfg.coupon);
-        fprintf(f, ",\"coupons\":%" PRIu64 ",\"user_prefix\":", lg_coupon_count());
+        fprintf(f,
+                ",\"coupons\":%" PRIu64 ",\"user_prefix\":", lg_coupon_count());
         lg_json_str(f, cfg.user_prefix);
     }
     fprintf(f, ",\"interrupted\":%s", res->interrupted ? "true" : "false");
     fprintf(f,
-            ",\"latency_ms\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"p99.9\":%.3f,"
+            ",\"latency_ms\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"p99.9\":"
+            "%.3f,"
             "\"max\":%.3f},\"verify\":",
             res->p50, res->p90, res->p99, res->p999, res->max);
     lg_write_verify_json(f, v);
@@ -1396,14 +1561,16 @@ static int lg_write_csv(const char *path) {
         fprintf(stderr, "loadgen: %s: %s\n", path, strerror(errno));
         return -1;
     }
-    fputs("second,requests,ok_2xx,status_4xx,status_5xx,errors,p50_ms,p90_ms,p99_ms,max_ms\n", f);
+    fputs("second,requests,ok_2xx,status_4xx,status_5xx,errors,p50_ms,p90_ms,"
+          "p99_ms,max_ms\n",
+          f);
     for (size_t s = 0; s < g_nsecs; s++) {
         const lg_secrow_t *r = &g_secs[s];
         fprintf(f,
                 "%zu,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64
                 ",%.3f,%.3f,%.3f,%.3f\n",
-                s, r->requests, r->c2xx, r->c4xx, r->c5xx, r->errors, r->p50, r->p90, r->p99,
-                r->max);
+                s, r->requests, r->c2xx, r->c4xx, r->c5xx, r->errors, r->p50,
+                r->p90, r->p99, r->max);
     }
     if (fclose(f) != 0) {
         fprintf(stderr, "loadgen: %s: %s\n", path, strerror(errno));
@@ -1417,46 +1584,66 @@ static int lg_write_csv(const char *path) {
 static const char *lg_usage_text =
     "usage: loadgen [options]\n"
     "\n"
-    "Send claim requests (POST URL/claim) to couponsvc, closed or open loop, and\n"
-    "report status counts and latency; optionally verify PostgreSQL afterwards.\n"
+    "Send claim requests (POST URL/claim) to couponsvc, closed or open loop, "
+    "and\n"
+    "report status counts and latency; optionally verify PostgreSQL "
+    "afterwards.\n"
     "\n"
     "  --url URL              base URL (default http://127.0.0.1:8080)\n"
-    "  -c, --connections N    closed loop: N connections each sending back-to-back\n"
-    "                         (default 64); open loop: at most N requests in flight\n"
-    "  --rate R               open loop: R requests/s in total on a fixed schedule;\n"
-    "                         latency is measured from the intended send time, also\n"
+    "  -c, --connections N    closed loop: N connections each sending "
+    "back-to-back\n"
+    "                         (default 64); open loop: at most N requests in "
+    "flight\n"
+    "  --rate R               open loop: R requests/s in total on a fixed "
+    "schedule;\n"
+    "                         latency is measured from the intended send time, "
+    "also\n"
     "                         for requests that could not be sent on time\n"
     "  -d, --duration S       run time in seconds (default 10)\n"
     "  -n, --requests N       stop after N requests (whichever comes first)\n"
     "  -t, --threads N        worker threads (default 2)\n"
     "  --users N              distinct users: request i uses user\n"
-    "                         \"<user-prefix>-<i % N>\" (default: one per request)\n"
-    "  --user-prefix P        default \"u<pid>-<unix time>\", so runs do not collide\n"
+    "                         \"<user-prefix>-<i % N>\" (default: one per "
+    "request)\n"
+    "  --user-prefix P        default \"u<pid>-<unix time>\", so runs do not "
+    "collide\n"
     "  --coupon ID            the coupon to claim (default \"hot\")\n"
-    "  --coupons N            spread over N coupons \"<ID>-0\" .. \"<ID>-<N-1>\",\n"
+    "  --coupons N            spread over N coupons \"<ID>-0\" .. "
+    "\"<ID>-<N-1>\",\n"
     "                         round robin\n"
     "  --create-stock N       first create the coupon(s) with stock N via\n"
-    "                         POST /coupons (needs --admin-token; 409 is fine)\n"
+    "                         POST /coupons (needs --admin-token; 409 is "
+    "fine)\n"
     "  --admin-token T        admin token (default: env COUPON_ADMIN_TOKEN)\n"
     "  --method M             raw mode: send M requests without a body ...\n"
-    "  --path P               ... to URL/P (e.g. --method GET --path /healthz);\n"
-    "                         either one selects raw mode (defaults GET and /);\n"
+    "  --path P               ... to URL/P (e.g. --method GET --path "
+    "/healthz);\n"
+    "                         either one selects raw mode (defaults GET and "
+    "/);\n"
     "                         --verify-dsn is not allowed then\n"
-    "  --timeout-ms MS        per request timeout, connect included (default 10000)\n"
+    "  --timeout-ms MS        per request timeout, connect included (default "
+    "10000)\n"
     "  --json FILE            write a machine-readable summary\n"
-    "  --csv FILE             write one row per second: second,requests,ok_2xx,\n"
-    "                         status_4xx,status_5xx,errors,p50_ms,p90_ms,p99_ms,max_ms\n"
-    "  --verify-dsn DSN       after the run, check the database: oversell, duplicate\n"
-    "                         users, rows vs counter, a row for every 201, fences\n"
+    "  --csv FILE             write one row per second: "
+    "second,requests,ok_2xx,\n"
+    "                         "
+    "status_4xx,status_5xx,errors,p50_ms,p90_ms,p99_ms,max_ms\n"
+    "  --verify-dsn DSN       after the run, check the database: oversell, "
+    "duplicate\n"
+    "                         users, rows vs counter, a row for every 201, "
+    "fences\n"
     "                         increasing in commit order\n"
-    "  -q, --quiet            no progress line (shown only when stderr is a TTY)\n"
+    "  -q, --quiet            no progress line (shown only when stderr is a "
+    "TTY)\n"
     "  -h, --help             this text\n"
     "\n"
-    "Ctrl-C stops sending and waits for requests in flight; a second one abandons\n"
+    "Ctrl-C stops sending and waits for requests in flight; a second one "
+    "abandons\n"
     "them. Exit status: 0 ok, 1 could not run (or no HTTP response at all),\n"
     "2 usage error, 3 verification failed.\n";
 
-static void lg_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void lg_usage_error(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2), noreturn));
 static void lg_usage_error(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -1467,13 +1654,15 @@ static void lg_usage_error(const char *fmt, ...) {
     exit(LG_EXIT_USAGE);
 }
 
-static uint64_t lg_arg_u64(const char *opt, const char *s, uint64_t min, uint64_t max) {
+static uint64_t lg_arg_u64(const char *opt, const char *s, uint64_t min,
+                           uint64_t max) {
     char *end;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
     if (errno || end == s || *end || *s == '-' || v < min || v > max)
-        lg_usage_error("%s: expected an integer from %" PRIu64 " to %" PRIu64 ", got \"%s\"", opt,
-                       min, max, s);
+        lg_usage_error("%s: expected an integer from %" PRIu64 " to %" PRIu64
+                       ", got \"%s\"",
+                       opt, min, max, s);
     return v;
 }
 
@@ -1493,9 +1682,20 @@ static const char *lg_arg_name(const char *opt, const char *s) {
 }
 
 enum {
-    OPT_URL = 256, OPT_RATE, OPT_USERS, OPT_USER_PREFIX, OPT_COUPON, OPT_COUPONS,
-    OPT_CREATE_STOCK, OPT_ADMIN_TOKEN, OPT_METHOD, OPT_PATH, OPT_TIMEOUT_MS, OPT_JSON,
-    OPT_CSV, OPT_VERIFY_DSN,
+    OPT_URL = 256,
+    OPT_RATE,
+    OPT_USERS,
+    OPT_USER_PREFIX,
+    OPT_COUPON,
+    OPT_COUPONS,
+    OPT_CREATE_STOCK,
+    OPT_ADMIN_TOKEN,
+    OPT_METHOD,
+    OPT_PATH,
+    OPT_TIMEOUT_MS,
+    OPT_JSON,
+    OPT_CSV,
+    OPT_VERIFY_DSN,
 };
 
 static void lg_parse_args(int argc, char **argv) {
@@ -1526,53 +1726,103 @@ static void lg_parse_args(int argc, char **argv) {
     int ch;
     while ((ch = getopt_long(argc, argv, "c:d:n:t:qh", opts, NULL)) != -1) {
         switch (ch) {
-        case OPT_URL: url = optarg; break;
-        case 'c': cfg.connections = (int)lg_arg_u64("--connections", optarg, 1, 100000); break;
-        case OPT_RATE: cfg.rate = lg_arg_pos_double("--rate", optarg); break;
-        case 'd': cfg.duration = lg_arg_pos_double("--duration", optarg); break;
-        case 'n': cfg.requests = lg_arg_u64("--requests", optarg, 1, UINT64_MAX / 2); break;
-        case 't': cfg.threads = (int)lg_arg_u64("--threads", optarg, 1, 256); break;
-        case OPT_USERS: cfg.users = lg_arg_u64("--users", optarg, 1, UINT64_MAX); break;
-        case OPT_USER_PREFIX: prefix = lg_arg_name("--user-prefix", optarg); break;
-        case OPT_COUPON: cfg.coupon = lg_arg_name("--coupon", optarg); break;
-        case OPT_COUPONS: cfg.coupons = lg_arg_u64("--coupons", optarg, 1, 1000000); break;
+        case OPT_URL:
+            url = optarg;
+            break;
+        case 'c':
+            cfg.connections =
+                (int)lg_arg_u64("--connections", optarg, 1, 100000);
+            break;
+        case OPT_RATE:
+            cfg.rate = lg_arg_pos_double("--rate", optarg);
+            break;
+        case 'd':
+            cfg.duration = lg_arg_pos_double("--duration", optarg);
+            break;
+        case 'n':
+            cfg.requests = lg_arg_u64("--requests", optarg, 1, UINT64_MAX / 2);
+            break;
+        case 't':
+            cfg.threads = (int)lg_arg_u64("--threads", optarg, 1, 256);
+            break;
+        case OPT_USERS:
+            cfg.users = lg_arg_u64("--users", optarg, 1, UINT64_MAX);
+            break;
+        case OPT_USER_PREFIX:
+            prefix = lg_arg_name("--user-prefix", optarg);
+            break;
+        case OPT_COUPON:
+            cfg.coupon = lg_arg_name("--coupon", optarg);
+            break;
+        case OPT_COUPONS:
+            cfg.coupons = lg_arg_u64("--coupons", optarg, 1, 1000000);
+            break;
         case OPT_CREATE_STOCK:
-            cfg.create_stock = (long long)lg_arg_u64("--create-stock", optarg, 0, INT_MAX);
+            cfg.create_stock =
+                (long long)lg_arg_u64("--create-stock", optarg, 0, INT_MAX);
             break;
-        case OPT_ADMIN_TOKEN: cfg.admin_token = optarg; break;
-        case OPT_METHOD: cfg.method = optarg; break;
-        case OPT_PATH: cfg.path = optarg; break;
+        case OPT_ADMIN_TOKEN:
+            cfg.admin_token = optarg;
+            break;
+        case OPT_METHOD:
+            cfg.method = optarg;
+            break;
+        case OPT_PATH:
+            cfg.path = optarg;
+            break;
         case OPT_TIMEOUT_MS:
-            cfg.timeout_ms = (long)lg_arg_u64("--timeout-ms", optarg, 1, 3600000);
+            cfg.timeout_ms =
+                (long)lg_arg_u64("--timeout-ms", optarg, 1, 3600000);
             break;
-        case OPT_JSON: cfg.json_path = optarg; break;
-        case OPT_CSV: cfg.csv_path = optarg; break;
-        case OPT_VERIFY_DSN: cfg.verify_dsn = optarg; break;
-        case 'q': cfg.quiet = true; break;
-        case 'h': fputs(lg_usage_text, stdout); exit(LG_EXIT_OK);
-        default: lg_usage_error("bad option");
+        case OPT_JSON:
+            cfg.json_path = optarg;
+            break;
+        case OPT_CSV:
+            cfg.csv_path = optarg;
+            break;
+        case OPT_VERIFY_DSN:
+            cfg.verify_dsn = optarg;
+            break;
+        case 'q':
+            cfg.quiet = true;
+            break;
+        case 'h':
+            fputs(lg_usage_text, stdout);
+            exit(LG_EXIT_OK);
+        default:
+            lg_usage_error("bad option");
         }
     }
-    if (optind < argc) lg_usage_error("unexpected argument \"%s\"", argv[optind]);
+    if (optind < argc)
+        lg_usage_error("unexpected argument \"%s\"", argv[optind]);
 
     cfg.url = lg_strdup(url);
-    for (size_t n = strlen(cfg.url); n > 0 && cfg.url[n - 1] == '/'; n--) cfg.url[n - 1] = '\0';
-    if (!*cfg.url) lg_usage_error("--url: empty");
+    for (size_t n = strlen(cfg.url); n > 0 && cfg.url[n - 1] == '/'; n--)
+        cfg.url[n - 1] = '\0';
+    if (!*cfg.url)
+        lg_usage_error("--url: empty");
     cfg.raw = cfg.method || cfg.path;
     if (cfg.raw) {
-        if (!cfg.method) cfg.method = "GET";
-        if (!cfg.path) cfg.path = "/";
+        if (!cfg.method)
+            cfg.method = "GET";
+        if (!cfg.path)
+            cfg.path = "/";
         if (!*cfg.method || strpbrk(cfg.method, " \t\r\n"))
             lg_usage_error("--method: expected a single word");
         if (cfg.verify_dsn)
-            lg_usage_error("--verify-dsn needs claim requests, not --method/--path");
+            lg_usage_error(
+                "--verify-dsn needs claim requests, not --method/--path");
     }
-    if (!cfg.admin_token) cfg.admin_token = getenv("COUPON_ADMIN_TOKEN");
+    if (!cfg.admin_token)
+        cfg.admin_token = getenv("COUPON_ADMIN_TOKEN");
     if (cfg.create_stock >= 0 && (!cfg.admin_token || !*cfg.admin_token))
-        lg_usage_error("--create-stock needs --admin-token or COUPON_ADMIN_TOKEN");
-    if (cfg.threads > cfg.connections) cfg.threads = cfg.connections;
-    cfg.user_prefix = prefix ? lg_strdup(prefix)
-                             : lg_sprintf("u%ld-%lld", (long)getpid(), (long long)time(NULL));
+        lg_usage_error(
+            "--create-stock needs --admin-token or COUPON_ADMIN_TOKEN");
+    if (cfg.threads > cfg.connections)
+        cfg.threads = cfg.connections;
+    cfg.user_prefix =
+        prefix ? lg_strdup(prefix)
+               : lg_sprintf("u%ld-%lld", (long)getpid(), (long long)time(NULL));
 }
 
 /* ================================== Main ================================== */
@@ -1584,24 +1834,30 @@ static void lg_on_signal(int sig) {
 
 int main(int argc, char **argv) {
     lg_parse_args(argc, argv);
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) lg_die("curl_global_init failed");
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        lg_die("curl_global_init failed");
     signal(SIGPIPE, SIG_IGN);
 
     g_coupon_json = lg_json_escape(cfg.coupon);
     g_prefix_json = lg_json_escape(cfg.user_prefix);
     if (cfg.raw)
-        g_target = lg_sprintf("%s%s%s", cfg.url, cfg.path[0] == '/' ? "" : "/", cfg.path);
+        g_target = lg_sprintf("%s%s%s", cfg.url, cfg.path[0] == '/' ? "" : "/",
+                              cfg.path);
     else
         g_target = lg_sprintf("%s/claim", cfg.url);
     /* No "Expect:" needed: libcurl asks for 100-continue only above 1 MiB. */
-    if (!cfg.raw) g_headers = curl_slist_append(g_headers, "Content-Type: application/json");
+    if (!cfg.raw)
+        g_headers =
+            curl_slist_append(g_headers, "Content-Type: application/json");
 
-    if (cfg.create_stock >= 0 && lg_create_stock() < 0) return LG_EXIT_ERROR;
+    if (cfg.create_stock >= 0 && lg_create_stock() < 0)
+        return LG_EXIT_ERROR;
 
     g_workers = lg_calloc((size_t)cfg.threads, sizeof *g_workers);
     for (int i = 0; i < cfg.threads; i++)
         lg_worker_init(&g_workers[i], i,
-                       cfg.connections / cfg.threads + (i < cfg.connections % cfg.threads));
+                       cfg.connections / cfg.threads +
+                           (i < cfg.connections % cfg.threads));
 
     /* Ctrl-C goes to the main thread only: workers block it. */
     struct sigaction sa = {.sa_handler = lg_on_signal};
@@ -1620,7 +1876,8 @@ int main(int argc, char **argv) {
     g_end_ns = g_start_ns + (int64_t)(cfg.duration * 1e9);
     g_last_sec = (int64_t)ceil(cfg.duration) - 1;
     for (int i = 0; i < cfg.threads; i++)
-        if (pthread_create(&g_workers[i].thread, NULL, lg_worker_main, &g_workers[i]) != 0)
+        if (pthread_create(&g_workers[i].thread, NULL, lg_worker_main,
+                           &g_workers[i]) != 0)
             lg_die("pthread_create failed");
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 
@@ -1630,14 +1887,16 @@ int main(int argc, char **argv) {
     while (atomic_load(&g_workers_done) < cfg.threads) {
         struct timespec ts = {.tv_sec = 0, .tv_nsec = 20 * 1000000L};
         nanosleep(&ts, NULL);
-        if (g_interrupts) atomic_store(&g_stop, g_interrupts >= 2 ? 2 : 1);
+        if (g_interrupts)
+            atomic_store(&g_stop, g_interrupts >= 2 ? 2 : 1);
         int64_t now = lg_now_ns();
         if (progress && now >= next_progress) {
             lg_progress(now, &last_req, &last_ns);
             next_progress += LG_PROGRESS_NS;
         }
     }
-    for (int i = 0; i < cfg.threads; i++) pthread_join(g_workers[i].thread, NULL);
+    for (int i = 0; i < cfg.threads; i++)
+        pthread_join(g_workers[i].thread, NULL);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     if (progress) {
@@ -1655,14 +1914,19 @@ int main(int argc, char **argv) {
     lg_result_t res = {0};
     lg_collect(&res);
     lg_verify_t v = {0};
-    if (cfg.verify_dsn) lg_verify(&v);
+    if (cfg.verify_dsn)
+        lg_verify(&v);
     lg_print_summary(&res, &v);
     fflush(stdout);
-    if (cfg.json_path && lg_write_json(cfg.json_path, &res, &v) < 0) rc = LG_EXIT_ERROR;
-    if (cfg.csv_path && lg_write_csv(cfg.csv_path) < 0) rc = LG_EXIT_ERROR;
+    if (cfg.json_path && lg_write_json(cfg.json_path, &res, &v) < 0)
+        rc = LG_EXIT_ERROR;
+    if (cfg.csv_path && lg_write_csv(cfg.csv_path) < 0)
+        rc = LG_EXIT_ERROR;
 
     if (res.total.requests > 0 && res.total.requests == res.total.errors) {
-        fprintf(stderr, "loadgen: no HTTP response at all (is the server at %s up?)\n", cfg.url);
+        fprintf(stderr,
+                "loadgen: no HTTP response at all (is the server at %s up?)\n",
+                cfg.url);
         rc = LG_EXIT_ERROR;
     }
     if (v.ran && v.err[0]) {
@@ -1672,7 +1936,8 @@ int main(int argc, char **argv) {
         rc = LG_EXIT_VERIFY;
     }
 
-    for (int i = 0; i < cfg.threads; i++) lg_worker_free(&g_workers[i]);
+    for (int i = 0; i < cfg.threads; i++)
+        lg_worker_free(&g_workers[i]);
     free(g_workers);
     free(res.total.lat);
     free(g_secs);
