@@ -14,7 +14,7 @@ PKGS="build-essential pkg-config
 libmicrohttpd-dev libhiredis-dev libjansson-dev libpq-dev libcurl4-openssl-dev
 postgresql-15 postgresql-client-15 redis-server redis-tools nginx-light
 wrk gnuplot-nox faketime clang valgrind procps iproute2 curl ca-certificates
-python3"
+python3 python3-yaml"
 
 missing=""
 for p in $PKGS; do
