@@ -10,7 +10,7 @@
 #include <time.h>
 
 static const char *const fault__names[FAULT__COUNT] = {
-    "after_acquire", "before_commit", "after_commit"};
+    "after_acquire", "before_commit", "after_commit", "after_check"};
 
 /* Written once at start, read by every worker afterwards. */
 static uint32_t fault__ms[FAULT__COUNT];
@@ -61,7 +61,8 @@ int fault_parse(const char *spec, char *errstr, size_t errlen) {
                 v > 600000) {
                 snprintf(errstr, errlen,
                          "COUPON_FAULT: '%s' is not <point>:<ms> with point "
-                         "after_acquire, before_commit or after_commit and "
+                         "after_acquire, after_check, before_commit or "
+                         "after_commit and "
                          "ms <= 600000",
                          tok);
                 return -1;

@@ -7,6 +7,8 @@
  * the most damage:
  *
  *   after_acquire   holding the lock, before the transaction starts
+ *   after_check     in the transaction, the check (the read) done and passed,
+ *                   the write not yet sent: the moment a check can go stale
  *   before_commit   holding the lock and the row lock, write done, not
  *                   committed
  *   after_commit    committed, lock not yet released
@@ -23,6 +25,7 @@ typedef enum fault_point {
     FAULT_AFTER_ACQUIRE = 0,
     FAULT_BEFORE_COMMIT,
     FAULT_AFTER_COMMIT,
+    FAULT_AFTER_CHECK,
     FAULT__COUNT,
 } fault_point_t;
 

@@ -76,10 +76,11 @@ static int main__serve(const cfg_t *cfg) {
         for (int i = 0; i < 3; i++) {
             log_warn("FAULT.INJECTION.ON",
                      "COUPON_FAULT=\"%s\": claims will pause on purpose "
-                     "(after_acquire=%u ms before_commit=%u ms "
-                     "after_commit=%u ms). NEVER set this in production.",
+                     "(after_acquire=%u ms after_check=%u ms "
+                     "before_commit=%u ms after_commit=%u ms). NEVER set "
+                     "this in production.",
                      cfg->fault, fault_ms(FAULT_AFTER_ACQUIRE),
-                     fault_ms(FAULT_BEFORE_COMMIT),
+                     fault_ms(FAULT_AFTER_CHECK), fault_ms(FAULT_BEFORE_COMMIT),
                      fault_ms(FAULT_AFTER_COMMIT));
         }
     }

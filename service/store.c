@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fault.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -29,6 +30,34 @@ struct store {
 };
 
 /* ---------------------------------------------------------- statements --- */
+
+/*
+ * !!! NEGATIVE CONTROLS. NEVER DEFINE THESE OUTSIDE `make test-negative`. !!!
+ *
+ * COUPONSVC_UNSAFE_NO_FENCE drops the fence from the write's WHERE,
+ * COUPONSVC_UNSAFE_NO_STOCK_CHECK drops `claimed < total`, and
+ * COUPONSVC_UNSAFE_FENCE_NOT_STRICT lets a lease's first write through with
+ * last_fence == fence (store__claim_item). Each builds a couponsvc with
+ * exactly one guard removed, into a build/.../neg-<name>
+ * directory only (the Makefile refuses any other), so that the fault tests
+ * can show they catch the bug that guard exists for: a test that cannot fail
+ * proves nothing. Both are off by default; the real binary never has them.
+ */
+#if defined(COUPONSVC_UNSAFE_NO_FENCE) &&                                      \
+    defined(COUPONSVC_UNSAFE_NO_STOCK_CHECK)
+#error "one negative control at a time"
+#elif defined(COUPONSVC_UNSAFE_NO_FENCE)
+#pragma message "COUPONSVC_UNSAFE_NO_FENCE: a couponsvc WITHOUT fencing"
+#define STORE__WRITE_FENCED_WHERE                                              \
+    "   WHERE id = $1 AND $5::bigint IS NOT NULL AND claimed < total"
+#elif defined(COUPONSVC_UNSAFE_NO_STOCK_CHECK)
+#pragma message "COUPONSVC_UNSAFE_NO_STOCK_CHECK: a couponsvc that oversells"
+#define STORE__WRITE_FENCED_WHERE                                              \
+    "   WHERE id = $1 AND last_fence <= $5::bigint"
+#else
+#define STORE__WRITE_FENCED_WHERE                                              \
+    "   WHERE id = $1 AND last_fence <= $5::bigint AND claimed < total"
+#endif
 
 typedef struct store__stmt {
     const char *name;
@@ -50,9 +79,8 @@ static const store__stmt_t store__stmts[] = {
      * order writes, not reads. */
     {"write_fenced",
      "WITH upd AS ("
-     "  UPDATE coupons SET claimed = claimed + 1, last_fence = $3::bigint"
-     "   WHERE id = $1 AND last_fence <= $5::bigint AND claimed < total"
-     "  RETURNING claimed)"
+     "  UPDATE coupons SET claimed = claimed + 1, last_fence = "
+     "$3::bigint" STORE__WRITE_FENCED_WHERE "  RETURNING claimed)"
      "INSERT INTO claims (coupon_id, user_id, fence, seq, instance)"
      " SELECT $1, $2, $3::bigint, upd.claimed, $4 FROM upd"
      " RETURNING id, seq"},
@@ -302,7 +330,11 @@ static int store__claim_item(store_t *st, const char *coupon, int64_t fence,
                              int64_t *last_fence_out, int *wrote) {
     const char *p[5] = {coupon, item->user_id};
     /* The highest last_fence we may find: see write_fenced. */
+#ifdef COUPONSVC_UNSAFE_FENCE_NOT_STRICT
+    int64_t max_seen = fence; /* negative control: see the top */
+#else
     int64_t max_seen = *wrote ? fence : fence - 1;
+#endif
     char max_txt[24];
     snprintf(max_txt, sizeof(max_txt), "%lld", (long long)max_seen);
     PGresult *res = store__exec(st, "check", 2, p, PGRES_TUPLES_OK);
@@ -329,6 +361,7 @@ static int store__claim_item(store_t *st, const char *coupon, int64_t fence,
         item->remaining = 0;
         return STORE_OK;
     }
+    fault_pause(FAULT_AFTER_CHECK); /* tests only: let the check go stale */
 
     /* The write. */
     int np;

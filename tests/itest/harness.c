@@ -691,3 +691,145 @@ int h_run_migrate(void) {
     int st = h__wait(h__spawn(argv, log, NULL, env), 30000);
     return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+/* ------------------------------------------ additions for the fault tests ---
+ * See harness.h. New functions only: what the ones above do is unchanged. */
+
+const char *h_test_dir(void) { return h__test_dir; }
+
+void h_redis_restart_with(const char *const *args, const char *const *env) {
+    h_redis_stop();
+    char port[16], log[400];
+    snprintf(port, sizeof(port), "%d", h__redis_port);
+    snprintf(log, sizeof(log), "%s/redis.log", h__test_dir);
+    char *argv[48] = {"redis-server", "--port", port, "--bind", "127.0.0.1",
+                      "--save", "", "--appendonly", "no", "--dir",
+                      h__test_dir, "--maxmemory-policy", "noeviction"};
+    int n = 13;
+    for (int i = 0; args != NULL && args[i] != NULL && n < 47; i++) {
+        argv[n++] = (char *)args[i];
+    }
+    argv[n] = NULL;
+    h__redis_pid = h__spawn(argv, log, NULL, env);
+    double end = h__now_ms() + 10000;
+    for (;;) {
+        struct timeval tv = {1, 0};
+        redisContext *c = redisConnectWithTimeout("127.0.0.1", h__redis_port,
+                                                  tv);
+        int ok = c != NULL && c->err == 0;
+        if (ok) {
+            redisReply *r = redisCommand(c, "PING");
+            ok = r != NULL && r->type == REDIS_REPLY_STATUS;
+            freeReplyObject(r);
+        }
+        redisFree(c);
+        if (ok) {
+            return;
+        }
+        TT_ASSERT_MSG(waitpid(h__redis_pid, NULL, WNOHANG) == 0,
+                      "redis exited during start (%s)", log);
+        TT_ASSERT_MSG(h__now_ms() < end, "redis did not start (%s)", log);
+        h_sleep_ms(20);
+    }
+}
+
+pid_t h_redis_stall_bg(long ms) {
+    char port[16], secs[32], log[400];
+    snprintf(port, sizeof(port), "%d", h__redis_port);
+    snprintf(secs, sizeof(secs), "%ld.%03ld", ms / 1000, ms % 1000);
+    snprintf(log, sizeof(log), "%s/redis-cli.log", h__test_dir);
+    char *argv[] = {"redis-cli", "-h", "127.0.0.1", "-p", port, "DEBUG",
+                    "SLEEP", secs, NULL};
+    return h__spawn(argv, log, NULL, NULL);
+}
+
+/* The private cluster (per test, in the test's process). */
+static char h__ppg_dir[400];
+static char h__ppg_log[420];
+static int h__ppg_port;
+static pid_t h__ppg_pid;
+
+static void h__ppg_spawn(void) {
+    char postgres[300], port[16];
+    snprintf(port, sizeof(port), "%d", h__ppg_port);
+    snprintf(postgres, sizeof(postgres), "%s/postgres", h__bindir);
+    char *argv[] = {postgres, "-D", h__ppg_dir, "-p", port,
+                    "-k", h__ppg_dir,
+                    "-c", "listen_addresses=127.0.0.1",
+                    "-c", "fsync=off",
+                    "-c", "full_page_writes=off",
+                    "-c", "synchronous_commit=on",
+                    "-c", "max_connections=200",
+                    NULL};
+    h__ppg_pid = h__spawn(argv, h__ppg_log, h__pg_user(), NULL);
+
+    char ping[160];
+    snprintf(ping, sizeof(ping), "host=127.0.0.1 port=%d dbname=postgres "
+             "user=postgres connect_timeout=2", h__ppg_port);
+    double end = h__now_ms() + 30000;
+    while (PQping(ping) != PQPING_OK) {
+        TT_ASSERT_MSG(waitpid(h__ppg_pid, NULL, WNOHANG) == 0,
+                      "private postgres exited during start, see %s",
+                      h__ppg_log);
+        TT_ASSERT_MSG(h__now_ms() < end, "private postgres did not start, "
+                      "see %s", h__ppg_log);
+        h_sleep_ms(20);
+    }
+}
+
+void h_pg_private_start(void) {
+    TT_ASSERT_MSG(h__ppg_pid == 0, "private cluster started twice");
+    struct passwd *pw = h__pg_user();
+    snprintf(h__ppg_dir, sizeof(h__ppg_dir), "%s/pg", h__test_dir);
+    snprintf(h__ppg_log, sizeof(h__ppg_log), "%s/postgres.log", h__test_dir);
+    TT_ASSERT(mkdir(h__ppg_dir, 0700) == 0);
+    int fd = open(h__ppg_log, O_CREAT | O_WRONLY, 0666);
+    TT_ASSERT(fd >= 0);
+    close(fd);
+    if (pw != NULL) {
+        TT_ASSERT(chown(h__ppg_dir, pw->pw_uid, pw->pw_gid) == 0 &&
+                  chown(h__ppg_log, pw->pw_uid, pw->pw_gid) == 0);
+    }
+    char initdb[300];
+    snprintf(initdb, sizeof(initdb), "%s/initdb", h__bindir);
+    char *iargv[] = {initdb, "-D", h__ppg_dir, "-A", "trust", "-U",
+                     "postgres", "--no-sync", "-E", "UTF8", NULL};
+    int st = h__wait(h__spawn(iargv, h__ppg_log, pw, NULL), 60000);
+    TT_ASSERT_MSG(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "initdb of the private cluster failed, see %s", h__ppg_log);
+
+    h__ppg_port = h__free_port();
+    h__ppg_spawn();
+
+    char dsn[200];
+    snprintf(dsn, sizeof(dsn), "host=127.0.0.1 port=%d dbname=postgres "
+             "user=postgres connect_timeout=5", h__ppg_port);
+    PGconn *c = PQconnectdb(dsn);
+    TT_ASSERT_MSG(PQstatus(c) == CONNECTION_OK, "private postgres: %s",
+                  PQerrorMessage(c));
+    TT_ASSERT(h__pg_exec(c, "CREATE DATABASE t") == 0);
+    PQfinish(c);
+
+    snprintf(h__dsn, sizeof(h__dsn),
+             "host=127.0.0.1 port=%d dbname=t user=postgres", h__ppg_port);
+    TT_EQ_INT(h_run_migrate(), 0);
+}
+
+void h_pg_private_stop(const char *mode) {
+    TT_ASSERT_MSG(h__ppg_pid > 0, "no private cluster running");
+    int sig = strcmp(mode, "smart") == 0  ? SIGTERM
+              : strcmp(mode, "fast") == 0 ? SIGINT
+                                          : SIGQUIT;
+    TT_ASSERT_MSG(sig != SIGQUIT || strcmp(mode, "immediate") == 0,
+                  "unknown shutdown mode %s", mode);
+    kill(h__ppg_pid, sig);
+    int st = h__wait(h__ppg_pid, 30000);
+    TT_ASSERT_MSG(st >= 0, "private postgres did not stop (%s)", mode);
+    h__ppg_pid = 0;
+}
+
+void h_pg_private_restart(void) {
+    TT_ASSERT_MSG(h__ppg_pid == 0 && h__ppg_port > 0,
+                  "the private cluster is not stopped");
+    h__ppg_spawn();
+}

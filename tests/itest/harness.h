@@ -101,4 +101,43 @@ void h_sleep_ms(long ms);
 double h_wait_metric(const h_svc_t *s, const char *series, double want,
                      int timeout_ms);
 
+/* ------------------------------------------ additions for the fault tests ---
+ * (tests/itest/test_faults.c). None of them changes what the functions above
+ * do. */
+
+/* The test's own directory (service logs, a private cluster's data). */
+const char *h_test_dir(void);
+
+/* Replaces the test's Redis: SIGKILL (data gone), then a new one on the same
+ * port with extra arguments appended to the usual ones (NULL-terminated, may
+ * be NULL; e.g. "--enable-debug-command", "local") and extra environment
+ * ("K=V", NULL-terminated, may be NULL; e.g. an LD_PRELOAD). Waits for PING. */
+void h_redis_restart_with(const char *const *args, const char *const *env);
+
+/* Sends DEBUG SLEEP to the test's Redis from a background redis-cli and
+ * returns at once: Redis then answers nobody for ms. The Redis must allow
+ * DEBUG (h_redis_restart_with "--enable-debug-command", "local"). Returns
+ * the redis-cli's pid (waitpid it, or leave it to the end of the test). */
+pid_t h_redis_stall_bg(long ms);
+
+/* A PostgreSQL cluster of the test's own, for tests that stop and restart
+ * PostgreSQL: restarting the run's shared cluster would make the new
+ * postmaster a child of this test (killed with it) and leave the runner
+ * waiting on a dead pid. initdb (about 1 s), start on a free port with
+ * synchronous_commit ON (the shared cluster runs with it off, under which an
+ * immediate shutdown may lose commits already acknowledged; fsync stays off:
+ * a process crash does not lose the OS page cache), a database with the
+ * migrations applied by `couponsvc migrate`. From then on h_dsn(), h_pg_int,
+ * h_check_invariants and services started afterwards use it. */
+void h_pg_private_start(void);
+
+/* Stops the private cluster: "smart", "fast" or "immediate" (the pg_ctl
+ * modes: SIGTERM, SIGINT, SIGQUIT to the postmaster); waits for it to exit. */
+void h_pg_private_stop(const char *mode);
+
+/* Starts the private cluster again on the same port and data directory
+ * (after "immediate", it runs crash recovery first); waits until it accepts
+ * connections. */
+void h_pg_private_restart(void);
+
 #endif

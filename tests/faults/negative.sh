@@ -1,0 +1,65 @@
+#!/bin/sh
+# negative.sh BUILD: the negative controls of `make test-negative`.
+#
+# A check that has never failed proves nothing. For each guard in the
+# UPDATE, a couponsvc built without it ($BUILD/neg-*/couponsvc, see the
+# UNSAFE switch in tests/tests.mk and the top of service/store.c) runs the
+# fault scenario written for the bug that guard stops. The scenario must
+# FAIL, and fail on the invariant check (the expected message), not on a
+# timeout or a setup error. The same scenario must pass with the real
+# binary, or its failure would say nothing. Exit 0 only if all of that holds.
+set -u
+BUILD=${1:-build}
+TESTS=$BUILD/tests/fault-tests
+export COUPONSVC_CLOCKSHIFT="$BUILD/tests/libclockshift.so"
+status=0
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
+# control BINARY SCENARIO EXPECTED-MESSAGE
+control() {
+    bin=$1 scenario=$2 expect=$3
+    echo "== $scenario with $bin (must fail: $expect)"
+    COUPONSVC_BIN=$bin "$TESTS" "$scenario" >"$out" 2>&1
+    rc=$?
+    grep -E "^(ok|FAIL) |test_faults.c:|harness.c:" "$out" | sed 's/^/   /'
+    if [ "$rc" -eq 0 ]; then
+        echo "negative.sh: $scenario PASSED with $bin: the check is blind"
+        status=1
+    elif ! grep -q -- "$expect" "$out"; then
+        echo "negative.sh: $scenario failed with $bin, but not with" \
+             "\"$expect\" (see above)"
+        status=1
+    else
+        echo "   -> failed as it must"
+    fi
+}
+
+# baseline SCENARIO: the real binary passes the same scenario.
+baseline() {
+    echo "== $1 with $BUILD/couponsvc (must pass)"
+    COUPONSVC_BIN=$BUILD/couponsvc "$TESTS" "$1" >"$out" 2>&1
+    rc=$?
+    grep -E "^(ok|FAIL) |test_faults.c:" "$out" | sed 's/^/   /'
+    if [ "$rc" -ne 0 ]; then
+        echo "negative.sh: $1 fails with the real binary"
+        status=1
+    fi
+}
+
+baseline stale_holder_fenced_after_early_expiry
+baseline stale_read_last_coupon
+baseline redis_lost_duplicate_fence_refused
+control "$BUILD/neg-nofence/couponsvc" stale_holder_fenced_after_early_expiry \
+    "fences not rising in commit order"
+control "$BUILD/neg-nostock/couponsvc" stale_read_last_coupon \
+    "claimed <= stock"
+control "$BUILD/neg-loosefence/couponsvc" redis_lost_duplicate_fence_refused \
+    "fences not rising in commit order"
+
+if [ "$status" -eq 0 ]; then
+    echo "negative controls: every guard's scenario fails without the guard"
+else
+    echo "negative controls: FAILED (see above)"
+fi
+exit $status

@@ -1,0 +1,1073 @@
+/*
+ * test_faults.c: the failure table, injected for real. Each scenario runs
+ * under concurrent load (threads claiming across 2-3 instances), injects one
+ * fault (kill -9, SIGSTOP, Redis killed / stalled / partitioned / clock
+ * jumped, PostgreSQL restarted, an outside row lock), checks what the
+ * clients saw while it lasted, and ends with the same accounting:
+ *
+ *   1. settle: every ambiguous answer (transport error, failed COMMIT) is
+ *      retried once; every other failure promised "nothing written" and its
+ *      retry must not find a claim (tests/faults/load.h);
+ *   2. rows: the users the clients were told they got a coupon are exactly
+ *      the users with a row (every 201 durable, no hidden writes);
+ *   3. drain: the rest of the stock is sold from healthy instances, exactly;
+ *   4. h_check_invariants: claimed <= stock, rows = claimed, one claim per
+ *      user, fences strictly rising in commit order.
+ *
+ * Timings are chosen so that the fault is much longer than the TTL (1 s in
+ * most scenarios) and every wait is bounded; assertions on time carry slack
+ * for a loaded 2-core machine. `build/tests/fault-tests <name>` runs one.
+ *
+ * Three scenarios are also the negative controls of `make test-negative`
+ * (tests/faults/negative.sh): stale_holder_fenced_after_early_expiry fails
+ * without the fence predicate, stale_read_last_coupon without
+ * `claimed < total`, redis_lost_duplicate_fence_refused without the strict
+ * first-write rule (last_fence < fence).
+ */
+#include <fcntl.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "faults/load.h"
+#include "faults/proxy.h"
+#include "harness.h"
+#include "tt.h"
+
+/* ------------------------------------------------------------- helpers --- */
+
+/* One claim in a thread of its own (the victim's claim, usually). */
+typedef struct solo {
+    const h_svc_t *s;
+    char coupon[32], user[32];
+    fl_rec_t r;
+    pthread_t t;
+} solo_t;
+
+static void *solo__run(void *p) {
+    solo_t *so = p;
+    fl_claim(so->s->url, so->coupon, so->user, 20000, &so->r);
+    return NULL;
+}
+
+static void solo_start(solo_t *so, const h_svc_t *s, const char *coupon,
+                       const char *user) {
+    memset(so, 0, sizeof(*so));
+    so->s = s;
+    snprintf(so->coupon, sizeof(so->coupon), "%s", coupon);
+    snprintf(so->user, sizeof(so->user), "%s", user);
+    TT_ASSERT(pthread_create(&so->t, NULL, solo__run, so) == 0);
+}
+
+static void solo_join(solo_t *so) {
+    pthread_join(so->t, NULL);
+    printf("    %s on %s: %ld %s%s%s\n", so->user, so->s->name, so->r.status,
+           so->r.error, so->r.detail[0] ? ": " : "", so->r.detail);
+}
+
+/* Rows in claims written by this instance / for this user. */
+static long rows_by_instance(const char *name) {
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM claims WHERE instance = '%s'", name);
+    return h_pg_int(sql);
+}
+
+static long rows_for_user(const char *user) {
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM claims WHERE user_id = '%s'", user);
+    return h_pg_int(sql);
+}
+
+/* Sessions of the test database that sit inside a transaction. */
+static long idle_in_tx(void) {
+    return h_pg_int("SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database()"
+                    "   AND state LIKE 'idle in transaction%'");
+}
+
+/* Polls until idle_in_tx() == want; returns the time it took (ms), or -1. */
+static double wait_idle_in_tx(long want, int timeout_ms) {
+    double start = fl_now_ms();
+    while (fl_now_ms() - start < timeout_ms) {
+        if (idle_in_tx() == want) {
+            return fl_now_ms() - start;
+        }
+        h_sleep_ms(10);
+    }
+    return -1;
+}
+
+/* Waits until the load has had n 201s (so the fault hits a running load). */
+static void wait_201s(fl_load_t *l, long n) {
+    double end = fl_now_ms() + 10000;
+    while (fl_count(l, 201, NULL) < n) {
+        TT_ASSERT_MSG(fl_now_ms() < end, "the load made no progress");
+        h_sleep_ms(10);
+    }
+}
+
+/* Waits until s holds a lease (its victim claim is in the critical
+ * section). */
+static void wait_lease(const h_svc_t *s) {
+    TT_CMP_INT(h_wait_metric(s, "couponsvc_leases_held", 1, 10000), >=, 1);
+}
+
+static long pttl_of(const char *coupon) {
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "PTTL coupon:{%s}:lock", coupon);
+    return h_redis_cmd(cmd);
+}
+
+/* Every answer sent in [from, to) that is not a 201/410 is a clear 503 with
+ * Retry-After and one of the error codes in ok (NULL-terminated). */
+static void all_failures_clear(fl_load_t *l, double from, double to,
+                               const char *const *ok) {
+    int n;
+    const fl_rec_t *r = fl_recs(l, &n);
+    for (int i = 0; i < n; i++) {
+        if (r[i].t0 < from || r[i].t0 >= to || r[i].status == 201 ||
+            r[i].status == 410) {
+            continue;
+        }
+        int known = 0;
+        for (int k = 0; ok[k] != NULL; k++) {
+            known |= strcmp(r[i].error, ok[k]) == 0;
+        }
+        TT_ASSERT_MSG(r[i].status == 503 && r[i].retry_after && known,
+                      "unclear answer during the fault: %ld %s (%s)%s",
+                      r[i].status, r[i].error, r[i].detail,
+                      r[i].retry_after ? "" : " without Retry-After");
+    }
+}
+
+/* The accounting every scenario ends with (see the top of the file). loads
+ * are settled on healthy[0]; extra201 counts the 201s given outside the
+ * loads. */
+static void finish(const char *coupon, long stock, fl_load_t *const *loads,
+                   int nl, long extra201, h_svc_t *const *healthy, int nh) {
+    long n = extra201;
+    for (int i = 0; i < nl; i++) {
+        fl_stop(loads[i]);
+        fl_settle(loads[i], healthy[0]);
+        fl_check_rows(loads[i], coupon);
+        n += fl_durable(loads[i]);
+    }
+    n += fl_drain(healthy, nh, coupon, "drain");
+    h_check_invariants(coupon, stock, n);
+    char sql[128];
+    snprintf(sql, sizeof(sql), "SELECT claimed FROM coupons WHERE id = '%s'",
+             coupon);
+    TT_EQ_INT(h_pg_int(sql), stock);
+}
+
+/* Redis with a movable wall clock (tests/faults/clockshift.c). */
+static char clock_file[400];
+
+static void redis_with_clockshift(void) {
+    const char *so = getenv("COUPONSVC_CLOCKSHIFT");
+    if (so == NULL) {
+        so = "build/tests/libclockshift.so";
+    }
+    TT_ASSERT_MSG(access(so, R_OK) == 0,
+                  "%s missing: run through make test-faults", so);
+    snprintf(clock_file, sizeof(clock_file), "%s/clockshift", h_test_dir());
+    int fd = open(clock_file, O_CREAT | O_TRUNC | O_WRONLY, 0644);
+    int64_t zero = 0;
+    TT_ASSERT(fd >= 0 && write(fd, &zero, sizeof(zero)) == sizeof(zero));
+    close(fd);
+    static char pre[480], file[480];
+    char abs[400];
+    TT_ASSERT(realpath(so, abs) != NULL);
+    snprintf(pre, sizeof(pre), "LD_PRELOAD=%s", abs);
+    snprintf(file, sizeof(file), "CLOCKSHIFT_FILE=%s", clock_file);
+    const char *env[] = {pre, file, NULL};
+    h_redis_restart_with(NULL, env);
+}
+
+/* Moves the test Redis's wall clock to real time + ms. */
+static void redis_clock_shift(int64_t ms) {
+    int fd = open(clock_file, O_WRONLY);
+    TT_ASSERT(fd >= 0 && pwrite(fd, &ms, sizeof(ms), 0) == sizeof(ms));
+    close(fd);
+}
+
+#define TTL_ENV "COUPON_LOCK_TTL_MS=1000"
+
+/* The load: each thread pauses this long between claims (a few hundred
+ * claims a second in all), and the stock is large enough that it does not
+ * sell out before the fault is over; the drain sells the rest. */
+#define LOAD_PAUSE_MS 20
+#define STOCK 2000
+
+/* ------------------------------------------------------ kill -9 holder --- */
+
+/*
+ * The holder dies (SIGKILL) inside its critical section: at after_acquire
+ * (lock held, no transaction yet), at before_commit (transaction open,
+ * UPDATE done, the coupon's row locked) or at after_commit (committed, not
+ * yet released nor answered). Nobody releases its lock: the others must
+ * wait for the TTL, no longer, and then go on. An open transaction must
+ * vanish: the kernel closes the dead process's sockets, the backend reads
+ * EOF and rolls back, releasing the row lock. A committed claim must stay,
+ * and a retry by the client (who saw only a dropped connection) must find
+ * it: 200 already_claimed.
+ */
+static void kill9_holder(const char *point) {
+    h_begin();
+    char fault[64];
+    snprintf(fault, sizeof(fault), "COUPON_FAULT=%s:5000", point);
+    const char *env_v[] = {TTL_ENV, fault, "COUPON_LOCK_WAIT_MS=10000", NULL};
+    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=5000", NULL};
+    h_svc_t *a = h_svc_start("k9-a", env), *b = h_svc_start("k9-b", env);
+    h_svc_t *v = h_svc_start("k9-victim", env_v);
+    h_svc_t *ok[] = {a, b};
+    h_coupon(a, "k9", STOCK);
+
+    fl_load_t *l = fl_start(ok, 2, "k9", "load", 4, 20000, LOAD_PAUSE_MS);
+    wait_201s(l, 20);
+    solo_t so;
+    solo_start(&so, v, "k9", "victim");
+    wait_lease(v);
+    double t_seen = fl_now_ms();
+    int in_tx = strcmp(point, "before_commit") == 0;
+    int committed = strcmp(point, "after_commit") == 0;
+    /* at before_commit its transaction is open: the only one, as it holds
+     * the lock; at after_acquire there is none yet. */
+    TT_CMP_INT(wait_idle_in_tx(in_tx ? 1 : 0, 3000), >=, 0);
+
+    h_sleep_ms(300);
+    double t_kill = fl_now_ms();
+    kill(v->pid, SIGKILL);
+    waitpid(v->pid, NULL, 0);
+    long pttl = pttl_of("k9");
+    printf("    killed %s at %s; its lock had %ld ms left\n", v->name, point,
+           pttl);
+    TT_CMP_INT(pttl, >, 0);
+    TT_CMP_INT(pttl, <=, 1000);
+    /* The backend noticed the dead client and rolled back at once. */
+    double gone = wait_idle_in_tx(0, 3000);
+    TT_CMP_INT(gone, >=, 0);
+    printf("    open transactions gone %.0f ms after the kill\n", gone);
+
+    h_sleep_ms(2500);
+    fl_stop(l);
+    solo_join(&so);
+    fl_print(l, "load");
+
+    TT_EQ_INT(so.r.status, 0); /* the client saw the process die */
+    /* Nobody wrote while the victim held the lock... */
+    TT_EQ_INT(fl_count_within(l, 201, t_seen, t_kill + pttl - 100), 0);
+    /* ...and the others went on once its TTL ran out, not before. */
+    double first = fl_first_after(l, 201, t_kill);
+    TT_CMP_INT(first, >, 0);
+    printf("    first 201 after the kill: +%.0f ms (TTL left %ld ms)\n",
+           first - t_kill, pttl);
+    TT_CMP_INT(first - t_kill, >=, pttl - 100);
+    TT_CMP_INT(first - t_kill, <=, pttl + 2000);
+    long extra = 0;
+    if (!committed) {
+        /* No partial claim: nothing of the victim's, in either table. */
+        TT_EQ_INT(rows_for_user("victim"), 0);
+        TT_EQ_INT(rows_by_instance("k9-victim"), 0);
+    } else {
+        /* Committed, then killed before it could answer or release: the
+         * claim stands, the client cannot know, and a retry tells it. */
+        TT_EQ_INT(rows_for_user("victim"), 1);
+        fl_rec_t again;
+        fl_claim(a->url, "k9", "victim", 10000, &again);
+        TT_EQ_INT(again.status, 200);
+        extra = 1;
+    }
+
+    fl_load_t *ls[] = {l};
+    finish("k9", STOCK, ls, 1, extra, ok, 2);
+    fl_free(l);
+}
+
+TT_TEST(kill9_holder_after_acquire, 60) {
+    kill9_holder("after_acquire");
+}
+
+TT_TEST(kill9_holder_before_commit, 60) {
+    kill9_holder("before_commit");
+}
+
+TT_TEST(kill9_holder_after_commit, 60) {
+    kill9_holder("after_commit");
+}
+
+/* ------------------------------------------------------ SIGSTOP holder --- */
+
+/*
+ * The holder is frozen (SIGSTOP: a GC pause, a VM migration) right after
+ * acquiring, for 2.5x its TTL. Its lease expires in Redis, the others take
+ * the lock and write with newer fences. When it thaws, it goes on with its
+ * claim as if nothing happened: its write carries the old fence and
+ * PostgreSQL refuses it (409 fenced). Nothing of it is written.
+ */
+TT_TEST(sigstop_holder_after_acquire, 60) {
+    h_begin();
+    const char *env_v[] = {TTL_ENV, "COUPON_FAULT=after_acquire:500",
+                           "COUPON_LOCK_WAIT_MS=10000", NULL};
+    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=5000", NULL};
+    h_svc_t *a = h_svc_start("st-a", env), *b = h_svc_start("st-b", env);
+    h_svc_t *v = h_svc_start("st-victim", env_v);
+    h_svc_t *ok[] = {a, b};
+    h_coupon(a, "st", STOCK);
+
+    fl_load_t *l = fl_start(ok, 2, "st", "load", 4, 20000, LOAD_PAUSE_MS);
+    wait_201s(l, 20);
+    solo_t so;
+    solo_start(&so, v, "st", "sleeper");
+    wait_lease(v);
+    kill(v->pid, SIGSTOP);
+    double t_stop = fl_now_ms();
+    h_sleep_ms(2500);
+    kill(v->pid, SIGCONT);
+    double t_cont = fl_now_ms();
+    solo_join(&so);
+    h_sleep_ms(1000);
+    fl_stop(l);
+    fl_print(l, "load");
+
+    /* The lease expired in Redis and the others went on meanwhile. */
+    TT_CMP_INT(fl_count_between(l, 201, t_stop + 900, t_cont), >=, 1);
+    TT_EQ_INT(so.r.status, 409);
+    TT_EQ_STR(so.r.error, "fenced");
+    TT_EQ_INT(rows_for_user("sleeper"), 0);
+    TT_EQ_INT(rows_by_instance("st-victim"), 0);
+    TT_CMP_INT(h_metric(v, "couponsvc_fenced_refusals_total"), >=, 1);
+
+    fl_load_t *ls[] = {l};
+    finish("st", STOCK, ls, 1, 0, ok, 2);
+    fl_free(l);
+}
+
+/*
+ * Frozen BEFORE COMMIT: the holder's transaction has done its UPDATE, so it
+ * holds the coupon's row lock in PostgreSQL, and SIGSTOP freezes its client
+ * side, not the backend: the session sits "idle in transaction", row lock
+ * and all. What happens, as this test observes it:
+ *
+ *   - its watchdog is frozen too, so the lease expires in Redis after the
+ *     TTL and a new holder acquires the Redis lock (the lock is advisory);
+ *   - the new holder's check (a plain SELECT) does not wait, but its UPDATE
+ *     waits for the row lock, until statement_timeout cancels it: 503
+ *     unavailable, rolled back, lock released; the next holder does the
+ *     same. So while the frozen process holds the row lock, NOBODY commits a
+ *     claim: no 201 at all, only bounded 503s (lock wait + statement
+ *     timeout). Fence and Redis lock do not matter here: the row lock orders
+ *     the writers, and the frozen one is first in line.
+ *   - when it thaws, its commit gate finds the lease lost (the monotonic
+ *     clock ran on while it was stopped) and it rolls back: 503 lease_lost,
+ *     nothing written. The row lock goes with the rollback and the others
+ *     commit again at once.
+ *   - if it stays frozen longer than idle_in_transaction_session_timeout
+ *     (COUPON_PG_IDLE_TX_TIMEOUT_MS, default 60 s), PostgreSQL ends the
+ *     session first, rolling it back and freeing the row; the others resume
+ *     while it is still frozen (next test). When it thaws, the gate again
+ *     says lost: 503 lease_lost (its ROLLBACK fails on the dead connection,
+ *     which changes nothing).
+ *
+ * So the outcome is safe either way; the cost is an outage of the coupon for
+ * as long as the freeze, bounded by the idle-in-transaction timeout. That
+ * timeout is the knob: it must be well above a normal critical section and
+ * as low as the outage one is willing to accept.
+ */
+static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
+    h_begin();
+    char idle[64];
+    snprintf(idle, sizeof(idle), "COUPON_PG_IDLE_TX_TIMEOUT_MS=%d",
+             idle_timeout_ms);
+    const char *env_v[] = {TTL_ENV, "COUPON_FAULT=before_commit:400",
+                           "COUPON_LOCK_WAIT_MS=10000", idle, NULL};
+    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=3000",
+                         "COUPON_PG_STATEMENT_TIMEOUT_MS=1000", NULL};
+    h_svc_t *a = h_svc_start("sb-a", env), *b = h_svc_start("sb-b", env);
+    h_svc_t *v = h_svc_start("sb-victim", env_v);
+    h_svc_t *ok[] = {a, b};
+    h_coupon(a, "sb", STOCK);
+
+    fl_load_t *l = fl_start(ok, 2, "sb", "load", 4, 20000, LOAD_PAUSE_MS);
+    wait_201s(l, 20);
+    solo_t so;
+    solo_start(&so, v, "sb", "frozen");
+    wait_lease(v);
+    /* In its before_commit pause: the only open transaction. */
+    TT_CMP_INT(wait_idle_in_tx(1, 3000), >=, 0);
+    kill(v->pid, SIGSTOP);
+    double t_stop = fl_now_ms();
+
+    double t_idle_killed = -1;
+    while (fl_now_ms() - t_stop < stop_ms) {
+        if (t_idle_killed < 0 && idle_in_tx() == 0) {
+            t_idle_killed = fl_now_ms();
+        }
+        h_sleep_ms(20);
+    }
+    kill(v->pid, SIGCONT);
+    double t_cont = fl_now_ms();
+    solo_join(&so);
+    h_sleep_ms(2000);
+    fl_stop(l);
+    fl_print(l, "load");
+
+    TT_EQ_INT(so.r.status, 503);
+    TT_EQ_STR(so.r.error, "lease_lost");
+    TT_EQ_INT(rows_for_user("frozen"), 0);
+    TT_EQ_INT(rows_by_instance("sb-victim"), 0);
+    long stmt = 0;
+    int n;
+    const fl_rec_t *r = fl_recs(l, &n);
+    for (int i = 0; i < n; i++) {
+        stmt += r[i].status == 503 &&
+                strstr(r[i].detail, "statement timeout") != NULL;
+    }
+    printf("    503s from an UPDATE cancelled by statement_timeout: %ld\n",
+           stmt);
+    const char *clear[] = {"unavailable", "lock_busy", "lease_lost", NULL};
+    all_failures_clear(l, t_stop, t_cont, clear);
+    /* Bounded: lock wait (3 s) + statement timeout (1 s) + slack. */
+    TT_CMP_INT(fl_max_latency(l, t_stop, t_cont), <, 6500);
+
+    if (idle_timeout_ms > stop_ms) {
+        /* Row lock held the whole freeze: no commit by anyone. A new
+         * holder did get the Redis lock, and its UPDATE waited on the row
+         * lock until statement_timeout. */
+        TT_CMP_INT(stmt, >=, 1);
+        TT_CMP_INT(t_idle_killed, <, 0);
+        TT_EQ_INT(fl_count_within(l, 201, t_stop, t_cont), 0);
+        double first = fl_first_after(l, 201, t_cont);
+        TT_CMP_INT(first, >, 0);
+        printf("    first 201 after SIGCONT: +%.0f ms\n", first - t_cont);
+        TT_CMP_INT(first - t_cont, <, 2500);
+    } else {
+        /* PostgreSQL ended the frozen session; the others resumed while
+         * it was still stopped. */
+        TT_CMP_INT(t_idle_killed, >, 0);
+        printf("    idle-in-transaction timeout ended the session at "
+               "+%.0f ms\n",
+               t_idle_killed - t_stop);
+        TT_CMP_INT(t_idle_killed - t_stop, >=, idle_timeout_ms - 600);
+        TT_EQ_INT(
+            fl_count_within(l, 201, t_stop, t_stop + idle_timeout_ms - 600), 0);
+        TT_CMP_INT(fl_count_between(l, 201, t_idle_killed, t_cont), >=, 1);
+    }
+    /* (Not leases_lost_total: after SIGCONT the gate may find the lease
+     * run out by the clock before the watchdog's next round marks it.) */
+    TT_CMP_INT(h_metric(v, "couponsvc_claims_total{outcome=\"lease_lost\"}"),
+               >=, 1);
+
+    fl_load_t *ls[] = {l};
+    finish("sb", STOCK, ls, 1, 0, ok, 2);
+    fl_free(l);
+}
+
+TT_TEST(sigstop_holder_before_commit_row_lock, 60) {
+    sigstop_before_commit(60000, 4000);
+}
+
+TT_TEST(sigstop_holder_before_commit_idle_tx_timeout, 60) {
+    sigstop_before_commit(1500, 4000);
+}
+
+/* ------------------------------------------------------------- Redis --- */
+
+/*
+ * Redis killed (SIGKILL, no persistence) and restarted empty under load: the
+ * lock keys and the fence counter are gone. Meanwhile: quick, clear 503s.
+ * After: the first fenced write finds the counter below last_fence, raises
+ * it, retries; the service recovers by itself.
+ */
+TT_TEST(redis_killed_restarted_empty, 60) {
+    h_begin();
+    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=3000", NULL};
+    h_svc_t *s[] = {h_svc_start("rk-1", env), h_svc_start("rk-2", env),
+                    h_svc_start("rk-3", env)};
+    h_coupon(s[0], "rk", STOCK);
+    fl_load_t *l = fl_start(s, 3, "rk", "load", 6, 20000, LOAD_PAUSE_MS);
+    wait_201s(l, 30);
+
+    long f_before = h_redis_cmd("GET coupon:{rk}:fence");
+    h_redis_stop();
+    double t_down = fl_now_ms();
+    h_sleep_ms(1000);
+    double t_restart = fl_now_ms();
+    h_redis_start();
+    double t_up = fl_now_ms();
+    h_sleep_ms(2500);
+    fl_stop(l);
+    fl_print(l, "load");
+
+    const char *clear[] = {"unavailable", NULL};
+    all_failures_clear(l, t_down + 50, t_up - 50, clear);
+    TT_EQ_INT(fl_count_within(l, 201, t_down, t_restart), 0);
+    TT_CMP_INT(fl_max_latency(l, t_down + 50, t_up - 50), <, 2000);
+    double first = fl_first_after(l, 201, t_up);
+    TT_CMP_INT(first, >, 0);
+    printf("    fence counter %ld before; first 201 +%.0f ms after the "
+           "restart\n",
+           f_before, first - t_up);
+    TT_CMP_INT(first - t_up, <, 2000);
+    double rec = 0;
+    for (int i = 0; i < 3; i++) {
+        rec += h_metric(s[i], "couponsvc_fence_counter_recoveries_total");
+    }
+    TT_CMP_INT(rec, >=, 1);
+    TT_CMP_INT(h_redis_cmd("GET coupon:{rk}:fence"), >=,
+               h_pg_int("SELECT last_fence FROM coupons WHERE id = 'rk'"));
+
+    fl_load_t *ls[] = {l};
+    finish("rk", STOCK, ls, 1, 0, s, 3);
+    fl_free(l);
+}
+
+/*
+ * Redis stalls (DEBUG SLEEP: it answers nobody) for 3x the TTL while a
+ * holder sits before its commit. The holder's watchdog cannot renew, its
+ * lease runs out by its own clock, and its gate rolls back: 503 lease_lost.
+ * Everyone else gets quick 503s (the Redis command timeout), and claims
+ * resume after the stall.
+ */
+TT_TEST(redis_stalled_past_ttl, 60) {
+    h_begin();
+    const char *dbg[] = {"--enable-debug-command", "local", NULL};
+    h_redis_restart_with(dbg, NULL);
+    const char *env_v[] = {TTL_ENV, "COUPON_FAULT=before_commit:1500",
+                           "COUPON_LOCK_WAIT_MS=10000", NULL};
+    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=3000", NULL};
+    h_svc_t *a = h_svc_start("rs-a", env), *b = h_svc_start("rs-b", env);
+    h_svc_t *v = h_svc_start("rs-victim", env_v);
+    h_svc_t *ok[] = {a, b};
+    h_coupon(a, "rs", STOCK);
+
+    fl_load_t *l = fl_start(ok, 2, "rs", "load", 4, 20000, LOAD_PAUSE_MS);
+    wait_201s(l, 20);
+    solo_t so;
+    solo_start(&so, v, "rs", "stalled");
+    wait_lease(v);
+    TT_CMP_INT(wait_idle_in_tx(1, 3000), >=, 0);
+    pid_t cli = h_redis_stall_bg(3000);
+    double t_stall = fl_now_ms();
+    int st = 0;
+    waitpid(cli, &st, 0);
+    double t_end = fl_now_ms();
+    TT_ASSERT_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0 &&
+                      t_end - t_stall >= 2900,
+                  "DEBUG SLEEP did not stall Redis (%.0f ms)", t_end - t_stall);
+    solo_join(&so);
+    h_sleep_ms(2500);
+    fl_stop(l);
+    fl_print(l, "load");
+
+    TT_EQ_INT(so.r.status, 503);
+    TT_EQ_STR(so.r.error, "lease_lost");
+    TT_EQ_INT(rows_for_user("stalled"), 0);
+    TT_EQ_INT(rows_by_instance("rs-victim"), 0);
+    TT_CMP_INT(h_metric(v, "couponsvc_leases_lost_total"), >=, 1);
+    TT_EQ_INT(fl_count_within(l, 201, t_stall, t_end), 0);
+    const char *clear[] = {"unavailable", "lock_busy", NULL};
+    all_failures_clear(l, t_stall + 100, t_end - 100, clear);
+    /* The command timeout (250 ms at this TTL), not the stall, bounds
+     * them. */
+    TT_CMP_INT(fl_max_latency(l, t_stall + 100, t_end - 1000), <, 1500);
+    double first = fl_first_after(l, 201, t_end);
+    TT_CMP_INT(first, >, 0);
+    printf("    first 201 +%.0f ms after the stall\n", first - t_end);
+    /* Acquires sent during the stall ran when it ended and left orphan
+     * locks (their senders had given up); those expire within a TTL. */
+    TT_CMP_INT(first - t_end, <, 1000 + 1500);
+
+    fl_load_t *ls[] = {l};
+    finish("rs", STOCK, ls, 1, 0, ok, 2);
+    fl_free(l);
+}
+
+/*
+ * Redis unreachable from ONE instance only: the victim reaches Redis through
+ * a proxy that black-holes (bytes stop, nothing is closed) while the victim
+ * sits before its commit. Its watchdog's renewals time out, its lease runs
+ * out, its commit is aborted (503 lease_lost) and nothing of it is written;
+ * the other instances, which still see Redis, take over after the TTL.
+ */
+TT_TEST(redis_partitioned_from_one_instance, 60) {
+    h_begin();
+    fp_t *px = fp_start(h_redis_port());
+    char via[64];
+    snprintf(via, sizeof(via), "COUPON_REDIS_ADDRS=127.0.0.1:%d", fp_port(px));
+    const char *env_v[] = {TTL_ENV, "COUPON_FAULT=before_commit:1500",
+                           "COUPON_LOCK_WAIT_MS=10000", via, NULL};
+    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=3000", NULL};
+    h_svc_t *a = h_svc_start("rp-a", env), *b = h_svc_start("rp-b", env);
+    h_svc_t *v = h_svc_start("rp-victim", env_v);
+    h_svc_t *ok[] = {a, b};
+    h_coupon(a, "rp", STOCK);
+
+    fl_load_t *l = fl_start(ok, 2, "rp", "load", 4, 20000, LOAD_PAUSE_MS);
+    wait_201s(l, 20);
+    solo_t so;
+    solo_start(&so, v, "rp", "cut-off");
+    wait_lease(v);
+    TT_CMP_INT(wait_idle_in_tx(1, 3000), >=, 0);
+    fp_blackhole(px, 1);
+    double t_cut = fl_now_ms();
+    solo_join(&so);
+
+    /* While cut off, the victim answers quickly and clearly. */
+    for (int i = 0; i < 3; i++) {
+        char user[32];
+        snprintf(user, sizeof(user), "while-cut-%d", i);
+        fl_rec_t r;
+        fl_claim(v->url, "rp", user, 10000, &r);
+        TT_EQ_INT(r.status, 503);
+        TT_EQ_STR(r.error, "unavailable");
+        TT_ASSERT(r.retry_after);
+        TT_CMP_INT(r.t1 - r.t0, <, 2000);
+    }
+    h_sleep_ms(1000);
+    double t_heal = fl_now_ms();
+    fp_blackhole(px, 0);
+
+    TT_EQ_INT(so.r.status, 503);
+    TT_EQ_STR(so.r.error, "lease_lost");
+    TT_EQ_INT(rows_by_instance("rp-victim"), 0);
+    TT_CMP_INT(h_metric(v, "couponsvc_leases_lost_total"), >=, 1);
+    TT_CMP_INT(h_metric(v, "couponsvc_watchdog_renewals_total{result="
+                           "\"failed\"}"),
+               >=, 1);
+    /* The rest of the fleet went on during the partition. */
+    TT_CMP_INT(fl_count_between(l, 201, t_cut + 1000, t_heal), >=, 1);
+
+    /* Healed: the victim claims again (through fresh connections). */
+    long st = 0;
+    fl_rec_t r;
+    for (int i = 0; i < 10 && st != 201; i++) {
+        char user[32];
+        snprintf(user, sizeof(user), "healed-%d", i);
+        fl_claim(v->url, "rp", user, 10000, &r);
+        st = r.status;
+        if (st != 201) {
+            h_sleep_ms(300);
+        }
+    }
+    TT_EQ_INT(st, 201);
+    TT_EQ_INT(rows_by_instance("rp-victim"), 1);
+    h_sleep_ms(500);
+    fl_stop(l);
+    fl_print(l, "load");
+
+    fl_load_t *ls[] = {l};
+    finish("rp", STOCK, ls, 1, 1, ok, 2);
+    fl_free(l);
+    fp_stop(px);
+}
+
+/*
+ * Redis's clock jumps 60 s forward (an NTP step, a VM restored) while a
+ * holder pauses after acquiring: Redis expires the lock at once, though the
+ * holder's own clock says it has most of its TTL left. Others take the lock
+ * and write; the early-expired holder is then refused by the fence (409) or,
+ * if its watchdog noticed first and nobody wrote in between, by its gate
+ * (503 lease_lost). Either way nothing of it is written.
+ */
+TT_TEST(redis_clock_jumps_forward, 60) {
+    h_begin();
+    redis_with_clockshift();
+    const char *env_v[] = {"COUPON_LOCK_TTL_MS=2000",
+                           "COUPON_FAULT=after_acquire:1500",
+                           "COUPON_LOCK_WAIT_MS=10000", NULL};
+    const char *env[] = {"COUPON_LOCK_TTL_MS=2000", "COUPON_LOCK_WAIT_MS=5000",
+                         NULL};
+    h_svc_t *a = h_svc_start("cj-a", env), *b = h_svc_start("cj-b", env);
+    h_svc_t *v = h_svc_start("cj-victim", env_v);
+    h_svc_t *ok[] = {a, b};
+    h_coupon(a, "cj", STOCK);
+
+    fl_load_t *l = fl_start(ok, 2, "cj", "load", 4, 20000, LOAD_PAUSE_MS);
+    wait_201s(l, 20);
+    solo_t so;
+    solo_start(&so, v, "cj", "early");
+    wait_lease(v);
+    TT_CMP_INT(pttl_of("cj"), >, 1000);
+    redis_clock_shift(60000);
+    double t_jump = fl_now_ms();
+    TT_EQ_INT(h_redis_cmd("EXISTS coupon:{cj}:lock") == 0 ||
+                  pttl_of("cj") > 1000,
+              1); /* gone, or already somebody else's new lock */
+    solo_join(&so);
+    h_sleep_ms(1000);
+    fl_stop(l);
+    fl_print(l, "load");
+
+    /* The lock really ended early: others wrote while the victim was
+     * still in its pause, long before its TTL would have run out. */
+    TT_CMP_INT(fl_count_between(l, 201, t_jump, t_jump + 1300), >=, 1);
+    TT_ASSERT_MSG(
+        (so.r.status == 409 && strcmp(so.r.error, "fenced") == 0) ||
+            (so.r.status == 503 && strcmp(so.r.error, "lease_lost") == 0),
+        "early-expired holder got %ld %s", so.r.status, so.r.error);
+    TT_EQ_INT(rows_for_user("early"), 0);
+    TT_EQ_INT(rows_by_instance("cj-victim"), 0);
+
+    fl_load_t *ls[] = {l};
+    finish("cj", STOCK, ls, 1, 0, ok, 2);
+    fl_free(l);
+}
+
+/* ------------------------------------------------- stale holder / read --- */
+
+/*
+ * A holder whose lease ended in Redis while it could not hear about it: its
+ * Redis path is black-holed right after it acquires (so its watchdog learns
+ * nothing: renewals time out, "unknown", and by its own clock the lease is
+ * valid for 5 s more) and Redis's clock jumps forward (so the lock expires
+ * now). This is the case no client-side check can close: the holder's gate
+ * says "still mine". B acquires, writes and commits with a newer fence; then
+ * the stale holder writes. Only the fence predicate in the UPDATE stops it
+ * (409). Without it (make test-negative, COUPONSVC_UNSAFE_NO_FENCE) its
+ * write lands after B's with a lower fence, and the invariant check fails:
+ * "fences not rising in commit order".
+ *
+ * The load runs on another coupon, through a third instance: load on this
+ * coupon would write between the two and decide the race for them.
+ */
+TT_TEST(stale_holder_fenced_after_early_expiry, 60) {
+    h_begin();
+    redis_with_clockshift();
+    fp_t *px = fp_start(h_redis_port());
+    char via[64];
+    snprintf(via, sizeof(via), "COUPON_REDIS_ADDRS=127.0.0.1:%d", fp_port(px));
+    const char *env_v[] = {"COUPON_LOCK_TTL_MS=5000",
+                           "COUPON_FAULT=after_acquire:1500", via, NULL};
+    h_svc_t *v = h_svc_start("sh-stale", env_v);
+    h_svc_t *b = h_svc_start("sh-fresh", NULL);
+    h_svc_t *c = h_svc_start("sh-bg", NULL);
+    h_svc_t *bg_svcs[] = {c, b};
+    h_coupon(b, "sh", 10);
+    h_coupon(b, "bg", 1000);
+    fl_load_t *bg = fl_start(bg_svcs, 2, "bg", "bg", 4, 20000, LOAD_PAUSE_MS);
+    wait_201s(bg, 10);
+
+    solo_t so;
+    solo_start(&so, v, "sh", "stale");
+    wait_lease(v);
+    fp_blackhole(px, 1);      /* the stale holder hears nothing more */
+    redis_clock_shift(60000); /* and its lock expires in Redis now */
+    TT_EQ_INT(h_redis_cmd("EXISTS coupon:{sh}:lock"), 0);
+
+    fl_rec_t rb;
+    fl_claim(b->url, "sh", "fresh", 10000, &rb);
+    solo_join(&so);
+    printf("    fresh on sh-fresh: %ld fence %ld; stale fence %ld\n", rb.status,
+           rb.fence, so.r.fence);
+    fl_stop(bg);
+    fl_print(bg, "bg load");
+
+    /* The data first: this is what the negative control must trip. */
+    h_check_invariants("sh", 10, (rb.status == 201) + (so.r.status == 201));
+    TT_EQ_INT(rb.status, 201);
+    TT_EQ_INT(so.r.status, 409);
+    TT_EQ_STR(so.r.error, "fenced");
+    TT_CMP_INT(so.r.fence, <, rb.fence);
+    TT_EQ_INT(rows_for_user("stale"), 0);
+
+    fp_blackhole(px, 0);
+    h_svc_t *ok[] = {b, c};
+    fl_load_t *ls[] = {bg};
+    finish("bg", 1000, ls, 1, 0, ok, 2);
+    fl_free(bg);
+    fp_stop(px);
+}
+
+/*
+ * The stale READ: fences order writes, not reads. The last coupon; two
+ * holders, each pausing between its check and its write (after_check):
+ *
+ *   t=0     S acquires (fence f), checks: 1 left. Pauses 1.5 s.
+ *           S's Redis path is black-holed, Redis's clock jumps: S's lock is
+ *           gone while S believes it holds it (as in the test above).
+ *   t=0.1   B acquires (fence g > f), checks: 1 left (S has not written).
+ *           Pauses 2.5 s.
+ *   t=1.5   S writes: last_fence < f, so the fence accepts it (nobody newer
+ *           has WRITTEN yet), 1 left: claimed = total. S commits: 201.
+ *   t=2.6   B writes on a check that went stale. The fence accepts it too
+ *           (g > f). Only `claimed < total` in the same UPDATE refuses it:
+ *           410 sold out.
+ *
+ * The stale holder has to write BEFORE the new holder (after its read):
+ * written after, the fence alone would refuse it. Without the predicate
+ * (COUPONSVC_UNSAFE_NO_STOCK_CHECK) B's write lands, claimed = total + 1.
+ * The schema's CHECK (claimed <= total) would still stop that, as the last
+ * line of defence; this test drops that CHECK from its own database, so that
+ * it tests the UPDATE's predicate alone and the invariant check can see the
+ * oversell.
+ */
+TT_TEST(stale_read_last_coupon, 60) {
+    h_begin();
+    redis_with_clockshift();
+    fp_t *px = fp_start(h_redis_port());
+    char via[64];
+    snprintf(via, sizeof(via), "COUPON_REDIS_ADDRS=127.0.0.1:%d", fp_port(px));
+    const char *env_s[] = {"COUPON_LOCK_TTL_MS=5000",
+                           "COUPON_FAULT=after_check:1500", via, NULL};
+    const char *env_b[] = {"COUPON_LOCK_TTL_MS=5000",
+                           "COUPON_FAULT=after_check:2500", NULL};
+    h_svc_t *s = h_svc_start("sr-stale", env_s);
+    h_svc_t *b = h_svc_start("sr-fresh", env_b);
+    h_svc_t *c = h_svc_start("sr-bg", NULL);
+    h_coupon(c, "sr", 2);
+    h_coupon(c, "bg", 1000);
+    h_pg_int("SELECT 1 FROM (SELECT 1) x"); /* the database is up */
+    {
+        PGconn *pg = PQconnectdb(h_dsn());
+        PGresult *res = PQexec(pg, "ALTER TABLE coupons DROP CONSTRAINT "
+                                   "coupons_claimed_within_total");
+        TT_ASSERT(PQresultStatus(res) == PGRES_COMMAND_OK);
+        PQclear(res);
+        PQfinish(pg);
+    }
+    fl_rec_t r0;
+    fl_claim(c->url, "sr", "first", 10000, &r0);
+    TT_EQ_INT(r0.status, 201); /* one left */
+
+    h_svc_t *bg_svcs[] = {c};
+    fl_load_t *bg = fl_start(bg_svcs, 1, "bg", "bg", 4, 20000, LOAD_PAUSE_MS);
+    wait_201s(bg, 10);
+
+    solo_t ss, sb;
+    solo_start(&ss, s, "sr", "stale");
+    wait_lease(s);
+    h_sleep_ms(50); /* its check is done: it pauses after it */
+    fp_blackhole(px, 1);
+    redis_clock_shift(60000);
+    TT_EQ_INT(h_redis_cmd("EXISTS coupon:{sr}:lock"), 0);
+    solo_start(&sb, b, "sr", "fresh");
+    solo_join(&ss);
+    solo_join(&sb);
+    fl_stop(bg);
+    fl_print(bg, "bg load");
+
+    /* The data first: this is what the negative control must trip. */
+    h_check_invariants("sr", 2,
+                       1 + (ss.r.status == 201) + (sb.r.status == 201));
+    TT_EQ_INT(ss.r.status, 201); /* the stale holder's write was first */
+    TT_EQ_INT(sb.r.status, 410); /* the stale check is refused */
+    TT_CMP_INT(ss.r.fence, <, h_redis_cmd("GET coupon:{sr}:fence"));
+
+    fp_blackhole(px, 0);
+    h_svc_t *ok[] = {c};
+    fl_load_t *ls[] = {bg};
+    finish("bg", 1000, ls, 1, 0, ok, 1);
+    fl_free(bg);
+    fp_stop(px);
+}
+
+/*
+ * Two leases with the SAME fence, after Redis lost its data. S holds fence
+ * f (drawn right after the last write, so last_fence = f - 1) and cannot
+ * hear Redis (black-holed). Redis restarts empty. B draws fence 1, is
+ * refused, finds its token still in Redis (so the counter went backwards),
+ * raises the counter to last_fence = f - 1 and retries: it draws f, the
+ * same fence S holds. B writes and commits with f. Then S writes with f.
+ * The store's rule that a lease's FIRST write needs last_fence < fence
+ * (strictly) refuses it: 409. With "at least" (last_fence <= fence) for the
+ * first write too, S's write would land and two claims would carry fence f;
+ * the invariant check (fences strictly rising in commit order) catches that
+ * (make test-negative, COUPONSVC_UNSAFE_FENCE_NOT_STRICT).
+ */
+TT_TEST(redis_lost_duplicate_fence_refused, 60) {
+    h_begin();
+    fp_t *px = fp_start(h_redis_port());
+    char via[64];
+    snprintf(via, sizeof(via), "COUPON_REDIS_ADDRS=127.0.0.1:%d", fp_port(px));
+    const char *env_s[] = {"COUPON_LOCK_TTL_MS=5000",
+                           "COUPON_FAULT=after_acquire:1500", via, NULL};
+    h_svc_t *st = h_svc_start("df-stale", env_s);
+    h_svc_t *b = h_svc_start("df-fresh", NULL);
+    h_svc_t *c = h_svc_start("df-bg", NULL);
+    h_coupon(b, "df", 10);
+    h_coupon(b, "bg", 1000);
+    for (int i = 0; i < 3; i++) {
+        char user[32];
+        snprintf(user, sizeof(user), "warm-%d", i);
+        fl_rec_t r;
+        fl_claim(b->url, "df", user, 10000, &r);
+        TT_EQ_INT(r.status, 201);
+    }
+    h_svc_t *bg_svcs[] = {c};
+    fl_load_t *bg = fl_start(bg_svcs, 1, "bg", "bg", 4, 20000, LOAD_PAUSE_MS);
+    wait_201s(bg, 10);
+
+    solo_t so;
+    solo_start(&so, st, "df", "stale");
+    wait_lease(st);
+    fp_blackhole(px, 1);
+    h_redis_stop(); /* the counter and the lock are gone */
+    h_redis_start();
+    fl_rec_t rb;
+    fl_claim(b->url, "df", "fresh", 10000, &rb);
+    solo_join(&so);
+    printf("    fresh: %ld fence %ld; stale: %ld fence %ld\n", rb.status,
+           rb.fence, so.r.status, so.r.fence);
+    fl_stop(bg);
+    fl_print(bg, "bg load");
+
+    /* The data first: this is what the negative control must trip. */
+    h_check_invariants("df", 10, 3 + (rb.status == 201) + (so.r.status == 201));
+    TT_EQ_INT(rb.status, 201);
+    TT_EQ_INT(rb.fence, so.r.fence); /* the same fence, twice */
+    TT_EQ_INT(so.r.status, 409);
+    TT_EQ_STR(so.r.error, "fenced");
+    TT_EQ_INT(rows_for_user("stale"), 0);
+    TT_CMP_INT(h_metric(b, "couponsvc_fence_counter_recoveries_total"), >=, 1);
+
+    fp_blackhole(px, 0);
+    h_svc_t *ok[] = {c, b};
+    fl_load_t *ls[] = {bg};
+    finish("bg", 1000, ls, 1, 0, ok, 2);
+    fl_free(bg);
+    fp_stop(px);
+}
+
+/* ---------------------------------------------------------- PostgreSQL --- */
+
+/*
+ * PostgreSQL stopped (fast: clients disconnected, open transactions rolled
+ * back; immediate: killed, crash recovery at the next start) and started
+ * again under load. Meanwhile: clear 503s with Retry-After, the service
+ * stays up. After: recovery without a restart of the service, and every 201
+ * durable, also across the crash (synchronous_commit is on in this private
+ * cluster; see h_pg_private_start). A COMMIT cut off mid-way is ambiguous;
+ * fl_settle resolves it.
+ */
+static void pg_restart(const char *mode) {
+    h_begin();
+    h_pg_private_start();
+    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=3000",
+                         "COUPON_PG_CONNECT_TIMEOUT_S=2", NULL};
+    h_svc_t *s[] = {h_svc_start("pg-1", env), h_svc_start("pg-2", env),
+                    h_svc_start("pg-3", env)};
+    h_coupon(s[0], "pg", STOCK);
+    fl_load_t *l = fl_start(s, 3, "pg", "load", 6, 20000, LOAD_PAUSE_MS);
+    wait_201s(l, 30);
+
+    double t_stop = fl_now_ms();
+    h_pg_private_stop(mode);
+    double t_down = fl_now_ms();
+    h_sleep_ms(1000);
+    double t_restart = fl_now_ms();
+    h_pg_private_restart();
+    double t_up = fl_now_ms();
+    h_sleep_ms(3000);
+    fl_stop(l);
+    fl_print(l, "load");
+    printf("    stop (%s) took %.0f ms\n", mode, t_down - t_stop);
+
+    TT_EQ_INT(fl_count(l, 0, NULL), 0); /* the service stayed up */
+    TT_EQ_INT(fl_count(l, 500, NULL), 0);
+    const char *clear[] = {"unavailable", "lock_busy", NULL};
+    all_failures_clear(l, t_down, t_up, clear);
+    TT_EQ_INT(fl_count_within(l, 201, t_down, t_restart), 0);
+    double first = fl_first_after(l, 201, t_up);
+    TT_CMP_INT(first, >, 0);
+    printf("    first 201 +%.0f ms after the restart; 503s answered after "
+           "it: %ld (a worker's first call on a connection that died)\n",
+           first - t_up, fl_count_between(l, 503, t_up, fl_now_ms()));
+    TT_CMP_INT(first - t_up, <, 5000);
+
+    fl_load_t *ls[] = {l};
+    finish("pg", STOCK, ls, 1, 0, s, 3);
+    fl_free(l);
+    h_pg_private_stop("fast");
+}
+
+TT_TEST(pg_restart_fast, 90) {
+    pg_restart("fast");
+}
+
+TT_TEST(pg_restart_immediate, 90) {
+    pg_restart("immediate");
+}
+
+/*
+ * A row lock held by an outside session (BEGIN; SELECT ... FOR UPDATE on
+ * the coupon; an operator's psql, a stuck batch job). Claims acquire the
+ * Redis lock, check, and wait on the row in their UPDATE until
+ * statement_timeout: a clear 503 within lock wait + statement timeout. No
+ * lease lives on: each is released when its claim gives up, so the fence
+ * counter moves on during the hold, and once the outside session ends and
+ * the load stops, no lease is held and the lock key is gone.
+ */
+TT_TEST(outside_row_lock, 60) {
+    h_begin();
+    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=2000",
+                         "COUPON_PG_STATEMENT_TIMEOUT_MS=700", NULL};
+    h_svc_t *s[] = {h_svc_start("rl-1", env), h_svc_start("rl-2", env)};
+    h_coupon(s[0], "rl", STOCK);
+    fl_load_t *l = fl_start(s, 2, "rl", "load", 4, 20000, LOAD_PAUSE_MS);
+    wait_201s(l, 20);
+
+    PGconn *pg = PQconnectdb(h_dsn());
+    TT_ASSERT(PQstatus(pg) == CONNECTION_OK);
+    PGresult *res = PQexec(pg, "BEGIN");
+    PQclear(res);
+    res = PQexec(pg, "SELECT * FROM coupons WHERE id = 'rl' FOR UPDATE");
+    TT_ASSERT(PQresultStatus(res) == PGRES_TUPLES_OK);
+    PQclear(res);
+    double t_lock = fl_now_ms();
+    h_sleep_ms(500);
+    long f0 = h_redis_cmd("GET coupon:{rl}:fence");
+    h_sleep_ms(2500);
+    long f1 = h_redis_cmd("GET coupon:{rl}:fence");
+    res = PQexec(pg, "ROLLBACK");
+    PQclear(res);
+    PQfinish(pg);
+    double t_unlock = fl_now_ms();
+    h_sleep_ms(1500);
+    fl_stop(l);
+    fl_print(l, "load");
+
+    TT_EQ_INT(fl_count_within(l, 201, t_lock, t_unlock), 0);
+    const char *clear[] = {"unavailable", "lock_busy", NULL};
+    all_failures_clear(l, t_lock, t_unlock, clear);
+    long stmt = 0;
+    int n;
+    const fl_rec_t *r = fl_recs(l, &n);
+    for (int i = 0; i < n; i++) {
+        stmt += r[i].status == 503 &&
+                strstr(r[i].detail, "statement timeout") != NULL;
+    }
+    TT_CMP_INT(stmt, >=, 2);
+    /* lock wait 2 s + statement timeout 0.7 s + slack */
+    double worst = fl_max_latency(l, t_lock, t_unlock);
+    printf("    worst latency during the hold %.0f ms; fence %ld -> %ld\n",
+           worst, f0, f1);
+    TT_CMP_INT(worst, <, 4000);
+    TT_CMP_INT(f1 - f0, >=, 2); /* leases came and went */
+    double first = fl_first_after(l, 201, t_unlock);
+    TT_CMP_INT(first, >, 0);
+    TT_CMP_INT(first - t_unlock, <, 1500);
+
+    /* Nothing lingers: no lease held, no lock key. */
+    for (int i = 0; i < 2; i++) {
+        double end = fl_now_ms() + 3000;
+        while (h_metric(s[i], "couponsvc_leases_held") != 0 &&
+               fl_now_ms() < end) {
+            h_sleep_ms(20);
+        }
+        TT_EQ_INT(h_metric(s[i], "couponsvc_leases_held"), 0);
+    }
+    TT_EQ_INT(h_redis_cmd("EXISTS coupon:{rl}:lock"), 0);
+
+    fl_load_t *ls[] = {l};
+    finish("rl", STOCK, ls, 1, 0, s, 2);
+    fl_free(l);
+}
