@@ -161,7 +161,13 @@ static void claim__from_store(claim_result_t *out, int src,
 static int claim__gate(void *arg) {
     lock_lease_t *lease = arg;
     fault_pause(FAULT_BEFORE_COMMIT);
-    return lock_lease_usable(lease) ? 0 : 1;
+    if (lock_lease_usable(lease)) {
+        return 0;
+    }
+    /* The watchdog may not have noticed yet (its thread was frozen with
+     * ours, or its round is still in flight): record the loss here. */
+    wd_lost(lease, "expired_at_commit");
+    return 1;
 }
 
 static void claim__locked(claim__conns_t *c, const char *coupon,
@@ -242,8 +248,8 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
                  coupon, user, (long long)lease.fence, (long long)last_fence);
         out->fence = lease.fence;
         snprintf(out->detail, sizeof(out->detail),
-                 "fence %lld is below the coupon's last accepted fence %lld: "
-                 "this lease is stale; nothing was written",
+                 "fence %lld is not above the coupon's last accepted fence "
+                 "%lld: this lease is stale; nothing was written",
                  (long long)lease.fence, (long long)last_fence);
         out->outcome = CLAIM_FENCED;
         return;

@@ -82,7 +82,7 @@ void wd_unwatch(wd_t *wd, lock_lease_t *l) {
 
 /* ----------------------------------------------------------- the round --- */
 
-static void wd__lost(lock_lease_t *l, const char *why) {
+void wd_lost(lock_lease_t *l, const char *why) {
     if (lock_lease_mark_lost(l)) {
         metrics_inc(M_LEASES_LOST);
         log_warn("lease.lost", "key=%s fence=%lld reason=%s", l->key,
@@ -117,7 +117,7 @@ static size_t wd__snapshot(wd_t *wd) {
             continue;
         }
         if (now >= atomic_load(&l->valid_until_ns)) {
-            wd__lost(l, "ttl_ran_out");
+            wd_lost(l, "ttl_ran_out");
             continue;
         }
         if (n < wd->cap) {
@@ -159,7 +159,7 @@ static void wd__round(wd_t *wd) {
         } else {
             metrics_inc(M_WD_RENEW_FAILED);
             if (wd->results[i] == 0) {
-                wd__lost(l, "renewal_refused");
+                wd_lost(l, "renewal_refused");
             }
             /* -1: unknown; the expiry check of a later round (and the
              * claim's own check before COMMIT) decides. */

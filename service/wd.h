@@ -44,4 +44,8 @@ void wd_watch(wd_t *wd, lock_lease_t *lease);
 /* Stops renewing lease; see the thread safety notes. Idempotent. */
 void wd_unwatch(wd_t *wd, lock_lease_t *lease);
 
+/* Marks lease lost for good (idempotent); the first call counts it in
+ * couponsvc_leases_lost_total and logs why. Thread-safe. */
+void wd_lost(lock_lease_t *lease, const char *why);
+
 #endif
