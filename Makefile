@@ -23,12 +23,12 @@ LDLIBS   += -pthread
 ifeq ($(WERROR),1)
 CFLAGS   += -Werror
 endif
+comma    := ,
 ifdef SANITIZE
 BUILD    := $(BUILD)/san-$(subst $(comma),-,$(SANITIZE))
 CFLAGS   += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS  += -fsanitize=$(SANITIZE)
 endif
-comma    := ,
 
 ifneq ($(V),1)
 Q        := @

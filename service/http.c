@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -75,8 +76,10 @@ struct http {
 
 /* ------------------------------------------------------------ responses --- */
 
+/* Queues r on conn; close_after adds "Connection: close", so that nothing
+ * the client sent after this request is read as another request. */
 static enum MHD_Result http__send(http_t *h, struct MHD_Connection *conn,
-                                  api_response_t *r) {
+                                  api_response_t *r, int close_after) {
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(r->len, r->body, MHD_RESPMEM_MUST_FREE);
     if (resp == NULL) {
@@ -100,7 +103,7 @@ static enum MHD_Result http__send(http_t *h, struct MHD_Connection *conn,
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
                                 "Bearer");
     }
-    if (atomic_load(&h->draining)) {
+    if (atomic_load(&h->draining) || close_after) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     }
     enum MHD_Result ret = MHD_queue_response(conn, r->status, resp);
@@ -179,6 +182,47 @@ static void http__enqueue(http_t *h, http__req_t *rq) {
 
 /* ------------------------------------------------------------- handler --- */
 
+/* Counts the framing headers of a request (MHD_KeyValueIterator). */
+typedef struct http__framing {
+    int content_length;    /* Content-Length headers seen */
+    int transfer_encoding; /* Transfer-Encoding headers seen */
+} http__framing_t;
+
+static enum MHD_Result http__count_framing(void *cls, enum MHD_ValueKind kind,
+                                           const char *key, const char *value) {
+    http__framing_t *f = cls;
+    (void)kind;
+    (void)value;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        f->content_length++;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        f->transfer_encoding++;
+    }
+    return MHD_YES;
+}
+
+/* 1 if the request says in more than one way where its body ends: two
+ * Content-Length headers, or Content-Length with Transfer-Encoding.
+ * libmicrohttpd 0.9.75 picks one of them silently; a proxy in front may
+ * pick the other, and then the rest of this request's body would be read
+ * here as a second request ("request smuggling"). RFC 9112 section 6.3:
+ * answer 400 and close the connection. */
+static int http__ambiguous_framing(struct MHD_Connection *conn) {
+    http__framing_t f = {0, 0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, http__count_framing, &f);
+    return f.content_length > 1 ||
+           (f.content_length > 0 && f.transfer_encoding > 0);
+}
+
+static void http__answer_bad_framing(http__req_t *rq) {
+    memset(&rq->resp, 0, sizeof(rq->resp));
+    rq->resp.status = 400;
+    rq->resp.body = strdup("{\"error\":\"bad_request\",\"detail\":"
+                           "\"conflicting Content-Length or "
+                           "Transfer-Encoding headers\"}");
+    rq->resp.len = rq->resp.body != NULL ? strlen(rq->resp.body) : 0;
+}
+
 static char *http__dup(const char *s) {
     return s != NULL ? strdup(s) : NULL;
 }
@@ -210,6 +254,10 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
         if (rq->path == NULL) {
             return MHD_NO;
         }
+        if (http__ambiguous_framing(conn)) {
+            http__answer_bad_framing(rq);
+            return http__send(h, conn, &rq->resp, 1);
+        }
         const char *cl = MHD_lookup_connection_value(
             conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl != NULL && strtoull(cl, NULL, 10) > h->cfg->max_body) {
@@ -217,13 +265,13 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
              * status (405 beats 413, for one); no backend is involved. */
             rq->too_large = 1;
             http__handle(rq);
-            return http__send(h, conn, &rq->resp);
+            return http__send(h, conn, &rq->resp, 0);
         }
         return MHD_YES;
     }
 
     if (rq->state == HTTP__ANSWERED) {
-        return http__send(h, conn, &rq->resp);
+        return http__send(h, conn, &rq->resp, 0);
     }
 
     if (*upload_data_size > 0) {
@@ -253,7 +301,7 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
     /* The whole request is in. */
     if (api_is_inline(rq->method, rq->path)) {
         http__handle(rq);
-        return http__send(h, conn, &rq->resp);
+        return http__send(h, conn, &rq->resp, 0);
     }
     rq->state = HTTP__QUEUED;
     MHD_suspend_connection(conn);
@@ -278,6 +326,19 @@ static void http__completed(void *cls, struct MHD_Connection *conn,
         free(rq);
         *con_cls = NULL;
     }
+}
+
+/* libmicrohttpd's own URL unescaping, except that a URL holding "%00" is
+ * left as it is. Decoded, the NUL would end the C string the handler sees,
+ * and "/coupons/c1%00x" would be served as coupon "c1". Left encoded, the
+ * '%' fails validation like any other byte an id may not contain. */
+static size_t http__unescape(void *cls, struct MHD_Connection *conn, char *s) {
+    (void)cls;
+    (void)conn;
+    if (strstr(s, "%00") != NULL) {
+        return strlen(s);
+    }
+    return MHD_http_unescape(s);
 }
 
 static void http__log(void *cls, const char *fmt, va_list ap) {
@@ -362,7 +423,8 @@ http_t *http_start(const cfg_t *cfg) {
         (unsigned int)cfg->conn_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)(32 * 1024), MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024U,
         MHD_OPTION_NOTIFY_COMPLETED, http__completed, h,
-        MHD_OPTION_EXTERNAL_LOGGER, http__log, h, MHD_OPTION_END);
+        MHD_OPTION_EXTERNAL_LOGGER, http__log, h, MHD_OPTION_UNESCAPE_CALLBACK,
+        http__unescape, h, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (h->d == NULL) {
         log_error("http.start", "cannot listen on %s:%u (in use?)",

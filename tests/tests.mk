@@ -7,7 +7,8 @@ TEST_LIBS   = $(PKG_LIBS) $(shell pkg-config --libs libcurl 2>/dev/null) \
 UNIT_OBJS := $(addprefix $(BUILD)/tests/, tt.o unit/test_cfg.o \
 	unit/test_req.o unit/test_misc.o)
 ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
-	itest/harness.o itest/test_claim.o itest/test_api.o)
+	itest/harness.o itest/test_claim.o itest/test_api.o \
+	itest/test_hostile.o)
 
 $(BUILD)/tests/%.o: tests/%.c | deps-check
 	@mkdir -p $(dir $@)
@@ -22,13 +23,149 @@ $(BUILD)/tests/integration-tests: $(ITEST_OBJS)
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(TEST_LIBS)
 
+# `make test`: every suite that needs no special build: unit, integration
+# (claim path, API, hostile input), fault scenarios, and the local stack.
 .PHONY: test test-unit test-integration
-test: deps-check all $(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests
-	$(Q)COUPONSVC_BIN=$(BUILD)/couponsvc sh tests/run.sh \
-		$(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests
+test: deps-check all $(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests \
+		$(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so \
+		$(BUILD)/loadgen
+	$(Q)$(FAULT_ENV) LOADGEN=$(BUILD)/loadgen sh tests/run.sh \
+		$(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests \
+		$(BUILD)/tests/fault-tests tests/stack/test_stack.sh
 
 test-unit: $(BUILD)/tests/unit-tests
 	$(Q)$(BUILD)/tests/unit-tests
 
 test-integration: all $(BUILD)/tests/integration-tests
 	$(Q)COUPONSVC_BIN=$(BUILD)/couponsvc $(BUILD)/tests/integration-tests $(T)
+
+# ------------------------------------------------------------ fault tests ---
+# `make test-faults [T=name]`: the failure scenarios of issue 4 (kill -9,
+# SIGSTOP, Redis lost/stalled/partitioned/clock-jumped, PostgreSQL restarted,
+# an outside row lock), each under load, each ending with the invariants.
+# `make test-negative`: builds couponsvc with one guard removed (into
+# $(BUILD)/neg-*/) and checks that the matching scenario FAILS with it.
+
+FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
+	itest/harness.o itest/test_faults.o faults/load.o faults/proxy.o)
+
+$(BUILD)/tests/fault-tests: $(FAULT_OBJS)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(TEST_LIBS)
+
+# Preloaded into redis-server to move its wall clock (see the file for why
+# not libfaketime). Its own flags: no sanitizer may be preloaded into Redis.
+$(BUILD)/tests/libclockshift.so: tests/faults/clockshift.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	$(Q)$(CC) -std=c11 -O2 -Wall -Wextra -shared -fPIC \
+		-o $@ $<
+
+FAULT_ENV = COUPONSVC_BIN=$(BUILD)/couponsvc \
+	COUPONSVC_CLOCKSHIFT=$(BUILD)/tests/libclockshift.so
+
+.PHONY: test-faults test-negative
+test-faults: all $(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so
+	$(Q)$(FAULT_ENV) $(BUILD)/tests/fault-tests $(T)
+
+# Negative controls: UNSAFE=NO_FENCE, NO_STOCK_CHECK or FENCE_NOT_STRICT
+# compiles service/store.c with that guard removed. Only ever into a neg-* directory.
+ifdef UNSAFE
+ifeq ($(findstring /neg-,$(BUILD)),)
+$(error UNSAFE=$(UNSAFE) builds a deliberately broken couponsvc; only into \
+	a $$(BUILD)/neg-* directory, through make test-negative)
+endif
+CFLAGS += -DCOUPONSVC_UNSAFE_$(UNSAFE)
+endif
+
+test-negative: all $(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so
+	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/neg-nofence \
+		UNSAFE=NO_FENCE $(BUILD)/neg-nofence/couponsvc
+	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/neg-nostock \
+		UNSAFE=NO_STOCK_CHECK $(BUILD)/neg-nostock/couponsvc
+	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/neg-loosefence \
+		UNSAFE=FENCE_NOT_STRICT $(BUILD)/neg-loosefence/couponsvc
+	$(Q)sh tests/faults/negative.sh $(BUILD)
+
+# ------------------------------------------------------------ stack tests ---
+# `make test-stack [T=name]`: the local stack as a whole (deploy/stack.sh up
+# and down, a replica killed under load, the verifier catching injected
+# faults), each test on its own ports and state directory in /tmp.
+# `make bench-baseline`: lock vs atomic claims/s and sold-out vs /healthz
+# answers/s on one hot coupon, 3 replicas, 256 connections (about a minute).
+
+.PHONY: test-stack bench-baseline
+test-stack: all $(BUILD)/loadgen
+	$(Q)COUPONSVC_BIN=$(BUILD)/couponsvc LOADGEN=$(BUILD)/loadgen \
+		bash tests/stack/test_stack.sh $(T)
+
+bench-baseline: all $(BUILD)/loadgen
+	$(Q)COUPONSVC=$(BUILD)/couponsvc LOADGEN=$(BUILD)/loadgen \
+		bash loadtest/baseline.sh
+
+# ------------------------------------------------------------------ fuzz ----
+# `make fuzz [FUZZ_SECONDS=60]`: libFuzzer on req.c (the request parsers and
+# the id rules), with ASan and UBSan, for a bounded time. It runs on a copy
+# of the committed seed corpus in $(BUILD)/fuzz/corpus (new inputs collect
+# there, never in tests/fuzz/corpus); a crash is saved in
+# $(BUILD)/fuzz/artifacts/ and fails the target. Needs clang (FUZZ_CC).
+
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -g -O1 \
+	-fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+	-fno-sanitize-recover=all
+
+$(BUILD)/fuzz/fuzz_req: tests/fuzz/fuzz_req.c service/req.c service/req.h \
+		| deps-check
+	@mkdir -p $(dir $@)
+	@echo "  FUZZCC  $@"
+	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) $(shell pkg-config --cflags jansson) \
+		-Iservice -o $@ tests/fuzz/fuzz_req.c service/req.c \
+		$(shell pkg-config --libs jansson)
+
+.PHONY: fuzz
+fuzz: $(BUILD)/fuzz/fuzz_req
+	@mkdir -p $(BUILD)/fuzz/corpus $(BUILD)/fuzz/artifacts
+	$(Q)cp tests/fuzz/corpus/* $(BUILD)/fuzz/corpus/
+	$(Q)$(BUILD)/fuzz/fuzz_req -max_total_time=$(FUZZ_SECONDS) \
+		-max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+		-dict=tests/fuzz/req.dict \
+		-artifact_prefix=$(BUILD)/fuzz/artifacts/ $(BUILD)/fuzz/corpus
+
+# ------------------------------------------------------------ sanitizers ---
+# With SANITIZE set, every sanitized process the tests start (the test
+# binaries, couponsvc, loadgen) stops at its first report: the build has
+# -fno-sanitize-recover=all, ASan and UBSan exit non-zero, LeakSanitizer
+# checks each couponsvc that exits on SIGTERM (exit status 23 on a leak),
+# and TSan halts. A couponsvc that stops answers no more requests, so the
+# test that was talking to it fails, and its log (printed on failure) holds
+# the report. Values already in the environment win.
+#
+# `make test-sanitize`: `make test SANITIZE=address,undefined`, failing also
+# on a report that no test noticed (tests/sanitize.sh says where it looks).
+# `make test-sanitize-selfcheck`: plants an ASan, a UBSan and an LSan bug in
+# copies of the service and checks that each one fails a test.
+# `make test-tsan`: the same with ThreadSanitizer (`make test SANITIZE=thread`)
+# and tests/tsan.supp (every entry there says why it is not our race).
+# `make valgrind`: couponsvc under memcheck over a short load
+# (tests/valgrind.sh; a plain build, valgrind and ASan do not mix).
+
+ifdef SANITIZE
+export ASAN_OPTIONS ?= detect_leaks=1:strict_string_checks=1
+export UBSAN_OPTIONS ?= halt_on_error=1:print_stacktrace=1
+export TSAN_OPTIONS ?= halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan.supp
+endif
+
+.PHONY: test-sanitize test-sanitize-selfcheck test-tsan valgrind
+test-sanitize:
+	$(Q)bash tests/sanitize.sh address,undefined
+
+test-sanitize-selfcheck:
+	$(Q)bash tests/sanitize-selfcheck.sh
+
+test-tsan:
+	$(Q)bash tests/sanitize.sh thread
+
+valgrind: all
+	$(Q)bash tests/valgrind.sh $(BUILD)/couponsvc

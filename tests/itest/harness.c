@@ -28,7 +28,7 @@
 #define H_ADMIN_TOKEN "test-admin-token"
 
 /* Run-wide (set in the runner before forking, inherited by each test). */
-static char h__dir[256];   /* temporary directory of the run */
+static char h__dir[256];    /* temporary directory of the run */
 static char h__bindir[256]; /* PostgreSQL's bin directory */
 static int h__pg_port;
 static pid_t h__pg_pid;
@@ -44,7 +44,8 @@ static int h__nsvcs;
 /* -------------------------------------------------------------- helpers --- */
 
 void h_sleep_ms(long ms) {
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    struct timespec ts = {.tv_sec = ms / 1000,
+                          .tv_nsec = (ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
 }
@@ -85,8 +86,8 @@ static struct passwd *h__pg_user(void) {
 }
 
 /* fork + exec argv with stdout/stderr to logfile, optionally as pw. */
-static pid_t h__spawn(char *const *argv, const char *logfile,
-                      struct passwd *pw, const char *const *env) {
+static pid_t h__spawn(char *const *argv, const char *logfile, struct passwd *pw,
+                      const char *const *env) {
     pid_t pid = fork();
     if (pid < 0) {
         perror("fork");
@@ -136,8 +137,8 @@ static int h__wait(pid_t pid, int timeout_ms) {
 
 static void h__tail(const char *path, int lines) {
     char cmd[700];
-    snprintf(cmd, sizeof(cmd), "tail -n %d '%s' 2>/dev/null | sed 's/^/      | /'",
-             lines, path);
+    snprintf(cmd, sizeof(cmd),
+             "tail -n %d '%s' 2>/dev/null | sed 's/^/      | /'", lines, path);
     fflush(stderr);
     int rc = system(cmd);
     (void)rc;
@@ -219,8 +220,8 @@ int h_setup(void) {
     }
 
     snprintf(initdb, sizeof(initdb), "%s/initdb", h__bindir);
-    char *iargv[] = {initdb, "-D", pgdir, "-A", "trust", "-U", "postgres",
-                     "--no-sync", "-E", "UTF8", NULL};
+    char *iargv[] = {initdb,     "-D",        pgdir, "-A",   "trust", "-U",
+                     "postgres", "--no-sync", "-E",  "UTF8", NULL};
     pid_t ip = h__spawn(iargv, log, pw, NULL);
     int st = h__wait(ip, 60000);
     if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
@@ -232,19 +233,32 @@ int h_setup(void) {
     h__pg_port = h__free_port();
     snprintf(port, sizeof(port), "%d", h__pg_port);
     snprintf(postgres, sizeof(postgres), "%s/postgres", h__bindir);
-    char *pargv[] = {postgres, "-D", pgdir, "-p", port, "-k", pgdir,
-                     "-c", "listen_addresses=127.0.0.1",
-                     "-c", "fsync=off",
-                     "-c", "synchronous_commit=off",
-                     "-c", "full_page_writes=off",
-                     "-c", "max_connections=400",
+    char *pargv[] = {postgres,
+                     "-D",
+                     pgdir,
+                     "-p",
+                     port,
+                     "-k",
+                     pgdir,
+                     "-c",
+                     "listen_addresses=127.0.0.1",
+                     "-c",
+                     "fsync=off",
+                     "-c",
+                     "synchronous_commit=off",
+                     "-c",
+                     "full_page_writes=off",
+                     "-c",
+                     "max_connections=400",
                      NULL};
     h__pg_pid = h__spawn(pargv, log, pw, NULL);
 
     double end = h__now_ms() + 30000;
     char ping[128];
-    snprintf(ping, sizeof(ping), "host=127.0.0.1 port=%d dbname=postgres "
-             "user=postgres", h__pg_port);
+    snprintf(ping, sizeof(ping),
+             "host=127.0.0.1 port=%d dbname=postgres "
+             "user=postgres",
+             h__pg_port);
     while (PQping(ping) != PQPING_OK) {
         if (h__now_ms() > end || waitpid(h__pg_pid, NULL, WNOHANG) != 0) {
             fprintf(stderr, "harness: postgres did not start, see %s\n", log);
@@ -263,8 +277,10 @@ int h_setup(void) {
 
     /* The schema comes from the real migrate command. */
     char dsn[200], mlog[320];
-    snprintf(dsn, sizeof(dsn), "COUPON_PG_DSN=host=127.0.0.1 port=%d "
-             "dbname=tpl user=postgres", h__pg_port);
+    snprintf(dsn, sizeof(dsn),
+             "COUPON_PG_DSN=host=127.0.0.1 port=%d "
+             "dbname=tpl user=postgres",
+             h__pg_port);
     snprintf(mlog, sizeof(mlog), "%s/migrate.log", h__dir);
     const char *env[] = {dsn, NULL};
     char *margv[] = {(char *)h__bin(), "migrate", NULL};
@@ -315,15 +331,16 @@ void h_redis_start(void) {
     char port[16], log[400];
     snprintf(port, sizeof(port), "%d", h__redis_port);
     snprintf(log, sizeof(log), "%s/redis.log", h__test_dir);
-    char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1",
-                    "--save", "", "--appendonly", "no", "--dir", h__test_dir,
-                    "--maxmemory-policy", "noeviction", NULL};
+    char *argv[] = {"redis-server", "--port", port,        "--bind",
+                    "127.0.0.1",    "--save", "",          "--appendonly",
+                    "no",           "--dir",  h__test_dir, "--maxmemory-policy",
+                    "noeviction",   NULL};
     h__redis_pid = h__spawn(argv, log, NULL, NULL);
     double end = h__now_ms() + 10000;
     for (;;) {
         struct timeval tv = {1, 0};
-        redisContext *c = redisConnectWithTimeout("127.0.0.1", h__redis_port,
-                                                  tv);
+        redisContext *c =
+            redisConnectWithTimeout("127.0.0.1", h__redis_port, tv);
         int ok = c != NULL && c->err == 0;
         if (ok) {
             redisReply *r = redisCommand(c, "PING");
@@ -347,9 +364,13 @@ void h_redis_stop(void) {
     }
 }
 
-void h_redis_signal(int sig) { kill(h__redis_pid, sig); }
+void h_redis_signal(int sig) {
+    kill(h__redis_pid, sig);
+}
 
-int h_redis_port(void) { return h__redis_port; }
+int h_redis_port(void) {
+    return h__redis_port;
+}
 
 long long h_redis_cmd(const char *fmt, ...) {
     struct timeval tv = {2, 0};
@@ -362,8 +383,8 @@ long long h_redis_cmd(const char *fmt, ...) {
     va_end(ap);
     TT_ASSERT_MSG(r != NULL, "redis command failed: %s", c->errstr);
     long long v = r->type == REDIS_REPLY_INTEGER ? r->integer
-                  : r->type == REDIS_REPLY_NIL  ? -1
-                                                : 0;
+                  : r->type == REDIS_REPLY_NIL   ? -1
+                                                 : 0;
     if (r->type == REDIS_REPLY_STRING) {
         v = atoll(r->str);
     }
@@ -393,7 +414,9 @@ void h_begin(void) {
     h_redis_start();
 }
 
-const char *h_dsn(void) { return h__dsn; }
+const char *h_dsn(void) {
+    return h__dsn;
+}
 
 h_svc_t *h_svc_start(const char *name, const char *const *env) {
     TT_ASSERT(h__nsvcs < H_MAX_SVCS);
@@ -526,8 +549,8 @@ long h_claim(const h_svc_t *s, const char *coupon, const char *user,
     snprintf(data, sizeof(data), "{\"coupon_id\":\"%s\",\"user_id\":\"%s\"}",
              coupon, user);
     char *body = NULL;
-    long st = h_http("POST", url, "application/json", NULL, data,
-                     strlen(data), json != NULL ? &body : NULL);
+    long st = h_http("POST", url, "application/json", NULL, data, strlen(data),
+                     json != NULL ? &body : NULL);
     if (json != NULL) {
         *json = json_loads(body, 0, NULL);
         free(body);
@@ -539,8 +562,8 @@ void h_coupon(const h_svc_t *s, const char *id, long total) {
     char url[96], data[256];
     snprintf(url, sizeof(url), "%s/coupons", s->url);
     snprintf(data, sizeof(data), "{\"id\":\"%s\",\"total\":%ld}", id, total);
-    long st = h_http("POST", url, "application/json",
-                     "Bearer " H_ADMIN_TOKEN, data, strlen(data), NULL);
+    long st = h_http("POST", url, "application/json", "Bearer " H_ADMIN_TOKEN,
+                     data, strlen(data), NULL);
     TT_ASSERT_MSG(st == 201, "create coupon %s: status %ld", id, st);
 }
 
@@ -549,7 +572,8 @@ double h_metric(const h_svc_t *s, const char *series) {
     snprintf(url, sizeof(url), "%s/metrics", s->url);
     long st = h_http("GET", url, NULL, NULL, NULL, 0, &body);
     if (st != 200) {
-        if (getenv("HDEBUG")) fprintf(stderr, "metric %s: status %ld\n", url, st);
+        if (getenv("HDEBUG"))
+            fprintf(stderr, "metric %s: status %ld\n", url, st);
         free(body);
         return -1;
     }
@@ -611,8 +635,12 @@ static void *h__many_thread(void *arg) {
 void h_claim_many(h_svc_t *const *svcs, int nsvc, const char *coupon,
                   const char *prefix, int n, int threads, h_counts_t *out) {
     memset(out, 0, sizeof(*out));
-    h__many_t m = {.svcs = svcs, .nsvc = nsvc, .coupon = coupon,
-                   .prefix = prefix, .n = n, .out = out};
+    h__many_t m = {.svcs = svcs,
+                   .nsvc = nsvc,
+                   .coupon = coupon,
+                   .prefix = prefix,
+                   .n = n,
+                   .out = out};
     pthread_mutex_init(&m.mu, NULL);
     pthread_t t[256];
     if (threads > 256) {
@@ -653,11 +681,11 @@ void h_check_invariants(const char *coupon, long stock, long n201) {
     PQclear(r);
 
     TT_EQ_INT(total, stock);
-    TT_CMP_INT(claimed, <=, stock);           /* never oversold */
-    TT_EQ_INT(rows, claimed);                 /* every claim counted once */
-    TT_EQ_INT(users, rows);                   /* one claim per user */
-    TT_EQ_INT(n201, rows);                    /* every 201 durable, no more */
-    TT_EQ_INT(seqs, rows);                    /* seq 1..claimed, no repeats */
+    TT_CMP_INT(claimed, <=, stock); /* never oversold */
+    TT_EQ_INT(rows, claimed);       /* every claim counted once */
+    TT_EQ_INT(users, rows);         /* one claim per user */
+    TT_EQ_INT(n201, rows);          /* every 201 durable, no more */
+    TT_EQ_INT(seqs, rows);          /* seq 1..claimed, no repeats */
     TT_EQ_INT(maxseq, rows);
 
     /* Fences strictly rising in commit order. */
@@ -695,16 +723,20 @@ int h_run_migrate(void) {
 /* ------------------------------------------ additions for the fault tests ---
  * See harness.h. New functions only: what the ones above do is unchanged. */
 
-const char *h_test_dir(void) { return h__test_dir; }
+const char *h_test_dir(void) {
+    return h__test_dir;
+}
 
 void h_redis_restart_with(const char *const *args, const char *const *env) {
     h_redis_stop();
     char port[16], log[400];
     snprintf(port, sizeof(port), "%d", h__redis_port);
     snprintf(log, sizeof(log), "%s/redis.log", h__test_dir);
-    char *argv[48] = {"redis-server", "--port", port, "--bind", "127.0.0.1",
-                      "--save", "", "--appendonly", "no", "--dir",
-                      h__test_dir, "--maxmemory-policy", "noeviction"};
+    char *argv[48] = {
+        "redis-server", "--port", port,        "--bind",
+        "127.0.0.1",    "--save", "",          "--appendonly",
+        "no",           "--dir",  h__test_dir, "--maxmemory-policy",
+        "noeviction"};
     int n = 13;
     for (int i = 0; args != NULL && args[i] != NULL && n < 47; i++) {
         argv[n++] = (char *)args[i];
@@ -714,8 +746,8 @@ void h_redis_restart_with(const char *const *args, const char *const *env) {
     double end = h__now_ms() + 10000;
     for (;;) {
         struct timeval tv = {1, 0};
-        redisContext *c = redisConnectWithTimeout("127.0.0.1", h__redis_port,
-                                                  tv);
+        redisContext *c =
+            redisConnectWithTimeout("127.0.0.1", h__redis_port, tv);
         int ok = c != NULL && c->err == 0;
         if (ok) {
             redisReply *r = redisCommand(c, "PING");
@@ -738,8 +770,8 @@ pid_t h_redis_stall_bg(long ms) {
     snprintf(port, sizeof(port), "%d", h__redis_port);
     snprintf(secs, sizeof(secs), "%ld.%03ld", ms / 1000, ms % 1000);
     snprintf(log, sizeof(log), "%s/redis-cli.log", h__test_dir);
-    char *argv[] = {"redis-cli", "-h", "127.0.0.1", "-p", port, "DEBUG",
-                    "SLEEP", secs, NULL};
+    char *argv[] = {"redis-cli", "-h",    "127.0.0.1", "-p", port,
+                    "DEBUG",     "SLEEP", secs,        NULL};
     return h__spawn(argv, log, NULL, NULL);
 }
 
@@ -753,26 +785,40 @@ static void h__ppg_spawn(void) {
     char postgres[300], port[16];
     snprintf(port, sizeof(port), "%d", h__ppg_port);
     snprintf(postgres, sizeof(postgres), "%s/postgres", h__bindir);
-    char *argv[] = {postgres, "-D", h__ppg_dir, "-p", port,
-                    "-k", h__ppg_dir,
-                    "-c", "listen_addresses=127.0.0.1",
-                    "-c", "fsync=off",
-                    "-c", "full_page_writes=off",
-                    "-c", "synchronous_commit=on",
-                    "-c", "max_connections=200",
+    char *argv[] = {postgres,
+                    "-D",
+                    h__ppg_dir,
+                    "-p",
+                    port,
+                    "-k",
+                    h__ppg_dir,
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "synchronous_commit=on",
+                    "-c",
+                    "max_connections=200",
                     NULL};
     h__ppg_pid = h__spawn(argv, h__ppg_log, h__pg_user(), NULL);
 
     char ping[160];
-    snprintf(ping, sizeof(ping), "host=127.0.0.1 port=%d dbname=postgres "
-             "user=postgres connect_timeout=2", h__ppg_port);
+    snprintf(ping, sizeof(ping),
+             "host=127.0.0.1 port=%d dbname=postgres "
+             "user=postgres connect_timeout=2",
+             h__ppg_port);
     double end = h__now_ms() + 30000;
     while (PQping(ping) != PQPING_OK) {
         TT_ASSERT_MSG(waitpid(h__ppg_pid, NULL, WNOHANG) == 0,
                       "private postgres exited during start, see %s",
                       h__ppg_log);
-        TT_ASSERT_MSG(h__now_ms() < end, "private postgres did not start, "
-                      "see %s", h__ppg_log);
+        TT_ASSERT_MSG(h__now_ms() < end,
+                      "private postgres did not start, "
+                      "see %s",
+                      h__ppg_log);
         h_sleep_ms(20);
     }
 }
@@ -792,8 +838,8 @@ void h_pg_private_start(void) {
     }
     char initdb[300];
     snprintf(initdb, sizeof(initdb), "%s/initdb", h__bindir);
-    char *iargv[] = {initdb, "-D", h__ppg_dir, "-A", "trust", "-U",
-                     "postgres", "--no-sync", "-E", "UTF8", NULL};
+    char *iargv[] = {initdb,     "-D",        h__ppg_dir, "-A",   "trust", "-U",
+                     "postgres", "--no-sync", "-E",       "UTF8", NULL};
     int st = h__wait(h__spawn(iargv, h__ppg_log, pw, NULL), 60000);
     TT_ASSERT_MSG(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
                   "initdb of the private cluster failed, see %s", h__ppg_log);
@@ -802,8 +848,10 @@ void h_pg_private_start(void) {
     h__ppg_spawn();
 
     char dsn[200];
-    snprintf(dsn, sizeof(dsn), "host=127.0.0.1 port=%d dbname=postgres "
-             "user=postgres connect_timeout=5", h__ppg_port);
+    snprintf(dsn, sizeof(dsn),
+             "host=127.0.0.1 port=%d dbname=postgres "
+             "user=postgres connect_timeout=5",
+             h__ppg_port);
     PGconn *c = PQconnectdb(dsn);
     TT_ASSERT_MSG(PQstatus(c) == CONNECTION_OK, "private postgres: %s",
                   PQerrorMessage(c));

@@ -42,8 +42,8 @@ const char *h_dsn(void); /* the test database, for COUPON_PG_DSN */
 int h_redis_port(void);
 
 /* Redis control, for fault tests. */
-void h_redis_stop(void);   /* SIGTERM and wait: data gone (no persistence) */
-void h_redis_start(void);  /* on the same port */
+void h_redis_stop(void);      /* SIGTERM and wait: data gone (no persistence) */
+void h_redis_start(void);     /* on the same port */
 void h_redis_signal(int sig); /* e.g. SIGSTOP / SIGCONT */
 
 /* Runs one Redis command on the test's Redis; returns its integer reply or
