@@ -62,7 +62,8 @@ static const cfg__opt_t cfg__opts[] = {
     {"COUPON_MAX_CONNECTIONS", CFG__U32, F(max_connections), "4096", 1, 1000000,
      "concurrent HTTP connections accepted"},
     {"COUPON_CONN_TIMEOUT_S", CFG__U32, F(conn_timeout_s), "30", 1, 3600,
-     "seconds an idle or slow HTTP connection is kept"},
+     "seconds a connection may stay idle, and may take to deliver a "
+     "request"},
     {"COUPON_MAX_BODY", CFG__U32, F(max_body), "4096", 64, 1048576,
      "request body limit in bytes (413 above it)"},
     {"COUPON_REDIS_TIMEOUT_MS", CFG__U32, F(redis_timeout_ms), NULL, 0, 60000,

@@ -59,9 +59,27 @@ typedef struct http__req {
     struct http__req *next; /* queue link */
 } http__req_t;
 
+/* One open connection, for the slow-client deadline (see http__reaper). */
+typedef struct http__conn {
+    MHD_socket fd;       /* the connection's socket; valid while listed */
+    int64_t deadline_ns; /* the request must have arrived by then */
+    int busy;            /* a request is being answered: no deadline */
+    int reaped;          /* shut down once already */
+    struct http__conn *prev, *next;
+} http__conn_t;
+
 struct http {
     struct MHD_Daemon *d;
     const cfg_t *cfg;
+    int64_t request_deadline_ns; /* COUPON_CONN_TIMEOUT_S, in ns */
+
+    /* Open connections, guarded by conns_mu; the reaper walks them. */
+    pthread_mutex_t conns_mu;
+    http__conn_t *conns;
+    pthread_t reaper;
+    pthread_cond_t reaper_wake;
+    int reaper_stop;
+    int reaper_started;
     atomic_int draining;  /* set by http_stop: answer Connection: close */
     atomic_long requests; /* requests between first call and completion */
 
@@ -178,6 +196,109 @@ static void http__enqueue(http_t *h, http__req_t *rq) {
     h->tail = rq;
     pthread_cond_signal(&h->work);
     pthread_mutex_unlock(&h->mu);
+}
+
+/* ---------------------------------------------------- slow clients --- */
+
+/*
+ * libmicrohttpd's connection timeout is an *idle* timeout: a client that
+ * sends one byte every few seconds is never idle, and could hold a
+ * connection slot for hours while it trickles in a request. So every
+ * connection also has a deadline: its request must have arrived within
+ * COUPON_CONN_TIMEOUT_S of the connection being opened or of the previous
+ * response. While a request is being answered there is no deadline. The
+ * reaper thread shuts down (shutdown(2), not close) the socket of a
+ * connection past its deadline; the event loop then sees the connection
+ * fail and closes it in the ordinary way.
+ *
+ * The fd is only used while the record is on the list, and the record is
+ * taken off (under conns_mu) when libmicrohttpd reports the connection
+ * closed, which it does before it closes the socket: the reaper can never
+ * shut down a reused fd.
+ */
+static void http__conn_notify(void *cls, struct MHD_Connection *conn,
+                              void **socket_context,
+                              enum MHD_ConnectionNotificationCode toe) {
+    http_t *h = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        http__conn_t *c = calloc(1, sizeof(*c));
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (c == NULL || ci == NULL) {
+            free(c);
+            *socket_context = NULL; /* no deadline for this one */
+            return;
+        }
+        c->fd = ci->connect_fd;
+        c->deadline_ns = mono_ns() + h->request_deadline_ns;
+        pthread_mutex_lock(&h->conns_mu);
+        c->next = h->conns;
+        if (h->conns != NULL) {
+            h->conns->prev = c;
+        }
+        h->conns = c;
+        pthread_mutex_unlock(&h->conns_mu);
+        *socket_context = c;
+        return;
+    }
+    http__conn_t *c = *socket_context;
+    if (c == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&h->conns_mu);
+    if (c->prev != NULL) {
+        c->prev->next = c->next;
+    } else {
+        h->conns = c->next;
+    }
+    if (c->next != NULL) {
+        c->next->prev = c->prev;
+    }
+    pthread_mutex_unlock(&h->conns_mu);
+    free(c);
+    *socket_context = NULL;
+}
+
+/* busy = 1: a request is complete and being answered; busy = 0: answered,
+ * the next request's deadline starts now. */
+static void http__conn_busy(http_t *h, struct MHD_Connection *conn, int busy) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    http__conn_t *c = ci != NULL ? ci->socket_context : NULL;
+    if (c == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&h->conns_mu);
+    c->busy = busy;
+    if (!busy) {
+        c->deadline_ns = mono_ns() + h->request_deadline_ns;
+    }
+    pthread_mutex_unlock(&h->conns_mu);
+}
+
+static void *http__reaper(void *arg) {
+    http_t *h = arg;
+    pthread_mutex_lock(&h->conns_mu);
+    while (!h->reaper_stop) {
+        int64_t now = mono_ns();
+        for (http__conn_t *c = h->conns; c != NULL; c = c->next) {
+            if (!c->busy && !c->reaped && now >= c->deadline_ns) {
+                c->reaped = 1;
+                shutdown(c->fd, SHUT_RDWR);
+                log_debug("http.slow_client",
+                          "fd=%d closed: no complete "
+                          "request within %lld s",
+                          (int)c->fd,
+                          (long long)(h->request_deadline_ns / 1000000000LL));
+            }
+        }
+        int64_t next = mono_ns() + 500 * MONO_MS;
+        struct timespec ts = {.tv_sec = next / 1000000000LL,
+                              .tv_nsec = next % 1000000000LL};
+        pthread_cond_timedwait(&h->reaper_wake, &h->conns_mu, &ts);
+    }
+    pthread_mutex_unlock(&h->conns_mu);
+    return NULL;
 }
 
 /* ------------------------------------------------------------- handler --- */
@@ -299,6 +420,7 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
     }
 
     /* The whole request is in. */
+    http__conn_busy(h, conn, 1);
     if (api_is_inline(rq->method, rq->path)) {
         http__handle(rq);
         return http__send(h, conn, &rq->resp, 0);
@@ -313,9 +435,9 @@ static void http__completed(void *cls, struct MHD_Connection *conn,
                             void **con_cls,
                             enum MHD_RequestTerminationCode toe) {
     http_t *h = cls;
-    (void)conn;
     (void)toe;
     http__req_t *rq = *con_cls;
+    http__conn_busy(h, conn, 0);
     if (rq != NULL) {
         atomic_fetch_sub(&h->requests, 1);
         api_response_free(&rq->resp);
@@ -366,8 +488,17 @@ static void http__stop_workers(http_t *h) {
 }
 
 static void http__free(http_t *h) {
+    if (h->reaper_started) {
+        pthread_mutex_lock(&h->conns_mu);
+        h->reaper_stop = 1;
+        pthread_cond_signal(&h->reaper_wake);
+        pthread_mutex_unlock(&h->conns_mu);
+        pthread_join(h->reaper, NULL);
+    }
     pthread_mutex_destroy(&h->mu);
     pthread_cond_destroy(&h->work);
+    pthread_mutex_destroy(&h->conns_mu);
+    pthread_cond_destroy(&h->reaper_wake);
     free(h->workers);
     free(h);
 }
@@ -394,6 +525,13 @@ http_t *http_start(const cfg_t *cfg) {
     }
     h->cfg = cfg;
     pthread_mutex_init(&h->mu, NULL);
+    pthread_mutex_init(&h->conns_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->reaper_wake, &ca);
+    pthread_condattr_destroy(&ca);
+    h->request_deadline_ns = (int64_t)cfg->conn_timeout_s * 1000000000LL;
     pthread_cond_init(&h->work, NULL);
     h->workers = calloc(cfg->threads, sizeof(*h->workers));
     for (uint32_t i = 0; h->workers != NULL && i < cfg->threads; i++) {
@@ -423,6 +561,7 @@ http_t *http_start(const cfg_t *cfg) {
         (unsigned int)cfg->conn_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)(32 * 1024), MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024U,
         MHD_OPTION_NOTIFY_COMPLETED, http__completed, h,
+        MHD_OPTION_NOTIFY_CONNECTION, http__conn_notify, h,
         MHD_OPTION_EXTERNAL_LOGGER, http__log, h, MHD_OPTION_UNESCAPE_CALLBACK,
         http__unescape, h, MHD_OPTION_END);
     freeaddrinfo(ai);
@@ -432,6 +571,11 @@ http_t *http_start(const cfg_t *cfg) {
         http__stop_workers(h);
         http__free(h);
         return NULL;
+    }
+    if (pthread_create(&h->reaper, NULL, http__reaper, h) == 0) {
+        h->reaper_started = 1;
+    } else {
+        log_warn("http.start", "no slow-client reaper: pthread_create failed");
     }
     return h;
 }

@@ -32,10 +32,11 @@
  *
  * Known limitations, checked as they are: libmicrohttpd 0.9.75 accepts an
  * HTTP/1.1 request without Host, takes the first of two Content-Types,
- * truncates a header value at a raw NUL, sends the header block of its own
- * 400 for a malformed Content-Length twice, and closes only connections
- * that send nothing for the timeout: a client that trickles a byte at a
- * time keeps its connection: the timeout is an idle timeout, not a deadline.
+ * truncates a header value at a raw NUL, and sends the header block of its
+ * own 400 for a malformed Content-Length twice. Its connection timeout is
+ * an idle timeout only; http.c adds a deadline for the whole request, so a
+ * client that trickles a byte at a time is cut off too
+ * (hostile_trickling_clients_are_cut).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -1025,6 +1026,58 @@ TT_TEST(hostile_connection_limit_full, 60) {
     for (int i = 0; i < N; i++) {
         close(fds[i]);
     }
+    check_up(s);
+    h_check_invariants("c1", 10, 1);
+}
+
+/* A client that sends a byte every 300 ms is never idle, so libmicrohttpd's
+ * idle timeout never fires; the request deadline (COUPON_CONN_TIMEOUT_S from
+ * the connection's start) must cut it off, in the header phase and in the
+ * body phase alike. Bounds are generous on purpose: this is liveness, not
+ * speed. */
+static double trickle_until_closed(int port, const char *head,
+                                   double give_up_ms) {
+    int fd = raw_connect(port);
+    double t0 = now_ms();
+    TT_ASSERT(send(fd, head, strlen(head), MSG_NOSIGNAL) > 0);
+    while (now_ms() - t0 < give_up_ms) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 300) > 0) {
+            char buf[512];
+            ssize_t n = recv(fd, buf, sizeof(buf), 0);
+            if (n <= 0) {
+                break; /* closed by the server */
+            }
+            continue; /* an answer (there should be none): keep reading */
+        }
+        if (send(fd, "a", 1, MSG_NOSIGNAL) < 0) {
+            break; /* reset by the server */
+        }
+    }
+    double ms = now_ms() - t0;
+    close(fd);
+    return ms;
+}
+
+TT_TEST(hostile_trickling_clients_are_cut, 60) {
+    h_begin();
+    const char *env[] = {"COUPON_CONN_TIMEOUT_S=2", NULL};
+    h_svc_t *s = h_svc_start("trickle", env);
+    h_coupon(s, "c1", 10);
+    /* Header phase: a header line that never ends. */
+    double hdr_ms = trickle_until_closed(
+        s->port, "POST /claim HTTP/1.1\r\nHost: t\r\nX-Slow: ", 15000);
+    /* Body phase: a body that never reaches its Content-Length. */
+    double body_ms = trickle_until_closed(
+        s->port,
+        "POST /claim HTTP/1.1\r\nHost: t\r\nContent-Type: "
+        "application/json\r\nContent-Length: 4000\r\n\r\n{\"coupon_id\":\"",
+        15000);
+    printf("# trickling clients cut after %.0f ms (headers), %.0f ms (body)\n",
+           hdr_ms, body_ms);
+    TT_CMP_INT(hdr_ms, <, 8000);
+    TT_CMP_INT(body_ms, <, 8000);
+    claim_raw(s, "after-trickle", 201);
     check_up(s);
     h_check_invariants("c1", 10, 1);
 }
