@@ -17,8 +17,8 @@
 #   STACK_DIR      state directory                          (<repo>/build/stack)
 #   LB_PORT        nginx, the load balancer                 (8080)
 #   APP_PORT_BASE  replica i listens on APP_PORT_BASE + i   (8080: 8081, 8082..)
-#   PG_PORT        PostgreSQL                               (55432)
-#   REDIS_PORT     Redis                                    (56379)
+#   PG_PORT        PostgreSQL                               (15432)
+#   REDIS_PORT     Redis                                    (16379)
 #   COUPONSVC      the service binary                       (<repo>/build/couponsvc)
 #   PG_BIN         PostgreSQL server binaries  (/usr/lib/postgresql/15/bin)
 #   PG_PASSWORD    password of the couponsvc database role  (couponsvc)
@@ -50,8 +50,11 @@ REPLICAS=${REPLICAS:-3}
 STACK_DIR=${STACK_DIR:-$ROOT/build/stack}
 LB_PORT=${LB_PORT:-8080}
 APP_PORT_BASE=${APP_PORT_BASE:-8080}
-PG_PORT=${PG_PORT:-55432}
-REDIS_PORT=${REDIS_PORT:-56379}
+# Defaults below Linux's ephemeral range (32768-60999): a port in that range
+# can be taken at any moment as the local end of some outgoing connection,
+# and `up` then fails with "address already in use".
+PG_PORT=${PG_PORT:-15432}
+REDIS_PORT=${REDIS_PORT:-16379}
 COUPONSVC=${COUPONSVC:-$ROOT/build/couponsvc}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_PASSWORD=${PG_PASSWORD:-couponsvc}
