@@ -321,6 +321,41 @@ static int store__existing(store_t *st, const char *coupon,
 
 /* --------------------------------------------------------------- claim --- */
 
+/* The check: reads the coupon and the user's claim. Returns STORE_ERR,
+ * STORE_NOT_FOUND, STORE_OK with item->status set when the check already
+ * answers (already claimed, sold out), or STORE__PROCEED with the coupon's
+ * *total and *claimed when a write should follow. */
+#define STORE__PROCEED 100
+static int store__check(store_t *st, const char *coupon, store_item_t *item,
+                        int64_t *total, int64_t *claimed) {
+    const char *p[2] = {coupon, item->user_id};
+    PGresult *res = store__exec(st, "check", 2, p, PGRES_TUPLES_OK);
+    if (res == NULL) {
+        return STORE_ERR;
+    }
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        return STORE_NOT_FOUND;
+    }
+    *total = store__int(res, 0, 0);
+    *claimed = store__int(res, 0, 1);
+    if (!PQgetisnull(res, 0, 3)) {
+        item->status = STORE_ALREADY;
+        item->claim_id = store__int(res, 0, 3);
+        item->fence = store__int(res, 0, 4);
+        item->remaining = *total - *claimed;
+        PQclear(res);
+        return STORE_OK;
+    }
+    PQclear(res);
+    if (*claimed >= *total) {
+        item->status = STORE_SOLD_OUT;
+        item->remaining = 0;
+        return STORE_OK;
+    }
+    return STORE__PROCEED;
+}
+
 /* One item inside the open transaction. Returns STORE_OK (item->status set),
  * STORE_NOT_FOUND, STORE_FENCED, STORE_ALREADY when the INSERT hit another
  * transaction's claim of the same user (the transaction is then aborted),
@@ -337,29 +372,10 @@ static int store__claim_item(store_t *st, const char *coupon, int64_t fence,
 #endif
     char max_txt[24];
     snprintf(max_txt, sizeof(max_txt), "%lld", (long long)max_seen);
-    PGresult *res = store__exec(st, "check", 2, p, PGRES_TUPLES_OK);
-    if (res == NULL) {
-        return STORE_ERR;
-    }
-    if (PQntuples(res) == 0) {
-        PQclear(res);
-        return STORE_NOT_FOUND;
-    }
-    int64_t total = store__int(res, 0, 0);
-    int64_t claimed = store__int(res, 0, 1);
-    if (!PQgetisnull(res, 0, 3)) {
-        item->status = STORE_ALREADY;
-        item->claim_id = store__int(res, 0, 3);
-        item->fence = store__int(res, 0, 4);
-        item->remaining = total - claimed;
-        PQclear(res);
-        return STORE_OK;
-    }
-    PQclear(res);
-    if (claimed >= total) {
-        item->status = STORE_SOLD_OUT;
-        item->remaining = 0;
-        return STORE_OK;
+    int64_t total, claimed;
+    int crc = store__check(st, coupon, item, &total, &claimed);
+    if (crc != STORE__PROCEED) {
+        return crc;
     }
     fault_pause(FAULT_AFTER_CHECK); /* tests only: let the check go stale */
 
@@ -377,7 +393,7 @@ static int store__claim_item(store_t *st, const char *coupon, int64_t fence,
         np = 3;
         stmt = "write_free";
     }
-    res = PQexecPrepared(st->conn, stmt, np, p, NULL, NULL, 0);
+    PGresult *res = PQexecPrepared(st->conn, stmt, np, p, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         if (store__is_unique_violation(res)) {
             /* Another transaction inserted this user's claim after our
@@ -492,29 +508,10 @@ int store_claim_naive(store_t *st, const char *coupon, store_item_t *item) {
         return STORE_ERR;
     }
     const char *p[4] = {coupon, item->user_id};
-    PGresult *res = store__exec(st, "check", 2, p, PGRES_TUPLES_OK);
-    if (res == NULL) {
-        return STORE_ERR;
-    }
-    if (PQntuples(res) == 0) {
-        PQclear(res);
-        return STORE_NOT_FOUND;
-    }
-    int64_t total = store__int(res, 0, 0);
-    int64_t claimed = store__int(res, 0, 1);
-    if (!PQgetisnull(res, 0, 3)) {
-        item->status = STORE_ALREADY;
-        item->claim_id = store__int(res, 0, 3);
-        item->fence = store__int(res, 0, 4);
-        item->remaining = total - claimed;
-        PQclear(res);
-        return STORE_OK;
-    }
-    PQclear(res);
-    if (claimed >= total) {
-        item->status = STORE_SOLD_OUT;
-        item->remaining = 0;
-        return STORE_OK;
+    int64_t total, claimed;
+    int crc = store__check(st, coupon, item, &total, &claimed);
+    if (crc != STORE__PROCEED) {
+        return crc;
     }
 
     /* The bug on purpose: between the read above and these writes, other
@@ -522,7 +519,7 @@ int store_claim_naive(store_t *st, const char *coupon, store_item_t *item) {
     char next[24];
     snprintf(next, sizeof(next), "%lld", (long long)(claimed + 1));
     p[1] = next;
-    res = store__exec(st, "naive_set", 2, p, PGRES_COMMAND_OK);
+    PGresult *res = store__exec(st, "naive_set", 2, p, PGRES_COMMAND_OK);
     if (res == NULL) {
         return STORE_ERR;
     }

@@ -327,15 +327,24 @@ long long h_pg_int(const char *sql) {
 
 /* -------------------------------------------------------------- redis --- */
 
-void h_redis_start(void) {
+/* Starts redis-server on the test's port with the harness's settings, plus
+ * args (NULL-terminated, may be NULL) and env ("K=V", may be NULL), and
+ * waits until it answers PING. */
+static void h__redis_launch(const char *const *args, const char *const *env) {
     char port[16], log[400];
     snprintf(port, sizeof(port), "%d", h__redis_port);
     snprintf(log, sizeof(log), "%s/redis.log", h__test_dir);
-    char *argv[] = {"redis-server", "--port", port,        "--bind",
-                    "127.0.0.1",    "--save", "",          "--appendonly",
-                    "no",           "--dir",  h__test_dir, "--maxmemory-policy",
-                    "noeviction",   NULL};
-    h__redis_pid = h__spawn(argv, log, NULL, NULL);
+    char *argv[48] = {
+        "redis-server", "--port", port,        "--bind",
+        "127.0.0.1",    "--save", "",          "--appendonly",
+        "no",           "--dir",  h__test_dir, "--maxmemory-policy",
+        "noeviction"};
+    int n = 13;
+    for (int i = 0; args != NULL && args[i] != NULL && n < 47; i++) {
+        argv[n++] = (char *)args[i];
+    }
+    argv[n] = NULL;
+    h__redis_pid = h__spawn(argv, log, NULL, env);
     double end = h__now_ms() + 10000;
     for (;;) {
         struct timeval tv = {1, 0};
@@ -351,9 +360,15 @@ void h_redis_start(void) {
         if (ok) {
             return;
         }
+        TT_ASSERT_MSG(waitpid(h__redis_pid, NULL, WNOHANG) == 0,
+                      "redis exited during start (%s)", log);
         TT_ASSERT_MSG(h__now_ms() < end, "redis did not start (%s)", log);
         h_sleep_ms(20);
     }
+}
+
+void h_redis_start(void) {
+    h__redis_launch(NULL, NULL);
 }
 
 void h_redis_stop(void) {
@@ -729,40 +744,7 @@ const char *h_test_dir(void) {
 
 void h_redis_restart_with(const char *const *args, const char *const *env) {
     h_redis_stop();
-    char port[16], log[400];
-    snprintf(port, sizeof(port), "%d", h__redis_port);
-    snprintf(log, sizeof(log), "%s/redis.log", h__test_dir);
-    char *argv[48] = {
-        "redis-server", "--port", port,        "--bind",
-        "127.0.0.1",    "--save", "",          "--appendonly",
-        "no",           "--dir",  h__test_dir, "--maxmemory-policy",
-        "noeviction"};
-    int n = 13;
-    for (int i = 0; args != NULL && args[i] != NULL && n < 47; i++) {
-        argv[n++] = (char *)args[i];
-    }
-    argv[n] = NULL;
-    h__redis_pid = h__spawn(argv, log, NULL, env);
-    double end = h__now_ms() + 10000;
-    for (;;) {
-        struct timeval tv = {1, 0};
-        redisContext *c =
-            redisConnectWithTimeout("127.0.0.1", h__redis_port, tv);
-        int ok = c != NULL && c->err == 0;
-        if (ok) {
-            redisReply *r = redisCommand(c, "PING");
-            ok = r != NULL && r->type == REDIS_REPLY_STATUS;
-            freeReplyObject(r);
-        }
-        redisFree(c);
-        if (ok) {
-            return;
-        }
-        TT_ASSERT_MSG(waitpid(h__redis_pid, NULL, WNOHANG) == 0,
-                      "redis exited during start (%s)", log);
-        TT_ASSERT_MSG(h__now_ms() < end, "redis did not start (%s)", log);
-        h_sleep_ms(20);
-    }
+    h__redis_launch(args, env);
 }
 
 pid_t h_redis_stall_bg(long ms) {
