@@ -163,8 +163,8 @@ say "memcheck: ${errors:-?} errors, ${definite:-0} bytes definitely lost (log: $
 sed -n '/HEAP SUMMARY/,/ERROR SUMMARY/p' "$OUT" | grep -v '^==[0-9]*== *$' | sed 's/^==[0-9]*== /    /'
 
 claimed=$(psql -tA -h 127.0.0.1 -p "$PG_PORT" -U postgres -c \
-    "SELECT (SELECT claimed FROM coupons WHERE id='vg1') || ' ' || (SELECT count(*) FROM claims)" vg)
-say "database: vg1 claimed (of $stock) and claim rows: $claimed"
+    "SELECT (SELECT claimed FROM coupons WHERE id='vg1') || ' of $stock; claim rows, all coupons: ' || (SELECT count(*) FROM claims)" vg)
+say "database: coupon vg1 claimed $claimed"
 
 if [ "$rc" != 0 ] || [ "${errors:-1}" != 0 ] || [ "${definite:-0}" != 0 ]; then
     grep -A 30 'definitely lost in\|Invalid \|uninitialised\|Mismatched' "$OUT" | head -120
