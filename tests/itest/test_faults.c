@@ -331,8 +331,8 @@ TT_TEST(sigstop_holder_after_acquire, 60) {
     kill(v->pid, SIGSTOP);
     double t_stop = fl_now_ms();
     h_sleep_ms(2500);
+    double t_cont = fl_now_ms(); /* before: the window closes as we send */
     kill(v->pid, SIGCONT);
-    double t_cont = fl_now_ms();
     solo_join(&so);
     h_sleep_ms(1000);
     fl_stop(l);
@@ -413,8 +413,8 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
         }
         h_sleep_ms(20);
     }
+    double t_cont = fl_now_ms(); /* before: the window closes as we send */
     kill(v->pid, SIGCONT);
-    double t_cont = fl_now_ms();
     solo_join(&so);
     h_sleep_ms(2000);
     fl_stop(l);
@@ -1027,10 +1027,12 @@ TT_TEST(outside_row_lock, 60) {
     long f0 = h_redis_cmd("GET coupon:{rl}:fence");
     h_sleep_ms(2500);
     long f1 = h_redis_cmd("GET coupon:{rl}:fence");
+    /* The window ends when the ROLLBACK is SENT: a claim waiting on the row
+     * may commit and be answered before the ROLLBACK's own reply is back. */
+    double t_unlock = fl_now_ms();
     res = PQexec(pg, "ROLLBACK");
     PQclear(res);
     PQfinish(pg);
-    double t_unlock = fl_now_ms();
     h_sleep_ms(1500);
     fl_stop(l);
     fl_print(l, "load");
