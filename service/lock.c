@@ -157,20 +157,61 @@ static int lock__argv(lock_client_t *cl, lock__script_t s, int use_src,
 /* Runs script s. Returns a new reply (freeReplyObject) or NULL after
  * lock__fail. An error reply from the script itself is returned as a reply,
  * for the caller to judge. */
-static redisReply *lock__eval(lock_client_t *cl, lock__script_t s,
-                              const char **keys, int nkeys, const char **args,
-                              int nargs) {
+/* 1 if the last failure says the server had closed or reset the
+ * connection (EOF, ECONNRESET, EPIPE), not that it was slow. */
+static int lock__dropped(const redisContext *c) {
+    return c->err == REDIS_ERR_EOF ||
+           (c->err == REDIS_ERR_IO &&
+            (strcmp(c->errstr, strerror(ECONNRESET)) == 0 ||
+             strcmp(c->errstr, strerror(EPIPE)) == 0));
+}
+
+/* Sends one command and returns its reply (new), or NULL after lock__fail.
+ *
+ * A connection that sat idle may have been closed under us: Redis restarted,
+ * or a proxy timed it out. Then the first command on it fails although Redis
+ * is fine, and every worker would answer one spurious 503 after each Redis
+ * restart. So when a connection that was already open fails with EOF or a
+ * reset, the command is sent once more on a fresh one. Every command here
+ * can be repeated safely: an acquire whose first copy did reach Redis left
+ * at worst a lock nobody holds, which its TTL removes (the repeat then
+ * finds it busy and waits). A timeout is NOT retried: Redis may be running
+ * the command right now. */
+static redisReply *lock__command(lock_client_t *cl, int argc,
+                                 const char **argv) {
+    int reused = cl->ctx != NULL;
     if (lock__connect(cl) != LOCK_OK) {
         return NULL;
     }
+    redisReply *r = redisCommandArgv(cl->ctx, argc, argv, NULL);
+    if (r == NULL && reused && lock__dropped(cl->ctx)) {
+        lock__disconnect(cl);
+        if (lock__connect(cl) != LOCK_OK) {
+            return NULL;
+        }
+        r = redisCommandArgv(cl->ctx, argc, argv, NULL);
+    }
+    if (r == NULL) {
+        lock__fail(cl, argv[0]);
+    }
+    return r;
+}
+
+/* Runs script s. Returns a new reply (freeReplyObject) or NULL after
+ * lock__fail. An error reply from the script itself is returned as a reply,
+ * for the caller to judge. */
+static redisReply *lock__eval(lock_client_t *cl, lock__script_t s,
+                              const char **keys, int nkeys, const char **args,
+                              int nargs) {
     const char *argv[8];
     char nk[8];
+    /* argv[1] points INTO cl->sha[s]: if lock__command has to (re)connect,
+     * SCRIPT LOAD refills that buffer before the command is sent. */
     for (int use_src = 0; use_src < 2; use_src++) {
         int argc =
             lock__argv(cl, s, use_src, keys, nkeys, args, nargs, argv, nk);
-        redisReply *r = redisCommandArgv(cl->ctx, argc, argv, NULL);
+        redisReply *r = lock__command(cl, argc, argv);
         if (r == NULL) {
-            lock__fail(cl, argv[0]);
             return NULL;
         }
         if (!lock__is_noscript(r) || use_src) {
@@ -429,12 +470,10 @@ int lock_release(lock_client_t *cl, const lock_lease_t *lease) {
 }
 
 int lock_check(lock_client_t *cl, const lock_lease_t *lease) {
-    if (lock__connect(cl) != LOCK_OK) {
-        return LOCK_ERR;
-    }
-    redisReply *r = redisCommand(cl->ctx, "GET %s", lease->key);
+    const char *argv[] = {"GET", lease->key};
+    redisReply *r = lock__command(cl, 2, argv);
     if (r == NULL) {
-        return lock__fail(cl, "GET");
+        return LOCK_ERR;
     }
     int held =
         r->type == REDIS_REPLY_STRING && strcmp(r->str, lease->token) == 0;
@@ -462,12 +501,10 @@ int lock_raise_fence(lock_client_t *cl, const char *coupon, int64_t floor,
 }
 
 int lock_ping(lock_client_t *cl) {
-    if (lock__connect(cl) != LOCK_OK) {
-        return LOCK_ERR;
-    }
-    redisReply *r = redisCommand(cl->ctx, "PING");
+    const char *argv[] = {"PING"};
+    redisReply *r = lock__command(cl, 1, argv);
     if (r == NULL) {
-        return lock__fail(cl, "PING");
+        return LOCK_ERR;
     }
     int ok = r->type == REDIS_REPLY_STATUS;
     freeReplyObject(r);

@@ -439,13 +439,32 @@ static int store__claim_item(store_t *st, const char *coupon, int64_t fence,
     return STORE_OK;
 }
 
-int store_claim(store_t *st, const char *coupon, int64_t fence,
-                store_item_t *items, size_t n, store_gate_fn gate, void *arg,
-                int64_t *last_fence_out) {
+/* BEGIN, on a connection that may have died while it sat idle (PostgreSQL
+ * restarted, a proxy timed it out). If BEGIN finds the connection dead,
+ * nothing of this transaction was sent yet, so it is safe to connect again
+ * and BEGIN once more; otherwise every worker would answer one spurious 503
+ * after each PostgreSQL restart. */
+static int store__begin(store_t *st) {
+    int reused = st->conn != NULL;
     if (store__connect(st) != STORE_OK) {
         return STORE_ERR;
     }
-    if (store__simple(st, "BEGIN") != STORE_OK) {
+    if (store__simple(st, "BEGIN") == STORE_OK) {
+        return STORE_OK;
+    }
+    if (!reused || st->conn != NULL) {
+        return STORE_ERR; /* a fresh connection, or a live one that refused */
+    }
+    if (store__connect(st) != STORE_OK) {
+        return STORE_ERR;
+    }
+    return store__simple(st, "BEGIN");
+}
+
+int store_claim(store_t *st, const char *coupon, int64_t fence,
+                store_item_t *items, size_t n, store_gate_fn gate, void *arg,
+                int64_t *last_fence_out) {
+    if (store__begin(st) != STORE_OK) {
         return STORE_ERR;
     }
 

@@ -1073,3 +1073,41 @@ TT_TEST(outside_row_lock, 60) {
     finish("rl", STOCK, ls, 1, 0, s, 2);
     fl_free(l);
 }
+
+/*
+ * Redis and PostgreSQL restarted while the service sits idle: every worker
+ * holds a connection that died under it. The first claim on each must not
+ * fail for that alone: lock.c sends a command again on a fresh connection
+ * when a kept one turns out closed (EOF or reset, never a timeout), and
+ * store.c does the same for a BEGIN. Before that, each worker answered one
+ * spurious 503 after every restart.
+ */
+TT_TEST(idle_connections_survive_backend_restarts, 90) {
+    h_begin();
+    h_pg_private_start();
+    const char *env[] = {"COUPON_THREADS=4", "COUPON_LOCK_WAIT_MS=5000", NULL};
+    h_svc_t *s = h_svc_start("idle-1", env);
+    h_coupon(s, "ir", 1000);
+    h_svc_t *one[] = {s};
+    h_counts_t c;
+    /* Enough concurrent claims that every worker opens its connections. */
+    h_claim_many(one, 1, "ir", "warm", 40, 8, &c);
+    TT_EQ_INT(c.by_status[201], 40);
+
+    h_redis_stop();
+    h_redis_start(); /* empty: the fence counter is gone too */
+    h_claim_many(one, 1, "ir", "after-redis", 40, 8, &c);
+    printf("    after the Redis restart: 201=%ld 503=%ld\n", c.by_status[201],
+           c.by_status[503]);
+    TT_EQ_INT(c.by_status[503], 0);
+    TT_EQ_INT(c.by_status[201], 40);
+
+    h_pg_private_stop("fast");
+    h_pg_private_restart();
+    h_claim_many(one, 1, "ir", "after-pg", 40, 8, &c);
+    printf("    after the PostgreSQL restart: 201=%ld 503=%ld\n",
+           c.by_status[201], c.by_status[503]);
+    TT_EQ_INT(c.by_status[503], 0);
+    TT_EQ_INT(c.by_status[201], 40);
+    h_check_invariants("ir", 1000, 120);
+}
