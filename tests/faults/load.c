@@ -3,6 +3,8 @@
  */
 #include "load.h"
 
+#include "itest/harness.h"
+
 #include <curl/curl.h>
 #include <jansson.h>
 #include <libpq-fe.h>
@@ -43,24 +45,9 @@ double fl_now_ms(void) {
 /* ---------------------------------------------------------------- http --- */
 
 typedef struct fl__buf {
-    char *p;
-    size_t len;
+    h_buf_t body; /* the body, collected by h_buf_write */
     int retry_after;
 } fl__buf_t;
-
-static size_t fl__body(char *ptr, size_t size, size_t n, void *arg) {
-    fl__buf_t *b = arg;
-    size_t add = size * n;
-    char *p = realloc(b->p, b->len + add + 1);
-    if (p == NULL) {
-        return 0;
-    }
-    memcpy(p + b->len, ptr, add);
-    b->p = p;
-    b->len += add;
-    b->p[b->len] = '\0';
-    return add;
-}
 
 static size_t fl__header(char *ptr, size_t size, size_t n, void *arg) {
     fl__buf_t *b = arg;
@@ -89,8 +76,8 @@ void fl_claim(const char *url, const char *coupon, const char *user,
     curl_easy_setopt(curl, CURLOPT_POSTFIELDS, data);
     curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long)strlen(data));
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdr);
-    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, fl__body);
-    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, h_buf_write);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &b.body);
     curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, fl__header);
     curl_easy_setopt(curl, CURLOPT_HEADERDATA, &b);
     curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout_ms);
@@ -108,7 +95,7 @@ void fl_claim(const char *url, const char *coupon, const char *user,
     r->retry_after = b.retry_after;
     curl_slist_free_all(hdr);
 
-    json_t *j = b.p != NULL ? json_loads(b.p, 0, NULL) : NULL;
+    json_t *j = b.body.p != NULL ? json_loads(b.body.p, 0, NULL) : NULL;
     const char *s;
     if ((s = json_string_value(json_object_get(j, "error"))) != NULL) {
         snprintf(r->error, sizeof(r->error), "%s", s);
@@ -121,7 +108,7 @@ void fl_claim(const char *url, const char *coupon, const char *user,
         r->fence = (long)json_integer_value(f);
     }
     json_decref(j);
-    free(b.p);
+    free(b.body.p);
 }
 
 /* ---------------------------------------------------------------- load --- */

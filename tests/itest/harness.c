@@ -489,13 +489,8 @@ int h_svc_stop(h_svc_t *s, int timeout_ms) {
 
 /* ---------------------------------------------------------------- http --- */
 
-typedef struct h__buf {
-    char *p;
-    size_t len;
-} h__buf_t;
-
-static size_t h__write(char *ptr, size_t size, size_t n, void *arg) {
-    h__buf_t *b = arg;
+size_t h_buf_write(char *ptr, size_t size, size_t n, void *arg) {
+    h_buf_t *b = arg;
     size_t add = size * n;
     char *p = realloc(b->p, b->len + add + 1);
     if (p == NULL) {
@@ -517,7 +512,7 @@ long h_http(const char *method, const char *url, const char *content_type,
     }
     CURL *c = h__curl;
     curl_easy_reset(c);
-    h__buf_t b = {0};
+    h_buf_t b = {0};
     struct curl_slist *hdr = NULL;
     char line[300];
     if (content_type != NULL) {
@@ -532,7 +527,7 @@ long h_http(const char *method, const char *url, const char *content_type,
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, h__write);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, h_buf_write);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 30000L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);

@@ -63,6 +63,14 @@ int h_svc_stop(h_svc_t *s, int timeout_ms);
 long h_http(const char *method, const char *url, const char *content_type,
             const char *auth, const char *data, size_t len, char **body);
 
+/* A response body being collected: h_buf_write is a CURLOPT_WRITEFUNCTION
+ * for it (CURLOPT_WRITEDATA = the h_buf_t); p stays NUL-terminated. */
+typedef struct h_buf {
+    char *p; /* new (free()); NULL until the first byte */
+    size_t len;
+} h_buf_t;
+size_t h_buf_write(char *ptr, size_t size, size_t n, void *arg);
+
 /* POST /claim; returns the status and the parsed body (new ref) in *json. */
 long h_claim(const h_svc_t *s, const char *coupon, const char *user,
              json_t **json);
