@@ -1417,6 +1417,13 @@ static void lg_print_verify(const lg_verify_t *v) {
 
 static void lg_print_summary(const lg_result_t *res, const lg_verify_t *v) {
     const lg_stats_t *t = &res->total;
+    if (cfg.verify_only) {
+        printf("\nverify only: nothing was sent; coupon%s %s%s\n",
+               cfg.coupons > 1 ? "s" : "", cfg.coupon,
+               cfg.coupons > 1 ? "-*" : "");
+        lg_print_verify(v);
+        return;
+    }
     printf("\n%s %s\n", cfg.raw ? cfg.method : "POST", g_target);
     if (cfg.rate > 0)
         printf("open loop: %.1f req/s scheduled, at most %d in flight, %d "
