@@ -21,12 +21,13 @@
 # The tools alternate (wrk, loadgen, wrk, ...) so that a slow patch of a
 # shared machine hurts both alike, and the medians are compared.
 #
-# On a 2-core machine nginx and the client share the CPU, so the ratio is a
-# ratio of CPU cost per request: with one nginx worker (the default) wrk
-# reaches about 105k req/s and loadgen about 85-90k, a ratio of about 0.8;
-# loadgen spends ~12 us of CPU per request against wrk's ~7.5 (libcurl's
-# per-transfer work; see the top of loadgen.c). With BENCH_NGINX_WORKERS=auto
-# nginx takes more of the CPU and the ratio falls to about 0.6.
+# On a small machine nginx and the client share the CPU, so the rate a tool
+# reaches depends on the CPU it spends per request: what it spends, nginx
+# cannot. The script therefore also prints each tool's CPU time (user +
+# system, from bash's `time`) per request. On the 2-core development VM
+# loadgen spends about 6 us per request and wrk about 8; loadgen used to
+# spend 12 (when libcurl ran every request as a transfer; see the top of
+# loadgen.c) and then reached only 0.82 of wrk's rate.
 set -euo pipefail
 
 LOADGEN=${LOADGEN:-build/loadgen}
@@ -127,21 +128,31 @@ bound=$(awk -v d="$DURATION" 'BEGIN { printf "%d", d + 30 }')
 # A short warm-up, so neither tool pays for nginx's first accepts.
 timeout --foreground "$bound" wrk -t "$THREADS" -c "$CONNS" -d 1s "$URL/" >/dev/null
 
+# Each run prints "<req/s> <CPU us per request>". The CPU time is the
+# tool's user + system time as bash's `time` reports it.
+TIMEFORMAT='%3U %3S'
+
+cpu_per_req() { # time-file rate
+    awk -v r="$2" -v d="$DURATION" '{ printf "%.2f", ($1 + $2) * 1e6 / (r * d) }' "$1"
+}
+
 run_wrk() {
-    timeout --foreground "$bound" wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" "$URL/" > "$TMP/wrk.txt"
+    { time timeout --foreground "$bound" wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" "$URL/" \
+        > "$TMP/wrk.txt"; } 2> "$TMP/wrk.time"
     r=$(awk '/^Requests\/sec:/ { print $2 }' "$TMP/wrk.txt")
     [ -n "$r" ] || { cat "$TMP/wrk.txt" >&2; die "no rate in wrk's output"; }
-    echo "$r"
+    echo "$r $(cpu_per_req "$TMP/wrk.time" "$r")"
 }
 
 run_loadgen() {
-    timeout --foreground "$bound" "$LOADGEN" --url "$URL" --method GET --path / -c "$CONNS" -t "$THREADS" \
-        -d "$DURATION" -q --json "$TMP/loadgen.json" > "$TMP/loadgen.txt"
+    { time timeout --foreground "$bound" "$LOADGEN" --url "$URL" --method GET --path / -c "$CONNS" \
+        -t "$THREADS" -d "$DURATION" -q --json "$TMP/loadgen.json" > "$TMP/loadgen.txt"; } \
+        2> "$TMP/loadgen.time"
     r=$(sed -n 's/.*"achieved_rate":\([0-9.]*\).*/\1/p' "$TMP/loadgen.json")
     [ -n "$r" ] || { cat "$TMP/loadgen.txt" >&2; die "no rate in loadgen's JSON"; }
     e=$(sed -n 's/.*"transport_errors":\([0-9]*\).*/\1/p' "$TMP/loadgen.json")
     [ "$e" = 0 ] || echo "bench-loadgen: loadgen saw $e transport errors" >&2
-    echo "$r"
+    echo "$r $(cpu_per_req "$TMP/loadgen.time" "$r")"
 }
 
 median() {
@@ -152,19 +163,25 @@ median() {
 # compare medians.
 wrk_all=''
 lg_all=''
+wrk_cpu=''
+lg_cpu=''
 for round in $(seq "$ROUNDS"); do
-    w=$(run_wrk)
-    l=$(run_loadgen)
-    printf 'round %d: wrk %8.0f req/s   loadgen %8.0f req/s   (%.2f)\n' "$round" "$w" "$l" \
-        "$(awk -v a="$l" -v b="$w" 'BEGIN { print a / b }')"
+    read -r w wc <<< "$(run_wrk)"
+    read -r l lc <<< "$(run_loadgen)"
+    printf 'round %d: wrk %8.0f req/s %5.2f us CPU/req   loadgen %8.0f req/s %5.2f us CPU/req   (%.2f)\n' \
+        "$round" "$w" "$wc" "$l" "$lc" "$(awk -v a="$l" -v b="$w" 'BEGIN { print a / b }')"
     wrk_all="$wrk_all $w"
     lg_all="$lg_all $l"
+    wrk_cpu="$wrk_cpu $wc"
+    lg_cpu="$lg_cpu $lc"
 done
 wrk_rps=$(echo "$wrk_all" | median)
 lg_rps=$(echo "$lg_all" | median)
 
-printf 'wrk      %10.0f req/s (median of %d)\n' "$wrk_rps" "$ROUNDS"
-printf 'loadgen  %10.0f req/s (median of %d)\n' "$lg_rps" "$ROUNDS"
+printf 'wrk      %10.0f req/s, %5.2f us CPU per request (medians of %d)\n' \
+    "$wrk_rps" "$(echo "$wrk_cpu" | median)" "$ROUNDS"
+printf 'loadgen  %10.0f req/s, %5.2f us CPU per request (medians of %d)\n' \
+    "$lg_rps" "$(echo "$lg_cpu" | median)" "$ROUNDS"
 ratio=$(awk -v a="$lg_rps" -v b="$wrk_rps" 'BEGIN { printf "%.2f", a / b }')
 echo "loadgen/wrk = $ratio (goal >= $GOAL)"
 if awk -v r="$ratio" -v g="$GOAL" 'BEGIN { exit !(r < g) }'; then

@@ -17,38 +17,58 @@
  * Design
  * ------
  *
- * T worker threads each own one libcurl multi handle, one epoll set, and C/T
- * easy handles, one per connection. A worker never shares any of these, so
- * the hot path takes no lock. libcurl's socket interface tells the worker which
- * sockets to watch (the socket callback) and when to wake up (the timer
- * callback); the worker's loop is:
+ * T worker threads each own one epoll set and C/T connections. A worker
+ * never shares any of these, so the hot path takes no lock.
  *
- *      start requests on idle handles   (closed loop: all of them;
- *                                        open loop: those that are due)
- *      socket_action(TIMEOUT)           (libcurl sends them right away)
- *      epoll_wait                       (sockets, the schedule timerfd, and
- *                                        libcurl's next timeout)
- *      socket_action(fd)                (for each ready socket: libcurl
- *                                        reads the responses)
- *      reap finished transfers          (record status and latency, and
- *                                        give the handle back to the idle list)
+ * libcurl makes the connections and moves the bytes; loadgen writes the
+ * requests and reads the responses (lg_http.c). Each connection is a
+ * CURLOPT_CONNECT_ONLY easy handle in a multi handle of its own: libcurl
+ * resolves the name, connects without blocking the worker (its socket and
+ * timer callbacks feed the worker's epoll set) and, for https:// URLs, does
+ * TLS; curl_easy_send and curl_easy_recv then carry one request and one
+ * response at a time over the kept-alive connection. The worker's loop is:
  *
- * A finished easy handle is removed from the multi handle and added again for
- * the next request. Its connection stays in the multi handle's connection
- * cache in between, so requests reuse keep-alive connections and the load
- * generator opens exactly C connections when the server keeps them open.
+ *      start requests on idle connections  (closed loop: all of them;
+ *                                           open loop: those that are due)
+ *                                          a request is written to the socket
+ *                                          at once; a connection that has no
+ *                                          socket yet asks libcurl for one
+ *      epoll_wait                          (sockets, the schedule timerfd,
+ *                                           libcurl's connect timeouts)
+ *      for each ready socket               read, feed the response reader;
+ *                                          when a response is complete,
+ *                                          record its status and latency and
+ *                                          give the connection back to the
+ *                                          idle list
  *
- * What it costs: about 12 us of CPU per request on a 2-core VM, where wrk
- * needs about 7.5. Nearly all of the difference is libcurl's own work per
- * transfer (a fresh connection struct and URL bookkeeping, two poll() calls
- * to check the reused socket, dozens of clock reads and allocations), which
- * no option turns off. loadtest/bench-loadgen.sh measures where that leaves
- * us against wrk on a trivial endpoint.
+ * Per request that is one send and one recv system call, nothing else: no
+ * epoll_ctl (a socket stays registered for EPOLLIN for its whole life), no
+ * allocation, one clock read at each end.
+ *
+ * Why not let libcurl run each request as a transfer (curl_multi with
+ * reused easy handles)? That is what loadgen did first, and it cost about
+ * 12 us of CPU per request on a 2-core VM against wrk's 7.5: libcurl 7.88
+ * spends some 5 us per transfer on work a load generator does not need
+ * (details in lg_http.h). On a machine that runs the server too, that CPU
+ * comes out of the server's share, and loadgen reached 0.82 of wrk's rate
+ * on a trivial endpoint. Now it spends about 6 us per request, less than
+ * wrk, and `make bench-loadgen` keeps that claim honest.
+ *
+ * A kept-alive connection can be closed by the server just as a request is
+ * sent on it; that request then fails before any byte of answer. As libcurl
+ * does, such a request is sent once more on a new connection (only when the
+ * connection had carried a response before, so a server that refuses every
+ * request is still counted). Responses that end with "Connection: close",
+ * HTTP/1.0 without keep-alive, or a body ended by the end of the connection
+ * close it; the next request on that slot connects again. Timeouts are
+ * looked for every 10 ms; a request past --timeout-ms (connect included)
+ * ends as a transport error and its connection is closed.
  *
  * Closed loop (-c N): every connection sends its next request as soon as the
- * previous one is answered. Latency is measured from the moment a request is
- * handed to libcurl. This measures what N impatient clients see, but the
- * offered load drops when the server slows down, so it hides queueing.
+ * previous one is answered. Latency is measured from the moment a request
+ * starts (is written, or waits for its connection). This measures what N
+ * impatient clients see, but the offered load drops when the server slows down,
+ * so it hides queueing.
  *
  * Open loop (--rate R): request i is due at start + i/R, whatever happened to
  * the previous ones; worker w sends requests w, w+T, w+2T, ... so together the
@@ -103,6 +123,8 @@
 #include <curl/curl.h>
 #include <libpq-fe.h>
 
+#include "lg_http.h"
+
 /* ============================= Configuration ============================= */
 
 #define LG_EXIT_OK 0
@@ -116,6 +138,7 @@
 #define LG_NS 1000000000LL   /* nanoseconds per second */
 #define LG_LATE_NS 1000000LL /* open loop: later than this counts as late */
 #define LG_WAIT_MAX_MS 50    /* longest epoll wait, so a stop is noticed */
+#define LG_SWEEP_NS (LG_NS / 100) /* how often timeouts are looked for */
 #define LG_PROGRESS_NS (LG_NS / 4)
 
 /* Everything the command line sets; written by main() before any thread
@@ -136,6 +159,7 @@ typedef struct lg_config {
     const char *method;      /* raw mode: HTTP method */
     const char *path;        /* raw mode: request path */
     bool raw;                /* --method/--path given: no claim body */
+    bool head;               /* raw mode with HEAD: responses have no body */
     long timeout_ms;         /* per request, connect included */
     const char *json_path;   /* --json FILE; NULL = none */
     const char *csv_path;    /* --csv FILE; NULL = none */
@@ -154,10 +178,12 @@ static lg_config_t cfg = {
 };
 
 /* Derived once from cfg before the run. */
-static char *g_target;               /* the URL every request goes to */
-static char *g_coupon_json;          /* cfg.coupon escaped for a JSON string */
-static char *g_prefix_json;          /* cfg.user_prefix escaped likewise */
-static struct curl_slist *g_headers; /* request headers, shared read-only */
+static char *g_target;        /* the URL every request goes to */
+static char *g_coupon_json;   /* cfg.coupon escaped for a JSON string */
+static char *g_prefix_json;   /* cfg.user_prefix escaped likewise */
+static char *g_req_head;      /* request line and headers, up to the length */
+static size_t g_req_head_len; /* strlen(g_req_head) */
+static size_t g_req_max;      /* room for a whole request */
 
 /* Run control, shared by all threads. */
 static int64_t g_start_ns;          /* first request may go (MONOTONIC) */
@@ -420,6 +446,23 @@ static size_t lg_claim_body(char *buf, size_t cap, uint64_t seq) {
     return (size_t)n;
 }
 
+/* Request seq, whole, into buf (g_req_max bytes); returns its length. The
+ * request line and the fixed headers were written once (lg_req_setup); a
+ * claim adds its Content-Length and body. */
+static size_t lg_build_request(char *buf, uint64_t seq) {
+    memcpy(buf, g_req_head, g_req_head_len);
+    char *p = buf + g_req_head_len;
+    if (cfg.raw) {
+        memcpy(p, "\r\n", 2);
+        return g_req_head_len + 2;
+    }
+    char body[LG_BODY_MAX];
+    size_t n = lg_claim_body(body, sizeof body, seq);
+    p += sprintf(p, "Content-Length: %zu\r\n\r\n", n);
+    memcpy(p, body, n);
+    return (size_t)(p - buf) + n;
+}
+
 /* Coupon k of the run (k < lg_coupon_count()) into buf, unescaped. */
 static void lg_coupon_name(char *buf, size_t cap, uint64_t k) {
     if (cfg.coupons)
@@ -544,18 +587,50 @@ enum {
 
 struct lg_worker;
 
-/* One connection: an easy handle and the request it is carrying. */
+/* What a connection is doing. */
+typedef enum lg_cstate {
+    LG_C_IDLE,       /* no request; the socket may be open (keep-alive) */
+    LG_C_CONNECTING, /* libcurl is making the connection for a request */
+    LG_C_SENDING,    /* the request is partly sent; waiting for EPOLLOUT */
+    LG_C_READING,    /* the request is sent; reading its response */
+} lg_cstate_t;
+
+/* One connection and the request it is carrying.
+ *
+ * The easy handle is a CURLOPT_CONNECT_ONLY handle in a multi handle of its
+ * own. libcurl makes the connection inside that multi handle without
+ * blocking the worker (the socket callback puts the connecting sockets in the
+ * worker's epoll set), and the finished connection stays in that multi
+ * handle's cache, where curl_easy_send and curl_easy_recv find it. A multi
+ * handle per connection, not one per worker, because libcurl 7.88 looks the
+ * connection up by walking the cache on every send and receive: with one
+ * entry that walk is free.
+ *
+ * Invariants: fd >= 0 exactly when a connection is open, and then in_multi;
+ * state == LG_C_IDLE exactly when the connection is on the worker's idle
+ * list; state == LG_C_CONNECTING exactly when it counts in w->nconnecting. */
 typedef struct lg_conn {
-    CURL *easy;                /* owned; its PRIVATE points back here */
-    struct lg_worker *w;       /* the owner */
-    bool busy;                 /* added to the multi handle */
-    uint64_t seq;              /* the request number being carried */
-    int64_t t0_ns;             /* latency origin: send or due time */
-    int64_t done_ns;           /* when body bytes last arrived; 0 = none */
-    char body[LG_BODY_MAX];    /* claim body; libcurl reads it in place */
-    char resp[LG_SAMPLE_MAX];  /* start of the response body */
-    size_t resp_len;           /* bytes in resp */
-    struct lg_conn *next_idle; /* idle list link */
+    struct lg_worker *w;      /* the owner */
+    uint32_t idx;             /* position in w->conns; epoll events carry it */
+    CURL *easy;               /* owned */
+    CURLM *multi;             /* owned; holds easy while in_multi */
+    bool in_multi;            /* easy is added to multi */
+    int fd;                   /* the open connection's socket; -1 = none */
+    uint32_t events;          /* what fd is registered for in epoll */
+    lg_cstate_t state;        /* see lg_cstate_t */
+    int64_t curl_deadline_ns; /* connecting: libcurl's timeout; -1 = none */
+    bool reused;              /* the connection has carried a response */
+    bool got_bytes;           /* some of the response has arrived */
+    uint64_t seq;             /* the request number being carried */
+    int64_t t0_ns;            /* latency origin: start or due time */
+    int64_t start_ns;         /* when it started; the timeout counts from */
+    char *req;                /* owned: the request's bytes */
+    size_t req_len, req_off;  /* its length, and how much is sent */
+    lg_http_resp_t resp;      /* reads the response */
+    char rbuf[LG_HTTP_HEAD_MAX]; /* received, not yet consumed by resp */
+    size_t rlen;                 /* bytes in rbuf */
+    char sample[LG_SAMPLE_MAX];  /* start of the response body (resp) */
+    struct lg_conn *next_idle;   /* idle list link */
 } lg_conn_t;
 
 /* A worker thread and all it owns. main() sets it up before the thread
@@ -564,21 +639,18 @@ typedef struct lg_conn {
 typedef struct lg_worker {
     int id; /* 0 .. threads-1 */
     pthread_t thread;
-    CURLM *multi;             /* owned */
-    CURLU *url;               /* g_target parsed once, owned, read by conns */
-    int epfd;                 /* epoll set: sockets and sched_fd */
-    int sched_fd;             /* timerfd: the open-loop schedule */
-    uint32_t *want;           /* owned, by socket: events libcurl wants; */
-    int nfds;                 /* 0 = none (see lg_sock_cb); nfds of them */
-    int64_t sched_armed_ns;   /* what sched_fd is armed for; 0 = not */
-    int64_t curl_deadline_ns; /* libcurl wants a timeout call; -1 = no */
-    lg_conn_t *conns;         /* owned, nconns of them */
+    int epfd;               /* epoll set: sockets and sched_fd */
+    int sched_fd;           /* timerfd: the open-loop schedule */
+    int64_t sched_armed_ns; /* what sched_fd is armed for; 0 = not */
+    lg_conn_t *conns;       /* owned, nconns of them */
     int nconns;
     lg_conn_t *idle;     /* connections not carrying a request */
     int inflight;        /* == nconns - length of idle */
+    int nconnecting;     /* connections in LG_C_CONNECTING */
+    int64_t sweep_ns;    /* next look for requests past their timeout */
     bool sending_done;   /* no new request will start */
     uint64_t next_seq;   /* open loop: next request, id + k*threads */
-    uint64_t sent;       /* requests handed to libcurl */
+    uint64_t sent;       /* requests started */
     uint64_t sent_late;  /* open loop: sent > 1 ms after due */
     int64_t end_ns;      /* when the loop ended */
     lg_stats_t total;    /* the whole run */
@@ -593,73 +665,47 @@ typedef struct lg_worker {
 
 static lg_worker_t *g_workers;
 
-/* libcurl's socket callback: watch s for what libcurl wants.
- *
- * libcurl says CURL_POLL_REMOVE when a request ends and its connection goes
- * back to the cache, and asks for the same socket again when the next request
- * reuses it. Taking it out of the epoll set and putting it back would cost two
- * system calls per request, so REMOVE only records that nobody wants the
- * socket, and the next request's wish is one EPOLL_CTL_MOD. MOD fails with
- * ENOENT when the socket is not in the set (new, or closed meanwhile: closing
- * takes a socket out of every epoll set), and then it is added. An idle
- * socket that wakes up anyway (the server closed it) is taken out in the loop,
- * or level-triggered epoll would report it again and again. */
-static int lg_sock_cb(CURL *easy, curl_socket_t s, int what, void *userp,
-                      void *socketp) {
-    lg_worker_t *w = userp;
-    (void)easy;
-    (void)socketp;
-    if (s < 0)
-        return 0;
-    if (s >= w->nfds) {
-        int n = s + 64;
-        w->want = lg_realloc(w->want, (size_t)n * sizeof *w->want);
-        memset(w->want + w->nfds, 0, (size_t)(n - w->nfds) * sizeof *w->want);
-        w->nfds = n;
-    }
-    if (what == CURL_POLL_REMOVE) {
-        w->want[s] = 0;
-        return 0;
-    }
-    uint32_t ev_mask = ((what & CURL_POLL_IN) ? EPOLLIN : 0) |
-                       ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
-    struct epoll_event ev = {.events = ev_mask, .data.fd = s};
-    if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, s, &ev) < 0 &&
-        (errno != ENOENT || epoll_ctl(w->epfd, EPOLL_CTL_ADD, s, &ev) < 0))
-        return -1;
-    w->want[s] = ev_mask;
-    return 0;
+/* An epoll event names a connection and a socket: the socket, because while
+ * connecting libcurl may try several at once; the connection's index, to
+ * find it. The schedule timer uses an index no connection has. */
+#define LG_EV_SCHED UINT32_MAX
+
+static uint64_t lg_ev_data(uint32_t idx, int fd) {
+    return (uint64_t)idx << 32 | (uint32_t)fd;
 }
 
-/* An event on a socket libcurl does not watch: an idle keep-alive connection
- * that the server closed. Take it out of the set; libcurl finds the
- * connection dead when it next tries to reuse it. */
-static void lg_fd_drop_idle(lg_worker_t *w, int fd) {
-    epoll_ctl(w->epfd, EPOLL_CTL_DEL, fd, NULL);
+/* Register fd in the worker's epoll set for `events` (MOD, or ADD if it is
+ * not there). Returns 0 or -1. */
+static int lg_ev_set(lg_worker_t *w, uint32_t idx, int fd, uint32_t events) {
+    struct epoll_event ev = {.events = events, .data.u64 = lg_ev_data(idx, fd)};
+    if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
+        return 0;
+    return errno == ENOENT ? epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) : -1;
+}
+
+/* libcurl's socket callback, while it connects: watch s as it asks. */
+static int lg_sock_cb(CURL *easy, curl_socket_t s, int what, void *userp,
+                      void *socketp) {
+    lg_conn_t *c = userp;
+    (void)easy;
+    (void)socketp;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(c->w->epfd, EPOLL_CTL_DEL, s, NULL);
+        return 0;
+    }
+    uint32_t events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) |
+                      ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
+    return lg_ev_set(c->w, c->idx, s, events);
 }
 
 /* libcurl's timer callback: call socket_action(TIMEOUT) in timeout_ms
  * (0: as soon as possible; -1: never). Calling it from here is not allowed. */
 static int lg_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
-    lg_worker_t *w = userp;
+    lg_conn_t *c = userp;
     (void)multi;
-    w->curl_deadline_ns =
+    c->curl_deadline_ns =
         timeout_ms < 0 ? -1 : lg_now_ns() + (int64_t)timeout_ms * 1000000;
     return 0;
-}
-
-/* libcurl's write callback: keep the first bytes as a sample, drop the rest.
- * The time of the last call is when the response was complete; the loop
- * reaps it only after serving the other ready sockets, up to a fraction of a
- * millisecond later under load. */
-static size_t lg_write_cb(char *ptr, size_t size, size_t nmemb,
-                          void *userdata) {
-    lg_conn_t *c = userdata;
-    c->done_ns = lg_now_ns();
-    size_t n = size * nmemb, room = sizeof c->resp - c->resp_len;
-    memcpy(c->resp + c->resp_len, ptr, n < room ? n : room);
-    c->resp_len += n < room ? n : room;
-    return n;
 }
 
 /* The response statuses a claim run expects; anything else is an error.
@@ -732,8 +778,8 @@ static void lg_record(lg_worker_t *w, lg_conn_t *c, CURLcode rc, long st,
         lg_u64vec_push(&w->claimed, c->seq);
     if (!lg_status_expected(st) && w->sample_status == 0) {
         w->sample_status = st;
-        size_t n = c->resp_len < LG_SAMPLE_MAX ? c->resp_len : LG_SAMPLE_MAX;
-        memcpy(w->sample, c->resp, n);
+        size_t n = c->resp.sample_len;
+        memcpy(w->sample, c->sample, n);
         w->sample[n] = '\0';
         for (size_t i = 0; i < n; i++)
             if ((unsigned char)w->sample[i] < 0x20)
@@ -754,24 +800,258 @@ static void lg_publish(lg_worker_t *w) {
         atomic_store_explicit(&w->live[i], v[i], memory_order_relaxed);
 }
 
-/* Hand request seq to libcurl on idle connection c; latency counts from t0. */
-static void lg_start(lg_worker_t *w, uint64_t seq, int64_t t0) {
+/* ------------------------------ Connections ------------------------------ */
+
+static void lg_conn_send(lg_conn_t *c);
+static void lg_conn_connected(lg_conn_t *c);
+
+/* Close c's connection, if it has one. Removing a CONNECT_ONLY handle from
+ * its multi handle is how libcurl closes the connection it made. */
+static void lg_conn_close(lg_conn_t *c) {
+    if (c->fd >= 0)
+        epoll_ctl(c->w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->in_multi)
+        curl_multi_remove_handle(c->multi, c->easy);
+    if (c->state == LG_C_CONNECTING)
+        c->w->nconnecting--;
+    c->in_multi = false;
+    c->fd = -1;
+    c->events = 0;
+    c->rlen = 0;
+    c->reused = false;
+    c->curl_deadline_ns = -1;
+}
+
+/* The request on c has ended: count it (rc: CURLE_OK and the status, or the
+ * transport error) and put c on the idle list. */
+static void lg_conn_finish(lg_conn_t *c, CURLcode rc, long st, int64_t now) {
+    lg_worker_t *w = c->w;
+    lg_record(w, c, rc, st, now);
+    c->state = LG_C_IDLE;
+    c->next_idle = w->idle;
+    w->idle = c;
+    w->inflight--;
+    assert(w->inflight >= 0);
+}
+
+/* Ask libcurl for a connection for c's request; the request goes out when
+ * the connection is made (lg_conn_connected). */
+static void lg_conn_connect(lg_conn_t *c) {
+    int running;
+    c->state = LG_C_CONNECTING;
+    c->w->nconnecting++;
+    CURLMcode mc = curl_multi_add_handle(c->multi, c->easy);
+    assert(mc == CURLM_OK); /* fails only on misuse: c was not in it */
+    (void)mc;
+    c->in_multi = true;
+    /* Adding the handle asked for a timeout call at once: make it, so the
+     * connect starts before the worker sleeps. */
+    c->curl_deadline_ns = -1;
+    curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    lg_conn_connected(c); /* it may have failed at once (a bad name) */
+}
+
+/* After libcurl has run for a connecting c: if the connection is made, send
+ * the request; if it failed, end the request with libcurl's error. */
+static void lg_conn_connected(lg_conn_t *c) {
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(c->multi, &left)) != NULL) {
+        if (m->msg != CURLMSG_DONE || c->state != LG_C_CONNECTING)
+            continue;
+        CURLcode rc = m->data.result;
+        curl_socket_t s = CURL_SOCKET_BAD;
+        if (rc == CURLE_OK && (curl_easy_getinfo(c->easy, CURLINFO_ACTIVESOCKET,
+                                                 &s) != CURLE_OK ||
+                               s == CURL_SOCKET_BAD))
+            rc = CURLE_COULDNT_CONNECT;
+        if (rc != CURLE_OK) {
+            lg_conn_close(c);
+            lg_conn_finish(c, rc, 0, lg_now_ns());
+            return;
+        }
+        c->w->nconnecting--;
+        c->curl_deadline_ns = -1;
+        c->fd = s;
+        c->state = LG_C_SENDING;
+        if (lg_ev_set(c->w, c->idx, s, EPOLLIN) < 0) {
+            lg_conn_close(c);
+            lg_conn_finish(c, CURLE_COULDNT_CONNECT, 0, lg_now_ns());
+            return;
+        }
+        c->events = EPOLLIN;
+        lg_conn_send(c);
+        return;
+    }
+}
+
+/* Start (or restart) c's request: on its open connection, or on a new one. */
+static void lg_conn_go(lg_conn_t *c) {
+    c->req_off = 0;
+    c->got_bytes = false;
+    lg_http_resp_init(&c->resp, cfg.head, c->sample, sizeof c->sample);
+    if (c->fd < 0) {
+        lg_conn_connect(c);
+    } else {
+        c->state = LG_C_SENDING;
+        lg_conn_send(c);
+    }
+}
+
+/* The connection broke (rc) while c's request was on it. A kept-alive
+ * connection that the server closed just before our request arrived looks
+ * exactly like this; as libcurl does, a request that got no byte of answer
+ * on a reused connection is sent once more on a new one. Once only: the new
+ * connection is not reused, so if it breaks too, the request fails. */
+static void lg_conn_broken(lg_conn_t *c, CURLcode rc) {
+    bool retry = c->reused && !c->got_bytes;
+    lg_conn_close(c); /* clears c->reused */
+    if (retry) {
+        lg_conn_go(c);
+    } else {
+        lg_conn_finish(c, rc, 0, lg_now_ns());
+    }
+}
+
+/* Make fd's epoll registration ask for `events`. */
+static void lg_conn_want(lg_conn_t *c, uint32_t events) {
+    if (c->events == events)
+        return;
+    struct epoll_event ev = {.events = events,
+                             .data.u64 = lg_ev_data(c->idx, c->fd)};
+    epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+    c->events = events;
+}
+
+/* Send what is left of c's request; wait for EPOLLOUT if the socket is
+ * full. */
+static void lg_conn_send(lg_conn_t *c) {
+    while (c->req_off < c->req_len) {
+        size_t n = 0;
+        CURLcode rc = curl_easy_send(c->easy, c->req + c->req_off,
+                                     c->req_len - c->req_off, &n);
+        if (rc == CURLE_AGAIN) {
+            lg_conn_want(c, EPOLLIN | EPOLLOUT);
+            return;
+        }
+        if (rc != CURLE_OK) {
+            lg_conn_broken(c, rc);
+            return;
+        }
+        c->req_off += n;
+    }
+    lg_conn_want(c, EPOLLIN);
+    c->state = LG_C_READING;
+}
+
+/* The response on c is complete (status st, at `now`). */
+static void lg_conn_answered(lg_conn_t *c, long st, int64_t now) {
+    c->reused = true;
+    /* Bytes beyond the response, or a response that ends the connection,
+     * or one that came before the request was fully sent: close. */
+    if (c->rlen != 0 || !c->resp.keep_alive || c->req_off < c->req_len)
+        lg_conn_close(c);
+    lg_conn_finish(c, CURLE_OK, st, now);
+}
+
+/* c's socket is readable: read what is there and feed the response. */
+static void lg_conn_read(lg_conn_t *c) {
+    for (;;) {
+        size_t n = 0;
+        CURLcode rc = curl_easy_recv(c->easy, c->rbuf + c->rlen,
+                                     sizeof c->rbuf - c->rlen, &n);
+        if (rc == CURLE_AGAIN)
+            return;
+        if (c->state == LG_C_IDLE) {
+            /* Nothing is asked: the server closed a kept-alive connection,
+             * or says something unasked for. Either way it is done. */
+            lg_conn_close(c);
+            return;
+        }
+        if (rc != CURLE_OK) {
+            lg_conn_broken(c, rc);
+            return;
+        }
+        if (n == 0) { /* the end of the connection */
+            if (!c->got_bytes) {
+                lg_conn_broken(c, CURLE_GOT_NOTHING);
+            } else if (lg_http_eof(&c->resp) == LG_HTTP_DONE) {
+                c->rlen = 0;
+                lg_conn_answered(c, c->resp.status, lg_now_ns());
+            } else {
+                lg_conn_close(c);
+                lg_conn_finish(c, CURLE_PARTIAL_FILE, 0, lg_now_ns());
+            }
+            return;
+        }
+        /* A server may answer before it has read the whole request (an
+         * early 413, say): stop sending and read. */
+        c->state = LG_C_READING;
+        c->got_bytes = true;
+        c->rlen += n;
+        size_t used = 0;
+        int r = lg_http_feed(&c->resp, c->rbuf, c->rlen, &used);
+        memmove(c->rbuf, c->rbuf + used, c->rlen - used);
+        c->rlen -= used;
+        if (r == LG_HTTP_DONE) {
+            lg_conn_answered(c, c->resp.status, lg_now_ns());
+            return;
+        }
+        if (r == LG_HTTP_EBAD) {
+            lg_conn_close(c);
+            lg_conn_finish(c, CURLE_WEIRD_SERVER_REPLY, 0, lg_now_ns());
+            return;
+        }
+        /* Not complete: read on until the socket is empty (a TLS layer may
+         * hold bytes that epoll cannot see). */
+    }
+}
+
+/* End every request that has run past the timeout. */
+static void lg_sweep(lg_worker_t *w, int64_t now) {
+    int64_t limit = (int64_t)cfg.timeout_ms * 1000000;
+    for (int i = 0; i < w->nconns; i++) {
+        lg_conn_t *c = &w->conns[i];
+        if (c->state != LG_C_IDLE && now - c->start_ns >= limit) {
+            lg_conn_close(c);
+            lg_conn_finish(c, CURLE_OPERATION_TIMEDOUT, 0, now);
+        }
+    }
+}
+
+/* Give libcurl the timeout calls that are due on connecting connections;
+ * returns the next deadline among them, or -1. */
+static int64_t lg_run_timeouts(lg_worker_t *w, int64_t now) {
+    int64_t next = -1;
+    for (int i = 0; i < w->nconns && w->nconnecting > 0; i++) {
+        lg_conn_t *c = &w->conns[i];
+        if (c->state != LG_C_CONNECTING || c->curl_deadline_ns < 0)
+            continue;
+        if (c->curl_deadline_ns <= now) {
+            int running;
+            c->curl_deadline_ns = -1; /* the call may set a new one */
+            curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0,
+                                     &running);
+            lg_conn_connected(c);
+        }
+        if (c->state == LG_C_CONNECTING && c->curl_deadline_ns >= 0 &&
+            (next < 0 || c->curl_deadline_ns < next))
+            next = c->curl_deadline_ns;
+    }
+    return next;
+}
+
+/* Start request seq on an idle connection; latency counts from t0. */
+static void lg_start(lg_worker_t *w, uint64_t seq, int64_t t0, int64_t now) {
     lg_conn_t *c = w->idle;
     w->idle = c->next_idle;
     c->seq = seq;
     c->t0_ns = t0;
-    c->done_ns = 0;
-    c->resp_len = 0;
-    if (!cfg.raw) {
-        size_t n = lg_claim_body(c->body, sizeof c->body, seq);
-        curl_easy_setopt(c->easy, CURLOPT_POSTFIELDSIZE, (long)n);
-    }
-    CURLMcode mc = curl_multi_add_handle(w->multi, c->easy);
-    assert(mc == CURLM_OK); /* fails only on misuse: c was idle */
-    (void)mc;
-    c->busy = true;
+    c->start_ns = now;
+    c->req_len = lg_build_request(c->req, seq);
     w->inflight++;
     w->sent++;
+    lg_conn_go(c);
 }
 
 static void lg_arm_schedule(lg_worker_t *w, int64_t due) {
@@ -795,7 +1075,7 @@ static void lg_issue(lg_worker_t *w, int64_t now) {
                 w->sending_done = true;
                 break;
             }
-            lg_start(w, seq, now);
+            lg_start(w, seq, now, now);
         } else {
             uint64_t seq = w->next_seq;
             int64_t due = lg_due_ns(seq);
@@ -809,55 +1089,49 @@ static void lg_issue(lg_worker_t *w, int64_t now) {
             }
             if (now - due > LG_LATE_NS)
                 w->sent_late++;
-            lg_start(w, seq, due); /* timed from when it was due, not now */
+            lg_start(w, seq, due, now); /* timed from when it was due */
             w->next_seq += (uint64_t)cfg.threads;
         }
     }
 }
 
-/* Collect finished transfers and give their connections back. */
-static void lg_reap(lg_worker_t *w) {
-    CURLMsg *m;
-    int left;
-    while ((m = curl_multi_info_read(w->multi, &left)) != NULL) {
-        if (m->msg != CURLMSG_DONE)
-            continue;
-        CURL *easy = m->easy_handle; /* m dies in remove_handle below */
-        CURLcode rc = m->data.result;
-        char *priv = NULL;
-        long st = 0;
-        curl_easy_getinfo(easy, CURLINFO_PRIVATE, &priv);
-        if (rc == CURLE_OK)
-            curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &st);
-        curl_multi_remove_handle(w->multi, easy);
-        lg_conn_t *c = (lg_conn_t *)priv;
-        c->busy = false;
-        c->next_idle = w->idle;
-        w->idle = c;
-        w->inflight--;
-        assert(w->inflight >= 0);
-        /* No body (HEAD, 204, an error): the reap time has to do. */
-        lg_record(w, c, rc, st,
-                  c->done_ns && rc == CURLE_OK ? c->done_ns : lg_now_ns());
-    }
-}
-
-/* Give libcurl its timeout call if it is due. */
-static void lg_run_timeout(lg_worker_t *w) {
-    int running;
-    if (w->curl_deadline_ns < 0 || lg_now_ns() < w->curl_deadline_ns)
+/* One epoll event. */
+static void lg_event(lg_worker_t *w, const struct epoll_event *ev) {
+    uint32_t idx = (uint32_t)(ev->data.u64 >> 32);
+    int fd = (int)(uint32_t)ev->data.u64;
+    if (idx == LG_EV_SCHED) {
+        uint64_t expirations;
+        if (read(fd, &expirations, sizeof expirations) < 0) { /* EAGAIN */
+        }
+        w->sched_armed_ns = 0;
         return;
-    w->curl_deadline_ns = -1; /* the call may set a new one */
-    curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+    lg_conn_t *c = &w->conns[idx];
+    uint32_t e = ev->events;
+    if (c->state == LG_C_CONNECTING) {
+        int running;
+        int flags = ((e & EPOLLIN) ? CURL_CSELECT_IN : 0) |
+                    ((e & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
+                    ((e & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
+        curl_multi_socket_action(c->multi, fd, flags, &running);
+        lg_conn_connected(c);
+        return;
+    }
+    if (fd != c->fd)
+        return; /* from a socket closed earlier in this batch */
+    if ((e & EPOLLOUT) && c->state == LG_C_SENDING)
+        lg_conn_send(c);
+    if ((e & (EPOLLIN | EPOLLERR | EPOLLHUP)) && fd == c->fd)
+        lg_conn_read(c);
 }
 
 /* The event loop. See the top of the file. */
 static void *lg_worker_main(void *arg) {
     lg_worker_t *w = arg;
-    struct epoll_event evs[64];
-    int running;
+    struct epoll_event evs[128];
 
     lg_sleep_until(g_start_ns);
+    w->sweep_ns = g_start_ns + LG_SWEEP_NS;
     for (;;) {
         int64_t now = lg_now_ns();
         int stop = atomic_load_explicit(&g_stop, memory_order_relaxed);
@@ -866,54 +1140,38 @@ static void *lg_worker_main(void *arg) {
         if (stop || now >= g_end_ns)
             w->sending_done = true;
 
-        /* Start what may start. Adding a handle asks for a timeout call at
-         * once, and making it here sends the requests before we sleep. */
         lg_issue(w, now);
-        lg_run_timeout(w);
-        lg_reap(w);
+        int64_t curl_next = lg_run_timeouts(w, now);
+        if (now >= w->sweep_ns) {
+            lg_sweep(w, now);
+            w->sweep_ns = now + LG_SWEEP_NS;
+        }
         if (w->sending_done && w->inflight == 0)
             break;
 
-        /* Sleep until a socket is ready, the schedule timer fires, or
-         * libcurl's timeout is due; not at all if a request failed at once
-         * and left a closed-loop connection idle. */
-        now = lg_now_ns();
+        /* Sleep until a socket is ready, the schedule timer fires, libcurl's
+         * timeout is due or requests may time out; not at all if a request
+         * failed at once and left a closed-loop connection idle. */
         int64_t wait_ns = LG_WAIT_MAX_MS * 1000000LL;
-        if (w->curl_deadline_ns >= 0 && w->curl_deadline_ns - now < wait_ns)
-            wait_ns = w->curl_deadline_ns > now ? w->curl_deadline_ns - now : 0;
+        if (curl_next >= 0 && curl_next - now < wait_ns)
+            wait_ns = curl_next > now ? curl_next - now : 0;
+        if (w->inflight > 0 && w->sweep_ns - now < wait_ns)
+            wait_ns = w->sweep_ns > now ? w->sweep_ns - now : 0;
         if (w->idle && !w->sending_done && cfg.rate <= 0)
             wait_ns = 0;
-        int n =
-            epoll_wait(w->epfd, evs, 64, (int)((wait_ns + 999999) / 1000000));
+        int n = epoll_wait(w->epfd, evs, (int)(sizeof evs / sizeof evs[0]),
+                           (int)((wait_ns + 999999) / 1000000));
         if (n < 0 && errno != EINTR) {
             snprintf(w->errstr, sizeof w->errstr, "epoll_wait: %s",
                      strerror(errno));
             break;
         }
-        for (int i = 0; i < n; i++) {
-            int fd = evs[i].data.fd;
-            if (fd == w->sched_fd) {
-                uint64_t expirations;
-                if (read(fd, &expirations, sizeof expirations) <
-                    0) { /* EAGAIN */
-                }
-                w->sched_armed_ns = 0;
-                continue;
-            }
-            if (fd < w->nfds && w->want[fd] == 0) {
-                lg_fd_drop_idle(w, fd);
-                continue;
-            }
-            uint32_t e = evs[i].events;
-            int flags = ((e & EPOLLIN) ? CURL_CSELECT_IN : 0) |
-                        ((e & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
-                        ((e & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
-            curl_multi_socket_action(w->multi, fd, flags, &running);
+        for (int i = 0; i < n; i++)
+            lg_event(w, &evs[i]);
+        if (n > 0) {
+            lg_sec_advance(w, lg_now_ns());
+            lg_publish(w);
         }
-        lg_run_timeout(w);
-        lg_reap(w);
-        lg_sec_advance(w, lg_now_ns());
-        lg_publish(w);
     }
     w->end_ns = lg_now_ns();
     lg_secs_merge(w->sec_no, &w->sec,
@@ -926,7 +1184,6 @@ static void *lg_worker_main(void *arg) {
 /* Set up worker w with nconns connections; dies on failure. */
 static void lg_worker_init(lg_worker_t *w, int id, int nconns) {
     w->id = id;
-    w->curl_deadline_ns = -1;
     w->next_seq = (uint64_t)id;
     for (int i = 0; i < LIVE_N; i++)
         atomic_init(&w->live[i], 0);
@@ -936,73 +1193,49 @@ static void lg_worker_init(lg_worker_t *w, int id, int nconns) {
     w->sched_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (w->epfd < 0 || w->sched_fd < 0)
         lg_die("epoll/timerfd: %s", strerror(errno));
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = w->sched_fd};
+    struct epoll_event ev = {.events = EPOLLIN,
+                             .data.u64 = lg_ev_data(LG_EV_SCHED, w->sched_fd)};
     if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->sched_fd, &ev) < 0)
         lg_die("epoll_ctl: %s", strerror(errno));
-
-    w->multi = curl_multi_init();
-    if (w->multi == NULL)
-        lg_die("curl_multi_init failed");
-    curl_multi_setopt(w->multi, CURLMOPT_SOCKETFUNCTION, lg_sock_cb);
-    curl_multi_setopt(w->multi, CURLMOPT_SOCKETDATA, w);
-    curl_multi_setopt(w->multi, CURLMOPT_TIMERFUNCTION, lg_timer_cb);
-    curl_multi_setopt(w->multi, CURLMOPT_TIMERDATA, w);
-    curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, (long)nconns);
-    curl_multi_setopt(w->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_NOTHING);
-
-    /* Handing libcurl a parsed URL spares it a parse per request. */
-    w->url = curl_url();
-    if (w->url == NULL ||
-        curl_url_set(w->url, CURLUPART_URL, g_target, 0) != CURLUE_OK)
-        lg_die("cannot parse URL %s", g_target);
 
     w->nconns = nconns;
     w->conns = lg_calloc((size_t)nconns, sizeof *w->conns);
     for (int i = 0; i < nconns; i++) {
         lg_conn_t *c = &w->conns[i];
-        CURL *e = c->easy = curl_easy_init();
-        if (e == NULL)
-            lg_die("curl_easy_init failed");
         c->w = w;
-        curl_easy_setopt(e, CURLOPT_CURLU, w->url);
-        curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)c);
-        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, lg_write_cb);
-        curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)c);
+        c->idx = (uint32_t)i;
+        c->fd = -1;
+        c->curl_deadline_ns = -1;
+        c->req = lg_calloc(g_req_max, 1);
+        c->multi = curl_multi_init();
+        CURL *e = c->easy = curl_easy_init();
+        if (c->multi == NULL || e == NULL)
+            lg_die("curl_multi_init/curl_easy_init failed");
+        curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, lg_sock_cb);
+        curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+        curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, lg_timer_cb);
+        curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+        curl_easy_setopt(e, CURLOPT_URL, g_target);
+        curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_PROXY,
-                         ""); /* ignore http_proxy: loopback */
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, cfg.timeout_ms);
-        curl_easy_setopt(e, CURLOPT_USERAGENT, "couponsvc-loadgen/1");
-        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-        if (g_headers)
-            curl_easy_setopt(e, CURLOPT_HTTPHEADER, g_headers);
-        if (!cfg.raw) {
-            curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
-        } else if (strcmp(cfg.method, "GET") == 0) {
-            curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-        } else if (strcmp(cfg.method, "HEAD") == 0) {
-            curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-        } else if (strcmp(cfg.method, "POST") == 0) {
-            curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
-            curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, 0L);
-        } else {
-            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, cfg.method);
-        }
+        curl_easy_setopt(e, CURLOPT_PROXY, ""); /* ignore http_proxy */
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cfg.timeout_ms);
+        curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
         c->next_idle = w->idle;
         w->idle = c;
     }
 }
 
 static void lg_worker_free(lg_worker_t *w) {
-    for (int i = 0; i < w->nconns; i++)
-        if (w->conns[i].busy)
-            curl_multi_remove_handle(w->multi, w->conns[i].easy);
-    for (int i = 0; i < w->nconns; i++)
-        curl_easy_cleanup(w->conns[i].easy);
-    curl_multi_cleanup(w->multi); /* closes the sockets: needs epfd */
-    curl_url_cleanup(w->url);
+    for (int i = 0; i < w->nconns; i++) {
+        lg_conn_t *c = &w->conns[i];
+        if (c->in_multi)
+            curl_multi_remove_handle(c->multi, c->easy);
+        curl_easy_cleanup(c->easy);
+        curl_multi_cleanup(c->multi);
+        free(c->req);
+    }
     close(w->sched_fd);
-    free(w->want);
     close(w->epfd);
     free(w->conns);
     free(w->total.lat);
@@ -1847,6 +2080,45 @@ static void lg_parse_args(int argc, char **argv) {
 
 /* ================================== Main ================================== */
 
+/* Write the request line and the fixed headers for g_target into g_req_head;
+ * dies if the URL is not an http:// or https:// URL libcurl can parse. */
+static void lg_req_setup(void) {
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL,
+         *query = NULL;
+    if (u == NULL || curl_url_set(u, CURLUPART_URL, g_target, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
+        lg_die("cannot parse URL %s", g_target);
+    if (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)
+        lg_die("URL %s: only http:// and https:// are supported", g_target);
+    curl_url_get(u, CURLUPART_PORT, &port, 0);   /* NULL when not given */
+    curl_url_get(u, CURLUPART_QUERY, &query, 0); /* likewise */
+    const char *method = cfg.raw ? cfg.method : "POST";
+    const char *extra = "";
+    if (!cfg.raw)
+        extra = "Content-Type: application/json\r\n";
+    else if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0)
+        extra = "Content-Length: 0\r\n";
+    g_req_head = lg_sprintf("%s %s%s%s HTTP/1.1\r\n"
+                            "Host: %s%s%s\r\n"
+                            "User-Agent: couponsvc-loadgen/1\r\n"
+                            "Accept: */*\r\n"
+                            "%s",
+                            method, path, query ? "?" : "", query ? query : "",
+                            host, port ? ":" : "", port ? port : "", extra);
+    g_req_head_len = strlen(g_req_head);
+    g_req_max = g_req_head_len + 64 + LG_BODY_MAX;
+    cfg.head = cfg.raw && strcmp(method, "HEAD") == 0;
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_free(path);
+    curl_free(query);
+    curl_url_cleanup(u);
+}
+
 static void lg_on_signal(int sig) {
     (void)sig;
     g_interrupts++;
@@ -1865,10 +2137,7 @@ int main(int argc, char **argv) {
                               cfg.path);
     else
         g_target = lg_sprintf("%s/claim", cfg.url);
-    /* No "Expect:" needed: libcurl asks for 100-continue only above 1 MiB. */
-    if (!cfg.raw)
-        g_headers =
-            curl_slist_append(g_headers, "Content-Type: application/json");
+    lg_req_setup();
 
     if (cfg.create_stock >= 0 && lg_create_stock() < 0)
         return LG_EXIT_ERROR;
@@ -1966,7 +2235,7 @@ int main(int argc, char **argv) {
     free(g_workers);
     free(res.total.lat);
     free(g_secs);
-    curl_slist_free_all(g_headers);
+    free(g_req_head);
     curl_global_cleanup();
     free(g_target);
     free(g_coupon_json);

@@ -10,7 +10,7 @@
 #                           $(BUILD)/demo/lock.csv -> $(BUILD)/report.png)
 
 LOADGEN_PKGS := libcurl libpq
-LOADGEN_OBJS := $(BUILD)/loadtest/loadgen.o
+LOADGEN_OBJS := $(BUILD)/loadtest/loadgen.o $(BUILD)/loadtest/lg_http.o
 
 # Recursive (=) on purpose: pkg-config runs when a recipe needs the flags,
 # after deps-check has had the chance to install the packages.

@@ -5,17 +5,22 @@ TEST_LIBS   = $(PKG_LIBS) $(shell pkg-config --libs libcurl 2>/dev/null) \
               $(LDLIBS) -lm
 
 UNIT_OBJS := $(addprefix $(BUILD)/tests/, tt.o unit/test_cfg.o \
-	unit/test_req.o unit/test_misc.o)
+	unit/test_req.o unit/test_misc.o unit/test_lg_http.o)
 ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_claim.o itest/test_api.o \
-	itest/test_hostile.o)
+	itest/test_hostile.o itest/test_loadgen.o)
 
 $(BUILD)/tests/%.o: tests/%.c | deps-check
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	$(Q)$(CC) $(TEST_CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/unit-tests: $(UNIT_OBJS) $(LIB_OBJS) $(BUILD)/service/lock.o
+# The load generator's response reader is tested with the service's units;
+# only its test sees the loadtest headers.
+$(BUILD)/tests/unit/test_lg_http.o: TEST_CFLAGS += -Iloadtest
+
+$(BUILD)/tests/unit-tests: $(UNIT_OBJS) $(LIB_OBJS) $(BUILD)/service/lock.o \
+		$(BUILD)/loadtest/lg_http.o
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(TEST_LIBS)
 
@@ -36,8 +41,9 @@ test: deps-check all $(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests 
 test-unit: $(BUILD)/tests/unit-tests
 	$(Q)$(BUILD)/tests/unit-tests
 
-test-integration: all $(BUILD)/tests/integration-tests
-	$(Q)COUPONSVC_BIN=$(BUILD)/couponsvc $(BUILD)/tests/integration-tests $(T)
+test-integration: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen
+	$(Q)COUPONSVC_BIN=$(BUILD)/couponsvc LOADGEN=$(BUILD)/loadgen \
+		$(BUILD)/tests/integration-tests $(T)
 
 # ------------------------------------------------------------ fault tests ---
 # `make test-faults [T=name]`: the failure scenarios of issue 4 (kill -9,

@@ -1,0 +1,324 @@
+/*
+ * lg_http.c: the load generator's HTTP/1.1 response reader. See lg_http.h
+ * for why it exists and what it accepts.
+ */
+#include "lg_http.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+static int lg_http__fail(lg_http_resp_t *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Put r in the error state; returns LG_HTTP_EBAD. */
+static int lg_http__fail(lg_http_resp_t *r, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->errstr, sizeof r->errstr, fmt, ap);
+    va_end(ap);
+    r->state = LG_HTTP_S_ERROR;
+    return LG_HTTP_EBAD;
+}
+
+void lg_http_resp_init(lg_http_resp_t *r, bool head_request, char *sample,
+                       size_t sample_cap) {
+    memset(r, 0, sizeof *r);
+    r->state = LG_HTTP_S_HEAD;
+    r->head_request = head_request;
+    r->sample = sample;
+    r->sample_cap = sample ? sample_cap : 0;
+}
+
+/* Returns the length of the line at p (up to and including its LF), or 0 if
+ * p[0..len) holds no complete line. */
+static size_t lg_http__line(const char *p, size_t len) {
+    const char *nl = memchr(p, '\n', len);
+    return nl ? (size_t)(nl - p) + 1 : 0;
+}
+
+/* Returns the length of the header block at p (status line to the empty
+ * line, inclusive), or 0 if it is not complete yet. */
+static size_t lg_http__head_len(const char *p, size_t len) {
+    size_t off = 0;
+    for (;;) {
+        size_t n = lg_http__line(p + off, len - off);
+        if (n == 0)
+            return 0;
+        off += n;
+        if (n == 1 || (n == 2 && p[off - 2] == '\r'))
+            return off; /* the empty line; the status line is never empty */
+    }
+}
+
+/* Trims spaces and tabs from both ends of v[0..*n), and the line end. */
+static const char *lg_http__trim(const char *v, size_t *n) {
+    while (*n && (*v == ' ' || *v == '\t'))
+        v++, (*n)--;
+    while (*n && (v[*n - 1] == ' ' || v[*n - 1] == '\t' || v[*n - 1] == '\r' ||
+                  v[*n - 1] == '\n'))
+        (*n)--;
+    return v;
+}
+
+/* Does the comma-separated list v[0..n) hold token (any case)? */
+static bool lg_http__has_token(const char *v, size_t n, const char *token) {
+    size_t tl = strlen(token);
+    while (n) {
+        const char *comma = memchr(v, ',', n);
+        size_t item = comma ? (size_t)(comma - v) : n;
+        size_t il = item;
+        const char *it = lg_http__trim(v, &il);
+        if (il == tl && strncasecmp(it, token, tl) == 0)
+            return true;
+        if (!comma)
+            break;
+        v += item + 1;
+        n -= item + 1;
+    }
+    return false;
+}
+
+/* Parses a decimal Content-Length; returns 0 and sets *out, or -1. */
+static int lg_http__decimal(const char *v, size_t n, uint64_t *out) {
+    uint64_t x = 0;
+    if (n == 0 || n > 18)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return -1;
+        x = x * 10 + (uint64_t)(v[i] - '0');
+    }
+    *out = x;
+    return 0;
+}
+
+/* Is p[0..n) a status line: "HTTP/1.x SSS", then a reason phrase, which
+ * may be empty, and the line end? */
+static bool lg_http__status_line_ok(const char *p, size_t n) {
+    return n >= 13 && memcmp(p, "HTTP/1.", 7) == 0 && p[7] >= '0' &&
+           p[7] <= '9' && p[8] == ' ' && p[9] >= '1' && p[9] <= '9' &&
+           p[10] >= '0' && p[10] <= '9' && p[11] >= '0' && p[11] <= '9' &&
+           (p[12] == ' ' || p[12] == '\r' || p[12] == '\n');
+}
+
+/* Could p[0..avail), an incomplete header block, still begin a valid one?
+ * Lets garbage fail at once instead of after the request's timeout. */
+static bool lg_http__head_start_ok(const char *p, size_t avail) {
+    size_t k = avail < 7 ? avail : 7;
+    if (memcmp(p, "HTTP/1.", k) != 0)
+        return false;
+    size_t n = lg_http__line(p, avail);
+    return n == 0 || lg_http__status_line_ok(p, n);
+}
+
+/* Reads the header block p[0..len), which ends with its empty line, and
+ * sets the body state. Returns LG_HTTP_AGAIN, LG_HTTP_DONE (no body) or
+ * LG_HTTP_EBAD. */
+static int lg_http__head(lg_http_resp_t *r, const char *p, size_t len) {
+    size_t n = lg_http__line(p, len);
+    if (!lg_http__status_line_ok(p, n))
+        return lg_http__fail(r, "bad status line");
+    int status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    int minor = p[7] - '0';
+    bool conn_close = false, conn_keep = false, chunked = false;
+    bool have_len = false;
+    uint64_t clen = 0;
+
+    for (size_t off = n; off < len;) {
+        size_t ln = lg_http__line(p + off, len - off);
+        const char *line = p + off;
+        off += ln;
+        if (ln == 1 || (ln == 2 && line[0] == '\r'))
+            break; /* the empty line; one of blanks has no colon: refused */
+        const char *colon = memchr(line, ':', ln);
+        if (colon == NULL || colon == line)
+            return lg_http__fail(r, "bad header line");
+        size_t name_len = (size_t)(colon - line);
+        size_t vn = ln - name_len - 1;
+        const char *v = lg_http__trim(colon + 1, &vn);
+        if (name_len == 14 && strncasecmp(line, "Content-Length", 14) == 0) {
+            uint64_t x;
+            if (lg_http__decimal(v, vn, &x) < 0)
+                return lg_http__fail(r, "bad Content-Length");
+            if (have_len && x != clen)
+                return lg_http__fail(r, "conflicting Content-Length");
+            have_len = true;
+            clen = x;
+        } else if (name_len == 17 &&
+                   strncasecmp(line, "Transfer-Encoding", 17) == 0) {
+            chunked = lg_http__has_token(v, vn, "chunked");
+        } else if (name_len == 10 && strncasecmp(line, "Connection", 10) == 0) {
+            conn_close |= lg_http__has_token(v, vn, "close");
+            conn_keep |= lg_http__has_token(v, vn, "keep-alive");
+        }
+    }
+
+    if (status < 200) {
+        if (status == 101)
+            return lg_http__fail(r, "unexpected 101 Switching Protocols");
+        /* An interim response: the real one follows on the same stream. */
+        return LG_HTTP_AGAIN;
+    }
+    r->status = status;
+    r->minor = minor;
+    r->keep_alive = minor >= 1 ? !conn_close : conn_keep && !conn_close;
+    if (r->head_request || status == 204 || status == 304) {
+        r->state = LG_HTTP_S_DONE;
+        return LG_HTTP_DONE;
+    }
+    if (chunked) {
+        r->state = LG_HTTP_S_CHUNK_SIZE;
+    } else if (have_len) {
+        r->remaining = clen;
+        r->state = LG_HTTP_S_BODY_LEN;
+        if (clen == 0) {
+            r->state = LG_HTTP_S_DONE;
+            return LG_HTTP_DONE;
+        }
+    } else {
+        r->keep_alive = false; /* only the end of the connection ends it */
+        r->state = LG_HTTP_S_BODY_EOF;
+    }
+    return LG_HTTP_AGAIN;
+}
+
+/* Body bytes p[0..n) arrived: count them and keep the sample. */
+static void lg_http__body(lg_http_resp_t *r, const char *p, size_t n) {
+    r->body_bytes += n;
+    size_t room = r->sample_cap - r->sample_len;
+    size_t k = n < room ? n : room;
+    if (k > 0) /* sample may be NULL, and memcpy(NULL, p, 0) is undefined */
+        memcpy(r->sample + r->sample_len, p, k);
+    r->sample_len += k;
+}
+
+/* Parses a chunk-size line (hex, then optional ";extensions"). */
+static int lg_http__chunk_size(lg_http_resp_t *r, const char *p, size_t n) {
+    uint64_t x = 0;
+    size_t i = 0, digits = 0;
+    for (; i < n; i++, digits++) {
+        char ch = p[i];
+        int d = ch >= '0' && ch <= '9'   ? ch - '0'
+                : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                         : -1;
+        if (d < 0)
+            break;
+        if (digits == 15)
+            return lg_http__fail(r, "chunk size too large");
+        x = x * 16 + (uint64_t)d;
+    }
+    if (digits == 0 || (i < n && p[i] != ';' && p[i] != ' ' && p[i] != '\t' &&
+                        p[i] != '\r' && p[i] != '\n'))
+        return lg_http__fail(r, "bad chunk size");
+    r->remaining = x;
+    r->state = x ? LG_HTTP_S_CHUNK_DATA : LG_HTTP_S_TRAILER;
+    return LG_HTTP_AGAIN;
+}
+
+int lg_http_feed(lg_http_resp_t *r, const char *buf, size_t len, size_t *used) {
+    size_t off = 0;
+    int rc = LG_HTTP_AGAIN;
+    while (rc == LG_HTTP_AGAIN && off < len) {
+        const char *p = buf + off;
+        size_t avail = len - off, n;
+        switch (r->state) {
+        case LG_HTTP_S_HEAD:
+            n = lg_http__head_len(p, avail);
+            if (n == 0) {
+                if (!lg_http__head_start_ok(p, avail))
+                    rc = lg_http__fail(r, "bad status line");
+                else if (avail >= LG_HTTP_HEAD_MAX)
+                    rc = lg_http__fail(r, "headers longer than %d bytes",
+                                       LG_HTTP_HEAD_MAX);
+                goto out;
+            }
+            off += n;
+            if (n > LG_HTTP_HEAD_MAX)
+                rc = lg_http__fail(r, "headers longer than %d bytes",
+                                   LG_HTTP_HEAD_MAX);
+            else
+                rc = lg_http__head(r, p, n);
+            break;
+        case LG_HTTP_S_BODY_LEN:
+        case LG_HTTP_S_CHUNK_DATA:
+            n = avail < r->remaining ? avail : (size_t)r->remaining;
+            lg_http__body(r, p, n);
+            off += n;
+            r->remaining -= n;
+            if (r->remaining == 0 && r->state == LG_HTTP_S_BODY_LEN) {
+                r->state = LG_HTTP_S_DONE;
+                rc = LG_HTTP_DONE;
+            } else if (r->remaining == 0) {
+                r->state = LG_HTTP_S_CHUNK_END;
+            }
+            break;
+        case LG_HTTP_S_BODY_EOF:
+            lg_http__body(r, p, avail);
+            off += avail;
+            break;
+        case LG_HTTP_S_CHUNK_SIZE:
+            n = lg_http__line(p, avail);
+            if (n == 0) {
+                if (avail >= LG_HTTP_HEAD_MAX)
+                    rc = lg_http__fail(r, "chunk-size line too long");
+                goto out;
+            }
+            off += n;
+            rc = lg_http__chunk_size(r, p, n);
+            break;
+        case LG_HTTP_S_CHUNK_END:
+            n = lg_http__line(p, avail);
+            if (n == 0) {
+                if (avail >= 2)
+                    rc = lg_http__fail(r, "no CRLF after a chunk");
+                goto out;
+            }
+            off += n;
+            if (n == 1 || (n == 2 && p[0] == '\r'))
+                r->state = LG_HTTP_S_CHUNK_SIZE;
+            else
+                rc = lg_http__fail(r, "no CRLF after a chunk");
+            break;
+        case LG_HTTP_S_TRAILER:
+            n = lg_http__line(p, avail);
+            if (n == 0) {
+                if (avail >= LG_HTTP_HEAD_MAX)
+                    rc = lg_http__fail(r, "trailer line too long");
+                goto out;
+            }
+            off += n;
+            if (n == 1 || (n == 2 && p[0] == '\r')) {
+                r->state = LG_HTTP_S_DONE;
+                rc = LG_HTTP_DONE;
+            }
+            break;
+        case LG_HTTP_S_DONE:
+            rc = LG_HTTP_DONE;
+            break;
+        case LG_HTTP_S_ERROR:
+            rc = LG_HTTP_EBAD;
+            break;
+        }
+    }
+out:
+    *used = off;
+    return rc;
+}
+
+int lg_http_eof(lg_http_resp_t *r) {
+    switch (r->state) {
+    case LG_HTTP_S_DONE:
+    case LG_HTTP_S_BODY_EOF:
+        r->state = LG_HTTP_S_DONE;
+        return LG_HTTP_DONE;
+    case LG_HTTP_S_HEAD:
+        return lg_http__fail(r, "connection closed before the headers ended");
+    case LG_HTTP_S_ERROR:
+        return LG_HTTP_EBAD;
+    default:
+        return lg_http__fail(r, "connection closed inside the body");
+    }
+}
