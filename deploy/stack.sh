@@ -5,8 +5,9 @@
 #                                 nginx in front; returns once all are ready
 #   deploy/stack.sh down          stop exactly what `up` started, by pid
 #   deploy/stack.sh status        one line per process: pid, port, alive/dead
-#   deploy/stack.sh restart-app   restart only the replicas, with the COUPON_*
-#                                 settings of the current environment
+#   deploy/stack.sh restart-app   restart only the replicas, one at a time
+#                                 (rolling), with the COUPON_* settings of
+#                                 the current environment
 #
 # Everything lives on 127.0.0.1 and in one directory, $STACK_DIR: data, unix
 # sockets, configuration, logs and one pid file per process. `up` starts from
@@ -447,25 +448,31 @@ run_migrate() {
     }
 }
 
+# Start replica $1 (app$1 on APP_PORT_BASE + $1); does not wait.
+start_app() {
+    local i=$1 port name instance
+    port=$((APP_PORT_BASE + i))
+    name=app$i
+    instance=$name
+    [ -n "${COUPON_INSTANCE_ID:-}" ] && instance=$COUPON_INSTANCE_ID-$i
+    say "$name: starting on 127.0.0.1:$port (mode ${COUPON_CLAIM_MODE:-default})"
+    COUPON_HTTP_ADDR=127.0.0.1:$port \
+        COUPON_PG_DSN=$DSN \
+        COUPON_REDIS_ADDRS=127.0.0.1:$REDIS_PORT \
+        COUPON_ADMIN_TOKEN=$ADMIN_TOKEN \
+        COUPON_INSTANCE_ID=$instance \
+        setsid "$COUPONSVC" serve >>"$SD/logs/$name.log" 2>&1 </dev/null &
+    record_pid "$name" $!
+}
+
 # Start replicas 1..REPLICAS and wait until every one is ready.
 start_apps() {
-    local i=1 port name instance
+    local i=1
     [ "$REPLICAS" -eq 0 ] && return 0
     [ -x "$COUPONSVC" ] || fail "$COUPONSVC not found: run make first"
     write_app_env
     while [ "$i" -le "$REPLICAS" ]; do
-        port=$((APP_PORT_BASE + i))
-        name=app$i
-        instance=$name
-        [ -n "${COUPON_INSTANCE_ID:-}" ] && instance=$COUPON_INSTANCE_ID-$i
-        say "$name: starting on 127.0.0.1:$port (mode ${COUPON_CLAIM_MODE:-default})"
-        COUPON_HTTP_ADDR=127.0.0.1:$port \
-            COUPON_PG_DSN=$DSN \
-            COUPON_REDIS_ADDRS=127.0.0.1:$REDIS_PORT \
-            COUPON_ADMIN_TOKEN=$ADMIN_TOKEN \
-            COUPON_INSTANCE_ID=$instance \
-            setsid "$COUPONSVC" serve >>"$SD/logs/$name.log" 2>&1 </dev/null &
-        record_pid "$name" $!
+        start_app "$i"
         i=$((i + 1))
     done
     i=1
@@ -745,11 +752,29 @@ cmd_restart_app() {
     live_pid postgres >/dev/null || fail "postgres is not running: run down, then up"
     live_pid redis >/dev/null || fail "redis is not running: run down, then up"
     [ "$REPLICAS" -gt 0 ] || fail "the stack has no replicas (REPLICAS=0)"
-    # shellcheck disable=SC2046
-    stop_components $(app_names "$REPLICAS")
-    start_apps
-    reload_nginx
-    say "restart-app: $REPLICAS replica(s) ready, mode ${COUPON_CLAIM_MODE:-default}"
+    [ -x "$COUPONSVC" ] || fail "$COUPONSVC not found: run make first"
+    write_app_env
+    # Rolling: one replica at a time, each back and ready before the next
+    # goes, so the load balancer always has REPLICAS - 1 to send to. A
+    # stopping replica drains (no new connections; kept-alive ones get
+    # "Connection: close" on their next answer; requests in progress are
+    # finished); nginx retries a request whose connection is refused on the
+    # next replica. What can still fail is a request nginx sends on an idle
+    # kept-alive connection just as the stopping replica closes it: nginx
+    # does not re-send a POST that was sent (proxy.conf says why).
+    # nginx is reloaded after each replica: the refused connects of the
+    # stopped one marked it failed for fail_timeout (5 s), and without the
+    # reload the next replica to stop would leave nginx none it trusts
+    # ("no live upstreams", a 502 for everything).
+    local i=1
+    while [ "$i" -le "$REPLICAS" ]; do
+        stop_components "app$i"
+        start_app "$i"
+        wait_http "app$i" $((APP_PORT_BASE + i)) /readyz "$SD/logs/app$i.log"
+        reload_nginx
+        i=$((i + 1))
+    done
+    say "restart-app: $REPLICAS replica(s) restarted one at a time, mode ${COUPON_CLAIM_MODE:-default}"
 }
 
 # The header comment, up to the paragraph on stop signals, is the help.

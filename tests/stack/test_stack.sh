@@ -40,7 +40,8 @@ export COUPONSVC LOADGEN
 PY=python3
 [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
 
-TESTS="t_up_down_leaves_nothing t_replica_kill_fails_only_in_flight t_verifier_catches_injected_faults"
+TESTS="t_up_down_leaves_nothing t_replica_kill_fails_only_in_flight t_restart_app_is_rolling
+    t_verifier_catches_injected_faults"
 
 # ================================================================ helpers ===
 # Used inside a test process (--run-one). W is the test's directory, SD its
@@ -363,6 +364,59 @@ t_replica_kill_fails_only_in_flight() {
     note "failed claims (5xx + transport errors): $fails; statuses: $(jget "$W/load.json" status)"
     expect_le "failed claims (5xx + transport errors)" "$fails" 32
     # Nothing else than 201 and failures: no 4xx, no 200 (every user distinct).
+    expect_eq "201 + failures = requests" $((n201 + fails)) "$(jget "$W/load.json" requests)"
+    return 0
+}
+
+# 2b. restart-app under load is rolling: every replica is replaced (new
+#     pids), the load balancer answers claims in every second of the
+#     restart, and the claims that fail are at most those in flight (32, as
+#     above: the only failure left is a POST nginx sends on an idle kept-alive
+#     connection as the stopping replica closes it). Restarting all replicas
+#     at once, as restart-app first did, failed some 36 000 claims here in
+#     the second nginx had no replica.
+t_restart_app_is_rolling() {
+    local i lg_pid rc=0 fails n201 s old='' new='' t0 t1 secs
+
+    stack_up 3
+    for i in 1 2 3; do old="$old $(cat "$SD/pids/app$i.pid")"; done
+
+    "$LOADGEN" --url "$COUPONSVC_URL" -c 32 -d 9 --coupon roll-hot --create-stock 100000000 \
+        --admin-token "$COUPON_ADMIN_TOKEN" --verify-dsn "$COUPON_PG_DSN" \
+        --json "$W/load.json" --csv "$W/load.csv" -q >"$W/load.out" 2>&1 &
+    lg_pid=$!
+    sleep 2
+    t0=$EPOCHREALTIME
+    stack restart-app >"$W/restart.log" 2>&1 || {
+        sed 's/^/    | /' "$W/restart.log"
+        fail "stack.sh restart-app failed"
+    }
+    t1=$EPOCHREALTIME
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%d", b - a + 0.999 }')
+    note "restart-app took $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
+    wait "$lg_pid" || rc=$?
+    sed 's/^/    | /' "$W/load.out"
+    expect_eq "loadgen exit status" "$rc" 0
+
+    for i in 1 2 3; do new="$new $(cat "$SD/pids/app$i.pid")"; done
+    for i in $new; do
+        case " $old " in *" $i "*) fail "a replica kept its pid $i: not restarted (old:$old new:$new)" ;; esac
+    done
+    grep -q 'restarted one at a time' "$W/restart.log" || fail "restart-app did not report a rolling restart"
+
+    expect_eq "verify.ok" "$(jget "$W/load.json" verify.ok)" true
+    n201=$(jget "$W/load.json" status.201)
+    expect_eq "verify.claimed_2xx = status.201" "$(jget "$W/load.json" verify.claimed_2xx)" "$n201"
+    # Claims were answered in every second the restart took, and after.
+    s=2
+    while [ "$s" -le $((2 + secs)) ] && [ "$s" -le 8 ]; do
+        expect_gt "2xx answers in second $s (during the restart)" \
+            "$(awk -F, -v s="$s" '$1 == s { print $3 }' "$W/load.csv")" 0
+        s=$((s + 1))
+    done
+    fails=$(failures "$W/load.json")
+    note "failed claims (5xx + transport errors): $fails; statuses: $(jget "$W/load.json" status)"
+    expect_le "failed claims (5xx + transport errors)" "$fails" 32
     expect_eq "201 + failures = requests" $((n201 + fails)) "$(jget "$W/load.json" requests)"
     return 0
 }
