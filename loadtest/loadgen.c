@@ -161,6 +161,7 @@ typedef struct lg_config {
     bool raw;                /* --method/--path given: no claim body */
     bool head;               /* raw mode with HEAD: responses have no body */
     long timeout_ms;         /* per request, connect included */
+    const char *cacert;      /* --cacert FILE for https://; NULL = system */
     const char *json_path;   /* --json FILE; NULL = none */
     const char *csv_path;    /* --csv FILE; NULL = none */
     const char *verify_dsn;  /* --verify-dsn DSN; NULL = no verification */
@@ -1220,6 +1221,8 @@ static void lg_worker_init(lg_worker_t *w, int id, int nconns) {
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_PROXY, ""); /* ignore http_proxy */
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cfg.timeout_ms);
+        if (cfg.cacert)
+            curl_easy_setopt(e, CURLOPT_CAINFO, cfg.cacert);
         curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
         c->next_idle = w->idle;
         w->idle = c;
@@ -1287,6 +1290,8 @@ static int lg_create_stock(void) {
         curl_easy_setopt(e, CURLOPT_PROXY, "");
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, cfg.timeout_ms);
+        if (cfg.cacert)
+            curl_easy_setopt(e, CURLOPT_CAINFO, cfg.cacert);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, lg_buf_cb);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)&resp);
         CURLcode cc = curl_easy_perform(e);
@@ -1864,6 +1869,9 @@ static const char *lg_usage_text =
     "                         --verify-dsn is not allowed then\n"
     "  --timeout-ms MS        per request timeout, connect included (default "
     "10000)\n"
+    "  --cacert FILE          https:// URLs: trust the CA certificates in "
+    "FILE\n"
+    "                         (PEM) instead of the system's\n"
     "  --json FILE            write a machine-readable summary\n"
     "  --csv FILE             write one row per second: "
     "second,requests,ok_2xx,\n"
@@ -1938,6 +1946,7 @@ enum {
     OPT_METHOD,
     OPT_PATH,
     OPT_TIMEOUT_MS,
+    OPT_CACERT,
     OPT_JSON,
     OPT_CSV,
     OPT_VERIFY_DSN,
@@ -1961,6 +1970,7 @@ static void lg_parse_args(int argc, char **argv) {
         {"method", required_argument, NULL, OPT_METHOD},
         {"path", required_argument, NULL, OPT_PATH},
         {"timeout-ms", required_argument, NULL, OPT_TIMEOUT_MS},
+        {"cacert", required_argument, NULL, OPT_CACERT},
         {"json", required_argument, NULL, OPT_JSON},
         {"csv", required_argument, NULL, OPT_CSV},
         {"verify-dsn", required_argument, NULL, OPT_VERIFY_DSN},
@@ -2016,6 +2026,11 @@ static void lg_parse_args(int argc, char **argv) {
             break;
         case OPT_PATH:
             cfg.path = optarg;
+            break;
+        case OPT_CACERT:
+            if (access(optarg, R_OK) != 0)
+                lg_usage_error("--cacert %s: %s", optarg, strerror(errno));
+            cfg.cacert = optarg;
             break;
         case OPT_TIMEOUT_MS:
             cfg.timeout_ms =
