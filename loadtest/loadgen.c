@@ -987,6 +987,8 @@ static void lg_conn_read(lg_conn_t *c) {
         }
         /* A server may answer before it has read the whole request (an
          * early 413, say): stop sending and read. */
+        if (c->state == LG_C_SENDING)
+            lg_conn_want(c, EPOLLIN); /* or EPOLLOUT would spin the loop */
         c->state = LG_C_READING;
         c->got_bytes = true;
         c->rlen += n;
