@@ -835,6 +835,13 @@ static void lg_conn_finish(lg_conn_t *c, CURLcode rc, long st, int64_t now) {
     assert(w->inflight >= 0);
 }
 
+/* The request on c failed with transport error rc at `now`: the
+ * connection is closed, since nobody knows what state it is in. */
+static void lg_conn_fail(lg_conn_t *c, CURLcode rc, int64_t now) {
+    lg_conn_close(c);
+    lg_conn_finish(c, rc, 0, now);
+}
+
 /* Ask libcurl for a connection for c's request; the request goes out when
  * the connection is made (lg_conn_connected). */
 static void lg_conn_connect(lg_conn_t *c) {
@@ -867,8 +874,7 @@ static void lg_conn_connected(lg_conn_t *c) {
                                s == CURL_SOCKET_BAD))
             rc = CURLE_COULDNT_CONNECT;
         if (rc != CURLE_OK) {
-            lg_conn_close(c);
-            lg_conn_finish(c, rc, 0, lg_now_ns());
+            lg_conn_fail(c, rc, lg_now_ns());
             return;
         }
         c->w->nconnecting--;
@@ -876,8 +882,7 @@ static void lg_conn_connected(lg_conn_t *c) {
         c->fd = s;
         c->state = LG_C_SENDING;
         if (lg_ev_set(c->w, c->idx, s, EPOLLIN) < 0) {
-            lg_conn_close(c);
-            lg_conn_finish(c, CURLE_COULDNT_CONNECT, 0, lg_now_ns());
+            lg_conn_fail(c, CURLE_COULDNT_CONNECT, lg_now_ns());
             return;
         }
         c->events = EPOLLIN;
@@ -905,12 +910,11 @@ static void lg_conn_go(lg_conn_t *c) {
  * on a reused connection is sent once more on a new one. Once only: the new
  * connection is not reused, so if it breaks too, the request fails. */
 static void lg_conn_broken(lg_conn_t *c, CURLcode rc) {
-    bool retry = c->reused && !c->got_bytes;
-    lg_conn_close(c); /* clears c->reused */
-    if (retry) {
+    if (c->reused && !c->got_bytes) {
+        lg_conn_close(c); /* clears c->reused */
         lg_conn_go(c);
     } else {
-        lg_conn_finish(c, rc, 0, lg_now_ns());
+        lg_conn_fail(c, rc, lg_now_ns());
     }
 }
 
@@ -977,11 +981,9 @@ static void lg_conn_read(lg_conn_t *c) {
             if (!c->got_bytes) {
                 lg_conn_broken(c, CURLE_GOT_NOTHING);
             } else if (lg_http_eof(&c->resp) == LG_HTTP_DONE) {
-                c->rlen = 0;
                 lg_conn_answered(c, c->resp.status, lg_now_ns());
             } else {
-                lg_conn_close(c);
-                lg_conn_finish(c, CURLE_PARTIAL_FILE, 0, lg_now_ns());
+                lg_conn_fail(c, CURLE_PARTIAL_FILE, lg_now_ns());
             }
             return;
         }
@@ -1001,8 +1003,7 @@ static void lg_conn_read(lg_conn_t *c) {
             return;
         }
         if (r == LG_HTTP_EBAD) {
-            lg_conn_close(c);
-            lg_conn_finish(c, CURLE_WEIRD_SERVER_REPLY, 0, lg_now_ns());
+            lg_conn_fail(c, CURLE_WEIRD_SERVER_REPLY, lg_now_ns());
             return;
         }
         /* Not complete: read on until the socket is empty (a TLS layer may
@@ -1015,10 +1016,8 @@ static void lg_sweep(lg_worker_t *w, int64_t now) {
     int64_t limit = (int64_t)cfg.timeout_ms * 1000000;
     for (int i = 0; i < w->nconns; i++) {
         lg_conn_t *c = &w->conns[i];
-        if (c->state != LG_C_IDLE && now - c->start_ns >= limit) {
-            lg_conn_close(c);
-            lg_conn_finish(c, CURLE_OPERATION_TIMEDOUT, 0, now);
-        }
+        if (c->state != LG_C_IDLE && now - c->start_ns >= limit)
+            lg_conn_fail(c, CURLE_OPERATION_TIMEDOUT, now);
     }
 }
 

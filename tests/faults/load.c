@@ -36,12 +36,6 @@ struct fl_load {
     unsigned char *found; /* per user: fl_settle found a claim */
 };
 
-double fl_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
-}
-
 /* ---------------------------------------------------------------- http --- */
 
 typedef struct fl__buf {
@@ -87,11 +81,11 @@ void fl_claim(const char *url, const char *coupon, const char *user,
 
     memset(r, 0, sizeof(*r));
     r->fence = -1;
-    r->t0 = fl_now_ms();
+    r->t0 = h_now_ms();
     if (curl_easy_perform(curl) == CURLE_OK) {
         curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &r->status);
     }
-    r->t1 = fl_now_ms();
+    r->t1 = h_now_ms();
     r->retry_after = b.retry_after;
     curl_slist_free_all(hdr);
 

@@ -6,7 +6,7 @@
  * user (<prefix>-<i>), spread round-robin over the services, until stopped
  * or until max requests were sent. Every answer is kept: which service,
  * status, error code and detail, Retry-After, the fence, and when the request
- * started and ended (ms on the monotonic clock, fl_now_ms). The tests then
+ * started and ended (ms on the monotonic clock, h_now_ms). The tests then
  * ask questions of the records ("was any 201 answered while the row lock was
  * held?") rather than of counters.
  *
@@ -35,13 +35,10 @@ typedef struct fl_rec {
     char detail[160]; /* "detail" member, cut */
     long fence;       /* "fence" member, -1 if none */
     int retry_after;  /* the Retry-After header was present */
-    double t0, t1;    /* sent / answered, fl_now_ms() */
+    double t0, t1;    /* sent / answered, h_now_ms() */
 } fl_rec_t;
 
 typedef struct fl_load fl_load_t;
-
-/* Milliseconds on the monotonic clock (the time base of the records). */
-double fl_now_ms(void);
 
 /* One claim with the answer recorded into *r (status, error, detail, fence,
  * Retry-After, times). timeout_ms bounds the whole request. */

@@ -50,7 +50,7 @@ void h_sleep_ms(long ms) {
     }
 }
 
-static double h__now_ms(void) {
+double h_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
@@ -121,14 +121,14 @@ static pid_t h__spawn(char *const *argv, const char *logfile, struct passwd *pw,
 
 /* Waits for pid up to timeout_ms; returns its wait status or -1. */
 static int h__wait(pid_t pid, int timeout_ms) {
-    double end = h__now_ms() + timeout_ms;
+    double end = h_now_ms() + timeout_ms;
     int status;
     for (;;) {
         pid_t w = waitpid(pid, &status, WNOHANG);
         if (w == pid) {
             return status;
         }
-        if (w < 0 || h__now_ms() > end) {
+        if (w < 0 || h_now_ms() > end) {
             return -1;
         }
         h_sleep_ms(10);
@@ -253,14 +253,14 @@ int h_setup(void) {
                      NULL};
     h__pg_pid = h__spawn(pargv, log, pw, NULL);
 
-    double end = h__now_ms() + 30000;
+    double end = h_now_ms() + 30000;
     char ping[128];
     snprintf(ping, sizeof(ping),
              "host=127.0.0.1 port=%d dbname=postgres "
              "user=postgres",
              h__pg_port);
     while (PQping(ping) != PQPING_OK) {
-        if (h__now_ms() > end || waitpid(h__pg_pid, NULL, WNOHANG) != 0) {
+        if (h_now_ms() > end || waitpid(h__pg_pid, NULL, WNOHANG) != 0) {
             fprintf(stderr, "harness: postgres did not start, see %s\n", log);
             h__tail(log, 20);
             return -1;
@@ -345,7 +345,7 @@ static void h__redis_launch(const char *const *args, const char *const *env) {
     }
     argv[n] = NULL;
     h__redis_pid = h__spawn(argv, log, NULL, env);
-    double end = h__now_ms() + 10000;
+    double end = h_now_ms() + 10000;
     for (;;) {
         struct timeval tv = {1, 0};
         redisContext *c =
@@ -362,7 +362,7 @@ static void h__redis_launch(const char *const *args, const char *const *env) {
         }
         TT_ASSERT_MSG(waitpid(h__redis_pid, NULL, WNOHANG) == 0,
                       "redis exited during start (%s)", log);
-        TT_ASSERT_MSG(h__now_ms() < end, "redis did not start (%s)", log);
+        TT_ASSERT_MSG(h_now_ms() < end, "redis did not start (%s)", log);
         h_sleep_ms(20);
     }
 }
@@ -466,11 +466,11 @@ h_svc_t *h_svc_start(const char *name, const char *const *env) {
 
     char url[96];
     snprintf(url, sizeof(url), "%s/healthz", s->url);
-    double end = h__now_ms() + 10000;
+    double end = h_now_ms() + 10000;
     while (h_http("GET", url, NULL, NULL, NULL, 0, NULL) != 200) {
         TT_ASSERT_MSG(waitpid(s->pid, NULL, WNOHANG) == 0,
                       "%s exited during start", name);
-        TT_ASSERT_MSG(h__now_ms() < end, "%s did not answer /healthz", name);
+        TT_ASSERT_MSG(h_now_ms() < end, "%s did not answer /healthz", name);
         h_sleep_ms(20);
     }
     return s;
@@ -603,9 +603,9 @@ double h_metric(const h_svc_t *s, const char *series) {
 
 double h_wait_metric(const h_svc_t *s, const char *series, double want,
                      int timeout_ms) {
-    double end = h__now_ms() + timeout_ms;
+    double end = h_now_ms() + timeout_ms;
     double v;
-    while ((v = h_metric(s, series)) < want && h__now_ms() < end) {
+    while ((v = h_metric(s, series)) < want && h_now_ms() < end) {
         h_sleep_ms(10);
     }
     return v;
@@ -787,12 +787,12 @@ static void h__ppg_spawn(void) {
              "host=127.0.0.1 port=%d dbname=postgres "
              "user=postgres connect_timeout=2",
              h__ppg_port);
-    double end = h__now_ms() + 30000;
+    double end = h_now_ms() + 30000;
     while (PQping(ping) != PQPING_OK) {
         TT_ASSERT_MSG(waitpid(h__ppg_pid, NULL, WNOHANG) == 0,
                       "private postgres exited during start, see %s",
                       h__ppg_log);
-        TT_ASSERT_MSG(h__now_ms() < end,
+        TT_ASSERT_MSG(h_now_ms() < end,
                       "private postgres did not start, "
                       "see %s",
                       h__ppg_log);

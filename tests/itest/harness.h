@@ -105,6 +105,9 @@ int h_run_migrate(void);
 /* Sleeps ms milliseconds. */
 void h_sleep_ms(long ms);
 
+/* Milliseconds on the monotonic clock (for intervals, not dates). */
+double h_now_ms(void);
+
 /* Polls until metric >= want on s, up to timeout_ms; returns the last value. */
 double h_wait_metric(const h_svc_t *s, const char *series, double want,
                      int timeout_ms);

@@ -95,10 +95,10 @@ static long idle_in_tx(void) {
 
 /* Polls until idle_in_tx() == want; returns the time it took (ms), or -1. */
 static double wait_idle_in_tx(long want, int timeout_ms) {
-    double start = fl_now_ms();
-    while (fl_now_ms() - start < timeout_ms) {
+    double start = h_now_ms();
+    while (h_now_ms() - start < timeout_ms) {
         if (idle_in_tx() == want) {
-            return fl_now_ms() - start;
+            return h_now_ms() - start;
         }
         h_sleep_ms(10);
     }
@@ -107,9 +107,9 @@ static double wait_idle_in_tx(long want, int timeout_ms) {
 
 /* Waits until the load has had n 201s (so the fault hits a running load). */
 static void wait_201s(fl_load_t *l, long n) {
-    double end = fl_now_ms() + 10000;
+    double end = h_now_ms() + 10000;
     while (fl_count(l, 201, NULL) < n) {
-        TT_ASSERT_MSG(fl_now_ms() < end, "the load made no progress");
+        TT_ASSERT_MSG(h_now_ms() < end, "the load made no progress");
         h_sleep_ms(10);
     }
 }
@@ -236,7 +236,7 @@ static void kill9_holder(const char *point) {
     solo_t so;
     solo_start(&so, v, "k9", "victim");
     wait_lease(v);
-    double t_seen = fl_now_ms();
+    double t_seen = h_now_ms();
     int in_tx = strcmp(point, "before_commit") == 0;
     int committed = strcmp(point, "after_commit") == 0;
     /* at before_commit its transaction is open: the only one, as it holds
@@ -244,7 +244,7 @@ static void kill9_holder(const char *point) {
     TT_CMP_INT(wait_idle_in_tx(in_tx ? 1 : 0, 3000), >=, 0);
 
     h_sleep_ms(300);
-    double t_kill = fl_now_ms();
+    double t_kill = h_now_ms();
     kill(v->pid, SIGKILL);
     waitpid(v->pid, NULL, 0);
     long pttl = pttl_of("k9");
@@ -329,9 +329,9 @@ TT_TEST(sigstop_holder_after_acquire, 60) {
     solo_start(&so, v, "st", "sleeper");
     wait_lease(v);
     kill(v->pid, SIGSTOP);
-    double t_stop = fl_now_ms();
+    double t_stop = h_now_ms();
     h_sleep_ms(2500);
-    double t_cont = fl_now_ms(); /* before: the window closes as we send */
+    double t_cont = h_now_ms(); /* before: the window closes as we send */
     kill(v->pid, SIGCONT);
     solo_join(&so);
     h_sleep_ms(1000);
@@ -404,16 +404,16 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
     /* In its before_commit pause: the only open transaction. */
     TT_CMP_INT(wait_idle_in_tx(1, 3000), >=, 0);
     kill(v->pid, SIGSTOP);
-    double t_stop = fl_now_ms();
+    double t_stop = h_now_ms();
 
     double t_idle_killed = -1;
-    while (fl_now_ms() - t_stop < stop_ms) {
+    while (h_now_ms() - t_stop < stop_ms) {
         if (t_idle_killed < 0 && idle_in_tx() == 0) {
-            t_idle_killed = fl_now_ms();
+            t_idle_killed = h_now_ms();
         }
         h_sleep_ms(20);
     }
-    double t_cont = fl_now_ms(); /* before: the window closes as we send */
+    double t_cont = h_now_ms(); /* before: the window closes as we send */
     kill(v->pid, SIGCONT);
     solo_join(&so);
     h_sleep_ms(2000);
@@ -498,11 +498,11 @@ TT_TEST(redis_killed_restarted_empty, 60) {
 
     long f_before = h_redis_cmd("GET coupon:{rk}:fence");
     h_redis_stop();
-    double t_down = fl_now_ms();
+    double t_down = h_now_ms();
     h_sleep_ms(1000);
-    double t_restart = fl_now_ms();
+    double t_restart = h_now_ms();
     h_redis_start();
-    double t_up = fl_now_ms();
+    double t_up = h_now_ms();
     h_sleep_ms(2500);
     fl_stop(l);
     fl_print(l, "load");
@@ -556,10 +556,10 @@ TT_TEST(redis_stalled_past_ttl, 60) {
     wait_lease(v);
     TT_CMP_INT(wait_idle_in_tx(1, 3000), >=, 0);
     pid_t cli = h_redis_stall_bg(3000);
-    double t_stall = fl_now_ms();
+    double t_stall = h_now_ms();
     int st = 0;
     waitpid(cli, &st, 0);
-    double t_end = fl_now_ms();
+    double t_end = h_now_ms();
     TT_ASSERT_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0 &&
                       t_end - t_stall >= 2900,
                   "DEBUG SLEEP did not stall Redis (%.0f ms)", t_end - t_stall);
@@ -618,7 +618,7 @@ TT_TEST(redis_partitioned_from_one_instance, 60) {
     wait_lease(v);
     TT_CMP_INT(wait_idle_in_tx(1, 3000), >=, 0);
     fp_blackhole(px, 1);
-    double t_cut = fl_now_ms();
+    double t_cut = h_now_ms();
     solo_join(&so);
 
     /* While cut off, the victim answers quickly and clearly. */
@@ -633,7 +633,7 @@ TT_TEST(redis_partitioned_from_one_instance, 60) {
         TT_CMP_INT(r.t1 - r.t0, <, 2000);
     }
     h_sleep_ms(1000);
-    double t_heal = fl_now_ms();
+    double t_heal = h_now_ms();
     fp_blackhole(px, 0);
 
     TT_EQ_INT(so.r.status, 503);
@@ -698,7 +698,7 @@ TT_TEST(redis_clock_jumps_forward, 60) {
     wait_lease(v);
     TT_CMP_INT(pttl_of("cj"), >, 1000);
     redis_clock_shift(60000);
-    double t_jump = fl_now_ms();
+    double t_jump = h_now_ms();
     TT_EQ_INT(h_redis_cmd("EXISTS coupon:{cj}:lock") == 0 ||
                   pttl_of("cj") > 1000,
               1); /* gone, or already somebody else's new lock */
@@ -959,13 +959,13 @@ static void pg_restart(const char *mode) {
     fl_load_t *l = fl_start(s, 3, "pg", "load", 6, 20000, LOAD_PAUSE_MS);
     wait_201s(l, 30);
 
-    double t_stop = fl_now_ms();
+    double t_stop = h_now_ms();
     h_pg_private_stop(mode);
-    double t_down = fl_now_ms();
+    double t_down = h_now_ms();
     h_sleep_ms(1000);
-    double t_restart = fl_now_ms();
+    double t_restart = h_now_ms();
     h_pg_private_restart();
-    double t_up = fl_now_ms();
+    double t_up = h_now_ms();
     h_sleep_ms(3000);
     fl_stop(l);
     fl_print(l, "load");
@@ -980,7 +980,7 @@ static void pg_restart(const char *mode) {
     TT_CMP_INT(first, >, 0);
     printf("    first 201 +%.0f ms after the restart; 503s answered after "
            "it: %ld (a worker's first call on a connection that died)\n",
-           first - t_up, fl_count_between(l, 503, t_up, fl_now_ms()));
+           first - t_up, fl_count_between(l, 503, t_up, h_now_ms()));
     TT_CMP_INT(first - t_up, <, 5000);
 
     fl_load_t *ls[] = {l};
@@ -1022,14 +1022,14 @@ TT_TEST(outside_row_lock, 60) {
     res = PQexec(pg, "SELECT * FROM coupons WHERE id = 'rl' FOR UPDATE");
     TT_ASSERT(PQresultStatus(res) == PGRES_TUPLES_OK);
     PQclear(res);
-    double t_lock = fl_now_ms();
+    double t_lock = h_now_ms();
     h_sleep_ms(500);
     long f0 = h_redis_cmd("GET coupon:{rl}:fence");
     h_sleep_ms(2500);
     long f1 = h_redis_cmd("GET coupon:{rl}:fence");
     /* The window ends when the ROLLBACK is SENT: a claim waiting on the row
      * may commit and be answered before the ROLLBACK's own reply is back. */
-    double t_unlock = fl_now_ms();
+    double t_unlock = h_now_ms();
     res = PQexec(pg, "ROLLBACK");
     PQclear(res);
     PQfinish(pg);
@@ -1060,9 +1060,9 @@ TT_TEST(outside_row_lock, 60) {
 
     /* Nothing lingers: no lease held, no lock key. */
     for (int i = 0; i < 2; i++) {
-        double end = fl_now_ms() + 3000;
+        double end = h_now_ms() + 3000;
         while (h_metric(s[i], "couponsvc_leases_held") != 0 &&
-               fl_now_ms() < end) {
+               h_now_ms() < end) {
             h_sleep_ms(20);
         }
         TT_EQ_INT(h_metric(s[i], "couponsvc_leases_held"), 0);

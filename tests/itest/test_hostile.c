@@ -62,12 +62,6 @@
 
 /* ---------------------------------------------------------- raw client --- */
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
-}
-
 /* A growable byte buffer; p is always NUL-terminated (bodies may hold NULs,
  * len is what counts). */
 typedef struct hb {
@@ -179,13 +173,13 @@ static void raw_exchange(int port, const char *req, size_t len, int wait_ms,
                          int linger_ms, int head_only, raw_resp_t *r) {
     memset(r, 0, sizeof(*r));
     hb_add(&r->data, "", 0);
-    double start = now_ms(), end = start + wait_ms;
+    double start = h_now_ms(), end = start + wait_ms;
     int fd = raw_connect(port);
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     size_t sent = 0;
     int done = 0;
     while (!r->eof) {
-        double left = end - now_ms();
+        double left = end - h_now_ms();
         if (left <= 0) {
             break;
         }
@@ -215,19 +209,19 @@ static void raw_exchange(int port, const char *req, size_t len, int wait_ms,
         }
         if (!done && raw_parse(r, head_only)) {
             done = 1;
-            r->answer_ms = now_ms() - start;
+            r->answer_ms = h_now_ms() - start;
             if (linger_ms <= 0) {
                 break;
             }
-            if (end > now_ms() + linger_ms) {
-                end = now_ms() + linger_ms;
+            if (end > h_now_ms() + linger_ms) {
+                end = h_now_ms() + linger_ms;
             }
         }
     }
     if (!done) {
         raw_parse(r, head_only); /* an answer cut short still has a status */
     }
-    r->ms = now_ms() - start;
+    r->ms = h_now_ms() - start;
     close(fd);
 }
 
@@ -935,8 +929,8 @@ static int wait_all_closed(int *fds, int n, int timeout_ms) {
         p[i].events = POLLIN;
     }
     int closed = 0;
-    double end = now_ms() + timeout_ms;
-    while (closed < n && now_ms() < end) {
+    double end = h_now_ms() + timeout_ms;
+    while (closed < n && h_now_ms() < end) {
         if (poll(p, (nfds_t)n, 200) <= 0) {
             continue;
         }
@@ -982,7 +976,7 @@ TT_TEST(hostile_idle_connections, 120) {
     h_coupon(s, "c1", 10);
 
     static int fds[N];
-    double t0 = now_ms();
+    double t0 = h_now_ms();
     for (int i = 0; i < N; i++) {
         fds[i] = raw_connect(s->port);
         if (i % 2 == 1) {
@@ -990,11 +984,11 @@ TT_TEST(hostile_idle_connections, 120) {
             TT_ASSERT(send(fds[i], part, sizeof(part) - 1, MSG_NOSIGNAL) > 0);
         }
     }
-    double opened_ms = now_ms() - t0;
+    double opened_ms = h_now_ms() - t0;
 
-    t0 = now_ms();
+    t0 = h_now_ms();
     claim_raw(s, "while-idle", 201);
-    double claim_ms = now_ms() - t0;
+    double claim_ms = h_now_ms() - t0;
     check_up(s);
 
     int closed = wait_all_closed(fds, N, 3000 + 15000);
@@ -1026,9 +1020,9 @@ TT_TEST(hostile_connection_limit_full, 60) {
     for (int i = 0; i < N; i++) {
         fds[i] = raw_connect(s->port);
     }
-    double t0 = now_ms();
+    double t0 = h_now_ms();
     claim_raw(s, "past-the-limit", 201);
-    double ms = now_ms() - t0;
+    double ms = h_now_ms() - t0;
     printf("# with %d idle connections and a limit of %d, a claim took %.0f "
            "ms\n",
            N, LIMIT, ms);
@@ -1048,9 +1042,9 @@ TT_TEST(hostile_connection_limit_full, 60) {
 static double trickle_until_closed(int port, const char *head,
                                    double give_up_ms) {
     int fd = raw_connect(port);
-    double t0 = now_ms();
+    double t0 = h_now_ms();
     TT_ASSERT(send(fd, head, strlen(head), MSG_NOSIGNAL) > 0);
-    while (now_ms() - t0 < give_up_ms) {
+    while (h_now_ms() - t0 < give_up_ms) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
         if (poll(&p, 1, 300) > 0) {
             char buf[512];
@@ -1064,7 +1058,7 @@ static double trickle_until_closed(int port, const char *head,
             break; /* reset by the server */
         }
     }
-    double ms = now_ms() - t0;
+    double ms = h_now_ms() - t0;
     close(fd);
     return ms;
 }

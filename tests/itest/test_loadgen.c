@@ -121,12 +121,6 @@ static void lt_sleep_us(long us) {
     }
 }
 
-static double lt_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
-}
-
 /* Writes all of p[0..n); returns 0, or -1 if the client went away. */
 static int lt_send_all(int fd, const char *p, size_t n) {
     while (n > 0) {
@@ -162,9 +156,9 @@ static int lt_send_drip(int fd, const char *p, size_t n) {
 static void lt_linger(lt_server_t *s, int fd) {
     shutdown(fd, SHUT_WR);
     struct pollfd p = {.fd = fd, .events = POLLIN};
-    double end = lt_now_ms() + 5000;
+    double end = h_now_ms() + 5000;
     bool counted = false;
-    while (lt_now_ms() < end && poll(&p, 1, 100) >= 0) {
+    while (h_now_ms() < end && poll(&p, 1, 100) >= 0) {
         if (!(p.revents & (POLLIN | POLLHUP | POLLERR))) {
             continue;
         }
@@ -351,8 +345,8 @@ static void lt_settle(lt_server_t *s) {
     atomic_store(&s->stop, 1);
     pthread_join(s->thread, NULL);
     close(s->lfd);
-    double end = lt_now_ms() + 3000;
-    while (atomic_load(&s->open_conns) > 0 && lt_now_ms() < end) {
+    double end = h_now_ms() + 3000;
+    while (atomic_load(&s->open_conns) > 0 && h_now_ms() < end) {
         h_sleep_ms(10);
     }
     TT_ASSERT_MSG(atomic_load(&s->open_conns) == 0,
@@ -444,7 +438,7 @@ static lt_run_t lt_loadgen(const char *url, int conns, long requests,
 
     /* The test process has server threads: between fork and exec only
      * async-signal-safe calls. */
-    double start = lt_now_ms();
+    double start = h_now_ms();
     pid_t pid = fork();
     TT_ASSERT_MSG(pid >= 0, "fork: %s", strerror(errno));
     if (pid == 0) {
@@ -460,7 +454,7 @@ static lt_run_t lt_loadgen(const char *url, int conns, long requests,
     int st = 0;
     bool hung = false;
     while (waitpid(pid, &st, WNOHANG) != pid) {
-        if (lt_now_ms() - start > bound_ms) {
+        if (h_now_ms() - start > bound_ms) {
             hung = true;
             kill(pid, SIGKILL);
             waitpid(pid, &st, 0);
@@ -470,7 +464,7 @@ static lt_run_t lt_loadgen(const char *url, int conns, long requests,
     }
     TT_ASSERT_MSG(!hung, "loadgen still running after %d ms (killed)",
                   bound_ms);
-    lt_run_t r = {.elapsed_ms = lt_now_ms() - start};
+    lt_run_t r = {.elapsed_ms = h_now_ms() - start};
     r.exit_status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     TT_ASSERT_MSG(r.exit_status != 127, "could not run %s", bin);
     json_error_t err;
