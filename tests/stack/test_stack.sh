@@ -507,8 +507,10 @@ EOF
 #    --cacert naming it every request is answered on a kept-alive connection;
 #    without, every one fails certificate verification (exit 1), so the test
 #    shows that TLS really is verified and really is in the path. The nginx
-#    is recorded like a stack process, so the safety net in down_and_clean
-#    stops it even if the test dies half-way.
+#    is stopped with SIGTERM (master and worker) when the test process
+#    exits, however it exits; it is also recorded like a stack process, for
+#    the safety net in down_and_clean. (That net alone is not enough: its
+#    SIGKILL reaches only the master, and the worker would live on.)
 t_loadgen_https_cacert() {
     local pid port rc=0 temp_paths='' m user_line=''
     command -v openssl >/dev/null || fail "openssl not installed (make deps: it comes with ca-certificates)"
@@ -544,6 +546,9 @@ NGINX
     nginx -p "$W/tls" -e "$W/tls/error.log" -c "$W/tls/nginx.conf" -g 'daemon off;' \
         >"$W/tls/nginx.out" 2>&1 </dev/null &
     pid=$!
+    # shellcheck disable=SC2064 # pid is meant to be expanded now
+    trap "kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null" EXIT
+    trap 'exit 143' TERM
     echo "$pid" >"$SD/pids/tlsnginx.pid"
     awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$pid/stat" >"$SD/pids/tlsnginx.start"
     for _ in $(seq 50); do
@@ -566,9 +571,7 @@ NGINX
     grep -q -i 'certificate' "$W/notrust.out" ||
         fail "the error does not name the certificate: $(cat "$W/notrust.out")"
 
-    kill -TERM "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null || true
-    return 0
+    return 0 # the EXIT trap stops nginx
 }
 
 if [ "${1:-}" = --run-one ]; then
