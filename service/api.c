@@ -124,7 +124,7 @@ static void api__claim(const api_request_t *req, api_response_t *resp) {
     }
 
     claim_result_t r;
-    claim_one(rc.coupon_id, rc.user_id, &r);
+    claim_one(rc.coupon_id, rc.user_id, req->deadline_ns, &r);
 
     json_t *fence = r.fence >= 0 ? json_integer(r.fence) : json_null();
     char d[160];
@@ -157,6 +157,9 @@ static void api__claim(const api_request_t *req, api_response_t *resp) {
                   json_pack("{s:s, s:s, s:s, s:o}", "error", "fenced", "detail",
                             r.detail, "coupon_id", rc.coupon_id, "fence",
                             fence));
+        /* Nothing was written, and a retry takes a new lease: it is safe,
+         * and worth it once the newer holder is done. */
+        resp->retry_after = 1;
         return;
     case CLAIM_BUSY:
         json_decref(fence);
@@ -309,6 +312,24 @@ void api_handle(const api_request_t *req, api_response_t *resp) {
     api__route_t route = api__match(req->path, &arg);
     int get = api__is(req->method, "GET") || api__is(req->method, "HEAD");
     int post = api__is(req->method, "POST");
+
+    if (req->body_too_large && route != API__NONE) {
+        /* From the route alone: this may run on the event loop (the early
+         * 413), which must never wait on a backend. */
+        int allowed =
+            (route == API__CLAIM || route == API__COUPONS) ? post : get;
+        if (allowed) {
+            if (route == API__COUPONS && api__check_adminOrReply(req, resp)) {
+                return;
+            }
+            if (route == API__CLAIM) {
+                metrics_inc(M_CLAIM_BAD_REQUEST);
+            }
+            api__check_bodyOrReply(req, resp); /* the 413 */
+            return;
+        }
+        /* Not allowed: the 405 below, as for any other body. */
+    }
 
     switch (route) {
     case API__HEALTHZ:

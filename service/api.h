@@ -10,6 +10,7 @@
 #define COUPONSVC_API_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cfg.h"
 
@@ -21,6 +22,10 @@ typedef struct api_request {
     const char *body;          /* borrowed; may be NULL when body_len == 0 */
     size_t body_len;
     int body_too_large; /* the body passed COUPON_MAX_BODY */
+    /* The claim's lock-wait deadline (CLOCK_MONOTONIC ns), counted from when
+     * the request was queued for a worker; 0: COUPON_LOCK_WAIT_MS from the
+     * start of the claim. */
+    int64_t deadline_ns;
 } api_request_t;
 
 typedef struct api_response {
@@ -37,7 +42,9 @@ typedef struct api_response {
 void api_init(const cfg_t *cfg);
 
 /* Handles one request. Always fills *resp (500 with a JSON body if even
- * that fails). Thread-safe. */
+ * that fails). Thread-safe. With body_too_large set it decides from the
+ * route alone (404, 405, 401 on the admin route, else 413) and never calls
+ * a backend, so it may run on the event loop. */
 void api_handle(const api_request_t *req, api_response_t *resp);
 
 /* 1 if the request never touches a backend (GET /healthz, /metrics) and may

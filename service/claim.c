@@ -171,9 +171,20 @@ static int claim__gate(void *arg) {
 }
 
 static void claim__locked(claim__conns_t *c, const char *coupon,
-                          const char *user, claim_result_t *out) {
+                          const char *user, int64_t deadline,
+                          claim_result_t *out) {
     const cfg_t *cfg = claim__cfg;
-    int64_t deadline = mono_ns() + (int64_t)cfg->lock_wait_ms * MONO_MS;
+    if (deadline == 0) {
+        deadline = mono_ns() + (int64_t)cfg->lock_wait_ms * MONO_MS;
+    } else if (mono_ns() >= deadline) {
+        /* It waited in the worker queue past its deadline: answer now
+         * and ask Redis nothing. A queue that long means the instance is
+         * overloaded, and a lock round trip would only add load. */
+        claim__set(out, CLAIM_BUSY,
+                   "the request waited in this instance's queue past its "
+                   "lock-wait deadline; nothing was tried");
+        return;
+    }
 
     for (int attempt = 0;; attempt++) {
         lock_lease_t lease;
@@ -264,7 +275,8 @@ static int claim__gate_fault_only(void *arg) {
     return 0;
 }
 
-void claim_one(const char *coupon, const char *user, claim_result_t *out) {
+void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
+               claim_result_t *out) {
     memset(out, 0, sizeof(*out));
     out->fence = -1;
     claim__conns_t *c = claim__conns();
@@ -278,7 +290,7 @@ void claim_one(const char *coupon, const char *user, claim_result_t *out) {
     int src;
     switch (claim__cfg->mode) {
     case CLAIM_MODE_LOCK:
-        claim__locked(c, coupon, user, out);
+        claim__locked(c, coupon, user, deadline_ns, out);
         break;
     case CLAIM_MODE_ATOMIC:
         src = store_claim(c->store, coupon, STORE_NO_FENCE, &item, 1,

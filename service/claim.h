@@ -46,9 +46,13 @@ int claim_init(const cfg_t *cfg);
 /* Stops the watchdog. Call after every request has finished. */
 void claim_shutdown(void);
 
-/* Claims coupon for user. Never fails as a call: every outcome, including
- * backend failure, is in *out. */
-void claim_one(const char *coupon, const char *user, claim_result_t *out);
+/* Claims coupon for user. deadline_ns (CLOCK_MONOTONIC ns) bounds the wait
+ * for the lock; 0 means COUPON_LOCK_WAIT_MS from now. A deadline already
+ * past (the request waited that long in the queue) is CLAIM_BUSY at once,
+ * before Redis is asked anything. Never fails as a call: every outcome,
+ * including backend failure, is in *out. */
+void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
+               claim_result_t *out);
 
 /* 0 created, 1 exists, -1 backend failure (detail filled). */
 int claim_coupon_create(const char *id, int64_t total, char *detail,

@@ -7,7 +7,11 @@
  * once more with no data when the body is complete. The body is collected in
  * a per-request buffer up to COUPON_MAX_BODY; beyond that the rest is read
  * and dropped and the answer is 413. A Content-Length above the limit is
- * answered 413 at once, before any body is read.
+ * answered 413 at once, before any body is read, from routing alone (see
+ * api_handle): that answer is made on the event loop, which never waits on
+ * a backend. libmicrohttpd then closes the connection without reading the
+ * body; so that the client is not sent a RST before it reads the answer, the
+ * rest is read and dropped after the close ("lingering", see http__linger).
  *
  * A request's life (http__req_t.state):
  *
@@ -17,13 +21,21 @@
  *
  * Invariant: a request is on the queue iff its state is QUEUED, and its
  * connection is suspended exactly while it is QUEUED. Every QUEUED request is
- * resumed exactly once, by the worker that answered it.
+ * resumed exactly once, by the worker that answered it. A request is queued
+ * only while the workers are not stopping (checked under the queue's mutex,
+ * the one the workers take), and the workers empty the queue before they
+ * exit: so once they are joined, no connection is suspended, which
+ * MHD_stop_daemon requires (it aborts the process otherwise). A request that
+ * completes after that is answered 503 shutting_down on the event loop.
  */
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -55,6 +67,7 @@ typedef struct http__req {
      * guaranteed during the handler call. */
     char method[16];
     char *path, *content_type, *authorization; /* owned */
+    int64_t deadline_ns;    /* lock-wait deadline, from when it was queued */
     api_response_t resp;    /* filled by the worker (or inline) */
     struct http__req *next; /* queue link */
 } http__req_t;
@@ -65,17 +78,40 @@ typedef struct http__conn {
     int64_t deadline_ns; /* the request must have arrived by then */
     int busy;            /* a request is being answered: no deadline */
     int reaped;          /* shut down once already */
+    int linger_fd;       /* -1, or a dup of fd to drain after the close */
     struct http__conn *prev, *next;
 } http__conn_t;
+
+/* A closed connection whose unread input is being drained (http__linger). */
+typedef struct http__linger {
+    int fd;              /* owned: a dup of the connection's socket */
+    int64_t deadline_ns; /* drained by then, or closed anyway */
+    size_t left;         /* bytes that may still be read and dropped */
+    int done;            /* EOF, error, or a bound reached: close it */
+    struct http__linger *next;
+} http__linger_t;
+
+/* Lingering bounds: enough for a client that sends a body of a few MiB
+ * before it reads the answer; beyond them the close is a plain close. */
+#define HTTP__LINGER_BYTES (16u * 1024u * 1024u)
+#define HTTP__LINGER_MS 5000
+#define HTTP__LINGER_MAX 64
+
+/* How long http_stop waits, after the workers are joined, for answers to be
+ * written before the event loops are stopped. */
+#define HTTP__FLUSH_MS 1000
 
 struct http {
     struct MHD_Daemon *d;
     const cfg_t *cfg;
     int64_t request_deadline_ns; /* COUPON_CONN_TIMEOUT_S, in ns */
 
-    /* Open connections, guarded by conns_mu; the reaper walks them. */
+    /* Open connections and lingering ones, guarded by conns_mu; the reaper
+     * walks both. */
     pthread_mutex_t conns_mu;
     http__conn_t *conns;
+    http__linger_t *lingers;
+    unsigned nlingers;
     pthread_t reaper;
     pthread_cond_t reaper_wake;
     int reaper_stop;
@@ -87,15 +123,20 @@ struct http {
     pthread_mutex_t mu;
     pthread_cond_t work;
     http__req_t *head, *tail;
-    int stopping; /* workers answer what is left with 503, exit */
+    int stopping; /* nothing more is queued; workers answer what is left
+                     with 503 and exit */
     pthread_t *workers;
     uint32_t nworkers;
 };
 
 /* ------------------------------------------------------------ responses --- */
 
+static void http__linger_arm(http_t *h, struct MHD_Connection *conn);
+
 /* Queues r on conn; close_after adds "Connection: close", so that nothing
- * the client sent after this request is read as another request. */
+ * the client sent after this request is read as another request, and
+ * lingers after the close (whatever the client still sends is read and
+ * dropped, so that the close is not a RST that destroys the answer). */
 static enum MHD_Result http__send(http_t *h, struct MHD_Connection *conn,
                                   api_response_t *r, int close_after) {
     struct MHD_Response *resp =
@@ -124,6 +165,9 @@ static enum MHD_Result http__send(http_t *h, struct MHD_Connection *conn,
     if (atomic_load(&h->draining) || close_after) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     }
+    if (close_after) {
+        http__linger_arm(h, conn);
+    }
     enum MHD_Result ret = MHD_queue_response(conn, r->status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -138,6 +182,7 @@ static void http__handle(http__req_t *rq) {
         .body = rq->body,
         .body_len = rq->len,
         .body_too_large = rq->too_large,
+        .deadline_ns = rq->deadline_ns,
     };
     api_handle(&ar, &rq->resp);
 }
@@ -185,8 +230,22 @@ static void *http__worker(void *arg) {
     return NULL;
 }
 
-static void http__enqueue(http_t *h, http__req_t *rq) {
+/* Queues rq and suspends its connection: 0. When the workers are stopping,
+ * does neither and returns 1: the caller answers on the event loop. The
+ * decision is made under the mutex the workers take, so a request is never
+ * queued after the last worker looked at the queue for the last time. */
+static int http__enqueue(http_t *h, http__req_t *rq) {
     pthread_mutex_lock(&h->mu);
+    if (h->stopping) {
+        pthread_mutex_unlock(&h->mu);
+        return 1;
+    }
+    /* Time in the queue counts against the lock-wait deadline. */
+    rq->deadline_ns = mono_ns() + (int64_t)h->cfg->lock_wait_ms * MONO_MS;
+    rq->state = HTTP__QUEUED;
+    /* Suspended before any worker can see it, so the worker's resume never
+     * comes first. */
+    MHD_suspend_connection(rq->conn);
     rq->next = NULL;
     if (h->tail != NULL) {
         h->tail->next = rq;
@@ -196,6 +255,7 @@ static void http__enqueue(http_t *h, http__req_t *rq) {
     h->tail = rq;
     pthread_cond_signal(&h->work);
     pthread_mutex_unlock(&h->mu);
+    return 0;
 }
 
 /* ---------------------------------------------------- slow clients --- */
@@ -230,6 +290,7 @@ static void http__conn_notify(void *cls, struct MHD_Connection *conn,
             return;
         }
         c->fd = ci->connect_fd;
+        c->linger_fd = -1;
         c->deadline_ns = mono_ns() + h->request_deadline_ns;
         pthread_mutex_lock(&h->conns_mu);
         c->next = h->conns;
@@ -254,9 +315,102 @@ static void http__conn_notify(void *cls, struct MHD_Connection *conn,
     if (c->next != NULL) {
         c->next->prev = c->prev;
     }
+    if (c->linger_fd >= 0) {
+        http__linger_t *l =
+            h->nlingers < HTTP__LINGER_MAX ? calloc(1, sizeof(*l)) : NULL;
+        if (l != NULL) {
+            l->fd = c->linger_fd;
+            l->deadline_ns = mono_ns() + HTTP__LINGER_MS * MONO_MS;
+            l->left = HTTP__LINGER_BYTES;
+            l->next = h->lingers;
+            h->lingers = l;
+            h->nlingers++;
+            pthread_cond_signal(&h->reaper_wake);
+        } else {
+            close(c->linger_fd); /* too many at once: a plain close */
+        }
+    }
     pthread_mutex_unlock(&h->conns_mu);
     free(c);
     *socket_context = NULL;
+}
+
+/*
+ * Lingering. When libmicrohttpd answers early and closes (the 413 for a
+ * Content-Length over the limit, a 400 for bad framing), the request body is
+ * still arriving. Closing a socket with unread input makes the kernel send a
+ * RST instead of a FIN, and a client that is still writing its body then
+ * gets EPIPE or "connection reset" and never reads the answer that was
+ * already on its way. libmicrohttpd 0.9.75 has no lingering close of its
+ * own: it shuts down the sending side and closes. So http__send keeps a dup
+ * of the socket for every answer that closes; the socket then outlives
+ * libmicrohttpd's close, the FIN goes out after the answer, and the reaper
+ * reads and drops what the client still sends until it closes its side, or
+ * until HTTP__LINGER_BYTES or HTTP__LINGER_MS, whichever comes first.
+ */
+static void http__linger_arm(http_t *h, struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    http__conn_t *c = ci != NULL ? ci->socket_context : NULL;
+    if (c == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&h->conns_mu);
+    if (c->linger_fd < 0) {
+        c->linger_fd = fcntl(c->fd, F_DUPFD_CLOEXEC, 0);
+    }
+    pthread_mutex_unlock(&h->conns_mu);
+}
+
+/* One round over the lingering sockets: waits up to 100 ms for input, drops
+ * it, closes those that are done. Called by the reaper with conns_mu held;
+ * releases it while it waits and reads. Only the reaper removes records or
+ * touches their fields after insertion, so the pointers taken under the
+ * mutex stay valid while it is released. */
+static void http__linger_round(http_t *h) {
+    struct pollfd pfd[HTTP__LINGER_MAX];
+    http__linger_t *rec[HTTP__LINGER_MAX];
+    nfds_t n = 0;
+    for (http__linger_t *l = h->lingers; l != NULL && n < HTTP__LINGER_MAX;
+         l = l->next) {
+        rec[n] = l;
+        pfd[n].fd = l->fd;
+        pfd[n].events = POLLIN;
+        pfd[n].revents = 0;
+        n++;
+    }
+    pthread_mutex_unlock(&h->conns_mu);
+    int ready = poll(pfd, n, 100);
+    int64_t now = mono_ns();
+    for (nfds_t i = 0; i < n; i++) {
+        http__linger_t *l = rec[i];
+        if (ready > 0 && pfd[i].revents != 0) {
+            static char sink[65536]; /* only this thread reads into it */
+            ssize_t got = recv(l->fd, sink,
+                               l->left < sizeof(sink) ? l->left : sizeof(sink),
+                               MSG_DONTWAIT);
+            if (got > 0) {
+                l->left -= (size_t)got;
+            } else if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
+                l->done = 1;
+            }
+        }
+        if (l->left == 0 || now >= l->deadline_ns) {
+            l->done = 1;
+        }
+    }
+    pthread_mutex_lock(&h->conns_mu);
+    for (http__linger_t **pp = &h->lingers; *pp != NULL;) {
+        http__linger_t *l = *pp;
+        if (l->done) {
+            *pp = l->next;
+            close(l->fd);
+            free(l);
+            h->nlingers--;
+        } else {
+            pp = &l->next;
+        }
+    }
 }
 
 /* busy = 1: a request is complete and being answered; busy = 0: answered,
@@ -292,34 +446,97 @@ static void *http__reaper(void *arg) {
                           (long long)(h->request_deadline_ns / 1000000000LL));
             }
         }
+        if (h->lingers != NULL) {
+            http__linger_round(h); /* waits up to 100 ms */
+            continue;
+        }
         int64_t next = mono_ns() + 500 * MONO_MS;
         struct timespec ts = {.tv_sec = next / 1000000000LL,
                               .tv_nsec = next % 1000000000LL};
         pthread_cond_timedwait(&h->reaper_wake, &h->conns_mu, &ts);
     }
+    /* Stopping: whatever still lingers is closed as it is. */
+    while (h->lingers != NULL) {
+        http__linger_t *l = h->lingers;
+        h->lingers = l->next;
+        close(l->fd);
+        free(l);
+    }
+    h->nlingers = 0;
     pthread_mutex_unlock(&h->conns_mu);
     return NULL;
 }
 
 /* ------------------------------------------------------------- handler --- */
 
-/* Counts the headers of a request that must not be ambiguous
- * (MHD_KeyValueIterator). */
+/* What the handler checks in the header block before anything else
+ * (MHD_KeyValueIterator over the request's headers). */
 typedef struct http__framing {
     int content_length;    /* Content-Length headers seen */
     int transfer_encoding; /* Transfer-Encoding headers seen */
+    int te_not_chunked;    /* one of them is not exactly "chunked" */
     int host;              /* Host headers seen */
+    const char *bad;       /* the first reason to refuse, static; or NULL */
 } http__framing_t;
 
+/* 1 if s is a token (RFC 9110 section 5.6.2): one or more tchar. */
+static int http__is_token(const char *s) {
+    static const char extra[] = "!#$%&'*+-.^_`|~";
+    if (*s == '\0') {
+        return 0;
+    }
+    for (; *s != '\0'; s++) {
+        unsigned char ch = (unsigned char)*s;
+        int alnum = (ch >= '0' && ch <= '9') || (ch >= 'A' && ch <= 'Z') ||
+                    (ch >= 'a' && ch <= 'z');
+        if (!alnum && strchr(extra, ch) == NULL) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* 1 if name starts with prefix (any case) and goes on after it. */
+static int http__extends(const char *name, const char *prefix) {
+    size_t n = strlen(prefix);
+    return strncasecmp(name, prefix, n) == 0 && name[n] != '\0';
+}
+
+/*
+ * libmicrohttpd 0.9.75 keeps whatever precedes the colon as the header
+ * name, so "Transfer-Encoding : chunked" is a header named
+ * "Transfer-Encoding " that frames nothing here, while a proxy in front may
+ * read it as chunked. It also appends a folded continuation line (obsolete
+ * line folding) to the header *name*, so "Content-Length:\r\n 5" arrives as
+ * a header "Content-Length5" with an empty value. Either way the body would
+ * be framed here differently from how some front end frames it, and the
+ * difference would be read as a request of its own. RFC 9112 asks for 400
+ * on whitespace before the colon and allows it for folding: every name must
+ * be a token, and no name may be Content-Length or Transfer-Encoding with
+ * something after it. A Transfer-Encoding other than exactly "chunked"
+ * (libmicrohttpd reads "gzip", "chunked, identity" or "xchunked" as "the
+ * body ends when the connection does") or given twice is refused too.
+ */
 static enum MHD_Result http__count_framing(void *cls, enum MHD_ValueKind kind,
                                            const char *key, const char *value) {
     http__framing_t *f = cls;
     (void)kind;
-    (void)value;
+    if (f->bad == NULL && !http__is_token(key)) {
+        f->bad = "a header name is not a token (whitespace before the colon, "
+                 "or a folded header line)";
+    } else if (f->bad == NULL &&
+               (http__extends(key, MHD_HTTP_HEADER_CONTENT_LENGTH) ||
+                http__extends(key, MHD_HTTP_HEADER_TRANSFER_ENCODING))) {
+        f->bad = "a header name extends Content-Length or Transfer-Encoding "
+                 "(a folded header line)";
+    }
     if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
         f->content_length++;
     } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
         f->transfer_encoding++;
+        if (value == NULL || strcasecmp(value, "chunked") != 0) {
+            f->te_not_chunked = 1;
+        }
     } else if (strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0) {
         f->host++;
     }
@@ -335,6 +552,11 @@ static enum MHD_Result http__count_framing(void *cls, enum MHD_ValueKind kind,
 static int http__ambiguous_framing(const http__framing_t *f) {
     return f->content_length > 1 ||
            (f->content_length > 0 && f->transfer_encoding > 0);
+}
+
+/* 1 if Transfer-Encoding is present and not exactly one "chunked". */
+static int http__bad_transfer_encoding(const http__framing_t *f) {
+    return f->transfer_encoding > 1 || f->te_not_chunked;
 }
 
 /* 1 if the Host header is wrong for the version: RFC 9112 section 3.2 asks
@@ -390,9 +612,20 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
         if (rq->path == NULL) {
             return MHD_NO;
         }
-        http__framing_t f = {0, 0, 0};
+        /* Framing first: until it is known to be unambiguous, nothing
+         * else about the request can be trusted. */
+        http__framing_t f = {0, 0, 0, 0, NULL};
         MHD_get_connection_values(conn, MHD_HEADER_KIND, http__count_framing,
                                   &f);
+        if (f.bad != NULL) {
+            http__answer_400(rq, f.bad);
+            return http__send(h, conn, &rq->resp, 1);
+        }
+        if (http__bad_transfer_encoding(&f)) {
+            http__answer_400(rq, "Transfer-Encoding must be exactly "
+                                 "chunked, once");
+            return http__send(h, conn, &rq->resp, 1);
+        }
         if (http__ambiguous_framing(&f)) {
             http__answer_400(rq, "conflicting Content-Length or "
                                  "Transfer-Encoding headers");
@@ -406,11 +639,14 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
         const char *cl = MHD_lookup_connection_value(
             conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl != NULL && strtoull(cl, NULL, 10) > h->cfg->max_body) {
-            /* Answer before reading the body at all. The API decides the
-             * status (405 beats 413, for one); no backend is involved. */
+            /* Answer before reading the body at all, here on the event
+             * loop: with body_too_large set, the API decides the status from
+             * the route alone (404, 405, 401 for the admin route, else 413)
+             * and calls no backend. libmicrohttpd closes the connection
+             * after an answer this early; it lingers (http__send). */
             rq->too_large = 1;
             http__handle(rq);
-            return http__send(h, conn, &rq->resp, 0);
+            return http__send(h, conn, &rq->resp, 1);
         }
         return MHD_YES;
     }
@@ -449,9 +685,10 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
         http__handle(rq);
         return http__send(h, conn, &rq->resp, 0);
     }
-    rq->state = HTTP__QUEUED;
-    MHD_suspend_connection(conn);
-    http__enqueue(h, rq);
+    if (http__enqueue(h, rq) != 0) {
+        http__answer_shutting_down(rq);
+        return http__send(h, conn, &rq->resp, 1);
+    }
     return MHD_YES;
 }
 
@@ -518,6 +755,12 @@ static void http__free(http_t *h) {
         pthread_cond_signal(&h->reaper_wake);
         pthread_mutex_unlock(&h->conns_mu);
         pthread_join(h->reaper, NULL);
+    }
+    while (h->lingers != NULL) { /* only without a reaper */
+        http__linger_t *l = h->lingers;
+        h->lingers = l->next;
+        close(l->fd);
+        free(l);
     }
     pthread_mutex_destroy(&h->mu);
     pthread_cond_destroy(&h->work);
@@ -612,8 +855,11 @@ void http_stop(http_t *h, uint32_t grace_ms) {
      * next response, so keep-alive clients (the load balancer) move on.
      * 3. Wait until every request in progress has been answered, bounded
      * by grace_ms. 4. Stop the workers: whatever is still queued then is
-     * answered 503, and every suspended connection gets resumed, which
-     * libmicrohttpd requires before it stops. 5. Stop the event loops. */
+     * answered 503, every suspended connection gets resumed (libmicrohttpd
+     * requires that before it stops), and a request that completes later,
+     * say on a kept-alive connection, is answered 503 by the event loop.
+     * 5. Wait, bounded, until those answers are written. 6. Stop the event
+     * loops. */
     atomic_store(&h->draining, 1);
     MHD_socket ls = MHD_quiesce_daemon(h->d);
     if (ls != MHD_INVALID_SOCKET) {
@@ -631,8 +877,23 @@ void http_stop(http_t *h, uint32_t grace_ms) {
                  left, grace_ms);
     }
     http__stop_workers(h);
-    /* Give the event loops a moment to send what the workers resumed. */
-    mono_sleep_ns(50 * MONO_MS);
+    /* No connection is suspended now (the workers emptied the queue, and
+     * nothing is queued once they are stopping), and any request that
+     * completes from here on is answered 503 on the event loop. Wait until
+     * every answer is written (a request counts until libmicrohttpd reports
+     * it complete), bounded: a client that never finishes its request must
+     * not hold the process. */
+    deadline = mono_ns() + HTTP__FLUSH_MS * MONO_MS;
+    while (atomic_load(&h->requests) > 0 && mono_ns() < deadline) {
+        mono_sleep_ns(5 * MONO_MS);
+    }
+    left = atomic_load(&h->requests);
+    if (left > 0) {
+        log_warn("http.drain",
+                 "closing %ld connection(s) with a request still unanswered "
+                 "after the workers stopped",
+                 left);
+    }
     MHD_stop_daemon(h->d);
     http__free(h);
 }

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <pwd.h>
@@ -487,6 +488,14 @@ int h_svc_stop(h_svc_t *s, int timeout_ms) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+void h_svc_drop(h_svc_t *s) {
+    TT_ASSERT_MSG(h__nsvcs > 0 && s == &h__svcs[h__nsvcs - 1],
+                  "h_svc_drop: %s is not the service started last", s->name);
+    TT_ASSERT_MSG(waitpid(s->pid, NULL, WNOHANG) != 0 || errno == ECHILD,
+                  "h_svc_drop: %s is still running", s->name);
+    h__nsvcs--;
+}
+
 /* ---------------------------------------------------------------- http --- */
 
 size_t h_buf_write(char *ptr, size_t size, size_t n, void *arg) {
@@ -857,4 +866,90 @@ void h_pg_private_restart(void) {
     TT_ASSERT_MSG(h__ppg_pid == 0 && h__ppg_port > 0,
                   "the private cluster is not stopped");
     h__ppg_spawn();
+}
+
+/* ------------------------------------------------ a real nginx in front --- */
+
+static pid_t h__nginx_pid;
+static char h__nginx_err[420];
+
+int h_nginx_start(h_svc_t *const *upstreams, int n) {
+    TT_ASSERT_MSG(h__nginx_pid == 0, "one nginx per test");
+    const char *inc = getenv("COUPONSVC_PROXY_CONF");
+    char proxy_conf[PATH_MAX];
+    TT_ASSERT_MSG(realpath(inc != NULL ? inc : "deploy/nginx/proxy.conf",
+                           proxy_conf) != NULL,
+                  "cannot find the load balancer's proxy.conf (run from the "
+                  "repository, or set COUPONSVC_PROXY_CONF)");
+
+    char dir[400], conf[450], tmp[450];
+    snprintf(dir, sizeof(dir), "%s/nginx", h__test_dir);
+    snprintf(conf, sizeof(conf), "%s/nginx.conf", dir);
+    snprintf(tmp, sizeof(tmp), "%s/tmp", dir);
+    snprintf(h__nginx_err, sizeof(h__nginx_err), "%s/error.log", dir);
+    TT_ASSERT(mkdir(dir, 0755) == 0 && mkdir(tmp, 0755) == 0);
+
+    int port = h__free_port();
+    FILE *f = fopen(conf, "w");
+    TT_ASSERT(f != NULL);
+    /* Under master_process off nginx does not switch users, so its temp
+     * directories may stay in the test's own (root-only) directory. */
+    fprintf(f,
+            "daemon off;\n"
+            "master_process off;\n"
+            "worker_processes 1;\n"
+            "pid %s/nginx.pid;\n"
+            "error_log %s info;\n"
+            "events { worker_connections 512; }\n"
+            "http {\n"
+            "  access_log %s/access.log;\n"
+            "  client_body_temp_path %s/body;\n"
+            "  proxy_temp_path %s/proxy;\n"
+            "  fastcgi_temp_path %s/fastcgi;\n"
+            "  uwsgi_temp_path %s/uwsgi;\n"
+            "  scgi_temp_path %s/scgi;\n"
+            "  upstream couponsvc {\n",
+            dir, h__nginx_err, dir, tmp, tmp, tmp, tmp, tmp);
+    for (int i = 0; i < n; i++) {
+        fprintf(f, "    server 127.0.0.1:%d max_fails=0;\n",
+                upstreams[i]->port);
+    }
+    fprintf(f,
+            "    keepalive 16;\n"
+            "  }\n"
+            "  server {\n"
+            "    listen 127.0.0.1:%d;\n"
+            "    include %s;\n"
+            "  }\n"
+            "}\n",
+            port, proxy_conf);
+    TT_ASSERT(fclose(f) == 0);
+
+    char *argv[] = {"nginx", "-p", dir, "-c", conf, "-e", h__nginx_err, NULL};
+    h__nginx_pid = h__spawn(argv, h__nginx_err, NULL, NULL);
+
+    char url[96];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/lb-healthz", port);
+    double end = h_now_ms() + 10000;
+    while (h_http("GET", url, NULL, NULL, NULL, 0, NULL) != 200) {
+        if (waitpid(h__nginx_pid, NULL, WNOHANG) != 0 || h_now_ms() > end) {
+            h__tail(h__nginx_err, 20);
+            h__nginx_pid = 0;
+            TT_ASSERT_MSG(0, "nginx did not start (see %s)", h__nginx_err);
+        }
+        h_sleep_ms(20);
+    }
+    return port;
+}
+
+void h_nginx_stop(void) {
+    if (h__nginx_pid <= 0) {
+        return;
+    }
+    kill(h__nginx_pid, SIGQUIT); /* graceful: finish what is in flight */
+    if (h__wait(h__nginx_pid, 5000) < 0) {
+        kill(h__nginx_pid, SIGKILL);
+        waitpid(h__nginx_pid, NULL, 0);
+    }
+    h__nginx_pid = 0;
 }

@@ -58,6 +58,11 @@ h_svc_t *h_svc_start(const char *name, const char *const *env);
  * it had to be killed). */
 int h_svc_stop(h_svc_t *s, int timeout_ms);
 
+/* Forgets s, which must be the service started last and already stopped
+ * (h_svc_stop), so that its slot can be used again: for tests that start
+ * and stop many services one after the other. Its log stays on disk. */
+void h_svc_drop(h_svc_t *s);
+
 /* One HTTP request. Returns the status (0 on transport error); *body gets a
  * new NUL-terminated copy of the response body if body != NULL. */
 long h_http(const char *method, const char *url, const char *content_type,
@@ -150,5 +155,19 @@ void h_pg_private_stop(const char *mode);
  * (after "immediate", it runs crash recovery first); waits until it accepts
  * connections. */
 void h_pg_private_restart(void);
+
+/* ------------------------------------------------ a real nginx in front ---
+ * nginx (Debian's nginx-light) as a child of the test, in the test's
+ * directory (-p), on a free loopback port, in the foreground with
+ * master_process off, so that the test's process group holds it. Its server
+ * block includes the repository's deploy/nginx/proxy.conf (override the
+ * path with COUPONSVC_PROXY_CONF), so a test goes through the load
+ * balancer's real configuration; `upstream couponsvc` points at the given
+ * services. Returns the port nginx listens on; waits until /lb-healthz
+ * answers. One nginx per test. */
+int h_nginx_start(h_svc_t *const *upstreams, int n);
+
+/* Stops it (SIGQUIT, then SIGKILL after 5 s) and waits. Accepts no nginx. */
+void h_nginx_stop(void);
 
 #endif
