@@ -45,7 +45,8 @@ static const cfg__opt_t cfg__opts[] = {
     {"COUPON_LOCK_TTL_MS", CFG__U32, F(lock_ttl_ms), "5000", 100, 600000,
      "lock lease TTL in ms, kept alive by the watchdog"},
     {"COUPON_LOCK_WAIT_MS", CFG__U32, F(lock_wait_ms), "2000", 0, 600000,
-     "longest wait for a busy lock before 503"},
+     "longest wait for a busy lock before 503 (from when the request is "
+     "queued)"},
     {"COUPON_WATCHDOG_PERIOD_MS", CFG__U32, F(watchdog_period_ms), NULL, 0,
      600000, "lease renewal period in ms (default: TTL/10)"},
     {"COUPON_CLAIM_MODE", CFG__MODE, F(mode), "lock", 0, 0,

@@ -19,7 +19,11 @@
  *     instance has in flight.
  *
  * GET /healthz and /metrics touch no backend and are answered on the event
- * loop directly, so they stay responsive under any load.
+ * loop directly, so they stay responsive under any load. So are the answers
+ * the event loop makes by itself, each decided without a backend: 400 for
+ * ambiguous framing, the early 413 for a Content-Length over the limit
+ * (from the route alone), and 503 shutting_down for a request that
+ * completes once the workers are stopping.
  *
  * The connection limit and per-connection timeout are set explicitly (the
  * library's defaults are about 1020 connections and no timeout at all).
@@ -37,8 +41,10 @@ http_t *http_start(const cfg_t *cfg);
 
 /* Graceful stop: closes the listening socket, marks every further response
  * "Connection: close", waits until every request in progress is answered (at
- * most grace_ms; after that, queued requests are answered 503), then stops
- * the workers and the event loops and frees. Accepts NULL. */
+ * most grace_ms; after that, queued requests are answered 503), stops the
+ * workers (a request completing after that is answered 503 on the event
+ * loop), waits until those answers are written (at most 1 s), then stops the
+ * event loops and frees. Never aborts the process. Accepts NULL. */
 void http_stop(http_t *h, uint32_t grace_ms);
 
 #endif

@@ -32,6 +32,10 @@
  * accepted an HTTP/1.1 request without Host, and any request with two;
  * http.c now answers both 400 (RFC 9112 section 3.2).
  *
+ * Framing that a front end could read differently is refused (400, close)
+ * before anything else: see hostile_request_smuggling at the end, which
+ * also goes through a real nginx.
+ *
  * Known limitations, checked as they are: libmicrohttpd 0.9.75 takes the
  * first of two Content-Types,
  * truncates a header value at a raw NUL, and sends the header block of its
