@@ -11,7 +11,7 @@
  * api_handle): that answer is made on the event loop, which never waits on
  * a backend. libmicrohttpd then closes the connection without reading the
  * body; so that the client is not sent a RST before it reads the answer, the
- * rest is read and dropped after the close ("lingering", see http__linger).
+ * rest is read and dropped after the close ("lingering", see http__linger_arm).
  *
  * A request's life (http__req_t.state):
  *
