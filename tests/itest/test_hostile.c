@@ -1270,6 +1270,7 @@ TT_TEST(hostile_late_request_at_shutdown, 180) {
             late_request_once(round++, after_join[i], 1);
         }
     }
+    h_check_invariants("c1", 5, 0); /* and nothing was written */
 }
 
 /* ----------------------------------- queued past the lock-wait deadline ---
