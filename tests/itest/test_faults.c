@@ -1108,3 +1108,383 @@ TT_TEST(idle_connections_survive_backend_restarts, 90) {
     TT_EQ_INT(c.by_status[201], 40);
     h_check_invariants("ir", 1000, 120);
 }
+
+/* ------------------------------------------- PostgreSQL black-holed --- */
+
+/* Runs one statement on the test database; fails the test if it fails. */
+static void pg_exec(const char *sql) {
+    PGconn *pg = PQconnectdb(h_dsn());
+    TT_ASSERT_MSG(PQstatus(pg) == CONNECTION_OK, "connect: %s",
+                  PQerrorMessage(pg));
+    PGresult *res = PQexec(pg, sql);
+    ExecStatusType s = PQresultStatus(res);
+    TT_ASSERT_MSG(s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK, "%s: %s", sql,
+                  PQresultErrorMessage(res));
+    PQclear(res);
+    PQfinish(pg);
+}
+
+/* The test database's port, from its DSN ("... port=N ..."). */
+static int pg_port(void) {
+    const char *p = strstr(h_dsn(), "port=");
+    TT_ASSERT(p != NULL);
+    return atoi(p + 5);
+}
+
+/* COUPON_PG_DSN for an instance that reaches PostgreSQL through px: the
+ * test's DSN with the port replaced (in a conninfo string the last
+ * occurrence of a keyword wins). */
+static const char *dsn_via(const fp_t *px, char *buf, size_t len) {
+    snprintf(buf, len, "COUPON_PG_DSN=%s port=%d", h_dsn(), fp_port(px));
+    return buf;
+}
+
+/*
+ * The network to PostgreSQL black-holes while an instance holds a coupon's
+ * lock, BEFORE its write: a host that died without a RST, a frozen VM. The
+ * proxy between the victim and PostgreSQL stops moving bytes but closes
+ * nothing, so the victim's BEGIN is sent and never answered, and no
+ * server-side timeout can help (the server never saw it).
+ *
+ *   t=0      the victim acquires the lock (fence f), pauses 300 ms
+ *            (after_acquire); the proxy freezes; its BEGIN goes nowhere.
+ *   by the   the watchdog stops renewing and marks the lease lost
+ *   max hold (COUPON_LOCK_MAX_HOLD_MS, 1.5 s here);
+ *   + 1 TTL  the lock key expires in Redis (TTL 1 s), and the load on the
+ *            healthy instance gets the lock and writes again.
+ *
+ * Bound: the first 201 after the freeze comes within max hold + TTL of the
+ * grant (+ 2.5 s slack for a loaded machine), and none before max hold:
+ * the victim held the lock until then. The transaction deadline is set far
+ * beyond (30 s), so it is the max hold alone that frees the coupon. Before
+ * the max hold existed, the watchdog renewed the lease for as long as the
+ * call blocked (forever here) and every other claim answered lock_busy.
+ * When the proxy thaws, the victim's transaction goes on with a stale
+ * lease: its fence is refused (409) or its commit gate rolls back (503
+ * lease_lost); nothing of it is written.
+ */
+TT_TEST(pg_blackhole_before_write_max_hold, 90) {
+    h_begin();
+    fp_t *px = fp_start(pg_port());
+    char dsn[400];
+    const char *env_v[] = {TTL_ENV,
+                           dsn_via(px, dsn, sizeof(dsn)),
+                           "COUPON_THREADS=1",
+                           "COUPON_FAULT=after_acquire:300",
+                           "COUPON_LOCK_WAIT_MS=10000",
+                           "COUPON_PG_TX_DEADLINE_MS=30000",
+                           "COUPON_LOCK_MAX_HOLD_MS=1500",
+                           NULL};
+    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=500", NULL};
+    h_svc_t *a = h_svc_start("bh-a", env);
+    h_svc_t *v = h_svc_start("bh-victim", env_v);
+    h_svc_t *ok[] = {a};
+    h_coupon(a, "bh", STOCK);
+    fl_rec_t warm;
+    fl_claim(v->url, "bh", "warm", 10000, &warm); /* connected, prepared */
+    TT_EQ_INT(warm.status, 201);
+
+    fl_load_t *l = fl_start(ok, 1, "bh", "load", 2, 20000, LOAD_PAUSE_MS);
+    wait_201s(l, 10);
+    solo_t so;
+    solo_start(&so, v, "bh", "victim");
+    wait_lease(v);
+    double t_lease = h_now_ms();
+    fp_blackhole(px, 1);
+    double t_freeze = h_now_ms();
+
+    /* Wait for the first 201 after the freeze, bounded. */
+    double first = -1;
+    while (first < 0 && h_now_ms() - t_lease < 1500 + 1000 + 2500) {
+        first = fl_first_after(l, 201, t_freeze + 50);
+        h_sleep_ms(20);
+    }
+    double lost = h_metric(v, "couponsvc_leases_lost_total");
+    printf("    first 201 after the freeze: +%.0f ms after the grant "
+           "(max hold 1500 + TTL 1000); victim leases lost: %.0f\n",
+           first > 0 ? first - t_lease : -1.0, lost);
+    TT_CMP_INT(first, >, 0);
+    TT_CMP_INT(first - t_lease, <=, 1500 + 1000 + 2500);
+    TT_CMP_INT(lost, >=, 1);
+    /* The victim did hold the lock until its max hold. */
+    TT_EQ_INT(fl_count_within(l, 201, t_freeze + 50, t_lease + 1400), 0);
+
+    fp_blackhole(px, 0);
+    solo_join(&so);
+    fl_stop(l);
+    fl_print(l, "load");
+    TT_ASSERT_MSG(so.r.status == 409 || (so.r.status == 503 &&
+                                         strcmp(so.r.error, "lease_lost") == 0),
+                  "victim answered %ld %s", so.r.status, so.r.error);
+    TT_EQ_INT(rows_for_user("victim"), 0);
+
+    fl_load_t *ls[] = {l};
+    finish("bh", STOCK, ls, 1, 1, ok, 1);
+    fl_free(l);
+    fp_stop(px);
+}
+
+/*
+ * The same black hole, with the transaction deadline shorter than the max
+ * hold (as by default: deadline + one renewal period). The victim's call
+ * gives up at its deadline (1.5 s from the start of the transaction): it
+ * shuts its socket down, answers 503 unavailable and releases the lock, so
+ * the others write again at once, well within max hold + TTL. Before the
+ * deadline existed, the victim's claim never answered at all. After the
+ * thaw the victim connects again and claims as before.
+ */
+TT_TEST(pg_blackhole_before_write_deadline, 90) {
+    h_begin();
+    fp_t *px = fp_start(pg_port());
+    char dsn[400];
+    const char *env_v[] = {TTL_ENV,
+                           dsn_via(px, dsn, sizeof(dsn)),
+                           "COUPON_THREADS=1",
+                           "COUPON_FAULT=after_acquire:300",
+                           "COUPON_LOCK_WAIT_MS=10000",
+                           "COUPON_PG_TX_DEADLINE_MS=1500",
+                           NULL};
+    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=500", NULL};
+    h_svc_t *a = h_svc_start("bd-a", env);
+    h_svc_t *v = h_svc_start("bd-victim", env_v);
+    h_svc_t *ok[] = {a};
+    h_coupon(a, "bd", STOCK);
+    fl_rec_t warm;
+    fl_claim(v->url, "bd", "warm", 10000, &warm);
+    TT_EQ_INT(warm.status, 201);
+
+    fl_load_t *l = fl_start(ok, 1, "bd", "load", 2, 20000, LOAD_PAUSE_MS);
+    wait_201s(l, 10);
+    solo_t so;
+    solo_start(&so, v, "bd", "victim");
+    wait_lease(v);
+    double t_lease = h_now_ms();
+    fp_blackhole(px, 1);
+    double t_freeze = h_now_ms();
+    solo_join(&so); /* answers while the proxy is still frozen */
+    double t_answer = h_now_ms();
+    h_sleep_ms(500);
+    double first = fl_first_after(l, 201, t_freeze + 50);
+    printf("    victim answered +%.0f ms after the grant (pause 300 + "
+           "deadline 1500); first 201 of the others +%.0f ms\n",
+           t_answer - t_lease, first > 0 ? first - t_lease : -1.0);
+    TT_EQ_INT(so.r.status, 503);
+    TT_EQ_STR(so.r.error, "unavailable");
+    TT_CMP_INT(t_answer - t_lease, <=, 300 + 1500 + 2000);
+    TT_CMP_INT(
+        h_metric(v, "couponsvc_postgres_timeouts_total{kind=\"deadline\"}"), >=,
+        1);
+    TT_CMP_INT(first, >, 0);
+    TT_CMP_INT(first - t_lease, <=, 300 + 1500 + 2000);
+
+    fp_blackhole(px, 0);
+    fl_rec_t again;
+    fl_claim(v->url, "bd", "after", 10000, &again);
+    TT_EQ_INT(again.status, 201); /* connected again once the path is back */
+    fl_stop(l);
+    fl_print(l, "load");
+    TT_EQ_INT(rows_for_user("victim"), 0);
+
+    fl_load_t *ls[] = {l};
+    finish("bd", STOCK, ls, 1, 2, ok, 1);
+    fl_free(l);
+    fp_stop(px);
+}
+
+/*
+ * The black hole strikes AFTER the write: the victim's UPDATE has run, so
+ * its backend holds the coupon's row lock, and the COMMIT it sends next is
+ * swallowed by the frozen proxy. The victim's deadline (statement timeout
+ * 1 s + 1 s = 2 s by default) ends its call: 503 commit_unknown, since
+ * COMMIT was sent and it cannot know whether it landed; it releases the
+ * Redis lock. But the backend, which never got the COMMIT, still sits idle
+ * in transaction holding the row lock: the others' UPDATEs wait on it
+ * until their statement_timeout (503s), and nobody can commit until the
+ * server's idle_in_transaction_session_timeout ends that session. Its
+ * default is now 2 x statement timeout + 1 s = 3 s here (it was 60 s).
+ *
+ * Bound: the first 201 of the others comes within the idle-in-transaction
+ * timeout of the freeze (+ 2.5 s slack), and none before it minus 0.6 s.
+ * After the thaw nothing of the victim's is written (its backend was gone
+ * before the COMMIT could reach it); the settle retries its ambiguous
+ * answer and finds no claim.
+ */
+TT_TEST(pg_blackhole_after_write_idle_tx_timeout, 90) {
+    h_begin();
+    fp_t *px = fp_start(pg_port());
+    char dsn[400];
+    const char *env_v[] = {TTL_ENV,
+                           dsn_via(px, dsn, sizeof(dsn)),
+                           "COUPON_THREADS=1",
+                           "COUPON_FAULT=before_commit:500",
+                           "COUPON_LOCK_WAIT_MS=10000",
+                           "COUPON_PG_STATEMENT_TIMEOUT_MS=1000",
+                           NULL};
+    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=2000",
+                         "COUPON_PG_STATEMENT_TIMEOUT_MS=500", NULL};
+    h_svc_t *a = h_svc_start("bw-a", env);
+    h_svc_t *v = h_svc_start("bw-victim", env_v);
+    h_svc_t *ok[] = {a};
+    h_coupon(a, "bw", STOCK);
+    fl_rec_t warm;
+    fl_claim(v->url, "bw", "warm", 10000, &warm);
+    TT_EQ_INT(warm.status, 201);
+
+    fl_load_t *l = fl_start(ok, 1, "bw", "load", 2, 20000, LOAD_PAUSE_MS);
+    wait_201s(l, 10);
+    solo_t so;
+    solo_start(&so, v, "bw", "victim");
+    wait_lease(v);
+    /* In its before_commit pause: written, row locked, idle in transaction
+     * (the load's transactions are short; wait for a moment with one). */
+    TT_CMP_INT(wait_idle_in_tx(1, 3000), >=, 0);
+    fp_blackhole(px, 1);
+    double t_freeze = h_now_ms();
+
+    double first = -1;
+    while (first < 0 && h_now_ms() - t_freeze < 3000 + 2500) {
+        first = fl_first_after(l, 201, t_freeze + 50);
+        h_sleep_ms(20);
+    }
+    solo_join(&so);
+    printf("    first 201 of the others +%.0f ms after the freeze "
+           "(idle-in-transaction timeout 3000)\n",
+           first > 0 ? first - t_freeze : -1.0);
+    TT_CMP_INT(first, >, 0);
+    TT_CMP_INT(first - t_freeze, <=, 3000 + 2500);
+    TT_EQ_INT(fl_count_within(l, 201, t_freeze + 50, t_freeze + 3000 - 600), 0);
+    TT_EQ_INT(so.r.status, 503);
+    TT_EQ_STR(so.r.error, "commit_unknown");
+
+    fp_blackhole(px, 0);
+    h_sleep_ms(500);
+    fl_stop(l);
+    fl_print(l, "load");
+    TT_EQ_INT(rows_for_user("victim"), 0);
+    fl_rec_t again;
+    fl_claim(v->url, "bw", "after", 10000, &again);
+    TT_EQ_INT(again.status, 201);
+
+    fl_load_t *ls[] = {l};
+    finish("bw", STOCK, ls, 1, 2, ok, 1);
+    fl_free(l);
+    fp_stop(px);
+}
+
+/* ------------------------------------- PostgreSQL answers to look at --- */
+
+/*
+ * A transaction that failed without the client noticing (here: the
+ * abort_before_commit fault point runs a failing statement and ignores its
+ * error, as a lost error of a pipelined statement would) is answered by
+ * COMMIT with PGRES_COMMAND_OK and the tag "ROLLBACK". That is no commit:
+ * the claim must not be answered 201, and nothing is written. Before the
+ * tag was checked, the client got a 201 for a claim that does not exist.
+ */
+TT_TEST(pg_commit_answered_rollback_is_not_a_claim, 60) {
+    h_begin();
+    const char *env[] = {"COUPON_FAULT=abort_before_commit:1", NULL};
+    h_svc_t *s = h_svc_start("rb-1", env);
+    h_coupon(s, "rb", 5);
+    fl_rec_t r;
+    fl_claim(s->url, "rb", "ghost", 10000, &r);
+    printf("    answer: %ld %s\n", r.status, r.error);
+    TT_EQ_INT(rows_for_user("ghost"), 0);
+    TT_CMP_INT(r.status, !=, 201);
+    TT_EQ_INT(r.status, 503);
+    TT_EQ_STR(r.error, "unavailable");
+    TT_EQ_INT(h_pg_int("SELECT claimed FROM coupons WHERE id = 'rb'"), 0);
+    h_check_invariants("rb", 5, 0);
+}
+
+/*
+ * An online migration changes the type of a column a prepared statement
+ * returns (coupons.total: integer -> bigint) while the service runs. The
+ * next execution of each such statement fails with SQLSTATE 0A000 ("cached
+ * plan must not change result type"); the store prepares its statements
+ * again and runs the transaction (or the statement) once more. Before
+ * that, every claim on that connection answered 503 until a restart. One
+ * worker, so the claim after the migration runs on the connection that
+ * prepared before it.
+ */
+TT_TEST(pg_migration_changes_result_type, 60) {
+    h_begin();
+    const char *env[] = {"COUPON_THREADS=1", NULL};
+    h_svc_t *s = h_svc_start("mg-1", env);
+    h_coupon(s, "mg", 5);
+    fl_rec_t r;
+    fl_claim(s->url, "mg", "before", 10000, &r);
+    TT_EQ_INT(r.status, 201);
+
+    pg_exec("ALTER TABLE coupons ALTER COLUMN total TYPE bigint");
+    fl_claim(s->url, "mg", "after", 10000, &r);
+    printf("    claim after the migration: %ld %s %s\n", r.status, r.error,
+           r.detail);
+    TT_EQ_INT(r.status, 201);
+    TT_EQ_INT(r.fence, 2);
+    fl_claim(s->url, "mg", "again", 10000, &r);
+    TT_EQ_INT(r.status, 201);
+    char url[160];
+    snprintf(url, sizeof(url), "%s/coupons/mg", s->url);
+    TT_EQ_INT(h_http("GET", url, NULL, NULL, NULL, 0, NULL), 200);
+    h_check_invariants("mg", 5, 3);
+}
+
+/*
+ * synchronous_commit below `on` (off, local, remote_write) lets a server
+ * crash or a failover lose a COMMIT that already returned, and with it a
+ * claim already answered 201. The service raises the session's value to
+ * `on` when the server's (here the database's) is lower, and never lowers
+ * it: remote_apply stays. A trigger on claims records the value each
+ * claim's transaction ran with, as the server saw it.
+ */
+TT_TEST(pg_synchronous_commit_at_least_on, 60) {
+    h_begin();
+    pg_exec("CREATE TABLE sc_seen (setting text NOT NULL)");
+    pg_exec("CREATE FUNCTION sc_note() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN INSERT INTO sc_seen"
+            " VALUES (current_setting('synchronous_commit')); RETURN NEW; END"
+            " $$");
+    pg_exec("CREATE TRIGGER sc_note AFTER INSERT ON claims FOR EACH ROW"
+            " EXECUTE FUNCTION sc_note()");
+    static const struct {
+        const char *server, *want;
+    } cases[] = {{"off", "on"},
+                 {"local", "on"},
+                 {"remote_write", "on"},
+                 {"on", "on"},
+                 {"remote_apply", "remote_apply"}};
+    long n201 = 0;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char sql[300];
+        snprintf(sql, sizeof(sql),
+                 "DO $$ BEGIN EXECUTE format('ALTER DATABASE %%I SET "
+                 "synchronous_commit = %s', current_database()); END $$",
+                 cases[i].server);
+        pg_exec(sql);
+        pg_exec("DELETE FROM sc_seen");
+        char name[32], user[32];
+        snprintf(name, sizeof(name), "sc-%zu", i);
+        snprintf(user, sizeof(user), "user-%zu", i);
+        h_svc_t *s = h_svc_start(name, NULL); /* connects after the ALTER */
+        if (i == 0) {
+            h_coupon(s, "sc", 10);
+        }
+        fl_rec_t r;
+        fl_claim(s->url, "sc", user, 10000, &r);
+        TT_EQ_INT(r.status, 201);
+        n201++;
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*) FROM sc_seen WHERE setting = '%s'",
+                 cases[i].want);
+        long good = h_pg_int(sql);
+        long all = h_pg_int("SELECT count(*) FROM sc_seen");
+        printf("    database synchronous_commit=%s: the claim ran with "
+               "%s: %ld of %ld\n",
+               cases[i].server, cases[i].want, good, all);
+        TT_EQ_INT(all, 1);
+        TT_EQ_INT(good, 1);
+        TT_EQ_INT(h_svc_stop(s, 10000), 0);
+    }
+    h_check_invariants("sc", 10, n201);
+}
