@@ -379,14 +379,15 @@ TT_TEST(sigstop_holder_after_acquire, 60) {
  *     the writers, and the frozen one is first in line.
  *   - when it thaws, its commit gate finds the lease lost (the monotonic
  *     clock ran on while it was stopped) and it rolls back: 503 lease_lost,
- *     nothing written. The row lock goes with the rollback and the others
- *     commit again at once.
+ *     nothing written. Its transaction deadline has passed by then too, so
+ *     it drops the connection instead of waiting for a ROLLBACK; the server
+ *     rolls back when it sees the connection close. The row lock goes with
+ *     the rollback and the others commit again at once.
  *   - if it stays frozen longer than idle_in_transaction_session_timeout
- *     (COUPON_PG_IDLE_TX_TIMEOUT_MS, default 60 s), PostgreSQL ends the
- *     session first, rolling it back and freeing the row; the others resume
- *     while it is still frozen (next test). When it thaws, the gate again
- *     says lost: 503 lease_lost (its ROLLBACK fails on the dead connection,
- *     which changes nothing).
+ *     (COUPON_PG_IDLE_TX_TIMEOUT_MS, default 2 x statement timeout + 1 s),
+ *     PostgreSQL ends the session first, rolling it back and freeing the
+ *     row; the others resume while it is still frozen (next test). When it
+ *     thaws, the gate again says lost: 503 lease_lost.
  *
  * So the outcome is safe either way; the cost is an outage of the coupon for
  * as long as the freeze, bounded by the idle-in-transaction timeout. That
@@ -822,8 +823,12 @@ TT_TEST(stale_read_last_coupon, 60) {
     snprintf(via, sizeof(via), "COUPON_REDIS_ADDRS=127.0.0.1:%d", fp_port(px));
     const char *env_s[] = {"COUPON_LOCK_TTL_MS=5000",
                            "COUPON_FAULT=after_check:1500", via, NULL};
+    /* Its pause in the transaction is near the default transaction
+     * deadline (statement timeout + 1 s): give it room. */
     const char *env_b[] = {"COUPON_LOCK_TTL_MS=5000",
-                           "COUPON_FAULT=after_check:2500", NULL};
+                           "COUPON_FAULT=after_check:2500",
+                           "COUPON_PG_TX_DEADLINE_MS=10000",
+                           "COUPON_LOCK_MAX_HOLD_MS=12000", NULL};
     h_svc_t *s = h_svc_start("sr-stale", env_s);
     h_svc_t *b = h_svc_start("sr-fresh", env_b);
     h_svc_t *c = h_svc_start("sr-bg", NULL);
@@ -1301,7 +1306,8 @@ TT_TEST(pg_blackhole_before_write_deadline, 90) {
  * in transaction holding the row lock: the others' UPDATEs wait on it
  * until their statement_timeout (503s), and nobody can commit until the
  * server's idle_in_transaction_session_timeout ends that session. Its
- * default is now 2 x statement timeout + 1 s = 3 s here (it was 60 s).
+ * default, 2 x statement timeout + 1 s, is 3 s here (a default of a minute
+ * would block the coupon for a minute).
  *
  * Bound: the first 201 of the others comes within the idle-in-transaction
  * timeout of the freeze (+ 2.5 s slack), and none before it minus 0.6 s.
