@@ -223,41 +223,79 @@ static void store__notice(void *arg, const char *msg) {
     log_debug("postgres.notice", "msg=\"%.*s\"", (int)n, msg);
 }
 
+/* Copies a connect failure into errstr, without libpq's trailing newline. */
+static void store__open_err(char *errstr, size_t errlen, const char *msg) {
+    snprintf(errstr, errlen, "postgres: connect: %s", msg);
+    size_t n = strlen(errstr);
+    while (n > 0 && errstr[n - 1] == '\n') {
+        errstr[--n] = '\0';
+    }
+}
+
 /*
- * Connects (blocking, bounded by connect_timeout). Later keywords override
- * earlier ones, and the DSN is expanded from "dbname", the last keyword: so
- * anything the DSN sets, keyword or URI form, wins over these defaults.
+ * Connects without blocking on the network: PQconnectStartParams, then
+ * PQconnectPoll with a poll on the socket, until connect_timeout or
+ * deadline_ns (monotonic), whichever comes first. (connect_timeout is ours
+ * to enforce here: libpq ignores it for PQconnectPoll. The name lookup,
+ * getaddrinfo inside libpq, is the one step that still blocks.) Returns a
+ * new, connected PGconn, or NULL with errstr set.
  *
- * The TCP defaults are for a peer that vanishes without a RST (a host that
- * died, a frozen VM, a black-holed route): keepalives find a dead idle
- * connection within about idle + interval * count = 25 s, and
- * tcp_user_timeout drops a connection whose sent data stays unacknowledged
- * for 15 s. The transaction deadline (store__wait) is what bounds a claim;
- * these bound what no query is waiting on, such as a pooled connection.
+ * Later keywords override earlier ones, and the DSN is expanded from
+ * "dbname", the last keyword: so anything the DSN sets, keyword or URI
+ * form, wins over these defaults. The TCP defaults are for a peer that
+ * vanishes without a RST (a host that died, a frozen VM, a black-holed
+ * route): keepalives find a dead idle connection within about idle +
+ * interval * count = 25 s, and tcp_user_timeout drops a connection whose
+ * sent data stays unacknowledged for 15 s. The transaction deadline is what
+ * bounds a claim; these bound what no query is waiting on, such as an idle
+ * worker's connection.
  */
 static PGconn *store__open(const char *dsn, uint32_t connect_timeout_s,
-                           char *errstr, size_t errlen) {
-    char timeout[16];
-    snprintf(timeout, sizeof(timeout), "%u", connect_timeout_s);
-    const char *keys[] = {"connect_timeout",
-                          "application_name",
-                          "keepalives",
-                          "keepalives_idle",
-                          "keepalives_interval",
-                          "keepalives_count",
-                          "tcp_user_timeout",
-                          "dbname",
-                          NULL};
-    const char *vals[] = {timeout, "couponsvc", "1", "10", "5",
-                          "3",     "15000",     dsn, NULL};
-    PGconn *c = PQconnectdbParams(keys, vals, 1);
-    if (c == NULL || PQstatus(c) != CONNECTION_OK) {
-        snprintf(errstr, errlen, "postgres: connect: %s",
-                 c != NULL ? PQerrorMessage(c) : "out of memory");
-        size_t n = strlen(errstr);
-        while (n > 0 && errstr[n - 1] == '\n') {
-            errstr[--n] = '\0';
+                           int64_t deadline_ns, char *errstr, size_t errlen) {
+    const char *keys[] = {"application_name", "keepalives",
+                          "keepalives_idle",  "keepalives_interval",
+                          "keepalives_count", "tcp_user_timeout",
+                          "dbname",           NULL};
+    const char *vals[] = {"couponsvc", "1", "10", "5", "3", "15000", dsn, NULL};
+    int64_t until = mono_ns() + (int64_t)connect_timeout_s * 1000 * MONO_MS;
+    if (deadline_ns < until) {
+        until = deadline_ns;
+    }
+    PGconn *c = PQconnectStartParams(keys, vals, 1);
+    if (c == NULL) {
+        store__open_err(errstr, errlen, "out of memory");
+        return NULL;
+    }
+    PostgresPollingStatusType ps = PQstatus(c) == CONNECTION_BAD
+                                       ? PGRES_POLLING_FAILED
+                                       : PGRES_POLLING_WRITING;
+    while (ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
+        int64_t left_ns = until - mono_ns();
+        if (left_ns <= 0) {
+            store__open_err(errstr, errlen,
+                            "no answer within the connect timeout or the "
+                            "transaction deadline");
+            int fd = PQsocket(c);
+            if (fd >= 0) {
+                shutdown(fd, SHUT_RDWR);
+            }
+            PQfinish(c);
+            return NULL;
         }
+        struct pollfd p = {.fd = PQsocket(c),
+                           .events =
+                               ps == PGRES_POLLING_READING ? POLLIN : POLLOUT};
+        int n = poll(&p, 1, (int)((left_ns + MONO_MS - 1) / MONO_MS));
+        if (n > 0) {
+            ps = PQconnectPoll(c);
+        } else if (n < 0 && errno != EINTR) {
+            store__open_err(errstr, errlen, strerror(errno));
+            PQfinish(c);
+            return NULL;
+        }
+    }
+    if (ps == PGRES_POLLING_FAILED || PQstatus(c) != CONNECTION_OK) {
+        store__open_err(errstr, errlen, PQerrorMessage(c));
         PQfinish(c);
         return NULL;
     }
@@ -447,8 +485,8 @@ static int store__connect(store_t *st) {
     if (st->conn != NULL) {
         return STORE_OK;
     }
-    st->conn = store__open(st->dsn, st->connect_timeout_s, st->errstr,
-                           sizeof(st->errstr));
+    st->conn = store__open(st->dsn, st->connect_timeout_s, st->deadline_ns,
+                           st->errstr, sizeof(st->errstr));
     if (st->conn == NULL) {
         metrics_inc(M_PG_ERRORS);
         return STORE_ERR;
@@ -1000,7 +1038,8 @@ static int store__mexec(PGconn *c, const char *sql, int n,
 }
 
 int store_migrate(const store_opts_t *o, char *errstr, size_t errlen) {
-    PGconn *c = store__open(o->dsn, o->connect_timeout_s, errstr, errlen);
+    PGconn *c =
+        store__open(o->dsn, o->connect_timeout_s, INT64_MAX, errstr, errlen);
     if (c == NULL) {
         return STORE_ERR;
     }

@@ -1235,8 +1235,11 @@ TT_TEST(pg_blackhole_before_write_max_hold, 90) {
  * gives up at its deadline (1.5 s from the start of the transaction): it
  * shuts its socket down, answers 503 unavailable and releases the lock, so
  * the others write again at once, well within max hold + TTL. Before the
- * deadline existed, the victim's claim never answered at all. After the
- * thaw the victim connects again and claims as before.
+ * deadline existed, the victim's claim never answered at all. Its next
+ * claim, still during the black hole, has to connect again: the deadline
+ * bounds that too (the connect timeout is set to 30 s here, so only the
+ * deadline can answer it in time). After the thaw the victim connects again
+ * and claims as before.
  */
 TT_TEST(pg_blackhole_before_write_deadline, 90) {
     h_begin();
@@ -1248,6 +1251,7 @@ TT_TEST(pg_blackhole_before_write_deadline, 90) {
                            "COUPON_FAULT=after_acquire:300",
                            "COUPON_LOCK_WAIT_MS=10000",
                            "COUPON_PG_TX_DEADLINE_MS=1500",
+                           "COUPON_PG_CONNECT_TIMEOUT_S=30",
                            NULL};
     const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=500", NULL};
     h_svc_t *a = h_svc_start("bd-a", env);
@@ -1282,6 +1286,16 @@ TT_TEST(pg_blackhole_before_write_deadline, 90) {
     TT_CMP_INT(first, >, 0);
     TT_CMP_INT(first - t_lease, <=, 300 + 1500 + 2000);
 
+    fl_rec_t during;
+    double t_during = h_now_ms();
+    fl_claim(v->url, "bd", "during", 20000, &during);
+    double took = h_now_ms() - t_during;
+    printf("    a claim that has to connect during the black hole: %ld %s "
+           "after %.0f ms\n",
+           during.status, during.error, took);
+    TT_EQ_INT(during.status, 503);
+    TT_CMP_INT(took, <=, 300 + 1500 + 2000);
+
     fp_blackhole(px, 0);
     fl_rec_t again;
     fl_claim(v->url, "bd", "after", 10000, &again);
@@ -1289,6 +1303,7 @@ TT_TEST(pg_blackhole_before_write_deadline, 90) {
     fl_stop(l);
     fl_print(l, "load");
     TT_EQ_INT(rows_for_user("victim"), 0);
+    TT_EQ_INT(rows_for_user("during"), 0);
 
     fl_load_t *ls[] = {l};
     finish("bd", STOCK, ls, 1, 2, ok, 1);
