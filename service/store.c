@@ -20,6 +20,7 @@
  */
 #include "store.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <libpq-fe.h>
 #include <poll.h>
@@ -353,6 +354,7 @@ static int store__wait(store_t *st, const char *what, short events) {
  * when the connection failed or the deadline passed (errstr set, the
  * connection dropped if it is bad). */
 static PGresult *store__collect(store_t *st, const char *what) {
+    assert(st->conn != NULL && PQisnonblocking(st->conn));
     int f;
     while ((f = PQflush(st->conn)) == 1) {
         if (store__wait(st, what, POLLOUT | POLLIN) != STORE_OK) {
@@ -837,6 +839,7 @@ static int store__begin(store_t *st) {
 static int store__claim_tx(store_t *st, const char *coupon, int64_t fence,
                            store_item_t *items, size_t n, store_gate_fn gate,
                            void *arg, int64_t *last_fence_out) {
+    assert(n >= 1 && st->tx_deadline_ms > 0);
     if (store__begin(st) != STORE_OK) {
         return STORE_ERR;
     }

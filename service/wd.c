@@ -12,6 +12,7 @@
  */
 #include "wd.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -44,6 +45,7 @@ struct wd {
 /* ------------------------------------------------------------ the list --- */
 
 void wd_set_max_hold(wd_t *wd, uint32_t max_hold_ms) {
+    assert(max_hold_ms > 0);
     pthread_mutex_lock(&wd->mu);
     wd->max_hold_ns = (int64_t)max_hold_ms * MONO_MS;
     pthread_mutex_unlock(&wd->mu);

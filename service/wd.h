@@ -44,7 +44,8 @@ wd_t *wd_start(const cfg_addr_t *addr, uint32_t redis_timeout_ms,
  * (they expire by TTL). Accepts NULL. */
 void wd_stop(wd_t *wd);
 
-/* Sets the max hold (see the top). Call once, before the first wd_watch. */
+/* Sets the max hold (see the top) of wd (borrowed). Call once, before the
+ * first wd_watch. */
 void wd_set_max_hold(wd_t *wd, uint32_t max_hold_ms);
 
 /* Starts renewing lease (borrowed until wd_unwatch), for at most the max
