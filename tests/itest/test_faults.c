@@ -1509,3 +1509,98 @@ TT_TEST(pg_synchronous_commit_at_least_on, 60) {
     }
     h_check_invariants("sc", 10, n201);
 }
+
+/* ------------------------------------------------ TCP keepalive, set --- */
+
+/* The keepalive timer (seconds left) of the first of pid's established TCP
+ * connections to port, as `ss -o` shows it ("timer:(keepalive,9.9sec,0)");
+ * -1 if none of them has one, -2 if pid has no such connection. */
+static double keepalive_timer_s(pid_t pid, int port) {
+    TT_ASSERT_MSG(system("command -v ss >/dev/null 2>&1") == 0,
+                  "ss (iproute2) is missing: run make deps");
+    char cmd[200];
+    snprintf(cmd, sizeof(cmd),
+             "ss -tnopH state established '( dport = :%d )' 2>/dev/null", port);
+    FILE *f = popen(cmd, "r");
+    TT_ASSERT(f != NULL);
+    char line[1024], want[32];
+    snprintf(want, sizeof(want), "pid=%d,", (int)pid);
+    double found = -2;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strstr(line, want) == NULL) {
+            continue;
+        }
+        printf("    %s", line);
+        const char *k = strstr(line, "timer:(keepalive,");
+        if (k == NULL) {
+            found = found < -1 ? -1 : found;
+            continue;
+        }
+        /* ss prints [<m>min][<s>sec | <s>.][<ms>ms]: "119min", "9.980ms"
+         * (9 s 980 ms), "12sec", "450ms". */
+        const char *p = k + strlen("timer:(keepalive,");
+        double v = 0;
+        for (int part = 0; part < 3; part++) {
+            char *end = NULL;
+            long x = strtol(p, &end, 10);
+            if (end == p) {
+                break;
+            }
+            if (strncmp(end, "min", 3) == 0) {
+                v += x * 60.0;
+                p = end + 3;
+            } else if (strncmp(end, "sec", 3) == 0) {
+                v += x;
+                p = end + 3;
+            } else if (*end == '.') {
+                v += x;
+                p = end + 1;
+            } else if (strncmp(end, "ms", 2) == 0) {
+                v += x / 1000.0;
+                p = end + 2;
+            } else {
+                break;
+            }
+        }
+        if (v > found) {
+            found = v;
+        }
+    }
+    pclose(f);
+    return found;
+}
+
+/*
+ * libpq's TCP keepalives are on by default, but with the kernel's idle time
+ * (two hours): a dead peer behind a silent network goes unnoticed that
+ * long. The service sets keepalives_idle=10 (with interval and count, and
+ * tcp_user_timeout) as defaults, and a DSN that sets its own wins. Seen
+ * here on the service's own socket, through `ss -o`; what the kernel then
+ * does with a peer that stops answering is not tested (it needs packets
+ * dropped, which a user-space proxy cannot do).
+ */
+TT_TEST(pg_tcp_keepalives_default_and_dsn_override, 60) {
+    h_begin();
+    const char *one[] = {"COUPON_THREADS=1", NULL};
+    h_svc_t *a = h_svc_start("ka-default", one);
+    h_coupon(a, "ka", 10);
+    fl_rec_t r;
+    fl_claim(a->url, "ka", "u1", 10000, &r);
+    TT_EQ_INT(r.status, 201);
+    double t = keepalive_timer_s(a->pid, pg_port());
+    printf("    default: keepalive timer %.1f s\n", t);
+    TT_CMP_INT(t, >, 0);
+    TT_CMP_INT(t, <=, 10);
+
+    char dsn[400];
+    snprintf(dsn, sizeof(dsn), "COUPON_PG_DSN=%s keepalives_idle=300", h_dsn());
+    const char *env_b[] = {"COUPON_THREADS=1", dsn, NULL};
+    h_svc_t *b = h_svc_start("ka-dsn", env_b);
+    fl_claim(b->url, "ka", "u2", 10000, &r);
+    TT_EQ_INT(r.status, 201);
+    t = keepalive_timer_s(b->pid, pg_port());
+    printf("    DSN keepalives_idle=300: keepalive timer %.1f s\n", t);
+    TT_CMP_INT(t, >, 200);
+    TT_CMP_INT(t, <=, 300);
+    h_check_invariants("ka", 10, 2);
+}
