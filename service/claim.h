@@ -17,16 +17,17 @@
 #include "cfg.h"
 
 typedef enum claim_outcome {
-    CLAIM_CLAIMED = 0,    /* 201: a new claim */
-    CLAIM_ALREADY,        /* 200: this user's existing claim */
-    CLAIM_SOLD_OUT,       /* 410 */
-    CLAIM_NOT_FOUND,      /* 404: no such coupon */
-    CLAIM_FENCED,         /* 409: our fence was refused; nothing written */
-    CLAIM_BUSY,           /* 503: the lock wait ran past its deadline */
-    CLAIM_UNAVAILABLE,    /* 503: Redis or PostgreSQL failed */
-    CLAIM_LEASE_LOST,     /* 503: lease lost before COMMIT; rolled back */
-    CLAIM_COMMIT_UNKNOWN, /* 503: connection lost during COMMIT: it may
-                             have committed; a retry tells */
+    CLAIM_CLAIMED = 0, /* 201: a new claim */
+    CLAIM_ALREADY,     /* 200: this user's existing claim */
+    CLAIM_SOLD_OUT,    /* 410 */
+    CLAIM_NOT_FOUND,   /* 404: no such coupon */
+    CLAIM_FENCED,      /* 409: our fence was refused; nothing written */
+    CLAIM_BUSY,        /* 503: the lock wait ran past its deadline */
+    CLAIM_UNAVAILABLE, /* 503: Redis or PostgreSQL failed */
+    CLAIM_LEASE_LOST,  /* 503: lease lost before COMMIT; rolled back */
+    /* 503: the connection was lost during COMMIT: it may have committed,
+     * and a retry tells */
+    CLAIM_COMMIT_UNKNOWN,
 } claim_outcome_t;
 
 typedef struct claim_result {

@@ -19,10 +19,11 @@ typedef enum metrics_counter {
     M_CLAIM_SOLD_OUT,
     M_CLAIM_NOT_FOUND,
     M_CLAIM_FENCED,
-    M_CLAIM_BUSY,           /* lock wait ran past its deadline */
-    M_CLAIM_UNAVAILABLE,    /* Redis or PostgreSQL failed */
-    M_CLAIM_LEASE_LOST,     /* rolled back: the watchdog lost the lease */
-    M_CLAIM_COMMIT_UNKNOWN, /* connection lost during COMMIT */
+    M_CLAIM_BUSY,        /* lock wait ran past its deadline */
+    M_CLAIM_UNAVAILABLE, /* Redis or PostgreSQL failed */
+    M_CLAIM_LEASE_LOST,  /* rolled back: the watchdog lost the lease */
+    /* connection lost during COMMIT: it may have committed */
+    M_CLAIM_COMMIT_UNKNOWN,
     M_CLAIM_BAD_REQUEST,
     /* couponsvc_lock_acquisitions_total{result}: one per attempt */
     M_LOCK_OK,
