@@ -104,6 +104,8 @@ void wd_lost(lock_lease_t *l, const char *why) {
 /* Takes a snapshot of the leases to renew; marks them in flight. Expired
  * leases are marked lost here and left out. Called with mu held. */
 static size_t wd__snapshot(wd_t *wd) {
+    /* The max hold is measured on the clock wd_watch read. */
+    int64_t held_now = mono_ns();
     if ((size_t)wd->count > wd->cap) {
         size_t cap = (size_t)wd->count * 2;
         lock_lease_t **r = realloc(wd->round, cap * sizeof(*r));
@@ -122,7 +124,6 @@ static size_t wd__snapshot(wd_t *wd) {
     }
 
     int64_t now = mono_ns();
-    int64_t held_now = mono_ns(); /* the clock wd_watch read */
     size_t n = 0;
     for (lock_lease_t *l = wd->head; l != NULL; l = l->wd_next) {
         if (atomic_load(&l->lost)) {
