@@ -631,8 +631,22 @@ static void store__rollback(store_t *st) {
  * after COMMIT was sent, the server may have committed or not, and the
  * client cannot tell: STORE_COMMIT_UNKNOWN. A retry settles it, since
  * UNIQUE (coupon_id, user_id) turns a repeated claim into already_claimed.
+ * A deadline that passed before COMMIT is sent is no such case: the
+ * connection is dropped unsent, and that is a rollback.
  */
 static int store__commit(store_t *st) {
+    if (mono_ns() >= st->deadline_ns) {
+        /* Too late to commit, and not too late to know: COMMIT was never
+         * sent, so dropping the connection rolls back. */
+        snprintf(st->errstr, sizeof(st->errstr),
+                 "postgres: the %u ms deadline (COUPON_PG_TX_DEADLINE_MS) "
+                 "passed before COMMIT; rolled back",
+                 st->tx_deadline_ms);
+        metrics_inc(M_PG_ERRORS);
+        metrics_inc(M_PG_DEADLINE_DROPS);
+        store__drop(st);
+        return STORE_ERR;
+    }
     PGresult *res = store__query(st, "COMMIT");
     if (res == NULL) {
         return STORE_COMMIT_UNKNOWN;

@@ -1510,6 +1510,31 @@ TT_TEST(pg_synchronous_commit_at_least_on, 60) {
     h_check_invariants("sc", 10, n201);
 }
 
+/*
+ * The transaction deadline passes while the claim is between its write and
+ * its COMMIT (a before_commit pause longer than the deadline; the lease is
+ * kept valid by a long TTL and max hold). COMMIT must then not be sent:
+ * sent after the deadline, it would commit a claim whose client is told 503
+ * commit_unknown at best. Dropped unsent, it is a rollback the client can be
+ * told plainly: 503 unavailable, nothing written.
+ */
+TT_TEST(pg_deadline_before_commit_rolls_back, 60) {
+    h_begin();
+    const char *env[] = {"COUPON_LOCK_TTL_MS=10000",
+                         "COUPON_LOCK_MAX_HOLD_MS=20000",
+                         "COUPON_PG_TX_DEADLINE_MS=1000",
+                         "COUPON_FAULT=before_commit:1500", NULL};
+    h_svc_t *s = h_svc_start("dc-1", env);
+    h_coupon(s, "dc", 5);
+    fl_rec_t r;
+    fl_claim(s->url, "dc", "late", 10000, &r);
+    printf("    answer: %ld %s: %s\n", r.status, r.error, r.detail);
+    TT_EQ_INT(r.status, 503);
+    TT_EQ_STR(r.error, "unavailable");
+    TT_EQ_INT(rows_for_user("late"), 0);
+    h_check_invariants("dc", 5, 0);
+}
+
 /* ------------------------------------------------ TCP keepalive, set --- */
 
 /* The keepalive timer (seconds left) of the first of pid's established TCP
