@@ -259,8 +259,10 @@ static PGconn *store__open(const char *dsn, uint32_t connect_timeout_s,
                           "dbname",           NULL};
     const char *vals[] = {"couponsvc", "1", "10", "5", "3", "15000", dsn, NULL};
     int64_t until = mono_ns() + (int64_t)connect_timeout_s * 1000 * MONO_MS;
+    const char *bound = "COUPON_PG_CONNECT_TIMEOUT_S";
     if (deadline_ns < until) {
         until = deadline_ns;
+        bound = "COUPON_PG_TX_DEADLINE_MS";
     }
     PGconn *c = PQconnectStartParams(keys, vals, 1);
     if (c == NULL) {
@@ -273,9 +275,9 @@ static PGconn *store__open(const char *dsn, uint32_t connect_timeout_s,
     while (ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
         int64_t left_ns = until - mono_ns();
         if (left_ns <= 0) {
-            store__open_err(errstr, errlen,
-                            "no answer within the connect timeout or the "
-                            "transaction deadline");
+            char why[96];
+            snprintf(why, sizeof(why), "no answer in time (%s)", bound);
+            store__open_err(errstr, errlen, why);
             int fd = PQsocket(c);
             if (fd >= 0) {
                 shutdown(fd, SHUT_RDWR);
@@ -304,7 +306,7 @@ static PGconn *store__open(const char *dsn, uint32_t connect_timeout_s,
     return c;
 }
 
-/* ------------------------------------------------- the deadline, polled --- */
+/* ------------------------------------------------ the deadline, polled --- */
 
 /* Starts the deadline for one call: a whole transaction, or one statement
  * outside a transaction. Every wait on the server until the next call to
@@ -540,8 +542,7 @@ static int store__replan(store_t *st) {
     return ok ? store__prepare_all(st) : STORE_ERR;
 }
 
-/* ------------------------------------------------------------ statements ---
- */
+/* -------------------------------------------------- running statements --- */
 
 /* Runs a prepared statement and returns its result, whatever its status
  * (PQclear it), or NULL when the connection failed or the deadline passed.
