@@ -8,8 +8,12 @@ CREATE TABLE coupons (
                            CHECK (id ~ '^[A-Za-z0-9_.-]{1,64}$'),
     total      integer     NOT NULL CHECK (total >= 0),
     claimed    integer     NOT NULL DEFAULT 0 CHECK (claimed >= 0),
-    -- Highest fencing token accepted for this coupon. A write carrying fence f
-    -- is accepted only when f >= last_fence, and then f becomes last_fence.
+    -- Highest fencing token accepted for this coupon. A lease's first write
+    -- carrying fence f is accepted only when f > last_fence (strictly: after
+    -- Redis lost its counter a new lease may draw a fence already used), and
+    -- then f becomes last_fence; the same lease's later writes in the same
+    -- transaction (a batch) may find last_fence = f, their own. The naive and
+    -- atomic modes take no lock and leave it alone.
     last_fence bigint      NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT coupons_claimed_within_total CHECK (claimed <= total)

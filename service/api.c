@@ -173,6 +173,10 @@ static void api__claim(const api_request_t *req, api_response_t *resp) {
         json_decref(fence);
         api__unavailable(resp, "unavailable", r.detail);
         return;
+    case CLAIM_COMMIT_UNKNOWN:
+        json_decref(fence);
+        api__unavailable(resp, "commit_unknown", r.detail);
+        return;
     }
     json_decref(fence);
     api__error(resp, 500, "internal", "unknown claim outcome");

@@ -74,8 +74,18 @@ static const cfg__opt_t cfg__opts[] = {
      600, "PostgreSQL connect timeout in seconds"},
     {"COUPON_PG_STATEMENT_TIMEOUT_MS", CFG__U32, F(pg_statement_timeout_ms),
      "2000", 1, 3600000, "PostgreSQL statement_timeout in ms"},
-    {"COUPON_PG_IDLE_TX_TIMEOUT_MS", CFG__U32, F(pg_idle_tx_timeout_ms),
-     "60000", 0, 3600000, "idle_in_transaction_session_timeout in ms (0: off)"},
+    {"COUPON_PG_IDLE_TX_TIMEOUT_MS", CFG__U32, F(pg_idle_tx_timeout_ms), NULL,
+     0, 3600000,
+     "idle_in_transaction_session_timeout in ms (0: off; default: "
+     "2 x statement timeout + 1000)"},
+    {"COUPON_PG_TX_DEADLINE_MS", CFG__U32, F(pg_tx_deadline_ms), NULL, 100,
+     3600000,
+     "client-side deadline for one PostgreSQL transaction; past it the "
+     "connection is dropped (default: statement timeout + 1000)"},
+    {"COUPON_LOCK_MAX_HOLD_MS", CFG__U32, F(lock_max_hold_ms), NULL, 100,
+     3600000,
+     "longest the watchdog renews one lease; then it is lost (default: "
+     "transaction deadline + watchdog period)"},
     {"COUPON_SHUTDOWN_GRACE_MS", CFG__U32, F(shutdown_grace_ms), "10000", 0,
      600000, "how long SIGTERM waits for open connections to finish"},
     {"COUPON_INSTANCE_ID", CFG__ID, F(instance_id), NULL, 0, 0,
@@ -268,6 +278,9 @@ int cfg_load(cfg_t *c, int argc, char **argv) {
             return CFG_ERR;
         }
     }
+    /* 0 is a valid idle-in-transaction timeout (off), so "not set" needs a
+     * value no input can have. */
+    c->pg_idle_tx_timeout_ms = UINT32_MAX;
     char host[64] = "host";
     gethostname(host, sizeof(host) - 1);
     host[sizeof(host) - 1] = '\0';
@@ -326,6 +339,18 @@ int cfg_load(cfg_t *c, int argc, char **argv) {
 
     if (c->watchdog_period_ms == 0) {
         c->watchdog_period_ms = c->lock_ttl_ms / 10;
+    }
+    if (c->pg_idle_tx_timeout_ms == UINT32_MAX) {
+        c->pg_idle_tx_timeout_ms = 2 * c->pg_statement_timeout_ms + 1000;
+        if (c->pg_idle_tx_timeout_ms > 3600000) {
+            c->pg_idle_tx_timeout_ms = 3600000;
+        }
+    }
+    if (c->pg_tx_deadline_ms == 0) {
+        c->pg_tx_deadline_ms = c->pg_statement_timeout_ms + 1000;
+    }
+    if (c->lock_max_hold_ms == 0) {
+        c->lock_max_hold_ms = c->pg_tx_deadline_ms + c->watchdog_period_ms;
     }
     if (c->redis_timeout_ms == 0) {
         c->redis_timeout_ms =

@@ -53,6 +53,8 @@ typedef struct cfg {
     uint32_t pg_connect_timeout_s;    /* libpq connect_timeout */
     uint32_t pg_statement_timeout_ms; /* SET statement_timeout */
     uint32_t pg_idle_tx_timeout_ms;   /* idle_in_transaction_session_timeout */
+    uint32_t pg_tx_deadline_ms;       /* client-side bound on one transaction */
+    uint32_t lock_max_hold_ms;  /* the watchdog renews one lease this long */
     uint32_t shutdown_grace_ms; /* how long SIGTERM waits for connections */
     char instance_id[128];      /* COUPON_INSTANCE_ID; default hostname-pid */
     log_level_t log_level;      /* COUPON_LOG_LEVEL */

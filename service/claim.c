@@ -63,7 +63,8 @@ static claim__conns_t *claim__conns(void) {
                        .instance = cfg->instance_id,
                        .connect_timeout_s = cfg->pg_connect_timeout_s,
                        .statement_timeout_ms = cfg->pg_statement_timeout_ms,
-                       .idle_tx_timeout_ms = cfg->pg_idle_tx_timeout_ms};
+                       .idle_tx_timeout_ms = cfg->pg_idle_tx_timeout_ms,
+                       .tx_deadline_ms = cfg->pg_tx_deadline_ms};
     c->store = store_new(&so);
     c->lock = lock_client_new(&cfg->redis[0], cfg->redis_timeout_ms);
     if (c->store == NULL || c->lock == NULL ||
@@ -87,6 +88,7 @@ int claim_init(const cfg_t *cfg) {
             log_error("claim.init", "cannot start the watchdog");
             return -1;
         }
+        wd_set_max_hold(claim__wd, cfg->lock_max_hold_ms);
     }
     return 0;
 }
@@ -131,6 +133,7 @@ static void claim__count(const claim_result_t *out) {
         [CLAIM_BUSY] = M_CLAIM_BUSY,
         [CLAIM_UNAVAILABLE] = M_CLAIM_UNAVAILABLE,
         [CLAIM_LEASE_LOST] = M_CLAIM_LEASE_LOST,
+        [CLAIM_COMMIT_UNKNOWN] = M_CLAIM_COMMIT_UNKNOWN,
     };
     metrics_inc(m[out->outcome]);
 }
@@ -148,6 +151,13 @@ static void claim__from_store(claim_result_t *out, int src,
     case STORE_ABORTED:
         claim__set(out, CLAIM_LEASE_LOST,
                    "the lock lease was lost before commit; nothing written");
+        break;
+    case STORE_COMMIT_UNKNOWN:
+        /* The reason (deadline, connection reset) goes to the log; the
+         * client needs to know only what to do. */
+        log_warn("claim.commit_unknown", "err=\"%s\"", store_errstr(st));
+        claim__set(out, CLAIM_COMMIT_UNKNOWN,
+                   "retry: a retry returns the claim if it was made");
         break;
     default:
         claim__set(out, CLAIM_UNAVAILABLE, store_errstr(st));

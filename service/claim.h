@@ -25,6 +25,9 @@ typedef enum claim_outcome {
     CLAIM_BUSY,        /* 503: the lock wait ran past its deadline */
     CLAIM_UNAVAILABLE, /* 503: Redis or PostgreSQL failed */
     CLAIM_LEASE_LOST,  /* 503: lease lost before COMMIT; rolled back */
+    /* 503: the connection was lost during COMMIT: it may have committed,
+     * and a retry tells */
+    CLAIM_COMMIT_UNKNOWN,
 } claim_outcome_t;
 
 typedef struct claim_result {

@@ -10,7 +10,8 @@
 #include <time.h>
 
 static const char *const fault__names[FAULT__COUNT] = {
-    "after_acquire", "before_commit", "after_commit", "after_check"};
+    "after_acquire", "before_commit", "after_commit", "after_check",
+    "abort_before_commit"};
 
 /* Written once at start, read by every worker afterwards. */
 static uint32_t fault__ms[FAULT__COUNT];
@@ -61,8 +62,8 @@ int fault_parse(const char *spec, char *errstr, size_t errlen) {
                 v > 600000) {
                 snprintf(errstr, errlen,
                          "COUPON_FAULT: '%s' is not <point>:<ms> with point "
-                         "after_acquire, after_check, before_commit or "
-                         "after_commit and "
+                         "after_acquire, after_check, before_commit, "
+                         "after_commit or abort_before_commit and "
                          "ms <= 600000",
                          tok);
                 return -1;
@@ -76,7 +77,7 @@ int fault_parse(const char *spec, char *errstr, size_t errlen) {
 
 void fault_pause(fault_point_t p) {
     uint32_t ms = fault_ms(p);
-    if (ms == 0) {
+    if (ms == 0 || p == FAULT_ABORT_BEFORE_COMMIT) {
         return;
     }
     struct timespec ts = {.tv_sec = ms / 1000,

@@ -13,6 +13,11 @@
  *                   committed
  *   after_commit    committed, lock not yet released
  *
+ * One point is not a pause: abort_before_commit (any ms above 0 turns it
+ * on) makes the store run a failing statement right before COMMIT and
+ * ignore its error, so that the transaction is aborted and the client does
+ * not know: the COMMIT then comes back with the tag ROLLBACK.
+ *
  * The service logs a loud warning at start when any point is set.
  */
 #ifndef COUPONSVC_FAULT_H
@@ -26,6 +31,7 @@ typedef enum fault_point {
     FAULT_BEFORE_COMMIT,
     FAULT_AFTER_COMMIT,
     FAULT_AFTER_CHECK,
+    FAULT_ABORT_BEFORE_COMMIT, /* not a pause: see the top */
     FAULT__COUNT,
 } fault_point_t;
 

@@ -59,6 +59,7 @@ typedef struct lock_lease {
     /* The watchdog's list links; only touched under the watchdog's mutex. */
     struct lock_lease *wd_prev, *wd_next;
     int wd_watched;
+    int64_t wd_hold_until_ns; /* monotonic: no renewal from then on */
 } lock_lease_t;
 
 /* Creates a client for addr. Nothing is sent until the first call. Returns a

@@ -91,7 +91,7 @@ typedef struct metrics__family {
     struct {
         metrics_counter_t c;
         const char *value;
-    } series[10];
+    } series[16];
 } metrics__family_t;
 
 static const metrics__family_t metrics__families[] = {
@@ -106,6 +106,7 @@ static const metrics__family_t metrics__families[] = {
       {M_CLAIM_BUSY, "lock_busy"},
       {M_CLAIM_UNAVAILABLE, "unavailable"},
       {M_CLAIM_LEASE_LOST, "lease_lost"},
+      {M_CLAIM_COMMIT_UNKNOWN, "commit_unknown"},
       {M_CLAIM_BAD_REQUEST, "bad_request"},
       {M__COUNT, NULL}}},
     {"couponsvc_lock_acquisitions_total",
@@ -120,7 +121,8 @@ static const metrics__family_t metrics__families[] = {
      "result",
      {{M_WD_RENEW_OK, "ok"}, {M_WD_RENEW_FAILED, "failed"}, {M__COUNT, NULL}}},
     {"couponsvc_leases_lost_total",
-     "Leases marked lost (renewal refused or TTL ran out).",
+     "Leases marked lost (renewal refused, TTL ran out, or held past "
+     "COUPON_LOCK_MAX_HOLD_MS).",
      NULL,
      {{M_LEASES_LOST, NULL}, {M__COUNT, NULL}}},
     {"couponsvc_fenced_refusals_total",
@@ -135,6 +137,13 @@ static const metrics__family_t metrics__families[] = {
      "Errors talking to a backend.",
      "backend",
      {{M_REDIS_ERRORS, "redis"}, {M_PG_ERRORS, "postgres"}, {M__COUNT, NULL}}},
+    {"couponsvc_postgres_timeouts_total",
+     "PostgreSQL calls cut short: by the server's statement_timeout, or by "
+     "the client's deadline (the connection is then dropped).",
+     "kind",
+     {{M_PG_STATEMENT_TIMEOUTS, "statement"},
+      {M_PG_DEADLINE_DROPS, "deadline"},
+      {M__COUNT, NULL}}},
 };
 
 char *metrics_render(const char *instance, const char *mode, size_t *len) {

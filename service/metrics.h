@@ -22,6 +22,8 @@ typedef enum metrics_counter {
     M_CLAIM_BUSY,        /* lock wait ran past its deadline */
     M_CLAIM_UNAVAILABLE, /* Redis or PostgreSQL failed */
     M_CLAIM_LEASE_LOST,  /* rolled back: the watchdog lost the lease */
+    /* connection lost during COMMIT: it may have committed */
+    M_CLAIM_COMMIT_UNKNOWN,
     M_CLAIM_BAD_REQUEST,
     /* couponsvc_lock_acquisitions_total{result}: one per attempt */
     M_LOCK_OK,
@@ -35,6 +37,9 @@ typedef enum metrics_counter {
     M_FENCE_RECOVERIES, /* couponsvc_fence_counter_recoveries_total */
     M_REDIS_ERRORS,     /* couponsvc_backend_errors_total{backend="redis"} */
     M_PG_ERRORS,        /* ...{backend="postgres"} */
+    /* couponsvc_postgres_timeouts_total{kind} */
+    M_PG_STATEMENT_TIMEOUTS, /* the server's statement_timeout fired */
+    M_PG_DEADLINE_DROPS,     /* the client's deadline dropped a connection */
     M__COUNT,
 } metrics_counter_t;
 

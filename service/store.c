@@ -9,23 +9,41 @@
  * The write is one statement, a data-modifying CTE: the conditional UPDATE
  * and the INSERT of the claim row, which takes its seq from the UPDATE's
  * RETURNING. If the UPDATE matches no row, the INSERT inserts none.
+ *
+ * No call waits on the server without a deadline. The connection is in
+ * libpq's non-blocking mode: each statement is sent with PQsend*, and every
+ * wait for the socket is a poll with the time left until the call's
+ * deadline (COUPON_PG_TX_DEADLINE_MS, one for the whole transaction). When
+ * it passes, the connection is shut down and dropped, and the next call
+ * connects again. statement_timeout alone cannot do this: it is enforced by
+ * the server, and a server behind a dead network path never answers.
  */
 #include "store.h"
 
+#include <assert.h>
+#include <errno.h>
 #include <libpq-fe.h>
+#include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "fault.h"
 #include "log.h"
 #include "metrics.h"
+#include "mono.h"
 
 struct store {
-    PGconn *conn; /* NULL while disconnected */
+    PGconn *conn; /* NULL while disconnected; non-blocking while connected */
     char *dsn;    /* owned copies of the options */
     char *instance;
     uint32_t connect_timeout_s, statement_timeout_ms, idle_tx_timeout_ms;
+    uint32_t tx_deadline_ms;
+    int64_t deadline_ns; /* monotonic: the running call gives up here */
+    int timed_out;       /* the last wait ran into deadline_ns */
+    int replan;          /* a statement failed with 0A000: prepare again */
     char errstr[256];
 };
 
@@ -125,16 +143,33 @@ store_t *store_new(const store_opts_t *o) {
     st->connect_timeout_s = o->connect_timeout_s;
     st->statement_timeout_ms = o->statement_timeout_ms;
     st->idle_tx_timeout_ms = o->idle_tx_timeout_ms;
+    st->tx_deadline_ms = o->tx_deadline_ms;
     return st;
+}
+
+/* Drops the connection without waiting for anything. shutdown(2) first, so
+ * that PQfinish's goodbye message fails at once instead of queueing behind
+ * a peer that stopped reading; the server notices the FIN (or, behind a
+ * black hole, its idle-in-transaction timeout ends the session). Never
+ * PQcancel: it opens a new connection and waits for it, with no timeout,
+ * which behind a black hole is forever. */
+static void store__drop(store_t *st) {
+    if (st->conn == NULL) {
+        return;
+    }
+    int fd = PQsocket(st->conn);
+    if (fd >= 0) {
+        shutdown(fd, SHUT_RDWR);
+    }
+    PQfinish(st->conn);
+    st->conn = NULL;
 }
 
 void store_free(store_t *st) {
     if (st == NULL) {
         return;
     }
-    if (st->conn != NULL) {
-        PQfinish(st->conn);
-    }
+    store__drop(st);
     free(st->dsn);
     free(st->instance);
     free(st);
@@ -154,6 +189,12 @@ static void store__seterr(store_t *st, const char *what, const char *msg) {
     }
 }
 
+static int store__sqlstate_is(const PGresult *res, const char *code) {
+    const char *state =
+        res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    return state != NULL && strcmp(state, code) == 0;
+}
+
 /* Records a failure. If the connection went bad it is dropped, so the next
  * call reconnects and prepares again. Always returns STORE_ERR. */
 static int store__fail(store_t *st, const char *what, const PGresult *res) {
@@ -163,9 +204,11 @@ static int store__fail(store_t *st, const char *what, const PGresult *res) {
     }
     store__seterr(st, what, msg);
     metrics_inc(M_PG_ERRORS);
+    if (store__sqlstate_is(res, "57014")) {
+        metrics_inc(M_PG_STATEMENT_TIMEOUTS); /* statement_timeout fired */
+    }
     if (st->conn != NULL && PQstatus(st->conn) != CONNECTION_OK) {
-        PQfinish(st->conn);
-        st->conn = NULL;
+        store__drop(st);
     }
     return STORE_ERR;
 }
@@ -181,23 +224,81 @@ static void store__notice(void *arg, const char *msg) {
     log_debug("postgres.notice", "msg=\"%.*s\"", (int)n, msg);
 }
 
+/* Copies a connect failure into errstr, without libpq's trailing newline. */
+static void store__open_err(char *errstr, size_t errlen, const char *msg) {
+    snprintf(errstr, errlen, "postgres: connect: %s", msg);
+    size_t n = strlen(errstr);
+    while (n > 0 && errstr[n - 1] == '\n') {
+        errstr[--n] = '\0';
+    }
+}
+
+/*
+ * Connects without blocking on the network: PQconnectStartParams, then
+ * PQconnectPoll with a poll on the socket, until connect_timeout or
+ * deadline_ns (monotonic), whichever comes first. (connect_timeout is ours
+ * to enforce here: libpq ignores it for PQconnectPoll. The name lookup,
+ * getaddrinfo inside libpq, is the one step that still blocks.) Returns a
+ * new, connected PGconn, or NULL with errstr set.
+ *
+ * Later keywords override earlier ones, and the DSN is expanded from
+ * "dbname", the last keyword: so anything the DSN sets, keyword or URI
+ * form, wins over these defaults. The TCP defaults are for a peer that
+ * vanishes without a RST (a host that died, a frozen VM, a black-holed
+ * route): keepalives find a dead idle connection within about idle +
+ * interval * count = 25 s, and tcp_user_timeout drops a connection whose
+ * sent data stays unacknowledged for 15 s. The transaction deadline is what
+ * bounds a claim; these bound what no query is waiting on, such as an idle
+ * worker's connection.
+ */
 static PGconn *store__open(const char *dsn, uint32_t connect_timeout_s,
-                           char *errstr, size_t errlen) {
-    char timeout[16];
-    snprintf(timeout, sizeof(timeout), "%u", connect_timeout_s);
-    /* Later keywords override earlier ones, so anything the DSN sets (it is
-     * expanded from "dbname") wins over these defaults. */
-    const char *keys[] = {"connect_timeout", "application_name", "dbname",
-                          NULL};
-    const char *vals[] = {timeout, "couponsvc", dsn, NULL};
-    PGconn *c = PQconnectdbParams(keys, vals, 1);
-    if (c == NULL || PQstatus(c) != CONNECTION_OK) {
-        snprintf(errstr, errlen, "postgres: connect: %s",
-                 c != NULL ? PQerrorMessage(c) : "out of memory");
-        size_t n = strlen(errstr);
-        while (n > 0 && errstr[n - 1] == '\n') {
-            errstr[--n] = '\0';
+                           int64_t deadline_ns, char *errstr, size_t errlen) {
+    const char *keys[] = {"application_name", "keepalives",
+                          "keepalives_idle",  "keepalives_interval",
+                          "keepalives_count", "tcp_user_timeout",
+                          "dbname",           NULL};
+    const char *vals[] = {"couponsvc", "1", "10", "5", "3", "15000", dsn, NULL};
+    int64_t until = mono_ns() + (int64_t)connect_timeout_s * 1000 * MONO_MS;
+    const char *bound = "COUPON_PG_CONNECT_TIMEOUT_S";
+    if (deadline_ns < until) {
+        until = deadline_ns;
+        bound = "COUPON_PG_TX_DEADLINE_MS";
+    }
+    PGconn *c = PQconnectStartParams(keys, vals, 1);
+    if (c == NULL) {
+        store__open_err(errstr, errlen, "out of memory");
+        return NULL;
+    }
+    PostgresPollingStatusType ps = PQstatus(c) == CONNECTION_BAD
+                                       ? PGRES_POLLING_FAILED
+                                       : PGRES_POLLING_WRITING;
+    while (ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
+        int64_t left_ns = until - mono_ns();
+        if (left_ns <= 0) {
+            char why[96];
+            snprintf(why, sizeof(why), "no answer in time (%s)", bound);
+            store__open_err(errstr, errlen, why);
+            int fd = PQsocket(c);
+            if (fd >= 0) {
+                shutdown(fd, SHUT_RDWR);
+            }
+            PQfinish(c);
+            return NULL;
         }
+        struct pollfd p = {.fd = PQsocket(c),
+                           .events =
+                               ps == PGRES_POLLING_READING ? POLLIN : POLLOUT};
+        int n = poll(&p, 1, (int)((left_ns + MONO_MS - 1) / MONO_MS));
+        if (n > 0) {
+            ps = PQconnectPoll(c);
+        } else if (n < 0 && errno != EINTR) {
+            store__open_err(errstr, errlen, strerror(errno));
+            PQfinish(c);
+            return NULL;
+        }
+    }
+    if (ps == PGRES_POLLING_FAILED || PQstatus(c) != CONNECTION_OK) {
+        store__open_err(errstr, errlen, PQerrorMessage(c));
         PQfinish(c);
         return NULL;
     }
@@ -205,14 +306,200 @@ static PGconn *store__open(const char *dsn, uint32_t connect_timeout_s,
     return c;
 }
 
+/* ------------------------------------------------ the deadline, polled --- */
+
+/* Starts the deadline for one call: a whole transaction, or one statement
+ * outside a transaction. Every wait on the server until the next call to
+ * this counts against it. */
+static void store__deadline_start(store_t *st) {
+    st->deadline_ns = mono_ns() + (int64_t)st->tx_deadline_ms * MONO_MS;
+}
+
+/* Waits until the socket is ready for events or the deadline passes.
+ * Returns 0 when ready; on expiry drops the connection, records why and
+ * returns STORE_ERR with st->timed_out set. */
+static int store__wait(store_t *st, const char *what, short events) {
+    for (;;) {
+        int64_t left_ns = st->deadline_ns - mono_ns();
+        if (left_ns <= 0) {
+            snprintf(st->errstr, sizeof(st->errstr),
+                     "postgres: %s: no answer within the %u ms deadline "
+                     "(COUPON_PG_TX_DEADLINE_MS); connection dropped",
+                     what, st->tx_deadline_ms);
+            metrics_inc(M_PG_ERRORS);
+            metrics_inc(M_PG_DEADLINE_DROPS);
+            log_warn("postgres.deadline", "what=\"%s\" deadline_ms=%u", what,
+                     st->tx_deadline_ms);
+            store__drop(st);
+            st->timed_out = 1;
+            return STORE_ERR;
+        }
+        struct pollfd p = {.fd = PQsocket(st->conn), .events = events};
+        int ms = (int)((left_ns + MONO_MS - 1) / MONO_MS);
+        int n = poll(&p, 1, ms);
+        if (n > 0) {
+            return STORE_OK;
+        }
+        if (n < 0 && errno != EINTR) {
+            store__seterr(st, what, strerror(errno));
+            metrics_inc(M_PG_ERRORS);
+            store__drop(st);
+            return STORE_ERR;
+        }
+    }
+}
+
+/* After a PQsend*: sends what libpq buffered, then reads until the last
+ * result of the command is in, each wait bounded by the deadline. Returns
+ * the last result (PQclear it; for several statements sent as one query,
+ * an error is always last, since the server stops at the first), or NULL
+ * when the connection failed or the deadline passed (errstr set, the
+ * connection dropped if it is bad). */
+static PGresult *store__collect(store_t *st, const char *what) {
+    assert(st->conn != NULL && PQisnonblocking(st->conn));
+    int f;
+    while ((f = PQflush(st->conn)) == 1) {
+        if (store__wait(st, what, POLLOUT | POLLIN) != STORE_OK) {
+            return NULL;
+        }
+        if (PQconsumeInput(st->conn) == 0) {
+            store__fail(st, what, NULL);
+            return NULL;
+        }
+    }
+    if (f < 0) {
+        store__fail(st, what, NULL);
+        return NULL;
+    }
+    PGresult *last = NULL;
+    for (;;) {
+        while (PQisBusy(st->conn)) {
+            if (store__wait(st, what, POLLIN) != STORE_OK) {
+                PQclear(last);
+                return NULL;
+            }
+            if (PQconsumeInput(st->conn) == 0) {
+                PQclear(last);
+                store__fail(st, what, NULL);
+                return NULL;
+            }
+        }
+        PGresult *r = PQgetResult(st->conn);
+        if (r == NULL) {
+            break;
+        }
+        PQclear(last);
+        last = r;
+    }
+    if (last == NULL) {
+        store__fail(st, what, NULL);
+    }
+    return last;
+}
+
+/* One query as text (one or more statements), bounded by the deadline.
+ * Returns the last result or NULL, as store__collect. */
+static PGresult *store__query(store_t *st, const char *sql) {
+    if (st->conn == NULL) {
+        return NULL; /* dropped earlier in this call: errstr says why */
+    }
+    st->timed_out = 0;
+    if (PQsendQuery(st->conn, sql) == 0) {
+        store__fail(st, sql, NULL);
+        return NULL;
+    }
+    return store__collect(st, sql);
+}
+
+/* ------------------------------------------------------------- connect --- */
+
+/* Prepares every statement, bounded by the deadline. */
+static int store__prepare_all(store_t *st) {
+    for (size_t i = 0; i < STORE__NSTMTS; i++) {
+        const char *name = store__stmts[i].name;
+        st->timed_out = 0;
+        if (PQsendPrepare(st->conn, name, store__stmts[i].sql, 0, NULL) == 0) {
+            return store__fail(st, name, NULL);
+        }
+        PGresult *res = store__collect(st, name);
+        if (res == NULL) {
+            return STORE_ERR;
+        }
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            store__fail(st, name, res);
+            PQclear(res);
+            return STORE_ERR;
+        }
+        PQclear(res);
+    }
+    return STORE_OK;
+}
+
+/* Once per process: the first session logs what synchronous_commit it
+ * runs with. */
+static atomic_int store__sync_logged;
+
+/*
+ * synchronous_commit decides whether a COMMIT that returned has reached
+ * disk (and the standbys the server waits for). A 201 promises a durable
+ * claim, so the session needs at least `on`: below it (off, local,
+ * remote_write) a server crash, or a failover, can lose claims already
+ * answered. The server's (or role's, or database's) value is kept when it
+ * is stronger (remote_apply), and never lowered.
+ */
+static int store__sync_commit(store_t *st) {
+    PGresult *res = store__query(st, "SHOW synchronous_commit");
+    if (res == NULL) {
+        return STORE_ERR;
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        store__fail(st, "SHOW synchronous_commit", res);
+        PQclear(res);
+        return STORE_ERR;
+    }
+    char server[32];
+    snprintf(server, sizeof(server), "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    int weak = strcmp(server, "off") == 0 || strcmp(server, "local") == 0 ||
+               strcmp(server, "remote_write") == 0;
+    if (weak) {
+        res = store__query(st, "SET synchronous_commit = on");
+        if (res == NULL) {
+            return STORE_ERR;
+        }
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            store__fail(st, "SET synchronous_commit", res);
+            PQclear(res);
+            return STORE_ERR;
+        }
+        PQclear(res);
+    }
+    if (atomic_exchange(&store__sync_logged, 1) == 0) {
+        log_info("postgres.synchronous_commit", "server=%s session=%s%s",
+                 server, weak ? "on" : server,
+                 weak ? " (raised: an answered claim must survive a crash)"
+                      : "");
+    }
+    return STORE_OK;
+}
+
+/* Connects, sets the session up and prepares every statement, within the
+ * deadline already started. */
 static int store__connect(store_t *st) {
     if (st->conn != NULL) {
         return STORE_OK;
     }
-    st->conn = store__open(st->dsn, st->connect_timeout_s, st->errstr,
-                           sizeof(st->errstr));
+    st->conn = store__open(st->dsn, st->connect_timeout_s, st->deadline_ns,
+                           st->errstr, sizeof(st->errstr));
     if (st->conn == NULL) {
         metrics_inc(M_PG_ERRORS);
+        return STORE_ERR;
+    }
+    /* Non-blocking: every send and every read goes through poll with the
+     * time left (store__collect), never a blocking libpq call. */
+    if (PQsetnonblocking(st->conn, 1) != 0) {
+        store__fail(st, "PQsetnonblocking", NULL);
+        store__drop(st);
         return STORE_ERR;
     }
 
@@ -221,42 +508,81 @@ static int store__connect(store_t *st) {
              "SET statement_timeout = %u; "
              "SET idle_in_transaction_session_timeout = %u",
              st->statement_timeout_ms, st->idle_tx_timeout_ms);
-    PGresult *res = PQexec(st->conn, set);
-    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok) {
+    PGresult *res = store__query(st, set);
+    int ok = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (res != NULL && !ok) {
         store__fail(st, "session settings", res);
-        PQclear(res);
-        if (st->conn != NULL) {
-            PQfinish(st->conn);
-            st->conn = NULL;
-        }
-        return STORE_ERR;
     }
     PQclear(res);
-
-    for (size_t i = 0; i < STORE__NSTMTS; i++) {
-        res = PQprepare(st->conn, store__stmts[i].name, store__stmts[i].sql, 0,
-                        NULL);
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-            store__fail(st, store__stmts[i].name, res);
-            PQclear(res);
-            if (st->conn != NULL) {
-                PQfinish(st->conn);
-                st->conn = NULL;
-            }
-            return STORE_ERR;
-        }
-        PQclear(res);
+    if (!ok || store__sync_commit(st) != STORE_OK ||
+        store__prepare_all(st) != STORE_OK) {
+        store__drop(st);
+        return STORE_ERR;
     }
     return STORE_OK;
+}
+
+/*
+ * After an online migration changes the type of a column a prepared
+ * statement returns (ALTER TABLE ... TYPE), every later execution fails with
+ * SQLSTATE 0A000, "cached plan must not change result type": a prepared
+ * statement's result shape is fixed. Preparing again adopts the new shape.
+ * Only possible outside a failed transaction: the caller rolls back first.
+ */
+static int store__replan(store_t *st) {
+    log_warn("postgres.replan",
+             "a prepared statement's result type changed (a migration?); "
+             "preparing every statement again");
+    PGresult *res = store__query(st, "DEALLOCATE ALL");
+    int ok = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (res != NULL && !ok) {
+        store__fail(st, "DEALLOCATE ALL", res);
+    }
+    PQclear(res);
+    return ok ? store__prepare_all(st) : STORE_ERR;
+}
+
+/* -------------------------------------------------- running statements --- */
+
+/* Runs a prepared statement and returns its result, whatever its status
+ * (PQclear it), or NULL when the connection failed or the deadline passed.
+ * A plan whose result type changed sets st->replan (see store__replan);
+ * outside a transaction the statement is prepared again and run once more
+ * here, inside one store_claim starts the transaction again. */
+static PGresult *store__run(store_t *st, const char *name, int n,
+                            const char *const *params) {
+    for (int attempt = 0;; attempt++) {
+        if (st->conn == NULL) {
+            return NULL; /* dropped earlier in this call: errstr says why */
+        }
+        st->timed_out = 0;
+        if (PQsendQueryPrepared(st->conn, name, n, params, NULL, NULL, 0) ==
+            0) {
+            store__fail(st, name, NULL);
+            return NULL;
+        }
+        PGresult *res = store__collect(st, name);
+        if (res == NULL || !store__sqlstate_is(res, "0A000")) {
+            return res;
+        }
+        st->replan = 1;
+        if (attempt > 0 || PQtransactionStatus(st->conn) != PQTRANS_IDLE) {
+            return res;
+        }
+        PQclear(res);
+        if (store__replan(st) != STORE_OK) {
+            return NULL;
+        }
+        st->replan = 0;
+    }
 }
 
 /* Runs a prepared statement. Returns the result (PQclear it) when its status
  * is `want`; otherwise records the failure and returns NULL. */
 static PGresult *store__exec(store_t *st, const char *name, int n,
                              const char *const *params, ExecStatusType want) {
-    PGresult *res = PQexecPrepared(st->conn, name, n, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != want) {
+    PGresult *res = store__run(st, name, n, params);
+    if (res != NULL && PQresultStatus(res) != want) {
         store__fail(st, name, res);
         PQclear(res);
         return NULL;
@@ -264,8 +590,12 @@ static PGresult *store__exec(store_t *st, const char *name, int n,
     return res;
 }
 
+/* A statement without parameters whose result must be COMMAND_OK. */
 static int store__simple(store_t *st, const char *sql) {
-    PGresult *res = PQexec(st->conn, sql);
+    PGresult *res = store__query(st, sql);
+    if (res == NULL) {
+        return STORE_ERR;
+    }
     int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
     if (!ok) {
         store__fail(st, sql, res);
@@ -275,14 +605,69 @@ static int store__simple(store_t *st, const char *sql) {
 }
 
 /* ROLLBACK after a failure; its own failure only matters for the connection
- * state, which store__fail already handles. */
+ * state, which store__fail already handles. Past the deadline there is no
+ * time left to wait for its answer: the connection is dropped instead,
+ * which rolls back just the same once the server notices. */
 static void store__rollback(store_t *st) {
     if (st->conn != NULL && PQtransactionStatus(st->conn) != PQTRANS_IDLE) {
         char keep[sizeof(st->errstr)];
         memcpy(keep, st->errstr, sizeof(keep));
-        store__simple(st, "ROLLBACK");
+        if (mono_ns() >= st->deadline_ns) {
+            store__drop(st);
+        } else {
+            store__simple(st, "ROLLBACK");
+        }
         memcpy(st->errstr, keep, sizeof(keep));
     }
+}
+
+/*
+ * COMMIT, and what its answer proves. A COMMIT that came back as
+ * "COMMIT" committed. One that the server answered with an error, on a
+ * connection still good, did not (a deferred constraint, a serialization
+ * failure: the server rolled back). One that came back COMMAND_OK with the
+ * tag "ROLLBACK" did not either: that is how the server answers COMMIT in a
+ * transaction that had already failed, for instance after an error this
+ * client missed. But when the connection broke or the deadline passed
+ * after COMMIT was sent, the server may have committed or not, and the
+ * client cannot tell: STORE_COMMIT_UNKNOWN. A retry settles it, since
+ * UNIQUE (coupon_id, user_id) turns a repeated claim into already_claimed.
+ * A deadline that passed before COMMIT is sent is no such case: the
+ * connection is dropped unsent, and that is a rollback.
+ */
+static int store__commit(store_t *st) {
+    if (mono_ns() >= st->deadline_ns) {
+        /* Too late to commit, and not too late to know: COMMIT was never
+         * sent, so dropping the connection rolls back. */
+        snprintf(st->errstr, sizeof(st->errstr),
+                 "postgres: the %u ms deadline (COUPON_PG_TX_DEADLINE_MS) "
+                 "passed before COMMIT; rolled back",
+                 st->tx_deadline_ms);
+        metrics_inc(M_PG_ERRORS);
+        metrics_inc(M_PG_DEADLINE_DROPS);
+        store__drop(st);
+        return STORE_ERR;
+    }
+    PGresult *res = store__query(st, "COMMIT");
+    if (res == NULL) {
+        return STORE_COMMIT_UNKNOWN;
+    }
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        int known = st->conn != NULL && PQstatus(st->conn) == CONNECTION_OK;
+        store__fail(st, "COMMIT", res);
+        PQclear(res);
+        return known ? STORE_ERR : STORE_COMMIT_UNKNOWN;
+    }
+    int committed = strcmp(PQcmdStatus(res), "COMMIT") == 0;
+    if (!committed) {
+        snprintf(st->errstr, sizeof(st->errstr),
+                 "postgres: COMMIT answered \"%s\": the transaction had "
+                 "failed; nothing was written",
+                 PQcmdStatus(res));
+        metrics_inc(M_PG_ERRORS);
+    }
+    PQclear(res);
+    return committed ? STORE_OK : STORE_ERR;
 }
 
 static int64_t store__int(const PGresult *res, int row, int col) {
@@ -393,7 +778,10 @@ static int store__claim_item(store_t *st, const char *coupon, int64_t fence,
         np = 3;
         stmt = "write_free";
     }
-    PGresult *res = PQexecPrepared(st->conn, stmt, np, p, NULL, NULL, 0);
+    PGresult *res = store__run(st, stmt, np, p);
+    if (res == NULL) {
+        return STORE_ERR;
+    }
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         if (store__is_unique_violation(res)) {
             /* Another transaction inserted this user's claim after our
@@ -452,8 +840,9 @@ static int store__begin(store_t *st) {
     if (store__simple(st, "BEGIN") == STORE_OK) {
         return STORE_OK;
     }
-    if (!reused || st->conn != NULL) {
-        return STORE_ERR; /* a fresh connection, or a live one that refused */
+    if (!reused || st->conn != NULL || st->timed_out) {
+        /* a fresh connection, a live one that refused, or no time left */
+        return STORE_ERR;
     }
     if (store__connect(st) != STORE_OK) {
         return STORE_ERR;
@@ -461,9 +850,11 @@ static int store__begin(store_t *st) {
     return store__simple(st, "BEGIN");
 }
 
-int store_claim(store_t *st, const char *coupon, int64_t fence,
-                store_item_t *items, size_t n, store_gate_fn gate, void *arg,
-                int64_t *last_fence_out) {
+/* One attempt at the claim's transaction; see store_claim. */
+static int store__claim_tx(store_t *st, const char *coupon, int64_t fence,
+                           store_item_t *items, size_t n, store_gate_fn gate,
+                           void *arg, int64_t *last_fence_out) {
+    assert(n >= 1 && st->tx_deadline_ms > 0);
     if (store__begin(st) != STORE_OK) {
         return STORE_ERR;
     }
@@ -513,16 +904,39 @@ int store_claim(store_t *st, const char *coupon, int64_t fence,
         store__rollback(st);
         return STORE_ABORTED;
     }
-    /* If COMMIT fails we cannot know whether it landed (the connection may
-     * have died after the server committed). The client sees 503; a retry
-     * is safe: UNIQUE (coupon_id, user_id) turns it into already_claimed. */
-    if (store__simple(st, "COMMIT") != STORE_OK) {
+    if (fault_ms(FAULT_ABORT_BEFORE_COMMIT) != 0) {
+        /* Tests only: the transaction fails and the client does not notice,
+         * the state a lost error leaves (a pipelined statement's error
+         * read by nobody). Its COMMIT must then not count as one. */
+        PQclear(store__query(st, "SELECT 1/0"));
+    }
+    return store__commit(st);
+}
+
+int store_claim(store_t *st, const char *coupon, int64_t fence,
+                store_item_t *items, size_t n, store_gate_fn gate, void *arg,
+                int64_t *last_fence_out) {
+    store__deadline_start(st);
+    st->replan = 0;
+    int rc =
+        store__claim_tx(st, coupon, fence, items, n, gate, arg, last_fence_out);
+    if (rc != STORE_ERR || !st->replan || st->conn == NULL ||
+        PQtransactionStatus(st->conn) != PQTRANS_IDLE) {
+        return rc;
+    }
+    /* A statement's plan went stale inside the transaction (see
+     * store__replan), which aborted it: nothing was written. Prepare again
+     * and run the whole transaction once more, within the same deadline. */
+    st->replan = 0;
+    if (store__replan(st) != STORE_OK) {
         return STORE_ERR;
     }
-    return STORE_OK;
+    return store__claim_tx(st, coupon, fence, items, n, gate, arg,
+                           last_fence_out);
 }
 
 int store_claim_naive(store_t *st, const char *coupon, store_item_t *item) {
+    store__deadline_start(st);
     if (store__connect(st) != STORE_OK) {
         return STORE_ERR;
     }
@@ -547,7 +961,10 @@ int store_claim_naive(store_t *st, const char *coupon, store_item_t *item) {
     p[1] = item->user_id;
     p[2] = next;
     p[3] = st->instance;
-    res = PQexecPrepared(st->conn, "naive_insert", 4, p, NULL, NULL, 0);
+    res = store__run(st, "naive_insert", 4, p);
+    if (res == NULL) {
+        return STORE_ERR;
+    }
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         int dup = store__is_unique_violation(res);
         if (!dup) {
@@ -567,6 +984,7 @@ int store_claim_naive(store_t *st, const char *coupon, store_item_t *item) {
 /* --------------------------------------------------------------- admin --- */
 
 int store_coupon_create(store_t *st, const char *id, int64_t total) {
+    store__deadline_start(st);
     if (store__connect(st) != STORE_OK) {
         return STORE_ERR;
     }
@@ -583,6 +1001,7 @@ int store_coupon_create(store_t *st, const char *id, int64_t total) {
 }
 
 int store_coupon_get(store_t *st, const char *id, store_coupon_t *out) {
+    store__deadline_start(st);
     if (store__connect(st) != STORE_OK) {
         return STORE_ERR;
     }
@@ -602,10 +1021,14 @@ int store_coupon_get(store_t *st, const char *id, store_coupon_t *out) {
 }
 
 int store_ping(store_t *st) {
+    store__deadline_start(st);
     if (store__connect(st) != STORE_OK) {
         return STORE_ERR;
     }
-    PGresult *res = PQexec(st->conn, "SELECT 1");
+    PGresult *res = store__query(st, "SELECT 1");
+    if (res == NULL) {
+        return STORE_ERR;
+    }
     int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
     if (!ok) {
         store__fail(st, "ping", res);
@@ -633,7 +1056,8 @@ static int store__mexec(PGconn *c, const char *sql, int n,
 }
 
 int store_migrate(const store_opts_t *o, char *errstr, size_t errlen) {
-    PGconn *c = store__open(o->dsn, o->connect_timeout_s, errstr, errlen);
+    PGconn *c =
+        store__open(o->dsn, o->connect_timeout_s, INT64_MAX, errstr, errlen);
     if (c == NULL) {
         return STORE_ERR;
     }

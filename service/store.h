@@ -7,7 +7,13 @@
  * connection bad it drops it and connects (and prepares) again on the next
  * call. Each session runs with statement_timeout and
  * idle_in_transaction_session_timeout set, so no call waits forever on a row
- * lock or leaves a lock held forever.
+ * lock or leaves a lock held forever, and with synchronous_commit at least
+ * `on` (raised when the server's is lower, never lowered), so an answered
+ * claim survives a server crash. Every call is bounded on the client side
+ * too: one deadline (tx_deadline_ms) for the whole call, after which the
+ * connection is dropped and the call fails; this is what bounds a call to a
+ * server that went silent (a dead host, a black-holed network), which no
+ * server-side timeout can.
  *
  * Return codes: STORE_OK (0); expected outcomes that are not failures have
  * positive names (STORE_NOT_FOUND, STORE_SOLD_OUT, STORE_FENCED, ...); a
@@ -27,6 +33,9 @@ enum {
     STORE_ALREADY = 4,   /* this user already holds a claim */
     STORE_EXISTS = 5,    /* coupon id taken (create) */
     STORE_ABORTED = 6,   /* the commit gate said no: rolled back */
+    STORE_COMMIT_UNKNOWN = 7, /* the connection was lost (or the deadline
+                                 passed) after COMMIT was sent: it may have
+                                 committed or not */
     STORE_ERR = -1,
 };
 
@@ -40,6 +49,7 @@ typedef struct store_opts {
     uint32_t connect_timeout_s;
     uint32_t statement_timeout_ms;
     uint32_t idle_tx_timeout_ms; /* 0 = off */
+    uint32_t tx_deadline_ms;     /* client-side bound on one call */
 } store_opts_t;
 
 /* One claim in a batch. The caller fills user_id; the store fills the rest. */
@@ -87,9 +97,17 @@ const char *store_errstr(const store_t *st);
  * which aborts the
  * whole batch (rolled back, *last_fence_out set), anything else is sold out.
  * When something was written, gate(arg) decides between COMMIT and ROLLBACK.
+ * A COMMIT that the server answers with the tag ROLLBACK (the transaction
+ * had failed) is STORE_ERR: nothing was written.
+ *
+ * The whole call, connecting included, is bounded by tx_deadline_ms. A
+ * prepared statement whose result type changed under it (an online
+ * migration: SQLSTATE 0A000) is prepared again and the transaction run once
+ * more, within the same deadline.
  *
  * Returns STORE_OK (see each item's status), STORE_NOT_FOUND, STORE_FENCED,
- * STORE_ABORTED or STORE_ERR. items is borrowed; gate may be NULL.
+ * STORE_ABORTED, STORE_COMMIT_UNKNOWN or STORE_ERR. items is borrowed; gate
+ * may be NULL.
  */
 int store_claim(store_t *st, const char *coupon, int64_t fence,
                 store_item_t *items, size_t n, store_gate_fn gate, void *arg,

@@ -12,6 +12,7 @@
  */
 #include "wd.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@ struct wd {
     pthread_cond_t round_done; /* a round in flight has finished */
     int stop;                  /* set by wd_stop */
     int64_t period_ns;
+    int64_t max_hold_ns; /* set before the first wd_watch; then read-only */
 
     lock_lease_t *head; /* watched leases */
     long count;
@@ -42,8 +44,17 @@ struct wd {
 
 /* ------------------------------------------------------------ the list --- */
 
-void wd_watch(wd_t *wd, lock_lease_t *l) {
+void wd_set_max_hold(wd_t *wd, uint32_t max_hold_ms) {
+    assert(max_hold_ms > 0);
     pthread_mutex_lock(&wd->mu);
+    wd->max_hold_ns = (int64_t)max_hold_ms * MONO_MS;
+    pthread_mutex_unlock(&wd->mu);
+}
+
+void wd_watch(wd_t *wd, lock_lease_t *l) {
+    int64_t since = mono_ns();
+    pthread_mutex_lock(&wd->mu);
+    l->wd_hold_until_ns = since + wd->max_hold_ns;
     l->wd_prev = NULL;
     l->wd_next = wd->head;
     if (wd->head != NULL) {
@@ -93,6 +104,8 @@ void wd_lost(lock_lease_t *l, const char *why) {
 /* Takes a snapshot of the leases to renew; marks them in flight. Expired
  * leases are marked lost here and left out. Called with mu held. */
 static size_t wd__snapshot(wd_t *wd) {
+    /* The max hold is measured on the clock wd_watch read. */
+    int64_t held_now = mono_ns();
     if ((size_t)wd->count > wd->cap) {
         size_t cap = (size_t)wd->count * 2;
         lock_lease_t **r = realloc(wd->round, cap * sizeof(*r));
@@ -114,6 +127,12 @@ static size_t wd__snapshot(wd_t *wd) {
     size_t n = 0;
     for (lock_lease_t *l = wd->head; l != NULL; l = l->wd_next) {
         if (atomic_load(&l->lost)) {
+            continue;
+        }
+        if (held_now >= l->wd_hold_until_ns) {
+            /* Not renewed any more: the key expires in Redis within one
+             * TTL, and the commit gate refuses from now on. */
+            wd_lost(l, "max_hold");
             continue;
         }
         if (now >= atomic_load(&l->valid_until_ns)) {
@@ -207,6 +226,7 @@ wd_t *wd_start(const cfg_addr_t *addr, uint32_t redis_timeout_ms,
         return NULL;
     }
     wd->period_ns = (int64_t)period_ms * MONO_MS;
+    wd->max_hold_ns = INT64_MAX / 2; /* no cap until wd_set_max_hold */
     wd->redis = lock_client_new(addr, redis_timeout_ms);
 
     pthread_condattr_t ca;

@@ -8,7 +8,13 @@
  *     over, or Redis lost the key), or
  *   - when its TTL has run out by the monotonic clock without a successful
  *     renewal (Redis unreachable or slow: we cannot know whether the key
- *     still exists, so we assume the worst).
+ *     still exists, so we assume the worst), or
+ *   - when it has been watched for longer than the max hold
+ *     (COUPON_LOCK_MAX_HOLD_MS): the watchdog stops renewing it, so the key
+ *     expires in Redis within one TTL of the last renewal, whatever the
+ *     claiming thread is doing (blocked in a call that never returns, for
+ *     instance). Renewing as long as the holder lives would let one hung
+ *     thread block its coupon for as long as it hangs.
  * The claim checks the lease right before COMMIT and rolls back if it is
  * lost; see claim.c.
  *
@@ -38,7 +44,12 @@ wd_t *wd_start(const cfg_addr_t *addr, uint32_t redis_timeout_ms,
  * (they expire by TTL). Accepts NULL. */
 void wd_stop(wd_t *wd);
 
-/* Starts renewing lease (borrowed until wd_unwatch). */
+/* Sets the max hold (see the top) of wd (borrowed). Call once, before the
+ * first wd_watch. */
+void wd_set_max_hold(wd_t *wd, uint32_t max_hold_ms);
+
+/* Starts renewing lease (borrowed until wd_unwatch), for at most the max
+ * hold from now. */
 void wd_watch(wd_t *wd, lock_lease_t *lease);
 
 /* Stops renewing lease; see the thread safety notes. Idempotent. */

@@ -298,11 +298,11 @@ void fl_print(fl_load_t *l, const char *label) {
 
 /* ---------------------------------------------------------- accounting --- */
 
-/* A failure that may hide a written claim: the client cannot know. */
+/* A failure that may hide a written claim: the client cannot know. Told by
+ * the error code alone: the detail text is for people. */
 static int fl__ambiguous(const fl_rec_t *r) {
     return r->status == 0 ||
-           (r->status == 503 && strcmp(r->error, "unavailable") == 0 &&
-            strstr(r->detail, "COMMIT") != NULL);
+           (r->status == 503 && strcmp(r->error, "commit_unknown") == 0);
 }
 
 long fl_settle(fl_load_t *l, const h_svc_t *svc) {

@@ -105,6 +105,17 @@ static double wait_idle_in_tx(long want, int timeout_ms) {
     return -1;
 }
 
+/* Statements the server cancelled by statement_timeout, over these
+ * instances (counted by SQLSTATE, not by the message's text). */
+static long statement_timeouts(h_svc_t *const *svcs, int n) {
+    long sum = 0;
+    for (int i = 0; i < n; i++) {
+        sum += (long)h_metric(
+            svcs[i], "couponsvc_postgres_timeouts_total{kind=\"statement\"}");
+    }
+    return sum;
+}
+
 /* Waits until the load has had n 201s (so the fault hits a running load). */
 static void wait_201s(fl_load_t *l, long n) {
     double end = h_now_ms() + 10000;
@@ -368,14 +379,15 @@ TT_TEST(sigstop_holder_after_acquire, 60) {
  *     the writers, and the frozen one is first in line.
  *   - when it thaws, its commit gate finds the lease lost (the monotonic
  *     clock ran on while it was stopped) and it rolls back: 503 lease_lost,
- *     nothing written. The row lock goes with the rollback and the others
- *     commit again at once.
+ *     nothing written. Its transaction deadline has passed by then too, so
+ *     it drops the connection instead of waiting for a ROLLBACK; the server
+ *     rolls back when it sees the connection close. The row lock goes with
+ *     the rollback and the others commit again at once.
  *   - if it stays frozen longer than idle_in_transaction_session_timeout
- *     (COUPON_PG_IDLE_TX_TIMEOUT_MS, default 60 s), PostgreSQL ends the
- *     session first, rolling it back and freeing the row; the others resume
- *     while it is still frozen (next test). When it thaws, the gate again
- *     says lost: 503 lease_lost (its ROLLBACK fails on the dead connection,
- *     which changes nothing).
+ *     (COUPON_PG_IDLE_TX_TIMEOUT_MS, default 2 x statement timeout + 1 s),
+ *     PostgreSQL ends the session first, rolling it back and freeing the
+ *     row; the others resume while it is still frozen (next test). When it
+ *     thaws, the gate again says lost: 503 lease_lost.
  *
  * So the outcome is safe either way; the cost is an outage of the coupon for
  * as long as the freeze, bounded by the idle-in-transaction timeout. That
@@ -424,15 +436,8 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
     TT_EQ_STR(so.r.error, "lease_lost");
     TT_EQ_INT(rows_for_user("frozen"), 0);
     TT_EQ_INT(rows_by_instance("sb-victim"), 0);
-    long stmt = 0;
-    int n;
-    const fl_rec_t *r = fl_recs(l, &n);
-    for (int i = 0; i < n; i++) {
-        stmt += r[i].status == 503 &&
-                strstr(r[i].detail, "statement timeout") != NULL;
-    }
-    printf("    503s from an UPDATE cancelled by statement_timeout: %ld\n",
-           stmt);
+    long stmt = statement_timeouts(ok, 2);
+    printf("    UPDATEs cancelled by statement_timeout: %ld\n", stmt);
     const char *clear[] = {"unavailable", "lock_busy", "lease_lost", NULL};
     all_failures_clear(l, t_stop, t_cont, clear);
     /* Bounded: lock wait (3 s) + statement timeout (1 s) + slack. */
@@ -818,8 +823,12 @@ TT_TEST(stale_read_last_coupon, 60) {
     snprintf(via, sizeof(via), "COUPON_REDIS_ADDRS=127.0.0.1:%d", fp_port(px));
     const char *env_s[] = {"COUPON_LOCK_TTL_MS=5000",
                            "COUPON_FAULT=after_check:1500", via, NULL};
+    /* Its pause in the transaction is near the default transaction
+     * deadline (statement timeout + 1 s): give it room. */
     const char *env_b[] = {"COUPON_LOCK_TTL_MS=5000",
-                           "COUPON_FAULT=after_check:2500", NULL};
+                           "COUPON_FAULT=after_check:2500",
+                           "COUPON_PG_TX_DEADLINE_MS=10000",
+                           "COUPON_LOCK_MAX_HOLD_MS=12000", NULL};
     h_svc_t *s = h_svc_start("sr-stale", env_s);
     h_svc_t *b = h_svc_start("sr-fresh", env_b);
     h_svc_t *c = h_svc_start("sr-bg", NULL);
@@ -973,7 +982,7 @@ static void pg_restart(const char *mode) {
 
     TT_EQ_INT(fl_count(l, 0, NULL), 0); /* the service stayed up */
     TT_EQ_INT(fl_count(l, 500, NULL), 0);
-    const char *clear[] = {"unavailable", "lock_busy", NULL};
+    const char *clear[] = {"unavailable", "lock_busy", "commit_unknown", NULL};
     all_failures_clear(l, t_down, t_up, clear);
     TT_EQ_INT(fl_count_within(l, 201, t_down, t_restart), 0);
     double first = fl_first_after(l, 201, t_up);
@@ -1040,14 +1049,7 @@ TT_TEST(outside_row_lock, 60) {
     TT_EQ_INT(fl_count_within(l, 201, t_lock, t_unlock), 0);
     const char *clear[] = {"unavailable", "lock_busy", NULL};
     all_failures_clear(l, t_lock, t_unlock, clear);
-    long stmt = 0;
-    int n;
-    const fl_rec_t *r = fl_recs(l, &n);
-    for (int i = 0; i < n; i++) {
-        stmt += r[i].status == 503 &&
-                strstr(r[i].detail, "statement timeout") != NULL;
-    }
-    TT_CMP_INT(stmt, >=, 2);
+    TT_CMP_INT(statement_timeouts(s, 2), >=, 2);
     /* lock wait 2 s + statement timeout 0.7 s + slack */
     double worst = fl_max_latency(l, t_lock, t_unlock);
     printf("    worst latency during the hold %.0f ms; fence %ld -> %ld\n",
@@ -1110,4 +1112,520 @@ TT_TEST(idle_connections_survive_backend_restarts, 90) {
     TT_EQ_INT(c.by_status[503], 0);
     TT_EQ_INT(c.by_status[201], 40);
     h_check_invariants("ir", 1000, 120);
+}
+
+/* ------------------------------------------- PostgreSQL black-holed --- */
+
+/* Runs one statement on the test database; fails the test if it fails. */
+static void pg_exec(const char *sql) {
+    PGconn *pg = PQconnectdb(h_dsn());
+    TT_ASSERT_MSG(PQstatus(pg) == CONNECTION_OK, "connect: %s",
+                  PQerrorMessage(pg));
+    PGresult *res = PQexec(pg, sql);
+    ExecStatusType s = PQresultStatus(res);
+    TT_ASSERT_MSG(s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK, "%s: %s", sql,
+                  PQresultErrorMessage(res));
+    PQclear(res);
+    PQfinish(pg);
+}
+
+/* The test database's port, from its DSN ("... port=N ..."). */
+static int pg_port(void) {
+    const char *p = strstr(h_dsn(), "port=");
+    TT_ASSERT(p != NULL);
+    return atoi(p + 5);
+}
+
+/* COUPON_PG_DSN for an instance that reaches PostgreSQL through px: the
+ * test's DSN with the port replaced (in a conninfo string the last
+ * occurrence of a keyword wins). */
+static const char *dsn_via(const fp_t *px, char *buf, size_t len) {
+    snprintf(buf, len, "COUPON_PG_DSN=%s port=%d", h_dsn(), fp_port(px));
+    return buf;
+}
+
+/*
+ * The network to PostgreSQL black-holes while an instance holds a coupon's
+ * lock, BEFORE its write: a host that died without a RST, a frozen VM. The
+ * proxy between the victim and PostgreSQL stops moving bytes but closes
+ * nothing, so the victim's BEGIN is sent and never answered, and no
+ * server-side timeout can help (the server never saw it).
+ *
+ *   t=0      the victim acquires the lock (fence f), pauses 300 ms
+ *            (after_acquire); the proxy freezes; its BEGIN goes nowhere.
+ *   by the   the watchdog stops renewing and marks the lease lost
+ *   max hold (COUPON_LOCK_MAX_HOLD_MS, 1.5 s here);
+ *   + 1 TTL  the lock key expires in Redis (TTL 1 s), and the load on the
+ *            healthy instance gets the lock and writes again.
+ *
+ * Bound: the first 201 after the freeze comes within max hold + TTL of the
+ * grant (+ 2.5 s slack for a loaded machine), and none before max hold:
+ * the victim held the lock until then. The transaction deadline is set far
+ * beyond (30 s), so it is the max hold alone that frees the coupon. Before
+ * the max hold existed, the watchdog renewed the lease for as long as the
+ * call blocked (forever here) and every other claim answered lock_busy.
+ * When the proxy thaws, the victim's transaction goes on with a stale
+ * lease: its fence is refused (409) or its commit gate rolls back (503
+ * lease_lost); nothing of it is written.
+ */
+TT_TEST(pg_blackhole_before_write_max_hold, 90) {
+    h_begin();
+    fp_t *px = fp_start(pg_port());
+    char dsn[400];
+    const char *env_v[] = {TTL_ENV,
+                           dsn_via(px, dsn, sizeof(dsn)),
+                           "COUPON_THREADS=1",
+                           "COUPON_FAULT=after_acquire:300",
+                           "COUPON_LOCK_WAIT_MS=10000",
+                           "COUPON_PG_TX_DEADLINE_MS=30000",
+                           "COUPON_LOCK_MAX_HOLD_MS=1500",
+                           NULL};
+    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=500", NULL};
+    h_svc_t *a = h_svc_start("bh-a", env);
+    h_svc_t *v = h_svc_start("bh-victim", env_v);
+    h_svc_t *ok[] = {a};
+    h_coupon(a, "bh", STOCK);
+    fl_rec_t warm;
+    fl_claim(v->url, "bh", "warm", 10000, &warm); /* connected, prepared */
+    TT_EQ_INT(warm.status, 201);
+
+    fl_load_t *l = fl_start(ok, 1, "bh", "load", 2, 20000, LOAD_PAUSE_MS);
+    wait_201s(l, 10);
+    solo_t so;
+    solo_start(&so, v, "bh", "victim");
+    wait_lease(v);
+    double t_lease = h_now_ms();
+    fp_blackhole(px, 1);
+    double t_freeze = h_now_ms();
+
+    /* Wait for the first 201 after the freeze, bounded. */
+    double first = -1;
+    while (first < 0 && h_now_ms() - t_lease < 1500 + 1000 + 2500) {
+        first = fl_first_after(l, 201, t_freeze + 50);
+        h_sleep_ms(20);
+    }
+    double lost = h_metric(v, "couponsvc_leases_lost_total");
+    printf("    first 201 after the freeze: +%.0f ms after the grant "
+           "(max hold 1500 + TTL 1000); victim leases lost: %.0f\n",
+           first > 0 ? first - t_lease : -1.0, lost);
+    TT_CMP_INT(first, >, 0);
+    TT_CMP_INT(first - t_lease, <=, 1500 + 1000 + 2500);
+    TT_CMP_INT(lost, >=, 1);
+    /* The victim did hold the lock until its max hold. */
+    TT_EQ_INT(fl_count_within(l, 201, t_freeze + 50, t_lease + 1400), 0);
+
+    fp_blackhole(px, 0);
+    solo_join(&so);
+    fl_stop(l);
+    fl_print(l, "load");
+    TT_ASSERT_MSG(so.r.status == 409 || (so.r.status == 503 &&
+                                         strcmp(so.r.error, "lease_lost") == 0),
+                  "victim answered %ld %s", so.r.status, so.r.error);
+    TT_EQ_INT(rows_for_user("victim"), 0);
+
+    fl_load_t *ls[] = {l};
+    finish("bh", STOCK, ls, 1, 1, ok, 1);
+    fl_free(l);
+    fp_stop(px);
+}
+
+/*
+ * The same black hole, with the transaction deadline shorter than the max
+ * hold (as by default: deadline + one renewal period). The victim's call
+ * gives up at its deadline (1.5 s from the start of the transaction): it
+ * shuts its socket down, answers 503 unavailable and releases the lock, so
+ * the others write again at once, well within max hold + TTL. Before the
+ * deadline existed, the victim's claim never answered at all. Its next
+ * claim, still during the black hole, has to connect again: the deadline
+ * bounds that too (the connect timeout is set to 30 s here, so only the
+ * deadline can answer it in time). After the thaw the victim connects again
+ * and claims as before.
+ */
+TT_TEST(pg_blackhole_before_write_deadline, 90) {
+    h_begin();
+    fp_t *px = fp_start(pg_port());
+    char dsn[400];
+    const char *env_v[] = {TTL_ENV,
+                           dsn_via(px, dsn, sizeof(dsn)),
+                           "COUPON_THREADS=1",
+                           "COUPON_FAULT=after_acquire:300",
+                           "COUPON_LOCK_WAIT_MS=10000",
+                           "COUPON_PG_TX_DEADLINE_MS=1500",
+                           "COUPON_PG_CONNECT_TIMEOUT_S=30",
+                           NULL};
+    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=500", NULL};
+    h_svc_t *a = h_svc_start("bd-a", env);
+    h_svc_t *v = h_svc_start("bd-victim", env_v);
+    h_svc_t *ok[] = {a};
+    h_coupon(a, "bd", STOCK);
+    fl_rec_t warm;
+    fl_claim(v->url, "bd", "warm", 10000, &warm);
+    TT_EQ_INT(warm.status, 201);
+
+    fl_load_t *l = fl_start(ok, 1, "bd", "load", 2, 20000, LOAD_PAUSE_MS);
+    wait_201s(l, 10);
+    solo_t so;
+    solo_start(&so, v, "bd", "victim");
+    wait_lease(v);
+    double t_lease = h_now_ms();
+    fp_blackhole(px, 1);
+    double t_freeze = h_now_ms();
+    solo_join(&so); /* answers while the proxy is still frozen */
+    double t_answer = h_now_ms();
+    h_sleep_ms(500);
+    double first = fl_first_after(l, 201, t_freeze + 50);
+    printf("    victim answered +%.0f ms after the grant (pause 300 + "
+           "deadline 1500); first 201 of the others +%.0f ms\n",
+           t_answer - t_lease, first > 0 ? first - t_lease : -1.0);
+    TT_EQ_INT(so.r.status, 503);
+    TT_EQ_STR(so.r.error, "unavailable");
+    TT_CMP_INT(t_answer - t_lease, <=, 300 + 1500 + 2000);
+    TT_CMP_INT(
+        h_metric(v, "couponsvc_postgres_timeouts_total{kind=\"deadline\"}"), >=,
+        1);
+    TT_CMP_INT(first, >, 0);
+    TT_CMP_INT(first - t_lease, <=, 300 + 1500 + 2000);
+
+    fl_rec_t during;
+    double t_during = h_now_ms();
+    fl_claim(v->url, "bd", "during", 20000, &during);
+    double took = h_now_ms() - t_during;
+    printf("    a claim that has to connect during the black hole: %ld %s "
+           "after %.0f ms\n",
+           during.status, during.error, took);
+    TT_EQ_INT(during.status, 503);
+    TT_CMP_INT(took, <=, 300 + 1500 + 2000);
+
+    fp_blackhole(px, 0);
+    fl_rec_t again;
+    fl_claim(v->url, "bd", "after", 10000, &again);
+    TT_EQ_INT(again.status, 201); /* connected again once the path is back */
+    fl_stop(l);
+    fl_print(l, "load");
+    TT_EQ_INT(rows_for_user("victim"), 0);
+    TT_EQ_INT(rows_for_user("during"), 0);
+
+    fl_load_t *ls[] = {l};
+    finish("bd", STOCK, ls, 1, 2, ok, 1);
+    fl_free(l);
+    fp_stop(px);
+}
+
+/*
+ * The black hole strikes AFTER the write: the victim's UPDATE has run, so
+ * its backend holds the coupon's row lock, and the COMMIT it sends next is
+ * swallowed by the frozen proxy. The victim's deadline (statement timeout
+ * 1 s + 1 s = 2 s by default) ends its call: 503 commit_unknown, since
+ * COMMIT was sent and it cannot know whether it landed; it releases the
+ * Redis lock. But the backend, which never got the COMMIT, still sits idle
+ * in transaction holding the row lock: the others' UPDATEs wait on it
+ * until their statement_timeout (503s), and nobody can commit until the
+ * server's idle_in_transaction_session_timeout ends that session. Its
+ * default, 2 x statement timeout + 1 s, is 3 s here (a default of a minute
+ * would block the coupon for a minute).
+ *
+ * Bound: the first 201 of the others comes within the idle-in-transaction
+ * timeout of the freeze (+ 2.5 s slack), and none before it minus 0.6 s.
+ * After the thaw nothing of the victim's is written (its backend was gone
+ * before the COMMIT could reach it); the settle retries its ambiguous
+ * answer and finds no claim.
+ */
+TT_TEST(pg_blackhole_after_write_idle_tx_timeout, 90) {
+    h_begin();
+    fp_t *px = fp_start(pg_port());
+    char dsn[400];
+    const char *env_v[] = {TTL_ENV,
+                           dsn_via(px, dsn, sizeof(dsn)),
+                           "COUPON_THREADS=1",
+                           "COUPON_FAULT=before_commit:500",
+                           "COUPON_LOCK_WAIT_MS=10000",
+                           "COUPON_PG_STATEMENT_TIMEOUT_MS=1000",
+                           NULL};
+    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=2000",
+                         "COUPON_PG_STATEMENT_TIMEOUT_MS=500", NULL};
+    h_svc_t *a = h_svc_start("bw-a", env);
+    h_svc_t *v = h_svc_start("bw-victim", env_v);
+    h_svc_t *ok[] = {a};
+    h_coupon(a, "bw", STOCK);
+    fl_rec_t warm;
+    fl_claim(v->url, "bw", "warm", 10000, &warm);
+    TT_EQ_INT(warm.status, 201);
+
+    fl_load_t *l = fl_start(ok, 1, "bw", "load", 2, 20000, LOAD_PAUSE_MS);
+    wait_201s(l, 10);
+    solo_t so;
+    solo_start(&so, v, "bw", "victim");
+    wait_lease(v);
+    /* In its before_commit pause: written, row locked, idle in transaction
+     * (the load's transactions are short; wait for a moment with one). */
+    TT_CMP_INT(wait_idle_in_tx(1, 3000), >=, 0);
+    fp_blackhole(px, 1);
+    double t_freeze = h_now_ms();
+
+    double first = -1;
+    while (first < 0 && h_now_ms() - t_freeze < 3000 + 2500) {
+        first = fl_first_after(l, 201, t_freeze + 50);
+        h_sleep_ms(20);
+    }
+    solo_join(&so);
+    printf("    first 201 of the others +%.0f ms after the freeze "
+           "(idle-in-transaction timeout 3000)\n",
+           first > 0 ? first - t_freeze : -1.0);
+    TT_CMP_INT(first, >, 0);
+    TT_CMP_INT(first - t_freeze, <=, 3000 + 2500);
+    TT_EQ_INT(fl_count_within(l, 201, t_freeze + 50, t_freeze + 3000 - 600), 0);
+    TT_EQ_INT(so.r.status, 503);
+    TT_EQ_STR(so.r.error, "commit_unknown");
+
+    fp_blackhole(px, 0);
+    h_sleep_ms(500);
+    fl_stop(l);
+    fl_print(l, "load");
+    TT_EQ_INT(rows_for_user("victim"), 0);
+    fl_rec_t again;
+    fl_claim(v->url, "bw", "after", 10000, &again);
+    TT_EQ_INT(again.status, 201);
+
+    fl_load_t *ls[] = {l};
+    finish("bw", STOCK, ls, 1, 2, ok, 1);
+    fl_free(l);
+    fp_stop(px);
+}
+
+/* ------------------------------------- PostgreSQL answers to look at --- */
+
+/*
+ * A transaction that failed without the client noticing (here: the
+ * abort_before_commit fault point runs a failing statement and ignores its
+ * error, as a lost error of a pipelined statement would) is answered by
+ * COMMIT with PGRES_COMMAND_OK and the tag "ROLLBACK". That is no commit:
+ * the claim must not be answered 201, and nothing is written. Before the
+ * tag was checked, the client got a 201 for a claim that does not exist.
+ */
+TT_TEST(pg_commit_answered_rollback_is_not_a_claim, 60) {
+    h_begin();
+    const char *env[] = {"COUPON_FAULT=abort_before_commit:1", NULL};
+    h_svc_t *s = h_svc_start("rb-1", env);
+    h_coupon(s, "rb", 5);
+    fl_rec_t r;
+    fl_claim(s->url, "rb", "ghost", 10000, &r);
+    printf("    answer: %ld %s\n", r.status, r.error);
+    TT_EQ_INT(rows_for_user("ghost"), 0);
+    TT_CMP_INT(r.status, !=, 201);
+    TT_EQ_INT(r.status, 503);
+    TT_EQ_STR(r.error, "unavailable");
+    TT_EQ_INT(h_pg_int("SELECT claimed FROM coupons WHERE id = 'rb'"), 0);
+    h_check_invariants("rb", 5, 0);
+}
+
+/*
+ * An online migration changes the type of a column a prepared statement
+ * returns (coupons.total: integer -> bigint) while the service runs. The
+ * next execution of each such statement fails with SQLSTATE 0A000 ("cached
+ * plan must not change result type"); the store prepares its statements
+ * again and runs the transaction (or the statement) once more. Before
+ * that, every claim on that connection answered 503 until a restart. One
+ * worker, so the claim after the migration runs on the connection that
+ * prepared before it.
+ */
+TT_TEST(pg_migration_changes_result_type, 60) {
+    h_begin();
+    const char *env[] = {"COUPON_THREADS=1", NULL};
+    h_svc_t *s = h_svc_start("mg-1", env);
+    h_coupon(s, "mg", 5);
+    fl_rec_t r;
+    fl_claim(s->url, "mg", "before", 10000, &r);
+    TT_EQ_INT(r.status, 201);
+
+    pg_exec("ALTER TABLE coupons ALTER COLUMN total TYPE bigint");
+    fl_claim(s->url, "mg", "after", 10000, &r);
+    printf("    claim after the migration: %ld %s %s\n", r.status, r.error,
+           r.detail);
+    TT_EQ_INT(r.status, 201);
+    TT_EQ_INT(r.fence, 2);
+    fl_claim(s->url, "mg", "again", 10000, &r);
+    TT_EQ_INT(r.status, 201);
+    char url[160];
+    snprintf(url, sizeof(url), "%s/coupons/mg", s->url);
+    TT_EQ_INT(h_http("GET", url, NULL, NULL, NULL, 0, NULL), 200);
+    h_check_invariants("mg", 5, 3);
+}
+
+/*
+ * synchronous_commit below `on` (off, local, remote_write) lets a server
+ * crash or a failover lose a COMMIT that already returned, and with it a
+ * claim already answered 201. The service raises the session's value to
+ * `on` when the server's (here the database's) is lower, and never lowers
+ * it: remote_apply stays. A trigger on claims records the value each
+ * claim's transaction ran with, as the server saw it.
+ */
+TT_TEST(pg_synchronous_commit_at_least_on, 60) {
+    h_begin();
+    pg_exec("CREATE TABLE sc_seen (setting text NOT NULL)");
+    pg_exec("CREATE FUNCTION sc_note() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN INSERT INTO sc_seen"
+            " VALUES (current_setting('synchronous_commit')); RETURN NEW; END"
+            " $$");
+    pg_exec("CREATE TRIGGER sc_note AFTER INSERT ON claims FOR EACH ROW"
+            " EXECUTE FUNCTION sc_note()");
+    static const struct {
+        const char *server, *want;
+    } cases[] = {{"off", "on"},
+                 {"local", "on"},
+                 {"remote_write", "on"},
+                 {"on", "on"},
+                 {"remote_apply", "remote_apply"}};
+    long n201 = 0;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char sql[300];
+        snprintf(sql, sizeof(sql),
+                 "DO $$ BEGIN EXECUTE format('ALTER DATABASE %%I SET "
+                 "synchronous_commit = %s', current_database()); END $$",
+                 cases[i].server);
+        pg_exec(sql);
+        pg_exec("DELETE FROM sc_seen");
+        char name[32], user[32];
+        snprintf(name, sizeof(name), "sc-%zu", i);
+        snprintf(user, sizeof(user), "user-%zu", i);
+        h_svc_t *s = h_svc_start(name, NULL); /* connects after the ALTER */
+        if (i == 0) {
+            h_coupon(s, "sc", 10);
+        }
+        fl_rec_t r;
+        fl_claim(s->url, "sc", user, 10000, &r);
+        TT_EQ_INT(r.status, 201);
+        n201++;
+        snprintf(sql, sizeof(sql),
+                 "SELECT count(*) FROM sc_seen WHERE setting = '%s'",
+                 cases[i].want);
+        long good = h_pg_int(sql);
+        long all = h_pg_int("SELECT count(*) FROM sc_seen");
+        printf("    database synchronous_commit=%s: the claim ran with "
+               "%s: %ld of %ld\n",
+               cases[i].server, cases[i].want, good, all);
+        TT_EQ_INT(all, 1);
+        TT_EQ_INT(good, 1);
+        TT_EQ_INT(h_svc_stop(s, 10000), 0);
+    }
+    h_check_invariants("sc", 10, n201);
+}
+
+/*
+ * The transaction deadline passes while the claim is between its write and
+ * its COMMIT (a before_commit pause longer than the deadline; the lease is
+ * kept valid by a long TTL and max hold). COMMIT must then not be sent:
+ * sent after the deadline, it would commit a claim whose client is told 503
+ * commit_unknown at best. Dropped unsent, it is a rollback the client can be
+ * told plainly: 503 unavailable, nothing written.
+ */
+TT_TEST(pg_deadline_before_commit_rolls_back, 60) {
+    h_begin();
+    const char *env[] = {"COUPON_LOCK_TTL_MS=10000",
+                         "COUPON_LOCK_MAX_HOLD_MS=20000",
+                         "COUPON_PG_TX_DEADLINE_MS=1000",
+                         "COUPON_FAULT=before_commit:1500", NULL};
+    h_svc_t *s = h_svc_start("dc-1", env);
+    h_coupon(s, "dc", 5);
+    fl_rec_t r;
+    fl_claim(s->url, "dc", "late", 10000, &r);
+    printf("    answer: %ld %s: %s\n", r.status, r.error, r.detail);
+    TT_EQ_INT(r.status, 503);
+    TT_EQ_STR(r.error, "unavailable");
+    TT_EQ_INT(rows_for_user("late"), 0);
+    h_check_invariants("dc", 5, 0);
+}
+
+/* ------------------------------------------------ TCP keepalive, set --- */
+
+/* The keepalive timer (seconds left) of the first of pid's established TCP
+ * connections to port, as `ss -o` shows it ("timer:(keepalive,9.9sec,0)");
+ * -1 if none of them has one, -2 if pid has no such connection. */
+static double keepalive_timer_s(pid_t pid, int port) {
+    TT_ASSERT_MSG(system("command -v ss >/dev/null 2>&1") == 0,
+                  "ss (iproute2) is missing: run make deps");
+    char cmd[200];
+    snprintf(cmd, sizeof(cmd),
+             "ss -tnopH state established '( dport = :%d )' 2>/dev/null", port);
+    FILE *f = popen(cmd, "r");
+    TT_ASSERT(f != NULL);
+    char line[1024], want[32];
+    snprintf(want, sizeof(want), "pid=%d,", (int)pid);
+    double found = -2;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strstr(line, want) == NULL) {
+            continue;
+        }
+        printf("    %s", line);
+        const char *k = strstr(line, "timer:(keepalive,");
+        if (k == NULL) {
+            found = found < -1 ? -1 : found;
+            continue;
+        }
+        /* ss prints [<m>min][<s>sec | <s>.][<ms>ms]: "119min", "9.980ms"
+         * (9 s 980 ms), "12sec", "450ms". */
+        const char *p = k + strlen("timer:(keepalive,");
+        double v = 0;
+        for (int part = 0; part < 3; part++) {
+            char *end = NULL;
+            long x = strtol(p, &end, 10);
+            if (end == p) {
+                break;
+            }
+            if (strncmp(end, "min", 3) == 0) {
+                v += x * 60.0;
+                p = end + 3;
+            } else if (strncmp(end, "sec", 3) == 0) {
+                v += x;
+                p = end + 3;
+            } else if (*end == '.') {
+                v += x;
+                p = end + 1;
+            } else if (strncmp(end, "ms", 2) == 0) {
+                v += x / 1000.0;
+                p = end + 2;
+            } else {
+                break;
+            }
+        }
+        if (v > found) {
+            found = v;
+        }
+    }
+    pclose(f);
+    return found;
+}
+
+/*
+ * libpq's TCP keepalives are on by default, but with the kernel's idle time
+ * (two hours): a dead peer behind a silent network goes unnoticed that
+ * long. The service sets keepalives_idle=10 (with interval and count, and
+ * tcp_user_timeout) as defaults, and a DSN that sets its own wins. Seen
+ * here on the service's own socket, through `ss -o`; what the kernel then
+ * does with a peer that stops answering is not tested (it needs packets
+ * dropped, which a user-space proxy cannot do).
+ */
+TT_TEST(pg_tcp_keepalives_default_and_dsn_override, 60) {
+    h_begin();
+    const char *one[] = {"COUPON_THREADS=1", NULL};
+    h_svc_t *a = h_svc_start("ka-default", one);
+    h_coupon(a, "ka", 10);
+    fl_rec_t r;
+    fl_claim(a->url, "ka", "u1", 10000, &r);
+    TT_EQ_INT(r.status, 201);
+    double t = keepalive_timer_s(a->pid, pg_port());
+    printf("    default: keepalive timer %.1f s\n", t);
+    TT_CMP_INT(t, >, 0);
+    TT_CMP_INT(t, <=, 10);
+
+    char dsn[400];
+    snprintf(dsn, sizeof(dsn), "COUPON_PG_DSN=%s keepalives_idle=300", h_dsn());
+    const char *env_b[] = {"COUPON_THREADS=1", dsn, NULL};
+    h_svc_t *b = h_svc_start("ka-dsn", env_b);
+    fl_claim(b->url, "ka", "u2", 10000, &r);
+    TT_EQ_INT(r.status, 201);
+    t = keepalive_timer_s(b->pid, pg_port());
+    printf("    DSN keepalives_idle=300: keepalive timer %.1f s\n", t);
+    TT_CMP_INT(t, >, 200);
+    TT_CMP_INT(t, <=, 300);
+    h_check_invariants("ka", 10, 2);
 }

@@ -49,6 +49,35 @@ TT_TEST(cfg_env_then_flag_wins, 5) {
     cfg_free(&c);
 }
 
+/* The PostgreSQL bounds derive from the statement timeout unless set: the
+ * transaction deadline is one statement's worth plus a second, the max hold
+ * that plus one renewal period, and the idle-in-transaction timeout twice
+ * the statement timeout plus a second. 0 (off) stays 0. */
+TT_TEST(cfg_pg_bounds_follow_statement_timeout, 5) {
+    cfg_t c;
+    char *argv[] = {"couponsvc", NULL};
+    TT_EQ_INT(load(&c, 1, argv), CFG_OK);
+    TT_EQ_INT(c.pg_idle_tx_timeout_ms, 5000);
+    TT_EQ_INT(c.pg_tx_deadline_ms, 3000);
+    TT_EQ_INT(c.lock_max_hold_ms, 3500);
+    cfg_free(&c);
+
+    setenv("COUPON_PG_STATEMENT_TIMEOUT_MS", "1000", 1);
+    setenv("COUPON_LOCK_TTL_MS", "1000", 1);
+    TT_EQ_INT(load(&c, 1, argv), CFG_OK);
+    TT_EQ_INT(c.pg_idle_tx_timeout_ms, 3000);
+    TT_EQ_INT(c.pg_tx_deadline_ms, 2000);
+    TT_EQ_INT(c.lock_max_hold_ms, 2100);
+    cfg_free(&c);
+
+    setenv("COUPON_PG_IDLE_TX_TIMEOUT_MS", "0", 1);
+    char *argv2[] = {"couponsvc", "--lock-max-hold-ms", "700", NULL};
+    TT_EQ_INT(load(&c, 3, argv2), CFG_OK);
+    TT_EQ_INT(c.pg_idle_tx_timeout_ms, 0);
+    TT_EQ_INT(c.lock_max_hold_ms, 700);
+    cfg_free(&c);
+}
+
 TT_TEST(cfg_small_ttl_scales_redis_timeout, 5) {
     setenv("COUPON_LOCK_TTL_MS", "400", 1);
     cfg_t c;
@@ -105,12 +134,18 @@ TT_TEST(cfg_usage_lists_every_contract_name, 5) {
     FILE *f = open_memstream(&buf, &len);
     cfg_usage(f);
     fclose(f);
-    static const char *names[] = {
-        "COUPON_HTTP_ADDR",   "COUPON_PG_DSN",
-        "COUPON_REDIS_ADDRS", "COUPON_LOCK_TTL_MS",
-        "COUPON_CLAIM_MODE",  "COUPON_ADMIN_TOKEN",
-        "COUPON_FAULT",       "COUPON_LOCK_WAIT_MS",
-        "--lock-ttl-ms",      "COUPON_WATCHDOG_PERIOD_MS"};
+    static const char *names[] = {"COUPON_HTTP_ADDR",
+                                  "COUPON_PG_DSN",
+                                  "COUPON_REDIS_ADDRS",
+                                  "COUPON_LOCK_TTL_MS",
+                                  "COUPON_CLAIM_MODE",
+                                  "COUPON_ADMIN_TOKEN",
+                                  "COUPON_FAULT",
+                                  "COUPON_LOCK_WAIT_MS",
+                                  "--lock-ttl-ms",
+                                  "COUPON_WATCHDOG_PERIOD_MS",
+                                  "COUPON_LOCK_MAX_HOLD_MS",
+                                  "COUPON_PG_TX_DEADLINE_MS"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         TT_CONTAINS(buf, names[i]);
     }
