@@ -76,6 +76,7 @@ static claim__conns_t *claim__conns(void) {
 
 int claim_init(const cfg_t *cfg) {
     claim__cfg = cfg;
+    lock_init(cfg->redis_username, cfg->redis_password);
     if (pthread_key_create(&claim__key, claim__conns_free) != 0) {
         log_error("claim.init", "pthread_key_create failed");
         return -1;

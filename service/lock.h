@@ -18,7 +18,12 @@
  *
  * Return codes: LOCK_OK (0), LOCK_BUSY (held by another token: not an error),
  * LOCK_ERR (negative: Redis unreachable, timed out or answered an error;
- * lock_errstr says which).
+ * lock_errkind says which kind, lock_errstr says it in words).
+ *
+ * Credentials: lock_init sets the Redis user and password for the whole
+ * process, once, before any client exists. Every new connection of every
+ * client (the workers', the watchdog's, the readiness probe's) sends AUTH
+ * first, before anything else.
  */
 #ifndef COUPONSVC_LOCK_H
 #define COUPONSVC_LOCK_H
@@ -35,6 +40,19 @@ enum {
     LOCK_BUSY = 1, /* somebody else holds it */
     LOCK_ERR = -1,
 };
+
+/* What kind of failure the last LOCK_ERR was. Callers decide on the kind,
+ * never on the text of lock_errstr. */
+typedef enum lock_errkind {
+    LOCK_ENONE = 0, /* no error yet */
+    LOCK_EIO,       /* unreachable, timed out, connection dropped, or a node
+                       that cannot serve writes (READONLY, MASTERDOWN,
+                       LOADING): the connection was dropped */
+    LOCK_EAUTH,     /* our credentials were refused (WRONGPASS, NOAUTH) */
+    LOCK_EPERM,     /* the ACL user lacks a command, key or channel (NOPERM) */
+    LOCK_EPROTO,    /* an unexpected reply, or an error from a script */
+    LOCK_ESYS,      /* a local failure: out of memory, no randomness */
+} lock_errkind_t;
 
 #define LOCK_TOKEN_HEX 32 /* 128 random bits as hex */
 #define LOCK_KEY_MAX (REQ_COUPON_ID_MAX + 32)
@@ -61,6 +79,12 @@ typedef struct lock_lease {
     int wd_watched;
 } lock_lease_t;
 
+/* Sets the credentials every new connection authenticates with: username
+ * may be "" (AUTH password, for the default user), password "" means no AUTH.
+ * Both are borrowed for the life of the process (they live in cfg_t). Call
+ * once, before the first lock_client_new. */
+void lock_init(const char *username, const char *password);
+
 /* Creates a client for addr. Nothing is sent until the first call. Returns a
  * new client (free with lock_client_free), or NULL when out of memory. */
 lock_client_t *lock_client_new(const cfg_addr_t *addr, uint32_t timeout_ms);
@@ -70,6 +94,12 @@ void lock_client_free(lock_client_t *cl);
 
 /* The last error, borrowed; valid until the next call on cl. */
 const char *lock_errstr(const lock_client_t *cl);
+
+/* The kind of the last error; LOCK_ENONE before the first. */
+lock_errkind_t lock_errkind(const lock_client_t *cl);
+
+/* A short fixed name for a kind ("io", "auth", ...), for logs and metrics. */
+const char *lock_errkind_name(lock_errkind_t kind);
 
 /* Fills out[LOCK_TOKEN_HEX + 1] with 128 bits from getrandom(2), as hex.
  * Returns 0, or -1 if the kernel gave no randomness. */
