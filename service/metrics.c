@@ -138,7 +138,8 @@ static const metrics__family_t metrics__families[] = {
      NULL,
      {{M_FENCED_REFUSALS, NULL}, {M__COUNT, NULL}}},
     {"couponsvc_fence_counter_recoveries_total",
-     "Times the Redis fence counter was found below last_fence and raised.",
+     "Claims fenced while still holding the lock (Redis had lost the "
+     "fence counter) that raised it to last_fence and retried.",
      NULL,
      {{M_FENCE_RECOVERIES, NULL}, {M__COUNT, NULL}}},
     {"couponsvc_backend_errors_total",
