@@ -163,8 +163,9 @@ static int lock__fail(lock_client_t *cl, lock_errkind_t kind,
     return LOCK_ERR;
 }
 
-/* Sends AUTH on the fresh connection: "AUTH user pass" for an ACL user,
- * "AUTH pass" for the default user. The password never appears in errstr;
+/* Sends AUTH on the fresh connection: "AUTH user pass" for an ACL user (the
+ * password may be empty, for a "nopass" user), "AUTH pass" for the default
+ * user. The password never appears in errstr;
  * Redis's own refusal (WRONGPASS ...) does not contain it either. */
 static int lock__auth(lock_client_t *cl) {
     const char *argv[3] = {"AUTH"};
@@ -209,7 +210,8 @@ static int lock__connect(lock_client_t *cl) {
         return lock__fail(cl, LOCK_EIO, "connect");
     }
 
-    if (lock__password[0] != '\0' && lock__auth(cl) != LOCK_OK) {
+    if ((lock__username[0] != '\0' || lock__password[0] != '\0') &&
+        lock__auth(cl) != LOCK_OK) {
         return LOCK_ERR;
     }
 
@@ -440,7 +442,7 @@ static void lock__release_unanswered(lock_client_t *cl,
     const char *outcome = "not sent";
     if (c != NULL && c->err == 0 && redisSetTimeout(c, tv) == REDIS_OK) {
         int nreplies = 0;
-        if (lock__password[0] != '\0') {
+        if (lock__username[0] != '\0' || lock__password[0] != '\0') {
             const char *auth[3] = {"AUTH"};
             int n = 1;
             if (lock__username[0] != '\0') {

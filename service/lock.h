@@ -81,7 +81,9 @@ typedef struct lock_lease {
 
 /* Sets the credentials every new connection authenticates with: username
  * may be "" (AUTH password, for the default user), password "" means no AUTH.
- * Both are borrowed for the life of the process (they live in cfg_t). Call
+ * With both "" no AUTH is sent; with a username, AUTH is sent even with an
+ * empty password (an ACL user may be "nopass"). Both are borrowed for the
+ * life of the process (they live in cfg_t). Call
  * once, before the first lock_client_new. */
 void lock_init(const char *username, const char *password);
 

@@ -139,6 +139,16 @@ TT_TEST(redis_acl_user_happy_path, 60) {
     TT_EQ_INT(h_metric(s, "couponsvc_backend_errors_total{backend=\"redis\"}"),
               0);
     h_check_invariants("acl", 5, 2);
+
+    /* The password never reaches the log. */
+    FILE *f = fopen(s->log, "r");
+    TT_ASSERT(f != NULL);
+    char line[2048];
+    while (fgets(line, sizeof(line), f) != NULL) {
+        TT_ASSERT_MSG(strstr(line, SVC_PASS) == NULL, "password logged: %s",
+                      line);
+    }
+    fclose(f);
 }
 
 /* A wrong password, and none at all: /readyz is 503 and says the
