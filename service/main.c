@@ -95,9 +95,13 @@ static int main__serve(const cfg_t *cfg) {
     if (claim_init(cfg) != 0) {
         return 1;
     }
+    if (ready_start(cfg) != 0) {
+        ready_stop();
+        claim_shutdown();
+        return 1;
+    }
     http_t *h = http_start(cfg);
-    if (h == NULL || ready_start(cfg) != 0) {
-        http_stop(h, 0);
+    if (h == NULL) {
         ready_stop();
         claim_shutdown();
         return 1;

@@ -22,11 +22,12 @@
 #define READY__PERIOD_MS 1000
 
 static struct {
-    pthread_mutex_t mu;  /* guards state and stop */
-    pthread_cond_t wake; /* signals stop */
-    ready_state_t state; /* the last finished round, plus draining */
-    int stop;            /* set by ready_stop */
-    int running;         /* the thread was started */
+    pthread_mutex_t mu;   /* guards state and stop */
+    pthread_cond_t wake;  /* signals stop */
+    pthread_cond_t first; /* the first round has ended */
+    ready_state_t state;  /* the last finished round, plus draining */
+    int stop;             /* set by ready_stop */
+    int running;          /* the thread was started */
     pthread_t thread;
     const cfg_t *cfg;
     lock_client_t *redis; /* the probe's own connections */
@@ -98,6 +99,7 @@ static void ready__round(void) {
         }
     }
     ready__g.state.started = 1;
+    pthread_cond_broadcast(&ready__g.first); /* ready_start may wait */
     pthread_mutex_unlock(&ready__g.mu);
 }
 
@@ -136,6 +138,7 @@ int ready_start(const cfg_t *cfg) {
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&ready__g.wake, &ca);
+    pthread_cond_init(&ready__g.first, &ca);
     pthread_condattr_destroy(&ca);
 
     if (ready__g.store == NULL || ready__g.redis == NULL ||
@@ -144,6 +147,22 @@ int ready_start(const cfg_t *cfg) {
         return -1;
     }
     ready__g.running = 1;
+
+    /* Wait for the first round, so that /readyz has something to say as
+     * soon as HTTP is up; but no longer than a round takes when both
+     * backends time out (then /readyz says "starting" until it ends). */
+    int64_t until =
+        mono_ns() + ((int64_t)cfg->redis_timeout_ms +
+                     (int64_t)cfg->pg_connect_timeout_s * 1000 + 1000) *
+                        MONO_MS;
+    struct timespec ts = {.tv_sec = until / 1000000000LL,
+                          .tv_nsec = until % 1000000000LL};
+    pthread_mutex_lock(&ready__g.mu);
+    while (!ready__g.state.started &&
+           pthread_cond_timedwait(&ready__g.first, &ready__g.mu, &ts) !=
+               ETIMEDOUT) {
+    }
+    pthread_mutex_unlock(&ready__g.mu);
     return 0;
 }
 

@@ -58,7 +58,9 @@ typedef struct ready_state {
 } ready_state_t;
 
 /* Starts the probe thread for cfg's mode (borrowed for the process's
- * lifetime). Returns 0, or -1 with a log line. */
+ * lifetime) and waits for its first round, at most as long as a round whose
+ * checks all time out. Call after claim_init (which sets the Redis
+ * credentials) and before http_start. Returns 0, or -1 with a log line. */
 int ready_start(const cfg_t *cfg);
 
 /* Stops and joins the thread (waits for a check in flight, which its
