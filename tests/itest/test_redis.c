@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "lock_scripts.h"
 #include "tt.h"
 
 #define SVC_PASS "svc-test-pw"
@@ -178,6 +179,42 @@ TT_TEST(redis_acl_refused_credentials, 60) {
     }
     TT_EQ_INT(h_pg_int("SELECT count(*) FROM claims"), 0);
     TT_EQ_INT(h_pg_int("SELECT claimed FROM coupons WHERE id = 'acl'"), 0);
+}
+
+/* Runs the ACQUIRE script with token tok; returns granted (1/0), the second
+ * element in *v. */
+static long long acquire_as(redisContext *c, const char *tok, long long *v) {
+    redisReply *r = redisCommand(c,
+                                 "EVAL %s 2 coupon:{re}:lock "
+                                 "coupon:{re}:fence %s 30000",
+                                 LOCK_SCRIPT_ACQUIRE, tok);
+    TT_ASSERT_MSG(r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2,
+                  "acquire: %s", r != NULL && r->str ? r->str : c->errstr);
+    long long granted = r->element[0]->integer;
+    *v = r->element[1]->integer;
+    freeReplyObject(r);
+    return granted;
+}
+
+/* An acquire repeated after a dropped connection, when the first copy did
+ * reach Redis, finds its own token: it is granted again with a new fence
+ * and a fresh TTL, not told "busy" (which would make the claim wait a full
+ * TTL for a lock it holds itself). Another token is still refused. */
+TT_TEST(acquire_script_regrants_own_token, 30) {
+    h_begin();
+    struct timeval tv = {5, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", h_redis_port(), tv);
+    TT_ASSERT(c != NULL && c->err == 0);
+    long long v = 0;
+    TT_EQ_INT(acquire_as(c, "tok-a", &v), 1);
+    TT_EQ_INT(v, 1);
+    TT_EQ_INT(h_redis_cmd("PEXPIRE coupon:{re}:lock 1000"), 1);
+    TT_EQ_INT(acquire_as(c, "tok-a", &v), 1); /* the repeat */
+    TT_EQ_INT(v, 2);
+    TT_CMP_INT(h_redis_cmd("PTTL coupon:{re}:lock"), >, 1000);
+    TT_EQ_INT(acquire_as(c, "tok-b", &v), 0);
+    TT_CMP_INT(v, >, 0);
+    redisFree(c);
 }
 
 /* ------------------------------------------------------- the readiness --- */
