@@ -261,12 +261,14 @@ static int lock__argv(lock_client_t *cl, lock__script_t s, int use_src,
 }
 
 /* 1 if the last failure says the server had closed or reset the
- * connection (EOF, ECONNRESET, EPIPE), not that it was slow. */
-static int lock__dropped(const redisContext *c) {
+ * connection (EOF, ECONNRESET, EPIPE), not that it was slow. hiredis 0.14
+ * reports every socket error as REDIS_ERR_IO with strerror's text; err_no is
+ * errno as the failed call left it (hiredis makes no system call after it),
+ * so the kind is read from the number, not the text. */
+static int lock__dropped(const redisContext *c, int err_no) {
     return c->err == REDIS_ERR_EOF ||
            (c->err == REDIS_ERR_IO &&
-            (strcmp(c->errstr, strerror(ECONNRESET)) == 0 ||
-             strcmp(c->errstr, strerror(EPIPE)) == 0));
+            (err_no == ECONNRESET || err_no == EPIPE));
 }
 
 /* Sends one command and returns its reply (new), or NULL after lock__fail.
@@ -298,10 +300,12 @@ static redisReply *lock__command(lock_client_t *cl, int argc,
         if (lock__connect(cl) != LOCK_OK) {
             return NULL; /* unanswered stays as the first copy left it */
         }
+        errno = 0;
         redisReply *r = redisCommandArgv(cl->ctx, argc, argv, NULL);
+        int err_no = errno;
         if (r == NULL) {
             cl->unanswered = 1; /* sent, perhaps received; no reply */
-            if (attempt == 0 && reused && lock__dropped(cl->ctx)) {
+            if (attempt == 0 && reused && lock__dropped(cl->ctx, err_no)) {
                 lock__disconnect(cl);
                 continue;
             }
