@@ -120,8 +120,9 @@ int lock_try_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
 /* The wait strategy: attempts until granted or until deadline_ns (monotonic)
  * passes. Between attempts it sleeps a jittered, growing backoff, never past
  * the holder's PTTL nor the deadline. Returns LOCK_OK, LOCK_BUSY (deadline
- * passed) or LOCK_ERR. *waited_ns gets the time spent. A later issue replaces
- * the sleeping with release notifications; callers do not change. */
+ * passed) or LOCK_ERR. *waited_ns gets the time spent. The sleeping is
+ * meant to give way to waiting for release notifications (the release
+ * script already publishes them); callers would not change. */
 int lock_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
                  int64_t deadline_ns, lock_lease_t *lease, int64_t *waited_ns);
 
