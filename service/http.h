@@ -18,8 +18,9 @@
  *     lock; the number of workers is the number of backend conversations one
  *     instance has in flight.
  *
- * GET /healthz and /metrics touch no backend and are answered on the event
- * loop directly, so they stay responsive under any load.
+ * GET /healthz, /readyz and /metrics touch no backend (/readyz reads the
+ * state the readiness probe thread keeps, see ready.h) and are answered on
+ * the event loop directly, so they stay responsive under any load.
  *
  * The connection limit and per-connection timeout are set explicitly (the
  * library's defaults are about 1020 connections and no timeout at all).
