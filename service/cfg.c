@@ -42,6 +42,11 @@ static const cfg__opt_t cfg__opts[] = {
      "PostgreSQL connection string (libpq keywords or URI)"},
     {"COUPON_REDIS_ADDRS", CFG__ADDRS, F(redis), "127.0.0.1:6379", 0, 0,
      "Redis host:port, comma-separated (one node used for now)"},
+    {"COUPON_REDIS_USERNAME", CFG__STR, F(redis_username), "", 0, 0,
+     "Redis ACL user (empty: AUTH with the password alone, as the default "
+     "user)"},
+    {"COUPON_REDIS_PASSWORD", CFG__STR, F(redis_password), "", 0, 0,
+     "Redis password (empty, and no username: no AUTH); never logged"},
     {"COUPON_LOCK_TTL_MS", CFG__U32, F(lock_ttl_ms), "5000", 100, 600000,
      "lock lease TTL in ms, kept alive by the watchdog"},
     {"COUPON_LOCK_WAIT_MS", CFG__U32, F(lock_wait_ms), "2000", 0, 600000,
@@ -380,7 +385,10 @@ void cfg_free(cfg_t *c) {
     free(c->pg_dsn);
     free(c->admin_token);
     free(c->fault);
+    free(c->redis_username);
+    free(c->redis_password);
     c->pg_dsn = c->admin_token = c->fault = NULL;
+    c->redis_username = c->redis_password = NULL;
 }
 
 void cfg_usage(FILE *out) {

@@ -37,8 +37,10 @@ typedef struct cfg {
     char *pg_dsn;                    /* COUPON_PG_DSN; owned */
     cfg_addr_t redis[CFG_MAX_REDIS]; /* COUPON_REDIS_ADDRS */
     int nredis;                      /* entries used in redis[]; >= 1 */
-    uint32_t lock_ttl_ms;        /* lease TTL; the watchdog keeps it alive */
-    uint32_t lock_wait_ms;       /* how long a claim may wait for the lock */
+    char *redis_username;  /* COUPON_REDIS_USERNAME; owned; "" = none */
+    char *redis_password;  /* COUPON_REDIS_PASSWORD; owned; "" = no AUTH */
+    uint32_t lock_ttl_ms;  /* lease TTL; the watchdog keeps it alive */
+    uint32_t lock_wait_ms; /* how long a claim may wait for the lock */
     uint32_t watchdog_period_ms; /* renewal period; 0 in input = TTL/10 */
     claim_mode_t mode;           /* COUPON_CLAIM_MODE */
     char *admin_token;           /* COUPON_ADMIN_TOKEN; owned; "" = admin off */

@@ -49,6 +49,7 @@
 #include "api.h"
 #include "log.h"
 #include "mono.h"
+#include "ready.h"
 
 typedef enum http__state {
     HTTP__READING = 0, /* headers in, body arriving */
@@ -861,6 +862,7 @@ void http_stop(http_t *h, uint32_t grace_ms) {
      * 5. Wait, bounded, until those answers are written. 6. Stop the event
      * loops. */
     atomic_store(&h->draining, 1);
+    ready_set_draining(); /* /readyz: 503 from now on */
     MHD_socket ls = MHD_quiesce_daemon(h->d);
     if (ls != MHD_INVALID_SOCKET) {
         close(ls);

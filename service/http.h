@@ -18,12 +18,13 @@
  *     lock; the number of workers is the number of backend conversations one
  *     instance has in flight.
  *
- * GET /healthz and /metrics touch no backend and are answered on the event
- * loop directly, so they stay responsive under any load. So are the answers
- * the event loop makes by itself, each decided without a backend: 400 for
- * ambiguous framing, the early 413 for a Content-Length over the limit
- * (from the route alone), and 503 shutting_down for a request that
- * completes once the workers are stopping.
+ * GET /healthz, /readyz and /metrics touch no backend (/readyz reads the
+ * state the readiness probe thread keeps, see ready.h) and are answered on
+ * the event loop directly, so they stay responsive under any load. So are
+ * the answers the event loop makes by itself, each decided without a
+ * backend: 400 for ambiguous framing, the early 413 for a Content-Length
+ * over the limit (from the route alone), and 503 shutting_down for a
+ * request that completes once the workers are stopping.
  *
  * The connection limit and per-connection timeout are set explicitly (the
  * library's defaults are about 1020 connections and no timeout at all).

@@ -6,6 +6,11 @@
  * computes them for us, so no SHA1 code lives here). A NOSCRIPT answer means
  * the server's script cache was emptied (SCRIPT FLUSH, or a restart behind a
  * proxy): the call is repeated once with EVAL, which also caches it again.
+ *
+ * Every new connection sends AUTH before anything else when a password is
+ * configured (lock_init). Error replies are classified once, here, by their
+ * error code (the first word of the reply, the protocol's machine-readable
+ * part) into a lock_errkind_t; nothing else looks at the text.
  */
 #include "lock.h"
 
@@ -42,10 +47,22 @@ struct lock_client {
     uint32_t timeout_ms;          /* connect and command timeout */
     char sha[LOCK__NSCRIPTS][41]; /* SHA1s from SCRIPT LOAD on this conn */
     uint64_t rng;                 /* backoff jitter state (xorshift64) */
+    int unanswered;               /* the last failure sent a command and got
+                                     no reply: it may have been applied */
+    lock_errkind_t errkind;       /* kind of the last error */
     char errstr[160];             /* last error */
 };
 
+/* The process's Redis credentials (lock_init); borrowed from cfg_t. */
+static const char *lock__username = "";
+static const char *lock__password = "";
+
 /* ------------------------------------------------------------ plumbing --- */
+
+void lock_init(const char *username, const char *password) {
+    lock__username = username != NULL ? username : "";
+    lock__password = password != NULL ? password : "";
+}
 
 lock_client_t *lock_client_new(const cfg_addr_t *addr, uint32_t timeout_ms) {
     lock_client_t *cl = calloc(1, sizeof(*cl));
@@ -80,9 +97,60 @@ const char *lock_errstr(const lock_client_t *cl) {
     return cl->errstr;
 }
 
-/* Records a failure: the connection is dropped, so the next call starts on a
- * fresh one. Always returns LOCK_ERR. */
-static int lock__fail(lock_client_t *cl, const char *what) {
+lock_errkind_t lock_errkind(const lock_client_t *cl) {
+    return cl->errkind;
+}
+
+const char *lock_errkind_name(lock_errkind_t kind) {
+    switch (kind) {
+    case LOCK_ENONE:
+        return "none";
+    case LOCK_EIO:
+        return "io";
+    case LOCK_EAUTH:
+        return "auth";
+    case LOCK_EPERM:
+        return "perm";
+    case LOCK_EPROTO:
+        return "proto";
+    case LOCK_ESYS:
+        return "sys";
+    }
+    return "?";
+}
+
+/* The kind of an error reply, from its error code. READONLY (a replica),
+ * MASTERDOWN (a replica that lost its primary) and LOADING (a node still
+ * reading its data set) say that this node cannot serve us now; they count
+ * as connection errors, so the connection is dropped and the next call
+ * connects afresh, to whatever node the address leads to by then. */
+static lock_errkind_t lock__reply_kind(const redisReply *r) {
+    static const struct {
+        const char *code;
+        lock_errkind_t kind;
+    } codes[] = {
+        {"WRONGPASS", LOCK_EAUTH}, {"NOAUTH", LOCK_EAUTH},
+        {"NOPERM", LOCK_EPERM},    {"READONLY", LOCK_EIO},
+        {"MASTERDOWN", LOCK_EIO},  {"LOADING", LOCK_EIO},
+    };
+    if (r->type != REDIS_REPLY_ERROR) {
+        return LOCK_ENONE;
+    }
+    size_t len = strcspn(r->str, " ");
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        if (strlen(codes[i].code) == len &&
+            strncmp(r->str, codes[i].code, len) == 0) {
+            return codes[i].kind;
+        }
+    }
+    return LOCK_EPROTO;
+}
+
+/* Records a failure of the given kind: the connection is dropped, so the
+ * next call starts on a fresh one. Always returns LOCK_ERR. */
+static int lock__fail(lock_client_t *cl, lock_errkind_t kind,
+                      const char *what) {
+    cl->errkind = kind;
     if (cl->ctx != NULL && cl->ctx->err != 0) {
         snprintf(cl->errstr, sizeof(cl->errstr), "redis %s:%u: %s: %s",
                  cl->addr.host, cl->addr.port, what, cl->ctx->errstr);
@@ -95,6 +163,38 @@ static int lock__fail(lock_client_t *cl, const char *what) {
     return LOCK_ERR;
 }
 
+/* Sends AUTH on the fresh connection: "AUTH user pass" for an ACL user (the
+ * password may be empty, for a "nopass" user), "AUTH pass" for the default
+ * user. The password never appears in errstr;
+ * Redis's own refusal (WRONGPASS ...) does not contain it either. */
+static int lock__auth(lock_client_t *cl) {
+    const char *argv[3] = {"AUTH"};
+    int argc = 1;
+    if (lock__username[0] != '\0') {
+        argv[argc++] = lock__username;
+    }
+    argv[argc++] = lock__password;
+    redisReply *r = redisCommandArgv(cl->ctx, argc, argv, NULL);
+    if (r == NULL) {
+        return lock__fail(cl, LOCK_EIO, "AUTH");
+    }
+    int ok = r->type == REDIS_REPLY_STATUS;
+    char msg[128];
+    lock_errkind_t kind = LOCK_EAUTH;
+    if (!ok) {
+        /* Any refusal of AUTH is about the credentials, whatever the code
+         * (WRONGPASS from Redis 6+, "ERR invalid password" before it). */
+        snprintf(msg, sizeof(msg), "AUTH refused (user \"%s\"): %s",
+                 lock__username[0] != '\0' ? lock__username : "default",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+        if (lock__reply_kind(r) == LOCK_EIO) {
+            kind = LOCK_EIO; /* LOADING: not about us */
+        }
+    }
+    freeReplyObject(r);
+    return ok ? LOCK_OK : lock__fail(cl, kind, msg);
+}
+
 static int lock__connect(lock_client_t *cl) {
     if (cl->ctx != NULL) {
         return LOCK_OK;
@@ -103,19 +203,25 @@ static int lock__connect(lock_client_t *cl) {
                          .tv_usec = (cl->timeout_ms % 1000) * 1000};
     cl->ctx = redisConnectWithTimeout(cl->addr.host, cl->addr.port, tv);
     if (cl->ctx == NULL) {
-        return lock__fail(cl, "connect: out of memory");
+        return lock__fail(cl, LOCK_ESYS, "connect: out of memory");
     }
     if (cl->ctx->err != 0 || redisSetTimeout(cl->ctx, tv) != REDIS_OK ||
         redisEnableKeepAlive(cl->ctx) != REDIS_OK) {
-        return lock__fail(cl, "connect");
+        return lock__fail(cl, LOCK_EIO, "connect");
+    }
+
+    if ((lock__username[0] != '\0' || lock__password[0] != '\0') &&
+        lock__auth(cl) != LOCK_OK) {
+        return LOCK_ERR;
     }
 
     for (int i = 0; i < LOCK__NSCRIPTS; i++) {
         redisReply *r = redisCommand(cl->ctx, "SCRIPT LOAD %s", lock__src[i]);
         if (r == NULL) {
-            return lock__fail(cl, "SCRIPT LOAD");
+            return lock__fail(cl, LOCK_EIO, "SCRIPT LOAD");
         }
         int ok = r->type == REDIS_REPLY_STRING && r->len == 40;
+        lock_errkind_t kind = ok ? LOCK_ENONE : lock__reply_kind(r);
         char msg[96];
         if (ok) {
             memcpy(cl->sha[i], r->str, 40);
@@ -126,7 +232,7 @@ static int lock__connect(lock_client_t *cl) {
         }
         freeReplyObject(r);
         if (!ok) {
-            return lock__fail(cl, msg);
+            return lock__fail(cl, kind == LOCK_ENONE ? LOCK_EPROTO : kind, msg);
         }
     }
     return LOCK_OK;
@@ -154,16 +260,15 @@ static int lock__argv(lock_client_t *cl, lock__script_t s, int use_src,
     return argc;
 }
 
-/* Runs script s. Returns a new reply (freeReplyObject) or NULL after
- * lock__fail. An error reply from the script itself is returned as a reply,
- * for the caller to judge. */
 /* 1 if the last failure says the server had closed or reset the
- * connection (EOF, ECONNRESET, EPIPE), not that it was slow. */
-static int lock__dropped(const redisContext *c) {
+ * connection (EOF, ECONNRESET, EPIPE), not that it was slow. hiredis 0.14
+ * reports every socket error as REDIS_ERR_IO with strerror's text; err_no is
+ * errno as the failed call left it (hiredis makes no system call after it),
+ * so the kind is read from the number, not the text. */
+static int lock__dropped(const redisContext *c, int err_no) {
     return c->err == REDIS_ERR_EOF ||
            (c->err == REDIS_ERR_IO &&
-            (strcmp(c->errstr, strerror(ECONNRESET)) == 0 ||
-             strcmp(c->errstr, strerror(EPIPE)) == 0));
+            (err_no == ECONNRESET || err_no == EPIPE));
 }
 
 /* Sends one command and returns its reply (new), or NULL after lock__fail.
@@ -173,28 +278,59 @@ static int lock__dropped(const redisContext *c) {
  * is fine, and every worker would answer one spurious 503 after each Redis
  * restart. So when a connection that was already open fails with EOF or a
  * reset, the command is sent once more on a fresh one. Every command here
- * can be repeated safely: an acquire whose first copy did reach Redis left
- * at worst a lock nobody holds, which its TTL removes (the repeat then
- * finds it busy and waits). A timeout is NOT retried: Redis may be running
- * the command right now. */
+ * can be repeated safely: an acquire whose first copy did reach Redis finds
+ * its own token and is granted again (see ACQUIRE), a repeated extend or
+ * release compares the same token. A timeout is NOT retried: Redis may be
+ * running the command right now. A failure after the command was sent sets
+ * cl->unanswered, so that an acquire can undo what it may have done
+ * (lock_try_acquire).
+ *
+ * An error reply that says this node cannot serve (READONLY from a demoted
+ * primary, MASTERDOWN, LOADING) is a connection error: the connection is
+ * dropped, and on a connection that was already open the command is sent
+ * once more on a fresh one. Otherwise a client would stay pinned to the old
+ * node after a failover behind a stable address, and fail every call until a
+ * restart. Refused credentials also drop the connection. Any other error
+ * reply is returned for the caller to judge. */
 static redisReply *lock__command(lock_client_t *cl, int argc,
                                  const char **argv) {
-    int reused = cl->ctx != NULL;
-    if (lock__connect(cl) != LOCK_OK) {
-        return NULL;
-    }
-    redisReply *r = redisCommandArgv(cl->ctx, argc, argv, NULL);
-    if (r == NULL && reused && lock__dropped(cl->ctx)) {
-        lock__disconnect(cl);
+    cl->unanswered = 0;
+    for (int attempt = 0;; attempt++) {
+        int reused = cl->ctx != NULL;
         if (lock__connect(cl) != LOCK_OK) {
+            return NULL; /* unanswered stays as the first copy left it */
+        }
+        errno = 0;
+        redisReply *r = redisCommandArgv(cl->ctx, argc, argv, NULL);
+        int err_no = errno;
+        if (r == NULL) {
+            cl->unanswered = 1; /* sent, perhaps received; no reply */
+            if (attempt == 0 && reused && lock__dropped(cl->ctx, err_no)) {
+                lock__disconnect(cl);
+                continue;
+            }
+            lock__fail(cl, LOCK_EIO, argv[0]);
             return NULL;
         }
-        r = redisCommandArgv(cl->ctx, argc, argv, NULL);
+        cl->unanswered = 0;
+        lock_errkind_t kind = lock__reply_kind(r);
+        if (kind == LOCK_EIO && attempt == 0 && reused) {
+            /* A node that cannot serve did not run the command: try once
+             * on a fresh connection, which may lead to the new primary. A
+             * fresh connection that gets the same answer is not retried. */
+            freeReplyObject(r);
+            lock__disconnect(cl);
+            continue;
+        }
+        if (kind == LOCK_EIO || kind == LOCK_EAUTH) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "%s: %s", argv[0], r->str);
+            freeReplyObject(r);
+            lock__fail(cl, kind, msg);
+            return NULL;
+        }
+        return r;
     }
-    if (r == NULL) {
-        lock__fail(cl, argv[0]);
-    }
-    return r;
 }
 
 /* Runs script s. Returns a new reply (freeReplyObject) or NULL after
@@ -228,9 +364,11 @@ static int lock__bad_reply(lock_client_t *cl, redisReply *r, const char *what) {
     snprintf(msg, sizeof(msg), "%s: unexpected reply%s%s", what,
              r->type == REDIS_REPLY_ERROR ? ": " : "",
              r->type == REDIS_REPLY_ERROR ? r->str : "");
+    lock_errkind_t kind = lock__reply_kind(r);
     freeReplyObject(r);
     /* The connection is healthy; the data is not what we expect. Keep the
      * connection but count and report the error. */
+    cl->errkind = kind == LOCK_EPERM ? LOCK_EPERM : LOCK_EPROTO;
     snprintf(cl->errstr, sizeof(cl->errstr), "redis: %s", msg);
     metrics_inc(M_REDIS_ERRORS);
     return LOCK_ERR;
@@ -276,7 +414,7 @@ static void lock__lease_init(lock_lease_t *l, const char *coupon,
 
 int lock_lease_usable(const lock_lease_t *l) {
     return !atomic_load(&l->lost) &&
-           mono_ns() < atomic_load(&l->valid_until_ns);
+           boot_ns() < atomic_load(&l->valid_until_ns);
 }
 
 int lock_lease_mark_lost(lock_lease_t *l) {
@@ -286,12 +424,72 @@ int lock_lease_mark_lost(lock_lease_t *l) {
 
 /* ------------------------------------------------------------- acquire --- */
 
+/*
+ * An acquire whose reply never came (a timeout) may have been applied, now
+ * or later: a slow or paused Redis runs it when it gets to it. Then the key
+ * holds a token only we know, and without a release every other claimant
+ * waits out the full TTL. So we send the release at once, best effort, on a
+ * connection of its own (the client's was dropped, and a fresh one through
+ * lock__connect would first wait for SCRIPT LOAD replies): AUTH and the
+ * release script pipelined in one write, then replies awaited for at most
+ * the command timeout. If Redis is paused, the release sits in its socket
+ * buffer behind the acquire (already read off an older connection) and runs
+ * right after it when Redis resumes, even though we stopped waiting. If it
+ * never arrives, the TTL frees the lock as before. cl's error state is left
+ * as the acquire set it.
+ */
+static void lock__release_unanswered(lock_client_t *cl,
+                                     const lock_lease_t *lease) {
+    struct timeval tv = {.tv_sec = cl->timeout_ms / 1000,
+                         .tv_usec = (cl->timeout_ms % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(cl->addr.host, cl->addr.port, tv);
+    const char *outcome = "not sent";
+    if (c != NULL && c->err == 0 && redisSetTimeout(c, tv) == REDIS_OK) {
+        int nreplies = 0;
+        if (lock__username[0] != '\0' || lock__password[0] != '\0') {
+            const char *auth[3] = {"AUTH"};
+            int n = 1;
+            if (lock__username[0] != '\0') {
+                auth[n++] = lock__username;
+            }
+            auth[n++] = lock__password;
+            redisAppendCommandArgv(c, n, auth, NULL);
+            nreplies++;
+        }
+        const char *argv[] = {"EVAL",     LOCK_SCRIPT_RELEASE, "1",
+                              lease->key, lease->token,        lease->channel};
+        redisAppendCommandArgv(c, 6, argv, NULL);
+        nreplies++;
+        outcome = "sent, no reply";
+        for (int i = 0; i < nreplies; i++) {
+            void *reply = NULL;
+            if (redisGetReply(c, &reply) != REDIS_OK || reply == NULL) {
+                break;
+            }
+            redisReply *r = reply;
+            if (i == nreplies - 1) {
+                outcome = r->type == REDIS_REPLY_INTEGER && r->integer == 1
+                              ? "released"
+                          : r->type == REDIS_REPLY_INTEGER ? "not held"
+                                                           : "error";
+            }
+            freeReplyObject(r);
+        }
+    }
+    if (c != NULL) {
+        redisFree(c);
+    }
+    log_info("lock.unanswered_release", "key=%s outcome=\"%s\"", lease->key,
+             outcome);
+}
+
 int lock_try_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
                      lock_lease_t *lease, int64_t *holder_pttl_ms) {
     lock__lease_init(lease, coupon, ttl_ms);
     if (lock_token_new(lease->token) != 0) {
         snprintf(cl->errstr, sizeof(cl->errstr), "getrandom: %s",
                  strerror(errno));
+        cl->errkind = LOCK_ESYS;
         return LOCK_ERR;
     }
     char ttl[16];
@@ -301,9 +499,12 @@ int lock_try_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
 
     /* The lease is valid for ttl from the moment we SENT the request: the
      * server started the TTL later than that, never earlier. */
-    int64_t sent = mono_ns();
+    int64_t sent = boot_ns();
     redisReply *r = lock__eval(cl, LOCK__ACQUIRE, keys, 2, args, 2);
     if (r == NULL) {
+        if (cl->unanswered) {
+            lock__release_unanswered(cl, lease);
+        }
         return LOCK_ERR;
     }
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
@@ -396,7 +597,7 @@ int lock_extend_many(lock_client_t *cl, lock_lease_t *const *leases, size_t n,
 
     /* Pipeline: every renewal goes out in one write, the replies come back
      * in order. One round trip however many leases this process holds. */
-    *sent_at_ns = mono_ns();
+    *sent_at_ns = boot_ns();
     for (size_t i = 0; i < n; i++) {
         char ttl[16], nk[8];
         snprintf(ttl, sizeof(ttl), "%u", leases[i]->ttl_ms);
@@ -405,29 +606,45 @@ int lock_extend_many(lock_client_t *cl, lock_lease_t *const *leases, size_t n,
         const char *argv[8];
         int argc = lock__argv(cl, LOCK__EXTEND, 0, keys, 1, args, 2, argv, nk);
         if (redisAppendCommandArgv(cl->ctx, argc, argv, NULL) != REDIS_OK) {
-            return lock__fail(cl, "pipeline");
+            return lock__fail(cl, LOCK_EIO, "pipeline");
         }
     }
     int noscript = 0;
+    lock_errkind_t drop = LOCK_ENONE; /* a reply that condemns the conn */
+    char dropmsg[128] = "";
     for (size_t i = 0; i < n; i++) {
         void *reply = NULL;
         if (redisGetReply(cl->ctx, &reply) != REDIS_OK || reply == NULL) {
             for (size_t j = 0; j < n; j++) {
                 results[j] = -1;
             }
-            return lock__fail(cl, "extend");
+            return lock__fail(cl, LOCK_EIO, "extend");
         }
         redisReply *r = reply;
         if (r->type == REDIS_REPLY_INTEGER) {
             results[i] = r->integer == 1 ? 1 : 0;
         } else if (lock__is_noscript(r)) {
             noscript = 1;
+        } else if (lock__reply_kind(r) == LOCK_EIO ||
+                   lock__reply_kind(r) == LOCK_EAUTH) {
+            drop = lock__reply_kind(r);
+            snprintf(dropmsg, sizeof(dropmsg), "extend: %s", r->str);
         } else {
+            cl->errkind =
+                lock__reply_kind(r) == LOCK_EPERM ? LOCK_EPERM : LOCK_EPROTO;
             snprintf(cl->errstr, sizeof(cl->errstr), "extend: %s",
                      r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
             metrics_inc(M_REDIS_ERRORS);
         }
         freeReplyObject(r);
+    }
+    if (drop != LOCK_ENONE) {
+        /* Every reply was read, so the pipeline is in step; but this node
+         * cannot renew (a demoted primary): reconnect on the next round. */
+        for (size_t j = 0; j < n; j++) {
+            results[j] = -1;
+        }
+        return lock__fail(cl, drop, dropmsg);
     }
 
     /* Rare: the script cache was flushed. Redo those one by one with EVAL
@@ -508,5 +725,5 @@ int lock_ping(lock_client_t *cl) {
     }
     int ok = r->type == REDIS_REPLY_STATUS;
     freeReplyObject(r);
-    return ok ? LOCK_OK : lock__fail(cl, "PING: bad reply");
+    return ok ? LOCK_OK : lock__fail(cl, LOCK_EPROTO, "PING: bad reply");
 }

@@ -18,7 +18,12 @@
  *
  * Return codes: LOCK_OK (0), LOCK_BUSY (held by another token: not an error),
  * LOCK_ERR (negative: Redis unreachable, timed out or answered an error;
- * lock_errstr says which).
+ * lock_errkind says which kind, lock_errstr says it in words).
+ *
+ * Credentials: lock_init sets the Redis user and password for the whole
+ * process, once, before any client exists. Every new connection of every
+ * client (the workers', the watchdog's, the readiness probe's) sends AUTH
+ * first, before anything else.
  */
 #ifndef COUPONSVC_LOCK_H
 #define COUPONSVC_LOCK_H
@@ -36,6 +41,19 @@ enum {
     LOCK_ERR = -1,
 };
 
+/* What kind of failure the last LOCK_ERR was. Callers decide on the kind,
+ * never on the text of lock_errstr. */
+typedef enum lock_errkind {
+    LOCK_ENONE = 0, /* no error yet */
+    LOCK_EIO,       /* unreachable, timed out, connection dropped, or a node
+                       that cannot serve writes (READONLY, MASTERDOWN,
+                       LOADING): the connection was dropped */
+    LOCK_EAUTH,     /* our credentials were refused (WRONGPASS, NOAUTH) */
+    LOCK_EPERM,     /* the ACL user lacks a command, key or channel (NOPERM) */
+    LOCK_EPROTO,    /* an unexpected reply, or an error from a script */
+    LOCK_ESYS,      /* a local failure: out of memory, no randomness */
+} lock_errkind_t;
+
 #define LOCK_TOKEN_HEX 32 /* 128 random bits as hex */
 #define LOCK_KEY_MAX (REQ_COUPON_ID_MAX + 32)
 
@@ -51,9 +69,9 @@ typedef struct lock_lease {
 
     /* Written by the watchdog, read by the claim. Invariant: once lost is 1
      * it stays 1; valid_until_ns only grows while lost is 0. The lease may be
-     * used for a write only while !lost && mono_ns() < valid_until_ns. */
-    _Atomic int64_t valid_until_ns; /* monotonic: send time of the last
-                                       successful grant/renewal + ttl */
+     * used for a write only while !lost && boot_ns() < valid_until_ns. */
+    _Atomic int64_t valid_until_ns; /* boot clock (mono.h): send time of the
+                                       last successful grant/renewal + ttl */
     atomic_int lost;                /* renewal refused, or TTL ran out */
 
     /* The watchdog's list links; only touched under the watchdog's mutex. */
@@ -61,6 +79,14 @@ typedef struct lock_lease {
     int wd_watched;
     int64_t wd_hold_until_ns; /* monotonic: no renewal from then on */
 } lock_lease_t;
+
+/* Sets the credentials every new connection authenticates with: username
+ * may be "" (AUTH password, for the default user), password "" means no AUTH.
+ * With both "" no AUTH is sent; with a username, AUTH is sent even with an
+ * empty password (an ACL user may be "nopass"). Both are borrowed for the
+ * life of the process (they live in cfg_t). Call
+ * once, before the first lock_client_new. */
+void lock_init(const char *username, const char *password);
 
 /* Creates a client for addr. Nothing is sent until the first call. Returns a
  * new client (free with lock_client_free), or NULL when out of memory. */
@@ -72,28 +98,39 @@ void lock_client_free(lock_client_t *cl);
 /* The last error, borrowed; valid until the next call on cl. */
 const char *lock_errstr(const lock_client_t *cl);
 
+/* The kind of the last error; LOCK_ENONE before the first. */
+lock_errkind_t lock_errkind(const lock_client_t *cl);
+
+/* A short fixed name for a kind ("io", "auth", ...), for logs and metrics. */
+const char *lock_errkind_name(lock_errkind_t kind);
+
 /* Fills out[LOCK_TOKEN_HEX + 1] with 128 bits from getrandom(2), as hex.
  * Returns 0, or -1 if the kernel gave no randomness. */
 int lock_token_new(char *out);
 
 /* One acquire attempt on the coupon's lock with a fresh token. LOCK_OK: *lease
  * is granted with its fence. LOCK_BUSY: *holder_pttl_ms is the holder's
- * remaining TTL (may be -1/-2 if the key just vanished). */
+ * remaining TTL (may be -1/-2 if the key just vanished). LOCK_ERR after the
+ * request was sent but its reply was lost (a timeout): the acquire may have
+ * been applied, so a release with this token is sent at once on a fresh
+ * connection, best effort; otherwise nobody could free the lock before its
+ * TTL. */
 int lock_try_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
                      lock_lease_t *lease, int64_t *holder_pttl_ms);
 
 /* The wait strategy: attempts until granted or until deadline_ns (monotonic)
  * passes. Between attempts it sleeps a jittered, growing backoff, never past
  * the holder's PTTL nor the deadline. Returns LOCK_OK, LOCK_BUSY (deadline
- * passed) or LOCK_ERR. *waited_ns gets the time spent. A later issue replaces
- * the sleeping with release notifications; callers do not change. */
+ * passed) or LOCK_ERR. *waited_ns gets the time spent. The sleeping is
+ * meant to give way to waiting for release notifications (the release
+ * script already publishes them); callers would not change. */
 int lock_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
                  int64_t deadline_ns, lock_lease_t *lease, int64_t *waited_ns);
 
 /* Extends many leases in one pipelined round trip. results[i] is 1 when
  * lease i was extended, 0 when its token is gone (lease lost), -1 on error.
  * Returns 0, or LOCK_ERR when the connection failed (results then -1). The
- * leases are borrowed. */
+ * leases are borrowed. *sent_at_ns gets the send time on the boot clock. */
 int lock_extend_many(lock_client_t *cl, lock_lease_t *const *leases, size_t n,
                      int *results, int64_t *sent_at_ns);
 
@@ -114,7 +151,7 @@ int lock_raise_fence(lock_client_t *cl, const char *coupon, int64_t floor,
 int lock_ping(lock_client_t *cl);
 
 /* 1 while the lease may still be used for a write (not lost, TTL not run
- * out by the monotonic clock), else 0. Thread-safe. */
+ * out by the boot clock), else 0. Thread-safe. */
 int lock_lease_usable(const lock_lease_t *lease);
 
 /* Marks the lease lost for good. Thread-safe. Returns 1 if this call was the

@@ -44,6 +44,8 @@ struct store {
     int64_t deadline_ns; /* monotonic: the running call gives up here */
     int timed_out;       /* the last wait ran into deadline_ns */
     int replan;          /* a statement failed with 0A000: prepare again */
+    int refused;         /* the last connect failed because the server
+                            refused this login (see store__open) */
     char errstr[256];
 };
 
@@ -224,13 +226,27 @@ static void store__notice(void *arg, const char *msg) {
     log_debug("postgres.notice", "msg=\"%.*s\"", (int)n, msg);
 }
 
-/* Copies a connect failure into errstr, without libpq's trailing newline. */
-static void store__open_err(char *errstr, size_t errlen, const char *msg) {
-    snprintf(errstr, errlen, "postgres: connect: %s", msg);
-    size_t n = strlen(errstr);
-    while (n > 0 && errstr[n - 1] == '\n') {
-        errstr[--n] = '\0';
+/* 1 if a verbose connection error (PQERRORS_VERBOSE: "FATAL:  28P01: ...")
+ * carries a SQLSTATE that says the login itself was refused. The SQLSTATE is
+ * the message's machine-readable part; the words around it are translated. */
+static int store__refused_sqlstate(const char *msg) {
+    for (const char *p = strstr(msg, ":  "); p != NULL;
+         p = strstr(p + 1, ":  ")) {
+        const char *code = p + 3;
+        size_t n = strspn(code, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+        if (n == 5 && code[5] == ':') {
+            return strncmp(code, "28", 2) == 0 ||
+                   strncmp(code, "3D000", 5) == 0;
+        }
     }
+    return 0;
+}
+
+/* Copies a connect failure into errstr: its first line only (the verbose
+ * form adds a LOCATION line), without libpq's trailing newline. */
+static void store__open_err(char *errstr, size_t errlen, const char *msg) {
+    snprintf(errstr, errlen, "postgres: connect: %.*s", (int)strcspn(msg, "\n"),
+             msg);
 }
 
 /*
@@ -250,9 +266,19 @@ static void store__open_err(char *errstr, size_t errlen, const char *msg) {
  * sent data stays unacknowledged for 15 s. The transaction deadline is what
  * bounds a claim; these bound what no query is waiting on, such as an idle
  * worker's connection.
+ *
+ * The connect runs with verbose errors, so that a failure carries its
+ * SQLSTATE: *refused (may be NULL) is set to 1 when the server refused the
+ * login itself (store__refused_sqlstate, or a password it wanted and the
+ * DSN lacks), which the readiness probe reports as this instance's own
+ * fault. Queries afterwards run with the default verbosity.
  */
 static PGconn *store__open(const char *dsn, uint32_t connect_timeout_s,
-                           int64_t deadline_ns, char *errstr, size_t errlen) {
+                           int64_t deadline_ns, char *errstr, size_t errlen,
+                           int *refused) {
+    if (refused != NULL) {
+        *refused = 0;
+    }
     const char *keys[] = {"application_name", "keepalives",
                           "keepalives_idle",  "keepalives_interval",
                           "keepalives_count", "tcp_user_timeout",
@@ -269,6 +295,7 @@ static PGconn *store__open(const char *dsn, uint32_t connect_timeout_s,
         store__open_err(errstr, errlen, "out of memory");
         return NULL;
     }
+    PQsetErrorVerbosity(c, PQERRORS_VERBOSE);
     PostgresPollingStatusType ps = PQstatus(c) == CONNECTION_BAD
                                        ? PGRES_POLLING_FAILED
                                        : PGRES_POLLING_WRITING;
@@ -299,9 +326,14 @@ static PGconn *store__open(const char *dsn, uint32_t connect_timeout_s,
     }
     if (ps == PGRES_POLLING_FAILED || PQstatus(c) != CONNECTION_OK) {
         store__open_err(errstr, errlen, PQerrorMessage(c));
+        if (refused != NULL) {
+            *refused = PQconnectionNeedsPassword(c) ||
+                       store__refused_sqlstate(PQerrorMessage(c));
+        }
         PQfinish(c);
         return NULL;
     }
+    PQsetErrorVerbosity(c, PQERRORS_DEFAULT);
     PQsetNoticeProcessor(c, store__notice, NULL);
     return c;
 }
@@ -490,7 +522,7 @@ static int store__connect(store_t *st) {
         return STORE_OK;
     }
     st->conn = store__open(st->dsn, st->connect_timeout_s, st->deadline_ns,
-                           st->errstr, sizeof(st->errstr));
+                           st->errstr, sizeof(st->errstr), &st->refused);
     if (st->conn == NULL) {
         metrics_inc(M_PG_ERRORS);
         return STORE_ERR;
@@ -1056,8 +1088,8 @@ static int store__mexec(PGconn *c, const char *sql, int n,
 }
 
 int store_migrate(const store_opts_t *o, char *errstr, size_t errlen) {
-    PGconn *c =
-        store__open(o->dsn, o->connect_timeout_s, INT64_MAX, errstr, errlen);
+    PGconn *c = store__open(o->dsn, o->connect_timeout_s, INT64_MAX, errstr,
+                            errlen, NULL);
     if (c == NULL) {
         return STORE_ERR;
     }
@@ -1111,4 +1143,14 @@ int store_migrate(const store_opts_t *o, char *errstr, size_t errlen) {
     PQclear(r);
     PQfinish(c);
     return applied;
+}
+
+/* ------------------------------------------------------------ readiness --- */
+
+int store_probe(store_t *st) {
+    if (store_ping(st) == STORE_OK) {
+        return STORE_OK;
+    }
+    /* Connected, the query failed: not a login problem. */
+    return st->conn == NULL && st->refused ? STORE_EREFUSED : STORE_ERR;
 }

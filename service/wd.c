@@ -52,7 +52,7 @@ void wd_set_max_hold(wd_t *wd, uint32_t max_hold_ms) {
 }
 
 void wd_watch(wd_t *wd, lock_lease_t *l) {
-    int64_t since = mono_ns();
+    int64_t since = boot_ns();
     pthread_mutex_lock(&wd->mu);
     l->wd_hold_until_ns = since + wd->max_hold_ns;
     l->wd_prev = NULL;
@@ -104,8 +104,9 @@ void wd_lost(lock_lease_t *l, const char *why) {
 /* Takes a snapshot of the leases to renew; marks them in flight. Expired
  * leases are marked lost here and left out. Called with mu held. */
 static size_t wd__snapshot(wd_t *wd) {
-    /* The max hold is measured on the clock wd_watch read. */
-    int64_t held_now = mono_ns();
+    /* The max hold, like lease validity, is on the boot clock: a suspended
+     * host's hold time counts too. */
+    int64_t held_now = boot_ns();
     if ((size_t)wd->count > wd->cap) {
         size_t cap = (size_t)wd->count * 2;
         lock_lease_t **r = realloc(wd->round, cap * sizeof(*r));
@@ -123,7 +124,7 @@ static size_t wd__snapshot(wd_t *wd) {
         }
     }
 
-    int64_t now = mono_ns();
+    int64_t now = boot_ns(); /* lease validity is on the boot clock */
     size_t n = 0;
     for (lock_lease_t *l = wd->head; l != NULL; l = l->wd_next) {
         if (atomic_load(&l->lost)) {
