@@ -205,9 +205,10 @@ stop_postgres() { as_pg "$SD/logs/pg_ctl.log" "$PG_BIN/pg_ctl" -D "$SD/pg/data" 
 
 # stop_components NAME...: ask each live component to stop, wait up to
 # STOP_SECS for all their process groups together to be gone, SIGKILL the
-# groups still there. Stopping what is already stopped does nothing.
+# groups still there and wait 5 s more. Stopping what is already stopped
+# does nothing; a pid file is kept only for a group that outlived all that.
 stop_components() {
-    local name f left deadline=$((SECONDS + STOP_SECS)) pid
+    local name left pid killed=0 deadline=$((SECONDS + STOP_SECS))
     for name in "$@"; do
         pid=$(live_pid "$name") || continue
         say "stopping $name (pid $pid)"
@@ -220,17 +221,20 @@ stop_components() {
         done
         [ -n "$left" ] || break
         if [ "$SECONDS" -ge "$deadline" ]; then
+            if [ "$killed" = 1 ]; then
+                warn "still running 5 s after SIGKILL:$left"
+                break
+            fi
             for name in $left; do
                 warn "$name still running after ${STOP_SECS}s: SIGKILL to its process group"
                 proc_kill_group "$(pidfile "$name")" KILL
             done
-            deadline=$((SECONDS + 5)) STOP_SECS=5
+            killed=1 deadline=$((SECONDS + 5))
         fi
         sleep 0.1
     done
     for name in "$@"; do
-        f=$(pidfile "$name")
-        rm -f "$f"
+        case " $left " in *" $name "*) ;; *) rm -f "$(pidfile "$name")" ;; esac
     done
 }
 
