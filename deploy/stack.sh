@@ -137,8 +137,9 @@ reachable() {
     done
 }
 
-# A unix socket path is limited to 107 bytes; PostgreSQL's is the longest.
-pg_socket_fits() { [ $((${#1} + ${#PG_PORT} + 19)) -le 107 ]; }
+# pg_socket_fits DIR: a unix socket path is limited to 107 bytes, and
+# PostgreSQL's, DIR/pg/sock/.s.PGSQL.PORT, is the longest of the stack.
+pg_socket_fits() { [ $((${#1} + 18 + ${#PG_PORT})) -le 107 ]; }
 
 # default_stack_dir: the state directory `up` picks (see the top of this file).
 default_stack_dir() {
@@ -165,6 +166,8 @@ pick_stack_dir() {
 # make_stack_dir: create SD, or check the one there is ours. In /tmp anyone
 # could have made it first, so it must be a real directory owned by us.
 make_stack_dir() {
+    pg_socket_fits "$SD" ||
+        fail "$SD is too long for a unix socket path (107 bytes); use a shorter STACK_DIR"
     mkdir -p "$(dirname "$SD")"
     mkdir "$SD" 2>/dev/null || true
     if [ ! -d "$SD" ] || [ -L "$SD" ] || [ ! -O "$SD" ]; then
@@ -173,8 +176,6 @@ make_stack_dir() {
     chmod 755 "$SD"
     reachable "$SD" ||
         fail "users postgres and nobody cannot reach $SD (a parent directory is not searchable by others); set STACK_DIR elsewhere, or unset it"
-    pg_socket_fits "$SD/pg/sock" ||
-        fail "$SD is too long for a unix socket path (107 bytes); use a shorter STACK_DIR"
 }
 
 # --- processes ------------------------------------------------------------
@@ -444,9 +445,8 @@ start_apps() {
 write_app_env() {
     {
         printf '# COUPON_* settings of the running replicas (written by stack.sh)\n'
-        env | grep '^COUPON_' | grep -v -e '^COUPON_HTTP_ADDR=' -e '^COUPON_PG_DSN=' \
-            -e '^COUPON_REDIS_ADDRS=' -e '^COUPON_REDIS_USERNAME=' -e '^COUPON_REDIS_PASSWORD=' \
-            -e '^COUPON_INSTANCE_ID=' -e '^COUPON_ADMIN_TOKEN=' | sort || true
+        env | grep '^COUPON_' | sort |
+            grep -Ev '^COUPON_(HTTP_ADDR|PG_DSN|REDIS_ADDRS|REDIS_USERNAME|REDIS_PASSWORD|INSTANCE_ID|ADMIN_TOKEN)=' || true
     } >"$SD/app.env"
 }
 
