@@ -15,6 +15,8 @@
 
 #include "claim.h"
 #include "metrics.h"
+#include "mono.h"
+#include "ready.h"
 #include "req.h"
 
 static const cfg_t *api__cfg;
@@ -225,12 +227,45 @@ static void api__coupon_get(const char *id, api_response_t *resp) {
     }
 }
 
+/* Answered from the readiness probe's last round (ready.h), never from a
+ * backend call: this runs on the event loop. The body reports each backend
+ * whether or not it affects readiness. */
 static void api__readyz(api_response_t *resp) {
-    char d[512];
-    if (claim_ready(d, sizeof(d)) == 0) {
-        api__json(resp, 200, json_pack("{s:s}", "status", "ready"));
+    ready_state_t s;
+    ready_get(&s);
+    char why[512];
+    int ready = ready_decide(&s, why, sizeof(why));
+    json_t *backends = json_object();
+    int64_t now = mono_ns();
+    for (int i = 0; i < READY__NBACKENDS; i++) {
+        const ready_backend_state_t *b = &s.backend[i];
+        if (!b->used) {
+            continue;
+        }
+        static const char *const health[] = {"unchecked", "up", "down",
+                                             "refused"};
+        json_t *o = json_pack("{s:b, s:s}", "up", b->health == READY_UP,
+                              "state", health[b->health]);
+        if (b->checked_ns != 0) {
+            json_object_set_new(
+                o, "checked_ms_ago",
+                json_integer((json_int_t)((now - b->checked_ns) / MONO_MS)));
+        }
+        if (b->health != READY_UP && b->detail[0] != '\0') {
+            json_object_set_new(o, "detail", json_string(b->detail));
+        }
+        json_object_set_new(backends, ready_backend_name((ready_backend_t)i),
+                            o);
+    }
+    if (ready) {
+        api__json(
+            resp, 200,
+            json_pack("{s:s, s:o}", "status", "ready", "backends", backends));
     } else {
-        api__unavailable(resp, "not_ready", d);
+        api__json(resp, 503,
+                  json_pack("{s:s, s:s, s:o}", "error", "not_ready", "detail",
+                            why, "backends", backends));
+        resp->retry_after = 1;
     }
 }
 
@@ -299,7 +334,7 @@ static int api__is(const char *m, const char *want) {
 int api_is_inline(const char *method, const char *path) {
     const char *arg = NULL;
     api__route_t r = api__match(path, &arg);
-    return (r == API__HEALTHZ || r == API__METRICS) &&
+    return (r == API__HEALTHZ || r == API__READYZ || r == API__METRICS) &&
            (api__is(method, "GET") || api__is(method, "HEAD"));
 }
 

@@ -40,7 +40,8 @@ void api_init(const cfg_t *cfg);
  * that fails). Thread-safe. */
 void api_handle(const api_request_t *req, api_response_t *resp);
 
-/* 1 if the request never touches a backend (GET /healthz, /metrics) and may
+/* 1 if the request never touches a backend (GET /healthz, /readyz, /metrics:
+ * /readyz reads the readiness probe's state) and may
  * be answered on the HTTP event-loop thread; 0 if it must go to a worker. */
 int api_is_inline(const char *method, const char *path);
 

@@ -46,7 +46,7 @@ static const cfg__opt_t cfg__opts[] = {
      "Redis ACL user (empty: AUTH with the password alone, as the default "
      "user)"},
     {"COUPON_REDIS_PASSWORD", CFG__STR, F(redis_password), "", 0, 0,
-     "Redis password (empty: no AUTH); never logged"},
+     "Redis password (empty, and no username: no AUTH); never logged"},
     {"COUPON_LOCK_TTL_MS", CFG__U32, F(lock_ttl_ms), "5000", 100, 600000,
      "lock lease TTL in ms, kept alive by the watchdog"},
     {"COUPON_LOCK_WAIT_MS", CFG__U32, F(lock_wait_ms), "2000", 0, 600000,

@@ -211,8 +211,10 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
          * can only come from before a Redis data loss. */
         int current = src == STORE_FENCED && lock_check(c->lock, &lease) == 1;
 
-        /* Stop renewing BEFORE releasing, so no renewal can race the
-         * release; then release, on every path. */
+        /* Stop renewing BEFORE releasing, so the watchdog sends no renewal
+         * after the release; then release, on every path. (A renewal that
+         * timed out may still run in Redis after the release: the EXTEND
+         * script's token compare makes it a no-op; see wd.h.) */
         wd_unwatch(claim__wd, &lease);
         int rrc = lock_release(c->lock, &lease);
         if (rrc == LOCK_ERR) {
@@ -343,24 +345,4 @@ int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
     out->claimed = sc.claimed;
     out->last_fence = sc.last_fence;
     return 0;
-}
-
-int claim_ready(char *detail, size_t len) {
-    claim__conns_t *c = claim__conns();
-    if (c == NULL) {
-        snprintf(detail, len, "out of memory");
-        return -1;
-    }
-    int pg = store_ping(c->store);
-    /* Only lock mode uses Redis; the other modes are ready without it. */
-    int redis =
-        claim__cfg->mode == CLAIM_MODE_LOCK ? lock_ping(c->lock) : LOCK_OK;
-    if (pg == STORE_OK && redis == LOCK_OK) {
-        return 0;
-    }
-    snprintf(detail, len, "%s%s%s",
-             pg != STORE_OK ? store_errstr(c->store) : "",
-             pg != STORE_OK && redis != LOCK_OK ? "; " : "",
-             redis != LOCK_OK ? lock_errstr(c->lock) : "");
-    return -1;
 }

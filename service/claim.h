@@ -58,7 +58,4 @@ int claim_coupon_create(const char *id, int64_t total, char *detail,
 int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
                      size_t len);
 
-/* 0 when every backend this mode needs answers; -1 with detail otherwise. */
-int claim_ready(char *detail, size_t len);
-
 #endif

@@ -37,6 +37,7 @@
 #include "api.h"
 #include "log.h"
 #include "mono.h"
+#include "ready.h"
 
 typedef enum http__state {
     HTTP__READING = 0, /* headers in, body arriving */
@@ -615,6 +616,7 @@ void http_stop(http_t *h, uint32_t grace_ms) {
      * answered 503, and every suspended connection gets resumed, which
      * libmicrohttpd requires before it stops. 5. Stop the event loops. */
     atomic_store(&h->draining, 1);
+    ready_set_draining(); /* /readyz: 503 from now on */
     MHD_socket ls = MHD_quiesce_daemon(h->d);
     if (ls != MHD_INVALID_SOCKET) {
         close(ls);

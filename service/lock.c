@@ -163,8 +163,9 @@ static int lock__fail(lock_client_t *cl, lock_errkind_t kind,
     return LOCK_ERR;
 }
 
-/* Sends AUTH on the fresh connection: "AUTH user pass" for an ACL user,
- * "AUTH pass" for the default user. The password never appears in errstr;
+/* Sends AUTH on the fresh connection: "AUTH user pass" for an ACL user (the
+ * password may be empty, for a "nopass" user), "AUTH pass" for the default
+ * user. The password never appears in errstr;
  * Redis's own refusal (WRONGPASS ...) does not contain it either. */
 static int lock__auth(lock_client_t *cl) {
     const char *argv[3] = {"AUTH"};
@@ -209,7 +210,8 @@ static int lock__connect(lock_client_t *cl) {
         return lock__fail(cl, LOCK_EIO, "connect");
     }
 
-    if (lock__password[0] != '\0' && lock__auth(cl) != LOCK_OK) {
+    if ((lock__username[0] != '\0' || lock__password[0] != '\0') &&
+        lock__auth(cl) != LOCK_OK) {
         return LOCK_ERR;
     }
 
@@ -277,43 +279,54 @@ static int lock__dropped(const redisContext *c) {
  * can be repeated safely: an acquire whose first copy did reach Redis finds
  * its own token and is granted again (see ACQUIRE), a repeated extend or
  * release compares the same token. A timeout is NOT retried: Redis may be
- * running the command right now. Such a failure sets cl->unanswered, so that
- * an acquire can undo what it may have done (lock_try_acquire).
+ * running the command right now. A failure after the command was sent sets
+ * cl->unanswered, so that an acquire can undo what it may have done
+ * (lock_try_acquire).
  *
- * An error reply that says this node cannot serve (READONLY, MASTERDOWN,
- * LOADING) or that our credentials are refused fails the call like a lost
- * connection: the connection is dropped. Any other error reply is returned
- * for the caller to judge. */
+ * An error reply that says this node cannot serve (READONLY from a demoted
+ * primary, MASTERDOWN, LOADING) is a connection error: the connection is
+ * dropped, and on a connection that was already open the command is sent
+ * once more on a fresh one. Otherwise a client would stay pinned to the old
+ * node after a failover behind a stable address, and fail every call until a
+ * restart. Refused credentials also drop the connection. Any other error
+ * reply is returned for the caller to judge. */
 static redisReply *lock__command(lock_client_t *cl, int argc,
                                  const char **argv) {
-    int reused = cl->ctx != NULL;
     cl->unanswered = 0;
-    if (lock__connect(cl) != LOCK_OK) {
-        return NULL;
-    }
-    redisReply *r = redisCommandArgv(cl->ctx, argc, argv, NULL);
-    if (r == NULL && reused && lock__dropped(cl->ctx)) {
-        lock__disconnect(cl);
+    for (int attempt = 0;; attempt++) {
+        int reused = cl->ctx != NULL;
         if (lock__connect(cl) != LOCK_OK) {
-            cl->unanswered = 1; /* the first copy may have arrived */
+            return NULL; /* unanswered stays as the first copy left it */
+        }
+        redisReply *r = redisCommandArgv(cl->ctx, argc, argv, NULL);
+        if (r == NULL) {
+            cl->unanswered = 1; /* sent, perhaps received; no reply */
+            if (attempt == 0 && reused && lock__dropped(cl->ctx)) {
+                lock__disconnect(cl);
+                continue;
+            }
+            lock__fail(cl, LOCK_EIO, argv[0]);
             return NULL;
         }
-        r = redisCommandArgv(cl->ctx, argc, argv, NULL);
+        cl->unanswered = 0;
+        lock_errkind_t kind = lock__reply_kind(r);
+        if (kind == LOCK_EIO && attempt == 0 && reused) {
+            /* A node that cannot serve did not run the command: try once
+             * on a fresh connection, which may lead to the new primary. A
+             * fresh connection that gets the same answer is not retried. */
+            freeReplyObject(r);
+            lock__disconnect(cl);
+            continue;
+        }
+        if (kind == LOCK_EIO || kind == LOCK_EAUTH) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "%s: %s", argv[0], r->str);
+            freeReplyObject(r);
+            lock__fail(cl, kind, msg);
+            return NULL;
+        }
+        return r;
     }
-    if (r == NULL) {
-        cl->unanswered = 1;
-        lock__fail(cl, LOCK_EIO, argv[0]);
-        return NULL;
-    }
-    lock_errkind_t kind = lock__reply_kind(r);
-    if (kind == LOCK_EIO || kind == LOCK_EAUTH) {
-        char msg[128];
-        snprintf(msg, sizeof(msg), "%s: %s", argv[0], r->str);
-        freeReplyObject(r);
-        lock__fail(cl, kind, msg);
-        return NULL;
-    }
-    return r;
 }
 
 /* Runs script s. Returns a new reply (freeReplyObject) or NULL after
@@ -397,7 +410,7 @@ static void lock__lease_init(lock_lease_t *l, const char *coupon,
 
 int lock_lease_usable(const lock_lease_t *l) {
     return !atomic_load(&l->lost) &&
-           mono_ns() < atomic_load(&l->valid_until_ns);
+           boot_ns() < atomic_load(&l->valid_until_ns);
 }
 
 int lock_lease_mark_lost(lock_lease_t *l) {
@@ -406,6 +419,65 @@ int lock_lease_mark_lost(lock_lease_t *l) {
 }
 
 /* ------------------------------------------------------------- acquire --- */
+
+/*
+ * An acquire whose reply never came (a timeout) may have been applied, now
+ * or later: a slow or paused Redis runs it when it gets to it. Then the key
+ * holds a token only we know, and without a release every other claimant
+ * waits out the full TTL. So we send the release at once, best effort, on a
+ * connection of its own (the client's was dropped, and a fresh one through
+ * lock__connect would first wait for SCRIPT LOAD replies): AUTH and the
+ * release script pipelined in one write, then replies awaited for at most
+ * the command timeout. If Redis is paused, the release sits in its socket
+ * buffer behind the acquire (already read off an older connection) and runs
+ * right after it when Redis resumes, even though we stopped waiting. If it
+ * never arrives, the TTL frees the lock as before. cl's error state is left
+ * as the acquire set it.
+ */
+static void lock__release_unanswered(lock_client_t *cl,
+                                     const lock_lease_t *lease) {
+    struct timeval tv = {.tv_sec = cl->timeout_ms / 1000,
+                         .tv_usec = (cl->timeout_ms % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(cl->addr.host, cl->addr.port, tv);
+    const char *outcome = "not sent";
+    if (c != NULL && c->err == 0 && redisSetTimeout(c, tv) == REDIS_OK) {
+        int nreplies = 0;
+        if (lock__username[0] != '\0' || lock__password[0] != '\0') {
+            const char *auth[3] = {"AUTH"};
+            int n = 1;
+            if (lock__username[0] != '\0') {
+                auth[n++] = lock__username;
+            }
+            auth[n++] = lock__password;
+            redisAppendCommandArgv(c, n, auth, NULL);
+            nreplies++;
+        }
+        const char *argv[] = {"EVAL",     LOCK_SCRIPT_RELEASE, "1",
+                              lease->key, lease->token,        lease->channel};
+        redisAppendCommandArgv(c, 6, argv, NULL);
+        nreplies++;
+        outcome = "sent, no reply";
+        for (int i = 0; i < nreplies; i++) {
+            void *reply = NULL;
+            if (redisGetReply(c, &reply) != REDIS_OK || reply == NULL) {
+                break;
+            }
+            redisReply *r = reply;
+            if (i == nreplies - 1) {
+                outcome = r->type == REDIS_REPLY_INTEGER && r->integer == 1
+                              ? "released"
+                          : r->type == REDIS_REPLY_INTEGER ? "not held"
+                                                           : "error";
+            }
+            freeReplyObject(r);
+        }
+    }
+    if (c != NULL) {
+        redisFree(c);
+    }
+    log_info("lock.unanswered_release", "key=%s outcome=\"%s\"", lease->key,
+             outcome);
+}
 
 int lock_try_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
                      lock_lease_t *lease, int64_t *holder_pttl_ms) {
@@ -423,9 +495,12 @@ int lock_try_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
 
     /* The lease is valid for ttl from the moment we SENT the request: the
      * server started the TTL later than that, never earlier. */
-    int64_t sent = mono_ns();
+    int64_t sent = boot_ns();
     redisReply *r = lock__eval(cl, LOCK__ACQUIRE, keys, 2, args, 2);
     if (r == NULL) {
+        if (cl->unanswered) {
+            lock__release_unanswered(cl, lease);
+        }
         return LOCK_ERR;
     }
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
@@ -518,7 +593,7 @@ int lock_extend_many(lock_client_t *cl, lock_lease_t *const *leases, size_t n,
 
     /* Pipeline: every renewal goes out in one write, the replies come back
      * in order. One round trip however many leases this process holds. */
-    *sent_at_ns = mono_ns();
+    *sent_at_ns = boot_ns();
     for (size_t i = 0; i < n; i++) {
         char ttl[16], nk[8];
         snprintf(ttl, sizeof(ttl), "%u", leases[i]->ttl_ms);

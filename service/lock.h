@@ -69,9 +69,9 @@ typedef struct lock_lease {
 
     /* Written by the watchdog, read by the claim. Invariant: once lost is 1
      * it stays 1; valid_until_ns only grows while lost is 0. The lease may be
-     * used for a write only while !lost && mono_ns() < valid_until_ns. */
-    _Atomic int64_t valid_until_ns; /* monotonic: send time of the last
-                                       successful grant/renewal + ttl */
+     * used for a write only while !lost && boot_ns() < valid_until_ns. */
+    _Atomic int64_t valid_until_ns; /* boot clock (mono.h): send time of the
+                                       last successful grant/renewal + ttl */
     atomic_int lost;                /* renewal refused, or TTL ran out */
 
     /* The watchdog's list links; only touched under the watchdog's mutex. */
@@ -81,7 +81,9 @@ typedef struct lock_lease {
 
 /* Sets the credentials every new connection authenticates with: username
  * may be "" (AUTH password, for the default user), password "" means no AUTH.
- * Both are borrowed for the life of the process (they live in cfg_t). Call
+ * With both "" no AUTH is sent; with a username, AUTH is sent even with an
+ * empty password (an ACL user may be "nopass"). Both are borrowed for the
+ * life of the process (they live in cfg_t). Call
  * once, before the first lock_client_new. */
 void lock_init(const char *username, const char *password);
 
@@ -107,7 +109,11 @@ int lock_token_new(char *out);
 
 /* One acquire attempt on the coupon's lock with a fresh token. LOCK_OK: *lease
  * is granted with its fence. LOCK_BUSY: *holder_pttl_ms is the holder's
- * remaining TTL (may be -1/-2 if the key just vanished). */
+ * remaining TTL (may be -1/-2 if the key just vanished). LOCK_ERR after the
+ * request was sent but its reply was lost (a timeout): the acquire may have
+ * been applied, so a release with this token is sent at once on a fresh
+ * connection, best effort; otherwise nobody could free the lock before its
+ * TTL. */
 int lock_try_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
                      lock_lease_t *lease, int64_t *holder_pttl_ms);
 
@@ -122,7 +128,7 @@ int lock_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
 /* Extends many leases in one pipelined round trip. results[i] is 1 when
  * lease i was extended, 0 when its token is gone (lease lost), -1 on error.
  * Returns 0, or LOCK_ERR when the connection failed (results then -1). The
- * leases are borrowed. */
+ * leases are borrowed. *sent_at_ns gets the send time on the boot clock. */
 int lock_extend_many(lock_client_t *cl, lock_lease_t *const *leases, size_t n,
                      int *results, int64_t *sent_at_ns);
 
@@ -143,7 +149,7 @@ int lock_raise_fence(lock_client_t *cl, const char *coupon, int64_t floor,
 int lock_ping(lock_client_t *cl);
 
 /* 1 while the lease may still be used for a write (not lost, TTL not run
- * out by the monotonic clock), else 0. Thread-safe. */
+ * out by the boot clock), else 0. Thread-safe. */
 int lock_lease_usable(const lock_lease_t *lease);
 
 /* Marks the lease lost for good. Thread-safe. Returns 1 if this call was the

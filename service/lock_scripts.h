@@ -29,9 +29,21 @@
  * The busy answer carries PTTL so the waiter never sleeps past the moment the
  * lock can expire. If INCR fails (the fence key holds a non-number), the lock
  * is deleted again so that no lease exists that has no fence.
+ *
+ * A key that already holds OUR token is granted again, with a new TTL and a
+ * new fence. It can only be our own earlier copy of this same request: sent
+ * on a connection that dropped before its reply came, and repeated on a
+ * fresh one (lock.c). Answering "busy" there would make the client wait a
+ * full TTL for a lock it holds itself. The new fence is above the one the
+ * lost reply carried, and nobody else was granted in between (the key was
+ * ours all along), so fence order is still grant order.
  */
 #define LOCK_SCRIPT_ACQUIRE                                                    \
-    "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then\n"       \
+    "local ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])\n"    \
+    "if not ok and redis.call('GET', KEYS[1]) == ARGV[1] then\n"               \
+    "  ok = redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 1\n"                    \
+    "end\n"                                                                    \
+    "if ok then\n"                                                             \
     "  local f = redis.pcall('INCR', KEYS[2])\n"                               \
     "  if type(f) == 'table' and f.err then\n"                                 \
     "    redis.call('DEL', KEYS[1])\n"                                         \

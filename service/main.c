@@ -27,6 +27,7 @@
 #include "fault.h"
 #include "http.h"
 #include "log.h"
+#include "ready.h"
 #include "store.h"
 
 static int main__migrate(const cfg_t *cfg) {
@@ -95,7 +96,9 @@ static int main__serve(const cfg_t *cfg) {
         return 1;
     }
     http_t *h = http_start(cfg);
-    if (h == NULL) {
+    if (h == NULL || ready_start(cfg) != 0) {
+        http_stop(h, 0);
+        ready_stop();
         claim_shutdown();
         return 1;
     }
@@ -118,6 +121,7 @@ static int main__serve(const cfg_t *cfg) {
     log_info("stop.begin", "signal=%s grace_ms=%u",
              sig == SIGTERM ? "SIGTERM" : "SIGINT", cfg->shutdown_grace_ms);
     http_stop(h, cfg->shutdown_grace_ms);
+    ready_stop();
     claim_shutdown();
     log_info("stop.done", "bye");
     return 0;

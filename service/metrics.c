@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mono.h"
+
 static _Atomic uint64_t metrics__c[M__COUNT];
 static _Atomic int64_t metrics__leases_held;
 
@@ -28,6 +30,14 @@ void metrics_inc(metrics_counter_t c) {
 
 uint64_t metrics_get(metrics_counter_t c) {
     return atomic_load_explicit(&metrics__c[c], memory_order_relaxed);
+}
+
+static _Atomic int metrics__backend_up[M_BACKEND__COUNT];
+static _Atomic int64_t metrics__backend_checked_ns[M_BACKEND__COUNT];
+
+void metrics_set_backend(metrics_backend_t b, int up, int64_t checked_ns) {
+    atomic_store(&metrics__backend_up[b], up);
+    atomic_store(&metrics__backend_checked_ns[b], checked_ns);
 }
 
 void metrics_set_leases_held(int64_t n) {
@@ -128,7 +138,8 @@ static const metrics__family_t metrics__families[] = {
      NULL,
      {{M_FENCED_REFUSALS, NULL}, {M__COUNT, NULL}}},
     {"couponsvc_fence_counter_recoveries_total",
-     "Times the Redis fence counter was found below last_fence and raised.",
+     "Claims fenced while still holding the lock (Redis had lost the "
+     "fence counter) that raised it to last_fence and retried.",
      NULL,
      {{M_FENCE_RECOVERIES, NULL}, {M__COUNT, NULL}}},
     {"couponsvc_backend_errors_total",
@@ -192,6 +203,32 @@ char *metrics_render(const char *instance, const char *mode, size_t *len) {
                     (unsigned long long)count,
                     (double)atomic_load(&metrics__wait_sum_ns) / 1e9,
                     (unsigned long long)count);
+
+    static const char *const backend_names[M_BACKEND__COUNT] = {"redis",
+                                                                "postgres"};
+    metrics__printf(&b, "# HELP couponsvc_backend_up 1 if the readiness "
+                        "probe's last check of the backend succeeded.\n"
+                        "# TYPE couponsvc_backend_up gauge\n");
+    for (int i = 0; i < M_BACKEND__COUNT; i++) {
+        if (atomic_load(&metrics__backend_checked_ns[i]) != 0) {
+            metrics__printf(&b, "couponsvc_backend_up{backend=\"%s\"} %d\n",
+                            backend_names[i],
+                            atomic_load(&metrics__backend_up[i]));
+        }
+    }
+    metrics__printf(&b, "# HELP couponsvc_backend_check_age_seconds Time "
+                        "since that check finished.\n"
+                        "# TYPE couponsvc_backend_check_age_seconds gauge\n");
+    int64_t now = mono_ns();
+    for (int i = 0; i < M_BACKEND__COUNT; i++) {
+        int64_t at = atomic_load(&metrics__backend_checked_ns[i]);
+        if (at != 0) {
+            metrics__printf(
+                &b,
+                "couponsvc_backend_check_age_seconds{backend=\"%s\"} %.3f\n",
+                backend_names[i], (double)(now - at) / 1e9);
+        }
+    }
 
     if (b.failed) {
         free(b.p);

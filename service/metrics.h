@@ -48,6 +48,19 @@ void metrics_set_leases_held(int64_t n);
 
 uint64_t metrics_get(metrics_counter_t c);
 
+/* The backends the readiness probe checks; the order of ready_backend_t. */
+typedef enum metrics_backend {
+    M_BACKEND_REDIS = 0,
+    M_BACKEND_POSTGRES,
+    M_BACKEND__COUNT,
+} metrics_backend_t;
+
+/* The readiness probe's last result for b: up (1/0), and when the check
+ * finished (monotonic ns). Renders couponsvc_backend_up{backend} and
+ * couponsvc_backend_check_age_seconds{backend}; a backend never set (one
+ * this mode does not use) is left out. */
+void metrics_set_backend(metrics_backend_t b, int up, int64_t checked_ns);
+
 /* Renders every metric. Returns a new NUL-terminated buffer (free with
  * free()) and its length in *len, or NULL when out of memory. instance and
  * mode label couponsvc_info. */

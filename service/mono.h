@@ -1,9 +1,12 @@
 /*
- * mono.h: the only clock the lock logic reads.
+ * mono.h: the clocks the lock logic reads.
  *
- * CLOCK_MONOTONIC never jumps when NTP or an operator sets the wall clock, so
- * every lease deadline and wait deadline in this service is "monotonic now +
- * a relative amount". No wall-clock time takes part in a lock decision.
+ * Neither CLOCK_MONOTONIC nor CLOCK_BOOTTIME jumps when NTP or an operator
+ * sets the wall clock, so every lease deadline and wait deadline in this
+ * service is "now on one of them + a relative amount": leases on the boot
+ * clock (boot_ns, which also counts a system suspend), waits on the
+ * monotonic one (mono_ns). No wall-clock time takes part in a lock
+ * decision.
  */
 #ifndef COUPONSVC_MONO_H
 #define COUPONSVC_MONO_H
@@ -16,6 +19,20 @@
 static inline int64_t mono_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Nanoseconds on CLOCK_BOOTTIME: the clock of lease validity. It is
+ * CLOCK_MONOTONIC plus the time the system spent suspended. A lease's TTL
+ * runs on in Redis while this host sleeps (a suspended laptop or VM, a
+ * frozen container host), and CLOCK_MONOTONIC does not see that time: a
+ * lease judged by it would look valid long after Redis expired the key and
+ * granted it to someone else. So lease validity (valid_until_ns), the commit
+ * gate and the watchdog's expiry check read this clock. Waits and sleeps stay
+ * on CLOCK_MONOTONIC, which glibc's condition variables require. */
+static inline int64_t boot_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 

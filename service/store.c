@@ -12,7 +12,9 @@
  */
 #include "store.h"
 
+#include <errno.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,7 @@
 #include "fault.h"
 #include "log.h"
 #include "metrics.h"
+#include "mono.h"
 
 struct store {
     PGconn *conn; /* NULL while disconnected */
@@ -687,4 +690,73 @@ int store_migrate(const store_opts_t *o, char *errstr, size_t errlen) {
     PQclear(r);
     PQfinish(c);
     return applied;
+}
+
+/* ------------------------------------------------------------ readiness --- */
+
+/* 1 if a verbose connection error (PQERRORS_VERBOSE: "FATAL:  28P01: ...")
+ * carries a SQLSTATE that says the login itself was refused. The SQLSTATE is
+ * the message's machine-readable part; the words around it are translated. */
+static int store__refused_sqlstate(const char *msg) {
+    for (const char *p = strstr(msg, ":  "); p != NULL;
+         p = strstr(p + 1, ":  ")) {
+        const char *code = p + 3;
+        size_t n = strspn(code, "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+        if (n == 5 && code[5] == ':') {
+            return strncmp(code, "28", 2) == 0 ||
+                   strncmp(code, "3D000", 5) == 0;
+        }
+    }
+    return 0;
+}
+
+int store_probe(store_t *st) {
+    if (store_ping(st) == STORE_OK) {
+        return STORE_OK;
+    }
+    if (st->conn != NULL) {
+        return STORE_ERR; /* connected; the query failed */
+    }
+    /* The connect failed, and libpq's default message does not say why in a
+     * form a program can read: connect once more, verbosely, without
+     * blocking, bounded by the connect timeout. */
+    char timeout[16];
+    snprintf(timeout, sizeof(timeout), "%u", st->connect_timeout_s);
+    const char *keys[] = {"connect_timeout", "application_name", "dbname",
+                          NULL};
+    const char *vals[] = {timeout, "couponsvc", st->dsn, NULL};
+    PGconn *c = PQconnectStartParams(keys, vals, 1);
+    if (c == NULL) {
+        return STORE_ERR;
+    }
+    PQsetErrorVerbosity(c, PQERRORS_VERBOSE);
+    int64_t deadline =
+        mono_ns() + (int64_t)st->connect_timeout_s * 1000 * MONO_MS;
+    PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+    while (PQstatus(c) != CONNECTION_BAD && ps != PGRES_POLLING_OK &&
+           ps != PGRES_POLLING_FAILED) {
+        int64_t left_ms = (deadline - mono_ns()) / MONO_MS;
+        if (left_ms <= 0) {
+            break;
+        }
+        struct pollfd pfd = {.fd = PQsocket(c),
+                             .events = ps == PGRES_POLLING_READING ? POLLIN
+                                                                   : POLLOUT};
+        if (poll(&pfd, 1, (int)left_ms) < 0 && errno != EINTR) {
+            break;
+        }
+        ps = PQconnectPoll(c);
+    }
+    int refused = PQstatus(c) == CONNECTION_BAD &&
+                  (PQconnectionNeedsPassword(c) ||
+                   store__refused_sqlstate(PQerrorMessage(c)));
+    if (refused) {
+        /* The first line only: the verbose form adds a LOCATION line. */
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", PQerrorMessage(c));
+        msg[strcspn(msg, "\n")] = '\0';
+        store__seterr(st, "login refused", msg);
+    }
+    PQfinish(c);
+    return refused ? STORE_EREFUSED : STORE_ERR;
 }

@@ -28,6 +28,7 @@ enum {
     STORE_EXISTS = 5,    /* coupon id taken (create) */
     STORE_ABORTED = 6,   /* the commit gate said no: rolled back */
     STORE_ERR = -1,
+    STORE_EREFUSED = -2, /* the server refused this login (store_probe) */
 };
 
 #define STORE_NO_FENCE (-1) /* the claim carries no fence (atomic mode) */
@@ -124,5 +125,14 @@ extern const size_t store_migrations_count;
  * starting together do not race. Returns the number applied, or STORE_ERR
  * with the reason in errstr. */
 int store_migrate(const store_opts_t *opts, char *errstr, size_t errlen);
+
+/* The readiness probe's check: store_ping, and when that could not even
+ * connect, one more connection attempt (bounded by connect_timeout_s) that
+ * asks the server why. STORE_OK; STORE_EREFUSED when the server refused this
+ * login itself: SQLSTATE class 28 (wrong password, no such role, no
+ * pg_hba.conf entry), 3D000 (no such database), or a password it wanted and
+ * the DSN lacks; STORE_ERR for anything else (unreachable, starting up, too
+ * many clients). store_errstr says what failed. */
+int store_probe(store_t *st);
 
 #endif

@@ -110,7 +110,7 @@ static size_t wd__snapshot(wd_t *wd) {
         }
     }
 
-    int64_t now = mono_ns();
+    int64_t now = boot_ns(); /* lease validity is on the boot clock */
     size_t n = 0;
     for (lock_lease_t *l = wd->head; l != NULL; l = l->wd_next) {
         if (atomic_load(&l->lost)) {

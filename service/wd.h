@@ -6,7 +6,8 @@
  * leases. A lease is marked lost, for good:
  *   - on the first renewal Redis refuses (the token is gone: expired, taken
  *     over, or Redis lost the key), or
- *   - when its TTL has run out by the monotonic clock without a successful
+ *   - when its TTL has run out by the boot clock (mono.h: unlike the
+ *     monotonic clock it counts a system suspend) without a successful
  *     renewal (Redis unreachable or slow: we cannot know whether the key
  *     still exists, so we assume the worst).
  * The claim checks the lease right before COMMIT and rolls back if it is
@@ -16,8 +17,15 @@
  * They take the watchdog's mutex only briefly; the Redis round trip runs
  * without it. wd_unwatch waits, if needed, for a round in flight that
  * includes the lease, so that once it returns the watchdog will never touch
- * the lease again: the caller may then send the release (no renewal can race
- * with it) and let the lease go out of scope.
+ * the lease again: the caller may then let the lease go out of scope. The
+ * claim unwatches before it releases, so the watchdog sends no renewal of
+ * the lease after that point. That order alone does not keep renewals off
+ * the release, though: a round whose replies timed out has ended, yet its
+ * renewals may still sit in a slow Redis's input and run after the release,
+ * which travels on another connection, or after the key expired and was
+ * granted to someone else. What makes that harmless is the token compare in
+ * the EXTEND script: a renewal for a token that no longer holds the key is a
+ * no-op (see lock_scripts.h).
  */
 #ifndef COUPONSVC_WD_H
 #define COUPONSVC_WD_H

@@ -8,7 +8,7 @@ UNIT_OBJS := $(addprefix $(BUILD)/tests/, tt.o unit/test_cfg.o \
 	unit/test_req.o unit/test_misc.o unit/test_lg_http.o)
 ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_claim.o itest/test_api.o \
-	itest/test_hostile.o itest/test_loadgen.o)
+	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o)
 
 $(BUILD)/tests/%.o: tests/%.c | deps-check
 	@mkdir -p $(dir $@)
@@ -33,6 +33,7 @@ $(BUILD)/tests/integration-tests: $(ITEST_OBJS)
 .PHONY: test test-unit test-integration
 test: deps-check all $(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests \
 		$(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so \
+		$(BUILD)/tests/libbootshift.so \
 		$(BUILD)/loadgen
 	$(Q)$(FAULT_ENV) LOADGEN=$(BUILD)/loadgen sh tests/run.sh \
 		$(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests \
@@ -53,7 +54,8 @@ test-integration: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen
 # $(BUILD)/neg-*/) and checks that the matching scenario FAILS with it.
 
 FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
-	itest/harness.o itest/test_faults.o faults/load.o faults/proxy.o)
+	itest/harness.o itest/test_faults.o itest/test_redis_faults.o \
+	faults/load.o faults/proxy.o)
 
 $(BUILD)/tests/fault-tests: $(FAULT_OBJS)
 	@echo "  LD      $@"
@@ -67,11 +69,20 @@ $(BUILD)/tests/libclockshift.so: tests/faults/clockshift.c
 	$(Q)$(CC) -std=c11 -O2 -Wall -Wextra -shared -fPIC \
 		-o $@ $<
 
+# Preloaded into couponsvc to move its CLOCK_BOOTTIME alone (a suspend).
+$(BUILD)/tests/libbootshift.so: tests/faults/bootshift.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	$(Q)$(CC) -std=c11 -O2 -Wall -Wextra -shared -fPIC \
+		-o $@ $<
+
 FAULT_ENV = COUPONSVC_BIN=$(BUILD)/couponsvc \
-	COUPONSVC_CLOCKSHIFT=$(BUILD)/tests/libclockshift.so
+	COUPONSVC_CLOCKSHIFT=$(BUILD)/tests/libclockshift.so \
+	COUPONSVC_BOOTSHIFT=$(BUILD)/tests/libbootshift.so
 
 .PHONY: test-faults test-negative
-test-faults: all $(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so
+test-faults: all $(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so \
+		$(BUILD)/tests/libbootshift.so
 	$(Q)$(FAULT_ENV) $(BUILD)/tests/fault-tests $(T)
 
 # Negative controls: UNSAFE=NO_FENCE, NO_STOCK_CHECK or FENCE_NOT_STRICT
@@ -84,7 +95,8 @@ endif
 CFLAGS += -DCOUPONSVC_UNSAFE_$(UNSAFE)
 endif
 
-test-negative: all $(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so
+test-negative: all $(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so \
+		$(BUILD)/tests/libbootshift.so
 	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/neg-nofence \
 		UNSAFE=NO_FENCE $(BUILD)/neg-nofence/couponsvc
 	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/neg-nostock \

@@ -37,7 +37,8 @@ typedef struct fp__pair {
 
 struct fp {
     int listen_fd;
-    int port, target;
+    int port;
+    atomic_int target; /* fp_retarget may change it from another thread */
     atomic_int blackhole, stop, accepted;
     pthread_t thread;
     fp__pair_t pairs[FP__MAX];
@@ -74,7 +75,7 @@ static void fp__accept(fp_t *p) {
         return;
     }
     fcntl(c, F_SETFL, O_NONBLOCK);
-    int s = fp__connect(p->target);
+    int s = fp__connect(atomic_load(&p->target));
     int slot = -1;
     for (int i = 0; i < FP__MAX && slot < 0; i++) {
         if (p->pairs[i].fd[0] < 0) {
@@ -209,6 +210,10 @@ int fp_port(const fp_t *p) {
 void fp_blackhole(fp_t *p, int on) {
     atomic_store(&p->blackhole, on);
     usleep(10000); /* let a poll in progress finish its round */
+}
+
+void fp_retarget(fp_t *p, int target_port) {
+    atomic_store(&p->target, target_port);
 }
 
 int fp_accepted(fp_t *p) {

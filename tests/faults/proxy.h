@@ -28,6 +28,10 @@ int fp_port(const fp_t *p);
 /* 1: black-hole; 0: forward. Takes effect within a few ms. */
 void fp_blackhole(fp_t *p, int on);
 
+/* New connections go to 127.0.0.1:target_port from now on; open ones stay
+ * where they are, like a service address moved to a new primary. */
+void fp_retarget(fp_t *p, int target_port);
+
 /* Connections accepted so far. */
 int fp_accepted(fp_t *p);
 

@@ -38,6 +38,7 @@ static char h__test_dir[320];
 static char h__dsn[256];
 static int h__redis_port;
 static pid_t h__redis_pid;
+static const char *h__redis_pass; /* the default user's password, or NULL */
 static h_svc_t h__svcs[H_MAX_SVCS];
 static int h__nsvcs;
 
@@ -327,6 +328,18 @@ long long h_pg_int(const char *sql) {
 
 /* -------------------------------------------------------------- redis --- */
 
+/* Authenticates the harness's own connection when the test's Redis has a
+ * password (h_redis_restart_acl). 0 on success. */
+static int h__redis_auth(redisContext *c) {
+    if (h__redis_pass == NULL) {
+        return 0;
+    }
+    redisReply *r = redisCommand(c, "AUTH %s", h__redis_pass);
+    int ok = r != NULL && r->type == REDIS_REPLY_STATUS;
+    freeReplyObject(r);
+    return ok ? 0 : -1;
+}
+
 /* Starts redis-server on the test's port with the harness's settings, plus
  * args (NULL-terminated, may be NULL) and env ("K=V", may be NULL), and
  * waits until it answers PING. */
@@ -350,7 +363,7 @@ static void h__redis_launch(const char *const *args, const char *const *env) {
         struct timeval tv = {1, 0};
         redisContext *c =
             redisConnectWithTimeout("127.0.0.1", h__redis_port, tv);
-        int ok = c != NULL && c->err == 0;
+        int ok = c != NULL && c->err == 0 && h__redis_auth(c) == 0;
         if (ok) {
             redisReply *r = redisCommand(c, "PING");
             ok = r != NULL && r->type == REDIS_REPLY_STATUS;
@@ -392,6 +405,7 @@ long long h_redis_cmd(const char *fmt, ...) {
     redisContext *c = redisConnectWithTimeout("127.0.0.1", h__redis_port, tv);
     TT_ASSERT_MSG(c != NULL && c->err == 0, "redis connect: %s",
                   c ? c->errstr : "oom");
+    TT_ASSERT_MSG(h__redis_auth(c) == 0, "redis AUTH failed");
     va_list ap;
     va_start(ap, fmt);
     redisReply *r = redisvCommand(c, fmt, ap);
@@ -412,6 +426,7 @@ long long h_redis_cmd(const char *fmt, ...) {
 
 void h_begin(void) {
     tt_on_failure = h__dump;
+    h__redis_pass = NULL;
     snprintf(h__test_dir, sizeof(h__test_dir), "%s/t%d", h__dir, (int)getpid());
     mkdir(h__test_dir, 0755);
 
@@ -857,4 +872,96 @@ void h_pg_private_restart(void) {
     TT_ASSERT_MSG(h__ppg_pid == 0 && h__ppg_port > 0,
                   "the private cluster is not stopped");
     h__ppg_spawn();
+}
+
+/* ------------------------------------------ additions for the Redis tests ---
+ */
+
+const char *h_acl_rule(void) {
+    static char rule[1024];
+    const char *path = getenv("COUPONSVC_ACL");
+    if (path == NULL) {
+        path = "deploy/redis/couponsvc.acl";
+    }
+    FILE *f = fopen(path, "r");
+    TT_ASSERT_MSG(f != NULL,
+                  "cannot read %s (run from the repository root, "
+                  "or set COUPONSVC_ACL)",
+                  path);
+    rule[0] = '\0';
+    char line[1024];
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, "user ", 5) == 0) {
+            TT_ASSERT_MSG(rule[0] == '\0', "%s: more than one user line", path);
+            line[strcspn(line, "\n")] = '\0';
+            snprintf(rule, sizeof(rule), "%s", line);
+        }
+    }
+    fclose(f);
+    TT_ASSERT_MSG(rule[0] != '\0', "%s: no line starting with 'user '", path);
+    return rule;
+}
+
+void h_redis_restart_acl(const char *svc_pass) {
+    char path[400];
+    snprintf(path, sizeof(path), "%s/users.acl", h__test_dir);
+    FILE *f = fopen(path, "w");
+    TT_ASSERT_MSG(f != NULL, "cannot write %s", path);
+    fprintf(f, "user default on >%s ~* &* +@all\n%s >%s\n", H_REDIS_ADMIN_PASS,
+            h_acl_rule(), svc_pass);
+    fclose(f);
+    const char *args[] = {"--aclfile", path, NULL};
+    h_redis_stop();
+    h__redis_pass = H_REDIS_ADMIN_PASS;
+    h__redis_launch(args, NULL);
+}
+
+int h_redis_extra_start(const char *name) {
+    int port = h__free_port();
+    char ports[16], log[400];
+    snprintf(ports, sizeof(ports), "%d", port);
+    snprintf(log, sizeof(log), "%s/%s.log", h__test_dir, name);
+    char *argv[] = {"redis-server", "--port", ports,       "--bind",
+                    "127.0.0.1",    "--save", "",          "--appendonly",
+                    "no",           "--dir",  h__test_dir, NULL};
+    pid_t pid = h__spawn(argv, log, NULL, NULL);
+    double end = h_now_ms() + 10000;
+    for (;;) {
+        struct timeval tv = {1, 0};
+        redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+        int ok = c != NULL && c->err == 0;
+        if (ok) {
+            redisReply *r = redisCommand(c, "PING");
+            ok = r != NULL && r->type == REDIS_REPLY_STATUS;
+            freeReplyObject(r);
+        }
+        redisFree(c);
+        if (ok) {
+            return port;
+        }
+        TT_ASSERT_MSG(waitpid(pid, NULL, WNOHANG) == 0,
+                      "redis exited during start (%s)", log);
+        TT_ASSERT_MSG(h_now_ms() < end, "redis did not start (%s)", log);
+        h_sleep_ms(20);
+    }
+}
+
+long long h_redis_cmd_at(int port, const char *fmt, ...) {
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    TT_ASSERT_MSG(c != NULL && c->err == 0, "redis connect: %s",
+                  c ? c->errstr : "oom");
+    if (port == h__redis_port) {
+        TT_ASSERT_MSG(h__redis_auth(c) == 0, "redis AUTH failed");
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    TT_ASSERT_MSG(r != NULL, "redis command failed: %s", c->errstr);
+    TT_ASSERT_MSG(r->type != REDIS_REPLY_ERROR, "redis: %s", r->str);
+    long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
+    freeReplyObject(r);
+    redisFree(c);
+    return v;
 }

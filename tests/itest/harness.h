@@ -151,4 +151,29 @@ void h_pg_private_stop(const char *mode);
  * connections. */
 void h_pg_private_restart(void);
 
+/* ------------------------------------------ additions for the Redis tests ---
+ * (tests/itest/test_redis.c, test_redis_faults.c). */
+
+/* The password of the default user of a Redis with ACLs (h_redis_restart_acl);
+ * the harness's own commands authenticate with it. */
+#define H_REDIS_ADMIN_PASS "harness-admin-pw"
+
+/* The shipped ACL rule: the one "user ..." line of deploy/redis/couponsvc.acl
+ * (or $COUPONSVC_ACL), without a password. Static storage. */
+const char *h_acl_rule(void);
+
+/* Replaces the test's Redis (data gone) with one that requires AUTH: the
+ * default user needs H_REDIS_ADMIN_PASS, and the service's user is exactly
+ * h_acl_rule() with password svc_pass. Until the next h_begin. */
+void h_redis_restart_acl(const char *svc_pass);
+
+/* Starts one more Redis (no password) on a free port for this test; name
+ * names its log. Returns the port. It ends with the test. */
+int h_redis_extra_start(const char *name);
+
+/* One command on the Redis at port (the test's own, authenticated, or an
+ * extra one); fails the test on an error reply. Returns an integer reply, or
+ * 0. */
+long long h_redis_cmd_at(int port, const char *fmt, ...);
+
 #endif

@@ -2,6 +2,7 @@
  * test_cfg.c: configuration from defaults, environment and flags.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "cfg.h"
 #include "tt.h"
@@ -115,4 +116,28 @@ TT_TEST(cfg_usage_lists_every_contract_name, 5) {
         TT_CONTAINS(buf, names[i]);
     }
     free(buf);
+}
+
+/* The Redis credentials are settings like any other, and the password
+ * never shows up in --help (usage prints defaults only, and it has none). */
+TT_TEST(cfg_redis_credentials, 5) {
+    setenv("COUPON_REDIS_USERNAME", "couponsvc", 1);
+    setenv("COUPON_REDIS_PASSWORD", "hunter2-secret", 1);
+    cfg_t c;
+    char *argv[] = {"couponsvc", "--redis-password", "from-flag", NULL};
+    TT_EQ_INT(load(&c, 3, argv), CFG_OK);
+    TT_EQ_STR(c.redis_username, "couponsvc");
+    TT_EQ_STR(c.redis_password, "from-flag");
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    cfg_usage(f);
+    fclose(f);
+    TT_CONTAINS(buf, "COUPON_REDIS_PASSWORD");
+    TT_ASSERT(strstr(buf, "hunter2") == NULL &&
+              strstr(buf, "from-flag") == NULL);
+    free(buf);
+    cfg_free(&c);
+    unsetenv("COUPON_REDIS_USERNAME");
+    unsetenv("COUPON_REDIS_PASSWORD");
 }
