@@ -196,13 +196,24 @@ spawn() {
     }
 }
 
-# The kinds of process, each with its own polite stop, given the leader's
-# pid. A kind is the component name without its number (app2 -> app). A new
-# kind needs a start_KIND, a stop_KIND and its names in all_names.
-stop_app() { kill -s TERM "$1"; }
+# The kinds of process. A kind is the component name without its number
+# (app2 -> app); each has a start_KIND, a stop_KIND that asks one process
+# of that kind to stop by its own means (given its name and pid), and a
+# port in port_of. A new kind (a Sentinel, an etcd member) is those three
+# plus its names in all_names.
+stop_app() { kill -s TERM "$2"; }
 stop_nginx() { nginx -q -p "$SD/nginx" -e "$SD/logs/nginx.error.log" -c "$SD/nginx/nginx.conf" -s quit; }
-stop_redis() { redis_cli shutdown nosave >/dev/null 2>&1; }
+stop_redis() { redis_cli "$(port_of "$1")" shutdown nosave >/dev/null 2>&1; }
 stop_postgres() { as_pg "$SD/logs/pg_ctl.log" "$PG_BIN/pg_ctl" -D "$SD/pg/data" -m fast -W stop; }
+
+port_of() {
+    case $1 in
+    nginx) echo "$LB_PORT" ;;
+    redis) echo "$REDIS_PORT" ;;
+    postgres) echo "$PG_PORT" ;;
+    app*) echo $((APP_PORT_BASE + ${1#app})) ;;
+    esac
+}
 
 # stop_components NAME...: ask each live component to stop, wait up to
 # STOP_SECS for all their process groups together to be gone, SIGKILL the
@@ -213,7 +224,7 @@ stop_components() {
     for name in "$@"; do
         pid=$(live_pid "$name") || continue
         say "stopping $name (pid $pid)"
-        "stop_${name%%[0-9]*}" "$pid" || warn "$name: the stop request failed; SIGKILL after ${STOP_SECS}s"
+        "stop_${name%%[0-9]*}" "$name" "$pid" || warn "$name: the stop request failed; SIGKILL after ${STOP_SECS}s"
     done
     while :; do
         left=
@@ -254,11 +265,13 @@ as_pg() {
     fi
 }
 
-# redis_cli ARGS...: redis-cli as Redis's `default` user (the operator).
-# The password goes by environment, never on a command line.
+# redis_cli PORT ARGS...: redis-cli as Redis's `default` user (the
+# operator). The password goes by environment, never on a command line.
 redis_cli() {
+    local port=$1
+    shift
     REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD timeout 5 redis-cli --no-auth-warning \
-        -h 127.0.0.1 -p "$REDIS_PORT" "$@"
+        -h 127.0.0.1 -p "$port" "$@"
 }
 
 # --- network ------------------------------------------------------------------
@@ -399,7 +412,7 @@ EOF
     )
     say "redis: starting on 127.0.0.1:$REDIS_PORT (ACL user $REDIS_USER)"
     spawn redis redis-server "$conf"
-    until [ "$(redis_cli ping 2>/dev/null)" = PONG ]; do
+    until [ "$(redis_cli "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; do
         live_pid redis >/dev/null || {
             tail_log "$SD/logs/redis.log"
             fail "redis died while starting (see $SD/logs/redis.log)"
@@ -532,12 +545,14 @@ EOF
 cmd_up() {
     local name p seen=' ' hard
     check_settings
-    if load_recorded 2>/dev/null; then
+    # In a subshell: the recorded settings must not replace the ones given.
+    (
+        load_recorded 2>/dev/null || exit 0
         for name in $(all_names); do
-            live_pid "$name" >/dev/null &&
-                fail "a stack is already running in $SD: run 'deploy/stack.sh down' (make down) first"
+            live_pid "$name" >/dev/null && exit 1
         done
-    fi
+        exit 0
+    ) || fail "a stack is already running in $SD: run 'deploy/stack.sh down' (make down) first"
     if [ -d "$SD" ] && [ -n "$(ls -A "$SD" 2>/dev/null)" ] && [ ! -f "$MARKER" ]; then
         fail "$SD exists, is not empty and was not made by stack.sh; choose another STACK_DIR"
     fi
@@ -548,15 +563,13 @@ cmd_up() {
         fail "no 'user' line in $REDIS_ACL (the rule of the replicas' Redis user)"
 
     # Ports: all distinct, all free.
-    set -- "LB_PORT=$LB_PORT" "PG_PORT=$PG_PORT" "REDIS_PORT=$REDIS_PORT"
-    for p in $(seq "$REPLICAS"); do set -- "$@" "app$p=$((APP_PORT_BASE + p))"; done
-    for name in "$@"; do
-        p=${name#*=}
-        [ "$p" -lt 1 ] || [ "$p" -gt 65535 ] && fail "${name%%=*}: port $p out of range"
-        case $seen in *" $p "*) fail "port $p is used twice (${name%%=*}); check LB_PORT, APP_PORT_BASE, PG_PORT, REDIS_PORT" ;; esac
+    for name in $(all_names); do
+        p=$(port_of "$name")
+        [ "$p" -lt 1 ] || [ "$p" -gt 65535 ] && fail "$name: port $p out of range"
+        case $seen in *" $p "*) fail "port $p of $name is used twice; check LB_PORT, APP_PORT_BASE, PG_PORT, REDIS_PORT" ;; esac
         seen="$seen$p "
         port_in_use "$p" &&
-            fail "port $p (${name%%=*}) is already in use on this machine; pick another with ${name%%=*}=... (app ports: APP_PORT_BASE)"
+            fail "port $p ($name) is already in use on this machine; pick others with LB_PORT, APP_PORT_BASE, PG_PORT, REDIS_PORT"
     done
 
     # A fresh state directory: remove only what stack.sh creates.
@@ -668,12 +681,7 @@ cmd_status() {
     }
     printf '%-10s %-8s %-6s %-6s %s\n' COMPONENT PID PORT STATE CHECK
     for name in $(all_names); do
-        case $name in
-        nginx) port=$LB_PORT ;;
-        redis) port=$REDIS_PORT ;;
-        postgres) port=$PG_PORT ;;
-        app*) port=$((APP_PORT_BASE + ${name#app})) ;;
-        esac
+        port=$(port_of "$name")
         ready=''
         if pid=$(live_pid "$name"); then
             state=alive

@@ -266,6 +266,15 @@ $left"
         fail "a second stack.sh down failed"
     }
     grep -q 'stopping' "$W/down2.log" && fail "the second down stopped something: $(cat "$W/down2.log")"
+
+    # up again in the same directory takes the settings it is given, not
+    # those recorded by the stack before.
+    REPLICAS=1 stack up >"$W/up2.log" 2>&1 || {
+        sed 's/^/    | /' "$W/up2.log"
+        fail "a second up in the same directory failed"
+    }
+    out=$(REPLICAS=1 stack status) || fail "status after the second up: $out"
+    expect_eq "components alive after up with REPLICAS=1" "$(printf '%s\n' "$out" | grep -c ' alive ')" 4
     return 0
 }
 
