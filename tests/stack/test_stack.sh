@@ -599,7 +599,7 @@ sys.exit(1 if bad else 0)
 
 # 6. Errors nginx makes itself are JSON in the service's shape, through the
 #    stack's balancer: 400 (a malformed request line, a header line without
-#    a colon), 413 (Content-Length over 64 KiB), 414 (an 10 KB URI), 431
+#    a colon), 413 (Content-Length over 64 KiB), 414 (a 10 KB URI), 431
 #    (nginx's 494: a 10 KB header), 501 (Transfer-Encoding: gzip), 404 for
 #    /metrics (however it is spelled) and for the pages' own internal
 #    URIs, and 502 once the only replica is gone. A replica's own error
