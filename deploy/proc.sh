@@ -4,11 +4,12 @@
 #
 # Every process of the stack is the leader of its own process group (it runs
 # under setsid; PostgreSQL's pg_ctl does the same for the postmaster), so its
-# pid is also the group's id, and its children (PostgreSQL backends, nginx
-# workers) are in that group. A pid file holds one line, "PID STARTTIME",
-# where STARTTIME is field 22 of /proc/PID/stat (clock ticks since boot): a
-# later, unrelated process that is given the same pid has another start
-# time, and is never signalled.
+# pid is also the group's id, and its children (nginx's workers) are in that
+# group. (PostgreSQL's backends each make a session of their own, and exit
+# by themselves once the postmaster is gone.) A pid file holds one line,
+# "PID STARTTIME", where STARTTIME is field 22 of /proc/PID/stat (clock ticks
+# since boot): a later, unrelated process that is given the same pid has
+# another start time, and is never signalled.
 #
 # Why the group id is safe to signal once the leader has gone: Linux does not
 # hand out a pid number while any process still uses it as its group id, so

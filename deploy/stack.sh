@@ -51,8 +51,9 @@
 # redis-cli shutdown nosave, nginx -s quit, SIGTERM to couponsvc, which
 # finishes what is in flight and exits 0). What is still there after
 # STOP_SECS gets SIGKILL, sent to the process group: every process runs in
-# a group of its own, so its children (PostgreSQL backends, nginx workers)
-# go with it. deploy/proc.sh guards every signal against a reused pid.
+# a group of its own, so its children (nginx's workers) go with it;
+# PostgreSQL's backends exit once the postmaster has. deploy/proc.sh guards
+# every signal against a reused pid.
 
 set -eu
 umask 022
