@@ -29,6 +29,14 @@ proc_stat() {
     PROC_STATE=$1 PROC_PGID=$3 PROC_START=${20}
 }
 
+# proc__read FILE: sets PROC_PID and PROC_REC_START from a pid file. (A
+# stack started by an earlier stack.sh kept the start time apart, in
+# NAME.start: such a stack can still be stopped.)
+proc__read() {
+    { read -r PROC_PID PROC_REC_START <"$1"; } 2>/dev/null || return 1
+    [ -n "$PROC_REC_START" ] || { read -r PROC_REC_START <"${1%.pid}.start"; } 2>/dev/null
+}
+
 # proc_record FILE PID: write FILE for the process PID that was just started.
 # Fails if it has exited, or if it does not lead its own group within a
 # second (a child that has not reached its setsid yet is given that long).
@@ -49,33 +57,28 @@ proc_record() {
 # proc_live FILE: print the recorded pid if that very process is alive (a
 # zombie is dead here); fail otherwise.
 proc_live() {
-    local pid start
-    { read -r pid start <"$1"; } 2>/dev/null || return 1
-    proc_stat "$pid" || return 1
-    [ "$PROC_START" = "$start" ] || return 1
+    proc__read "$1" && proc_stat "$PROC_PID" || return 1
+    [ "$PROC_START" = "$PROC_REC_START" ] || return 1
     case $PROC_STATE in Z | X) return 1 ;; esac
-    printf '%s\n' "$pid"
+    printf '%s\n' "$PROC_PID"
 }
 
 # proc_group_left FILE: is any process of the recorded group still there
 # (other than a leader that is only a zombie)? False when the pid number now
 # belongs to an unrelated process (see the top of this file).
 proc_group_left() {
-    local pid start
-    { read -r pid start <"$1"; } 2>/dev/null || return 1
-    if proc_stat "$pid"; then
-        [ "$PROC_START" = "$start" ] || return 1
+    proc__read "$1" || return 1
+    if proc_stat "$PROC_PID"; then
+        [ "$PROC_START" = "$PROC_REC_START" ] || return 1
         case $PROC_STATE in Z | X) ;; *) return 0 ;; esac
     fi
     # The leader is gone (or a zombie): members may be left behind.
-    pgrep -g "$pid" | grep -qvx "$pid"
+    pgrep -g "$PROC_PID" | grep -qvx "$PROC_PID"
 }
 
 # proc_kill_group FILE SIGNAL: signal every process of the recorded group,
 # under the guard of proc_group_left.
 proc_kill_group() {
-    local pid
     proc_group_left "$1" || return 0
-    read -r pid _ <"$1"
-    kill -s "$2" -- "-$pid" 2>/dev/null || true
+    kill -s "$2" -- "-$PROC_PID" 2>/dev/null || true
 }

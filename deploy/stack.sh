@@ -81,6 +81,8 @@ ADMIN_TOKEN=${COUPON_ADMIN_TOKEN:-}
 # its password.
 REDIS_ACL=$ROOT/deploy/redis/couponsvc.acl
 STACK_RECORD=$ROOT/build/stack.dir
+# Set by up, or read back from the state directory.
+REDIS_USER='' REDIS_PASSWORD='' REDIS_ADMIN_PASSWORD=''
 
 case $COUPONSVC in /*) ;; *) COUPONSVC=$PWD/$COUPONSVC ;; esac
 
@@ -247,7 +249,7 @@ stop_components() {
         sleep 0.1
     done
     for name in "$@"; do
-        case " $left " in *" $name "*) ;; *) rm -f "$(pidfile "$name")" ;; esac
+        case " $left " in *" $name "*) ;; *) rm -f "$(pidfile "$name")" "$SD/pids/$name.start" ;; esac
     done
 }
 
@@ -271,8 +273,9 @@ as_pg() {
 redis_cli() {
     local port=$1
     shift
-    REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD timeout 5 redis-cli --no-auth-warning \
-        -h 127.0.0.1 -p "$port" "$@"
+    # (An empty REDISCLI_AUTH would still send an AUTH, which Redis refuses.)
+    [ -z "$REDIS_ADMIN_PASSWORD" ] || export REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD
+    timeout 5 redis-cli --no-auth-warning -h 127.0.0.1 -p "$port" "$@"
 }
 
 # --- network ------------------------------------------------------------------
