@@ -102,10 +102,15 @@ fi
 
 # ------------------------------------------------------------ compose -----
 step "docker compose"
+# The file requires its secrets (${VAR:?}): give it throwaway ones, every
+# variable deploy/compose.env.example lists.
+COMPOSE_ENV=$(sed -n 's/^\([A-Z_]*\)=$/\1=check-deploy/p' deploy/compose.env.example | tr '\n' ' ')
 if have docker && docker compose version >/dev/null 2>&1; then
-    if docker compose -f docker-compose.yml config -q; then ok "docker compose config -q"; else bad "docker compose config -q"; fi
+    # shellcheck disable=SC2086 # one word per variable
+    if env $COMPOSE_ENV docker compose -f docker-compose.yml config -q; then ok "docker compose config -q"; else bad "docker compose config -q"; fi
 elif have docker-compose; then
-    if docker-compose -f docker-compose.yml config -q; then
+    # shellcheck disable=SC2086
+    if env $COMPOSE_ENV docker-compose -f docker-compose.yml config -q; then
         ok "docker-compose config -q ($(docker-compose version --short 2>/dev/null))"
     else
         bad "docker-compose config -q"

@@ -109,6 +109,43 @@ def check_compose(root):
           "lb mounts its config from deploy/nginx", lb.get("volumes"))
     check(get(svc, "loadgen", "profiles") == ["loadtest"], "loadgen only in profile loadtest",
           get(svc, "loadgen", "profiles"))
+
+    # Secrets: no value in the file, compose refuses to start without them,
+    # and the example env file names every one.
+    text = open(os.path.join(root, "docker-compose.yml")).read()
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", text))
+    for var in ("POSTGRES_PASSWORD", "COUPON_REDIS_PASSWORD", "REDIS_ADMIN_PASSWORD",
+                "COUPON_ADMIN_TOKEN"):
+        check(var in required, "compose requires %s (${%s:?...})" % (var, var), sorted(required))
+    defaulted = re.findall(r"\$\{([A-Z_]*(?:PASSWORD|TOKEN|SECRET)[A-Z_]*):?-", text)
+    check(not defaulted, "no secret has a default in compose", defaulted)
+    example = open(os.path.join(root, "deploy/compose.env.example")).read()
+    listed = set(re.findall(r"^([A-Z_]+)=\s*$", example, re.M))
+    check(required <= listed, "deploy/compose.env.example lists every required variable, empty",
+          sorted(required - listed))
+    check(env.get("COUPON_REDIS_USERNAME") == "couponsvc" and "COUPON_REDIS_PASSWORD" in env,
+          "couponsvc logs in to Redis as its ACL user")
+    pg_env = get(svc, "postgres", "environment") or {}
+    check(pg_env.get("POSTGRES_HOST_AUTH_METHOD") == "scram-sha-256",
+          "postgres accepts only scram-sha-256 over the network",
+          pg_env.get("POSTGRES_HOST_AUTH_METHOD"))
+    check("requirepass" in rcmd and "couponsvc.acl" in rcmd,
+          "redis runs with a password and the shipped ACL user", rcmd)
+    check("REDIS_ADMIN_PASSWORD" in " ".join(get(svc, "redis", "healthcheck", "test") or []),
+          "redis health check authenticates")
+
+    # The balancer: JSON errors for what nginx makes itself, no /metrics, no
+    # internal address in a header.
+    proxy = open(os.path.join(root, "deploy/nginx/proxy.conf")).read()
+    live = "\n".join(l for l in proxy.splitlines() if not l.lstrip().startswith("#"))
+    for code in ("400", "408", "413", "414", "494", "500", "501", "502", "503", "504"):
+        check(re.search(r"^error_page %s " % code, live, re.M) is not None,
+              "proxy.conf has an error page for %s" % code)
+    check(live.count("default_type application/json") >= 10, "the error pages are JSON")
+    check(re.search(r"location = /metrics\s*\{[^}]*return 404", live) is not None,
+          "the balancer answers 404 for /metrics")
+    check("$upstream_addr" not in live.replace("up=$upstream_addr", ""),
+          "no header carries $upstream_addr")
     build = get(app, "build", "dockerfile")
     check(build == "deploy/Dockerfile", "images build from deploy/Dockerfile", build)
 
@@ -194,8 +231,14 @@ def check_k8s(root, rendered):
     sdata = sec.get("stringData") or sec.get("data") or {}
     check("COUPON_ADMIN_TOKEN" in sdata and "COUPON_PG_DSN" in sdata,
           "Secret holds COUPON_ADMIN_TOKEN and COUPON_PG_DSN", sorted(sdata))
-    check(all("CHANGE-ME" in str(v) for v in sdata.values()),
-          "Secret values are marked placeholders (CHANGE-ME)")
+    check("COUPON_REDIS_PASSWORD" in sdata, "Secret holds COUPON_REDIS_PASSWORD", sorted(sdata))
+    check(all(v in ("", None) for v in sdata.values()),
+          "Secret values are empty (no usable default)", sdata)
+    check(cm.get("COUPON_REDIS_USERNAME") == "couponsvc", "ConfigMap names the Redis ACL user",
+          cm.get("COUPON_REDIS_USERNAME"))
+    env_names = {e.get("name") for e in (get(c, "env") or [])}
+    check("COUPON_REDIS_PASSWORD" in env_names, "Deployment passes COUPON_REDIS_PASSWORD",
+          sorted(env_names))
     job = by_kind.get("Job", [{}])[0]
     check(get(job, "spec", "template", "spec", "containers", 0, "args") == ["migrate"],
           "Job runs couponsvc migrate")

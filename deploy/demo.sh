@@ -15,7 +15,8 @@
 # stack is taken down at the end, also on failure or Ctrl-C. The load
 # generator's reports stay in build/demo/ (naive.json, lock.json, lock.csv).
 #
-# Settings (environment): LB_PORT and the other ports of stack.sh, STACK_DIR,
+# Settings (environment): LB_PORT and the other ports of stack.sh, STACK_DIR
+# (by default stack.sh picks one and records it in build/stack.dir),
 # LOADGEN (build/loadgen), COUPONSVC (build/couponsvc), DEMO_STOCK (10),
 # DEMO_USERS (1000), DEMO_CONC (200), DEMO_NAIVE_ROUNDS (3).
 
@@ -25,9 +26,6 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STACK=$ROOT/deploy/stack.sh
 OUT=$ROOT/build/demo
 LOADGEN=${LOADGEN:-$ROOT/build/loadgen}
-STACK_DIR=${STACK_DIR:-$ROOT/build/stack}
-case $STACK_DIR in /*) ;; *) STACK_DIR=$PWD/$STACK_DIR ;; esac
-export STACK_DIR
 STOCK=${DEMO_STOCK:-10}
 USERS=${DEMO_USERS:-1000}
 CONC=${DEMO_CONC:-200}
@@ -70,10 +68,13 @@ say "starting the stack: 3 replicas behind nginx"
 STARTED=1
 REPLICAS=3 "$STACK" up || {
     STARTED=0 # up stops what it started when it fails
-    fail "the stack did not come up (logs in $STACK_DIR/logs)"
+    fail "the stack did not come up (its logs are named above)"
 }
+# The state directory up used: the one asked for, or the one it recorded.
+SD=${STACK_DIR:-$(cat "$ROOT/build/stack.dir")}
+case $SD in /*) ;; *) SD=$PWD/$SD ;; esac
 # shellcheck disable=SC1091
-. "$STACK_DIR/env"
+. "$SD/env"
 RUN_ID=$(date +%s)
 
 # run_load MODE COUPON: one run of the load generator. Returns its exit

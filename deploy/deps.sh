@@ -34,6 +34,23 @@ else
     SUDO="sudo"
 fi
 export DEBIAN_FRONTEND=noninteractive
+
+# Installing postgresql-15, redis-server or nginx-light would also start
+# their system services (PostgreSQL on 5432, Redis on 6379, nginx on 80),
+# which nothing here uses: the tests and the local stack run their own. A
+# policy-rc.d that exits 101 ("action forbidden") tells invoke-rc.d and
+# deb-systemd-invoke, which the packages' scripts call, to start nothing
+# during this install; it is removed afterwards. The services stay enabled
+# as Debian installs them, so they start at the next boot unless disabled.
+# A policy-rc.d that was there before (a container image's) is left alone.
+POLICY=/usr/sbin/policy-rc.d
+if [ ! -e "$POLICY" ]; then
+    trap '$SUDO rm -f "$POLICY"' EXIT
+    trap 'exit 130' INT TERM
+    printf '#!/bin/sh\n# deploy/deps.sh: no service starts during its install.\nexit 101\n' |
+        $SUDO tee "$POLICY" >/dev/null
+    $SUDO chmod 755 "$POLICY"
+fi
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086
 $SUDO apt-get install -y -qq --no-install-recommends $missing

@@ -3,52 +3,67 @@
 #
 #   deploy/stack.sh up            PostgreSQL, Redis, migrations, N replicas,
 #                                 nginx in front; returns once all are ready
-#   deploy/stack.sh down          stop exactly what `up` started, by pid
+#   deploy/stack.sh down          stop exactly what `up` started
 #   deploy/stack.sh status        one line per process: pid, port, alive/dead
 #   deploy/stack.sh restart-app   restart only the replicas, one at a time
 #                                 (rolling), with the COUPON_* settings of
 #                                 the current environment
 #
-# Everything lives on 127.0.0.1 and in one directory, $STACK_DIR: data, unix
-# sockets, configuration, logs and one pid file per process. `up` starts from
-# an empty PostgreSQL and Redis every time; nothing here is meant to keep data.
+# Everything lives on 127.0.0.1 and in one state directory: data, unix
+# sockets, configuration, credentials, logs and one pid file per process.
+# `up` starts from an empty PostgreSQL and Redis every time; nothing here is
+# meant to keep data. The state directory is printed by `up` and `status`.
 #
 # Settings (environment):
 #   REPLICAS       number of couponsvc processes            (3)
-#   STACK_DIR      state directory                          (<repo>/build/stack)
+#   STACK_DIR      state directory (default: see below)
 #   LB_PORT        nginx, the load balancer                 (8080)
 #   APP_PORT_BASE  replica i listens on APP_PORT_BASE + i   (8080: 8081, 8082..)
 #   PG_PORT        PostgreSQL                               (15432)
 #   REDIS_PORT     Redis                                    (16379)
 #   COUPONSVC      the service binary                       (<repo>/build/couponsvc)
 #   PG_BIN         PostgreSQL server binaries  (/usr/lib/postgresql/15/bin)
-#   PG_PASSWORD    password of the couponsvc database role  (couponsvc)
+#   PG_PASSWORD    password of the couponsvc database role  (generated)
 #   WAIT_SECS      bound on each readiness wait             (30)
-#   STOP_SECS      grace after the stop signal before KILL  (15; the
+#   STOP_SECS      grace after the stop request, then SIGKILL (15; the
 #                  service drains for up to 10 s on SIGTERM)
-#   COUPON_ADMIN_TOKEN                                      (dev-admin-token)
+#   COUPON_ADMIN_TOKEN                                      (generated)
 #   COUPON_*       every other COUPON_ variable (COUPON_CLAIM_MODE,
 #                  COUPON_LOCK_TTL_MS, COUPON_FAULT, ...) reaches the replicas
 #                  unchanged. The stack sets COUPON_HTTP_ADDR, COUPON_PG_DSN,
-#                  COUPON_REDIS_ADDRS and COUPON_INSTANCE_ID itself.
+#                  COUPON_REDIS_ADDRS, COUPON_REDIS_USERNAME,
+#                  COUPON_REDIS_PASSWORD and COUPON_INSTANCE_ID itself.
 #
-# Stop signals: nginx, couponsvc and Redis get SIGTERM (nginx: fast shutdown;
-# couponsvc: stop accepting, finish in-flight requests, exit 0; Redis: no
-# save, as configured). PostgreSQL gets SIGINT, its "fast" shutdown: its
-# SIGTERM ("smart") waits for every client to disconnect, possibly forever.
-# Whatever is still alive after STOP_SECS gets SIGKILL, and so do descendants
-# left behind by a killed parent (PostgreSQL backends, nginx workers).
+# The state directory, unless STACK_DIR names one: <repo>/build/stack when
+# the users the servers run as can reach it, else /tmp/couponsvc-stack-HASH,
+# HASH being taken from the checkout's path (two checkouts never share one).
+# As root, PostgreSQL runs as `postgres` (initdb refuses root) and nginx's
+# workers as `nobody`; a checkout in a 0700 home is out of their reach. The
+# choice is recorded in <repo>/build/stack.dir, where down, status and
+# restart-app find it.
 #
-# As root, PostgreSQL runs as the `postgres` user (initdb refuses root) and
-# nginx workers as `nobody`; everything else runs as the caller.
+# Credentials are generated at every `up` and kept in the state directory,
+# mode 0600: the PostgreSQL role's password (scram-sha-256 over TCP), the
+# Redis ACL user the replicas log in as, Redis's `default` user (the
+# operator's), and the admin token. `. <state dir>/env` exports them.
+#
+# Stopping: each process is asked by its own means (pg_ctl stop -m fast,
+# redis-cli shutdown nosave, nginx -s quit, SIGTERM to couponsvc, which
+# finishes what is in flight and exits 0). What is still there after
+# STOP_SECS gets SIGKILL, sent to the process group: every process runs in
+# a group of its own, so its children (nginx's workers) go with it;
+# PostgreSQL's backends exit once the postmaster has. deploy/proc.sh guards
+# every signal against a reused pid.
 
 set -eu
+umask 022
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PROG=stack
+# shellcheck source=deploy/proc.sh
+. "$ROOT/deploy/proc.sh"
 
 REPLICAS=${REPLICAS:-3}
-STACK_DIR=${STACK_DIR:-$ROOT/build/stack}
 LB_PORT=${LB_PORT:-8080}
 APP_PORT_BASE=${APP_PORT_BASE:-8080}
 # Defaults below Linux's ephemeral range (32768-60999): a port in that range
@@ -58,24 +73,32 @@ PG_PORT=${PG_PORT:-15432}
 REDIS_PORT=${REDIS_PORT:-16379}
 COUPONSVC=${COUPONSVC:-$ROOT/build/couponsvc}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
-PG_PASSWORD=${PG_PASSWORD:-couponsvc}
+PG_PASSWORD=${PG_PASSWORD:-}
 WAIT_SECS=${WAIT_SECS:-30}
 STOP_SECS=${STOP_SECS:-15}
-ADMIN_TOKEN=${COUPON_ADMIN_TOKEN:-dev-admin-token}
+ADMIN_TOKEN=${COUPON_ADMIN_TOKEN:-}
+# The rule of the replicas' Redis ACL user ("user NAME RULES..."), without
+# its password.
+REDIS_ACL=$ROOT/deploy/redis/couponsvc.acl
+STACK_RECORD=$ROOT/build/stack.dir
+# Set by up, or read back from the state directory.
+REDIS_USER='' REDIS_PASSWORD='' REDIS_ADMIN_PASSWORD=''
 
-# Relative paths are taken from the caller's directory, then made absolute:
-# pid files, nginx and PostgreSQL need paths that do not depend on a cwd.
-case $STACK_DIR in /*) ;; *) STACK_DIR=$PWD/$STACK_DIR ;; esac
 case $COUPONSVC in /*) ;; *) COUPONSVC=$PWD/$COUPONSVC ;; esac
-SD=$STACK_DIR
-MARKER=$SD/.couponsvc-stack
+
+IS_ROOT=0
+[ "$(id -u)" = 0 ] && IS_ROOT=1
 
 # ------------------------------------------------------------- helpers ----
 
 say() { printf '%s: %s\n' "$PROG" "$*"; }
 warn() { printf '%s: warning: %s\n' "$PROG" "$*" >&2; }
-fail() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+fail() {
+    printf '%s: error: %s\n' "$PROG" "$*" >&2
+    exit 1
+}
 have() { command -v "$1" >/dev/null 2>&1; }
+is_uint() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }
 
 # Print the last lines of a log, indented, to stderr.
 tail_log() {
@@ -85,179 +108,156 @@ tail_log() {
     fi
 }
 
-is_uint() { case $1 in '' | *[!0-9]*) return 1 ;; *) return 0 ;; esac; }
+# A random secret: 32 hex digits, safe in a URI, an SQL literal and a
+# Redis ACL rule without quoting.
+secret() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 
 check_settings() {
+    local v val
     for v in REPLICAS LB_PORT APP_PORT_BASE PG_PORT REDIS_PORT WAIT_SECS STOP_SECS; do
         eval "val=\$$v"
-        # shellcheck disable=SC2154 # val is set by the eval above
         is_uint "$val" || fail "$v must be a non-negative integer, got '$val'"
     done
     # The password goes into a URI and an SQL literal: keep it plain.
     case $PG_PASSWORD in
-    '' | *[!A-Za-z0-9_.-]*) fail "PG_PASSWORD may only contain A-Z a-z 0-9 _ . -" ;;
+    *[!A-Za-z0-9_.-]*) fail "PG_PASSWORD may only contain A-Z a-z 0-9 _ . -" ;;
     esac
     case $ADMIN_TOKEN in
-    '' | *[!A-Za-z0-9_.~+/=-]*) fail "COUPON_ADMIN_TOKEN must be a non-empty token (A-Z a-z 0-9 _ . ~ + / = -)" ;;
+    *[!A-Za-z0-9_.~+/=-]*) fail "COUPON_ADMIN_TOKEN must be a token (A-Z a-z 0-9 _ . ~ + / = -)" ;;
     esac
 }
 
-# --- processes: identity, descendants, stopping ---------------------------
+# --- the state directory ----------------------------------------------------
 
-# The start time (clock ticks since boot, /proc/PID/stat field 22) tells a
-# process apart from a later one that was given the same pid. Everything we
-# signal is checked against the start time recorded when it was started.
-proc_start() {
-    local line rest
-    { read -r line <"/proc/$1/stat"; } 2>/dev/null || return 1
-    rest=${line##*) } # the command name may hold spaces; skip past it
-    # shellcheck disable=SC2086 # word splitting of the fields is intended
-    set -- $rest
-    printf '%s\n' "${20}"
-}
-
-# Print "pid ppid" for every process on the machine.
-ppid_table() {
-    local f line rest
-    for f in /proc/[0-9]*/stat; do
-        { read -r line <"$f"; } 2>/dev/null || continue
-        rest=${line##*) }
-        # shellcheck disable=SC2086
-        set -- $rest
-        printf '%s %s\n' "${line%% *}" "$2"
+# reachable DIR: can the users the servers run as (postgres, nobody: as
+# root only) search DIR, or its nearest existing ancestor?
+reachable() {
+    local d=$1 u
+    [ "$IS_ROOT" = 1 ] || return 0
+    until [ -d "$d" ]; do d=$(dirname "$d"); done
+    for u in postgres nobody; do
+        runuser -u "$u" -- test -x "$d" 2>/dev/null || return 1
     done
 }
 
-# Print "pid:starttime" for every descendant of pid $1.
-descendants() {
-    local table frontier next p c ppid s
-    table=$(ppid_table)
-    frontier=$1
-    while [ -n "$frontier" ]; do
-        next=
-        for p in $frontier; do
-            while read -r c ppid; do
-                [ "$ppid" = "$p" ] || continue
-                s=$(proc_start "$c") || continue
-                printf '%s:%s\n' "$c" "$s"
-                next="$next $c"
-            done <<EOF
-$table
-EOF
-        done
-        frontier=$next
-    done
+# pg_socket_fits DIR: a unix socket path is limited to 107 bytes, and
+# PostgreSQL's, DIR/pg/sock/.s.PGSQL.PORT, is the longest of the stack.
+pg_socket_fits() { [ $((${#1} + 18 + ${#PG_PORT})) -le 107 ]; }
+
+# default_stack_dir: the state directory `up` picks (see the top of this file).
+default_stack_dir() {
+    local d=$ROOT/build/stack
+    if reachable "$d" && pg_socket_fits "$d"; then
+        printf '%s\n' "$d"
+    else
+        printf '/tmp/couponsvc-stack-%s\n' "$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)"
+    fi
 }
+
+# Sets SD, the state directory, for command $1.
+pick_stack_dir() {
+    if [ -n "${STACK_DIR:-}" ]; then
+        case $STACK_DIR in /*) SD=$STACK_DIR ;; *) SD=$PWD/$STACK_DIR ;; esac
+    elif [ "$1" != up ] && [ -s "$STACK_RECORD" ]; then
+        read -r SD <"$STACK_RECORD"
+    else
+        SD=$(default_stack_dir)
+    fi
+    MARKER=$SD/.couponsvc-stack
+}
+
+# make_stack_dir: create SD, or check the one there is ours. In /tmp anyone
+# could have made it first, so it must be a real directory owned by us.
+make_stack_dir() {
+    pg_socket_fits "$SD" ||
+        fail "$SD is too long for a unix socket path (107 bytes); use a shorter STACK_DIR"
+    mkdir -p "$(dirname "$SD")"
+    mkdir "$SD" 2>/dev/null || true
+    if [ ! -d "$SD" ] || [ -L "$SD" ] || [ ! -O "$SD" ]; then
+        fail "$SD is not a directory owned by $(id -un); remove it or set STACK_DIR"
+    fi
+    chmod 755 "$SD"
+    reachable "$SD" ||
+        fail "users postgres and nobody cannot reach $SD (a parent directory is not searchable by others); set STACK_DIR elsewhere, or unset it"
+}
+
+# --- processes ------------------------------------------------------------
 
 pidfile() { printf '%s/pids/%s.pid\n' "$SD" "$1"; }
+live_pid() { proc_live "$(pidfile "$1")"; }
 
-# Record the process we just started as component $1.
-record_pid() {
-    local start
-    start=$(proc_start "$2") || {
-        tail_log "$SD/logs/$1.log"
-        fail "$1 exited immediately (pid $2)"
+# spawn NAME CMD...: run CMD in a session and process group of its own (so
+# its children can be stopped with it), output to logs/NAME.log; record it.
+spawn() {
+    local name=$1
+    shift
+    setsid "$@" >>"$SD/logs/$name.log" 2>&1 </dev/null &
+    proc_record "$(pidfile "$name")" $! || {
+        kill -s KILL $! 2>/dev/null || true
+        tail_log "$SD/logs/$name.log"
+        fail "$name exited immediately (pid $!)"
     }
-    printf '%s\n' "$2" >"$(pidfile "$1")"
-    printf '%s\n' "$start" >"$SD/pids/$1.start"
 }
 
-# Print the pid of component $1 if that very process is alive; else fail.
-live_pid() {
-    local f pid want got
-    f=$(pidfile "$1")
-    [ -f "$f" ] || return 1
-    read -r pid <"$f" || return 1
-    is_uint "$pid" || return 1
-    read -r want <"$SD/pids/$1.start" 2>/dev/null || return 1
-    got=$(proc_start "$pid") || return 1
-    [ "$got" = "$want" ] || return 1
-    # A zombie is dead for our purposes.
-    case $(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/$pid/status" 2>/dev/null) in
-    Z | X | '') return 1 ;;
-    esac
-    printf '%s\n' "$pid"
-}
+# The kinds of process. A kind is the component name without its number
+# (app2 -> app); each has a start_KIND, a stop_KIND that asks one process
+# of that kind to stop by its own means (given its name and pid), and a
+# port in port_of. A new kind (a Sentinel, an etcd member) is those three
+# plus its names in all_names.
+stop_app() { kill -s TERM "$2"; }
+stop_nginx() { nginx -q -p "$SD/nginx" -e "$SD/logs/nginx.error.log" -c "$SD/nginx/nginx.conf" -s quit; }
+stop_redis() { redis_cli "$(port_of "$1")" shutdown nosave >/dev/null 2>&1; }
+stop_postgres() { as_pg "$SD/logs/pg_ctl.log" "$PG_BIN/pg_ctl" -D "$SD/pg/data" -m fast -W stop; }
 
-# Is pid:starttime still that process, and not a zombie?
-same_alive() {
-    local got
-    got=$(proc_start "${1%%:*}") || return 1
-    [ "$got" = "${1#*:}" ] || return 1
-    case $(sed -n 's/^State:[[:space:]]*\(.\).*/\1/p' "/proc/${1%%:*}/status" 2>/dev/null) in
-    Z | X | '') return 1 ;;
+port_of() {
+    case $1 in
+    nginx) echo "$LB_PORT" ;;
+    redis) echo "$REDIS_PORT" ;;
+    postgres) echo "$PG_PORT" ;;
+    app*) echo $((APP_PORT_BASE + ${1#app})) ;;
     esac
 }
 
-# stop_components NAME[:SIGNAL]...: send SIGNAL (default TERM) to each live
-# component, wait up to STOP_SECS for all of them together, SIGKILL what is
-# left, then SIGKILL any descendant that outlived its parent. Removes the pid
-# files. Stopping what is already stopped does nothing.
+# stop_components NAME...: ask each live component to stop, wait up to
+# STOP_SECS for all their process groups together to be gone, SIGKILL the
+# groups still there and wait 5 s more. Stopping what is already stopped
+# does nothing; a pid file is kept only for a group that outlived all that.
 stop_components() {
-    local arg name sig pid targets='' kids='' t deadline left
-    for arg in "$@"; do
-        name=${arg%%:*}
-        sig=TERM
-        case $arg in *:*) sig=${arg#*:} ;; esac
-        if pid=$(live_pid "$name"); then
-            kids="$kids $(descendants "$pid" | tr '\n' ' ')"
-            targets="$targets $pid:$(cat "$SD/pids/$name.start")"
-            say "stopping $name (pid $pid, SIG$sig)"
-            kill -s "$sig" "$pid" 2>/dev/null || true
-        fi
+    local name left pid killed=0 deadline=$((SECONDS + STOP_SECS))
+    for name in "$@"; do
+        pid=$(live_pid "$name") || continue
+        say "stopping $name (pid $pid)"
+        "stop_${name%%[0-9]*}" "$name" "$pid" || warn "$name: the stop request failed; SIGKILL after ${STOP_SECS}s"
     done
-    deadline=$((SECONDS + STOP_SECS))
     while :; do
-        left=''
-        for t in $targets; do same_alive "$t" && left="$left $t"; done
+        left=
+        for name in "$@"; do
+            proc_group_left "$(pidfile "$name")" && left="$left $name"
+        done
         [ -n "$left" ] || break
         if [ "$SECONDS" -ge "$deadline" ]; then
-            for t in $left; do
-                warn "pid ${t%%:*} still alive after ${STOP_SECS}s: SIGKILL"
-                kill -s KILL "${t%%:*}" 2>/dev/null || true
+            if [ "$killed" = 1 ]; then
+                warn "still running 5 s after SIGKILL:$left"
+                break
+            fi
+            for name in $left; do
+                warn "$name still running after ${STOP_SECS}s: SIGKILL to its process group"
+                proc_kill_group "$(pidfile "$name")" KILL
             done
-            sleep 0.2
-            break
+            killed=1 deadline=$((SECONDS + 5))
         fi
         sleep 0.1
     done
-    # Children normally die with their parent (PostgreSQL backends notice
-    # the postmaster is gone, nginx workers are told by the master). Give
-    # them a moment, then make sure.
-    if [ -n "${kids# }" ]; then
-        deadline=$((SECONDS + 3))
-        while :; do
-            left=''
-            for t in $kids; do same_alive "$t" && left="$left $t"; done
-            [ -n "$left" ] || break
-            if [ "$SECONDS" -ge "$deadline" ]; then
-                for t in $left; do
-                    warn "leftover child pid ${t%%:*}: SIGKILL"
-                    kill -s KILL "${t%%:*}" 2>/dev/null || true
-                done
-                break
-            fi
-            sleep 0.1
-        done
-    fi
-    for arg in "$@"; do
-        name=${arg%%:*}
-        rm -f "$(pidfile "$name")" "$SD/pids/$name.start"
+    for name in "$@"; do
+        case " $left " in *" $name "*) ;; *) rm -f "$(pidfile "$name")" "$SD/pids/$name.start" ;; esac
     done
 }
 
-# --- running as another user ---------------------------------------------
-
-IS_ROOT=0
-[ "$(id -u)" = 0 ] && IS_ROOT=1
-
-# as_pg LOG CMD...: run a PostgreSQL server command as the user that owns
-# the data directory, from / (a cwd the postgres user cannot read would be
-# an error), its output appended to LOG.
-#
-# The redirection is on the command inside, never on a call of a shell
-# function: bash applies a function call's redirection to itself, so a
-# Ctrl-C trap that runs meanwhile would write its messages into the log.
+# as_pg LOG CMD...: run a PostgreSQL command as the user that owns the data
+# directory, from / (a cwd that user cannot read would be an error), its
+# output appended to LOG. (The redirection is inside, never on the call of
+# a shell function: bash would apply it to the function, and a Ctrl-C trap
+# running meanwhile would write its messages into the log.)
 as_pg() {
     local log=$1
     shift
@@ -268,46 +268,41 @@ as_pg() {
     fi
 }
 
-# --- network -----------------------------------------------------------------
+# redis_cli PORT ARGS...: redis-cli as Redis's `default` user (the
+# operator). The password goes by environment, never on a command line.
+redis_cli() {
+    local port=$1
+    shift
+    # (An empty REDISCLI_AUTH would still send an AUTH, which Redis refuses.)
+    [ -z "$REDIS_ADMIN_PASSWORD" ] || export REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD
+    timeout 5 redis-cli --no-auth-warning -h 127.0.0.1 -p "$port" "$@"
+}
+
+# --- network ------------------------------------------------------------------
 
 port_in_use() {
-    if have ss; then
-        [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ] && return 0
-    fi
+    [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ] && return 0
     # Anything accepting a connection on loopback holds the port too.
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-# http_code PORT PATH: the HTTP status of GET http://127.0.0.1:PORT/PATH, or
-# 000 if there was no answer within 2 seconds.
+# http_code PORT PATH: the status of GET http://127.0.0.1:PORT/PATH, or 000
+# if there was no answer within 2 seconds.
 http_code() {
-    local code
-    if have curl; then
-        code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://127.0.0.1:$1$2" 2>/dev/null) || true
-        printf '%s\n' "${code:-000}"
-        return 0
-    fi
-    # No curl: speak just enough HTTP/1.0 over bash's /dev/tcp.
-    (
-        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
-        printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
-        IFS=' ' read -r -t 2 _ code _ <&3 || exit 1
-        printf '%s\n' "$code"
-    ) 2>/dev/null || printf '000\n'
+    curl -s -o /dev/null -m 2 -w '%{http_code}' "http://127.0.0.1:$1$2" 2>/dev/null || true
 }
 
 # wait_http NAME PORT PATH LOG: wait until PATH answers 200, at most
 # WAIT_SECS; fail with the log tail if it does not or if NAME died.
 wait_http() {
-    local name=$1 port=$2 path=$3 log=$4 code=000 deadline
-    deadline=$((SECONDS + WAIT_SECS))
+    local name=$1 port=$2 path=$3 log=$4 code=000 deadline=$((SECONDS + WAIT_SECS))
     while [ "$SECONDS" -lt "$deadline" ]; do
         code=$(http_code "$port" "$path")
         [ "$code" = 200 ] && return 0
-        if ! live_pid "$name" >/dev/null; then
+        live_pid "$name" >/dev/null || {
             tail_log "$log"
             fail "$name died while starting (see $log)"
-        fi
+        }
         sleep 0.2
     done
     tail_log "$log"
@@ -324,6 +319,9 @@ app_names() {
     done
 }
 
+# In the order `up` starts them; stopped in the reverse order.
+all_names() { printf 'postgres redis %s nginx\n' "$(app_names "$REPLICAS")"; }
+
 # The settings `up` used are recorded, so that down, status and restart-app
 # act on the stack that exists, whatever the environment says now.
 load_recorded() {
@@ -333,23 +331,16 @@ load_recorded() {
 }
 
 start_postgres() {
-    local pg=$SD/pg log=$SD/logs/postgres.log sock pid
-    sock=$pg/sock
+    local pg=$SD/pg log=$SD/logs/postgres.log pid
     [ -x "$PG_BIN/initdb" ] || fail "no $PG_BIN/initdb: install postgresql-15 (make deps) or set PG_BIN"
-    # A unix socket path is limited to 107 bytes.
-    [ "${#sock}" -le 90 ] || fail "STACK_DIR is too long for a PostgreSQL unix socket path ($sock); use a shorter STACK_DIR"
-
-    mkdir -p "$pg" "$sock"
+    mkdir -p "$pg/sock"
     : >"$log"
-    if [ "$IS_ROOT" = 1 ]; then
-        chown postgres: "$pg" "$sock" "$log"
-        runuser -u postgres -- test -w "$pg" ||
-            fail "user postgres cannot reach $pg (a parent directory is not searchable by others); use STACK_DIR=/tmp/couponsvc-stack"
-    fi
-    chmod 700 "$pg" "$sock"
+    [ "$IS_ROOT" = 1 ] && chown postgres: "$pg" "$pg/sock" "$log"
+    chmod 700 "$pg" "$pg/sock"
 
     say "postgres: initdb in $pg/data"
-    # Local sockets (in a 0700 directory) trust; TCP needs a password.
+    # Local sockets (in a 0700 directory) trust; TCP needs the password,
+    # as a SCRAM-SHA-256 exchange (never in clear, never MD5).
     as_pg "$SD/logs/initdb.log" "$PG_BIN/initdb" -D "$pg/data" -U postgres \
         -E UTF8 --locale=C --auth-local=trust --auth-host=scram-sha-256 \
         --no-sync || {
@@ -361,7 +352,8 @@ start_postgres() {
 # ---- deploy/stack.sh: a throwaway local instance ----
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
-unix_socket_directories = '$sock'
+unix_socket_directories = '$pg/sock'
+password_encryption = 'scram-sha-256'
 max_connections = 300
 shared_buffers = 128MB
 # No durability: the stack is re-created at every 'up'. Never in production.
@@ -373,16 +365,17 @@ log_min_duration_statement = -1
 EOF
 
     say "postgres: starting on 127.0.0.1:$PG_PORT"
+    # pg_ctl starts the postmaster in a session of its own (setsid).
     as_pg /dev/null "$PG_BIN/pg_ctl" -D "$pg/data" -l "$log" -w -t "$WAIT_SECS" start || {
         tail_log "$log"
         fail "PostgreSQL did not start within ${WAIT_SECS}s (see $log)"
     }
     read -r pid <"$pg/data/postmaster.pid"
-    record_pid postgres "$pid"
+    proc_record "$(pidfile postgres)" "$pid" || fail "postgres (pid $pid) is gone or leads no process group"
 
     # The service's role and database. psql runs as the caller, over the
     # socket, as the postgres superuser (trusted locally).
-    psql_admin "$SD/logs/initdb.log" -v pw="$PG_PASSWORD" <<'EOF' || {
+    psql_admin -v pw="$PG_PASSWORD" <<'EOF' || {
 CREATE ROLE couponsvc LOGIN PASSWORD :'pw';
 CREATE DATABASE couponsvc OWNER couponsvc;
 EOF
@@ -391,52 +384,46 @@ EOF
     }
 }
 
-# psql_admin LOG ARGS...: psql as the superuser, over the unix socket.
+# psql_admin ARGS...: psql as the superuser, over the unix socket.
 psql_admin() {
-    local log=$1 psql=psql
-    shift
+    local psql=psql
     [ -x "$PG_BIN/psql" ] && psql=$PG_BIN/psql
     "$psql" -X -q -v ON_ERROR_STOP=1 -h "$SD/pg/sock" -p "$PG_PORT" \
-        -U postgres -d postgres "$@" >>"$log" 2>&1
+        -U postgres -d postgres "$@" >>"$SD/logs/initdb.log" 2>&1
 }
 
 start_redis() {
-    local log=$SD/logs/redis.log deadline
-    have redis-server || fail "redis-server not found: install redis-server (make deps)"
+    local conf=$SD/redis/redis.conf deadline=$((SECONDS + WAIT_SECS)) c
+    for c in redis-server redis-cli; do have $c || fail "$c not found: install redis-server (make deps)"; done
     mkdir -p "$SD/redis"
-    say "redis: starting on 127.0.0.1:$REDIS_PORT"
-    # noeviction: the fence counter has no TTL and must never be evicted
-    # (see DESIGN.md). No persistence locally; compose turns AOF on.
-    setsid redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
-        --save '' --appendonly no --maxmemory-policy noeviction \
-        --dir "$SD/redis" --daemonize no --logfile '' \
-        >"$log" 2>&1 </dev/null &
-    record_pid redis $!
-    deadline=$((SECONDS + WAIT_SECS))
-    until redis_ping; do
+    # noeviction: the fence counter has no TTL and must never be evicted.
+    # No persistence locally; compose turns AOF on. The file holds the
+    # passwords: mode 0600.
+    (
+        umask 077
+        cat >"$conf" <<EOF
+bind 127.0.0.1
+port $REDIS_PORT
+save ""
+appendonly no
+maxmemory-policy noeviction
+dir $SD/redis
+daemonize no
+logfile ""
+requirepass $REDIS_ADMIN_PASSWORD
+$REDIS_RULE >$REDIS_PASSWORD
+EOF
+    )
+    say "redis: starting on 127.0.0.1:$REDIS_PORT (ACL user $REDIS_USER)"
+    spawn redis redis-server "$conf"
+    until [ "$(redis_cli "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; do
         live_pid redis >/dev/null || {
-            tail_log "$log"
-            fail "redis died while starting (see $log)"
+            tail_log "$SD/logs/redis.log"
+            fail "redis died while starting (see $SD/logs/redis.log)"
         }
-        [ "$SECONDS" -lt "$deadline" ] || {
-            tail_log "$log"
-            fail "redis did not answer PING within ${WAIT_SECS}s"
-        }
+        [ "$SECONDS" -lt "$deadline" ] || fail "redis did not answer PING within ${WAIT_SECS}s"
         sleep 0.1
     done
-}
-
-redis_ping() {
-    if have redis-cli; then
-        [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]
-    else
-        (
-            exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" || exit 1
-            printf 'PING\r\n' >&3
-            read -r -t 1 line <&3 || exit 1
-            [ "${line%$'\r'}" = +PONG ]
-        ) 2>/dev/null
-    fi
 }
 
 run_migrate() {
@@ -450,35 +437,23 @@ run_migrate() {
 
 # Start replica $1 (app$1 on APP_PORT_BASE + $1); does not wait.
 start_app() {
-    local i=$1 port name instance
-    port=$((APP_PORT_BASE + i))
-    name=app$i
-    instance=$name
+    local i=$1 instance=app$1
     [ -n "${COUPON_INSTANCE_ID:-}" ] && instance=$COUPON_INSTANCE_ID-$i
-    say "$name: starting on 127.0.0.1:$port (mode ${COUPON_CLAIM_MODE:-default})"
-    COUPON_HTTP_ADDR=127.0.0.1:$port \
-        COUPON_PG_DSN=$DSN \
-        COUPON_REDIS_ADDRS=127.0.0.1:$REDIS_PORT \
-        COUPON_ADMIN_TOKEN=$ADMIN_TOKEN \
-        COUPON_INSTANCE_ID=$instance \
-        setsid "$COUPONSVC" serve >>"$SD/logs/$name.log" 2>&1 </dev/null &
-    record_pid "$name" $!
+    say "app$i: starting on 127.0.0.1:$((APP_PORT_BASE + i)) (mode ${COUPON_CLAIM_MODE:-default})"
+    COUPON_HTTP_ADDR=127.0.0.1:$((APP_PORT_BASE + i)) COUPON_PG_DSN=$DSN \
+        COUPON_REDIS_ADDRS=127.0.0.1:$REDIS_PORT COUPON_REDIS_USERNAME=$REDIS_USER \
+        COUPON_REDIS_PASSWORD=$REDIS_PASSWORD COUPON_ADMIN_TOKEN=$ADMIN_TOKEN \
+        COUPON_INSTANCE_ID=$instance spawn "app$i" "$COUPONSVC" serve
 }
 
 # Start replicas 1..REPLICAS and wait until every one is ready.
 start_apps() {
-    local i=1
+    local i
     [ "$REPLICAS" -eq 0 ] && return 0
-    [ -x "$COUPONSVC" ] || fail "$COUPONSVC not found: run make first"
     write_app_env
-    while [ "$i" -le "$REPLICAS" ]; do
-        start_app "$i"
-        i=$((i + 1))
-    done
-    i=1
-    while [ "$i" -le "$REPLICAS" ]; do
+    for i in $(seq "$REPLICAS"); do start_app "$i"; done
+    for i in $(seq "$REPLICAS"); do
         wait_http "app$i" $((APP_PORT_BASE + i)) /readyz "$SD/logs/app$i.log"
-        i=$((i + 1))
     done
     say "replicas ready: $(app_names "$REPLICAS")"
 }
@@ -487,23 +462,21 @@ start_apps() {
 write_app_env() {
     {
         printf '# COUPON_* settings of the running replicas (written by stack.sh)\n'
-        env | grep '^COUPON_' | grep -v -e '^COUPON_HTTP_ADDR=' -e '^COUPON_PG_DSN=' \
-            -e '^COUPON_REDIS_ADDRS=' -e '^COUPON_INSTANCE_ID=' \
-            -e '^COUPON_ADMIN_TOKEN=' | sort || true
+        env | grep '^COUPON_' | sort |
+            grep -Ev '^COUPON_(HTTP_ADDR|PG_DSN|REDIS_ADDRS|REDIS_USERNAME|REDIS_PASSWORD|INSTANCE_ID|ADMIN_TOKEN)=' || true
     } >"$SD/app.env"
 }
 
 start_nginx() {
     local conf=$SD/nginx/nginx.conf log=$SD/logs/nginx.error.log
-    local servers='' i=1 user_line='' nofile wc
+    local servers='' i user_line='' nofile wc=8192
     have nginx || fail "nginx not found: install nginx-light (make deps)"
     mkdir -p "$SD/nginx/tmp"
     cp "$ROOT/deploy/nginx/proxy.conf" "$SD/nginx/proxy.conf"
 
-    while [ "$i" -le "$REPLICAS" ]; do
+    for i in $(seq "$REPLICAS"); do
         servers="$servers        server 127.0.0.1:$((APP_PORT_BASE + i)) max_fails=3 fail_timeout=5s;
 "
-        i=$((i + 1))
     done
     # nginx refuses an empty upstream; REPLICAS=0 (testing the backends
     # alone) gets a placeholder that is never used.
@@ -514,7 +487,6 @@ start_nginx() {
         chown -R nobody "$SD/nginx/tmp"
     fi
     nofile=$(ulimit -n)
-    wc=8192
     if [ "$nofile" -lt $((wc + 64)) ]; then
         wc=$((nofile - 64))
         warn "open file limit is $nofile: nginx gets worker_connections $wc (about $((wc / 2)) clients per worker); raise 'ulimit -Hn' for more"
@@ -536,14 +508,9 @@ start_nginx() {
         fail "nginx rejected $conf"
     }
     say "nginx: starting on 127.0.0.1:$LB_PORT"
-    # shellcheck disable=SC2094
-    setsid nginx -p "$SD/nginx" -e "$log" -c "$conf" -g 'daemon off;' \
-        >>"$log" 2>&1 </dev/null &
-    record_pid nginx $!
+    spawn nginx nginx -p "$SD/nginx" -e "$log" -c "$conf" -g 'daemon off;'
     wait_http nginx "$LB_PORT" /lb-healthz "$log"
-    if [ "$REPLICAS" -gt 0 ]; then
-        wait_http nginx "$LB_PORT" /readyz "$log"
-    fi
+    [ "$REPLICAS" -eq 0 ] || wait_http nginx "$LB_PORT" /readyz "$log"
 }
 
 # Reload nginx so that replicas marked failed while they were restarting are
@@ -557,82 +524,84 @@ reload_nginx() {
 }
 
 write_env_file() {
-    cat >"$SD/env" <<EOF
+    (
+        umask 077
+        cat >"$SD/env" <<EOF
 # Written by deploy/stack.sh up; source it:  . $SD/env
 export COUPONSVC_URL='http://127.0.0.1:$LB_PORT'
 export COUPONSVC_STACK_DIR='$SD'
 export COUPON_ADMIN_TOKEN='$ADMIN_TOKEN'
 export COUPON_PG_DSN='$DSN'
 export COUPON_REDIS_ADDRS='127.0.0.1:$REDIS_PORT'
+export COUPON_REDIS_USERNAME='$REDIS_USER' COUPON_REDIS_PASSWORD='$REDIS_PASSWORD'
 # For psql and friends (psql alone then opens the service's database).
 export PGHOST='127.0.0.1' PGPORT='$PG_PORT' PGUSER='couponsvc' PGDATABASE='couponsvc' PGPASSWORD='$PG_PASSWORD'
-# Superuser: psql -h '$SD/pg/sock' -p $PG_PORT -U postgres
-# Redis:     redis-cli -p $REDIS_PORT
-# Example:   build/loadgen --url "\$COUPONSVC_URL" --admin-token "\$COUPON_ADMIN_TOKEN" --verify-dsn "\$COUPON_PG_DSN" ...
+# Redis's default user, the operator: REDISCLI_AUTH=\$REDIS_ADMIN_PASSWORD redis-cli -p $REDIS_PORT
+export REDIS_ADMIN_PASSWORD='$REDIS_ADMIN_PASSWORD'
+# PostgreSQL superuser: psql -h '$SD/pg/sock' -p $PG_PORT -U postgres
+# Example: build/loadgen --url "\$COUPONSVC_URL" --admin-token "\$COUPON_ADMIN_TOKEN" --verify-dsn "\$COUPON_PG_DSN" ...
 EOF
-    chmod 600 "$SD/env"
-}
-
-all_names() {
-    printf 'nginx %s redis postgres\n' "$(app_names "$REPLICAS")"
+    )
 }
 
 # ------------------------------------------------------------ commands ----
 
 cmd_up() {
-    local name p seen=' '
+    local name p seen=' ' hard
     check_settings
-    if [ -d "$SD" ] && [ -f "$SD/stack.conf" ]; then
-        (
-            load_recorded
-            for name in $(all_names); do
-                if live_pid "$name" >/dev/null; then exit 1; fi
-            done
-        ) || fail "a stack is already running in $SD: run 'deploy/stack.sh down' (make down) first"
-    fi
+    # In a subshell: the recorded settings must not replace the ones given.
+    (
+        load_recorded 2>/dev/null || exit 0
+        for name in $(all_names); do
+            live_pid "$name" >/dev/null && exit 1
+        done
+        exit 0
+    ) || fail "a stack is already running in $SD: run 'deploy/stack.sh down' (make down) first"
     if [ -d "$SD" ] && [ -n "$(ls -A "$SD" 2>/dev/null)" ] && [ ! -f "$MARKER" ]; then
         fail "$SD exists, is not empty and was not made by stack.sh; choose another STACK_DIR"
     fi
-
     if [ "$REPLICAS" -gt 0 ] && [ ! -x "$COUPONSVC" ]; then
         fail "$COUPONSVC not found: build it first (make), or set COUPONSVC"
     fi
+    REDIS_RULE=$(grep '^user ' "$REDIS_ACL" 2>/dev/null) ||
+        fail "no 'user' line in $REDIS_ACL (the rule of the replicas' Redis user)"
 
     # Ports: all distinct, all free.
-    p=1
-    set -- "LB_PORT=$LB_PORT" "PG_PORT=$PG_PORT" "REDIS_PORT=$REDIS_PORT"
-    while [ "$p" -le "$REPLICAS" ]; do
-        set -- "$@" "app$p=$((APP_PORT_BASE + p))"
-        p=$((p + 1))
-    done
-    for name in "$@"; do
-        p=${name#*=}
-        if [ "$p" -lt 1 ] || [ "$p" -gt 65535 ]; then
-            fail "${name%%=*}: port $p out of range"
-        fi
-        case $seen in *" $p "*) fail "port $p is used twice (${name%%=*}); check LB_PORT, APP_PORT_BASE, PG_PORT, REDIS_PORT" ;; esac
+    for name in $(all_names); do
+        p=$(port_of "$name")
+        [ "$p" -lt 1 ] || [ "$p" -gt 65535 ] && fail "$name: port $p out of range"
+        case $seen in *" $p "*) fail "port $p of $name is used twice; check LB_PORT, APP_PORT_BASE, PG_PORT, REDIS_PORT" ;; esac
         seen="$seen$p "
-        if port_in_use "$p"; then
-            fail "port $p (${name%%=*}) is already in use on this machine; pick another with ${name%%=*}=... (app ports: APP_PORT_BASE)"
-        fi
+        port_in_use "$p" &&
+            fail "port $p ($name) is already in use on this machine; pick others with LB_PORT, APP_PORT_BASE, PG_PORT, REDIS_PORT"
     done
 
     # A fresh state directory: remove only what stack.sh creates.
-    mkdir -p "$SD"
+    make_stack_dir
     rm -rf "$SD/pg" "$SD/redis" "$SD/nginx" "$SD/pids" "$SD/logs" \
         "$SD/env" "$SD/app.env" "$SD/stack.conf"
     : >"$MARKER"
     mkdir -p "$SD/pids" "$SD/logs"
+    if [ -z "${STACK_DIR:-}" ]; then
+        mkdir -p "$(dirname "$STACK_RECORD")"
+        printf '%s\n' "$SD" >"$STACK_RECORD"
+    fi
 
     # Redis and nginx want many descriptors for 1000+ clients.
-    local hard
     hard=$(ulimit -Hn)
     [ "$hard" = unlimited ] && hard=65536
     [ "$hard" -gt 65536 ] && hard=65536
     ulimit -n "$hard" 2>/dev/null || true
 
+    PG_PASSWORD=${PG_PASSWORD:-$(secret)}
+    ADMIN_TOKEN=${ADMIN_TOKEN:-$(secret)}
+    REDIS_USER=$(printf '%s\n' "$REDIS_RULE" | awk '{ print $2 }')
+    REDIS_PASSWORD=$(secret)
+    REDIS_ADMIN_PASSWORD=$(secret)
     DSN="postgresql://couponsvc:$PG_PASSWORD@127.0.0.1:$PG_PORT/couponsvc"
-    cat >"$SD/stack.conf" <<EOF
+    (
+        umask 077
+        cat >"$SD/stack.conf" <<EOF
 # The settings 'stack.sh up' ran with; read by down, status, restart-app.
 REPLICAS=$REPLICAS
 LB_PORT=$LB_PORT
@@ -641,18 +610,24 @@ PG_PORT=$PG_PORT
 REDIS_PORT=$REDIS_PORT
 COUPONSVC='$COUPONSVC'
 ADMIN_TOKEN='$ADMIN_TOKEN'
+PG_PASSWORD='$PG_PASSWORD'
 DSN='$DSN'
+REDIS_USER='$REDIS_USER'
+REDIS_PASSWORD='$REDIS_PASSWORD'
+REDIS_ADMIN_PASSWORD='$REDIS_ADMIN_PASSWORD'
 EOF
+    )
 
     # From here on, a failure (or Ctrl-C) takes down whatever was started.
     trap up_exit EXIT
     trap 'exit 130' INT TERM
 
+    say "state: $SD"
     start_postgres
     start_redis
     if [ -x "$COUPONSVC" ]; then
         run_migrate
-    elif [ "$REPLICAS" -eq 0 ]; then
+    else
         warn "$COUPONSVC not built: migrations not applied"
     fi
     start_apps
@@ -661,7 +636,8 @@ EOF
     trap - EXIT INT TERM
 
     say "up: $REPLICAS replica(s) behind http://127.0.0.1:$LB_PORT"
-    say "env: . $SD/env   (URL, admin token, DSN)"
+    if [ -n "${STACK_DIR:-}" ]; then say "state: $SD"; else say "state: $SD (recorded in $STACK_RECORD)"; fi
+    say "env: . $SD/env   (URL, admin token, DSN, Redis credentials)"
     say "logs: $SD/logs/"
 }
 
@@ -678,53 +654,38 @@ up_exit() {
     exit "$rc"
 }
 
+# stop_all: nginx first, then every replica (also those of an earlier,
+# larger stack in the same directory: every pid file counts), then the
+# backends.
 stop_all() {
+    local f apps=''
+    for f in "$SD"/pids/app*.pid; do
+        [ -e "$f" ] && f=${f##*/} && apps="$apps ${f%.pid}"
+    done
     stop_components nginx
-    # shellcheck disable=SC2046 # one word per replica
-    stop_components $(app_names "$REPLICAS")
-    stop_components redis postgres:INT
+    # shellcheck disable=SC2086 # one word per replica
+    stop_components $apps
+    stop_components redis postgres
 }
 
 cmd_down() {
-    if [ ! -f "$SD/stack.conf" ]; then
+    if ! load_recorded; then
         say "nothing to stop in $SD"
         return 0
     fi
-    load_recorded
-    # Replicas from an earlier, larger stack in the same directory are
-    # stopped too: every pid file counts, not only REPLICAS of them.
-    local f extra='' apps
-    apps=" $(app_names "$REPLICAS")"
-    for f in "$SD"/pids/app*.pid; do
-        [ -e "$f" ] || continue
-        f=${f##*/}
-        case $apps in *" ${f%.pid} "*) ;; *) extra="$extra ${f%.pid}" ;; esac
-    done
-    stop_components nginx
-    # shellcheck disable=SC2086,SC2046 # one word per replica
-    stop_components $(app_names "$REPLICAS") $extra
-    stop_components redis postgres:INT
+    stop_all
     say "down: stopped (state and logs kept in $SD)"
 }
 
 cmd_status() {
-    local name pid port state ready all_ok=0 i mode
-    if [ ! -f "$SD/stack.conf" ]; then
+    local name pid port state ready all_ok=0 mode
+    load_recorded || {
         say "no stack in $SD (run: make up)"
         return 1
-    fi
-    load_recorded
+    }
     printf '%-10s %-8s %-6s %-6s %s\n' COMPONENT PID PORT STATE CHECK
     for name in $(all_names); do
-        case $name in
-        nginx) port=$LB_PORT ;;
-        redis) port=$REDIS_PORT ;;
-        postgres) port=$PG_PORT ;;
-        app*)
-            i=${name#app}
-            port=$((APP_PORT_BASE + i))
-            ;;
-        esac
+        port=$(port_of "$name")
         ready=''
         if pid=$(live_pid "$name"); then
             state=alive
@@ -733,9 +694,8 @@ cmd_status() {
             nginx) ready="readyz via LB $(http_code "$port" /readyz)" ;;
             esac
         else
-            state=dead
-            all_ok=1
-            pid=$(cat "$(pidfile "$name")" 2>/dev/null || echo -)
+            state=dead all_ok=1
+            { read -r pid _ <"$(pidfile "$name")"; } 2>/dev/null || pid=-
         fi
         printf '%-10s %-8s %-6s %-6s %s\n' "$name" "$pid" "$port" "$state" "$ready"
     done
@@ -747,8 +707,8 @@ cmd_status() {
 }
 
 cmd_restart_app() {
-    [ -f "$SD/stack.conf" ] || fail "no stack in $SD (run: make up)"
-    load_recorded
+    local i
+    load_recorded || fail "no stack in $SD (run: make up)"
     live_pid postgres >/dev/null || fail "postgres is not running: run down, then up"
     live_pid redis >/dev/null || fail "redis is not running: run down, then up"
     [ "$REPLICAS" -gt 0 ] || fail "the stack has no replicas (REPLICAS=0)"
@@ -766,22 +726,23 @@ cmd_restart_app() {
     # stopped one marked it failed for fail_timeout (5 s), and without the
     # reload the next replica to stop would leave nginx none it trusts
     # ("no live upstreams", a 502 for everything).
-    local i=1
-    while [ "$i" -le "$REPLICAS" ]; do
+    for i in $(seq "$REPLICAS"); do
         stop_components "app$i"
         start_app "$i"
         wait_http "app$i" $((APP_PORT_BASE + i)) /readyz "$SD/logs/app$i.log"
         reload_nginx
-        i=$((i + 1))
     done
     say "restart-app: $REPLICAS replica(s) restarted one at a time, mode ${COUPON_CLAIM_MODE:-default}"
 }
 
-# The header comment, up to the paragraph on stop signals, is the help.
+# The header comment, up to the paragraph on the state directory, is the help.
 usage() {
-    sed -n '2,/^# Stop signals/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
+    sed -n '2,/^# The state directory, unless/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
 }
 
+case ${1:-} in
+up | down | status | restart-app) pick_stack_dir "$1" ;;
+esac
 case ${1:-} in
 up) cmd_up ;;
 down) cmd_down ;;
