@@ -967,6 +967,7 @@ void h_nginx_stop(void) {
         waitpid(h__nginx_pid, NULL, 0);
     }
     h__nginx_pid = 0;
+}
 
 /* ------------------------------------------ additions for the Redis tests ---
  */
