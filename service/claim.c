@@ -59,12 +59,8 @@ static claim__conns_t *claim__conns(void) {
         return NULL;
     }
     const cfg_t *cfg = claim__cfg;
-    store_opts_t so = {.dsn = cfg->pg_dsn,
-                       .instance = cfg->instance_id,
-                       .connect_timeout_s = cfg->pg_connect_timeout_s,
-                       .statement_timeout_ms = cfg->pg_statement_timeout_ms,
-                       .idle_tx_timeout_ms = cfg->pg_idle_tx_timeout_ms,
-                       .tx_deadline_ms = cfg->pg_tx_deadline_ms};
+    store_opts_t so;
+    store_opts_from_cfg(&so, cfg);
     c->store = store_new(&so);
     c->lock = lock_client_new(&cfg->redis[0], cfg->redis_timeout_ms);
     if (c->store == NULL || c->lock == NULL ||

@@ -31,9 +31,8 @@
 #include "store.h"
 
 static int main__migrate(const cfg_t *cfg) {
-    store_opts_t so = {.dsn = cfg->pg_dsn,
-                       .instance = cfg->instance_id,
-                       .connect_timeout_s = cfg->pg_connect_timeout_s};
+    store_opts_t so;
+    store_opts_from_cfg(&so, cfg);
     char err[512];
     int n = store_migrate(&so, err, sizeof(err));
     if (n < 0) {

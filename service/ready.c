@@ -126,11 +126,8 @@ static void *ready__main(void *arg) {
 
 int ready_start(const cfg_t *cfg) {
     ready__g.cfg = cfg;
-    store_opts_t so = {.dsn = cfg->pg_dsn,
-                       .instance = cfg->instance_id,
-                       .connect_timeout_s = cfg->pg_connect_timeout_s,
-                       .statement_timeout_ms = cfg->pg_statement_timeout_ms,
-                       .idle_tx_timeout_ms = cfg->pg_idle_tx_timeout_ms};
+    store_opts_t so;
+    store_opts_from_cfg(&so, cfg);
     ready__g.store = store_new(&so);
     ready__g.redis = lock_client_new(&cfg->redis[0], cfg->redis_timeout_ms);
 

@@ -131,7 +131,18 @@ static const store__stmt_t store__stmts[] = {
 
 /* ------------------------------------------------------------ plumbing --- */
 
+void store_opts_from_cfg(store_opts_t *o, const cfg_t *cfg) {
+    *o = (store_opts_t){.dsn = cfg->pg_dsn,
+                        .instance = cfg->instance_id,
+                        .connect_timeout_s = cfg->pg_connect_timeout_s,
+                        .statement_timeout_ms = cfg->pg_statement_timeout_ms,
+                        .idle_tx_timeout_ms = cfg->pg_idle_tx_timeout_ms,
+                        .tx_deadline_ms = cfg->pg_tx_deadline_ms};
+}
+
 store_t *store_new(const store_opts_t *o) {
+    /* Without a deadline every call would expire before it started. */
+    assert(o->tx_deadline_ms > 0);
     store_t *st = calloc(1, sizeof(*st));
     if (st == NULL) {
         return NULL;

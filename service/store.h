@@ -25,6 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cfg.h"
+
 enum {
     STORE_OK = 0,
     STORE_NOT_FOUND = 1, /* no such coupon */
@@ -75,6 +77,11 @@ typedef int (*store_gate_fn)(void *arg);
 /* Returns a new store (free with store_free); NULL when out of memory. The
  * strings in opts are copied. Nothing is sent until the first call. */
 store_t *store_new(const store_opts_t *opts);
+
+/* Fills *o from the configuration: every PostgreSQL setting, one place for
+ * all the module's users (workers, the readiness probe, migrate). The
+ * strings are borrowed from cfg. */
+void store_opts_from_cfg(store_opts_t *o, const cfg_t *cfg);
 
 /* Closes the connection and frees. Accepts NULL. */
 void store_free(store_t *st);
@@ -146,8 +153,8 @@ int store_migrate(const store_opts_t *opts, char *errstr, size_t errlen);
 
 /* The readiness probe's check: store_ping, telling a refused login apart.
  * STORE_OK; STORE_EREFUSED when the connect failed because the server
- * refused this login itself: SQLSTATE class 28 (wrong password, no such role, no
- * pg_hba.conf entry), 3D000 (no such database), or a password it wanted and
+ * refused this login itself: SQLSTATE class 28 (wrong password, no such role,
+ * no pg_hba.conf entry), 3D000 (no such database), or a password it wanted and
  * the DSN lacks; STORE_ERR for anything else (unreachable, starting up, too
  * many clients). store_errstr says what failed. */
 int store_probe(store_t *st);
