@@ -156,6 +156,8 @@ typedef struct lg_config {
     const char *coupon;      /* coupon ID, or the stem with --coupons */
     uint64_t coupons;        /* 0 = just `coupon`; else "<coupon>-<k>" */
     long long create_stock;  /* -1 = do not create coupons */
+    long create_buckets;     /* --create-buckets B: "buckets" in the
+                                creation body; 0 = leave it out */
     const char *admin_token; /* for --create-stock; NULL = none */
     const char *method;      /* raw mode: HTTP method */
     const char *path;        /* raw mode: request path */
@@ -1258,8 +1260,13 @@ static int lg_create_stock(void) {
         char name[LG_NAME_MAX + 32], body[2 * LG_NAME_MAX * 6 + 64];
         lg_coupon_name(name, sizeof name, k);
         char *esc = lg_json_escape(name);
-        snprintf(body, sizeof body, "{\"id\":\"%s\",\"total\":%lld}", esc,
-                 cfg.create_stock);
+        if (cfg.create_buckets > 0)
+            snprintf(body, sizeof body,
+                     "{\"id\":\"%s\",\"total\":%lld,\"buckets\":%ld}", esc,
+                     cfg.create_stock, cfg.create_buckets);
+        else
+            snprintf(body, sizeof body, "{\"id\":\"%s\",\"total\":%lld}", esc,
+                     cfg.create_stock);
         free(esc);
         lg_buf_t resp = {.len = 0};
         long st = 0;
@@ -1741,6 +1748,10 @@ static const char *lg_usage_text =
     "  --create-stock N       first create the coupon(s) with stock N via\n"
     "                         POST /coupons (needs --admin-token; 409 is "
     "fine)\n"
+    "  --create-buckets B     ... split into B stock buckets (\"buckets\": B "
+    "in\n"
+    "                         the creation body; a service without buckets\n"
+    "                         ignores it)\n"
     "  --admin-token T        admin token (default: env COUPON_ADMIN_TOKEN)\n"
     "  --method M             raw mode: send M requests without a body ...\n"
     "  --path P               ... to URL/P (e.g. --method GET --path "
@@ -1823,6 +1834,7 @@ enum {
     OPT_COUPON,
     OPT_COUPONS,
     OPT_CREATE_STOCK,
+    OPT_CREATE_BUCKETS,
     OPT_ADMIN_TOKEN,
     OPT_METHOD,
     OPT_PATH,
@@ -1847,6 +1859,7 @@ static void lg_parse_args(int argc, char **argv) {
         {"coupon", required_argument, NULL, OPT_COUPON},
         {"coupons", required_argument, NULL, OPT_COUPONS},
         {"create-stock", required_argument, NULL, OPT_CREATE_STOCK},
+        {"create-buckets", required_argument, NULL, OPT_CREATE_BUCKETS},
         {"admin-token", required_argument, NULL, OPT_ADMIN_TOKEN},
         {"method", required_argument, NULL, OPT_METHOD},
         {"path", required_argument, NULL, OPT_PATH},
@@ -1898,6 +1911,10 @@ static void lg_parse_args(int argc, char **argv) {
         case OPT_CREATE_STOCK:
             cfg.create_stock =
                 (long long)lg_arg_u64("--create-stock", optarg, 0, INT_MAX);
+            break;
+        case OPT_CREATE_BUCKETS:
+            cfg.create_buckets =
+                (long)lg_arg_u64("--create-buckets", optarg, 1, 1024);
             break;
         case OPT_ADMIN_TOKEN:
             cfg.admin_token = optarg;
@@ -1964,6 +1981,8 @@ static void lg_parse_args(int argc, char **argv) {
                        "--coupons of the run), and sends nothing");
     if (!cfg.admin_token)
         cfg.admin_token = getenv("COUPON_ADMIN_TOKEN");
+    if (cfg.create_buckets > 0 && cfg.create_stock < 0)
+        lg_usage_error("--create-buckets needs --create-stock");
     if (cfg.create_stock >= 0 && (!cfg.admin_token || !*cfg.admin_token))
         lg_usage_error(
             "--create-stock needs --admin-token or COUPON_ADMIN_TOKEN");

@@ -4,6 +4,8 @@
 # LDLIBS, Q and deps-check.
 #
 #   make build/loadgen      the load generator (also part of `make all`)
+#   make bench [BENCH_JSON=file]
+#                           the performance bench on the local stack
 #   make bench-loadgen      loadgen vs wrk against a trivial nginx endpoint
 #   make report [CSV=file.csv] [OUT=file.png]
 #                           plot a `loadgen --csv` file (default
@@ -29,6 +31,13 @@ $(BUILD)/loadtest/%.o: loadtest/%.c | deps-check
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
 	$(Q)$(CC) $(CFLAGS) $(LOADGEN_CFLAGS) -c -o $@ $<
+
+# `make bench [BENCH_JSON=file] [BENCH_SECONDS=8]`: the performance bench
+# (loadtest/bench.sh says what it runs; about 5 minutes at the defaults).
+.PHONY: bench
+bench: all $(BUILD)/loadgen
+	$(Q)COUPONSVC=$(BUILD)/couponsvc LOADGEN=$(BUILD)/loadgen \
+		bash loadtest/bench.sh $(if $(BENCH_JSON),--json $(BENCH_JSON))
 
 .PHONY: bench-loadgen
 bench-loadgen: $(BUILD)/loadgen

@@ -1,0 +1,366 @@
+#!/usr/bin/env bash
+# bench.sh: the performance bench (make bench). One command, one local stack
+# (deploy/stack.sh: 3 replicas behind nginx, PostgreSQL, Redis), every ratio
+# measured in the same session, the invariant checker after every claim run.
+#
+#   loadtest/bench.sh [--json FILE]
+#
+# What it runs, in this order (S = BENCH_SECONDS per run, 256 connections):
+#
+#   hot-atomic-R, spread-atomic-R,   R = 1..3, interleaved with
+#   hot-lock-R,   spread-lock-R      each other (the mode switched by a
+#                                    rolling restart of the replicas)
+#       hot: one coupon, closed loop, every request a new user;
+#       spread: 1000 coupons round robin.
+#   hot-buckets      lock mode, one coupon split into BENCH_BUCKETS buckets
+#   open-2000        open loop at 2,000 claims/s offered (loadgen --rate)
+#   open-80pct       open loop at 80 % of the lock mode's capacity (the
+#                    median of hot-lock-*, measured above)
+#   overload-2x      open loop at about twice that capacity: goodput
+#   soldout          a sold-out coupon, one in ten requests by a user who
+#                    holds a claim (200), the rest 410: answers/s
+#   healthz          GET /healthz: the HTTP ceiling of the same path
+#   hot-poll         lock mode, COUPON_LOCK_WAIT_STRATEGY=poll
+#   hot-batch1       lock mode, COUPON_BATCH_MAX=1 (no combining)
+#   soldout-nomemo   as soldout, COUPON_SOLDOUT_MEMO=off
+#   rss              one more instance (not behind the LB), 1000
+#                    connections made directly to it, each after one
+#                    request: its RSS, at the default
+#                    COUPON_CONN_MEMORY_LIMIT and at 32 KiB
+#
+# Per run: claims/s (or answers/s), latency p50/p99/p99.9/max, the longest
+# wait for a lock or a batch as the replicas' histograms bound it, 503s,
+# Redis commands per claim (the sum of every cmdstat_* call, commands run
+# inside scripts included, over the 2xx answers; INFO commandstats after a
+# CONFIG RESETSTAT before each run) and top-level commands per claim, each
+# replica's share of the grants (its /metrics, before and after), and the
+# load generator's own CPU. Then the goals beside the measured ratios, met
+# or not. A speed goal never fails the bench; a run whose invariant check
+# fails does not count, and fails the bench (exit 1).
+#
+# A setting the service build does not have (couponsvc --help does not
+# list it) is not passed, and its feature-off run is skipped and said so.
+#
+# Settings (environment): BENCH_SECONDS (8), BENCH_CONN (256),
+# BENCH_THREADS (loadgen threads, 2), BENCH_ROUNDS (3), BENCH_BUCKETS (8),
+# BENCH_DURABLE (1: PostgreSQL with fsync, full_page_writes and
+# synchronous_commit on, stack.sh's PG_DURABLE; 0: the stack's default, all
+# off, and the table says "non-durable"), BENCH_SPREAD (1000 coupons),
+# BENCH_RSS_CONNS (1000), REPLICAS (3), LOADGEN, COUPONSVC. Ports: a free
+# block between 20000 and 31000, unless LB_PORT, PG_PORT, REDIS_PORT and
+# APP_PORT_BASE are all given. The stack's state directory is a mktemp
+# directory in /tmp (STACK_DIR to choose), removed at the end; the reports
+# are kept in build/bench/.
+
+set -eu
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+STACK_SH=$ROOT/deploy/stack.sh
+LOADGEN=${LOADGEN:-$ROOT/build/loadgen}
+COUPONSVC=${COUPONSVC:-$ROOT/build/couponsvc}
+case $LOADGEN in /*) ;; *) LOADGEN=$PWD/$LOADGEN ;; esac
+case $COUPONSVC in /*) ;; *) COUPONSVC=$PWD/$COUPONSVC ;; esac
+export COUPONSVC
+SECS=${BENCH_SECONDS:-8}
+CONN=${BENCH_CONN:-256}
+THREADS=${BENCH_THREADS:-2}
+ROUNDS=${BENCH_ROUNDS:-3}
+BUCKETS=${BENCH_BUCKETS:-8}
+DURABLE=${BENCH_DURABLE:-1}
+SPREAD=${BENCH_SPREAD:-1000}
+RSS_CONNS=${BENCH_RSS_CONNS:-1000}
+REPLICAS=${REPLICAS:-3}
+OUT=$ROOT/build/bench
+JSON_OUT=
+
+while [ $# -gt 0 ]; do
+    case $1 in
+    --json)
+        [ $# -ge 2 ] || { echo "bench: --json needs a file" >&2; exit 2; }
+        JSON_OUT=$2
+        shift 2
+        ;;
+    --json=*) JSON_OUT=${1#--json=}; shift ;;
+    -h | --help) sed -n '2,/^set -eu/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+done
+case $JSON_OUT in '' | /*) ;; *) JSON_OUT=$PWD/$JSON_OUT ;; esac
+
+PY=python3
+[ -x /usr/bin/python3 ] && PY=/usr/bin/python3
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+die() {
+    printf 'bench: error: %s\n' "$*" >&2
+    exit 1
+}
+
+[ -x "$LOADGEN" ] || die "$LOADGEN not found: make $LOADGEN"
+[ -x "$COUPONSVC" ] || die "$COUPONSVC not found: make"
+command -v "$PY" >/dev/null 2>&1 || die "python3 is needed to read loadgen's JSON"
+for v in SECS CONN THREADS ROUNDS BUCKETS SPREAD RSS_CONNS; do
+    eval "val=\$$v"
+    case $val in '' | *[!0-9]* | 0) die "BENCH_$v must be a positive integer, got '$val'" ;; esac
+done
+
+# The settings this build knows (the first column of couponsvc --help).
+HELP=$("$COUPONSVC" --help 2>&1 || true)
+has_setting() { printf '%s\n' "$HELP" | grep -Eq "^ +$1( |\$)"; }
+
+if [ -n "${LB_PORT:-}" ] && [ -n "${PG_PORT:-}" ] && [ -n "${REDIS_PORT:-}" ] &&
+    [ -n "${APP_PORT_BASE:-}" ]; then
+    :
+else
+    # Ten free ports below the ephemeral range, away from `make up` on 8080.
+    tries=0
+    while :; do
+        b=$((20000 + 10 * (RANDOM % 1100)))
+        [ -z "$(ss -Htan "( sport >= :$b and sport <= :$((b + 9)) )" 2>/dev/null)" ] && break
+        tries=$((tries + 1))
+        [ "$tries" -lt 50 ] || die "no free block of ports found"
+    done
+    LB_PORT=$b PG_PORT=$((b + 1)) REDIS_PORT=$((b + 2)) APP_PORT_BASE=$((b + 3))
+fi
+SPARE_PORT=$((APP_PORT_BASE + REPLICAS + 1))
+
+WORK=$(mktemp -d /tmp/couponsvc-bench.XXXXXX)
+chmod 755 "$WORK" # user postgres must reach it when we are root
+STACK_DIR=${STACK_DIR:-$WORK/stack}
+export STACK_DIR LB_PORT PG_PORT REDIS_PORT APP_PORT_BASE REPLICAS
+rm -rf "$OUT"
+mkdir -p "$OUT"
+: >"$OUT/runs.tsv"
+
+STARTED=0 SPARE_PID=
+# shellcheck disable=SC2317 # invoked by the EXIT trap
+cleanup() {
+    local rc=$?
+    trap - EXIT
+    trap '' INT TERM
+    if [ -n "$SPARE_PID" ] && kill -0 "$SPARE_PID" 2>/dev/null; then
+        kill -TERM "$SPARE_PID" 2>/dev/null || true
+        wait "$SPARE_PID" 2>/dev/null || true
+    fi
+    if [ "$STARTED" = 1 ]; then
+        say "taking the stack down"
+        bash "$STACK_SH" down >"$OUT/down.log" 2>&1 || cat "$OUT/down.log" >&2
+    fi
+    if [ "$rc" = 0 ] || [ "$rc" = 1 ]; then
+        rm -rf "$WORK"
+    else
+        rm -rf "$STACK_DIR/pg/data"
+        say "stack logs kept in $STACK_DIR/logs"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- the feature settings ----------------------------------------------------
+
+# settings MODE [NAME=VALUE ...]: the COUPON_* environment of a phase. Only
+# settings this build has are kept; the others are dropped (and named).
+PHASE_ENV=()
+settings() {
+    PHASE_ENV=("COUPON_CLAIM_MODE=$1")
+    shift
+    local kv
+    for kv in "$@"; do
+        if has_setting "${kv%%=*}"; then
+            PHASE_ENV+=("$kv")
+        else
+            say "this build has no ${kv%%=*}: not set"
+        fi
+    done
+}
+
+# restart MODE [NAME=VALUE ...]: the replicas again (rolling), with these.
+PHASE=
+restart() {
+    settings "$@"
+    PHASE="$*"
+    say "replicas: ${PHASE_ENV[*]}"
+    env -u COUPON_LOCK_WAIT_STRATEGY -u COUPON_BATCH_MAX -u COUPON_SOLDOUT_MEMO \
+        "${PHASE_ENV[@]}" bash "$STACK_SH" restart-app >>"$OUT/restart.log" 2>&1 || {
+        tail -n 20 "$OUT/restart.log" >&2
+        die "restart-app failed"
+    }
+}
+
+# --- one run -----------------------------------------------------------------
+
+redis_admin() {
+    REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD timeout 5 redis-cli --no-auth-warning \
+        -h 127.0.0.1 -p "$REDIS_PORT" "$@"
+}
+
+metrics_snapshot() { # NAME SUFFIX
+    local i
+    for i in $(seq "$REPLICAS"); do
+        curl -s -m 5 "http://127.0.0.1:$((APP_PORT_BASE + i))/metrics" \
+            >"$OUT/$1.$2.app$i" 2>/dev/null || : >"$OUT/$1.$2.app$i"
+    done
+}
+
+FAILED=0
+# run NAME KIND LOADGEN-ARGS...: one loadgen run through the LB, with the
+# replicas' metrics and Redis's command counts around it. KIND: claims,
+# soldout, healthz, setup (a preparation, not reported).
+run() {
+    local name=$1 kind=$2 rc=0
+    shift 2
+    say "$name: ${SECS} s"
+    metrics_snapshot "$name" m0
+    redis_admin CONFIG RESETSTAT >/dev/null || die "redis CONFIG RESETSTAT failed"
+    local TIMEFORMAT='%U %S'
+    { time "$LOADGEN" --url "$COUPONSVC_URL" -t "$THREADS" --json "$OUT/$name.json" \
+        -q "$@" >"$OUT/$name.out" 2>&1 || rc=$?; } 2>"$OUT/$name.cpu"
+    redis_admin INFO commandstats >"$OUT/$name.redis" || : >"$OUT/$name.redis"
+    metrics_snapshot "$name" m1
+    if [ "$rc" = 3 ]; then
+        say "$name: THE INVARIANT CHECK FAILED (see $OUT/$name.out)"
+        sed -n '/^verify/,$p' "$OUT/$name.out" | sed 's/^/    | /' >&2
+        FAILED=1
+    elif [ "$rc" != 0 ]; then
+        say "$name: loadgen exit status $rc (see $OUT/$name.out)"
+        FAILED=1
+    fi
+    [ -s "$OUT/$name.json" ] || die "$name: no report $OUT/$name.json"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$kind" "$rc" "${PHASE_ENV[*]}" >>"$OUT/runs.tsv"
+}
+
+# claims/s of a finished run (201s over its duration).
+rate_of() {
+    "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.0f" % (d["status"].get("201",0)/d["duration_s"]))' "$OUT/$1.json"
+}
+
+STOCK=1000000000
+RUN=$(date +%s)
+VERIFY=(--verify-dsn)
+
+# --- the stack ---------------------------------------------------------------
+
+say "starting the stack: $REPLICAS replicas, LB 127.0.0.1:$LB_PORT, PostgreSQL $([ "$DURABLE" = 1 ] && echo durable || echo non-durable) (state $STACK_DIR)"
+STARTED=1
+settings atomic
+PHASE="atomic"
+env -u COUPON_LOCK_WAIT_STRATEGY -u COUPON_BATCH_MAX -u COUPON_SOLDOUT_MEMO \
+    "${PHASE_ENV[@]}" PG_DURABLE="$DURABLE" bash "$STACK_SH" up >"$OUT/up.log" 2>&1 || {
+    STARTED=0
+    cat "$OUT/up.log" >&2
+    die "stack.sh up failed"
+}
+# shellcheck disable=SC1091
+. "$STACK_DIR/env"
+VERIFY+=("$COUPON_PG_DSN")
+ADMIN=(--admin-token "$COUPON_ADMIN_TOKEN")
+
+# --- hot and spread, atomic and lock, interleaved ------------------------------
+
+LOCK_DEFAULTS=(COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=32 COUPON_SOLDOUT_MEMO=on)
+for r in $(seq "$ROUNDS"); do
+    [ "$r" = 1 ] || restart atomic
+    run "hot-atomic-$r" claims -c "$CONN" -d "$SECS" --coupon "hot-a$r-$RUN" \
+        --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+    run "spread-atomic-$r" claims -c "$CONN" -d "$SECS" --coupon "spr-a$r-$RUN" \
+        --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+    restart lock "${LOCK_DEFAULTS[@]}"
+    run "hot-lock-$r" claims -c "$CONN" -d "$SECS" --coupon "hot-l$r-$RUN" \
+        --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+    run "spread-lock-$r" claims -c "$CONN" -d "$SECS" --coupon "spr-l$r-$RUN" \
+        --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+done
+
+# The lock mode's capacity: the median of its hot runs.
+CAP=$(for r in $(seq "$ROUNDS"); do rate_of "hot-lock-$r"; done | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+[ "$CAP" -gt 0 ] 2>/dev/null || CAP=1000
+say "lock-mode capacity (median of $ROUNDS): $CAP claims/s"
+
+# --- lock mode, defaults: buckets, open loop, overload, sold out --------------
+
+run hot-buckets claims -c "$CONN" -d "$SECS" --coupon "hot-b-$RUN" \
+    --create-stock "$STOCK" --create-buckets "$BUCKETS" "${ADMIN[@]}" "${VERIFY[@]}"
+curl -s -m 5 "$COUPONSVC_URL/coupons/hot-b-$RUN" >"$OUT/hot-buckets.coupon" || true
+run open-2000 open -c 1024 --rate 2000 -d "$SECS" --coupon "open-$RUN" \
+    --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+run open-80pct open -c 1024 --rate $((CAP * 8 / 10)) -d "$SECS" --coupon "o80-$RUN" \
+    --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+run overload-2x overload -c 2048 --rate $((CAP * 2)) -d "$SECS" --coupon "ovl-$RUN" \
+    --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+
+# soldout NAME: a coupon of stock 500 claimed out by users 0..499, then a
+# closed loop whose users are 0..4999 in turn: one request in ten is by a
+# user who holds a claim (200), the others are answered 410.
+soldout() {
+    local name=$1 c=so-$1-$RUN
+    run "$name-fill" setup -c 64 -n 500 --users 500 --user-prefix "u-$c" \
+        --coupon "$c" --create-stock 500 "${ADMIN[@]}" "${VERIFY[@]}"
+    run "$name" soldout -c "$CONN" -d "$SECS" --users 5000 --user-prefix "u-$c" \
+        --coupon "$c" "${VERIFY[@]}"
+}
+soldout soldout
+run healthz healthz -c "$CONN" -d "$SECS" --method GET --path /healthz
+
+# --- each feature off, one at a time --------------------------------------------
+
+if has_setting COUPON_LOCK_WAIT_STRATEGY; then
+    restart lock COUPON_LOCK_WAIT_STRATEGY=poll COUPON_BATCH_MAX=32 COUPON_SOLDOUT_MEMO=on
+    run hot-poll claims -c "$CONN" -d "$SECS" --coupon "hot-p-$RUN" \
+        --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+else
+    say "hot-poll: skipped, this build has no COUPON_LOCK_WAIT_STRATEGY"
+fi
+if has_setting COUPON_BATCH_MAX; then
+    restart lock COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=1 COUPON_SOLDOUT_MEMO=on
+    run hot-batch1 claims -c "$CONN" -d "$SECS" --coupon "hot-1-$RUN" \
+        --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+else
+    say "hot-batch1: skipped, this build has no COUPON_BATCH_MAX"
+fi
+if has_setting COUPON_SOLDOUT_MEMO; then
+    restart lock COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=32 COUPON_SOLDOUT_MEMO=off
+    soldout soldout-nomemo
+else
+    say "soldout-nomemo: skipped, this build has no COUPON_SOLDOUT_MEMO"
+fi
+
+# --- RSS at 1000 connections -----------------------------------------------------
+
+# rss NAME [NAME=VALUE]: one more instance (lock mode, the stack's backends)
+# on a port of its own, RSS_CONNS connections to it, each after one request.
+rss() {
+    local name=$1 i
+    shift
+    say "$name: $RSS_CONNS connections to one instance ${*:-(defaults)}"
+    COUPON_HTTP_ADDR=127.0.0.1:$SPARE_PORT COUPON_INSTANCE_ID=bench-rss \
+        COUPON_CLAIM_MODE=lock COUPON_MAX_CONNECTIONS=$((RSS_CONNS + 100)) \
+        env "$@" "$COUPONSVC" serve >"$OUT/$name.log" 2>&1 &
+    SPARE_PID=$!
+    for i in $(seq 100); do
+        [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$SPARE_PORT/readyz")" = 200 ] && break
+        sleep 0.1
+    done
+    "$PY" "$ROOT/loadtest/conns_rss.py" "$SPARE_PORT" "$SPARE_PID" "$RSS_CONNS" \
+        >"$OUT/$name.rss" 2>>"$OUT/$name.log" || say "$name: not every connection was answered"
+    kill -TERM "$SPARE_PID" 2>/dev/null || true
+    wait "$SPARE_PID" 2>/dev/null || true
+    SPARE_PID=
+    printf '%s\t%s\t%s\t%s\n' "$name" rss 0 "$*" >>"$OUT/runs.tsv"
+}
+rss rss-default
+if has_setting COUPON_CONN_MEMORY_LIMIT; then
+    rss rss-32k COUPON_CONN_MEMORY_LIMIT=32768
+fi
+
+# --- the table -------------------------------------------------------------------
+
+rc=0
+"$PY" "$ROOT/loadtest/bench_report.py" "$OUT" "$JSON_OUT" \
+    "replicas=$REPLICAS" "connections=$CONN" "seconds=$SECS" "rounds=$ROUNDS" \
+    "buckets=$BUCKETS" "durable=$DURABLE" "spread=$SPREAD" "rss_conns=$RSS_CONNS" \
+    "capacity=$CAP" "cpus=$(nproc)" \
+    "mem_gib=$(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)" \
+    "os=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")" || rc=$?
+[ "$FAILED" = 0 ] || rc=1
+exit "$rc"
