@@ -216,6 +216,11 @@ run() {
     local TIMEFORMAT='%U %S'
     { time "$LOADGEN" --url "$COUPONSVC_URL" -t "$THREADS" --json "$OUT/$name.json" \
         -q "$@" >"$OUT/$name.out" 2>&1 || rc=$?; } 2>"$OUT/$name.cpu"
+    # Claims still in flight when the load generator stopped finish first,
+    # so that the counters below are read at rest: /metrics renders its
+    # histograms bucket by bucket, and one read in the middle of an
+    # observation would show a count in +Inf that no bucket has.
+    sleep 0.5
     redis_admin INFO commandstats >"$OUT/$name.redis" || : >"$OUT/$name.redis"
     metrics_snapshot "$name" m1
     if [ "$rc" = 3 ]; then

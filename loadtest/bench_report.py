@@ -345,9 +345,11 @@ def main():
     cmp_ = []
 
     def vs(label, a, b):
-        if a is not None and b:
-            cmp_.append({"figure": label, "off": a, "on": b, "ratio": b / a})
-            lines.append("  %-54s %8.0f -> %8.0f   x%.2f" % (label, a, b, b / a))
+        if a is not None and b is not None:
+            q = b / a if a else None
+            cmp_.append({"figure": label, "off": a, "on": b, "ratio": q})
+            lines.append("  %-54s %8.0f -> %8.0f   %s" % (
+                label, a, b, "x%.2f" % q if q is not None else "-"))
         else:
             lines.append("  %-54s (not run in this build)" % label)
 
