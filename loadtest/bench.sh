@@ -99,6 +99,7 @@ die() {
 [ -x "$LOADGEN" ] || die "$LOADGEN not found: make $LOADGEN"
 [ -x "$COUPONSVC" ] || die "$COUPONSVC not found: make"
 command -v "$PY" >/dev/null 2>&1 || die "python3 is needed to read loadgen's JSON"
+val=
 for v in SECS CONN THREADS ROUNDS BUCKETS SPREAD RSS_CONNS; do
     eval "val=\$$v"
     case $val in '' | *[!0-9]* | 0) die "BENCH_$v must be a positive integer, got '$val'" ;; esac
@@ -176,10 +177,8 @@ settings() {
 }
 
 # restart MODE [NAME=VALUE ...]: the replicas again (rolling), with these.
-PHASE=
 restart() {
     settings "$@"
-    PHASE="$*"
     say "replicas: ${PHASE_ENV[*]}"
     env -u COUPON_LOCK_WAIT_STRATEGY -u COUPON_BATCH_MAX -u COUPON_SOLDOUT_MEMO \
         "${PHASE_ENV[@]}" bash "$STACK_SH" restart-app >>"$OUT/restart.log" 2>&1 || {
@@ -249,7 +248,6 @@ VERIFY=(--verify-dsn)
 say "starting the stack: $REPLICAS replicas, LB 127.0.0.1:$LB_PORT, PostgreSQL $([ "$DURABLE" = 1 ] && echo durable || echo non-durable) (state $STACK_DIR)"
 STARTED=1
 settings atomic
-PHASE="atomic"
 env -u COUPON_LOCK_WAIT_STRATEGY -u COUPON_BATCH_MAX -u COUPON_SOLDOUT_MEMO \
     "${PHASE_ENV[@]}" PG_DURABLE="$DURABLE" bash "$STACK_SH" up >"$OUT/up.log" 2>&1 || {
     STARTED=0
@@ -366,6 +364,6 @@ rc=0
     "buckets=$BUCKETS" "durable=$DURABLE" "spread=$SPREAD" "rss_conns=$RSS_CONNS" \
     "capacity=$CAP" "cpus=$(nproc)" \
     "mem_gib=$(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)" \
-    "os=$(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")" || rc=$?
+    "os=$(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release 2>/dev/null)" || rc=$?
 [ "$FAILED" = 0 ] || rc=1
 exit "$rc"
