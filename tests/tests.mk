@@ -47,7 +47,7 @@ test-integration: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen
 		$(BUILD)/tests/integration-tests $(T)
 
 # ------------------------------------------------------------ fault tests ---
-# `make test-faults [T=name]`: the failure scenarios of issue 4 (kill -9,
+# `make test-faults [T=name]`: the failure scenarios (kill -9,
 # SIGSTOP, Redis lost/stalled/partitioned/clock-jumped, PostgreSQL restarted,
 # an outside row lock), each under load, each ending with the invariants.
 # `make test-negative`: builds couponsvc with one guard removed (into

@@ -1,6 +1,8 @@
 /*
  * test_claim.c: the claim path against real PostgreSQL, Redis and several
- * couponsvc processes. The letters follow issue 2's list.
+ * couponsvc processes. The letter prefixes (a_ to g_) keep the first
+ * scenarios in the order they build on each other: exact stock, one claim
+ * per user, the stale holder, the race without a lock, then the failures.
  */
 #include <pthread.h>
 #include <signal.h>
