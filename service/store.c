@@ -1165,3 +1165,71 @@ int store_probe(store_t *st) {
     /* Connected, the query failed: not a login problem. */
     return st->conn == NULL && st->refused ? STORE_EREFUSED : STORE_ERR;
 }
+
+/* ------------------------------------------- the sold-out fast path --- */
+
+/* One statement with text parameters, not prepared (each runs once per
+ * coupon, not per claim), bounded by the call's deadline. Returns the result
+ * when its status is want, else NULL with the failure recorded. */
+static PGresult *store__params(store_t *st, const char *what, const char *sql,
+                               int n, const char *const *params,
+                               ExecStatusType want) {
+    if (st->conn == NULL) {
+        return NULL;
+    }
+    st->timed_out = 0;
+    if (PQsendQueryParams(st->conn, sql, n, NULL, params, NULL, NULL, 0) ==
+        0) {
+        store__fail(st, what, NULL);
+        return NULL;
+    }
+    PGresult *res = store__collect(st, what);
+    if (res != NULL && PQresultStatus(res) != want) {
+        store__fail(st, what, res);
+        PQclear(res);
+        return NULL;
+    }
+    return res;
+}
+
+int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
+                    void *arg) {
+    store__deadline_start(st);
+    if (store__connect(st) != STORE_OK) {
+        return STORE_ERR;
+    }
+    const char *p[] = {coupon};
+    PGresult *res = store__params(
+        st, "claimants", "SELECT user_id FROM claims WHERE coupon_id = $1", 1,
+        p, PGRES_TUPLES_OK);
+    if (res == NULL) {
+        return STORE_ERR;
+    }
+    int rows = PQntuples(res);
+    for (int i = 0; i < rows; i++) {
+        fn(arg, PQgetvalue(res, i, 0));
+    }
+    PQclear(res);
+    return STORE_OK;
+}
+
+int store_claim_lookup(store_t *st, const char *coupon, store_item_t *item) {
+    store__deadline_start(st);
+    if (store__connect(st) != STORE_OK) {
+        return STORE_ERR;
+    }
+    const char *p[] = {coupon, item->user_id};
+    PGresult *res = store__exec(st, "claim_get", 2, p, PGRES_TUPLES_OK);
+    if (res == NULL) {
+        return STORE_ERR;
+    }
+    int found = PQntuples(res) == 1;
+    if (found) {
+        item->status = STORE_ALREADY;
+        item->claim_id = store__int(res, 0, 0);
+        item->fence = store__int(res, 0, 1);
+        item->remaining = store__int(res, 0, 2);
+    }
+    PQclear(res);
+    return found ? STORE_OK : STORE_NOT_FOUND;
+}

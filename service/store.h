@@ -132,6 +132,22 @@ int store_coupon_create(store_t *st, const char *id, int64_t total);
 /* Reads a coupon. STORE_OK, STORE_NOT_FOUND or STORE_ERR. */
 int store_coupon_get(store_t *st, const char *id, store_coupon_t *out);
 
+/* Called once per claimant by store_claimants; user_id is borrowed for the
+ * call only. */
+typedef void (*store_claimant_fn)(void *arg, const char *user_id);
+
+/* Every claimant of coupon, in one query: fn(arg, user_id) per claim row.
+ * For the sold-out fast path, which runs it once per coupon after the
+ * coupon sold out (its claimants can no longer change). STORE_OK or
+ * STORE_ERR. */
+int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
+                    void *arg);
+
+/* Reads user's existing claim of coupon (no transaction, no lock):
+ * STORE_OK with item->status STORE_ALREADY and the claim, STORE_NOT_FOUND
+ * when the user holds none, or STORE_ERR. item is borrowed. */
+int store_claim_lookup(store_t *st, const char *coupon, store_item_t *item);
+
 /* SELECT 1. STORE_OK or STORE_ERR. */
 int store_ping(store_t *st);
 
