@@ -216,7 +216,7 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
 
         store_item_t item = {.user_id = user};
         int64_t last_fence = 0;
-        int src = store_claim(c->store, coupon, lease.fence, &item, 1,
+        int src = store_claim(c->store, coupon, -1, lease.fence, &item, 1,
                               claim__gate, &lease, &last_fence);
         if (src == STORE_OK && item.status == STORE_OK) {
             fault_pause(FAULT_AFTER_COMMIT);
@@ -302,7 +302,7 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
         claim__locked(c, coupon, user, deadline_ns, out);
         break;
     case CLAIM_MODE_ATOMIC:
-        src = store_claim(c->store, coupon, STORE_NO_FENCE, &item, 1,
+        src = store_claim(c->store, coupon, -1, STORE_NO_FENCE, &item, 1,
                           claim__gate_fault_only, NULL, NULL);
         claim__from_store(out, src, &item, c->store);
         break;
@@ -331,7 +331,8 @@ int claim_coupon_create(const char *id, int64_t total, char *detail,
         snprintf(detail, len, "out of memory");
         return -1;
     }
-    int rc = store_coupon_create(c->store, id, total);
+    int rc = store_coupon_create(c->store, id, total, 1, STORE_NO_TIME,
+                                 STORE_NO_TIME);
     if (rc == STORE_ERR) {
         snprintf(detail, len, "%s", store_errstr(c->store));
         return -1;
