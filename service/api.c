@@ -173,6 +173,14 @@ static void api__claim_answer(const char *coupon, const char *user,
         json_decref(fence);
         api__unavailable(resp, "shutting_down", r->detail);
         return;
+    case CLAIM_NOT_STARTED:
+        json_decref(fence);
+        api__error(resp, 409, "not_started", r->detail);
+        return;
+    case CLAIM_EXPIRED:
+        json_decref(fence);
+        api__error(resp, 410, "expired", r->detail);
+        return;
     }
     json_decref(fence);
     api__error(resp, 500, "internal", "unknown claim outcome");

@@ -184,6 +184,12 @@ static void claim__from_item(claim_result_t *out, const store_item_t *it) {
     case STORE_ALREADY:
         out->outcome = CLAIM_ALREADY;
         break;
+    case STORE_NOT_STARTED:
+        out->outcome = CLAIM_NOT_STARTED;
+        break;
+    case STORE_EXPIRED:
+        out->outcome = CLAIM_EXPIRED;
+        break;
     default:
         out->outcome = CLAIM_SOLD_OUT;
         break;
@@ -203,6 +209,8 @@ static void claim__count(const claim_result_t *out) {
         [CLAIM_COMMIT_UNKNOWN] = M_CLAIM_COMMIT_UNKNOWN,
         [CLAIM_OVERLOADED] = M_CLAIM_OVERLOADED,
         [CLAIM_SHUTTING_DOWN] = M_CLAIM_SHUTTING_DOWN,
+        [CLAIM_NOT_STARTED] = M_CLAIM_NOT_STARTED,
+        [CLAIM_EXPIRED] = M_CLAIM_EXPIRED,
     };
     metrics_inc(m[out->outcome]);
 }
@@ -216,6 +224,20 @@ static void claim__from_store(claim_result_t *out, int src,
         break;
     case STORE_NOT_FOUND:
         claim__set(out, CLAIM_NOT_FOUND, "no such coupon");
+        break;
+    case STORE_NOT_STARTED:
+    case STORE_EXPIRED:
+        /* The window refused the whole call; a user who holds a claim
+         * still gets it back. */
+        if (it->status == STORE_ALREADY) {
+            claim__from_item(out, it);
+        } else {
+            claim__set(out,
+                       src == STORE_EXPIRED ? CLAIM_EXPIRED : CLAIM_NOT_STARTED,
+                       src == STORE_EXPIRED
+                           ? "the coupon's claim window has ended"
+                           : "the coupon's claim window has not started");
+        }
         break;
     case STORE_ABORTED:
         claim__set(out, CLAIM_LEASE_LOST,
@@ -288,7 +310,7 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
 
         store_item_t item = {.user_id = user};
         int64_t last_fence = 0;
-        int src = store_claim(c->store, coupon, lease.fence, &item, 1,
+        int src = store_claim(c->store, coupon, -1, lease.fence, &item, 1,
                               claim__gate, &lease, &last_fence);
         if (src == STORE_OK && item.status == STORE_OK) {
             fault_pause(FAULT_AFTER_COMMIT);
@@ -376,7 +398,7 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
         claim__locked(c, coupon, user, deadline_ns, out);
         break;
     case CLAIM_MODE_ATOMIC:
-        src = store_claim(c->store, coupon, STORE_NO_FENCE, &item, 1,
+        src = store_claim(c->store, coupon, -1, STORE_NO_FENCE, &item, 1,
                           claim__gate_fault_only, NULL, NULL);
         claim__from_store(out, src, &item, c->store);
         break;
@@ -408,7 +430,8 @@ int claim_coupon_create(const char *id, int64_t total, char *detail,
         snprintf(detail, len, "out of memory");
         return -1;
     }
-    int rc = store_coupon_create(c->store, id, total);
+    int rc = store_coupon_create(c->store, id, total, 1, STORE_NO_TIME,
+                                 STORE_NO_TIME);
     if (rc == STORE_ERR) {
         snprintf(detail, len, "%s", store_errstr(c->store));
         return -1;
@@ -519,23 +542,22 @@ typedef struct claim__collect {
     int failed;
 } claim__collect_t;
 
-static void claim__collect_one(void *arg, const char *user) {
+static int claim__collect_one(void *arg, const char *user, size_t len) {
     claim__collect_t *k = arg;
-    if (k->failed) {
-        return;
-    }
+    (void)len;
     if (k->n == k->cap) {
         size_t cap = k->cap != 0 ? k->cap * 2 : 1024;
         uint64_t *h =
             cap <= CLAIM__MEMO_MAX ? realloc(k->h, cap * sizeof(*h)) : NULL;
         if (h == NULL) {
             k->failed = 1;
-            return;
+            return 1; /* too many, or out of memory: no memo */
         }
         k->h = h;
         k->cap = cap;
     }
     k->h[k->n++] = claim__hash(user);
+    return 0;
 }
 
 static int claim__u64_cmp(const void *a, const void *b) {
@@ -968,7 +990,7 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         }
 
         int64_t last_fence = 0;
-        int src = store_claim(c->store, coupon, lease.fence, items, n,
+        int src = store_claim(c->store, coupon, -1, lease.fence, items, n,
                               claim__gate, &lease, &last_fence);
         int wrote = 0;
         for (size_t i = 0; src == STORE_OK && i < n; i++) {

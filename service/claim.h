@@ -31,6 +31,8 @@ typedef enum claim_outcome {
     CLAIM_COMMIT_UNKNOWN,
     CLAIM_OVERLOADED,    /* 503: refused at admission; nothing was tried */
     CLAIM_SHUTTING_DOWN, /* 503: parked when the instance stopped */
+    CLAIM_NOT_STARTED,   /* 409: before the coupon's window opens */
+    CLAIM_EXPIRED,       /* 410: after the coupon's window closed */
 } claim_outcome_t;
 
 typedef struct claim_result {

@@ -175,6 +175,8 @@ static const metrics__family_t metrics__families[] = {
       {M_CLAIM_BAD_REQUEST, "bad_request"},
       {M_CLAIM_OVERLOADED, "overloaded"},
       {M_CLAIM_SHUTTING_DOWN, "shutting_down"},
+      {M_CLAIM_NOT_STARTED, "not_started"},
+      {M_CLAIM_EXPIRED, "expired"},
       {M__COUNT, NULL}}},
     {"couponsvc_lock_acquisitions_total",
      "Lock acquire attempts, by result.",

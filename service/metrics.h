@@ -27,6 +27,8 @@ typedef enum metrics_counter {
     M_CLAIM_BAD_REQUEST,
     M_CLAIM_OVERLOADED,    /* refused at admission (see below) */
     M_CLAIM_SHUTTING_DOWN, /* parked when the instance stopped */
+    M_CLAIM_NOT_STARTED,   /* before the coupon's window */
+    M_CLAIM_EXPIRED,       /* after the coupon's window */
     /* couponsvc_lock_acquisitions_total{result}: one per attempt */
     M_LOCK_OK,
     M_LOCK_BUSY,

@@ -46,6 +46,8 @@ struct store {
     int replan;          /* a statement failed with 0A000: prepare again */
     int refused;         /* the last connect failed because the server
                             refused this login (see store__open) */
+    int shape_buckets;   /* store_claim_shape: what the last claim learnt */
+    uint64_t shape_stock;
     char errstr[256];
 };
 
@@ -956,9 +958,16 @@ static int store__claim_tx(store_t *st, const char *coupon, int64_t fence,
     return store__commit(st);
 }
 
-int store_claim(store_t *st, const char *coupon, int64_t fence,
+int store_claim(store_t *st, const char *coupon, int bucket, int64_t fence,
                 store_item_t *items, size_t n, store_gate_fn gate, void *arg,
                 int64_t *last_fence_out) {
+    st->shape_buckets = 0;
+    st->shape_stock = 0;
+    if (bucket != -1) {
+        snprintf(st->errstr, sizeof(st->errstr),
+                 "postgres: sharded claims are not implemented yet");
+        return STORE_WRONG_BUCKET;
+    }
     store__deadline_start(st);
     st->replan = 0;
     int rc =
@@ -976,6 +985,11 @@ int store_claim(store_t *st, const char *coupon, int64_t fence,
     }
     return store__claim_tx(st, coupon, fence, items, n, gate, arg,
                            last_fence_out);
+}
+
+void store_claim_shape(const store_t *st, int *buckets, uint64_t *stock_mask) {
+    *buckets = st->shape_buckets;
+    *stock_mask = st->shape_stock;
 }
 
 int store_claim_naive(store_t *st, const char *coupon, store_item_t *item) {
@@ -1026,7 +1040,14 @@ int store_claim_naive(store_t *st, const char *coupon, store_item_t *item) {
 
 /* --------------------------------------------------------------- admin --- */
 
-int store_coupon_create(store_t *st, const char *id, int64_t total) {
+int store_coupon_create(store_t *st, const char *id, int64_t total, int buckets,
+                        int64_t starts_at_us, int64_t ends_at_us) {
+    if (buckets != 1 || starts_at_us != STORE_NO_TIME ||
+        ends_at_us != STORE_NO_TIME) {
+        snprintf(st->errstr, sizeof(st->errstr),
+                 "postgres: buckets and windows are not implemented yet");
+        return STORE_ERR;
+    }
     store__deadline_start(st);
     if (store__connect(st) != STORE_OK) {
         return STORE_ERR;
@@ -1058,6 +1079,9 @@ int store_coupon_get(store_t *st, const char *id, store_coupon_t *out) {
         out->total = store__int(res, 0, 0);
         out->claimed = store__int(res, 0, 1);
         out->last_fence = store__int(res, 0, 2);
+        out->buckets = 1;
+        out->starts_at_us = STORE_NO_TIME;
+        out->ends_at_us = STORE_NO_TIME;
     }
     PQclear(res);
     return found ? STORE_OK : STORE_NOT_FOUND;
@@ -1178,8 +1202,7 @@ static PGresult *store__params(store_t *st, const char *what, const char *sql,
         return NULL;
     }
     st->timed_out = 0;
-    if (PQsendQueryParams(st->conn, sql, n, NULL, params, NULL, NULL, 0) ==
-        0) {
+    if (PQsendQueryParams(st->conn, sql, n, NULL, params, NULL, NULL, 0) == 0) {
         store__fail(st, what, NULL);
         return NULL;
     }
@@ -1205,12 +1228,12 @@ int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
     if (res == NULL) {
         return STORE_ERR;
     }
-    int rows = PQntuples(res);
-    for (int i = 0; i < rows; i++) {
-        fn(arg, PQgetvalue(res, i, 0));
+    int rows = PQntuples(res), rc = STORE_OK;
+    for (int i = 0; i < rows && rc == STORE_OK; i++) {
+        rc = fn(arg, PQgetvalue(res, i, 0), (size_t)PQgetlength(res, i, 0));
     }
     PQclear(res);
-    return STORE_OK;
+    return rc;
 }
 
 int store_claim_lookup(store_t *st, const char *coupon, store_item_t *item) {
