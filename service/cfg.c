@@ -73,6 +73,11 @@ static const cfg__opt_t cfg__opts[] = {
      "request"},
     {"COUPON_MAX_BODY", CFG__U32, F(max_body), "4096", 64, 1048576,
      "request body limit in bytes (413 above it)"},
+    {"COUPON_CONN_MEMORY_LIMIT", CFG__U32, F(conn_memory_limit), "32768", 4096,
+     1048576,
+     "bytes of libmicrohttpd's memory pool per connection (request line and "
+     "headers, the body's read buffer, the response headers); resident "
+     "while the connection stays open"},
     {"COUPON_REDIS_TIMEOUT_MS", CFG__U32, F(redis_timeout_ms), NULL, 0, 60000,
      "Redis connect and command timeout in ms (default: the smaller "
      "of 500 and TTL/4)"},

@@ -51,6 +51,7 @@ typedef struct cfg {
     uint32_t max_connections;    /* libmicrohttpd connection limit */
     uint32_t conn_timeout_s;     /* idle/slow connection timeout */
     uint32_t max_body;           /* request body limit in bytes (413 above) */
+    uint32_t conn_memory_limit;  /* libmicrohttpd pool bytes per connection */
     uint32_t redis_timeout_ms;   /* connect and command timeout, every call */
     uint32_t pg_connect_timeout_s;    /* libpq connect_timeout */
     uint32_t pg_statement_timeout_ms; /* SET statement_timeout */

@@ -937,7 +937,7 @@ http_t *http_start(const cfg_t *cfg) {
         (unsigned int)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned int)cfg->conn_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)(32 * 1024), MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024U,
+        (size_t)cfg->conn_memory_limit, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024U,
         MHD_OPTION_NOTIFY_COMPLETED, http__completed, h,
         MHD_OPTION_NOTIFY_CONNECTION, http__conn_notify, h,
         MHD_OPTION_EXTERNAL_LOGGER, http__log, h, MHD_OPTION_UNESCAPE_CALLBACK,
