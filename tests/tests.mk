@@ -9,6 +9,7 @@ UNIT_OBJS := $(addprefix $(BUILD)/tests/, tt.o unit/test_cfg.o \
 ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_claim.o itest/test_api.o \
 	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o \
+	itest/test_comb.o \
 	itest/test_verify.o) $(BUILD)/loadtest/lg_verify.o
 
 $(BUILD)/tests/%.o: tests/%.c | deps-check
