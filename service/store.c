@@ -265,9 +265,13 @@ static const store__stmt_t store__stmts[] = {
     {"coupon_buckets_get",
      "SELECT bucket, total, claimed, last_fence FROM coupon_buckets"
      " WHERE coupon_id = $1 ORDER BY bucket"},
-    {"claim_get", "SELECT cl.id, cl.fence, c.total - c.claimed, cl.seq"
-                  "  FROM claims cl JOIN coupons c ON c.id = cl.coupon_id"
-                  " WHERE cl.coupon_id = $1 AND cl.user_id = $2"},
+    /* A user's claim, and the coupon's stock left (over all its buckets). */
+    {"claim_get",
+     "SELECT cl.id, cl.fence, c.total - CASE WHEN c.buckets = 1 THEN c.claimed"
+     "   ELSE (SELECT COALESCE(sum(claimed), 0) FROM coupon_buckets"
+     "         WHERE coupon_id = c.id) END, cl.seq"
+     "  FROM claims cl JOIN coupons c ON c.id = cl.coupon_id"
+     " WHERE cl.coupon_id = $1 AND cl.user_id = $2"},
     /* The coupon and, when sharded, its buckets, in one statement: as even
      * as possible, the first total % buckets get one more. */
     {"coupon_create",
@@ -906,6 +910,7 @@ static int store__existing(store_t *st, const char *coupon,
     item->claim_id = store__int(res, 0, 0);
     item->fence = store__int(res, 0, 1);
     item->remaining = store__int(res, 0, 2);
+    item->seq = store__int(res, 0, 3);
     PQclear(res);
     return STORE_OK;
 }
@@ -1627,4 +1632,28 @@ int store_probe(store_t *st) {
     }
     /* Connected, the query failed: not a login problem. */
     return st->conn == NULL && st->refused ? STORE_EREFUSED : STORE_ERR;
+}
+
+/* ------------------------------------------- the sold-out fast path --- */
+
+int store_claim_lookup(store_t *st, const char *coupon, store_item_t *item) {
+    store__deadline_start(st);
+    if (store__connect(st) != STORE_OK) {
+        return STORE_ERR;
+    }
+    const char *p[] = {coupon, item->user_id};
+    PGresult *res = store__exec(st, "claim_get", 2, p, PGRES_TUPLES_OK);
+    if (res == NULL) {
+        return STORE_ERR;
+    }
+    int found = PQntuples(res) == 1;
+    if (found) {
+        item->status = STORE_ALREADY;
+        item->claim_id = store__int(res, 0, 0);
+        item->fence = store__int(res, 0, 1);
+        item->remaining = store__int(res, 0, 2);
+        item->seq = store__int(res, 0, 3);
+    }
+    PQclear(res);
+    return found ? STORE_OK : STORE_NOT_FOUND;
 }

@@ -1,6 +1,6 @@
 # tests/tests.mk: test binaries and the `test` target. Included by Makefile.
 
-TEST_CFLAGS = $(CFLAGS) $(PKG_CFLAGS) -Iservice -Itests
+TEST_CFLAGS = $(CFLAGS) $(PKG_CFLAGS) -Iservice -Itests -Iloadtest
 TEST_LIBS   = $(PKG_LIBS) $(shell pkg-config --libs libcurl 2>/dev/null) \
               $(LDLIBS) -lm
 
@@ -8,7 +8,8 @@ UNIT_OBJS := $(addprefix $(BUILD)/tests/, tt.o unit/test_cfg.o \
 	unit/test_req.o unit/test_misc.o unit/test_lg_http.o)
 ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_claim.o itest/test_api.o \
-	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o)
+	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o \
+	itest/test_verify.o) $(BUILD)/loadtest/lg_verify.o
 
 $(BUILD)/tests/%.o: tests/%.c | deps-check
 	@mkdir -p $(dir $@)
@@ -16,8 +17,8 @@ $(BUILD)/tests/%.o: tests/%.c | deps-check
 	$(Q)$(CC) $(TEST_CFLAGS) -c -o $@ $<
 
 # The load generator's response reader is tested with the service's units;
-# only its test sees the loadtest headers.
-$(BUILD)/tests/unit/test_lg_http.o: TEST_CFLAGS += -Iloadtest
+# the harness shares the load generator's invariant checker (lg_verify.c),
+# so every test sees the loadtest headers.
 
 $(BUILD)/tests/unit-tests: $(UNIT_OBJS) $(LIB_OBJS) $(BUILD)/service/lock.o \
 		$(BUILD)/loadtest/lg_http.o
@@ -55,7 +56,7 @@ test-integration: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen
 
 FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_faults.o itest/test_redis_faults.o \
-	faults/load.o faults/proxy.o)
+	faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o
 
 $(BUILD)/tests/fault-tests: $(FAULT_OBJS)
 	@echo "  LD      $@"
