@@ -224,17 +224,14 @@ TT_TEST(soldout_fastpath_without_postgres, 90) {
         json_decref(j);
     }
     TT_EQ_INT(h_claim(s, "gone", "late-0", NULL), 410); /* seen sold out */
-    TT_CMP_INT(h_wait_metric(s, "couponsvc_soldout_memos_total", 1, 10000), >=,
-               1);
+    /* The memo is loaded off the event loop, after that answer. */
+    double memos = h_wait_metric(s, "couponsvc_soldout_memos_total", 1, 5000);
 
     json_t *j = NULL;
     TT_EQ_INT(h_claim(s, "gone", "holder-1", &j), 200);
     TT_EQ_STR(comb_str(j, "status"), "already_claimed");
     TT_EQ_INT(comb_int(j, "claim_id"), ids[1]);
     json_decref(j);
-    TT_EQ_INT(h_metric(s, "couponsvc_soldout_fastpath_total{result="
-                          "\"claim_read\"}"),
-              1);
 
     h_check_invariants("gone", 3, 3);
     h_pg_private_stop("fast");
@@ -248,6 +245,10 @@ TT_TEST(soldout_fastpath_without_postgres, 90) {
         TT_EQ_STR(comb_str(j, "status"), "sold_out");
         json_decref(j);
     }
+    TT_CMP_INT(memos, >=, 1);
+    TT_EQ_INT(h_metric(s, "couponsvc_soldout_fastpath_total{result="
+                          "\"claim_read\"}"),
+              1);
     TT_EQ_INT(h_metric(s, "couponsvc_soldout_fastpath_total{result="
                           "\"sold_out\"}"),
               5);
@@ -264,7 +265,7 @@ TT_TEST(soldout_memo_off_asks_postgres, 90) {
     TT_EQ_INT(h_claim(s, "gone", "holder", NULL), 201);
     TT_EQ_INT(h_claim(s, "gone", "late-0", NULL), 410);
     h_sleep_ms(300);
-    TT_EQ_INT(h_metric(s, "couponsvc_soldout_memos_total"), 0);
+    TT_CMP_INT(h_metric(s, "couponsvc_soldout_memos_total"), <=, 0);
     h_pg_private_stop("fast");
     TT_EQ_INT(h_claim(s, "gone", "late-1", NULL), 503);
 }
