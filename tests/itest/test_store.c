@@ -223,6 +223,32 @@ TT_TEST(store_batch_fenced, 60) {
     h_check_invariants("sf", 100, 10);
 }
 
+/* Round trips per claim, on a connection already made: two (BEGIN, the
+ * row lock and the claim statement as one pipeline; COMMIT), whatever the
+ * batch's size. A claim that writes nothing (sold out) also costs two (the
+ * pipeline, ROLLBACK). */
+TT_TEST(store_round_trips_per_claim, 30) {
+    h_begin();
+    h_svc_t *s = h_svc_start("rt", NULL);
+    h_coupon(s, "rt", 40);
+    store_t *st = st_new();
+    batch_t b;
+    batch_fill(&b, "warm", 0, 1);
+    TT_EQ_INT(batch_claim(st, "rt", -1, 1, &b, NULL), STORE_OK);
+    static const size_t sizes[] = {1, 32, 8};
+    for (int k = 0; k < 3; k++) {
+        batch_fill(&b, "r", 100 * k, sizes[k]);
+        uint64_t before = store_round_trips(st);
+        TT_EQ_INT(batch_claim(st, "rt", -1, 2 + k, &b, NULL), STORE_OK);
+        printf("    batch of %zu: %llu round trips\n", sizes[k],
+               (unsigned long long)(store_round_trips(st) - before));
+        TT_EQ_INT(store_round_trips(st) - before, 2);
+    }
+    TT_EQ_INT(b.it[7].status, STORE_SOLD_OUT);
+    store_free(st);
+    h_check_invariants("rt", 40, 40);
+}
+
 /* ------------------------------------------------------------- buckets --- */
 
 /* Read one field of GET /coupons/{id}. */
