@@ -2,13 +2,14 @@
  * store.c: see store.h.
  *
  * Every statement is prepared once per connection and run with text
- * parameters. A transaction is: BEGIN, per item the check and the write,
- * then the gate, then COMMIT. Round trips for one claim: 4 (BEGIN, check,
- * write, COMMIT).
+ * parameters. A claim's transaction is: BEGIN, the stock row's lock and the
+ * claim statement for the whole batch, sent as one pipeline; then the gate;
+ * then COMMIT. Round trips for a claim, or a batch of any size: 2.
  *
- * The write is one statement, a data-modifying CTE: the conditional UPDATE
- * and the INSERT of the claim row, which takes its seq from the UPDATE's
- * RETURNING. If the UPDATE matches no row, the INSERT inserts none.
+ * The claim statement is one data-modifying CTE (claim_c below): the
+ * conditional UPDATE by the batch's count and the INSERT of the claim rows,
+ * which take their seq from the UPDATE's RETURNING. If the UPDATE matches
+ * no row, the INSERT inserts none.
  *
  * No call waits on the server without a deadline. The connection is in
  * libpq's non-blocking mode: each statement is sent with PQsend*, and every
