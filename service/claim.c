@@ -274,10 +274,20 @@ static int claim__gate(void *arg) {
     return 1;
 }
 
-static void claim__locked(claim__conns_t *c, const char *coupon,
-                          const char *user, int64_t deadline,
-                          claim_result_t *out) {
+static void claim__shape_learn(const char *coupon, store_t *st);
+static void claim__resource(char *key, size_t n, const char *coupon,
+                            int bucket);
+
+/* One claim on bucket (-1: unsharded) of coupon. Returns 1 when the claim
+ * must move to another bucket (this one is empty, or the coupon's shape was
+ * not what we thought: the shape is learnt by then), else 0 with *out
+ * final. */
+static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
+                         const char *user, int64_t deadline,
+                         claim_result_t *out) {
     const cfg_t *cfg = claim__cfg;
+    char resource[LOCK_KEY_MAX];
+    claim__resource(resource, sizeof(resource), coupon, bucket);
     if (deadline == 0) {
         deadline = mono_ns() + (int64_t)cfg->lock_wait_ms * MONO_MS;
     } else if (mono_ns() >= deadline) {
@@ -287,25 +297,25 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
         claim__set(out, CLAIM_BUSY,
                    "the request waited in this instance's queue past its "
                    "lock-wait deadline; nothing was tried");
-        return;
+        return 0;
     }
 
     for (int attempt = 0;; attempt++) {
         lock_lease_t lease;
         int64_t waited = 0;
-        int lrc = lock_acquire(c->lock, coupon, cfg->lock_ttl_ms, deadline,
+        int lrc = lock_acquire(c->lock, resource, cfg->lock_ttl_ms, deadline,
                                &lease, &waited);
         metrics_observe_lock_wait((uint64_t)waited);
         if (lrc == LOCK_BUSY) {
             claim__set(out, CLAIM_BUSY,
                        "the coupon's lock stayed busy past the wait deadline");
-            return;
+            return 0;
         }
         if (lrc != LOCK_OK) {
             claim__set(out, CLAIM_UNAVAILABLE, lock_errstr(c->lock));
             log_warn("claim.lock_error", "coupon=%s err=\"%s\"", coupon,
                      lock_errstr(c->lock));
-            return;
+            return 0;
         }
 
         wd_watch(claim__wd, &lease);
@@ -313,8 +323,9 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
 
         store_item_t item = {.user_id = user};
         int64_t last_fence = 0;
-        int src = store_claim(c->store, coupon, -1, lease.fence, &item, 1,
+        int src = store_claim(c->store, coupon, bucket, lease.fence, &item, 1,
                               claim__gate, &lease, &last_fence);
+        claim__shape_learn(coupon, c->store);
         if (src == STORE_OK && item.status == STORE_OK) {
             fault_pause(FAULT_AFTER_COMMIT);
         }
@@ -337,6 +348,10 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
                      (long long)lease.fence, lock_errstr(c->lock));
         }
 
+        if (src == STORE_WRONG_BUCKET ||
+            (src == STORE_OK && item.status == STORE_BUCKET_EMPTY)) {
+            return 1;
+        }
         if (src != STORE_FENCED) {
             claim__from_store(out, src, &item, c->store);
             out->fence = src == STORE_OK ? item.fence : lease.fence;
@@ -344,14 +359,14 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
                 log_warn("claim.lease_lost", "coupon=%s user=%s fence=%lld",
                          coupon, user, (long long)lease.fence);
             }
-            return;
+            return 0;
         }
 
         /* Raising is safe whoever we are: it only ever moves the counter up
          * to a fence PostgreSQL has already accepted. */
         int64_t now_at = 0;
         int raised =
-            lock_raise_fence(c->lock, coupon, last_fence, &now_at) == LOCK_OK;
+            lock_raise_fence(c->lock, resource, last_fence, &now_at) == LOCK_OK;
         if (current && raised && attempt == 0) {
             metrics_inc(M_FENCE_RECOVERIES);
             log_warn("fence.recovered",
@@ -369,7 +384,7 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
                  "%lld: this lease is stale; nothing was written",
                  (long long)lease.fence, (long long)last_fence);
         out->outcome = CLAIM_FENCED;
-        return;
+        return 0;
     }
 }
 
@@ -382,6 +397,7 @@ static int claim__gate_fault_only(void *arg) {
 }
 
 static void claim__memo_build(claim__conns_t *c, const char *coupon);
+static int claim__pick(const char *coupon, const char *user);
 
 void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
                claim_result_t *out) {
@@ -395,15 +411,39 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
     }
 
     store_item_t item = {.user_id = user};
-    int src;
+    int src, hops = 0, again = 1;
     switch (claim__cfg->mode) {
     case CLAIM_MODE_LOCK:
-        claim__locked(c, coupon, user, deadline_ns, out);
+        /* A sharded coupon: a bucket with stock, starting at the user's
+         * hash; moved on while the store finds buckets empty. */
+        while (again && hops++ <= STORE_BUCKETS_MAX) {
+            again = claim__locked(c, coupon, claim__pick(coupon, user), user,
+                                  deadline_ns, out);
+        }
+        if (again) {
+            claim__set(out, CLAIM_UNAVAILABLE,
+                       "the coupon's buckets kept emptying under this claim; "
+                       "retry");
+        }
         break;
     case CLAIM_MODE_ATOMIC:
-        src = store_claim(c->store, coupon, -1, STORE_NO_FENCE, &item, 1,
-                          claim__gate_fault_only, NULL, NULL);
-        claim__from_store(out, src, &item, c->store);
+        while (again && hops++ <= STORE_BUCKETS_MAX) {
+            item = (store_item_t){.user_id = user};
+            src = store_claim(c->store, coupon, claim__pick(coupon, user),
+                              STORE_NO_FENCE, &item, 1, claim__gate_fault_only,
+                              NULL, NULL);
+            claim__shape_learn(coupon, c->store);
+            again = src == STORE_WRONG_BUCKET ||
+                    (src == STORE_OK && item.status == STORE_BUCKET_EMPTY);
+            if (!again) {
+                claim__from_store(out, src, &item, c->store);
+            }
+        }
+        if (again) {
+            claim__set(out, CLAIM_UNAVAILABLE,
+                       "the coupon's buckets kept emptying under this claim; "
+                       "retry");
+        }
         break;
     case CLAIM_MODE_NAIVE:
         src = store_claim_naive(c->store, coupon, &item);
@@ -474,6 +514,99 @@ int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
     out->starts_at_us = sc.starts_at_us;
     out->ends_at_us = sc.ends_at_us;
     return 0;
+}
+
+/* ------------------------------------------------------ bucket choice --- */
+
+/* What this process knows of a coupon's shape: its bucket count (fixed at
+ * creation) and which buckets had stock at the last claim that told. Learnt
+ * from every store_claim (store_claim_shape); guarded by claim__shape_mu. */
+typedef struct claim__shape {
+    char coupon[REQ_COUPON_ID_MAX + 1];
+    int buckets;   /* 1: unsharded */
+    uint64_t mask; /* bit b: bucket b had stock */
+    struct claim__shape *next;
+} claim__shape_t;
+
+#define CLAIM__SHAPE_SLOTS 4096u
+#define CLAIM__SHAPE_MAX                                                       \
+    65536u /* coupons remembered; more go unsharded                            \
+              first and learn from the store's answer */
+
+static pthread_mutex_t claim__shape_mu = PTHREAD_MUTEX_INITIALIZER;
+static claim__shape_t *claim__shape_tab[CLAIM__SHAPE_SLOTS];
+static uint32_t claim__nshapes;
+
+static uint64_t claim__hash(const char *s);
+
+static claim__shape_t *claim__shape_find(const char *coupon, unsigned slot) {
+    claim__shape_t *x = claim__shape_tab[slot];
+    while (x != NULL && strcmp(x->coupon, coupon) != 0) {
+        x = x->next;
+    }
+    return x;
+}
+
+/* Records what the last store_claim on st said about coupon's shape. */
+static void claim__shape_learn(const char *coupon, store_t *st) {
+    int buckets = 0;
+    uint64_t mask = 0;
+    store_claim_shape(st, &buckets, &mask);
+    if (buckets <= 0) {
+        return; /* the call failed before it learnt anything */
+    }
+    unsigned slot = (unsigned)(claim__hash(coupon) % CLAIM__SHAPE_SLOTS);
+    pthread_mutex_lock(&claim__shape_mu);
+    claim__shape_t *x = claim__shape_find(coupon, slot);
+    if (x == NULL && claim__nshapes < CLAIM__SHAPE_MAX &&
+        (x = calloc(1, sizeof(*x))) != NULL) {
+        snprintf(x->coupon, sizeof(x->coupon), "%s", coupon);
+        x->next = claim__shape_tab[slot];
+        claim__shape_tab[slot] = x;
+        claim__nshapes++;
+    }
+    if (x != NULL) {
+        x->buckets = buckets;
+        x->mask = mask;
+    }
+    pthread_mutex_unlock(&claim__shape_mu);
+}
+
+/* The bucket a claim of user on coupon goes to: -1 for an unsharded coupon
+ * (or one not seen yet: the store then says WRONG_BUCKET and its shape);
+ * else the first bucket with stock at or after hash(user) mod B, so users
+ * spread evenly over the buckets and one user always starts at the same
+ * one; with no bucket known to have stock, the starting one (the store then
+ * says sold out). */
+static int claim__pick(const char *coupon, const char *user) {
+    unsigned slot = (unsigned)(claim__hash(coupon) % CLAIM__SHAPE_SLOTS);
+    int b = -1;
+    pthread_mutex_lock(&claim__shape_mu);
+    const claim__shape_t *x = claim__shape_find(coupon, slot);
+    if (x != NULL && x->buckets > 1) {
+        int start = (int)(claim__hash(user) % (uint64_t)x->buckets);
+        b = start;
+        for (int i = 0; i < x->buckets; i++) {
+            int k = (start + i) % x->buckets;
+            if (x->mask & (UINT64_C(1) << k)) {
+                b = k;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&claim__shape_mu);
+    return b;
+}
+
+/* The lock's resource: the coupon id, or ID#b for bucket b ('#' is not in
+ * the id alphabet, so no coupon's resource is another's). */
+static void claim__resource(char *key, size_t n, const char *coupon,
+                            int bucket) {
+    if (bucket < 0) {
+        snprintf(key, n, "%s", coupon);
+    } else {
+        snprintf(key, n, "%s#%d", coupon, bucket);
+    }
 }
 
 /* -------------------------------------------------- the sold-out memo --- */
@@ -646,12 +779,13 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
 /* ----------------------------------------------------------- combining --- */
 
 typedef struct claim__res {
-    char key[REQ_COUPON_ID_MAX + 1]; /* the lock's resource */
-    claim_waiter_t *head, *tail;     /* parked claims, FIFO */
-    uint32_t n;                      /* parked claims in the queue */
-    int led;                         /* a leader runs or is queued */
-    int64_t cycle_ns;                /* recent batch durations (EWMA) */
-    struct claim__res *next;         /* hash chain */
+    char key[LOCK_KEY_MAX];      /* the lock's resource */
+    int bucket;                  /* -1: unsharded */
+    claim_waiter_t *head, *tail; /* parked claims, FIFO */
+    uint32_t n;                  /* parked claims in the queue */
+    int led;                     /* a leader runs or is queued */
+    int64_t cycle_ns;            /* recent batch durations (EWMA) */
+    struct claim__res *next;     /* hash chain */
 } claim__res_t;
 
 #define CLAIM__RES_SLOTS 4096u
@@ -680,7 +814,7 @@ static int claim__combining(void) {
 
 /* Finds or makes the entry for key; NULL when out of memory. Under
  * claim__mu. */
-static claim__res_t *claim__res_get(const char *key) {
+static claim__res_t *claim__res_get(const char *key, int bucket) {
     unsigned slot = (unsigned)(claim__hash(key) % CLAIM__RES_SLOTS);
     for (claim__res_t *r = claim__res_tab[slot]; r != NULL; r = r->next) {
         if (strcmp(r->key, key) == 0) {
@@ -690,6 +824,7 @@ static claim__res_t *claim__res_get(const char *key) {
     claim__res_t *r = calloc(1, sizeof(*r));
     if (r != NULL) {
         snprintf(r->key, sizeof(r->key), "%s", key);
+        r->bucket = bucket;
         r->next = claim__res_tab[slot];
         claim__res_tab[slot] = r;
     }
@@ -742,6 +877,7 @@ int claim_submit(claim_waiter_t *w) {
     w->submitted_ns = mono_ns();
     w->res = NULL;
     w->memo_hit = 0;
+    w->hops = 0;
     w->next = NULL;
 
     if (claim__cfg->soldout_memo && claim__cfg->mode != CLAIM_MODE_NAIVE) {
@@ -764,9 +900,11 @@ int claim_submit(claim_waiter_t *w) {
 
     const cfg_t *cfg = claim__cfg;
     metrics_counter_t refused = M__COUNT;
-    char why[160] = "";
+    char why[160] = "", key[LOCK_KEY_MAX];
+    int bucket = claim__pick(w->coupon, w->user);
+    claim__resource(key, sizeof(key), w->coupon, bucket);
     pthread_mutex_lock(&claim__mu);
-    claim__res_t *r = claim__res_get(w->coupon);
+    claim__res_t *r = claim__res_get(key, bucket);
     if (r == NULL) {
         pthread_mutex_unlock(&claim__mu);
         claim__set(&w->result, CLAIM_UNAVAILABLE, "out of memory");
@@ -932,6 +1070,50 @@ static void claim__requeue(claim__res_t *r, claim_waiter_t **b, size_t n) {
     pthread_mutex_unlock(&claim__mu);
 }
 
+/* Moves w, a claim whose bucket turned out empty (or whose coupon's shape
+ * was not known), to the queue of the bucket claim__pick now gives: as its
+ * leader (dispatched to a worker) if that queue has none, else parked. w is
+ * still suspended and unanswered; admission does not apply again. */
+static void claim__reroute(claim_waiter_t *w) {
+    if (++w->hops > STORE_BUCKETS_MAX + 1) {
+        claim__answer(w, CLAIM_UNAVAILABLE,
+                      "the coupon's buckets kept emptying under this claim; "
+                      "retry");
+        return;
+    }
+    char key[LOCK_KEY_MAX];
+    int bucket = claim__pick(w->coupon, w->user);
+    claim__resource(key, sizeof(key), w->coupon, bucket);
+    pthread_mutex_lock(&claim__mu);
+    claim__res_t *r = claim__res_get(key, bucket);
+    if (r == NULL) {
+        pthread_mutex_unlock(&claim__mu);
+        claim__answer(w, CLAIM_UNAVAILABLE, "out of memory");
+        return;
+    }
+    w->res = r;
+    w->next = NULL;
+    int lead = !r->led;
+    if (lead) {
+        r->led = 1;
+    } else {
+        if (r->tail != NULL) {
+            r->tail->next = w;
+        } else {
+            r->head = w;
+        }
+        r->tail = w;
+        r->n++;
+        claim__parked++;
+        assert(claim__res_ok(r));
+        metrics_set_parked(claim__parked);
+    }
+    pthread_mutex_unlock(&claim__mu);
+    if (lead && w->dispatch(w) != 0) {
+        claim__abandon(r, w, 1);
+    }
+}
+
 /* The leader's turn: one lease, one batch, one transaction. */
 static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
     const cfg_t *cfg = claim__cfg;
@@ -966,7 +1148,7 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         /* The leader is the oldest claim of the queue (or of a batch put
          * back in order), so its deadline is the earliest. */
         int64_t deadline = n > 0 ? b[0]->deadline_ns : w->deadline_ns;
-        int lrc = lock_acquire(c->lock, coupon, cfg->lock_ttl_ms, deadline,
+        int lrc = lock_acquire(c->lock, r->key, cfg->lock_ttl_ms, deadline,
                                &lease, &waited);
         metrics_observe_lock_wait((uint64_t)waited);
         if (lrc != LOCK_OK) {
@@ -1001,8 +1183,9 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         }
 
         int64_t last_fence = 0;
-        int src = store_claim(c->store, coupon, -1, lease.fence, items, n,
-                              claim__gate, &lease, &last_fence);
+        int src = store_claim(c->store, coupon, r->bucket, lease.fence, items,
+                              n, claim__gate, &lease, &last_fence);
+        claim__shape_learn(coupon, c->store);
         int wrote = 0;
         for (size_t i = 0; src == STORE_OK && i < n; i++) {
             wrote |= items[i].status == STORE_OK;
@@ -1042,7 +1225,7 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         }
         if (src == STORE_FENCED) {
             int64_t now_at = 0;
-            int raised = lock_raise_fence(c->lock, coupon, last_fence,
+            int raised = lock_raise_fence(c->lock, r->key, last_fence,
                                           &now_at) == LOCK_OK;
             if (current && raised && attempt == 0) {
                 metrics_inc(M_FENCE_RECOVERIES);
@@ -1069,7 +1252,20 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
             }
             goto pass;
         }
+        if (src == STORE_WRONG_BUCKET) {
+            /* Nothing written: the coupon is sharded (or not) after all;
+             * its shape is learnt now, so each claim goes to its bucket. */
+            for (size_t i = 0; i < n; i++) {
+                claim__reroute(b[i]);
+            }
+            break;
+        }
         for (size_t i = 0; i < n; i++) {
+            if (src == STORE_OK && items[i].status == STORE_BUCKET_EMPTY) {
+                claim__reroute(b[i]); /* another bucket still has stock */
+                b[i] = NULL;
+                continue;
+            }
             claim_result_t *o = &b[i]->result;
             claim__from_store(o, src, &items[i], c->store);
             o->fence = src == STORE_OK ? items[i].fence : lease.fence;
@@ -1087,7 +1283,9 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
                      coupon, n, b[0]->result.detail);
         }
         for (size_t i = 0; i < n; i++) {
-            claim__finish(b[i]);
+            if (b[i] != NULL) {
+                claim__finish(b[i]);
+            }
         }
         break;
     }

@@ -108,6 +108,7 @@ struct claim_waiter {
     int64_t submitted_ns;
     struct claim__res *res; /* its coupon's queue entry; NULL: not combined */
     int memo_hit;           /* in a sold-out coupon's claimant set */
+    int hops;               /* buckets it was moved off (found empty) */
     claim_waiter_t *next;   /* queue link */
 };
 

@@ -69,7 +69,8 @@
 typedef enum http__state {
     HTTP__READING = 0, /* headers in, body arriving */
     HTTP__QUEUED,      /* waiting for or held by a worker */
-    HTTP__PARKED,      /* a claim in its coupon's queue (claim.c) */
+    HTTP__PARKED,      /* a claim the claim module holds: in its coupon's
+                          queue, in a batch, or its leader running */
     HTTP__ANSWERED,    /* resp is filled; the event loop sends it */
 } http__state_t;
 
@@ -239,7 +240,10 @@ static void *http__worker(void *arg) {
 
         if (rq->is_claim) {
             if (!stopping) {
-                /* Answers through http__claim_done, this one included. */
+                /* Off the worker queue, in the claim module's hands (it
+                 * may put the claim back in its coupon's queue). Answers
+                 * through http__claim_done, this one included. */
+                rq->state = HTTP__PARKED;
                 claim_run(&rq->waiter);
                 continue;
             }
