@@ -243,6 +243,36 @@ void api_claim_respond(const claim_waiter_t *w, api_response_t *resp) {
     api__claim_answer(w->coupon, w->user, &w->result, resp);
 }
 
+/* The coupon as GET /coupons/{id} shows it (and a create answers it):
+ * its stock, its buckets (an empty list for an unsharded coupon, whose own
+ * row is the stock) and its window (null for an open side). A new
+ * reference. */
+static json_t *api__coupon_json(const char *id, const claim_coupon_t *c) {
+    json_t *b = json_array();
+    for (int i = 0; c->buckets > 1 && i < c->buckets; i++) {
+        json_array_append_new(
+            b, json_pack("{s:i, s:I, s:I, s:I}", "bucket", i, "total",
+                         (json_int_t)c->bucket[i].total, "claimed",
+                         (json_int_t)c->bucket[i].claimed, "last_fence",
+                         (json_int_t)c->bucket[i].last_fence));
+    }
+    char s0[32], s1[32];
+    if (c->starts_at_us != REQ_NO_TIME) {
+        req_format_time(c->starts_at_us, s0, sizeof(s0));
+    }
+    if (c->ends_at_us != REQ_NO_TIME) {
+        req_format_time(c->ends_at_us, s1, sizeof(s1));
+    }
+    return json_pack(
+        "{s:s, s:I, s:I, s:I, s:I, s:o, s:o, s:o}", "id", id, "total",
+        (json_int_t)c->total, "claimed", (json_int_t)c->claimed, "remaining",
+        (json_int_t)(c->total - c->claimed), "last_fence",
+        (json_int_t)c->last_fence, "buckets", b, "starts_at",
+        c->starts_at_us != REQ_NO_TIME ? json_string(s0) : json_null(),
+        "ends_at",
+        c->ends_at_us != REQ_NO_TIME ? json_string(s1) : json_null());
+}
+
 static void api__coupon_create(const api_request_t *req, api_response_t *resp) {
     if (api__check_adminOrReply(req, resp) ||
         api__check_bodyOrReply(req, resp)) {
@@ -255,18 +285,26 @@ static void api__coupon_create(const api_request_t *req, api_response_t *resp) {
         return;
     }
     char d[256];
-    int rc = claim_coupon_create(c.id, c.total, d, sizeof(d));
+    int rc = claim_coupon_create(&c, d, sizeof(d));
     if (rc < 0) {
         api__unavailable(resp, "unavailable", d);
-    } else if (rc == 1) {
+        return;
+    }
+    if (rc == 1) {
         snprintf(d, sizeof(d), "coupon \"%s\" exists already", c.id);
         api__error(resp, 409, "exists", d);
-    } else {
-        api__json(resp, 201,
-                  json_pack("{s:s, s:I, s:i, s:I, s:i}", "id", c.id, "total",
-                            (json_int_t)c.total, "claimed", 0, "remaining",
-                            (json_int_t)c.total, "last_fence", 0));
+        return;
     }
+    /* Created: answer what was stored (the buckets' split, the window as
+     * PostgreSQL keeps it). */
+    static _Thread_local claim_coupon_t cc;
+    if (claim_coupon_get(c.id, &cc, d, sizeof(d)) != 0) {
+        api__json(
+            resp, 201,
+            json_pack("{s:s, s:I}", "id", c.id, "total", (json_int_t)c.total));
+        return;
+    }
+    api__json(resp, 201, api__coupon_json(c.id, &cc));
 }
 
 static void api__coupon_get(const char *id, api_response_t *resp) {
@@ -276,7 +314,7 @@ static void api__coupon_get(const char *id, api_response_t *resp) {
         api__error(resp, 400, "invalid_id", why);
         return;
     }
-    claim_coupon_t c;
+    static _Thread_local claim_coupon_t c;
     int rc = claim_coupon_get(id, &c, d, sizeof(d));
     if (rc < 0) {
         api__unavailable(resp, "unavailable", d);
@@ -284,12 +322,7 @@ static void api__coupon_get(const char *id, api_response_t *resp) {
         snprintf(d, sizeof(d), "no coupon \"%s\"", id);
         api__error(resp, 404, "not_found", d);
     } else {
-        api__json(resp, 200,
-                  json_pack("{s:s, s:I, s:I, s:I, s:I}", "id", id, "total",
-                            (json_int_t)c.total, "claimed",
-                            (json_int_t)c.claimed, "remaining",
-                            (json_int_t)(c.total - c.claimed), "last_fence",
-                            (json_int_t)c.last_fence));
+        api__json(resp, 200, api__coupon_json(id, &c));
     }
 }
 

@@ -90,6 +90,9 @@
 #include "store.h"
 #include "wd.h"
 
+_Static_assert(REQ_NO_TIME == STORE_NO_TIME, "one value for no bound");
+_Static_assert(REQ_BUCKETS_MAX == STORE_BUCKETS_MAX, "one bucket limit");
+
 /* Set once by claim_init, read-only afterwards. */
 static const cfg_t *claim__cfg;
 static wd_t *claim__wd;
@@ -463,24 +466,24 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
 
 /* --------------------------------------------------------------- admin --- */
 
-int claim_coupon_create(const char *id, int64_t total, char *detail,
-                        size_t len) {
+int claim_coupon_create(const req_coupon_t *rc, char *detail, size_t len) {
     claim__conns_t *c = claim__conns();
     if (c == NULL) {
         snprintf(detail, len, "out of memory");
         return -1;
     }
-    int rc = store_coupon_create(c->store, id, total, 1, STORE_NO_TIME,
-                                 STORE_NO_TIME);
-    if (rc == STORE_ERR) {
+    /* REQ_NO_TIME and STORE_NO_TIME are the same value: INT64_MIN. */
+    int rv = store_coupon_create(c->store, rc->id, rc->total, rc->buckets,
+                                 rc->starts_at_us, rc->ends_at_us);
+    if (rv == STORE_ERR) {
         snprintf(detail, len, "%s", store_errstr(c->store));
         return -1;
     }
-    if (rc == STORE_OK) {
-        log_info("coupon.created", "coupon=%s total=%lld", id,
-                 (long long)total);
+    if (rv == STORE_OK) {
+        log_info("coupon.created", "coupon=%s total=%lld buckets=%d", rc->id,
+                 (long long)rc->total, rc->buckets);
     }
-    return rc == STORE_OK ? 0 : 1;
+    return rv == STORE_OK ? 0 : 1;
 }
 
 int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
@@ -490,7 +493,7 @@ int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
         snprintf(detail, len, "out of memory");
         return -1;
     }
-    store_coupon_t sc;
+    static _Thread_local store_coupon_t sc; /* 1.6 KiB: off the stack */
     int rc = store_coupon_get(c->store, id, &sc);
     if (rc == STORE_ERR) {
         snprintf(detail, len, "%s", store_errstr(c->store));
@@ -502,6 +505,14 @@ int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
     out->total = sc.total;
     out->claimed = sc.claimed;
     out->last_fence = sc.last_fence;
+    out->buckets = sc.buckets;
+    for (int i = 0; i < sc.buckets && sc.buckets > 1; i++) {
+        out->bucket[i].total = sc.bucket[i].total;
+        out->bucket[i].claimed = sc.bucket[i].claimed;
+        out->bucket[i].last_fence = sc.bucket[i].last_fence;
+    }
+    out->starts_at_us = sc.starts_at_us;
+    out->ends_at_us = sc.ends_at_us;
     return 0;
 }
 

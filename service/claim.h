@@ -44,7 +44,12 @@ typedef struct claim_result {
 } claim_result_t;
 
 typedef struct claim_coupon {
-    int64_t total, claimed, last_fence;
+    int64_t total, claimed, last_fence; /* claimed: all buckets together */
+    int buckets;                        /* 1: unsharded */
+    struct {
+        int64_t total, claimed, last_fence;
+    } bucket[REQ_BUCKETS_MAX];        /* [0, buckets) when buckets > 1 */
+    int64_t starts_at_us, ends_at_us; /* or REQ_NO_TIME */
 } claim_coupon_t;
 
 /* Reads the configuration (borrowed for the process's lifetime) and starts
@@ -127,9 +132,8 @@ void claim_run(claim_waiter_t *w);
  * w->result likewise without calling w->done: the caller answers w. */
 void claim_cancel(claim_waiter_t *w);
 
-/* 0 created, 1 exists, -1 backend failure (detail filled). */
-int claim_coupon_create(const char *id, int64_t total, char *detail,
-                        size_t len);
+/* 0 created, 1 exists, -1 backend failure (detail filled). c is borrowed. */
+int claim_coupon_create(const req_coupon_t *c, char *detail, size_t len);
 
 /* 0 found, 1 not found, -1 backend failure (detail filled). */
 int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,

@@ -2,13 +2,14 @@
  * store.c: see store.h.
  *
  * Every statement is prepared once per connection and run with text
- * parameters. A transaction is: BEGIN, per item the check and the write,
- * then the gate, then COMMIT. Round trips for one claim: 4 (BEGIN, check,
- * write, COMMIT).
+ * parameters. A claim's transaction is: BEGIN, the stock row's lock and the
+ * claim statement for the whole batch, sent as one pipeline; then the gate;
+ * then COMMIT. Round trips for a claim, or a batch of any size: 2.
  *
- * The write is one statement, a data-modifying CTE: the conditional UPDATE
- * and the INSERT of the claim row, which takes its seq from the UPDATE's
- * RETURNING. If the UPDATE matches no row, the INSERT inserts none.
+ * The claim statement is one data-modifying CTE (claim_c below): the
+ * conditional UPDATE by the batch's count and the INSERT of the claim rows,
+ * which take their seq from the UPDATE's RETURNING. If the UPDATE matches
+ * no row, the INSERT inserts none.
  *
  * No call waits on the server without a deadline. The connection is in
  * libpq's non-blocking mode: each statement is sent with PQsend*, and every
@@ -41,12 +42,13 @@ struct store {
     char *instance;
     uint32_t connect_timeout_s, statement_timeout_ms, idle_tx_timeout_ms;
     uint32_t tx_deadline_ms;
-    int64_t deadline_ns; /* monotonic: the running call gives up here */
-    int timed_out;       /* the last wait ran into deadline_ns */
-    int replan;          /* a statement failed with 0A000: prepare again */
-    int refused;         /* the last connect failed because the server
-                            refused this login (see store__open) */
-    int shape_buckets;   /* store_claim_shape: what the last claim learnt */
+    int64_t deadline_ns;  /* monotonic: the running call gives up here */
+    int timed_out;        /* the last wait ran into deadline_ns */
+    int replan;           /* a statement failed with 0A000: prepare again */
+    int refused;          /* the last connect failed because the server
+                             refused this login (see store__open) */
+    uint64_t round_trips; /* store_round_trips */
+    int shape_buckets;    /* store_claim_shape: what the last claim learnt */
     uint64_t shape_stock;
     char errstr[256];
 };
@@ -567,6 +569,7 @@ static int store__wait(store_t *st, const char *what, short events) {
  * connection dropped if it is bad). */
 static PGresult *store__collect(store_t *st, const char *what) {
     assert(st->conn != NULL && PQisnonblocking(st->conn));
+    st->round_trips++;
     int f;
     while ((f = PQflush(st->conn)) == 1) {
         if (store__wait(st, what, POLLOUT | POLLIN) != STORE_OK) {
@@ -1017,6 +1020,7 @@ static int store__pipeline(store_t *st, int nq, const store__q_t *q,
     if (PQpipelineSync(st->conn) == 0) {
         return store__fail(st, what, NULL);
     }
+    st->round_trips++;
     int f;
     while ((f = PQflush(st->conn)) == 1) {
         if (store__wait(st, what, POLLOUT | POLLIN) != STORE_OK) {
@@ -1347,6 +1351,10 @@ int store_claim(store_t *st, const char *coupon, int bucket, int64_t fence,
         rc = STORE_ERR;
     }
     return rc;
+}
+
+uint64_t store_round_trips(const store_t *st) {
+    return st->round_trips;
 }
 
 void store_claim_shape(const store_t *st, int *buckets, uint64_t *stock_mask) {

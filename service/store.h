@@ -158,6 +158,11 @@ int store_claim(store_t *st, const char *coupon, int bucket, int64_t fence,
  * coupon). Read from the same transaction, so exact as of its commit. */
 void store_claim_shape(const store_t *st, int *buckets, uint64_t *stock_mask);
 
+/* Round trips to PostgreSQL st has made (every statement or pipeline sent
+ * and answered, connecting and preparing included), for tests and
+ * measurements: an uncontended claim costs 2. */
+uint64_t store_round_trips(const store_t *st);
+
 /* The naive claim, for demonstrating the race: read claimed, then write
  * claimed = <read> + 1 and insert, as separate autocommit statements with
  * nothing holding other writers off between them. Never use it for real. */

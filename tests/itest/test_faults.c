@@ -794,21 +794,21 @@ TT_TEST(stale_holder_fenced_after_early_expiry, 60) {
 
 /*
  * The stale READ: fences order writes, not reads. The last coupon; two
- * holders, each pausing between its check and its write (after_check):
+ * holders, each pausing between its read and its write (after_check):
  *
- *   t=0     S acquires (fence f), checks: 1 left. Pauses 1.5 s.
+ *   t=0     S acquires (fence f), takes the coupon's row lock and reads: 1
+ *           left. Pauses 1.5 s, holding the row lock.
  *           S's Redis path is black-holed, Redis's clock jumps: S's lock is
  *           gone while S believes it holds it (as in the test above).
- *   t=0.1   B acquires (fence g > f), checks: 1 left (S has not written).
- *           Pauses 2.5 s.
+ *   t=0.1   B acquires (fence g > f). Its row-lock statement waits for S.
  *   t=1.5   S writes: last_fence < f, so the fence accepts it (nobody newer
  *           has WRITTEN yet), 1 left: claimed = total. S commits: 201.
- *   t=2.6   B writes on a check that went stale. The fence accepts it too
- *           (g > f). Only `claimed < total` in the same UPDATE refuses it:
- *           410 sold out.
+ *   t=1.5   B gets the row, reads 0 left, pauses 2.5 s, and writes
+ *           nothing: the stock terms of its UPDATE (the count bounded by
+ *           total - claimed, and claimed + k <= total) refuse it: 410.
  *
- * The stale holder has to write BEFORE the new holder (after its read):
- * written after, the fence alone would refuse it. Without the predicate
+ * The row lock taken before the read is what keeps B's read from going
+ * stale; the stock terms are what turn it into a refusal. Without them
  * (COUPONSVC_UNSAFE_NO_STOCK_CHECK) B's write lands, claimed = total + 1.
  * The schema's CHECK (claimed <= total) would still stop that, as the last
  * line of defence; this test drops that CHECK from its own database, so that
