@@ -915,9 +915,12 @@ int claim_submit(claim_waiter_t *w) {
         pthread_mutex_unlock(&claim__mu);
         return CLAIM_SUBMIT_RUN;
     }
-    /* Batches ahead of this claim: the one in progress, and one per
-     * COUPON_BATCH_MAX claims queued before it. */
-    int64_t ahead_ns = (int64_t)(r->n / cfg->batch_max + 1) * r->cycle_ns;
+    /* Full batches queued ahead of this claim (the one in progress aside),
+     * each about as long as the coupon's recent batches. Only a queue of at
+     * least one full batch is refused on this estimate: a lone slow batch
+     * (a row lock, a slow backend) is better answered by its own outcome. */
+    uint32_t batches = r->n / cfg->batch_max;
+    int64_t ahead_ns = (int64_t)(batches + 1) * r->cycle_ns;
     if (r->n >= cfg->queue_max_per_coupon) {
         refused = M_ADMIT_QUEUE_FULL;
         snprintf(why, sizeof(why),
@@ -930,7 +933,7 @@ int claim_submit(claim_waiter_t *w) {
                  "%u claims are already waiting in this instance "
                  "(COUPON_QUEUE_MAX); nothing was tried",
                  claim__parked);
-    } else if (w->submitted_ns + ahead_ns > w->deadline_ns) {
+    } else if (batches > 0 && w->submitted_ns + ahead_ns > w->deadline_ns) {
         refused = M_ADMIT_DEADLINE;
         snprintf(why, sizeof(why),
                  "the %u claims queued ahead need about %lld ms, past this "

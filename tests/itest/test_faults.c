@@ -399,8 +399,16 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
     char idle[64];
     snprintf(idle, sizeof(idle), "COUPON_PG_IDLE_TX_TIMEOUT_MS=%d",
              idle_timeout_ms);
-    const char *env_v[] = {TTL_ENV, "COUPON_FAULT=before_commit:400",
-                           "COUPON_LOCK_WAIT_MS=10000", idle, NULL};
+    /* The victim claims alone (COUPON_BATCH_MAX=1): a lease lost before
+     * COMMIT is then answered 503 lease_lost. Combined, the claim would go
+     * back to its queue for a new lease instead: that path is
+     * comb_batch_lease_lost_requeued. */
+    const char *env_v[] = {TTL_ENV,
+                           "COUPON_FAULT=before_commit:400",
+                           "COUPON_LOCK_WAIT_MS=10000",
+                           idle,
+                           "COUPON_BATCH_MAX=1",
+                           NULL};
     const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=3000",
                          "COUPON_PG_STATEMENT_TIMEOUT_MS=1000", NULL};
     h_svc_t *a = h_svc_start("sb-a", env), *b = h_svc_start("sb-b", env);
@@ -546,8 +554,13 @@ TT_TEST(redis_stalled_past_ttl, 60) {
     h_begin();
     const char *dbg[] = {"--enable-debug-command", "local", NULL};
     h_redis_restart_with(dbg, NULL);
+    /* The victim claims alone (COUPON_BATCH_MAX=1): a lease lost before
+     * COMMIT is then answered 503 lease_lost. Combined, the claim would go
+     * back to its queue for a new lease instead: that path is
+     * comb_batch_lease_lost_requeued. */
     const char *env_v[] = {TTL_ENV, "COUPON_FAULT=before_commit:1500",
-                           "COUPON_LOCK_WAIT_MS=10000", NULL};
+                           "COUPON_LOCK_WAIT_MS=10000", "COUPON_BATCH_MAX=1",
+                           NULL};
     const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=3000", NULL};
     h_svc_t *a = h_svc_start("rs-a", env), *b = h_svc_start("rs-b", env);
     h_svc_t *v = h_svc_start("rs-victim", env_v);
@@ -608,8 +621,16 @@ TT_TEST(redis_partitioned_from_one_instance, 60) {
     fp_t *px = fp_start(h_redis_port());
     char via[64];
     snprintf(via, sizeof(via), "COUPON_REDIS_ADDRS=127.0.0.1:%d", fp_port(px));
-    const char *env_v[] = {TTL_ENV, "COUPON_FAULT=before_commit:1500",
-                           "COUPON_LOCK_WAIT_MS=10000", via, NULL};
+    /* The victim claims alone (COUPON_BATCH_MAX=1): a lease lost before
+     * COMMIT is then answered 503 lease_lost. Combined, the claim would go
+     * back to its queue for a new lease instead: that path is
+     * comb_batch_lease_lost_requeued. */
+    const char *env_v[] = {TTL_ENV,
+                           "COUPON_FAULT=before_commit:1500",
+                           "COUPON_LOCK_WAIT_MS=10000",
+                           via,
+                           "COUPON_BATCH_MAX=1",
+                           NULL};
     const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=3000", NULL};
     h_svc_t *a = h_svc_start("rp-a", env), *b = h_svc_start("rp-b", env);
     h_svc_t *v = h_svc_start("rp-victim", env_v);
