@@ -305,3 +305,53 @@ TT_TEST(comb_sharded_buckets_move_on, 90) {
 TT_TEST(comb_sharded_buckets_move_on_uncombined, 90) {
     sharded_run("COUPON_BATCH_MAX=1");
 }
+
+/* SIGTERM with claims parked: the leader (in its after_acquire pause) is
+ * finishing its batch of two when the grace period (300 ms) runs out; the
+ * workers stop, the leadership cannot be handed on, and the claims still
+ * parked are answered 503 shutting_down with Retry-After. Every claim gets
+ * an answer, the process exits 0 (libmicrohttpd aborts on a suspended
+ * connection at stop), and every 201 has its row. */
+TT_TEST(comb_parked_claims_answered_at_shutdown, 60) {
+    enum { N = 6 };
+    h_begin();
+    const char *env[] = {"COUPON_BATCH_MAX=2", "COUPON_SHUTDOWN_GRACE_MS=300",
+                         "COUPON_LOCK_WAIT_MS=20000",
+                         "COUPON_FAULT=after_acquire:1000", NULL};
+    h_svc_t *s = h_svc_start("stopping", env);
+    h_coupon(s, "stop", 100);
+    static comb_call_t lead, q[N];
+    lead = (comb_call_t){.s = s, .coupon = "stop", .user = "leader"};
+    pthread_t tl, t[N];
+    TT_ASSERT(pthread_create(&tl, NULL, comb_claim_thread, &lead) == 0);
+    TT_CMP_INT(h_wait_metric(s, "couponsvc_leases_held", 1, 5000), >=, 1);
+    for (int i = 0; i < N; i++) {
+        q[i] = (comb_call_t){.s = s, .coupon = "stop"};
+        snprintf(q[i].user, sizeof(q[i].user), "p-%d", i);
+        TT_ASSERT(pthread_create(&t[i], NULL, comb_claim_thread, &q[i]) == 0);
+    }
+    TT_CMP_INT(h_wait_metric(s, "couponsvc_claims_parked", N, 5000), >=, N);
+    TT_ASSERT(kill(s->pid, SIGTERM) == 0);
+    pthread_join(tl, NULL);
+    long n201 = lead.status == 201;
+    int down = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        printf("# %s: %ld %s\n", q[i].user, q[i].status,
+               comb_str(q[i].json, "error"));
+        TT_ASSERT_MSG(
+            q[i].status == 201 ||
+                (q[i].status == 503 &&
+                 strcmp(comb_str(q[i].json, "error"), "shutting_down") == 0 &&
+                 q[i].retry_after),
+            "%s: %ld %s", q[i].user, q[i].status, comb_str(q[i].json, "error"));
+        n201 += q[i].status == 201;
+        down += q[i].status == 503;
+        json_decref(q[i].json);
+    }
+    json_decref(lead.json);
+    TT_EQ_INT(lead.status, 201);
+    TT_CMP_INT(down, >=, 1);
+    TT_EQ_INT(h_svc_stop(s, 10000), 0);
+    h_check_invariants("stop", 100, n201);
+}
