@@ -24,6 +24,8 @@
 #   COUPONSVC      the service binary                       (<repo>/build/couponsvc)
 #   PG_BIN         PostgreSQL server binaries  (/usr/lib/postgresql/15/bin)
 #   PG_PASSWORD    password of the couponsvc database role  (generated)
+#   PG_DURABLE     1: PostgreSQL with fsync, full_page_writes and
+#                  synchronous_commit on (benchmarks)        (0: all off)
 #   WAIT_SECS      bound on each readiness wait             (30)
 #   STOP_SECS      grace after the stop request, then SIGKILL (15; the
 #                  service drains for up to 10 s on SIGTERM)
@@ -74,6 +76,7 @@ REDIS_PORT=${REDIS_PORT:-16379}
 COUPONSVC=${COUPONSVC:-$ROOT/build/couponsvc}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_PASSWORD=${PG_PASSWORD:-}
+PG_DURABLE=${PG_DURABLE:-0}
 WAIT_SECS=${WAIT_SECS:-30}
 STOP_SECS=${STOP_SECS:-15}
 ADMIN_TOKEN=${COUPON_ADMIN_TOKEN:-}
@@ -118,6 +121,7 @@ check_settings() {
         eval "val=\$$v"
         is_uint "$val" || fail "$v must be a non-negative integer, got '$val'"
     done
+    case $PG_DURABLE in 0 | 1) ;; *) fail "PG_DURABLE must be 0 or 1, got '$PG_DURABLE'" ;; esac
     # The password goes into a URI and an SQL literal: keep it plain.
     case $PG_PASSWORD in
     *[!A-Za-z0-9_.-]*) fail "PG_PASSWORD may only contain A-Z a-z 0-9 _ . -" ;;
@@ -330,6 +334,21 @@ load_recorded() {
     . "$SD/stack.conf"
 }
 
+# The durability settings of postgresql.conf. By default none: the stack
+# is re-created at every 'up', and a commit that waits for the disk only
+# slows a demo down. PG_DURABLE=1 turns fsync, full_page_writes and
+# synchronous_commit on, as a production server runs, for benchmarks
+# whose figures should mean what they would mean there (make bench).
+pg_durability() {
+    if [ "$PG_DURABLE" = 1 ]; then
+        printf '%s\n' "# PG_DURABLE=1: durable, as in production." \
+            "fsync = on" "full_page_writes = on" "synchronous_commit = on"
+    else
+        printf '%s\n' "# No durability: the stack is re-created at every 'up'. Never in production." \
+            "fsync = off" "full_page_writes = off" "synchronous_commit = off"
+    fi
+}
+
 start_postgres() {
     local pg=$SD/pg log=$SD/logs/postgres.log pid
     [ -x "$PG_BIN/initdb" ] || fail "no $PG_BIN/initdb: install postgresql-15 (make deps) or set PG_BIN"
@@ -356,10 +375,7 @@ unix_socket_directories = '$pg/sock'
 password_encryption = 'scram-sha-256'
 max_connections = 300
 shared_buffers = 128MB
-# No durability: the stack is re-created at every 'up'. Never in production.
-fsync = off
-full_page_writes = off
-synchronous_commit = off
+$(pg_durability)
 log_line_prefix = '%m [%p] %q%u@%d '
 log_min_duration_statement = -1
 EOF

@@ -10,7 +10,8 @@
 #                           $(BUILD)/demo/lock.csv -> $(BUILD)/report.png)
 
 LOADGEN_PKGS := libcurl libpq
-LOADGEN_OBJS := $(BUILD)/loadtest/loadgen.o $(BUILD)/loadtest/lg_http.o
+LOADGEN_OBJS := $(BUILD)/loadtest/loadgen.o $(BUILD)/loadtest/lg_http.o \
+	$(BUILD)/loadtest/lg_verify.o
 
 # Recursive (=) on purpose: pkg-config runs when a recipe needs the flags,
 # after deps-check has had the chance to install the packages.

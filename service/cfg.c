@@ -21,6 +21,7 @@ typedef enum cfg__kind {
     CFG__MODE,  /* claim_mode_t */
     CFG__LEVEL, /* log_level_t */
     CFG__ID,    /* char instance_id[128] */
+    CFG__ONOFF, /* int: on = 1, off = 0 */
 } cfg__kind_t;
 
 typedef struct cfg__opt {
@@ -72,6 +73,11 @@ static const cfg__opt_t cfg__opts[] = {
      "request"},
     {"COUPON_MAX_BODY", CFG__U32, F(max_body), "4096", 64, 1048576,
      "request body limit in bytes (413 above it)"},
+    {"COUPON_CONN_MEMORY_LIMIT", CFG__U32, F(conn_memory_limit), "32768", 4096,
+     1048576,
+     "bytes of libmicrohttpd's memory pool per connection (request line and "
+     "headers, the body's read buffer, the response headers); resident "
+     "while the connection stays open"},
     {"COUPON_REDIS_TIMEOUT_MS", CFG__U32, F(redis_timeout_ms), NULL, 0, 60000,
      "Redis connect and command timeout in ms (default: the smaller "
      "of 500 and TTL/4)"},
@@ -93,6 +99,17 @@ static const cfg__opt_t cfg__opts[] = {
      "transaction deadline + watchdog period)"},
     {"COUPON_SHUTDOWN_GRACE_MS", CFG__U32, F(shutdown_grace_ms), "10000", 0,
      600000, "how long SIGTERM waits for open connections to finish"},
+    {"COUPON_BATCH_MAX", CFG__U32, F(batch_max), "32", 1, 1024,
+     "claims of one coupon one lease serves in one transaction (lock mode; "
+     "1: no combining, every claim waits for the lock on a worker)"},
+    {"COUPON_QUEUE_MAX_PER_COUPON", CFG__U32, F(queue_max_per_coupon), "1024",
+     1, 1000000,
+     "claims that may wait in one coupon's queue; more are answered 503 "
+     "overloaded at once"},
+    {"COUPON_QUEUE_MAX", CFG__U32, F(queue_max), "8192", 1, 1000000,
+     "claims that may wait in all coupons' queues of this process together"},
+    {"COUPON_SOLDOUT_MEMO", CFG__ONOFF, F(soldout_memo), "on", 0, 0,
+     "on | off: answer claims on a coupon seen sold out from memory"},
     {"COUPON_INSTANCE_ID", CFG__ID, F(instance_id), NULL, 0, 0,
      "name in logs, metrics and claim rows (default: hostname-pid)"},
     {"COUPON_LOG_LEVEL", CFG__LEVEL, F(log_level), "info", 0, 0,
@@ -232,6 +249,14 @@ static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
                      "%s: '%s' is not debug, info, warn or error", o->env, v);
             return -1;
         }
+        return 0;
+    case CFG__ONOFF:
+        if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
+            snprintf(c->errstr, sizeof(c->errstr), "%s: '%s' is not on or off",
+                     o->env, v);
+            return -1;
+        }
+        *(int *)(void *)field = strcmp(v, "on") == 0;
         return 0;
     case CFG__ID: {
         size_t len = strlen(v);

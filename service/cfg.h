@@ -51,6 +51,7 @@ typedef struct cfg {
     uint32_t max_connections;    /* libmicrohttpd connection limit */
     uint32_t conn_timeout_s;     /* idle/slow connection timeout */
     uint32_t max_body;           /* request body limit in bytes (413 above) */
+    uint32_t conn_memory_limit;  /* libmicrohttpd pool bytes per connection */
     uint32_t redis_timeout_ms;   /* connect and command timeout, every call */
     uint32_t pg_connect_timeout_s;    /* libpq connect_timeout */
     uint32_t pg_statement_timeout_ms; /* SET statement_timeout */
@@ -58,8 +59,12 @@ typedef struct cfg {
     uint32_t pg_tx_deadline_ms;       /* client-side bound on one transaction */
     uint32_t lock_max_hold_ms;  /* the watchdog renews one lease this long */
     uint32_t shutdown_grace_ms; /* how long SIGTERM waits for connections */
-    char instance_id[128];      /* COUPON_INSTANCE_ID; default hostname-pid */
-    log_level_t log_level;      /* COUPON_LOG_LEVEL */
+    uint32_t batch_max;         /* claims one lease serves; 1: no combining */
+    uint32_t queue_max_per_coupon; /* parked claims per coupon (lock mode) */
+    uint32_t queue_max;            /* parked claims in the whole process */
+    int soldout_memo;              /* 1: the sold-out fast path is on */
+    char instance_id[128]; /* COUPON_INSTANCE_ID; default hostname-pid */
+    log_level_t log_level; /* COUPON_LOG_LEVEL */
 
     char errstr[256]; /* why cfg_load failed */
 } cfg_t;

@@ -1,6 +1,6 @@
 # tests/tests.mk: test binaries and the `test` target. Included by Makefile.
 
-TEST_CFLAGS = $(CFLAGS) $(PKG_CFLAGS) -Iservice -Itests
+TEST_CFLAGS = $(CFLAGS) $(PKG_CFLAGS) -Iservice -Itests -Iloadtest
 TEST_LIBS   = $(PKG_LIBS) $(shell pkg-config --libs libcurl 2>/dev/null) \
               $(LDLIBS) -lm
 
@@ -8,7 +8,10 @@ UNIT_OBJS := $(addprefix $(BUILD)/tests/, tt.o unit/test_cfg.o \
 	unit/test_req.o unit/test_misc.o unit/test_lg_http.o)
 ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_claim.o itest/test_api.o \
-	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o)
+	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o \
+	itest/test_comb.o itest/test_verify.o itest/test_store.o) \
+	$(BUILD)/loadtest/lg_verify.o \
+	$(LIB_OBJS) $(BUILD)/service/store.o $(BUILD)/service/migrations.o
 
 $(BUILD)/tests/%.o: tests/%.c | deps-check
 	@mkdir -p $(dir $@)
@@ -16,8 +19,8 @@ $(BUILD)/tests/%.o: tests/%.c | deps-check
 	$(Q)$(CC) $(TEST_CFLAGS) -c -o $@ $<
 
 # The load generator's response reader is tested with the service's units;
-# only its test sees the loadtest headers.
-$(BUILD)/tests/unit/test_lg_http.o: TEST_CFLAGS += -Iloadtest
+# the harness shares the load generator's invariant checker (lg_verify.c),
+# so every test sees the loadtest headers.
 
 $(BUILD)/tests/unit-tests: $(UNIT_OBJS) $(LIB_OBJS) $(BUILD)/service/lock.o \
 		$(BUILD)/loadtest/lg_http.o
@@ -34,17 +37,34 @@ $(BUILD)/tests/integration-tests: $(ITEST_OBJS)
 test: deps-check all $(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests \
 		$(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so \
 		$(BUILD)/tests/libbootshift.so \
-		$(BUILD)/loadgen
-	$(Q)$(FAULT_ENV) LOADGEN=$(BUILD)/loadgen sh tests/run.sh \
+		$(BUILD)/loadgen $(BUILD)/old/couponsvc
+	$(Q)$(FAULT_ENV) LOADGEN=$(BUILD)/loadgen \
+		COUPONSVC_OLD_BIN=$(BUILD)/old/couponsvc sh tests/run.sh \
 		$(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests \
 		$(BUILD)/tests/fault-tests tests/stack/test_stack.sh
 
 test-unit: $(BUILD)/tests/unit-tests
 	$(Q)$(BUILD)/tests/unit-tests
 
-test-integration: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen
+test-integration: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen \
+		$(BUILD)/old/couponsvc
 	$(Q)COUPONSVC_BIN=$(BUILD)/couponsvc LOADGEN=$(BUILD)/loadgen \
+		COUPONSVC_OLD_BIN=$(BUILD)/old/couponsvc \
 		$(BUILD)/tests/integration-tests $(T)
+
+# The replica a rolling upgrade starts from, for
+# rolling_upgrade_old_and_new_replicas: couponsvc as it was in the commit
+# before migrations/002 was added (OLD_REV), built from `git archive` into
+# $(BUILD)/old/. It only needs a rebuild when OLD_REV changes.
+OLD_REV ?= $(shell git log --diff-filter=A --format=%H -1 -- \
+	migrations/002_buckets_window.sql 2>/dev/null)^
+$(BUILD)/old/couponsvc:
+	@echo "  OLD     $@ (from $(OLD_REV))"
+	$(Q)rm -rf $(BUILD)/old/src && mkdir -p $(BUILD)/old/src
+	$(Q)git archive "$(OLD_REV)" | tar -x -C $(BUILD)/old/src
+	$(Q)$(MAKE) --no-print-directory -C $(BUILD)/old/src NO_DEPS=1 \
+		BUILD=build build/couponsvc >/dev/null
+	$(Q)cp $(BUILD)/old/src/build/couponsvc $@
 
 # ------------------------------------------------------------ fault tests ---
 # `make test-faults [T=name]`: the failure scenarios (kill -9,
@@ -55,7 +75,8 @@ test-integration: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen
 
 FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_faults.o itest/test_redis_faults.o \
-	faults/load.o faults/proxy.o)
+	itest/test_comb_faults.o \
+	faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o
 
 $(BUILD)/tests/fault-tests: $(FAULT_OBJS)
 	@echo "  LD      $@"

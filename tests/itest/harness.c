@@ -691,57 +691,41 @@ void h_claim_many(h_svc_t *const *svcs, int nsvc, const char *coupon,
 
 /* ---------------------------------------------------------- invariants --- */
 
-void h_check_invariants(const char *coupon, long stock, long n201) {
+static void h__one_coupon(void *arg, uint64_t i, char *coupon, char *user) {
+    (void)i;
+    (void)user;
+    snprintf(coupon, LG_VERIFY_ID_MAX, "%s", (const char *)arg);
+}
+
+int h_invariants(const char *coupon, lg_verify_report_t *rep) {
     PGconn *c = PQconnectdb(h__dsn);
-    TT_ASSERT(PQstatus(c) == CONNECTION_OK);
-    const char *p[] = {coupon};
-    PGresult *r = PQexecParams(
-        c,
-        "SELECT c.total, c.claimed,"
-        "  (SELECT count(*) FROM claims WHERE coupon_id = c.id),"
-        "  (SELECT count(DISTINCT user_id) FROM claims WHERE coupon_id = c.id),"
-        "  (SELECT count(DISTINCT seq) FROM claims WHERE coupon_id = c.id),"
-        "  (SELECT coalesce(max(seq), 0) FROM claims WHERE coupon_id = c.id)"
-        " FROM coupons c WHERE c.id = $1",
-        1, NULL, p, NULL, NULL, 0);
-    TT_ASSERT_MSG(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1,
-                  "coupon %s: %s", coupon, PQresultErrorMessage(r));
-    long total = atol(PQgetvalue(r, 0, 0));
-    long claimed = atol(PQgetvalue(r, 0, 1));
-    long rows = atol(PQgetvalue(r, 0, 2));
-    long users = atol(PQgetvalue(r, 0, 3));
-    long seqs = atol(PQgetvalue(r, 0, 4));
-    long maxseq = atol(PQgetvalue(r, 0, 5));
-    PQclear(r);
-
-    TT_EQ_INT(total, stock);
-    TT_CMP_INT(claimed, <=, stock); /* never oversold */
-    TT_EQ_INT(rows, claimed);       /* every claim counted once */
-    TT_EQ_INT(users, rows);         /* one claim per user */
-    TT_EQ_INT(n201, rows);          /* every 201 durable, no more */
-    TT_EQ_INT(seqs, rows);          /* seq 1..claimed, no repeats */
-    TT_EQ_INT(maxseq, rows);
-
-    /* Fences strictly rising in commit order. */
-    r = PQexecParams(c,
-                     "SELECT seq, fence FROM claims WHERE coupon_id = $1"
-                     " ORDER BY seq",
-                     1, NULL, p, NULL, NULL, 0);
-    TT_ASSERT(PQresultStatus(r) == PGRES_TUPLES_OK);
-    long long prev = -1;
-    for (int i = 0; i < PQntuples(r); i++) {
-        if (PQgetisnull(r, i, 1)) {
-            continue; /* atomic mode: no fences */
-        }
-        long long f = atoll(PQgetvalue(r, i, 1));
-        TT_ASSERT_MSG(f > prev,
-                      "fences not rising in commit order: seq %s has fence "
-                      "%lld after %lld",
-                      PQgetvalue(r, i, 0), f, prev);
-        prev = f;
-    }
-    PQclear(r);
+    lg_verify_list_t coupons = {1, h__one_coupon, (void *)coupon};
+    int rc = lg_verify_run(c, &coupons, NULL, rep);
     PQfinish(c);
+    return rc;
+}
+
+void h_check_invariants(const char *coupon, long stock, long n201) {
+    lg_verify_report_t v;
+    TT_ASSERT_MSG(h_invariants(coupon, &v) == 0, "invariant check on %s: %s",
+                  coupon, v.err);
+    if (!v.ok)
+        fprintf(stderr, "  invariants of %s: %s\n", coupon, v.first);
+    TT_EQ_INT(v.coupons_missing, 0);
+    TT_EQ_INT(v.stock, stock);
+    TT_CMP_INT(v.claimed, <=, stock); /* never oversold */
+    TT_EQ_INT(v.oversell, 0);
+    TT_EQ_INT(v.rows_mismatch, 0); /* every claim counted once */
+    TT_EQ_INT(v.claim_rows, v.claimed);
+    TT_EQ_INT(v.duplicate_users, 0); /* one claim per user */
+    TT_EQ_INT(n201, v.claim_rows);   /* every 201 durable, no more */
+    TT_EQ_INT(v.bucket_oversell, 0); /* per bucket of a sharded coupon */
+    TT_EQ_INT(v.bucket_rows_mismatch, 0);
+    TT_EQ_INT(v.seq_mismatch, 0); /* seq 1..claimed per counter */
+    /* Fences: equal only within one transaction, rising between them. */
+    TT_ASSERT_MSG(v.fences_increasing != 0, "fences out of commit order: %s",
+                  v.first);
+    TT_ASSERT_MSG(v.ok, "invariants of %s: %s", coupon, v.first);
 }
 
 int h_run_migrate(void) {

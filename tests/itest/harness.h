@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "lg_verify.h"
+
 #define H_MAX_SVCS 8
 
 typedef struct h_svc {
@@ -103,6 +105,13 @@ void h_claim_many(h_svc_t *const *svcs, int nsvc, const char *coupon,
  * claimed, one claim per user, every 201 durable (n201 == rows), and fences
  * strictly rising in commit order (seq) when the claims carry fences. */
 void h_check_invariants(const char *coupon, long stock, long n201);
+
+/* The same check without asserting: the shared invariant checker
+ * (loadtest/lg_verify.c, which the load generator's --verify-dsn runs too)
+ * on one coupon of the test database, no answered claims given. Fills *rep;
+ * returns lg_verify_run's result. For tests that plant a violation and
+ * expect the checker to see it. */
+int h_invariants(const char *coupon, lg_verify_report_t *rep);
 
 /* Runs `couponsvc migrate` on the test database; returns its exit status. */
 int h_run_migrate(void);

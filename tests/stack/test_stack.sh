@@ -401,7 +401,10 @@ t_restart_app_is_rolling() {
 }
 
 # 3. the verifier (loadgen --verify-dsn) catches an inconsistency injected in
-#    PostgreSQL: (a) a claim row without its counter, (b) a user twice.
+#    PostgreSQL: (a) a claim row without its counter, (b) a user twice,
+#    (d) two transactions with one fence, (e) a falling fence, (f) a bucket
+#    oversold; and passes (c) a batch's rows sharing their transaction's
+#    fence and (f) buckets reusing each other's fences.
 #
 # loadgen has no verify-only mode: the re-verification is a run of one claim
 # by a user who already holds a claim on the coupon (200 already_claimed),
@@ -474,6 +477,65 @@ EOF
         "$(jget "$W/b1.json" verify.rows_match_claimed)" true
     expect_eq "(b) verify.oversell" "$(jget "$W/b1.json" verify.oversell)" 0
     grep -Eq '^  duplicate users +1' "$W/b1.out" || fail "(b) the summary does not report the duplicate user"
+
+    # --- (c) fences: equal within one transaction (a batch) is allowed;
+    # equal across two transactions, or falling, is not. Planted rows, then
+    # loadgen --verify-only (nothing sent). -----------------------------
+    sql >/dev/null <<EOF || fail "(c) could not plant the fence rows"
+INSERT INTO coupons (id, total, claimed) VALUES ('inj-c', 10, 3), ('inj-d', 10, 2), ('inj-e', 10, 2);
+INSERT INTO claims (coupon_id, user_id, fence, seq, instance) VALUES ('inj-c', 'u1', 5, 1, 't');
+BEGIN;
+INSERT INTO claims (coupon_id, user_id, fence, seq, instance)
+     VALUES ('inj-c', 'u2', 6, 2, 't'), ('inj-c', 'u3', 6, 3, 't');
+COMMIT;
+INSERT INTO claims (coupon_id, user_id, fence, seq, instance) VALUES ('inj-d', 'u1', 7, 1, 't');
+INSERT INTO claims (coupon_id, user_id, fence, seq, instance) VALUES ('inj-d', 'u2', 7, 2, 't');
+INSERT INTO claims (coupon_id, user_id, fence, seq, instance) VALUES ('inj-e', 'u1', 9, 1, 't');
+INSERT INTO claims (coupon_id, user_id, fence, seq, instance) VALUES ('inj-e', 'u2', 8, 2, 't');
+EOF
+    local c rc_c rc_d rc_e
+    for c in c d e; do
+        rc=0
+        "$LOADGEN" --verify-only --coupon "inj-$c" --verify-dsn "$COUPON_PG_DSN" \
+            --json "$W/$c.json" >"$W/$c.out" 2>&1 || rc=$?
+        sed 's/^/    | /' "$W/$c.out"
+        printf -v "rc_$c" '%s' "$rc"
+    done
+    expect_eq "(c) a batch's shared fence: loadgen exit status" "$rc_c" 0
+    expect_eq "(c) verify.ok" "$(jget "$W/c.json" verify.ok)" true
+    expect_eq "(c) verify.fence_ties_in_tx" "$(jget "$W/c.json" verify.fence_ties_in_tx)" 1
+    expect_eq "(d) two transactions, one fence: loadgen exit status" "$rc_d" 3
+    expect_eq "(d) verify.fence_repeats" "$(jget "$W/d.json" verify.fence_repeats)" 1
+    expect_eq "(d) verify.fences_increasing" "$(jget "$W/d.json" verify.fences_increasing)" false
+    expect_eq "(e) a falling fence: loadgen exit status" "$rc_e" 3
+    expect_eq "(e) verify.fence_decreases" "$(jget "$W/e.json" verify.fence_decreases)" 1
+
+    # --- (f) a sharded coupon: per-bucket stock and counters. Bucket 0
+    # holds 1 and gets two rows (the coupon's stock of 3 is not exceeded);
+    # bucket 1's fence reuses bucket 0's, which is allowed (a lock and a
+    # fence counter per bucket). -------------------------------------------
+    sql >/dev/null <<EOF || fail "(f) could not plant the bucket rows"
+INSERT INTO coupons (id, total, buckets) VALUES ('inj-f', 3, 2);
+INSERT INTO coupon_buckets (coupon_id, bucket, total, claimed) VALUES ('inj-f', 0, 1, 1), ('inj-f', 1, 2, 1);
+INSERT INTO claims (coupon_id, user_id, fence, seq, instance, bucket) VALUES ('inj-f', 'u1', 1, 1, 't', 0);
+INSERT INTO claims (coupon_id, user_id, fence, seq, instance, bucket) VALUES ('inj-f', 'u2', 1, 1, 't', 1);
+EOF
+    rc=0
+    "$LOADGEN" --verify-only --coupon inj-f --verify-dsn "$COUPON_PG_DSN" \
+        --json "$W/f0.json" >"$W/f0.out" 2>&1 || rc=$?
+    sed 's/^/    | /' "$W/f0.out"
+    expect_eq "(f) clean sharded coupon: loadgen exit status" "$rc" 0
+    expect_eq "(f) verify.buckets" "$(jget "$W/f0.json" verify.buckets)" 2
+    sql -c "INSERT INTO claims (coupon_id, user_id, fence, seq, instance, bucket)
+            VALUES ('inj-f', 'u3', 2, 2, 't', 0)" >/dev/null || fail "(f) could not plant the extra row"
+    rc=0
+    "$LOADGEN" --verify-only --coupon inj-f --verify-dsn "$COUPON_PG_DSN" \
+        --json "$W/f1.json" >"$W/f1.out" 2>&1 || rc=$?
+    sed 's/^/    | /' "$W/f1.out"
+    expect_eq "(f) bucket 0 oversold: loadgen exit status" "$rc" 3
+    expect_eq "(f) verify.bucket_oversell" "$(jget "$W/f1.json" verify.bucket_oversell)" 1
+    expect_eq "(f) verify.bucket_rows_mismatch" "$(jget "$W/f1.json" verify.bucket_rows_mismatch)" 1
+    expect_eq "(f) verify.oversell (the coupon as a whole)" "$(jget "$W/f1.json" verify.oversell)" 0
     return 0
 }
 
