@@ -57,6 +57,9 @@ typedef struct cfg {
     uint32_t pg_idle_tx_timeout_ms;   /* idle_in_transaction_session_timeout */
     uint32_t pg_tx_deadline_ms;       /* client-side bound on one transaction */
     uint32_t lock_max_hold_ms;  /* the watchdog renews one lease this long */
+    int lock_wait_poll;         /* COUPON_LOCK_WAIT_STRATEGY: 1 = poll,
+                                   0 = pubsub (release notifications) */
+    uint32_t lock_recheck_ms;   /* COUPON_LOCK_RECHECK_MS: timed re-check */
     uint32_t shutdown_grace_ms; /* how long SIGTERM waits for connections */
     char instance_id[128];      /* COUPON_INSTANCE_ID; default hostname-pid */
     log_level_t log_level;      /* COUPON_LOG_LEVEL */

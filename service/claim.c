@@ -21,6 +21,7 @@
 
 #include "fault.h"
 #include "lock.h"
+#include "lock_wait.h"
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
@@ -74,6 +75,8 @@ static claim__conns_t *claim__conns(void) {
 int claim_init(const cfg_t *cfg) {
     claim__cfg = cfg;
     lock_init(cfg->redis_username, cfg->redis_password);
+    lock_wait_config(cfg->lock_wait_poll, cfg->lock_recheck_ms, &cfg->redis[0],
+                     cfg->redis_timeout_ms);
     if (pthread_key_create(&claim__key, claim__conns_free) != 0) {
         log_error("claim.init", "pthread_key_create failed");
         return -1;

@@ -20,6 +20,7 @@ $(BUILD)/tests/%.o: tests/%.c | deps-check
 $(BUILD)/tests/unit/test_lg_http.o: TEST_CFLAGS += -Iloadtest
 
 $(BUILD)/tests/unit-tests: $(UNIT_OBJS) $(LIB_OBJS) $(BUILD)/service/lock.o \
+		$(BUILD)/service/lock_wait.o \
 		$(BUILD)/loadtest/lg_http.o
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(TEST_LIBS)
