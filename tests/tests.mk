@@ -8,7 +8,8 @@ UNIT_OBJS := $(addprefix $(BUILD)/tests/, tt.o unit/test_cfg.o \
 	unit/test_req.o unit/test_misc.o unit/test_lg_http.o)
 ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_claim.o itest/test_api.o \
-	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o)
+	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o \
+	itest/test_lock_wait.o)
 
 $(BUILD)/tests/%.o: tests/%.c | deps-check
 	@mkdir -p $(dir $@)
@@ -56,6 +57,7 @@ test-integration: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen
 
 FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_faults.o itest/test_redis_faults.o \
+	itest/test_lock_wait_faults.o \
 	faults/load.o faults/proxy.o)
 
 $(BUILD)/tests/fault-tests: $(FAULT_OBJS)

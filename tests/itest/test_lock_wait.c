@@ -1,0 +1,112 @@
+/*
+ * test_lock_wait.c: how lock waiters sleep and wake (service/lock_wait.c),
+ * against real Redis, PostgreSQL and couponsvc. The lock is held by the test
+ * itself (a SET of a token the service does not know), so the test decides
+ * when it is released and whether the release is announced. The fault
+ * scenarios (subscriber killed, a release never announced) are in
+ * test_lock_wait_faults.c.
+ *
+ * What a waiter did is read from the service's metrics: acquire attempts
+ * (couponsvc_lock_acquisitions_total), wakeups by cause
+ * (couponsvc_lock_wakeups_total) and waiters now (couponsvc_lock_waiters).
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "lw_common.h"
+#include "tt.h"
+
+/* Subscribe before the attempt: the first attempt is refused, and the lock
+ * is released (and announced) while the waiter is paused before it
+ * subscribes, so the announcement reaches nobody. The waiter's attempt
+ * after the subscription's confirmation finds the lock free: granted with
+ * no wakeup at all. A waiter that went to sleep right after subscribing
+ * (no attempt in between) would sleep through its deadline's re-checks
+ * instead: a recheck wakeup, and one more refused attempt at least. */
+TT_TEST(lock_wait_subscribe_then_attempt, 60) {
+    h_begin();
+    const char *env[] = {"COUPON_LOCK_WAIT_MS=5000",
+                         "COUPON_LOCK_RECHECK_MS=250",
+                         "COUPON_FAULT=before_subscribe:800", NULL};
+    h_svc_t *s = h_svc_start("sb", env);
+    h_coupon(s, "sb", 5);
+    lw_hold("sb");
+
+    lw_claim_t a;
+    lw_claim_start(&a, s, "sb", "u1");
+    h_wait_metric(s, LW_BUSY, 1, 5000);
+    /* The waiter is paused in before_subscribe now (800 ms). */
+    lw_release_announced("sb");
+    lw_claim_join(&a);
+    TT_EQ_INT(a.status, 201);
+    TT_EQ_INT(h_metric(s, LW_BUSY), 1);
+    TT_EQ_INT(h_metric(s, LW_WAKE_RECHECK), 0);
+    TT_EQ_INT(h_metric(s, LW_WAKE_MESSAGE), 0);
+    h_check_invariants("sb", 5, 1);
+}
+
+/* Wake one, FIFO: three waiters on a held lock; one announcement that is
+ * not a release (the lock stays held) wakes exactly one of them, which
+ * tries and is refused; the others sleep on. Then the real release: the
+ * waiters get the lock in the order they came (fences rise in arrival
+ * order), each woken by its predecessor's release. */
+TT_TEST(lock_wait_wakes_one_in_order, 60) {
+    h_begin();
+    const char *env[] = {"COUPON_LOCK_WAIT_MS=15000",
+                         "COUPON_LOCK_RECHECK_MS=250", "COUPON_THREADS=4",
+                         NULL};
+    h_svc_t *s = h_svc_start("fifo", env);
+    h_coupon(s, "fifo", 5);
+    lw_hold("fifo");
+
+    lw_claim_t c[3];
+    char user[3][8];
+    for (int i = 0; i < 3; i++) {
+        snprintf(user[i], sizeof(user[i]), "u%d", i);
+        lw_claim_start(&c[i], s, "fifo", user[i]);
+        TT_EQ_INT(h_wait_metric(s, LW_WAITERS, i + 1, 5000), i + 1);
+    }
+    double msg0 = h_metric(s, LW_WAKE_MESSAGE);
+    h_redis_cmd("PUBLISH coupon:{fifo}:released coupon:{fifo}:lock");
+    h_wait_metric(s, LW_WAKE_MESSAGE, msg0 + 1, 5000);
+    h_sleep_ms(400);
+    TT_EQ_INT(h_metric(s, LW_WAKE_MESSAGE) - msg0, 1);
+
+    lw_release_announced("fifo");
+    long long fence[3];
+    for (int i = 0; i < 3; i++) {
+        lw_claim_join(&c[i]);
+        TT_EQ_INT(c[i].status, 201);
+        fence[i] = c[i].fence;
+    }
+    TT_CMP_INT(fence[0], <, fence[1]);
+    TT_CMP_INT(fence[1], <, fence[2]);
+    TT_EQ_INT(h_metric(s, LW_WAITERS), 0);
+    h_check_invariants("fifo", 5, 3);
+}
+
+/* The subscriber authenticates as the service's ACL user, with exactly the
+ * shipped rule: its SUBSCRIBE is allowed, so the release wakes the waiter
+ * by its message. (Refused, the waiter would only ever wake by the
+ * re-check.) */
+TT_TEST(lock_wait_subscriber_acl, 60) {
+    h_begin();
+    h_redis_restart_acl("svc-wait-pw");
+    const char *env[] = {
+        "COUPON_REDIS_USERNAME=couponsvc", "COUPON_REDIS_PASSWORD=svc-wait-pw",
+        "COUPON_LOCK_WAIT_MS=5000", "COUPON_LOCK_RECHECK_MS=250", NULL};
+    h_svc_t *s = h_svc_start("acl", env);
+    h_coupon(s, "acl", 5);
+    lw_hold("acl");
+    lw_claim_t a;
+    lw_claim_start(&a, s, "acl", "u1");
+    h_wait_metric(s, LW_WAITERS, 1, 5000);
+    h_sleep_ms(600); /* subscribed by now, or refused */
+    lw_release_announced("acl");
+    lw_claim_join(&a);
+    TT_EQ_INT(a.status, 201);
+    TT_CMP_INT(h_metric(s, LW_WAKE_MESSAGE), >=, 1);
+}
