@@ -110,3 +110,38 @@ TT_TEST(lock_wait_subscriber_acl, 60) {
     TT_EQ_INT(a.status, 201);
     TT_CMP_INT(h_metric(s, LW_WAKE_MESSAGE), >=, 1);
 }
+
+/* A woken waiter that leaves without the lock passes its wake on. Two
+ * waiters queue on a held lock; the test then turns the lock key into a
+ * hash, so that every acquire attempt fails with an error (WRONGTYPE), and
+ * announces a release once. The first waiter is woken, fails, answers 503
+ * and leaves: its wake goes to the second, which is woken by a message too
+ * (two message wakeups from one announcement), not left to its re-check. */
+TT_TEST(lock_wait_failed_waiter_passes_wake, 60) {
+    h_begin();
+    const char *env[] = {"COUPON_LOCK_WAIT_MS=15000",
+                         "COUPON_LOCK_RECHECK_MS=250", "COUPON_THREADS=4",
+                         NULL};
+    h_svc_t *s = h_svc_start("pass", env);
+    h_coupon(s, "pass", 5);
+    lw_hold("pass");
+    lw_claim_t c[2];
+    lw_claim_start(&c[0], s, "pass", "u0");
+    TT_EQ_INT(h_wait_metric(s, LW_WAITERS, 1, 5000), 1);
+    lw_claim_start(&c[1], s, "pass", "u1");
+    TT_EQ_INT(h_wait_metric(s, LW_WAITERS, 2, 5000), 2);
+    h_sleep_ms(300);
+
+    h_redis_cmd("EVAL %s 1 %s",
+                "redis.call('DEL', KEYS[1]) "
+                "return redis.call('HSET', KEYS[1], 'not', 'a lock')",
+                "coupon:{pass}:lock");
+    double msg0 = h_metric(s, LW_WAKE_MESSAGE);
+    h_redis_cmd("PUBLISH coupon:{pass}:released coupon:{pass}:lock");
+    for (int i = 0; i < 2; i++) {
+        lw_claim_join(&c[i]);
+        TT_EQ_INT(c[i].status, 503);
+    }
+    TT_EQ_INT(h_metric(s, LW_WAKE_MESSAGE) - msg0, 2);
+    TT_EQ_INT(h_metric(s, LW_WAITERS), 0);
+}
