@@ -608,13 +608,16 @@ static int lock__acquire_pubsub(lock_client_t *cl, const char *coupon,
         }
     }
     lock_waiter_t w;
-    lock_wait_join(&w, coupon, deadline_ns);
-    int rc;
+    int try_now = lock_wait_join(&w, coupon, deadline_ns);
+    int rc = LOCK_BUSY;
     for (;;) {
-        rc = lock_try_acquire(cl, coupon, ttl_ms, lease, &pttl);
-        if (rc != LOCK_BUSY) {
-            break;
+        if (try_now) {
+            rc = lock_try_acquire(cl, coupon, ttl_ms, lease, &pttl);
+            if (rc != LOCK_BUSY) {
+                break;
+            }
         }
+        try_now = 1;
         int cause = lock_wait_sleep(&w, deadline_ns);
         if (cause == LOCK_WAKE_NONE) {
             break; /* LOCK_BUSY: the deadline passed */

@@ -104,6 +104,7 @@ typedef struct lock_wait__fair {
     uint64_t hash;       /* of the resource's channel; 0 = unused */
     int64_t released_ns; /* monotonic: when we last sent a release */
     int others;          /* that release reached other processes */
+    int msgs;            /* release messages our subscriber saw since */
 } lock_wait__fair_t;
 
 static struct {
@@ -119,6 +120,7 @@ static struct {
     int wake_fd[2]; /* waiters -> subscriber: "look at the table" */
     lock_wait__res_t *buckets[LOCK_WAIT__NBUCKETS];
     lock_wait__fair_t fair[LOCK_WAIT__NFAIR];
+    pthread_cond_t handoff; /* broadcast on each release message */
 } lock_wait__g = {.mu = PTHREAD_MUTEX_INITIALIZER,
                   .username = "",
                   .password = "",
@@ -170,7 +172,14 @@ void lock_wait_credentials(const char *username, const char *password) {
 
 void lock_wait_config(int poll, uint32_t recheck_ms, const cfg_addr_t *addr,
                       uint32_t timeout_ms) {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_lock(&lock_wait__g.mu);
+    if (!lock_wait__g.configured) {
+        pthread_cond_init(&lock_wait__g.handoff, &ca);
+    }
+    pthread_condattr_destroy(&ca);
     lock_wait__g.poll = poll;
     lock_wait__g.recheck_ns =
         (int64_t)(recheck_ms > 0 ? recheck_ms : 1) * MONO_MS;
@@ -299,6 +308,12 @@ static void lock_wait__on_reply(const redisReply *rep) {
         return;
     }
     if (strcmp(kind, "message") == 0) {
+        uint64_t h = lock_wait__hash(channel);
+        lock_wait__fair_t *f = &lock_wait__g.fair[h % LOCK_WAIT__NFAIR];
+        if (f->hash == h) {
+            f->msgs++;
+            pthread_cond_broadcast(&lock_wait__g.handoff);
+        }
         if (r->state == LOCK_WAIT__SUBSCRIBED) {
             lock_wait__wake_one(r, LOCK_WAKE_MESSAGE);
         }
@@ -440,13 +455,20 @@ void lock_wait_holdback(const char *resource, int64_t deadline_ns) {
     uint64_t h = lock_wait__hash(ch);
     pthread_mutex_lock(&lock_wait__g.mu);
     const lock_wait__fair_t *f = &lock_wait__g.fair[h % LOCK_WAIT__NFAIR];
-    int64_t until =
-        f->hash == h && f->others ? f->released_ns + LOCK_WAIT__HANDOFF_NS : 0;
-    pthread_mutex_unlock(&lock_wait__g.mu);
-    if (until > deadline_ns) {
-        until = deadline_ns;
+    /* Our own release's message is the first one after it; a second means
+     * somebody else has had the lock and released it: the handoff is done,
+     * and waiting longer would only leave the lock idle. */
+    for (;;) {
+        int64_t until = f->released_ns + LOCK_WAIT__HANDOFF_NS;
+        if (until > deadline_ns) {
+            until = deadline_ns;
+        }
+        if (f->hash != h || !f->others || f->msgs >= 2 || mono_ns() >= until) {
+            break;
+        }
+        lock_wait__timedwait(&lock_wait__g.handoff, until);
     }
-    mono_sleep_ns(until - mono_ns());
+    pthread_mutex_unlock(&lock_wait__g.mu);
 }
 
 void lock_wait_note_release(const char *resource) {
@@ -460,6 +482,7 @@ void lock_wait_note_release(const char *resource) {
         f->others = 0;
     }
     f->released_ns = mono_ns();
+    f->msgs = 0;
     pthread_mutex_unlock(&lock_wait__g.mu);
 }
 
@@ -477,8 +500,8 @@ void lock_wait_note_receivers(const char *resource, long long receivers) {
     pthread_mutex_unlock(&lock_wait__g.mu);
 }
 
-void lock_wait_join(lock_waiter_t *w, const char *resource,
-                    int64_t deadline_ns) {
+int lock_wait_join(lock_waiter_t *w, const char *resource,
+                   int64_t deadline_ns) {
     fault_pause(FAULT_BEFORE_SUBSCRIBE);
     memset(w, 0, sizeof(*w));
     pthread_condattr_t ca;
@@ -502,7 +525,7 @@ void lock_wait_join(lock_waiter_t *w, const char *resource,
         w->joined = 1;
         pthread_mutex_unlock(&lock_wait__g.mu);
         metrics_add_lock_waiters(1);
-        return;
+        return 1;
     }
     w->res = r;
     w->prev = r->tail;
@@ -515,6 +538,10 @@ void lock_wait_join(lock_waiter_t *w, const char *resource,
     r->nwaiters++;
     metrics_add_lock_waiters(1);
 
+    /* Already subscribed, with waiters ahead of us: every release from
+     * now on reaches our subscriber and wakes them in turn, so trying now
+     * would only overtake them (and cost Redis a refused attempt). */
+    int attempt = r->head == w || r->state != LOCK_WAIT__SUBSCRIBED;
     if (lock_wait__start() == 0 && r->state != LOCK_WAIT__SUBSCRIBED) {
         lock_wait__kick();
         int64_t until = mono_ns() + (int64_t)lock_wait__g.timeout_ms * MONO_MS;
@@ -529,6 +556,7 @@ void lock_wait_join(lock_waiter_t *w, const char *resource,
     }
     w->joined = 1;
     pthread_mutex_unlock(&lock_wait__g.mu);
+    return attempt;
 }
 
 int lock_wait_sleep(lock_waiter_t *w, int64_t deadline_ns) {

@@ -55,9 +55,11 @@ void lock_wait_holdback(const char *resource, int64_t deadline_ns);
 /* Queues w (borrowed until lock_wait_leave) at the tail of resource's FIFO,
  * makes sure the subscriber is subscribed to its channel, and waits for the
  * confirmation: at most until deadline_ns or the Redis timeout, whichever
- * is first (without it the waiter relies on the re-check). */
-void lock_wait_join(lock_waiter_t *w, const char *resource,
-                    int64_t deadline_ns);
+ * is first (without it the waiter relies on the re-check). Returns 1 when
+ * the caller must try at once (the subscription is new, or nobody is ahead
+ * of it), 0 when it joined a subscribed queue behind others and should
+ * sleep until woken. */
+int lock_wait_join(lock_waiter_t *w, const char *resource, int64_t deadline_ns);
 
 /* Sleeps until woken (returns the cause, counted in the wakeups metric) or
  * until deadline_ns (returns LOCK_WAKE_NONE). */
