@@ -94,6 +94,7 @@ int claim_init(const cfg_t *cfg) {
 }
 
 void claim_shutdown(void) {
+    lock_wait_shutdown();
     wd_stop(claim__wd);
     claim__wd = NULL;
 }

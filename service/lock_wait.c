@@ -115,7 +115,9 @@ static struct {
     uint32_t timeout_ms;
     const char *username, *password;
 
-    int started;    /* the subscriber thread runs */
+    int started;  /* the subscriber thread runs */
+    int stopping; /* lock_wait_shutdown: the thread must end */
+    pthread_t thread;
     int up;         /* its connection is open and authenticated */
     int wake_fd[2]; /* waiters -> subscriber: "look at the table" */
     lock_wait__res_t *buckets[LOCK_WAIT__NBUCKETS];
@@ -334,11 +336,19 @@ static void lock_wait__on_reply(const redisReply *rep) {
     }
 }
 
+/* Under no lock: 1 once lock_wait_shutdown asked the thread to end. */
+static int lock_wait__stopping(void) {
+    pthread_mutex_lock(&lock_wait__g.mu);
+    int stop = lock_wait__g.stopping;
+    pthread_mutex_unlock(&lock_wait__g.mu);
+    return stop;
+}
+
 static void *lock_wait__run(void *arg) {
     (void)arg;
     redisContext *c = NULL;
     int ever = 0; /* connected before: this connect is a reconnect */
-    for (;;) {
+    while (!lock_wait__stopping()) {
         if (c == NULL) {
             pthread_mutex_lock(&lock_wait__g.mu);
             cfg_addr_t addr = lock_wait__g.addr;
@@ -409,7 +419,43 @@ static void *lock_wait__run(void *arg) {
             pthread_mutex_unlock(&lock_wait__g.mu);
         }
     }
+    if (c != NULL) {
+        redisFree(c);
+    }
     return NULL;
+}
+
+void lock_wait_shutdown(void) {
+    pthread_mutex_lock(&lock_wait__g.mu);
+    int started = lock_wait__g.started;
+    lock_wait__g.stopping = 1;
+    pthread_mutex_unlock(&lock_wait__g.mu);
+    if (!started) {
+        return;
+    }
+    lock_wait__kick();
+    pthread_join(lock_wait__g.thread, NULL);
+    /* Resources nobody waits on are freed. A claim still waiting (one the
+     * grace period gave up on) keeps its resource, and the pipe stays
+     * open for its lock_wait_leave (closing it could let its number be
+     * reused by a file that leave would then write into); the process is
+     * about to exit. */
+    pthread_mutex_lock(&lock_wait__g.mu);
+    for (int b = 0; b < LOCK_WAIT__NBUCKETS; b++) {
+        lock_wait__res_t **pp = &lock_wait__g.buckets[b];
+        while (*pp != NULL) {
+            lock_wait__res_t *r = *pp;
+            if (r->nwaiters > 0) {
+                pp = &r->hnext;
+                continue;
+            }
+            *pp = r->hnext;
+            free(r);
+        }
+    }
+    lock_wait__g.started = 0;
+    lock_wait__g.up = 0; /* the ones left re-check on their timer */
+    pthread_mutex_unlock(&lock_wait__g.mu);
 }
 
 /* Under the mutex: starts the subscriber thread once. 0, or -1 (then the
@@ -418,16 +464,13 @@ static int lock_wait__start(void) {
     if (lock_wait__g.started) {
         return 0;
     }
+    if (lock_wait__g.stopping) {
+        return -1; /* shutting down: the re-check is enough */
+    }
     if (pipe2(lock_wait__g.wake_fd, O_NONBLOCK | O_CLOEXEC) != 0) {
         return -1;
     }
-    pthread_t t;
-    pthread_attr_t at;
-    pthread_attr_init(&at);
-    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t, &at, lock_wait__run, NULL);
-    pthread_attr_destroy(&at);
-    if (rc != 0) {
+    if (pthread_create(&lock_wait__g.thread, NULL, lock_wait__run, NULL) != 0) {
         close(lock_wait__g.wake_fd[0]);
         close(lock_wait__g.wake_fd[1]);
         lock_wait__g.wake_fd[0] = lock_wait__g.wake_fd[1] = -1;

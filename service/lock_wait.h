@@ -37,6 +37,11 @@ typedef struct lock_waiter {
 void lock_wait_config(int poll, uint32_t recheck_ms, const cfg_addr_t *addr,
                       uint32_t timeout_ms);
 
+/* Stops the subscriber thread and frees its state; call after the last
+ * waiter has left (the claim workers are stopped). Later waits re-check on
+ * their timer only. */
+void lock_wait_shutdown(void);
+
 /* The credentials of lock_init, borrowed for the life of the process. */
 void lock_wait_credentials(const char *username, const char *password);
 
