@@ -8,13 +8,13 @@
  * channel in the same atomic step as its DEL. The waiters of R form a FIFO
  * queue; each release message wakes ONE of them, the oldest not yet woken
  * (no herd: the others stay asleep, since only one can win anyway). A new
- * claim that finds waiters queued joins the tail instead of trying first, so
- * a local newcomer never overtakes a local waiter.
+ * claim that finds subscribed waiters queued joins the tail instead of
+ * trying first, so a local newcomer does not overtake a local waiter.
  *
  * Why subscribe before the attempt. A claim first tries once without any of
- * this (the uncontended claim costs nothing extra). When refused, it joins
- * the queue, which subscribes, and WAITS FOR THE CONFIRMATION, and only then
- * tries again, and only after that second refusal does it sleep. A release
+ * this (the uncontended claim sends Redis nothing extra). When refused, it
+ * joins the queue, which subscribes, and WAITS FOR THE CONFIRMATION, and only
+ * then tries again, and only after that second refusal does it sleep. A release
  * that happens between the first refusal and the subscription sends its
  * message to nobody; the attempt after the confirmation sees the lock free
  * instead. Every release after the confirmation reaches our subscriber. So
@@ -42,20 +42,24 @@
  * the other replicas' waiters always find it taken. The release script
  * therefore returns PUBLISH's receiver count. Receivers beyond our own
  * subscriber connection (which counts one when this process has waiters of
- * its own on the channel) are other processes waiting. Then, for a handoff
- * window (LOCK_WAIT__HANDOFF_NS, 10 ms: far above a loopback or LAN
- * notification plus an acquire, so the other heads have been woken and have
- * tried), this process's own claims of that resource, queued or new, hold
- * back before their attempt. The other processes' heads get the lock first,
- * and this process is at worst one grant in every handoff; a process cannot
- * take two consecutive grants while another waits, unless the others fail
- * to try within 10 ms. The count is read with the release's reply, which is
- * read late (lock.c sends the release at once and reads its reply before the
- * next command on that connection), so the hint may be one release old; on
- * a hot coupon, where this matters, whether others wait changes slowly, and
- * a stale "others wait" costs one window of an idle lock. The hint lives in
- * a fixed table of LOCK_WAIT__NFAIR slots indexed by the resource's hash; a
- * collision mixes two resources' hints, which costs fairness, never safety.
+ * its own on the channel) are other processes waiting. Then this process's
+ * own claims of that resource, queued or new, hold back before their
+ * attempt for a handoff window: LOCK_WAIT__HANDOFF_NS (10 ms, far above a
+ * LAN notification plus an acquire, so the other heads have been woken and
+ * have tried), or until our subscriber sees the NEXT release message of
+ * the resource (our own release's message is the first; a second means
+ * somebody else had the lock, so the handoff is done, and waiting on would
+ * leave the lock idle whenever every replica has just released). The bound:
+ * while others wait, this process does not take the lock twice in a row
+ * unless the others fail to try within the window. The count is read with
+ * the release's reply, which is read late (lock.c sends the release at once
+ * and reads its reply before the next command on that connection), so the
+ * hint may be a release or a few old; on a hot coupon, where this matters,
+ * whether others wait changes slowly, a stale "others wait" costs one
+ * window of an idle lock at most, and a stale "nobody waits" one grant out
+ * of turn. The hint lives in a fixed table of LOCK_WAIT__NFAIR slots
+ * indexed by the resource's hash; a collision mixes two resources' hints,
+ * which costs fairness, never safety.
  *
  * Threads and ownership. One mutex guards the resources, their queues and
  * the subscriber's state. The subscriber thread is the only user of its
