@@ -18,6 +18,11 @@
 #define LW_WAKE_RECHECK "couponsvc_lock_wakeups_total{cause=\"recheck\"}"
 #define LW_WAKE_RECONNECT "couponsvc_lock_wakeups_total{cause=\"reconnect\"}"
 
+/* Tests that need several waiters of one coupon in one process turn
+ * combining off: with it, one claim per coupon per process (the leader)
+ * waits for the lock and the others park behind it. */
+#define LW_UNCOMBINED "COUPON_BATCH_MAX=1"
+
 /* Takes coupon's lock with a token the service does not know, for 30 s. */
 static inline void lw_hold(const char *coupon) {
     h_redis_cmd("SET coupon:{%s}:lock test-holder PX 30000", coupon);

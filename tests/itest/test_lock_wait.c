@@ -57,7 +57,7 @@ TT_TEST(lock_wait_wakes_one_in_order, 60) {
     h_begin();
     const char *env[] = {"COUPON_LOCK_WAIT_MS=15000",
                          "COUPON_LOCK_RECHECK_MS=250", "COUPON_THREADS=4",
-                         NULL};
+                         LW_UNCOMBINED, NULL};
     h_svc_t *s = h_svc_start("fifo", env);
     h_coupon(s, "fifo", 5);
     lw_hold("fifo");
@@ -121,7 +121,7 @@ TT_TEST(lock_wait_failed_waiter_passes_wake, 60) {
     h_begin();
     const char *env[] = {"COUPON_LOCK_WAIT_MS=15000",
                          "COUPON_LOCK_RECHECK_MS=250", "COUPON_THREADS=4",
-                         NULL};
+                         LW_UNCOMBINED, NULL};
     h_svc_t *s = h_svc_start("pass", env);
     h_coupon(s, "pass", 5);
     lw_hold("pass");

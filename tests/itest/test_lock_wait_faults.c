@@ -18,7 +18,7 @@ TT_TEST(lock_wait_subscriber_killed_mid_wait, 60) {
     h_begin();
     const char *env[] = {"COUPON_LOCK_WAIT_MS=15000",
                          "COUPON_LOCK_RECHECK_MS=250", "COUPON_THREADS=4",
-                         NULL};
+                         LW_UNCOMBINED, NULL};
     h_svc_t *s = h_svc_start("kill", env);
     h_coupon(s, "kill", 5);
     lw_hold("kill");
