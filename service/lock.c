@@ -55,8 +55,7 @@ struct lock_client {
 
     /* A release sent whose reply is not read yet (lock_release). */
     int pending;
-    char pend_key[LOCK_KEY_MAX], pend_channel[LOCK_KEY_MAX];
-    char pend_token[LOCK_TOKEN_HEX + 1];
+    char pend_key[LOCK_KEY_MAX]; /* its lock key, for the logs */
 };
 
 /* The process's Redis credentials (lock_init); borrowed from cfg_t. */
@@ -748,10 +747,8 @@ static void lock__resource_of(const char *key, char *out) {
  * when the client is freed. Nothing waits on it: the claim answered its
  * client while the reply was on its way, so a release costs no round trip
  * of its own. What it says is used for the fairness hint (lock_wait.c) and
- * the logs. NOSCRIPT (the script cache was flushed since the connection
- * loaded it) means the release did not run: it is sent again at once with
- * EVAL, waiting for the answer this time, so that the lock is freed now and
- * not by its TTL.
+ * the logs. (The release goes out as EVAL, so no NOSCRIPT can come back
+ * here after the claim has moved on; see lock_release.)
  */
 static void lock__drain(lock_client_t *cl) {
     if (!cl->pending || cl->ctx == NULL) {
@@ -770,17 +767,6 @@ static void lock__drain(lock_client_t *cl) {
     redisReply *r = reply;
     char res[LOCK_KEY_MAX];
     lock__resource_of(cl->pend_key, res);
-    if (lock__is_noscript(r)) {
-        freeReplyObject(r);
-        const char *keys[] = {cl->pend_key};
-        const char *args[] = {cl->pend_token, cl->pend_channel};
-        r = lock__eval(cl, LOCK__RELEASE, keys, 1, args, 2);
-        if (r == NULL) {
-            log_warn("lock.release_failed", "key=%s err=\"%s\"", res,
-                     cl->errstr);
-            return;
-        }
-    }
     if (r->type == REDIS_REPLY_INTEGER && r->integer >= 1) {
         lock_wait_note_receivers(res, r->integer - 1);
     } else if (r->type != REDIS_REPLY_INTEGER) {
@@ -804,7 +790,12 @@ int lock_release(lock_client_t *cl, const lock_lease_t *lease) {
     const char *args[] = {lease->token, lease->channel};
     const char *argv[8];
     char nk[8];
-    int argc = lock__argv(cl, LOCK__RELEASE, 0, keys, 1, args, 2, argv, nk);
+    /* EVAL with the source, not EVALSHA: nobody reads the reply before the
+     * claim answers, so a NOSCRIPT (script cache flushed) would leave the
+     * lock held until this worker's next command or the TTL. The source
+     * is a few hundred bytes more on the wire; Redis finds the compiled
+     * script by its hash. */
+    int argc = lock__argv(cl, LOCK__RELEASE, 1, keys, 1, args, 2, argv, nk);
     if (redisAppendCommandArgv(cl->ctx, argc, argv, NULL) != REDIS_OK) {
         return lock__fail(cl, LOCK_ESYS, "release: out of memory");
     }
@@ -818,8 +809,6 @@ int lock_release(lock_client_t *cl, const lock_lease_t *lease) {
     }
     cl->pending = 1;
     memcpy(cl->pend_key, lease->key, sizeof(cl->pend_key));
-    memcpy(cl->pend_channel, lease->channel, sizeof(cl->pend_channel));
-    memcpy(cl->pend_token, lease->token, sizeof(cl->pend_token));
     return LOCK_OK;
 }
 

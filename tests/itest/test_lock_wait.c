@@ -192,3 +192,28 @@ TT_TEST(lock_wait_no_replica_starves, 120) {
                   busy, a_grants);
     h_check_invariants("fair", 4000, l.c.by_status[201] + 20 - busy);
 }
+
+/* The release is sent at once, its reply read later: right after a 201
+ * the lock key is gone, also when the script cache was flushed just before
+ * the claim (a release sent as EVALSHA would then come back NOSCRIPT with
+ * nobody reading it, and the lock would stay until the worker's next
+ * command or the TTL), and with one worker, whose next claim reads the
+ * reply it left behind before its own acquire. */
+TT_TEST(lock_release_sent_at_once, 60) {
+    h_begin();
+    const char *env[] = {"COUPON_THREADS=1", NULL};
+    h_svc_t *s = h_svc_start("rel", env);
+    h_coupon(s, "rel", 5);
+    json_t *j = NULL;
+    TT_EQ_INT(h_claim(s, "rel", "u0", &j), 201);
+    json_decref(j);
+    TT_EQ_INT(h_redis_cmd("EXISTS coupon:{rel}:lock"), 0);
+    h_redis_cmd("SCRIPT FLUSH");
+    TT_EQ_INT(h_claim(s, "rel", "u1", &j), 201);
+    json_decref(j);
+    TT_EQ_INT(h_redis_cmd("EXISTS coupon:{rel}:lock"), 0);
+    TT_EQ_INT(h_claim(s, "rel", "u2", &j), 201);
+    json_decref(j);
+    TT_EQ_INT(h_redis_cmd("EXISTS coupon:{rel}:lock"), 0);
+    h_check_invariants("rel", 5, 3);
+}
