@@ -60,14 +60,12 @@ int fault_parse(const char *spec, char *errstr, size_t errlen) {
             unsigned long v = colon != NULL ? strtoul(colon + 1, &end, 10) : 0;
             if (point < 0 || end == colon + 1 || *end != '\0' || errno != 0 ||
                 v > 600000) {
-                snprintf(
-                    errstr, errlen,
-                    "COUPON_FAULT: '%s' is not <point>:<ms> with point "
-                    "after_acquire, after_check, before_commit, "
-                    "after_commit, abort_before_commit or before_subscribe "
-                    "and "
-                    "ms <= 600000",
-                    tok);
+                snprintf(errstr, errlen,
+                         "COUPON_FAULT: '%s' is not <point>:<ms> with point "
+                         "after_acquire, after_check, before_commit, "
+                         "after_commit, abort_before_commit or "
+                         "before_subscribe and ms <= 600000",
+                         tok);
                 return -1;
             }
             ms[point] = (uint32_t)v;
