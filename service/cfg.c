@@ -22,6 +22,7 @@ typedef enum cfg__kind {
     CFG__LEVEL, /* log_level_t */
     CFG__ID,    /* char instance_id[128] */
     CFG__ONOFF, /* int: on = 1, off = 0 */
+    CFG__WAIT,  /* int: 1 = poll, 0 = pubsub */
 } cfg__kind_t;
 
 typedef struct cfg__opt {
@@ -97,6 +98,12 @@ static const cfg__opt_t cfg__opts[] = {
      3600000,
      "longest the watchdog renews one lease; then it is lost (default: "
      "transaction deadline + watchdog period)"},
+    {"COUPON_LOCK_WAIT_STRATEGY", CFG__WAIT, F(lock_wait_poll), "pubsub", 0, 0,
+     "pubsub (sleep until a release notification or the re-check) | poll "
+     "(jittered backoff, the baseline)"},
+    {"COUPON_LOCK_RECHECK_MS", CFG__U32, F(lock_recheck_ms), "200", 1, 250,
+     "longest a pubsub waiter sleeps before trying again without a "
+     "notification (a notification can be lost)"},
     {"COUPON_SHUTDOWN_GRACE_MS", CFG__U32, F(shutdown_grace_ms), "10000", 0,
      600000, "how long SIGTERM waits for open connections to finish"},
     {"COUPON_BATCH_MAX", CFG__U32, F(batch_max), "32", 1, 1024,
@@ -257,6 +264,14 @@ static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
             return -1;
         }
         *(int *)(void *)field = strcmp(v, "on") == 0;
+        return 0;
+    case CFG__WAIT:
+        if (strcmp(v, "pubsub") != 0 && strcmp(v, "poll") != 0) {
+            snprintf(c->errstr, sizeof(c->errstr),
+                     "%s: '%s' is not pubsub or poll", o->env, v);
+            return -1;
+        }
+        *(int *)(void *)field = strcmp(v, "poll") == 0;
         return 0;
     case CFG__ID: {
         size_t len = strlen(v);

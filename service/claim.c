@@ -84,6 +84,7 @@
 
 #include "fault.h"
 #include "lock.h"
+#include "lock_wait.h"
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
@@ -147,6 +148,8 @@ int claim_init(const cfg_t *cfg) {
         return -1;
     }
     lock_init(cfg->redis_username, cfg->redis_password);
+    lock_wait_config(cfg->lock_wait_poll, cfg->lock_recheck_ms, &cfg->redis[0],
+                     cfg->redis_timeout_ms);
     if (pthread_key_create(&claim__key, claim__conns_free) != 0) {
         log_error("claim.init", "pthread_key_create failed");
         return -1;
@@ -164,6 +167,7 @@ int claim_init(const cfg_t *cfg) {
 }
 
 void claim_shutdown(void) {
+    lock_wait_shutdown();
     wd_stop(claim__wd);
     claim__wd = NULL;
 }

@@ -13,6 +13,7 @@
 
 static _Atomic uint64_t metrics__c[M__COUNT];
 static _Atomic int64_t metrics__leases_held;
+static _Atomic int64_t metrics__lock_waiters;
 
 /* Lock wait histogram, upper bounds in seconds. The claim path waits at most
  * COUPON_LOCK_WAIT_MS (2 s by default), so the buckets stop at 10 s. */
@@ -97,6 +98,11 @@ void metrics_set_backend(metrics_backend_t b, int up, int64_t checked_ns) {
 
 void metrics_set_leases_held(int64_t n) {
     atomic_store_explicit(&metrics__leases_held, n, memory_order_relaxed);
+}
+
+void metrics_add_lock_waiters(int64_t delta) {
+    atomic_fetch_add_explicit(&metrics__lock_waiters, delta,
+                              memory_order_relaxed);
 }
 
 void metrics_observe_lock_wait(uint64_t ns) {
@@ -232,6 +238,17 @@ static const metrics__family_t metrics__families[] = {
      "Sold-out coupons whose claimant set this instance loaded.",
      NULL,
      {{M_MEMOS_BUILT, NULL}, {M__COUNT, NULL}}},
+    {"couponsvc_lock_grants_total",
+     "Lock leases granted to this process (its share of a hot coupon).",
+     NULL,
+     {{M_LOCK_GRANTS, NULL}, {M__COUNT, NULL}}},
+    {"couponsvc_lock_wakeups_total",
+     "Lock waiters that tried again, by what woke them.",
+     "cause",
+     {{M_LOCK_WAKE_MESSAGE, "message"},
+      {M_LOCK_WAKE_RECHECK, "recheck"},
+      {M_LOCK_WAKE_RECONNECT, "reconnect"},
+      {M__COUNT, NULL}}},
 };
 
 static void metrics__hist_render(metrics__buf_t *b, metrics__hist_t *h);
@@ -272,6 +289,12 @@ char *metrics_render(const char *instance, const char *mode, size_t *len) {
                     "# TYPE couponsvc_leases_held gauge\n"
                     "couponsvc_leases_held %lld\n",
                     (long long)atomic_load(&metrics__leases_held));
+    metrics__printf(&b,
+                    "# HELP couponsvc_lock_waiters Claims of this process "
+                    "waiting for a busy lock now.\n"
+                    "# TYPE couponsvc_lock_waiters gauge\n"
+                    "couponsvc_lock_waiters %lld\n",
+                    (long long)atomic_load(&metrics__lock_waiters));
 
     metrics__printf(&b, "# HELP couponsvc_lock_wait_seconds Time from the "
                         "first acquire attempt to the grant or give-up.\n"

@@ -54,6 +54,11 @@ typedef enum metrics_counter {
     M_FAST_SOLD_OUT,   /* 410 from memory, on the event loop */
     M_FAST_CLAIM_READ, /* in the claimant set: a worker read the claim */
     M_MEMOS_BUILT,     /* couponsvc_soldout_memos_total */
+    M_LOCK_GRANTS, /* couponsvc_lock_grants_total: leases this process got */
+    /* couponsvc_lock_wakeups_total{cause}: a waiter tried again because */
+    M_LOCK_WAKE_MESSAGE,   /* a release notification came */
+    M_LOCK_WAKE_RECHECK,   /* its timed re-check ran out */
+    M_LOCK_WAKE_RECONNECT, /* the subscriber (re)connected */
     M__COUNT,
 } metrics_counter_t;
 
@@ -64,6 +69,9 @@ void metrics_observe_lock_wait(uint64_t ns);
 
 /* The leases the watchdog holds right now (a gauge). */
 void metrics_set_leases_held(int64_t n);
+
+/* Lock waiters in this process right now (a gauge): delta is +1 or -1. */
+void metrics_add_lock_waiters(int64_t delta);
 
 uint64_t metrics_get(metrics_counter_t c);
 

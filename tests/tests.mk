@@ -9,7 +9,8 @@ UNIT_OBJS := $(addprefix $(BUILD)/tests/, tt.o unit/test_cfg.o \
 ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_claim.o itest/test_api.o \
 	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o \
-	itest/test_comb.o itest/test_verify.o itest/test_store.o) \
+	itest/test_comb.o itest/test_verify.o itest/test_store.o \
+	itest/test_lock_wait.o) \
 	$(BUILD)/loadtest/lg_verify.o \
 	$(LIB_OBJS) $(BUILD)/service/store.o $(BUILD)/service/migrations.o
 
@@ -23,6 +24,7 @@ $(BUILD)/tests/%.o: tests/%.c | deps-check
 # so every test sees the loadtest headers.
 
 $(BUILD)/tests/unit-tests: $(UNIT_OBJS) $(LIB_OBJS) $(BUILD)/service/lock.o \
+		$(BUILD)/service/lock_wait.o \
 		$(BUILD)/loadtest/lg_http.o
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(TEST_LIBS)
@@ -75,7 +77,7 @@ $(BUILD)/old/couponsvc:
 
 FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_faults.o itest/test_redis_faults.o \
-	itest/test_comb_faults.o \
+	itest/test_comb_faults.o itest/test_lock_wait_faults.o \
 	faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o
 
 $(BUILD)/tests/fault-tests: $(FAULT_OBJS)
