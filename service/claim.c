@@ -810,6 +810,22 @@ static int claim__res_ok(const claim__res_t *r) {
            (r->n != 1 || r->head == r->tail);
 }
 
+/* Parks w at the tail of r's queue and counts it. Under claim__mu; r is
+ * led. */
+static void claim__append(claim__res_t *r, claim_waiter_t *w) {
+    w->next = NULL;
+    if (r->tail != NULL) {
+        r->tail->next = w;
+    } else {
+        r->head = w;
+    }
+    r->tail = w;
+    r->n++;
+    claim__parked++;
+    assert(claim__res_ok(r));
+    metrics_set_parked(claim__parked);
+}
+
 static int claim__combining(void) {
     return claim__cfg->mode == CLAIM_MODE_LOCK && claim__cfg->batch_max > 1;
 }
@@ -953,16 +969,7 @@ int claim_submit(claim_waiter_t *w) {
     }
     w->res = r;
     w->park(w); /* suspended before any leader can see it */
-    if (r->tail != NULL) {
-        r->tail->next = w;
-    } else {
-        r->head = w;
-    }
-    r->tail = w;
-    r->n++;
-    claim__parked++;
-    assert(claim__res_ok(r));
-    metrics_set_parked(claim__parked);
+    claim__append(r, w);
     pthread_mutex_unlock(&claim__mu);
     return CLAIM_SUBMIT_PARKED;
 }
@@ -1102,16 +1109,7 @@ static void claim__reroute(claim_waiter_t *w) {
     if (lead) {
         r->led = 1;
     } else {
-        if (r->tail != NULL) {
-            r->tail->next = w;
-        } else {
-            r->head = w;
-        }
-        r->tail = w;
-        r->n++;
-        claim__parked++;
-        assert(claim__res_ok(r));
-        metrics_set_parked(claim__parked);
+        claim__append(r, w);
     }
     pthread_mutex_unlock(&claim__mu);
     if (lead && w->dispatch(w) != 0) {

@@ -194,8 +194,9 @@ static enum MHD_Result http__send(http_t *h, struct MHD_Connection *conn,
     return ret;
 }
 
-static void http__handle(http__req_t *rq) {
-    api_request_t ar = {
+/* The API's view of rq: borrows rq's strings and body. */
+static api_request_t http__api_request(const http__req_t *rq) {
+    return (api_request_t){
         .method = rq->method,
         .path = rq->path,
         .content_type = rq->content_type,
@@ -205,6 +206,10 @@ static void http__handle(http__req_t *rq) {
         .body_too_large = rq->too_large,
         .deadline_ns = rq->deadline_ns,
     };
+}
+
+static void http__handle(http__req_t *rq) {
+    api_request_t ar = http__api_request(rq);
     api_handle(&ar, &rq->resp);
 }
 
@@ -672,16 +677,7 @@ static enum MHD_Result http__claim(http_t *h, http__req_t *rq) {
     rq->waiter.arg = rq;
     /* The claim's deadline counts from now: time parked or queued counts. */
     rq->deadline_ns = mono_ns() + (int64_t)h->cfg->lock_wait_ms * MONO_MS;
-    api_request_t ar = {
-        .method = rq->method,
-        .path = rq->path,
-        .content_type = rq->content_type,
-        .authorization = rq->authorization,
-        .body = rq->body,
-        .body_len = rq->len,
-        .body_too_large = rq->too_large,
-        .deadline_ns = rq->deadline_ns,
-    };
+    api_request_t ar = http__api_request(rq);
     switch (api_claim_submit(&ar, &rq->resp, &rq->waiter)) {
     case API_CLAIM_PARKED:
         return MHD_YES; /* suspended by http__claim_park */
