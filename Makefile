@@ -40,7 +40,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # ---------------------------------------------------------------- service ---
 
 SVC_OBJS := $(addprefix $(BUILD)/service/, \
-	main.o cfg.o log.o http.o api.o claim.o lock.o wd.o store.o \
+	main.o cfg.o log.o http.o api.o claim.o lock.o lock_wait.o wd.o store.o \
 	metrics.o fault.o req.o ready.o migrations.o)
 
 # Objects the unit tests link against: everything but main and the

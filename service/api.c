@@ -112,76 +112,165 @@ static int api__check_bodyOrReply(const api_request_t *req,
 
 /* ------------------------------------------------------------ handlers --- */
 
-static void api__claim(const api_request_t *req, api_response_t *resp) {
-    if (api__check_bodyOrReply(req, resp)) {
-        metrics_inc(M_CLAIM_BAD_REQUEST);
-        return;
-    }
-    req_claim_t rc;
-    req_error_t err;
-    if (req_parse_claim(req->body, req->body_len, &rc, &err) != 0) {
-        metrics_inc(M_CLAIM_BAD_REQUEST);
-        api__error(resp, 400, err.code, err.detail);
-        return;
-    }
-
-    claim_result_t r;
-    claim_one(rc.coupon_id, rc.user_id, req->deadline_ns, &r);
-
-    json_t *fence = r.fence >= 0 ? json_integer(r.fence) : json_null();
+/* The answer for a claim's result; coupon and user are the claim's own. */
+static void api__claim_answer(const char *coupon, const char *user,
+                              const claim_result_t *r, api_response_t *resp) {
+    json_t *fence = r->fence >= 0 ? json_integer(r->fence) : json_null();
     char d[160];
-    switch (r.outcome) {
+    switch (r->outcome) {
     case CLAIM_CLAIMED:
     case CLAIM_ALREADY:
-        api__json(resp, r.outcome == CLAIM_CLAIMED ? 201 : 200,
+        api__json(resp, r->outcome == CLAIM_CLAIMED ? 201 : 200,
                   json_pack("{s:s, s:I, s:s, s:s, s:o, s:I}", "status",
-                            r.outcome == CLAIM_CLAIMED ? "claimed"
-                                                       : "already_claimed",
-                            "claim_id", (json_int_t)r.claim_id, "coupon_id",
-                            rc.coupon_id, "user_id", rc.user_id, "fence", fence,
-                            "remaining", (json_int_t)r.remaining));
+                            r->outcome == CLAIM_CLAIMED ? "claimed"
+                                                        : "already_claimed",
+                            "claim_id", (json_int_t)r->claim_id, "coupon_id",
+                            coupon, "user_id", user, "fence", fence,
+                            "remaining", (json_int_t)r->remaining));
         return;
     case CLAIM_SOLD_OUT:
         json_decref(fence);
-        snprintf(d, sizeof(d), "coupon \"%s\" has no stock left", rc.coupon_id);
+        snprintf(d, sizeof(d), "coupon \"%s\" has no stock left", coupon);
         api__json(resp, 410,
                   json_pack("{s:s, s:s, s:s, s:s, s:i}", "status", "sold_out",
                             "error", "sold_out", "detail", d, "coupon_id",
-                            rc.coupon_id, "remaining", 0));
+                            coupon, "remaining", 0));
         return;
     case CLAIM_NOT_FOUND:
         json_decref(fence);
-        snprintf(d, sizeof(d), "no coupon \"%s\"", rc.coupon_id);
+        snprintf(d, sizeof(d), "no coupon \"%s\"", coupon);
         api__error(resp, 404, "not_found", d);
         return;
     case CLAIM_FENCED:
         api__json(resp, 409,
                   json_pack("{s:s, s:s, s:s, s:o}", "error", "fenced", "detail",
-                            r.detail, "coupon_id", rc.coupon_id, "fence",
-                            fence));
+                            r->detail, "coupon_id", coupon, "fence", fence));
         /* Nothing was written, and a retry takes a new lease: it is safe,
          * and worth it once the newer holder is done. */
         resp->retry_after = 1;
         return;
     case CLAIM_BUSY:
         json_decref(fence);
-        api__unavailable(resp, "lock_busy", r.detail);
+        api__unavailable(resp, "lock_busy", r->detail);
         return;
     case CLAIM_LEASE_LOST:
         json_decref(fence);
-        api__unavailable(resp, "lease_lost", r.detail);
+        api__unavailable(resp, "lease_lost", r->detail);
         return;
     case CLAIM_UNAVAILABLE:
         json_decref(fence);
-        api__unavailable(resp, "unavailable", r.detail);
+        api__unavailable(resp, "unavailable", r->detail);
         return;
     case CLAIM_COMMIT_UNKNOWN:
         json_decref(fence);
-        api__unavailable(resp, "commit_unknown", r.detail);
+        api__unavailable(resp, "commit_unknown", r->detail);
+        return;
+    case CLAIM_OVERLOADED:
+        json_decref(fence);
+        api__unavailable(resp, "overloaded", r->detail);
+        return;
+    case CLAIM_SHUTTING_DOWN:
+        json_decref(fence);
+        api__unavailable(resp, "shutting_down", r->detail);
+        return;
+    case CLAIM_NOT_STARTED:
+        json_decref(fence);
+        api__error(resp, 409, "not_started", r->detail);
+        return;
+    case CLAIM_EXPIRED:
+        json_decref(fence);
+        api__error(resp, 410, "expired", r->detail);
         return;
     }
     json_decref(fence);
     api__error(resp, 500, "internal", "unknown claim outcome");
+}
+
+/* Checks and parses a claim's request; 0, or 1 with the 4xx in resp. */
+static int api__claim_parseOrReply(const api_request_t *req,
+                                   api_response_t *resp, req_claim_t *rc) {
+    if (api__check_bodyOrReply(req, resp)) {
+        metrics_inc(M_CLAIM_BAD_REQUEST);
+        return 1;
+    }
+    req_error_t err;
+    if (req_parse_claim(req->body, req->body_len, rc, &err) != 0) {
+        metrics_inc(M_CLAIM_BAD_REQUEST);
+        api__error(resp, 400, err.code, err.detail);
+        return 1;
+    }
+    return 0;
+}
+
+/* The claim on the calling thread, start to end (api_handle's route). */
+static void api__claim(const api_request_t *req, api_response_t *resp) {
+    req_claim_t rc;
+    if (api__claim_parseOrReply(req, resp, &rc)) {
+        return;
+    }
+    claim_result_t r;
+    claim_one(rc.coupon_id, rc.user_id, req->deadline_ns, &r);
+    api__claim_answer(rc.coupon_id, rc.user_id, &r, resp);
+}
+
+int api_is_claim(const char *method, const char *path) {
+    return strcmp(method, "POST") == 0 && strcmp(path, "/claim") == 0;
+}
+
+int api_claim_submit(const api_request_t *req, api_response_t *resp,
+                     claim_waiter_t *w) {
+    memset(resp, 0, sizeof(*resp));
+    req_claim_t rc;
+    if (api__claim_parseOrReply(req, resp, &rc)) {
+        return API_CLAIM_ANSWERED;
+    }
+    memcpy(w->coupon, rc.coupon_id, sizeof(w->coupon));
+    memcpy(w->user, rc.user_id, sizeof(w->user));
+    w->deadline_ns = req->deadline_ns;
+    switch (claim_submit(w)) {
+    case CLAIM_SUBMIT_RUN:
+        return API_CLAIM_RUN;
+    case CLAIM_SUBMIT_PARKED:
+        return API_CLAIM_PARKED;
+    default:
+        api__claim_answer(w->coupon, w->user, &w->result, resp);
+        return API_CLAIM_ANSWERED;
+    }
+}
+
+void api_claim_respond(const claim_waiter_t *w, api_response_t *resp) {
+    memset(resp, 0, sizeof(*resp));
+    api__claim_answer(w->coupon, w->user, &w->result, resp);
+}
+
+/* The coupon as GET /coupons/{id} shows it (and a create answers it):
+ * its stock, its buckets (an empty list for an unsharded coupon, whose own
+ * row is the stock) and its window (null for an open side). A new
+ * reference. */
+static json_t *api__coupon_json(const char *id, const claim_coupon_t *c) {
+    json_t *b = json_array();
+    for (int i = 0; c->buckets > 1 && i < c->buckets; i++) {
+        json_array_append_new(
+            b, json_pack("{s:i, s:I, s:I, s:I}", "bucket", i, "total",
+                         (json_int_t)c->bucket[i].total, "claimed",
+                         (json_int_t)c->bucket[i].claimed, "last_fence",
+                         (json_int_t)c->bucket[i].last_fence));
+    }
+    char s0[32], s1[32];
+    if (c->starts_at_us != REQ_NO_TIME) {
+        req_format_time(c->starts_at_us, s0, sizeof(s0));
+    }
+    if (c->ends_at_us != REQ_NO_TIME) {
+        req_format_time(c->ends_at_us, s1, sizeof(s1));
+    }
+    return json_pack(
+        "{s:s, s:I, s:I, s:I, s:I, s:o, s:o, s:o}", "id", id, "total",
+        (json_int_t)c->total, "claimed", (json_int_t)c->claimed, "remaining",
+        (json_int_t)(c->total - c->claimed), "last_fence",
+        (json_int_t)c->last_fence, "buckets", b, "starts_at",
+        c->starts_at_us != REQ_NO_TIME ? json_string(s0) : json_null(),
+        "ends_at",
+        c->ends_at_us != REQ_NO_TIME ? json_string(s1) : json_null());
 }
 
 static void api__coupon_create(const api_request_t *req, api_response_t *resp) {
@@ -196,18 +285,26 @@ static void api__coupon_create(const api_request_t *req, api_response_t *resp) {
         return;
     }
     char d[256];
-    int rc = claim_coupon_create(c.id, c.total, d, sizeof(d));
+    int rc = claim_coupon_create(&c, d, sizeof(d));
     if (rc < 0) {
         api__unavailable(resp, "unavailable", d);
-    } else if (rc == 1) {
+        return;
+    }
+    if (rc == 1) {
         snprintf(d, sizeof(d), "coupon \"%s\" exists already", c.id);
         api__error(resp, 409, "exists", d);
-    } else {
-        api__json(resp, 201,
-                  json_pack("{s:s, s:I, s:i, s:I, s:i}", "id", c.id, "total",
-                            (json_int_t)c.total, "claimed", 0, "remaining",
-                            (json_int_t)c.total, "last_fence", 0));
+        return;
     }
+    /* Created: answer what was stored (the buckets' split, the window as
+     * PostgreSQL keeps it). */
+    static _Thread_local claim_coupon_t cc;
+    if (claim_coupon_get(c.id, &cc, d, sizeof(d)) != 0) {
+        api__json(
+            resp, 201,
+            json_pack("{s:s, s:I}", "id", c.id, "total", (json_int_t)c.total));
+        return;
+    }
+    api__json(resp, 201, api__coupon_json(c.id, &cc));
 }
 
 static void api__coupon_get(const char *id, api_response_t *resp) {
@@ -217,7 +314,7 @@ static void api__coupon_get(const char *id, api_response_t *resp) {
         api__error(resp, 400, "invalid_id", why);
         return;
     }
-    claim_coupon_t c;
+    static _Thread_local claim_coupon_t c;
     int rc = claim_coupon_get(id, &c, d, sizeof(d));
     if (rc < 0) {
         api__unavailable(resp, "unavailable", d);
@@ -225,12 +322,7 @@ static void api__coupon_get(const char *id, api_response_t *resp) {
         snprintf(d, sizeof(d), "no coupon \"%s\"", id);
         api__error(resp, 404, "not_found", d);
     } else {
-        api__json(resp, 200,
-                  json_pack("{s:s, s:I, s:I, s:I, s:I}", "id", id, "total",
-                            (json_int_t)c.total, "claimed",
-                            (json_int_t)c.claimed, "remaining",
-                            (json_int_t)(c.total - c.claimed), "last_fence",
-                            (json_int_t)c.last_fence));
+        api__json(resp, 200, api__coupon_json(id, &c));
     }
 }
 

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "cfg.h"
+#include "claim.h"
 
 typedef struct api_request {
     const char *method;        /* borrowed */
@@ -51,6 +52,28 @@ void api_handle(const api_request_t *req, api_response_t *resp);
  * /readyz reads the readiness probe's state) and may
  * be answered on the HTTP event-loop thread; 0 if it must go to a worker. */
 int api_is_inline(const char *method, const char *path);
+
+/* 1 for POST /claim, which the HTTP layer hands to api_claim_submit on the
+ * event loop instead of queueing it for a worker. */
+int api_is_claim(const char *method, const char *path);
+
+enum {
+    API_CLAIM_ANSWERED = 0, /* resp is filled: send it now */
+    API_CLAIM_RUN = 1,      /* queue w for a worker: claim_run(w) */
+    API_CLAIM_PARKED = 2,   /* w is parked (w->park was called) */
+};
+
+/* On the event loop, for a complete POST /claim: checks and parses the body
+ * (4xx answered here, as api_handle would), fills w's coupon, user and
+ * deadline (from req->deadline_ns, which must be set), and submits it (see
+ * claim_submit in claim.h; the caller sets w's callbacks first). Never
+ * waits on a backend. req and w are borrowed; resp is filled only for
+ * API_CLAIM_ANSWERED. */
+int api_claim_submit(const api_request_t *req, api_response_t *resp,
+                     claim_waiter_t *w);
+
+/* The answer for w's final result. resp's body is new. */
+void api_claim_respond(const claim_waiter_t *w, api_response_t *resp);
 
 /* Frees resp->body. Accepts NULL. */
 void api_response_free(api_response_t *resp);

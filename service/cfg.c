@@ -21,6 +21,8 @@ typedef enum cfg__kind {
     CFG__MODE,  /* claim_mode_t */
     CFG__LEVEL, /* log_level_t */
     CFG__ID,    /* char instance_id[128] */
+    CFG__ONOFF, /* int: on = 1, off = 0 */
+    CFG__WAIT,  /* int: 1 = poll, 0 = pubsub */
 } cfg__kind_t;
 
 typedef struct cfg__opt {
@@ -96,8 +98,25 @@ static const cfg__opt_t cfg__opts[] = {
      3600000,
      "longest the watchdog renews one lease; then it is lost (default: "
      "transaction deadline + watchdog period)"},
+    {"COUPON_LOCK_WAIT_STRATEGY", CFG__WAIT, F(lock_wait_poll), "pubsub", 0, 0,
+     "pubsub (sleep until a release notification or the re-check) | poll "
+     "(jittered backoff, the baseline)"},
+    {"COUPON_LOCK_RECHECK_MS", CFG__U32, F(lock_recheck_ms), "200", 1, 250,
+     "longest a pubsub waiter sleeps before trying again without a "
+     "notification (a notification can be lost)"},
     {"COUPON_SHUTDOWN_GRACE_MS", CFG__U32, F(shutdown_grace_ms), "10000", 0,
      600000, "how long SIGTERM waits for open connections to finish"},
+    {"COUPON_BATCH_MAX", CFG__U32, F(batch_max), "32", 1, 1024,
+     "claims of one coupon one lease serves in one transaction (lock mode; "
+     "1: no combining, every claim waits for the lock on a worker)"},
+    {"COUPON_QUEUE_MAX_PER_COUPON", CFG__U32, F(queue_max_per_coupon), "1024",
+     1, 1000000,
+     "claims that may wait in one coupon's queue; more are answered 503 "
+     "overloaded at once"},
+    {"COUPON_QUEUE_MAX", CFG__U32, F(queue_max), "8192", 1, 1000000,
+     "claims that may wait in all coupons' queues of this process together"},
+    {"COUPON_SOLDOUT_MEMO", CFG__ONOFF, F(soldout_memo), "on", 0, 0,
+     "on | off: answer claims on a coupon seen sold out from memory"},
     {"COUPON_INSTANCE_ID", CFG__ID, F(instance_id), NULL, 0, 0,
      "name in logs, metrics and claim rows (default: hostname-pid)"},
     {"COUPON_LOG_LEVEL", CFG__LEVEL, F(log_level), "info", 0, 0,
@@ -237,6 +256,22 @@ static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
                      "%s: '%s' is not debug, info, warn or error", o->env, v);
             return -1;
         }
+        return 0;
+    case CFG__ONOFF:
+        if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
+            snprintf(c->errstr, sizeof(c->errstr), "%s: '%s' is not on or off",
+                     o->env, v);
+            return -1;
+        }
+        *(int *)(void *)field = strcmp(v, "on") == 0;
+        return 0;
+    case CFG__WAIT:
+        if (strcmp(v, "pubsub") != 0 && strcmp(v, "poll") != 0) {
+            snprintf(c->errstr, sizeof(c->errstr),
+                     "%s: '%s' is not pubsub or poll", o->env, v);
+            return -1;
+        }
+        *(int *)(void *)field = strcmp(v, "poll") == 0;
         return 0;
     case CFG__ID: {
         size_t len = strlen(v);

@@ -11,21 +11,88 @@
  *   5. if PostgreSQL refused our fence while our token was still in Redis,
  *      the Redis counter went backwards (Redis lost it): raise it to
  *      last_fence and try once more with a new lease.
+ *
+ * Combining (lock mode, COUPON_BATCH_MAX > 1): who parks where, and what a
+ * batch shares.
+ *
+ *   - Every coupon with a claim in flight in this process has one entry
+ *     (claim__res_t) in a hash table under one mutex (claim__mu): its queue
+ *     of parked claims and a flag, led, saying that it has a leader. The
+ *     key is the lock's resource: the coupon id.
+ *   - A claim that finds no leader becomes the leader and takes a worker
+ *     (CLAIM_SUBMIT_RUN). A claim that finds one parks in the queue on its
+ *     suspended connection and holds no thread (CLAIM_SUBMIT_PARKED), unless
+ *     admission control refuses it first: the coupon's queue is at
+ *     COUPON_QUEUE_MAX_PER_COUPON, the process's parked claims are at
+ *     COUPON_QUEUE_MAX, or the batches ahead of it (the queue length over
+ *     the batch size, times the coupon's recent batch duration) would run
+ *     past its deadline. A refused claim is answered 503 overloaded with
+ *     Retry-After at once, on the event loop.
+ *   - The leader acquires the coupon's lease (lock_acquire waits inside, up
+ *     to the leader's own deadline), then takes up to COUPON_BATCH_MAX - 1
+ *     parked claims off the head of the queue; a claim whose deadline passed
+ *     while it was parked is answered 503 lock_busy and left out. The batch
+ *     shares one lease, hence one fence, and one transaction
+ *     (store_claim with n items), as the fence rule requires: writes may
+ *     repeat a fence only within the transaction of the lease that drew it.
+ *     After COMMIT (or ROLLBACK) the lease is released; the next batch takes
+ *     a new lease, so every transaction has a fence of its own.
+ *   - Each claim of the batch gets its own answer: 201 claimed now, 200 its
+ *     existing claim (also the second of one user twice in the batch, who
+ *     gets the first's), 410 past the stock. A lease found lost at the
+ *     commit gate rolls the batch back and puts its claims back at the head
+ *     of the queue, in order, for the next lease (each still within its own
+ *     deadline, else 503 lease_lost). A fence refused while the lease still
+ *     holds the lock is recovered as for a single claim (raise the counter,
+ *     one retry of the same batch with a new lease); otherwise every claim
+ *     of the batch is answered 409 fenced.
+ *   - The leadership passes on without a gap: when the batch is answered and
+ *     claims are still parked, the head of the queue becomes the leader and
+ *     is queued for a worker (w->dispatch); when the worker queue is empty,
+ *     the same worker takes it at once. Invariant (claim__res_ok): an entry
+ *     exists iff it is led or has parked claims; it has parked claims only
+ *     while it is led. So no parked claim is ever left without a leader that
+ *     will take it, or answer it.
+ *   - At shutdown a leader that no worker will run (claim_cancel), or a
+ *     dispatch that is refused, answers its queue 503 shutting_down; parked
+ *     claims are part of the requests the HTTP layer drains.
+ *
+ * With COUPON_BATCH_MAX = 1, and in the naive and atomic modes, claims are
+ * not combined: each waits for the lock (if any) on its own worker.
+ *
+ * The sold-out fast path (COUPON_SOLDOUT_MEMO): no API adds stock, so a
+ * coupon once sold out stays sold out and its claimants never change. The
+ * first time a worker sees a coupon sold out it loads every claimant's user
+ * id with one query, keeps a sorted array of their 64-bit hashes (seeded per
+ * process, so nobody can aim collisions at it) and publishes it with an
+ * atomic store. claim_submit, on the event loop, then answers a user whose
+ * hash is not in the set 410 from memory; a user whose hash is in it (a
+ * claimant, or a collision) goes to a worker, which reads that claim: 200
+ * with it, or 410 if the hash was a collision. The set is published only if
+ * it holds exactly the coupon's total: anything else would mean claims
+ * still in flight, and the memo would not be exact.
  */
 #include "claim.h"
 
+#include <assert.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "fault.h"
 #include "lock.h"
+#include "lock_wait.h"
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
 #include "store.h"
 #include "wd.h"
+
+_Static_assert(REQ_NO_TIME == STORE_NO_TIME, "one value for no bound");
+_Static_assert(REQ_BUCKETS_MAX == STORE_BUCKETS_MAX, "one bucket limit");
 
 /* Set once by claim_init, read-only afterwards. */
 static const cfg_t *claim__cfg;
@@ -71,9 +138,18 @@ static claim__conns_t *claim__conns(void) {
     return c;
 }
 
+static uint64_t claim__seed;
+
 int claim_init(const cfg_t *cfg) {
     claim__cfg = cfg;
+    if (getrandom(&claim__seed, sizeof(claim__seed), 0) !=
+        (ssize_t)sizeof(claim__seed)) {
+        log_error("claim.init", "no randomness for the claimant hash seed");
+        return -1;
+    }
     lock_init(cfg->redis_username, cfg->redis_password);
+    lock_wait_config(cfg->lock_wait_poll, cfg->lock_recheck_ms, &cfg->redis[0],
+                     cfg->redis_timeout_ms);
     if (pthread_key_create(&claim__key, claim__conns_free) != 0) {
         log_error("claim.init", "pthread_key_create failed");
         return -1;
@@ -91,6 +167,7 @@ int claim_init(const cfg_t *cfg) {
 }
 
 void claim_shutdown(void) {
+    lock_wait_shutdown();
     wd_stop(claim__wd);
     claim__wd = NULL;
 }
@@ -114,6 +191,12 @@ static void claim__from_item(claim_result_t *out, const store_item_t *it) {
     case STORE_ALREADY:
         out->outcome = CLAIM_ALREADY;
         break;
+    case STORE_NOT_STARTED:
+        out->outcome = CLAIM_NOT_STARTED;
+        break;
+    case STORE_EXPIRED:
+        out->outcome = CLAIM_EXPIRED;
+        break;
     default:
         out->outcome = CLAIM_SOLD_OUT;
         break;
@@ -131,6 +214,10 @@ static void claim__count(const claim_result_t *out) {
         [CLAIM_UNAVAILABLE] = M_CLAIM_UNAVAILABLE,
         [CLAIM_LEASE_LOST] = M_CLAIM_LEASE_LOST,
         [CLAIM_COMMIT_UNKNOWN] = M_CLAIM_COMMIT_UNKNOWN,
+        [CLAIM_OVERLOADED] = M_CLAIM_OVERLOADED,
+        [CLAIM_SHUTTING_DOWN] = M_CLAIM_SHUTTING_DOWN,
+        [CLAIM_NOT_STARTED] = M_CLAIM_NOT_STARTED,
+        [CLAIM_EXPIRED] = M_CLAIM_EXPIRED,
     };
     metrics_inc(m[out->outcome]);
 }
@@ -144,6 +231,20 @@ static void claim__from_store(claim_result_t *out, int src,
         break;
     case STORE_NOT_FOUND:
         claim__set(out, CLAIM_NOT_FOUND, "no such coupon");
+        break;
+    case STORE_NOT_STARTED:
+    case STORE_EXPIRED:
+        /* The window refused the whole call; a user who holds a claim
+         * still gets it back. */
+        if (it->status == STORE_ALREADY) {
+            claim__from_item(out, it);
+        } else {
+            claim__set(out,
+                       src == STORE_EXPIRED ? CLAIM_EXPIRED : CLAIM_NOT_STARTED,
+                       src == STORE_EXPIRED
+                           ? "the coupon's claim window has ended"
+                           : "the coupon's claim window has not started");
+        }
         break;
     case STORE_ABORTED:
         claim__set(out, CLAIM_LEASE_LOST,
@@ -177,10 +278,20 @@ static int claim__gate(void *arg) {
     return 1;
 }
 
-static void claim__locked(claim__conns_t *c, const char *coupon,
-                          const char *user, int64_t deadline,
-                          claim_result_t *out) {
+static void claim__shape_learn(const char *coupon, store_t *st);
+static void claim__resource(char *key, size_t n, const char *coupon,
+                            int bucket);
+
+/* One claim on bucket (-1: unsharded) of coupon. Returns 1 when the claim
+ * must move to another bucket (this one is empty, or the coupon's shape was
+ * not what we thought: the shape is learnt by then), else 0 with *out
+ * final. */
+static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
+                         const char *user, int64_t deadline,
+                         claim_result_t *out) {
     const cfg_t *cfg = claim__cfg;
+    char resource[LOCK_KEY_MAX];
+    claim__resource(resource, sizeof(resource), coupon, bucket);
     if (deadline == 0) {
         deadline = mono_ns() + (int64_t)cfg->lock_wait_ms * MONO_MS;
     } else if (mono_ns() >= deadline) {
@@ -190,25 +301,25 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
         claim__set(out, CLAIM_BUSY,
                    "the request waited in this instance's queue past its "
                    "lock-wait deadline; nothing was tried");
-        return;
+        return 0;
     }
 
     for (int attempt = 0;; attempt++) {
         lock_lease_t lease;
         int64_t waited = 0;
-        int lrc = lock_acquire(c->lock, coupon, cfg->lock_ttl_ms, deadline,
+        int lrc = lock_acquire(c->lock, resource, cfg->lock_ttl_ms, deadline,
                                &lease, &waited);
         metrics_observe_lock_wait((uint64_t)waited);
         if (lrc == LOCK_BUSY) {
             claim__set(out, CLAIM_BUSY,
                        "the coupon's lock stayed busy past the wait deadline");
-            return;
+            return 0;
         }
         if (lrc != LOCK_OK) {
             claim__set(out, CLAIM_UNAVAILABLE, lock_errstr(c->lock));
             log_warn("claim.lock_error", "coupon=%s err=\"%s\"", coupon,
                      lock_errstr(c->lock));
-            return;
+            return 0;
         }
 
         wd_watch(claim__wd, &lease);
@@ -216,8 +327,9 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
 
         store_item_t item = {.user_id = user};
         int64_t last_fence = 0;
-        int src = store_claim(c->store, coupon, lease.fence, &item, 1,
+        int src = store_claim(c->store, coupon, bucket, lease.fence, &item, 1,
                               claim__gate, &lease, &last_fence);
+        claim__shape_learn(coupon, c->store);
         if (src == STORE_OK && item.status == STORE_OK) {
             fault_pause(FAULT_AFTER_COMMIT);
         }
@@ -240,6 +352,10 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
                      (long long)lease.fence, lock_errstr(c->lock));
         }
 
+        if (src == STORE_WRONG_BUCKET ||
+            (src == STORE_OK && item.status == STORE_BUCKET_EMPTY)) {
+            return 1;
+        }
         if (src != STORE_FENCED) {
             claim__from_store(out, src, &item, c->store);
             out->fence = src == STORE_OK ? item.fence : lease.fence;
@@ -247,14 +363,14 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
                 log_warn("claim.lease_lost", "coupon=%s user=%s fence=%lld",
                          coupon, user, (long long)lease.fence);
             }
-            return;
+            return 0;
         }
 
         /* Raising is safe whoever we are: it only ever moves the counter up
          * to a fence PostgreSQL has already accepted. */
         int64_t now_at = 0;
         int raised =
-            lock_raise_fence(c->lock, coupon, last_fence, &now_at) == LOCK_OK;
+            lock_raise_fence(c->lock, resource, last_fence, &now_at) == LOCK_OK;
         if (current && raised && attempt == 0) {
             metrics_inc(M_FENCE_RECOVERIES);
             log_warn("fence.recovered",
@@ -272,7 +388,7 @@ static void claim__locked(claim__conns_t *c, const char *coupon,
                  "%lld: this lease is stale; nothing was written",
                  (long long)lease.fence, (long long)last_fence);
         out->outcome = CLAIM_FENCED;
-        return;
+        return 0;
     }
 }
 
@@ -283,6 +399,9 @@ static int claim__gate_fault_only(void *arg) {
     fault_pause(FAULT_BEFORE_COMMIT);
     return 0;
 }
+
+static void claim__memo_build(claim__conns_t *c, const char *coupon);
+static int claim__pick(const char *coupon, const char *user);
 
 void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
                claim_result_t *out) {
@@ -296,15 +415,39 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
     }
 
     store_item_t item = {.user_id = user};
-    int src;
+    int src, hops = 0, again = 1;
     switch (claim__cfg->mode) {
     case CLAIM_MODE_LOCK:
-        claim__locked(c, coupon, user, deadline_ns, out);
+        /* A sharded coupon: a bucket with stock, starting at the user's
+         * hash; moved on while the store finds buckets empty. */
+        while (again && hops++ <= STORE_BUCKETS_MAX) {
+            again = claim__locked(c, coupon, claim__pick(coupon, user), user,
+                                  deadline_ns, out);
+        }
+        if (again) {
+            claim__set(out, CLAIM_UNAVAILABLE,
+                       "the coupon's buckets kept emptying under this claim; "
+                       "retry");
+        }
         break;
     case CLAIM_MODE_ATOMIC:
-        src = store_claim(c->store, coupon, STORE_NO_FENCE, &item, 1,
-                          claim__gate_fault_only, NULL, NULL);
-        claim__from_store(out, src, &item, c->store);
+        while (again && hops++ <= STORE_BUCKETS_MAX) {
+            item = (store_item_t){.user_id = user};
+            src = store_claim(c->store, coupon, claim__pick(coupon, user),
+                              STORE_NO_FENCE, &item, 1, claim__gate_fault_only,
+                              NULL, NULL);
+            claim__shape_learn(coupon, c->store);
+            again = src == STORE_WRONG_BUCKET ||
+                    (src == STORE_OK && item.status == STORE_BUCKET_EMPTY);
+            if (!again) {
+                claim__from_store(out, src, &item, c->store);
+            }
+        }
+        if (again) {
+            claim__set(out, CLAIM_UNAVAILABLE,
+                       "the coupon's buckets kept emptying under this claim; "
+                       "retry");
+        }
         break;
     case CLAIM_MODE_NAIVE:
         src = store_claim_naive(c->store, coupon, &item);
@@ -319,28 +462,32 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
     } else if (out->outcome == CLAIM_UNAVAILABLE) {
         log_warn("claim.unavailable", "coupon=%s err=\"%s\"", coupon,
                  out->detail);
+    } else if (out->outcome == CLAIM_SOLD_OUT &&
+               claim__cfg->mode != CLAIM_MODE_NAIVE) {
+        claim__memo_build(c, coupon);
     }
 }
 
 /* --------------------------------------------------------------- admin --- */
 
-int claim_coupon_create(const char *id, int64_t total, char *detail,
-                        size_t len) {
+int claim_coupon_create(const req_coupon_t *rc, char *detail, size_t len) {
     claim__conns_t *c = claim__conns();
     if (c == NULL) {
         snprintf(detail, len, "out of memory");
         return -1;
     }
-    int rc = store_coupon_create(c->store, id, total);
-    if (rc == STORE_ERR) {
+    /* REQ_NO_TIME and STORE_NO_TIME are the same value: INT64_MIN. */
+    int rv = store_coupon_create(c->store, rc->id, rc->total, rc->buckets,
+                                 rc->starts_at_us, rc->ends_at_us);
+    if (rv == STORE_ERR) {
         snprintf(detail, len, "%s", store_errstr(c->store));
         return -1;
     }
-    if (rc == STORE_OK) {
-        log_info("coupon.created", "coupon=%s total=%lld", id,
-                 (long long)total);
+    if (rv == STORE_OK) {
+        log_info("coupon.created", "coupon=%s total=%lld buckets=%d", rc->id,
+                 (long long)rc->total, rc->buckets);
     }
-    return rc == STORE_OK ? 0 : 1;
+    return rv == STORE_OK ? 0 : 1;
 }
 
 int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
@@ -350,7 +497,7 @@ int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
         snprintf(detail, len, "out of memory");
         return -1;
     }
-    store_coupon_t sc;
+    static _Thread_local store_coupon_t sc; /* 1.6 KiB: off the stack */
     int rc = store_coupon_get(c->store, id, &sc);
     if (rc == STORE_ERR) {
         snprintf(detail, len, "%s", store_errstr(c->store));
@@ -362,5 +509,831 @@ int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
     out->total = sc.total;
     out->claimed = sc.claimed;
     out->last_fence = sc.last_fence;
+    out->buckets = sc.buckets;
+    for (int i = 0; i < sc.buckets && sc.buckets > 1; i++) {
+        out->bucket[i].total = sc.bucket[i].total;
+        out->bucket[i].claimed = sc.bucket[i].claimed;
+        out->bucket[i].last_fence = sc.bucket[i].last_fence;
+    }
+    out->starts_at_us = sc.starts_at_us;
+    out->ends_at_us = sc.ends_at_us;
     return 0;
+}
+
+/* ------------------------------------------------------ bucket choice --- */
+
+/* What this process knows of a coupon's shape: its bucket count (fixed at
+ * creation) and which buckets had stock at the last claim that told. Learnt
+ * from every store_claim (store_claim_shape); guarded by claim__shape_mu. */
+typedef struct claim__shape {
+    char coupon[REQ_COUPON_ID_MAX + 1];
+    int buckets;   /* 1: unsharded */
+    uint64_t mask; /* bit b: bucket b had stock */
+    struct claim__shape *next;
+} claim__shape_t;
+
+#define CLAIM__SHAPE_SLOTS 4096u
+#define CLAIM__SHAPE_MAX                                                       \
+    65536u /* coupons remembered; more go unsharded                            \
+              first and learn from the store's answer */
+
+static pthread_mutex_t claim__shape_mu = PTHREAD_MUTEX_INITIALIZER;
+static claim__shape_t *claim__shape_tab[CLAIM__SHAPE_SLOTS];
+static uint32_t claim__nshapes;
+
+static uint64_t claim__hash(const char *s);
+
+static claim__shape_t *claim__shape_find(const char *coupon, unsigned slot) {
+    claim__shape_t *x = claim__shape_tab[slot];
+    while (x != NULL && strcmp(x->coupon, coupon) != 0) {
+        x = x->next;
+    }
+    return x;
+}
+
+/* Records what the last store_claim on st said about coupon's shape. */
+static void claim__shape_learn(const char *coupon, store_t *st) {
+    int buckets = 0;
+    uint64_t mask = 0;
+    store_claim_shape(st, &buckets, &mask);
+    if (buckets <= 0) {
+        return; /* the call failed before it learnt anything */
+    }
+    unsigned slot = (unsigned)(claim__hash(coupon) % CLAIM__SHAPE_SLOTS);
+    pthread_mutex_lock(&claim__shape_mu);
+    claim__shape_t *x = claim__shape_find(coupon, slot);
+    if (x == NULL && claim__nshapes < CLAIM__SHAPE_MAX &&
+        (x = calloc(1, sizeof(*x))) != NULL) {
+        snprintf(x->coupon, sizeof(x->coupon), "%s", coupon);
+        x->next = claim__shape_tab[slot];
+        claim__shape_tab[slot] = x;
+        claim__nshapes++;
+    }
+    if (x != NULL) {
+        x->buckets = buckets;
+        x->mask = mask;
+    }
+    pthread_mutex_unlock(&claim__shape_mu);
+}
+
+/* The bucket a claim of user on coupon goes to: -1 for an unsharded coupon
+ * (or one not seen yet: the store then says WRONG_BUCKET and its shape);
+ * else the first bucket with stock at or after hash(user) mod B, so users
+ * spread evenly over the buckets and one user always starts at the same
+ * one; with no bucket known to have stock, the starting one (the store then
+ * says sold out). */
+static int claim__pick(const char *coupon, const char *user) {
+    unsigned slot = (unsigned)(claim__hash(coupon) % CLAIM__SHAPE_SLOTS);
+    int b = -1;
+    pthread_mutex_lock(&claim__shape_mu);
+    const claim__shape_t *x = claim__shape_find(coupon, slot);
+    if (x != NULL && x->buckets > 1) {
+        int start = (int)(claim__hash(user) % (uint64_t)x->buckets);
+        b = start;
+        for (int i = 0; i < x->buckets; i++) {
+            int k = (start + i) % x->buckets;
+            if (x->mask & (UINT64_C(1) << k)) {
+                b = k;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&claim__shape_mu);
+    return b;
+}
+
+/* The lock's resource: the coupon id, or ID#b for bucket b ('#' is not in
+ * the id alphabet, so no coupon's resource is another's). */
+static void claim__resource(char *key, size_t n, const char *coupon,
+                            int bucket) {
+    if (bucket < 0) {
+        snprintf(key, n, "%s", coupon);
+    } else {
+        snprintf(key, n, "%s#%d", coupon, bucket);
+    }
+}
+
+/* -------------------------------------------------- the sold-out memo --- */
+
+/* One coupon's frozen claimant set. Nodes are pushed onto a slot's list
+ * under claim__memo_mu and never freed; readers (the event loop) walk the
+ * lists without a lock: a node is read only once ready is 1 (release/
+ * acquire), after which its fields never change. */
+typedef struct claim__memo {
+    char coupon[REQ_COUPON_ID_MAX + 1];
+    uint64_t *h; /* sorted hashes of the claimants' user ids; owned */
+    size_t n;
+    atomic_int ready;  /* 1: h and n are final */
+    int building;      /* a worker is loading it (under claim__memo_mu) */
+    int64_t failed_ns; /* last failed load (monotonic), to space retries */
+    struct claim__memo *_Atomic next;
+} claim__memo_t;
+
+#define CLAIM__MEMO_SLOTS 1024u
+/* The largest claimant set kept (8 bytes each): a bigger coupon goes
+ * without a memo. */
+#define CLAIM__MEMO_MAX (4u * 1024u * 1024u)
+#define CLAIM__MEMO_RETRY_NS (1000 * MONO_MS)
+
+static claim__memo_t *_Atomic claim__memo_tab[CLAIM__MEMO_SLOTS];
+static pthread_mutex_t claim__memo_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* FNV-1a over the seed and the text, then splitmix64's finalizer. */
+static uint64_t claim__hash(const char *s) {
+    uint64_t h = 1469598103934665603ull ^ claim__seed;
+    for (; *s != '\0'; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ull;
+    }
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebull;
+    h ^= h >> 31;
+    return h;
+}
+
+static unsigned claim__slot(const char *coupon) {
+    return (unsigned)(claim__hash(coupon) % CLAIM__MEMO_SLOTS);
+}
+
+/* The ready memo of coupon, or NULL. Lock-free; borrowed for ever. */
+static const claim__memo_t *claim__memo_find(const char *coupon) {
+    claim__memo_t *m = atomic_load_explicit(
+        &claim__memo_tab[claim__slot(coupon)], memory_order_acquire);
+    for (; m != NULL;
+         m = atomic_load_explicit(&m->next, memory_order_acquire)) {
+        if (strcmp(m->coupon, coupon) == 0) {
+            return atomic_load_explicit(&m->ready, memory_order_acquire) ? m
+                                                                         : NULL;
+        }
+    }
+    return NULL;
+}
+
+static int claim__memo_has(const claim__memo_t *m, uint64_t h) {
+    size_t lo = 0, hi = m->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (m->h[mid] < h) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo < m->n && m->h[lo] == h;
+}
+
+typedef struct claim__collect {
+    uint64_t *h;
+    size_t n, cap;
+    int failed;
+} claim__collect_t;
+
+static int claim__collect_one(void *arg, const char *user, size_t len) {
+    claim__collect_t *k = arg;
+    (void)len;
+    if (k->n == k->cap) {
+        size_t cap = k->cap != 0 ? k->cap * 2 : 1024;
+        uint64_t *h =
+            cap <= CLAIM__MEMO_MAX ? realloc(k->h, cap * sizeof(*h)) : NULL;
+        if (h == NULL) {
+            k->failed = 1;
+            return 1; /* too many, or out of memory: no memo */
+        }
+        k->h = h;
+        k->cap = cap;
+    }
+    k->h[k->n++] = claim__hash(user);
+    return 0;
+}
+
+static int claim__u64_cmp(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Loads coupon's claimant set and publishes it, unless it is there, being
+ * loaded, or failed less than a second ago. Runs on a worker (c is its
+ * connections), after the claim that saw the sell-out was answered. */
+static void claim__memo_build(claim__conns_t *c, const char *coupon) {
+    if (!claim__cfg->soldout_memo) {
+        return;
+    }
+    unsigned slot = claim__slot(coupon);
+    int64_t now = mono_ns();
+    pthread_mutex_lock(&claim__memo_mu);
+    claim__memo_t *m = atomic_load(&claim__memo_tab[slot]);
+    for (; m != NULL && strcmp(m->coupon, coupon) != 0;
+         m = atomic_load(&m->next)) {
+    }
+    if (m != NULL && (atomic_load(&m->ready) || m->building ||
+                      now - m->failed_ns < CLAIM__MEMO_RETRY_NS)) {
+        pthread_mutex_unlock(&claim__memo_mu);
+        return;
+    }
+    if (m == NULL) {
+        m = calloc(1, sizeof(*m));
+        if (m == NULL) {
+            pthread_mutex_unlock(&claim__memo_mu);
+            return;
+        }
+        snprintf(m->coupon, sizeof(m->coupon), "%s", coupon);
+        atomic_store(&m->next, atomic_load(&claim__memo_tab[slot]));
+        atomic_store_explicit(&claim__memo_tab[slot], m, memory_order_release);
+    }
+    m->building = 1;
+    pthread_mutex_unlock(&claim__memo_mu);
+
+    claim__collect_t k = {NULL, 0, 0, 0};
+    store_coupon_t sc;
+    int rc = store_coupon_get(c->store, coupon, &sc);
+    if (rc == STORE_OK && sc.claimed >= sc.total) {
+        rc = store_claimants(c->store, coupon, claim__collect_one, &k);
+    } else if (rc == STORE_OK) {
+        rc = STORE_ERR; /* not sold out after all (not in lock/atomic mode) */
+    }
+    /* Exact only if every claim is in: rows = total. */
+    int ok = rc == STORE_OK && !k.failed && (int64_t)k.n == sc.total;
+    if (ok) {
+        qsort(k.h, k.n, sizeof(*k.h), claim__u64_cmp);
+    } else {
+        log_warn("soldout.memo_skipped",
+                 "coupon=%s rows=%zu err=\"%s\" (claims answered by the "
+                 "store as before)",
+                 coupon, k.n,
+                 rc == STORE_OK ? "rows differ from total"
+                                : store_errstr(c->store));
+        free(k.h);
+    }
+    pthread_mutex_lock(&claim__memo_mu);
+    m->building = 0;
+    if (ok) {
+        m->h = k.h;
+        m->n = k.n;
+        atomic_store_explicit(&m->ready, 1, memory_order_release);
+        metrics_inc(M_MEMOS_BUILT);
+        log_info("soldout.memo", "coupon=%s claimants=%zu", coupon, k.n);
+    } else {
+        m->failed_ns = mono_ns();
+    }
+    pthread_mutex_unlock(&claim__memo_mu);
+}
+
+/* ----------------------------------------------------------- combining --- */
+
+typedef struct claim__res {
+    char key[LOCK_KEY_MAX];      /* the lock's resource */
+    int bucket;                  /* -1: unsharded */
+    claim_waiter_t *head, *tail; /* parked claims, FIFO */
+    uint32_t n;                  /* parked claims in the queue */
+    int led;                     /* a leader runs or is queued */
+    int64_t cycle_ns;            /* recent batch durations (EWMA) */
+    struct claim__res *next;     /* hash chain */
+} claim__res_t;
+
+#define CLAIM__RES_SLOTS 4096u
+
+/* Guarded by claim__mu: the table, every entry, every queue link, and
+ * claim__parked. */
+static pthread_mutex_t claim__mu = PTHREAD_MUTEX_INITIALIZER;
+static claim__res_t *claim__res_tab[CLAIM__RES_SLOTS];
+static uint32_t claim__parked;
+
+/* The entry's invariant: it exists only while led or holding parked
+ * claims, and claims park only behind a leader; head, tail and n agree.
+ * O(1): it is asserted on every park, so it does not walk the queue. */
+static int claim__res_ok(const claim__res_t *r) {
+    return r->led && (r->n == 0) == (r->head == NULL) &&
+           (r->n == 0) == (r->tail == NULL) &&
+           (r->tail == NULL || r->tail->next == NULL) &&
+           (r->n != 1 || r->head == r->tail);
+}
+
+/* Parks w at the tail of r's queue and counts it. Under claim__mu; r is
+ * led. */
+static void claim__append(claim__res_t *r, claim_waiter_t *w) {
+    w->next = NULL;
+    if (r->tail != NULL) {
+        r->tail->next = w;
+    } else {
+        r->head = w;
+    }
+    r->tail = w;
+    r->n++;
+    claim__parked++;
+    assert(claim__res_ok(r));
+    metrics_set_parked(claim__parked);
+}
+
+static int claim__combining(void) {
+    return claim__cfg->mode == CLAIM_MODE_LOCK && claim__cfg->batch_max > 1;
+}
+
+/* Finds or makes the entry for key; NULL when out of memory. Under
+ * claim__mu. */
+static claim__res_t *claim__res_get(const char *key, int bucket) {
+    unsigned slot = (unsigned)(claim__hash(key) % CLAIM__RES_SLOTS);
+    for (claim__res_t *r = claim__res_tab[slot]; r != NULL; r = r->next) {
+        if (strcmp(r->key, key) == 0) {
+            return r;
+        }
+    }
+    claim__res_t *r = calloc(1, sizeof(*r));
+    if (r != NULL) {
+        snprintf(r->key, sizeof(r->key), "%s", key);
+        r->bucket = bucket;
+        r->next = claim__res_tab[slot];
+        claim__res_tab[slot] = r;
+    }
+    return r;
+}
+
+/* Unlinks and frees r, which must be neither led nor have claims. Under
+ * claim__mu. */
+static void claim__res_drop(claim__res_t *r) {
+    assert(!r->led && r->n == 0 && r->head == NULL);
+    unsigned slot = (unsigned)(claim__hash(r->key) % CLAIM__RES_SLOTS);
+    claim__res_t **pp = &claim__res_tab[slot];
+    while (*pp != r) {
+        pp = &(*pp)->next;
+    }
+    *pp = r->next;
+    free(r);
+}
+
+/* Takes the head of r's queue, or NULL. Under claim__mu. */
+static claim_waiter_t *claim__pop(claim__res_t *r) {
+    claim_waiter_t *w = r->head;
+    if (w != NULL) {
+        r->head = w->next;
+        if (r->head == NULL) {
+            r->tail = NULL;
+        }
+        w->next = NULL;
+        r->n--;
+        claim__parked--;
+    }
+    return w;
+}
+
+static void claim__finish(claim_waiter_t *w) {
+    claim__count(&w->result);
+    w->done(w);
+}
+
+/* Answers w with outcome o (and counts it), through its done. */
+static void claim__answer(claim_waiter_t *w, claim_outcome_t o,
+                          const char *detail) {
+    claim__set(&w->result, o, detail);
+    claim__finish(w);
+}
+
+int claim_submit(claim_waiter_t *w) {
+    memset(&w->result, 0, sizeof(w->result));
+    w->result.fence = -1;
+    w->submitted_ns = mono_ns();
+    w->res = NULL;
+    w->memo_hit = 0;
+    w->hops = 0;
+    w->next = NULL;
+
+    if (claim__cfg->soldout_memo && claim__cfg->mode != CLAIM_MODE_NAIVE) {
+        const claim__memo_t *m = claim__memo_find(w->coupon);
+        if (m != NULL) {
+            if (!claim__memo_has(m, claim__hash(w->user))) {
+                metrics_inc(M_FAST_SOLD_OUT);
+                w->result.outcome = CLAIM_SOLD_OUT;
+                w->result.remaining = 0;
+                claim__count(&w->result);
+                return CLAIM_SUBMIT_ANSWERED;
+            }
+            w->memo_hit = 1;
+            return CLAIM_SUBMIT_RUN;
+        }
+    }
+    if (!claim__combining()) {
+        return CLAIM_SUBMIT_RUN;
+    }
+
+    const cfg_t *cfg = claim__cfg;
+    metrics_counter_t refused = M__COUNT;
+    char why[160] = "", key[LOCK_KEY_MAX];
+    int bucket = claim__pick(w->coupon, w->user);
+    claim__resource(key, sizeof(key), w->coupon, bucket);
+    pthread_mutex_lock(&claim__mu);
+    claim__res_t *r = claim__res_get(key, bucket);
+    if (r == NULL) {
+        pthread_mutex_unlock(&claim__mu);
+        claim__set(&w->result, CLAIM_UNAVAILABLE, "out of memory");
+        claim__count(&w->result);
+        return CLAIM_SUBMIT_ANSWERED;
+    }
+    if (!r->led) {
+        r->led = 1;
+        w->res = r;
+        pthread_mutex_unlock(&claim__mu);
+        return CLAIM_SUBMIT_RUN;
+    }
+    /* Full batches queued ahead of this claim (the one in progress aside),
+     * each about as long as the coupon's recent batches. Only a queue of at
+     * least one full batch is refused on this estimate: a lone slow batch
+     * (a row lock, a slow backend) is better answered by its own outcome. */
+    uint32_t batches = r->n / cfg->batch_max;
+    int64_t ahead_ns = (int64_t)(batches + 1) * r->cycle_ns;
+    if (r->n >= cfg->queue_max_per_coupon) {
+        refused = M_ADMIT_QUEUE_FULL;
+        snprintf(why, sizeof(why),
+                 "%u claims of this coupon are already waiting here "
+                 "(COUPON_QUEUE_MAX_PER_COUPON); nothing was tried",
+                 r->n);
+    } else if (claim__parked >= cfg->queue_max) {
+        refused = M_ADMIT_PROCESS_FULL;
+        snprintf(why, sizeof(why),
+                 "%u claims are already waiting in this instance "
+                 "(COUPON_QUEUE_MAX); nothing was tried",
+                 claim__parked);
+    } else if (batches > 0 && w->submitted_ns + ahead_ns > w->deadline_ns) {
+        refused = M_ADMIT_DEADLINE;
+        snprintf(why, sizeof(why),
+                 "the %u claims queued ahead need about %lld ms, past this "
+                 "claim's deadline; nothing was tried",
+                 r->n, (long long)(ahead_ns / MONO_MS));
+    }
+    if (refused != M__COUNT) {
+        pthread_mutex_unlock(&claim__mu);
+        metrics_inc(refused);
+        claim__set(&w->result, CLAIM_OVERLOADED, why);
+        claim__count(&w->result);
+        return CLAIM_SUBMIT_ANSWERED;
+    }
+    w->res = r;
+    w->park(w); /* suspended before any leader can see it */
+    claim__append(r, w);
+    pthread_mutex_unlock(&claim__mu);
+    return CLAIM_SUBMIT_PARKED;
+}
+
+/* Answers w and every claim parked on r 503 shutting_down, and ends r's
+ * leadership. w's done is called only if answer_w. */
+static void claim__abandon(claim__res_t *r, claim_waiter_t *w, int answer_w) {
+    pthread_mutex_lock(&claim__mu);
+    claim_waiter_t *list = r->head;
+    uint32_t n = r->n;
+    r->head = r->tail = NULL;
+    claim__parked -= n;
+    r->n = 0;
+    r->led = 0;
+    claim__res_drop(r);
+    metrics_set_parked(claim__parked);
+    pthread_mutex_unlock(&claim__mu);
+    static const char why[] = "this instance is stopping; retry";
+    while (list != NULL) {
+        claim_waiter_t *x = list;
+        list = x->next;
+        x->next = NULL;
+        claim__answer(x, CLAIM_SHUTTING_DOWN, why);
+    }
+    if (answer_w) {
+        claim__answer(w, CLAIM_SHUTTING_DOWN, why);
+    } else {
+        claim__set(&w->result, CLAIM_SHUTTING_DOWN, why);
+        claim__count(&w->result);
+    }
+}
+
+void claim_cancel(claim_waiter_t *w) {
+    if (w->res == NULL) {
+        claim__set(&w->result, CLAIM_SHUTTING_DOWN,
+                   "this instance is stopping; retry");
+        claim__count(&w->result);
+        return;
+    }
+    claim__abandon(w->res, w, 0);
+}
+
+/* Ends a leader's turn on r: the next parked claim leads (dispatched to a
+ * worker), or r is dropped. cycle_ns (0: none) feeds the estimate of
+ * admission control. */
+static void claim__pass(claim__res_t *r, int64_t cycle_ns) {
+    pthread_mutex_lock(&claim__mu);
+    if (cycle_ns > 0) {
+        r->cycle_ns =
+            r->cycle_ns == 0 ? cycle_ns : (r->cycle_ns * 7 + cycle_ns) / 8;
+    }
+    claim_waiter_t *next = claim__pop(r);
+    if (next == NULL) {
+        r->led = 0;
+        claim__res_drop(r);
+    } else {
+        assert(claim__res_ok(r));
+    }
+    metrics_set_parked(claim__parked);
+    pthread_mutex_unlock(&claim__mu);
+    if (next != NULL && next->dispatch(next) != 0) {
+        claim__abandon(r, next, 1);
+    }
+}
+
+/* Takes up to max - have parked claims into b[have..], answering 503 those
+ * whose deadline passed while parked. Returns the new count. */
+static size_t claim__take(claim__res_t *r, claim_waiter_t **b, size_t have,
+                          size_t max) {
+    claim_waiter_t *late = NULL;
+    int64_t now = mono_ns();
+    pthread_mutex_lock(&claim__mu);
+    while (have < max && r->head != NULL) {
+        claim_waiter_t *x = claim__pop(r);
+        metrics_observe_queue_wait((uint64_t)(now - x->submitted_ns));
+        if (now >= x->deadline_ns) {
+            x->next = late;
+            late = x;
+        } else {
+            b[have++] = x;
+        }
+    }
+    metrics_set_parked(claim__parked);
+    pthread_mutex_unlock(&claim__mu);
+    while (late != NULL) {
+        claim_waiter_t *x = late;
+        late = x->next;
+        x->next = NULL;
+        claim__answer(x, CLAIM_BUSY,
+                      "the claim waited in its coupon's queue past its "
+                      "deadline; nothing was tried");
+    }
+    return have;
+}
+
+/* Puts b[0..n) back at the head of r's queue, in order. */
+static void claim__requeue(claim__res_t *r, claim_waiter_t **b, size_t n) {
+    pthread_mutex_lock(&claim__mu);
+    for (size_t i = n; i-- > 0;) {
+        b[i]->next = r->head;
+        r->head = b[i];
+        if (r->tail == NULL) {
+            r->tail = b[i];
+        }
+        r->n++;
+        claim__parked++;
+    }
+    assert(claim__res_ok(r));
+    metrics_set_parked(claim__parked);
+    pthread_mutex_unlock(&claim__mu);
+}
+
+/* Moves w, a claim whose bucket turned out empty (or whose coupon's shape
+ * was not known), to the queue of the bucket claim__pick now gives: as its
+ * leader (dispatched to a worker) if that queue has none, else parked. w is
+ * still suspended and unanswered; admission does not apply again. */
+static void claim__reroute(claim_waiter_t *w) {
+    if (++w->hops > STORE_BUCKETS_MAX + 1) {
+        claim__answer(w, CLAIM_UNAVAILABLE,
+                      "the coupon's buckets kept emptying under this claim; "
+                      "retry");
+        return;
+    }
+    char key[LOCK_KEY_MAX];
+    int bucket = claim__pick(w->coupon, w->user);
+    claim__resource(key, sizeof(key), w->coupon, bucket);
+    pthread_mutex_lock(&claim__mu);
+    claim__res_t *r = claim__res_get(key, bucket);
+    if (r == NULL) {
+        pthread_mutex_unlock(&claim__mu);
+        claim__answer(w, CLAIM_UNAVAILABLE, "out of memory");
+        return;
+    }
+    w->res = r;
+    w->next = NULL;
+    int lead = !r->led;
+    if (lead) {
+        r->led = 1;
+    } else {
+        claim__append(r, w);
+    }
+    pthread_mutex_unlock(&claim__mu);
+    if (lead && w->dispatch(w) != 0) {
+        claim__abandon(r, w, 1);
+    }
+}
+
+/* The leader's turn: one lease, one batch, one transaction. */
+static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
+    const cfg_t *cfg = claim__cfg;
+    claim__res_t *r = w->res;
+    /* A copy: w may be gone once it is answered. */
+    char coupon[REQ_COUPON_ID_MAX + 1];
+    memcpy(coupon, w->coupon, sizeof(coupon));
+    int64_t start = mono_ns();
+    size_t max = cfg->batch_max;
+    size_t n = 0;
+    int sold_out = 0;
+    claim_waiter_t **b = calloc(max, sizeof(*b));
+    store_item_t *items = calloc(max, sizeof(*items));
+    if (b == NULL || items == NULL) {
+        free(b);
+        free(items);
+        claim__answer(w, CLAIM_UNAVAILABLE, "out of memory");
+        claim__pass(r, 0);
+        return;
+    }
+    metrics_observe_queue_wait((uint64_t)(start - w->submitted_ns));
+    if (start >= w->deadline_ns) {
+        claim__answer(w, CLAIM_BUSY,
+                      "the request waited in this instance's queue past its "
+                      "lock-wait deadline; nothing was tried");
+        goto pass;
+    }
+
+    for (int attempt = 0;; attempt++) {
+        lock_lease_t lease;
+        int64_t waited = 0;
+        /* The leader is the oldest claim of the queue (or of a batch put
+         * back in order), so its deadline is the earliest. */
+        int64_t deadline = n > 0 ? b[0]->deadline_ns : w->deadline_ns;
+        int lrc = lock_acquire(c->lock, r->key, cfg->lock_ttl_ms, deadline,
+                               &lease, &waited);
+        metrics_observe_lock_wait((uint64_t)waited);
+        if (lrc != LOCK_OK) {
+            const char *why =
+                lrc == LOCK_BUSY
+                    ? "the coupon's lock stayed busy past the wait deadline"
+                    : lock_errstr(c->lock);
+            if (lrc != LOCK_BUSY) {
+                log_warn("claim.lock_error", "coupon=%s err=\"%s\"", coupon,
+                         why);
+            }
+            claim_outcome_t o =
+                lrc == LOCK_BUSY ? CLAIM_BUSY : CLAIM_UNAVAILABLE;
+            if (n == 0) {
+                claim__answer(w, o, why);
+            } else {
+                /* A retry's batch: its claims were already taken. */
+                for (size_t i = 0; i < n; i++) {
+                    claim__answer(b[i], o, why);
+                }
+            }
+            goto pass;
+        }
+        wd_watch(claim__wd, &lease);
+        fault_pause(FAULT_AFTER_ACQUIRE);
+        if (n == 0) {
+            b[0] = w;
+            n = claim__take(r, b, 1, max);
+        }
+        for (size_t i = 0; i < n; i++) {
+            items[i] = (store_item_t){.user_id = b[i]->user};
+        }
+
+        int64_t last_fence = 0;
+        int src = store_claim(c->store, coupon, r->bucket, lease.fence, items,
+                              n, claim__gate, &lease, &last_fence);
+        claim__shape_learn(coupon, c->store);
+        int wrote = 0;
+        for (size_t i = 0; src == STORE_OK && i < n; i++) {
+            wrote |= items[i].status == STORE_OK;
+        }
+        if (wrote) {
+            fault_pause(FAULT_AFTER_COMMIT);
+        }
+        int current = src == STORE_FENCED && lock_check(c->lock, &lease) == 1;
+        wd_unwatch(claim__wd, &lease);
+        if (lock_release(c->lock, &lease) == LOCK_ERR) {
+            log_warn("lock.release_failed",
+                     "key=%s fence=%lld err=\"%s\" (expires by TTL)", lease.key,
+                     (long long)lease.fence, lock_errstr(c->lock));
+        }
+        metrics_observe_batch((uint32_t)n);
+
+        if (src == STORE_ABORTED) {
+            /* Nothing was written: back to the head of the queue for a new
+             * lease, each within its own deadline. */
+            log_warn("claim.lease_lost",
+                     "coupon=%s fence=%lld batch=%zu (rolled back; the "
+                     "claims wait for a new lease)",
+                     coupon, (long long)lease.fence, n);
+            int64_t now = mono_ns();
+            size_t keep = 0;
+            for (size_t i = 0; i < n; i++) {
+                if (now >= b[i]->deadline_ns) {
+                    claim__answer(b[i], CLAIM_LEASE_LOST,
+                                  "the lock lease was lost before commit; "
+                                  "nothing written");
+                } else {
+                    b[keep++] = b[i];
+                }
+            }
+            claim__requeue(r, b, keep);
+            goto pass;
+        }
+        if (src == STORE_FENCED) {
+            int64_t now_at = 0;
+            int raised = lock_raise_fence(c->lock, r->key, last_fence,
+                                          &now_at) == LOCK_OK;
+            if (current && raised && attempt == 0) {
+                metrics_inc(M_FENCE_RECOVERIES);
+                log_warn("fence.recovered",
+                         "coupon=%s fence=%lld last_fence=%lld counter=%lld "
+                         "batch=%zu (Redis lost the counter; retrying with a "
+                         "new lease)",
+                         coupon, (long long)lease.fence, (long long)last_fence,
+                         (long long)now_at, n);
+                continue;
+            }
+            log_warn("claim.fenced",
+                     "coupon=%s fence=%lld last_fence=%lld batch=%zu", coupon,
+                     (long long)lease.fence, (long long)last_fence, n);
+            for (size_t i = 0; i < n; i++) {
+                claim_result_t *o = &b[i]->result;
+                o->fence = lease.fence;
+                snprintf(o->detail, sizeof(o->detail),
+                         "fence %lld is not above the coupon's last accepted "
+                         "fence %lld: this lease is stale; nothing was written",
+                         (long long)lease.fence, (long long)last_fence);
+                o->outcome = CLAIM_FENCED;
+                claim__finish(b[i]);
+            }
+            goto pass;
+        }
+        if (src == STORE_WRONG_BUCKET) {
+            /* Nothing written: the coupon is sharded (or not) after all;
+             * its shape is learnt now, so each claim goes to its bucket. */
+            for (size_t i = 0; i < n; i++) {
+                claim__reroute(b[i]);
+            }
+            break;
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (src == STORE_OK && items[i].status == STORE_BUCKET_EMPTY) {
+                claim__reroute(b[i]); /* another bucket still has stock */
+                b[i] = NULL;
+                continue;
+            }
+            claim_result_t *o = &b[i]->result;
+            claim__from_store(o, src, &items[i], c->store);
+            o->fence = src == STORE_OK ? items[i].fence : lease.fence;
+            if (o->outcome == CLAIM_CLAIMED) {
+                log_info("claim.ok",
+                         "coupon=%s user=%s claim=%lld fence=%lld batch=%zu",
+                         coupon, b[i]->user, (long long)o->claim_id,
+                         (long long)o->fence, n);
+            } else if (o->outcome == CLAIM_SOLD_OUT) {
+                sold_out = 1;
+            }
+        }
+        if (src != STORE_OK) {
+            log_warn("claim.batch_failed", "coupon=%s batch=%zu err=\"%s\"",
+                     coupon, n, b[0]->result.detail);
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (b[i] != NULL) {
+                claim__finish(b[i]);
+            }
+        }
+        break;
+    }
+pass:
+    free(b);
+    free(items);
+    /* After the answers, not before: the next leader's wait starts now. */
+    claim__pass(r, mono_ns() - start);
+    if (sold_out) {
+        claim__memo_build(c, coupon);
+    }
+}
+
+void claim_run(claim_waiter_t *w) {
+    claim__conns_t *c = claim__conns();
+    if (c == NULL) {
+        if (w->res != NULL) {
+            claim__answer(w, CLAIM_UNAVAILABLE, "out of memory");
+            claim__pass(w->res, 0);
+            return;
+        }
+        claim__answer(w, CLAIM_UNAVAILABLE, "out of memory");
+        return;
+    }
+    if (w->memo_hit) {
+        /* A claimant of a sold-out coupon (or a hash collision): its claim
+         * is all there is to read. */
+        metrics_inc(M_FAST_CLAIM_READ);
+        store_item_t it = {.user_id = w->user};
+        int rc = store_claim_lookup(c->store, w->coupon, &it);
+        if (rc == STORE_OK) {
+            claim__from_item(&w->result, &it);
+        } else if (rc == STORE_NOT_FOUND) {
+            w->result.outcome = CLAIM_SOLD_OUT;
+            w->result.remaining = 0;
+        } else {
+            claim__set(&w->result, CLAIM_UNAVAILABLE, store_errstr(c->store));
+        }
+        claim__finish(w);
+        return;
+    }
+    if (w->res == NULL) {
+        claim_one(w->coupon, w->user, w->deadline_ns, &w->result);
+        w->done(w); /* claim_one counted it */
+        return;
+    }
+    claim__lead(c, w);
 }

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "cfg.h"
+#include "req.h"
 
 typedef enum claim_outcome {
     CLAIM_CLAIMED = 0, /* 201: a new claim */
@@ -28,6 +29,10 @@ typedef enum claim_outcome {
     /* 503: the connection was lost during COMMIT: it may have committed,
      * and a retry tells */
     CLAIM_COMMIT_UNKNOWN,
+    CLAIM_OVERLOADED,    /* 503: refused at admission; nothing was tried */
+    CLAIM_SHUTTING_DOWN, /* 503: parked when the instance stopped */
+    CLAIM_NOT_STARTED,   /* 409: before the coupon's window opens */
+    CLAIM_EXPIRED,       /* 410: after the coupon's window closed */
 } claim_outcome_t;
 
 typedef struct claim_result {
@@ -39,7 +44,12 @@ typedef struct claim_result {
 } claim_result_t;
 
 typedef struct claim_coupon {
-    int64_t total, claimed, last_fence;
+    int64_t total, claimed, last_fence; /* claimed: all buckets together */
+    int buckets;                        /* 1: unsharded */
+    struct {
+        int64_t total, claimed, last_fence;
+    } bucket[REQ_BUCKETS_MAX];        /* [0, buckets) when buckets > 1 */
+    int64_t starts_at_us, ends_at_us; /* or REQ_NO_TIME */
 } claim_coupon_t;
 
 /* Reads the configuration (borrowed for the process's lifetime) and starts
@@ -57,9 +67,73 @@ void claim_shutdown(void);
 void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
                claim_result_t *out);
 
-/* 0 created, 1 exists, -1 backend failure (detail filled). */
-int claim_coupon_create(const char *id, int64_t total, char *detail,
-                        size_t len);
+/*
+ * Combining: many claims, one lease (lock mode, COUPON_BATCH_MAX > 1).
+ *
+ * The event loop hands every complete POST /claim to claim_submit, which
+ * decides at once, without a backend, one of:
+ *   - CLAIM_SUBMIT_ANSWERED: w->result is final (the sold-out fast path's
+ *     410, or 503 overloaded from admission control). The caller answers.
+ *   - CLAIM_SUBMIT_RUN: the caller queues w for a worker, which calls
+ *     claim_run(w). w is its coupon's leader (or an uncontended claim, or
+ *     a claimant of a sold-out coupon whose claim must be read).
+ *   - CLAIM_SUBMIT_PARKED: w waits in its coupon's queue behind the leader;
+ *     w->park(w) was called (under the combiner's mutex, before any leader
+ *     can see w: the caller suspends the connection there). From then on w
+ *     belongs to the combiner until w->done(w).
+ * claim_run answers w and every parked claim it takes into its batch by
+ * calling their done callbacks (on the worker's thread, exactly once each),
+ * then hands the leadership to the next parked claim by w->dispatch(next),
+ * which queues it for a worker as if claim_submit had said RUN. A dispatch
+ * that is refused (the workers are stopping) answers that claim and every
+ * claim parked behind it 503 shutting_down. A leader that a stopping worker
+ * will not run is given to claim_cancel instead of claim_run.
+ */
+typedef struct claim_waiter claim_waiter_t;
+typedef void (*claim_waiter_fn)(claim_waiter_t *w);
+struct claim_waiter {
+    /* Set by the caller before claim_submit. */
+    char coupon[REQ_COUPON_ID_MAX + 1];
+    char user[REQ_USER_ID_MAX + 1];
+    int64_t deadline_ns;                /* CLOCK_MONOTONIC: answer by then */
+    claim_waiter_fn park;               /* see above; called at most once */
+    claim_waiter_fn done;               /* see above; called at most once */
+    int (*dispatch)(claim_waiter_t *w); /* 0: queued for a worker */
+    void *arg;                          /* the caller's */
+
+    claim_result_t result; /* final when done is called (or when
+                              claim_submit answered ANSWERED) */
+
+    /* The combiner's; the caller leaves them alone. */
+    int64_t submitted_ns;
+    struct claim__res *res; /* its coupon's queue entry; NULL: not combined */
+    int memo_hit;           /* in a sold-out coupon's claimant set */
+    int hops;               /* buckets it was moved off (found empty) */
+    claim_waiter_t *next;   /* queue link */
+};
+
+enum {
+    CLAIM_SUBMIT_ANSWERED = 0,
+    CLAIM_SUBMIT_RUN = 1,
+    CLAIM_SUBMIT_PARKED = 2,
+};
+
+/* On the event loop: never waits on a backend. w is borrowed; see above
+ * for what the answer means for its ownership. */
+int claim_submit(claim_waiter_t *w);
+
+/* On a worker: runs w (from CLAIM_SUBMIT_RUN or a dispatch); every claim
+ * it answers, w included, is answered through its done callback. w is
+ * borrowed until its done. */
+void claim_run(claim_waiter_t *w);
+
+/* On a worker that is stopping, for a w it will not run: answers every
+ * claim parked behind w 503 shutting_down (their done), and sets
+ * w->result likewise without calling w->done: the caller answers w. */
+void claim_cancel(claim_waiter_t *w);
+
+/* 0 created, 1 exists, -1 backend failure (detail filled). c is borrowed. */
+int claim_coupon_create(const req_coupon_t *c, char *detail, size_t len);
 
 /* 0 found, 1 not found, -1 backend failure (detail filled). */
 int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,

@@ -12,6 +12,9 @@
  *   before_commit   holding the lock and the row lock, write done, not
  *                   committed
  *   after_commit    committed, lock not yet released
+ *   before_subscribe  a lock waiter whose first attempt was refused, before
+ *                   it subscribes to the release channel: a release then
+ *                   falls between the refusal and the subscription
  *
  * One point is not a pause: abort_before_commit (any ms above 0 turns it
  * on) makes the store run a failing statement right before COMMIT and
@@ -32,6 +35,7 @@ typedef enum fault_point {
     FAULT_AFTER_COMMIT,
     FAULT_AFTER_CHECK,
     FAULT_ABORT_BEFORE_COMMIT, /* not a pause: see the top */
+    FAULT_BEFORE_SUBSCRIBE,    /* a lock waiter, first attempt refused */
     FAULT__COUNT,
 } fault_point_t;
 

@@ -16,21 +16,36 @@
  * A request's life (http__req_t.state):
  *
  *   READING --body complete--> QUEUED --worker done--> ANSWERED --> sent
- *      |                        (connection suspended)
- *      +--inline route or early 413--> sent
+ *      |          |              ^  (connection suspended)
+ *      |          |   dispatch:  |
+ *      |          +--> PARKED ---+--leader's batch done--> ANSWERED
+ *      |               (POST /claim behind its coupon's leader; suspended)
+ *      +--inline route, early 413, claim answered on the loop--> sent
+ *
+ * POST /claim is handed to the claim module on the event loop
+ * (api_claim_submit, claim.h): it answers at once (a 4xx, the sold-out fast
+ * path, 503 overloaded), or says "run it" (queued here as any request), or
+ * parks it in its coupon's queue behind a leader, where it holds no worker;
+ * a leader later answers it (http__claim_done) or makes it the next leader
+ * (http__claim_dispatch: PARKED -> QUEUED).
  *
  * Invariant: a request is on the queue iff its state is QUEUED, and its
- * connection is suspended exactly while it is QUEUED. Every QUEUED request is
- * resumed exactly once, by the worker that answered it. A request is queued
- * only while the workers are not stopping (checked under the queue's mutex,
- * the one the workers take), and the workers empty the queue before they
- * exit: so once they are joined, no connection is suspended, which
- * MHD_stop_daemon requires (it aborts the process otherwise). A request that
- * completes after that is answered 503 shutting_down on the event loop.
+ * connection is suspended exactly while it is QUEUED or PARKED. Every such
+ * request is resumed exactly once, by the worker that answered it. A
+ * request is queued only while the workers are not stopping (checked under
+ * the queue's mutex, the one the workers take), and the workers empty the
+ * queue before they exit. A PARKED request always has a leader that is
+ * QUEUED or running (claim.c's invariant), and a leader that will not run
+ * because the workers are stopping answers its parked requests first
+ * (claim_cancel, or a refused dispatch). So once the workers are joined, no
+ * connection is suspended, which MHD_stop_daemon requires (it aborts the
+ * process otherwise). A request that completes after that is answered 503
+ * shutting_down on the event loop.
  */
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <microhttpd.h>
@@ -54,6 +69,8 @@
 typedef enum http__state {
     HTTP__READING = 0, /* headers in, body arriving */
     HTTP__QUEUED,      /* waiting for or held by a worker */
+    HTTP__PARKED,      /* a claim the claim module holds: in its coupon's
+                          queue, in a batch, or its leader running */
     HTTP__ANSWERED,    /* resp is filled; the event loop sends it */
 } http__state_t;
 
@@ -71,6 +88,9 @@ typedef struct http__req {
     int64_t deadline_ns;    /* lock-wait deadline, from when it was queued */
     api_response_t resp;    /* filled by the worker (or inline) */
     struct http__req *next; /* queue link */
+    int is_claim;           /* POST /claim: handled through waiter */
+    claim_waiter_t waiter;  /* the claim's, while is_claim */
+    struct http *h;         /* for the waiter's callbacks */
 } http__req_t;
 
 /* One open connection, for the slow-client deadline (see http__reaper). */
@@ -174,8 +194,9 @@ static enum MHD_Result http__send(http_t *h, struct MHD_Connection *conn,
     return ret;
 }
 
-static void http__handle(http__req_t *rq) {
-    api_request_t ar = {
+/* The API's view of rq: borrows rq's strings and body. */
+static api_request_t http__api_request(const http__req_t *rq) {
+    return (api_request_t){
         .method = rq->method,
         .path = rq->path,
         .content_type = rq->content_type,
@@ -185,6 +206,10 @@ static void http__handle(http__req_t *rq) {
         .body_too_large = rq->too_large,
         .deadline_ns = rq->deadline_ns,
     };
+}
+
+static void http__handle(http__req_t *rq) {
+    api_request_t ar = http__api_request(rq);
     api_handle(&ar, &rq->resp);
 }
 
@@ -218,7 +243,18 @@ static void *http__worker(void *arg) {
         int stopping = h->stopping;
         pthread_mutex_unlock(&h->mu);
 
-        if (stopping) {
+        if (rq->is_claim) {
+            if (!stopping) {
+                /* Off the worker queue, in the claim module's hands (it
+                 * may put the claim back in its coupon's queue). Answers
+                 * through http__claim_done, this one included. */
+                rq->state = HTTP__PARKED;
+                claim_run(&rq->waiter);
+                continue;
+            }
+            claim_cancel(&rq->waiter); /* answers the claims behind it */
+            http__answer_shutting_down(rq);
+        } else if (stopping) {
             http__answer_shutting_down(rq);
         } else {
             http__handle(rq);
@@ -231,6 +267,19 @@ static void *http__worker(void *arg) {
     return NULL;
 }
 
+/* Appends rq to the worker queue. Under h->mu, not stopping. */
+static void http__push(http_t *h, http__req_t *rq) {
+    rq->state = HTTP__QUEUED;
+    rq->next = NULL;
+    if (h->tail != NULL) {
+        h->tail->next = rq;
+    } else {
+        h->head = rq;
+    }
+    h->tail = rq;
+    pthread_cond_signal(&h->work);
+}
+
 /* Queues rq and suspends its connection: 0. When the workers are stopping,
  * does neither and returns 1: the caller answers on the event loop. The
  * decision is made under the mutex the workers take, so a request is never
@@ -241,20 +290,50 @@ static int http__enqueue(http_t *h, http__req_t *rq) {
         pthread_mutex_unlock(&h->mu);
         return 1;
     }
-    /* Time in the queue counts against the lock-wait deadline. */
-    rq->deadline_ns = mono_ns() + (int64_t)h->cfg->lock_wait_ms * MONO_MS;
-    rq->state = HTTP__QUEUED;
+    /* Time in the queue counts against the lock-wait deadline (a claim's
+     * deadline was set when it was submitted). */
+    if (!rq->is_claim) {
+        rq->deadline_ns = mono_ns() + (int64_t)h->cfg->lock_wait_ms * MONO_MS;
+    }
     /* Suspended before any worker can see it, so the worker's resume never
      * comes first. */
     MHD_suspend_connection(rq->conn);
-    rq->next = NULL;
-    if (h->tail != NULL) {
-        h->tail->next = rq;
-    } else {
-        h->head = rq;
+    http__push(h, rq);
+    pthread_mutex_unlock(&h->mu);
+    return 0;
+}
+
+/* The claim's callbacks (claim.h). park runs on the event loop inside
+ * claim_submit, under the claim module's mutex and before any leader can
+ * see the claim, so the resume in done never comes before the suspend. */
+static void http__claim_park(claim_waiter_t *w) {
+    http__req_t *rq = w->arg;
+    rq->state = HTTP__PARKED;
+    MHD_suspend_connection(rq->conn);
+}
+
+/* On a worker: the claim's answer is final. From the resume on, the event
+ * loop owns rq again. */
+static void http__claim_done(claim_waiter_t *w) {
+    http__req_t *rq = w->arg;
+    api_claim_respond(w, &rq->resp);
+    rq->state = HTTP__ANSWERED;
+    MHD_resume_connection(rq->conn);
+}
+
+/* On a worker: the parked claim becomes its coupon's leader and needs a
+ * worker of its own. Its connection stays suspended. 1 when the workers are
+ * stopping (the claim module then answers it through done). */
+static int http__claim_dispatch(claim_waiter_t *w) {
+    http__req_t *rq = w->arg;
+    http_t *h = rq->h;
+    pthread_mutex_lock(&h->mu);
+    if (h->stopping) {
+        pthread_mutex_unlock(&h->mu);
+        return 1;
     }
-    h->tail = rq;
-    pthread_cond_signal(&h->work);
+    assert(rq->state == HTTP__PARKED);
+    http__push(h, rq);
     pthread_mutex_unlock(&h->mu);
     return 0;
 }
@@ -587,6 +666,34 @@ static char *http__dup(const char *s) {
     return s != NULL ? strdup(s) : NULL;
 }
 
+/* A complete POST /claim, on the event loop: answered here, queued for a
+ * worker, or parked (see the top). */
+static enum MHD_Result http__claim(http_t *h, http__req_t *rq) {
+    rq->is_claim = 1;
+    rq->h = h;
+    rq->waiter.park = http__claim_park;
+    rq->waiter.done = http__claim_done;
+    rq->waiter.dispatch = http__claim_dispatch;
+    rq->waiter.arg = rq;
+    /* The claim's deadline counts from now: time parked or queued counts. */
+    rq->deadline_ns = mono_ns() + (int64_t)h->cfg->lock_wait_ms * MONO_MS;
+    api_request_t ar = http__api_request(rq);
+    switch (api_claim_submit(&ar, &rq->resp, &rq->waiter)) {
+    case API_CLAIM_PARKED:
+        return MHD_YES; /* suspended by http__claim_park */
+    case API_CLAIM_RUN:
+        if (http__enqueue(h, rq) == 0) {
+            return MHD_YES;
+        }
+        /* The workers are stopping: nobody will lead its coupon's queue. */
+        claim_cancel(&rq->waiter);
+        http__answer_shutting_down(rq);
+        return http__send(h, rq->conn, &rq->resp, 1);
+    default:
+        return http__send(h, rq->conn, &rq->resp, 0);
+    }
+}
+
 static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
                                     const char *url, const char *method,
                                     const char *version,
@@ -685,6 +792,9 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
     if (api_is_inline(rq->method, rq->path)) {
         http__handle(rq);
         return http__send(h, conn, &rq->resp, 0);
+    }
+    if (api_is_claim(rq->method, rq->path)) {
+        return http__claim(h, rq);
     }
     if (http__enqueue(h, rq) != 0) {
         http__answer_shutting_down(rq);

@@ -17,6 +17,10 @@
  *     one PGconn (see claim.c), so no connection is shared and none needs a
  *     lock; the number of workers is the number of backend conversations one
  *     instance has in flight.
+ *   - POST /claim is parsed on the event loop and handed to the claim
+ *     module (claim.h): a claim whose coupon already has a leader parks in
+ *     that coupon's queue on its suspended connection and holds no worker
+ *     until the leader's batch answers it.
  *
  * GET /healthz, /readyz and /metrics touch no backend (/readyz reads the
  * state the readiness probe thread keeps, see ready.h) and are answered on

@@ -22,6 +22,7 @@
 #include <sys/random.h>
 
 #include "lock_scripts.h"
+#include "lock_wait.h"
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
@@ -51,6 +52,10 @@ struct lock_client {
                                      no reply: it may have been applied */
     lock_errkind_t errkind;       /* kind of the last error */
     char errstr[160];             /* last error */
+
+    /* A release sent whose reply is not read yet (lock_release). */
+    int pending;
+    char pend_key[LOCK_KEY_MAX]; /* its lock key, for the logs */
 };
 
 /* The process's Redis credentials (lock_init); borrowed from cfg_t. */
@@ -62,6 +67,7 @@ static const char *lock__password = "";
 void lock_init(const char *username, const char *password) {
     lock__username = username != NULL ? username : "";
     lock__password = password != NULL ? password : "";
+    lock_wait_credentials(lock__username, lock__password);
 }
 
 lock_client_t *lock_client_new(const cfg_addr_t *addr, uint32_t timeout_ms) {
@@ -83,6 +89,9 @@ static void lock__disconnect(lock_client_t *cl) {
         redisFree(cl->ctx);
         cl->ctx = NULL;
     }
+    /* A release whose reply is lost with the connection either ran or
+     * not; if not, the TTL frees the lock. */
+    cl->pending = 0;
 }
 
 void lock_client_free(lock_client_t *cl) {
@@ -292,8 +301,11 @@ static int lock__dropped(const redisContext *c, int err_no) {
  * node after a failover behind a stable address, and fail every call until a
  * restart. Refused credentials also drop the connection. Any other error
  * reply is returned for the caller to judge. */
+static void lock__drain(lock_client_t *cl);
+
 static redisReply *lock__command(lock_client_t *cl, int argc,
                                  const char **argv) {
+    lock__drain(cl);
     cl->unanswered = 0;
     for (int attempt = 0;; attempt++) {
         int reused = cl->ctx != NULL;
@@ -468,7 +480,7 @@ static void lock__release_unanswered(lock_client_t *cl,
             }
             redisReply *r = reply;
             if (i == nreplies - 1) {
-                outcome = r->type == REDIS_REPLY_INTEGER && r->integer == 1
+                outcome = r->type == REDIS_REPLY_INTEGER && r->integer >= 1
                               ? "released"
                           : r->type == REDIS_REPLY_INTEGER ? "not held"
                                                            : "error";
@@ -483,7 +495,7 @@ static void lock__release_unanswered(lock_client_t *cl,
              outcome);
 }
 
-int lock_try_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
+static int lock__try(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
                      lock_lease_t *lease, int64_t *holder_pttl_ms) {
     lock__lease_init(lease, coupon, ttl_ms);
     if (lock_token_new(lease->token) != 0) {
@@ -525,6 +537,15 @@ int lock_try_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
     return LOCK_OK;
 }
 
+int lock_try_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
+                     lock_lease_t *lease, int64_t *holder_pttl_ms) {
+    int rc = lock__try(cl, coupon, ttl_ms, lease, holder_pttl_ms);
+    metrics_inc(rc == LOCK_OK     ? M_LOCK_OK
+                : rc == LOCK_BUSY ? M_LOCK_BUSY
+                                  : M_LOCK_ERROR);
+    return rc;
+}
+
 static uint64_t lock__rand(lock_client_t *cl) {
     uint64_t x = cl->rng;
     x ^= x << 13;
@@ -543,28 +564,19 @@ static uint64_t lock__rand(lock_client_t *cl) {
 #define LOCK__BACKOFF_MIN_NS (1 * MONO_MS)
 #define LOCK__BACKOFF_MAX_NS (50 * MONO_MS)
 
-int lock_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
-                 int64_t deadline_ns, lock_lease_t *lease, int64_t *waited_ns) {
-    int64_t start = mono_ns();
+static int lock__acquire_poll(lock_client_t *cl, const char *coupon,
+                              uint32_t ttl_ms, int64_t deadline_ns,
+                              lock_lease_t *lease) {
     int64_t cap = LOCK__BACKOFF_MIN_NS;
-    int rc;
-
     for (;;) {
         int64_t pttl = -1;
-        rc = lock_try_acquire(cl, coupon, ttl_ms, lease, &pttl);
-        if (rc == LOCK_OK) {
-            metrics_inc(M_LOCK_OK);
-            break;
+        int rc = lock_try_acquire(cl, coupon, ttl_ms, lease, &pttl);
+        if (rc != LOCK_BUSY) {
+            return rc;
         }
-        if (rc == LOCK_ERR) {
-            metrics_inc(M_LOCK_ERROR);
-            break;
-        }
-        metrics_inc(M_LOCK_BUSY);
-
         int64_t now = mono_ns();
         if (now >= deadline_ns) {
-            break; /* LOCK_BUSY: waited long enough */
+            return LOCK_BUSY; /* waited long enough */
         }
         int64_t sleep =
             cap / 2 + (int64_t)(lock__rand(cl) % (uint64_t)(cap / 2 + 1));
@@ -576,6 +588,55 @@ int lock_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
         }
         mono_sleep_ns(sleep);
         cap = cap * 2 > LOCK__BACKOFF_MAX_NS ? LOCK__BACKOFF_MAX_NS : cap * 2;
+    }
+}
+
+/* The pubsub strategy (lock_wait.c has the design): try once; when
+ * refused, queue and subscribe, and only after the confirmation try again;
+ * then sleep until a release message, the re-check or a reconnect wakes
+ * us. */
+static int lock__acquire_pubsub(lock_client_t *cl, const char *coupon,
+                                uint32_t ttl_ms, int64_t deadline_ns,
+                                lock_lease_t *lease) {
+    int64_t pttl = -1;
+    lock_wait_holdback(coupon, deadline_ns);
+    if (!lock_wait_has_waiters(coupon)) {
+        int rc = lock_try_acquire(cl, coupon, ttl_ms, lease, &pttl);
+        if (rc != LOCK_BUSY || mono_ns() >= deadline_ns) {
+            return rc;
+        }
+    }
+    lock_waiter_t w;
+    int try_now = lock_wait_join(&w, coupon, deadline_ns);
+    int rc = LOCK_BUSY;
+    for (;;) {
+        if (try_now) {
+            rc = lock_try_acquire(cl, coupon, ttl_ms, lease, &pttl);
+            if (rc != LOCK_BUSY) {
+                break;
+            }
+        }
+        try_now = 1;
+        int cause = lock_wait_sleep(&w, deadline_ns);
+        if (cause == LOCK_WAKE_NONE) {
+            break; /* LOCK_BUSY: the deadline passed */
+        }
+        if (cause == LOCK_WAKE_MESSAGE) {
+            lock_wait_holdback(coupon, deadline_ns);
+        }
+    }
+    lock_wait_leave(&w, rc == LOCK_OK, rc == LOCK_ERR);
+    return rc;
+}
+
+int lock_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
+                 int64_t deadline_ns, lock_lease_t *lease, int64_t *waited_ns) {
+    int64_t start = mono_ns();
+    int rc = lock_wait_pubsub()
+                 ? lock__acquire_pubsub(cl, coupon, ttl_ms, deadline_ns, lease)
+                 : lock__acquire_poll(cl, coupon, ttl_ms, deadline_ns, lease);
+    if (rc == LOCK_OK) {
+        metrics_inc(M_LOCK_GRANTS);
     }
     *waited_ns = mono_ns() - start;
     return rc;
@@ -591,6 +652,7 @@ int lock_extend_many(lock_client_t *cl, lock_lease_t *const *leases, size_t n,
     if (n == 0) {
         return LOCK_OK;
     }
+    lock__drain(cl);
     if (lock__connect(cl) != LOCK_OK) {
         return LOCK_ERR;
     }
@@ -671,19 +733,83 @@ int lock_extend_many(lock_client_t *cl, lock_lease_t *const *leases, size_t n,
 
 /* ------------------------------------------------------------- release --- */
 
+/* The resource of a lock key "coupon:{R}:lock", into out[LOCK_KEY_MAX]. */
+static void lock__resource_of(const char *key, char *out) {
+    const char *a = strchr(key, '{'), *b = strrchr(key, '}');
+    size_t n = a != NULL && b != NULL && b > a ? (size_t)(b - a - 1) : 0;
+    memcpy(out, a != NULL ? a + 1 : key, n);
+    out[n] = '\0';
+}
+
+/*
+ * The reply of the release sent last on this connection, read now: before
+ * the next command on it (hiredis matches replies to commands in order) or
+ * when the client is freed. Nothing waits on it: the claim answered its
+ * client while the reply was on its way, so a release costs no round trip
+ * of its own. What it says is used for the fairness hint (lock_wait.c) and
+ * the logs. (The release goes out as EVAL, so no NOSCRIPT can come back
+ * here after the claim has moved on; see lock_release.)
+ */
+static void lock__drain(lock_client_t *cl) {
+    if (!cl->pending || cl->ctx == NULL) {
+        cl->pending = 0;
+        return;
+    }
+    cl->pending = 0;
+    void *reply = NULL;
+    if (redisGetReply(cl->ctx, &reply) != REDIS_OK || reply == NULL) {
+        log_warn("lock.release_failed",
+                 "key=%s err=\"%s\" (its reply was lost; expires by TTL)",
+                 cl->pend_key, cl->ctx->errstr);
+        lock__fail(cl, LOCK_EIO, "release reply");
+        return;
+    }
+    redisReply *r = reply;
+    char res[LOCK_KEY_MAX];
+    lock__resource_of(cl->pend_key, res);
+    if (r->type == REDIS_REPLY_INTEGER && r->integer >= 1) {
+        lock_wait_note_receivers(res, r->integer - 1);
+    } else if (r->type != REDIS_REPLY_INTEGER) {
+        log_warn("lock.release_failed", "key=%s err=\"%s\"", cl->pend_key,
+                 r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+        metrics_inc(M_REDIS_ERRORS);
+    }
+    freeReplyObject(r);
+}
+
 int lock_release(lock_client_t *cl, const lock_lease_t *lease) {
-    const char *keys[] = {lease->key};
-    const char *args[] = {lease->token, lease->channel};
-    redisReply *r = lock__eval(cl, LOCK__RELEASE, keys, 1, args, 2);
-    if (r == NULL) {
+    lock__drain(cl);
+    if (lock__connect(cl) != LOCK_OK) {
         return LOCK_ERR;
     }
-    if (r->type != REDIS_REPLY_INTEGER) {
-        return lock__bad_reply(cl, r, "release");
+    char res[LOCK_KEY_MAX];
+    lock__resource_of(lease->key, res);
+    lock_wait_note_release(res);
+
+    const char *keys[] = {lease->key};
+    const char *args[] = {lease->token, lease->channel};
+    const char *argv[8];
+    char nk[8];
+    /* EVAL with the source, not EVALSHA: nobody reads the reply before the
+     * claim answers, so a NOSCRIPT (script cache flushed) would leave the
+     * lock held until this worker's next command or the TTL. The source
+     * is a few hundred bytes more on the wire; Redis finds the compiled
+     * script by its hash. */
+    int argc = lock__argv(cl, LOCK__RELEASE, 1, keys, 1, args, 2, argv, nk);
+    if (redisAppendCommandArgv(cl->ctx, argc, argv, NULL) != REDIS_OK) {
+        return lock__fail(cl, LOCK_ESYS, "release: out of memory");
     }
-    int rc = r->integer == 1 ? LOCK_OK : LOCK_BUSY;
-    freeReplyObject(r);
-    return rc;
+    /* Written out now, whole (a blocking socket with the command timeout):
+     * the release must not wait for this connection's next command. */
+    int done = 0;
+    for (int i = 0; !done; i++) {
+        if (redisBufferWrite(cl->ctx, &done) != REDIS_OK || i > 1000) {
+            return lock__fail(cl, LOCK_EIO, "release");
+        }
+    }
+    cl->pending = 1;
+    memcpy(cl->pend_key, lease->key, sizeof(cl->pend_key));
+    return LOCK_OK;
 }
 
 int lock_check(lock_client_t *cl, const lock_lease_t *lease) {

@@ -1,8 +1,9 @@
 /*
  * lock.h: the Redis lock: acquire (with its fencing token), extend, release.
  *
- * Only this module includes hiredis. The Lua scripts it runs are in
- * lock_scripts.h, each with the race it closes.
+ * Only this module (lock.c, and lock_wait.c for the waiters' subscriber)
+ * includes hiredis. The Lua scripts it runs are in lock_scripts.h, each with
+ * the race it closes.
  *
  * A lock_client_t is one Redis connection plus its error state, used by one
  * thread at a time (each HTTP worker owns one, the watchdog owns one). It
@@ -118,12 +119,14 @@ int lock_token_new(char *out);
 int lock_try_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
                      lock_lease_t *lease, int64_t *holder_pttl_ms);
 
-/* The wait strategy: attempts until granted or until deadline_ns (monotonic)
- * passes. Between attempts it sleeps a jittered, growing backoff, never past
- * the holder's PTTL nor the deadline. Returns LOCK_OK, LOCK_BUSY (deadline
- * passed) or LOCK_ERR. *waited_ns gets the time spent. The sleeping is
- * meant to give way to waiting for release notifications (the release
- * script already publishes them); callers would not change. */
+/* Acquires resource's lock, waiting for it until deadline_ns (monotonic).
+ * resource is a coupon id, or "ID#b" for bucket b of a sharded coupon; the
+ * keys are coupon:{resource}:lock/fence/released. Returns LOCK_OK (*lease
+ * granted), LOCK_BUSY (the deadline passed) or LOCK_ERR. *waited_ns gets
+ * the time spent. How it waits is the process's strategy
+ * (lock_wait_config): asleep until a release notification, a reconnect of
+ * the subscriber or the timed re-check wakes it (lock_wait.c), or, with
+ * poll, a jittered, growing backoff never past the holder's PTTL. */
 int lock_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
                  int64_t deadline_ns, lock_lease_t *lease, int64_t *waited_ns);
 
@@ -134,9 +137,11 @@ int lock_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
 int lock_extend_many(lock_client_t *cl, lock_lease_t *const *leases, size_t n,
                      int *results, int64_t *sent_at_ns);
 
-/* Compare-and-delete (and publish). LOCK_OK when we deleted our own lock,
- * LOCK_BUSY when it was not ours any more (expired, taken over: harmless),
- * LOCK_ERR on error. */
+/* Compare-and-delete (and publish), sent at once; its reply is read before
+ * the next command on cl, not waited for here (one round trip less per
+ * claim). LOCK_OK when the release was written out, LOCK_ERR when it could
+ * not be sent (the lock then expires by its TTL). Whether the lock was
+ * still ours is logged when the reply is read. */
 int lock_release(lock_client_t *cl, const lock_lease_t *lease);
 
 /* 1 if the lock key still holds our token, 0 if not, LOCK_ERR on error. */

@@ -71,7 +71,9 @@
 
 /*
  * RELEASE. KEYS[1] lock; ARGV[1] token, ARGV[2] release channel.
- * Returns 1 when we deleted our lock, 0 when it was not ours.
+ * Returns 0 when the lock was not ours; when we deleted it, 1 + the number
+ * of subscribers the PUBLISH reached (lock_wait.c reads it: subscribers
+ * beyond our own process's are other processes waiting).
  *
  * Race closed: GET-then-DEL as two commands can delete a lock that expired
  * and was granted to someone else between the GET and the DEL, letting a
@@ -82,8 +84,7 @@
 #define LOCK_SCRIPT_RELEASE                                                    \
     "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"                          \
     "  redis.call('DEL', KEYS[1])\n"                                           \
-    "  redis.call('PUBLISH', ARGV[2], KEYS[1])\n"                              \
-    "  return 1\n"                                                             \
+    "  return 1 + redis.call('PUBLISH', ARGV[2], KEYS[1])\n"                   \
     "end\n"                                                                    \
     "return 0\n"
 

@@ -13,6 +13,7 @@
 
 static _Atomic uint64_t metrics__c[M__COUNT];
 static _Atomic int64_t metrics__leases_held;
+static _Atomic int64_t metrics__lock_waiters;
 
 /* Lock wait histogram, upper bounds in seconds. The claim path waits at most
  * COUPON_LOCK_WAIT_MS (2 s by default), so the buckets stop at 10 s. */
@@ -23,6 +24,61 @@ static const double metrics__le[] = {0.0005, 0.001, 0.0025, 0.005, 0.01,
 static _Atomic uint64_t metrics__wait_bucket[METRICS__NB];
 static _Atomic uint64_t metrics__wait_count;
 static _Atomic uint64_t metrics__wait_sum_ns;
+
+/* A histogram with fixed upper bounds; sum in the unit of the samples. */
+typedef struct metrics__hist {
+    const char *name, *help;
+    const double *le;
+    size_t nb;
+    double scale; /* sample -> rendered unit (1e-9: ns -> s) */
+    _Atomic uint64_t bucket[16];
+    _Atomic uint64_t count, sum;
+} metrics__hist_t;
+
+static const double metrics__batch_le[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+static metrics__hist_t metrics__batch = {
+    "couponsvc_claim_batch_size",
+    "Claims one lease carried in one transaction.",
+    metrics__batch_le,
+    sizeof(metrics__batch_le) / sizeof(metrics__batch_le[0]),
+    1,
+    {0},
+    0,
+    0};
+static metrics__hist_t metrics__queue = {
+    "couponsvc_claim_queue_seconds",
+    "Time a claim waited in its coupon's queue for a leader's batch.",
+    metrics__le,
+    sizeof(metrics__le) / sizeof(metrics__le[0]),
+    1e-9,
+    {0},
+    0,
+    0};
+static _Atomic int64_t metrics__parked;
+
+static void metrics__hist_add(metrics__hist_t *h, uint64_t v) {
+    double x = (double)v * h->scale;
+    for (size_t i = 0; i < h->nb; i++) {
+        if (x <= h->le[i]) {
+            atomic_fetch_add_explicit(&h->bucket[i], 1, memory_order_relaxed);
+            break;
+        }
+    }
+    atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum, v, memory_order_relaxed);
+}
+
+void metrics_observe_batch(uint32_t size) {
+    metrics__hist_add(&metrics__batch, size);
+}
+
+void metrics_observe_queue_wait(uint64_t ns) {
+    metrics__hist_add(&metrics__queue, ns);
+}
+
+void metrics_set_parked(int64_t n) {
+    atomic_store_explicit(&metrics__parked, n, memory_order_relaxed);
+}
 
 void metrics_inc(metrics_counter_t c) {
     atomic_fetch_add_explicit(&metrics__c[c], 1, memory_order_relaxed);
@@ -42,6 +98,11 @@ void metrics_set_backend(metrics_backend_t b, int up, int64_t checked_ns) {
 
 void metrics_set_leases_held(int64_t n) {
     atomic_store_explicit(&metrics__leases_held, n, memory_order_relaxed);
+}
+
+void metrics_add_lock_waiters(int64_t delta) {
+    atomic_fetch_add_explicit(&metrics__lock_waiters, delta,
+                              memory_order_relaxed);
 }
 
 void metrics_observe_lock_wait(uint64_t ns) {
@@ -118,6 +179,10 @@ static const metrics__family_t metrics__families[] = {
       {M_CLAIM_LEASE_LOST, "lease_lost"},
       {M_CLAIM_COMMIT_UNKNOWN, "commit_unknown"},
       {M_CLAIM_BAD_REQUEST, "bad_request"},
+      {M_CLAIM_OVERLOADED, "overloaded"},
+      {M_CLAIM_SHUTTING_DOWN, "shutting_down"},
+      {M_CLAIM_NOT_STARTED, "not_started"},
+      {M_CLAIM_EXPIRED, "expired"},
       {M__COUNT, NULL}}},
     {"couponsvc_lock_acquisitions_total",
      "Lock acquire attempts, by result.",
@@ -155,7 +220,38 @@ static const metrics__family_t metrics__families[] = {
      {{M_PG_STATEMENT_TIMEOUTS, "statement"},
       {M_PG_DEADLINE_DROPS, "deadline"},
       {M__COUNT, NULL}}},
+    {"couponsvc_admissions_refused_total",
+     "Claims answered 503 overloaded at once, by the bound they hit.",
+     "reason",
+     {{M_ADMIT_QUEUE_FULL, "coupon_queue_full"},
+      {M_ADMIT_PROCESS_FULL, "process_queue_full"},
+      {M_ADMIT_DEADLINE, "deadline"},
+      {M__COUNT, NULL}}},
+    {"couponsvc_soldout_fastpath_total",
+     "Claims on a coupon this instance knows sold out: answered 410 from "
+     "memory, or (a claimant) read by a worker.",
+     "result",
+     {{M_FAST_SOLD_OUT, "sold_out"},
+      {M_FAST_CLAIM_READ, "claim_read"},
+      {M__COUNT, NULL}}},
+    {"couponsvc_soldout_memos_total",
+     "Sold-out coupons whose claimant set this instance loaded.",
+     NULL,
+     {{M_MEMOS_BUILT, NULL}, {M__COUNT, NULL}}},
+    {"couponsvc_lock_grants_total",
+     "Lock leases granted to this process (its share of a hot coupon).",
+     NULL,
+     {{M_LOCK_GRANTS, NULL}, {M__COUNT, NULL}}},
+    {"couponsvc_lock_wakeups_total",
+     "Lock waiters that tried again, by what woke them.",
+     "cause",
+     {{M_LOCK_WAKE_MESSAGE, "message"},
+      {M_LOCK_WAKE_RECHECK, "recheck"},
+      {M_LOCK_WAKE_RECONNECT, "reconnect"},
+      {M__COUNT, NULL}}},
 };
+
+static void metrics__hist_render(metrics__buf_t *b, metrics__hist_t *h);
 
 char *metrics_render(const char *instance, const char *mode, size_t *len) {
     metrics__buf_t b = {.p = malloc(4096), .cap = 4096};
@@ -193,6 +289,12 @@ char *metrics_render(const char *instance, const char *mode, size_t *len) {
                     "# TYPE couponsvc_leases_held gauge\n"
                     "couponsvc_leases_held %lld\n",
                     (long long)atomic_load(&metrics__leases_held));
+    metrics__printf(&b,
+                    "# HELP couponsvc_lock_waiters Claims of this process "
+                    "waiting for a busy lock now.\n"
+                    "# TYPE couponsvc_lock_waiters gauge\n"
+                    "couponsvc_lock_waiters %lld\n",
+                    (long long)atomic_load(&metrics__lock_waiters));
 
     metrics__printf(&b, "# HELP couponsvc_lock_wait_seconds Time from the "
                         "first acquire attempt to the grant or give-up.\n"
@@ -212,6 +314,15 @@ char *metrics_render(const char *instance, const char *mode, size_t *len) {
                     (unsigned long long)count,
                     (double)atomic_load(&metrics__wait_sum_ns) / 1e9,
                     (unsigned long long)count);
+
+    metrics__hist_render(&b, &metrics__batch);
+    metrics__hist_render(&b, &metrics__queue);
+    metrics__printf(&b,
+                    "# HELP couponsvc_claims_parked Claims parked in the "
+                    "per-coupon queues now.\n"
+                    "# TYPE couponsvc_claims_parked gauge\n"
+                    "couponsvc_claims_parked %lld\n",
+                    (long long)atomic_load(&metrics__parked));
 
     static const char *const backend_names[M_BACKEND__COUNT] = {"redis",
                                                                 "postgres"};
@@ -245,4 +356,22 @@ char *metrics_render(const char *instance, const char *mode, size_t *len) {
     }
     *len = b.len;
     return b.p;
+}
+
+static void metrics__hist_render(metrics__buf_t *b, metrics__hist_t *h) {
+    metrics__printf(b, "# HELP %s %s\n# TYPE %s histogram\n", h->name, h->help,
+                    h->name);
+    uint64_t cum = 0;
+    for (size_t i = 0; i < h->nb; i++) {
+        cum += atomic_load(&h->bucket[i]);
+        metrics__printf(b, "%s_bucket{le=\"%g\"} %llu\n", h->name, h->le[i],
+                        (unsigned long long)cum);
+    }
+    uint64_t count = atomic_load(&h->count);
+    metrics__printf(b,
+                    "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n"
+                    "%s_count %llu\n",
+                    h->name, (unsigned long long)count, h->name,
+                    (double)atomic_load(&h->sum) * h->scale, h->name,
+                    (unsigned long long)count);
 }

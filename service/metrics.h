@@ -25,6 +25,10 @@ typedef enum metrics_counter {
     /* connection lost during COMMIT: it may have committed */
     M_CLAIM_COMMIT_UNKNOWN,
     M_CLAIM_BAD_REQUEST,
+    M_CLAIM_OVERLOADED,    /* refused at admission (see below) */
+    M_CLAIM_SHUTTING_DOWN, /* parked when the instance stopped */
+    M_CLAIM_NOT_STARTED,   /* before the coupon's window */
+    M_CLAIM_EXPIRED,       /* after the coupon's window */
     /* couponsvc_lock_acquisitions_total{result}: one per attempt */
     M_LOCK_OK,
     M_LOCK_BUSY,
@@ -40,6 +44,21 @@ typedef enum metrics_counter {
     /* couponsvc_postgres_timeouts_total{kind} */
     M_PG_STATEMENT_TIMEOUTS, /* the server's statement_timeout fired */
     M_PG_DEADLINE_DROPS,     /* the client's deadline dropped a connection */
+    /* couponsvc_admissions_refused_total{reason}: claims answered 503
+     * overloaded at once, on the event loop */
+    M_ADMIT_QUEUE_FULL,   /* the coupon's queue is at its bound */
+    M_ADMIT_PROCESS_FULL, /* the process's parked claims are at their bound */
+    M_ADMIT_DEADLINE,     /* the queue ahead would outlast the deadline */
+    /* couponsvc_soldout_fastpath_total{result}: claims on a coupon known
+     * sold out */
+    M_FAST_SOLD_OUT,   /* 410 from memory, on the event loop */
+    M_FAST_CLAIM_READ, /* in the claimant set: a worker read the claim */
+    M_MEMOS_BUILT,     /* couponsvc_soldout_memos_total */
+    M_LOCK_GRANTS, /* couponsvc_lock_grants_total: leases this process got */
+    /* couponsvc_lock_wakeups_total{cause}: a waiter tried again because */
+    M_LOCK_WAKE_MESSAGE,   /* a release notification came */
+    M_LOCK_WAKE_RECHECK,   /* its timed re-check ran out */
+    M_LOCK_WAKE_RECONNECT, /* the subscriber (re)connected */
     M__COUNT,
 } metrics_counter_t;
 
@@ -51,7 +70,20 @@ void metrics_observe_lock_wait(uint64_t ns);
 /* The leases the watchdog holds right now (a gauge). */
 void metrics_set_leases_held(int64_t n);
 
+/* Lock waiters in this process right now (a gauge): delta is +1 or -1. */
+void metrics_add_lock_waiters(int64_t delta);
+
 uint64_t metrics_get(metrics_counter_t c);
+
+/* Records one batch: the claims one lease carried in one transaction. */
+void metrics_observe_batch(uint32_t size);
+
+/* Records how long a claim waited for a batch (from the moment it was
+ * complete to the moment a leader took it, or gave up on it). */
+void metrics_observe_queue_wait(uint64_t ns);
+
+/* Claims parked in the per-coupon queues now (a gauge). */
+void metrics_set_parked(int64_t n);
 
 /* The backends the readiness probe checks; the order of ready_backend_t. */
 typedef enum metrics_backend {

@@ -7,6 +7,12 @@
  *   coupon id  1..64 bytes of  A-Z a-z 0-9 _ . -
  *   user id    1..128 bytes of A-Z a-z 0-9 _ . - @ : +
  *   total      a JSON integer in 0..1000000000
+ *   buckets    a JSON integer in 1..min(total, 64); optional, default 1
+ *   starts_at, ends_at
+ *              RFC 3339 date-times (2026-12-01T18:00:00Z, with an optional
+ *              fraction of up to 6 digits and Z or a +hh:mm offset; years
+ *              1970..9999, no leap second); optional (absent or null), and
+ *              ends_at after starts_at when both are given
  *
  * The coupon id is used inside Redis keys (coupon:{ID}:lock), so it may not
  * contain braces, spaces or anything a key or a log line would trip on.
@@ -21,6 +27,8 @@
 #define REQ_COUPON_ID_MAX 64
 #define REQ_USER_ID_MAX 128
 #define REQ_TOTAL_MAX 1000000000LL
+#define REQ_BUCKETS_MAX 64
+#define REQ_NO_TIME INT64_MIN /* no bound on that side of the window */
 
 /* A failed parse: code is a stable machine-readable string (static),
  * detail is for humans. Both become the JSON error body. */
@@ -37,6 +45,8 @@ typedef struct req_claim {
 typedef struct req_coupon {
     char id[REQ_COUPON_ID_MAX + 1];
     int64_t total;
+    int buckets;                      /* 1: unsharded */
+    int64_t starts_at_us, ends_at_us; /* since the Unix epoch, or REQ_NO_TIME */
 } req_coupon_t;
 
 /* Return 0 if s[0..len) is a valid id, else -1 and *why says which rule
@@ -51,6 +61,15 @@ int req_parse_claim(const char *body, size_t len, req_claim_t *out,
 /* Parse a POST /coupons body. 0 on success, -1 with *err filled. */
 int req_parse_coupon(const char *body, size_t len, req_coupon_t *out,
                      req_error_t *err);
+
+/* Parses an RFC 3339 date-time (the form above, nothing around it) into
+ * microseconds since the Unix epoch. 0, or -1 with *why set (static). */
+int req_parse_time(const char *s, size_t len, int64_t *us, const char **why);
+
+/* Writes us (microseconds since the Unix epoch, 1970..9999) as RFC 3339 in
+ * UTC, with a fraction only when it is not zero: 2026-12-01T18:00:00Z or
+ * 2026-12-01T18:00:00.250000Z. out needs 32 bytes. */
+void req_format_time(int64_t us, char *out, size_t outsz);
 
 /* 1 if a Content-Type header value names JSON (application/json, with or
  * without parameters such as charset=utf-8), else 0. NULL is 0. */

@@ -2,13 +2,14 @@
  * store.c: see store.h.
  *
  * Every statement is prepared once per connection and run with text
- * parameters. A transaction is: BEGIN, per item the check and the write,
- * then the gate, then COMMIT. Round trips for one claim: 4 (BEGIN, check,
- * write, COMMIT).
+ * parameters. A claim's transaction is: BEGIN, the stock row's lock and the
+ * claim statement for the whole batch, sent as one pipeline; then the gate;
+ * then COMMIT. Round trips for a claim, or a batch of any size: 2.
  *
- * The write is one statement, a data-modifying CTE: the conditional UPDATE
- * and the INSERT of the claim row, which takes its seq from the UPDATE's
- * RETURNING. If the UPDATE matches no row, the INSERT inserts none.
+ * The claim statement is one data-modifying CTE (claim_c below): the
+ * conditional UPDATE by the batch's count and the INSERT of the claim rows,
+ * which take their seq from the UPDATE's RETURNING. If the UPDATE matches
+ * no row, the INSERT inserts none.
  *
  * No call waits on the server without a deadline. The connection is in
  * libpq's non-blocking mode: each statement is sent with PQsend*, and every
@@ -41,11 +42,14 @@ struct store {
     char *instance;
     uint32_t connect_timeout_s, statement_timeout_ms, idle_tx_timeout_ms;
     uint32_t tx_deadline_ms;
-    int64_t deadline_ns; /* monotonic: the running call gives up here */
-    int timed_out;       /* the last wait ran into deadline_ns */
-    int replan;          /* a statement failed with 0A000: prepare again */
-    int refused;         /* the last connect failed because the server
-                            refused this login (see store__open) */
+    int64_t deadline_ns;  /* monotonic: the running call gives up here */
+    int timed_out;        /* the last wait ran into deadline_ns */
+    int replan;           /* a statement failed with 0A000: prepare again */
+    int refused;          /* the last connect failed because the server
+                             refused this login (see store__open) */
+    uint64_t round_trips; /* store_round_trips */
+    int shape_buckets;    /* store_claim_shape: what the last claim learnt */
+    uint64_t shape_stock;
     char errstr[256];
 };
 
@@ -55,29 +59,121 @@ struct store {
  * !!! NEGATIVE CONTROLS. NEVER DEFINE THESE OUTSIDE `make test-negative`. !!!
  *
  * COUPONSVC_UNSAFE_NO_FENCE drops the fence from the write's WHERE,
- * COUPONSVC_UNSAFE_NO_STOCK_CHECK drops `claimed < total`, and
- * COUPONSVC_UNSAFE_FENCE_NOT_STRICT lets a lease's first write through with
- * last_fence == fence (store__claim_item). Each builds a couponsvc with
- * exactly one guard removed, into a build/.../neg-<name>
- * directory only (the Makefile refuses any other), so that the fault tests
- * can show they catch the bug that guard exists for: a test that cannot fail
- * proves nothing. Both are off by default; the real binary never has them.
+ * COUPONSVC_UNSAFE_NO_STOCK_CHECK drops the stock from it (both the bound
+ * on how many are claimed, LEAST(..., total - claimed), and the guard
+ * claimed + k <= total), and COUPONSVC_UNSAFE_FENCE_NOT_STRICT lets a
+ * lease's first write through with last_fence == fence (store__claim_tx).
+ * Each builds a couponsvc with exactly one guard removed, into a
+ * build/.../neg-<name> directory only (the Makefile refuses any other), so
+ * that the fault tests can show they catch the bug that guard exists for: a
+ * test that cannot fail proves nothing. All are off by default; the real
+ * binary never has them.
  */
 #if defined(COUPONSVC_UNSAFE_NO_FENCE) &&                                      \
     defined(COUPONSVC_UNSAFE_NO_STOCK_CHECK)
 #error "one negative control at a time"
 #elif defined(COUPONSVC_UNSAFE_NO_FENCE)
 #pragma message "COUPONSVC_UNSAFE_NO_FENCE: a couponsvc WITHOUT fencing"
-#define STORE__WRITE_FENCED_WHERE                                              \
-    "   WHERE id = $1 AND $5::bigint IS NOT NULL AND claimed < total"
+#define STORE__FENCE_GUARD "($4::bigint IS NULL OR true)"
 #elif defined(COUPONSVC_UNSAFE_NO_STOCK_CHECK)
 #pragma message "COUPONSVC_UNSAFE_NO_STOCK_CHECK: a couponsvc that oversells"
-#define STORE__WRITE_FENCED_WHERE                                              \
-    "   WHERE id = $1 AND last_fence <= $5::bigint"
-#else
-#define STORE__WRITE_FENCED_WHERE                                              \
-    "   WHERE id = $1 AND last_fence <= $5::bigint AND claimed < total"
+#define STORE__STOCK_GUARD "true"
+#define STORE__WANT "(SELECT count(*) FROM fresh)"
 #endif
+#ifndef STORE__FENCE_GUARD
+#define STORE__FENCE_GUARD "($3::bigint IS NULL OR t.last_fence <= $4::bigint)"
+#endif
+#ifndef STORE__STOCK_GUARD
+#define STORE__STOCK_GUARD "t.claimed + want.k <= t.total"
+#define STORE__WANT "LEAST((SELECT count(*) FROM fresh), c.total - c.claimed)"
+#endif
+
+/*
+ * The claim of a batch, one statement. It runs right after the lock
+ * statement (claim_lock_*) has taken the stock row's lock in the same
+ * transaction, so its snapshot, taken when it starts, already shows every
+ * claim committed by whoever held the row before: all writers of a
+ * stock row's claims hold its lock (this statement's UPDATE, and an older
+ * replica's), so what it reads of the row and of the claims stays true until
+ * COMMIT. The parameters: $1 coupon, $2 the users (text[], in batch order),
+ * $3 the fence (NULL: none), $4 the highest last_fence the write may find
+ * (fence - 1: a lease's first write must be above every earlier one), $5
+ * the instance, and for a bucket $6 its number.
+ *
+ *   items  the users with their place in the batch; u: each user once, at
+ *          its first place (the second of a user named twice gets the
+ *          first's claim)
+ *   cp, c  the coupon (its window judged here, by this server's clock) and
+ *          the stock row; allb: the coupon's stock over all its buckets
+ *   ex     the users who already hold a claim (on any bucket: one claim per
+ *          user is global)
+ *   fresh  the others, numbered in batch order
+ *   want   how many of them the stock allows
+ *   upd    THE write: claimed + k, last_fence = fence, guarded by the
+ *          fence, the stock and the window. It returns the counter before
+ *          it (base), so claim i of the batch gets seq = base + i: the
+ *          counter's values, one per claim, in commit order (the row lock
+ *          is held to COMMIT).
+ *   ins    the claim rows; none unless upd updated the row
+ *
+ * It answers one row per item, in batch order, carrying what the client
+ * needs to tell every outcome apart without another read.
+ *
+ * statement_timestamp() is the clock: one value for the whole statement
+ * (the window test in cp, in the UPDATE's WHERE and in the schema's trigger
+ * agree), taken when the statement starts, after the lock statement's wait
+ * for the row, so a claim that queued on the row is judged when it writes.
+ * now() would judge it at BEGIN; clock_timestamp() changes during the
+ * statement, so the reason reported could disagree with the UPDATE's.
+ */
+#define STORE__WINDOW_NOW(t)                                                   \
+    "CASE WHEN " t ".starts_at > statement_timestamp() THEN 1"                 \
+    " WHEN " t ".ends_at <= statement_timestamp() THEN 2 ELSE 0 END"
+#define STORE__WINDOW_OPEN(t)                                                  \
+    "(" t ".starts_at IS NULL OR " t ".starts_at <= statement_timestamp())"    \
+    " AND (" t ".ends_at IS NULL OR statement_timestamp() < " t ".ends_at)"
+#define STORE__CLAIM_HEAD                                                      \
+    "WITH items AS (SELECT x.u, x.ord"                                         \
+    "   FROM unnest($2::text[]) WITH ORDINALITY AS x(u, ord)),"                \
+    " u AS (SELECT u, min(ord) AS ord FROM items GROUP BY u),"
+#define STORE__CLAIM_MIDDLE                                                    \
+    " ex AS (SELECT cl.user_id AS u, cl.id, cl.fence, cl.seq"                  \
+    "   FROM claims cl JOIN u ON cl.user_id = u.u WHERE cl.coupon_id = $1),"   \
+    " fresh AS (SELECT u.u, row_number() OVER (ORDER BY u.ord) AS rn"          \
+    "   FROM u WHERE NOT EXISTS (SELECT 1 FROM ex WHERE ex.u = u.u)),"         \
+    " want AS (SELECT " STORE__WANT " AS k FROM c, cp WHERE cp.win = 0),"
+#define STORE__CLAIM_TAIL                                                      \
+    " SELECT i.ord, u.ord, cp.buckets, c.total, cp.win,"                       \
+    "  COALESCE((SELECT k FROM want), 0), COALESCE((SELECT k FROM upd), 0),"   \
+    "  c.last_fence, allb.total_all, allb.claimed_all, c.claimed,"             \
+    "  allb.others, COALESCE(ins.id, ex.id), COALESCE(ins.seq, ex.seq),"       \
+    "  CASE WHEN ins.id IS NULL THEN ex.fence ELSE $3::bigint END,"            \
+    "  ins.id IS NOT NULL"                                                     \
+    " FROM items i JOIN u ON u.u = i.u"                                        \
+    " LEFT JOIN cp ON true LEFT JOIN c ON true LEFT JOIN allb ON true"         \
+    " LEFT JOIN ex ON ex.u = i.u LEFT JOIN ins ON ins.u = i.u"                 \
+    " ORDER BY i.ord"
+
+/* The columns of that answer. */
+enum {
+    STORE__C_ORD,
+    STORE__C_FIRST,
+    STORE__C_BUCKETS, /* NULL: no such coupon */
+    STORE__C_TOTAL,   /* the stock row's; NULL: no such stock row */
+    STORE__C_WIN,     /* 0 open, 1 not started, 2 ended */
+    STORE__C_WANT,
+    STORE__C_WROTE,
+    STORE__C_LAST_FENCE,
+    STORE__C_TOTAL_ALL,
+    STORE__C_CLAIMED_ALL,
+    STORE__C_CLAIMED, /* the stock row's, before the write */
+    STORE__C_OTHERS,  /* bit b: bucket b (not ours) has stock */
+    STORE__C_ID,
+    STORE__C_SEQ,
+    STORE__C_FENCE,
+    STORE__C_NEW,
+    STORE__C__COUNT,
+};
 
 typedef struct store__stmt {
     const char *name;
@@ -85,41 +181,114 @@ typedef struct store__stmt {
 } store__stmt_t;
 
 static const store__stmt_t store__stmts[] = {
-    /* The check: the coupon, and this user's claim if any. */
+    /* The check of the naive mode: the coupon, and this user's claim. */
     {"check", "SELECT c.total, c.claimed, c.last_fence, cl.id, cl.fence"
               "  FROM coupons c"
               "  LEFT JOIN claims cl ON cl.coupon_id = c.id AND cl.user_id = $2"
               " WHERE c.id = $1"},
-    /* The fenced, conditional increment and the claim row. $5 is the
-     * highest last_fence this write may find: fence - 1 for a lease's first
-     * write, fence for its later writes in the same transaction (a batch).
-     * So a stale holder is refused, and so is a NEW lease that drew a fence
-     * someone already wrote with (possible only after Redis lost the
-     * counter). claimed < total refuses a check that went stale: fences
-     * order writes, not reads. */
-    {"write_fenced",
-     "WITH upd AS ("
-     "  UPDATE coupons SET claimed = claimed + 1, last_fence = "
-     "$3::bigint" STORE__WRITE_FENCED_WHERE "  RETURNING claimed)"
-     "INSERT INTO claims (coupon_id, user_id, fence, seq, instance)"
-     " SELECT $1, $2, $3::bigint, upd.claimed, $4 FROM upd"
-     " RETURNING id, seq"},
-    /* Atomic mode: the same without a fence. */
-    {"write_free",
-     "WITH upd AS ("
-     "  UPDATE coupons SET claimed = claimed + 1"
-     "   WHERE id = $1 AND claimed < total"
-     "  RETURNING claimed)"
-     "INSERT INTO claims (coupon_id, user_id, fence, seq, instance)"
-     " SELECT $1, $2, NULL, upd.claimed, $3 FROM upd"
-     " RETURNING id, seq"},
+    /* The stock row's lock, first in every claim's transaction (see
+     * claim_c). NO KEY UPDATE, the strength the UPDATE takes anyway, so
+     * that the foreign-key checks of claims being inserted (KEY SHARE) are
+     * not blocked. */
+    {"claim_lock_c", "SELECT 1 FROM coupons WHERE id = $1 FOR NO KEY UPDATE"},
+    {"claim_lock_b", "SELECT 1 FROM coupon_buckets"
+                     " WHERE coupon_id = $1 AND bucket = $2::integer"
+                     " FOR NO KEY UPDATE"},
+    /* The batch on an unsharded coupon: the coupons row is the stock. */
+    {"claim_c",
+     STORE__CLAIM_HEAD " cp AS (SELECT buckets, " STORE__WINDOW_NOW(
+         "coupons") " AS win,"
+                    "   total, claimed, last_fence FROM coupons WHERE id = $1),"
+                    " c AS (SELECT total, claimed, last_fence FROM cp WHERE "
+                    "buckets = 1),"
+                    " allb AS (SELECT total AS total_all, claimed AS "
+                    "claimed_all,"
+                    "   0::bigint AS others FROM c)," STORE__CLAIM_MIDDLE
+                    " upd AS (UPDATE coupons t SET claimed = t.claimed + "
+                    "want.k,"
+                    "   last_fence = COALESCE($3::bigint, t.last_fence)"
+                    "   FROM want WHERE t.id = $1 AND want.k > 0"
+                    "   AND " STORE__FENCE_GUARD " AND " STORE__STOCK_GUARD
+                    "   AND " STORE__WINDOW_OPEN(
+                        "t") "   RETURNING t.claimed - want.k AS base, want.k "
+                             "AS k),"
+                             " ins AS (INSERT INTO claims (coupon_id, user_id, "
+                             "fence, seq, instance)"
+                             "   SELECT $1, f.u, $3::bigint, upd.base + f.rn, "
+                             "$5"
+                             "   FROM fresh f, upd WHERE f.rn <= upd.k"
+                             "   RETURNING id, user_id AS u, "
+                             "seq)" STORE__CLAIM_TAIL},
+    /* The batch on bucket $6 of a sharded coupon: its coupon_buckets row is
+     * the stock; the window is the coupon's. */
+    {"claim_b",
+     STORE__CLAIM_HEAD " cp AS (SELECT buckets, " STORE__WINDOW_NOW(
+         "coupons") " AS win"
+                    "   FROM coupons WHERE id = $1),"
+                    " c AS (SELECT total, claimed, last_fence FROM "
+                    "coupon_buckets"
+                    "   WHERE coupon_id = $1 AND bucket = $6::integer),"
+                    " allb AS (SELECT sum(total)::bigint AS total_all,"
+                    "   sum(claimed)::bigint AS claimed_all,"
+                    "   COALESCE(bit_or(CASE WHEN claimed < total AND bucket "
+                    "<> $6::integer"
+                    "   THEN 1::bigint << bucket END), 0) AS others"
+                    "   FROM coupon_buckets WHERE coupon_id = "
+                    "$1)," STORE__CLAIM_MIDDLE
+                    " upd AS (UPDATE coupon_buckets t SET claimed = t.claimed "
+                    "+ want.k,"
+                    "   last_fence = COALESCE($3::bigint, t.last_fence)"
+                    "   FROM want, coupons w"
+                    "   WHERE t.coupon_id = $1 AND t.bucket = $6::integer AND "
+                    "want.k > 0"
+                    "   AND w.id = $1"
+                    "   AND " STORE__FENCE_GUARD " AND " STORE__STOCK_GUARD
+                    "   AND " STORE__WINDOW_OPEN(
+                        "w") "   RETURNING t.claimed - want.k AS base, want.k "
+                             "AS k),"
+                             " ins AS (INSERT INTO claims"
+                             "   (coupon_id, user_id, fence, seq, instance, "
+                             "bucket)"
+                             "   SELECT $1, f.u, $3::bigint, upd.base + f.rn, "
+                             "$5, $6::integer"
+                             "   FROM fresh f, upd WHERE f.rn <= upd.k"
+                             "   RETURNING id, user_id AS u, "
+                             "seq)" STORE__CLAIM_TAIL},
+    /* The coupon, its window (microseconds since the epoch) and, for a
+     * sharded one, the sum over its buckets. */
     {"coupon_get",
-     "SELECT total, claimed, last_fence FROM coupons WHERE id = $1"},
-    {"claim_get", "SELECT cl.id, cl.fence, c.total - c.claimed"
-                  "  FROM claims cl JOIN coupons c ON c.id = cl.coupon_id"
-                  " WHERE cl.coupon_id = $1 AND cl.user_id = $2"},
-    {"coupon_create", "INSERT INTO coupons (id, total) VALUES ($1, $2::integer)"
-                      " ON CONFLICT (id) DO NOTHING RETURNING id"},
+     "SELECT c.total, CASE WHEN c.buckets = 1 THEN c.claimed"
+     "   ELSE (SELECT COALESCE(sum(claimed), 0) FROM coupon_buckets"
+     "         WHERE coupon_id = c.id) END,"
+     " c.last_fence, c.buckets,"
+     " (extract(epoch FROM c.starts_at) * 1000000)::bigint,"
+     " (extract(epoch FROM c.ends_at) * 1000000)::bigint"
+     " FROM coupons c WHERE c.id = $1"},
+    {"coupon_buckets_get",
+     "SELECT bucket, total, claimed, last_fence FROM coupon_buckets"
+     " WHERE coupon_id = $1 ORDER BY bucket"},
+    /* A user's claim, and the coupon's stock left (over all its buckets). */
+    {"claim_get",
+     "SELECT cl.id, cl.fence, c.total - CASE WHEN c.buckets = 1 THEN c.claimed"
+     "   ELSE (SELECT COALESCE(sum(claimed), 0) FROM coupon_buckets"
+     "         WHERE coupon_id = c.id) END, cl.seq"
+     "  FROM claims cl JOIN coupons c ON c.id = cl.coupon_id"
+     " WHERE cl.coupon_id = $1 AND cl.user_id = $2"},
+    /* The coupon and, when sharded, its buckets, in one statement: as even
+     * as possible, the first total % buckets get one more. */
+    {"coupon_create",
+     "WITH cp AS (INSERT INTO coupons (id, total, buckets, starts_at, ends_at)"
+     "   VALUES ($1, $2::integer, $3::integer,"
+     "     'epoch'::timestamptz + $4::bigint * interval '1 microsecond',"
+     "     'epoch'::timestamptz + $5::bigint * interval '1 microsecond')"
+     "   ON CONFLICT (id) DO NOTHING RETURNING id, total, buckets),"
+     " b AS (INSERT INTO coupon_buckets (coupon_id, bucket, total)"
+     "   SELECT cp.id, g.b, cp.total / cp.buckets"
+     "     + CASE WHEN g.b < cp.total % cp.buckets THEN 1 ELSE 0 END"
+     "   FROM cp, generate_series(0, cp.buckets - 1) AS g(b)"
+     "   WHERE cp.buckets > 1)"
+     " SELECT id FROM cp"},
+    {"claimants", "SELECT user_id FROM claims WHERE coupon_id = $1"},
     /* Naive mode's write: the value computed by the client, unguarded. */
     {"naive_set", "UPDATE coupons SET claimed = $2::integer WHERE id = $1"},
     {"naive_insert",
@@ -400,6 +569,7 @@ static int store__wait(store_t *st, const char *what, short events) {
  * connection dropped if it is bad). */
 static PGresult *store__collect(store_t *st, const char *what) {
     assert(st->conn != NULL && PQisnonblocking(st->conn));
+    st->round_trips++;
     int f;
     while ((f = PQflush(st->conn)) == 1) {
         if (store__wait(st, what, POLLOUT | POLLIN) != STORE_OK) {
@@ -743,6 +913,7 @@ static int store__existing(store_t *st, const char *coupon,
     item->claim_id = store__int(res, 0, 0);
     item->fence = store__int(res, 0, 1);
     item->remaining = store__int(res, 0, 2);
+    item->seq = store__int(res, 0, 3);
     PQclear(res);
     return STORE_OK;
 }
@@ -784,164 +955,347 @@ static int store__check(store_t *st, const char *coupon, store_item_t *item,
     return STORE__PROCEED;
 }
 
-/* One item inside the open transaction. Returns STORE_OK (item->status set),
- * STORE_NOT_FOUND, STORE_FENCED, STORE_ALREADY when the INSERT hit another
- * transaction's claim of the same user (the transaction is then aborted),
- * or STORE_ERR. */
-static int store__claim_item(store_t *st, const char *coupon, int64_t fence,
-                             const char *fence_txt, store_item_t *item,
-                             int64_t *last_fence_out, int *wrote) {
-    const char *p[5] = {coupon, item->user_id};
-    /* The highest last_fence we may find: see write_fenced. */
-#ifdef COUPONSVC_UNSAFE_FENCE_NOT_STRICT
-    int64_t max_seen = fence; /* negative control: see the top */
-#else
-    int64_t max_seen = *wrote ? fence : fence - 1;
-#endif
-    char max_txt[24];
-    snprintf(max_txt, sizeof(max_txt), "%lld", (long long)max_seen);
-    int64_t total, claimed;
-    int crc = store__check(st, coupon, item, &total, &claimed);
-    if (crc != STORE__PROCEED) {
-        return crc;
-    }
-    fault_pause(FAULT_AFTER_CHECK); /* tests only: let the check go stale */
+/* ------------------------------------------------------------ pipeline --- */
 
-    /* The write. */
-    int np;
-    const char *stmt;
-    if (fence != STORE_NO_FENCE) {
-        p[2] = fence_txt;
-        p[3] = st->instance;
-        p[4] = max_txt;
-        np = 5;
-        stmt = "write_fenced";
-    } else {
-        p[2] = st->instance;
-        np = 3;
-        stmt = "write_free";
-    }
-    PGresult *res = store__run(st, stmt, np, p);
-    if (res == NULL) {
-        return STORE_ERR;
-    }
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        if (store__is_unique_violation(res)) {
-            /* Another transaction inserted this user's claim after our
-             * check (only possible without the lock, or for a stale
-             * holder). Ours is aborted; the caller returns theirs. */
-            PQclear(res);
-            return STORE_ALREADY;
+/* One statement of a pipeline: a prepared one (name) or, without
+ * parameters, plain SQL. */
+typedef struct store__q {
+    const char *name; /* prepared statement, or NULL */
+    const char *sql;  /* when name is NULL */
+    int n;
+    const char *const *params;
+} store__q_t;
+
+/* The next result of a pipeline, waiting for it within the deadline. NULL
+ * either ends one statement's results (*err stays 0) or means the
+ * connection failed or the deadline passed (*err set, errstr says why). */
+static PGresult *store__pipe_next(store_t *st, const char *what, int *err) {
+    while (PQisBusy(st->conn)) {
+        if (store__wait(st, what, POLLIN) != STORE_OK) {
+            *err = 1;
+            return NULL;
         }
-        store__fail(st, stmt, res);
-        PQclear(res);
-        return STORE_ERR;
+        if (PQconsumeInput(st->conn) == 0) {
+            store__fail(st, what, NULL);
+            *err = 1;
+            return NULL;
+        }
     }
-    if (PQntuples(res) == 1) {
-        item->status = STORE_OK;
-        item->claim_id = store__int(res, 0, 0);
-        item->fence = fence;
-        item->remaining = total - store__int(res, 0, 1);
-        PQclear(res);
-        *wrote = 1;
-        return STORE_OK;
-    }
-    PQclear(res);
+    return PQgetResult(st->conn);
+}
 
-    /* Zero rows: sold out since our check, or fenced. Read what stopped us
-     * (READ COMMITTED: this statement sees the latest committed row). */
-    p[1] = NULL;
-    res = store__exec(st, "coupon_get", 1, p, PGRES_TUPLES_OK);
-    if (res == NULL) {
+/*
+ * Sends nq statements as one pipeline followed by a Sync, so that they cost
+ * one round trip, and collects each statement's last result into res[i]
+ * (PQclear each; NULL entries on failure). The server runs them in order,
+ * each with a snapshot of its own (READ COMMITTED), and once one fails it
+ * skips the rest (PGRES_PIPELINE_ABORTED) up to the Sync. Returns STORE_OK
+ * when every result arrived (whatever their statuses), or STORE_ERR when
+ * the connection failed or the deadline passed (then dropped). A result
+ * with SQLSTATE 0A000 sets st->replan (see store__replan).
+ */
+static int store__pipeline(store_t *st, int nq, const store__q_t *q,
+                           PGresult **res) {
+    for (int i = 0; i < nq; i++) {
+        res[i] = NULL;
+    }
+    if (st->conn == NULL) {
+        return STORE_ERR; /* dropped earlier in this call: errstr says why */
+    }
+    st->timed_out = 0;
+    const char *what = q[nq - 1].name != NULL ? q[nq - 1].name : q[0].sql;
+    if (PQenterPipelineMode(st->conn) == 0) {
+        return store__fail(st, "pipeline", NULL);
+    }
+    for (int i = 0; i < nq; i++) {
+        int ok = q[i].name != NULL
+                     ? PQsendQueryPrepared(st->conn, q[i].name, q[i].n,
+                                           q[i].params, NULL, NULL, 0)
+                     : PQsendQueryParams(st->conn, q[i].sql, 0, NULL, NULL,
+                                         NULL, NULL, 0);
+        if (ok == 0) {
+            return store__fail(st, what, NULL);
+        }
+    }
+    if (PQpipelineSync(st->conn) == 0) {
+        return store__fail(st, what, NULL);
+    }
+    st->round_trips++;
+    int f;
+    while ((f = PQflush(st->conn)) == 1) {
+        if (store__wait(st, what, POLLOUT | POLLIN) != STORE_OK) {
+            return STORE_ERR;
+        }
+        if (PQconsumeInput(st->conn) == 0) {
+            return store__fail(st, what, NULL);
+        }
+    }
+    if (f < 0) {
+        return store__fail(st, what, NULL);
+    }
+    int err = 0;
+    for (int i = 0; i < nq && !err; i++) {
+        PGresult *r;
+        while ((r = store__pipe_next(st, what, &err)) != NULL) {
+            if (store__sqlstate_is(r, "0A000")) {
+                st->replan = 1;
+            }
+            PQclear(res[i]);
+            res[i] = r;
+        }
+    }
+    if (!err) {
+        PGresult *r = store__pipe_next(st, what, &err);
+        if (!err && (r == NULL || PQresultStatus(r) != PGRES_PIPELINE_SYNC)) {
+            store__fail(st, what, r);
+            err = 1;
+        }
+        PQclear(r);
+    }
+    if (!err && PQexitPipelineMode(st->conn) == 0) {
+        store__fail(st, what, NULL);
+        err = 1;
+    }
+    if (err) {
+        for (int i = 0; i < nq; i++) {
+            PQclear(res[i]);
+            res[i] = NULL;
+        }
+        store__drop(st); /* a pipeline half read is of no further use */
         return STORE_ERR;
     }
-    if (PQntuples(res) != 1) {
-        PQclear(res);
-        return STORE_NOT_FOUND;
-    }
-    int64_t last_fence = store__int(res, 0, 2);
-    PQclear(res);
-    if (fence != STORE_NO_FENCE && last_fence > max_seen) {
-        *last_fence_out = last_fence;
-        return STORE_FENCED;
-    }
-    item->status = STORE_SOLD_OUT;
-    item->remaining = 0;
     return STORE_OK;
 }
 
-/* BEGIN, on a connection that may have died while it sat idle (PostgreSQL
- * restarted, a proxy timed it out). If BEGIN finds the connection dead,
- * nothing of this transaction was sent yet, so it is safe to connect again
- * and BEGIN once more; otherwise every worker would answer one spurious 503
- * after each PostgreSQL restart. */
-static int store__begin(store_t *st) {
+/* --------------------------------------------------------------- claim --- */
+
+/* Writes the users as a PostgreSQL array literal, each element quoted.
+ * Returns a new string (free it), or NULL when out of memory. */
+static char *store__users_array(const store_item_t *items, size_t n) {
+    size_t cap = 3;
+    for (size_t i = 0; i < n; i++) {
+        cap += 2 * strlen(items[i].user_id) + 3;
+    }
+    char *a = malloc(cap);
+    if (a == NULL) {
+        return NULL;
+    }
+    size_t k = 0;
+    a[k++] = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0) {
+            a[k++] = ',';
+        }
+        a[k++] = '"';
+        for (const char *p = items[i].user_id; *p != '\0'; p++) {
+            if (*p == '"' || *p == '\\') {
+                a[k++] = '\\';
+            }
+            a[k++] = *p;
+        }
+        a[k++] = '"';
+    }
+    a[k++] = '}';
+    a[k] = '\0';
+    assert(k < cap);
+    return a;
+}
+
+static int64_t store__col(const PGresult *res, int row, int col) {
+    return PQgetisnull(res, row, col)
+               ? 0
+               : strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+/*
+ * Reads the claim statement's answer (one row per item, see claim_c) into
+ * the items. Returns STORE_OK, STORE__WROTE (STORE_OK, and something to
+ * commit), a whole-call code (nothing written), or STORE_ERR.
+ */
+#define STORE__WROTE 100
+static int store__claim_read(store_t *st, const PGresult *res, int bucket,
+                             int64_t fence, int64_t max_seen,
+                             store_item_t *items, size_t n,
+                             int64_t *last_fence_out) {
+    if (PQntuples(res) != (int)n || PQnfields(res) != STORE__C__COUNT) {
+        snprintf(st->errstr, sizeof(st->errstr),
+                 "postgres: the claim answered %d rows for %zu items",
+                 PQntuples(res), n);
+        return STORE_ERR;
+    }
+    if (PQgetisnull(res, 0, STORE__C_BUCKETS)) {
+        return STORE_NOT_FOUND;
+    }
+    int buckets = (int)store__col(res, 0, STORE__C_BUCKETS);
+    st->shape_buckets = buckets;
+    if (PQgetisnull(res, 0, STORE__C_TOTAL)) {
+        snprintf(st->errstr, sizeof(st->errstr),
+                 "postgres: bucket %d on a coupon with %d bucket(s)", bucket,
+                 buckets);
+        return STORE_WRONG_BUCKET;
+    }
+    int64_t win = store__col(res, 0, STORE__C_WIN);
+    int64_t want = store__col(res, 0, STORE__C_WANT);
+    int64_t wrote = store__col(res, 0, STORE__C_WROTE);
+    int64_t total = store__col(res, 0, STORE__C_TOTAL);
+    int64_t claimed = store__col(res, 0, STORE__C_CLAIMED);
+    int64_t left_all = store__col(res, 0, STORE__C_TOTAL_ALL) -
+                       store__col(res, 0, STORE__C_CLAIMED_ALL);
+    uint64_t others = (uint64_t)store__col(res, 0, STORE__C_OTHERS);
+    int own_left = claimed + wrote < total;
+    st->shape_stock =
+        others | (own_left ? UINT64_C(1) << (bucket < 0 ? 0 : bucket) : 0);
+
+    /* Why the fresh users were not claimed, when it was not the stock. */
+    int whole = STORE_OK;
+    if (win == 1) {
+        whole = STORE_NOT_STARTED;
+    } else if (win == 2) {
+        whole = STORE_EXPIRED;
+    } else if (want > 0 && wrote == 0) {
+        int64_t last = store__col(res, 0, STORE__C_LAST_FENCE);
+        if (fence == STORE_NO_FENCE || last <= max_seen) {
+            snprintf(st->errstr, sizeof(st->errstr),
+                     "postgres: the claim's UPDATE matched no row, and "
+                     "neither the fence nor the window refused it");
+            return STORE_ERR;
+        }
+        if (last_fence_out != NULL) {
+            *last_fence_out = last;
+        }
+        whole = STORE_FENCED;
+    }
+    int empty = others != 0 ? STORE_BUCKET_EMPTY : STORE_SOLD_OUT;
+    for (int r = 0; r < (int)n; r++) {
+        int ord = (int)store__col(res, r, STORE__C_ORD);
+        int first = (int)store__col(res, r, STORE__C_FIRST);
+        assert(ord == r + 1 && first >= 1 && first <= ord);
+        store_item_t *it = &items[r];
+        it->claim_id = store__col(res, r, STORE__C_ID);
+        it->seq = store__col(res, r, STORE__C_SEQ);
+        it->fence = store__int(res, r, STORE__C_FENCE);
+        int fresh_claim = PQgetvalue(res, r, STORE__C_NEW)[0] == 't';
+        if (PQgetisnull(res, r, STORE__C_ID)) {
+            it->status = whole != STORE_OK ? whole : empty;
+            it->claim_id = 0;
+            it->fence = STORE_NO_FENCE;
+            it->remaining = left_all - wrote;
+        } else if (fresh_claim && first == ord) {
+            it->status = STORE_OK;
+            /* stock left once this claim was made: the batch's earlier
+             * claims taken, and this one */
+            it->remaining = left_all - (it->seq - claimed);
+        } else {
+            /* held before, or the second of a user named twice, who gets
+             * the first's claim */
+            it->status = STORE_ALREADY;
+            it->remaining = left_all - wrote;
+        }
+    }
+    if (whole != STORE_OK) {
+        return whole;
+    }
+    return wrote > 0 ? STORE__WROTE : STORE_OK;
+}
+
+/*
+ * One attempt at the claim's transaction; see store_claim. Round trips: one
+ * for BEGIN, the lock statement and the claim statement (a pipeline), one
+ * for COMMIT (or ROLLBACK when there is nothing to commit). Returns as
+ * store_claim, or STORE_ALREADY when the claim statement ran into a
+ * concurrent claim of the same user (possible only for a sharded coupon,
+ * whose buckets are claimed in parallel): rolled back, worth running again.
+ */
+static int store__claim_tx(store_t *st, const char *coupon, int bucket,
+                           int64_t fence, store_item_t *items, size_t n,
+                           store_gate_fn gate, void *arg,
+                           int64_t *last_fence_out) {
+    assert(n >= 1 && st->tx_deadline_ms > 0);
     int reused = st->conn != NULL;
     if (store__connect(st) != STORE_OK) {
         return STORE_ERR;
     }
-    if (store__simple(st, "BEGIN") == STORE_OK) {
-        return STORE_OK;
-    }
-    if (!reused || st->conn != NULL || st->timed_out) {
-        /* a fresh connection, a live one that refused, or no time left */
+    char *users = store__users_array(items, n);
+    if (users == NULL) {
+        snprintf(st->errstr, sizeof(st->errstr), "postgres: out of memory");
         return STORE_ERR;
     }
-    if (store__connect(st) != STORE_OK) {
-        return STORE_ERR;
-    }
-    return store__simple(st, "BEGIN");
-}
-
-/* One attempt at the claim's transaction; see store_claim. */
-static int store__claim_tx(store_t *st, const char *coupon, int64_t fence,
-                           store_item_t *items, size_t n, store_gate_fn gate,
-                           void *arg, int64_t *last_fence_out) {
-    assert(n >= 1 && st->tx_deadline_ms > 0);
-    if (store__begin(st) != STORE_OK) {
-        return STORE_ERR;
-    }
-
-    char fence_txt[24];
+    char fence_txt[24], max_txt[24], bucket_txt[16];
+    /* The highest last_fence the write may find: below our fence, since
+     * this is the lease's first (and only) write. */
+#ifdef COUPONSVC_UNSAFE_FENCE_NOT_STRICT
+    int64_t max_seen = fence; /* negative control: see the top */
+#else
+    int64_t max_seen = fence - 1;
+#endif
     snprintf(fence_txt, sizeof(fence_txt), "%lld", (long long)fence);
-    int wrote = 0;
-    int rc = STORE_OK;
-    size_t i;
-
-    /* A batch of more than one item writes each under a savepoint, so a
-     * conflict on one user undoes only that user's increment. */
-    int savepoints = n > 1;
-    for (i = 0; i < n && rc == STORE_OK; i++) {
-        if (savepoints && store__simple(st, "SAVEPOINT item") != STORE_OK) {
-            rc = STORE_ERR;
-            break;
+    snprintf(max_txt, sizeof(max_txt), "%lld", (long long)max_seen);
+    snprintf(bucket_txt, sizeof(bucket_txt), "%d", bucket);
+    const char *fence_p = fence != STORE_NO_FENCE ? fence_txt : NULL;
+    const char *pl[2] = {coupon, bucket_txt};
+    const char *pc[6] = {coupon,       users,
+                         fence_p,      fence_p != NULL ? max_txt : NULL,
+                         st->instance, bucket_txt};
+    store__q_t q[3] = {
+        {.sql = "BEGIN"},
+        {.name = bucket < 0 ? "claim_lock_c" : "claim_lock_b",
+         .n = bucket < 0 ? 1 : 2,
+         .params = pl},
+        {.name = bucket < 0 ? "claim_c" : "claim_b",
+         .n = bucket < 0 ? 5 : 6,
+         .params = pc},
+    };
+    PGresult *res[3] = {NULL, NULL, NULL};
+    int prc;
+    if (fault_ms(FAULT_AFTER_CHECK) == 0) {
+        prc = store__pipeline(st, 3, q, res);
+        if (prc != STORE_OK && reused && st->conn == NULL && !st->timed_out &&
+            store__connect(st) == STORE_OK) {
+            /* The kept connection had died while idle (PostgreSQL
+             * restarted, a proxy timed it out). Nothing was committed, so
+             * once more on a fresh one; otherwise every worker would answer
+             * one spurious 503 after each PostgreSQL restart. */
+            prc = store__pipeline(st, 3, q, res);
         }
-        rc = store__claim_item(st, coupon, fence, fence_txt, &items[i],
-                               last_fence_out, &wrote);
-        if (rc == STORE_ALREADY && savepoints) {
-            rc = store__simple(st, "ROLLBACK TO SAVEPOINT item");
-            if (rc == STORE_OK) {
-                rc = store__existing(st, coupon, &items[i]);
+    } else {
+        /* Tests only: the lock taken and the row read, the write not sent
+         * yet; in two round trips so that the pause falls between them. */
+        prc = store__pipeline(st, 2, q, res);
+        if (prc == STORE_OK) {
+            fault_pause(FAULT_AFTER_CHECK);
+            prc = store__pipeline(st, 1, &q[2], &res[2]);
+        }
+    }
+    free(users);
+    if (prc != STORE_OK) {
+        return STORE_ERR;
+    }
+
+    int rc = STORE_OK;
+    for (int i = 0; i < 3 && rc == STORE_OK; i++) {
+        ExecStatusType want = i == 0 ? PGRES_COMMAND_OK : PGRES_TUPLES_OK;
+        if (res[i] == NULL || PQresultStatus(res[i]) != want) {
+            if (res[i] != NULL && store__is_unique_violation(res[i])) {
+                rc = STORE_ALREADY;
+            } else {
+                rc = store__fail(st, q[i].name != NULL ? q[i].name : "BEGIN",
+                                 res[i]);
             }
         }
     }
-
-    if (rc == STORE_ALREADY) {
-        /* n == 1: the transaction is aborted; nothing of ours was written.
-         * Roll back and return the other transaction's claim. */
-        store__rollback(st);
-        return store__existing(st, coupon, &items[0]);
+    if (rc == STORE_OK) {
+        rc = store__claim_read(st, res[2], bucket, fence, max_seen, items, n,
+                               last_fence_out);
     }
-    if (rc != STORE_OK) {
+    for (int i = 0; i < 3; i++) {
+        PQclear(res[i]);
+    }
+    if (rc != STORE__WROTE) {
         if (rc == STORE_FENCED) {
             metrics_inc(M_FENCED_REFUSALS);
         }
-        store__rollback(st);
+        store__rollback(st); /* failed, refused, or read-only */
         return rc;
-    }
-    if (!wrote) {
-        store__rollback(st); /* read-only: nothing to commit */
-        return STORE_OK;
     }
     if (gate != NULL && gate(arg) != 0) {
         store__rollback(st);
@@ -956,26 +1310,56 @@ static int store__claim_tx(store_t *st, const char *coupon, int64_t fence,
     return store__commit(st);
 }
 
-int store_claim(store_t *st, const char *coupon, int64_t fence,
+int store_claim(store_t *st, const char *coupon, int bucket, int64_t fence,
                 store_item_t *items, size_t n, store_gate_fn gate, void *arg,
                 int64_t *last_fence_out) {
+    assert(bucket >= -1 && bucket < STORE_BUCKETS_MAX);
+    st->shape_buckets = 0;
+    st->shape_stock = 0;
     store__deadline_start(st);
     st->replan = 0;
-    int rc =
-        store__claim_tx(st, coupon, fence, items, n, gate, arg, last_fence_out);
-    if (rc != STORE_ERR || !st->replan || st->conn == NULL ||
-        PQtransactionStatus(st->conn) != PQTRANS_IDLE) {
-        return rc;
+    int rc = STORE_ERR;
+    /* Bounded: a plan gone stale (once), or a concurrent claim of one of
+     * our users on another bucket (each retry sees it as held). */
+    for (int attempt = 0; attempt < 3; attempt++) {
+        rc = store__claim_tx(st, coupon, bucket, fence, items, n, gate, arg,
+                             last_fence_out);
+        if (rc == STORE_ALREADY) {
+            log_info("claim.retry",
+                     "coupon=%s bucket=%d (a user of the "
+                     "batch was claimed concurrently)",
+                     coupon, bucket);
+            continue;
+        }
+        if (rc != STORE_ERR || !st->replan || st->conn == NULL ||
+            PQtransactionStatus(st->conn) != PQTRANS_IDLE) {
+            return rc;
+        }
+        /* A statement's plan went stale inside the transaction (see
+         * store__replan), which aborted it: nothing was written. Prepare
+         * again and run the whole transaction once more, within the same
+         * deadline. */
+        st->replan = 0;
+        if (store__replan(st) != STORE_OK) {
+            return STORE_ERR;
+        }
     }
-    /* A statement's plan went stale inside the transaction (see
-     * store__replan), which aborted it: nothing was written. Prepare again
-     * and run the whole transaction once more, within the same deadline. */
-    st->replan = 0;
-    if (store__replan(st) != STORE_OK) {
-        return STORE_ERR;
+    if (rc == STORE_ALREADY) {
+        snprintf(st->errstr, sizeof(st->errstr),
+                 "postgres: the batch kept running into concurrent claims of "
+                 "its users");
+        rc = STORE_ERR;
     }
-    return store__claim_tx(st, coupon, fence, items, n, gate, arg,
-                           last_fence_out);
+    return rc;
+}
+
+uint64_t store_round_trips(const store_t *st) {
+    return st->round_trips;
+}
+
+void store_claim_shape(const store_t *st, int *buckets, uint64_t *stock_mask) {
+    *buckets = st->shape_buckets;
+    *stock_mask = st->shape_stock;
 }
 
 int store_claim_naive(store_t *st, const char *coupon, store_item_t *item) {
@@ -1026,15 +1410,22 @@ int store_claim_naive(store_t *st, const char *coupon, store_item_t *item) {
 
 /* --------------------------------------------------------------- admin --- */
 
-int store_coupon_create(store_t *st, const char *id, int64_t total) {
+int store_coupon_create(store_t *st, const char *id, int64_t total, int buckets,
+                        int64_t starts_at_us, int64_t ends_at_us) {
+    assert(buckets >= 1 && buckets <= STORE_BUCKETS_MAX &&
+           (buckets == 1 || buckets <= total));
     store__deadline_start(st);
     if (store__connect(st) != STORE_OK) {
         return STORE_ERR;
     }
-    char t[24];
+    char t[24], b[16], s0[24], s1[24];
     snprintf(t, sizeof(t), "%lld", (long long)total);
-    const char *p[] = {id, t};
-    PGresult *res = store__exec(st, "coupon_create", 2, p, PGRES_TUPLES_OK);
+    snprintf(b, sizeof(b), "%d", buckets);
+    snprintf(s0, sizeof(s0), "%lld", (long long)starts_at_us);
+    snprintf(s1, sizeof(s1), "%lld", (long long)ends_at_us);
+    const char *p[] = {id, t, b, starts_at_us != STORE_NO_TIME ? s0 : NULL,
+                       ends_at_us != STORE_NO_TIME ? s1 : NULL};
+    PGresult *res = store__exec(st, "coupon_create", 5, p, PGRES_TUPLES_OK);
     if (res == NULL) {
         return STORE_ERR;
     }
@@ -1053,14 +1444,99 @@ int store_coupon_get(store_t *st, const char *id, store_coupon_t *out) {
     if (res == NULL) {
         return STORE_ERR;
     }
-    int found = PQntuples(res) == 1;
-    if (found) {
-        out->total = store__int(res, 0, 0);
-        out->claimed = store__int(res, 0, 1);
-        out->last_fence = store__int(res, 0, 2);
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        return STORE_NOT_FOUND;
+    }
+    out->total = store__col(res, 0, 0);
+    out->claimed = store__col(res, 0, 1);
+    out->last_fence = store__col(res, 0, 2);
+    out->buckets = (int)store__col(res, 0, 3);
+    out->starts_at_us =
+        PQgetisnull(res, 0, 4) ? STORE_NO_TIME : store__col(res, 0, 4);
+    out->ends_at_us =
+        PQgetisnull(res, 0, 5) ? STORE_NO_TIME : store__col(res, 0, 5);
+    PQclear(res);
+    if (out->buckets <= 1) {
+        out->buckets = 1;
+        return STORE_OK;
+    }
+    /* Another statement, so the buckets may have moved on since the sum
+     * above: take the claimed figure from the rows shown. */
+    res = store__exec(st, "coupon_buckets_get", 1, p, PGRES_TUPLES_OK);
+    if (res == NULL) {
+        return STORE_ERR;
+    }
+    int rows = PQntuples(res);
+    if (rows != out->buckets) {
+        snprintf(st->errstr, sizeof(st->errstr),
+                 "postgres: coupon %s has %d bucket rows, not %d", id, rows,
+                 out->buckets);
+        PQclear(res);
+        return STORE_ERR;
+    }
+    out->claimed = 0;
+    for (int i = 0; i < rows; i++) {
+        store_bucket_t *b = &out->bucket[i];
+        b->total = store__col(res, i, 1);
+        b->claimed = store__col(res, i, 2);
+        b->last_fence = store__col(res, i, 3);
+        out->claimed += b->claimed;
     }
     PQclear(res);
-    return found ? STORE_OK : STORE_NOT_FOUND;
+    return STORE_OK;
+}
+
+/* The claimants are read in libpq's single-row mode: each row is handed to
+ * fn as it arrives, so memory stays flat however many there are. The call
+ * is bounded by the same deadline as any other. */
+int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
+                    void *arg) {
+    store__deadline_start(st);
+    if (store__connect(st) != STORE_OK) {
+        return STORE_ERR;
+    }
+    const char *p[] = {coupon};
+    PGresult *res = store__exec(st, "coupon_get", 1, p, PGRES_TUPLES_OK);
+    if (res == NULL) {
+        return STORE_ERR;
+    }
+    int found = PQntuples(res) == 1;
+    PQclear(res);
+    if (!found) {
+        return STORE_NOT_FOUND;
+    }
+    st->timed_out = 0;
+    if (PQsendQueryPrepared(st->conn, "claimants", 1, p, NULL, NULL, 0) == 0 ||
+        PQsetSingleRowMode(st->conn) == 0) {
+        return store__fail(st, "claimants", NULL);
+    }
+    int rc = STORE_OK, stop = 0;
+    for (;;) {
+        int err = 0;
+        PGresult *r = store__pipe_next(st, "claimants", &err);
+        if (err) {
+            return STORE_ERR; /* the connection is gone: nothing to drain */
+        }
+        if (r == NULL) {
+            break;
+        }
+        ExecStatusType s = PQresultStatus(r);
+        if (s == PGRES_SINGLE_TUPLE && !stop) {
+            int frc =
+                fn(arg, PQgetvalue(r, 0, 0), (size_t)PQgetlength(r, 0, 0));
+            if (frc != 0) {
+                rc = frc; /* read the rest, so the connection stays usable */
+                stop = 1;
+            }
+        } else if (s != PGRES_SINGLE_TUPLE && s != PGRES_TUPLES_OK) {
+            store__fail(st, "claimants", r);
+            rc = STORE_ERR;
+            stop = 1;
+        }
+        PQclear(r);
+    }
+    return rc;
 }
 
 int store_ping(store_t *st) {
@@ -1164,4 +1640,28 @@ int store_probe(store_t *st) {
     }
     /* Connected, the query failed: not a login problem. */
     return st->conn == NULL && st->refused ? STORE_EREFUSED : STORE_ERR;
+}
+
+/* ------------------------------------------- the sold-out fast path --- */
+
+int store_claim_lookup(store_t *st, const char *coupon, store_item_t *item) {
+    store__deadline_start(st);
+    if (store__connect(st) != STORE_OK) {
+        return STORE_ERR;
+    }
+    const char *p[] = {coupon, item->user_id};
+    PGresult *res = store__exec(st, "claim_get", 2, p, PGRES_TUPLES_OK);
+    if (res == NULL) {
+        return STORE_ERR;
+    }
+    int found = PQntuples(res) == 1;
+    if (found) {
+        item->status = STORE_ALREADY;
+        item->claim_id = store__int(res, 0, 0);
+        item->fence = store__int(res, 0, 1);
+        item->remaining = store__int(res, 0, 2);
+        item->seq = store__int(res, 0, 3);
+    }
+    PQclear(res);
+    return found ? STORE_OK : STORE_NOT_FOUND;
 }

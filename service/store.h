@@ -30,7 +30,7 @@
 enum {
     STORE_OK = 0,
     STORE_NOT_FOUND = 1, /* no such coupon */
-    STORE_SOLD_OUT = 2,  /* claimed == total */
+    STORE_SOLD_OUT = 2,  /* item: the coupon (every bucket) has no stock */
     STORE_FENCED = 3,    /* our fence is below last_fence: nothing written */
     STORE_ALREADY = 4,   /* this user already holds a claim */
     STORE_EXISTS = 5,    /* coupon id taken (create) */
@@ -38,11 +38,22 @@ enum {
     STORE_COMMIT_UNKNOWN = 7, /* the connection was lost (or the deadline
                                  passed) after COMMIT was sent: it may have
                                  committed or not */
+    STORE_BUCKET_EMPTY = 8,   /* item: this bucket has no stock left; other
+                                 buckets of the coupon still have some */
+    STORE_NOT_STARTED = 9,    /* whole call: before the coupon's starts_at
+                                 (PostgreSQL's clock): nothing written */
+    STORE_EXPIRED = 10,       /* whole call: at or after its ends_at:
+                                 nothing written, and never will be */
+    STORE_WRONG_BUCKET = 11,  /* whole call: bucket -1 for a sharded coupon,
+                                 or a bucket it does not have: nothing
+                                 written (store_claim_shape says its shape) */
     STORE_ERR = -1,
     STORE_EREFUSED = -2, /* the server refused this login (store_probe) */
 };
 
-#define STORE_NO_FENCE (-1) /* the claim carries no fence (atomic mode) */
+#define STORE_NO_FENCE (-1)     /* the claim carries no fence (atomic mode) */
+#define STORE_NO_TIME INT64_MIN /* no bound on that side of the window */
+#define STORE_BUCKETS_MAX 64    /* most buckets one coupon may have */
 
 typedef struct store store_t;
 
@@ -58,15 +69,31 @@ typedef struct store_opts {
 /* One claim in a batch. The caller fills user_id; the store fills the rest. */
 typedef struct store_item {
     const char *user_id; /* in; borrowed */
-    int status;          /* out: STORE_OK (claimed now), STORE_ALREADY or
-                            STORE_SOLD_OUT */
+    int status;          /* out: STORE_OK (claimed now), STORE_ALREADY,
+                            STORE_SOLD_OUT or STORE_BUCKET_EMPTY; after a
+                            whole-call STORE_NOT_STARTED / STORE_EXPIRED /
+                            STORE_FENCED, STORE_ALREADY for a user who holds
+                            a claim and that code for the others */
     int64_t claim_id;    /* out: claims.id (new or existing) */
     int64_t fence;       /* out: the claim's fence, STORE_NO_FENCE if NULL */
-    int64_t remaining;   /* out: stock left after this claim (or now) */
+    int64_t seq;         /* out: the claim's claims.seq */
+    int64_t remaining;   /* out: the coupon's stock left after this claim (or
+                            now), all buckets together */
 } store_item_t;
 
-typedef struct store_coupon {
+/* One bucket of a sharded coupon. */
+typedef struct store_bucket {
     int64_t total, claimed, last_fence;
+} store_bucket_t;
+
+typedef struct store_coupon {
+    /* claimed: for a sharded coupon, the sum over its buckets; last_fence:
+     * the coupons row's (a sharded coupon's stays 0: see the buckets). */
+    int64_t total, claimed, last_fence;
+    int buckets;                              /* 1: unsharded */
+    store_bucket_t bucket[STORE_BUCKETS_MAX]; /* [0, buckets) when > 1 */
+    /* The window, microseconds since the Unix epoch, or STORE_NO_TIME. */
+    int64_t starts_at_us, ends_at_us;
 } store_coupon_t;
 
 /* Called after the claims were written and before COMMIT. Return 0 to
@@ -92,20 +119,22 @@ const char *store_errstr(const store_t *st);
 /*
  * The claim, for 1..n users of one coupon, in ONE transaction.
  *
- * For each item: read the coupon and the user's existing claim (the check);
- * already claimed -> STORE_ALREADY; sold out -> STORE_SOLD_OUT; otherwise
- * the conditional increment and the claim row in one statement:
+ * bucket is -1 for an unsharded coupon (its coupons row is the stock), or
+ * 0..B-1 for bucket b of a sharded one (its coupon_buckets row); fence is the
+ * lease's on that resource (the coupon, or ID#b), or STORE_NO_FENCE.
  *
- *   UPDATE coupons SET claimed = claimed + 1, last_fence = $fence
- *    WHERE id = $1 AND last_fence < $fence AND claimed < total
- *
- * (without the fence terms when fence == STORE_NO_FENCE; the batch's later
- * items accept last_fence == $fence, their own lease's earlier write). Zero
- * rows updated is told apart: a last_fence we may not pass means FENCED,
- * which aborts the
- * whole batch (rolled back, *last_fence_out set), anything else is sold out.
- * When something was written, gate(arg) decides between COMMIT and ROLLBACK.
- * A COMMIT that the server answers with the tag ROLLBACK (the transaction
+ * The write is set-based: a fixed number of statements whatever n is, no
+ * savepoints. The users who already hold a claim get it back
+ * (STORE_ALREADY); so does a user named twice in items: the second gets the
+ * first's claim. The others, in their order in items, are claimed while
+ * stock lasts, by one conditional UPDATE that raises claimed by their count,
+ * guarded by the fence (a lease's first write needs last_fence < fence),
+ * the stock (claimed + k <= total) and the window (PostgreSQL's clock);
+ * past the stock an item is STORE_SOLD_OUT, or STORE_BUCKET_EMPTY when
+ * another bucket of the coupon still has stock. A refused fence is the
+ * whole call: STORE_FENCED, rolled back, *last_fence_out set. When
+ * something was written, gate(arg) decides between COMMIT and ROLLBACK. A
+ * COMMIT that the server answers with the tag ROLLBACK (the transaction
  * had failed) is STORE_ERR: nothing was written.
  *
  * The whole call, connecting included, is bounded by tx_deadline_ms. A
@@ -114,23 +143,60 @@ const char *store_errstr(const store_t *st);
  * more, within the same deadline.
  *
  * Returns STORE_OK (see each item's status), STORE_NOT_FOUND, STORE_FENCED,
- * STORE_ABORTED, STORE_COMMIT_UNKNOWN or STORE_ERR. items is borrowed; gate
- * may be NULL.
+ * STORE_NOT_STARTED, STORE_EXPIRED, STORE_WRONG_BUCKET, STORE_ABORTED,
+ * STORE_COMMIT_UNKNOWN or STORE_ERR. items is borrowed; gate may be NULL;
+ * last_fence_out may be NULL when fence is STORE_NO_FENCE.
  */
-int store_claim(store_t *st, const char *coupon, int64_t fence,
+int store_claim(store_t *st, const char *coupon, int bucket, int64_t fence,
                 store_item_t *items, size_t n, store_gate_fn gate, void *arg,
                 int64_t *last_fence_out);
+
+/* What the last store_claim on st learnt of its coupon (also after
+ * STORE_WRONG_BUCKET and the whole-call refusals): *buckets (1: unsharded,
+ * 0: not known, the call failed first) and *stock_mask, bit b set when
+ * bucket b had stock left after the call (bit 0 alone for an unsharded
+ * coupon). Read from the same transaction, so exact as of its commit. */
+void store_claim_shape(const store_t *st, int *buckets, uint64_t *stock_mask);
+
+/* Round trips to PostgreSQL st has made (every statement or pipeline sent
+ * and answered, connecting and preparing included), for tests and
+ * measurements: an uncontended claim costs 2. */
+uint64_t store_round_trips(const store_t *st);
 
 /* The naive claim, for demonstrating the race: read claimed, then write
  * claimed = <read> + 1 and insert, as separate autocommit statements with
  * nothing holding other writers off between them. Never use it for real. */
 int store_claim_naive(store_t *st, const char *coupon, store_item_t *item);
 
-/* Creates a coupon. STORE_OK, STORE_EXISTS or STORE_ERR. */
-int store_coupon_create(store_t *st, const char *id, int64_t total);
+/* Creates a coupon with its stock split into buckets (1: unsharded; else
+ * 2..min(total, STORE_BUCKETS_MAX) coupon_buckets rows, as even as
+ * possible: the first total % buckets get one more) and its window
+ * (microseconds since the Unix epoch, STORE_NO_TIME for an open side;
+ * starts_at_us < ends_at_us when both are set). One statement. STORE_OK,
+ * STORE_EXISTS or STORE_ERR. */
+int store_coupon_create(store_t *st, const char *id, int64_t total, int buckets,
+                        int64_t starts_at_us, int64_t ends_at_us);
 
-/* Reads a coupon. STORE_OK, STORE_NOT_FOUND or STORE_ERR. */
+/* Reads a coupon, its buckets and its window. STORE_OK, STORE_NOT_FOUND or
+ * STORE_ERR. */
 int store_coupon_get(store_t *st, const char *id, store_coupon_t *out);
+
+/* Called once per claimant; user_id is borrowed for the call only. Return 0
+ * to go on, anything else to stop (store_claimants then returns it). */
+typedef int (*store_claimant_fn)(void *arg, const char *user_id, size_t len);
+
+/* Every user who holds a claim on coupon, in no particular order, streamed
+ * to fn (one query; rows are read one at a time, so a coupon with a million
+ * claimants does not sit in memory at once). For the sold-out fast path:
+ * stock is never added, so once a coupon is sold out this set is final.
+ * STORE_OK, STORE_NOT_FOUND, STORE_ERR or what fn returned. */
+int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
+                    void *arg);
+
+/* Reads user's existing claim of coupon (no transaction, no lock):
+ * STORE_OK with item->status STORE_ALREADY and the claim, STORE_NOT_FOUND
+ * when the user holds none, or STORE_ERR. item is borrowed. */
+int store_claim_lookup(store_t *st, const char *coupon, store_item_t *item);
 
 /* SELECT 1. STORE_OK or STORE_ERR. */
 int store_ping(store_t *st);

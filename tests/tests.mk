@@ -9,7 +9,10 @@ UNIT_OBJS := $(addprefix $(BUILD)/tests/, tt.o unit/test_cfg.o \
 ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_claim.o itest/test_api.o \
 	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o \
-	itest/test_verify.o) $(BUILD)/loadtest/lg_verify.o
+	itest/test_comb.o itest/test_verify.o itest/test_store.o \
+	itest/test_lock_wait.o) \
+	$(BUILD)/loadtest/lg_verify.o \
+	$(LIB_OBJS) $(BUILD)/service/store.o $(BUILD)/service/migrations.o
 
 $(BUILD)/tests/%.o: tests/%.c | deps-check
 	@mkdir -p $(dir $@)
@@ -21,6 +24,7 @@ $(BUILD)/tests/%.o: tests/%.c | deps-check
 # so every test sees the loadtest headers.
 
 $(BUILD)/tests/unit-tests: $(UNIT_OBJS) $(LIB_OBJS) $(BUILD)/service/lock.o \
+		$(BUILD)/service/lock_wait.o \
 		$(BUILD)/loadtest/lg_http.o
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(TEST_LIBS)
@@ -35,20 +39,37 @@ $(BUILD)/tests/integration-tests: $(ITEST_OBJS)
 test: deps-check all $(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests \
 		$(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so \
 		$(BUILD)/tests/libbootshift.so \
-		$(BUILD)/loadgen
-	$(Q)$(FAULT_ENV) LOADGEN=$(BUILD)/loadgen sh tests/run.sh \
+		$(BUILD)/loadgen $(BUILD)/old/couponsvc
+	$(Q)$(FAULT_ENV) LOADGEN=$(BUILD)/loadgen \
+		COUPONSVC_OLD_BIN=$(BUILD)/old/couponsvc sh tests/run.sh \
 		$(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests \
 		$(BUILD)/tests/fault-tests tests/stack/test_stack.sh
 
 test-unit: $(BUILD)/tests/unit-tests
 	$(Q)$(BUILD)/tests/unit-tests
 
-test-integration: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen
+test-integration: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen \
+		$(BUILD)/old/couponsvc
 	$(Q)COUPONSVC_BIN=$(BUILD)/couponsvc LOADGEN=$(BUILD)/loadgen \
+		COUPONSVC_OLD_BIN=$(BUILD)/old/couponsvc \
 		$(BUILD)/tests/integration-tests $(T)
 
+# The replica a rolling upgrade starts from, for
+# rolling_upgrade_old_and_new_replicas: couponsvc as it was in the commit
+# before migrations/002 was added (OLD_REV), built from `git archive` into
+# $(BUILD)/old/. It only needs a rebuild when OLD_REV changes.
+OLD_REV ?= $(shell git log --diff-filter=A --format=%H -1 -- \
+	migrations/002_buckets_window.sql 2>/dev/null)^
+$(BUILD)/old/couponsvc:
+	@echo "  OLD     $@ (from $(OLD_REV))"
+	$(Q)rm -rf $(BUILD)/old/src && mkdir -p $(BUILD)/old/src
+	$(Q)git archive "$(OLD_REV)" | tar -x -C $(BUILD)/old/src
+	$(Q)$(MAKE) --no-print-directory -C $(BUILD)/old/src NO_DEPS=1 \
+		BUILD=build build/couponsvc >/dev/null
+	$(Q)cp $(BUILD)/old/src/build/couponsvc $@
+
 # ------------------------------------------------------------ fault tests ---
-# `make test-faults [T=name]`: the failure scenarios of issue 4 (kill -9,
+# `make test-faults [T=name]`: the failure scenarios (kill -9,
 # SIGSTOP, Redis lost/stalled/partitioned/clock-jumped, PostgreSQL restarted,
 # an outside row lock), each under load, each ending with the invariants.
 # `make test-negative`: builds couponsvc with one guard removed (into
@@ -56,6 +77,7 @@ test-integration: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen
 
 FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_faults.o itest/test_redis_faults.o \
+	itest/test_comb_faults.o itest/test_lock_wait_faults.o \
 	faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o
 
 $(BUILD)/tests/fault-tests: $(FAULT_OBJS)

@@ -51,11 +51,11 @@ baseline stale_holder_fenced_after_early_expiry
 baseline stale_read_last_coupon
 baseline redis_lost_duplicate_fence_refused
 control "$BUILD/neg-nofence/couponsvc" stale_holder_fenced_after_early_expiry \
-    "fences not rising in commit order"
+    "fences out of commit order"
 control "$BUILD/neg-nostock/couponsvc" stale_read_last_coupon \
     "claimed <= stock"
 control "$BUILD/neg-loosefence/couponsvc" redis_lost_duplicate_fence_refused \
-    "fences not rising in commit order"
+    "fences out of commit order"
 
 if [ "$status" -eq 0 ]; then
     echo "negative controls: every guard's scenario fails without the guard"

@@ -399,8 +399,16 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
     char idle[64];
     snprintf(idle, sizeof(idle), "COUPON_PG_IDLE_TX_TIMEOUT_MS=%d",
              idle_timeout_ms);
-    const char *env_v[] = {TTL_ENV, "COUPON_FAULT=before_commit:400",
-                           "COUPON_LOCK_WAIT_MS=10000", idle, NULL};
+    /* The victim claims alone (COUPON_BATCH_MAX=1): a lease lost before
+     * COMMIT is then answered 503 lease_lost. Combined, the claim would go
+     * back to its queue for a new lease instead: that path is
+     * comb_batch_lease_lost_requeued. */
+    const char *env_v[] = {TTL_ENV,
+                           "COUPON_FAULT=before_commit:400",
+                           "COUPON_LOCK_WAIT_MS=10000",
+                           idle,
+                           "COUPON_BATCH_MAX=1",
+                           NULL};
     const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=3000",
                          "COUPON_PG_STATEMENT_TIMEOUT_MS=1000", NULL};
     h_svc_t *a = h_svc_start("sb-a", env), *b = h_svc_start("sb-b", env);
@@ -546,8 +554,13 @@ TT_TEST(redis_stalled_past_ttl, 60) {
     h_begin();
     const char *dbg[] = {"--enable-debug-command", "local", NULL};
     h_redis_restart_with(dbg, NULL);
+    /* The victim claims alone (COUPON_BATCH_MAX=1): a lease lost before
+     * COMMIT is then answered 503 lease_lost. Combined, the claim would go
+     * back to its queue for a new lease instead: that path is
+     * comb_batch_lease_lost_requeued. */
     const char *env_v[] = {TTL_ENV, "COUPON_FAULT=before_commit:1500",
-                           "COUPON_LOCK_WAIT_MS=10000", NULL};
+                           "COUPON_LOCK_WAIT_MS=10000", "COUPON_BATCH_MAX=1",
+                           NULL};
     const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=3000", NULL};
     h_svc_t *a = h_svc_start("rs-a", env), *b = h_svc_start("rs-b", env);
     h_svc_t *v = h_svc_start("rs-victim", env_v);
@@ -608,8 +621,16 @@ TT_TEST(redis_partitioned_from_one_instance, 60) {
     fp_t *px = fp_start(h_redis_port());
     char via[64];
     snprintf(via, sizeof(via), "COUPON_REDIS_ADDRS=127.0.0.1:%d", fp_port(px));
-    const char *env_v[] = {TTL_ENV, "COUPON_FAULT=before_commit:1500",
-                           "COUPON_LOCK_WAIT_MS=10000", via, NULL};
+    /* The victim claims alone (COUPON_BATCH_MAX=1): a lease lost before
+     * COMMIT is then answered 503 lease_lost. Combined, the claim would go
+     * back to its queue for a new lease instead: that path is
+     * comb_batch_lease_lost_requeued. */
+    const char *env_v[] = {TTL_ENV,
+                           "COUPON_FAULT=before_commit:1500",
+                           "COUPON_LOCK_WAIT_MS=10000",
+                           via,
+                           "COUPON_BATCH_MAX=1",
+                           NULL};
     const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=3000", NULL};
     h_svc_t *a = h_svc_start("rp-a", env), *b = h_svc_start("rp-b", env);
     h_svc_t *v = h_svc_start("rp-victim", env_v);
@@ -794,21 +815,21 @@ TT_TEST(stale_holder_fenced_after_early_expiry, 60) {
 
 /*
  * The stale READ: fences order writes, not reads. The last coupon; two
- * holders, each pausing between its check and its write (after_check):
+ * holders, each pausing between its read and its write (after_check):
  *
- *   t=0     S acquires (fence f), checks: 1 left. Pauses 1.5 s.
+ *   t=0     S acquires (fence f), takes the coupon's row lock and reads: 1
+ *           left. Pauses 1.5 s, holding the row lock.
  *           S's Redis path is black-holed, Redis's clock jumps: S's lock is
  *           gone while S believes it holds it (as in the test above).
- *   t=0.1   B acquires (fence g > f), checks: 1 left (S has not written).
- *           Pauses 2.5 s.
+ *   t=0.1   B acquires (fence g > f). Its row-lock statement waits for S.
  *   t=1.5   S writes: last_fence < f, so the fence accepts it (nobody newer
  *           has WRITTEN yet), 1 left: claimed = total. S commits: 201.
- *   t=2.6   B writes on a check that went stale. The fence accepts it too
- *           (g > f). Only `claimed < total` in the same UPDATE refuses it:
- *           410 sold out.
+ *   t=1.5   B gets the row, reads 0 left, pauses 2.5 s, and writes
+ *           nothing: the stock terms of its UPDATE (the count bounded by
+ *           total - claimed, and claimed + k <= total) refuse it: 410.
  *
- * The stale holder has to write BEFORE the new holder (after its read):
- * written after, the fence alone would refuse it. Without the predicate
+ * The row lock taken before the read is what keeps B's read from going
+ * stale; the stock terms are what turn it into a refusal. Without them
  * (COUPONSVC_UNSAFE_NO_STOCK_CHECK) B's write lands, claimed = total + 1.
  * The schema's CHECK (claimed <= total) would still stop that, as the last
  * line of defence; this test drops that CHECK from its own database, so that

@@ -176,3 +176,29 @@ TT_TEST(cfg_redis_credentials, 5) {
     unsetenv("COUPON_REDIS_USERNAME");
     unsetenv("COUPON_REDIS_PASSWORD");
 }
+
+/* The lock-wait settings: pubsub by default with a 200 ms re-check, poll on
+ * request, and a re-check above 250 ms (or an unknown strategy) refused. */
+TT_TEST(cfg_lock_wait_strategy, 5) {
+    cfg_t c;
+    char *argv[] = {"couponsvc", NULL};
+    TT_EQ_INT(load(&c, 1, argv), CFG_OK);
+    TT_EQ_INT(c.lock_wait_poll, 0);
+    TT_EQ_INT(c.lock_recheck_ms, 200);
+    cfg_free(&c);
+
+    char *argv2[] = {"couponsvc", "--lock-wait-strategy",
+                     "poll",      "--lock-recheck-ms",
+                     "250",       NULL};
+    TT_EQ_INT(load(&c, 5, argv2), CFG_OK);
+    TT_EQ_INT(c.lock_wait_poll, 1);
+    TT_EQ_INT(c.lock_recheck_ms, 250);
+    cfg_free(&c);
+
+    char *argv3[] = {"couponsvc", "--lock-recheck-ms", "251", NULL};
+    TT_EQ_INT(load(&c, 3, argv3), CFG_ERR);
+    cfg_free(&c);
+    char *argv4[] = {"couponsvc", "--lock-wait-strategy", "spin", NULL};
+    TT_EQ_INT(load(&c, 3, argv4), CFG_ERR);
+    cfg_free(&c);
+}

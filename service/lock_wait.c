@@ -1,0 +1,676 @@
+/*
+ * lock_wait.c: waiting for a busy lock without spinning.
+ *
+ * How waiters wake. One subscriber thread per process holds one Redis
+ * connection (one node today) and is subscribed to coupon:{R}:released for
+ * exactly the resources R that have waiters in this process; when the last
+ * waiter of R leaves it unsubscribes. Every release script PUBLISHes on that
+ * channel in the same atomic step as its DEL. The waiters of R form a FIFO
+ * queue; each release message wakes ONE of them, the oldest not yet woken
+ * (no herd: the others stay asleep, since only one can win anyway). A new
+ * claim that finds subscribed waiters queued joins the tail instead of
+ * trying first, so a local newcomer does not overtake a local waiter.
+ *
+ * Why subscribe before the attempt. A claim first tries once without any of
+ * this (the uncontended claim sends Redis nothing extra). When refused, it
+ * joins the queue, which subscribes, and WAITS FOR THE CONFIRMATION, and only
+ * then tries again, and only after that second refusal does it sleep. A release
+ * that happens between the first refusal and the subscription sends its
+ * message to nobody; the attempt after the confirmation sees the lock free
+ * instead. Every release after the confirmation reaches our subscriber. So
+ * no release is lost in the gap, and no wake is lost either: a wake that
+ * arrives while the waiter is trying is kept in the waiter and its next
+ * sleep returns at once.
+ *
+ * What cannot be lost. A waiter woken that leaves without the lock (its
+ * deadline passed before it could try, or its attempt failed on an error)
+ * passes the wake on to the next waiter, so that a release is never spent on
+ * somebody who is gone. When the subscriber connects or reconnects (after
+ * CLIENT KILL, a Redis restart), every waiter already queued is woken once:
+ * releases in the outage reached nobody. And a message can be lost anyway (a
+ * release by TTL expiry publishes nothing; a DEL by an operator neither), so
+ * the head of each queue also tries again every COUPON_LOCK_RECHECK_MS (at
+ * most 250 ms). Not the holder's PTTL: a lease the watchdog renews always
+ * shows nearly the whole TTL, longer than any claim's deadline. Only the
+ * head re-checks: the others are behind it in the FIFO anyway, and N
+ * re-checking waiters would be N times the load for no grant.
+ *
+ * Fairness across processes, bounded by design. Wake-one and FIFO are local;
+ * between processes the woken heads race for the key. The process that just
+ * released has the edge: its next claim (or its woken head) runs without a
+ * network hop of notice, and could keep the lock round after round while
+ * the other replicas' waiters always find it taken. The release script
+ * therefore returns PUBLISH's receiver count. Receivers beyond our own
+ * subscriber connection (which counts one when this process has waiters of
+ * its own on the channel) are other processes waiting. Then this process's
+ * own claims of that resource, queued or new, hold back before their
+ * attempt for a handoff window: LOCK_WAIT__HANDOFF_NS (10 ms, far above a
+ * LAN notification plus an acquire, so the other heads have been woken and
+ * have tried), or until our subscriber sees the NEXT release message of
+ * the resource (our own release's message is the first; a second means
+ * somebody else had the lock, so the handoff is done, and waiting on would
+ * leave the lock idle whenever every replica has just released). The bound:
+ * while others wait, this process does not take the lock twice in a row
+ * unless the others fail to try within the window. The count is read with
+ * the release's reply, which is read late (lock.c sends the release at once
+ * and reads its reply before the next command on that connection), so the
+ * hint may be a release or a few old; on a hot coupon, where this matters,
+ * whether others wait changes slowly, a stale "others wait" costs one
+ * window of an idle lock at most, and a stale "nobody waits" one grant out
+ * of turn. The hint lives in a fixed table of LOCK_WAIT__NFAIR slots
+ * indexed by the resource's hash; a collision mixes two resources' hints,
+ * which costs fairness, never safety.
+ *
+ * Threads and ownership. One mutex guards the resources, their queues and
+ * the subscriber's state. The subscriber thread is the only user of its
+ * Redis connection; the waiters ask it for a (un)subscription through a
+ * pipe. Resources are allocated by the first waiter and freed by the
+ * subscriber thread once they have no waiters and no subscription.
+ */
+#include "lock_wait.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fault.h"
+#include "lock.h"
+#include "log.h"
+#include "metrics.h"
+#include "mono.h"
+
+#define LOCK_WAIT__HANDOFF_NS (10 * MONO_MS)
+#define LOCK_WAIT__NBUCKETS 64
+#define LOCK_WAIT__NFAIR 256
+#define LOCK_WAIT__RETRY_NS (100 * MONO_MS) /* between subscriber connects */
+
+typedef enum lock_wait__state {
+    LOCK_WAIT__NONE = 0, /* not subscribed, nothing asked */
+    LOCK_WAIT__PENDING,  /* SUBSCRIBE sent, no confirmation yet */
+    LOCK_WAIT__SUBSCRIBED,
+    LOCK_WAIT__UNSUB, /* UNSUBSCRIBE sent, no confirmation yet */
+} lock_wait__state_t;
+
+typedef struct lock_wait__res {
+    struct lock_wait__res *hnext; /* hash chain */
+    char channel[LOCK_KEY_MAX];   /* coupon:{R}:released */
+    lock_waiter_t *head, *tail;   /* FIFO, oldest first */
+    int nwaiters;
+    lock_wait__state_t state;
+} lock_wait__res_t;
+
+typedef struct lock_wait__fair {
+    uint64_t hash;       /* of the resource's channel; 0 = unused */
+    int64_t released_ns; /* monotonic: when we last sent a release */
+    int others;          /* that release reached other processes */
+    int msgs;            /* release messages our subscriber saw since */
+} lock_wait__fair_t;
+
+static struct {
+    pthread_mutex_t mu;
+    int configured, poll;
+    int64_t recheck_ns;
+    cfg_addr_t addr;
+    uint32_t timeout_ms;
+    const char *username, *password;
+
+    int started;  /* the subscriber thread runs */
+    int stopping; /* lock_wait_shutdown: the thread must end */
+    pthread_t thread;
+    int up;         /* its connection is open and authenticated */
+    int wake_fd[2]; /* waiters -> subscriber: "look at the table" */
+    lock_wait__res_t *buckets[LOCK_WAIT__NBUCKETS];
+    lock_wait__fair_t fair[LOCK_WAIT__NFAIR];
+    pthread_cond_t handoff; /* broadcast on each release message */
+} lock_wait__g = {.mu = PTHREAD_MUTEX_INITIALIZER,
+                  .username = "",
+                  .password = "",
+                  .wake_fd = {-1, -1}};
+
+/* FNV-1a, never 0 (0 marks an unused hint slot). */
+static uint64_t lock_wait__hash(const char *s) {
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s != '\0'; s++) {
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    }
+    return h == 0 ? 1 : h;
+}
+
+static void lock_wait__channel(const char *resource, char *out) {
+    snprintf(out, LOCK_KEY_MAX, "coupon:{%s}:released", resource);
+}
+
+/* Under the mutex. The resource of channel, or NULL. */
+static lock_wait__res_t *lock_wait__find(const char *channel, uint64_t h) {
+    lock_wait__res_t *r = lock_wait__g.buckets[h % LOCK_WAIT__NBUCKETS];
+    while (r != NULL && strcmp(r->channel, channel) != 0) {
+        r = r->hnext;
+    }
+    return r;
+}
+
+/* Tells the subscriber thread to look at the table again. A full pipe
+ * already carries a wake, so EAGAIN is fine. */
+static void lock_wait__kick(void) {
+    char b = 1;
+    ssize_t n = write(lock_wait__g.wake_fd[1], &b, 1);
+    (void)n;
+}
+
+/* A condition timed wait until abs_ns on the monotonic clock. */
+static void lock_wait__timedwait(pthread_cond_t *c, int64_t abs_ns) {
+    struct timespec ts = {.tv_sec = abs_ns / 1000000000LL,
+                          .tv_nsec = abs_ns % 1000000000LL};
+    pthread_cond_timedwait(c, &lock_wait__g.mu, &ts);
+}
+
+/* ---------------------------------------------------------- configure --- */
+
+void lock_wait_credentials(const char *username, const char *password) {
+    lock_wait__g.username = username != NULL ? username : "";
+    lock_wait__g.password = password != NULL ? password : "";
+}
+
+void lock_wait_config(int poll, uint32_t recheck_ms, const cfg_addr_t *addr,
+                      uint32_t timeout_ms) {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_lock(&lock_wait__g.mu);
+    if (!lock_wait__g.configured) {
+        pthread_cond_init(&lock_wait__g.handoff, &ca);
+    }
+    pthread_condattr_destroy(&ca);
+    lock_wait__g.poll = poll;
+    lock_wait__g.recheck_ns =
+        (int64_t)(recheck_ms > 0 ? recheck_ms : 1) * MONO_MS;
+    lock_wait__g.addr = *addr;
+    lock_wait__g.timeout_ms = timeout_ms;
+    lock_wait__g.configured = 1;
+    pthread_mutex_unlock(&lock_wait__g.mu);
+}
+
+int lock_wait_pubsub(void) {
+    pthread_mutex_lock(&lock_wait__g.mu);
+    int on = lock_wait__g.configured && !lock_wait__g.poll;
+    pthread_mutex_unlock(&lock_wait__g.mu);
+    return on;
+}
+
+/* ---------------------------------------------------------- subscriber --- */
+
+/* Under the mutex: every resource loses its subscription (the connection
+ * is gone); they are subscribed again on the next connect. */
+static void lock_wait__all_unsubscribed(void) {
+    for (int b = 0; b < LOCK_WAIT__NBUCKETS; b++) {
+        for (lock_wait__res_t *r = lock_wait__g.buckets[b]; r != NULL;
+             r = r->hnext) {
+            r->state = LOCK_WAIT__NONE;
+        }
+    }
+}
+
+/* Under the mutex: the wake of one waiter, the oldest without a wake. */
+static void lock_wait__wake_one(lock_wait__res_t *r, int cause) {
+    for (lock_waiter_t *w = r->head; w != NULL; w = w->next) {
+        if (w->wake == LOCK_WAKE_NONE && w->joined) {
+            w->wake = cause;
+            pthread_cond_signal(&w->cond);
+            return;
+        }
+    }
+}
+
+/* Connects and authenticates like every other connection of the process.
+ * Returns a new context, or NULL (logged). Called without the mutex. */
+static redisContext *lock_wait__connect(const cfg_addr_t *addr,
+                                        uint32_t timeout_ms) {
+    struct timeval tv = {.tv_sec = timeout_ms / 1000,
+                         .tv_usec = (timeout_ms % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(addr->host, addr->port, tv);
+    if (c == NULL || c->err != 0 || redisSetTimeout(c, tv) != REDIS_OK ||
+        redisEnableKeepAlive(c) != REDIS_OK) {
+        if (c != NULL) {
+            redisFree(c);
+        }
+        return NULL;
+    }
+    const char *user = lock_wait__g.username, *pass = lock_wait__g.password;
+    if (user[0] != '\0' || pass[0] != '\0') {
+        const char *argv[3] = {"AUTH"};
+        int argc = 1;
+        if (user[0] != '\0') {
+            argv[argc++] = user;
+        }
+        argv[argc++] = pass;
+        redisReply *r = redisCommandArgv(c, argc, argv, NULL);
+        int ok = r != NULL && r->type == REDIS_REPLY_STATUS;
+        if (!ok) {
+            log_warn("lock.subscriber_auth", "err=\"%s\"",
+                     r != NULL && r->type == REDIS_REPLY_ERROR ? r->str
+                                                               : c->errstr);
+        }
+        if (r != NULL) {
+            freeReplyObject(r);
+        }
+        if (!ok) {
+            redisFree(c);
+            return NULL;
+        }
+    }
+    return c;
+}
+
+/* Under the mutex: appends the (un)subscriptions the table needs and frees
+ * resources nobody needs. Returns the number of commands appended, or -1 on
+ * a hiredis failure. */
+static int lock_wait__sync(redisContext *c) {
+    int n = 0;
+    for (int b = 0; b < LOCK_WAIT__NBUCKETS; b++) {
+        lock_wait__res_t **pp = &lock_wait__g.buckets[b];
+        while (*pp != NULL) {
+            lock_wait__res_t *r = *pp;
+            const char *cmd = NULL;
+            if (r->nwaiters > 0 && r->state == LOCK_WAIT__NONE) {
+                cmd = "SUBSCRIBE";
+                r->state = LOCK_WAIT__PENDING;
+            } else if (r->nwaiters == 0 && r->state == LOCK_WAIT__SUBSCRIBED) {
+                cmd = "UNSUBSCRIBE";
+                r->state = LOCK_WAIT__UNSUB;
+            } else if (r->nwaiters == 0 && r->state == LOCK_WAIT__NONE) {
+                *pp = r->hnext;
+                free(r);
+                continue;
+            }
+            if (cmd != NULL) {
+                const char *argv[2] = {cmd, r->channel};
+                if (redisAppendCommandArgv(c, 2, argv, NULL) != REDIS_OK) {
+                    return -1;
+                }
+                n++;
+            }
+            pp = &r->hnext;
+        }
+    }
+    return n;
+}
+
+/* Under the mutex: one reply from the subscription. */
+static void lock_wait__on_reply(const redisReply *rep) {
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
+        rep->element[0]->type != REDIS_REPLY_STRING ||
+        rep->element[1]->type != REDIS_REPLY_STRING) {
+        return; /* e.g. an error reply: logged by the caller */
+    }
+    const char *kind = rep->element[0]->str;
+    const char *channel = rep->element[1]->str;
+    lock_wait__res_t *r = lock_wait__find(channel, lock_wait__hash(channel));
+    if (r == NULL) {
+        return;
+    }
+    if (strcmp(kind, "message") == 0) {
+        uint64_t h = lock_wait__hash(channel);
+        lock_wait__fair_t *f = &lock_wait__g.fair[h % LOCK_WAIT__NFAIR];
+        if (f->hash == h) {
+            f->msgs++;
+            pthread_cond_broadcast(&lock_wait__g.handoff);
+        }
+        if (r->state == LOCK_WAIT__SUBSCRIBED) {
+            lock_wait__wake_one(r, LOCK_WAKE_MESSAGE);
+        }
+    } else if (strcmp(kind, "subscribe") == 0) {
+        r->state = LOCK_WAIT__SUBSCRIBED;
+        /* The waiters still in lock_wait_join take this as their go. The
+         * ones already past it were queued while nobody listened (the
+         * subscriber was connecting, or reconnecting): a release in that
+         * time reached nobody, so each is woken once. */
+        for (lock_waiter_t *w = r->head; w != NULL; w = w->next) {
+            if (w->joined && w->wake == LOCK_WAKE_NONE) {
+                w->wake = LOCK_WAKE_RECONNECT;
+            }
+            pthread_cond_signal(&w->cond);
+        }
+    } else if (strcmp(kind, "unsubscribe") == 0) {
+        r->state = LOCK_WAIT__NONE; /* sync frees it or subscribes again */
+    }
+}
+
+/* Under no lock: 1 once lock_wait_shutdown asked the thread to end. */
+static int lock_wait__stopping(void) {
+    pthread_mutex_lock(&lock_wait__g.mu);
+    int stop = lock_wait__g.stopping;
+    pthread_mutex_unlock(&lock_wait__g.mu);
+    return stop;
+}
+
+static void *lock_wait__run(void *arg) {
+    (void)arg;
+    redisContext *c = NULL;
+    int ever = 0; /* connected before: this connect is a reconnect */
+    while (!lock_wait__stopping()) {
+        if (c == NULL) {
+            pthread_mutex_lock(&lock_wait__g.mu);
+            cfg_addr_t addr = lock_wait__g.addr;
+            uint32_t tmo = lock_wait__g.timeout_ms;
+            pthread_mutex_unlock(&lock_wait__g.mu);
+            c = lock_wait__connect(&addr, tmo);
+            if (c == NULL) {
+                mono_sleep_ns(LOCK_WAIT__RETRY_NS);
+                continue;
+            }
+            pthread_mutex_lock(&lock_wait__g.mu);
+            lock_wait__g.up = 1;
+            pthread_mutex_unlock(&lock_wait__g.mu);
+            log_info("lock.subscriber_connected", "reconnect=%d", ever);
+            ever = 1;
+        }
+
+        pthread_mutex_lock(&lock_wait__g.mu);
+        int rc = lock_wait__sync(c);
+        pthread_mutex_unlock(&lock_wait__g.mu);
+        int done = 0, bad = rc < 0;
+        while (!bad && !done) {
+            bad = redisBufferWrite(c, &done) != REDIS_OK;
+        }
+
+        struct pollfd pf[2] = {
+            {.fd = c->fd, .events = POLLIN},
+            {.fd = lock_wait__g.wake_fd[0], .events = POLLIN}};
+        if (!bad && poll(pf, 2, 1000) < 0 && errno != EINTR) {
+            bad = 1;
+        }
+        if (!bad && (pf[1].revents & POLLIN)) {
+            char buf[64];
+            while (read(lock_wait__g.wake_fd[0], buf, sizeof(buf)) > 0) {
+            }
+        }
+        if (!bad && (pf[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+            bad = redisBufferRead(c) != REDIS_OK;
+            for (;;) {
+                void *reply = NULL;
+                if (bad || redisGetReplyFromReader(c, &reply) != REDIS_OK) {
+                    bad = 1;
+                    break;
+                }
+                if (reply == NULL) {
+                    break;
+                }
+                redisReply *rep = reply;
+                if (rep->type == REDIS_REPLY_ERROR) {
+                    /* NOPERM on a channel the ACL does not grant, say:
+                     * the waiters fall back on the re-check. */
+                    log_warn("lock.subscriber_error", "err=\"%s\"", rep->str);
+                }
+                pthread_mutex_lock(&lock_wait__g.mu);
+                lock_wait__on_reply(rep);
+                pthread_mutex_unlock(&lock_wait__g.mu);
+                freeReplyObject(rep);
+            }
+        }
+        if (bad) {
+            log_warn("lock.subscriber_lost", "err=\"%s\"",
+                     c->errstr[0] != '\0' ? c->errstr : "write failed");
+            redisFree(c);
+            c = NULL;
+            pthread_mutex_lock(&lock_wait__g.mu);
+            lock_wait__g.up = 0;
+            lock_wait__all_unsubscribed();
+            pthread_mutex_unlock(&lock_wait__g.mu);
+        }
+    }
+    if (c != NULL) {
+        redisFree(c);
+    }
+    return NULL;
+}
+
+void lock_wait_shutdown(void) {
+    pthread_mutex_lock(&lock_wait__g.mu);
+    int started = lock_wait__g.started;
+    lock_wait__g.stopping = 1;
+    pthread_mutex_unlock(&lock_wait__g.mu);
+    if (!started) {
+        return;
+    }
+    lock_wait__kick();
+    pthread_join(lock_wait__g.thread, NULL);
+    /* Resources nobody waits on are freed. A claim still waiting (one the
+     * grace period gave up on) keeps its resource, and the pipe stays
+     * open for its lock_wait_leave (closing it could let its number be
+     * reused by a file that leave would then write into); the process is
+     * about to exit. */
+    pthread_mutex_lock(&lock_wait__g.mu);
+    for (int b = 0; b < LOCK_WAIT__NBUCKETS; b++) {
+        lock_wait__res_t **pp = &lock_wait__g.buckets[b];
+        while (*pp != NULL) {
+            lock_wait__res_t *r = *pp;
+            if (r->nwaiters > 0) {
+                pp = &r->hnext;
+                continue;
+            }
+            *pp = r->hnext;
+            free(r);
+        }
+    }
+    lock_wait__g.started = 0;
+    lock_wait__g.up = 0; /* the ones left re-check on their timer */
+    pthread_mutex_unlock(&lock_wait__g.mu);
+}
+
+/* Under the mutex: starts the subscriber thread once. 0, or -1 (then the
+ * waiters live on the re-check alone). */
+static int lock_wait__start(void) {
+    if (lock_wait__g.started) {
+        return 0;
+    }
+    if (lock_wait__g.stopping) {
+        return -1; /* shutting down: the re-check is enough */
+    }
+    if (pipe2(lock_wait__g.wake_fd, O_NONBLOCK | O_CLOEXEC) != 0) {
+        return -1;
+    }
+    if (pthread_create(&lock_wait__g.thread, NULL, lock_wait__run, NULL) != 0) {
+        close(lock_wait__g.wake_fd[0]);
+        close(lock_wait__g.wake_fd[1]);
+        lock_wait__g.wake_fd[0] = lock_wait__g.wake_fd[1] = -1;
+        return -1;
+    }
+    lock_wait__g.started = 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------- waiters --- */
+
+int lock_wait_has_waiters(const char *resource) {
+    char ch[LOCK_KEY_MAX];
+    lock_wait__channel(resource, ch);
+    pthread_mutex_lock(&lock_wait__g.mu);
+    lock_wait__res_t *r = lock_wait__find(ch, lock_wait__hash(ch));
+    int has = r != NULL && r->nwaiters > 0;
+    pthread_mutex_unlock(&lock_wait__g.mu);
+    return has;
+}
+
+void lock_wait_holdback(const char *resource, int64_t deadline_ns) {
+    char ch[LOCK_KEY_MAX];
+    lock_wait__channel(resource, ch);
+    uint64_t h = lock_wait__hash(ch);
+    pthread_mutex_lock(&lock_wait__g.mu);
+    const lock_wait__fair_t *f = &lock_wait__g.fair[h % LOCK_WAIT__NFAIR];
+    /* Our own release's message is the first one after it; a second means
+     * somebody else has had the lock and released it: the handoff is done,
+     * and waiting longer would only leave the lock idle. */
+    for (;;) {
+        int64_t until = f->released_ns + LOCK_WAIT__HANDOFF_NS;
+        if (until > deadline_ns) {
+            until = deadline_ns;
+        }
+        if (f->hash != h || !f->others || f->msgs >= 2 || mono_ns() >= until) {
+            break;
+        }
+        lock_wait__timedwait(&lock_wait__g.handoff, until);
+    }
+    pthread_mutex_unlock(&lock_wait__g.mu);
+}
+
+void lock_wait_note_release(const char *resource) {
+    char ch[LOCK_KEY_MAX];
+    lock_wait__channel(resource, ch);
+    uint64_t h = lock_wait__hash(ch);
+    pthread_mutex_lock(&lock_wait__g.mu);
+    lock_wait__fair_t *f = &lock_wait__g.fair[h % LOCK_WAIT__NFAIR];
+    if (f->hash != h) {
+        f->hash = h;
+        f->others = 0;
+    }
+    f->released_ns = mono_ns();
+    f->msgs = 0;
+    pthread_mutex_unlock(&lock_wait__g.mu);
+}
+
+void lock_wait_note_receivers(const char *resource, long long receivers) {
+    char ch[LOCK_KEY_MAX];
+    lock_wait__channel(resource, ch);
+    uint64_t h = lock_wait__hash(ch);
+    pthread_mutex_lock(&lock_wait__g.mu);
+    lock_wait__res_t *r = lock_wait__find(ch, h);
+    long long own = r != NULL && r->state == LOCK_WAIT__SUBSCRIBED ? 1 : 0;
+    lock_wait__fair_t *f = &lock_wait__g.fair[h % LOCK_WAIT__NFAIR];
+    if (f->hash == h) {
+        f->others = receivers > own;
+    }
+    pthread_mutex_unlock(&lock_wait__g.mu);
+}
+
+int lock_wait_join(lock_waiter_t *w, const char *resource,
+                   int64_t deadline_ns) {
+    fault_pause(FAULT_BEFORE_SUBSCRIBE);
+    memset(w, 0, sizeof(*w));
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cond, &ca);
+    pthread_condattr_destroy(&ca);
+
+    char ch[LOCK_KEY_MAX];
+    lock_wait__channel(resource, ch);
+    uint64_t h = lock_wait__hash(ch);
+    pthread_mutex_lock(&lock_wait__g.mu);
+    lock_wait__res_t *r = lock_wait__find(ch, h);
+    if (r == NULL && (r = calloc(1, sizeof(*r))) != NULL) {
+        memcpy(r->channel, ch, sizeof(r->channel));
+        r->hnext = lock_wait__g.buckets[h % LOCK_WAIT__NBUCKETS];
+        lock_wait__g.buckets[h % LOCK_WAIT__NBUCKETS] = r;
+    }
+    if (r == NULL) {
+        /* Out of memory: not queued; lock_wait_sleep then re-checks. */
+        w->joined = 1;
+        pthread_mutex_unlock(&lock_wait__g.mu);
+        metrics_add_lock_waiters(1);
+        return 1;
+    }
+    w->res = r;
+    w->prev = r->tail;
+    if (r->tail != NULL) {
+        r->tail->next = w;
+    } else {
+        r->head = w;
+    }
+    r->tail = w;
+    r->nwaiters++;
+    metrics_add_lock_waiters(1);
+
+    /* Already subscribed, with waiters ahead of us: every release from
+     * now on reaches our subscriber and wakes them in turn, so trying now
+     * would only overtake them (and cost Redis a refused attempt). */
+    int attempt = r->head == w || r->state != LOCK_WAIT__SUBSCRIBED;
+    if (lock_wait__start() == 0 && r->state != LOCK_WAIT__SUBSCRIBED) {
+        lock_wait__kick();
+        int64_t until = mono_ns() + (int64_t)lock_wait__g.timeout_ms * MONO_MS;
+        if (until > deadline_ns) {
+            until = deadline_ns;
+        }
+        /* Waits for the confirmation, bounded: a subscriber that cannot
+         * connect confirms nothing, and the re-check still works. */
+        while (r->state != LOCK_WAIT__SUBSCRIBED && mono_ns() < until) {
+            lock_wait__timedwait(&w->cond, until);
+        }
+    }
+    w->joined = 1;
+    pthread_mutex_unlock(&lock_wait__g.mu);
+    return attempt;
+}
+
+int lock_wait_sleep(lock_waiter_t *w, int64_t deadline_ns) {
+    pthread_mutex_lock(&lock_wait__g.mu);
+    int64_t recheck_at = mono_ns() + lock_wait__g.recheck_ns;
+    int cause = LOCK_WAKE_NONE;
+    for (;;) {
+        if (w->wake != LOCK_WAKE_NONE) {
+            cause = w->wake;
+            w->wake = LOCK_WAKE_NONE;
+            break;
+        }
+        int64_t now = mono_ns();
+        if (now >= deadline_ns) {
+            break;
+        }
+        if (now >= recheck_at) {
+            /* Only the head re-checks (or anyone, when not queued or with
+             * the subscriber down: nobody would wake them). */
+            lock_wait__res_t *r = w->res;
+            if (r == NULL || r->head == w || !lock_wait__g.up ||
+                r->state != LOCK_WAIT__SUBSCRIBED) {
+                cause = LOCK_WAKE_RECHECK;
+                break;
+            }
+            recheck_at = now + lock_wait__g.recheck_ns;
+        }
+        lock_wait__timedwait(&w->cond, recheck_at < deadline_ns ? recheck_at
+                                                                : deadline_ns);
+    }
+    pthread_mutex_unlock(&lock_wait__g.mu);
+    static const metrics_counter_t m[] = {
+        [LOCK_WAKE_MESSAGE] = M_LOCK_WAKE_MESSAGE,
+        [LOCK_WAKE_RECHECK] = M_LOCK_WAKE_RECHECK,
+        [LOCK_WAKE_RECONNECT] = M_LOCK_WAKE_RECONNECT,
+    };
+    if (cause != LOCK_WAKE_NONE) {
+        metrics_inc(m[cause]);
+    }
+    return cause;
+}
+
+void lock_wait_leave(lock_waiter_t *w, int granted, int errored) {
+    pthread_mutex_lock(&lock_wait__g.mu);
+    lock_wait__res_t *r = w->res;
+    if (r != NULL) {
+        int pass = !granted && (w->wake != LOCK_WAKE_NONE || errored);
+        if (w->prev != NULL) {
+            w->prev->next = w->next;
+        } else {
+            r->head = w->next;
+        }
+        if (w->next != NULL) {
+            w->next->prev = w->prev;
+        } else {
+            r->tail = w->prev;
+        }
+        r->nwaiters--;
+        if (pass) {
+            lock_wait__wake_one(r, LOCK_WAKE_MESSAGE);
+        }
+        if (r->nwaiters == 0 && lock_wait__g.started) {
+            lock_wait__kick(); /* unsubscribe */
+        }
+        w->res = NULL;
+    }
+    pthread_mutex_unlock(&lock_wait__g.mu);
+    metrics_add_lock_waiters(-1);
+    pthread_cond_destroy(&w->cond);
+}

@@ -1,0 +1,84 @@
+/*
+ * lock_wait.h: how a lock waiter sleeps until a release (part of the lock
+ * module; only lock.c calls it). The design is at the top of lock_wait.c.
+ *
+ * A lock_waiter_t lives on the stack of the waiting claim, between
+ * lock_wait_join and lock_wait_leave; the subscriber thread only touches it
+ * under the module's mutex while it is queued.
+ */
+#ifndef COUPONSVC_LOCK_WAIT_H
+#define COUPONSVC_LOCK_WAIT_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "cfg.h"
+
+/* What woke a waiter (0: the deadline passed). */
+enum {
+    LOCK_WAKE_NONE = 0,
+    LOCK_WAKE_MESSAGE,   /* a release notification */
+    LOCK_WAKE_RECHECK,   /* the timed re-check ran out */
+    LOCK_WAKE_RECONNECT, /* the subscriber (re)connected */
+};
+
+typedef struct lock_waiter {
+    struct lock_wait__res *res;      /* its resource; NULL when not queued */
+    struct lock_waiter *prev, *next; /* FIFO links, under the mutex */
+    pthread_cond_t cond;             /* signalled on a wake */
+    int wake;                        /* an unconsumed wake's cause, or 0 */
+    int joined;                      /* past its subscription wait */
+} lock_waiter_t;
+
+/* Sets the strategy for the whole process, once, before any wait: poll (1)
+ * or pubsub (0), the re-check period, and where the subscriber connects
+ * (addr is copied). Without this call lock_acquire polls. The credentials
+ * come from lock_wait_credentials. */
+void lock_wait_config(int poll, uint32_t recheck_ms, const cfg_addr_t *addr,
+                      uint32_t timeout_ms);
+
+/* Stops the subscriber thread and frees its state; call after the last
+ * waiter has left (the claim workers are stopped). Later waits re-check on
+ * their timer only. */
+void lock_wait_shutdown(void);
+
+/* The credentials of lock_init, borrowed for the life of the process. */
+void lock_wait_credentials(const char *username, const char *password);
+
+/* 1 when waiters sleep on release notifications (pubsub configured). */
+int lock_wait_pubsub(void);
+
+/* 1 when resource already has waiters in this process: a new claim queues
+ * behind them instead of trying first (FIFO, no barging). */
+int lock_wait_has_waiters(const char *resource);
+
+/* The handoff: when this process released resource moments ago and its
+ * release reached other processes' subscribers, sleeps until the handoff
+ * window has passed (never past deadline_ns). */
+void lock_wait_holdback(const char *resource, int64_t deadline_ns);
+
+/* Queues w (borrowed until lock_wait_leave) at the tail of resource's FIFO,
+ * makes sure the subscriber is subscribed to its channel, and waits for the
+ * confirmation: at most until deadline_ns or the Redis timeout, whichever
+ * is first (without it the waiter relies on the re-check). Returns 1 when
+ * the caller must try at once (the subscription is new, or nobody is ahead
+ * of it), 0 when it joined a subscribed queue behind others and should
+ * sleep until woken. */
+int lock_wait_join(lock_waiter_t *w, const char *resource, int64_t deadline_ns);
+
+/* Sleeps until woken (returns the cause, counted in the wakeups metric) or
+ * until deadline_ns (returns LOCK_WAKE_NONE). */
+int lock_wait_sleep(lock_waiter_t *w, int64_t deadline_ns);
+
+/* Takes w out of the queue. granted: it got the lock. passed: it leaves
+ * without the lock holding a wake it did not use (woken, then the deadline
+ * or an error): the wake goes to the next waiter. */
+void lock_wait_leave(lock_waiter_t *w, int granted, int errored);
+
+/* The release path: just before the release of resource is sent. */
+void lock_wait_note_release(const char *resource);
+
+/* The release's reply: PUBLISH reached receivers subscribers. */
+void lock_wait_note_receivers(const char *resource, long long receivers);
+
+#endif
