@@ -1044,7 +1044,10 @@ static size_t claim__take(claim__res_t *r, claim_waiter_t **b, size_t have,
     pthread_mutex_lock(&claim__mu);
     while (have < max && r->head != NULL) {
         claim_waiter_t *x = claim__pop(r);
-        metrics_observe_queue_wait((uint64_t)(now - x->submitted_ns));
+        /* now was read before the mutex: a claim parked in between looks
+         * submitted after it, and a negative wait would land in +Inf. */
+        int64_t waited = now - x->submitted_ns;
+        metrics_observe_queue_wait(waited > 0 ? (uint64_t)waited : 0);
         if (now >= x->deadline_ns) {
             x->next = late;
             late = x;
