@@ -236,7 +236,7 @@ static const metrics__family_t metrics__families[] = {
       {M_FAST_EXPIRED, "expired"},
       {M__COUNT, NULL}}},
     {"couponsvc_soldout_memos_total",
-     "Sold-out coupons whose claimant set this instance loaded.",
+     "Sold-out or expired coupons whose claimant set this instance loaded.",
      NULL,
      {{M_MEMOS_BUILT, NULL}, {M__COUNT, NULL}}},
     {"couponsvc_lock_grants_total",
