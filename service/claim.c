@@ -60,17 +60,19 @@
  * With COUPON_BATCH_MAX = 1, and in the naive and atomic modes, claims are
  * not combined: each waits for the lock (if any) on its own worker.
  *
- * The sold-out fast path (COUPON_SOLDOUT_MEMO): no API adds stock, so a
- * coupon once sold out stays sold out and its claimants never change. The
- * first time a worker sees a coupon sold out it loads every claimant's user
- * id with one query, keeps a sorted array of their 64-bit hashes (seeded per
- * process, so nobody can aim collisions at it) and publishes it with an
- * atomic store. claim_submit, on the event loop, then answers a user whose
- * hash is not in the set 410 from memory; a user whose hash is in it (a
+ * The sold-out fast path (COUPON_SOLDOUT_MEMO): no API adds stock or
+ * moves a window, so a coupon once sold out, or past its ends_at, stays so
+ * and its claimants never change. The first time a worker sees a coupon
+ * sold out or expired it loads every claimant's user id (store_claimants:
+ * one transaction that takes the stock rows' locks before it judges the
+ * coupon, so the set it reads is final), keeps a sorted array of their
+ * 64-bit hashes (seeded per process, so nobody can aim collisions at it) and
+ * publishes it with an atomic store. claim_submit, on the event loop, then
+ * answers a user whose hash is not in the set 410 (sold_out or expired, as
+ * the store judged the coupon) from memory; a user whose hash is in it (a
  * claimant, or a collision) goes to a worker, which reads that claim: 200
- * with it, or 410 if the hash was a collision. The set is published only if
- * it holds exactly the coupon's total: anything else would mean claims
- * still in flight, and the memo would not be exact.
+ * with it, or that 410 if the hash was a collision. The set is published
+ * only if it holds exactly the coupon's claimed count, as a check.
  */
 #include "claim.h"
 
@@ -462,7 +464,8 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
     } else if (out->outcome == CLAIM_UNAVAILABLE) {
         log_warn("claim.unavailable", "coupon=%s err=\"%s\"", coupon,
                  out->detail);
-    } else if (out->outcome == CLAIM_SOLD_OUT &&
+    } else if ((out->outcome == CLAIM_SOLD_OUT ||
+                out->outcome == CLAIM_EXPIRED) &&
                claim__cfg->mode != CLAIM_MODE_NAIVE) {
         claim__memo_build(c, coupon);
     }
@@ -623,8 +626,9 @@ typedef struct claim__memo {
     char coupon[REQ_COUPON_ID_MAX + 1];
     uint64_t *h; /* sorted hashes of the claimants' user ids; owned */
     size_t n;
-    atomic_int ready;  /* 1: h and n are final */
-    int building;      /* a worker is loading it (under claim__memo_mu) */
+    atomic_int ready;        /* 1: h, n and outcome are final */
+    claim_outcome_t outcome; /* CLAIM_SOLD_OUT or CLAIM_EXPIRED */
+    int building;            /* a worker is loading it (under claim__memo_mu) */
     int64_t failed_ns; /* last failed load (monotonic), to space retries */
     struct claim__memo *_Atomic next;
 } claim__memo_t;
@@ -671,6 +675,16 @@ static const claim__memo_t *claim__memo_find(const char *coupon) {
     return NULL;
 }
 
+/* The answer to a user outside a memo's set: what the store would say. */
+static void claim__memo_answer(claim_result_t *out, claim_outcome_t o) {
+    if (o == CLAIM_EXPIRED) {
+        claim__set(out, o, "the coupon's claim window has ended");
+    } else {
+        out->outcome = CLAIM_SOLD_OUT;
+    }
+    out->remaining = 0;
+}
+
 static int claim__memo_has(const claim__memo_t *m, uint64_t h) {
     size_t lo = 0, hi = m->n;
     while (lo < hi) {
@@ -715,7 +729,8 @@ static int claim__u64_cmp(const void *a, const void *b) {
 
 /* Loads coupon's claimant set and publishes it, unless it is there, being
  * loaded, or failed less than a second ago. Runs on a worker (c is its
- * connections), after the claim that saw the sell-out was answered. */
+ * connections), after the claim that saw the sell-out (or the end of the
+ * window) was answered. */
 static void claim__memo_build(claim__conns_t *c, const char *coupon) {
     if (!claim__cfg->soldout_memo) {
         return;
@@ -746,15 +761,13 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
     pthread_mutex_unlock(&claim__memo_mu);
 
     claim__collect_t k = {NULL, 0, 0, 0};
-    store_coupon_t sc;
-    int rc = store_coupon_get(c->store, coupon, &sc);
-    if (rc == STORE_OK && sc.claimed >= sc.total) {
-        rc = store_claimants(c->store, coupon, claim__collect_one, &k);
-    } else if (rc == STORE_OK) {
-        rc = STORE_ERR; /* not sold out after all (not in lock/atomic mode) */
-    }
-    /* Exact only if every claim is in: rows = total. */
-    int ok = rc == STORE_OK && !k.failed && (int64_t)k.n == sc.total;
+    int64_t claimed = -1;
+    int rc =
+        store_claimants(c->store, coupon, claim__collect_one, &k, &claimed);
+    /* The store says the set is final; the rows must then match the
+     * coupon's claimed count (rows = claimed is an invariant). */
+    int final = rc == STORE_SOLD_OUT || rc == STORE_EXPIRED;
+    int ok = final && !k.failed && (int64_t)k.n == claimed;
     if (ok) {
         qsort(k.h, k.n, sizeof(*k.h), claim__u64_cmp);
     } else {
@@ -762,8 +775,9 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
                  "coupon=%s rows=%zu err=\"%s\" (claims answered by the "
                  "store as before)",
                  coupon, k.n,
-                 rc == STORE_OK ? "rows differ from total"
-                                : store_errstr(c->store));
+                 final            ? "rows differ from claimed"
+                 : rc == STORE_OK ? "neither sold out nor ended"
+                                  : store_errstr(c->store));
         free(k.h);
     }
     pthread_mutex_lock(&claim__memo_mu);
@@ -771,9 +785,11 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
     if (ok) {
         m->h = k.h;
         m->n = k.n;
+        m->outcome = rc == STORE_EXPIRED ? CLAIM_EXPIRED : CLAIM_SOLD_OUT;
         atomic_store_explicit(&m->ready, 1, memory_order_release);
         metrics_inc(M_MEMOS_BUILT);
-        log_info("soldout.memo", "coupon=%s claimants=%zu", coupon, k.n);
+        log_info("soldout.memo", "coupon=%s claimants=%zu outcome=%s", coupon,
+                 k.n, rc == STORE_EXPIRED ? "expired" : "sold_out");
     } else {
         m->failed_ns = mono_ns();
     }
@@ -902,13 +918,13 @@ int claim_submit(claim_waiter_t *w) {
         const claim__memo_t *m = claim__memo_find(w->coupon);
         if (m != NULL) {
             if (!claim__memo_has(m, claim__hash(w->user))) {
-                metrics_inc(M_FAST_SOLD_OUT);
-                w->result.outcome = CLAIM_SOLD_OUT;
-                w->result.remaining = 0;
+                claim__memo_answer(&w->result, m->outcome);
+                metrics_inc(m->outcome == CLAIM_EXPIRED ? M_FAST_EXPIRED
+                                                        : M_FAST_SOLD_OUT);
                 claim__count(&w->result);
                 return CLAIM_SUBMIT_ANSWERED;
             }
-            w->memo_hit = 1;
+            w->memo_hit = m->outcome;
             return CLAIM_SUBMIT_RUN;
         }
     }
@@ -1280,8 +1296,9 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
                          "coupon=%s user=%s claim=%lld fence=%lld batch=%zu",
                          coupon, b[i]->user, (long long)o->claim_id,
                          (long long)o->fence, n);
-            } else if (o->outcome == CLAIM_SOLD_OUT) {
-                sold_out = 1;
+            } else if (o->outcome == CLAIM_SOLD_OUT ||
+                       o->outcome == CLAIM_EXPIRED) {
+                sold_out = 1; /* either is final: load the memo */
             }
         }
         if (src != STORE_OK) {
@@ -1325,8 +1342,7 @@ void claim_run(claim_waiter_t *w) {
         if (rc == STORE_OK) {
             claim__from_item(&w->result, &it);
         } else if (rc == STORE_NOT_FOUND) {
-            w->result.outcome = CLAIM_SOLD_OUT;
-            w->result.remaining = 0;
+            claim__memo_answer(&w->result, (claim_outcome_t)w->memo_hit);
         } else {
             claim__set(&w->result, CLAIM_UNAVAILABLE, store_errstr(c->store));
         }

@@ -107,9 +107,10 @@ struct claim_waiter {
     /* The combiner's; the caller leaves them alone. */
     int64_t submitted_ns;
     struct claim__res *res; /* its coupon's queue entry; NULL: not combined */
-    int memo_hit;           /* in a sold-out coupon's claimant set */
-    int hops;               /* buckets it was moved off (found empty) */
-    claim_waiter_t *next;   /* queue link */
+    int memo_hit; /* in a final coupon's claimant set: that memo's outcome
+                     (CLAIM_SOLD_OUT or CLAIM_EXPIRED); 0: not */
+    int hops;     /* buckets it was moved off (found empty) */
+    claim_waiter_t *next; /* queue link */
 };
 
 enum {

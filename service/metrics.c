@@ -228,14 +228,15 @@ static const metrics__family_t metrics__families[] = {
       {M_ADMIT_DEADLINE, "deadline"},
       {M__COUNT, NULL}}},
     {"couponsvc_soldout_fastpath_total",
-     "Claims on a coupon this instance knows sold out: answered 410 from "
-     "memory, or (a claimant) read by a worker.",
+     "Claims on a coupon this instance knows sold out or expired: answered "
+     "410 from memory, or (a claimant) read by a worker.",
      "result",
      {{M_FAST_SOLD_OUT, "sold_out"},
       {M_FAST_CLAIM_READ, "claim_read"},
+      {M_FAST_EXPIRED, "expired"},
       {M__COUNT, NULL}}},
     {"couponsvc_soldout_memos_total",
-     "Sold-out coupons whose claimant set this instance loaded.",
+     "Sold-out or expired coupons whose claimant set this instance loaded.",
      NULL,
      {{M_MEMOS_BUILT, NULL}, {M__COUNT, NULL}}},
     {"couponsvc_lock_grants_total",

@@ -53,6 +53,7 @@ typedef enum metrics_counter {
      * sold out */
     M_FAST_SOLD_OUT,   /* 410 from memory, on the event loop */
     M_FAST_CLAIM_READ, /* in the claimant set: a worker read the claim */
+    M_FAST_EXPIRED,    /* 410 expired from memory, on the event loop */
     M_MEMOS_BUILT,     /* couponsvc_soldout_memos_total */
     M_LOCK_GRANTS, /* couponsvc_lock_grants_total: leases this process got */
     /* couponsvc_lock_wakeups_total{cause}: a waiter tried again because */

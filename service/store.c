@@ -288,6 +288,20 @@ static const store__stmt_t store__stmts[] = {
      "   FROM cp, generate_series(0, cp.buckets - 1) AS g(b)"
      "   WHERE cp.buckets > 1)"
      " SELECT id FROM cp"},
+    /* The claimant set's load (store_claimants): the stock rows' locks,
+     * then the coupon's state judged after them, then the claimants. */
+    {"memo_lock_c", "SELECT 1 FROM coupons WHERE id = $1 FOR SHARE"},
+    {"memo_lock_b", "SELECT 1 FROM coupon_buckets WHERE coupon_id = $1"
+                    " ORDER BY bucket FOR SHARE"},
+    {"memo_state",
+     "SELECT c.ends_at IS NOT NULL AND c.ends_at <= statement_timestamp(),"
+     " CASE WHEN c.buckets = 1 THEN c.total - c.claimed"
+     "   ELSE (SELECT COALESCE(sum(total - claimed), 0) FROM coupon_buckets"
+     "         WHERE coupon_id = c.id) END,"
+     " CASE WHEN c.buckets = 1 THEN c.claimed"
+     "   ELSE (SELECT COALESCE(sum(claimed), 0) FROM coupon_buckets"
+     "         WHERE coupon_id = c.id) END"
+     " FROM coupons c WHERE c.id = $1"},
     {"claimants", "SELECT user_id FROM claims WHERE coupon_id = $1"},
     /* Naive mode's write: the value computed by the client, unguarded. */
     {"naive_set", "UPDATE coupons SET claimed = $2::integer WHERE id = $1"},
@@ -1487,31 +1501,88 @@ int store_coupon_get(store_t *st, const char *id, store_coupon_t *out) {
     return STORE_OK;
 }
 
-/* The claimants are read in libpq's single-row mode: each row is handed to
+/*
+ * The claimants are read in libpq's single-row mode: each row is handed to
  * fn as it arrives, so memory stays flat however many there are. The call
- * is bounded by the same deadline as any other. */
+ * is bounded by the same deadline as any other.
+ *
+ * Why the set is final when this says so. Every claim transaction's first
+ * statement after BEGIN is claim_lock_c or claim_lock_b: the stock row (the
+ * coupons row, or its one coupon_buckets row) FOR NO KEY UPDATE, held to its
+ * COMMIT or ROLLBACK. Its claim statement comes after that lock is granted
+ * and judges the window by its own statement_timestamp(), in the UPDATE's
+ * WHERE. This load, in one transaction, first takes every stock row of the
+ * coupon FOR SHARE (memo_lock_c, memo_lock_b), which conflicts with NO KEY
+ * UPDATE (and not with the KEY SHARE that inserting a claim takes on the
+ * coupons row). Then memo_state, a later statement, reads the coupon with a
+ * fresh snapshot and a clock taken after the locks were granted. A claim
+ * transaction W that can still write is either
+ *   - one that held its row lock before this load got it: the load waited
+ *     for W to end, so W's claims are committed (PostgreSQL releases row
+ *     locks after the commit is visible) and memo_state and the claimants
+ *     query, whose snapshots are taken later, see them; or
+ *   - one that gets its row lock after this load ends: its claim statement
+ *     starts later than memo_state did, so its statement_timestamp() is
+ *     later too (one server, one clock). If memo_state found the window
+ *     ended, that claim statement finds it ended and writes nothing; if
+ *     memo_state found no stock left on any row, neither does it (no API
+ *     adds stock).
+ * So once memo_state says ended or sold out, no claim can be added after
+ * the claimants query's snapshot: the set read is the final one. It rests
+ * on PostgreSQL's clock not stepping back across ends_at, the same clock
+ * every claim is judged by. (A writer that skips the lock statement, such as
+ * an old replica's single UPDATE, is judged by a statement_timestamp() taken
+ * before its row wait, and is not covered; the service's own claims are.)
+ */
 int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
-                    void *arg) {
+                    void *arg, int64_t *claimed_out) {
     store__deadline_start(st);
     if (store__connect(st) != STORE_OK) {
         return STORE_ERR;
     }
     const char *p[] = {coupon};
-    PGresult *res = store__exec(st, "coupon_get", 1, p, PGRES_TUPLES_OK);
-    if (res == NULL) {
+    store__q_t q[4] = {
+        {.sql = "BEGIN"},
+        {.name = "memo_lock_c", .n = 1, .params = p},
+        {.name = "memo_lock_b", .n = 1, .params = p},
+        {.name = "memo_state", .n = 1, .params = p},
+    };
+    PGresult *res[4] = {NULL, NULL, NULL, NULL};
+    if (store__pipeline(st, 4, q, res) != STORE_OK) {
         return STORE_ERR;
     }
-    int found = PQntuples(res) == 1;
-    PQclear(res);
-    if (!found) {
-        return STORE_NOT_FOUND;
+    int rc = STORE_OK;
+    for (int i = 0; i < 4 && rc == STORE_OK; i++) {
+        ExecStatusType want = i == 0 ? PGRES_COMMAND_OK : PGRES_TUPLES_OK;
+        if (res[i] == NULL || PQresultStatus(res[i]) != want) {
+            rc = store__fail(st, q[i].name != NULL ? q[i].name : "BEGIN",
+                             res[i]);
+        }
+    }
+    int final = STORE_OK;
+    if (rc == STORE_OK && PQntuples(res[3]) != 1) {
+        rc = STORE_NOT_FOUND;
+    } else if (rc == STORE_OK) {
+        int ended = strcmp(PQgetvalue(res[3], 0, 0), "t") == 0;
+        int64_t left = store__col(res[3], 0, 1);
+        *claimed_out = store__col(res[3], 0, 2);
+        /* Expired first: the claim statement judges the window before the
+         * stock, so that is what a claim would be answered. */
+        final = ended ? STORE_EXPIRED : left <= 0 ? STORE_SOLD_OUT : STORE_OK;
+    }
+    for (int i = 0; i < 4; i++) {
+        PQclear(res[i]);
+    }
+    if (rc != STORE_OK || final == STORE_OK) {
+        store__rollback(st); /* read only: nothing to keep */
+        return rc;
     }
     st->timed_out = 0;
     if (PQsendQueryPrepared(st->conn, "claimants", 1, p, NULL, NULL, 0) == 0 ||
         PQsetSingleRowMode(st->conn) == 0) {
         return store__fail(st, "claimants", NULL);
     }
-    int rc = STORE_OK, stop = 0;
+    int stop = 0;
     for (;;) {
         int err = 0;
         PGresult *r = store__pipe_next(st, "claimants", &err);
@@ -1536,7 +1607,8 @@ int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
         }
         PQclear(r);
     }
-    return rc;
+    store__rollback(st); /* the locks go with it; nothing was written */
+    return rc == STORE_OK ? final : rc;
 }
 
 int store_ping(store_t *st) {

@@ -186,12 +186,17 @@ int store_coupon_get(store_t *st, const char *id, store_coupon_t *out);
 typedef int (*store_claimant_fn)(void *arg, const char *user_id, size_t len);
 
 /* Every user who holds a claim on coupon, in no particular order, streamed
- * to fn (one query; rows are read one at a time, so a coupon with a million
- * claimants does not sit in memory at once). For the sold-out fast path:
- * stock is never added, so once a coupon is sold out this set is final.
- * STORE_OK, STORE_NOT_FOUND, STORE_ERR or what fn returned. */
+ * to fn, for the fast path: only once the set is final, that is once the
+ * coupon is sold out or its window has ended, judged in one transaction that
+ * first takes the stock rows' locks (see store.c for why that makes it
+ * exact). Rows are read one at a time, so a coupon with a million claimants
+ * does not sit in memory at once. Returns STORE_EXPIRED or STORE_SOLD_OUT
+ * when the set was streamed (*claimed_out: the coupon's claimed count, which
+ * the rows must match), STORE_OK when the set is not final (nothing
+ * streamed), STORE_NOT_FOUND, STORE_ERR, or what fn returned. claimed_out
+ * is borrowed. */
 int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
-                    void *arg);
+                    void *arg, int64_t *claimed_out);
 
 /* Reads user's existing claim of coupon (no transaction, no lock):
  * STORE_OK with item->status STORE_ALREADY and the claim, STORE_NOT_FOUND

@@ -402,9 +402,13 @@ void fl_check_rows(fl_load_t *l, const char *coupon) {
 
 long fl_drain(h_svc_t *const *svcs, int nsvc, const char *coupon,
               const char *prefix) {
-    char sql[160];
+    char sql[320];
+    /* A sharded coupon counts its claims in its buckets' rows. */
     snprintf(sql, sizeof(sql),
-             "SELECT total - claimed FROM coupons WHERE id = '%s'", coupon);
+             "SELECT c.total - CASE WHEN c.buckets = 1 THEN c.claimed"
+             " ELSE (SELECT COALESCE(sum(b.claimed), 0) FROM coupon_buckets b"
+             " WHERE b.coupon_id = c.id) END FROM coupons c WHERE c.id = '%s'",
+             coupon);
     long left = h_pg_int(sql);
     TT_CMP_INT(left, >=, 0);
     fl_load_t *l = fl_start(svcs, nsvc, coupon, prefix, 8, (int)left + 20, 0);

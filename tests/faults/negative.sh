@@ -5,8 +5,8 @@
 # UPDATE, a couponsvc built without it ($BUILD/neg-*/couponsvc, see the
 # UNSAFE switch in tests/tests.mk and the top of service/store.c) runs the
 # fault scenario written for the bug that guard stops. The scenario must
-# FAIL, and fail on the invariant check (the expected message), not on a
-# timeout or a setup error. The same scenario must pass with the real
+# FAIL, and fail on the invariant check or on the answer the guard gives
+# (the expected message), not on a timeout or a setup error. The same scenario must pass with the real
 # binary, or its failure would say nothing. Exit 0 only if all of that holds.
 set -u
 BUILD=${1:-build}
@@ -50,12 +50,18 @@ baseline() {
 baseline stale_holder_fenced_after_early_expiry
 baseline stale_read_last_coupon
 baseline redis_lost_duplicate_fence_refused
+baseline sigstop_bucket_holder_past_ttl
 control "$BUILD/neg-nofence/couponsvc" stale_holder_fenced_after_early_expiry \
     "fences out of commit order"
 control "$BUILD/neg-nostock/couponsvc" stale_read_last_coupon \
     "claimed <= stock"
 control "$BUILD/neg-loosefence/couponsvc" redis_lost_duplicate_fence_refused \
     "fences out of commit order"
+# A bucket's holder frozen past its TTL: the fence answers it 409. Without
+# the fence the commit gate still rolls the stale write back (the data stay
+# right), so the claim is re-queued and claimed with a new lease: 201.
+control "$BUILD/neg-nofence/couponsvc" sigstop_bucket_holder_past_ttl \
+    "so.r.status == 409: 201 != 409"
 
 if [ "$status" -eq 0 ]; then
     echo "negative controls: every guard's scenario fails without the guard"

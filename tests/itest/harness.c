@@ -472,8 +472,12 @@ h_svc_t *h_svc_start(const char *name, const char *const *env) {
     for (int i = 0; i < 6; i++) {
         all[n++] = b[i];
     }
+    s->conn_timeout_s = 30; /* the service's default */
     for (int i = 0; env != NULL && env[i] != NULL && n < 31; i++) {
         all[n++] = env[i];
+        if (strncmp(env[i], "COUPON_CONN_TIMEOUT_S=", 22) == 0) {
+            s->conn_timeout_s = atoi(env[i] + 22);
+        }
     }
     all[n] = NULL;
 
@@ -909,19 +913,30 @@ int h_nginx_start(h_svc_t *const *upstreams, int n) {
             "  scgi_temp_path %s/scgi;\n"
             "  upstream couponsvc {\n",
             dir, h__nginx_err, dir, tmp, tmp, tmp, tmp, tmp);
+    /* nginx must drop an idle upstream connection before the replica
+     * does (deploy/nginx: 15 s against 30 s): a replica that closes a
+     * kept-alive connection as nginx sends a POST on it loses that request,
+     * and nginx does not retry a POST (502, "upstream prematurely closed
+     * connection"). Half the shortest idle timeout of the upstreams; nginx's
+     * own default (60 s) is far above the 1-2 s some tests run with. */
+    int idle_ms = 30000;
     for (int i = 0; i < n; i++) {
         fprintf(f, "    server 127.0.0.1:%d max_fails=0;\n",
                 upstreams[i]->port);
+        if (upstreams[i]->conn_timeout_s * 500 < idle_ms) {
+            idle_ms = upstreams[i]->conn_timeout_s * 500;
+        }
     }
     fprintf(f,
             "    keepalive 16;\n"
+            "    keepalive_timeout %dms;\n"
             "  }\n"
             "  server {\n"
             "    listen 127.0.0.1:%d;\n"
             "    include %s;\n"
             "  }\n"
             "}\n",
-            port, proxy_conf);
+            idle_ms, port, proxy_conf);
     TT_ASSERT(fclose(f) == 0);
 
     char *argv[] = {"nginx", "-p", dir, "-c", conf, "-e", h__nginx_err, NULL};

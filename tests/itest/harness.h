@@ -30,6 +30,7 @@ typedef struct h_svc {
     char name[32];
     char url[64];
     char log[512];
+    int conn_timeout_s; /* its COUPON_CONN_TIMEOUT_S: its idle timeout */
 } h_svc_t;
 
 /* Runner-level setup/teardown (for tt_main). */

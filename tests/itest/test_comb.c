@@ -254,6 +254,87 @@ TT_TEST(soldout_fastpath_without_postgres, 90) {
               5);
 }
 
+/* The fast path serves an expired coupon too: two coupons (one unsharded,
+ * one of 4 buckets, made in SQL) whose window ends about two seconds after
+ * PostgreSQL's now(). Once PostgreSQL's clock has passed the end, the first
+ * late claim on each is answered by the store (410 expired) and loads the
+ * memo; a claimant then gets its claim (200), and with PostgreSQL stopped
+ * every non-claimant still gets 410 expired, from memory. */
+TT_TEST(expired_fastpath_without_postgres, 90) {
+    static const char *const coupons[] = {"brief", "brief4"};
+    h_begin();
+    h_pg_private_start();
+    h_svc_t *s = h_svc_start("memox", NULL);
+    TT_EQ_INT(h_pg_int("INSERT INTO coupons (id, total, ends_at) VALUES"
+                       " ('brief', 10, now() + interval '2 seconds')"
+                       " RETURNING 1"),
+              1);
+    TT_EQ_INT(h_pg_int("WITH cp AS (INSERT INTO coupons (id, total, buckets,"
+                       "   ends_at) VALUES ('brief4', 40, 4,"
+                       "   now() + interval '2 seconds') RETURNING id)"
+                       " INSERT INTO coupon_buckets (coupon_id, bucket, total)"
+                       " SELECT 'brief4', g, 10 FROM cp, generate_series(0, 3)"
+                       " g RETURNING 1"),
+              1);
+    long ids[2][3];
+    for (int c = 0; c < 2; c++) {
+        for (int i = 0; i < 3; i++) {
+            char user[16];
+            snprintf(user, sizeof(user), "holder-%d", i);
+            json_t *j = NULL;
+            TT_EQ_INT(h_claim(s, coupons[c], user, &j), 201);
+            ids[c][i] = comb_int(j, "claim_id");
+            json_decref(j);
+        }
+    }
+    /* Bounded: the window ends two seconds after it was made. */
+    for (int i = 0; i < 100 && h_pg_int("SELECT count(*) FROM coupons"
+                                        " WHERE ends_at > now()") > 0;
+         i++) {
+        h_sleep_ms(100);
+    }
+    TT_EQ_INT(h_pg_int("SELECT count(*) FROM coupons WHERE ends_at > now()"),
+              0);
+    for (int c = 0; c < 2; c++) {
+        json_t *j = NULL;
+        TT_EQ_INT(h_claim(s, coupons[c], "late-0", &j), 410); /* the store */
+        TT_EQ_STR(comb_str(j, "error"), "expired");
+        json_decref(j);
+    }
+    double memos = h_wait_metric(s, "couponsvc_soldout_memos_total", 2, 5000);
+    TT_CMP_INT(memos, >=, 2);
+    for (int c = 0; c < 2; c++) {
+        json_t *j = NULL;
+        TT_EQ_INT(h_claim(s, coupons[c], "holder-1", &j), 200);
+        TT_EQ_STR(comb_str(j, "status"), "already_claimed");
+        TT_EQ_INT(comb_int(j, "claim_id"), ids[c][1]);
+        json_decref(j);
+    }
+    h_check_invariants("brief", 10, 3);
+    h_check_invariants("brief4", 40, 3);
+    h_pg_private_stop("fast");
+    for (int c = 0; c < 2; c++) {
+        for (int i = 1; i <= 5; i++) {
+            char user[16];
+            snprintf(user, sizeof(user), "late-%d", i);
+            json_t *j = NULL;
+            long st = h_claim(s, coupons[c], user, &j);
+            TT_ASSERT_MSG(st == 410, "%s on %s with PostgreSQL stopped: %ld %s",
+                          user, coupons[c], st, comb_str(j, "error"));
+            TT_EQ_STR(comb_str(j, "error"), "expired");
+            TT_ASSERT_MSG(json_is_string(json_object_get(j, "detail")),
+                          "410 expired without a detail");
+            json_decref(j);
+        }
+    }
+    TT_EQ_INT(h_metric(s, "couponsvc_soldout_fastpath_total{result="
+                          "\"expired\"}"),
+              10);
+    TT_EQ_INT(h_metric(s, "couponsvc_soldout_fastpath_total{result="
+                          "\"claim_read\"}"),
+              2);
+}
+
 /* COUPON_SOLDOUT_MEMO=off: the same sold-out coupon is asked of
  * PostgreSQL every time (with it stopped: 503), as the baseline. */
 TT_TEST(soldout_memo_off_asks_postgres, 90) {

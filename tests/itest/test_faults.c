@@ -18,11 +18,12 @@
  * most scenarios) and every wait is bounded; assertions on time carry slack
  * for a loaded 2-core machine. `build/tests/fault-tests <name>` runs one.
  *
- * Three scenarios are also the negative controls of `make test-negative`
+ * Four scenarios are also the negative controls of `make test-negative`
  * (tests/faults/negative.sh): stale_holder_fenced_after_early_expiry fails
  * without the fence predicate, stale_read_last_coupon without
  * `claimed < total`, redis_lost_duplicate_fence_refused without the strict
- * first-write rule (last_fence < fence).
+ * first-write rule (last_fence < fence), and sigstop_bucket_holder_past_ttl
+ * without the fence (on its 409: the commit gate keeps the data right).
  */
 #include <fcntl.h>
 #include <libpq-fe.h>
@@ -359,6 +360,110 @@ TT_TEST(sigstop_holder_after_acquire, 60) {
 
     fl_load_t *ls[] = {l};
     finish("st", STOCK, ls, 1, 0, ok, 2);
+    fl_free(l);
+}
+
+/*
+ * A bucket's holder frozen past its TTL: the coupon is sharded (4 buckets of
+ * STOCK / 4), and the victim is SIGSTOPped right after acquiring the lock of
+ * one bucket, B (resource bk#B), before its transaction. The watchdog is
+ * frozen with it, so the lock of B expires in Redis after the TTL; the load
+ * (two other instances) takes B's lock, among the others', and writes B
+ * with newer fences of B's own counter. When the victim thaws its write
+ * carries the old fence, and B's row refuses it: 409 fenced, nothing
+ * written. It is the fence at the UPDATE that this scenario exercises, not
+ * the commit gate: the refusal comes before COMMIT. So that nothing else
+ * ends the claim first, the victim's max hold and transaction deadline are
+ * far above the freeze.
+ *
+ * The victim claims once before the freeze, so it knows the coupon is
+ * sharded (a first claim tries it unsharded, and learns). The load starts
+ * only once the victim is frozen, so the one bucket lock in Redis then is
+ * the victim's, which tells the test B and the victim's fence.
+ *
+ * The commit gate is the second line here: without the fence predicate
+ * (make test-negative's NO_FENCE build) the stale write passes the UPDATE,
+ * and then the gate finds the lease's validity, by the victim's own clock,
+ * long gone: rolled back, the claim re-queued for a new lease, and claimed
+ * with a fresh fence of B. The data stays right (the invariant check, run
+ * first, passes) and the claim is answered 201, not 409: the control fails
+ * on the status, which shows that the 409 here is the fence's.
+ */
+TT_TEST(sigstop_bucket_holder_past_ttl, 90) {
+    enum { BUCKETS = 4 };
+    h_begin();
+    const char *env_v[] = {TTL_ENV,
+                           "COUPON_FAULT=after_acquire:500",
+                           "COUPON_LOCK_WAIT_MS=10000",
+                           "COUPON_LOCK_MAX_HOLD_MS=60000",
+                           "COUPON_PG_TX_DEADLINE_MS=60000",
+                           NULL};
+    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=5000", NULL};
+    h_svc_t *a = h_svc_start("sbk-a", env), *b = h_svc_start("sbk-b", env);
+    h_svc_t *v = h_svc_start("sbk-victim", env_v);
+    h_svc_t *ok[] = {a, b};
+    char body[96], url[160];
+    snprintf(body, sizeof(body), "{\"id\":\"bk\",\"total\":%d,\"buckets\":%d}",
+             STOCK, BUCKETS);
+    snprintf(url, sizeof(url), "%s/coupons", a->url);
+    TT_EQ_INT(h_http("POST", url, "application/json", "Bearer test-admin-token",
+                     body, strlen(body), NULL),
+              201);
+    TT_EQ_INT(h_claim(v, "bk", "warm", NULL), 201); /* learns the shape */
+
+    solo_t so;
+    solo_start(&so, v, "bk", "sleeper");
+    wait_lease(v);
+    kill(v->pid, SIGSTOP);
+    double t_stop = h_now_ms();
+    int bucket = -1, held = 0;
+    for (int i = 0; i < BUCKETS; i++) {
+        if (h_redis_cmd("EXISTS coupon:{bk#%d}:lock", i) == 1) {
+            bucket = i;
+            held++;
+        }
+    }
+    TT_EQ_INT(held, 1);
+    long long vfence = h_redis_cmd("INCRBY coupon:{bk#%d}:fence 0", bucket);
+    printf("    %s frozen holding bucket %d with fence %lld\n", v->name, bucket,
+           vfence);
+    TT_CMP_INT(vfence, >=, 1);
+
+    fl_load_t *l = fl_start(ok, 2, "bk", "load", 4, 20000, LOAD_PAUSE_MS);
+    h_sleep_ms(2500);
+    /* Another instance took B's lock and wrote B, newer, meanwhile. */
+    char sql[200];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM claims WHERE coupon_id = 'bk'"
+             " AND bucket = %d AND fence > %lld",
+             bucket, vfence);
+    long newer = h_pg_int(sql);
+    TT_CMP_INT(fl_count_between(l, 201, t_stop + 900, h_now_ms()), >=, 1);
+    kill(v->pid, SIGCONT);
+    solo_join(&so);
+    h_sleep_ms(500);
+    fl_stop(l);
+    fl_print(l, "load");
+    printf("    bucket %d: %ld claims above fence %lld while frozen\n", bucket,
+           newer, vfence);
+    TT_CMP_INT(newer, >=, 1);
+
+    /* The data first: this is what the negative control must trip. */
+    fl_settle(l, a);
+    fl_check_rows(l, "bk");
+    long n = fl_durable(l) + 1 + (so.r.status == 201);
+    h_check_invariants("bk", STOCK, n);
+    TT_EQ_INT(so.r.status, 409);
+    TT_EQ_STR(so.r.error, "fenced");
+    TT_EQ_INT(so.r.fence, vfence);
+    TT_EQ_INT(rows_for_user("sleeper"), 0);
+    TT_CMP_INT(h_metric(v, "couponsvc_fenced_refusals_total"), >=, 1);
+
+    n += fl_drain(ok, 2, "bk", "drain");
+    h_check_invariants("bk", STOCK, n);
+    TT_EQ_INT(h_pg_int("SELECT count(*) FROM coupon_buckets"
+                       " WHERE coupon_id = 'bk' AND claimed = total"),
+              BUCKETS);
     fl_free(l);
 }
 
