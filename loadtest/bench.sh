@@ -289,7 +289,10 @@ run open-2000 open -c 1024 --rate 2000 -d "$SECS" --coupon "open-$RUN" \
     --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
 run open-80pct open -c 1024 --rate $((CAP * 8 / 10)) -d "$SECS" --coupon "o80-$RUN" \
     --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
-run overload-2x overload -c 2048 --rate $((CAP * 2)) -d "$SECS" --coupon "ovl-$RUN" \
+# Up to 4096 in flight: more than the replicas' per-coupon queues hold
+# (COUPON_QUEUE_MAX_PER_COUPON, 1024 each), so that admission control, not
+# the load generator's own bound, decides what is refused.
+run overload-2x overload -c 4096 --rate $((CAP * 2)) -d "$SECS" --coupon "ovl-$RUN" \
     --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
 
 # soldout NAME: a coupon of stock 500 claimed out by users 0..499, then a
