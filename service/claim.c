@@ -769,7 +769,9 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
     int final = rc == STORE_SOLD_OUT || rc == STORE_EXPIRED;
     int ok = final && !k.failed && (int64_t)k.n == claimed;
     if (ok) {
-        qsort(k.h, k.n, sizeof(*k.h), claim__u64_cmp);
+        if (k.n > 1) { /* no claimant at all: k.h is NULL, nothing to sort */
+            qsort(k.h, k.n, sizeof(*k.h), claim__u64_cmp);
+        }
     } else {
         log_warn("soldout.memo_skipped",
                  "coupon=%s rows=%zu err=\"%s\" (claims answered by the "
