@@ -43,7 +43,7 @@
 #
 # Settings (environment): BENCH_SECONDS (8), BENCH_CONN (256),
 # BENCH_THREADS (loadgen threads, 2), BENCH_ROUNDS (3), BENCH_BUCKETS (8),
-# BENCH_BATCH_MAX (COUPON_BATCH_MAX of the lock-mode runs, 32),
+# BENCH_BATCH_MAX (COUPON_BATCH_MAX of the lock-mode runs, 256),
 # BENCH_DURABLE (1: PostgreSQL with fsync, full_page_writes and
 # synchronous_commit on, stack.sh's PG_DURABLE; 0: the stack's default, all
 # off, and the table says "non-durable"), BENCH_SPREAD (1000 coupons),
@@ -70,7 +70,7 @@ CONN=${BENCH_CONN:-256}
 THREADS=${BENCH_THREADS:-2}
 ROUNDS=${BENCH_ROUNDS:-3}
 BUCKETS=${BENCH_BUCKETS:-8}
-BATCH=${BENCH_BATCH_MAX:-32}
+BATCH=${BENCH_BATCH_MAX:-256}
 DURABLE=${BENCH_DURABLE:-1}
 SPREAD=${BENCH_SPREAD:-1000}
 RSS_CONNS=${BENCH_RSS_CONNS:-1000}

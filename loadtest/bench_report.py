@@ -355,7 +355,7 @@ def main():
             lines.append("  %-54s (not run in this build)" % label)
 
     vs("waiting: poll -> pubsub, hot claims/s", rate("hot-poll"), hot_on)
-    vs("combining: batch 1 -> %s, hot claims/s" % session.get("batch", "32"),
+    vs("combining: batch 1 -> %s, hot claims/s" % session.get("batch", "256"),
        rate("hot-batch1"), hot_on)
     vs("sold-out memo: off -> on, answers/s", rate("soldout-nomemo"), so)
     b = by.get("hot-buckets")

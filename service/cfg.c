@@ -111,9 +111,10 @@ static const cfg__opt_t cfg__opts[] = {
      "without the lock then: PostgreSQL's conditional UPDATE alone)"},
     {"COUPON_SHUTDOWN_GRACE_MS", CFG__U32, F(shutdown_grace_ms), "10000", 0,
      600000, "how long SIGTERM waits for open connections to finish"},
-    {"COUPON_BATCH_MAX", CFG__U32, F(batch_max), "32", 1, 1024,
-     "claims of one coupon one lease serves in one transaction (lock mode; "
-     "1: no combining, every claim waits for the lock on a worker)"},
+    {"COUPON_BATCH_MAX", CFG__U32, F(batch_max), "256", 1, 1024,
+     "most claims of one coupon one lease serves in one transaction (lock "
+     "mode; a leader takes every claim queued, up to this; 1: no combining, "
+     "every claim waits for the lock on a worker)"},
     {"COUPON_QUEUE_MAX_PER_COUPON", CFG__U32, F(queue_max_per_coupon), "1024",
      1, 1000000,
      "claims that may wait in one coupon's queue; more are answered 503 "
