@@ -534,16 +534,21 @@ static int lock_redlock__judge_acquire(const redisReply *r, const void *arg) {
 
 /* ------------------------------------------------------------- release --- */
 
-/* RELEASE on every node in mask, written out at once, replies not awaited
- * (they are read and dropped by the next round). Returns the number of
- * nodes it was written out to. */
+/* RELEASE (announce 1) or UNDO (0) on every node in mask, written out at
+ * once, replies not awaited (they are read and dropped by the next round).
+ * Returns the number of nodes it was written out to. */
 static int lock_redlock__release_mask(lock_redlock__client_t *cl,
-                                      const lock_lease_t *lease,
-                                      uint32_t mask) {
+                                      const lock_lease_t *lease, uint32_t mask,
+                                      int announce) {
     lock_redlock__cmd_t c = {.argc = 6,
                              .argv = {"EVAL", LOCK_SCRIPT_RELEASE, "1",
                                       lease->key, lease->token,
                                       lease->channel}};
+    if (!announce) {
+        c = (lock_redlock__cmd_t){
+            .argc = 5,
+            .argv = {"EVAL", LOCK_SCRIPT_UNDO, "1", lease->key, lease->token}};
+    }
     lock_redlock__round(cl, mask, &c, 1, 0, lock_redlock__deadline(cl), NULL,
                         NULL);
     int written = 0;
@@ -557,7 +562,8 @@ static int lock_redlock__release_mask(lock_redlock__client_t *cl,
 static int lock_redlock__release(lock_client_t *base,
                                  const lock_lease_t *lease) {
     lock_redlock__client_t *cl = (lock_redlock__client_t *)base;
-    int written = lock_redlock__release_mask(cl, lease, lock_redlock__all(cl));
+    int written =
+        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl), 1);
     if (written < lock_redlock_majority(cl->n)) {
         return lock_redlock__fail(cl, "release not sent", written);
     }
@@ -676,12 +682,14 @@ static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
     if (verdict != LOCK_OK) {
         /* Every node that may hold it, at once: the granting ones and the
          * silent ones (a reply that did not come may be a grant). A node
-         * that answered "busy" holds somebody else's token. */
+         * that answered "busy" holds somebody else's token. UNDO, not
+         * RELEASE: no announcement (lock_scripts.h says why). */
         if (verdict == LOCK_ERR) {
             lock_redlock__fail(cl, "acquire", yes + no);
         }
         lock_redlock__round_end(cl);
-        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl) & ~refused);
+        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl) & ~refused,
+                                   0);
         *holder_pttl_ms = pttl;
         return verdict;
     }
@@ -711,7 +719,7 @@ static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
                              lease->ttl_ms);
             wb = LOCK_ERR;
         }
-        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl));
+        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl), 1);
         *holder_pttl_ms = 0; /* our own grant went away: try again soon */
         return wb;
     }
