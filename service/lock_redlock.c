@@ -363,10 +363,11 @@ static void lock_redlock__step(lock_redlock__node_t *nd, short revents) {
  * replies are owed, read by a later round). judge (may be NULL, only with
  * ncmd == 1): the round ends as soon as the yes answers make a majority or
  * the no answers make one impossible; a node still behind then owes its
- * replies. Afterwards nd->err and nd->rep[] say what each node did; an
- * error reply that says the node cannot serve (READONLY, LOADING,
- * MASTERDOWN) or refuses our credentials fails the node like a connection
- * error. Call lock_redlock__round_end after reading the replies.
+ * replies. A round without replies ends once written out to a majority
+ * when the others are still connecting. Afterwards nd->err and nd->rep[] say
+ * what each node did; an error reply that says the node cannot serve (READONLY,
+ * LOADING, MASTERDOWN) or refuses our credentials fails the node like a
+ * connection error. Call lock_redlock__round_end after reading the replies.
  */
 static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
                                 const lock_redlock__cmd_t *cmds, int ncmd,
@@ -386,9 +387,12 @@ static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
     int m = lock_redlock_majority(cl->n);
     for (;;) {
         struct pollfd pf[LOCK_MAX_NODES];
-        int idx[LOCK_MAX_NODES], k = 0, yes = 0, no = 0;
+        int idx[LOCK_MAX_NODES], k = 0, yes = 0, no = 0, written = 0;
+        int connecting = 0;
         for (int i = 0; i < cl->n; i++) {
             lock_redlock__node_t *nd = &cl->node[i];
+            written += nd->active && nd->written;
+            connecting += nd->active && nd->connecting;
             if (judge != NULL && nd->rep != NULL && nd->got == 1) {
                 int v = judge(nd->rep[0], jarg);
                 yes += v == 1;
@@ -412,6 +416,13 @@ static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
         }
         if (judge != NULL && (yes >= m || no > cl->n - m)) {
             break; /* decided */
+        }
+        if (!want_replies && written >= m && connecting == k) {
+            /* Written out to a majority; the rest are still connecting
+             * (a node cut off drops SYNs, and would hold every release
+             * for the whole timeout): their output goes out with the next
+             * round on this client. */
+            break;
         }
         if (k == 0) {
             break;
@@ -519,6 +530,26 @@ static int lock_redlock__judge_one(const redisReply *r, const void *arg) {
         return -1;
     }
     return r->integer == 1 ? 1 : 0;
+}
+
+/* A status reply (PONG): yes. */
+static int lock_redlock__judge_status(const redisReply *r, const void *arg) {
+    (void)arg;
+    return r->type == REDIS_REPLY_STATUS ? 1 : -1;
+}
+
+/* Any integer (the counter after a raise): yes. */
+static int lock_redlock__judge_int(const redisReply *r, const void *arg) {
+    (void)arg;
+    return r->type == REDIS_REPLY_INTEGER ? 1 : -1;
+}
+
+/* GET of the lock key: our token (arg) yes, another value or none no. */
+static int lock_redlock__judge_held(const redisReply *r, const void *arg) {
+    if (r->type == REDIS_REPLY_STRING) {
+        return strcmp(r->str, (const char *)arg) == 0 ? 1 : 0;
+    }
+    return r->type == REDIS_REPLY_NIL ? 0 : -1;
 }
 
 /* ACQUIRE's {1, fence}: yes; {0, pttl}: no. */
@@ -797,7 +828,8 @@ static int lock_redlock__check(lock_client_t *base, const lock_lease_t *lease) {
     lock_redlock__client_t *cl = (lock_redlock__client_t *)base;
     lock_redlock__cmd_t c = {.argc = 2, .argv = {"GET", lease->key}};
     lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1,
-                        lock_redlock__deadline(cl), NULL, NULL);
+                        lock_redlock__deadline(cl), lock_redlock__judge_held,
+                        lease->token);
     int yes = 0, no = 0;
     for (int i = 0; i < cl->n; i++) {
         const lock_redlock__node_t *nd = &cl->node[i];
@@ -830,7 +862,8 @@ static int lock_redlock__raise_fence(lock_client_t *base, const char *resource,
     lock_redlock__cmd_t c = {
         .argc = 5, .argv = {"EVAL", LOCK_SCRIPT_RAISE_FENCE, "1", key, fl}};
     lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1,
-                        lock_redlock__deadline(cl), NULL, NULL);
+                        lock_redlock__deadline(cl), lock_redlock__judge_int,
+                        NULL);
     int yes = 0;
     int64_t low = INT64_MAX;
     for (int i = 0; i < cl->n; i++) {
@@ -859,7 +892,8 @@ static int lock_redlock__ping(lock_client_t *base) {
     lock_redlock__client_t *cl = (lock_redlock__client_t *)base;
     lock_redlock__cmd_t c = {.argc = 1, .argv = {"PING"}};
     lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1,
-                        lock_redlock__deadline(cl), NULL, NULL);
+                        lock_redlock__deadline(cl), lock_redlock__judge_status,
+                        NULL);
     int yes = 0;
     for (int i = 0; i < cl->n; i++) {
         const lock_redlock__node_t *nd = &cl->node[i];

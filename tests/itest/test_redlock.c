@@ -193,7 +193,7 @@ TT_TEST(redlock_minority_down_then_majority_down, 90) {
     }
     TT_EQ_INT(rs, 200);
     TT_ASSERT_MSG(body != NULL && strstr(body, "redlock (io)") != NULL &&
-                      strstr(body, "refused") == NULL,
+                      strstr(body, "\"state\":\"down\"") != NULL,
                   "readyz: %s", body != NULL ? body : "");
     free(body);
     TT_EQ_INT(h_pg_int("SELECT claimed FROM coupons WHERE id = 'maj'"), 0);
