@@ -233,7 +233,7 @@ void lock_wait_credentials(const char *username, const char *password) {
     lock_wait__g.password = password != NULL ? password : "";
 }
 
-void lock_wait_config(const cfg_t *cfg) {
+void lock_wait_config(const cfg_t *cfg, int nnodes) {
     int poll = cfg->lock_wait_poll;
     uint32_t recheck_ms = cfg->lock_recheck_ms;
     uint32_t timeout_ms = cfg->redis_timeout_ms;
@@ -248,9 +248,9 @@ void lock_wait_config(const cfg_t *cfg) {
     lock_wait__g.poll = poll;
     lock_wait__g.recheck_ns =
         (int64_t)(recheck_ms > 0 ? recheck_ms : 1) * MONO_MS;
-    lock_wait__g.nnodes = cfg->nredis;
-    lock_wait__g.majority = cfg->nredis / 2 + 1;
-    for (int i = 0; i < cfg->nredis; i++) {
+    lock_wait__g.nnodes = nnodes;
+    lock_wait__g.majority = nnodes / 2 + 1;
+    for (int i = 0; i < nnodes; i++) {
         lock_wait__g.addr[i] = cfg->redis[i];
         lock_wait__g.wake_fd[i][0] = lock_wait__g.wake_fd[i][1] = -1;
     }

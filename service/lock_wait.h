@@ -33,10 +33,10 @@ typedef struct lock_waiter {
 /* Sets the strategy for the whole process, once, before any wait, from cfg
  * (borrowed for the life of the process): poll or pubsub
  * (COUPON_LOCK_WAIT_STRATEGY), the re-check period, and the nodes the
- * subscribers connect to (every address of COUPON_REDIS_ADDRS, one
- * subscriber thread each). Without this call lock_acquire polls. The
- * credentials come from lock_wait_credentials. */
-void lock_wait_config(const cfg_t *cfg);
+ * subscribers connect to: the first nnodes addresses of COUPON_REDIS_ADDRS
+ * (1 for one node, N under Redlock), one subscriber thread each. Without this
+ * call lock_acquire polls. The credentials come from lock_wait_credentials. */
+void lock_wait_config(const cfg_t *cfg, int nnodes);
 
 /* Stops the subscriber threads and frees their state; call after the last
  * waiter has left (the claim workers are stopped). Later waits re-check on
