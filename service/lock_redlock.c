@@ -621,13 +621,14 @@ static int lock_redlock__write_back(lock_redlock__client_t *cl,
     }
     return yes;
 #elif defined(COUPONSVC_UNSAFE_REDLOCK_WRITEBACK_NO_TOKEN)
-    /* Broken on purpose: raise on any majority, holding or not. */
+    /* Broken on purpose: raise on every node, holding or not, and take
+     * the first majority that answers. */
     (void)granted;
     lock_redlock__cmd_t c = {.argc = 5,
                              .argv = {"EVAL", LOCK_SCRIPT_RAISE_FENCE, "1",
                                       lease->fence_key, fence}};
-    lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1, deadline_ns, NULL,
-                        NULL);
+    lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1, deadline_ns,
+                        lock_redlock__judge_int, NULL);
     int yes = 0;
     for (int i = 0; i < cl->n; i++) {
         const lock_redlock__node_t *nd = &cl->node[i];
