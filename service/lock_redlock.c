@@ -94,6 +94,11 @@
 
 #define LOCK_REDLOCK__MAXARGS 8
 
+/* How long a round that awaits no replies (a release) waits for nodes
+ * still connecting once the rest is written out: far above a connect on a
+ * LAN, far below the timeout a node dropping SYNs would cost. */
+#define LOCK_REDLOCK__CONNECT_GRACE_NS (10 * MONO_MS)
+
 /* ---------------------------------------------------------- arithmetic --- */
 
 int lock_redlock_majority(int n) {
@@ -275,6 +280,9 @@ static void lock_redlock__begin(lock_redlock__client_t *cl,
                                 lock_redlock__node_t *nd,
                                 const lock_redlock__cmd_t *cmds, int ncmd,
                                 int want_replies) {
+    /* First what earlier rounds left: a failure there drops the
+     * connection, and this round starts on a fresh one. */
+    lock_redlock__settle(cl, nd);
     nd->err = LOCK_ENONE;
     nd->errstr[0] = '\0';
     nd->active = 1;
@@ -282,7 +290,6 @@ static void lock_redlock__begin(lock_redlock__client_t *cl,
     nd->ncmd = ncmd;
     nd->got = 0;
     nd->rep = NULL;
-    lock_redlock__settle(cl, nd);
     if (want_replies &&
         (nd->rep = calloc((size_t)ncmd, sizeof(*nd->rep))) == NULL) {
         lock_redlock__node_fail(nd, LOCK_ESYS, "out of memory");
@@ -385,6 +392,7 @@ static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
         }
     }
     int m = lock_redlock_majority(cl->n);
+    int64_t grace_end = mono_ns() + LOCK_REDLOCK__CONNECT_GRACE_NS;
     for (;;) {
         struct pollfd pf[LOCK_MAX_NODES];
         int idx[LOCK_MAX_NODES], k = 0, yes = 0, no = 0, written = 0;
@@ -417,17 +425,27 @@ static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
         if (judge != NULL && (yes >= m || no > cl->n - m)) {
             break; /* decided */
         }
-        if (!want_replies && written >= m && connecting == k) {
-            /* Written out to a majority; the rest are still connecting
-             * (a node cut off drops SYNs, and would hold every release
-             * for the whole timeout): their output goes out with the next
-             * round on this client. */
+        int64_t now = mono_ns();
+        int only_connecting = !want_replies && k > 0 && connecting == k;
+        if (only_connecting && (written >= m || now >= grace_end)) {
+            /* What is left is still connecting: a node cut off drops our
+             * SYNs and would hold every release for the whole timeout.
+             * Its output goes out with the next round on this client. */
             break;
         }
         if (k == 0) {
             break;
         }
-        int64_t left = deadline_ns - mono_ns();
+        int64_t left = deadline_ns - now;
+        if (only_connecting && grace_end - now < left) {
+            left = grace_end - now; /* wake up for the grace's end */
+            if (left <= 0) {
+                left = 1;
+            }
+        }
+        if (deadline_ns - now <= 0) {
+            left = 0;
+        }
         if (left <= 0) {
             for (int j = 0; j < k; j++) {
                 lock_redlock__node_fail(&cl->node[idx[j]], LOCK_EIO,
