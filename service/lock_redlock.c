@@ -954,21 +954,28 @@ static void lock_redlock__client_free(lock_client_t *base) {
 
 /* ------------------------------------------------------------ start-up --- */
 
-/* host:port as one numeric address (the first the resolver gives), so that
- * "localhost:6379" and "127.0.0.1:6379" are seen as one. */
+/* host:port as one numeric address, the one hiredis connects to (the
+ * first IPv4 address, else the first IPv6 one), so that "localhost:6379"
+ * and "127.0.0.1:6379" are seen as one. */
 static void lock_redlock__canon(const cfg_addr_t *a, char *out, size_t outlen) {
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+    static const int families[] = {AF_INET, AF_INET6};
     char host[NI_MAXHOST];
-    if (getaddrinfo(a->host, NULL, &hints, &res) == 0 && res != NULL &&
-        getnameinfo(res->ai_addr, res->ai_addrlen, host, sizeof(host), NULL, 0,
-                    NI_NUMERICHOST) == 0) {
-        snprintf(out, outlen, "%s:%u", host, a->port);
-    } else {
-        snprintf(out, outlen, "%s:%u", a->host, a->port);
+    for (size_t f = 0; f < sizeof(families) / sizeof(families[0]); f++) {
+        struct addrinfo hints = {.ai_family = families[f],
+                                 .ai_socktype = SOCK_STREAM},
+                        *res = NULL;
+        int ok = getaddrinfo(a->host, NULL, &hints, &res) == 0 && res != NULL &&
+                 getnameinfo(res->ai_addr, res->ai_addrlen, host, sizeof(host),
+                             NULL, 0, NI_NUMERICHOST) == 0;
+        if (res != NULL) {
+            freeaddrinfo(res);
+        }
+        if (ok) {
+            snprintf(out, outlen, "%s:%u", host, a->port);
+            return;
+        }
     }
-    if (res != NULL) {
-        freeaddrinfo(res);
-    }
+    snprintf(out, outlen, "%s:%u", a->host, a->port);
 }
 
 /* The value of field in an INFO reply ("run_id:..."), into out. */
