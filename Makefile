@@ -41,11 +41,12 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 SVC_OBJS := $(addprefix $(BUILD)/service/, \
 	main.o cfg.o log.o http.o api.o claim.o lock.o lock_wait.o wd.o store.o \
+	sentinel.o \
 	metrics.o fault.o req.o ready.o migrations.o)
 
 # Objects the unit tests link against: everything but main and the
 # network-facing modules they do not need.
-LIB_OBJS := $(addprefix $(BUILD)/service/, cfg.o log.o req.o fault.o \
+LIB_OBJS := $(addprefix $(BUILD)/service/, cfg.o log.o req.o fault.o sentinel.o \
 	metrics.o)
 
 .PHONY: all
