@@ -86,6 +86,7 @@
 
 #include "fault.h"
 #include "lock.h"
+#include "sentinel.h"
 #include "lock_wait.h"
 #include "log.h"
 #include "metrics.h"
@@ -150,6 +151,7 @@ int claim_init(const cfg_t *cfg) {
         return -1;
     }
     lock_init(cfg->redis_username, cfg->redis_password);
+    sentinel_init(cfg);
     lock_wait_config(cfg->lock_wait_poll, cfg->lock_recheck_ms, &cfg->redis[0],
                      cfg->redis_timeout_ms);
     if (pthread_key_create(&claim__key, claim__conns_free) != 0) {

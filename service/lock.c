@@ -26,6 +26,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
+#include "sentinel.h"
 
 typedef enum lock__script {
     LOCK__ACQUIRE = 0,
@@ -207,6 +208,11 @@ static int lock__auth(lock_client_t *cl) {
 static int lock__connect(lock_client_t *cl) {
     if (cl->ctx != NULL) {
         return LOCK_OK;
+    }
+    /* Behind Sentinel, every (re)connect asks where the master is now. */
+    char serr[160];
+    if (sentinel_resolve(&cl->addr, serr, sizeof(serr)) == SENTINEL_ERR) {
+        return lock__fail(cl, LOCK_EIO, serr);
     }
     struct timeval tv = {.tv_sec = cl->timeout_ms / 1000,
                          .tv_usec = (cl->timeout_ms % 1000) * 1000};

@@ -17,6 +17,9 @@
 static pthread_mutex_t sentinel__mu = PTHREAD_MUTEX_INITIALIZER;
 static cfg_addr_t sentinel__last;
 
+/* The process's configuration (sentinel_init), NULL before. */
+static const cfg_t *sentinel__cfg;
+
 int sentinel_configured(const cfg_t *cfg) {
     return cfg->nsentinels > 0;
 }
@@ -56,6 +59,16 @@ static long sentinel__left_ms(int64_t deadline_ns) {
     return left < 1 ? 1 : (long)left;
 }
 
+/* hiredis's text for a context error; a blocking call that ran out of time
+ * says EAGAIN's "Resource temporarily unavailable", which hides what it
+ * was. */
+static const char *sentinel__ctx_err(const redisContext *c) {
+    if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        return "timed out";
+    }
+    return c->errstr;
+}
+
 /* Asks one sentinel. 0 and *out filled, or -1 with why in err. */
 static int sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
                          int64_t deadline_ns, cfg_addr_t *out, char *err,
@@ -72,7 +85,7 @@ static int sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
     redisReply *r = NULL;
     if (c->err != 0 || redisSetTimeout(c, tv) != REDIS_OK) {
         snprintf(err, errlen, "sentinel %s:%u: connect: %s", s->host, s->port,
-                 c->errstr);
+                 sentinel__ctx_err(c));
         goto out;
     }
     if (cfg->redis_sentinel_password[0] != '\0') {
@@ -94,7 +107,7 @@ static int sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
     r = redisCommandArgv(c, 3, argv, NULL);
     if (r == NULL) {
         snprintf(err, errlen, "sentinel %s:%u: %s", s->host, s->port,
-                 c->errstr);
+                 sentinel__ctx_err(c));
     } else if (r->type == REDIS_REPLY_NIL) {
         snprintf(err, errlen, "sentinel %s:%u: no master named \"%s\"", s->host,
                  s->port, cfg->redis_master_name);
@@ -163,4 +176,17 @@ int sentinel_master(const cfg_t *cfg, cfg_addr_t *out, char *err,
     snprintf(err, errlen, "master \"%s\" unknown: %s", cfg->redis_master_name,
              why);
     return SENTINEL_ERR;
+}
+
+void sentinel_init(const cfg_t *cfg) {
+    sentinel__cfg = cfg;
+    sentinel_log_config(cfg);
+}
+
+int sentinel_resolve(cfg_addr_t *addr, char *err, size_t errlen) {
+    const cfg_t *cfg = sentinel__cfg;
+    if (cfg == NULL || !sentinel_configured(cfg)) {
+        return SENTINEL_NONE;
+    }
+    return sentinel_master(cfg, addr, err, errlen);
 }

@@ -29,6 +29,7 @@
 
 enum {
     SENTINEL_OK = 0,
+    SENTINEL_NONE = 1, /* sentinel_resolve: no sentinels configured */
     SENTINEL_ERR = -1, /* no sentinel gave an address: err says why */
 };
 
@@ -46,5 +47,17 @@ void sentinel_log_config(const cfg_t *cfg);
  * unknown, which the callers treat as Redis being unavailable. */
 int sentinel_master(const cfg_t *cfg, cfg_addr_t *out, char *err,
                     size_t errlen);
+
+/* Once per process, before any connection: remembers cfg (borrowed; it must
+ * outlive every connection, as the process's cfg_t does) for
+ * sentinel_resolve, and logs it (sentinel_log_config). */
+void sentinel_init(const cfg_t *cfg);
+
+/* The hook of every lock connection's (re)connect: with sentinels
+ * configured (sentinel_init), asks them (sentinel_master) and writes the
+ * master's address to *addr: SENTINEL_OK, or SENTINEL_ERR with err filled
+ * (treat it as a connection error). Without sentinels: SENTINEL_NONE, and
+ * *addr is left as it is (the COUPON_REDIS_ADDRS entry). */
+int sentinel_resolve(cfg_addr_t *addr, char *err, size_t errlen);
 
 #endif
