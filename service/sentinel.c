@@ -94,7 +94,7 @@ static int sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
         if (r == NULL || r->type != REDIS_REPLY_STATUS) {
             /* Sentinel's refusal does not repeat the password. */
             snprintf(err, errlen, "sentinel %s:%u: AUTH: %s", s->host, s->port,
-                     r == NULL                      ? c->errstr
+                     r == NULL                      ? sentinel__ctx_err(c)
                      : r->type == REDIS_REPLY_ERROR ? r->str
                                                     : "bad reply");
             goto out;
