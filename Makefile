@@ -39,14 +39,17 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 # ---------------------------------------------------------------- service ---
 
+# The lock module: the contract and the waiting (lock.o, lock_wait.o), then
+# one object per backend (lock_*.o). A build with etcd adds its objects here.
+LOCK_OBJS := lock.o lock_wait.o lock_redis.o lock_redlock.o sentinel.o
+
 SVC_OBJS := $(addprefix $(BUILD)/service/, \
-	main.o cfg.o log.o http.o api.o claim.o lock.o lock_wait.o wd.o store.o \
-	sentinel.o \
+	main.o cfg.o log.o http.o api.o claim.o $(LOCK_OBJS) wd.o store.o \
 	metrics.o fault.o req.o ready.o migrations.o)
 
 # Objects the unit tests link against: everything but main and the
 # network-facing modules they do not need.
-LIB_OBJS := $(addprefix $(BUILD)/service/, cfg.o log.o req.o fault.o sentinel.o \
+LIB_OBJS := $(addprefix $(BUILD)/service/, cfg.o log.o req.o fault.o \
 	metrics.o)
 
 .PHONY: all

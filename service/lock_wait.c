@@ -177,8 +177,11 @@ void lock_wait_credentials(const char *username, const char *password) {
     lock_wait__g.password = password != NULL ? password : "";
 }
 
-void lock_wait_config(int poll, uint32_t recheck_ms, const cfg_addr_t *addr,
-                      uint32_t timeout_ms) {
+void lock_wait_config(const cfg_t *cfg) {
+    int poll = cfg->lock_wait_poll;
+    uint32_t recheck_ms = cfg->lock_recheck_ms;
+    const cfg_addr_t *addr = &cfg->redis[0];
+    uint32_t timeout_ms = cfg->redis_timeout_ms;
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);

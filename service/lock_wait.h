@@ -34,8 +34,7 @@ typedef struct lock_waiter {
  * or pubsub (0), the re-check period, and where the subscriber connects
  * (addr is copied). Without this call lock_acquire polls. The credentials
  * come from lock_wait_credentials. */
-void lock_wait_config(int poll, uint32_t recheck_ms, const cfg_addr_t *addr,
-                      uint32_t timeout_ms);
+void lock_wait_config(const cfg_t *cfg);
 
 /* Stops the subscriber thread and frees its state; call after the last
  * waiter has left (the claim workers are stopped). Later waits re-check on

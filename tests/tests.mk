@@ -23,8 +23,8 @@ $(BUILD)/tests/%.o: tests/%.c | deps-check
 # the harness shares the load generator's invariant checker (lg_verify.c),
 # so every test sees the loadtest headers.
 
-$(BUILD)/tests/unit-tests: $(UNIT_OBJS) $(LIB_OBJS) $(BUILD)/service/lock.o \
-		$(BUILD)/service/lock_wait.o \
+$(BUILD)/tests/unit-tests: $(UNIT_OBJS) $(LIB_OBJS) \
+		$(addprefix $(BUILD)/service/, $(LOCK_OBJS) wd.o) \
 		$(BUILD)/loadtest/lg_http.o
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(TEST_LIBS)
