@@ -445,3 +445,85 @@ void h_topo_stop(void) {
     h__repl_proxy = NULL;
     h__nnodes = 0;
 }
+
+/* --------------------------------------------------------- grant order --- */
+
+typedef struct h__grant {
+    char ts[32]; /* the log line's timestamp: ISO 8601, sorts as text */
+    long fence;
+    int svc;
+} h__grant_t;
+
+static int h__grant_cmp(const void *pa, const void *pb) {
+    const h__grant_t *a = pa, *b = pb;
+    int c = strcmp(a->ts, b->ts);
+    if (c != 0) {
+        return c;
+    }
+    /* Two grants in one millisecond: the order that rises, so that a
+     * violation is never an artefact of the clock's resolution. */
+    return (a->fence > b->fence) - (a->fence < b->fence);
+}
+
+int h_grants(h_svc_t *const *svcs, int nsvc, const char *resource,
+             h_grant_t *out, int max) {
+    enum { MAXG = 20000 };
+    h__grant_t *g = calloc(MAXG, sizeof(*g));
+    TT_ASSERT(g != NULL);
+    char want[128];
+    snprintf(want, sizeof(want), " resource=%s ", resource);
+    int n = 0;
+    for (int s = 0; s < nsvc; s++) {
+        FILE *f = fopen(svcs[s]->log, "r");
+        TT_ASSERT_MSG(f != NULL, "cannot read %s", svcs[s]->log);
+        char line[1024];
+        while (fgets(line, sizeof(line), f) != NULL && n < MAXG) {
+            const char *fe = strstr(line, " fence=");
+            if (strstr(line, "event=lock.acquired") == NULL ||
+                strstr(line, want) == NULL || fe == NULL) {
+                continue;
+            }
+            snprintf(g[n].ts, sizeof(g[n].ts), "%.*s", (int)strcspn(line, " "),
+                     line);
+            g[n].fence = atol(fe + 7);
+            g[n].svc = s;
+            n++;
+        }
+        fclose(f);
+    }
+    qsort(g, (size_t)n, sizeof(*g), h__grant_cmp);
+    for (int i = 0; i < n && i < max; i++) {
+        snprintf(out[i].ts, sizeof(out[i].ts), "%s", g[i].ts);
+        out[i].fence = g[i].fence;
+        out[i].svc = g[i].svc;
+    }
+    free(g);
+    return n;
+}
+
+int h_grant_order_violations(h_svc_t *const *svcs, int nsvc,
+                             const char *resource, int *ngrants) {
+    enum { MAX = 20000 };
+    h_grant_t *g = calloc(MAX, sizeof(*g));
+    TT_ASSERT(g != NULL);
+    int n = h_grants(svcs, nsvc, resource, g, MAX);
+    if (n > MAX) {
+        n = MAX;
+    }
+    int bad = 0;
+    for (int i = 1; i < n; i++) {
+        if (g[i].fence <= g[i - 1].fence) {
+            if (bad++ < 3) {
+                printf("    grant order of %s: %s %s fence %ld after %s %s "
+                       "fence %ld\n",
+                       resource, g[i].ts, svcs[g[i].svc]->name, g[i].fence,
+                       g[i - 1].ts, svcs[g[i - 1].svc]->name, g[i - 1].fence);
+            }
+        }
+    }
+    if (ngrants != NULL) {
+        *ngrants = n;
+    }
+    free(g);
+    return bad;
+}

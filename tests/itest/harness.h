@@ -274,4 +274,24 @@ void h_repl_wait_synced(int timeout_ms);
 /* Ends every node and sentinel of the test, and the replication proxy. */
 void h_topo_stop(void);
 
+/* The grants of one lock resource, from the services' logs (the
+ * "lock.acquired resource=R fence=F token=T backend=B" line every grant
+ * logs), in grant order: by the lines' timestamps, ties by fence. */
+typedef struct h_grant {
+    char ts[32]; /* the line's timestamp */
+    long fence;
+    int svc; /* index into svcs */
+} h_grant_t;
+
+/* Fills out[max] with the grants of resource logged by svcs; returns how
+ * many there are (may be more than max). */
+int h_grants(h_svc_t *const *svcs, int nsvc, const char *resource,
+             h_grant_t *out, int max);
+
+/* The grants of resource whose fence is not above the one granted before
+ * (the first three are printed); *ngrants (may be NULL) gets the count of
+ * grants. With no data loss, 0: fences rise in grant order. */
+int h_grant_order_violations(h_svc_t *const *svcs, int nsvc,
+                             const char *resource, int *ngrants);
+
 #endif

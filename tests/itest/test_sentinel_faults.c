@@ -217,6 +217,10 @@ TT_TEST(sentinel_failover_loses_lock, 120) {
     TT_CMP_INT(nb, >=, 4); /* three warm-ups, then "second" */
     TT_EQ_INT(fv[0], 4);
     TT_EQ_INT(fb[3], 4); /* the same fence, twice */
+    /* In grant order across the three instances, that is the one place
+     * where the fence did not rise. */
+    h_svc_t *all[] = {v, b, c};
+    TT_EQ_INT(h_grant_order_violations(all, 3, "sf", NULL), 1);
 
     /* PostgreSQL accepted one write for fence 4, and the other was
      * refused: V fenced, or B refused, recovered, and written above 4. */
