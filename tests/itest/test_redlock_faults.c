@@ -159,9 +159,12 @@ static void redlock_minority_down(int nodes) {
     h_sleep_ms(2000);
     double t_back = h_now_ms();
     long during = fl_count_between(l, 201, t_down + 500, t_back);
-    printf("    %d of %d nodes down: %ld claims answered 201 meanwhile\n", down,
-           nodes, during);
-    TT_CMP_INT(during, >=, 10);
+    long before = fl_count_between(l, 201, t_down - 1500, t_down);
+    printf("    %d of %d nodes down: %ld claims answered 201 in the 1.5 s "
+           "after (%ld in the 1.5 s before)\n",
+           down, nodes, during, before);
+    /* Claims go on; how fast is not asserted (a loaded machine). */
+    TT_CMP_INT(during, >=, 3);
     rl_failures_clear(l, t_down, t_back);
     /* They have been out for 2 s = TTL + 1 s: the delayed-restart rule
      * holds, they may come back (empty). */
