@@ -52,6 +52,8 @@ baseline stale_read_last_coupon
 baseline redis_lost_duplicate_fence_refused
 baseline sigstop_bucket_holder_past_ttl
 baseline sentinel_failover_loses_lock
+baseline redlock3_rotating_majorities_fences_rise
+baseline redlock3_writeback_after_key_lost
 control "$BUILD/neg-nofence/couponsvc" stale_holder_fenced_after_early_expiry \
     "fences out of commit order"
 control "$BUILD/neg-nostock/couponsvc" stale_read_last_coupon \
@@ -62,6 +64,15 @@ control "$BUILD/neg-loosefence/couponsvc" redis_lost_duplicate_fence_refused \
 # same fence. Only the strict first-write rule keeps the second write out.
 control "$BUILD/neg-loosefence/couponsvc" sentinel_failover_loses_lock \
     'rows_with_fence("sf", 4) == 1: 2 != 1'
+# Redlock's fences, checked on grant order (the lock.acquired lines). With
+# no write-back, rotating majorities meet only lagging counters and draw a
+# fence already used; with a write-back that raises the counters without
+# checking our token, a lease whose key vanished from a node is still made
+# usable, with a fence above that of a grant that came first there.
+control "$BUILD/neg-nowriteback/couponsvc" \
+    redlock3_rotating_majorities_fences_rise "bad == 0"
+control "$BUILD/neg-wbnotoken/couponsvc" redlock3_writeback_after_key_lost \
+    "bad == 0: 1 != 0"
 # A bucket's holder frozen past its TTL: the fence answers it 409. Without
 # the fence the commit gate still rolls the stale write back (the data stay
 # right), so the claim is re-queued and claimed with a new lease: 201.
