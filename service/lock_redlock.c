@@ -364,10 +364,11 @@ static void lock_redlock__step(lock_redlock__node_t *nd, short revents) {
  * replies are owed, read by a later round). judge (may be NULL, only with
  * ncmd == 1): the round ends as soon as the yes answers make a majority or
  * the no answers make one impossible; a node still behind then owes its
- * replies. Afterwards nd->err and nd->rep[] say what each node did; an
- * error reply that says the node cannot serve (READONLY, LOADING,
- * MASTERDOWN) or refuses our credentials fails the node like a connection
- * error. Call lock_redlock__round_end after reading the replies.
+ * replies. A round without replies ends once written out to a majority
+ * when the others are still connecting. Afterwards nd->err and nd->rep[] say
+ * what each node did; an error reply that says the node cannot serve (READONLY,
+ * LOADING, MASTERDOWN) or refuses our credentials fails the node like a
+ * connection error. Call lock_redlock__round_end after reading the replies.
  */
 static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
                                 const lock_redlock__cmd_t *cmds, int ncmd,
@@ -387,9 +388,12 @@ static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
     int m = lock_redlock_majority(cl->n);
     for (;;) {
         struct pollfd pf[LOCK_MAX_NODES];
-        int idx[LOCK_MAX_NODES], k = 0, yes = 0, no = 0;
+        int idx[LOCK_MAX_NODES], k = 0, yes = 0, no = 0, written = 0;
+        int connecting = 0;
         for (int i = 0; i < cl->n; i++) {
             lock_redlock__node_t *nd = &cl->node[i];
+            written += nd->active && nd->written;
+            connecting += nd->active && nd->connecting;
             if (judge != NULL && nd->rep != NULL && nd->got == 1) {
                 int v = judge(nd->rep[0], jarg);
                 yes += v == 1;
@@ -413,6 +417,13 @@ static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
         }
         if (judge != NULL && (yes >= m || no > cl->n - m)) {
             break; /* decided */
+        }
+        if (!want_replies && written >= m && connecting == k) {
+            /* Written out to a majority; the rest are still connecting
+             * (a node cut off drops SYNs, and would hold every release
+             * for the whole timeout): their output goes out with the next
+             * round on this client. */
+            break;
         }
         if (k == 0) {
             break;
@@ -522,6 +533,26 @@ static int lock_redlock__judge_one(const redisReply *r, const void *arg) {
     return r->integer == 1 ? 1 : 0;
 }
 
+/* A status reply (PONG): yes. */
+static int lock_redlock__judge_status(const redisReply *r, const void *arg) {
+    (void)arg;
+    return r->type == REDIS_REPLY_STATUS ? 1 : -1;
+}
+
+/* Any integer (the counter after a raise): yes. */
+static int lock_redlock__judge_int(const redisReply *r, const void *arg) {
+    (void)arg;
+    return r->type == REDIS_REPLY_INTEGER ? 1 : -1;
+}
+
+/* GET of the lock key: our token (arg) yes, another value or none no. */
+static int lock_redlock__judge_held(const redisReply *r, const void *arg) {
+    if (r->type == REDIS_REPLY_STRING) {
+        return strcmp(r->str, (const char *)arg) == 0 ? 1 : 0;
+    }
+    return r->type == REDIS_REPLY_NIL ? 0 : -1;
+}
+
 /* ACQUIRE's {1, fence}: yes; {0, pttl}: no. */
 static int lock_redlock__judge_acquire(const redisReply *r, const void *arg) {
     (void)arg;
@@ -535,16 +566,21 @@ static int lock_redlock__judge_acquire(const redisReply *r, const void *arg) {
 
 /* ------------------------------------------------------------- release --- */
 
-/* RELEASE on every node in mask, written out at once, replies not awaited
- * (they are read and dropped by the next round). Returns the number of
- * nodes it was written out to. */
+/* RELEASE (announce 1) or UNDO (0) on every node in mask, written out at
+ * once, replies not awaited (they are read and dropped by the next round).
+ * Returns the number of nodes it was written out to. */
 static int lock_redlock__release_mask(lock_redlock__client_t *cl,
-                                      const lock_lease_t *lease,
-                                      uint32_t mask) {
+                                      const lock_lease_t *lease, uint32_t mask,
+                                      int announce) {
     lock_redlock__cmd_t c = {.argc = 6,
                              .argv = {"EVAL", LOCK_SCRIPT_RELEASE, "1",
                                       lease->key, lease->token,
                                       lease->channel}};
+    if (!announce) {
+        c = (lock_redlock__cmd_t){
+            .argc = 5,
+            .argv = {"EVAL", LOCK_SCRIPT_UNDO, "1", lease->key, lease->token}};
+    }
     lock_redlock__round(cl, mask, &c, 1, 0, lock_redlock__deadline(cl), NULL,
                         NULL);
     int written = 0;
@@ -558,7 +594,8 @@ static int lock_redlock__release_mask(lock_redlock__client_t *cl,
 static int lock_redlock__release(lock_client_t *base,
                                  const lock_lease_t *lease) {
     lock_redlock__client_t *cl = (lock_redlock__client_t *)base;
-    int written = lock_redlock__release_mask(cl, lease, lock_redlock__all(cl));
+    int written =
+        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl), 1);
     if (written < lock_redlock_majority(cl->n)) {
         return lock_redlock__fail(cl, "release not sent", written);
     }
@@ -677,12 +714,14 @@ static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
     if (verdict != LOCK_OK) {
         /* Every node that may hold it, at once: the granting ones and the
          * silent ones (a reply that did not come may be a grant). A node
-         * that answered "busy" holds somebody else's token. */
+         * that answered "busy" holds somebody else's token. UNDO, not
+         * RELEASE: no announcement (lock_scripts.h says why). */
         if (verdict == LOCK_ERR) {
             lock_redlock__fail(cl, "acquire", yes + no);
         }
         lock_redlock__round_end(cl);
-        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl) & ~refused);
+        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl) & ~refused,
+                                   0);
         *holder_pttl_ms = pttl;
         return verdict;
     }
@@ -715,7 +754,7 @@ static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
                              lease->ttl_ms);
             wb = LOCK_ERR;
         }
-        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl));
+        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl), 1);
         *holder_pttl_ms = 0; /* our own grant went away: try again soon */
         return wb;
     }
@@ -793,7 +832,8 @@ static int lock_redlock__check(lock_client_t *base, const lock_lease_t *lease) {
     lock_redlock__client_t *cl = (lock_redlock__client_t *)base;
     lock_redlock__cmd_t c = {.argc = 2, .argv = {"GET", lease->key}};
     lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1,
-                        lock_redlock__deadline(cl), NULL, NULL);
+                        lock_redlock__deadline(cl), lock_redlock__judge_held,
+                        lease->token);
     int yes = 0, no = 0;
     for (int i = 0; i < cl->n; i++) {
         const lock_redlock__node_t *nd = &cl->node[i];
@@ -826,7 +866,8 @@ static int lock_redlock__raise_fence(lock_client_t *base, const char *resource,
     lock_redlock__cmd_t c = {
         .argc = 5, .argv = {"EVAL", LOCK_SCRIPT_RAISE_FENCE, "1", key, fl}};
     lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1,
-                        lock_redlock__deadline(cl), NULL, NULL);
+                        lock_redlock__deadline(cl), lock_redlock__judge_int,
+                        NULL);
     int yes = 0;
     int64_t low = INT64_MAX;
     for (int i = 0; i < cl->n; i++) {
@@ -855,7 +896,8 @@ static int lock_redlock__ping(lock_client_t *base) {
     lock_redlock__client_t *cl = (lock_redlock__client_t *)base;
     lock_redlock__cmd_t c = {.argc = 1, .argv = {"PING"}};
     lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1,
-                        lock_redlock__deadline(cl), NULL, NULL);
+                        lock_redlock__deadline(cl), lock_redlock__judge_status,
+                        NULL);
     int yes = 0;
     for (int i = 0; i < cl->n; i++) {
         const lock_redlock__node_t *nd = &cl->node[i];
