@@ -57,6 +57,10 @@ typedef struct lock_backend {
 extern const lock_backend_t lock_redis_backend, lock_redlock_backend,
     lock_etcd_backend;
 
+/* lock_redis.c's code for one logical node found through Redis Sentinel
+ * (sentinel.h): chosen when COUPON_REDIS_SENTINELS is set. */
+extern const lock_backend_t lock_sentinel_backend;
+
 /* An etcd build's choice (lock_etcd.c): 1 when cfg selects etcd
  * (COUPON_LOCK_BACKEND=etcd). Called by lock_init under
  * COUPONSVC_WITH_ETCD, before the Redis backends are considered. */

@@ -78,6 +78,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "fault.h"
 #include "lock_backend.h"
 #include "lock_scripts.h"
 #include "log.h"
@@ -746,6 +747,9 @@ static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
     lock_redlock__round_end(cl);
     lease->fence = fence;
     lease->u.redlock.granted = granted;
+    /* Tests only: a pause here counts against the validity like any delay
+     * (the fault tests' way into the write-back's race). */
+    fault_pause(FAULT_BEFORE_WRITEBACK);
 
     /* The write-back ends within the timeout, and never after the lease's
      * validity would have run out anyway. */

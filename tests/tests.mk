@@ -10,7 +10,8 @@ ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_claim.o itest/test_api.o \
 	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o \
 	itest/test_comb.o itest/test_verify.o itest/test_store.o \
-	itest/test_lock_wait.o itest/test_redlock.o) \
+	itest/test_lock_wait.o itest/test_redlock.o itest/h_topo.o \
+	faults/proxy.o) \
 	$(BUILD)/loadtest/lg_verify.o \
 	$(LIB_OBJS) $(BUILD)/service/store.o $(BUILD)/service/migrations.o
 
@@ -78,6 +79,7 @@ $(BUILD)/old/couponsvc:
 FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_faults.o itest/test_redis_faults.o \
 	itest/test_comb_faults.o itest/test_lock_wait_faults.o \
+	itest/h_topo.o itest/test_sentinel_faults.o itest/test_redlock_faults.o \
 	faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o
 
 $(BUILD)/tests/fault-tests: $(FAULT_OBJS)
