@@ -17,9 +17,11 @@
  * Why fences stay monotonic, with no timing assumption. Let lease A become
  * usable with fence F: a majority S_A of nodes answered "raised while held",
  * so on each node X in S_A the counter reached F at a moment when A's key
- * was still on X. Let lease B be granted later, by a majority S_B. S_A and
- * S_B share a node X (two majorities of N always intersect). B's SET NX on X
- * succeeded, so A's key was gone from X by then (released, or expired); it
+ * was still on X. Let lease B be granted later, by a majority S_B: any
+ * lease acquired after A became usable, and any other whose grant on the
+ * shared node below came after A's there. S_A and S_B share a node X (two
+ * majorities of N always intersect). B's SET NX on X succeeded after A's,
+ * so A's key was gone from X by then (released, or expired); it
  * was there when A's raise ran (the script checked it, atomically), so the
  * raise came first, and B's INCR on X (in the same script as its SET NX)
  * drew at least F + 1. B's fence is the maximum over S_B, so it is above F.
