@@ -282,21 +282,31 @@ static void claim__resource(char *key, size_t n, const char *coupon,
                             int bucket);
 static int claim__gate_fault_only(void *arg);
 
+/* Claims run lockless since the last claim.degraded line. */
+static _Atomic uint64_t claim__degraded_quiet;
+
+/* Counts n claims that ran without the lock (the metric, and the next
+ * claim.degraded line's count). */
+static void claim__degraded(size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        metrics_inc(M_CLAIMS_DEGRADED);
+    }
+    atomic_fetch_add(&claim__degraded_quiet, n);
+}
+
 /* The degraded mode (COUPON_LOCK_UNAVAILABLE=atomic): 1 when the lock
  * attempt that just failed on cl failed because the backend is unavailable
  * (LOCK_EIO: unreachable, timed out, no quorum), so that the claim may run
  * without the lock, by the atomic mode's conditional UPDATE. Busy locks and
  * auth, permission or protocol errors never qualify: those are not an
  * outage the lock can do nothing about, they are answers. Logged at most
- * once a second per process, with how many claims went lockless since. */
-static int claim__degrade(const lock_client_t *cl, const char *coupon,
-                          size_t claims) {
+ * once a second per process, with how many claims went lockless since the
+ * last line. */
+static int claim__degrade(const lock_client_t *cl, const char *coupon) {
     if (!claim__cfg->lock_unavailable_atomic || lock_errkind(cl) != LOCK_EIO) {
         return 0;
     }
     static _Atomic int64_t last_log_ns;
-    static _Atomic uint64_t quiet;
-    atomic_fetch_add(&quiet, claims);
     int64_t now = mono_ns(), last = atomic_load(&last_log_ns);
     if ((last == 0 || now - last >= 1000 * MONO_MS) &&
         atomic_compare_exchange_strong(&last_log_ns, &last, now)) {
@@ -304,7 +314,8 @@ static int claim__degrade(const lock_client_t *cl, const char *coupon,
                  "coupon=%s claims=%llu err=\"%s\" (the lock backend is "
                  "unavailable: claims run without the lock, PostgreSQL's "
                  "conditional UPDATE alone; COUPON_LOCK_UNAVAILABLE=atomic)",
-                 coupon, (unsigned long long)atomic_exchange(&quiet, 0),
+                 coupon,
+                 (unsigned long long)atomic_exchange(&claim__degraded_quiet, 0),
                  lock_errstr(cl));
     }
     return 1;
@@ -343,10 +354,10 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
                        "the coupon's lock stayed busy past the wait deadline");
             return 0;
         }
-        if (lrc != LOCK_OK && claim__degrade(c->lock, coupon, 1)) {
+        if (lrc == LOCK_ERR && claim__degrade(c->lock, coupon)) {
             /* The atomic mode's write: no fence, the stock and UNIQUE
              * alone, exact without the lock. */
-            metrics_inc(M_CLAIMS_DEGRADED);
+            claim__degraded(1);
             store_item_t item = {.user_id = user};
             int src = store_claim(c->store, coupon, bucket, STORE_NO_FENCE,
                                   &item, 1, claim__gate_fault_only, NULL, NULL);
@@ -1289,8 +1300,7 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         metrics_observe_lock_wait((uint64_t)waited);
         /* Degraded: the batch runs without a lease, as one lockless
          * set-based claim (the atomic mode's write for n users). */
-        int degraded =
-            lrc == LOCK_ERR && claim__degrade(c->lock, coupon, n > 0 ? n : 1);
+        int degraded = lrc == LOCK_ERR && claim__degrade(c->lock, coupon);
         if (lrc != LOCK_OK && !degraded) {
             const char *why =
                 lrc == LOCK_BUSY
@@ -1343,9 +1353,7 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         }
         int current = 0;
         if (degraded) {
-            for (size_t i = 0; i < n; i++) {
-                metrics_inc(M_CLAIMS_DEGRADED);
-            }
+            claim__degraded(n);
         } else {
             current = src == STORE_FENCED && lock_check(c->lock, &lease) == 1;
             wd_unwatch(claim__wd, &lease);
