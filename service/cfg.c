@@ -23,6 +23,7 @@ typedef enum cfg__kind {
     CFG__ID,    /* char instance_id[128] */
     CFG__ONOFF, /* int: on = 1, off = 0 */
     CFG__WAIT,  /* int: 1 = poll, 0 = pubsub */
+    CFG__LOGFMT, /* log_format_t */
 } cfg__kind_t;
 
 typedef struct cfg__opt {
@@ -121,6 +122,8 @@ static const cfg__opt_t cfg__opts[] = {
      "name in logs, metrics and claim rows (default: hostname-pid)"},
     {"COUPON_LOG_LEVEL", CFG__LEVEL, F(log_level), "info", 0, 0,
      "debug | info | warn | error"},
+    {"COUPON_LOG_FORMAT", CFG__LOGFMT, F(log_format), "text", 0, 0,
+     "text (key=value lines) | json (one JSON object per line)"},
 };
 
 #define CFG__NOPTS (sizeof(cfg__opts) / sizeof(cfg__opts[0]))
@@ -254,6 +257,13 @@ static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
         if (log_level_parse(v, &c->log_level) != 0) {
             snprintf(c->errstr, sizeof(c->errstr),
                      "%s: '%s' is not debug, info, warn or error", o->env, v);
+            return -1;
+        }
+        return 0;
+    case CFG__LOGFMT:
+        if (log_format_parse(v, &c->log_format) != 0) {
+            snprintf(c->errstr, sizeof(c->errstr), "%s: '%s' is not text or json",
+                     o->env, v);
             return -1;
         }
         return 0;

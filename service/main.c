@@ -149,6 +149,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     log_init(cfg.instance_id, cfg.log_level);
+    log_set_format(cfg.log_format);
 
     char err[256];
     if (fault_parse(cfg.fault, err, sizeof(err)) != 0) {
