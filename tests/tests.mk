@@ -11,7 +11,7 @@ ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_claim.o itest/test_api.o \
 	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o \
 	itest/test_comb.o itest/test_verify.o itest/test_store.o \
-	itest/test_lock_wait.o) \
+	itest/test_lock_wait.o itest/test_ops.o) \
 	$(BUILD)/loadtest/lg_verify.o \
 	$(LIB_OBJS) $(BUILD)/service/store.o $(BUILD)/service/migrations.o
 
