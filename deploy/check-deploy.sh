@@ -60,7 +60,7 @@ step "nginx"
 if have nginx; then
     # The local template, rendered the way stack.sh renders it.
     mkdir -p "$TMP/local/nginx/tmp" "$TMP/local/logs"
-    cp deploy/nginx/proxy.conf "$TMP/local/nginx/proxy.conf"
+    cp deploy/nginx/proxy.conf deploy/nginx/http.conf "$TMP/local/nginx/"
     awk -v sd="$TMP/local" '
         /^@UPSTREAM_SERVERS@$/ {
             print "        server 127.0.0.1:8081 max_fails=3 fail_timeout=5s;"
@@ -84,7 +84,7 @@ if have nginx; then
     # needs nginx >= 1.27.3 and the paths are the container's. Replace those,
     # check the rest.
     mkdir -p "$TMP/compose/tmp"
-    cp deploy/nginx/proxy.conf "$TMP/compose/proxy.conf"
+    cp deploy/nginx/proxy.conf deploy/nginx/http.conf "$TMP/compose/"
     sed -e "s#/tmp/#$TMP/compose/tmp/#g" \
         -e 's/server couponsvc:8081 resolve/server 127.0.0.1:8081/' \
         -e "s#/etc/nginx/couponsvc/#$TMP/compose/#g" \

@@ -344,8 +344,8 @@ static void api__claim_get(const char *id, const char *user,
     if (rc < 0) {
         api__unavailable(resp, "unavailable", r.detail);
     } else if (rc == 1) {
-        snprintf(d, sizeof(d), "user \"%s\" holds no claim of coupon \"%s\"",
-                 u, id);
+        snprintf(d, sizeof(d), "user \"%s\" holds no claim of coupon \"%s\"", u,
+                 id);
         api__error(resp, 404, "not_found", d);
     } else {
         api__json(resp, 200,

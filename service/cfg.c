@@ -14,15 +14,15 @@
 #include <unistd.h>
 
 typedef enum cfg__kind {
-    CFG__STR,   /* char * owned by cfg_t */
-    CFG__U32,   /* uint32_t within [min, max] */
-    CFG__ADDR,  /* cfg_addr_t */
-    CFG__ADDRS, /* redis[] + nredis */
-    CFG__MODE,  /* claim_mode_t */
-    CFG__LEVEL, /* log_level_t */
-    CFG__ID,    /* char instance_id[128] */
-    CFG__ONOFF, /* int: on = 1, off = 0 */
-    CFG__WAIT,  /* int: 1 = poll, 0 = pubsub */
+    CFG__STR,    /* char * owned by cfg_t */
+    CFG__U32,    /* uint32_t within [min, max] */
+    CFG__ADDR,   /* cfg_addr_t */
+    CFG__ADDRS,  /* redis[] + nredis */
+    CFG__MODE,   /* claim_mode_t */
+    CFG__LEVEL,  /* log_level_t */
+    CFG__ID,     /* char instance_id[128] */
+    CFG__ONOFF,  /* int: on = 1, off = 0 */
+    CFG__WAIT,   /* int: 1 = poll, 0 = pubsub */
     CFG__LOGFMT, /* log_format_t */
 } cfg__kind_t;
 
@@ -262,8 +262,8 @@ static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
         return 0;
     case CFG__LOGFMT:
         if (log_format_parse(v, &c->log_format) != 0) {
-            snprintf(c->errstr, sizeof(c->errstr), "%s: '%s' is not text or json",
-                     o->env, v);
+            snprintf(c->errstr, sizeof(c->errstr),
+                     "%s: '%s' is not text or json", o->env, v);
             return -1;
         }
         return 0;

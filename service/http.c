@@ -162,12 +162,11 @@ struct http {
 
 static void http__linger_arm(http_t *h, struct MHD_Connection *conn);
 
-/* Queues rq's answer on its connection; close_after adds "Connection: close", so that nothing
- * the client sent after this request is read as another request, and
- * lingers after the close (whatever the client still sends is read and
- * dropped, so that the close is not a RST that destroys the answer). */
-static enum MHD_Result http__send(http_t *h, http__req_t *rq,
-                                  int close_after) {
+/* Queues rq's answer on its connection; close_after adds "Connection: close",
+ * so that nothing the client sent after this request is read as another
+ * request, and lingers after the close (whatever the client still sends is read
+ * and dropped, so that the close is not a RST that destroys the answer). */
+static enum MHD_Result http__send(http_t *h, http__req_t *rq, int close_after) {
     struct MHD_Connection *conn = rq->conn;
     api_response_t *r = &rq->resp;
     struct MHD_Response *resp =

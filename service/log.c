@@ -240,7 +240,8 @@ static size_t log__json(char *buf, size_t cap, const char *ts,
                 }
                 vn = (size_t)(p - v);
             }
-            for (size_t i = 0; is_pair && i < sizeof(reserved) / sizeof(reserved[0]); i++) {
+            for (size_t i = 0;
+                 is_pair && i < sizeof(reserved) / sizeof(reserved[0]); i++) {
                 is_pair = !(strlen(reserved[i]) == kn &&
                             memcmp(reserved[i], k, kn) == 0);
             }

@@ -876,6 +876,12 @@ void h_pg_private_restart(void) {
 static pid_t h__nginx_pid;
 static char h__nginx_err[420];
 
+static int h__nginx_limited;
+
+void h_nginx_rate_limit(int on) {
+    h__nginx_limited = on;
+}
+
 int h_nginx_start(h_svc_t *const *upstreams, int n) {
     TT_ASSERT_MSG(h__nginx_pid == 0, "one nginx per test");
     const char *inc = getenv("COUPONSVC_PROXY_CONF");
@@ -891,6 +897,36 @@ int h_nginx_start(h_svc_t *const *upstreams, int n) {
     snprintf(tmp, sizeof(tmp), "%s/tmp", dir);
     snprintf(h__nginx_err, sizeof(h__nginx_err), "%s/error.log", dir);
     TT_ASSERT(mkdir(dir, 0755) == 0 && mkdir(tmp, 0755) == 0);
+
+    /* http.conf from beside proxy.conf, with the per-client rate limit
+     * off (an empty key: nginx counts no such request) unless the test
+     * asked for it: every client of a test is on the loopback. */
+    char http_src[PATH_MAX + 16], http_conf[460];
+    snprintf(http_src, sizeof(http_src), "%s", proxy_conf);
+    char *slash = strrchr(http_src, '/');
+    TT_ASSERT(slash != NULL);
+    snprintf(slash + 1, sizeof(http_src) - (size_t)(slash + 1 - http_src),
+             "http.conf");
+    snprintf(http_conf, sizeof(http_conf), "%s/http.conf", dir);
+    FILE *in = fopen(http_src, "r"), *out = fopen(http_conf, "w");
+    TT_ASSERT_MSG(in != NULL, "cannot read %s", http_src);
+    TT_ASSERT(out != NULL);
+    char line[1024];
+    int zone = 0;
+    static const char key[] = "limit_req_zone $binary_remote_addr ";
+    while (fgets(line, sizeof(line), in) != NULL) {
+        if (strncmp(line, key, sizeof(key) - 1) == 0) {
+            zone = 1;
+            if (!h__nginx_limited) {
+                fprintf(out, "limit_req_zone \"\" %s", line + sizeof(key) - 1);
+                continue;
+            }
+        }
+        fputs(line, out);
+    }
+    fclose(in);
+    TT_ASSERT(fclose(out) == 0);
+    TT_ASSERT_MSG(zone, "%s: no line starting with '%s'", http_src, key);
 
     int port = h__free_port();
     FILE *f = fopen(conf, "w");
@@ -911,8 +947,9 @@ int h_nginx_start(h_svc_t *const *upstreams, int n) {
             "  fastcgi_temp_path %s/fastcgi;\n"
             "  uwsgi_temp_path %s/uwsgi;\n"
             "  scgi_temp_path %s/scgi;\n"
+            "  include %s;\n"
             "  upstream couponsvc {\n",
-            dir, h__nginx_err, dir, tmp, tmp, tmp, tmp, tmp);
+            dir, h__nginx_err, dir, tmp, tmp, tmp, tmp, tmp, http_conf);
     /* nginx must drop an idle upstream connection before the replica
      * does (deploy/nginx: 15 s against 30 s): a replica that closes a
      * kept-alive connection as nginx sends a POST on it loses that request,

@@ -172,10 +172,17 @@ void h_pg_private_restart(void);
  * master_process off, so that the test's process group holds it. Its server
  * block includes the repository's deploy/nginx/proxy.conf (override the
  * path with COUPONSVC_PROXY_CONF), so a test goes through the load
- * balancer's real configuration; `upstream couponsvc` points at the given
+ * balancer's real configuration; its http block includes http.conf from
+ * the same directory (request ids; the rate limit, see h_nginx_rate_limit);
+ * `upstream couponsvc` points at the given
  * services. Returns the port nginx listens on; waits until /lb-healthz
  * answers. One nginx per test. */
 int h_nginx_start(h_svc_t *const *upstreams, int n);
+
+/* 1: the next h_nginx_start applies deploy/nginx/http.conf's per-client
+ * rate limit as shipped; 0 (the default): no limit, since every client of
+ * a test comes from the loopback. */
+void h_nginx_rate_limit(int on);
 
 /* Stops it (SIGQUIT, then SIGKILL after 5 s) and waits. Accepts no nginx. */
 void h_nginx_stop(void);

@@ -97,7 +97,8 @@ static char *ops_slurp(const char *path) {
 
 /* The log line (text format) of event ev that contains needle; a new
  * string, or NULL. */
-static char *ops_log_line(const h_svc_t *s, const char *ev, const char *needle) {
+static char *ops_log_line(const h_svc_t *s, const char *ev,
+                          const char *needle) {
     char *all = ops_slurp(s->log);
     char evk[96];
     snprintf(evk, sizeof(evk), "event=%s ", ev);
@@ -197,8 +198,8 @@ TT_TEST(api_claim_lookup, 60) {
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         long st = ops_get(s, bad[i].path, &j);
-        TT_ASSERT_MSG(st == bad[i].status, "GET %s: %ld, want %ld",
-                      bad[i].path, st, bad[i].status);
+        TT_ASSERT_MSG(st == bad[i].status, "GET %s: %ld, want %ld", bad[i].path,
+                      st, bad[i].status);
         TT_EQ_STR(ops_err(j), bad[i].error);
         json_decref(j);
     }
@@ -253,13 +254,13 @@ TT_TEST(api_request_id_echoed_and_logged, 60) {
     char long_id[80];
     memset(long_id, 'a', 65);
     long_id[65] = '\0';
-    const char *badids[] = {"has space", "quote\"d", long_id, "semi;colon",
-                            "", NULL};
+    const char *badids[] = {"has space",  "quote\"d", long_id,
+                            "semi;colon", "",         NULL};
     char seen[6][128];
     for (int i = 0; i < 6; i++) {
         char body[96];
-        snprintf(body, sizeof(body), "{\"coupon_id\":\"c1\",\"user_id\":\"b%d\"}",
-                 i);
+        snprintf(body, sizeof(body),
+                 "{\"coupon_id\":\"c1\",\"user_id\":\"b%d\"}", i);
         ops_req_t q = {.method = "POST",
                        .url = url,
                        .body = body,
@@ -314,8 +315,8 @@ static void *ops_batch_one(void *p) {
     snprintf(body, sizeof(body), "{\"coupon_id\":\"hot\",\"user_id\":\"k%d\"}",
              a->i);
     snprintf(rid, sizeof(rid), "rid-k%d", a->i);
-    ops_req_t r = {.method = "POST", .url = a->url, .body = body,
-                   .request_id = rid};
+    ops_req_t r = {
+        .method = "POST", .url = a->url, .body = body, .request_id = rid};
     ops_send(&r);
     a->status = r.status;
     free(r.resp);
@@ -354,8 +355,8 @@ TT_TEST(api_request_id_per_claim_in_a_batch, 60) {
         char *line = ops_log_line(s, "claim.ok", user);
         TT_ASSERT_MSG(line != NULL, "no claim.ok line for k%d", i);
         TT_ASSERT_MSG(strstr(line, want) != NULL, "k%d's line: %s", i, line);
-        batched |= strstr(line, "batch=1 ") == NULL &&
-                   strstr(line, "batch=") != NULL;
+        batched |=
+            strstr(line, "batch=1 ") == NULL && strstr(line, "batch=") != NULL;
         free(line);
     }
     TT_ASSERT_MSG(batched, "no claim was batched with another: the test did "
@@ -409,4 +410,150 @@ TT_TEST(log_format_json_service_lines, 60) {
     free(all);
     TT_ASSERT_MSG(objects >= 3, "only %d JSON lines", objects);
     TT_EQ_INT(claim_ok, 1);
+}
+
+/* --------------------------------------------------------- rate limits --- */
+
+/* One client address sending claims through the balancer: `greedy` as fast
+ * as it can, else one every 200 ms (5/s, a quarter of the limit). */
+typedef struct ops_client {
+    const char *lb, *source;
+    int greedy, n;
+    int ok, limited, other;
+    double elapsed_ms;
+    char bad[256]; /* the first answer that broke the 429 contract */
+} ops_client_t;
+
+static void *ops_client_run(void *p) {
+    ops_client_t *c = p;
+    double start = h_now_ms();
+    for (int i = 0; i < c->n; i++) {
+        char body[128];
+        snprintf(body, sizeof(body),
+                 "{\"coupon_id\":\"rl\",\"user_id\":\"%s-%d\"}", c->source, i);
+        ops_req_t r = {
+            .method = "POST", .url = c->lb, .body = body, .source = c->source};
+        ops_send(&r);
+        if (r.status == 201) {
+            c->ok++;
+        } else if (r.status == 429) {
+            c->limited++;
+            json_t *j = json_loads(r.resp, 0, NULL);
+            const char *e = json_string_value(json_object_get(j, "error"));
+            if (c->bad[0] == '\0' &&
+                (e == NULL || strcmp(e, "rate_limited") != 0 ||
+                 !json_is_string(json_object_get(j, "detail")) ||
+                 strcmp(r.retry_after, "1") != 0 || r.rid[0] == '\0')) {
+                snprintf(c->bad, sizeof(c->bad),
+                         "429 retry-after '%s' id '%s' body %s", r.retry_after,
+                         r.rid, r.resp);
+            }
+            json_decref(j);
+        } else {
+            c->other++;
+            if (c->bad[0] == '\0') {
+                snprintf(c->bad, sizeof(c->bad), "status %ld body %s", r.status,
+                         r.resp);
+            }
+        }
+        free(r.resp);
+        if (!c->greedy) {
+            h_sleep_ms(200);
+        }
+    }
+    c->elapsed_ms = h_now_ms() - start;
+    return NULL;
+}
+
+TT_TEST(lb_rate_limit_greedy_client_alone, 90) {
+    h_begin();
+    h_svc_t *s = h_svc_start("rl", NULL);
+    h_coupon(s, "rl", 100000);
+    h_nginx_rate_limit(1);
+    h_svc_t *ups[] = {s};
+    int port = h_nginx_start(ups, 1);
+    char lb[96];
+    snprintf(lb, sizeof(lb), "http://127.0.0.1:%d/claim", port);
+
+    /* Four client addresses on the loopback (127.0.0.0/8 is all local):
+     * one greedy, three polite, at the same time. */
+    enum { NC = 4 };
+    ops_client_t c[NC] = {
+        {.lb = lb, .source = "127.0.0.2", .greedy = 1, .n = 300},
+        {.lb = lb, .source = "127.0.0.3", .n = 20},
+        {.lb = lb, .source = "127.0.0.4", .n = 20},
+        {.lb = lb, .source = "127.0.0.5", .n = 20},
+    };
+    pthread_t t[NC];
+    for (int i = 0; i < NC; i++) {
+        TT_ASSERT(pthread_create(&t[i], NULL, ops_client_run, &c[i]) == 0);
+    }
+    for (int i = 0; i < NC; i++) {
+        pthread_join(t[i], NULL);
+    }
+    for (int i = 0; i < NC; i++) {
+        printf("    %s %s: %d x 201, %d x 429, %d other in %.0f ms\n",
+               c[i].source, c[i].greedy ? "greedy" : "polite", c[i].ok,
+               c[i].limited, c[i].other, c[i].elapsed_ms);
+        TT_ASSERT_MSG(c[i].bad[0] == '\0', "%s: %s", c[i].source, c[i].bad);
+    }
+    /* The greedy one is held to the burst plus the rate over its run
+     * (20/s, burst 40), with slack for the edges of the window; the polite
+     * ones, far below the limit, are never refused. */
+    TT_ASSERT_MSG(c[0].limited > 0, "the greedy client was never limited");
+    double allowed = 40 + 20 * (c[0].elapsed_ms / 1000.0) + 5;
+    TT_ASSERT_MSG(c[0].ok <= allowed, "greedy: %d answered, at most %.0f",
+                  c[0].ok, allowed);
+    int polite_ok = 0;
+    for (int i = 1; i < NC; i++) {
+        TT_EQ_INT(c[i].limited, 0);
+        TT_EQ_INT(c[i].ok, c[i].n);
+        polite_ok += c[i].ok;
+    }
+    /* A refused request never reached a replica: nothing written for it. */
+    h_check_invariants("rl", 100000, c[0].ok + polite_ok);
+    h_nginx_stop();
+}
+
+TT_TEST(lb_request_id_passes_or_is_replaced, 60) {
+    h_begin();
+    h_svc_t *s = h_svc_start("lbrid", NULL);
+    h_coupon(s, "c1", 10);
+    h_svc_t *ups[] = {s};
+    int port = h_nginx_start(ups, 1);
+    char lb[96];
+    snprintf(lb, sizeof(lb), "http://127.0.0.1:%d/claim", port);
+
+    /* The client's well-formed id reaches the replica and comes back. */
+    ops_req_t r = {.method = "POST",
+                   .url = lb,
+                   .body = "{\"coupon_id\":\"c1\",\"user_id\":\"n1\"}",
+                   .request_id = "trace-0001"};
+    ops_send(&r);
+    TT_EQ_INT(r.status, 201);
+    TT_EQ_STR(r.rid, "trace-0001");
+    free(r.resp);
+    /* A malformed one is replaced by nginx's $request_id (32 hex digits),
+     * which the replica then logs and echoes. */
+    ops_req_t q = {.method = "POST",
+                   .url = lb,
+                   .body = "{\"coupon_id\":\"c1\",\"user_id\":\"n2\"}",
+                   .request_id = "not ok"};
+    ops_send(&q);
+    TT_EQ_INT(q.status, 201);
+    TT_ASSERT_MSG(ops_is_hex32(q.rid), "id through the LB: '%s'", q.rid);
+    free(q.resp);
+    h_sleep_ms(100);
+    char want[64];
+    snprintf(want, sizeof(want), " request_id=%s", q.rid);
+    char *line = ops_log_line(s, "claim.ok", "user=n2 ");
+    TT_ASSERT_MSG(line != NULL && strstr(line, want) != NULL,
+                  "replica's line %s lacks %s", line ? line : "(none)", want);
+    free(line);
+    line = ops_log_line(s, "claim.ok", "user=n1 ");
+    TT_ASSERT_MSG(line != NULL &&
+                      strstr(line, " request_id=trace-0001") != NULL,
+                  "replica's line %s", line ? line : "(none)");
+    free(line);
+    h_nginx_stop();
 }

@@ -49,8 +49,7 @@ static size_t json_lines(char *text, json_t **out, size_t max) {
 
 static const char *str(json_t *o, const char *key) {
     json_t *v = json_object_get(o, key);
-    TT_ASSERT_MSG(json_is_string(v), "member %s missing or not a string",
-                  key);
+    TT_ASSERT_MSG(json_is_string(v), "member %s missing or not a string", key);
     return json_string_value(v);
 }
 
@@ -80,10 +79,10 @@ TT_TEST(log_json_lines_are_escaped_objects, 5) {
     TT_ASSERT(strcmp(str(o[0], "event"), "claim.lock_error") == 0);
     TT_ASSERT(strlen(str(o[0], "ts")) == strlen("2026-11-26T18:40:01.123Z"));
     TT_ASSERT(strcmp(str(o[0], "coupon"), "c1") == 0);
-    TT_ASSERT_MSG(strcmp(str(o[0], "err"),
-                         "conn \"refused\" \\ at\nline\x01 \xef\xbf\xbd\xc3\xa9") ==
-                      0,
-                  "err is %s", str(o[0], "err"));
+    TT_ASSERT_MSG(
+        strcmp(str(o[0], "err"),
+               "conn \"refused\" \\ at\nline\x01 \xef\xbf\xbd\xc3\xa9") == 0,
+        "err is %s", str(o[0], "err"));
     TT_ASSERT(strcmp(str(o[0], "fence"), "7") == 0);
     TT_ASSERT_MSG(strcmp(str(o[0], "msg"),
                          "(expires by TTL) coupon=c2 event=forged") == 0,
@@ -131,8 +130,9 @@ TT_TEST(log_text_lines_end_with_request_id, 5) {
     char *second = strchr(text, '\n');
     TT_ASSERT(second != NULL);
     *second++ = '\0';
-    TT_ASSERT_MSG(strstr(text, " INFO instance=inst-1 event=claim.ok coupon=x "
-                               "user=u claim=3 fence=9 request_id=abc-1") != NULL,
+    TT_ASSERT_MSG(strstr(text,
+                         " INFO instance=inst-1 event=claim.ok coupon=x "
+                         "user=u claim=3 fence=9 request_id=abc-1") != NULL,
                   "line: %s", text);
     TT_ASSERT_MSG(strstr(second, "fence=10\n") != NULL &&
                       strstr(second, "request_id") == NULL,
