@@ -14,16 +14,16 @@
 #include <unistd.h>
 
 typedef enum cfg__kind {
-    CFG__STR,    /* char * owned by cfg_t */
-    CFG__U32,    /* uint32_t within [min, max] */
-    CFG__ADDR,   /* cfg_addr_t */
-    CFG__ADDRS,  /* redis[] + nredis */
-    CFG__MODE,   /* claim_mode_t */
-    CFG__LEVEL,  /* log_level_t */
-    CFG__ID,     /* char instance_id[128] */
-    CFG__ONOFF,  /* int: on = 1, off = 0 */
-    CFG__WAIT,   /* int: 1 = poll, 0 = pubsub */
-    CFG__LOGFMT, /* log_format_t */
+    CFG__STR,   /* char * owned by cfg_t */
+    CFG__U32,   /* uint32_t within [min, max] */
+    CFG__ADDR,  /* cfg_addr_t */
+    CFG__ADDRS, /* redis[] + nredis */
+    CFG__MODE,  /* claim_mode_t */
+    CFG__LEVEL, /* log_level_t */
+    CFG__ID,    /* char instance_id[128] */
+    CFG__ONOFF, /* int: on = 1, off = 0 */
+    CFG__WAIT,  /* int: 1 = poll, 0 = pubsub */
+    CFG__LOGF,  /* int: 1 = json, 0 = text */
 } cfg__kind_t;
 
 typedef struct cfg__opt {
@@ -122,7 +122,7 @@ static const cfg__opt_t cfg__opts[] = {
      "name in logs, metrics and claim rows (default: hostname-pid)"},
     {"COUPON_LOG_LEVEL", CFG__LEVEL, F(log_level), "info", 0, 0,
      "debug | info | warn | error"},
-    {"COUPON_LOG_FORMAT", CFG__LOGFMT, F(log_format), "text", 0, 0,
+    {"COUPON_LOG_FORMAT", CFG__LOGF, F(log_json), "text", 0, 0,
      "text (key=value lines) | json (one JSON object per line)"},
 };
 
@@ -260,13 +260,16 @@ static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
             return -1;
         }
         return 0;
-    case CFG__LOGFMT:
-        if (log_format_parse(v, &c->log_format) != 0) {
+    case CFG__LOGF: {
+        log_format_t lf;
+        if (log_format_parse(v, &lf) != 0) {
             snprintf(c->errstr, sizeof(c->errstr),
                      "%s: '%s' is not text or json", o->env, v);
             return -1;
         }
+        *(int *)(void *)field = lf == LOG_FORMAT_JSON;
         return 0;
+    }
     case CFG__ONOFF:
         if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
             snprintf(c->errstr, sizeof(c->errstr), "%s: '%s' is not on or off",

@@ -66,9 +66,9 @@ typedef struct cfg {
     uint32_t queue_max_per_coupon; /* parked claims per coupon (lock mode) */
     uint32_t queue_max;            /* parked claims in the whole process */
     int soldout_memo;              /* 1: the sold-out fast path is on */
-    char instance_id[128];   /* COUPON_INSTANCE_ID; default hostname-pid */
-    log_level_t log_level;   /* COUPON_LOG_LEVEL */
-    log_format_t log_format; /* COUPON_LOG_FORMAT */
+    char instance_id[128]; /* COUPON_INSTANCE_ID; default hostname-pid */
+    log_level_t log_level; /* COUPON_LOG_LEVEL */
+    int log_json;          /* COUPON_LOG_FORMAT: 1 = json, 0 = text */
 
     char errstr[256]; /* why cfg_load failed */
 } cfg_t;
