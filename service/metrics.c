@@ -250,6 +250,11 @@ static const metrics__family_t metrics__families[] = {
       {M_LOCK_WAKE_RECHECK, "recheck"},
       {M_LOCK_WAKE_RECONNECT, "reconnect"},
       {M__COUNT, NULL}}},
+    {"couponsvc_claims_degraded_total",
+     "Claims made without the lock because the lock backend was unavailable "
+     "(COUPON_LOCK_UNAVAILABLE=atomic: one conditional UPDATE, no fence).",
+     NULL,
+     {{M_CLAIM_DEGRADED, NULL}, {M__COUNT, NULL}}},
 };
 
 static void metrics__hist_render(metrics__buf_t *b, metrics__hist_t *h);

@@ -60,6 +60,9 @@ typedef enum metrics_counter {
     M_LOCK_WAKE_MESSAGE,   /* a release notification came */
     M_LOCK_WAKE_RECHECK,   /* its timed re-check ran out */
     M_LOCK_WAKE_RECONNECT, /* the subscriber (re)connected */
+    /* couponsvc_claims_degraded_total: claims made without the lock, the
+     * lock backend being unavailable (COUPON_LOCK_UNAVAILABLE=atomic) */
+    M_CLAIM_DEGRADED,
     M__COUNT,
 } metrics_counter_t;
 
