@@ -55,6 +55,23 @@ test-integration: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen \
 		COUPONSVC_OLD_BIN=$(BUILD)/old/couponsvc \
 		$(BUILD)/tests/integration-tests $(T)
 
+# `make test-openapi`: service/openapi.yaml against the service and its
+# tests (tests/openapi/check_openapi.py): first statically (routes and
+# error codes against the source, the balancer's errors against
+# deploy/nginx/proxy.conf, every witness a test that mentions its code),
+# then it runs the integration tests the document names as witnesses with
+# COUPONSVC_API_RECORD set, and checks that every answer they saw is
+# documented and that each witness produced the answer it is named for.
+API_RECORDS = $(abspath $(BUILD))/api-records
+.PHONY: test-openapi
+test-openapi: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen
+	$(Q)python3 tests/openapi/check_openapi.py .
+	$(Q)rm -rf $(API_RECORDS) && mkdir -p $(API_RECORDS)
+	$(Q)COUPONSVC_API_RECORD=$(API_RECORDS) COUPONSVC_BIN=$(BUILD)/couponsvc \
+		LOADGEN=$(BUILD)/loadgen $(BUILD)/tests/integration-tests \
+		$$(python3 tests/openapi/check_openapi.py . --witnesses integration)
+	$(Q)python3 tests/openapi/check_openapi.py . --records $(API_RECORDS)
+
 # The replica a rolling upgrade starts from, for
 # rolling_upgrade_old_and_new_replicas: couponsvc as it was in the commit
 # before migrations/002 was added (OLD_REV), built from `git archive` into

@@ -533,6 +533,42 @@ size_t h_buf_write(char *ptr, size_t size, size_t n, void *arg) {
 
 static __thread CURL *h__curl;
 
+void h_api_record(const char *method, const char *url, long status,
+                  const char *body) {
+    const char *dir = getenv("COUPONSVC_API_RECORD");
+    if (dir == NULL || dir[0] == '\0' || status == 0) {
+        return;
+    }
+    /* The path without scheme, authority and query. */
+    const char *p = strstr(url, "://");
+    p = p != NULL ? strchr(p + 3, '/') : url;
+    if (p == NULL) {
+        p = "/";
+    }
+    size_t plen = strcspn(p, "?");
+    char code[64] = "-";
+    json_t *j = body != NULL ? json_loads(body, 0, NULL) : NULL;
+    const char *e = json_string_value(json_object_get(j, "error"));
+    if (e != NULL) {
+        snprintf(code, sizeof(code), "%s", e);
+    }
+    json_decref(j);
+    char path[600], line[1024];
+    snprintf(path, sizeof(path), "%s/%s.api", dir,
+             tt_current[0] != '\0' ? tt_current : "none");
+    int n = snprintf(line, sizeof(line), "%s %.*s %ld %s\n", method,
+                     (int)(plen < 800 ? plen : 800), p, status, code);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd >= 0 && n > 0) {
+        ssize_t w = write(fd, line,
+                          (size_t)n < sizeof(line) ? (size_t)n : sizeof(line));
+        (void)w;
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+}
+
 long h_http(const char *method, const char *url, const char *content_type,
             const char *auth, const char *data, size_t len, char **body) {
     if (h__curl == NULL) {
@@ -572,6 +608,7 @@ long h_http(const char *method, const char *url, const char *content_type,
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     }
     curl_slist_free_all(hdr);
+    h_api_record(method, url, status, b.p);
     if (body != NULL) {
         *body = b.p != NULL ? b.p : strdup("");
     } else {

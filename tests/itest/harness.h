@@ -71,6 +71,13 @@ void h_svc_drop(h_svc_t *s);
 long h_http(const char *method, const char *url, const char *content_type,
             const char *auth, const char *data, size_t len, char **body);
 
+/* With COUPONSVC_API_RECORD set to a directory, appends "METHOD PATH
+ * STATUS ERROR" ("-" when the body has no error member) to
+ * DIR/<test name>.api, for the check of the API document
+ * (tests/openapi/check_openapi.py). h_http calls it for every answer. */
+void h_api_record(const char *method, const char *url, long status,
+                  const char *body);
+
 /* A response body being collected: h_buf_write is a CURLOPT_WRITEFUNCTION
  * for it (CURLOPT_WRITEDATA = the h_buf_t); p stays NUL-terminated. */
 typedef struct h_buf {

@@ -11,6 +11,7 @@
 #include "tt.h"
 
 #define JSON "application/json"
+#define OPS_ADMIN "Bearer test-admin-token" /* the harness's */
 
 /* ------------------------------------------------------------- helpers --- */
 
@@ -80,6 +81,7 @@ static void ops_send(ops_req_t *r) {
     curl_slist_free_all(hdr);
     curl_easy_cleanup(c);
     r->resp = b.p != NULL ? b.p : strdup("");
+    h_api_record(r->method, r->url, r->status, r->resp);
 }
 
 /* The whole file at path, a new string. */
@@ -556,4 +558,58 @@ TT_TEST(lb_request_id_passes_or_is_replaced, 60) {
                   "replica's line %s", line ? line : "(none)");
     free(line);
     h_nginx_stop();
+}
+
+/* ----------------------------------------- answers the document names --- */
+
+/* Answers of the API document (service/openapi.yaml) that no other test
+ * makes through the harness's HTTP client, so that each is recorded. */
+TT_TEST(api_document_answers, 60) {
+    h_begin();
+    h_svc_t *s = h_svc_start("docs", NULL);
+    char url[128], *body = NULL;
+
+    snprintf(url, sizeof(url), "%s/coupons", s->url);
+    TT_EQ_INT(h_http("POST", url, JSON, OPS_ADMIN, "{\"id\":", 6, &body), 400);
+    TT_CONTAINS(body, "\"error\":\"bad_json\"");
+    free(body);
+    size_t n = 5000;
+    char *big = malloc(n + 1);
+    TT_ASSERT(big != NULL);
+    memset(big, ' ', n);
+    big[n] = '\0';
+    TT_EQ_INT(h_http("POST", url, JSON, OPS_ADMIN, big, n, &body), 413);
+    TT_CONTAINS(body, "\"error\":\"payload_too_large\"");
+    free(body);
+    free(big);
+    static const char *const getonly[] = {"/readyz", "/metrics", "/healthz"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(url, sizeof(url), "%s%s", s->url, getonly[i]);
+        TT_EQ_INT(h_http("POST", url, JSON, NULL, "{}", 2, &body), 405);
+        TT_CONTAINS(body, "\"error\":\"method_not_allowed\"");
+        free(body);
+    }
+
+    /* PostgreSQL unreachable: every route that reads or writes it answers
+     * 503 unavailable with Retry-After. */
+    const char *env[] = {"COUPON_PG_DSN=host=127.0.0.1 port=1 dbname=x user=x",
+                         NULL};
+    h_svc_t *d = h_svc_start("docs-nopg", env);
+    static const struct {
+        const char *method, *path, *body;
+    } pg[] = {
+        {"POST", "/coupons", "{\"id\":\"c1\",\"total\":1}"},
+        {"GET", "/coupons/c1", NULL},
+        {"GET", "/coupons/c1/claims/u1", NULL},
+    };
+    for (size_t i = 0; i < sizeof(pg) / sizeof(pg[0]); i++) {
+        snprintf(url, sizeof(url), "%s%s", d->url, pg[i].path);
+        long st =
+            h_http(pg[i].method, url, pg[i].body ? JSON : NULL, OPS_ADMIN,
+                   pg[i].body, pg[i].body ? strlen(pg[i].body) : 0, &body);
+        TT_ASSERT_MSG(st == 503, "%s %s: %ld %s", pg[i].method, pg[i].path, st,
+                      body);
+        TT_CONTAINS(body, "\"error\":\"unavailable\"");
+        free(body);
+    }
 }
