@@ -44,7 +44,8 @@ PY=python3
 
 TESTS="t_up_down_leaves_nothing t_replica_kill_fails_only_in_flight t_restart_app_is_rolling
     t_verifier_catches_injected_faults t_loadgen_https_cacert t_checkout_in_0700_dir
-    t_lb_errors_are_json t_credentials t_down_kills_frozen_spares_reused"
+    t_lb_errors_are_json t_credentials t_down_kills_frozen_spares_reused
+    t_lb_rate_limit_switch"
 
 # ================================================================ helpers ===
 # Used inside a test process (--run-one). W is the test's directory, SD its
@@ -704,6 +705,44 @@ EOF
 no-replica-get 502 b"GET /coupons/lbjson HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 no-replica-claim 502 b"POST /claim HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
 EOF
+    return 0
+}
+
+# 6b. The balancer's per-client rate limit as stack.sh sets it: off by
+#     default (every client of this stack is 127.0.0.1, and the load tests
+#     and the bench send thousands of requests a second from there), on
+#     with LB_RATE_LIMIT=on, where 300 requests sent back to back on one
+#     connection meet the limit (20/s, bursts of 40) and each refusal is
+#     the JSON 429 rate_limited with Retry-After: 1.
+burst_statuses() { # PORT: "N200 N404 N429 Nother" of 300 GETs on one connection
+    "$PY" -c '
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
+n = {}
+for i in range(300):
+    c.request("GET", "/coupons/none-%d" % i)
+    r = c.getresponse()
+    body = r.read()
+    n[r.status] = n.get(r.status, 0) + 1
+    if r.status == 429 and (r.getheader("Retry-After") != "1" or
+                            b"\"error\":\"rate_limited\"" not in body):
+        n["bad"] = n.get("bad", 0) + 1
+print(n.get(404, 0), n.get(429, 0), sum(v for k, v in n.items() if k not in (404, 429)))
+' "$1"
+}
+t_lb_rate_limit_switch() {
+    local n404 n429 other
+    stack_up 1
+    read -r n404 n429 other <<<"$(burst_statuses "$LB_PORT")"
+    note "limit off (default): $n404 x 404, $n429 x 429, $other other"
+    expect_eq "429s with LB_RATE_LIMIT unset" "$n429" 0
+    expect_eq "404s from the replica" "$n404" 300
+    stack down >"$W/down.log" 2>&1 || fail "stack.sh down failed"
+    LB_RATE_LIMIT=on stack_up 1
+    read -r n404 n429 other <<<"$(burst_statuses "$LB_PORT")"
+    note "LB_RATE_LIMIT=on: $n404 x 404, $n429 x 429, $other other"
+    expect_gt "429s with LB_RATE_LIMIT=on" "$n429" 0
+    expect_eq "answers other than 404 and 429 (or a 429 without Retry-After: 1 and the JSON rate_limited)" "$other" 0
     return 0
 }
 
