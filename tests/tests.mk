@@ -95,7 +95,7 @@ $(BUILD)/old/couponsvc:
 
 FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_faults.o itest/test_redis_faults.o \
-	itest/test_comb_faults.o itest/test_lock_wait_faults.o \
+	itest/test_comb_faults.o itest/test_lock_wait_faults.o itest/test_pg_ha.o \
 	faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o
 
 $(BUILD)/tests/fault-tests: $(FAULT_OBJS)

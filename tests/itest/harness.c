@@ -908,6 +908,148 @@ void h_pg_private_restart(void) {
     h__ppg_spawn();
 }
 
+/* A streaming standby of the private cluster (per test). */
+static char h__sby_dir[400];
+static char h__sby_log[420];
+static char h__sby_dsn[200];
+static int h__sby_port;
+static pid_t h__sby_pid;
+
+static void h__sby_spawn(void) {
+    char postgres[300], port[16];
+    snprintf(port, sizeof(port), "%d", h__sby_port);
+    snprintf(postgres, sizeof(postgres), "%s/postgres", h__bindir);
+    char *argv[] = {postgres,
+                    "-D",
+                    h__sby_dir,
+                    "-p",
+                    port,
+                    "-k",
+                    h__sby_dir,
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "hot_standby=on",
+                    "-c",
+                    "max_connections=200",
+                    NULL};
+    h__sby_pid = h__spawn(argv, h__sby_log, h__pg_user(), NULL);
+    char ping[160];
+    snprintf(ping, sizeof(ping),
+             "host=127.0.0.1 port=%d dbname=postgres "
+             "user=postgres connect_timeout=2",
+             h__sby_port);
+    double end = h_now_ms() + 30000;
+    while (PQping(ping) != PQPING_OK) {
+        TT_ASSERT_MSG(waitpid(h__sby_pid, NULL, WNOHANG) == 0,
+                      "standby exited during start, see %s", h__sby_log);
+        TT_ASSERT_MSG(h_now_ms() < end, "standby did not start, see %s",
+                      h__sby_log);
+        h_sleep_ms(20);
+    }
+}
+
+const char *h_pg_standby_start(void) {
+    TT_ASSERT_MSG(h__ppg_pid > 0, "no private cluster to replicate");
+    TT_ASSERT_MSG(h__sby_pid == 0, "standby started twice");
+    struct passwd *pw = h__pg_user();
+    snprintf(h__sby_dir, sizeof(h__sby_dir), "%s/pg-standby", h__test_dir);
+    snprintf(h__sby_log, sizeof(h__sby_log), "%s/standby.log", h__test_dir);
+    TT_ASSERT(mkdir(h__sby_dir, 0700) == 0);
+    int fd = open(h__sby_log, O_CREAT | O_WRONLY, 0666);
+    TT_ASSERT(fd >= 0);
+    close(fd);
+    if (pw != NULL) {
+        TT_ASSERT(chown(h__sby_dir, pw->pw_uid, pw->pw_gid) == 0 &&
+                  chown(h__sby_log, pw->pw_uid, pw->pw_gid) == 0);
+    }
+    /* -c fast: a checkpoint at once, not a spread one (minutes). -R writes
+     * standby.signal and primary_conninfo; its application_name
+     * is the default, "walreceiver", which synchronous_standby_names can
+     * name. */
+    char bb[300], port[16];
+    snprintf(bb, sizeof(bb), "%s/pg_basebackup", h__bindir);
+    snprintf(port, sizeof(port), "%d", h__ppg_port);
+    char *argv[] = {bb,          "-D", h__sby_dir, "-h", "127.0.0.1", "-p",
+                    port,        "-U", "postgres", "-R", "-X",        "stream",
+                    "--no-sync", "-c", "fast",     NULL};
+    int st = h__wait(h__spawn(argv, h__sby_log, pw, NULL), 60000);
+    TT_ASSERT_MSG(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "pg_basebackup failed, see %s", h__sby_log);
+    h__sby_port = h__free_port();
+    h__sby_spawn();
+    snprintf(h__sby_dsn, sizeof(h__sby_dsn),
+             "host=127.0.0.1 port=%d dbname=t user=postgres", h__sby_port);
+    return h__sby_dsn;
+}
+
+void h_pg_standby_stop(void) {
+    TT_ASSERT_MSG(h__sby_pid > 0, "no standby running");
+    kill(h__sby_pid, SIGINT); /* fast */
+    TT_ASSERT_MSG(h__wait(h__sby_pid, 30000) >= 0, "standby did not stop");
+    h__sby_pid = 0;
+}
+
+void h_pg_standby_restart(void) {
+    TT_ASSERT_MSG(h__sby_pid == 0 && h__sby_port > 0, "standby not stopped");
+    h__sby_spawn();
+}
+
+void h_pg_standby_promote(void) {
+    TT_ASSERT_MSG(h__sby_pid > 0, "no standby running");
+    char dsn[160];
+    snprintf(dsn, sizeof(dsn),
+             "host=127.0.0.1 port=%d dbname=postgres user=postgres "
+             "connect_timeout=5",
+             h__sby_port);
+    PGconn *c = PQconnectdb(dsn);
+    TT_ASSERT_MSG(PQstatus(c) == CONNECTION_OK, "standby: %s",
+                  PQerrorMessage(c));
+    /* Waits (up to 60 s) until the promotion is done. */
+    PGresult *r = PQexec(c, "SELECT pg_promote(true, 60)");
+    TT_ASSERT_MSG(PQresultStatus(r) == PGRES_TUPLES_OK &&
+                      strcmp(PQgetvalue(r, 0, 0), "t") == 0,
+                  "pg_promote: %s", PQerrorMessage(c));
+    PQclear(r);
+    PQfinish(c);
+}
+
+void h_pg_standby_catch_up(void) {
+    char pdsn[160], sdsn[160];
+    snprintf(pdsn, sizeof(pdsn),
+             "host=127.0.0.1 port=%d dbname=postgres user=postgres",
+             h__ppg_port);
+    snprintf(sdsn, sizeof(sdsn),
+             "host=127.0.0.1 port=%d dbname=postgres user=postgres",
+             h__sby_port);
+    PGconn *p = PQconnectdb(pdsn), *q = PQconnectdb(sdsn);
+    TT_ASSERT(PQstatus(p) == CONNECTION_OK && PQstatus(q) == CONNECTION_OK);
+    PGresult *r = PQexec(p, "SELECT pg_current_wal_lsn()::text");
+    TT_ASSERT(PQresultStatus(r) == PGRES_TUPLES_OK);
+    char lsn[64];
+    snprintf(lsn, sizeof(lsn), "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "SELECT pg_last_wal_replay_lsn() >= '%s'::pg_lsn", lsn);
+    double end = h_now_ms() + 30000;
+    for (;;) {
+        r = PQexec(q, sql);
+        int done = PQresultStatus(r) == PGRES_TUPLES_OK &&
+                   strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+        PQclear(r);
+        if (done) {
+            break;
+        }
+        TT_ASSERT_MSG(h_now_ms() < end, "the standby did not replay %s", lsn);
+        h_sleep_ms(20);
+    }
+    PQfinish(p);
+    PQfinish(q);
+}
+
 /* ------------------------------------------------ a real nginx in front --- */
 
 static pid_t h__nginx_pid;

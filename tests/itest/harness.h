@@ -173,6 +173,19 @@ void h_pg_private_stop(const char *mode);
  * connections. */
 void h_pg_private_restart(void);
 
+/* A streaming standby of the private cluster (h_pg_private_start first):
+ * pg_basebackup -R, then a postgres of its own on a free port, replaying
+ * (asynchronously unless the primary's synchronous_standby_names names
+ * "walreceiver", its application_name). Returns its DSN (database t). */
+const char *h_pg_standby_start(void);
+void h_pg_standby_stop(void);    /* fast shutdown */
+void h_pg_standby_restart(void); /* after h_pg_standby_stop */
+/* Ends recovery (pg_promote, waiting): the standby becomes a primary. */
+void h_pg_standby_promote(void);
+/* Waits (up to 30 s) until the standby has replayed all the primary's WAL
+ * written so far. */
+void h_pg_standby_catch_up(void);
+
 /* ------------------------------------------------ a real nginx in front ---
  * nginx (Debian's nginx-light) as a child of the test, in the test's
  * directory (-p), on a free loopback port, in the foreground with
