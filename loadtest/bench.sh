@@ -43,6 +43,7 @@
 #
 # Settings (environment): BENCH_SECONDS (8), BENCH_CONN (256),
 # BENCH_THREADS (loadgen threads, 2), BENCH_ROUNDS (3), BENCH_BUCKETS (8),
+# BENCH_BATCH_MAX (COUPON_BATCH_MAX of the lock-mode runs, 256),
 # BENCH_DURABLE (1: PostgreSQL with fsync, full_page_writes and
 # synchronous_commit on, stack.sh's PG_DURABLE; 0: the stack's default, all
 # off, and the table says "non-durable"), BENCH_SPREAD (1000 coupons),
@@ -69,6 +70,7 @@ CONN=${BENCH_CONN:-256}
 THREADS=${BENCH_THREADS:-2}
 ROUNDS=${BENCH_ROUNDS:-3}
 BUCKETS=${BENCH_BUCKETS:-8}
+BATCH=${BENCH_BATCH_MAX:-256}
 DURABLE=${BENCH_DURABLE:-1}
 SPREAD=${BENCH_SPREAD:-1000}
 RSS_CONNS=${BENCH_RSS_CONNS:-1000}
@@ -111,7 +113,7 @@ want() {
 [ -x "$COUPONSVC" ] || die "$COUPONSVC not found: make"
 command -v "$PY" >/dev/null 2>&1 || die "python3 is needed to read loadgen's JSON"
 val=
-for v in SECS CONN THREADS ROUNDS BUCKETS SPREAD RSS_CONNS; do
+for v in SECS CONN THREADS ROUNDS BUCKETS BATCH SPREAD RSS_CONNS; do
     eval "val=\$$v"
     case $val in '' | *[!0-9]* | 0) die "BENCH_$v must be a positive integer, got '$val'" ;; esac
 done
@@ -277,7 +279,7 @@ ADMIN=(--admin-token "$COUPON_ADMIN_TOKEN")
 
 # --- hot and spread, atomic and lock, interleaved ------------------------------
 
-LOCK_DEFAULTS=(COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=32 COUPON_SOLDOUT_MEMO=on)
+LOCK_DEFAULTS=(COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=$BATCH COUPON_SOLDOUT_MEMO=on)
 for r in $(seq "$ROUNDS"); do
     if want hot-atomic || want spread-atomic; then
         restart atomic
@@ -347,7 +349,7 @@ soldout() {
 if ! want hot-poll; then
     :
 elif has_setting COUPON_LOCK_WAIT_STRATEGY; then
-    restart lock COUPON_LOCK_WAIT_STRATEGY=poll COUPON_BATCH_MAX=32 COUPON_SOLDOUT_MEMO=on
+    restart lock COUPON_LOCK_WAIT_STRATEGY=poll COUPON_BATCH_MAX=$BATCH COUPON_SOLDOUT_MEMO=on
     run hot-poll claims -c "$CONN" -d "$SECS" --coupon "hot-p-$RUN" \
         --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
 else
@@ -365,7 +367,7 @@ fi
 if ! want soldout-nomemo; then
     :
 elif has_setting COUPON_SOLDOUT_MEMO; then
-    restart lock COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=32 COUPON_SOLDOUT_MEMO=off
+    restart lock COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=$BATCH COUPON_SOLDOUT_MEMO=off
     soldout soldout-nomemo
 else
     say "soldout-nomemo: skipped, this build has no COUPON_SOLDOUT_MEMO"
@@ -404,7 +406,7 @@ fi
 rc=0
 "$PY" "$ROOT/loadtest/bench_report.py" "$OUT" "$JSON_OUT" \
     "replicas=$REPLICAS" "connections=$CONN" "seconds=$SECS" "rounds=$ROUNDS" \
-    "buckets=$BUCKETS" "durable=$DURABLE" "spread=$SPREAD" "rss_conns=$RSS_CONNS" \
+    "buckets=$BUCKETS" "batch=$BATCH" "durable=$DURABLE" "spread=$SPREAD" "rss_conns=$RSS_CONNS" \
     "capacity=$CAP" "cpus=$(nproc)" \
     "mem_gib=$(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)" \
     "os=$(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release 2>/dev/null)" || rc=$?

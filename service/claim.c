@@ -89,7 +89,6 @@
 
 #include "fault.h"
 #include "lock.h"
-#include "lock_wait.h"
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
@@ -134,7 +133,7 @@ static claim__conns_t *claim__conns(void) {
     store_opts_t so;
     store_opts_from_cfg(&so, cfg);
     c->store = store_new(&so);
-    c->lock = lock_client_new(&cfg->redis[0], cfg->redis_timeout_ms);
+    c->lock = lock_client_new(cfg);
     if (c->store == NULL || c->lock == NULL ||
         pthread_setspecific(claim__key, c) != 0) {
         claim__conns_free(c);
@@ -152,16 +151,12 @@ int claim_init(const cfg_t *cfg) {
         log_error("claim.init", "no randomness for the claimant hash seed");
         return -1;
     }
-    lock_init(cfg->redis_username, cfg->redis_password);
-    lock_wait_config(cfg->lock_wait_poll, cfg->lock_recheck_ms, &cfg->redis[0],
-                     cfg->redis_timeout_ms);
     if (pthread_key_create(&claim__key, claim__conns_free) != 0) {
         log_error("claim.init", "pthread_key_create failed");
         return -1;
     }
     if (cfg->mode == CLAIM_MODE_LOCK) {
-        claim__wd = wd_start(&cfg->redis[0], cfg->redis_timeout_ms,
-                             cfg->watchdog_period_ms);
+        claim__wd = wd_start(cfg, cfg->watchdog_period_ms);
         if (claim__wd == NULL) {
             log_error("claim.init", "cannot start the watchdog");
             return -1;
@@ -172,7 +167,6 @@ int claim_init(const cfg_t *cfg) {
 }
 
 void claim_shutdown(void) {
-    lock_wait_shutdown();
     wd_stop(claim__wd);
     claim__wd = NULL;
 }
@@ -286,6 +280,35 @@ static int claim__gate(void *arg) {
 static void claim__shape_learn(const char *coupon, store_t *st);
 static void claim__resource(char *key, size_t n, const char *coupon,
                             int bucket);
+static int claim__gate_fault_only(void *arg);
+
+/* The degraded mode (COUPON_LOCK_UNAVAILABLE=atomic): 1 when the lock
+ * attempt that just failed on cl failed because the backend is unavailable
+ * (LOCK_EIO: unreachable, timed out, no quorum), so that the claim may run
+ * without the lock, by the atomic mode's conditional UPDATE. Busy locks and
+ * auth, permission or protocol errors never qualify: those are not an
+ * outage the lock can do nothing about, they are answers. Logged at most
+ * once a second per process, with how many claims went lockless since. */
+static int claim__degrade(const lock_client_t *cl, const char *coupon,
+                          size_t claims) {
+    if (!claim__cfg->lock_unavailable_atomic || lock_errkind(cl) != LOCK_EIO) {
+        return 0;
+    }
+    static _Atomic int64_t last_log_ns;
+    static _Atomic uint64_t quiet;
+    atomic_fetch_add(&quiet, claims);
+    int64_t now = mono_ns(), last = atomic_load(&last_log_ns);
+    if ((last == 0 || now - last >= 1000 * MONO_MS) &&
+        atomic_compare_exchange_strong(&last_log_ns, &last, now)) {
+        log_warn("claim.degraded",
+                 "coupon=%s claims=%llu err=\"%s\" (the lock backend is "
+                 "unavailable: claims run without the lock, PostgreSQL's "
+                 "conditional UPDATE alone; COUPON_LOCK_UNAVAILABLE=atomic)",
+                 coupon, (unsigned long long)atomic_exchange(&quiet, 0),
+                 lock_errstr(cl));
+    }
+    return 1;
+}
 
 /* One claim on bucket (-1: unsharded) of coupon. Returns 1 when the claim
  * must move to another bucket (this one is empty, or the coupon's shape was
@@ -318,6 +341,21 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
         if (lrc == LOCK_BUSY) {
             claim__set(out, CLAIM_BUSY,
                        "the coupon's lock stayed busy past the wait deadline");
+            return 0;
+        }
+        if (lrc != LOCK_OK && claim__degrade(c->lock, coupon, 1)) {
+            /* The atomic mode's write: no fence, the stock and UNIQUE
+             * alone, exact without the lock. */
+            metrics_inc(M_CLAIMS_DEGRADED);
+            store_item_t item = {.user_id = user};
+            int src = store_claim(c->store, coupon, bucket, STORE_NO_FENCE,
+                                  &item, 1, claim__gate_fault_only, NULL, NULL);
+            claim__shape_learn(coupon, c->store);
+            if (src == STORE_WRONG_BUCKET ||
+                (src == STORE_OK && item.status == STORE_BUCKET_EMPTY)) {
+                return 1;
+            }
+            claim__from_store(out, src, &item, c->store);
             return 0;
         }
         if (lrc != LOCK_OK) {
@@ -1270,7 +1308,11 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         int lrc = lock_acquire(c->lock, r->key, cfg->lock_ttl_ms, deadline,
                                &lease, &waited);
         metrics_observe_lock_wait((uint64_t)waited);
-        if (lrc != LOCK_OK) {
+        /* Degraded: the batch runs without a lease, as one lockless
+         * set-based claim (the atomic mode's write for n users). */
+        int degraded =
+            lrc == LOCK_ERR && claim__degrade(c->lock, coupon, n > 0 ? n : 1);
+        if (lrc != LOCK_OK && !degraded) {
             const char *why =
                 lrc == LOCK_BUSY
                     ? "the coupon's lock stayed busy past the wait deadline"
@@ -1291,8 +1333,13 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
             }
             goto pass;
         }
-        wd_watch(claim__wd, &lease);
-        fault_pause(FAULT_AFTER_ACQUIRE);
+        if (degraded) {
+            memset(&lease, 0, sizeof(lease));
+            lease.fence = STORE_NO_FENCE;
+        } else {
+            wd_watch(claim__wd, &lease);
+            fault_pause(FAULT_AFTER_ACQUIRE);
+        }
         if (n == 0) {
             b[0] = w;
             n = claim__take(r, b, 1, max);
@@ -1302,8 +1349,11 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         }
 
         int64_t last_fence = 0;
-        int src = store_claim(c->store, coupon, r->bucket, lease.fence, items,
-                              n, claim__gate, &lease, &last_fence);
+        int src =
+            degraded ? store_claim(c->store, coupon, r->bucket, STORE_NO_FENCE,
+                                   items, n, claim__gate_fault_only, NULL, NULL)
+                     : store_claim(c->store, coupon, r->bucket, lease.fence,
+                                   items, n, claim__gate, &lease, &last_fence);
         claim__shape_learn(coupon, c->store);
         int wrote = 0;
         for (size_t i = 0; src == STORE_OK && i < n; i++) {
@@ -1312,12 +1362,20 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         if (wrote) {
             fault_pause(FAULT_AFTER_COMMIT);
         }
-        int current = src == STORE_FENCED && lock_check(c->lock, &lease) == 1;
-        wd_unwatch(claim__wd, &lease);
-        if (lock_release(c->lock, &lease) == LOCK_ERR) {
-            log_warn("lock.release_failed",
-                     "key=%s fence=%lld err=\"%s\" (expires by TTL)", lease.key,
-                     (long long)lease.fence, lock_errstr(c->lock));
+        int current = 0;
+        if (degraded) {
+            for (size_t i = 0; i < n; i++) {
+                metrics_inc(M_CLAIMS_DEGRADED);
+            }
+        } else {
+            current = src == STORE_FENCED && lock_check(c->lock, &lease) == 1;
+            wd_unwatch(claim__wd, &lease);
+            if (lock_release(c->lock, &lease) == LOCK_ERR) {
+                log_warn("lock.release_failed",
+                         "key=%s fence=%lld err=\"%s\" (expires by TTL)",
+                         lease.key, (long long)lease.fence,
+                         lock_errstr(c->lock));
+            }
         }
         metrics_observe_batch((uint32_t)n);
 

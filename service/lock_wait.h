@@ -34,8 +34,7 @@ typedef struct lock_waiter {
  * or pubsub (0), the re-check period, and where the subscriber connects
  * (addr is copied). Without this call lock_acquire polls. The credentials
  * come from lock_wait_credentials. */
-void lock_wait_config(int poll, uint32_t recheck_ms, const cfg_addr_t *addr,
-                      uint32_t timeout_ms);
+void lock_wait_config(const cfg_t *cfg);
 
 /* Stops the subscriber thread and frees its state; call after the last
  * waiter has left (the claim workers are stopped). Later waits re-check on
@@ -53,8 +52,9 @@ int lock_wait_pubsub(void);
 int lock_wait_has_waiters(const char *resource);
 
 /* The handoff: when this process released resource moments ago and its
- * release reached other processes' subscribers, sleeps until the handoff
- * window has passed (never past deadline_ns). */
+ * release reached K other processes' subscribers, sleeps until K other
+ * releases were seen or the lock was idle for the handoff window (never
+ * past deadline_ns). */
 void lock_wait_holdback(const char *resource, int64_t deadline_ns);
 
 /* Queues w (borrowed until lock_wait_leave) at the tail of resource's FIFO,

@@ -209,6 +209,12 @@ static const metrics__family_t metrics__families[] = {
      "fence counter) that raised it to last_fence and retried.",
      NULL,
      {{M_FENCE_RECOVERIES, NULL}, {M__COUNT, NULL}}},
+    {"couponsvc_claims_degraded_total",
+     "Claims run without the lock, by PostgreSQL's conditional UPDATE alone, "
+     "because the lock backend was unavailable "
+     "(COUPON_LOCK_UNAVAILABLE=atomic).",
+     NULL,
+     {{M_CLAIMS_DEGRADED, NULL}, {M__COUNT, NULL}}},
     {"couponsvc_backend_errors_total",
      "Errors talking to a backend.",
      "backend",
@@ -250,11 +256,6 @@ static const metrics__family_t metrics__families[] = {
       {M_LOCK_WAKE_RECHECK, "recheck"},
       {M_LOCK_WAKE_RECONNECT, "reconnect"},
       {M__COUNT, NULL}}},
-    {"couponsvc_claims_degraded_total",
-     "Claims made without the lock because the lock backend was unavailable "
-     "(COUPON_LOCK_UNAVAILABLE=atomic: one conditional UPDATE, no fence).",
-     NULL,
-     {{M_CLAIM_DEGRADED, NULL}, {M__COUNT, NULL}}},
 };
 
 static void metrics__hist_render(metrics__buf_t *b, metrics__hist_t *h);

@@ -39,6 +39,7 @@ typedef enum metrics_counter {
     M_LEASES_LOST,      /* couponsvc_leases_lost_total */
     M_FENCED_REFUSALS,  /* couponsvc_fenced_refusals_total */
     M_FENCE_RECOVERIES, /* couponsvc_fence_counter_recoveries_total */
+    M_CLAIMS_DEGRADED,  /* couponsvc_claims_degraded_total: run lockless */
     M_REDIS_ERRORS,     /* couponsvc_backend_errors_total{backend="redis"} */
     M_PG_ERRORS,        /* ...{backend="postgres"} */
     /* couponsvc_postgres_timeouts_total{kind} */
@@ -60,9 +61,6 @@ typedef enum metrics_counter {
     M_LOCK_WAKE_MESSAGE,   /* a release notification came */
     M_LOCK_WAKE_RECHECK,   /* its timed re-check ran out */
     M_LOCK_WAKE_RECONNECT, /* the subscriber (re)connected */
-    /* couponsvc_claims_degraded_total: claims made without the lock, the
-     * lock backend being unavailable (COUPON_LOCK_UNAVAILABLE=atomic) */
-    M_CLAIM_DEGRADED,
     M__COUNT,
 } metrics_counter_t;
 

@@ -24,8 +24,8 @@ $(BUILD)/tests/%.o: tests/%.c | deps-check
 # the harness shares the load generator's invariant checker (lg_verify.c),
 # so every test sees the loadtest headers.
 
-$(BUILD)/tests/unit-tests: $(UNIT_OBJS) $(LIB_OBJS) $(BUILD)/service/lock.o \
-		$(BUILD)/service/lock_wait.o \
+$(BUILD)/tests/unit-tests: $(UNIT_OBJS) $(LIB_OBJS) \
+		$(addprefix $(BUILD)/service/, $(LOCK_OBJS) wd.o) \
 		$(BUILD)/loadtest/lg_http.o
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(TEST_LIBS)
@@ -96,7 +96,7 @@ $(BUILD)/old/couponsvc:
 FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_faults.o itest/test_redis_faults.o \
 	itest/test_comb_faults.o itest/test_lock_wait_faults.o itest/test_pg_ha.o \
-	faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o
+	itest/test_degraded.o faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o
 
 $(BUILD)/tests/fault-tests: $(FAULT_OBJS)
 	@echo "  LD      $@"
