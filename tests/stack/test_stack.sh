@@ -649,6 +649,8 @@ for line in sys.stdin:
             why.append("no error/detail strings")
     except ValueError:
         why.append("body is not JSON")
+    if not hdrs.get("x-request-id"):
+        why.append("no X-Request-Id")
     leak = [k for k, v in hdrs.items() if "127.0.0.1" in v or k == "x-upstream-addr"]
     if leak:
         why.append("internal address in headers %s" % leak)
@@ -666,7 +668,8 @@ sys.exit(1 if bad else 0)
 #    (nginx's 494: a 10 KB header), 501 (Transfer-Encoding: gzip), 404 for
 #    /metrics (however it is spelled) and for the pages' own internal
 #    URIs, and 502 once the only replica is gone. A replica's own error
-#    passes through untouched, and no answer names an internal address.
+#    passes through untouched, every answer carries an X-Request-Id, and
+#    no answer names an internal address.
 #    (408, 500, 503 and 504 have their pages too but are not provoked here:
 #    408 and 504 take the 60 s and 30 s timeouts, nginx makes 503 only with
 #    limits this balancer does not set, and 500 only on its own failures.)
