@@ -57,17 +57,20 @@ typedef struct cfg {
     uint32_t pg_statement_timeout_ms; /* SET statement_timeout */
     uint32_t pg_idle_tx_timeout_ms;   /* idle_in_transaction_session_timeout */
     uint32_t pg_tx_deadline_ms;       /* client-side bound on one transaction */
-    uint32_t lock_max_hold_ms;  /* the watchdog renews one lease this long */
-    int lock_wait_poll;         /* COUPON_LOCK_WAIT_STRATEGY: 1 = poll,
-                                   0 = pubsub (release notifications) */
-    uint32_t lock_recheck_ms;   /* COUPON_LOCK_RECHECK_MS: timed re-check */
-    uint32_t shutdown_grace_ms; /* how long SIGTERM waits for connections */
-    uint32_t batch_max;         /* claims one lease serves; 1: no combining */
+    uint32_t lock_max_hold_ms;   /* the watchdog renews one lease this long */
+    int lock_wait_poll;          /* COUPON_LOCK_WAIT_STRATEGY: 1 = poll,
+                                    0 = pubsub (release notifications) */
+    uint32_t lock_recheck_ms;    /* COUPON_LOCK_RECHECK_MS: timed re-check */
+    int lock_unavailable_atomic; /* COUPON_LOCK_UNAVAILABLE: 1 = atomic, 0 =
+                                    fail */
+    uint32_t shutdown_grace_ms;  /* how long SIGTERM waits for connections */
+    uint32_t batch_max;          /* claims one lease serves; 1: no combining */
     uint32_t queue_max_per_coupon; /* parked claims per coupon (lock mode) */
     uint32_t queue_max;            /* parked claims in the whole process */
     int soldout_memo;              /* 1: the sold-out fast path is on */
     char instance_id[128]; /* COUPON_INSTANCE_ID; default hostname-pid */
     log_level_t log_level; /* COUPON_LOG_LEVEL */
+    int log_json;          /* COUPON_LOG_FORMAT: 1 = json, 0 = text */
 
     /* Redis Sentinel (sentinel.h): with sentinels, they name the master. */
     cfg_addr_t sentinels[CFG_MAX_REDIS]; /* COUPON_REDIS_SENTINELS */
