@@ -17,9 +17,11 @@
  * Why fences stay monotonic, with no timing assumption. Let lease A become
  * usable with fence F: a majority S_A of nodes answered "raised while held",
  * so on each node X in S_A the counter reached F at a moment when A's key
- * was still on X. Let lease B be granted later, by a majority S_B. S_A and
- * S_B share a node X (two majorities of N always intersect). B's SET NX on X
- * succeeded, so A's key was gone from X by then (released, or expired); it
+ * was still on X. Let lease B be granted later, by a majority S_B: any
+ * lease acquired after A became usable, and any other whose grant on the
+ * shared node below came after A's there. S_A and S_B share a node X (two
+ * majorities of N always intersect). B's SET NX on X succeeded after A's,
+ * so A's key was gone from X by then (released, or expired); it
  * was there when A's raise ran (the script checked it, atomically), so the
  * raise came first, and B's INCR on X (in the same script as its SET NX)
  * drew at least F + 1. B's fence is the maximum over S_B, so it is above F.
@@ -94,6 +96,11 @@
 #endif
 
 #define LOCK_REDLOCK__MAXARGS 8
+
+/* How long a round that awaits no replies (a release) waits for nodes
+ * still connecting once the rest is written out: far above a connect on a
+ * LAN, far below the timeout a node dropping SYNs would cost. */
+#define LOCK_REDLOCK__CONNECT_GRACE_NS (10 * MONO_MS)
 
 /* ---------------------------------------------------------- arithmetic --- */
 
@@ -276,6 +283,9 @@ static void lock_redlock__begin(lock_redlock__client_t *cl,
                                 lock_redlock__node_t *nd,
                                 const lock_redlock__cmd_t *cmds, int ncmd,
                                 int want_replies) {
+    /* First what earlier rounds left: a failure there drops the
+     * connection, and this round starts on a fresh one. */
+    lock_redlock__settle(cl, nd);
     nd->err = LOCK_ENONE;
     nd->errstr[0] = '\0';
     nd->active = 1;
@@ -283,7 +293,6 @@ static void lock_redlock__begin(lock_redlock__client_t *cl,
     nd->ncmd = ncmd;
     nd->got = 0;
     nd->rep = NULL;
-    lock_redlock__settle(cl, nd);
     if (want_replies &&
         (nd->rep = calloc((size_t)ncmd, sizeof(*nd->rep))) == NULL) {
         lock_redlock__node_fail(nd, LOCK_ESYS, "out of memory");
@@ -386,6 +395,7 @@ static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
         }
     }
     int m = lock_redlock_majority(cl->n);
+    int64_t grace_end = mono_ns() + LOCK_REDLOCK__CONNECT_GRACE_NS;
     for (;;) {
         struct pollfd pf[LOCK_MAX_NODES];
         int idx[LOCK_MAX_NODES], k = 0, yes = 0, no = 0, written = 0;
@@ -418,17 +428,27 @@ static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
         if (judge != NULL && (yes >= m || no > cl->n - m)) {
             break; /* decided */
         }
-        if (!want_replies && written >= m && connecting == k) {
-            /* Written out to a majority; the rest are still connecting
-             * (a node cut off drops SYNs, and would hold every release
-             * for the whole timeout): their output goes out with the next
-             * round on this client. */
+        int64_t now = mono_ns();
+        int only_connecting = !want_replies && k > 0 && connecting == k;
+        if (only_connecting && (written >= m || now >= grace_end)) {
+            /* What is left is still connecting: a node cut off drops our
+             * SYNs and would hold every release for the whole timeout.
+             * Its output goes out with the next round on this client. */
             break;
         }
         if (k == 0) {
             break;
         }
-        int64_t left = deadline_ns - mono_ns();
+        int64_t left = deadline_ns - now;
+        if (only_connecting && grace_end - now < left) {
+            left = grace_end - now; /* wake up for the grace's end */
+            if (left <= 0) {
+                left = 1;
+            }
+        }
+        if (deadline_ns - now <= 0) {
+            left = 0;
+        }
         if (left <= 0) {
             for (int j = 0; j < k; j++) {
                 lock_redlock__node_fail(&cl->node[idx[j]], LOCK_EIO,
@@ -622,13 +642,14 @@ static int lock_redlock__write_back(lock_redlock__client_t *cl,
     }
     return yes;
 #elif defined(COUPONSVC_UNSAFE_REDLOCK_WRITEBACK_NO_TOKEN)
-    /* Broken on purpose: raise on any majority, holding or not. */
+    /* Broken on purpose: raise on every node, holding or not, and take
+     * the first majority that answers. */
     (void)granted;
     lock_redlock__cmd_t c = {.argc = 5,
                              .argv = {"EVAL", LOCK_SCRIPT_RAISE_FENCE, "1",
                                       lease->fence_key, fence}};
-    lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1, deadline_ns, NULL,
-                        NULL);
+    lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1, deadline_ns,
+                        lock_redlock__judge_int, NULL);
     int yes = 0;
     for (int i = 0; i < cl->n; i++) {
         const lock_redlock__node_t *nd = &cl->node[i];
@@ -939,21 +960,28 @@ static void lock_redlock__client_free(lock_client_t *base) {
 
 /* ------------------------------------------------------------ start-up --- */
 
-/* host:port as one numeric address (the first the resolver gives), so that
- * "localhost:6379" and "127.0.0.1:6379" are seen as one. */
+/* host:port as one numeric address, the one hiredis connects to (the
+ * first IPv4 address, else the first IPv6 one), so that "localhost:6379"
+ * and "127.0.0.1:6379" are seen as one. */
 static void lock_redlock__canon(const cfg_addr_t *a, char *out, size_t outlen) {
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+    static const int families[] = {AF_INET, AF_INET6};
     char host[NI_MAXHOST];
-    if (getaddrinfo(a->host, NULL, &hints, &res) == 0 && res != NULL &&
-        getnameinfo(res->ai_addr, res->ai_addrlen, host, sizeof(host), NULL, 0,
-                    NI_NUMERICHOST) == 0) {
-        snprintf(out, outlen, "%s:%u", host, a->port);
-    } else {
-        snprintf(out, outlen, "%s:%u", a->host, a->port);
+    for (size_t f = 0; f < sizeof(families) / sizeof(families[0]); f++) {
+        struct addrinfo hints = {.ai_family = families[f],
+                                 .ai_socktype = SOCK_STREAM},
+                        *res = NULL;
+        int ok = getaddrinfo(a->host, NULL, &hints, &res) == 0 && res != NULL &&
+                 getnameinfo(res->ai_addr, res->ai_addrlen, host, sizeof(host),
+                             NULL, 0, NI_NUMERICHOST) == 0;
+        if (res != NULL) {
+            freeaddrinfo(res);
+        }
+        if (ok) {
+            snprintf(out, outlen, "%s:%u", host, a->port);
+            return;
+        }
     }
-    if (res != NULL) {
-        freeaddrinfo(res);
-    }
+    snprintf(out, outlen, "%s:%u", a->host, a->port);
 }
 
 /* The value of field in an INFO reply ("run_id:..."), into out. */

@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "faults/proxy.h"
 #include "harness.h"
 #include "lw_common.h"
 #include "tt.h"
@@ -248,7 +249,9 @@ static int rl_file_has(const char *path, const char *text) {
 }
 
 /* An even count, a replica among the nodes, one node listed twice (also
- * under another name): couponsvc refuses to start, saying which and why. */
+ * under another name), one node reached twice (through a TCP proxy: two
+ * addresses, one run_id): couponsvc refuses to start, saying which and
+ * why. */
 TT_TEST(redlock_startup_refusals, 90) {
     h_begin();
     int port[3];
@@ -269,6 +272,16 @@ TT_TEST(redlock_startup_refusals, 90) {
              port[0], port[1], port[0]);
     TT_EQ_INT(rl_run(e, out), 1);
     TT_ASSERT(rl_file_has(out, "lists one node twice: entries 1"));
+
+    fp_t *px = fp_start(port[1]);
+    snprintf(out, sizeof(out), "%s/runid.out", h_test_dir());
+    snprintf(env, sizeof(env),
+             "COUPON_REDIS_ADDRS=127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d",
+             port[0], port[1], fp_port(px));
+    TT_EQ_INT(rl_run(e, out), 1);
+    TT_ASSERT(rl_file_has(out, "(entries 2 and 3 of COUPON_REDIS_ADDRS) are "
+                               "one Redis server"));
+    fp_stop(px);
 
     h_redis_cmd_at(port[2], "REPLICAOF 127.0.0.1 %d", port[0]);
     snprintf(out, sizeof(out), "%s/replica.out", h_test_dir());
