@@ -44,6 +44,9 @@
 #   PG_PASSWORD    password of the couponsvc database role  (generated)
 #   PG_DURABLE     1: PostgreSQL with fsync, full_page_writes and
 #                  synchronous_commit on (benchmarks)        (0: all off)
+#   LB_RATE_LIMIT  on: nginx's per-client rate limit as deployments ship
+#                  it (deploy/nginx/http.conf); off: no limit, since every
+#                  client here is 127.0.0.1                  (off)
 #   WAIT_SECS      bound on each readiness wait             (30)
 #   STOP_SECS      grace after the stop request, then SIGKILL (15; the
 #                  service drains for up to 10 s on SIGTERM)
@@ -51,7 +54,9 @@
 #   COUPON_*       every other COUPON_ variable (COUPON_CLAIM_MODE,
 #                  COUPON_LOCK_TTL_MS, COUPON_FAULT, ...) reaches the replicas
 #                  unchanged. The stack sets COUPON_HTTP_ADDR, COUPON_PG_DSN,
-#                  COUPON_REDIS_ADDRS, COUPON_REDIS_USERNAME,
+#                  COUPON_REDIS_ADDRS (or COUPON_REDIS_SENTINELS,
+#                  COUPON_REDIS_MASTER_NAME, COUPON_REDIS_SENTINEL_PASSWORD,
+#                  by REDIS_TOPOLOGY: the others are unset), COUPON_REDIS_USERNAME,
 #                  COUPON_REDIS_PASSWORD and COUPON_INSTANCE_ID itself.
 #
 # The state directory, unless STACK_DIR names one: <repo>/build/stack when
@@ -523,6 +528,9 @@ EOF
 
 # start_sentinel NAME: one sentinel monitoring redis as "couponsvc" (quorum
 # 2 of 3), behind a password of its own; waits until it names the master.
+# The sentinels see a dead master at different times (1, 1.25, 1.5 s), so
+# that one usually asks for votes first: a split vote is retried only after
+# twice the failover timeout (3 s).
 start_sentinel() {
     local name=$1 port conf deadline=$((SECONDS + WAIT_SECS))
     port=$(port_of "$name")
@@ -541,8 +549,8 @@ logfile ""
 requirepass $SENTINEL_PASSWORD
 sentinel monitor couponsvc 127.0.0.1 $REDIS_PORT 2
 sentinel auth-pass couponsvc $REDIS_ADMIN_PASSWORD
-sentinel down-after-milliseconds couponsvc 1000
-sentinel failover-timeout couponsvc 10000
+sentinel down-after-milliseconds couponsvc $((750 + 250 * ${name#sentinel}))
+sentinel failover-timeout couponsvc 3000
 EOF
     )
     say "$name: starting on 127.0.0.1:$port (monitors redis as couponsvc)"
@@ -635,7 +643,9 @@ start_app() {
     COUPON_HTTP_ADDR=127.0.0.1:$((APP_PORT_BASE + i)) COUPON_PG_DSN=$DSN \
         COUPON_REDIS_USERNAME=$REDIS_USER \
         COUPON_REDIS_PASSWORD=$REDIS_PASSWORD COUPON_ADMIN_TOKEN=$ADMIN_TOKEN \
-        COUPON_INSTANCE_ID=$instance spawn "app$i" env "${redis_env[@]}" "$COUPONSVC" serve
+        COUPON_INSTANCE_ID=$instance spawn "app$i" env -u COUPON_REDIS_ADDRS \
+        -u COUPON_REDIS_SENTINELS -u COUPON_REDIS_MASTER_NAME \
+        -u COUPON_REDIS_SENTINEL_PASSWORD "${redis_env[@]}" "$COUPONSVC" serve
 }
 
 # Start replicas 1..REPLICAS and wait until every one is ready.
@@ -665,6 +675,24 @@ start_nginx() {
     have nginx || fail "nginx not found: install nginx-light (make deps)"
     mkdir -p "$SD/nginx/tmp"
     cp "$ROOT/deploy/nginx/proxy.conf" "$SD/nginx/proxy.conf"
+    # The per-client rate limit is off unless LB_RATE_LIMIT=on: every client
+    # of this stack (the load tests, the bench) is 127.0.0.1, so a limit per
+    # address would be one limit for all. Off, the zone's key is empty, and
+    # nginx counts no request whose key is empty.
+    case ${LB_RATE_LIMIT:-off} in
+    on) cp "$ROOT/deploy/nginx/http.conf" "$SD/nginx/http.conf" ;;
+    off)
+        # shellcheck disable=SC2016 # a literal nginx variable, not the shell's
+        sed 's/^limit_req_zone \$binary_remote_addr /limit_req_zone "" /' \
+            "$ROOT/deploy/nginx/http.conf" >"$SD/nginx/http.conf"
+        ;;
+    *) fail "LB_RATE_LIMIT must be on or off, not '$LB_RATE_LIMIT'" ;;
+    esac
+    grep -q '^limit_req_zone ' "$SD/nginx/http.conf" ||
+        fail "deploy/nginx/http.conf has no limit_req_zone line at the start of a line"
+    if [ "${LB_RATE_LIMIT:-off}" = off ] && ! grep -q '^limit_req_zone "" ' "$SD/nginx/http.conf"; then
+        fail "LB_RATE_LIMIT=off: the limit_req_zone line of deploy/nginx/http.conf no longer starts with its key \$binary_remote_addr"
+    fi
 
     for i in $(seq "$REPLICAS"); do
         servers="$servers        server 127.0.0.1:$((APP_PORT_BASE + i)) max_fails=3 fail_timeout=5s;

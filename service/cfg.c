@@ -25,6 +25,7 @@ typedef enum cfg__kind {
     CFG__ONOFF, /* int: on = 1, off = 0 */
     CFG__WAIT,  /* int: 1 = poll, 0 = pubsub */
     CFG__UNAV,  /* int: 1 = atomic, 0 = fail */
+    CFG__LOGF,  /* int: 1 = json, 0 = text */
 } cfg__kind_t;
 
 typedef struct cfg__opt {
@@ -138,6 +139,8 @@ static const cfg__opt_t cfg__opts[] = {
      "name in logs, metrics and claim rows (default: hostname-pid)"},
     {"COUPON_LOG_LEVEL", CFG__LEVEL, F(log_level), "info", 0, 0,
      "debug | info | warn | error"},
+    {"COUPON_LOG_FORMAT", CFG__LOGF, F(log_json), "text", 0, 0,
+     "text (key=value lines) | json (one JSON object per line)"},
 };
 
 #define CFG__NOPTS (sizeof(cfg__opts) / sizeof(cfg__opts[0]))
@@ -286,6 +289,16 @@ static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
             return -1;
         }
         return 0;
+    case CFG__LOGF: {
+        log_format_t lf;
+        if (log_format_parse(v, &lf) != 0) {
+            snprintf(c->errstr, sizeof(c->errstr),
+                     "%s: '%s' is not text or json", o->env, v);
+            return -1;
+        }
+        *(int *)(void *)field = lf == LOG_FORMAT_JSON;
+        return 0;
+    }
     case CFG__ONOFF:
         if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
             snprintf(c->errstr, sizeof(c->errstr), "%s: '%s' is not on or off",

@@ -320,7 +320,7 @@ static redisContext *lock_wait__connect(const cfg_addr_t *addr,
     /* Behind Sentinel, every (re)connect asks where the master is now. */
     cfg_addr_t at = *addr;
     char serr[160];
-    if (sentinel_resolve(&at, serr, sizeof(serr)) == SENTINEL_ERR) {
+    if (sentinel_resolve(&at, serr, sizeof(serr)) < 0) {
         log_warn("lock.subscriber_sentinel", "err=\"%s\"", serr);
         return NULL;
     }
@@ -666,7 +666,7 @@ void lock_wait_note_release(const char *resource) {
         f->others = 0;
     }
     const lock_wait__res_t *r = lock_wait__find(ch, h);
-    f->self = r != NULL && lock_wait__subscribed(r);
+    f->self = r != NULL && r->state[0] == LOCK_WAIT__SUBSCRIBED;
     f->released_ns = f->last_ns = mono_ns();
     f->msgs = 0;
     pthread_mutex_unlock(&lock_wait__g.mu);

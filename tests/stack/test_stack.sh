@@ -44,7 +44,8 @@ PY=python3
 
 TESTS="t_up_down_leaves_nothing t_replica_kill_fails_only_in_flight t_restart_app_is_rolling
     t_verifier_catches_injected_faults t_loadgen_https_cacert t_checkout_in_0700_dir
-    t_lb_errors_are_json t_credentials t_down_kills_frozen_spares_reused"
+    t_lb_errors_are_json t_credentials t_down_kills_frozen_spares_reused
+    t_lb_rate_limit_switch t_redis_topologies"
 
 # ================================================================ helpers ===
 # Used inside a test process (--run-one). W is the test's directory, SD its
@@ -648,6 +649,8 @@ for line in sys.stdin:
             why.append("no error/detail strings")
     except ValueError:
         why.append("body is not JSON")
+    if not hdrs.get("x-request-id"):
+        why.append("no X-Request-Id")
     leak = [k for k, v in hdrs.items() if "127.0.0.1" in v or k == "x-upstream-addr"]
     if leak:
         why.append("internal address in headers %s" % leak)
@@ -665,7 +668,8 @@ sys.exit(1 if bad else 0)
 #    (nginx's 494: a 10 KB header), 501 (Transfer-Encoding: gzip), 404 for
 #    /metrics (however it is spelled) and for the pages' own internal
 #    URIs, and 502 once the only replica is gone. A replica's own error
-#    passes through untouched, and no answer names an internal address.
+#    passes through untouched, every answer carries an X-Request-Id, and
+#    no answer names an internal address.
 #    (408, 500, 503 and 504 have their pages too but are not provoked here:
 #    408 and 504 take the 60 s and 30 s timeouts, nginx makes 503 only with
 #    limits this balancer does not set, and 500 only on its own failures.)
@@ -704,6 +708,44 @@ EOF
 no-replica-get 502 b"GET /coupons/lbjson HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 no-replica-claim 502 b"POST /claim HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
 EOF
+    return 0
+}
+
+# 6b. The balancer's per-client rate limit as stack.sh sets it: off by
+#     default (every client of this stack is 127.0.0.1, and the load tests
+#     and the bench send thousands of requests a second from there), on
+#     with LB_RATE_LIMIT=on, where 300 requests sent back to back on one
+#     connection meet the limit (20/s, bursts of 40) and each refusal is
+#     the JSON 429 rate_limited with Retry-After: 1.
+burst_statuses() { # PORT: "N200 N404 N429 Nother" of 300 GETs on one connection
+    "$PY" -c '
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
+n = {}
+for i in range(300):
+    c.request("GET", "/coupons/none-%d" % i)
+    r = c.getresponse()
+    body = r.read()
+    n[r.status] = n.get(r.status, 0) + 1
+    if r.status == 429 and (r.getheader("Retry-After") != "1" or
+                            b"\"error\":\"rate_limited\"" not in body):
+        n["bad"] = n.get("bad", 0) + 1
+print(n.get(404, 0), n.get(429, 0), sum(v for k, v in n.items() if k not in (404, 429)))
+' "$1"
+}
+t_lb_rate_limit_switch() {
+    local n404 n429 other
+    stack_up 1
+    read -r n404 n429 other <<<"$(burst_statuses "$LB_PORT")"
+    note "limit off (default): $n404 x 404, $n429 x 429, $other other"
+    expect_eq "429s with LB_RATE_LIMIT unset" "$n429" 0
+    expect_eq "404s from the replica" "$n404" 300
+    stack down >"$W/down.log" 2>&1 || fail "stack.sh down failed"
+    LB_RATE_LIMIT=on stack_up 1
+    read -r n404 n429 other <<<"$(burst_statuses "$LB_PORT")"
+    note "LB_RATE_LIMIT=on: $n404 x 404, $n429 x 429, $other other"
+    expect_gt "429s with LB_RATE_LIMIT=on" "$n429" 0
+    expect_eq "answers other than 404 and 429 (or a 429 without Retry-After: 1 and the JSON rate_limited)" "$other" 0
     return 0
 }
 
@@ -781,6 +823,85 @@ t_down_kills_frozen_spares_reused() {
 }
 
 # ================================================================= runner ===
+
+# 9. REDIS_TOPOLOGY: sentinel (master, replica, three sentinels; the master
+#    killed, the replica takes over, claims follow) and redlock3 (three
+#    nodes; restart-redis keeps a node out for longer than the TTL, or not
+#    with REDIS_RESTART_DELAY_MS=0). Redis gets the top of the port block:
+#    REDIS_PORT=B+5 and the next nodes, the sentinels on B+7..B+9.
+claim_lb() { # USER -> HTTP status of a claim of coupon topo through the LB
+    curl -s -o "$W/claim.out" -w '%{http_code}' -m 10 -H 'Content-Type: application/json' \
+        -d "{\"coupon_id\":\"topo\",\"user_id\":\"$1\"}" "$COUPONSVC_URL/claim"
+}
+topo_up() { # TOPOLOGY [K=V...]: up with one replica on fresh ports
+    local topo=$1 try=1
+    shift
+    while :; do
+        pick_ports
+        REDIS_PORT=$((LB_PORT + 5))
+        if (
+            export REDIS_TOPOLOGY="$topo" SENTINEL_PORT=$((LB_PORT + 6))
+            for kv in "$@"; do export "${kv?}"; done
+            REPLICAS=1 stack up
+        ) >"$W/up.log" 2>&1; then
+            break
+        fi
+        if [ "$try" -lt 3 ] && grep -q 'is already in use' "$W/up.log"; then
+            try=$((try + 1))
+            continue
+        fi
+        sed 's/^/    | /' "$W/up.log"
+        fail "stack.sh up (REDIS_TOPOLOGY=$topo) failed"
+    done
+    # shellcheck disable=SC1091
+    . "$SD/env"
+}
+t_redis_topologies() {
+    local out pid code i t0 ms
+    topo_up sentinel
+    out=$(stack status) || fail "status after up: $out"
+    expect_eq "sentinels alive" "$(printf '%s\n' "$out" | grep -c '^sentinel[123] .* alive')" 3
+    expect_eq "the replica alive" "$(printf '%s\n' "$out" | grep -c '^redis1 .* alive')" 1
+    expect_eq "POST /coupons" "$(admin_create topo 10)" 201
+    expect_eq "a claim before the failover" "$(claim_lb s1)" 201
+    read -r pid _ <"$SD/pids/redis.pid"
+    kill -s KILL "$pid"
+    code=000
+    for i in $(seq 120); do
+        code=$(claim_lb "s2-$i")
+        [ "$code" = 201 ] && break
+        sleep 0.25
+    done
+    expect_eq "a claim after the master was killed (the replica promoted)" "$code" 201
+    grep -q "event=sentinel.master .*addr=127.0.0.1:$((REDIS_PORT + 1)) was=127.0.0.1:$REDIS_PORT" \
+        "$SD/logs/app1.log" || fail "app1 did not log the new master: $(grep sentinel "$SD/logs/app1.log")"
+    note "sentinel: the replica took over after $i tries"
+    stack down >"$W/down.log" 2>&1 || fail "down: $(cat "$W/down.log")"
+    for f in "$SD"/pids/*.pid; do
+        [ -e "$f" ] && fail "pid file left after down: $f"
+    done
+
+    topo_up redlock3 COUPON_LOCK_TTL_MS=1000
+    grep -q 'event=lock.topology .*backend=redlock' "$SD/logs/app1.log" ||
+        fail "app1 is not on Redlock: $(grep lock.topology "$SD/logs/app1.log")"
+    expect_eq "POST /coupons" "$(admin_create topo 10)" 201
+    expect_eq "a claim on three nodes" "$(claim_lb r1)" 201
+    t0=$(date +%s%N)
+    stack restart-redis 1 >"$W/restart.log" 2>&1 || fail "restart-redis 1: $(cat "$W/restart.log")"
+    ms=$((($(date +%s%N) - t0) / 1000000))
+    grep -q 'stays out 2000 ms' "$W/restart.log" || fail "restart-redis: $(cat "$W/restart.log")"
+    expect_gt "ms restart-redis kept node 1 out" "$ms" 1999
+    expect_eq "a claim after the delayed restart" "$(claim_lb r2)" 201
+    t0=$(date +%s%N)
+    REDIS_RESTART_DELAY_MS=0 stack restart-redis 2 >"$W/restart.log" 2>&1 ||
+        fail "restart-redis 2: $(cat "$W/restart.log")"
+    ms=$((($(date +%s%N) - t0) / 1000000))
+    grep -q 'restarted at once' "$W/restart.log" || fail "restart-redis, no delay: $(cat "$W/restart.log")"
+    expect_le "ms restart-redis took without the delay" "$ms" 1999
+    expect_eq "a claim after the restart at once" "$(claim_lb r3)" 201
+    note "redlock3: restart-redis kept the node out ${ms} ms without the delay, 2 s with"
+    return 0
+}
 
 # 4. loadgen over https://: libcurl does the TLS, loadgen's own HTTP reader
 #    reads what comes out of it. An nginx with a throwaway certificate: with
