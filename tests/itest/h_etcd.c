@@ -499,3 +499,69 @@ void h_etcd_put(const char *sub, const char *value) {
     }
     TT_ASSERT_MSG(0, "etcd put %s: no member answered", key);
 }
+
+static int h_etcd__unb64(const char *s, char *out, size_t cap) {
+    static const char t[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    unsigned acc = 0;
+    int bits = 0;
+    size_t o = 0;
+    for (; *s != '\0' && *s != '='; s++) {
+        const char *c = strchr(t, *s);
+        if (c == NULL || o + 1 >= cap) {
+            return -1;
+        }
+        acc = (acc << 6) | (unsigned)(c - t);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (char)((acc >> bits) & 0xff);
+        }
+    }
+    out[o] = '\0';
+    return (int)o;
+}
+
+long long h_etcd_get_int(const char *sub) {
+    char key[256];
+    snprintf(key, sizeof(key), "%s%s", h_etcd__prefix, sub);
+    char *k = h_etcd__b64(key);
+    char body[400];
+    snprintf(body, sizeof(body), "{\"key\":\"%s\"}", k);
+    free(k);
+    for (int i = 0; i < H_ETCD_MEMBERS; i++) {
+        json_t *j = NULL;
+        if (h_etcd__post(i, "/v3/kv/range", body, &j) == 200) {
+            const char *v = json_string_value(json_object_get(
+                json_array_get(json_object_get(j, "kvs"), 0), "value"));
+            char buf[64] = "";
+            if (v != NULL) {
+                h_etcd__unb64(v, buf, sizeof(buf));
+            }
+            json_decref(j);
+            return atoll(buf);
+        }
+        json_decref(j);
+    }
+    TT_ASSERT_MSG(0, "etcd get %s: no member answered", key);
+}
+
+long h_etcd_del(const char *sub) {
+    char key[256];
+    snprintf(key, sizeof(key), "%s%s", h_etcd__prefix, sub);
+    char *k = h_etcd__b64(key);
+    char body[400];
+    snprintf(body, sizeof(body), "{\"key\":\"%s\"}", k);
+    free(k);
+    for (int i = 0; i < H_ETCD_MEMBERS; i++) {
+        json_t *j = NULL;
+        if (h_etcd__post(i, "/v3/kv/deleterange", body, &j) == 200) {
+            json_t *d = json_object_get(j, "deleted");
+            long n = json_is_string(d) ? atol(json_string_value(d)) : 0;
+            json_decref(j);
+            return n;
+        }
+        json_decref(j);
+    }
+    TT_ASSERT_MSG(0, "etcd delete %s: no member answered", key);
+}

@@ -68,4 +68,10 @@ long h_etcd_count(const char *sub);
 /* Puts key (under the test's prefix) = value; fails the test on error. */
 void h_etcd_put(const char *sub, const char *value);
 
+/* The decimal number in key (under the test's prefix); 0 when absent. */
+long long h_etcd_get_int(const char *sub);
+
+/* Deletes key (under the test's prefix); returns how many were deleted. */
+long h_etcd_del(const char *sub);
+
 #endif

@@ -205,4 +205,18 @@ int h_redis_extra_start(const char *name);
  * 0. */
 long long h_redis_cmd_at(int port, const char *fmt, ...);
 
+/* ------------------------------------------------- the etcd suites ---
+ * COUPONSVC_LOCK_BACKEND=etcd runs the same tests on a 3-member etcd
+ * cluster (h_etcd.h); a test about Redis itself says so with
+ * H_REDIS_ONLY() and passes without running there. */
+#include "h_etcd.h"
+
+#define H_REDIS_ONLY()                                                         \
+    do {                                                                       \
+        if (h_etcd_on()) {                                                     \
+            printf("    (Redis-only: not run on etcd)\n");                     \
+            return;                                                            \
+        }                                                                      \
+    } while (0)
+
 #endif
