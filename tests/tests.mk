@@ -76,7 +76,7 @@ $(BUILD)/old/couponsvc:
 # $(BUILD)/neg-*/) and checks that the matching scenario FAILS with it.
 
 FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
-	itest/harness.o itest/h_etcd.o itest/test_faults.o itest/test_redis_faults.o \
+	itest/harness.o itest/h_etcd.o itest/test_faults.o itest/test_etcd_faults.o itest/test_redis_faults.o \
 	itest/test_comb_faults.o itest/test_lock_wait_faults.o \
 	faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o
 

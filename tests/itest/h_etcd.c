@@ -565,3 +565,41 @@ long h_etcd_del(const char *sub) {
     }
     TT_ASSERT_MSG(0, "etcd delete %s: no member answered", key);
 }
+
+int h_etcd_revoke_owner(const char *sub) {
+    char key[256], end[256];
+    snprintf(key, sizeof(key), "%s%s", h_etcd__prefix, sub);
+    snprintf(end, sizeof(end), "%s", key);
+    end[strlen(end) - 1]++;
+    char *k = h_etcd__b64(key), *e = h_etcd__b64(end);
+    char body[700];
+    snprintf(body, sizeof(body),
+             "{\"key\":\"%s\",\"range_end\":\"%s\",\"limit\":1,"
+             "\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\"}",
+             k, e);
+    free(k);
+    free(e);
+    json_t *j = NULL;
+    for (int i = 0; i < H_ETCD_MEMBERS && j == NULL; i++) {
+        if (h_etcd__post(i, "/v3/kv/range", body, &j) != 200) {
+            json_decref(j);
+            j = NULL;
+        }
+    }
+    TT_ASSERT_MSG(j != NULL, "etcd range %s: no member answered", key);
+    const char *lease = json_string_value(
+        json_object_get(json_array_get(json_object_get(j, "kvs"), 0), "lease"));
+    if (lease == NULL) {
+        json_decref(j);
+        return 0;
+    }
+    char rb[96];
+    snprintf(rb, sizeof(rb), "{\"ID\":\"%s\"}", lease);
+    json_decref(j);
+    for (int i = 0; i < H_ETCD_MEMBERS; i++) {
+        if (h_etcd__post(i, "/v3/lease/revoke", rb, NULL) == 200) {
+            return 1;
+        }
+    }
+    TT_ASSERT_MSG(0, "etcd lease revoke: no member answered");
+}

@@ -74,4 +74,9 @@ long long h_etcd_get_int(const char *sub);
 /* Deletes key (under the test's prefix); returns how many were deleted. */
 long h_etcd_del(const char *sub);
 
+/* Revokes the lease of the first key (lowest create revision) under the
+ * test's prefix followed by sub: the owner's process lease. Returns 1 when a
+ * lease was revoked, 0 when there was no key. */
+int h_etcd_revoke_owner(const char *sub);
+
 #endif
