@@ -603,3 +603,23 @@ int h_etcd_revoke_owner(const char *sub) {
     }
     TT_ASSERT_MSG(0, "etcd lease revoke: no member answered");
 }
+
+void h_etcd_make_leader(int i) {
+    double end = h_now_ms() + 15000;
+    while (h_etcd_leader(5000) != i) {
+        TT_ASSERT_MSG(h_now_ms() < end, "etcd: m%d did not become leader", i);
+        json_t *j = NULL;
+        TT_EQ_INT(h_etcd__post(i, "/v3/maintenance/status", "{}", &j), 200);
+        const char *id = json_string_value(
+            json_object_get(json_object_get(j, "header"), "member_id"));
+        char body[96];
+        snprintf(body, sizeof(body), "{\"targetID\":\"%s\"}",
+                 id != NULL ? id : "0");
+        json_decref(j);
+        int l = h_etcd_leader(5000);
+        if (l >= 0 && l != i) {
+            h_etcd__post(l, "/v3/maintenance/transfer-leadership", body, NULL);
+        }
+        h_sleep_ms(200);
+    }
+}

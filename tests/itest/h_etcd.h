@@ -79,4 +79,8 @@ long h_etcd_del(const char *sub);
  * lease was revoked, 0 when there was no key. */
 int h_etcd_revoke_owner(const char *sub);
 
+/* Moves the leadership to member i (etcd's MoveLeader, sent to the current
+ * leader) and waits until i leads; fails the test if it does not. */
+void h_etcd_make_leader(int i);
+
 #endif
