@@ -83,4 +83,9 @@ int h_etcd_revoke_owner(const char *sub);
  * leader) and waits until i leads; fails the test if it does not. */
 void h_etcd_make_leader(int i);
 
+/* The remaining TTL in ms of the process lease of the first key under the
+ * test's prefix followed by sub (etcd counts it in whole seconds: this is
+ * the upper end, capped at the granted TTL), or -2 when there is no key. */
+long h_etcd_owner_ttl_ms(const char *sub);
+
 #endif
