@@ -3,6 +3,9 @@
 #
 #   make up [REPLICAS=3]   build, then PostgreSQL + Redis + replicas + nginx
 #                          on 127.0.0.1 (LB on :8080); see deploy/stack.sh
+#   make up COUPON_LOCK_BACKEND=etcd
+#                          the same, plus a 3-member etcd cluster the
+#                          replicas lock on (ETCD_PORT_BASE: 12379..12384)
 #   make down              stop exactly what `make up` started
 #   make status            pid, port and state of every process
 #   make restart-app       restart the replicas only, e.g.

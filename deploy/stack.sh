@@ -21,6 +21,10 @@
 #   APP_PORT_BASE  replica i listens on APP_PORT_BASE + i   (8080: 8081, 8082..)
 #   PG_PORT        PostgreSQL                               (15432)
 #   REDIS_PORT     Redis                                    (16379)
+#   COUPON_LOCK_BACKEND  etcd: a 3-member etcd cluster too, and the
+#                  replicas lock on it (their COUPON_ETCD_ENDPOINTS)  (redis)
+#   ETCD_PORT_BASE member i's client port is ETCD_PORT_BASE + 2(i-1), its
+#                  peer port the next one                    (12379)
 #   COUPONSVC      the service binary                       (<repo>/build/couponsvc)
 #   PG_BIN         PostgreSQL server binaries  (/usr/lib/postgresql/15/bin)
 #   PG_PASSWORD    password of the couponsvc database role  (generated)
@@ -73,6 +77,9 @@ APP_PORT_BASE=${APP_PORT_BASE:-8080}
 # and `up` then fails with "address already in use".
 PG_PORT=${PG_PORT:-15432}
 REDIS_PORT=${REDIS_PORT:-16379}
+ETCD_PORT_BASE=${ETCD_PORT_BASE:-12379}
+ETCD_MEMBERS=0
+[ "${COUPON_LOCK_BACKEND:-redis}" = etcd ] && ETCD_MEMBERS=3
 COUPONSVC=${COUPONSVC:-$ROOT/build/couponsvc}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_PASSWORD=${PG_PASSWORD:-}
@@ -117,7 +124,7 @@ secret() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 
 check_settings() {
     local v val
-    for v in REPLICAS LB_PORT APP_PORT_BASE PG_PORT REDIS_PORT WAIT_SECS STOP_SECS; do
+    for v in REPLICAS LB_PORT APP_PORT_BASE PG_PORT REDIS_PORT ETCD_PORT_BASE WAIT_SECS STOP_SECS; do
         eval "val=\$$v"
         is_uint "$val" || fail "$v must be a non-negative integer, got '$val'"
     done
@@ -211,6 +218,7 @@ spawn() {
 stop_app() { kill -s TERM "$2"; }
 stop_nginx() { nginx -q -p "$SD/nginx" -e "$SD/logs/nginx.error.log" -c "$SD/nginx/nginx.conf" -s quit; }
 stop_redis() { redis_cli "$(port_of "$1")" shutdown nosave >/dev/null 2>&1; }
+stop_etcd() { kill -s TERM "$2"; }
 stop_postgres() { as_pg "$SD/logs/pg_ctl.log" "$PG_BIN/pg_ctl" -D "$SD/pg/data" -m fast -W stop; }
 
 port_of() {
@@ -218,6 +226,7 @@ port_of() {
     nginx) echo "$LB_PORT" ;;
     redis) echo "$REDIS_PORT" ;;
     postgres) echo "$PG_PORT" ;;
+    etcd*) echo $((ETCD_PORT_BASE + 2 * (${1#etcd} - 1))) ;;
     app*) echo $((APP_PORT_BASE + ${1#app})) ;;
     esac
 }
@@ -324,7 +333,7 @@ app_names() {
 }
 
 # In the order `up` starts them; stopped in the reverse order.
-all_names() { printf 'postgres redis %s nginx\n' "$(app_names "$REPLICAS")"; }
+all_names() { printf 'postgres redis %s%s nginx\n' "$(etcd_names)" "$(app_names "$REPLICAS")"; }
 
 # The settings `up` used are recorded, so that down, status and restart-app
 # act on the stack that exists, whatever the environment says now.
@@ -442,6 +451,68 @@ EOF
     done
 }
 
+# --- etcd (COUPON_LOCK_BACKEND=etcd) ------------------------------------------
+
+etcd_names() {
+    local i=1
+    while [ "$i" -le "$ETCD_MEMBERS" ]; do
+        printf 'etcd%s ' "$i"
+        i=$((i + 1))
+    done
+}
+
+# The members' client URLs, comma-separated: the replicas' endpoints.
+etcd_endpoints() {
+    local i=1 sep=''
+    while [ "$i" -le "$ETCD_MEMBERS" ]; do
+        printf '%shttp://127.0.0.1:%s' "$sep" "$(port_of "etcd$i")"
+        sep=,
+        i=$((i + 1))
+    done
+}
+
+# What the replicas get as COUPON_ETCD_ENDPOINTS: the stack's members, or
+# what the environment says (an outside cluster).
+app_etcd_endpoints() {
+    if [ "$ETCD_MEMBERS" -gt 0 ]; then etcd_endpoints; else printf '%s' "${COUPON_ETCD_ENDPOINTS:-http://127.0.0.1:2379}"; fi
+}
+
+# Three members of one new cluster, data under $SD/etcd, default timing
+# (election 1000 ms: the replicas' lease TTL is at least 2 s). No auth
+# locally; deploy/README.md shows the production set-up with a user.
+start_etcd() {
+    local i cluster='' deadline=$((SECONDS + WAIT_SECS)) port ok
+    have etcd || fail "etcd not found: install etcd-server (make deps)"
+    mkdir -p "$SD/etcd"
+    for i in $(seq "$ETCD_MEMBERS"); do
+        cluster="$cluster${cluster:+,}etcd$i=http://127.0.0.1:$(($(port_of "etcd$i") + 1))"
+    done
+    for i in $(seq "$ETCD_MEMBERS"); do
+        port=$(port_of "etcd$i")
+        say "etcd$i: starting on 127.0.0.1:$port"
+        spawn "etcd$i" etcd --name "etcd$i" --data-dir "$SD/etcd/etcd$i" \
+            --listen-client-urls "http://127.0.0.1:$port" \
+            --advertise-client-urls "http://127.0.0.1:$port" \
+            --listen-peer-urls "http://127.0.0.1:$((port + 1))" \
+            --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
+            --initial-cluster "$cluster" --initial-cluster-state new \
+            --initial-cluster-token "couponsvc-$$" --logger zap --log-level warn
+    done
+    for i in $(seq "$ETCD_MEMBERS"); do
+        port=$(port_of "etcd$i")
+        until ok=$(curl -s -m 2 "http://127.0.0.1:$port/health" 2>/dev/null) &&
+            case $ok in *'"health":"true"'*) true ;; *) false ;; esac; do
+            live_pid "etcd$i" >/dev/null || {
+                tail_log "$SD/logs/etcd$i.log"
+                fail "etcd$i died while starting (see $SD/logs/etcd$i.log)"
+            }
+            [ "$SECONDS" -lt "$deadline" ] || fail "etcd$i not healthy within ${WAIT_SECS}s"
+            sleep 0.2
+        done
+    done
+    say "etcd: cluster of $ETCD_MEMBERS healthy at $(etcd_endpoints)"
+}
+
 run_migrate() {
     local log=$SD/logs/migrate.log
     say "migrate: applying migrations"
@@ -459,7 +530,9 @@ start_app() {
     COUPON_HTTP_ADDR=127.0.0.1:$((APP_PORT_BASE + i)) COUPON_PG_DSN=$DSN \
         COUPON_REDIS_ADDRS=127.0.0.1:$REDIS_PORT COUPON_REDIS_USERNAME=$REDIS_USER \
         COUPON_REDIS_PASSWORD=$REDIS_PASSWORD COUPON_ADMIN_TOKEN=$ADMIN_TOKEN \
-        COUPON_INSTANCE_ID=$instance spawn "app$i" "$COUPONSVC" serve
+        COUPON_INSTANCE_ID=$instance \
+        COUPON_ETCD_ENDPOINTS=$(app_etcd_endpoints) \
+        spawn "app$i" "$COUPONSVC" serve
 }
 
 # Start replicas 1..REPLICAS and wait until every one is ready.
@@ -550,6 +623,7 @@ export COUPON_ADMIN_TOKEN='$ADMIN_TOKEN'
 export COUPON_PG_DSN='$DSN'
 export COUPON_REDIS_ADDRS='127.0.0.1:$REDIS_PORT'
 export COUPON_REDIS_USERNAME='$REDIS_USER' COUPON_REDIS_PASSWORD='$REDIS_PASSWORD'
+$([ "$ETCD_MEMBERS" -gt 0 ] && printf "export COUPON_LOCK_BACKEND=etcd COUPON_ETCD_ENDPOINTS='%s'\n" "$(etcd_endpoints)")
 # For psql and friends (psql alone then opens the service's database).
 export PGHOST='127.0.0.1' PGPORT='$PG_PORT' PGUSER='couponsvc' PGDATABASE='couponsvc' PGPASSWORD='$PG_PASSWORD'
 # Redis's default user, the operator: REDISCLI_AUTH=\$REDIS_ADMIN_PASSWORD redis-cli -p $REDIS_PORT
@@ -594,7 +668,7 @@ cmd_up() {
 
     # A fresh state directory: remove only what stack.sh creates.
     make_stack_dir
-    rm -rf "$SD/pg" "$SD/redis" "$SD/nginx" "$SD/pids" "$SD/logs" \
+    rm -rf "$SD/pg" "$SD/redis" "$SD/etcd" "$SD/nginx" "$SD/pids" "$SD/logs" \
         "$SD/env" "$SD/app.env" "$SD/stack.conf"
     : >"$MARKER"
     mkdir -p "$SD/pids" "$SD/logs"
@@ -624,6 +698,8 @@ LB_PORT=$LB_PORT
 APP_PORT_BASE=$APP_PORT_BASE
 PG_PORT=$PG_PORT
 REDIS_PORT=$REDIS_PORT
+ETCD_PORT_BASE=$ETCD_PORT_BASE
+ETCD_MEMBERS=$ETCD_MEMBERS
 COUPONSVC='$COUPONSVC'
 ADMIN_TOKEN='$ADMIN_TOKEN'
 PG_PASSWORD='$PG_PASSWORD'
@@ -641,6 +717,7 @@ EOF
     say "state: $SD"
     start_postgres
     start_redis
+    [ "$ETCD_MEMBERS" -gt 0 ] && start_etcd
     if [ -x "$COUPONSVC" ]; then
         run_migrate
     else
@@ -681,7 +758,8 @@ stop_all() {
     stop_components nginx
     # shellcheck disable=SC2086 # one word per replica
     stop_components $apps
-    stop_components redis postgres
+    # shellcheck disable=SC2046 # one word per member
+    stop_components $(etcd_names) redis postgres
 }
 
 cmd_down() {
