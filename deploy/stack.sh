@@ -23,6 +23,8 @@
 #   REDIS_PORT     Redis                                    (16379)
 #   COUPON_LOCK_BACKEND  etcd: a 3-member etcd cluster too, and the
 #                  replicas lock on it (their COUPON_ETCD_ENDPOINTS)  (redis)
+#   STACK_ETCD     1: start the etcd members whatever the backend, so that
+#                  restart-app can switch the replicas to it   (0)
 #   ETCD_PORT_BASE member i's client port is ETCD_PORT_BASE + 2(i-1), its
 #                  peer port the next one                    (12379)
 #   COUPONSVC      the service binary                       (<repo>/build/couponsvc)
@@ -79,7 +81,9 @@ PG_PORT=${PG_PORT:-15432}
 REDIS_PORT=${REDIS_PORT:-16379}
 ETCD_PORT_BASE=${ETCD_PORT_BASE:-12379}
 ETCD_MEMBERS=0
-[ "${COUPON_LOCK_BACKEND:-redis}" = etcd ] && ETCD_MEMBERS=3
+if [ "${COUPON_LOCK_BACKEND:-redis}" = etcd ] || [ "${STACK_ETCD:-0}" = 1 ]; then
+    ETCD_MEMBERS=3
+fi
 COUPONSVC=${COUPONSVC:-$ROOT/build/couponsvc}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_PASSWORD=${PG_PASSWORD:-}
@@ -623,7 +627,8 @@ export COUPON_ADMIN_TOKEN='$ADMIN_TOKEN'
 export COUPON_PG_DSN='$DSN'
 export COUPON_REDIS_ADDRS='127.0.0.1:$REDIS_PORT'
 export COUPON_REDIS_USERNAME='$REDIS_USER' COUPON_REDIS_PASSWORD='$REDIS_PASSWORD'
-$([ "$ETCD_MEMBERS" -gt 0 ] && printf "export COUPON_LOCK_BACKEND=etcd COUPON_ETCD_ENDPOINTS='%s'\n" "$(etcd_endpoints)")
+$([ "$ETCD_MEMBERS" -gt 0 ] && printf "export COUPON_ETCD_ENDPOINTS='%s'\n" "$(etcd_endpoints)")
+$([ "${COUPON_LOCK_BACKEND:-}" = etcd ] && printf 'export COUPON_LOCK_BACKEND=etcd\n')
 # For psql and friends (psql alone then opens the service's database).
 export PGHOST='127.0.0.1' PGPORT='$PG_PORT' PGUSER='couponsvc' PGDATABASE='couponsvc' PGPASSWORD='$PG_PASSWORD'
 # Redis's default user, the operator: REDISCLI_AUTH=\$REDIS_ADMIN_PASSWORD redis-cli -p $REDIS_PORT
