@@ -6,6 +6,10 @@
 #   make up COUPON_LOCK_BACKEND=etcd
 #                          the same, plus a 3-member etcd cluster the
 #                          replicas lock on (ETCD_PORT_BASE: 12379..12384)
+#   make up REDIS_TOPOLOGY=sentinel|redlock3|redlock5
+#                          the same with Redis behind three sentinels, or
+#                          3 / 5 independent Redlock nodes (default single);
+#                          deploy/stack.sh restart-redis N restarts node N
 #   make down              stop exactly what `make up` started
 #   make status            pid, port and state of every process
 #   make restart-app       restart the replicas only, e.g.
