@@ -336,14 +336,7 @@ static int lock_etcd__init(const cfg_t *cfg, char *err, size_t errlen) {
                  cfg->etcd_prefix);
         return -1;
     }
-    int64_t floor_s = ((int64_t)cfg->etcd_election_ms * 3 + 1999) / 2000;
-    int64_t ttl_s = ((int64_t)cfg->lock_ttl_ms + 999) / 1000;
-    if (ttl_s < floor_s) {
-        ttl_s = floor_s;
-    }
-    if (ttl_s < 1) {
-        ttl_s = 1;
-    }
+    int64_t ttl_s = lock_etcd_gw_ttl_s(cfg->lock_ttl_ms, cfg->etcd_election_ms);
     lock_etcd__g.ttl_s = ttl_s;
     lock_etcd__g.recheck_ms = cfg->lock_recheck_ms;
     if (ttl_s * 1000 != (int64_t)cfg->lock_ttl_ms) {

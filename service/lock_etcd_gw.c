@@ -163,6 +163,15 @@ int lock_etcd_gw_bad_reply(lock_etcd_gw_t *gw, const char *what) {
 
 /* ------------------------------------------------------------- helpers --- */
 
+int64_t lock_etcd_gw_ttl_s(uint32_t ttl_ms, uint32_t election_ms) {
+    int64_t floor_s = ((int64_t)election_ms * 3 + 1999) / 2000;
+    int64_t ttl_s = ((int64_t)ttl_ms + 999) / 1000;
+    if (ttl_s < floor_s) {
+        ttl_s = floor_s;
+    }
+    return ttl_s < 1 ? 1 : ttl_s;
+}
+
 static const char lock_etcd_gw__b64c[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
