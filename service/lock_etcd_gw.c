@@ -284,6 +284,14 @@ static void lock_etcd_gw__headers(lock_etcd_gw_t *gw) {
     if (gw->hdrs_gen != lock_etcd_gw__g.gen || gw->hdrs == NULL) {
         curl_slist_free_all(gw->hdrs);
         gw->hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+        /* No "Expect: 100-continue" (libcurl's default above 1 KiB of
+         * body): it costs a round trip before every larger transaction. */
+        if (gw->hdrs != NULL) {
+            struct curl_slist *e = curl_slist_append(gw->hdrs, "Expect:");
+            if (e != NULL) {
+                gw->hdrs = e;
+            }
+        }
         if (lock_etcd_gw__g.token != NULL && gw->hdrs != NULL) {
             char h[512];
             snprintf(h, sizeof(h), "Authorization: %s", lock_etcd_gw__g.token);
