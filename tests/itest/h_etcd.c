@@ -654,3 +654,7 @@ void h_etcd_make_leader(int i) {
         h_sleep_ms(200);
     }
 }
+
+int h_etcd_free_port(void) {
+    return h_etcd__port();
+}

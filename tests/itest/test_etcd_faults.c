@@ -12,13 +12,16 @@
  *   etcd_quorum_lost_then_back             503 within a bound, then recovery
  *   etcd_waiter_gives_up_deletes_its_key   no dead key blocks the queue
  *   etcd_session_lost_every_lock_lost      keep-alive answers no TTL
+ *   etcd_auth_user_and_refused_password    auth on, token expiry, refusal
  */
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "faults/load.h"
 #include "faults/proxy.h"
@@ -420,4 +423,105 @@ TT_TEST(etcd_session_lost_every_lock_lost, 60) {
     TT_CMP_INT(h_metric(a, "couponsvc_leases_lost_total"), >=, 1);
     TT_EQ_INT(h_claim(a, "sl", "next", NULL), 201);
     h_check_invariants("sl", 5, 1);
+}
+
+/*
+ * Auth: a private one-member cluster with auth on (etcdctl, as an operator
+ * would set it up: a user whose role has readwrite on the prefix only) and
+ * simple tokens that expire after 1 s of disuse. The instance with the
+ * right password claims, also after its token expired (code 16: it
+ * authenticates again and repeats the call); the one with a wrong password
+ * writes nothing, answers 503, and /readyz says it is its own fault (503).
+ */
+static void e_etcdctl(const char *ep, const char *args) {
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "ETCDCTL_API=3 etcdctl --endpoints=%s %s >>'%s/etcdctl.log' 2>&1",
+             ep, args, h_test_dir());
+    TT_ASSERT_MSG(system(cmd) == 0, "etcdctl %s failed (see etcdctl.log)",
+                  args);
+}
+
+TT_TEST(etcd_auth_user_and_refused_password, 60) {
+    H_ETCD_ONLY();
+    h_begin();
+    int cport = h_etcd_free_port(), pport = h_etcd_free_port();
+    char curl_[64], purl[64], cluster[96], data[300], log[300];
+    snprintf(curl_, sizeof(curl_), "http://127.0.0.1:%d", cport);
+    snprintf(purl, sizeof(purl), "http://127.0.0.1:%d", pport);
+    snprintf(cluster, sizeof(cluster), "a1=%s", purl);
+    snprintf(data, sizeof(data), "%s/auth.etcd", h_test_dir());
+    snprintf(log, sizeof(log), "%s/auth-etcd.log", h_test_dir());
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execlp("etcd", "etcd", "--name", "a1", "--data-dir", data,
+               "--listen-client-urls", curl_, "--advertise-client-urls", curl_,
+               "--listen-peer-urls", purl, "--initial-advertise-peer-urls",
+               purl, "--initial-cluster", cluster, "--auth-token", "simple",
+               "--auth-token-ttl", "1", (char *)NULL);
+        _exit(127);
+    }
+    char url[96];
+    snprintf(url, sizeof(url), "%s/health", curl_);
+    double end = h_now_ms() + 15000;
+    while (h_http("GET", url, NULL, NULL, NULL, 0, NULL) != 200) {
+        TT_ASSERT_MSG(h_now_ms() < end, "the auth member did not start");
+        h_sleep_ms(50);
+    }
+    e_etcdctl(curl_, "user add root:rootpw");
+    e_etcdctl(curl_, "role add couponsvc");
+    char grant[160];
+    snprintf(grant, sizeof(grant),
+             "role grant-permission couponsvc --prefix=true readwrite %s",
+             h_etcd_prefix());
+    e_etcdctl(curl_, grant);
+    e_etcdctl(curl_, "user add svc:svcpw");
+    e_etcdctl(curl_, "user grant-role svc couponsvc");
+    e_etcdctl(curl_, "auth enable");
+
+    char ep[128];
+    snprintf(ep, sizeof(ep), "COUPON_ETCD_ENDPOINTS=%s", curl_);
+    const char *good[] = {ep, "COUPON_ETCD_USERNAME=svc",
+                          "COUPON_ETCD_PASSWORD=svcpw", NULL};
+    const char *bad[] = {ep, "COUPON_ETCD_USERNAME=svc",
+                         "COUPON_ETCD_PASSWORD=wrong", NULL};
+    h_svc_t *g = h_svc_start("auth-good", good);
+    h_svc_t *b = h_svc_start("auth-bad", bad);
+    h_coupon(g, "au", 5);
+    TT_EQ_INT(h_claim(g, "au", "first", NULL), 201);
+    /* Frozen past the token's TTL (its readiness probe would otherwise keep
+     * the token in use): the member forgets the token. */
+    kill(g->pid, SIGSTOP);
+    h_sleep_ms(2500);
+    kill(g->pid, SIGCONT);
+    TT_EQ_INT(h_claim(g, "au", "after-expiry", NULL), 201);
+
+    json_t *j = NULL;
+    TT_EQ_INT(h_claim(b, "au", "intruder", &j), 503);
+    TT_EQ_STR(json_string_value(json_object_get(j, "error")), "unavailable");
+    json_decref(j);
+    TT_EQ_INT(e_rows_for_user("intruder"), 0);
+    snprintf(url, sizeof(url), "%s/readyz", b->url);
+    long st = 0;
+    char *body = NULL;
+    for (int i = 0; i < 50 && st != 503; i++) {
+        free(body);
+        body = NULL;
+        st = h_http("GET", url, NULL, NULL, NULL, 0, &body);
+        if (st != 503) {
+            h_sleep_ms(100);
+        }
+    }
+    printf("    wrong password: /readyz %ld %s\n", st, body);
+    TT_EQ_INT(st, 503);
+    TT_CONTAINS(body, "authentication failed");
+    free(body);
+    snprintf(url, sizeof(url), "%s/readyz", g->url);
+    TT_EQ_INT(h_http("GET", url, NULL, NULL, NULL, 0, NULL), 200);
+    h_check_invariants("au", 5, 2);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
 }
