@@ -229,7 +229,9 @@ static uint64_t lock__rand(lock_client_t *cl) {
  * up to 50 ms, and the actual sleep is drawn uniformly from [cap/2, cap]
  * ("equal jitter") so that waiters released by the same event do not retry in
  * lock step. The sleep never runs past the holder's PTTL (the lock is free at
- * the latest then) nor past the caller's deadline.
+ * the latest then) nor past the caller's deadline, and never below 1 ms: an
+ * attempt per millisecond at most, whatever the backend answers (a PTTL of
+ * 0, or none: -1).
  */
 #define LOCK__BACKOFF_MIN_NS (1 * MONO_MS)
 #define LOCK__BACKOFF_MAX_NS (50 * MONO_MS)
@@ -252,6 +254,11 @@ static int lock__acquire_poll(lock_client_t *cl, const char *resource,
             cap / 2 + (int64_t)(lock__rand(cl) % (uint64_t)(cap / 2 + 1));
         if (pttl >= 0 && sleep > pttl * MONO_MS) {
             sleep = pttl * MONO_MS;
+        }
+        /* Never below the backoff's floor: a PTTL of 0 (a key about to
+         * expire) must not turn this into a loop without a pause. */
+        if (sleep < LOCK__BACKOFF_MIN_NS) {
+            sleep = LOCK__BACKOFF_MIN_NS;
         }
         if (sleep > deadline_ns - now) {
             sleep = deadline_ns - now;

@@ -775,8 +775,19 @@ static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
                              lease->ttl_ms);
             wb = LOCK_ERR;
         }
-        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl), 1);
-        *holder_pttl_ms = 0; /* our own grant went away: try again soon */
+        /* UNDO, not RELEASE, as for a partial grant: the lease never
+         * became usable, so it never was a lock. Announcing its end would
+         * wake a waiter (ours first: our own subscriber hears our own
+         * node's message) to retry at once into whatever refused us, and
+         * every retry that ends here again would wake the next: a retry
+         * loop as fast as the round trips, bounded by no wake. The lock
+         * that refused us is announced by its holder's own release.
+         *
+         * The holder's PTTL is unknown here (nobody said "busy" with a
+         * TTL): -1 leaves the poll strategy's backoff in charge; 0 would
+         * make it retry at once, in the same loop. */
+        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl), 0);
+        *holder_pttl_ms = -1;
         return wb;
     }
     atomic_store(&lease->valid_until_ns,

@@ -7,6 +7,7 @@
  * the start-up refusals (an even count, a replica, a duplicate).
  */
 #include <hiredis/hiredis.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -351,4 +352,166 @@ TT_TEST(redlock_wait_one_wake_per_release, 60) {
     TT_EQ_INT(h_metric(s, LW_WAKE_MESSAGE) - msg0, 3);
     TT_ASSERT(fence[0] != fence[1] && fence[1] != fence[2]);
     h_check_invariants("rlw", 5, 3);
+}
+
+/* Calls of EVAL the node at port has served so far (INFO commandstats). */
+static long long rl_evals(int port) {
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    TT_ASSERT(c != NULL && c->err == 0);
+    redisReply *r = redisCommand(c, "INFO commandstats");
+    TT_ASSERT(r != NULL && r->type == REDIS_REPLY_STRING);
+    const char *p = strstr(r->str, "cmdstat_eval:calls=");
+    long long v = p != NULL ? atoll(p + strlen("cmdstat_eval:calls=")) : 0;
+    freeReplyObject(r);
+    redisFree(c);
+    return v;
+}
+
+/*
+ * A waiter's attempts are bounded by its wakes. Another client holds the
+ * lock on nodes 1 and 2 (a majority), node 0 is free: every attempt of the
+ * waiter is granted there, draws a fence on node 0 and is taken back.
+ * Nothing is released meanwhile, so nothing may wake the waiter but its
+ * re-check (every 200 ms): over a 1.5 s wait that is about ten attempts.
+ * Counted twice, by node 0's fence counter (one INCR per attempt) and by
+ * the EVALs it served (an attempt and its undo, each one EVAL); the bound
+ * is generous (60 attempts), a retry loop makes thousands. First with the
+ * holder a token the service does not know, then with the holder a claim
+ * of another instance (which renews its lease meanwhile).
+ */
+TT_TEST(redlock_waiter_attempts_bounded, 60) {
+    h_begin();
+    int port[3];
+    const char *addrs;
+    rl_nodes(port, &addrs);
+    const char *env[] = {addrs, "COUPON_LOCK_WAIT_MS=1500",
+                         "COUPON_LOCK_RECHECK_MS=200", LW_UNCOMBINED, NULL};
+    const char *env_h[] = {addrs,
+                           "COUPON_LOCK_WAIT_MS=1500",
+                           "COUPON_LOCK_TTL_MS=1000",
+                           "COUPON_FAULT=after_acquire:3000",
+                           LW_UNCOMBINED,
+                           NULL};
+    h_svc_t *w = h_svc_start("rlb-w", env);
+    h_svc_t *hold = h_svc_start("rlb-h", env_h);
+    h_coupon(w, "rlb", 5);
+    for (int round = 0; round < 2; round++) {
+        lw_claim_t hc;
+        if (round == 0) {
+            for (int i = 1; i < 3; i++) {
+                h_redis_cmd_at(port[i],
+                               "SET coupon:{rlb}:lock outsider PX 30000");
+            }
+        } else {
+            lw_claim_start(&hc, hold, "rlb", "holder");
+            double end = h_now_ms() + 5000;
+            while (h_node_int(port[0], "EXISTS coupon:{rlb}:lock") != 1) {
+                TT_ASSERT_MSG(h_now_ms() < end, "the holder got no grant");
+                h_sleep_ms(5);
+            }
+            /* The holder keeps nodes 1 and 2; node 0 is free. */
+            h_redis_cmd_at(port[0], "DEL coupon:{rlb}:lock");
+        }
+        long long f0 = h_node_int(port[0], "GET coupon:{rlb}:fence");
+        long long e0 = rl_evals(port[0]);
+        lw_claim_t c;
+        lw_claim_start(&c, w, "rlb", round == 0 ? "waiter0" : "waiter1");
+        lw_claim_join(&c);
+        long long f1 = h_node_int(port[0], "GET coupon:{rlb}:fence");
+        long long e1 = rl_evals(port[0]);
+        printf("    round %d: the waiter's claim %ld; node 0's fence %lld -> "
+               "%lld, its EVALs %lld -> %lld\n",
+               round, c.status, f0 < 0 ? 0 : f0, f1, e0, e1);
+        TT_EQ_INT(c.status, 503);
+        TT_CMP_INT(f1 - (f0 < 0 ? 0 : f0), >=, 1);
+        TT_CMP_INT(f1 - (f0 < 0 ? 0 : f0), <=, 60);
+        TT_CMP_INT(e1 - e0, <=, 2 * 60 + 20);
+        if (round == 0) {
+            for (int i = 1; i < 3; i++) {
+                h_redis_cmd_at(port[i], "DEL coupon:{rlb}:lock");
+            }
+        } else {
+            lw_claim_join(&hc);
+            TT_EQ_INT(hc.status, 201);
+        }
+    }
+}
+
+/* The write-back's adversary: while it runs, deletes every lock key on
+ * the node at port that is not the outsider's (the waiter's grant there
+ * vanishes before its write-back can see it). */
+typedef struct rl_thief {
+    int port;
+    volatile int stop;
+    long stolen;
+    pthread_t t;
+} rl_thief_t;
+
+static void *rl__thief_run(void *p) {
+    rl_thief_t *th = p;
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", th->port, tv);
+    for (int i = 0; c != NULL && c->err == 0 && !th->stop && i < 20000; i++) {
+        redisReply *r = redisCommand(
+            c, "EVAL %s 1 coupon:{rlwb}:lock",
+            "local v = redis.call('GET', KEYS[1]) "
+            "if v and v ~= 'outsider' then return redis.call('DEL', KEYS[1]) "
+            "end return 0");
+        th->stolen +=
+            r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+        if (r != NULL) {
+            freeReplyObject(r);
+        }
+        h_sleep_ms(2);
+    }
+    if (c != NULL) {
+        redisFree(c);
+    }
+    return NULL;
+}
+
+/*
+ * A refused write-back wakes nobody. The outsider holds node 2; the
+ * waiter's every attempt is granted on nodes 0 and 1 and pauses 100 ms
+ * before its write-back (a fault pause), while a thief deletes its key on
+ * node 1: the write-back is refused there, the lease never becomes usable
+ * and the attempt is taken back. Nothing was ever released, so the
+ * waiter's subscribers must deliver no release message (its own node 0's
+ * announcement of a lock it never had would wake it at once, and the next
+ * refused attempt would wake it again: attempts bounded by no wake). Its
+ * attempts are bounded by the re-checks: about 2 s / (250 ms + 100 ms).
+ */
+TT_TEST(redlock_refused_writeback_wakes_nobody, 60) {
+    h_begin();
+    int port[3];
+    const char *addrs;
+    rl_nodes(port, &addrs);
+    const char *env[] = {addrs,
+                         "COUPON_LOCK_WAIT_MS=2000",
+                         "COUPON_LOCK_RECHECK_MS=250",
+                         "COUPON_FAULT=before_writeback:100",
+                         LW_UNCOMBINED,
+                         NULL};
+    h_svc_t *w = h_svc_start("rlwb", env);
+    h_coupon(w, "rlwb", 5);
+    h_redis_cmd_at(port[2], "SET coupon:{rlwb}:lock outsider PX 30000");
+    rl_thief_t th = {.port = port[1]};
+    TT_ASSERT(pthread_create(&th.t, NULL, rl__thief_run, &th) == 0);
+    double msg0 = h_metric(w, LW_WAKE_MESSAGE);
+    long long f0 = h_node_int(port[0], "GET coupon:{rlwb}:fence");
+    lw_claim_t c;
+    lw_claim_start(&c, w, "rlwb", "waiter");
+    lw_claim_join(&c);
+    th.stop = 1;
+    pthread_join(th.t, NULL);
+    long long f1 = h_node_int(port[0], "GET coupon:{rlwb}:fence");
+    double msgs = h_metric(w, LW_WAKE_MESSAGE) - msg0;
+    printf("    claim %ld; %ld grants stolen on node 1; node 0's fence "
+           "%lld -> %lld; %.0f message wakes\n",
+           c.status, th.stolen, f0 < 0 ? 0 : f0, f1, msgs);
+    TT_EQ_INT(c.status, 503);
+    TT_CMP_INT(th.stolen, >=, 1);
+    TT_EQ_INT(msgs, 0);
+    TT_CMP_INT(f1 - (f0 < 0 ? 0 : f0), <=, 20);
 }
