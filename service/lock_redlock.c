@@ -68,7 +68,8 @@
  * addresses that reach one server (the same run_id) are refused, each with
  * a message saying which and why; the topology is logged. A node that does
  * not answer at start is logged and used when it comes back; its role is not
- * checked then (an ACL user without ROLE and INFO is logged the same way).
+ * checked then (an ACL user without ROLE and INFO server is logged the same
+ * way; deploy/redis/couponsvc.acl grants both).
  */
 #include <errno.h>
 #include <hiredis/hiredis.h>
@@ -1058,7 +1059,7 @@ static int lock_redlock__init(const cfg_t *cfg, char *err, size_t errlen) {
             info->type == REDIS_REPLY_ERROR) {
             log_warn("lock.topology_unchecked",
                      "node=%s:%u err=\"%s\" (grant the lock's user +role "
-                     "+info to have the topology checked at start)",
+                     "+info|server to have the topology checked at start)",
                      nd->addr.host, nd->addr.port,
                      role->type == REDIS_REPLY_ERROR ? role->str : info->str);
             continue;

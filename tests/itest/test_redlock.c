@@ -515,3 +515,78 @@ TT_TEST(redlock_refused_writeback_wakes_nobody, 60) {
     TT_EQ_INT(msgs, 0);
     TT_CMP_INT(f1 - (f0 < 0 ? 0 : f0), <=, 20);
 }
+
+/* Creates the service's ACL user on the node at port with exactly the
+ * shipped rule (deploy/redis/couponsvc.acl) and password pass. */
+static void rl_acl_user(int port, const char *pass) {
+    char rule[1024], pw[64];
+    snprintf(rule, sizeof(rule), "%s", h_acl_rule() + strlen("user "));
+    snprintf(pw, sizeof(pw), ">%s", pass);
+    const char *argv[64] = {"ACL", "SETUSER"};
+    int argc = 2;
+    for (char *save = NULL, *t = strtok_r(rule, " ", &save);
+         t != NULL && argc < 62; t = strtok_r(NULL, " ", &save)) {
+        argv[argc++] = t;
+    }
+    argv[argc++] = pw;
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    TT_ASSERT(c != NULL && c->err == 0);
+    redisReply *r = redisCommandArgv(c, argc, argv, NULL);
+    TT_ASSERT_MSG(r != NULL && r->type == REDIS_REPLY_STATUS, "ACL SETUSER: %s",
+                  r != NULL ? r->str : c->errstr);
+    freeReplyObject(r);
+    redisFree(c);
+}
+
+/* The entries of ACL LOG on the node at port (denials). */
+static long rl_acl_denials(int port) {
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    TT_ASSERT(c != NULL && c->err == 0);
+    redisReply *r = redisCommand(c, "ACL LOG");
+    TT_ASSERT(r != NULL && r->type == REDIS_REPLY_ARRAY);
+    long n = (long)r->elements;
+    freeReplyObject(r);
+    redisFree(c);
+    return n;
+}
+
+/*
+ * Redlock under the shipped ACL rule: the start-up topology check runs
+ * with the service's own user (ROLE and INFO server are granted), so a
+ * replica among the nodes is refused, as without ACLs; three masters
+ * start with all three checked, claims work, and no node denied the user
+ * anything (ACL LOG empty).
+ */
+TT_TEST(redlock_acl_user_topology_checked, 90) {
+    h_begin();
+    int port[3];
+    const char *addrs;
+    rl_nodes(port, &addrs);
+    for (int i = 0; i < 3; i++) {
+        rl_acl_user(port[i], "rl-acl-pass");
+    }
+    const char *e[] = {addrs, "COUPON_REDIS_USERNAME=couponsvc",
+                       "COUPON_REDIS_PASSWORD=rl-acl-pass", NULL};
+    char out[600];
+    h_redis_cmd_at(port[2], "REPLICAOF 127.0.0.1 %d", port[0]);
+    snprintf(out, sizeof(out), "%s/acl-replica.out", h_test_dir());
+    TT_EQ_INT(rl_run(e, out), 1);
+    TT_ASSERT(rl_file_has(out, "(entry 3 of COUPON_REDIS_ADDRS) is not a "
+                               "master: its ROLE is slave"));
+    TT_ASSERT(!rl_file_has(out, "lock.topology_unchecked"));
+
+    h_redis_cmd_at(port[2], "REPLICAOF NO ONE");
+    h_svc_t *s = h_svc_start("rlacl", e);
+    TT_ASSERT(rl_file_has(s->log, "event=lock.topology backend=redlock "
+                                  "nodes=3 majority=2 checked=3"));
+    h_coupon(s, "rlacl", 5);
+    json_t *j = NULL;
+    TT_EQ_INT(h_claim(s, "rlacl", "u1", &j), 201);
+    json_decref(j);
+    for (int i = 0; i < 3; i++) {
+        TT_EQ_INT(rl_acl_denials(port[i]), 0);
+    }
+    h_check_invariants("rlacl", 5, 1);
+}
