@@ -6,8 +6,8 @@
  * subscribed to coupon:{R}:released for exactly the resources R that have
  * waiters in this process, or had a grant here within the last second
  * (LOCK_WAIT__LINGER_NS: the handoff below counts the messages that follow
- * our release); after that it unsubscribes. Every release script PUBLISHes on that
- * channel in the same atomic step as its DEL. The waiters of R form a FIFO
+ * our release); after that it unsubscribes. Every release script PUBLISHes on
+ * that channel in the same atomic step as its DEL. The waiters of R form a FIFO
  * queue; each release message wakes ONE of them, the oldest not yet woken
  * (no herd: the others stay asleep, since only one can win anyway). A new
  * claim that finds subscribed waiters queued joins the tail instead of
@@ -314,9 +314,10 @@ static void lock_wait__wake_one(lock_wait__res_t *r, int cause) {
 }
 
 /* Connects and authenticates like every other connection of the process.
- * Returns a new context, or NULL (logged). Called without the mutex. */
-static redisContext *lock_wait__connect(const cfg_addr_t *addr,
-                                        uint32_t timeout_ms) {
+ * *addr (the caller's): the configured address; afterwards the one
+ * connected to (behind Sentinel, the master it named). Returns a new
+ * context, or NULL (logged). Called without the mutex. */
+static redisContext *lock_wait__connect(cfg_addr_t *addr, uint32_t timeout_ms) {
     /* Behind Sentinel, every (re)connect asks where the master is now. */
     cfg_addr_t at = *addr;
     char serr[160];
@@ -324,6 +325,7 @@ static redisContext *lock_wait__connect(const cfg_addr_t *addr,
         log_warn("lock.subscriber_sentinel", "err=\"%s\"", serr);
         return NULL;
     }
+    *addr = at;
     struct timeval tv = {.tv_sec = timeout_ms / 1000,
                          .tv_usec = (timeout_ms % 1000) * 1000};
     redisContext *c = redisConnectWithTimeout(at.host, at.port, tv);
@@ -456,11 +458,12 @@ static int lock_wait__stopping(void) {
 static void *lock_wait__run(void *arg) {
     int node = (int)(intptr_t)arg;
     redisContext *c = NULL;
-    int ever = 0; /* connected before: this connect is a reconnect */
+    int ever = 0;    /* connected before: this connect is a reconnect */
+    cfg_addr_t addr; /* where c is connected */
     while (!lock_wait__stopping()) {
         if (c == NULL) {
             pthread_mutex_lock(&lock_wait__g.mu);
-            cfg_addr_t addr = lock_wait__g.addr[node];
+            addr = lock_wait__g.addr[node];
             uint32_t tmo = lock_wait__g.timeout_ms;
             pthread_mutex_unlock(&lock_wait__g.mu);
             c = lock_wait__connect(&addr, tmo);
@@ -519,8 +522,8 @@ static void *lock_wait__run(void *arg) {
             }
         }
         if (bad) {
-            log_warn("lock.subscriber_lost", "node=%s:%u err=\"%s\"",
-                     lock_wait__g.addr[node].host, lock_wait__g.addr[node].port,
+            log_warn("lock.subscriber_lost", "node=%s:%u err=\"%s\"", addr.host,
+                     addr.port,
                      c->errstr[0] != '\0' ? c->errstr : "write failed");
             redisFree(c);
             c = NULL;
