@@ -59,7 +59,9 @@
  * yes, or so many said no that no majority can say yes); a node still
  * behind keeps its connection and its replies, still owed, are read and
  * dropped at the start of the next round on that client (a node behind by
- * more than the timeout is dropped and connected afresh). Scripts go out as
+ * more than the timeout is dropped and connected afresh); a release's
+ * reply, read that way too, still gives its receiver count to the
+ * fairness hint (lock_wait.c). Scripts go out as
  * EVAL with their source: no SCRIPT LOAD round on each connect, no NOSCRIPT
  * fallback; Redis finds the compiled script by its hash.
  *
