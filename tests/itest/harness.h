@@ -232,6 +232,19 @@ int h_redis_extra_start(const char *name);
  * 0. */
 long long h_redis_cmd_at(int port, const char *fmt, ...);
 
+/* ------------------------------------------------- the etcd suites ---
+ * COUPONSVC_LOCK_BACKEND=etcd runs the same tests on a 3-member etcd
+ * cluster (h_etcd.h); a test about Redis itself says so with
+ * H_REDIS_ONLY() and passes without running there. */
+#include "h_etcd.h"
+
+#define H_REDIS_ONLY()                                                         \
+    do {                                                                       \
+        if (h_etcd_on()) {                                                     \
+            printf("    (Redis-only: not run on etcd)\n");                     \
+            return;                                                            \
+        }                                                                      \
+    } while (0)
 /* ------------------------------------------------- Redis topologies ---
  * (tests/itest/h_topo.c), for the lock backends: independent nodes for
  * Redlock, and a Sentinel set-up. Processes of the test, on free loopback
