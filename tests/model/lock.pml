@@ -1,0 +1,526 @@
+/*
+ * lock.pml: the claim's lock protocol as a Promela model, checked by spin.
+ *
+ * What is modelled (tests/model/run.sh builds each configuration with
+ * spin -D... and runs an exhaustive search; the README's "The protocol,
+ * model-checked" says how to read a trail):
+ *
+ *   - N Redis nodes (N = 1: one node; N = 3: Redlock), each with the lock
+ *     key (the token of the lease that holds it, or none) and its own fence
+ *     counter. Every script is one atomic step on its node, as in Redis.
+ *   - L leases, one per client process, each with its own token. A client
+ *     sends each command to each node on that node's own connection: a
+ *     FIFO link process per (lease, node) delivers it whenever the scheduler
+ *     lets it, or loses it. So messages to different nodes land at
+ *     different times, late ones land after the client stopped waiting, and
+ *     a client may stop waiting at any moment (its deadline).
+ *   - Acquire: SET NX PX + INCR in one script. Granted with a majority;
+ *     the fence is the highest counter a granting node returned.
+ *   - Redlock's write-back: "raise the counter to the fence only where our
+ *     token still holds the lock", and the lease usable only once a majority
+ *     answered "raised while held". One node needs none: its INCR is the
+ *     fence.
+ *   - The watchdog's renewal round (token-checked, needs a majority, else
+ *     the lease is lost), the release on every node, and the fence recovery
+ *     (a refused fence raises every node's counter to last_fence).
+ *   - Time is abstract. A key may expire at any moment (TTL expiry, a
+ *     process pause of any length, a clock jump on a node), and a lease's
+ *     validity may end at any moment; the commit gate refuses a lease that
+ *     is lost or whose validity ended, but the gate and the COMMIT are two
+ *     steps with any pause between them.
+ *   - A node losing its data (restarted empty), at most once, optionally
+ *     with the delayed-restart rule (the node stays out until every lease
+ *     that existed when it died has run out of validity: "at least the
+ *     maximum TTL").
+ *   - PostgreSQL: the stock row's lock taken by the UPDATE and held to
+ *     COMMIT or ROLLBACK, the fenced conditional UPDATE
+ *     (last_fence <= fence - 1, i.e. last_fence < fence, and
+ *     claimed + 1 <= total), and last_fence := fence on COMMIT. One claim
+ *     per lease, so each lease writes at most once.
+ *
+ * What is checked (assert):
+ *
+ *   P1  of two leases that became usable, the later has the higher fence
+ *       (not checked once a node lost its data). "B is later than A": B's
+ *       acquire began after A became usable, or B took the lock over from A
+ *       on a node of A's usable majority, one whose counter gave B its
+ *       fence (A held the key there before B's SET NX succeeded).
+ *   P2  no write of a lease is accepted (committed) after a write of a
+ *       later lease, in the same sense of "later".
+ *   P3  never more claims than stock: claimed <= TOTAL at every COMMIT.
+ *
+ * Switches (spin -D...): N, L, TOTAL, CTR_MAX (the counters start anywhere
+ * in 0..CTR_MAX: the history of earlier leases that never wrote), DATALOSS,
+ * DELAYED_RESTART, and the negative controls WB_UNCOND (the write-back
+ * raises the counter on any node without the token check and counts every
+ * answer), NO_WB (no write-back: usable right after the grant), NO_FENCE
+ * (the UPDATE without last_fence < fence), NO_STOCK (without
+ * claimed < total).
+ */
+
+#ifndef N
+#define N 3
+#endif
+#ifndef L
+#define L 2
+#endif
+#ifndef TOTAL
+#define TOTAL 1
+#endif
+#ifndef CTR_MAX
+#define CTR_MAX 2
+#endif
+
+#define MAJ (N / 2 + 1)
+#define NL (N * L)
+#define BIT(i) (1 << (i))
+#define ALL ((1 << N) - 1)
+
+/* Commands on a link. */
+#define ACQ 1
+#define WB 2
+#define EXT 3
+#define RAISE 4
+
+/* ------------------------------------------------------------ Redis ---- */
+
+byte key[N];   /* 0: no lock; l + 1: lease l's token holds it */
+byte ctr[N];   /* the node's fence counter */
+byte held[N];  /* bit l: lease l has held the key here */
+bit out[N];    /* restarted empty and kept out (delayed restart) */
+
+/* rep[l * N + n]: node n's answer to lease l's command of the round in
+ * progress. 0 none yet, 1 yes, 2 no, 3 none in time (the round's deadline;
+ * the command may still run later). afence: the fence an acquire drew. */
+byte rep[NL];
+byte afence[NL];
+
+/* One connection per (lease, node): FIFO, so a late command delays the
+ * ones sent after it on that connection, never another node's. */
+chan link[NL] = [2] of { byte };
+
+/* ------------------------------------------------------------ leases --- */
+
+byte fence[L];     /* the lease's fence, once granted */
+byte gmask[L];     /* the nodes whose grants gave the fence */
+byte umask[L];     /* the nodes that made it usable */
+bit usable[L];
+bit lost[L];       /* the watchdog found it gone on a majority */
+bit dead[L];       /* its validity ran out (delayed-restart runs only) */
+bit started[L];
+byte raise_to[L];  /* the recovery's floor: last_fence when refused */
+
+/* seen[a * L + b], bit n: b's SET NX succeeded on node n after a had held
+ * the key there. rt[a], bit b: b's acquire began after a became usable. */
+byte seen[L * L];
+byte rt[L];
+
+/* ------------------------------------------------------- PostgreSQL --- */
+
+byte last_fence;
+byte claimed;
+bit accepted[L];   /* lease l's write committed */
+
+/* ----------------------------------------------------------- faults --- */
+
+bit lost_data;     /* a node restarted empty: P1 no longer holds */
+byte loss_mask;    /* leases alive when it did (delayed restart) */
+
+/* b is later than a (P1 above). */
+#define LATER(a, b)                                                           \
+    ((a) != (b) &&                                                            \
+     ((rt[a] & BIT(b)) != 0 || (seen[(a) * L + (b)] & umask[a] & gmask[b]) != 0))
+
+/* Every answer of lease l's round from the nodes in mask is in. */
+#define IN(l, m, n) (((m) & BIT(n)) == 0 || rep[(l) * N + (n)] != 0)
+#if N == 1
+#define ALL_IN(l, m) IN(l, m, 0)
+#else
+#define ALL_IN(l, m) (IN(l, m, 0) && IN(l, m, 1) && IN(l, m, 2))
+#endif
+
+/* One node runs one command of lease l: the scripts of the lock (acquire:
+ * SET NX PX + INCR; write-back: compare token, raise; extend: compare
+ * token; raise: compare-and-raise). Sets r to the answer (1 yes, 2 no). */
+inline node_run(l, n, cmd, r) {
+    r = 2;
+    if
+    :: out[n] -> skip /* down: every command fails */
+    :: !out[n] && cmd == ACQ && key[n] == 0 ->
+        key[n] = l + 1;
+        ctr[n]++;
+        j = 0;
+        do
+        :: j < L ->
+            if
+            :: j != l && (held[n] & BIT(j)) -> seen[j * L + l] = seen[j * L + l] | BIT(n)
+            :: else -> skip
+            fi;
+            j++
+        :: else -> break
+        od;
+        j = 0;
+        held[n] = held[n] | BIT(l);
+        afence[l * N + n] = ctr[n];
+        r = 1
+#ifdef WB_UNCOND
+    :: !out[n] && cmd == WB ->
+#else
+    :: !out[n] && cmd == WB && key[n] == l + 1 ->
+#endif
+        if
+        :: ctr[n] < fence[l] -> ctr[n] = fence[l]
+        :: else -> skip
+        fi;
+        r = 1
+    :: !out[n] && cmd == EXT && key[n] == l + 1 -> r = 1
+    :: !out[n] && cmd == RAISE ->
+        if
+        :: ctr[n] < raise_to[l] -> ctr[n] = raise_to[l]
+        :: else -> skip
+        fi
+    :: else -> skip
+    fi
+}
+
+/* A key expires (its TTL, its holder paused, a clock jump on the node) at
+ * any moment; only a command on that node can tell, so the model decides
+ * whether it has when the next command runs there. */
+#define EXPIRY(n) if :: key[n] != 0 -> key[n] = 0 :: true fi
+
+/* The connection from lease l to node n: runs each command when the
+ * scheduler lets it and answers; or the answer does not come in time and
+ * the command runs later, or never. */
+proctype linkp(byte l; byte n) {
+    byte cmd, r, j;
+    bit late;
+end:
+    do
+    :: atomic {
+        !late && nempty(link[l * N + n]) -> link[l * N + n]?cmd;
+        if
+        :: EXPIRY(n); d_step {
+               node_run(l, n, cmd, r);
+               if
+               :: cmd != RAISE -> rep[l * N + n] = r
+               :: else -> skip
+               fi;
+               cmd = 0;
+               r = 0
+           }
+        :: cmd == ACQ -> rep[l * N + n] = 3; late = 1 /* runs later, or never */
+        :: cmd == WB -> rep[l * N + n] = 3; cmd = 0 /* late, it would only raise */
+        :: cmd == RAISE -> cmd = 0 /* lost */
+        fi
+       }
+    :: atomic {
+        late -> EXPIRY(n); d_step {
+            node_run(l, n, cmd, r);
+            afence[l * N + n] = 0;
+            late = 0;
+            cmd = 0;
+            r = 0
+        }
+       }
+    :: d_step { late -> late = 0; cmd = 0 }
+    od
+}
+
+/* Lease l sends cmd to the nodes in m (in one step: the sends cannot block). */
+inline send(l, cmd, m) {
+    n = 0;
+    do
+    :: n < N ->
+        if
+        :: (m & BIT(n)) -> rep[l * N + n] = 0; link[l * N + n]!cmd
+        :: else -> skip
+        fi;
+        n++
+    :: else -> break
+    od;
+    n = 0
+}
+
+/* Counts the yes answers from the nodes in m into cnt, their nodes into got. */
+inline count(l, m) {
+    cnt = 0;
+    got = 0;
+    n = 0;
+    do
+    :: n < N ->
+        if
+        :: (m & BIT(n)) && rep[l * N + n] == 1 -> cnt++; got = got | BIT(n)
+        :: else -> skip
+        fi;
+        rep[l * N + n] = 0;
+        n++
+    :: else -> break
+    od;
+    n = 0
+}
+
+/* P1, whenever lease x becomes usable, against every usable lease, in both
+ * directions (either may turn out to be the later one). */
+inline check_order(x) {
+    y = 0;
+    do
+    :: y < L ->
+        if
+        :: usable[y] && !lost_data && LATER(y, x) -> assert(fence[x] > fence[y])
+        :: usable[y] && !lost_data && LATER(x, y) -> assert(fence[y] > fence[x])
+        :: else -> skip
+        fi;
+        y++
+    :: else -> break
+    od;
+    y = 0
+}
+
+proctype client(byte l) {
+    byte n, y, cnt, got;
+    bit ok;
+
+    /* The acquire round, on every node at once. */
+    d_step {
+        started[l] = 1;
+        y = 0;
+        do
+        :: y < L ->
+            if
+            :: usable[y] -> rt[y] = rt[y] | BIT(l)
+            :: else -> skip
+            fi;
+            y++
+        :: else -> break
+        od;
+        y = 0;
+        send(l, ACQ, ALL)
+    }
+    atomic {
+        ALL_IN(l, ALL) -> count(l, ALL);
+        if
+        :: cnt < MAJ -> cnt = 0; got = 0; goto done
+        :: else -> skip
+        fi;
+        /* Granted. The fence: the highest counter a granting node drew. */
+        n = 0;
+        do
+        :: n < N ->
+            if
+            :: (got & BIT(n)) && afence[l * N + n] > fence[l] -> fence[l] = afence[l * N + n]
+            :: else -> skip
+            fi;
+            afence[l * N + n] = 0;
+            n++
+        :: else -> break
+        od;
+        n = 0;
+        gmask[l] = got;
+#if N > 1 && !defined(NO_WB)
+#ifdef WB_UNCOND
+        /* The negative control: raise on every node, count any answer. */
+        send(l, WB, ALL);
+#else
+        /* The write-back, to the granting nodes. */
+        send(l, WB, gmask[l]);
+#endif
+        got = 0;
+        cnt = 0
+    }
+    atomic {
+        /* Usable only once a majority answered "raised while held". */
+#ifdef WB_UNCOND
+        ALL_IN(l, ALL) -> count(l, ALL);
+#else
+        ALL_IN(l, gmask[l]) -> count(l, gmask[l]);
+#endif
+        if
+        :: cnt < MAJ -> cnt = 0; got = 0; goto done
+        :: else -> skip
+        fi;
+#endif
+        umask[l] = got;
+        got = 0;
+        cnt = 0;
+        usable[l] = 1;
+        check_order(l)
+    }
+
+    /* The watchdog, the transaction and its commit gate, in one step. The
+     * UPDATE takes the stock row's lock and holds it to COMMIT or ROLLBACK,
+     * so nothing another lease does can reach PostgreSQL between the UPDATE,
+     * the gate and the COMMIT; a pause anywhere in there shows as this step
+     * coming later. What a pause between the gate and the COMMIT can still
+     * do (the lease expires, someone else acquires, writes later) is there:
+     * the step is taken with the lease in whatever state it is. */
+    atomic {
+        /* The watchdog's renewal round (on its own period; maybe none ran
+         * since the grant). Its extend script changes nothing in this model,
+         * since a key may expire at any moment anyway: a round that finds
+         * fewer than a majority of keys still ours marks the lease lost;
+         * keys still ours may have expired meanwhile. */
+        if
+        :: cnt = 0;
+           n = 0;
+           do
+           :: n < N ->
+               if
+               :: key[n] == l + 1 && !out[n] -> cnt++
+               :: else -> skip
+               fi;
+               n++
+           :: else -> break
+           od;
+           n = 0;
+           if
+           :: cnt < MAJ -> lost[l] = 1
+           :: else -> skip
+           fi;
+           cnt = 0
+        :: lost[l] = 1
+        :: skip
+        fi;
+        /* The UPDATE: written only if the fence is above last_fence and
+         * stock is left. */
+        ok = 1;
+#ifndef NO_FENCE
+        if
+        :: last_fence >= fence[l] -> ok = 0
+        :: else -> skip
+        fi;
+#endif
+#ifndef NO_STOCK
+        if
+        :: claimed >= TOTAL -> ok = 0
+        :: else -> skip
+        fi;
+#endif
+        if
+        :: !ok ->
+            /* Refused (fenced, or sold out): ROLLBACK, and the recovery raises
+             * every node's counter to last_fence, unconditionally. */
+            raise_to[l] = last_fence;
+            send(l, RAISE, ALL)
+        :: ok && lost[l] -> skip /* the gate: ROLLBACK */
+#ifdef DELAYED_RESTART
+        :: ok && !lost[l] && dead[l] -> skip /* the gate: validity over */
+        :: ok && !lost[l] && !dead[l] ->
+#else
+        :: ok && !lost[l] -> skip /* the gate: validity over (any time) */
+        :: ok && !lost[l] ->
+#endif
+            /* COMMIT. P2: nobody later than us has committed. */
+            y = 0;
+            do
+            :: y < L -> assert(!(accepted[y] && LATER(l, y))); y++
+            :: else -> break
+            od;
+            y = 0;
+            last_fence = fence[l];
+            claimed++;
+            assert(claimed <= TOTAL); /* P3 */
+            accepted[l] = 1
+        fi;
+        ok = 0
+    }
+done:
+    /* The release: a token-checked DEL on every node. Not modelled as a
+     * command: a key may vanish at any moment anyway (env below), which
+     * covers every time the release could land. */
+    skip
+}
+
+/* Time and faults. One guarded option per node and per lease (a select()
+ * followed by a guard would block inside the atomic step). */
+#define RUN_OUT(l) :: d_step { started[l] && !dead[l] -> dead[l] = 1 }
+#if L > 2
+#define DEAD_MASK (dead[0] + 2 * dead[1] + 4 * dead[2])
+#else
+#define DEAD_MASK (dead[0] + 2 * dead[1])
+#endif
+#define REJOIN(n) :: d_step { out[n] && (loss_mask & ~DEAD_MASK) == 0 -> out[n] = 0 }
+
+active proctype env() {
+    byte n, l;
+end:
+    do
+    /* (Keys expire in the links: EXPIRY above.) */
+    :: false
+#ifdef DATALOSS
+    /* One node restarts empty, once. */
+    :: atomic {
+        !lost_data -> select(n : 0 .. N - 1);
+        d_step {
+            key[n] = 0;
+            ctr[n] = 0;
+            lost_data = 1;
+#ifdef DELAYED_RESTART
+            /* It stays out until every lease alive now has run out of
+             * validity. */
+            out[n] = 1;
+            l = 0;
+            do
+            :: l < L ->
+                if
+                :: started[l] && !dead[l] -> loss_mask = loss_mask | BIT(l)
+                :: else -> skip
+                fi;
+                l++
+            :: else -> break
+            od;
+            l = 0;
+#endif
+            n = 0
+        }
+       }
+#ifdef DELAYED_RESTART
+    /* Validity runs out, at any moment. */
+    RUN_OUT(0)
+    RUN_OUT(1)
+#if L > 2
+    RUN_OUT(2)
+#endif
+    REJOIN(0)
+#if N > 1
+    REJOIN(1)
+    REJOIN(2)
+#endif
+#endif
+#endif
+    od
+}
+
+init {
+    byte n, l;
+    atomic {
+        /* The counters start anywhere in 0..CTR_MAX (earlier leases that
+         * never wrote), in falling order (the nodes are interchangeable),
+         * the last at 0 (with last_fence 0, only their differences
+         * matter). */
+        select(l : 0 .. CTR_MAX);
+        ctr[0] = l;
+#if N > 1
+        select(l : 0 .. ctr[0]);
+        ctr[1] = l;
+        ctr[2] = 0;
+#endif
+        l = 0;
+        do
+        :: l < L ->
+            n = 0;
+            do
+            :: n < N -> run linkp(l, n); n++
+            :: else -> break
+            od;
+            l++
+        :: else -> break
+        od;
+        l = 0;
+        do
+        :: l < L -> run client(l); l++
+        :: else -> break
+        od;
+        l = 0;
+        n = 0
+    }
+}
