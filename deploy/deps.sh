@@ -9,12 +9,13 @@ set -eu
 # the load generator). Run: PostgreSQL and Redis servers for tests and the
 # local stack, nginx as the load balancer. Tools: wrk (load generator
 # benchmark), gnuplot (report), faketime (clock-jump fault test), clang
-# (fuzzer), valgrind (leak check), procps/iproute2 for the harness.
+# (fuzzer), valgrind (leak check), procps/iproute2 for the harness, spin
+# (the lock protocol's model, make model).
 PKGS="build-essential pkg-config
 libmicrohttpd-dev libhiredis-dev libjansson-dev libpq-dev libcurl4-openssl-dev
 postgresql-15 postgresql-client-15 redis-server redis-tools nginx-light
 wrk gnuplot-nox faketime clang valgrind procps iproute2 curl ca-certificates
-python3 python3-yaml"
+python3 python3-yaml spin"
 
 missing=""
 for p in $PKGS; do

@@ -106,7 +106,7 @@ byte gmask[L];     /* the nodes whose grants gave the fence */
 byte umask[L];     /* the nodes that made it usable */
 bit usable[L];
 bit lost[L];       /* the watchdog found it gone on a majority */
-bit dead[L];       /* its validity ran out (delayed-restart runs only) */
+bit dead[L];       /* its validity ran out for sure (delayed restart) */
 bit started[L];
 byte raise_to[L];  /* the recovery's floor: last_fence when refused */
 
@@ -162,6 +162,7 @@ inline node_run(l, n, cmd, r) {
         j = 0;
         held[n] = held[n] | BIT(l);
         afence[l * N + n] = ctr[n];
+        printf("MSC: node %d: lease %d SET NX ok, INCR -> %d\n", n, l, ctr[n]);
         r = 1
 #ifdef WB_UNCOND
     :: !out[n] && cmd == WB ->
@@ -172,13 +173,23 @@ inline node_run(l, n, cmd, r) {
         :: ctr[n] < fence[l] -> ctr[n] = fence[l]
         :: else -> skip
         fi;
+        if
+        :: key[n] == l + 1 -> printf("MSC: node %d: lease %d write-back while held, counter now %d\n", n, l, ctr[n])
+        :: else -> printf("MSC: node %d: lease %d write-back NOT held, counter now %d\n", n, l, ctr[n])
+        fi;
         r = 1
     :: !out[n] && cmd == EXT && key[n] == l + 1 -> r = 1
     :: !out[n] && cmd == RAISE ->
         if
         :: ctr[n] < raise_to[l] -> ctr[n] = raise_to[l]
         :: else -> skip
-        fi
+        fi;
+        printf("MSC: node %d: lease %d recovery raise, counter now %d\n", n, l, ctr[n])
+    :: else -> skip
+    fi;
+    if
+    :: r == 2 && cmd == ACQ -> printf("MSC: node %d: lease %d acquire refused\n", n, l)
+    :: r == 2 && cmd == WB -> printf("MSC: node %d: lease %d write-back refused (not held)\n", n, l)
     :: else -> skip
     fi
 }
@@ -186,7 +197,11 @@ inline node_run(l, n, cmd, r) {
 /* A key expires (its TTL, its holder paused, a clock jump on the node) at
  * any moment; only a command on that node can tell, so the model decides
  * whether it has when the next command runs there. */
-#define EXPIRY(n) if :: key[n] != 0 -> key[n] = 0 :: true fi
+#define EXPIRY(n)                                                             \
+    if                                                                        \
+    :: key[n] != 0 -> printf("MSC: node %d: lease %d's key expires\n", n, key[n] - 1); key[n] = 0 \
+    :: true                                                                   \
+    fi
 
 /* The connection from lease l to node n: runs each command when the
  * scheduler lets it and answers; or the answer does not come in time and
@@ -208,8 +223,10 @@ end:
                cmd = 0;
                r = 0
            }
-        :: cmd == ACQ -> rep[l * N + n] = 3; late = 1 /* runs later, or never */
-        :: cmd == WB -> rep[l * N + n] = 3; cmd = 0 /* late, it would only raise */
+        :: cmd == ACQ -> rep[l * N + n] = 3; late = 1; /* runs later, or never */
+            printf("MSC: node %d: lease %d's acquire is late\n", n, l)
+        :: cmd == WB -> rep[l * N + n] = 3; cmd = 0; /* late, it would only raise */
+            printf("MSC: node %d: lease %d's write-back is lost\n", n, l)
         :: cmd == RAISE -> cmd = 0 /* lost */
         fi
        }
@@ -316,6 +333,7 @@ proctype client(byte l) {
         od;
         n = 0;
         gmask[l] = got;
+        printf("MSC: lease %d granted on nodes %d (bit mask), fence %d\n", l, got, fence[l]);
 #if N > 1 && !defined(NO_WB)
 #ifdef WB_UNCOND
         /* The negative control: raise on every node, count any answer. */
@@ -343,6 +361,7 @@ proctype client(byte l) {
         got = 0;
         cnt = 0;
         usable[l] = 1;
+        printf("MSC: lease %d usable, fence %d, majority %d (bit mask)\n", l, fence[l], umask[l]);
         check_order(l)
     }
 
@@ -373,11 +392,10 @@ proctype client(byte l) {
            od;
            n = 0;
            if
-           :: cnt < MAJ -> lost[l] = 1
+           :: cnt < MAJ -> lost[l] = 1; printf("MSC: lease %d renewal: %d keys, lost\n", l, cnt)
            :: else -> skip
            fi;
            cnt = 0
-        :: lost[l] = 1
         :: skip
         fi;
         /* The UPDATE: written only if the fence is above last_fence and
@@ -400,16 +418,18 @@ proctype client(byte l) {
             /* Refused (fenced, or sold out): ROLLBACK, and the recovery raises
              * every node's counter to last_fence, unconditionally. */
             raise_to[l] = last_fence;
+            printf("MSC: lease %d UPDATE refused (fence %d, last_fence %d, claimed %d)\n", l, fence[l], last_fence, claimed);
             send(l, RAISE, ALL)
-        :: ok && lost[l] -> skip /* the gate: ROLLBACK */
-#ifdef DELAYED_RESTART
-        :: ok && !lost[l] && dead[l] -> skip /* the gate: validity over */
+        :: ok && (lost[l] || dead[l]) ->
+            /* The gate: lost, or validity over for sure: ROLLBACK. */
+            printf("MSC: lease %d commit gate: lost or run out, ROLLBACK\n", l)
         :: ok && !lost[l] && !dead[l] ->
-#else
-        :: ok && !lost[l] -> skip /* the gate: validity over (any time) */
-        :: ok && !lost[l] ->
-#endif
+            /* The gate: validity over by the lease's own clock, which may
+             * happen at any moment: ROLLBACK. */
+            printf("MSC: lease %d commit gate: validity over, ROLLBACK\n", l)
+        :: ok && !lost[l] && !dead[l] ->
             /* COMMIT. P2: nobody later than us has committed. */
+            printf("MSC: lease %d COMMIT, fence %d\n", l, fence[l]);
             y = 0;
             do
             :: y < L -> assert(!(accepted[y] && LATER(l, y))); y++
@@ -418,6 +438,7 @@ proctype client(byte l) {
             y = 0;
             last_fence = fence[l];
             claimed++;
+            printf("MSC: lease %d committed, claimed %d of %d\n", l, claimed, TOTAL);
             assert(claimed <= TOTAL); /* P3 */
             accepted[l] = 1
         fi;
@@ -432,13 +453,24 @@ done:
 
 /* Time and faults. One guarded option per node and per lease (a select()
  * followed by a guard would block inside the atomic step). */
-#define RUN_OUT(l) :: d_step { started[l] && !dead[l] -> dead[l] = 1 }
+/* The delayed restart: the node comes back at least the maximum TTL after
+ * it died, so every lease alive then has run out of validity by now. (When
+ * exactly each ran out only its own commit gate can tell, and the gate may
+ * refuse at any moment anyway: so the model marks them here.) */
+#define REJOIN(n)                                                             \
+    :: d_step {                                                               \
+        out[n] ->                                                             \
+        out[n] = 0;                                                           \
+        dead[0] = dead[0] | (loss_mask & 1);                                  \
+        dead[1] = dead[1] | ((loss_mask >> 1) & 1);                           \
+        DEAD2;                                                                \
+        printf("MSC: node %d back (delayed restart)\n", n)                  \
+    }
 #if L > 2
-#define DEAD_MASK (dead[0] + 2 * dead[1] + 4 * dead[2])
+#define DEAD2 dead[2] = dead[2] | ((loss_mask >> 2) & 1)
 #else
-#define DEAD_MASK (dead[0] + 2 * dead[1])
+#define DEAD2 skip
 #endif
-#define REJOIN(n) :: d_step { out[n] && (loss_mask & ~DEAD_MASK) == 0 -> out[n] = 0 }
 
 active proctype env() {
     byte n, l;
@@ -449,14 +481,20 @@ end:
 #ifdef DATALOSS
     /* One node restarts empty, once. */
     :: atomic {
+#if CTR_MAX == 0
+        /* The nodes start alike, so losing node 0 stands for any. */
+        !lost_data -> n = 0;
+#else
         !lost_data -> select(n : 0 .. N - 1);
+#endif
         d_step {
             key[n] = 0;
             ctr[n] = 0;
             lost_data = 1;
+            printf("MSC: node %d restarts empty\n", n);
 #ifdef DELAYED_RESTART
-            /* It stays out until every lease alive now has run out of
-             * validity. */
+            /* It stays out (every command fails) until every lease alive
+             * now has run out of validity. */
             out[n] = 1;
             l = 0;
             do
@@ -474,12 +512,6 @@ end:
         }
        }
 #ifdef DELAYED_RESTART
-    /* Validity runs out, at any moment. */
-    RUN_OUT(0)
-    RUN_OUT(1)
-#if L > 2
-    RUN_OUT(2)
-#endif
     REJOIN(0)
 #if N > 1
     REJOIN(1)
