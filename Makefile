@@ -39,8 +39,12 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 # ---------------------------------------------------------------- service ---
 
+# The lock module: the contract and the waiting (lock.o, lock_wait.o), then
+# one object per backend (lock_*.o). A build with etcd adds its objects here.
+LOCK_OBJS := lock.o lock_wait.o lock_redis.o lock_redlock.o sentinel.o
+
 SVC_OBJS := $(addprefix $(BUILD)/service/, \
-	main.o cfg.o log.o http.o api.o claim.o lock.o lock_wait.o wd.o store.o \
+	main.o cfg.o log.o http.o api.o claim.o $(LOCK_OBJS) wd.o store.o \
 	metrics.o fault.o req.o ready.o migrations.o)
 
 # Objects the unit tests link against: everything but main and the

@@ -86,7 +86,6 @@
 
 #include "fault.h"
 #include "lock.h"
-#include "lock_wait.h"
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
@@ -131,7 +130,7 @@ static claim__conns_t *claim__conns(void) {
     store_opts_t so;
     store_opts_from_cfg(&so, cfg);
     c->store = store_new(&so);
-    c->lock = lock_client_new(&cfg->redis[0], cfg->redis_timeout_ms);
+    c->lock = lock_client_new(cfg);
     if (c->store == NULL || c->lock == NULL ||
         pthread_setspecific(claim__key, c) != 0) {
         claim__conns_free(c);
@@ -149,16 +148,12 @@ int claim_init(const cfg_t *cfg) {
         log_error("claim.init", "no randomness for the claimant hash seed");
         return -1;
     }
-    lock_init(cfg->redis_username, cfg->redis_password);
-    lock_wait_config(cfg->lock_wait_poll, cfg->lock_recheck_ms, &cfg->redis[0],
-                     cfg->redis_timeout_ms);
     if (pthread_key_create(&claim__key, claim__conns_free) != 0) {
         log_error("claim.init", "pthread_key_create failed");
         return -1;
     }
     if (cfg->mode == CLAIM_MODE_LOCK) {
-        claim__wd = wd_start(&cfg->redis[0], cfg->redis_timeout_ms,
-                             cfg->watchdog_period_ms);
+        claim__wd = wd_start(cfg, cfg->watchdog_period_ms);
         if (claim__wd == NULL) {
             log_error("claim.init", "cannot start the watchdog");
             return -1;
@@ -169,7 +164,6 @@ int claim_init(const cfg_t *cfg) {
 }
 
 void claim_shutdown(void) {
-    lock_wait_shutdown();
     wd_stop(claim__wd);
     claim__wd = NULL;
 }

@@ -1,15 +1,23 @@
 /*
- * lock.h: the Redis lock: acquire (with its fencing token), extend, release.
+ * lock.h: the distributed lock: acquire (with its fencing token), extend,
+ * release, behind one contract whatever the backend.
  *
- * Only this module (lock.c, and lock_wait.c for the waiters' subscriber)
- * includes hiredis. The Lua scripts it runs are in lock_scripts.h, each with
- * the race it closes.
+ * This is the only lock header the rest of the service includes. Behind it
+ * (lock_backend.h, the operations table) sit the backends, side by side:
+ *   lock_redis.c    one Redis node (COUPON_REDIS_ADDRS names one address)
+ *   lock_redlock.c  N >= 3 independent Redis nodes, odd N, majority grants
+ *   lock_etcd.c     etcd (built with it: COUPON_LOCK_BACKEND=etcd)
+ * lock.c picks one in lock_init, dispatches to it, and keeps what every
+ * backend shares: tokens, error kinds, lease usable/lost, the waiting loop
+ * (lock_wait.c) and the grant log line. The Lua scripts the Redis backends
+ * run are in lock_scripts.h, each with the race it closes.
  *
- * A lock_client_t is one Redis connection plus its error state, used by one
- * thread at a time (each HTTP worker owns one, the watchdog owns one). It
- * connects lazily, and after any error it drops the connection (a hiredis
- * context is unusable after an error) and connects again on the next call.
- * Every call is bounded by the connect and command timeout it was made with.
+ * A lock_client_t is one thread's connection(s) to the backend plus its
+ * error state, used by one thread at a time (each HTTP worker owns one, the
+ * watchdog owns one, the readiness probe owns one). It connects lazily, and
+ * after any error it drops the failed connection and connects again on the
+ * next call. Every call is bounded by the configured Redis timeout (for
+ * Redlock: one deadline for the whole round over all nodes).
  *
  * A lock_lease_t is one grant: key, token, fence, TTL, and the two fields the
  * watchdog writes and the claim reads from another thread (valid_until_ns and
@@ -18,13 +26,8 @@
  * wd_unwatch.
  *
  * Return codes: LOCK_OK (0), LOCK_BUSY (held by another token: not an error),
- * LOCK_ERR (negative: Redis unreachable, timed out or answered an error;
- * lock_errkind says which kind, lock_errstr says it in words).
- *
- * Credentials: lock_init sets the Redis user and password for the whole
- * process, once, before any client exists. Every new connection of every
- * client (the workers', the watchdog's, the readiness probe's) sends AUTH
- * first, before anything else.
+ * LOCK_ERR (negative: the backend is unreachable, timed out or answered an
+ * error; lock_errkind says which kind, lock_errstr says it in words).
  */
 #ifndef COUPONSVC_LOCK_H
 #define COUPONSVC_LOCK_H
@@ -46,9 +49,11 @@ enum {
  * never on the text of lock_errstr. */
 typedef enum lock_errkind {
     LOCK_ENONE = 0, /* no error yet */
-    LOCK_EIO,       /* unreachable, timed out, connection dropped, or a node
-                       that cannot serve writes (READONLY, MASTERDOWN,
-                       LOADING): the connection was dropped */
+    LOCK_EIO,       /* the backend is unavailable: unreachable, timed out,
+                       connection dropped, a node that cannot serve writes
+                       (READONLY, MASTERDOWN, LOADING), Redlock without a
+                       reachable majority, etcd without quorum. The only
+                       kind that may trigger a degraded mode. */
     LOCK_EAUTH,     /* our credentials were refused (WRONGPASS, NOAUTH) */
     LOCK_EPERM,     /* the ACL user lacks a command, key or channel (NOPERM) */
     LOCK_EPROTO,    /* an unexpected reply, or an error from a script */
@@ -57,8 +62,9 @@ typedef enum lock_errkind {
 
 #define LOCK_TOKEN_HEX 32 /* 128 random bits as hex */
 #define LOCK_KEY_MAX (REQ_COUPON_ID_MAX + 32)
+#define LOCK_MAX_NODES CFG_MAX_REDIS /* Redlock nodes, at most */
 
-typedef struct lock_client lock_client_t;
+typedef struct lock_client_base lock_client_t; /* lock_backend.h */
 
 typedef struct lock_lease {
     char key[LOCK_KEY_MAX];         /* coupon:{ID}:lock */
@@ -71,29 +77,53 @@ typedef struct lock_lease {
     /* Written by the watchdog, read by the claim. Invariant: once lost is 1
      * it stays 1; valid_until_ns only grows while lost is 0. The lease may be
      * used for a write only while !lost && boot_ns() < valid_until_ns. */
-    _Atomic int64_t valid_until_ns; /* boot clock (mono.h): send time of the
-                                       last successful grant/renewal + ttl */
+    _Atomic int64_t valid_until_ns; /* boot clock (mono.h): the instant the
+                                       last grant/renewal was sent + ttl
+                                       (Redlock: minus its drift allowance) */
     atomic_int lost;                /* renewal refused, or TTL ran out */
 
-    /* The watchdog's list links; only touched under the watchdog's mutex. */
+    /* The watchdog's list links and state (wd.c); only touched under the
+     * watchdog's mutex. wd_state holds a wd_state_t (wd.h). */
     struct lock_lease *wd_prev, *wd_next;
-    int wd_watched;
-    int64_t wd_hold_until_ns; /* monotonic: no renewal from then on */
+    int wd_state;
+    int64_t wd_hold_until_ns; /* boot clock: no renewal from then on */
+
+    /* Backend-private state, one member per backend that needs one. */
+    union {
+        struct {
+            uint32_t granted; /* bit i: node i answered "granted" */
+            uint32_t raised;  /* bit i: node i answered "raised while held" */
+        } redlock;
+        struct {
+            int64_t lease_id;        /* the process lease the key lives on */
+            int64_t create_revision; /* of our key: the fence */
+        } etcd;
+    } u;
 } lock_lease_t;
 
-/* Sets the credentials every new connection authenticates with: username
- * may be "" (AUTH password, for the default user), password "" means no AUTH.
- * With both "" no AUTH is sent; with a username, AUTH is sent even with an
- * empty password (an ACL user may be "nopass"). Both are borrowed for the
- * life of the process (they live in cfg_t). Call
- * once, before the first lock_client_new. */
-void lock_init(const char *username, const char *password);
+/* Once per process, before any other call: picks the backend from cfg
+ * (COUPON_LOCK_BACKEND, then the shape of COUPON_REDIS_ADDRS: one address
+ * is one Redis node, N >= 3 odd is Redlock), sets the credentials every new
+ * connection authenticates with, configures the waiting strategy, checks the
+ * topology (Redlock: refuses an even N, a duplicate, a node that is not a
+ * master, two addresses of one server) and logs it. cfg is borrowed for the
+ * life of the process. Returns 0, or -1 with a clear message in err. */
+int lock_init(const cfg_t *cfg, char *err, size_t errlen);
 
-/* Creates a client for addr. Nothing is sent until the first call. Returns a
- * new client (free with lock_client_free), or NULL when out of memory. */
-lock_client_t *lock_client_new(const cfg_addr_t *addr, uint32_t timeout_ms);
+/* Stops the waiters' subscriber and frees the backend's shared state; call
+ * once, after the claim workers and the watchdog have stopped. */
+void lock_shutdown(void);
 
-/* Closes the connection and frees. Accepts NULL. */
+/* "redis" | "sentinel" | "redlock" | "etcd" (static storage); "none"
+ * before lock_init. */
+const char *lock_backend_name(void);
+
+/* Creates a client for the backend lock_init picked (cfg borrowed). Nothing
+ * is sent until the first call. Returns a new client (free with
+ * lock_client_free), or NULL when out of memory. */
+lock_client_t *lock_client_new(const cfg_t *cfg);
+
+/* Closes the connection(s) and frees. Accepts NULL. */
 void lock_client_free(lock_client_t *cl);
 
 /* The last error, borrowed; valid until the next call on cl. */
@@ -109,14 +139,12 @@ const char *lock_errkind_name(lock_errkind_t kind);
  * Returns 0, or -1 if the kernel gave no randomness. */
 int lock_token_new(char *out);
 
-/* One acquire attempt on the coupon's lock with a fresh token. LOCK_OK: *lease
- * is granted with its fence. LOCK_BUSY: *holder_pttl_ms is the holder's
- * remaining TTL (may be -1/-2 if the key just vanished). LOCK_ERR after the
- * request was sent but its reply was lost (a timeout): the acquire may have
- * been applied, so a release with this token is sent at once on a fresh
- * connection, best effort; otherwise nobody could free the lock before its
- * TTL. */
-int lock_try_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
+/* One acquire attempt on resource's lock with a fresh token. LOCK_OK: *lease
+ * is granted with its fence (and logged: lock.acquired). LOCK_BUSY:
+ * *holder_pttl_ms is the holder's remaining TTL (may be -1/-2 if the key
+ * just vanished). LOCK_ERR: whatever the attempt may have left behind is
+ * released at once, best effort (the backend says how). */
+int lock_try_acquire(lock_client_t *cl, const char *resource, uint32_t ttl_ms,
                      lock_lease_t *lease, int64_t *holder_pttl_ms);
 
 /* Acquires resource's lock, waiting for it until deadline_ns (monotonic).
@@ -124,36 +152,48 @@ int lock_try_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
  * keys are coupon:{resource}:lock/fence/released. Returns LOCK_OK (*lease
  * granted), LOCK_BUSY (the deadline passed) or LOCK_ERR. *waited_ns gets
  * the time spent. How it waits is the process's strategy
- * (lock_wait_config): asleep until a release notification, a reconnect of
- * the subscriber or the timed re-check wakes it (lock_wait.c), or, with
- * poll, a jittered, growing backoff never past the holder's PTTL. */
-int lock_acquire(lock_client_t *cl, const char *coupon, uint32_t ttl_ms,
+ * (COUPON_LOCK_WAIT_STRATEGY): asleep until a release notification, a
+ * reconnect of the subscriber or the timed re-check wakes it (lock_wait.c),
+ * or, with poll, a jittered, growing backoff never past the holder's PTTL. */
+int lock_acquire(lock_client_t *cl, const char *resource, uint32_t ttl_ms,
                  int64_t deadline_ns, lock_lease_t *lease, int64_t *waited_ns);
 
-/* Extends many leases in one pipelined round trip. results[i] is 1 when
- * lease i was extended, 0 when its token is gone (lease lost), -1 on error.
- * Returns 0, or LOCK_ERR when the connection failed (results then -1). The
- * leases are borrowed. *sent_at_ns gets the send time on the boot clock. */
+/* The watchdog's round: extends many leases at once. results[i] is 1 when
+ * lease i was extended, 0 when it is lost for good (its token is gone: on
+ * Redlock, on so many nodes that no majority can be had), -1 when unknown
+ * (an error). Returns 0, or LOCK_ERR when the backend failed (results then
+ * -1). The leases are borrowed. *sent_at_ns gets the instant (boot clock)
+ * from which an extended lease is valid for its TTL: the send time, minus
+ * the clock drift allowance where the backend has one (Redlock). */
 int lock_extend_many(lock_client_t *cl, lock_lease_t *const *leases, size_t n,
                      int *results, int64_t *sent_at_ns);
 
-/* Compare-and-delete (and publish), sent at once; its reply is read before
- * the next command on cl, not waited for here (one round trip less per
- * claim). LOCK_OK when the release was written out, LOCK_ERR when it could
- * not be sent (the lock then expires by its TTL). Whether the lock was
- * still ours is logged when the reply is read. */
+/* Compare-and-delete (and announce to waiters), sent at once and on every
+ * node; its reply is read before the next command on cl, not waited for here
+ * (one round trip less per claim). LOCK_OK when the release was written out,
+ * LOCK_ERR when it could not be sent (the lock then expires by its TTL). The
+ * lease is borrowed. Logged at debug: lock.released. */
 int lock_release(lock_client_t *cl, const lock_lease_t *lease);
 
-/* 1 if the lock key still holds our token, 0 if not, LOCK_ERR on error. */
+/* 1 if the lock still holds our token (Redlock: on a majority), 0 if not,
+ * LOCK_ERR on error. */
 int lock_check(lock_client_t *cl, const lock_lease_t *lease);
 
-/* Raises coupon's fence counter to at least floor. Returns LOCK_OK and the
- * value after in *now_at, or LOCK_ERR. */
-int lock_raise_fence(lock_client_t *cl, const char *coupon, int64_t floor,
+/* Raises resource's fence counter (every node's) to at least floor, the
+ * recovery after PostgreSQL refused a fence as stale. Returns LOCK_OK and the
+ * value after in *now_at (Redlock: the lowest over the nodes that answered),
+ * or LOCK_ERR. */
+int lock_raise_fence(lock_client_t *cl, const char *resource, int64_t floor,
                      int64_t *now_at);
 
-/* PING. LOCK_OK or LOCK_ERR. */
+/* Readiness: LOCK_OK when the backend in use can serve (Redlock: a majority
+ * answers), or LOCK_ERR. */
 int lock_ping(lock_client_t *cl);
+
+/* The watchdog's max hold: makes the lock go away without us. Redis and
+ * Redlock: nothing (renewals stop, the key expires by its TTL); etcd:
+ * deletes our key (the process lease lives on). The lease is borrowed. */
+void lock_abandon(lock_client_t *cl, lock_lease_t *lease);
 
 /* 1 while the lease may still be used for a write (not lost, TTL not run
  * out by the boot clock), else 0. Thread-safe. */

@@ -26,6 +26,7 @@
 #include "claim.h"
 #include "fault.h"
 #include "http.h"
+#include "lock.h"
 #include "log.h"
 #include "ready.h"
 #include "store.h"
@@ -91,28 +92,37 @@ static int main__serve(const cfg_t *cfg) {
     }
 
     api_init(cfg);
+    char err[512];
+    if (lock_init(cfg, err, sizeof(err)) != 0) {
+        log_error("start.lock", "err=\"%s\"", err);
+        fprintf(stderr, "couponsvc: %s\n", err);
+        return 1;
+    }
     if (claim_init(cfg) != 0) {
+        lock_shutdown();
         return 1;
     }
     if (ready_start(cfg) != 0) {
         ready_stop();
         claim_shutdown();
+        lock_shutdown();
         return 1;
     }
     http_t *h = http_start(cfg);
     if (h == NULL) {
         ready_stop();
         claim_shutdown();
+        lock_shutdown();
         return 1;
     }
     log_info("start",
-             "listen=%s:%u mode=%s redis=%s:%u lock_ttl_ms=%u "
+             "listen=%s:%u mode=%s lock=%s redis=%s:%u lock_ttl_ms=%u "
              "lock_wait_ms=%u watchdog_period_ms=%u threads=%u "
              "max_connections=%u",
              cfg->http.host, cfg->http.port, cfg_mode_name(cfg->mode),
-             cfg->redis[0].host, cfg->redis[0].port, cfg->lock_ttl_ms,
-             cfg->lock_wait_ms, cfg->watchdog_period_ms, cfg->threads,
-             cfg->max_connections);
+             lock_backend_name(), cfg->redis[0].host, cfg->redis[0].port,
+             cfg->lock_ttl_ms, cfg->lock_wait_ms, cfg->watchdog_period_ms,
+             cfg->threads, cfg->max_connections);
 
     sigset_t stop;
     sigemptyset(&stop);
@@ -126,6 +136,7 @@ static int main__serve(const cfg_t *cfg) {
     http_stop(h, cfg->shutdown_grace_ms);
     ready_stop();
     claim_shutdown();
+    lock_shutdown();
     log_info("stop.done", "bye");
     return 0;
 }

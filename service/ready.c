@@ -129,7 +129,7 @@ int ready_start(const cfg_t *cfg) {
     store_opts_t so;
     store_opts_from_cfg(&so, cfg);
     ready__g.store = store_new(&so);
-    ready__g.redis = lock_client_new(&cfg->redis[0], cfg->redis_timeout_ms);
+    ready__g.redis = lock_client_new(cfg);
 
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

@@ -2,13 +2,24 @@
  * wd.c: see wd.h.
  *
  * Data: a doubly linked list of watched leases (links live in the lease) and,
- * during a round, an array snapshot of the leases being renewed. Each lease in
- * a round has wd_watched == 2 ("in flight"); wd_unwatch of such a lease
- * unlinks it at once, then sleeps on round_done until the round ends.
+ * during a round, an array snapshot of the leases the round holds: the ones
+ * to renew, then the ones to abandon (their max hold ran out). Each lease
+ * is in one state of wd_state_t (wd.h), its transitions given by
+ * wd_state_next, asserted at every step:
  *
- * Invariants (under mu): a lease is in the list iff wd_watched >= 1;
- * wd_watched == 2 only between the snapshot and the end of the round; count
- * is the length of the list.
+ *   IDLE --watch--> WATCHED --snapshot--> IN_ROUND --round end--> WATCHED
+ *   WATCHED --unwatch--> IDLE
+ *   IN_ROUND --unwatch--> UNLINKED_IN_ROUND --round end--> IDLE
+ *
+ * wd_unwatch of a lease IN_ROUND unlinks it at once, then sleeps on
+ * round_done until the round ends (UNLINKED_IN_ROUND -> IDLE), so that the
+ * round never touches a lease its owner has let go of.
+ *
+ * Invariant (under mu): a lease is in the list iff its state is WATCHED or
+ * IN_ROUND (wd_state_listed); it is held by the round in flight iff its
+ * state is IN_ROUND or UNLINKED_IN_ROUND (wd_state_in_round), which happens
+ * only between the snapshot and the end of that round; count is the length
+ * of the list.
  */
 #include "wd.h"
 
@@ -22,7 +33,43 @@
 #include "metrics.h"
 #include "mono.h"
 
-#define WD__UNLINKED_IN_ROUND 3 /* unwatched while its round is in flight */
+int wd_state_next(wd_state_t s, wd_event_t ev) {
+    switch (s) {
+    case WD_IDLE:
+        return ev == WD_EV_WATCH     ? WD_WATCHED
+               : ev == WD_EV_UNWATCH ? WD_IDLE /* idempotent */
+                                     : -1;
+    case WD_WATCHED:
+        return ev == WD_EV_SNAPSHOT  ? WD_IN_ROUND
+               : ev == WD_EV_UNWATCH ? WD_IDLE
+                                     : -1;
+    case WD_IN_ROUND:
+        return ev == WD_EV_ROUND_END ? WD_WATCHED
+               : ev == WD_EV_UNWATCH ? WD_UNLINKED_IN_ROUND
+                                     : -1;
+    case WD_UNLINKED_IN_ROUND:
+        /* A second wd_unwatch (another thread) waits like the first. */
+        return ev == WD_EV_ROUND_END ? WD_IDLE
+               : ev == WD_EV_UNWATCH ? WD_UNLINKED_IN_ROUND
+                                     : -1;
+    }
+    return -1;
+}
+
+int wd_state_listed(wd_state_t s) {
+    return s == WD_WATCHED || s == WD_IN_ROUND;
+}
+
+int wd_state_in_round(wd_state_t s) {
+    return s == WD_IN_ROUND || s == WD_UNLINKED_IN_ROUND;
+}
+
+/* Moves l along ev; an illegal move is a bug in this file. Under mu. */
+static void wd__step(lock_lease_t *l, wd_event_t ev) {
+    int next = wd_state_next((wd_state_t)l->wd_state, ev);
+    assert(next >= 0);
+    l->wd_state = next;
+}
 
 struct wd {
     pthread_t thread;
@@ -54,6 +101,7 @@ void wd_set_max_hold(wd_t *wd, uint32_t max_hold_ms) {
 void wd_watch(wd_t *wd, lock_lease_t *l) {
     int64_t since = boot_ns();
     pthread_mutex_lock(&wd->mu);
+    wd__step(l, WD_EV_WATCH);
     l->wd_hold_until_ns = since + wd->max_hold_ns;
     l->wd_prev = NULL;
     l->wd_next = wd->head;
@@ -61,12 +109,12 @@ void wd_watch(wd_t *wd, lock_lease_t *l) {
         wd->head->wd_prev = l;
     }
     wd->head = l;
-    l->wd_watched = 1;
     metrics_set_leases_held(++wd->count);
     pthread_mutex_unlock(&wd->mu);
 }
 
 static void wd__unlink(wd_t *wd, lock_lease_t *l) {
+    assert(wd_state_listed((wd_state_t)l->wd_state));
     if (l->wd_prev != NULL) {
         l->wd_prev->wd_next = l->wd_next;
     } else {
@@ -81,11 +129,11 @@ static void wd__unlink(wd_t *wd, lock_lease_t *l) {
 
 void wd_unwatch(wd_t *wd, lock_lease_t *l) {
     pthread_mutex_lock(&wd->mu);
-    if (l->wd_watched == 1 || l->wd_watched == 2) {
+    if (wd_state_listed((wd_state_t)l->wd_state)) {
         wd__unlink(wd, l);
-        l->wd_watched = l->wd_watched == 2 ? WD__UNLINKED_IN_ROUND : 0;
     }
-    while (l->wd_watched == WD__UNLINKED_IN_ROUND) {
+    wd__step(l, WD_EV_UNWATCH);
+    while (l->wd_state == WD_UNLINKED_IN_ROUND) {
         pthread_cond_wait(&wd->round_done, &wd->mu);
     }
     pthread_mutex_unlock(&wd->mu);
@@ -101,9 +149,12 @@ void wd_lost(lock_lease_t *l, const char *why) {
     }
 }
 
-/* Takes a snapshot of the leases to renew; marks them in flight. Expired
- * leases are marked lost here and left out. Called with mu held. */
-static size_t wd__snapshot(wd_t *wd) {
+/* Takes a snapshot of the leases to renew, from the front of the round
+ * array, and of the leases whose max hold has just run out, from its back
+ * (*nabandon of them, to be abandoned: lock_abandon); marks them IN_ROUND.
+ * Expired leases are marked lost here and left out. Called with mu held.
+ * Returns the number to renew. */
+static size_t wd__snapshot(wd_t *wd, size_t *nabandon) {
     /* The max hold, like lease validity, is on the boot clock: a suspended
      * host's hold time counts too. */
     int64_t held_now = boot_ns();
@@ -125,35 +176,46 @@ static size_t wd__snapshot(wd_t *wd) {
     }
 
     int64_t now = boot_ns(); /* lease validity is on the boot clock */
-    size_t n = 0;
+    size_t n = 0, m = 0;
     for (lock_lease_t *l = wd->head; l != NULL; l = l->wd_next) {
         if (atomic_load(&l->lost)) {
             continue;
         }
         if (held_now >= l->wd_hold_until_ns) {
-            /* Not renewed any more: the key expires in Redis within one
-             * TTL, and the commit gate refuses from now on. */
+            /* Not renewed any more: the key goes away without us (it
+             * expires within one TTL of the last renewal, or the backend
+             * deletes it: lock_abandon), and the commit gate refuses from
+             * now on. */
             wd_lost(l, "max_hold");
+            if (n + m < wd->cap) {
+                wd__step(l, WD_EV_SNAPSHOT);
+                wd->round[wd->cap - ++m] = l;
+            }
             continue;
         }
         if (now >= atomic_load(&l->valid_until_ns)) {
             wd_lost(l, "ttl_ran_out");
             continue;
         }
-        if (n < wd->cap) {
-            l->wd_watched = 2;
+        if (n + m < wd->cap) {
+            wd__step(l, WD_EV_SNAPSHOT);
             wd->round[n++] = l;
         }
     }
+    *nabandon = m;
     return n;
 }
 
 static void wd__round(wd_t *wd) {
     pthread_mutex_lock(&wd->mu);
-    size_t n = wd__snapshot(wd);
+    size_t m = 0;
+    size_t n = wd__snapshot(wd, &m);
     pthread_mutex_unlock(&wd->mu);
-    if (n == 0) {
+    if (n == 0 && m == 0) {
         return;
+    }
+    for (size_t i = wd->cap - m; i < wd->cap; i++) {
+        lock_abandon(wd->redis, wd->round[i]);
     }
 
     /* The round trip runs without the mutex: claims can watch and unwatch
@@ -161,7 +223,7 @@ static void wd__round(wd_t *wd) {
      * wd_unwatch waits for round_done. */
     int64_t sent = 0;
     int rc = lock_extend_many(wd->redis, wd->round, n, wd->results, &sent);
-    if (rc != LOCK_OK) {
+    if (rc != LOCK_OK && n > 0) {
         log_warn("wd.renew_failed", "leases=%zu err=\"%s\"", n,
                  lock_errstr(wd->redis));
     }
@@ -171,7 +233,8 @@ static void wd__round(wd_t *wd) {
         lock_lease_t *l = wd->round[i];
         if (wd->results[i] == 1) {
             metrics_inc(M_WD_RENEW_OK);
-            /* Valid for ttl from when the renewal was sent. */
+            /* Valid for ttl from when the renewal was sent (minus the
+             * backend's drift allowance: lock_extend_many). */
             int64_t until = sent + (int64_t)l->ttl_ms * MONO_MS;
             if (until > atomic_load(&l->valid_until_ns)) {
                 atomic_store(&l->valid_until_ns, until);
@@ -184,7 +247,10 @@ static void wd__round(wd_t *wd) {
             /* -1: unknown; the expiry check of a later round (and the
              * claim's own check before COMMIT) decides. */
         }
-        l->wd_watched = l->wd_watched == 2 ? 1 : 0;
+        wd__step(l, WD_EV_ROUND_END);
+    }
+    for (size_t i = wd->cap - m; i < wd->cap; i++) {
+        wd__step(wd->round[i], WD_EV_ROUND_END);
     }
     pthread_cond_broadcast(&wd->round_done);
     pthread_mutex_unlock(&wd->mu);
@@ -220,15 +286,14 @@ static void *wd__main(void *arg) {
     return NULL;
 }
 
-wd_t *wd_start(const cfg_addr_t *addr, uint32_t redis_timeout_ms,
-               uint32_t period_ms) {
+wd_t *wd_start(const cfg_t *cfg, uint32_t period_ms) {
     wd_t *wd = calloc(1, sizeof(*wd));
     if (wd == NULL) {
         return NULL;
     }
     wd->period_ns = (int64_t)period_ms * MONO_MS;
     wd->max_hold_ns = INT64_MAX / 2; /* no cap until wd_set_max_hold */
-    wd->redis = lock_client_new(addr, redis_timeout_ms);
+    wd->redis = lock_client_new(cfg);
 
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

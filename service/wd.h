@@ -3,9 +3,12 @@
  *
  * Every COUPON_WATCHDOG_PERIOD_MS it sends one pipelined round of EXTEND
  * scripts (compare token, then PEXPIRE; never a re-SET) for all watched
- * leases. A lease is marked lost, for good:
+ * leases, through its own lock client (lock_extend_many: on Redlock one
+ * round over every node, a lease extended only where a majority agreed).
+ * A lease is marked lost, for good:
  *   - on the first renewal Redis refuses (the token is gone: expired, taken
- *     over, or Redis lost the key), or
+ *     over, or Redis lost the key; on Redlock, gone from so many nodes that
+ *     no majority is left), or
  *   - when its TTL has run out by the boot clock (mono.h: unlike the
  *     monotonic clock it counts a system suspend) without a successful
  *     renewal (Redis unreachable or slow: we cannot know whether the key
@@ -43,10 +46,39 @@
 
 typedef struct wd wd_t;
 
-/* Starts the watchdog thread with its own Redis connection to addr. Returns
- * a new watchdog (stop and free with wd_stop), or NULL with errno set. */
-wd_t *wd_start(const cfg_addr_t *addr, uint32_t redis_timeout_ms,
-               uint32_t period_ms);
+/* Where a lease stands with the watchdog (lock_lease_t's wd_state; the
+ * transitions and the invariant are at the top of wd.c). */
+typedef enum wd_state {
+    WD_IDLE = 0,          /* not watched: in no list, no round holds it */
+    WD_WATCHED,           /* in the list, no round holds it */
+    WD_IN_ROUND,          /* in the list and in the round in flight */
+    WD_UNLINKED_IN_ROUND, /* unwatched while its round is in flight: out of
+                             the list, still held by the round; its
+                             wd_unwatch waits for the round's end */
+} wd_state_t;
+
+typedef enum wd_event {
+    WD_EV_WATCH,     /* wd_watch */
+    WD_EV_SNAPSHOT,  /* a round takes it (renew or abandon) */
+    WD_EV_UNWATCH,   /* wd_unwatch */
+    WD_EV_ROUND_END, /* the round that took it has finished */
+} wd_event_t;
+
+/* The state after ev in state s, or -1 when ev cannot happen in s (the
+ * watchdog asserts it never does). Pure; exported for the unit tests. */
+int wd_state_next(wd_state_t s, wd_event_t ev);
+
+/* 1 when a lease in state s is in the watchdog's list. */
+int wd_state_listed(wd_state_t s);
+
+/* 1 when a lease in state s is held by the round in flight. */
+int wd_state_in_round(wd_state_t s);
+
+/* Starts the watchdog thread with its own lock client (lock_client_new:
+ * cfg is borrowed for the life of the watchdog; lock_init must have run).
+ * Returns a new watchdog (stop and free with wd_stop), or NULL with errno
+ * set. */
+wd_t *wd_start(const cfg_t *cfg, uint32_t period_ms);
 
 /* Stops the thread, joins it and frees. Leases still watched are left alone
  * (they expire by TTL). Accepts NULL. */
