@@ -10,33 +10,39 @@
  *     counter. Every script is one atomic step on its node, as in Redis.
  *   - L leases, one per client process, each with its own token. A client
  *     sends each command to each node on that node's own connection: a
- *     FIFO link process per (lease, node) delivers it whenever the scheduler
- *     lets it, or loses it. So messages to different nodes land at
- *     different times, late ones land after the client stopped waiting, and
- *     a client may stop waiting at any moment (its deadline).
+ *     FIFO link process per (lease, node) runs it on the node whenever the
+ *     scheduler lets it and answers, or the answer misses the round's
+ *     deadline and an acquire still runs later (or never). So commands to
+ *     different nodes land at different times, and a late acquire leaves a
+ *     key (and an INCR) after its client stopped waiting.
  *   - Acquire: SET NX PX + INCR in one script. Granted with a majority;
  *     the fence is the highest counter a granting node returned.
  *   - Redlock's write-back: "raise the counter to the fence only where our
  *     token still holds the lock", and the lease usable only once a majority
  *     answered "raised while held". One node needs none: its INCR is the
  *     fence.
- *   - The watchdog's renewal round (token-checked, needs a majority, else
- *     the lease is lost), the release on every node, and the fence recovery
- *     (a refused fence raises every node's counter to last_fence).
+ *   - The watchdog's renewal round (fewer than a majority of keys still
+ *     ours: the lease is lost) and the fence recovery (a refused fence
+ *     raises every node's counter to last_fence). The release and the
+ *     extend script are not sent as commands: a key may vanish at any
+ *     moment anyway, which covers every moment a release could land, and a
+ *     renewal only keeps a key that may still expire here.
  *   - Time is abstract. A key may expire at any moment (TTL expiry, a
  *     process pause of any length, a clock jump on a node), and a lease's
- *     validity may end at any moment; the commit gate refuses a lease that
- *     is lost or whose validity ended, but the gate and the COMMIT are two
- *     steps with any pause between them.
+ *     validity may end at any moment, so the commit gate may refuse at any
+ *     moment; it refuses for sure a lease that is lost, or that a delayed
+ *     restart has outlived.
  *   - A node losing its data (restarted empty), at most once, optionally
  *     with the delayed-restart rule (the node stays out until every lease
  *     that existed when it died has run out of validity: "at least the
  *     maximum TTL").
- *   - PostgreSQL: the stock row's lock taken by the UPDATE and held to
- *     COMMIT or ROLLBACK, the fenced conditional UPDATE
+ *   - PostgreSQL: the fenced conditional UPDATE of service/store.c
  *     (last_fence <= fence - 1, i.e. last_fence < fence, and
- *     claimed + 1 <= total), and last_fence := fence on COMMIT. One claim
- *     per lease, so each lease writes at most once.
+ *     claimed + 1 <= total), and last_fence := fence on COMMIT. The UPDATE
+ *     holds the stock row's lock to COMMIT or ROLLBACK, so the transaction
+ *     (with the watchdog's last round and the commit gate) is one step
+ *     here: nothing another lease does reaches PostgreSQL in between. One
+ *     claim per lease, so each lease writes at most once.
  *
  * What is checked (assert):
  *
@@ -49,8 +55,9 @@
  *       later lease, in the same sense of "later".
  *   P3  never more claims than stock: claimed <= TOTAL at every COMMIT.
  *
- * Switches (spin -D...): N, L, TOTAL, CTR_MAX (the counters start anywhere
- * in 0..CTR_MAX: the history of earlier leases that never wrote), DATALOSS,
+ * Switches (spin -D...): N (1 or 3), L (2 or 3), TOTAL, CTR_MAX (the
+ * counters start anywhere in 0..CTR_MAX: earlier leases that never wrote),
+ * DATALOSS,
  * DELAYED_RESTART, and the negative controls WB_UNCOND (the write-back
  * raises the counter on any node without the token check and counts every
  * answer), NO_WB (no write-back: usable right after the grant), NO_FENCE
