@@ -36,7 +36,11 @@ $(BUILD)/tests/integration-tests: $(ITEST_OBJS)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(TEST_LIBS)
 
 # `make test`: every suite that needs no special build: unit, integration
-# (claim path, API, hostile input), fault scenarios, and the local stack.
+# (claim path, API, hostile input), fault scenarios (on Redis, then the etcd
+# backend's own scenarios on a 3-member cluster), and the local stack. The
+# claim and fault suites also run whole on etcd: `make test-integration
+# LOCK_BACKEND=etcd`, `make test-faults LOCK_BACKEND=etcd` (CI runs the
+# first).
 .PHONY: test test-unit test-integration
 test: deps-check all $(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests \
 		$(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so \
@@ -45,7 +49,9 @@ test: deps-check all $(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests 
 	$(Q)$(FAULT_ENV) LOADGEN=$(BUILD)/loadgen \
 		COUPONSVC_OLD_BIN=$(BUILD)/old/couponsvc sh tests/run.sh \
 		$(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests \
-		$(BUILD)/tests/fault-tests tests/stack/test_stack.sh
+		$(BUILD)/tests/fault-tests \
+		"env COUPONSVC_LOCK_BACKEND=etcd $(BUILD)/tests/fault-tests etcd_" \
+		tests/stack/test_stack.sh
 
 test-unit: $(BUILD)/tests/unit-tests
 	$(Q)$(BUILD)/tests/unit-tests
@@ -232,18 +238,20 @@ fuzz: $(BUILD)/fuzz/fuzz_req
 # scenario, add its name.
 SAN_FAULTS ?= stale_holder_fenced_after_early_expiry \
 	sentinel_failover_loses_lock redlock3_holder_paused_past_validity
+SAN_FAULTS_ETCD ?= etcd_session_lost_every_lock_lost
 
 .PHONY: test-san-suites
 test-san-suites: deps-check all $(BUILD)/tests/unit-tests \
 		$(BUILD)/tests/integration-tests $(BUILD)/tests/fault-tests \
 		$(BUILD)/tests/libclockshift.so $(BUILD)/tests/libbootshift.so \
 		$(BUILD)/loadgen $(BUILD)/old/couponsvc
-	$(Q)for t in $(SAN_FAULTS); do grep -q "^TT_TEST($$t," tests/itest/*.c || \
+	$(Q)for t in $(SAN_FAULTS) $(SAN_FAULTS_ETCD); do grep -q "^TT_TEST($$t," tests/itest/*.c || \
 		{ echo "SAN_FAULTS: no fault test named $$t"; exit 1; }; done
 	$(Q)$(FAULT_ENV) LOADGEN=$(BUILD)/loadgen \
 		COUPONSVC_OLD_BIN=$(BUILD)/old/couponsvc sh tests/run.sh \
 		$(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests \
-		"$(BUILD)/tests/fault-tests $(strip $(SAN_FAULTS))"
+		"$(BUILD)/tests/fault-tests $(strip $(SAN_FAULTS))" \
+		"env COUPONSVC_LOCK_BACKEND=etcd $(BUILD)/tests/fault-tests $(SAN_FAULTS_ETCD)"
 
 ifdef SANITIZE
 export ASAN_OPTIONS ?= detect_leaks=1:strict_string_checks=1
