@@ -100,6 +100,7 @@ static long long rl_counter(int port, const char *key) {
  * highest fence granted stands on a majority of the nodes' counters (the
  * write-back). */
 TT_TEST(redlock_three_nodes_exact_stock, 90) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     h_begin();
     int port[3];
     const char *addrs;
@@ -142,6 +143,7 @@ TT_TEST(redlock_three_nodes_exact_stock, 90) {
  * claim answers 503 unavailable, with the Redlock error of kind io, well
  * within its deadline, and /readyz reports the outage (not a refusal). */
 TT_TEST(redlock_minority_down_then_majority_down, 90) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     h_begin();
     int port[3];
     const char *addrs;
@@ -254,6 +256,7 @@ static int rl_file_has(const char *path, const char *text) {
  * addresses, one run_id): couponsvc refuses to start, saying which and
  * why. */
 TT_TEST(redlock_startup_refusals, 90) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     h_begin();
     int port[3];
     const char *addrs;
@@ -306,6 +309,7 @@ TT_TEST(redlock_startup_refusals, 90) {
  * others stay asleep until its own release. All three get the lock, in
  * turn, with rising fences. */
 TT_TEST(redlock_wait_one_wake_per_release, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     h_begin();
     int port[3];
     const char *addrs;
@@ -381,6 +385,7 @@ static long long rl_evals(int port) {
  * of another instance (which renews its lease meanwhile).
  */
 TT_TEST(redlock_waiter_attempts_bounded, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     h_begin();
     int port[3];
     const char *addrs;
@@ -483,6 +488,7 @@ static void *rl__thief_run(void *p) {
  * attempts are bounded by the re-checks: about 2 s / (250 ms + 100 ms).
  */
 TT_TEST(redlock_refused_writeback_wakes_nobody, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     h_begin();
     int port[3];
     const char *addrs;
@@ -560,6 +566,7 @@ static long rl_acl_denials(int port) {
  * anything (ACL LOG empty).
  */
 TT_TEST(redlock_acl_user_topology_checked, 90) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     h_begin();
     int port[3];
     const char *addrs;
@@ -612,6 +619,7 @@ static void *rl__fair_load(void *p) {
 }
 
 TT_TEST(redlock_no_replica_starves, 120) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     h_begin();
     int port[3];
     const char *addrs;

@@ -181,10 +181,12 @@ static void redlock_minority_down(int nodes) {
 }
 
 TT_TEST(redlock3_minority_down, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     redlock_minority_down(3);
 }
 
 TT_TEST(redlock5_minority_down, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     redlock_minority_down(5);
 }
 
@@ -246,10 +248,12 @@ static void redlock_majority_down(int nodes) {
 }
 
 TT_TEST(redlock3_majority_down, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     redlock_majority_down(3);
 }
 
 TT_TEST(redlock5_majority_down, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     redlock_majority_down(5);
 }
 
@@ -313,10 +317,12 @@ static void redlock_node_partitioned(int nodes) {
 }
 
 TT_TEST(redlock3_node_partitioned_from_one_instance, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     redlock_node_partitioned(3);
 }
 
 TT_TEST(redlock5_node_partitioned_from_one_instance, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     redlock_node_partitioned(5);
 }
 
@@ -401,10 +407,12 @@ static void redlock_node_clock_jumps(int nodes) {
 }
 
 TT_TEST(redlock3_node_clock_jumps_forward, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     redlock_node_clock_jumps(3);
 }
 
 TT_TEST(redlock5_node_clock_jumps_forward, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     redlock_node_clock_jumps(5);
 }
 
@@ -556,18 +564,22 @@ static void redlock_restart_empty(int nodes, int delayed) {
 }
 
 TT_TEST(redlock3_node_restarted_empty_at_once, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     redlock_restart_empty(3, 0);
 }
 
 TT_TEST(redlock3_node_restarted_empty_delayed, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     redlock_restart_empty(3, 1);
 }
 
 TT_TEST(redlock5_node_restarted_empty_at_once, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     redlock_restart_empty(5, 0);
 }
 
 TT_TEST(redlock5_node_restarted_empty_delayed, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     redlock_restart_empty(5, 1);
 }
 
@@ -630,10 +642,12 @@ static void redlock_holder_paused(int nodes) {
 }
 
 TT_TEST(redlock3_holder_paused_past_validity, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     redlock_holder_paused(3);
 }
 
 TT_TEST(redlock5_holder_paused_past_validity, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     redlock_holder_paused(5);
 }
 
@@ -655,6 +669,7 @@ TT_TEST(redlock5_holder_paused_past_validity, 60) {
  * lock.acquired lines, and no holder ever refused.
  */
 TT_TEST(redlock3_rotating_majorities_fences_rise, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     h_begin();
     h_nodes_start(3);
     const char *env[] = {rl_addrs_env(0, h_nodes_addrs()),
@@ -712,6 +727,7 @@ TT_TEST(redlock3_rotating_majorities_fences_rise, 60) {
  * Checked on grant order: fences strictly rising, nobody fenced.
  */
 TT_TEST(redlock3_writeback_after_key_lost, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     h_begin();
     h_nodes_start(3);
     const char *so = getenv("COUPONSVC_CLOCKSHIFT");

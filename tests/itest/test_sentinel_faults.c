@@ -131,6 +131,7 @@ static long rows_with_fence(const char *coupon, long fence) {
  * then claims again; the usual accounting ends it.
  */
 TT_TEST(sentinel_failover_loses_lock, 120) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     h_begin();
     h_sentinel_start(SF_MASTER, SF_SENT_PASS, 500);
     int old_master = h_node_port(0), replica = h_node_port(1);
@@ -311,6 +312,7 @@ static int dead_port(void) {
  * /readyz stays 200 (the sentinels may not have learned it yet).
  */
 TT_TEST(sentinel_asks_each_sentinel_in_turn, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
     h_begin();
     h_sentinel_start(SF_MASTER, SF_SENT_PASS, 500);
     fp_t *hole = fp_start(h_sentinel_port(1));
