@@ -92,6 +92,7 @@ endif
 -include tests/tests.mk
 -include loadtest/loadtest.mk
 -include deploy/deploy.mk
+-include deploy/tour/tour.mk
 
 .PHONY: clean
 clean:
