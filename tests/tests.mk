@@ -108,8 +108,8 @@ test-faults: all $(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so \
 		$(BUILD)/tests/libbootshift.so
 	$(Q)$(FAULT_ENV) $(BUILD)/tests/fault-tests $(T)
 
-# Negative controls: UNSAFE=NO_FENCE, NO_STOCK_CHECK or FENCE_NOT_STRICT
-# compiles service/store.c with that guard removed. Only ever into a neg-* directory.
+# Negative controls: UNSAFE=NO_FENCE, NO_STOCK_CHECK, FENCE_NOT_STRICT or
+# TRUST_READ compiles service/store.c with that guard removed. Only ever into a neg-* directory.
 ifdef UNSAFE
 ifeq ($(findstring /neg-,$(BUILD)),)
 $(error UNSAFE=$(UNSAFE) builds a deliberately broken couponsvc; only into \
@@ -126,6 +126,8 @@ test-negative: all $(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so \
 		UNSAFE=NO_STOCK_CHECK $(BUILD)/neg-nostock/couponsvc
 	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/neg-loosefence \
 		UNSAFE=FENCE_NOT_STRICT $(BUILD)/neg-loosefence/couponsvc
+	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/neg-trustread \
+		UNSAFE=TRUST_READ $(BUILD)/neg-trustread/couponsvc
 	$(Q)sh tests/faults/negative.sh $(BUILD)
 
 # ------------------------------------------------------------ stack tests ---

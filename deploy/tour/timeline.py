@@ -60,8 +60,10 @@ class Story:
     """Renders events, remembering the highest fence committed per coupon,
     so that a write landing after a newer one is pointed out."""
 
-    def __init__(self):
+    def __init__(self, seqs=None):
         self.top = {}
+        self.seqs = seqs or {}  # claim id -> seq, for the unfenced modes
+        self.seq_by = {}  # (coupon, seq) -> who wrote it first
 
     def render(self, who, ev, f):
         c = coupon_of(f)
@@ -74,6 +76,19 @@ class Story:
                 else " (" + f["backend"] + ")")
         if ev == "lock.released":
             return "%s released fence=%s" % (who, f.get("fence"))
+        if ev == "claim.ok" and fence_txt(f.get("fence")) == "none" \
+                and f.get("claim") in self.seqs:
+            # No lock, no fence: what the write read and wrote is the story.
+            seq = self.seqs[f["claim"]]
+            s = "%s wrote %s's claim: claimed := %d (it read %d)" % (
+                who, f.get("user"), seq, seq - 1)
+            first = self.seq_by.get((c, seq))
+            if first is None:
+                self.seq_by[(c, seq)] = who
+            else:
+                s += (" -- claimed = %d was written before (first by %s): a lost "
+                      "update, one coupon too many" % (seq, first))
+            return s
         if ev == "claim.ok":
             fence = f.get("fence")
             s = "%s wrote %s's claim %s, fence %s: committed" % (
@@ -124,12 +139,17 @@ def main():
     ap.add_argument("--t0", required=True)
     ap.add_argument("--coupons", default=".")
     ap.add_argument("--max", type=int, default=0)
+    ap.add_argument("--head", type=int, default=0,
+                    help="only the first N lines")
+    ap.add_argument("--from", dest="from_", help="only events at or after this time")
+    ap.add_argument("--seq", help="file of 'claim_id seq' lines")
     ap.add_argument("--name", action="append", default=[])
     ap.add_argument("--skip", action="append", default=[],
                     help="events to leave out")
     ap.add_argument("logs", nargs="+")
     a = ap.parse_args()
     t0 = parse_ts(a.t0)
+    t_from = parse_ts(a.from_) if a.from_ else t0
     names = dict(x.split("=", 1) for x in a.name)
     want = re.compile(r"^(?:%s)$" % a.coupons)
     skip = set(a.skip)
@@ -145,7 +165,7 @@ def main():
                 if not m:
                     continue
                 ts = parse_ts(m.group(1))
-                if ts < t0 - 0.0005:
+                if ts < t_from - 0.0005:
                     continue
                 f = fields(m.group(3))
                 ev = f.pop("event", "?")
@@ -161,17 +181,35 @@ def main():
                     continue
                 ev_rows.append((ts, i, n, f.get("instance", "?"), ev, f))
     ev_rows.sort(key=lambda r: (r[0], r[1], r[2]))
-    story = Story()
+    seqs = {}
+    if a.seq:
+        with open(a.seq) as fh:
+            for ln in fh:
+                p = ln.split()
+                if len(p) == 2:
+                    seqs[p[0]] = int(p[1])
+    story = Story(seqs)
     out = []
     for ts, _, _, inst, ev, f in ev_rows:
         who = names.get(inst, inst.rsplit("-", 1)[-1])
+        fence = f.get("fence")
+        if ev == "claim.ok" and fence_txt(fence) != "none" and out \
+                and out[-1][3] == (who, fence):
+            # The claims of one batch: one lease, one fence, one transaction.
+            out[-1][4] += 1
+            out[-1][1] = "%s wrote %d claims in one transaction, fence %s: committed" % (
+                who, out[-1][4], fence)
+            continue
         text = story.render(who, ev, f)
         if out and out[-1][1] == text:
             out[-1][2] += 1
             continue
-        out.append(["t=%.3f" % (ts - t0), text, 1])
-    lines = ["%s %s%s" % (t, text, "" if k == 1 else "  (x%d)" % k)
-             for t, text, k in out]
+        key = (who, fence) if ev == "claim.ok" else None
+        out.append(["t=%.3f" % (ts - t0), text, 1, key, 1])
+    lines = ["%s %s%s" % (r[0], r[1], "" if r[2] == 1 else "  (x%d)" % r[2])
+             for r in out]
+    if a.head:
+        lines = lines[:a.head]
     if a.max and len(lines) > a.max:
         head = a.max * 2 // 3
         tail = a.max - head

@@ -98,15 +98,17 @@ mark() {
     printf '%s INFO instance=tour event=tour.mark msg="%s"\n' "$(now)" "$*" >>"$MARKS"
 }
 
-# timeline COUPON-REGEX [MAX]: the demo's events since it began.
+# timeline COUPON-REGEX [OPTION...]: the demo's events since it began
+# (options of timeline.py: --max N, --head N, --t0 ..., --seq FILE).
 timeline() {
-    local names=() f
-    echo "  timeline (seconds since the demo began; letters are instances):"
+    local names=() f re=$1
+    shift
+    echo "  timeline (t: seconds since it began; letters are instances, R1-R3 the stack's replicas):"
     for f in "$LOGS"/inst-*.log; do [ -e "$f" ] && names+=("$f"); done
     for f in "$STACK_DIR"/logs/app*.log; do [ -e "$f" ] && names+=("$f"); done
-    "$PY" "$ROOT/deploy/tour/timeline.py" --t0 "$T0" --coupons "$1" \
-        ${2:+--max "$2"} --name app1=R1 --name app2=R2 --name app3=R3 \
-        --skip claim.retry --skip coupon.created --skip lock.subscriber_connected "$MARKS" "${names[@]}"
+    "$PY" "$ROOT/deploy/tour/timeline.py" --t0 "$T0" --coupons "$re" \
+        --name app1=R1 --name app2=R2 --name app3=R3 --skip claim.retry \
+        --skip coupon.created --skip lock.subscriber_connected "$@" "$MARKS" "${names[@]}"
 }
 
 # verdict OK TEXT: OK is 1 when what PostgreSQL shows is what the demo
@@ -341,11 +343,17 @@ demo_race() {
     # deploy/demo.sh is the demo; here it runs on the tour's stack.
     DEMO_REUSE_STACK=1 LOADGEN=$LOADGEN COUPONSVC=$COUPONSVC bash "$ROOT/deploy/demo.sh" \
         >"$LOGS/race.log" 2>&1 || rc=$?
-    timeline 'demo-.*' 24
+    # Naive mode's claims carry no fence; what each write read and wrote
+    # (claims.seq is the count it wrote) tells the race.
+    pgq "SELECT id, seq FROM claims WHERE coupon_id LIKE 'demo-naive-%'" | tr '|' ' ' >"$LOGS/race-seq.txt"
+    echo "  naive mode:"
+    timeline 'demo-naive-.*' --seq "$LOGS/race-seq.txt" --max 24
+    echo "  lock mode (the first events, then the last):"
+    timeline 'demo-lock-.*' --skip soldout.memo --max 16
     echo
-    sed -n '/^mode /,$p' "$LOGS/race.log" | sed '/^VERDICT/d; s/^/  /'
+    sed -n '/^mode /,$p' "$LOGS/race.log" | sed '/^VERDICT/d; /^$/d; s/^/  /'
     local v
-    v=$(sed -n 's/^VERDICT: //p' "$LOGS/race.log")
+    v=$(sed -n 's/^VERDICT: \(PASS - \|FAIL - \)\{0,1\}//p' "$LOGS/race.log")
     [ "$rc" = 0 ] || sed 's/^/    | /' "$LOGS/race.log" | tail -n 15
     verdict "$([ "$rc" = 0 ] && echo 1 || echo 0)" "${v:-demo.sh gave no verdict (exit $rc)} (checked in PostgreSQL by the load generator)"
 }
@@ -632,6 +640,8 @@ demo_partition() {
 load_row() {
     local name=$1 c=$2 b=$3 rc=0 cmds
     REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD timeout 5 redis-cli --no-auth-warning -p "$REDIS_PORT" CONFIG RESETSTAT >/dev/null
+    now >"$LOGS/t-$name"
+    date -u -d '+1 second' +%Y-%m-%dT%H:%M:%S.%3NZ >"$LOGS/t1-$name"
     "$LOADGEN" --url "$COUPONSVC_URL" -c 64 -d 3 --coupon "$c" --create-stock 1000000 \
         ${b:+--create-buckets "$b"} --admin-token "$COUPON_ADMIN_TOKEN" \
         --verify-dsn "$COUPON_PG_DSN" --json "$LOGS/load-$name.json" -q \
@@ -643,8 +653,8 @@ import json, sys
 d = json.load(open(sys.argv[1])); name, cmds, rc = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 n = d.get("status", {}).get("201", 0); v = d.get("verify", {})
 dur = d.get("duration_s") or d.get("duration") or 3
-print("%-22s %9.0f %12.2f %8s  %s" % (name, n / float(dur), cmds / max(n, 1),
-      d.get("latency_ms", {}).get("p99", "?"), "ok" if rc == 0 and v.get("ok") else "VIOLATED: %s" % v.get("first_violation")))
+print("%-22s %9.0f %12.2f %8.1f  %s" % (name, n / float(dur), cmds / max(n, 1),
+      float(d.get("latency_ms", {}).get("p99", 0)), "ok" if rc == 0 and v.get("ok") else "VIOLATED: %s" % v.get("first_violation")))
 EOF
     return "$rc"
 }
@@ -665,9 +675,10 @@ demo_contention() {
     bash "$ROOT/deploy/stack.sh" restart-app >"$LOGS/restart.log" 2>&1 || fail "restart-app failed"
     load_row "batch32-pubsub" "hot-b32-$RUN" "" || { ok=0 why="$why; batch32-pubsub"; }
     load_row "batch32-8-buckets" "hot-bk-$RUN" 8 || { ok=0 why="$why; batch32-8-buckets"; }
-    echo "  a slice of the batch-32 run: the lock passing between the replicas"
-    "$PY" "$ROOT/deploy/tour/timeline.py" --t0 "$T0" --coupons "hot-b32-$RUN" --max 9 \
-        --name app1=R1 --name app2=R2 --name app3=R3 --skip claim.ok "$STACK_DIR"/logs/app*.log | sed -n '1,5p'
+    echo "  one claim per lease (pub/sub waiting), a slice 1 s into the run:"
+    T0=$(cat "$LOGS/t-batch1-pubsub") timeline "hot-b1-$RUN" --head 6 --from "$(cat "$LOGS/t1-batch1-pubsub")"
+    echo "  a batch per lease, a slice 1 s into the run:"
+    T0=$(cat "$LOGS/t-batch32-pubsub") timeline "hot-b32-$RUN" --head 6 --from "$(cat "$LOGS/t1-batch32-pubsub")"
     echo
     printf '  %-22s %9s %12s %8s  %s\n' run "claims/s" "redis/claim" "p99 ms" "PostgreSQL check"
     sed 's/^/  /' "$LOGS/contention.txt"

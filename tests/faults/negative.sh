@@ -57,6 +57,11 @@ control "$BUILD/neg-nostock/couponsvc" stale_read_last_coupon \
     "claimed <= stock"
 control "$BUILD/neg-loosefence/couponsvc" redis_lost_duplicate_fence_refused \
     "fences out of commit order"
+# The lock-mode write that trusts its earlier read (naive mode's write under
+# the lock: no row lock before the read, no fence, no stock term): the
+# stale holder and the fresh one both claim the last coupon.
+control "$BUILD/neg-trustread/couponsvc" stale_read_last_coupon \
+    "v.oversell == 0"
 # A bucket's holder frozen past its TTL: the fence answers it 409. Without
 # the fence the commit gate still rolls the stale write back (the data stay
 # right), so the claim is re-queued and claimed with a new lease: 201.
