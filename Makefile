@@ -41,7 +41,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 # The lock module: the contract and the waiting (lock.o, lock_wait.o), then
 # one object per backend (lock_*.o). A build with etcd adds its objects here.
-LOCK_OBJS := lock.o lock_wait.o lock_redis.o lock_redlock.o
+LOCK_OBJS := lock.o lock_wait.o lock_redis.o lock_redlock.o sentinel.o
 
 SVC_OBJS := $(addprefix $(BUILD)/service/, \
 	main.o cfg.o log.o http.o api.o claim.o $(LOCK_OBJS) wd.o store.o \

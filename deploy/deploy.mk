@@ -3,6 +3,10 @@
 #
 #   make up [REPLICAS=3]   build, then PostgreSQL + Redis + replicas + nginx
 #                          on 127.0.0.1 (LB on :8080); see deploy/stack.sh
+#   make up REDIS_TOPOLOGY=sentinel|redlock3|redlock5
+#                          the same with Redis behind three sentinels, or
+#                          3 / 5 independent Redlock nodes (default single);
+#                          deploy/stack.sh restart-redis N restarts node N
 #   make down              stop exactly what `make up` started
 #   make status            pid, port and state of every process
 #   make restart-app       restart the replicas only, e.g.

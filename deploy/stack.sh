@@ -8,6 +8,11 @@
 #   deploy/stack.sh restart-app   restart only the replicas, one at a time
 #                                 (rolling), with the COUPON_* settings of
 #                                 the current environment
+#   deploy/stack.sh restart-redis N
+#                                 restart Redis node N (0 = redis, 1 =
+#                                 redis1, ...) empty, as after a crash
+#                                 without persistence; a Redlock node stays
+#                                 out REDIS_RESTART_DELAY_MS first (below)
 #
 # Everything lives on 127.0.0.1 and in one state directory: data, unix
 # sockets, configuration, credentials, logs and one pid file per process.
@@ -21,6 +26,19 @@
 #   APP_PORT_BASE  replica i listens on APP_PORT_BASE + i   (8080: 8081, 8082..)
 #   PG_PORT        PostgreSQL                               (15432)
 #   REDIS_PORT     Redis                                    (16379)
+#   REDIS_TOPOLOGY single: one Redis node (redis); sentinel: a master
+#                  (redis), its replica (redis1) and three sentinels
+#                  (sentinel1..3 on SENTINEL_PORT + 1..3) monitoring it as
+#                  "couponsvc", the replicas finding the master through
+#                  them; redlock3, redlock5: 3 or 5 independent nodes
+#                  (redis, redis1, ... on REDIS_PORT + 0, 1, ...), the
+#                  replicas taking each lock on a majority     (single)
+#   SENTINEL_PORT  base of the sentinels' ports             (16389)
+#   REDIS_RESTART_DELAY_MS
+#                  how long restart-redis keeps a Redlock node out before
+#                  starting it again; empty: longer than any lock's TTL
+#                  (COUPON_LOCK_TTL_MS, 5000 if unset, + 1000 ms); 0 turns
+#                  the rule off (to show what it prevents)
 #   COUPONSVC      the service binary                       (<repo>/build/couponsvc)
 #   PG_BIN         PostgreSQL server binaries  (/usr/lib/postgresql/15/bin)
 #   PG_PASSWORD    password of the couponsvc database role  (generated)
@@ -73,6 +91,9 @@ APP_PORT_BASE=${APP_PORT_BASE:-8080}
 # and `up` then fails with "address already in use".
 PG_PORT=${PG_PORT:-15432}
 REDIS_PORT=${REDIS_PORT:-16379}
+REDIS_TOPOLOGY=${REDIS_TOPOLOGY:-single}
+SENTINEL_PORT=${SENTINEL_PORT:-16389}
+REDIS_RESTART_DELAY_MS=${REDIS_RESTART_DELAY_MS:-}
 COUPONSVC=${COUPONSVC:-$ROOT/build/couponsvc}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_PASSWORD=${PG_PASSWORD:-}
@@ -85,7 +106,7 @@ ADMIN_TOKEN=${COUPON_ADMIN_TOKEN:-}
 REDIS_ACL=$ROOT/deploy/redis/couponsvc.acl
 STACK_RECORD=$ROOT/build/stack.dir
 # Set by up, or read back from the state directory.
-REDIS_USER='' REDIS_PASSWORD='' REDIS_ADMIN_PASSWORD=''
+REDIS_USER='' REDIS_PASSWORD='' REDIS_ADMIN_PASSWORD='' SENTINEL_PASSWORD=''
 
 case $COUPONSVC in /*) ;; *) COUPONSVC=$PWD/$COUPONSVC ;; esac
 
@@ -117,11 +138,15 @@ secret() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 
 check_settings() {
     local v val
-    for v in REPLICAS LB_PORT APP_PORT_BASE PG_PORT REDIS_PORT WAIT_SECS STOP_SECS; do
+    for v in REPLICAS LB_PORT APP_PORT_BASE PG_PORT REDIS_PORT SENTINEL_PORT WAIT_SECS STOP_SECS; do
         eval "val=\$$v"
         is_uint "$val" || fail "$v must be a non-negative integer, got '$val'"
     done
     case $PG_DURABLE in 0 | 1) ;; *) fail "PG_DURABLE must be 0 or 1, got '$PG_DURABLE'" ;; esac
+    case $REDIS_TOPOLOGY in
+    single | sentinel | redlock3 | redlock5) ;;
+    *) fail "REDIS_TOPOLOGY must be single, sentinel, redlock3 or redlock5, got '$REDIS_TOPOLOGY'" ;;
+    esac
     # The password goes into a URI and an SQL literal: keep it plain.
     case $PG_PASSWORD in
     *[!A-Za-z0-9_.-]*) fail "PG_PASSWORD may only contain A-Z a-z 0-9 _ . -" ;;
@@ -211,12 +236,15 @@ spawn() {
 stop_app() { kill -s TERM "$2"; }
 stop_nginx() { nginx -q -p "$SD/nginx" -e "$SD/logs/nginx.error.log" -c "$SD/nginx/nginx.conf" -s quit; }
 stop_redis() { redis_cli "$(port_of "$1")" shutdown nosave >/dev/null 2>&1; }
+stop_sentinel() { kill -s TERM "$2"; }
 stop_postgres() { as_pg "$SD/logs/pg_ctl.log" "$PG_BIN/pg_ctl" -D "$SD/pg/data" -m fast -W stop; }
 
 port_of() {
     case $1 in
     nginx) echo "$LB_PORT" ;;
     redis) echo "$REDIS_PORT" ;;
+    redis[0-9]*) echo $((REDIS_PORT + ${1#redis})) ;;
+    sentinel*) echo $((SENTINEL_PORT + ${1#sentinel})) ;;
     postgres) echo "$PG_PORT" ;;
     app*) echo $((APP_PORT_BASE + ${1#app})) ;;
     esac
@@ -324,7 +352,7 @@ app_names() {
 }
 
 # In the order `up` starts them; stopped in the reverse order.
-all_names() { printf 'postgres redis %s nginx\n' "$(app_names "$REPLICAS")"; }
+all_names() { printf 'postgres %s%s nginx\n' "$(redis_names)" "$(app_names "$REPLICAS")"; }
 
 # The settings `up` used are recorded, so that down, status and restart-app
 # act on the stack that exists, whatever the environment says now.
@@ -408,38 +436,184 @@ psql_admin() {
         -U postgres -d postgres "$@" >>"$SD/logs/initdb.log" 2>&1
 }
 
-start_redis() {
-    local conf=$SD/redis/redis.conf deadline=$((SECONDS + WAIT_SECS)) c
+# --- Redis topologies ---------------------------------------------------------
+
+# The number of Redis data nodes of REDIS_TOPOLOGY.
+redis_nodes() {
+    case $REDIS_TOPOLOGY in
+    sentinel) echo 2 ;;
+    redlock3) echo 3 ;;
+    redlock5) echo 5 ;;
+    *) echo 1 ;;
+    esac
+}
+
+# The Redis processes of REDIS_TOPOLOGY, in start order: the data nodes
+# (redis, redis1, ...), then the sentinels.
+redis_names() {
+    local i=1
+    printf 'redis '
+    while [ "$i" -lt "$(redis_nodes)" ]; do
+        printf 'redis%s ' "$i"
+        i=$((i + 1))
+    done
+    [ "$REDIS_TOPOLOGY" != sentinel ] || printf 'sentinel1 sentinel2 sentinel3 '
+}
+
+# What the replicas are told about Redis: one "K=V" per line.
+redis_app_env() {
+    local i addrs=127.0.0.1:$REDIS_PORT
+    case $REDIS_TOPOLOGY in
+    sentinel)
+        printf 'COUPON_REDIS_SENTINELS=127.0.0.1:%s,127.0.0.1:%s,127.0.0.1:%s\n' \
+            $((SENTINEL_PORT + 1)) $((SENTINEL_PORT + 2)) $((SENTINEL_PORT + 3))
+        printf 'COUPON_REDIS_MASTER_NAME=couponsvc\n'
+        printf 'COUPON_REDIS_SENTINEL_PASSWORD=%s\n' "$SENTINEL_PASSWORD"
+        return 0
+        ;;
+    redlock*)
+        for i in $(seq $(($(redis_nodes) - 1))); do
+            addrs="$addrs,127.0.0.1:$((REDIS_PORT + i))"
+        done
+        ;;
+    esac
+    printf 'COUPON_REDIS_ADDRS=%s\n' "$addrs"
+}
+
+# start_redis_node NAME [MASTER_PORT]: one Redis data node (a replica of
+# MASTER_PORT if given); waits until it answers PING.
+start_redis_node() {
+    local name=$1 port conf deadline=$((SECONDS + WAIT_SECS)) c
+    port=$(port_of "$name")
+    conf=$SD/redis/$name.conf
     for c in redis-server redis-cli; do have $c || fail "$c not found: install redis-server (make deps)"; done
-    mkdir -p "$SD/redis"
+    mkdir -p "$SD/redis/$name"
     # noeviction: the fence counter has no TTL and must never be evicted.
     # No persistence locally; compose turns AOF on. The file holds the
-    # passwords: mode 0600.
+    # passwords: mode 0600. Every node has the same users: a replica that
+    # Sentinel promotes must accept the replicas' ACL user.
     (
         umask 077
         cat >"$conf" <<EOF
 bind 127.0.0.1
-port $REDIS_PORT
+port $port
 save ""
 appendonly no
 maxmemory-policy noeviction
-dir $SD/redis
+dir $SD/redis/$name
 daemonize no
 logfile ""
 requirepass $REDIS_ADMIN_PASSWORD
+masterauth $REDIS_ADMIN_PASSWORD
 $REDIS_RULE >$REDIS_PASSWORD
 EOF
+        [ -z "${2:-}" ] || printf 'replicaof 127.0.0.1 %s\n' "$2" >>"$conf"
     )
-    say "redis: starting on 127.0.0.1:$REDIS_PORT (ACL user $REDIS_USER)"
-    spawn redis redis-server "$conf"
-    until [ "$(redis_cli "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; do
-        live_pid redis >/dev/null || {
-            tail_log "$SD/logs/redis.log"
-            fail "redis died while starting (see $SD/logs/redis.log)"
+    say "$name: starting on 127.0.0.1:$port${2:+ (replica of 127.0.0.1:$2)} (ACL user $REDIS_USER)"
+    spawn "$name" redis-server "$conf"
+    until [ "$(redis_cli "$port" ping 2>/dev/null)" = PONG ]; do
+        live_pid "$name" >/dev/null || {
+            tail_log "$SD/logs/$name.log"
+            fail "$name died while starting (see $SD/logs/$name.log)"
         }
-        [ "$SECONDS" -lt "$deadline" ] || fail "redis did not answer PING within ${WAIT_SECS}s"
+        [ "$SECONDS" -lt "$deadline" ] || fail "$name did not answer PING within ${WAIT_SECS}s"
         sleep 0.1
     done
+}
+
+# start_sentinel NAME: one sentinel monitoring redis as "couponsvc" (quorum
+# 2 of 3), behind a password of its own; waits until it names the master.
+start_sentinel() {
+    local name=$1 port conf deadline=$((SECONDS + WAIT_SECS))
+    port=$(port_of "$name")
+    conf=$SD/redis/$name.conf
+    mkdir -p "$SD/redis/$name"
+    # Sentinel rewrites its file (epochs, the replicas and sentinels it
+    # found): it must be writable; it holds passwords: mode 0600.
+    (
+        umask 077
+        cat >"$conf" <<EOF
+bind 127.0.0.1
+port $port
+dir $SD/redis/$name
+daemonize no
+logfile ""
+requirepass $SENTINEL_PASSWORD
+sentinel monitor couponsvc 127.0.0.1 $REDIS_PORT 2
+sentinel auth-pass couponsvc $REDIS_ADMIN_PASSWORD
+sentinel down-after-milliseconds couponsvc 1000
+sentinel failover-timeout couponsvc 10000
+EOF
+    )
+    say "$name: starting on 127.0.0.1:$port (monitors redis as couponsvc)"
+    spawn "$name" redis-server "$conf" --sentinel
+    until [ "$(REDIS_ADMIN_PASSWORD=$SENTINEL_PASSWORD redis_cli "$port" sentinel get-master-addr-by-name couponsvc 2>/dev/null | tail -n 1)" = "$REDIS_PORT" ]; do
+        live_pid "$name" >/dev/null || {
+            tail_log "$SD/logs/$name.log"
+            fail "$name died while starting (see $SD/logs/$name.log)"
+        }
+        [ "$SECONDS" -lt "$deadline" ] || fail "$name did not name the master within ${WAIT_SECS}s"
+        sleep 0.1
+    done
+}
+
+start_redis() {
+    local name
+    for name in $(redis_names); do
+        case $name in
+        redis) start_redis_node redis ;;
+        sentinel*) start_sentinel "$name" ;;
+        *)
+            if [ "$REDIS_TOPOLOGY" = sentinel ]; then
+                start_redis_node "$name" "$REDIS_PORT"
+            else
+                start_redis_node "$name"
+            fi
+            ;;
+        esac
+    done
+    say "redis: topology $REDIS_TOPOLOGY ($(redis_names | sed 's/ $//'))"
+}
+
+# restart-redis N: node N stopped and started again, empty, as after a
+# crash without persistence. The delayed-restart rule: a Redlock node that
+# lost its data may have held a live lock of a lease granted on exactly a
+# majority including it; back at once and empty, it helps a second holder
+# to a majority of its own while the first still holds. Kept out longer
+# than any lock can live (a lease that cannot renew on a majority is lost,
+# and its keys expire within a TTL of their last renewal), it comes back to
+# a world in which every lock it held is gone on every node. Sentinel's
+# nodes and a single node restart at once (a single node's restart is the
+# fence counter recovery's case).
+cmd_restart_redis() {
+    local n=${1:-} name delay ttl
+    load_recorded || fail "no stack in $SD (run: make up)"
+    { is_uint "$n" && [ "$n" -lt "$(redis_nodes)" ]; } ||
+        fail "restart-redis N: N is a node number, 0 to $(($(redis_nodes) - 1)) in topology $REDIS_TOPOLOGY"
+    REDIS_RULE=$(grep '^user ' "$REDIS_ACL" 2>/dev/null) ||
+        fail "no 'user' line in $REDIS_ACL (the rule of the replicas' Redis user)"
+    name=redis
+    [ "$n" = 0 ] || name=redis$n
+    stop_components "$name"
+    case $REDIS_TOPOLOGY in
+    redlock*)
+        ttl=$(sed -n 's/^COUPON_LOCK_TTL_MS=//p' "$SD/app.env" 2>/dev/null || true)
+        delay=${REDIS_RESTART_DELAY_MS:-$((${ttl:-5000} + 1000))}
+        is_uint "$delay" || fail "REDIS_RESTART_DELAY_MS must be a whole number of ms, got '$delay'"
+        if [ "$delay" -gt 0 ]; then
+            say "$name: stays out $delay ms (delayed restart: longer than any lock's TTL)"
+            sleep "$((delay / 1000)).$(printf '%03d' $((delay % 1000)))"
+        else
+            warn "$name: restarted at once (REDIS_RESTART_DELAY_MS=0): two holders of one lock can form"
+        fi
+        ;;
+    esac
+    if [ "$REDIS_TOPOLOGY" = sentinel ] && [ "$n" != 0 ]; then
+        start_redis_node "$name" "$REDIS_PORT"
+    else
+        start_redis_node "$name"
+    fi
+    say "restart-redis: $name back, empty"
 }
 
 run_migrate() {
@@ -456,10 +630,12 @@ start_app() {
     local i=$1 instance=app$1
     [ -n "${COUPON_INSTANCE_ID:-}" ] && instance=$COUPON_INSTANCE_ID-$i
     say "app$i: starting on 127.0.0.1:$((APP_PORT_BASE + i)) (mode ${COUPON_CLAIM_MODE:-default})"
+    local redis_env
+    mapfile -t redis_env < <(redis_app_env)
     COUPON_HTTP_ADDR=127.0.0.1:$((APP_PORT_BASE + i)) COUPON_PG_DSN=$DSN \
-        COUPON_REDIS_ADDRS=127.0.0.1:$REDIS_PORT COUPON_REDIS_USERNAME=$REDIS_USER \
+        COUPON_REDIS_USERNAME=$REDIS_USER \
         COUPON_REDIS_PASSWORD=$REDIS_PASSWORD COUPON_ADMIN_TOKEN=$ADMIN_TOKEN \
-        COUPON_INSTANCE_ID=$instance spawn "app$i" "$COUPONSVC" serve
+        COUPON_INSTANCE_ID=$instance spawn "app$i" env "${redis_env[@]}" "$COUPONSVC" serve
 }
 
 # Start replicas 1..REPLICAS and wait until every one is ready.
@@ -479,7 +655,7 @@ write_app_env() {
     {
         printf '# COUPON_* settings of the running replicas (written by stack.sh)\n'
         env | grep '^COUPON_' | sort |
-            grep -Ev '^COUPON_(HTTP_ADDR|PG_DSN|REDIS_ADDRS|REDIS_USERNAME|REDIS_PASSWORD|INSTANCE_ID|ADMIN_TOKEN)=' || true
+            grep -Ev '^COUPON_(HTTP_ADDR|PG_DSN|REDIS_ADDRS|REDIS_SENTINELS|REDIS_MASTER_NAME|REDIS_SENTINEL_PASSWORD|REDIS_USERNAME|REDIS_PASSWORD|INSTANCE_ID|ADMIN_TOKEN)=' || true
     } >"$SD/app.env"
 }
 
@@ -548,7 +724,7 @@ export COUPONSVC_URL='http://127.0.0.1:$LB_PORT'
 export COUPONSVC_STACK_DIR='$SD'
 export COUPON_ADMIN_TOKEN='$ADMIN_TOKEN'
 export COUPON_PG_DSN='$DSN'
-export COUPON_REDIS_ADDRS='127.0.0.1:$REDIS_PORT'
+$(redis_app_env | sed "s/^\([^=]*\)=\(.*\)/export \1='\2'/")
 export COUPON_REDIS_USERNAME='$REDIS_USER' COUPON_REDIS_PASSWORD='$REDIS_PASSWORD'
 # For psql and friends (psql alone then opens the service's database).
 export PGHOST='127.0.0.1' PGPORT='$PG_PORT' PGUSER='couponsvc' PGDATABASE='couponsvc' PGPASSWORD='$PG_PASSWORD'
@@ -614,6 +790,7 @@ cmd_up() {
     REDIS_USER=$(printf '%s\n' "$REDIS_RULE" | awk '{ print $2 }')
     REDIS_PASSWORD=$(secret)
     REDIS_ADMIN_PASSWORD=$(secret)
+    SENTINEL_PASSWORD=$(secret)
     DSN="postgresql://couponsvc:$PG_PASSWORD@127.0.0.1:$PG_PORT/couponsvc"
     (
         umask 077
@@ -624,6 +801,9 @@ LB_PORT=$LB_PORT
 APP_PORT_BASE=$APP_PORT_BASE
 PG_PORT=$PG_PORT
 REDIS_PORT=$REDIS_PORT
+REDIS_TOPOLOGY=$REDIS_TOPOLOGY
+SENTINEL_PORT=$SENTINEL_PORT
+SENTINEL_PASSWORD='$SENTINEL_PASSWORD'
 COUPONSVC='$COUPONSVC'
 ADMIN_TOKEN='$ADMIN_TOKEN'
 PG_PASSWORD='$PG_PASSWORD'
@@ -681,7 +861,11 @@ stop_all() {
     stop_components nginx
     # shellcheck disable=SC2086 # one word per replica
     stop_components $apps
-    stop_components redis postgres
+    # The sentinels first (they would fail over a stopping master), then
+    # the data nodes.
+    # shellcheck disable=SC2046 # one word per Redis process
+    stop_components $(redis_names | tr ' ' '\n' | tac | tr '\n' ' ')
+    stop_components postgres
 }
 
 cmd_down() {
@@ -757,16 +941,17 @@ usage() {
 }
 
 case ${1:-} in
-up | down | status | restart-app) pick_stack_dir "$1" ;;
+up | down | status | restart-app | restart-redis) pick_stack_dir "$1" ;;
 esac
 case ${1:-} in
 up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
 restart-app) cmd_restart_app ;;
+restart-redis) cmd_restart_redis "${2:-}" ;;
 -h | --help | help) usage ;;
 *)
     usage >&2
-    fail "unknown command '${1:-}': use up, down, status or restart-app"
+    fail "unknown command '${1:-}': use up, down, status, restart-app or restart-redis"
     ;;
 esac

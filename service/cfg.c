@@ -18,6 +18,7 @@ typedef enum cfg__kind {
     CFG__U32,   /* uint32_t within [min, max] */
     CFG__ADDR,  /* cfg_addr_t */
     CFG__ADDRS, /* redis[] + nredis */
+    CFG__SENTS, /* sentinels[] + nsentinels */
     CFG__MODE,  /* claim_mode_t */
     CFG__LEVEL, /* log_level_t */
     CFG__ID,    /* char instance_id[128] */
@@ -44,6 +45,16 @@ static const cfg__opt_t cfg__opts[] = {
      "PostgreSQL connection string (libpq keywords or URI)"},
     {"COUPON_REDIS_ADDRS", CFG__ADDRS, F(redis), "127.0.0.1:6379", 0, 0,
      "Redis host:port, comma-separated (one node used for now)"},
+    {"COUPON_REDIS_SENTINELS", CFG__SENTS, F(sentinels), NULL, 0, 0,
+     "Redis Sentinel host:port, comma-separated: ask them for the master of "
+     "COUPON_REDIS_MASTER_NAME on every (re)connect (COUPON_REDIS_ADDRS is "
+     "then ignored)"},
+    {"COUPON_REDIS_MASTER_NAME", CFG__STR, F(redis_master_name), "mymaster", 0,
+     0, "the master's name in the sentinels' configuration"},
+    {"COUPON_REDIS_SENTINEL_PASSWORD", CFG__STR, F(redis_sentinel_password),
+     NULL, 0, 0,
+     "password the sentinels require (default: COUPON_REDIS_PASSWORD; empty: "
+     "no AUTH); never logged"},
     {"COUPON_REDIS_USERNAME", CFG__STR, F(redis_username), "", 0, 0,
      "Redis ACL user (empty: AUTH with the password alone, as the default "
      "user)"},
@@ -235,6 +246,18 @@ static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
             return -1;
         }
         c->nredis = n;
+        c->redis_addrs_given = 1;
+        return 0;
+    }
+    case CFG__SENTS: {
+        int n = cfg_parse_addr_list(v, c->sentinels, CFG_MAX_REDIS);
+        if (n < 0) {
+            snprintf(c->errstr, sizeof(c->errstr),
+                     "%s: '%s' is not a list of up to %d host:port", o->env, v,
+                     CFG_MAX_REDIS);
+            return -1;
+        }
+        c->nsentinels = n;
         return 0;
     }
     case CFG__MODE:
@@ -323,6 +346,7 @@ int cfg_load(cfg_t *c, int argc, char **argv) {
             return CFG_ERR;
         }
     }
+    c->redis_addrs_given = 0; /* the default is not an operator's choice */
     /* 0 is a valid idle-in-transaction timeout (off), so "not set" needs a
      * value no input can have. */
     c->pg_idle_tx_timeout_ms = UINT32_MAX;
@@ -382,6 +406,13 @@ int cfg_load(cfg_t *c, int argc, char **argv) {
         }
     }
 
+    if (c->redis_sentinel_password == NULL) {
+        c->redis_sentinel_password = strdup(c->redis_password);
+        if (c->redis_sentinel_password == NULL) {
+            snprintf(c->errstr, sizeof(c->errstr), "out of memory");
+            return CFG_ERR;
+        }
+    }
     if (c->watchdog_period_ms == 0) {
         c->watchdog_period_ms = c->lock_ttl_ms / 10;
     }
@@ -427,6 +458,9 @@ void cfg_free(cfg_t *c) {
     free(c->fault);
     free(c->redis_username);
     free(c->redis_password);
+    free(c->redis_master_name);
+    free(c->redis_sentinel_password);
+    c->redis_master_name = c->redis_sentinel_password = NULL;
     c->pg_dsn = c->admin_token = c->fault = NULL;
     c->redis_username = c->redis_password = NULL;
 }

@@ -69,6 +69,14 @@ typedef struct cfg {
     char instance_id[128]; /* COUPON_INSTANCE_ID; default hostname-pid */
     log_level_t log_level; /* COUPON_LOG_LEVEL */
 
+    /* Redis Sentinel (sentinel.h): with sentinels, they name the master. */
+    cfg_addr_t sentinels[CFG_MAX_REDIS]; /* COUPON_REDIS_SENTINELS */
+    int nsentinels;                      /* 0: no Sentinel */
+    char *redis_master_name;             /* COUPON_REDIS_MASTER_NAME; owned */
+    char *redis_sentinel_password; /* COUPON_REDIS_SENTINEL_PASSWORD; owned;
+                                      default: redis_password; "" = no AUTH */
+    int redis_addrs_given;         /* COUPON_REDIS_ADDRS was set */
+
     char errstr[256]; /* why cfg_load failed */
 } cfg_t;
 

@@ -23,6 +23,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
+#include "sentinel.h"
 
 /* The backend lock_init picked; NULL before. Written once, before any
  * client exists, then only read. */
@@ -39,6 +40,9 @@ static const lock_backend_t *lock__pick(const cfg_t *cfg, char *err,
         return &lock_etcd_backend;
     }
 #endif
+    if (sentinel_configured(cfg)) {
+        return &lock_sentinel_backend; /* COUPON_REDIS_ADDRS is ignored */
+    }
     if (cfg->nredis == 1) {
         return &lock_redis_backend;
     }
@@ -58,6 +62,7 @@ int lock_init(const cfg_t *cfg, char *err, size_t errlen) {
     lock_redis_username = cfg->redis_username;
     lock_redis_password = cfg->redis_password;
     lock_wait_credentials(lock_redis_username, lock_redis_password);
+    sentinel_init(cfg);
     const lock_backend_t *be = lock__pick(cfg, err, errlen);
     if (be == NULL) {
         return -1;

@@ -57,6 +57,10 @@ typedef struct lock_backend {
 extern const lock_backend_t lock_redis_backend, lock_redlock_backend,
     lock_etcd_backend;
 
+/* lock_redis.c's code for one logical node found through Redis Sentinel
+ * (sentinel.h): chosen when COUPON_REDIS_SENTINELS is set. */
+extern const lock_backend_t lock_sentinel_backend;
+
 /* An etcd build's choice (lock_etcd.c): 1 when cfg selects etcd
  * (COUPON_LOCK_BACKEND=etcd). Called by lock_init under
  * COUPONSVC_WITH_ETCD, before the Redis backends are considered. */
@@ -65,7 +69,7 @@ int lock_etcd_selected(const cfg_t *cfg);
 struct lock_client_base {
     const lock_backend_t *be; /* the backend this client belongs to */
     lock_errkind_t errkind;   /* kind of the last error */
-    char errstr[160];         /* the last error, in words */
+    char errstr[256];         /* the last error, in words */
     uint64_t rng;             /* backoff jitter state (xorshift64) */
 };
 
@@ -105,5 +109,24 @@ int lock_redis_auth_argv(const char **argv);
  * that is not an error). READONLY, MASTERDOWN and LOADING say that this
  * node cannot serve now: LOCK_EIO. */
 lock_errkind_t lock_redis_reply_kind(const struct redisReply *r);
+
+/* ----------------------- Redlock's arithmetic (lock_redlock.c), pure --- */
+
+/* The majority of n nodes: floor(n/2) + 1. */
+int lock_redlock_majority(int n);
+
+/* The clock drift allowance for a TTL: ttl/100 + 2 ms, in ns (the
+ * reference algorithm's). */
+int64_t lock_redlock_drift_ns(uint32_t ttl_ms);
+
+/* What is left of a TTL after a round that took elapsed_ns: ttl - elapsed
+ * - drift, in ns; <= 0 means the grant is worthless. */
+int64_t lock_redlock_validity_ns(uint32_t ttl_ms, int64_t elapsed_ns);
+
+/* The verdict of one round over n nodes where yes said yes, no said no,
+ * and the rest failed: LOCK_OK (yes is a majority), LOCK_BUSY (a majority
+ * answered, but no majority said yes) or LOCK_ERR (no majority answered:
+ * the backend is unavailable). */
+int lock_redlock_verdict(int n, int yes, int no);
 
 #endif

@@ -25,6 +25,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
+#include "sentinel.h"
 
 typedef enum lock_redis__script {
     LOCK__ACQUIRE = 0,
@@ -167,6 +168,11 @@ static int lock_redis__auth(lock_redis__client_t *cl) {
 static int lock_redis__connect(lock_redis__client_t *cl) {
     if (cl->ctx != NULL) {
         return LOCK_OK;
+    }
+    /* Behind Sentinel, every (re)connect asks where the master is now. */
+    char serr[160];
+    if (sentinel_resolve(&cl->addr, serr, sizeof(serr)) == SENTINEL_ERR) {
+        return lock_redis__fail(cl, LOCK_EIO, serr);
     }
     struct timeval tv = {.tv_sec = cl->timeout_ms / 1000,
                          .tv_usec = (cl->timeout_ms % 1000) * 1000};
@@ -662,7 +668,9 @@ static lock_client_t *lock_redis__client_new(const cfg_t *cfg) {
     if (cl == NULL) {
         return NULL;
     }
-    lock_client_base_init(&cl->base, &lock_redis_backend);
+    lock_client_base_init(&cl->base, sentinel_configured(cfg)
+                                         ? &lock_sentinel_backend
+                                         : &lock_redis_backend);
     cl->addr = cfg->redis[0];
     cl->timeout_ms = cfg->redis_timeout_ms;
     return &cl->base;
@@ -687,6 +695,32 @@ static int lock_redis__init(const cfg_t *cfg, char *err, size_t errlen) {
 const lock_backend_t lock_redis_backend = {
     .name = "redis",
     .init = lock_redis__init,
+    .client_new = lock_redis__client_new,
+    .client_free = lock_redis__client_free,
+    .try_acquire = lock_redis__try,
+    .extend_many = lock_redis__extend_many,
+    .release = lock_redis__release,
+    .check = lock_redis__check,
+    .raise_fence = lock_redis__raise_fence,
+    .ping = lock_redis__ping,
+};
+
+/* One logical node behind Sentinel: the same code; the master's address
+ * comes from the sentinels on every (re)connect (lock_redis__connect). */
+static int lock_redis__init_sentinel(const cfg_t *cfg, char *err,
+                                     size_t errlen) {
+    (void)err;
+    (void)errlen;
+    log_info("lock.topology",
+             "backend=sentinel nodes=1 master_name=%s "
+             "sentinels=%d",
+             cfg->redis_master_name, cfg->nsentinels);
+    return 0;
+}
+
+const lock_backend_t lock_sentinel_backend = {
+    .name = "sentinel",
+    .init = lock_redis__init_sentinel,
     .client_new = lock_redis__client_new,
     .client_free = lock_redis__client_free,
     .try_acquire = lock_redis__try,

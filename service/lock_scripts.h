@@ -6,6 +6,9 @@
  * as separate commands leaves a gap another client can fall into; the comment
  * above each one names that gap.
  *
+ * Under Redlock (lock_redlock.c) every script runs on each node on its own;
+ * what makes the whole safe across nodes is argued at the top of that file.
+ *
  * Keys (the braces are a Redis Cluster hash tag: both keys of a coupon hash to
  * one slot, so a script may touch both):
  *   coupon:{ID}:lock      the lock; value = the holder's random token
@@ -71,6 +74,9 @@
 
 /*
  * RELEASE. KEYS[1] lock; ARGV[1] token, ARGV[2] release channel.
+ * The message is the released token: under Redlock one release is
+ * announced by every node that held it, and the waiters' subscriber
+ * counts the announcements of one token as one release (lock_wait.c).
  * Returns 0 when the lock was not ours; when we deleted it, 1 + the number
  * of subscribers the PUBLISH reached (lock_wait.c reads it: subscribers
  * beyond our own process's are other processes waiting).
@@ -84,7 +90,7 @@
 #define LOCK_SCRIPT_RELEASE                                                    \
     "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"                          \
     "  redis.call('DEL', KEYS[1])\n"                                           \
-    "  return 1 + redis.call('PUBLISH', ARGV[2], KEYS[1])\n"                   \
+    "  return 1 + redis.call('PUBLISH', ARGV[2], ARGV[1])\n"                   \
     "end\n"                                                                    \
     "return 0\n"
 
@@ -110,5 +116,35 @@
     "  return floor\n"                                                         \
     "end\n"                                                                    \
     "return cur\n"
+
+/*
+ * WRITE-BACK (Redlock only). KEYS[1] lock, KEYS[2] fence; ARGV[1] token,
+ * ARGV[2] the fence granted (the highest any granting node drew).
+ * Returns 1 when the lock still held our token and the counter is now at
+ * least the fence ("raised while held"), 0 when the lock is not ours.
+ *
+ * Race closed: each node INCRs its own counter, so the nodes of a majority
+ * draw different numbers and a later majority could draw a LOWER maximum
+ * than ours (it may overlap ours only in a node whose counter was low).
+ * Raising every granting node to our fence makes any node where a later
+ * holder's SET NX succeeds already stand at our fence, IF the raise happened
+ * before that SET NX. Checking our token in the same step is what makes it
+ * so: the raise is applied only while our key is still there, and the
+ * later SET NX succeeds only after our key is gone. An unconditional raise
+ * (or a GET, then a SET) could land on a node after another client's grant
+ * there, too late to lift that client's fence above ours.
+ */
+#define LOCK_SCRIPT_WRITEBACK                                                  \
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then\n"                          \
+    "  return 0\n"                                                             \
+    "end\n"                                                                    \
+    "local cur = tonumber(redis.call('GET', KEYS[2]) or '0')\n"                \
+    "if cur == nil then\n"                                                     \
+    "  return redis.error_reply('fence counter is not a number')\n"            \
+    "end\n"                                                                    \
+    "if cur < tonumber(ARGV[2]) then\n"                                        \
+    "  redis.call('SET', KEYS[2], ARGV[2])\n"                                  \
+    "end\n"                                                                    \
+    "return 1\n"
 
 #endif

@@ -81,6 +81,7 @@
 #include "fault.h"
 #include "lock.h"
 #include "log.h"
+#include "sentinel.h"
 #include "metrics.h"
 #include "mono.h"
 
@@ -233,9 +234,16 @@ static void lock_wait__wake_one(lock_wait__res_t *r, int cause) {
  * Returns a new context, or NULL (logged). Called without the mutex. */
 static redisContext *lock_wait__connect(const cfg_addr_t *addr,
                                         uint32_t timeout_ms) {
+    /* Behind Sentinel, every (re)connect asks where the master is now. */
+    cfg_addr_t at = *addr;
+    char serr[160];
+    if (sentinel_resolve(&at, serr, sizeof(serr)) == SENTINEL_ERR) {
+        log_warn("lock.subscriber_sentinel", "err=\"%s\"", serr);
+        return NULL;
+    }
     struct timeval tv = {.tv_sec = timeout_ms / 1000,
                          .tv_usec = (timeout_ms % 1000) * 1000};
-    redisContext *c = redisConnectWithTimeout(addr->host, addr->port, tv);
+    redisContext *c = redisConnectWithTimeout(at.host, at.port, tv);
     if (c == NULL || c->err != 0 || redisSetTimeout(c, tv) != REDIS_OK ||
         redisEnableKeepAlive(c) != REDIS_OK) {
         if (c != NULL) {

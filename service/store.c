@@ -73,7 +73,10 @@ struct store {
  * build/.../neg-<name> directory only (the Makefile refuses any other), so
  * that the fault tests can show they catch the bug that guard exists for: a
  * test that cannot fail proves nothing. All are off by default; the real
- * binary never has them.
+ * binary never has them. The lock's own controls (Redlock's fence
+ * write-back: COUPONSVC_UNSAFE_REDLOCK_WRITEBACK_NO_TOKEN and
+ * COUPONSVC_UNSAFE_REDLOCK_NO_WRITEBACK) are at the top of
+ * service/lock_redlock.c.
  */
 #if defined(COUPONSVC_UNSAFE_NO_FENCE) +                                       \
         defined(COUPONSVC_UNSAFE_NO_STOCK_CHECK) +                             \

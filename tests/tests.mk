@@ -5,12 +5,13 @@ TEST_LIBS   = $(PKG_LIBS) $(shell pkg-config --libs libcurl 2>/dev/null) \
               $(LDLIBS) -lm
 
 UNIT_OBJS := $(addprefix $(BUILD)/tests/, tt.o unit/test_cfg.o \
-	unit/test_req.o unit/test_misc.o unit/test_lg_http.o)
+	unit/test_req.o unit/test_misc.o unit/test_lg_http.o unit/test_lock.o)
 ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_claim.o itest/test_api.o \
 	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o \
 	itest/test_comb.o itest/test_verify.o itest/test_store.o \
-	itest/test_lock_wait.o) \
+	itest/test_lock_wait.o itest/test_redlock.o itest/h_topo.o \
+	faults/proxy.o) \
 	$(BUILD)/loadtest/lg_verify.o \
 	$(LIB_OBJS) $(BUILD)/service/store.o $(BUILD)/service/migrations.o
 
@@ -78,6 +79,7 @@ $(BUILD)/old/couponsvc:
 FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/test_faults.o itest/test_redis_faults.o \
 	itest/test_comb_faults.o itest/test_lock_wait_faults.o \
+	itest/h_topo.o itest/test_sentinel_faults.o itest/test_redlock_faults.o \
 	faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o
 
 $(BUILD)/tests/fault-tests: $(FAULT_OBJS)
@@ -109,7 +111,10 @@ test-faults: all $(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so \
 	$(Q)$(FAULT_ENV) $(BUILD)/tests/fault-tests $(T)
 
 # Negative controls: UNSAFE=NO_FENCE, NO_STOCK_CHECK, FENCE_NOT_STRICT or
-# TRUST_READ compiles service/store.c with that guard removed. Only ever into a neg-* directory.
+# TRUST_READ compiles service/store.c with that guard removed; UNSAFE=
+# REDLOCK_WRITEBACK_NO_TOKEN (raise the counters on any majority, holding or
+# not) or REDLOCK_NO_WRITEBACK (no write-back at all) compiles
+# service/lock_redlock.c so. Only ever into a neg-* directory.
 ifdef UNSAFE
 ifeq ($(findstring /neg-,$(BUILD)),)
 $(error UNSAFE=$(UNSAFE) builds a deliberately broken couponsvc; only into \
@@ -128,6 +133,10 @@ test-negative: all $(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so \
 		UNSAFE=FENCE_NOT_STRICT $(BUILD)/neg-loosefence/couponsvc
 	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/neg-trustread \
 		UNSAFE=TRUST_READ $(BUILD)/neg-trustread/couponsvc
+	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/neg-wbnotoken \
+		UNSAFE=REDLOCK_WRITEBACK_NO_TOKEN $(BUILD)/neg-wbnotoken/couponsvc
+	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/neg-nowriteback \
+		UNSAFE=REDLOCK_NO_WRITEBACK $(BUILD)/neg-nowriteback/couponsvc
 	$(Q)sh tests/faults/negative.sh $(BUILD)
 
 # ------------------------------------------------------------ stack tests ---

@@ -51,6 +51,7 @@ baseline stale_holder_fenced_after_early_expiry
 baseline stale_read_last_coupon
 baseline redis_lost_duplicate_fence_refused
 baseline sigstop_bucket_holder_past_ttl
+baseline sentinel_failover_loses_lock
 control "$BUILD/neg-nofence/couponsvc" stale_holder_fenced_after_early_expiry \
     "fences out of commit order"
 control "$BUILD/neg-nostock/couponsvc" stale_read_last_coupon \
@@ -62,6 +63,10 @@ control "$BUILD/neg-loosefence/couponsvc" redis_lost_duplicate_fence_refused \
 # stale holder and the fresh one both claim the last coupon.
 control "$BUILD/neg-trustread/couponsvc" stale_read_last_coupon \
     "v.oversell == 0"
+# A Sentinel failover lost the lock and its INCR: two holders drew the
+# same fence. Only the strict first-write rule keeps the second write out.
+control "$BUILD/neg-loosefence/couponsvc" sentinel_failover_loses_lock \
+    'rows_with_fence("sf", 4) == 1: 2 != 1'
 # A bucket's holder frozen past its TTL: the fence answers it 409. Without
 # the fence the commit gate still rolls the stale write back (the data stay
 # right), so the claim is re-queued and claimed with a new lease: 201.

@@ -205,4 +205,93 @@ int h_redis_extra_start(const char *name);
  * 0. */
 long long h_redis_cmd_at(int port, const char *fmt, ...);
 
+/* ------------------------------------------------- Redis topologies ---
+ * (tests/itest/h_topo.c), for the lock backends: independent nodes for
+ * Redlock, and a Sentinel set-up. Processes of the test, on free loopback
+ * ports, files in h_test_dir(); h_topo_stop ends them (the end of the test
+ * does too). Nodes are numbered 0..n-1 and have no password and no
+ * persistence: a restart is a node that lost its data. They are separate
+ * from the test's own Redis (h_begin), which stays as it is. */
+
+#define H_NODES_MAX 7
+#define H_SENTINELS 3
+
+/* Starts n independent redis-server nodes (1 <= n <= H_NODES_MAX), each
+ * waited for until it answers PING. Once per test. */
+void h_nodes_start(int n);
+
+int h_nodes_count(void);
+int h_node_port(int i);
+pid_t h_node_pid(int i); /* 0 while stopped */
+
+/* "127.0.0.1:p0,127.0.0.1:p1,...": for COUPON_REDIS_ADDRS. Static storage. */
+const char *h_nodes_addrs(void);
+
+/* SIGKILL and wait: the node and its data are gone. */
+void h_node_kill(int i);
+
+/* (Re)starts stopped node i on its port, empty, with extra arguments and
+ * environment (NULL-terminated, may be NULL: an LD_PRELOAD, say). */
+void h_node_start(int i, const char *const *args, const char *const *env);
+
+void h_node_signal(int i, int sig); /* SIGSTOP / SIGCONT */
+int h_node_alive(int i);
+
+/* One command on 127.0.0.1:port (a node, or anything without a password):
+ * an integer reply, a string reply read as a number, 0 for a status, -1 for
+ * nil, -2 for an error or no connection. Never fails the test. */
+long long h_node_int(int port, const char *fmt, ...);
+
+/* One field of INFO <section> on 127.0.0.1:port into out; 0, or -1. */
+int h_node_info(int port, const char *section, const char *field, char *out,
+                size_t outlen);
+
+/* The Sentinel topology: node 0 a master, node 1 its replica, whose
+ * replicaof is a TCP proxy (tests/faults/proxy.h) in front of the master,
+ * so that black-holing the proxy holds replication back while both nodes
+ * stay up; H_SENTINELS sentinels (redis-server --sentinel) monitoring the
+ * master as master_name with quorum 2, down-after down_after_ms, and
+ * requirepass sentinel_pass (NULL or "": none). Returns once the replica
+ * has caught up and every sentinel knows the replica and the others. */
+void h_sentinel_start(const char *master_name, const char *sentinel_pass,
+                      int down_after_ms);
+
+struct fp;
+struct fp *h_sentinel_repl_proxy(void); /* the replication path */
+const char *h_sentinel_addrs(void);     /* for COUPON_REDIS_SENTINELS; static */
+int h_sentinel_port(int i);
+
+/* What sentinel i names as the master: its port, or -1. */
+int h_sentinel_master_port(int i);
+
+/* Polls until every sentinel names port as the master; returns the time
+ * it took (ms), or -1 after timeout_ms. */
+double h_sentinel_wait_master(int port, int timeout_ms);
+
+/* Waits until the replica (node 1) is linked and at the master's offset. */
+void h_repl_wait_synced(int timeout_ms);
+
+/* Ends every node and sentinel of the test, and the replication proxy. */
+void h_topo_stop(void);
+
+/* The grants of one lock resource, from the services' logs (the
+ * "lock.acquired resource=R fence=F token=T backend=B" line every grant
+ * logs), in grant order: by the lines' timestamps, ties by fence. */
+typedef struct h_grant {
+    char ts[32]; /* the line's timestamp */
+    long fence;
+    int svc; /* index into svcs */
+} h_grant_t;
+
+/* Fills out[max] with the grants of resource logged by svcs; returns how
+ * many there are (may be more than max). */
+int h_grants(h_svc_t *const *svcs, int nsvc, const char *resource,
+             h_grant_t *out, int max);
+
+/* The grants of resource whose fence is not above the one granted before
+ * (the first three are printed); *ngrants (may be NULL) gets the count of
+ * grants. With no data loss, 0: fences rise in grant order. */
+int h_grant_order_violations(h_svc_t *const *svcs, int nsvc,
+                             const char *resource, int *ngrants);
+
 #endif

@@ -1,0 +1,192 @@
+/*
+ * sentinel.c: see sentinel.h.
+ */
+#include "sentinel.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "mono.h"
+
+/* The master last reported, to log a change once (not on every connect). */
+static pthread_mutex_t sentinel__mu = PTHREAD_MUTEX_INITIALIZER;
+static cfg_addr_t sentinel__last;
+
+/* The process's configuration (sentinel_init), NULL before. */
+static const cfg_t *sentinel__cfg;
+
+int sentinel_configured(const cfg_t *cfg) {
+    return cfg->nsentinels > 0;
+}
+
+void sentinel_log_config(const cfg_t *cfg) {
+    if (!sentinel_configured(cfg)) {
+        return;
+    }
+    char list[512];
+    size_t used = 0;
+    list[0] = '\0';
+    for (int i = 0; i < cfg->nsentinels && used < sizeof(list); i++) {
+        int n = snprintf(list + used, sizeof(list) - used, "%s%s:%u",
+                         i > 0 ? "," : "", cfg->sentinels[i].host,
+                         cfg->sentinels[i].port);
+        if (n < 0) {
+            break;
+        }
+        used += (size_t)n;
+    }
+    log_info("sentinel.config", "master_name=%s sentinels=%s auth=%s",
+             cfg->redis_master_name, list,
+             cfg->redis_sentinel_password[0] != '\0' ? "password" : "none");
+    if (cfg->redis_addrs_given) {
+        log_warn("sentinel.overrides_addrs",
+                 "msg=\"COUPON_REDIS_SENTINELS is set: the master comes from "
+                 "the sentinels, COUPON_REDIS_ADDRS (%s:%u%s) is ignored\"",
+                 cfg->redis[0].host, cfg->redis[0].port,
+                 cfg->nredis > 1 ? ",..." : "");
+    }
+}
+
+/* Milliseconds left until deadline_ns, at least 1 (hiredis reads a zero
+ * timeout as "none"). */
+static long sentinel__left_ms(int64_t deadline_ns) {
+    int64_t left = (deadline_ns - mono_ns()) / MONO_MS;
+    return left < 1 ? 1 : (long)left;
+}
+
+/* hiredis's text for a context error; a blocking call that ran out of time
+ * says EAGAIN's "Resource temporarily unavailable", which hides what it
+ * was. */
+static const char *sentinel__ctx_err(const redisContext *c) {
+    if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        return "timed out";
+    }
+    return c->errstr;
+}
+
+/* Asks one sentinel. 0 and *out filled, or -1 with why in err. */
+static int sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
+                         int64_t deadline_ns, cfg_addr_t *out, char *err,
+                         size_t errlen) {
+    long ms = sentinel__left_ms(deadline_ns);
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(s->host, s->port, tv);
+    if (c == NULL) {
+        snprintf(err, errlen, "sentinel %s:%u: out of memory", s->host,
+                 s->port);
+        return -1;
+    }
+    int rc = -1;
+    redisReply *r = NULL;
+    if (c->err != 0 || redisSetTimeout(c, tv) != REDIS_OK) {
+        snprintf(err, errlen, "sentinel %s:%u: connect: %s", s->host, s->port,
+                 sentinel__ctx_err(c));
+        goto out;
+    }
+    if (cfg->redis_sentinel_password[0] != '\0') {
+        const char *argv[2] = {"AUTH", cfg->redis_sentinel_password};
+        r = redisCommandArgv(c, 2, argv, NULL);
+        if (r == NULL || r->type != REDIS_REPLY_STATUS) {
+            /* Sentinel's refusal does not repeat the password. */
+            snprintf(err, errlen, "sentinel %s:%u: AUTH: %s", s->host, s->port,
+                     r == NULL                      ? sentinel__ctx_err(c)
+                     : r->type == REDIS_REPLY_ERROR ? r->str
+                                                    : "bad reply");
+            goto out;
+        }
+        freeReplyObject(r);
+        r = NULL;
+    }
+    const char *argv[3] = {"SENTINEL", "get-master-addr-by-name",
+                           cfg->redis_master_name};
+    r = redisCommandArgv(c, 3, argv, NULL);
+    if (r == NULL) {
+        snprintf(err, errlen, "sentinel %s:%u: %s", s->host, s->port,
+                 sentinel__ctx_err(c));
+    } else if (r->type == REDIS_REPLY_NIL) {
+        snprintf(err, errlen, "sentinel %s:%u: no master named \"%s\"", s->host,
+                 s->port, cfg->redis_master_name);
+    } else if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+               r->element[0]->type != REDIS_REPLY_STRING ||
+               r->element[1]->type != REDIS_REPLY_STRING) {
+        snprintf(err, errlen, "sentinel %s:%u: unexpected reply%s%s", s->host,
+                 s->port, r->type == REDIS_REPLY_ERROR ? ": " : "",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "");
+    } else {
+        char *end;
+        errno = 0;
+        unsigned long port = strtoul(r->element[1]->str, &end, 10);
+        if (errno != 0 || *end != '\0' || port == 0 || port > 65535 ||
+            r->element[0]->len == 0 ||
+            r->element[0]->len >= sizeof(out->host)) {
+            snprintf(err, errlen, "sentinel %s:%u: bad address in reply",
+                     s->host, s->port);
+        } else {
+            memcpy(out->host, r->element[0]->str, r->element[0]->len);
+            out->host[r->element[0]->len] = '\0';
+            out->port = (uint16_t)port;
+            rc = 0;
+        }
+    }
+out:
+    if (r != NULL) {
+        freeReplyObject(r);
+    }
+    redisFree(c);
+    return rc;
+}
+
+int sentinel_master(const cfg_t *cfg, cfg_addr_t *out, char *err,
+                    size_t errlen) {
+    int64_t deadline = mono_ns() + (int64_t)cfg->redis_timeout_ms * MONO_MS;
+    char why[192] = "no sentinel configured";
+    for (int i = 0; i < cfg->nsentinels; i++) {
+        if (i > 0 && mono_ns() >= deadline) {
+            snprintf(why, sizeof(why), "timed out after %u ms",
+                     cfg->redis_timeout_ms);
+            break;
+        }
+        cfg_addr_t a;
+        if (sentinel__ask(cfg, &cfg->sentinels[i], deadline, &a, why,
+                          sizeof(why)) != 0) {
+            continue;
+        }
+        pthread_mutex_lock(&sentinel__mu);
+        int changed = a.port != sentinel__last.port ||
+                      strcmp(a.host, sentinel__last.host) != 0;
+        cfg_addr_t was = sentinel__last;
+        sentinel__last = a;
+        pthread_mutex_unlock(&sentinel__mu);
+        if (changed) {
+            log_info("sentinel.master",
+                     "master_name=%s addr=%s:%u was=%s:%u "
+                     "from=%s:%u",
+                     cfg->redis_master_name, a.host, a.port,
+                     was.host[0] != '\0' ? was.host : "none", was.port,
+                     cfg->sentinels[i].host, cfg->sentinels[i].port);
+        }
+        *out = a;
+        return SENTINEL_OK;
+    }
+    snprintf(err, errlen, "master \"%s\" unknown: %s", cfg->redis_master_name,
+             why);
+    return SENTINEL_ERR;
+}
+
+void sentinel_init(const cfg_t *cfg) {
+    sentinel__cfg = cfg;
+    sentinel_log_config(cfg);
+}
+
+int sentinel_resolve(cfg_addr_t *addr, char *err, size_t errlen) {
+    const cfg_t *cfg = sentinel__cfg;
+    if (cfg == NULL || !sentinel_configured(cfg)) {
+        return SENTINEL_NONE;
+    }
+    return sentinel_master(cfg, addr, err, errlen);
+}

@@ -1,0 +1,63 @@
+/*
+ * sentinel.h: where the Redis master is, asked of Redis Sentinel.
+ *
+ * With COUPON_REDIS_SENTINELS set, the service does not take the Redis
+ * address from COUPON_REDIS_ADDRS: every (re)connect of a lock connection
+ * asks the sentinels which node is the master of COUPON_REDIS_MASTER_NAME
+ * now (SENTINEL get-master-addr-by-name), and connects there. A failover is
+ * followed that way: the old master's connections fail (a reset, a timeout,
+ * or READONLY once it comes back as a replica), the lock module drops them,
+ * and the next connect asks again.
+ *
+ * The sentinels are asked one after the other, in the configured order,
+ * until one answers with an address; the whole question is bounded by the
+ * Redis timeout (COUPON_REDIS_TIMEOUT_MS), each sentinel getting what is
+ * left of it. A sentinel that answers "no such master" (a nil reply) is
+ * skipped like one that is down: a sentinel that has not yet learned the
+ * configuration must not stop the others from being asked.
+ *
+ * Thread safety: every function may be called from any thread at once;
+ * each call uses connections of its own. The last master seen is kept under
+ * a mutex, only to log the moment it changes.
+ */
+#ifndef COUPONSVC_SENTINEL_H
+#define COUPONSVC_SENTINEL_H
+
+#include <stddef.h>
+
+#include "cfg.h"
+
+enum {
+    SENTINEL_OK = 0,
+    SENTINEL_NONE = 1, /* sentinel_resolve: no sentinels configured */
+    SENTINEL_ERR = -1, /* no sentinel gave an address: err says why */
+};
+
+/* 1 when cfg names sentinels (COUPON_REDIS_SENTINELS), 0 otherwise. */
+int sentinel_configured(const cfg_t *cfg);
+
+/* Logs, once at start, that the sentinels decide where Redis is, and warns
+ * when COUPON_REDIS_ADDRS was also given (it is then ignored). Does nothing
+ * when no sentinels are configured. cfg is borrowed. */
+void sentinel_log_config(const cfg_t *cfg);
+
+/* Asks the sentinels of cfg (borrowed) for the master's address and writes
+ * it to *out. Returns SENTINEL_OK, or SENTINEL_ERR with a message in err
+ * (errlen bytes, always NUL-terminated; never a password): the master is
+ * unknown, which the callers treat as Redis being unavailable. */
+int sentinel_master(const cfg_t *cfg, cfg_addr_t *out, char *err,
+                    size_t errlen);
+
+/* Once per process, before any connection: remembers cfg (borrowed; it must
+ * outlive every connection, as the process's cfg_t does) for
+ * sentinel_resolve, and logs it (sentinel_log_config). */
+void sentinel_init(const cfg_t *cfg);
+
+/* The hook of every lock connection's (re)connect: with sentinels
+ * configured (sentinel_init), asks them (sentinel_master) and writes the
+ * master's address to *addr: SENTINEL_OK, or SENTINEL_ERR with err filled
+ * (treat it as a connection error). Without sentinels: SENTINEL_NONE, and
+ * *addr is left as it is (the COUPON_REDIS_ADDRS entry). */
+int sentinel_resolve(cfg_addr_t *addr, char *err, size_t errlen);
+
+#endif

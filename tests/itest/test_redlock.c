@@ -1,0 +1,284 @@
+/*
+ * test_redlock.c: the Redlock backend (COUPON_REDIS_ADDRS with 3
+ * independent Redis nodes, each a real redis-server on a free port): exact
+ * stock with fences rising in grant order, a minority down keeps granting,
+ * a majority down is "unavailable" (kind io) within the claim's deadline,
+ * and the start-up refusals (an even count, a replica, a duplicate).
+ */
+#include <hiredis/hiredis.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "tt.h"
+
+/* Three independent nodes; *env_out gets COUPON_REDIS_ADDRS for them
+ * (static storage). */
+static void rl_nodes(int port[3], const char **env_out) {
+    static char addrs[200];
+    for (int i = 0; i < 3; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "redlock%d", i + 1);
+        port[i] = h_redis_extra_start(name);
+    }
+    snprintf(addrs, sizeof(addrs),
+             "COUPON_REDIS_ADDRS=127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d",
+             port[0], port[1], port[2]);
+    *env_out = addrs;
+}
+
+/* Stops the node at port at once (SHUTDOWN NOSAVE: no reply comes). */
+static void rl_node_down(int port) {
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    TT_ASSERT(c != NULL && c->err == 0);
+    redisReply *r = redisCommand(c, "SHUTDOWN NOSAVE");
+    if (r != NULL) {
+        freeReplyObject(r);
+    }
+    redisFree(c);
+    for (int i = 0; i < 100; i++) { /* until it refuses connections */
+        c = redisConnectWithTimeout("127.0.0.1", port, tv);
+        int up = c != NULL && c->err == 0;
+        redisFree(c);
+        if (!up) {
+            return;
+        }
+        h_sleep_ms(20);
+    }
+    TT_ASSERT_MSG(0, "redis on port %d did not stop", port);
+}
+
+/* The fences of s's lock.acquired lines for resource, in log order (grant
+ * order within one process). Returns how many (at most max). */
+static int rl_grants(const h_svc_t *s, const char *resource, long long *fence,
+                     int max, int *redlock_lines) {
+    FILE *f = fopen(s->log, "r");
+    TT_ASSERT(f != NULL);
+    char line[2048], want[128];
+    snprintf(want, sizeof(want), "resource=%s fence=", resource);
+    int n = 0;
+    *redlock_lines = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        const char *p = strstr(line, "event=lock.acquired ");
+        const char *q = p != NULL ? strstr(p, want) : NULL;
+        if (q == NULL) {
+            continue;
+        }
+        *redlock_lines += strstr(p, " backend=redlock") != NULL;
+        if (n < max) {
+            fence[n++] = atoll(q + strlen(want));
+        }
+    }
+    fclose(f);
+    return n;
+}
+
+/* Redis's integer reply for GET on a counter at port, 0 when absent. */
+static long long rl_counter(int port, const char *key) {
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    TT_ASSERT(c != NULL && c->err == 0);
+    redisReply *r = redisCommand(c, "GET %s", key);
+    TT_ASSERT(r != NULL);
+    long long v = r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
+    freeReplyObject(r);
+    redisFree(c);
+    return v;
+}
+
+/* 2 instances on 3 nodes, stock 10, 150 users at once: exactly ten 201s;
+ * each instance's grants carry strictly rising fences in grant order; the
+ * highest fence granted stands on a majority of the nodes' counters (the
+ * write-back). */
+TT_TEST(redlock_three_nodes_exact_stock, 90) {
+    h_begin();
+    int port[3];
+    const char *addrs;
+    rl_nodes(port, &addrs);
+    const char *env[] = {addrs, "COUPON_LOCK_WAIT_MS=20000",
+                         "COUPON_BATCH_MAX=1", NULL};
+    h_svc_t *s[2] = {h_svc_start("rl1", env), h_svc_start("rl2", env)};
+    h_coupon(s[0], "rl", 10);
+    h_counts_t c;
+    h_claim_many(s, 2, "rl", "user", 150, 24, &c);
+    TT_EQ_INT(c.by_status[201], 10);
+    TT_EQ_INT(c.by_status[410], 140);
+    h_check_invariants("rl", 10, c.by_status[201]);
+
+    long long top = 0;
+    int grants = 0;
+    for (int k = 0; k < 2; k++) {
+        long long f[400];
+        int redlock = 0;
+        int n = rl_grants(s[k], "rl", f, 400, &redlock);
+        TT_EQ_INT(redlock, n);
+        grants += n;
+        for (int i = 1; i < n; i++) {
+            TT_ASSERT_MSG(f[i] > f[i - 1], "%s: grant %d fence %lld after %lld",
+                          s[k]->name, i, f[i], f[i - 1]);
+        }
+        if (n > 0 && f[n - 1] > top) {
+            top = f[n - 1];
+        }
+    }
+    TT_CMP_INT(grants, >=, 10);
+    int at_top = 0;
+    for (int i = 0; i < 3; i++) {
+        at_top += rl_counter(port[i], "coupon:{rl}:fence") >= top;
+    }
+    TT_CMP_INT(at_top, >=, 2);
+}
+
+/* One node of three down: claims go on (exact stock); a second down: the
+ * claim answers 503 unavailable, with the Redlock error of kind io, well
+ * within its deadline, and /readyz reports the outage (not a refusal). */
+TT_TEST(redlock_minority_down_then_majority_down, 90) {
+    h_begin();
+    int port[3];
+    const char *addrs;
+    rl_nodes(port, &addrs);
+    const char *env[] = {addrs, "COUPON_LOCK_WAIT_MS=3000",
+                         "COUPON_REDIS_TIMEOUT_MS=300", "COUPON_BATCH_MAX=1",
+                         NULL};
+    h_svc_t *s = h_svc_start("rlm", env);
+    h_coupon(s, "min", 5);
+
+    rl_node_down(port[2]);
+    h_counts_t c;
+    h_claim_many(&s, 1, "min", "m", 40, 8, &c);
+    TT_EQ_INT(c.by_status[201], 5);
+    TT_EQ_INT(c.by_status[410], 35);
+    h_check_invariants("min", 5, 5);
+
+    h_coupon(s, "maj", 5);
+    rl_node_down(port[1]);
+    json_t *j = NULL;
+    double t0 = h_now_ms();
+    long st = h_claim(s, "maj", "late", &j);
+    double took = h_now_ms() - t0;
+    TT_EQ_INT(st, 503);
+    const char *err = json_string_value(json_object_get(j, "error"));
+    const char *detail = json_string_value(json_object_get(j, "detail"));
+    TT_ASSERT(err != NULL && detail != NULL);
+    TT_EQ_STR(err, "unavailable");
+    TT_ASSERT_MSG(strstr(detail, "redlock (io): acquire: 1 of 3 nodes") != NULL,
+                  "detail: %s", detail);
+    /* One round with a 300 ms deadline, never the 3 s lock wait: an outage
+     * is not waited out like a busy lock. */
+    TT_CMP_INT((long)took, <, 2500);
+    json_decref(j);
+
+    /* /readyz reports the outage (kind io: every replica is in the same
+     * spot, so it stays ready), not a refusal of this instance's own. */
+    char url[128], *body = NULL;
+    snprintf(url, sizeof(url), "%s/readyz", s->url);
+    double end = h_now_ms() + 10000;
+    long rs = 0;
+    for (;;) {
+        rs = h_http("GET", url, NULL, NULL, NULL, 0, &body);
+        if ((body != NULL && strstr(body, "redlock (io)") != NULL) ||
+            h_now_ms() > end) {
+            break;
+        }
+        free(body);
+        body = NULL;
+        h_sleep_ms(100);
+    }
+    TT_EQ_INT(rs, 200);
+    TT_ASSERT_MSG(body != NULL && strstr(body, "redlock (io)") != NULL &&
+                      strstr(body, "refused") == NULL,
+                  "readyz: %s", body != NULL ? body : "");
+    free(body);
+    TT_EQ_INT(h_pg_int("SELECT claimed FROM coupons WHERE id = 'maj'"), 0);
+}
+
+/* Runs couponsvc with env added to the test's own (a start that must
+ * fail): returns its exit status; its output is in the file out. */
+static int rl_run(const char *const *env, const char *out) {
+    const char *bin = getenv("COUPONSVC_BIN");
+    TT_ASSERT_MSG(bin != NULL, "COUPONSVC_BIN is not set");
+    char dsn[400], http[64];
+    snprintf(dsn, sizeof(dsn), "COUPON_PG_DSN=%s", h_dsn());
+    snprintf(http, sizeof(http), "COUPON_HTTP_ADDR=127.0.0.1:1");
+    pid_t pid = fork();
+    TT_ASSERT(pid >= 0);
+    if (pid == 0) {
+        FILE *f = freopen(out, "w", stderr);
+        (void)f;
+        dup2(2, 1);
+        putenv(dsn);
+        putenv(http);
+        for (int i = 0; env[i] != NULL; i++) {
+            putenv((char *)env[i]);
+        }
+        execl(bin, bin, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 200; i++) { /* 10 s */
+        int st = 0;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        h_sleep_ms(50);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    TT_ASSERT_MSG(0, "couponsvc did not exit (it should refuse to start)");
+    return -1;
+}
+
+/* 1 if the file holds text. */
+static int rl_file_has(const char *path, const char *text) {
+    FILE *f = fopen(path, "r");
+    TT_ASSERT(f != NULL);
+    char line[2048];
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        found = strstr(line, text) != NULL;
+    }
+    fclose(f);
+    return found;
+}
+
+/* An even count, a replica among the nodes, one node listed twice (also
+ * under another name): couponsvc refuses to start, saying which and why. */
+TT_TEST(redlock_startup_refusals, 90) {
+    h_begin();
+    int port[3];
+    const char *addrs;
+    rl_nodes(port, &addrs);
+    char out[600], env[300];
+    const char *e[] = {env, NULL};
+
+    snprintf(out, sizeof(out), "%s/even.out", h_test_dir());
+    snprintf(env, sizeof(env), "COUPON_REDIS_ADDRS=127.0.0.1:%d,127.0.0.1:%d",
+             port[0], port[1]);
+    TT_EQ_INT(rl_run(e, out), 1);
+    TT_ASSERT(rl_file_has(out, "names 2 Redis nodes"));
+
+    snprintf(out, sizeof(out), "%s/dup.out", h_test_dir());
+    snprintf(env, sizeof(env),
+             "COUPON_REDIS_ADDRS=127.0.0.1:%d,127.0.0.1:%d,localhost:%d",
+             port[0], port[1], port[0]);
+    TT_EQ_INT(rl_run(e, out), 1);
+    TT_ASSERT(rl_file_has(out, "lists one node twice: entries 1"));
+
+    h_redis_cmd_at(port[2], "REPLICAOF 127.0.0.1 %d", port[0]);
+    snprintf(out, sizeof(out), "%s/replica.out", h_test_dir());
+    snprintf(env, sizeof(env), "%s", addrs);
+    TT_EQ_INT(rl_run(e, out), 1);
+    TT_ASSERT(rl_file_has(out, "(entry 3 of COUPON_REDIS_ADDRS) is not a "
+                               "master: its ROLE is slave"));
+
+    /* Three masters again: it starts, and logs the topology. */
+    h_redis_cmd_at(port[2], "REPLICAOF NO ONE");
+    const char *ok[] = {addrs, NULL};
+    h_svc_t *s = h_svc_start("rlok", ok);
+    TT_ASSERT(rl_file_has(s->log, "event=lock.topology backend=redlock "
+                                  "nodes=3 majority=2 checked=3"));
+}
