@@ -11,7 +11,7 @@
 
 CC       ?= cc
 BUILD    ?= build
-PKGS     := libmicrohttpd hiredis jansson libpq
+PKGS     := libmicrohttpd hiredis jansson libpq libcurl
 CSTD     := -std=c11 -D_GNU_SOURCE
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             -Wformat=2 -Wno-format-nonliteral -Wno-format-truncation
@@ -42,6 +42,9 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # The lock module: the contract and the waiting (lock.o, lock_wait.o), then
 # one object per backend (lock_*.o). A build with etcd adds its objects here.
 LOCK_OBJS := lock.o lock_wait.o lock_redis.o lock_redlock.o sentinel.o
+# etcd (COUPON_LOCK_BACKEND=etcd): its v3 JSON gateway over libcurl.
+LOCK_OBJS += lock_etcd.o lock_etcd_gw.o
+CFLAGS   += -DCOUPONSVC_WITH_ETCD
 
 SVC_OBJS := $(addprefix $(BUILD)/service/, \
 	main.o cfg.o log.o http.o api.o claim.o $(LOCK_OBJS) wd.o store.o \

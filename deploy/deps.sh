@@ -5,16 +5,17 @@
 # through `deps-check` when a library is missing.
 set -eu
 
-# Build: compiler, pkg-config and the four libraries (+ libcurl for tests and
-# the load generator). Run: PostgreSQL and Redis servers for tests and the
+# Build: compiler, pkg-config and the five libraries (libcurl also serves
+# the tests, the load generator and the etcd lock backend). Run: PostgreSQL and Redis servers for tests and the
 # local stack, nginx as the load balancer. Tools: wrk (load generator
 # benchmark), gnuplot (report), faketime (clock-jump fault test), clang
-# (fuzzer), valgrind (leak check), procps/iproute2 for the harness.
+# (fuzzer), valgrind (leak check), procps/iproute2 for the harness, etcd
+# (server and etcdctl) for the etcd lock backend's tests and local stack.
 PKGS="build-essential pkg-config
 libmicrohttpd-dev libhiredis-dev libjansson-dev libpq-dev libcurl4-openssl-dev
 postgresql-15 postgresql-client-15 redis-server redis-tools nginx-light
 wrk gnuplot-nox faketime clang valgrind procps iproute2 curl ca-certificates
-python3 python3-yaml"
+python3 python3-yaml etcd-server etcd-client"
 
 missing=""
 for p in $PKGS; do

@@ -115,6 +115,27 @@ static const cfg__opt_t cfg__opts[] = {
     {"COUPON_LOCK_RECHECK_MS", CFG__U32, F(lock_recheck_ms), "200", 1, 250,
      "longest a pubsub waiter sleeps before trying again without a "
      "notification (a notification can be lost)"},
+    {"COUPON_LOCK_BACKEND", CFG__STR, F(lock_backend), "redis", 0, 0,
+     "redis (COUPON_REDIS_ADDRS: one node, or Redlock) | etcd "
+     "(COUPON_ETCD_ENDPOINTS)"},
+    {"COUPON_ETCD_ENDPOINTS", CFG__STR, F(etcd_endpoints),
+     "http://127.0.0.1:2379", 0, 0,
+     "etcd members' client URLs (http:// or https://), comma-separated; a "
+     "call that gets no answer from one goes to the next"},
+    {"COUPON_ETCD_USERNAME", CFG__STR, F(etcd_username), "", 0, 0,
+     "etcd user (empty: the cluster has auth off)"},
+    {"COUPON_ETCD_PASSWORD", CFG__STR, F(etcd_password), "", 0, 0,
+     "etcd password; never logged"},
+    {"COUPON_ETCD_CA_FILE", CFG__STR, F(etcd_ca_file), "", 0, 0,
+     "CA bundle that signed the members' certificates, for https:// "
+     "endpoints (empty: the system's)"},
+    {"COUPON_ETCD_PREFIX", CFG__STR, F(etcd_prefix), "couponsvc/", 0, 0,
+     "every etcd key of the service is under this prefix (ends in /)"},
+    {"COUPON_ETCD_TIMEOUT_MS", CFG__U32, F(etcd_timeout_ms), "1000", 10,
+     60000, "bound of one etcd call on one endpoint, connect included"},
+    {"COUPON_ETCD_ELECTION_TIMEOUT_MS", CFG__U32, F(etcd_election_ms), "1000",
+     10, 60000,
+     "the cluster's --election-timeout: lease TTLs are at least 1.5 x it"},
     {"COUPON_SHUTDOWN_GRACE_MS", CFG__U32, F(shutdown_grace_ms), "10000", 0,
      600000, "how long SIGTERM waits for open connections to finish"},
     {"COUPON_BATCH_MAX", CFG__U32, F(batch_max), "32", 1, 1024,
@@ -432,6 +453,13 @@ int cfg_load(cfg_t *c, int argc, char **argv) {
         c->redis_timeout_ms =
             c->lock_ttl_ms / 4 < 500 ? c->lock_ttl_ms / 4 : 500;
     }
+    if (strcmp(c->lock_backend, "redis") != 0 &&
+        strcmp(c->lock_backend, "etcd") != 0) {
+        snprintf(c->errstr, sizeof(c->errstr),
+                 "COUPON_LOCK_BACKEND: '%s' is not redis or etcd",
+                 c->lock_backend);
+        return CFG_ERR;
+    }
     if (c->watchdog_period_ms >= c->lock_ttl_ms) {
         snprintf(c->errstr, sizeof(c->errstr),
                  "COUPON_WATCHDOG_PERIOD_MS (%u) must be below "
@@ -461,6 +489,12 @@ void cfg_free(cfg_t *c) {
     free(c->redis_master_name);
     free(c->redis_sentinel_password);
     c->redis_master_name = c->redis_sentinel_password = NULL;
+    free(c->lock_backend);
+    free(c->etcd_endpoints);
+    free(c->etcd_username);
+    free(c->etcd_password);
+    free(c->etcd_ca_file);
+    free(c->etcd_prefix);
     c->pg_dsn = c->admin_token = c->fault = NULL;
     c->redis_username = c->redis_password = NULL;
 }

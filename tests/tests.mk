@@ -7,7 +7,7 @@ TEST_LIBS   = $(PKG_LIBS) $(shell pkg-config --libs libcurl 2>/dev/null) \
 UNIT_OBJS := $(addprefix $(BUILD)/tests/, tt.o unit/test_cfg.o \
 	unit/test_req.o unit/test_misc.o unit/test_lg_http.o unit/test_lock.o)
 ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
-	itest/harness.o itest/test_claim.o itest/test_api.o \
+	itest/harness.o itest/h_etcd.o itest/test_claim.o itest/test_api.o \
 	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o \
 	itest/test_comb.o itest/test_verify.o itest/test_store.o \
 	itest/test_lock_wait.o itest/test_redlock.o itest/h_topo.o \
@@ -51,7 +51,7 @@ test-unit: $(BUILD)/tests/unit-tests
 
 test-integration: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen \
 		$(BUILD)/old/couponsvc
-	$(Q)COUPONSVC_BIN=$(BUILD)/couponsvc LOADGEN=$(BUILD)/loadgen \
+	$(Q)$(BACKEND_ENV) COUPONSVC_BIN=$(BUILD)/couponsvc LOADGEN=$(BUILD)/loadgen \
 		COUPONSVC_OLD_BIN=$(BUILD)/old/couponsvc \
 		$(BUILD)/tests/integration-tests $(T)
 
@@ -77,7 +77,7 @@ $(BUILD)/old/couponsvc:
 # $(BUILD)/neg-*/) and checks that the matching scenario FAILS with it.
 
 FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
-	itest/harness.o itest/test_faults.o itest/test_redis_faults.o \
+	itest/harness.o itest/h_etcd.o itest/test_faults.o itest/test_redis_faults.o \
 	itest/test_comb_faults.o itest/test_lock_wait_faults.o \
 	itest/h_topo.o itest/test_sentinel_faults.o itest/test_redlock_faults.o \
 	faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o
@@ -101,6 +101,10 @@ $(BUILD)/tests/libbootshift.so: tests/faults/bootshift.c
 	$(Q)$(CC) -std=c11 -O2 -Wall -Wextra -shared -fPIC \
 		-o $@ $<
 
+# LOCK_BACKEND=etcd runs the claim and fault suites on a 3-member etcd
+# cluster the harness starts (tests/itest/h_etcd.h) instead of Redis.
+LOCK_BACKEND ?= redis
+BACKEND_ENV = COUPONSVC_LOCK_BACKEND=$(LOCK_BACKEND)
 FAULT_ENV = COUPONSVC_BIN=$(BUILD)/couponsvc \
 	COUPONSVC_CLOCKSHIFT=$(BUILD)/tests/libclockshift.so \
 	COUPONSVC_BOOTSHIFT=$(BUILD)/tests/libbootshift.so
@@ -108,7 +112,7 @@ FAULT_ENV = COUPONSVC_BIN=$(BUILD)/couponsvc \
 .PHONY: test-faults test-negative
 test-faults: all $(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so \
 		$(BUILD)/tests/libbootshift.so
-	$(Q)$(FAULT_ENV) $(BUILD)/tests/fault-tests $(T)
+	$(Q)$(BACKEND_ENV) $(FAULT_ENV) $(BUILD)/tests/fault-tests $(T)
 
 # Negative controls: UNSAFE=NO_FENCE, NO_STOCK_CHECK, FENCE_NOT_STRICT or
 # TRUST_READ compiles service/store.c with that guard removed; UNSAFE=

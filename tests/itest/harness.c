@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "h_etcd.h"
 #include "tt.h"
 
 #define H_ADMIN_TOKEN "test-admin-token"
@@ -295,10 +296,16 @@ int h_setup(void) {
     }
     printf("# postgres on 127.0.0.1:%d, run directory %s\n", h__pg_port,
            h__dir);
+    if (h_etcd_on() && h_etcd_setup() != 0) {
+        return -1;
+    }
     return 0;
 }
 
 void h_teardown(void) {
+    if (h_etcd_on()) {
+        h_etcd_teardown();
+    }
     if (h__pg_pid > 0) {
         kill(h__pg_pid, SIGINT); /* fast shutdown */
         if (h__wait(h__pg_pid, 15000) < 0) {
@@ -443,6 +450,9 @@ void h_begin(void) {
 
     h__redis_port = h__free_port();
     h_redis_start();
+    if (h_etcd_on()) {
+        h_etcd_begin();
+    }
 }
 
 const char *h_dsn(void) {
@@ -471,6 +481,11 @@ h_svc_t *h_svc_start(const char *name, const char *const *env) {
     int n = 0;
     for (int i = 0; i < 6; i++) {
         all[n++] = b[i];
+    }
+    /* The etcd suites: the lock backend is etcd, under the test's prefix. */
+    for (const char *const *e = h_etcd_on() ? h_etcd_svc_env() : NULL;
+         e != NULL && *e != NULL; e++) {
+        all[n++] = *e;
     }
     s->conn_timeout_s = 30; /* the service's default */
     for (int i = 0; env != NULL && env[i] != NULL && n < 31; i++) {

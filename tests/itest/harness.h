@@ -293,5 +293,18 @@ int h_grants(h_svc_t *const *svcs, int nsvc, const char *resource,
  * grants. With no data loss, 0: fences rise in grant order. */
 int h_grant_order_violations(h_svc_t *const *svcs, int nsvc,
                              const char *resource, int *ngrants);
+/* ------------------------------------------------- the etcd suites ---
+ * COUPONSVC_LOCK_BACKEND=etcd runs the same tests on a 3-member etcd
+ * cluster (h_etcd.h); a test about Redis itself says so with
+ * H_REDIS_ONLY() and passes without running there. */
+#include "h_etcd.h"
+
+#define H_REDIS_ONLY()                                                         \
+    do {                                                                       \
+        if (h_etcd_on()) {                                                     \
+            printf("    (Redis-only: not run on etcd)\n");                     \
+            return;                                                            \
+        }                                                                      \
+    } while (0)
 
 #endif
