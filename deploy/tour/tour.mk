@@ -9,8 +9,8 @@
 # REDIS_PORT as for make up (the standard ones by default), TOUR_REDIS_PORT,
 # TOUR_PORT_BASE, TOUR_DIR (see the top of deploy/tour/tour.sh).
 
-TOUR_DEMOS := race stale oversell kill flush redis-down clock partition \
-	contention
+TOUR_DEMOS := race stale oversell kill flush failover redis-down clock partition \
+	contention etcd
 
 $(BUILD)/tests/faultproxy: tests/faults/faultproxy.c tests/faults/proxy.c \
 		tests/faults/proxy.h tests/tt.c tests/tt.h

@@ -59,7 +59,7 @@ PY=python3
 RUN=$(date +%s | tail -c 6)
 
 # The demos, in the order of the tour. CI_DEMOS: the fast ones, no load.
-ALL_DEMOS="race stale oversell kill flush redis-down clock partition contention"
+ALL_DEMOS="race stale oversell kill flush failover redis-down clock partition contention etcd"
 CI_DEMOS="stale oversell kill flush redis-down clock partition"
 
 say() { printf '%s: %s\n' "$PROG" "$*"; }
@@ -683,6 +683,232 @@ demo_contention() {
     printf '  %-22s %9s %12s %8s  %s\n' run "claims/s" "redis/claim" "p99 ms" "PostgreSQL check"
     sed 's/^/  /' "$LOGS/contention.txt"
     verdict "$ok" "$([ "$ok" = 1 ] && echo "every run handed out claims with every invariant intact in PostgreSQL (the figures above are from this machine, and only relative)." || echo "invariant check failed in:${why#;}")"
+}
+
+# ------------------------------------------------ Redis topologies, etcd ----
+# Their ports follow the tour's Redis: TOUR_REDIS_PORT + 1 the master and
+# + 2 its replica, + 3..5 the sentinels, + 6..8 the Redlock nodes, + 9..11
+# the etcd members' client ports and + 12..14 their peer ports.
+
+# node NAME PORT [ARG...]: a Redis of the tour's, empty, no password.
+node() {
+    local name=$1 port=$2 i
+    shift 2
+    mkdir -p "$TOUR_DIR/$name"
+    port_free "$port" || fail "port $port ($name) is in use"
+    spawn "$name" redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+        --maxmemory-policy noeviction --dir "$TOUR_DIR/$name" "$@"
+    for i in $(seq 100); do
+        [ "$(timeout 2 redis-cli -p "$port" PING 2>/dev/null)" = PONG ] && return 0
+        sleep 0.05
+    done
+    fail "$name did not start (see $LOGS/$name.log)"
+}
+rc() { timeout 5 redis-cli -h 127.0.0.1 -p "$@"; }
+
+# proxy_to NAME TARGET: a faultproxy in front of 127.0.0.1:TARGET.
+proxy_to() {
+    local pf=$TOUR_DIR/proxy-$1.port i
+    rm -f "$pf"
+    spawn "proxy-$1" "$FAULTPROXY" "$2" "$pf"
+    for i in $(seq 100); do
+        [ -s "$pf" ] && break
+        sleep 0.02
+    done
+    read -r PROXY_PORT <"$pf"
+}
+
+# sentinels MASTER-PORT: three sentinels watching it as "couponsvc"
+# (quorum 2, down after 600 ms). failover-timeout is long so that no
+# sentinel "fixes" the replica's replicaof (the proxy) during the demo.
+sentinels() {
+    local i port conf
+    mkdir -p "$TOUR_DIR/sentinel"
+    for i in 1 2 3; do
+        port=$((TOUR_REDIS_PORT + 2 + i))
+        conf=$TOUR_DIR/sentinel/s$i.conf
+        printf '%s\n' "port $port" "bind 127.0.0.1" "dir $TOUR_DIR/sentinel" \
+            "sentinel monitor couponsvc 127.0.0.1 $1 2" \
+            "sentinel down-after-milliseconds couponsvc 600" \
+            "sentinel failover-timeout couponsvc 30000" \
+            "sentinel parallel-syncs couponsvc 1" >"$conf"
+        port_free "$port" || fail "port $port (sentinel $i) is in use"
+        spawn "sentinel$i" redis-server "$conf" --sentinel
+    done
+    # Ready when every sentinel knows the replica and the two others.
+    for i in $(seq 150); do
+        local n=0
+        for port in $((TOUR_REDIS_PORT + 3)) $((TOUR_REDIS_PORT + 4)) $((TOUR_REDIS_PORT + 5)); do
+            rc "$port" SENTINEL master couponsvc 2>/dev/null | paste - - |
+                awk '$1 == "num-slaves" && $2 == 1 { a = 1 } $1 == "num-other-sentinels" && $2 == 2 { b = 1 } END { exit !(a && b) }' &&
+                n=$((n + 1))
+        done
+        [ "$n" = 3 ] && return 0
+        sleep 0.2
+    done
+    fail "the sentinels did not learn the topology in 30 s"
+}
+sentinel_master() { rc "$((TOUR_REDIS_PORT + 4))" SENTINEL get-master-addr-by-name couponsvc 2>/dev/null | tail -n 1; }
+
+# grants COUPON FENCE: how many grants of that fence the instances logged.
+grants() { cat "$LOGS"/inst-*.log | grep -c "event=lock.acquired resource=$1 fence=$2 " || true; }
+
+demo_failover() {
+    intro failover "the Redis master fails: Sentinel, then Redlock" \
+        "Replication is asynchronous: A's lock and its fence's INCR reach the master and, held back by a proxy on the replication link, not the replica; the master dies, Sentinel promotes the replica, and B is granted the same lock with the same fence while A still holds it. PostgreSQL accepts one write for that fence and refuses the other; under Redlock (three independent masters, a majority needed) one master dying makes no second holder."
+    need_stack
+    local c=sf-$RUN c2=rl-$RUN ok=1 why='' m=$((TOUR_REDIS_PORT + 1)) r=$((TOUR_REDIS_PORT + 2)) i t_kill took
+    local sents="127.0.0.1:$((TOUR_REDIS_PORT + 3)),127.0.0.1:$((TOUR_REDIS_PORT + 4)),127.0.0.1:$((TOUR_REDIS_PORT + 5))"
+    part "1. Sentinel: a master, its replica behind a proxy, three sentinels"
+    node redis-master "$m"
+    proxy_to repl "$m"
+    node redis-replica "$r" --replicaof 127.0.0.1 "$PROXY_PORT"
+    sentinels "$m"
+    proxy_to asks "$((TOUR_REDIS_PORT + 3))"
+    inst A "$COUPONSVC" COUPON_REDIS_SENTINELS="127.0.0.1:$PROXY_PORT" COUPON_REDIS_MASTER_NAME=couponsvc \
+        COUPON_LOCK_TTL_MS=10000 COUPON_FAULT=after_acquire:4000 COUPON_LOCK_WAIT_MS=10000 \
+        COUPON_LOCK_MAX_HOLD_MS=60000 COUPON_PG_TX_DEADLINE_MS=60000 COUPON_BATCH_MAX=1
+    inst B "$COUPONSVC" COUPON_REDIS_SENTINELS="$sents" COUPON_REDIS_MASTER_NAME=couponsvc \
+        COUPON_LOCK_TTL_MS=1000 COUPON_LOCK_WAIT_MS=5000
+    coupon B "$c" 10
+    for i in 1 2 3; do claim B "$c" "warm$i-$c"; done
+    for i in $(seq 100); do
+        [ "$(rc "$r" GET "coupon:{$c}:fence")" = 3 ] && break
+        sleep 0.05
+    done
+    kill -s USR1 "$(proc_live "$(pidf proxy-repl)")"
+    mark "the replication link black-holed: the replica keeps fence counter 3"
+    claim_bg A "$c" "a-$c"
+    for i in $(seq 250); do
+        [ "$(rc "$m" EXISTS "coupon:{$c}:lock")" = 1 ] && break
+        sleep 0.02
+    done
+    kill -s USR1 "$(proc_live "$(pidf proxy-asks)")"
+    mark "A holds the lock on the master (fence counter there: $(rc "$m" GET "coupon:{$c}:fence"), on the replica: $(rc "$r" GET "coupon:{$c}:fence"), lock on the replica: $(rc "$r" EXISTS "coupon:{$c}:lock")); A's path to the sentinels goes dark"
+    stop redis-master KILL
+    t_kill=$(date +%s%N)
+    mark "the master killed (SIGKILL)"
+    for i in $(seq 200); do
+        [ "$(sentinel_master)" = "$r" ] && break
+        sleep 0.05
+    done
+    took=$((($(date +%s%N) - t_kill) / 1000000))
+    mark "the sentinels name the replica the master, $took ms later"
+    claim B "$c" "b-$c"
+    wait_claims
+    for n in inst-A inst-B sentinel1 sentinel2 sentinel3 redis-replica proxy-repl proxy-asks; do stop "$n"; done
+    timeline "$c"
+    rows "$c"
+    verify "$c" || { ok=0 why="$why; the invariant check failed on $c: $VIOLATION"; }
+    local g4 n4
+    g4=$(grants "$c" 4)
+    n4=$(pgq "SELECT count(*) FROM claims WHERE coupon_id = '$c' AND fence = 4")
+    echo "  grants of fence 4 in the logs: $g4; claims with fence 4 in PostgreSQL: $n4"
+    [ "$g4" = 2 ] || { ok=0 why="$why; fence 4 was granted $g4 times, not twice: no second holder was shown"; }
+    [ "$n4" = 1 ] || { ok=0 why="$why; PostgreSQL holds $n4 claims with fence 4"; }
+    case "$(answer "a-$c") $(answer "b-$c")" in
+    "409 fenced 201 claimed" | "201 claimed 201 claimed") ;;
+    *) ok=0 why="$why; A got $(answer "a-$c"), B $(answer "b-$c")" ;;
+    esac
+
+    part "2. Redlock: three independent masters, one of them killed while A holds the lock"
+    local addrs="127.0.0.1:$((TOUR_REDIS_PORT + 6)),127.0.0.1:$((TOUR_REDIS_PORT + 7)),127.0.0.1:$((TOUR_REDIS_PORT + 8))"
+    for i in 1 2 3; do node "redlock$i" $((TOUR_REDIS_PORT + 5 + i)); done
+    inst A "$COUPONSVC" COUPON_REDIS_ADDRS="$addrs" COUPON_LOCK_TTL_MS=5000 \
+        COUPON_FAULT=after_acquire:2000 COUPON_BATCH_MAX=1
+    inst B "$COUPONSVC" COUPON_REDIS_ADDRS="$addrs" COUPON_LOCK_TTL_MS=5000 COUPON_LOCK_WAIT_MS=8000
+    coupon B "$c2" 10
+    claim B "$c2" "warm-$c2"
+    claim_bg A "$c2" "a-$c2"
+    for i in $(seq 250); do
+        [ "$(rc $((TOUR_REDIS_PORT + 6)) EXISTS "coupon:{$c2}:lock")" = 1 ] && break
+        sleep 0.02
+    done
+    stop redlock1 KILL
+    mark "one of the three masters killed (SIGKILL) while A holds the lock; B asks for it"
+    claim B "$c2" "b-$c2"
+    wait_claims
+    for n in inst-A inst-B redlock2 redlock3; do stop "$n"; done
+    timeline "$c2"
+    rows "$c2"
+    verify "$c2" || { ok=0 why="$why; the invariant check failed on $c2: $VIOLATION"; }
+    local dup
+    dup=$(cat "$LOGS"/inst-*.log | grep "event=lock.acquired resource=$c2 " | sed 's/.* fence=\([0-9]*\) .*/\1/' | sort | uniq -d | wc -l)
+    [ "$dup" = 0 ] || { ok=0 why="$why; under Redlock a fence was granted twice"; }
+    case "$(answer "a-$c2") $(answer "b-$c2")" in
+    "201 claimed 201 claimed") ;;
+    *) ok=0 why="$why; under Redlock A got $(answer "a-$c2"), B $(answer "b-$c2")" ;;
+    esac
+    [ "$(pgq "SELECT string_agg(user_id, ',' ORDER BY seq) FROM claims WHERE coupon_id = '$c2'")" = "warm-$c2,a-$c2,b-$c2" ] ||
+        { ok=0 why="$why; under Redlock B did not wait for A"; }
+    verdict "$ok" "$([ "$ok" = 1 ] && echo "after the Sentinel failover fence 4 was granted twice, to two holders at once, and PostgreSQL holds one claim with it ($(answer "a-$c"), $(answer "b-$c") for A, B); under Redlock the dead master made no second holder: B waited for A's release, every fence granted once." || echo "${why#; }")"
+}
+
+# etcd: three members on the tour's ports, data in TOUR_DIR/etcd.
+etcd_cluster() {
+    local i cluster='' ep='' n
+    have_etcd=1
+    command -v etcd >/dev/null 2>&1 || { have_etcd=0; return 0; }
+    for i in 0 1 2; do
+        cluster="$cluster${cluster:+,}m$i=http://127.0.0.1:$((TOUR_REDIS_PORT + 12 + i))"
+        ep="$ep${ep:+,}http://127.0.0.1:$((TOUR_REDIS_PORT + 9 + i))"
+    done
+    ETCD_ENDPOINTS=$ep
+    rm -rf "$TOUR_DIR/etcd"
+    for i in 0 1 2; do
+        mkdir -p "$TOUR_DIR/etcd/m$i"
+        spawn "etcd$i" etcd --name "m$i" --data-dir "$TOUR_DIR/etcd/m$i" \
+            --listen-client-urls "http://127.0.0.1:$((TOUR_REDIS_PORT + 9 + i))" \
+            --advertise-client-urls "http://127.0.0.1:$((TOUR_REDIS_PORT + 9 + i))" \
+            --listen-peer-urls "http://127.0.0.1:$((TOUR_REDIS_PORT + 12 + i))" \
+            --initial-advertise-peer-urls "http://127.0.0.1:$((TOUR_REDIS_PORT + 12 + i))" \
+            --initial-cluster "$cluster" --initial-cluster-state new \
+            --initial-cluster-token "tour-$RUN" --heartbeat-interval 50 --election-timeout 500 \
+            --logger zap --log-level warn
+    done
+    for n in $(seq 150); do
+        ETCDCTL_API=3 timeout 2 etcdctl --endpoints "$ep" endpoint health >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    fail "the etcd cluster did not become healthy (see $LOGS/etcd0.log)"
+}
+
+demo_etcd() {
+    intro etcd "the consensus backend: the same claim path on etcd" \
+        "The lock moves to a 3-member etcd cluster (COUPON_LOCK_BACKEND=etcd): the fence is etcd's create revision, which a quorum keeps, so no failover can hand it out twice. Two instances claim in turn, then A is frozen past its lease while holding the lock, B takes over, and A thawed is refused."
+    need_stack
+    local c=etcd-$RUN ok=1 why='' i
+    etcd_cluster
+    if [ "$have_etcd" = 0 ]; then
+        echo "  etcd is not installed (apt-get install etcd-server etcd-client): skipped"
+        verdict 0 "no etcd on this machine"
+        return 0
+    fi
+    inst A "$COUPONSVC" COUPON_LOCK_BACKEND=etcd COUPON_ETCD_ENDPOINTS="$ETCD_ENDPOINTS" \
+        COUPON_ETCD_ELECTION_TIMEOUT_MS=500 COUPON_LOCK_TTL_MS=1000 COUPON_FAULT=after_acquire:300 COUPON_BATCH_MAX=1
+    inst B "$COUPONSVC" COUPON_LOCK_BACKEND=etcd COUPON_ETCD_ENDPOINTS="$ETCD_ENDPOINTS" \
+        COUPON_ETCD_ELECTION_TIMEOUT_MS=500 COUPON_LOCK_TTL_MS=1000 COUPON_LOCK_WAIT_MS=8000
+    coupon B "$c" 10
+    for i in 1 2; do
+        claim A "$c" "a$i-$c"
+        claim B "$c" "b$i-$c"
+    done
+    claim_bg A "$c" "frozen-$c"
+    sleep 0.1
+    kill -s STOP "$(inst_pid A)"
+    mark "A frozen (SIGSTOP) holding the lock: nobody keeps its etcd lease alive"
+    claim B "$c" "fresh-$c"
+    kill -s CONT "$(inst_pid A)"
+    mark "A thawed (SIGCONT)"
+    wait_claims
+    for n in inst-A inst-B etcd0 etcd1 etcd2; do stop "$n"; done
+    timeline "$c"
+    rows "$c"
+    verify "$c" || { ok=0 why="$why; the invariant check failed: $VIOLATION"; }
+    case $(answer "frozen-$c") in "409 fenced" | "503 lease_lost") ;; *) ok=0 why="$why; the frozen A got $(answer "frozen-$c")" ;; esac
+    case $(answer "fresh-$c") in "201 claimed") ;; *) ok=0 why="$why; B got $(answer "fresh-$c")" ;; esac
+    [ "$(pgq "SELECT count(*) FROM claims WHERE coupon_id = '$c'")" = 5 ] || { ok=0 why="$why; not 5 claims"; }
+    verdict "$ok" "$([ "$ok" = 1 ] && echo "claims on etcd with fences rising in commit order; the holder frozen past its lease was refused ($(answer "frozen-$c")) and B's claim stands." || echo "${why#; }")"
 }
 
 # -------------------------------------------------------------- driver ----
