@@ -56,6 +56,17 @@ def fence_txt(v):
     return "none" if v in (None, "-1") else v
 
 
+def short_user(u, coupon):
+    """The tour names its users USER-COUPON (unique per coupon, readable
+    alone); the load generator names them uPID-TIME-I. Both shortened."""
+    if u is None:
+        return "?"
+    if coupon and u.endswith("-" + coupon):
+        return u[:-len(coupon) - 1]
+    m = re.match(r"^u\d+-\d+-(\d+)$", u)
+    return "u#" + m.group(1) if m else u
+
+
 class Story:
     """Renders events, remembering the highest fence committed per coupon,
     so that a write landing after a newer one is pointed out."""
@@ -81,7 +92,7 @@ class Story:
             # No lock, no fence: what the write read and wrote is the story.
             seq = self.seqs[f["claim"]]
             s = "%s wrote %s's claim: claimed := %d (it read %d)" % (
-                who, f.get("user"), seq, seq - 1)
+                who, short_user(f.get("user"), c), seq, seq - 1)
             first = self.seq_by.get((c, seq))
             if first is None:
                 self.seq_by[(c, seq)] = who
@@ -92,7 +103,7 @@ class Story:
         if ev == "claim.ok":
             fence = f.get("fence")
             s = "%s wrote %s's claim %s, fence %s: committed" % (
-                who, f.get("user"), f.get("claim"), fence_txt(fence))
+                who, short_user(f.get("user"), c), f.get("claim"), fence_txt(fence))
             try:
                 fv = int(fence)
             except (TypeError, ValueError):
@@ -105,11 +116,11 @@ class Story:
             return s
         if ev == "claim.fenced":
             return "%s's write refused: fence %s is not above %s (%s: 409 fenced)" % (
-                who, f.get("fence"), f.get("last_fence"), f.get("user"))
+                who, f.get("fence"), f.get("last_fence"), short_user(f.get("user"), c))
         if ev == "claim.lease_lost":
             return ("%s's commit refused by the gate: lease fence=%s no longer "
                     "valid by its own clock, rolled back (%s: 503 lease_lost)" % (
-                        who, f.get("fence"), f.get("user", "?")))
+                        who, f.get("fence"), short_user(f.get("user"), c)))
         if ev == "lease.lost":
             return "%s's watchdog: lease fence=%s lost (%s)" % (
                 who, f.get("fence"), f.get("reason"))
