@@ -960,6 +960,7 @@ cleanup() {
     local rc=$? f n
     trap - EXIT
     trap '' INT TERM
+    for f in $BG; do kill "$f" 2>/dev/null || true; done
     for f in "$TOUR_DIR"/pids/*.pid; do
         [ -e "$f" ] || continue
         n=${f##*/}
