@@ -154,10 +154,19 @@ stop() {
     kill -s "${2:-TERM}" "$pid" 2>/dev/null || true
     for i in $(seq 100); do
         proc_group_left "$f" || break
-        sleep 0.1
+        sleep 0.05
     done
     proc_kill_group "$f" KILL
     rm -f "$f"
+}
+
+# stops NAME...: the same for several at once (SIGTERM to all, then wait).
+stops() {
+    local n pid
+    for n in "$@"; do
+        if pid=$(proc_live "$(pidf "$n")"); then kill -s TERM "$pid" 2>/dev/null || true; fi
+    done
+    for n in "$@"; do stop "$n"; done
 }
 
 port_free() { [ -z "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
@@ -266,13 +275,25 @@ inst() {
         COUPON_REDIS_USERNAME= COUPON_REDIS_PASSWORD= \
         COUPON_ADMIN_TOKEN="$COUPON_ADMIN_TOKEN" COUPON_INSTANCE_ID="tour-$l" \
         "$@" "$bin" serve
-    for i in $(seq 150); do
-        [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$port/readyz")" = 200 ] && return 0
-        proc_live "$(pidf "inst-$l")" >/dev/null || break
-        sleep 0.1
+    PENDING="$PENDING $l"
+}
+
+# ready: wait until every instance started since the last call answers
+# /readyz (they start side by side). coupon and claim call it.
+PENDING=''
+ready() {
+    local l i port
+    for l in $PENDING; do
+        port=$(url "$l")
+        for i in $(seq 300); do
+            [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$port/readyz")" = 200 ] && continue 2
+            proc_live "$(pidf "inst-$l")" >/dev/null || break
+            sleep 0.05
+        done
+        tail -n 20 "$LOGS/inst-$l.log" >&2
+        fail "instance $l did not become ready"
     done
-    tail -n 20 "$LOGS/inst-$l.log" >&2
-    fail "instance $l did not become ready"
+    PENDING=''
 }
 
 url() { eval "printf '%s' \"\$URL_$1\""; }
@@ -281,6 +302,7 @@ inst_pid() { proc_live "$(pidf "inst-$1")"; }
 # coupon LETTER ID TOTAL: create a coupon through instance LETTER.
 coupon() {
     local code
+    ready
     code=$(curl -s -o "$LOGS/coupon-$2.json" -w '%{http_code}' -m 10 \
         -H "Authorization: Bearer $COUPON_ADMIN_TOKEN" -H 'Content-Type: application/json' \
         -d "{\"id\":\"$2\",\"total\":$3}" "$(url "$1")/coupons")
@@ -291,6 +313,7 @@ coupon() {
 # goes to the timeline and into ANSWER_<USER> ("201 claimed", "409 fenced").
 claim() {
     local l=$1 c=$2 u=$3 out code err
+    ready
     out=$LOGS/answer-$u.json
     code=$(curl -s -o "$out" -w '%{http_code} %{time_total}' -m 30 -H 'Content-Type: application/json' \
         -d "{\"coupon_id\":\"$c\",\"user_id\":\"$u\"}" "$(url "$l")/claim" || true)
@@ -368,8 +391,10 @@ demo_race() {
 stale_run() {
     need_stack
     proxy A
-    inst A "$1" COUPON_LOCK_TTL_MS=5000 COUPON_FAULT=after_acquire:1500 \
-        COUPON_BATCH_MAX=1 COUPON_REDIS_ADDRS="127.0.0.1:$PROXY_PORT"
+    # A's pause is long enough for B's whole claim to come first, even on
+    # a loaded machine, and well inside A's TTL and max hold.
+    inst A "$1" COUPON_LOCK_TTL_MS=5000 COUPON_FAULT=after_acquire:2500 \
+        COUPON_LOCK_MAX_HOLD_MS=12000 COUPON_BATCH_MAX=1 COUPON_REDIS_ADDRS="127.0.0.1:$PROXY_PORT"
     inst B "$COUPONSVC" COUPON_LOCK_TTL_MS=5000
     coupon B "$2" 10
     claim_bg A "$2" "stale-$2"
@@ -377,13 +402,11 @@ stale_run() {
     cut_off A
     mark "A's path to Redis black-holed: its watchdog hears nothing more"
     clock_jump 60000
-    mark "Redis's clock jumps 60 s forward: A's lock expires in Redis now; by A's own clock it has about 5 s left"
+    mark "Redis's clock jumps 60 s forward: A's lock expires in Redis now; by A's own clock it has most of its 5 s left"
     claim B "$2" "fresh-$2"
     wait_claims
     heal A
-    stop inst-A
-    stop inst-B
-    stop proxy-A
+    stops inst-A inst-B proxy-A
     A_ANS=$(answer "stale-$2") B_ANS=$(answer "fresh-$2")
 }
 
@@ -428,8 +451,7 @@ demo_stale() {
     mark "A thawed (SIGCONT), frozen past its TTL"
     kill -s CONT "$(inst_pid A)"
     wait_claims
-    stop inst-A
-    stop inst-B
+    stops inst-A inst-B
     timeline "$c3"
     rows "$c3"
     verify "$c3" || { ok=0 why="$why; the invariant check failed on $c3: $VIOLATION"; }
@@ -442,9 +464,15 @@ demo_stale() {
 oversell_run() {
     need_stack
     proxy A
-    inst A "$1" COUPON_LOCK_TTL_MS=5000 COUPON_FAULT=after_check:1500 \
+    # A pauses inside its transaction (holding the row lock, in the real
+    # build) and B's transaction may wait that long for the row: both get
+    # statement and transaction bounds above the pause.
+    local pg="COUPON_PG_STATEMENT_TIMEOUT_MS=5000 COUPON_PG_TX_DEADLINE_MS=10000 COUPON_LOCK_MAX_HOLD_MS=12000"
+    # shellcheck disable=SC2086 # one word per setting
+    inst A "$1" COUPON_LOCK_TTL_MS=5000 COUPON_FAULT=after_check:2500 $pg \
         COUPON_BATCH_MAX=1 COUPON_REDIS_ADDRS="127.0.0.1:$PROXY_PORT"
-    inst B "$1" COUPON_LOCK_TTL_MS=5000 COUPON_BATCH_MAX=1
+    # shellcheck disable=SC2086
+    inst B "$1" COUPON_LOCK_TTL_MS=5000 COUPON_BATCH_MAX=1 $pg
     coupon B "$2" 2
     claim B "$2" "first-$2"
     claim_bg A "$2" "stale-$2"
@@ -457,9 +485,7 @@ oversell_run() {
     claim B "$2" "fresh-$2"
     wait_claims
     heal A
-    stop inst-A
-    stop inst-B
-    stop proxy-A
+    stops inst-A inst-B proxy-A
 }
 
 demo_oversell() {
@@ -506,8 +532,7 @@ demo_kill() {
     p2=$(tredis PTTL "coupon:{$c}:lock")
     mark "PTTL $p2 ms: nobody renews it now; B waits"
     wait_claims
-    stop inst-A
-    stop inst-B
+    stops inst-A inst-B
     timeline "$c"
     rows "$c"
     verify "$c" || { ok=0 why="$why; the invariant check failed: $VIOLATION"; }
@@ -537,8 +562,7 @@ demo_flush() {
     claim A "$c" "u5-$c"
     claim B "$c" "u6-$c"
     rec=$(($(metric A couponsvc_fence_counter_recoveries_total) + $(metric B couponsvc_fence_counter_recoveries_total)))
-    stop inst-A
-    stop inst-B
+    stops inst-A inst-B
     timeline "$c"
     rows "$c"
     verify "$c" || { ok=0 why="$why; the invariant check failed: $VIOLATION"; }
@@ -566,7 +590,7 @@ demo_redis_down() {
     mark "Redis started again (empty)"
     sleep 0.3
     claim A "$c" "after-$c"
-    stop inst-A
+    stops inst-A
     timeline "$c"
     rows "$c"
     verify "$c" || { ok=0 why="$why; the invariant check failed: $VIOLATION"; }
@@ -606,8 +630,7 @@ degraded_run() {
     wait_claims
     tredis_start
     mark "Redis started again"
-    stop inst-C
-    stop inst-D
+    stops inst-C inst-D
     timeline "$c"
     rows "$c"
     verify "$c" || DEGRADED_WHY="$DEGRADED_WHY; the invariant check failed on $c: $VIOLATION"
@@ -632,8 +655,7 @@ demo_clock() {
     mark "Redis's clock jumps 60 s forward: the lock expires in Redis now"
     claim B "$c" "fresh-$c"
     wait_claims
-    stop inst-A
-    stop inst-B
+    stops inst-A inst-B
     timeline "$c"
     rows "$c"
     verify "$c" || { ok=0 why="$why; the invariant check failed: $VIOLATION"; }
@@ -664,9 +686,7 @@ demo_partition() {
     mark "the path heals"
     sleep 0.3
     claim A "$c" "healed-$c"
-    stop inst-A
-    stop inst-B
-    stop proxy-A
+    stops inst-A inst-B proxy-A
     timeline "$c"
     rows "$c"
     verify "$c" || { ok=0 why="$why; the invariant check failed: $VIOLATION"; }
@@ -839,7 +859,7 @@ demo_failover() {
     mark "the sentinels name the replica the master, $took ms later"
     claim B "$c" "b-$c"
     wait_claims
-    for n in inst-A inst-B sentinel1 sentinel2 sentinel3 redis-replica proxy-repl proxy-asks; do stop "$n"; done
+    stops inst-A inst-B sentinel1 sentinel2 sentinel3 redis-replica proxy-repl proxy-asks
     timeline "$c"
     rows "$c"
     verify "$c" || { ok=0 why="$why; the invariant check failed on $c: $VIOLATION"; }
@@ -871,7 +891,7 @@ demo_failover() {
     mark "one of the three masters killed (SIGKILL) while A holds the lock; B asks for it"
     claim B "$c2" "b-$c2"
     wait_claims
-    for n in inst-A inst-B redlock2 redlock3; do stop "$n"; done
+    stops inst-A inst-B redlock2 redlock3
     timeline "$c2"
     rows "$c2"
     verify "$c2" || { ok=0 why="$why; the invariant check failed on $c2: $VIOLATION"; }
@@ -944,7 +964,7 @@ demo_etcd() {
     kill -s CONT "$(inst_pid A)"
     mark "A thawed (SIGCONT)"
     wait_claims
-    for n in inst-A inst-B etcd0 etcd1 etcd2; do stop "$n"; done
+    stops inst-A inst-B etcd0 etcd1 etcd2
     timeline "$c"
     rows "$c"
     verify "$c" || { ok=0 why="$why; the invariant check failed: $VIOLATION"; }
