@@ -723,8 +723,12 @@ EOF
 }
 
 demo_contention() {
+    # The batch bound the replicas run with by default, from --help.
+    local bmax
+    bmax=$("$COUPONSVC" --help 2>&1 | sed -n '/^  COUPON_BATCH_MAX /{n;s/.*\[\([0-9]*\)\]$/\1/p;}')
+    bmax=${bmax:-32}
     intro contention "contention: how waiting, combining and buckets pay" \
-        "One hot coupon, 64 connections through nginx to 3 replicas, 3 s per run, every claim a new user: first each claim on its own lease, waiting by polling and then on pub/sub (Redis commands per claim), then one lease carrying a batch of up to 32 claims (claims/s), then the coupon split into 8 buckets. Every run ends with the invariant check in PostgreSQL; the figures are printed, never asserted."
+        "One hot coupon, 64 connections through nginx to 3 replicas, 3 s per run, every claim a new user: first each claim on its own lease, waiting by polling and then on pub/sub (Redis commands per claim), then one lease carrying a batch of up to $bmax claims (claims/s), then the coupon split into 8 buckets. Every run ends with the invariant check in PostgreSQL; the figures are printed, never asserted."
     need_stack
     local ok=1 why=''
     : >"$LOGS/contention.txt"
@@ -734,14 +738,14 @@ demo_contention() {
     say "rolling restart: COUPON_BATCH_MAX=1 (pub/sub waiting)"
     COUPON_BATCH_MAX=1 bash "$ROOT/deploy/stack.sh" restart-app >"$LOGS/restart.log" 2>&1 || fail "restart-app failed"
     load_row "batch1-pubsub" "hot-b1-$RUN" "" || { ok=0 why="$why; batch1-pubsub"; }
-    say "rolling restart: the defaults (pub/sub, COUPON_BATCH_MAX=32)"
+    say "rolling restart: the defaults (pub/sub, COUPON_BATCH_MAX=$bmax)"
     bash "$ROOT/deploy/stack.sh" restart-app >"$LOGS/restart.log" 2>&1 || fail "restart-app failed"
-    load_row "batch32-pubsub" "hot-b32-$RUN" "" || { ok=0 why="$why; batch32-pubsub"; }
-    load_row "batch32-8-buckets" "hot-bk-$RUN" 8 || { ok=0 why="$why; batch32-8-buckets"; }
+    load_row "batch$bmax-pubsub" "hot-batch-$RUN" "" || { ok=0 why="$why; batch$bmax-pubsub"; }
+    load_row "batch$bmax-8-buckets" "hot-bk-$RUN" 8 || { ok=0 why="$why; batch$bmax-8-buckets"; }
     echo "  one claim per lease (pub/sub waiting), a slice 1 s into the run:"
     T0=$(cat "$LOGS/t-batch1-pubsub") timeline "hot-b1-$RUN" --head 6 --from "$(cat "$LOGS/t1-batch1-pubsub")"
     echo "  a batch per lease, a slice 1 s into the run:"
-    T0=$(cat "$LOGS/t-batch32-pubsub") timeline "hot-b32-$RUN" --head 6 --from "$(cat "$LOGS/t1-batch32-pubsub")"
+    T0=$(cat "$LOGS/t-batch$bmax-pubsub") timeline "hot-batch-$RUN" --head 6 --from "$(cat "$LOGS/t1-batch$bmax-pubsub")"
     echo
     printf '  %-22s %9s %12s %8s  %s\n' run "claims/s" "redis/claim" "p99 ms" "PostgreSQL check"
     sed 's/^/  /' "$LOGS/contention.txt"
@@ -848,9 +852,9 @@ demo_failover() {
     done
     kill -s USR1 "$(proc_live "$(pidf proxy-asks)")"
     mark "A holds the lock on the master (fence counter there: $(rc "$m" GET "coupon:{$c}:fence"), on the replica: $(rc "$r" GET "coupon:{$c}:fence"), lock on the replica: $(rc "$r" EXISTS "coupon:{$c}:lock")); A's path to the sentinels goes dark"
-    stop redis-master KILL
-    t_kill=$(date +%s%N)
     mark "the master killed (SIGKILL)"
+    t_kill=$(date +%s%N)
+    stop redis-master KILL
     for i in $(seq 200); do
         [ "$(sentinel_master)" = "$r" ] && break
         sleep 0.05
@@ -887,8 +891,8 @@ demo_failover() {
         [ "$(rc $((TOUR_REDIS_PORT + 6)) EXISTS "coupon:{$c2}:lock")" = 1 ] && break
         sleep 0.02
     done
-    stop redlock1 KILL
     mark "one of the three masters killed (SIGKILL) while A holds the lock; B asks for it"
+    stop redlock1 KILL
     claim B "$c2" "b-$c2"
     wait_claims
     stops inst-A inst-B redlock2 redlock3
