@@ -863,6 +863,9 @@ demo_failover() {
     mark "the sentinels name the replica the master, $took ms later"
     claim B "$c" "b-$c"
     wait_claims
+    kill -s USR2 "$(proc_live "$(pidf proxy-asks)")"
+    mark "A's path to the sentinels heals"
+    claim A "$c" "a-again-$c"
     stops inst-A inst-B sentinel1 sentinel2 sentinel3 redis-replica proxy-repl proxy-asks
     timeline "$c"
     rows "$c"
@@ -877,6 +880,7 @@ demo_failover() {
     "409 fenced 201 claimed" | "201 claimed 201 claimed") ;;
     *) ok=0 why="$why; A got $(answer "a-$c"), B $(answer "b-$c")" ;;
     esac
+    case $(answer "a-again-$c") in "201 claimed") ;; *) ok=0 why="$why; A, healed, got $(answer "a-again-$c")" ;; esac
 
     part "2. Redlock: three independent masters, one of them killed while A holds the lock"
     local addrs="127.0.0.1:$((TOUR_REDIS_PORT + 6)),127.0.0.1:$((TOUR_REDIS_PORT + 7)),127.0.0.1:$((TOUR_REDIS_PORT + 8))"
@@ -908,7 +912,7 @@ demo_failover() {
     esac
     [ "$(pgq "SELECT string_agg(user_id, ',' ORDER BY seq) FROM claims WHERE coupon_id = '$c2'")" = "warm-$c2,a-$c2,b-$c2" ] ||
         { ok=0 why="$why; under Redlock B did not wait for A"; }
-    verdict "$ok" "$([ "$ok" = 1 ] && echo "after the Sentinel failover fence 4 was granted twice, to two holders at once, and PostgreSQL holds one claim with it ($(answer "a-$c"), $(answer "b-$c") for A, B); under Redlock the dead master made no second holder: B waited for A's release, every fence granted once." || echo "${why#; }")"
+    verdict "$ok" "$([ "$ok" = 1 ] && echo "after the Sentinel failover fence 4 was granted twice, to two holders at once, and PostgreSQL holds one claim with it ($(answer "a-$c"), $(answer "b-$c") for A, B), and A, healed, followed the failover and claimed again; under Redlock the dead master made no second holder: B waited for A's release, every fence granted once." || echo "${why#; }")"
 }
 
 # etcd: three members on the tour's ports, data in TOUR_DIR/etcd.
