@@ -10,8 +10,8 @@
 #include <time.h>
 
 static const char *const fault__names[FAULT__COUNT] = {
-    "after_acquire", "before_commit",       "after_commit",
-    "after_check",   "abort_before_commit", "before_subscribe"};
+    "after_acquire",       "before_commit",    "after_commit",    "after_check",
+    "abort_before_commit", "before_subscribe", "before_writeback"};
 
 /* Written once at start, read by every worker afterwards. */
 static uint32_t fault__ms[FAULT__COUNT];
@@ -63,8 +63,9 @@ int fault_parse(const char *spec, char *errstr, size_t errlen) {
                 snprintf(errstr, errlen,
                          "COUPON_FAULT: '%s' is not <point>:<ms> with point "
                          "after_acquire, after_check, before_commit, "
-                         "after_commit, abort_before_commit or "
-                         "before_subscribe and ms <= 600000",
+                         "after_commit, abort_before_commit, "
+                         "before_subscribe or before_writeback and ms <= "
+                         "600000",
                          tok);
                 return -1;
             }

@@ -15,6 +15,9 @@
  *   before_subscribe  a lock waiter whose first attempt was refused, before
  *                   it subscribes to the release channel: a release then
  *                   falls between the refusal and the subscription
+ *   before_writeback  Redlock: a majority granted, the fence drawn, its
+ *                   write-back not yet sent (the lease is not usable yet):
+ *                   the moment a node can lose our key to another client
  *
  * One point is not a pause: abort_before_commit (any ms above 0 turns it
  * on) makes the store run a failing statement right before COMMIT and
@@ -36,6 +39,7 @@ typedef enum fault_point {
     FAULT_AFTER_CHECK,
     FAULT_ABORT_BEFORE_COMMIT, /* not a pause: see the top */
     FAULT_BEFORE_SUBSCRIBE,    /* a lock waiter, first attempt refused */
+    FAULT_BEFORE_WRITEBACK,    /* Redlock: granted, write-back not sent */
     FAULT__COUNT,
 } fault_point_t;
 

@@ -70,7 +70,8 @@ int lock_init(const cfg_t *cfg, char *err, size_t errlen) {
     if (be->init(cfg, err, errlen) != 0) {
         return -1;
     }
-    lock_wait_config(cfg);
+    /* One subscriber per node the backend writes to. */
+    lock_wait_config(cfg, be == &lock_redlock_backend ? cfg->nredis : 1);
     lock__be = be;
     return 0;
 }

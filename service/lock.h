@@ -83,7 +83,7 @@ typedef struct lock_lease {
     atomic_int lost;                /* renewal refused, or TTL ran out */
 
     /* The watchdog's list links and state (wd.c); only touched under the
-     * watchdog's mutex. wd_state holds a wd__state_t. */
+     * watchdog's mutex. wd_state holds a wd_state_t (wd.h). */
     struct lock_lease *wd_prev, *wd_next;
     int wd_state;
     int64_t wd_hold_until_ns; /* boot clock: no renewal from then on */

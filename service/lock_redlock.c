@@ -17,9 +17,11 @@
  * Why fences stay monotonic, with no timing assumption. Let lease A become
  * usable with fence F: a majority S_A of nodes answered "raised while held",
  * so on each node X in S_A the counter reached F at a moment when A's key
- * was still on X. Let lease B be granted later, by a majority S_B. S_A and
- * S_B share a node X (two majorities of N always intersect). B's SET NX on X
- * succeeded, so A's key was gone from X by then (released, or expired); it
+ * was still on X. Let lease B be granted later, by a majority S_B: any
+ * lease acquired after A became usable, and any other whose grant on the
+ * shared node below came after A's there. S_A and S_B share a node X (two
+ * majorities of N always intersect). B's SET NX on X succeeded after A's,
+ * so A's key was gone from X by then (released, or expired); it
  * was there when A's raise ran (the script checked it, atomically), so the
  * raise came first, and B's INCR on X (in the same script as its SET NX)
  * drew at least F + 1. B's fence is the maximum over S_B, so it is above F.
@@ -78,6 +80,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "fault.h"
 #include "lock_backend.h"
 #include "lock_scripts.h"
 #include "log.h"
@@ -93,6 +96,11 @@
 #endif
 
 #define LOCK_REDLOCK__MAXARGS 8
+
+/* How long a round that awaits no replies (a release) waits for nodes
+ * still connecting once the rest is written out: far above a connect on a
+ * LAN, far below the timeout a node dropping SYNs would cost. */
+#define LOCK_REDLOCK__CONNECT_GRACE_NS (10 * MONO_MS)
 
 /* ---------------------------------------------------------- arithmetic --- */
 
@@ -275,6 +283,9 @@ static void lock_redlock__begin(lock_redlock__client_t *cl,
                                 lock_redlock__node_t *nd,
                                 const lock_redlock__cmd_t *cmds, int ncmd,
                                 int want_replies) {
+    /* First what earlier rounds left: a failure there drops the
+     * connection, and this round starts on a fresh one. */
+    lock_redlock__settle(cl, nd);
     nd->err = LOCK_ENONE;
     nd->errstr[0] = '\0';
     nd->active = 1;
@@ -282,7 +293,6 @@ static void lock_redlock__begin(lock_redlock__client_t *cl,
     nd->ncmd = ncmd;
     nd->got = 0;
     nd->rep = NULL;
-    lock_redlock__settle(cl, nd);
     if (want_replies &&
         (nd->rep = calloc((size_t)ncmd, sizeof(*nd->rep))) == NULL) {
         lock_redlock__node_fail(nd, LOCK_ESYS, "out of memory");
@@ -363,10 +373,11 @@ static void lock_redlock__step(lock_redlock__node_t *nd, short revents) {
  * replies are owed, read by a later round). judge (may be NULL, only with
  * ncmd == 1): the round ends as soon as the yes answers make a majority or
  * the no answers make one impossible; a node still behind then owes its
- * replies. Afterwards nd->err and nd->rep[] say what each node did; an
- * error reply that says the node cannot serve (READONLY, LOADING,
- * MASTERDOWN) or refuses our credentials fails the node like a connection
- * error. Call lock_redlock__round_end after reading the replies.
+ * replies. A round without replies ends once written out to a majority
+ * when the others are still connecting. Afterwards nd->err and nd->rep[] say
+ * what each node did; an error reply that says the node cannot serve (READONLY,
+ * LOADING, MASTERDOWN) or refuses our credentials fails the node like a
+ * connection error. Call lock_redlock__round_end after reading the replies.
  */
 static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
                                 const lock_redlock__cmd_t *cmds, int ncmd,
@@ -384,11 +395,15 @@ static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
         }
     }
     int m = lock_redlock_majority(cl->n);
+    int64_t grace_end = mono_ns() + LOCK_REDLOCK__CONNECT_GRACE_NS;
     for (;;) {
         struct pollfd pf[LOCK_MAX_NODES];
-        int idx[LOCK_MAX_NODES], k = 0, yes = 0, no = 0;
+        int idx[LOCK_MAX_NODES], k = 0, yes = 0, no = 0, written = 0;
+        int connecting = 0;
         for (int i = 0; i < cl->n; i++) {
             lock_redlock__node_t *nd = &cl->node[i];
+            written += nd->active && nd->written;
+            connecting += nd->active && nd->connecting;
             if (judge != NULL && nd->rep != NULL && nd->got == 1) {
                 int v = judge(nd->rep[0], jarg);
                 yes += v == 1;
@@ -413,10 +428,27 @@ static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
         if (judge != NULL && (yes >= m || no > cl->n - m)) {
             break; /* decided */
         }
+        int64_t now = mono_ns();
+        int only_connecting = !want_replies && k > 0 && connecting == k;
+        if (only_connecting && (written >= m || now >= grace_end)) {
+            /* What is left is still connecting: a node cut off drops our
+             * SYNs and would hold every release for the whole timeout.
+             * Its output goes out with the next round on this client. */
+            break;
+        }
         if (k == 0) {
             break;
         }
-        int64_t left = deadline_ns - mono_ns();
+        int64_t left = deadline_ns - now;
+        if (only_connecting && grace_end - now < left) {
+            left = grace_end - now; /* wake up for the grace's end */
+            if (left <= 0) {
+                left = 1;
+            }
+        }
+        if (deadline_ns - now <= 0) {
+            left = 0;
+        }
         if (left <= 0) {
             for (int j = 0; j < k; j++) {
                 lock_redlock__node_fail(&cl->node[idx[j]], LOCK_EIO,
@@ -521,6 +553,26 @@ static int lock_redlock__judge_one(const redisReply *r, const void *arg) {
     return r->integer == 1 ? 1 : 0;
 }
 
+/* A status reply (PONG): yes. */
+static int lock_redlock__judge_status(const redisReply *r, const void *arg) {
+    (void)arg;
+    return r->type == REDIS_REPLY_STATUS ? 1 : -1;
+}
+
+/* Any integer (the counter after a raise): yes. */
+static int lock_redlock__judge_int(const redisReply *r, const void *arg) {
+    (void)arg;
+    return r->type == REDIS_REPLY_INTEGER ? 1 : -1;
+}
+
+/* GET of the lock key: our token (arg) yes, another value or none no. */
+static int lock_redlock__judge_held(const redisReply *r, const void *arg) {
+    if (r->type == REDIS_REPLY_STRING) {
+        return strcmp(r->str, (const char *)arg) == 0 ? 1 : 0;
+    }
+    return r->type == REDIS_REPLY_NIL ? 0 : -1;
+}
+
 /* ACQUIRE's {1, fence}: yes; {0, pttl}: no. */
 static int lock_redlock__judge_acquire(const redisReply *r, const void *arg) {
     (void)arg;
@@ -534,16 +586,21 @@ static int lock_redlock__judge_acquire(const redisReply *r, const void *arg) {
 
 /* ------------------------------------------------------------- release --- */
 
-/* RELEASE on every node in mask, written out at once, replies not awaited
- * (they are read and dropped by the next round). Returns the number of
- * nodes it was written out to. */
+/* RELEASE (announce 1) or UNDO (0) on every node in mask, written out at
+ * once, replies not awaited (they are read and dropped by the next round).
+ * Returns the number of nodes it was written out to. */
 static int lock_redlock__release_mask(lock_redlock__client_t *cl,
-                                      const lock_lease_t *lease,
-                                      uint32_t mask) {
+                                      const lock_lease_t *lease, uint32_t mask,
+                                      int announce) {
     lock_redlock__cmd_t c = {.argc = 6,
                              .argv = {"EVAL", LOCK_SCRIPT_RELEASE, "1",
                                       lease->key, lease->token,
                                       lease->channel}};
+    if (!announce) {
+        c = (lock_redlock__cmd_t){
+            .argc = 5,
+            .argv = {"EVAL", LOCK_SCRIPT_UNDO, "1", lease->key, lease->token}};
+    }
     lock_redlock__round(cl, mask, &c, 1, 0, lock_redlock__deadline(cl), NULL,
                         NULL);
     int written = 0;
@@ -557,7 +614,8 @@ static int lock_redlock__release_mask(lock_redlock__client_t *cl,
 static int lock_redlock__release(lock_client_t *base,
                                  const lock_lease_t *lease) {
     lock_redlock__client_t *cl = (lock_redlock__client_t *)base;
-    int written = lock_redlock__release_mask(cl, lease, lock_redlock__all(cl));
+    int written =
+        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl), 1);
     if (written < lock_redlock_majority(cl->n)) {
         return lock_redlock__fail(cl, "release not sent", written);
     }
@@ -584,13 +642,14 @@ static int lock_redlock__write_back(lock_redlock__client_t *cl,
     }
     return yes;
 #elif defined(COUPONSVC_UNSAFE_REDLOCK_WRITEBACK_NO_TOKEN)
-    /* Broken on purpose: raise on any majority, holding or not. */
+    /* Broken on purpose: raise on every node, holding or not, and take
+     * the first majority that answers. */
     (void)granted;
     lock_redlock__cmd_t c = {.argc = 5,
                              .argv = {"EVAL", LOCK_SCRIPT_RAISE_FENCE, "1",
                                       lease->fence_key, fence}};
-    lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1, deadline_ns, NULL,
-                        NULL);
+    lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1, deadline_ns,
+                        lock_redlock__judge_int, NULL);
     int yes = 0;
     for (int i = 0; i < cl->n; i++) {
         const lock_redlock__node_t *nd = &cl->node[i];
@@ -676,18 +735,23 @@ static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
     if (verdict != LOCK_OK) {
         /* Every node that may hold it, at once: the granting ones and the
          * silent ones (a reply that did not come may be a grant). A node
-         * that answered "busy" holds somebody else's token. */
+         * that answered "busy" holds somebody else's token. UNDO, not
+         * RELEASE: no announcement (lock_scripts.h says why). */
         if (verdict == LOCK_ERR) {
             lock_redlock__fail(cl, "acquire", yes + no);
         }
         lock_redlock__round_end(cl);
-        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl) & ~refused);
+        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl) & ~refused,
+                                   0);
         *holder_pttl_ms = pttl;
         return verdict;
     }
     lock_redlock__round_end(cl);
     lease->fence = fence;
     lease->u.redlock.granted = granted;
+    /* Tests only: a pause here counts against the validity like any delay
+     * (the fault tests' way into the write-back's race). */
+    fault_pause(FAULT_BEFORE_WRITEBACK);
 
     /* The write-back ends within the timeout, and never after the lease's
      * validity would have run out anyway. */
@@ -711,7 +775,7 @@ static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
                              lease->ttl_ms);
             wb = LOCK_ERR;
         }
-        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl));
+        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl), 1);
         *holder_pttl_ms = 0; /* our own grant went away: try again soon */
         return wb;
     }
@@ -789,7 +853,8 @@ static int lock_redlock__check(lock_client_t *base, const lock_lease_t *lease) {
     lock_redlock__client_t *cl = (lock_redlock__client_t *)base;
     lock_redlock__cmd_t c = {.argc = 2, .argv = {"GET", lease->key}};
     lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1,
-                        lock_redlock__deadline(cl), NULL, NULL);
+                        lock_redlock__deadline(cl), lock_redlock__judge_held,
+                        lease->token);
     int yes = 0, no = 0;
     for (int i = 0; i < cl->n; i++) {
         const lock_redlock__node_t *nd = &cl->node[i];
@@ -822,7 +887,8 @@ static int lock_redlock__raise_fence(lock_client_t *base, const char *resource,
     lock_redlock__cmd_t c = {
         .argc = 5, .argv = {"EVAL", LOCK_SCRIPT_RAISE_FENCE, "1", key, fl}};
     lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1,
-                        lock_redlock__deadline(cl), NULL, NULL);
+                        lock_redlock__deadline(cl), lock_redlock__judge_int,
+                        NULL);
     int yes = 0;
     int64_t low = INT64_MAX;
     for (int i = 0; i < cl->n; i++) {
@@ -851,7 +917,8 @@ static int lock_redlock__ping(lock_client_t *base) {
     lock_redlock__client_t *cl = (lock_redlock__client_t *)base;
     lock_redlock__cmd_t c = {.argc = 1, .argv = {"PING"}};
     lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1,
-                        lock_redlock__deadline(cl), NULL, NULL);
+                        lock_redlock__deadline(cl), lock_redlock__judge_status,
+                        NULL);
     int yes = 0;
     for (int i = 0; i < cl->n; i++) {
         const lock_redlock__node_t *nd = &cl->node[i];
@@ -893,21 +960,28 @@ static void lock_redlock__client_free(lock_client_t *base) {
 
 /* ------------------------------------------------------------ start-up --- */
 
-/* host:port as one numeric address (the first the resolver gives), so that
- * "localhost:6379" and "127.0.0.1:6379" are seen as one. */
+/* host:port as one numeric address, the one hiredis connects to (the
+ * first IPv4 address, else the first IPv6 one), so that "localhost:6379"
+ * and "127.0.0.1:6379" are seen as one. */
 static void lock_redlock__canon(const cfg_addr_t *a, char *out, size_t outlen) {
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+    static const int families[] = {AF_INET, AF_INET6};
     char host[NI_MAXHOST];
-    if (getaddrinfo(a->host, NULL, &hints, &res) == 0 && res != NULL &&
-        getnameinfo(res->ai_addr, res->ai_addrlen, host, sizeof(host), NULL, 0,
-                    NI_NUMERICHOST) == 0) {
-        snprintf(out, outlen, "%s:%u", host, a->port);
-    } else {
-        snprintf(out, outlen, "%s:%u", a->host, a->port);
+    for (size_t f = 0; f < sizeof(families) / sizeof(families[0]); f++) {
+        struct addrinfo hints = {.ai_family = families[f],
+                                 .ai_socktype = SOCK_STREAM},
+                        *res = NULL;
+        int ok = getaddrinfo(a->host, NULL, &hints, &res) == 0 && res != NULL &&
+                 getnameinfo(res->ai_addr, res->ai_addrlen, host, sizeof(host),
+                             NULL, 0, NI_NUMERICHOST) == 0;
+        if (res != NULL) {
+            freeaddrinfo(res);
+        }
+        if (ok) {
+            snprintf(out, outlen, "%s:%u", host, a->port);
+            return;
+        }
     }
-    if (res != NULL) {
-        freeaddrinfo(res);
-    }
+    snprintf(out, outlen, "%s:%u", a->host, a->port);
 }
 
 /* The value of field in an INFO reply ("run_id:..."), into out. */

@@ -118,6 +118,24 @@
     "return cur\n"
 
 /*
+ * UNDO (Redlock only). KEYS[1] lock; ARGV[1] token. Returns 1 when it
+ * deleted our key, 0 when the key was not ours.
+ *
+ * RELEASE without the announcement, for an acquire that failed to get a
+ * majority (or its write-back) and takes back what it got on some nodes.
+ * Compare-and-delete for the same reason as RELEASE. No PUBLISH: a partial
+ * grant never was a lock, and announcing its end would wake a waiter to
+ * take the node just freed while the real holder still holds a majority;
+ * that waiter's attempt fails too and its undo would wake the next one, a
+ * storm for as long as the holder holds the lock.
+ */
+#define LOCK_SCRIPT_UNDO                                                       \
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"                          \
+    "  return redis.call('DEL', KEYS[1])\n"                                    \
+    "end\n"                                                                    \
+    "return 0\n"
+
+/*
  * WRITE-BACK (Redlock only). KEYS[1] lock, KEYS[2] fence; ARGV[1] token,
  * ARGV[2] the fence granted (the highest any granting node drew).
  * Returns 1 when the lock still held our token and the counter is now at

@@ -1,10 +1,11 @@
 /*
  * lock_wait.c: waiting for a busy lock without spinning.
  *
- * How waiters wake. One subscriber thread per process holds one Redis
- * connection (one node today) and is subscribed to coupon:{R}:released for
- * exactly the resources R that have waiters in this process; when the last
- * waiter of R leaves it unsubscribes. Every release script PUBLISHes on that
+ * How waiters wake. One subscriber thread per Redis node (one in all with a
+ * single node, N under Redlock) holds one connection to its node and is
+ * subscribed to coupon:{R}:released for exactly the resources R that have
+ * waiters in this process; when the last waiter of R leaves it
+ * unsubscribes. Every release script PUBLISHes on that
  * channel in the same atomic step as its DEL. The waiters of R form a FIFO
  * queue; each release message wakes ONE of them, the oldest not yet woken
  * (no herd: the others stay asleep, since only one can win anyway). A new
@@ -21,6 +22,17 @@
  * no release is lost in the gap, and no wake is lost either: a wake that
  * arrives while the waiter is trying is kept in the waiter and its next
  * sleep returns at once.
+ *
+ * Under Redlock a release deletes the key on (at least) a majority of the
+ * nodes, and each of them announces it. A resource counts as subscribed
+ * once a majority of the nodes confirmed: then any release, announced by a
+ * majority, reaches at least one of our subscriptions (two majorities
+ * share a node). The announcement carries the released token, and the
+ * resource remembers the last LOCK_WAIT__NSEEN tokens announced: the
+ * copies of one release from the other nodes are dropped, so a release
+ * still wakes one waiter, not one per node. When a node's subscription
+ * comes (back) while fewer than a majority were confirmed, releases may
+ * have gone by unheard, so the waiters already queued are woken once.
  *
  * What cannot be lost. A waiter woken that leaves without the lock (its
  * deadline passed before it could try, or its attempt failed on an error)
@@ -73,6 +85,7 @@
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,6 +102,7 @@
 #define LOCK_WAIT__NBUCKETS 64
 #define LOCK_WAIT__NFAIR 256
 #define LOCK_WAIT__RETRY_NS (100 * MONO_MS) /* between subscriber connects */
+#define LOCK_WAIT__NSEEN 8 /* release tokens remembered per resource */
 
 typedef enum lock_wait__state {
     LOCK_WAIT__NONE = 0, /* not subscribed, nothing asked */
@@ -102,7 +116,9 @@ typedef struct lock_wait__res {
     char channel[LOCK_KEY_MAX];   /* coupon:{R}:released */
     lock_waiter_t *head, *tail;   /* FIFO, oldest first */
     int nwaiters;
-    lock_wait__state_t state;
+    lock_wait__state_t state[LOCK_MAX_NODES];        /* per node */
+    char seen[LOCK_WAIT__NSEEN][LOCK_TOKEN_HEX + 1]; /* last tokens heard */
+    int seen_next;                                   /* ring position */
 } lock_wait__res_t;
 
 typedef struct lock_wait__fair {
@@ -116,22 +132,25 @@ static struct {
     pthread_mutex_t mu;
     int configured, poll;
     int64_t recheck_ns;
-    cfg_addr_t addr;
+    int nnodes, majority; /* the nodes, and how many make a majority */
+    cfg_addr_t addr[LOCK_MAX_NODES];
     uint32_t timeout_ms;
     const char *username, *password;
 
-    int started;  /* the subscriber thread runs */
-    int stopping; /* lock_wait_shutdown: the thread must end */
-    pthread_t thread;
-    int up;         /* its connection is open and authenticated */
-    int wake_fd[2]; /* waiters -> subscriber: "look at the table" */
+    int started;  /* the subscriber threads run */
+    int stopping; /* lock_wait_shutdown: the threads must end */
+    pthread_t thread[LOCK_MAX_NODES];
+    int up[LOCK_MAX_NODES]; /* node's connection open and authenticated */
+    int wake_fd[LOCK_MAX_NODES][2]; /* waiters -> subscriber i: "look at
+                                       the table" */
     lock_wait__res_t *buckets[LOCK_WAIT__NBUCKETS];
     lock_wait__fair_t fair[LOCK_WAIT__NFAIR];
     pthread_cond_t handoff; /* broadcast on each release message */
 } lock_wait__g = {.mu = PTHREAD_MUTEX_INITIALIZER,
                   .username = "",
                   .password = "",
-                  .wake_fd = {-1, -1}};
+                  .nnodes = 1,
+                  .majority = 1};
 
 /* FNV-1a, never 0 (0 marks an unused hint slot). */
 static uint64_t lock_wait__hash(const char *s) {
@@ -155,12 +174,50 @@ static lock_wait__res_t *lock_wait__find(const char *channel, uint64_t h) {
     return r;
 }
 
-/* Tells the subscriber thread to look at the table again. A full pipe
+/* Tells every subscriber thread to look at the table again. A full pipe
  * already carries a wake, so EAGAIN is fine. */
 static void lock_wait__kick(void) {
     char b = 1;
-    ssize_t n = write(lock_wait__g.wake_fd[1], &b, 1);
-    (void)n;
+    for (int i = 0; i < lock_wait__g.nnodes; i++) {
+        ssize_t n = write(lock_wait__g.wake_fd[i][1], &b, 1);
+        (void)n;
+    }
+}
+
+/* Under the mutex: 1 when r is subscribed on a majority of the nodes, so
+ * that every release reaches us. */
+static int lock_wait__subscribed(const lock_wait__res_t *r) {
+    int n = 0;
+    for (int i = 0; i < lock_wait__g.nnodes; i++) {
+        n += r->state[i] == LOCK_WAIT__SUBSCRIBED;
+    }
+    return n >= lock_wait__g.majority;
+}
+
+/* Under the mutex: 1 when a majority of the subscribers are connected. */
+static int lock_wait__up(void) {
+    int n = 0;
+    for (int i = 0; i < lock_wait__g.nnodes; i++) {
+        n += lock_wait__g.up[i];
+    }
+    return n >= lock_wait__g.majority;
+}
+
+/* Under the mutex: 1 when token was announced for r before (another
+ * node's copy of the same release); otherwise remembers it. With one node
+ * every message counts. */
+static int lock_wait__seen(lock_wait__res_t *r, const char *token) {
+    if (lock_wait__g.nnodes == 1) {
+        return 0;
+    }
+    for (int i = 0; i < LOCK_WAIT__NSEEN; i++) {
+        if (strcmp(r->seen[i], token) == 0) {
+            return 1;
+        }
+    }
+    snprintf(r->seen[r->seen_next], sizeof(r->seen[0]), "%s", token);
+    r->seen_next = (r->seen_next + 1) % LOCK_WAIT__NSEEN;
+    return 0;
 }
 
 /* A condition timed wait until abs_ns on the monotonic clock. */
@@ -177,10 +234,9 @@ void lock_wait_credentials(const char *username, const char *password) {
     lock_wait__g.password = password != NULL ? password : "";
 }
 
-void lock_wait_config(const cfg_t *cfg) {
+void lock_wait_config(const cfg_t *cfg, int nnodes) {
     int poll = cfg->lock_wait_poll;
     uint32_t recheck_ms = cfg->lock_recheck_ms;
-    const cfg_addr_t *addr = &cfg->redis[0];
     uint32_t timeout_ms = cfg->redis_timeout_ms;
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -193,7 +249,12 @@ void lock_wait_config(const cfg_t *cfg) {
     lock_wait__g.poll = poll;
     lock_wait__g.recheck_ns =
         (int64_t)(recheck_ms > 0 ? recheck_ms : 1) * MONO_MS;
-    lock_wait__g.addr = *addr;
+    lock_wait__g.nnodes = nnodes;
+    lock_wait__g.majority = nnodes / 2 + 1;
+    for (int i = 0; i < nnodes; i++) {
+        lock_wait__g.addr[i] = cfg->redis[i];
+        lock_wait__g.wake_fd[i][0] = lock_wait__g.wake_fd[i][1] = -1;
+    }
     lock_wait__g.timeout_ms = timeout_ms;
     lock_wait__g.configured = 1;
     pthread_mutex_unlock(&lock_wait__g.mu);
@@ -208,15 +269,26 @@ int lock_wait_pubsub(void) {
 
 /* ---------------------------------------------------------- subscriber --- */
 
-/* Under the mutex: every resource loses its subscription (the connection
- * is gone); they are subscribed again on the next connect. */
-static void lock_wait__all_unsubscribed(void) {
+/* Under the mutex: every resource loses its subscription on node (the
+ * connection is gone); they are subscribed again on the next connect. */
+static void lock_wait__all_unsubscribed(int node) {
     for (int b = 0; b < LOCK_WAIT__NBUCKETS; b++) {
         for (lock_wait__res_t *r = lock_wait__g.buckets[b]; r != NULL;
              r = r->hnext) {
-            r->state = LOCK_WAIT__NONE;
+            r->state[node] = LOCK_WAIT__NONE;
         }
     }
+}
+
+/* Under the mutex: 1 when r has no subscription on any node, asked or
+ * confirmed. */
+static int lock_wait__unsubscribed(const lock_wait__res_t *r) {
+    for (int i = 0; i < lock_wait__g.nnodes; i++) {
+        if (r->state[i] != LOCK_WAIT__NONE) {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 /* Under the mutex: the wake of one waiter, the oldest without a wake. */
@@ -277,23 +349,24 @@ static redisContext *lock_wait__connect(const cfg_addr_t *addr,
     return c;
 }
 
-/* Under the mutex: appends the (un)subscriptions the table needs and frees
- * resources nobody needs. Returns the number of commands appended, or -1 on
- * a hiredis failure. */
-static int lock_wait__sync(redisContext *c) {
+/* Under the mutex: appends the (un)subscriptions the table needs on node
+ * and frees resources nobody needs. Returns the number of commands
+ * appended, or -1 on a hiredis failure. */
+static int lock_wait__sync(redisContext *c, int node) {
     int n = 0;
     for (int b = 0; b < LOCK_WAIT__NBUCKETS; b++) {
         lock_wait__res_t **pp = &lock_wait__g.buckets[b];
         while (*pp != NULL) {
             lock_wait__res_t *r = *pp;
             const char *cmd = NULL;
-            if (r->nwaiters > 0 && r->state == LOCK_WAIT__NONE) {
+            if (r->nwaiters > 0 && r->state[node] == LOCK_WAIT__NONE) {
                 cmd = "SUBSCRIBE";
-                r->state = LOCK_WAIT__PENDING;
-            } else if (r->nwaiters == 0 && r->state == LOCK_WAIT__SUBSCRIBED) {
+                r->state[node] = LOCK_WAIT__PENDING;
+            } else if (r->nwaiters == 0 &&
+                       r->state[node] == LOCK_WAIT__SUBSCRIBED) {
                 cmd = "UNSUBSCRIBE";
-                r->state = LOCK_WAIT__UNSUB;
-            } else if (r->nwaiters == 0 && r->state == LOCK_WAIT__NONE) {
+                r->state[node] = LOCK_WAIT__UNSUB;
+            } else if (r->nwaiters == 0 && lock_wait__unsubscribed(r)) {
                 *pp = r->hnext;
                 free(r);
                 continue;
@@ -311,8 +384,8 @@ static int lock_wait__sync(redisContext *c) {
     return n;
 }
 
-/* Under the mutex: one reply from the subscription. */
-static void lock_wait__on_reply(const redisReply *rep) {
+/* Under the mutex: one reply from node's subscription. */
+static void lock_wait__on_reply(const redisReply *rep, int node) {
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
         rep->element[0]->type != REDIS_REPLY_STRING ||
         rep->element[1]->type != REDIS_REPLY_STRING) {
@@ -325,29 +398,35 @@ static void lock_wait__on_reply(const redisReply *rep) {
         return;
     }
     if (strcmp(kind, "message") == 0) {
+        if (rep->element[2]->type == REDIS_REPLY_STRING &&
+            lock_wait__seen(r, rep->element[2]->str)) {
+            return; /* another node's copy of a release already heard */
+        }
         uint64_t h = lock_wait__hash(channel);
         lock_wait__fair_t *f = &lock_wait__g.fair[h % LOCK_WAIT__NFAIR];
         if (f->hash == h) {
             f->msgs++;
             pthread_cond_broadcast(&lock_wait__g.handoff);
         }
-        if (r->state == LOCK_WAIT__SUBSCRIBED) {
+        if (r->state[node] == LOCK_WAIT__SUBSCRIBED) {
             lock_wait__wake_one(r, LOCK_WAKE_MESSAGE);
         }
     } else if (strcmp(kind, "subscribe") == 0) {
-        r->state = LOCK_WAIT__SUBSCRIBED;
-        /* The waiters still in lock_wait_join take this as their go. The
-         * ones already past it were queued while nobody listened (the
-         * subscriber was connecting, or reconnecting): a release in that
-         * time reached nobody, so each is woken once. */
+        int before = lock_wait__subscribed(r);
+        r->state[node] = LOCK_WAIT__SUBSCRIBED;
+        /* The waiters still in lock_wait_join take a majority of these as
+         * their go. The ones already past it were queued while too few
+         * nodes listened (the subscribers were connecting, or
+         * reconnecting): a release in that time may have reached nobody,
+         * so each is woken once. */
         for (lock_waiter_t *w = r->head; w != NULL; w = w->next) {
-            if (w->joined && w->wake == LOCK_WAKE_NONE) {
+            if (!before && w->joined && w->wake == LOCK_WAKE_NONE) {
                 w->wake = LOCK_WAKE_RECONNECT;
             }
             pthread_cond_signal(&w->cond);
         }
     } else if (strcmp(kind, "unsubscribe") == 0) {
-        r->state = LOCK_WAIT__NONE; /* sync frees it or subscribes again */
+        r->state[node] = LOCK_WAIT__NONE; /* sync frees or resubscribes */
     }
 }
 
@@ -359,14 +438,15 @@ static int lock_wait__stopping(void) {
     return stop;
 }
 
+/* One subscriber thread: node's connection. */
 static void *lock_wait__run(void *arg) {
-    (void)arg;
+    int node = (int)(intptr_t)arg;
     redisContext *c = NULL;
     int ever = 0; /* connected before: this connect is a reconnect */
     while (!lock_wait__stopping()) {
         if (c == NULL) {
             pthread_mutex_lock(&lock_wait__g.mu);
-            cfg_addr_t addr = lock_wait__g.addr;
+            cfg_addr_t addr = lock_wait__g.addr[node];
             uint32_t tmo = lock_wait__g.timeout_ms;
             pthread_mutex_unlock(&lock_wait__g.mu);
             c = lock_wait__connect(&addr, tmo);
@@ -375,14 +455,15 @@ static void *lock_wait__run(void *arg) {
                 continue;
             }
             pthread_mutex_lock(&lock_wait__g.mu);
-            lock_wait__g.up = 1;
+            lock_wait__g.up[node] = 1;
             pthread_mutex_unlock(&lock_wait__g.mu);
-            log_info("lock.subscriber_connected", "reconnect=%d", ever);
+            log_info("lock.subscriber_connected", "node=%s:%u reconnect=%d",
+                     addr.host, addr.port, ever);
             ever = 1;
         }
 
         pthread_mutex_lock(&lock_wait__g.mu);
-        int rc = lock_wait__sync(c);
+        int rc = lock_wait__sync(c, node);
         pthread_mutex_unlock(&lock_wait__g.mu);
         int done = 0, bad = rc < 0;
         while (!bad && !done) {
@@ -391,13 +472,13 @@ static void *lock_wait__run(void *arg) {
 
         struct pollfd pf[2] = {
             {.fd = c->fd, .events = POLLIN},
-            {.fd = lock_wait__g.wake_fd[0], .events = POLLIN}};
+            {.fd = lock_wait__g.wake_fd[node][0], .events = POLLIN}};
         if (!bad && poll(pf, 2, 1000) < 0 && errno != EINTR) {
             bad = 1;
         }
         if (!bad && (pf[1].revents & POLLIN)) {
             char buf[64];
-            while (read(lock_wait__g.wake_fd[0], buf, sizeof(buf)) > 0) {
+            while (read(lock_wait__g.wake_fd[node][0], buf, sizeof(buf)) > 0) {
             }
         }
         if (!bad && (pf[0].revents & (POLLIN | POLLHUP | POLLERR))) {
@@ -418,19 +499,20 @@ static void *lock_wait__run(void *arg) {
                     log_warn("lock.subscriber_error", "err=\"%s\"", rep->str);
                 }
                 pthread_mutex_lock(&lock_wait__g.mu);
-                lock_wait__on_reply(rep);
+                lock_wait__on_reply(rep, node);
                 pthread_mutex_unlock(&lock_wait__g.mu);
                 freeReplyObject(rep);
             }
         }
         if (bad) {
-            log_warn("lock.subscriber_lost", "err=\"%s\"",
+            log_warn("lock.subscriber_lost", "node=%s:%u err=\"%s\"",
+                     lock_wait__g.addr[node].host, lock_wait__g.addr[node].port,
                      c->errstr[0] != '\0' ? c->errstr : "write failed");
             redisFree(c);
             c = NULL;
             pthread_mutex_lock(&lock_wait__g.mu);
-            lock_wait__g.up = 0;
-            lock_wait__all_unsubscribed();
+            lock_wait__g.up[node] = 0;
+            lock_wait__all_unsubscribed(node);
             pthread_mutex_unlock(&lock_wait__g.mu);
         }
     }
@@ -449,7 +531,9 @@ void lock_wait_shutdown(void) {
         return;
     }
     lock_wait__kick();
-    pthread_join(lock_wait__g.thread, NULL);
+    for (int i = 0; i < lock_wait__g.nnodes; i++) {
+        pthread_join(lock_wait__g.thread[i], NULL);
+    }
     /* Resources nobody waits on are freed. A claim still waiting (one the
      * grace period gave up on) keeps its resource, and the pipe stays
      * open for its lock_wait_leave (closing it could let its number be
@@ -469,12 +553,14 @@ void lock_wait_shutdown(void) {
         }
     }
     lock_wait__g.started = 0;
-    lock_wait__g.up = 0; /* the ones left re-check on their timer */
+    for (int i = 0; i < lock_wait__g.nnodes; i++) {
+        lock_wait__g.up[i] = 0; /* the ones left re-check on their timer */
+    }
     pthread_mutex_unlock(&lock_wait__g.mu);
 }
 
-/* Under the mutex: starts the subscriber thread once. 0, or -1 (then the
- * waiters live on the re-check alone). */
+/* Under the mutex: starts the subscriber threads once, one per node. 0, or
+ * -1 (then the waiters live on the re-check alone). */
 static int lock_wait__start(void) {
     if (lock_wait__g.started) {
         return 0;
@@ -482,13 +568,33 @@ static int lock_wait__start(void) {
     if (lock_wait__g.stopping) {
         return -1; /* shutting down: the re-check is enough */
     }
-    if (pipe2(lock_wait__g.wake_fd, O_NONBLOCK | O_CLOEXEC) != 0) {
-        return -1;
+    int n = lock_wait__g.nnodes, made = 0, piped = 0;
+    for (; piped < n; piped++) {
+        if (pipe2(lock_wait__g.wake_fd[piped], O_NONBLOCK | O_CLOEXEC) != 0) {
+            break;
+        }
     }
-    if (pthread_create(&lock_wait__g.thread, NULL, lock_wait__run, NULL) != 0) {
-        close(lock_wait__g.wake_fd[0]);
-        close(lock_wait__g.wake_fd[1]);
-        lock_wait__g.wake_fd[0] = lock_wait__g.wake_fd[1] = -1;
+    for (; piped == n && made < n; made++) {
+        if (pthread_create(&lock_wait__g.thread[made], NULL, lock_wait__run,
+                           (void *)(intptr_t)made) != 0) {
+            break;
+        }
+    }
+    if (made < n) {
+        /* Threads already started stop at once and are joined; the pipes
+         * go. */
+        lock_wait__g.stopping = 1;
+        pthread_mutex_unlock(&lock_wait__g.mu);
+        lock_wait__kick();
+        for (int i = 0; i < made; i++) {
+            pthread_join(lock_wait__g.thread[i], NULL);
+        }
+        pthread_mutex_lock(&lock_wait__g.mu);
+        for (int i = 0; i < piped; i++) {
+            close(lock_wait__g.wake_fd[i][0]);
+            close(lock_wait__g.wake_fd[i][1]);
+            lock_wait__g.wake_fd[i][0] = lock_wait__g.wake_fd[i][1] = -1;
+        }
         return -1;
     }
     lock_wait__g.started = 1;
@@ -550,7 +656,7 @@ void lock_wait_note_receivers(const char *resource, long long receivers) {
     uint64_t h = lock_wait__hash(ch);
     pthread_mutex_lock(&lock_wait__g.mu);
     lock_wait__res_t *r = lock_wait__find(ch, h);
-    long long own = r != NULL && r->state == LOCK_WAIT__SUBSCRIBED ? 1 : 0;
+    long long own = r != NULL && r->state[0] == LOCK_WAIT__SUBSCRIBED ? 1 : 0;
     lock_wait__fair_t *f = &lock_wait__g.fair[h % LOCK_WAIT__NFAIR];
     if (f->hash == h) {
         f->others = receivers > own;
@@ -599,8 +705,8 @@ int lock_wait_join(lock_waiter_t *w, const char *resource,
     /* Already subscribed, with waiters ahead of us: every release from
      * now on reaches our subscriber and wakes them in turn, so trying now
      * would only overtake them (and cost Redis a refused attempt). */
-    int attempt = r->head == w || r->state != LOCK_WAIT__SUBSCRIBED;
-    if (lock_wait__start() == 0 && r->state != LOCK_WAIT__SUBSCRIBED) {
+    int attempt = r->head == w || !lock_wait__subscribed(r);
+    if (lock_wait__start() == 0 && !lock_wait__subscribed(r)) {
         lock_wait__kick();
         int64_t until = mono_ns() + (int64_t)lock_wait__g.timeout_ms * MONO_MS;
         if (until > deadline_ns) {
@@ -608,7 +714,7 @@ int lock_wait_join(lock_waiter_t *w, const char *resource,
         }
         /* Waits for the confirmation, bounded: a subscriber that cannot
          * connect confirms nothing, and the re-check still works. */
-        while (r->state != LOCK_WAIT__SUBSCRIBED && mono_ns() < until) {
+        while (!lock_wait__subscribed(r) && mono_ns() < until) {
             lock_wait__timedwait(&w->cond, until);
         }
     }
@@ -635,8 +741,8 @@ int lock_wait_sleep(lock_waiter_t *w, int64_t deadline_ns) {
             /* Only the head re-checks (or anyone, when not queued or with
              * the subscriber down: nobody would wake them). */
             lock_wait__res_t *r = w->res;
-            if (r == NULL || r->head == w || !lock_wait__g.up ||
-                r->state != LOCK_WAIT__SUBSCRIBED) {
+            if (r == NULL || r->head == w || !lock_wait__up() ||
+                !lock_wait__subscribed(r)) {
                 cause = LOCK_WAKE_RECHECK;
                 break;
             }

@@ -30,13 +30,15 @@ typedef struct lock_waiter {
     int joined;                      /* past its subscription wait */
 } lock_waiter_t;
 
-/* Sets the strategy for the whole process, once, before any wait: poll (1)
- * or pubsub (0), the re-check period, and where the subscriber connects
- * (addr is copied). Without this call lock_acquire polls. The credentials
- * come from lock_wait_credentials. */
-void lock_wait_config(const cfg_t *cfg);
+/* Sets the strategy for the whole process, once, before any wait, from cfg
+ * (borrowed for the life of the process): poll or pubsub
+ * (COUPON_LOCK_WAIT_STRATEGY), the re-check period, and the nodes the
+ * subscribers connect to: the first nnodes addresses of COUPON_REDIS_ADDRS
+ * (1 for one node, N under Redlock), one subscriber thread each. Without this
+ * call lock_acquire polls. The credentials come from lock_wait_credentials. */
+void lock_wait_config(const cfg_t *cfg, int nnodes);
 
-/* Stops the subscriber thread and frees its state; call after the last
+/* Stops the subscriber threads and frees their state; call after the last
  * waiter has left (the claim workers are stopped). Later waits re-check on
  * their timer only. */
 void lock_wait_shutdown(void);

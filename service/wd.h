@@ -3,9 +3,12 @@
  *
  * Every COUPON_WATCHDOG_PERIOD_MS it sends one pipelined round of EXTEND
  * scripts (compare token, then PEXPIRE; never a re-SET) for all watched
- * leases. A lease is marked lost, for good:
+ * leases, through its own lock client (lock_extend_many: on Redlock one
+ * round over every node, a lease extended only where a majority agreed).
+ * A lease is marked lost, for good:
  *   - on the first renewal Redis refuses (the token is gone: expired, taken
- *     over, or Redis lost the key), or
+ *     over, or Redis lost the key; on Redlock, gone from so many nodes that
+ *     no majority is left), or
  *   - when its TTL has run out by the boot clock (mono.h: unlike the
  *     monotonic clock it counts a system suspend) without a successful
  *     renewal (Redis unreachable or slow: we cannot know whether the key

@@ -22,7 +22,7 @@ control() {
     echo "== $scenario with $bin (must fail: $expect)"
     COUPONSVC_BIN=$bin "$TESTS" "$scenario" >"$out" 2>&1
     rc=$?
-    grep -E "^(ok|FAIL) |test_faults.c:|harness.c:" "$out" | sed 's/^/   /'
+    grep -E "^(ok|FAIL) |test_[a-z_]*faults.c:|harness.c:" "$out" | sed 's/^/   /'
     if [ "$rc" -eq 0 ]; then
         echo "negative.sh: $scenario PASSED with $bin: the check is blind"
         status=1
@@ -40,7 +40,7 @@ baseline() {
     echo "== $1 with $BUILD/couponsvc (must pass)"
     COUPONSVC_BIN=$BUILD/couponsvc "$TESTS" "$1" >"$out" 2>&1
     rc=$?
-    grep -E "^(ok|FAIL) |test_faults.c:" "$out" | sed 's/^/   /'
+    grep -E "^(ok|FAIL) |test_[a-z_]*faults.c:" "$out" | sed 's/^/   /'
     if [ "$rc" -ne 0 ]; then
         echo "negative.sh: $1 fails with the real binary"
         status=1
@@ -52,6 +52,8 @@ baseline stale_read_last_coupon
 baseline redis_lost_duplicate_fence_refused
 baseline sigstop_bucket_holder_past_ttl
 baseline sentinel_failover_loses_lock
+baseline redlock3_rotating_majorities_fences_rise
+baseline redlock3_writeback_after_key_lost
 control "$BUILD/neg-nofence/couponsvc" stale_holder_fenced_after_early_expiry \
     "fences out of commit order"
 control "$BUILD/neg-nostock/couponsvc" stale_read_last_coupon \
@@ -67,6 +69,15 @@ control "$BUILD/neg-trustread/couponsvc" stale_read_last_coupon \
 # same fence. Only the strict first-write rule keeps the second write out.
 control "$BUILD/neg-loosefence/couponsvc" sentinel_failover_loses_lock \
     'rows_with_fence("sf", 4) == 1: 2 != 1'
+# Redlock's fences, checked on grant order (the lock.acquired lines). With
+# no write-back, rotating majorities meet only lagging counters and draw a
+# fence already used; with a write-back that raises the counters without
+# checking our token, a lease whose key vanished from a node is still made
+# usable, with a fence above that of a grant that came first there.
+control "$BUILD/neg-nowriteback/couponsvc" \
+    redlock3_rotating_majorities_fences_rise "bad == 0"
+control "$BUILD/neg-wbnotoken/couponsvc" redlock3_writeback_after_key_lost \
+    "bad == 0: 1 != 0"
 # A bucket's holder frozen past its TTL: the fence answers it 409. Without
 # the fence the commit gate still rolls the stale write back (the data stay
 # right), so the claim is re-queued and claimed with a new lease: 201.

@@ -3,7 +3,8 @@
  * independent Redis nodes, each a real redis-server on a free port): exact
  * stock with fences rising in grant order, a minority down keeps granting,
  * a majority down is "unavailable" (kind io) within the claim's deadline,
- * and the start-up refusals (an even count, a replica, a duplicate).
+ * waiters woken once per release although every node announces it, and
+ * the start-up refusals (an even count, a replica, a duplicate).
  */
 #include <hiredis/hiredis.h>
 #include <signal.h>
@@ -13,7 +14,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "faults/proxy.h"
 #include "harness.h"
+#include "lw_common.h"
 #include "tt.h"
 
 /* Three independent nodes; *env_out gets COUPON_REDIS_ADDRS for them
@@ -191,7 +194,7 @@ TT_TEST(redlock_minority_down_then_majority_down, 90) {
     }
     TT_EQ_INT(rs, 200);
     TT_ASSERT_MSG(body != NULL && strstr(body, "redlock (io)") != NULL &&
-                      strstr(body, "refused") == NULL,
+                      strstr(body, "\"state\":\"down\"") != NULL,
                   "readyz: %s", body != NULL ? body : "");
     free(body);
     TT_EQ_INT(h_pg_int("SELECT claimed FROM coupons WHERE id = 'maj'"), 0);
@@ -246,7 +249,9 @@ static int rl_file_has(const char *path, const char *text) {
 }
 
 /* An even count, a replica among the nodes, one node listed twice (also
- * under another name): couponsvc refuses to start, saying which and why. */
+ * under another name), one node reached twice (through a TCP proxy: two
+ * addresses, one run_id): couponsvc refuses to start, saying which and
+ * why. */
 TT_TEST(redlock_startup_refusals, 90) {
     h_begin();
     int port[3];
@@ -268,6 +273,16 @@ TT_TEST(redlock_startup_refusals, 90) {
     TT_EQ_INT(rl_run(e, out), 1);
     TT_ASSERT(rl_file_has(out, "lists one node twice: entries 1"));
 
+    fp_t *px = fp_start(port[1]);
+    snprintf(out, sizeof(out), "%s/runid.out", h_test_dir());
+    snprintf(env, sizeof(env),
+             "COUPON_REDIS_ADDRS=127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d",
+             port[0], port[1], fp_port(px));
+    TT_EQ_INT(rl_run(e, out), 1);
+    TT_ASSERT(rl_file_has(out, "(entries 2 and 3 of COUPON_REDIS_ADDRS) are "
+                               "one Redis server"));
+    fp_stop(px);
+
     h_redis_cmd_at(port[2], "REPLICAOF 127.0.0.1 %d", port[0]);
     snprintf(out, sizeof(out), "%s/replica.out", h_test_dir());
     snprintf(env, sizeof(env), "%s", addrs);
@@ -281,4 +296,59 @@ TT_TEST(redlock_startup_refusals, 90) {
     h_svc_t *s = h_svc_start("rlok", ok);
     TT_ASSERT(rl_file_has(s->log, "event=lock.topology backend=redlock "
                                   "nodes=3 majority=2 checked=3"));
+}
+
+/* Waiting on 3 nodes: three claims wait for a lock held on every node by a
+ * token the service does not know. Its release, announced by all three
+ * nodes, wakes ONE waiter (the announcements carry the token and are
+ * counted once); each claim holds the lock 600 ms (a fault pause), so the
+ * others stay asleep until its own release. All three get the lock, in
+ * turn, with rising fences. */
+TT_TEST(redlock_wait_one_wake_per_release, 60) {
+    h_begin();
+    int port[3];
+    const char *addrs;
+    rl_nodes(port, &addrs);
+    const char *env[] = {addrs,
+                         "COUPON_LOCK_WAIT_MS=15000",
+                         "COUPON_LOCK_RECHECK_MS=250",
+                         "COUPON_THREADS=4",
+                         "COUPON_FAULT=after_acquire:600",
+                         LW_UNCOMBINED,
+                         NULL};
+    h_svc_t *s = h_svc_start("rlw", env);
+    h_coupon(s, "rlw", 5);
+    for (int i = 0; i < 3; i++) {
+        h_redis_cmd_at(port[i], "SET coupon:{rlw}:lock outsider PX 30000");
+    }
+    lw_claim_t c[3];
+    char user[3][8];
+    for (int i = 0; i < 3; i++) {
+        snprintf(user[i], sizeof(user[i]), "w%d", i);
+        lw_claim_start(&c[i], s, "rlw", user[i]);
+        TT_EQ_INT(h_wait_metric(s, LW_WAITERS, i + 1, 5000), i + 1);
+    }
+    h_sleep_ms(300);
+    double msg0 = h_metric(s, LW_WAKE_MESSAGE);
+    for (int i = 0; i < 3; i++) {
+        h_redis_cmd_at(port[i], "EVAL %s 1 coupon:{rlw}:lock outsider %s",
+                       "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                       "redis.call('DEL', KEYS[1]) "
+                       "return redis.call('PUBLISH', ARGV[2], ARGV[1]) end "
+                       "return 0",
+                       "coupon:{rlw}:released");
+    }
+    h_wait_metric(s, LW_WAKE_MESSAGE, msg0 + 1, 5000);
+    h_sleep_ms(300); /* the first winner still holds it (600 ms) */
+    TT_EQ_INT(h_metric(s, LW_WAKE_MESSAGE) - msg0, 1);
+    long long fence[3];
+    for (int i = 0; i < 3; i++) {
+        lw_claim_join(&c[i]);
+        TT_EQ_INT(c[i].status, 201);
+        fence[i] = c[i].fence;
+    }
+    /* Two more releases had waiters (the first and second winner's). */
+    TT_EQ_INT(h_metric(s, LW_WAKE_MESSAGE) - msg0, 3);
+    TT_ASSERT(fence[0] != fence[1] && fence[1] != fence[2]);
+    h_check_invariants("rlw", 5, 3);
 }

@@ -29,7 +29,7 @@
 #include "tt.h"
 
 #define RL_TTL 1000
-#define RL_STOCK 2000
+#define RL_STOCK 600
 #define RL_PAUSE_MS 20
 
 /* One claim in a thread of its own. */
@@ -159,12 +159,17 @@ static void redlock_minority_down(int nodes) {
     h_sleep_ms(2000);
     double t_back = h_now_ms();
     long during = fl_count_between(l, 201, t_down + 500, t_back);
-    printf("    %d of %d nodes down: %ld claims answered 201 meanwhile\n", down,
-           nodes, during);
-    TT_CMP_INT(during, >=, 10);
+    long before = fl_count_between(l, 201, t_down - 1500, t_down);
+    printf("    %d of %d nodes down: %ld claims answered 201 in the 1.5 s "
+           "after (%ld in the 1.5 s before)\n",
+           down, nodes, during, before);
+    /* Claims go on; how fast is not asserted (a loaded machine). */
+    TT_CMP_INT(during, >=, 3);
     rl_failures_clear(l, t_down, t_back);
+    /* They have been out for 2 s = TTL + 1 s: the delayed-restart rule
+     * holds, they may come back (empty). */
     for (int i = 0; i < down; i++) {
-        rl_node_back_delayed(i, RL_TTL);
+        h_node_start(i, NULL, NULL);
     }
     double t_up = h_now_ms();
     h_sleep_ms(1000);
@@ -674,52 +679,99 @@ TT_TEST(redlock3_rotating_majorities_fences_rise, 60) {
 }
 
 /*
- * The interleaving that breaks a write-back without the token check: a
- * node stalled about 150 ms (DEBUG SLEEP) while grants come and go. Two
- * instances claim one coupon back to back while each node in turn stalls
- * for 150 ms, many times over. A raise that a stalled node applies late,
- * after another client's grant there, lifts that node's counter too late
- * for that grant; with the token check it is refused instead, and the
- * lease waits for a majority of "raised while held". Checked on grant
- * order: fences strictly rising, nobody fenced.
+ * The interleaving that breaks a write-back without the token check. Node
+ * 0's fence counter is at 10, nodes 1 and 2 lag at 3 (the state rotating
+ * majorities leave behind), and node 2 keeps another client's key.
+ *
+ *   A claims: granted on nodes 0 and 1 (fence 11: node 0's INCR), and
+ *     pauses before its write-back (the fault point before_writeback).
+ *   Node 1's clock jumps 60 s: A's key there is gone. Node 2's stray key
+ *     goes too. B claims: granted on nodes 1 and 2, which draw 5 and 4:
+ *     fence 5. B pauses before its own write-back, longer than A.
+ *   A's write-back. With the token check, node 1 answers "not held" (B's
+ *     key is there) and node 2 never granted A: no majority, A's attempt
+ *     is released and A tries again after B, with a higher fence. Without
+ *     the check, A raises every counter to 11, counts node 2's "yes", and
+ *     becomes usable with fence 11 while B holds the lock; then B, usable
+ *     too, with fence 5: a fence lower than one granted before it. B's
+ *     write is then fenced (409) with no data lost anywhere.
+ *
+ * Checked on grant order: fences strictly rising, nobody fenced.
  */
-TT_TEST(redlock3_stalled_node_fences_rise, 90) {
+TT_TEST(redlock3_writeback_after_key_lost, 60) {
     h_begin();
     h_nodes_start(3);
-    const char *dbg[] = {"--enable-debug-command", "local", NULL};
-    for (int i = 0; i < 3; i++) {
-        h_node_kill(i);
-        h_node_start(i, dbg, NULL);
+    const char *so = getenv("COUPONSVC_CLOCKSHIFT");
+    if (so == NULL) {
+        so = "build/tests/libclockshift.so";
     }
-    const char *env[] = {rl_addrs_env(0, h_nodes_addrs()),
-                         "COUPON_LOCK_TTL_MS=1000", "COUPON_LOCK_WAIT_MS=3000",
-                         "COUPON_BATCH_MAX=1", NULL};
-    h_svc_t *a = h_svc_start("rs-a", env), *b = h_svc_start("rs-b", env);
+    char abs[400], pre[480], file[480], clock_file[400];
+    TT_ASSERT_MSG(realpath(so, abs) != NULL,
+                  "%s missing: run through make test-faults", so);
+    snprintf(clock_file, sizeof(clock_file), "%s/clockshift1", h_test_dir());
+    int fd = open(clock_file, O_CREAT | O_TRUNC | O_WRONLY, 0644);
+    int64_t zero = 0;
+    TT_ASSERT(fd >= 0 && write(fd, &zero, sizeof(zero)) == sizeof(zero));
+    close(fd);
+    snprintf(pre, sizeof(pre), "LD_PRELOAD=%s", abs);
+    snprintf(file, sizeof(file), "CLOCKSHIFT_FILE=%s", clock_file);
+    const char *cenv[] = {pre, file, NULL};
+    h_node_kill(1);
+    h_node_start(1, NULL, cenv);
+
+    const char *env_a[] = {rl_addrs_env(0, h_nodes_addrs()),
+                           "COUPON_LOCK_TTL_MS=3000",
+                           "COUPON_FAULT=before_writeback:1000",
+                           "COUPON_LOCK_WAIT_MS=10000",
+                           "COUPON_BATCH_MAX=1",
+                           NULL};
+    const char *env_b[] = {rl_addrs_env(0, h_nodes_addrs()),
+                           "COUPON_LOCK_TTL_MS=3000",
+                           "COUPON_FAULT=before_writeback:2000",
+                           "COUPON_LOCK_WAIT_MS=10000",
+                           "COUPON_BATCH_MAX=1",
+                           NULL};
+    h_svc_t *a = h_svc_start("rw-a", env_a), *b = h_svc_start("rw-b", env_b);
     h_svc_t *all[] = {a, b};
-    h_coupon(a, "rs", RL_STOCK);
-    fl_load_t *l = fl_start(all, 2, "rs", "load", 6, 20000, 0);
-    rl_wait_201s(l, 20);
-    for (int k = 0; k < 30; k++) {
-        char cmd[64];
-        snprintf(cmd, sizeof(cmd), "DEBUG SLEEP 0.15");
-        h_node_int(h_node_port(k % 3), cmd);
-        h_sleep_ms(30);
+    h_coupon(a, "wt", 10);
+    int p0 = h_node_port(0), p1 = h_node_port(1), p2 = h_node_port(2);
+    TT_EQ_INT(h_node_int(p0, "SET coupon:{wt}:fence 10"), 0);
+    TT_EQ_INT(h_node_int(p1, "SET coupon:{wt}:fence 3"), 0);
+    TT_EQ_INT(h_node_int(p2, "SET coupon:{wt}:fence 3"), 0);
+    TT_EQ_INT(h_node_int(p2, "SET coupon:{wt}:lock someone-else PX 60000"), 0);
+
+    rl_solo_t sa, sb;
+    rl_solo_start(&sa, a, "wt", "first");
+    double end = h_now_ms() + 5000;
+    while (h_node_int(p0, "GET coupon:{wt}:fence") != 11 ||
+           h_node_int(p1, "EXISTS coupon:{wt}:lock") != 1) {
+        TT_ASSERT_MSG(h_now_ms() < end, "A was not granted on nodes 0, 1");
+        h_sleep_ms(5);
     }
-    h_sleep_ms(300);
-    fl_stop(l);
-    fl_print(l, "load");
+    int64_t jump = 60000;
+    fd = open(clock_file, O_WRONLY);
+    TT_ASSERT(fd >= 0 && pwrite(fd, &jump, sizeof(jump), 0) == sizeof(jump));
+    close(fd);
+    TT_EQ_INT(h_node_int(p1, "EXISTS coupon:{wt}:lock"), 0);
+    TT_EQ_INT(h_node_int(p2, "DEL coupon:{wt}:lock"), 1);
+    rl_solo_start(&sb, b, "wt", "second");
+    rl_solo_join(&sa);
+    rl_solo_join(&sb);
+
+    h_grant_t g[8];
+    int ng = h_grants(all, 2, "wt", g, 8);
+    for (int i = 0; i < ng && i < 8; i++) {
+        printf("    grant of wt: %s %s fence %ld\n", g[i].ts,
+               all[g[i].svc]->name, g[i].fence);
+    }
     double fenced = h_metric(a, "couponsvc_fenced_refusals_total") +
                     h_metric(b, "couponsvc_fenced_refusals_total");
-    int grants = 0;
-    int bad = h_grant_order_violations(all, 2, "rs", &grants);
-    printf("    %d grants, %d out of fence order, %.0f fenced refusals\n",
-           grants, bad, fenced);
-    fl_settle(l, a);
-    fl_check_rows(l, "rs");
-    long n = fl_durable(l) + fl_drain(all, 2, "rs", "drain");
-    h_check_invariants("rs", RL_STOCK, n);
+    int bad = h_grant_order_violations(all, 2, "wt", NULL);
+    printf("    %d out of fence order, %.0f fenced refusals\n", bad, fenced);
+    h_check_invariants("wt", 10, (sa.r.status == 201) + (sb.r.status == 201));
     TT_EQ_INT(bad, 0);
     TT_EQ_INT(fenced, 0);
-    fl_free(l);
+    TT_EQ_INT(sa.r.status, 201);
+    TT_EQ_INT(sb.r.status, 201);
     h_topo_stop();
 }

@@ -106,7 +106,7 @@ static long rows_with_fence(const char *coupon, long fence) {
  *      takes reaches the replica, and both stay up.
  *   3. The victim V claims sf: granted on the master with fence 4 (the
  *      lock and its INCR: neither replicated). V pauses after the grant
- *      (its critical section) for 8 s, and its path to the sentinels goes
+ *      (its critical section) for 5 s, and its path to the sentinels goes
  *      dark too, so it can learn nothing of what follows: by its own clock
  *      its lease (TTL 20 s) stays valid.
  *   4. The master is killed. The sentinels see it down (600 ms), agree,
@@ -143,7 +143,7 @@ TT_TEST(sentinel_failover_loses_lock, 120) {
                            "COUPON_REDIS_MASTER_NAME=" SF_MASTER,
                            "COUPON_REDIS_SENTINEL_PASSWORD=" SF_SENT_PASS,
                            "COUPON_LOCK_TTL_MS=20000",
-                           "COUPON_FAULT=after_acquire:8000",
+                           "COUPON_FAULT=after_acquire:5000",
                            "COUPON_LOCK_WAIT_MS=10000",
                            "COUPON_LOCK_MAX_HOLD_MS=60000",
                            "COUPON_PG_TX_DEADLINE_MS=60000",
