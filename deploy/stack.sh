@@ -51,7 +51,9 @@
 #   COUPON_*       every other COUPON_ variable (COUPON_CLAIM_MODE,
 #                  COUPON_LOCK_TTL_MS, COUPON_FAULT, ...) reaches the replicas
 #                  unchanged. The stack sets COUPON_HTTP_ADDR, COUPON_PG_DSN,
-#                  COUPON_REDIS_ADDRS, COUPON_REDIS_USERNAME,
+#                  COUPON_REDIS_ADDRS (or COUPON_REDIS_SENTINELS,
+#                  COUPON_REDIS_MASTER_NAME, COUPON_REDIS_SENTINEL_PASSWORD,
+#                  by REDIS_TOPOLOGY: the others are unset), COUPON_REDIS_USERNAME,
 #                  COUPON_REDIS_PASSWORD and COUPON_INSTANCE_ID itself.
 #
 # The state directory, unless STACK_DIR names one: <repo>/build/stack when
@@ -523,6 +525,9 @@ EOF
 
 # start_sentinel NAME: one sentinel monitoring redis as "couponsvc" (quorum
 # 2 of 3), behind a password of its own; waits until it names the master.
+# The sentinels see a dead master at different times (1, 1.25, 1.5 s), so
+# that one usually asks for votes first: a split vote is retried only after
+# twice the failover timeout (3 s).
 start_sentinel() {
     local name=$1 port conf deadline=$((SECONDS + WAIT_SECS))
     port=$(port_of "$name")
@@ -541,8 +546,8 @@ logfile ""
 requirepass $SENTINEL_PASSWORD
 sentinel monitor couponsvc 127.0.0.1 $REDIS_PORT 2
 sentinel auth-pass couponsvc $REDIS_ADMIN_PASSWORD
-sentinel down-after-milliseconds couponsvc 1000
-sentinel failover-timeout couponsvc 10000
+sentinel down-after-milliseconds couponsvc $((750 + 250 * ${name#sentinel}))
+sentinel failover-timeout couponsvc 3000
 EOF
     )
     say "$name: starting on 127.0.0.1:$port (monitors redis as couponsvc)"
@@ -635,7 +640,9 @@ start_app() {
     COUPON_HTTP_ADDR=127.0.0.1:$((APP_PORT_BASE + i)) COUPON_PG_DSN=$DSN \
         COUPON_REDIS_USERNAME=$REDIS_USER \
         COUPON_REDIS_PASSWORD=$REDIS_PASSWORD COUPON_ADMIN_TOKEN=$ADMIN_TOKEN \
-        COUPON_INSTANCE_ID=$instance spawn "app$i" env "${redis_env[@]}" "$COUPONSVC" serve
+        COUPON_INSTANCE_ID=$instance spawn "app$i" env -u COUPON_REDIS_ADDRS \
+        -u COUPON_REDIS_SENTINELS -u COUPON_REDIS_MASTER_NAME \
+        -u COUPON_REDIS_SENTINEL_PASSWORD "${redis_env[@]}" "$COUPONSVC" serve
 }
 
 # Start replicas 1..REPLICAS and wait until every one is ready.

@@ -171,8 +171,10 @@ static int lock_redis__connect(lock_redis__client_t *cl) {
     }
     /* Behind Sentinel, every (re)connect asks where the master is now. */
     char serr[160];
-    if (sentinel_resolve(&cl->addr, serr, sizeof(serr)) == SENTINEL_ERR) {
-        return lock_redis__fail(cl, LOCK_EIO, serr);
+    int src = sentinel_resolve(&cl->addr, serr, sizeof(serr));
+    if (src == SENTINEL_ERR || src == SENTINEL_EAUTH) {
+        return lock_redis__fail(
+            cl, src == SENTINEL_EAUTH ? LOCK_EAUTH : LOCK_EIO, serr);
     }
     struct timeval tv = {.tv_sec = cl->timeout_ms / 1000,
                          .tv_usec = (cl->timeout_ms % 1000) * 1000};

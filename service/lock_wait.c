@@ -309,7 +309,7 @@ static redisContext *lock_wait__connect(const cfg_addr_t *addr,
     /* Behind Sentinel, every (re)connect asks where the master is now. */
     cfg_addr_t at = *addr;
     char serr[160];
-    if (sentinel_resolve(&at, serr, sizeof(serr)) == SENTINEL_ERR) {
+    if (sentinel_resolve(&at, serr, sizeof(serr)) < 0) {
         log_warn("lock.subscriber_sentinel", "err=\"%s\"", serr);
         return NULL;
     }

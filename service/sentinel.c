@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <hiredis/hiredis.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,9 @@
 /* The master last reported, to log a change once (not on every connect). */
 static pthread_mutex_t sentinel__mu = PTHREAD_MUTEX_INITIALIZER;
 static cfg_addr_t sentinel__last;
+
+/* The sentinel that answered last: the next question starts there. */
+static atomic_int sentinel__first;
 
 /* The process's configuration (sentinel_init), NULL before. */
 static const cfg_t *sentinel__cfg;
@@ -69,7 +73,15 @@ static const char *sentinel__ctx_err(const redisContext *c) {
     return c->errstr;
 }
 
-/* Asks one sentinel. 0 and *out filled, or -1 with why in err. */
+/* What sentinel__ask says besides 0 (*out filled). */
+enum {
+    SENTINEL__UNREACHED = -1, /* no connection, or it timed out */
+    SENTINEL__NO = -2,        /* it answered, but no address */
+    SENTINEL__AUTH = -3,      /* it refused our password */
+};
+
+/* Asks one sentinel, until deadline_ns: 0 and *out filled, or one of the
+ * codes above with why in err. */
 static int sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
                          int64_t deadline_ns, cfg_addr_t *out, char *err,
                          size_t errlen) {
@@ -79,9 +91,9 @@ static int sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
     if (c == NULL) {
         snprintf(err, errlen, "sentinel %s:%u: out of memory", s->host,
                  s->port);
-        return -1;
+        return SENTINEL__UNREACHED;
     }
-    int rc = -1;
+    int rc = SENTINEL__UNREACHED;
     redisReply *r = NULL;
     if (c->err != 0 || redisSetTimeout(c, tv) != REDIS_OK) {
         snprintf(err, errlen, "sentinel %s:%u: connect: %s", s->host, s->port,
@@ -97,6 +109,9 @@ static int sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
                      r == NULL                      ? sentinel__ctx_err(c)
                      : r->type == REDIS_REPLY_ERROR ? r->str
                                                     : "bad reply");
+            rc = r == NULL                      ? SENTINEL__UNREACHED
+                 : r->type == REDIS_REPLY_ERROR ? SENTINEL__AUTH
+                                                : SENTINEL__NO;
             goto out;
         }
         freeReplyObject(r);
@@ -105,12 +120,17 @@ static int sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
     const char *argv[3] = {"SENTINEL", "get-master-addr-by-name",
                            cfg->redis_master_name};
     r = redisCommandArgv(c, 3, argv, NULL);
+    rc = r == NULL ? SENTINEL__UNREACHED : SENTINEL__NO;
     if (r == NULL) {
         snprintf(err, errlen, "sentinel %s:%u: %s", s->host, s->port,
                  sentinel__ctx_err(c));
     } else if (r->type == REDIS_REPLY_NIL) {
         snprintf(err, errlen, "sentinel %s:%u: no master named \"%s\"", s->host,
                  s->port, cfg->redis_master_name);
+    } else if (r->type == REDIS_REPLY_ERROR &&
+               strncmp(r->str, "NOAUTH", 6) == 0) {
+        snprintf(err, errlen, "sentinel %s:%u: %s", s->host, s->port, r->str);
+        rc = SENTINEL__AUTH; /* it wants a password we do not have */
     } else if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
                r->element[0]->type != REDIS_REPLY_STRING ||
                r->element[1]->type != REDIS_REPLY_STRING) {
@@ -143,19 +163,32 @@ out:
 
 int sentinel_master(const cfg_t *cfg, cfg_addr_t *out, char *err,
                     size_t errlen) {
-    int64_t deadline = mono_ns() + (int64_t)cfg->redis_timeout_ms * MONO_MS;
+    int64_t start = mono_ns();
+    int64_t deadline = start + (int64_t)cfg->redis_timeout_ms * MONO_MS;
     char why[192] = "no sentinel configured";
-    for (int i = 0; i < cfg->nsentinels; i++) {
-        if (i > 0 && mono_ns() >= deadline) {
+    int n = cfg->nsentinels, first = atomic_load(&sentinel__first);
+    int reached = 0, refused = 0;
+    for (int k = 0; k < n; k++) {
+        int64_t now = mono_ns();
+        if (now >= deadline) {
             snprintf(why, sizeof(why), "timed out after %u ms",
                      cfg->redis_timeout_ms);
             break;
         }
+        /* Each sentinel left gets an equal share of the time left: one
+         * that black-holes costs its share, not the whole question. */
+        int64_t until = now + (deadline - now) / (n - k);
+        int i = (first + k) % n;
         cfg_addr_t a;
-        if (sentinel__ask(cfg, &cfg->sentinels[i], deadline, &a, why,
-                          sizeof(why)) != 0) {
+        int rc =
+            sentinel__ask(cfg, &cfg->sentinels[i], until, &a, why, sizeof(why));
+        reached += rc != SENTINEL__UNREACHED;
+        refused += rc == SENTINEL__AUTH;
+        if (rc != 0) {
             continue;
         }
+        /* Ask the one that answered first next time. */
+        atomic_store(&sentinel__first, i);
         pthread_mutex_lock(&sentinel__mu);
         int changed = a.port != sentinel__last.port ||
                       strcmp(a.host, sentinel__last.host) != 0;
@@ -164,18 +197,21 @@ int sentinel_master(const cfg_t *cfg, cfg_addr_t *out, char *err,
         pthread_mutex_unlock(&sentinel__mu);
         if (changed) {
             log_info("sentinel.master",
-                     "master_name=%s addr=%s:%u was=%s:%u "
-                     "from=%s:%u",
+                     "master_name=%s addr=%s:%u was=%s:%u from=%s:%u "
+                     "asked_ms=%lld",
                      cfg->redis_master_name, a.host, a.port,
                      was.host[0] != '\0' ? was.host : "none", was.port,
-                     cfg->sentinels[i].host, cfg->sentinels[i].port);
+                     cfg->sentinels[i].host, cfg->sentinels[i].port,
+                     (long long)((mono_ns() - start) / MONO_MS));
         }
         *out = a;
         return SENTINEL_OK;
     }
     snprintf(err, errlen, "master \"%s\" unknown: %s", cfg->redis_master_name,
              why);
-    return SENTINEL_ERR;
+    /* Every sentinel that could be reached refused our password: that is
+     * this instance's credentials, not an outage. */
+    return refused > 0 && refused == reached ? SENTINEL_EAUTH : SENTINEL_ERR;
 }
 
 void sentinel_init(const cfg_t *cfg) {

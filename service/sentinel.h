@@ -9,12 +9,14 @@
  * or READONLY once it comes back as a replica), the lock module drops them,
  * and the next connect asks again.
  *
- * The sentinels are asked one after the other, in the configured order,
- * until one answers with an address; the whole question is bounded by the
- * Redis timeout (COUPON_REDIS_TIMEOUT_MS), each sentinel getting what is
- * left of it. A sentinel that answers "no such master" (a nil reply) is
- * skipped like one that is down: a sentinel that has not yet learned the
- * configuration must not stop the others from being asked.
+ * The sentinels are asked one after the other until one answers with an
+ * address, starting with the one that answered last time (the configured
+ * order at first); the whole question is bounded by the Redis timeout
+ * (COUPON_REDIS_TIMEOUT_MS), each sentinel getting an equal share of what
+ * is left of it, so that one that black-holes does not use it all up. A
+ * sentinel that answers "no such master" (a nil reply) is skipped like one that
+ * is down: a sentinel that has not yet learned the configuration must not stop
+ * the others from being asked.
  *
  * Thread safety: every function may be called from any thread at once;
  * each call uses connections of its own. The last master seen is kept under
@@ -29,8 +31,9 @@
 
 enum {
     SENTINEL_OK = 0,
-    SENTINEL_NONE = 1, /* sentinel_resolve: no sentinels configured */
-    SENTINEL_ERR = -1, /* no sentinel gave an address: err says why */
+    SENTINEL_NONE = 1,   /* sentinel_resolve: no sentinels configured */
+    SENTINEL_ERR = -1,   /* no sentinel gave an address: err says why */
+    SENTINEL_EAUTH = -2, /* every sentinel reached refused the password */
 };
 
 /* 1 when cfg names sentinels (COUPON_REDIS_SENTINELS), 0 otherwise. */
@@ -42,9 +45,11 @@ int sentinel_configured(const cfg_t *cfg);
 void sentinel_log_config(const cfg_t *cfg);
 
 /* Asks the sentinels of cfg (borrowed) for the master's address and writes
- * it to *out. Returns SENTINEL_OK, or SENTINEL_ERR with a message in err
- * (errlen bytes, always NUL-terminated; never a password): the master is
- * unknown, which the callers treat as Redis being unavailable. */
+ * it to *out. Returns SENTINEL_OK, or with a message in err (errlen bytes,
+ * always NUL-terminated; never a password) SENTINEL_ERR: the master is
+ * unknown, which the callers treat as Redis being unavailable; or
+ * SENTINEL_EAUTH: every sentinel that answered refused our password (or
+ * wanted one), this instance's own fault. */
 int sentinel_master(const cfg_t *cfg, cfg_addr_t *out, char *err,
                     size_t errlen);
 
@@ -55,9 +60,10 @@ void sentinel_init(const cfg_t *cfg);
 
 /* The hook of every lock connection's (re)connect: with sentinels
  * configured (sentinel_init), asks them (sentinel_master) and writes the
- * master's address to *addr: SENTINEL_OK, or SENTINEL_ERR with err filled
- * (treat it as a connection error). Without sentinels: SENTINEL_NONE, and
- * *addr is left as it is (the COUPON_REDIS_ADDRS entry). */
+ * master's address to *addr: SENTINEL_OK, or SENTINEL_ERR / SENTINEL_EAUTH
+ * with err filled (a connection error / refused credentials). Without
+ * sentinels: SENTINEL_NONE, and *addr is left as it is (the COUPON_REDIS_ADDRS
+ * entry). */
 int sentinel_resolve(cfg_addr_t *addr, char *err, size_t errlen);
 
 #endif

@@ -250,7 +250,8 @@ int h_node_info(int port, const char *section, const char *field, char *out,
  * replicaof is a TCP proxy (tests/faults/proxy.h) in front of the master,
  * so that black-holing the proxy holds replication back while both nodes
  * stay up; H_SENTINELS sentinels (redis-server --sentinel) monitoring the
- * master as master_name with quorum 2, down-after down_after_ms, and
+ * master as master_name with quorum 2, down-after down_after_ms (and 1/4,
+ * 1/2 more for the second and third: fewer split votes), and
  * requirepass sentinel_pass (NULL or "": none). Returns once the replica
  * has caught up and every sentinel knows the replica and the others. */
 void h_sentinel_start(const char *master_name, const char *sentinel_pass,

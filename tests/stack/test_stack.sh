@@ -44,7 +44,8 @@ PY=python3
 
 TESTS="t_up_down_leaves_nothing t_replica_kill_fails_only_in_flight t_restart_app_is_rolling
     t_verifier_catches_injected_faults t_loadgen_https_cacert t_checkout_in_0700_dir
-    t_lb_errors_are_json t_credentials t_down_kills_frozen_spares_reused"
+    t_lb_errors_are_json t_credentials t_down_kills_frozen_spares_reused
+    t_redis_topologies"
 
 # ================================================================ helpers ===
 # Used inside a test process (--run-one). W is the test's directory, SD its
@@ -781,6 +782,85 @@ t_down_kills_frozen_spares_reused() {
 }
 
 # ================================================================= runner ===
+
+# 9. REDIS_TOPOLOGY: sentinel (master, replica, three sentinels; the master
+#    killed, the replica takes over, claims follow) and redlock3 (three
+#    nodes; restart-redis keeps a node out for longer than the TTL, or not
+#    with REDIS_RESTART_DELAY_MS=0). Redis gets the top of the port block:
+#    REDIS_PORT=B+5 and the next nodes, the sentinels on B+7..B+9.
+claim_lb() { # USER -> HTTP status of a claim of coupon topo through the LB
+    curl -s -o "$W/claim.out" -w '%{http_code}' -m 10 -H 'Content-Type: application/json' \
+        -d "{\"coupon_id\":\"topo\",\"user_id\":\"$1\"}" "$COUPONSVC_URL/claim"
+}
+topo_up() { # TOPOLOGY [K=V...]: up with one replica on fresh ports
+    local topo=$1 try=1
+    shift
+    while :; do
+        pick_ports
+        REDIS_PORT=$((LB_PORT + 5))
+        if (
+            export REDIS_TOPOLOGY="$topo" SENTINEL_PORT=$((LB_PORT + 6))
+            for kv in "$@"; do export "${kv?}"; done
+            REPLICAS=1 stack up
+        ) >"$W/up.log" 2>&1; then
+            break
+        fi
+        if [ "$try" -lt 3 ] && grep -q 'is already in use' "$W/up.log"; then
+            try=$((try + 1))
+            continue
+        fi
+        sed 's/^/    | /' "$W/up.log"
+        fail "stack.sh up (REDIS_TOPOLOGY=$topo) failed"
+    done
+    # shellcheck disable=SC1091
+    . "$SD/env"
+}
+t_redis_topologies() {
+    local out pid code i t0 ms
+    topo_up sentinel
+    out=$(stack status) || fail "status after up: $out"
+    expect_eq "sentinels alive" "$(printf '%s\n' "$out" | grep -c '^sentinel[123] .* alive')" 3
+    expect_eq "the replica alive" "$(printf '%s\n' "$out" | grep -c '^redis1 .* alive')" 1
+    expect_eq "POST /coupons" "$(admin_create topo 10)" 201
+    expect_eq "a claim before the failover" "$(claim_lb s1)" 201
+    read -r pid _ <"$SD/pids/redis.pid"
+    kill -s KILL "$pid"
+    code=000
+    for i in $(seq 120); do
+        code=$(claim_lb "s2-$i")
+        [ "$code" = 201 ] && break
+        sleep 0.25
+    done
+    expect_eq "a claim after the master was killed (the replica promoted)" "$code" 201
+    grep -q "event=sentinel.master .*addr=127.0.0.1:$((REDIS_PORT + 1)) was=127.0.0.1:$REDIS_PORT" \
+        "$SD/logs/app1.log" || fail "app1 did not log the new master: $(grep sentinel "$SD/logs/app1.log")"
+    note "sentinel: the replica took over after $i tries"
+    stack down >"$W/down.log" 2>&1 || fail "down: $(cat "$W/down.log")"
+    for f in "$SD"/pids/*.pid; do
+        [ -e "$f" ] && fail "pid file left after down: $f"
+    done
+
+    topo_up redlock3 COUPON_LOCK_TTL_MS=1000
+    grep -q 'event=lock.topology .*backend=redlock' "$SD/logs/app1.log" ||
+        fail "app1 is not on Redlock: $(grep lock.topology "$SD/logs/app1.log")"
+    expect_eq "POST /coupons" "$(admin_create topo 10)" 201
+    expect_eq "a claim on three nodes" "$(claim_lb r1)" 201
+    t0=$(date +%s%N)
+    stack restart-redis 1 >"$W/restart.log" 2>&1 || fail "restart-redis 1: $(cat "$W/restart.log")"
+    ms=$((($(date +%s%N) - t0) / 1000000))
+    grep -q 'stays out 2000 ms' "$W/restart.log" || fail "restart-redis: $(cat "$W/restart.log")"
+    expect_gt "ms restart-redis kept node 1 out" "$ms" 1999
+    expect_eq "a claim after the delayed restart" "$(claim_lb r2)" 201
+    t0=$(date +%s%N)
+    REDIS_RESTART_DELAY_MS=0 stack restart-redis 2 >"$W/restart.log" 2>&1 ||
+        fail "restart-redis 2: $(cat "$W/restart.log")"
+    ms=$((($(date +%s%N) - t0) / 1000000))
+    grep -q 'restarted at once' "$W/restart.log" || fail "restart-redis, no delay: $(cat "$W/restart.log")"
+    expect_le "ms restart-redis took without the delay" "$ms" 1999
+    expect_eq "a claim after the restart at once" "$(claim_lb r3)" 201
+    note "redlock3: restart-redis kept the node out ${ms} ms without the delay, 2 s with"
+    return 0
+}
 
 # 4. loadgen over https://: libcurl does the TLS, loadgen's own HTTP reader
 #    reads what comes out of it. An nginx with a throwaway certificate: with

@@ -202,3 +202,41 @@ TT_TEST(cfg_lock_wait_strategy, 5) {
     TT_EQ_INT(load(&c, 3, argv4), CFG_ERR);
     cfg_free(&c);
 }
+
+/* Sentinel: a host:port list; the sentinels' password is the Redis
+ * password unless given (an explicit empty one means no AUTH); whether
+ * COUPON_REDIS_ADDRS was given at all is recorded, for the warning that
+ * the sentinels override it. */
+TT_TEST(cfg_sentinel_settings, 5) {
+    cfg_t c;
+    char *argv[] = {"couponsvc", NULL};
+    TT_EQ_INT(load(&c, 1, argv), CFG_OK);
+    TT_EQ_INT(c.nsentinels, 0);
+    TT_EQ_INT(c.redis_addrs_given, 0);
+    TT_EQ_STR(c.redis_master_name, "mymaster");
+    TT_EQ_STR(c.redis_sentinel_password, "");
+    cfg_free(&c);
+
+    setenv("COUPON_REDIS_SENTINELS", "10.0.0.1:26379,sentinel-b:26380", 1);
+    setenv("COUPON_REDIS_PASSWORD", "pw", 1);
+    setenv("COUPON_REDIS_ADDRS", "10.0.0.9:6379", 1);
+    char *argv2[] = {"couponsvc", "--redis-master-name", "couponsvc", NULL};
+    TT_EQ_INT(load(&c, 3, argv2), CFG_OK);
+    TT_EQ_INT(c.nsentinels, 2);
+    TT_EQ_STR(c.sentinels[1].host, "sentinel-b");
+    TT_EQ_INT(c.sentinels[1].port, 26380);
+    TT_EQ_STR(c.redis_master_name, "couponsvc");
+    TT_EQ_STR(c.redis_sentinel_password, "pw"); /* the Redis password */
+    TT_EQ_INT(c.redis_addrs_given, 1);
+    cfg_free(&c);
+
+    setenv("COUPON_REDIS_SENTINEL_PASSWORD", "", 1);
+    TT_EQ_INT(load(&c, 1, argv), CFG_OK);
+    TT_EQ_STR(c.redis_sentinel_password, ""); /* given empty: no AUTH */
+    cfg_free(&c);
+
+    setenv("COUPON_REDIS_SENTINELS", "10.0.0.1", 1);
+    TT_EQ_INT(load(&c, 1, argv), CFG_ERR);
+    TT_CONTAINS(c.errstr, "COUPON_REDIS_SENTINELS");
+    cfg_free(&c);
+}
