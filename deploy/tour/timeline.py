@@ -133,7 +133,10 @@ class Story:
         if ev in ("claim.unavailable", "claim.lock_error"):
             return "%s: 503 unavailable (%s)" % (who, f.get("err"))
         if ev == "claim.degraded":
-            return "%s: %s" % (who, " ".join("%s=%s" % kv for kv in f.items()))
+            return ("%s: the lock is unavailable (%s): claims go to PostgreSQL's "
+                    "conditional UPDATE alone, no lock, no fence" % (who, f.get("err")))
+        if ev == "soldout.memo":
+            return "%s: sold out; from now on its event loop answers 410 from memory" % who
         rest = " ".join("%s=%s" % kv for kv in f.items()
                         if kv[0] not in ("instance",))
         return "%s %s %s" % (who, ev, rest)
