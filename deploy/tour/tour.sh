@@ -572,8 +572,11 @@ demo_flush() {
 }
 
 demo_redis_down() {
+    local then="When Redis is back, claims go on."
+    "$COUPONSVC" --help 2>&1 | grep -q COUPON_LOCK_UNAVAILABLE &&
+        then="When Redis is back claims go on; with COUPON_LOCK_UNAVAILABLE=atomic the same outage is served by PostgreSQL alone, and exactly."
     intro redis-down "Redis down entirely" \
-        "With Redis stopped, every claim answers 503 unavailable with Retry-After within the Redis timeout, nothing is written, and /readyz stays 200 (a shared outage must not take every replica out of the balancer). When Redis is back, claims go on."
+        "With Redis stopped, every claim answers 503 unavailable with Retry-After within the Redis timeout, nothing is written, and /readyz stays 200 (a shared outage must not take every replica out of the balancer). $then"
     need_stack
     local c=down-$RUN ok=1 why='' i ms rz
     part "1. the default (COUPON_LOCK_UNAVAILABLE=fail): 503"
