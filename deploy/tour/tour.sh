@@ -57,6 +57,10 @@ MARKS=$LOGS/tour.log
 PY=python3
 [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
 RUN=$(date +%s | tail -c 6)
+# The timelines read the text log lines at info: every process the tour
+# starts (the stack's replicas included) logs those, whatever the caller's
+# environment says.
+export COUPON_LOG_FORMAT=text COUPON_LOG_LEVEL=info
 
 # The demos, in the order of the tour. CI_DEMOS: the fast ones, no load.
 ALL_DEMOS="race stale oversell kill flush failover redis-down clock partition contention etcd"
