@@ -57,9 +57,14 @@ MARKS=$LOGS/tour.log
 PY=python3
 [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
 RUN=$(date +%s | tail -c 6)
-# The timelines read the text log lines at info: every process the tour
-# starts (the stack's replicas included) logs those, whatever the caller's
-# environment says.
+# Every process the tour starts, the stack's replicas included, runs with
+# the settings each demo gives it and the defaults otherwise, whatever the
+# caller's environment says (a COUPON_CLAIM_MODE=naive left in it would
+# change what the demos show); and logs text lines at info, which the
+# timelines read.
+for v in $(compgen -e); do
+    case $v in COUPON_*) unset "$v" ;; esac
+done
 export COUPON_LOG_FORMAT=text COUPON_LOG_LEVEL=info
 
 # The demos, in the order of the tour. CI_DEMOS: the fast ones, no load.
