@@ -16,17 +16,21 @@
 # verdict is wrong, and stops everything it started, also on Ctrl-C.
 #
 # What it starts, once for all the demos it runs: the local stack
-# (deploy/stack.sh: PostgreSQL, Redis, 3 replicas, nginx), and beside it a
-# Redis of its own whose wall clock it can move (tests/faults/clockshift.c
-# preloaded), for the instances the fault demos start by name (A, B, ...)
-# with the settings each demo needs; a TCP proxy (build/tests/faultproxy)
-# stands between an instance and Redis where a demo cuts it off. Negative
-# controls, couponsvc built with one guard compiled out, are built once by
-# make into build/neg-*/, as make test-negative does.
+# (deploy/stack.sh: PostgreSQL, and Redis, 3 replicas and nginx, which only
+# the race and contention demos use), and beside it a Redis of its own
+# whose wall clock it can move (tests/faults/clockshift.c preloaded), for
+# the instances the fault demos start by name (A, B, ...) on the stack's
+# PostgreSQL with the settings each demo needs. A TCP proxy
+# (build/tests/faultproxy) stands between an instance and Redis where a
+# demo cuts it off. The failover demo adds a master, its replica and three
+# sentinels, then three Redlock nodes; the etcd demo a 3-member cluster.
+# Negative controls, couponsvc built with one guard compiled out, are
+# built once by make into build/neg-*/, as make test-negative does.
 #
 # Settings (environment): LB_PORT, APP_PORT_BASE, PG_PORT, REDIS_PORT (the
-# stack's, see deploy/stack.sh), TOUR_REDIS_PORT (REDIS_PORT + 1), TOUR_PORT_BASE
-# (APP_PORT_BASE + 10: instance k listens on TOUR_PORT_BASE + k), TOUR_DIR
+# stack's, see deploy/stack.sh), TOUR_REDIS_PORT (REDIS_PORT + 1; the
+# topologies take the 14 ports after it), TOUR_PORT_BASE (APP_PORT_BASE +
+# 10: instance A listens on TOUR_PORT_BASE + 1, B on + 2, ...), TOUR_DIR
 # (state and logs; /tmp/couponsvc-tour-HASH), COUPONSVC, LOADGEN, BUILD.
 
 set -eu
