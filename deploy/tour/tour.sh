@@ -941,6 +941,9 @@ etcd_cluster() {
         ep="$ep${ep:+,}http://127.0.0.1:$((TOUR_REDIS_PORT + 9 + i))"
     done
     ETCD_ENDPOINTS=$ep
+    for i in $(seq 9 14); do
+        port_free $((TOUR_REDIS_PORT + i)) || fail "port $((TOUR_REDIS_PORT + i)) (etcd, TOUR_REDIS_PORT + $i) is in use"
+    done
     rm -rf "$TOUR_DIR/etcd"
     for i in 0 1 2; do
         mkdir -p "$TOUR_DIR/etcd/m$i"
