@@ -94,9 +94,9 @@
 #include "fault.h"
 #include "lock.h"
 #include "log.h"
-#include "sentinel.h"
 #include "metrics.h"
 #include "mono.h"
+#include "sentinel.h"
 
 #define LOCK_WAIT__HANDOFF_NS (10 * MONO_MS)
 #define LOCK_WAIT__NBUCKETS 64
