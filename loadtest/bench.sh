@@ -43,10 +43,14 @@
 #
 # Settings (environment): BENCH_SECONDS (8), BENCH_CONN (256),
 # BENCH_THREADS (loadgen threads, 2), BENCH_ROUNDS (3), BENCH_BUCKETS (8),
+# BENCH_BATCH_MAX (COUPON_BATCH_MAX of the lock-mode runs, 256),
 # BENCH_DURABLE (1: PostgreSQL with fsync, full_page_writes and
 # synchronous_commit on, stack.sh's PG_DURABLE; 0: the stack's default, all
 # off, and the table says "non-durable"), BENCH_SPREAD (1000 coupons),
-# BENCH_RSS_CONNS (1000), REPLICAS (3), LOADGEN, COUPONSVC. Ports: a free
+# BENCH_RSS_CONNS (1000), BENCH_ONLY (a list of run names without the
+# round suffix, e.g. "hot-lock soldout healthz": only those runs, and only
+# the restarts they need; empty: every run), REPLICAS (3), LOADGEN,
+# COUPONSVC. Ports: a free
 # block between 20000 and 31000, unless LB_PORT, PG_PORT, REDIS_PORT and
 # APP_PORT_BASE are all given. The stack's state directory is a mktemp
 # directory in /tmp (STACK_DIR to choose), removed at the end; the reports
@@ -66,6 +70,7 @@ CONN=${BENCH_CONN:-256}
 THREADS=${BENCH_THREADS:-2}
 ROUNDS=${BENCH_ROUNDS:-3}
 BUCKETS=${BENCH_BUCKETS:-8}
+BATCH=${BENCH_BATCH_MAX:-256}
 DURABLE=${BENCH_DURABLE:-1}
 SPREAD=${BENCH_SPREAD:-1000}
 RSS_CONNS=${BENCH_RSS_CONNS:-1000}
@@ -96,11 +101,19 @@ die() {
     exit 1
 }
 
+ONLY=$(printf '%s' "${BENCH_ONLY:-}" | tr ',' ' ')
+# want NAME: 0 if the run NAME (without its round suffix) is to be run.
+want() {
+    [ -z "$ONLY" ] && return 0
+    case " $ONLY " in *" $1 "*) return 0 ;; esac
+    return 1
+}
+
 [ -x "$LOADGEN" ] || die "$LOADGEN not found: make $LOADGEN"
 [ -x "$COUPONSVC" ] || die "$COUPONSVC not found: make"
 command -v "$PY" >/dev/null 2>&1 || die "python3 is needed to read loadgen's JSON"
 val=
-for v in SECS CONN THREADS ROUNDS BUCKETS SPREAD RSS_CONNS; do
+for v in SECS CONN THREADS ROUNDS BUCKETS BATCH SPREAD RSS_CONNS; do
     eval "val=\$$v"
     case $val in '' | *[!0-9]* | 0) die "BENCH_$v must be a positive integer, got '$val'" ;; esac
 done
@@ -176,9 +189,13 @@ settings() {
     done
 }
 
-# restart MODE [NAME=VALUE ...]: the replicas again (rolling), with these.
+# restart MODE [NAME=VALUE ...]: the replicas again (rolling), with these;
+# nothing when they already run with exactly these.
+CUR_ENV=
 restart() {
     settings "$@"
+    [ "${PHASE_ENV[*]}" != "$CUR_ENV" ] || return 0
+    CUR_ENV="${PHASE_ENV[*]}"
     say "replicas: ${PHASE_ENV[*]}"
     env -u COUPON_LOCK_WAIT_STRATEGY -u COUPON_BATCH_MAX -u COUPON_SOLDOUT_MEMO \
         "${PHASE_ENV[@]}" bash "$STACK_SH" restart-app >>"$OUT/restart.log" 2>&1 || {
@@ -254,6 +271,7 @@ env -u COUPON_LOCK_WAIT_STRATEGY -u COUPON_BATCH_MAX -u COUPON_SOLDOUT_MEMO \
     cat "$OUT/up.log" >&2
     die "stack.sh up failed"
 }
+CUR_ENV="${PHASE_ENV[*]}"
 # shellcheck disable=SC1091
 . "$STACK_DIR/env"
 VERIFY+=("$COUPON_PG_DSN")
@@ -261,38 +279,56 @@ ADMIN=(--admin-token "$COUPON_ADMIN_TOKEN")
 
 # --- hot and spread, atomic and lock, interleaved ------------------------------
 
-LOCK_DEFAULTS=(COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=32 COUPON_SOLDOUT_MEMO=on)
+LOCK_DEFAULTS=(COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=$BATCH COUPON_SOLDOUT_MEMO=on)
 for r in $(seq "$ROUNDS"); do
-    [ "$r" = 1 ] || restart atomic
-    run "hot-atomic-$r" claims -c "$CONN" -d "$SECS" --coupon "hot-a$r-$RUN" \
-        --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
-    run "spread-atomic-$r" claims -c "$CONN" -d "$SECS" --coupon "spr-a$r-$RUN" \
-        --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
-    restart lock "${LOCK_DEFAULTS[@]}"
-    run "hot-lock-$r" claims -c "$CONN" -d "$SECS" --coupon "hot-l$r-$RUN" \
-        --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
-    run "spread-lock-$r" claims -c "$CONN" -d "$SECS" --coupon "spr-l$r-$RUN" \
-        --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+    if want hot-atomic || want spread-atomic; then
+        restart atomic
+    fi
+    ! want hot-atomic ||
+        run "hot-atomic-$r" claims -c "$CONN" -d "$SECS" --coupon "hot-a$r-$RUN" \
+            --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+    ! want spread-atomic ||
+        run "spread-atomic-$r" claims -c "$CONN" -d "$SECS" --coupon "spr-a$r-$RUN" \
+            --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+    if want hot-lock || want spread-lock; then
+        restart lock "${LOCK_DEFAULTS[@]}"
+    fi
+    ! want hot-lock ||
+        run "hot-lock-$r" claims -c "$CONN" -d "$SECS" --coupon "hot-l$r-$RUN" \
+            --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+    ! want spread-lock ||
+        run "spread-lock-$r" claims -c "$CONN" -d "$SECS" --coupon "spr-l$r-$RUN" \
+            --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
 done
 
-# The lock mode's capacity: the median of its hot runs.
-CAP=$(for r in $(seq "$ROUNDS"); do rate_of "hot-lock-$r"; done | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+# The lock mode's capacity: the median of its hot runs (BENCH_CAP when
+# they were not run).
+CAP=${BENCH_CAP:-1000}
+if want hot-lock; then
+    CAP=$(for r in $(seq "$ROUNDS"); do rate_of "hot-lock-$r"; done | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+fi
 [ "$CAP" -gt 0 ] 2>/dev/null || CAP=1000
 say "lock-mode capacity (median of $ROUNDS): $CAP claims/s"
 
 # --- lock mode, defaults: buckets, open loop, overload, sold out --------------
 
-run hot-buckets claims -c "$CONN" -d "$SECS" --coupon "hot-b-$RUN" \
+restart lock "${LOCK_DEFAULTS[@]}"
+! want hot-buckets ||
+    run hot-buckets claims -c "$CONN" -d "$SECS" --coupon "hot-b-$RUN" \
     --create-stock "$STOCK" --create-buckets "$BUCKETS" "${ADMIN[@]}" "${VERIFY[@]}"
-curl -s -m 5 "$COUPONSVC_URL/coupons/hot-b-$RUN" >"$OUT/hot-buckets.coupon" || true
-run open-2000 open -c 1024 --rate 2000 -d "$SECS" --coupon "open-$RUN" \
+! want hot-buckets ||
+    curl -s -m 5 "$COUPONSVC_URL/coupons/hot-b-$RUN" >"$OUT/hot-buckets.coupon" || true
+! want open-2000 ||
+    run open-2000 open -c 1024 --rate 2000 -d "$SECS" --coupon "open-$RUN" \
     --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
-run open-80pct open -c 1024 --rate $((CAP * 8 / 10)) -d "$SECS" --coupon "o80-$RUN" \
+! want open-80pct ||
+    run open-80pct open -c 1024 --rate $((CAP * 8 / 10)) -d "$SECS" --coupon "o80-$RUN" \
     --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
 # Up to 4096 in flight: more than the replicas' per-coupon queues hold
 # (COUPON_QUEUE_MAX_PER_COUPON, 1024 each), so that admission control, not
 # the load generator's own bound, decides what is refused.
-run overload-2x overload -c 4096 --rate $((CAP * 2)) -d "$SECS" --coupon "ovl-$RUN" \
+! want overload-2x ||
+    run overload-2x overload -c 4096 --rate $((CAP * 2)) -d "$SECS" --coupon "ovl-$RUN" \
     --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
 
 # soldout NAME: a coupon of stock 500 claimed out by users 0..499, then a
@@ -305,27 +341,33 @@ soldout() {
     run "$name" soldout -c "$CONN" -d "$SECS" --users 5000 --user-prefix "u-$c" \
         --coupon "$c" "${VERIFY[@]}"
 }
-soldout soldout
-run healthz healthz -c "$CONN" -d "$SECS" --method GET --path /healthz
+! want soldout || soldout soldout
+! want healthz || run healthz healthz -c "$CONN" -d "$SECS" --method GET --path /healthz
 
 # --- each feature off, one at a time --------------------------------------------
 
-if has_setting COUPON_LOCK_WAIT_STRATEGY; then
-    restart lock COUPON_LOCK_WAIT_STRATEGY=poll COUPON_BATCH_MAX=32 COUPON_SOLDOUT_MEMO=on
+if ! want hot-poll; then
+    :
+elif has_setting COUPON_LOCK_WAIT_STRATEGY; then
+    restart lock COUPON_LOCK_WAIT_STRATEGY=poll COUPON_BATCH_MAX=$BATCH COUPON_SOLDOUT_MEMO=on
     run hot-poll claims -c "$CONN" -d "$SECS" --coupon "hot-p-$RUN" \
         --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
 else
     say "hot-poll: skipped, this build has no COUPON_LOCK_WAIT_STRATEGY"
 fi
-if has_setting COUPON_BATCH_MAX; then
+if ! want hot-batch1; then
+    :
+elif has_setting COUPON_BATCH_MAX; then
     restart lock COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=1 COUPON_SOLDOUT_MEMO=on
     run hot-batch1 claims -c "$CONN" -d "$SECS" --coupon "hot-1-$RUN" \
         --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
 else
     say "hot-batch1: skipped, this build has no COUPON_BATCH_MAX"
 fi
-if has_setting COUPON_SOLDOUT_MEMO; then
-    restart lock COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=32 COUPON_SOLDOUT_MEMO=off
+if ! want soldout-nomemo; then
+    :
+elif has_setting COUPON_SOLDOUT_MEMO; then
+    restart lock COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=$BATCH COUPON_SOLDOUT_MEMO=off
     soldout soldout-nomemo
 else
     say "soldout-nomemo: skipped, this build has no COUPON_SOLDOUT_MEMO"
@@ -354,8 +396,8 @@ rss() {
     SPARE_PID=
     printf '%s\t%s\t%s\t%s\n' "$name" rss 0 "$*" >>"$OUT/runs.tsv"
 }
-rss rss-default
-if has_setting COUPON_CONN_MEMORY_LIMIT; then
+! want rss || rss rss-default
+if want rss && has_setting COUPON_CONN_MEMORY_LIMIT; then
     rss rss-32k COUPON_CONN_MEMORY_LIMIT=32768
 fi
 
@@ -364,7 +406,7 @@ fi
 rc=0
 "$PY" "$ROOT/loadtest/bench_report.py" "$OUT" "$JSON_OUT" \
     "replicas=$REPLICAS" "connections=$CONN" "seconds=$SECS" "rounds=$ROUNDS" \
-    "buckets=$BUCKETS" "durable=$DURABLE" "spread=$SPREAD" "rss_conns=$RSS_CONNS" \
+    "buckets=$BUCKETS" "batch=$BATCH" "durable=$DURABLE" "spread=$SPREAD" "rss_conns=$RSS_CONNS" \
     "capacity=$CAP" "cpus=$(nproc)" \
     "mem_gib=$(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)" \
     "os=$(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release 2>/dev/null)" || rc=$?

@@ -332,11 +332,12 @@ def main():
          if rss else "")
 
     print()
-    print("goals (ratios from this run; a goal not met does not fail the bench)")
+    print("goals (ratios from this run; a goal not met does not fail the bench;"
+          " -: its runs were not run)")
     for g in goals:
         v = g["value"]
         print("  %-4s %-78s %8s  goal %s%s" % (
-            "met" if g["met"] else "NOT", g["figure"],
+            "-" if v is None else "met" if g["met"] else "NOT", g["figure"],
             "-" if v is None else "%.2f" % v, g["goal"],
             "  (" + g["note"] + ")" if g["note"] else ""))
 
@@ -354,7 +355,8 @@ def main():
             lines.append("  %-54s (not run in this build)" % label)
 
     vs("waiting: poll -> pubsub, hot claims/s", rate("hot-poll"), hot_on)
-    vs("combining: batch 1 -> 32, hot claims/s", rate("hot-batch1"), hot_on)
+    vs("combining: batch 1 -> %s, hot claims/s" % session.get("batch", "256"),
+       rate("hot-batch1"), hot_on)
     vs("sold-out memo: off -> on, answers/s", rate("soldout-nomemo"), so)
     b = by.get("hot-buckets")
     nb = None

@@ -24,6 +24,7 @@ typedef enum cfg__kind {
     CFG__ID,    /* char instance_id[128] */
     CFG__ONOFF, /* int: on = 1, off = 0 */
     CFG__WAIT,  /* int: 1 = poll, 0 = pubsub */
+    CFG__UNAV,  /* int: 1 = atomic, 0 = fail */
 } cfg__kind_t;
 
 typedef struct cfg__opt {
@@ -136,11 +137,16 @@ static const cfg__opt_t cfg__opts[] = {
     {"COUPON_ETCD_ELECTION_TIMEOUT_MS", CFG__U32, F(etcd_election_ms), "1000",
      10, 60000,
      "the cluster's --election-timeout: lease TTLs are at least 1.5 x it"},
+    {"COUPON_LOCK_UNAVAILABLE", CFG__UNAV, F(lock_unavailable_atomic), "fail",
+     0, 0,
+     "fail (503 while the lock backend is unavailable) | atomic (claim "
+     "without the lock then: PostgreSQL's conditional UPDATE alone)"},
     {"COUPON_SHUTDOWN_GRACE_MS", CFG__U32, F(shutdown_grace_ms), "10000", 0,
      600000, "how long SIGTERM waits for open connections to finish"},
-    {"COUPON_BATCH_MAX", CFG__U32, F(batch_max), "32", 1, 1024,
-     "claims of one coupon one lease serves in one transaction (lock mode; "
-     "1: no combining, every claim waits for the lock on a worker)"},
+    {"COUPON_BATCH_MAX", CFG__U32, F(batch_max), "256", 1, 1024,
+     "most claims of one coupon one lease serves in one transaction (lock "
+     "mode; a leader takes every claim queued, up to this; 1: no combining, "
+     "every claim waits for the lock on a worker)"},
     {"COUPON_QUEUE_MAX_PER_COUPON", CFG__U32, F(queue_max_per_coupon), "1024",
      1, 1000000,
      "claims that may wait in one coupon's queue; more are answered 503 "
@@ -316,6 +322,14 @@ static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
             return -1;
         }
         *(int *)(void *)field = strcmp(v, "poll") == 0;
+        return 0;
+    case CFG__UNAV:
+        if (strcmp(v, "fail") != 0 && strcmp(v, "atomic") != 0) {
+            snprintf(c->errstr, sizeof(c->errstr),
+                     "%s: '%s' is not fail or atomic", o->env, v);
+            return -1;
+        }
+        *(int *)(void *)field = strcmp(v, "atomic") == 0;
         return 0;
     case CFG__ID: {
         size_t len = strlen(v);

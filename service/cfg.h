@@ -57,20 +57,22 @@ typedef struct cfg {
     uint32_t pg_statement_timeout_ms; /* SET statement_timeout */
     uint32_t pg_idle_tx_timeout_ms;   /* idle_in_transaction_session_timeout */
     uint32_t pg_tx_deadline_ms;       /* client-side bound on one transaction */
-    uint32_t lock_max_hold_ms;  /* the watchdog renews one lease this long */
-    int lock_wait_poll;         /* COUPON_LOCK_WAIT_STRATEGY: 1 = poll,
-                                   0 = pubsub (release notifications) */
-    uint32_t lock_recheck_ms;   /* COUPON_LOCK_RECHECK_MS: timed re-check */
-    char *lock_backend;         /* COUPON_LOCK_BACKEND: "redis" | "etcd" */
-    char *etcd_endpoints;       /* COUPON_ETCD_ENDPOINTS: URLs, commas */
-    char *etcd_username;        /* COUPON_ETCD_USERNAME; "" = no auth */
-    char *etcd_password;        /* COUPON_ETCD_PASSWORD; never logged */
-    char *etcd_ca_file;         /* COUPON_ETCD_CA_FILE: for https:// */
-    char *etcd_prefix;          /* COUPON_ETCD_PREFIX: every key under it */
-    uint32_t etcd_timeout_ms;   /* one gateway call on one endpoint */
-    uint32_t etcd_election_ms;  /* the cluster's election timeout */
-    uint32_t shutdown_grace_ms; /* how long SIGTERM waits for connections */
-    uint32_t batch_max;         /* claims one lease serves; 1: no combining */
+    uint32_t lock_max_hold_ms;   /* the watchdog renews one lease this long */
+    int lock_wait_poll;          /* COUPON_LOCK_WAIT_STRATEGY: 1 = poll,
+                                    0 = pubsub (release notifications) */
+    uint32_t lock_recheck_ms;    /* COUPON_LOCK_RECHECK_MS: timed re-check */
+    int lock_unavailable_atomic; /* COUPON_LOCK_UNAVAILABLE: 1 = atomic, 0 =
+                                    fail */
+    char *lock_backend;          /* COUPON_LOCK_BACKEND: "redis" | "etcd" */
+    char *etcd_endpoints;        /* COUPON_ETCD_ENDPOINTS: URLs, commas */
+    char *etcd_username;         /* COUPON_ETCD_USERNAME; "" = no auth */
+    char *etcd_password;         /* COUPON_ETCD_PASSWORD; never logged */
+    char *etcd_ca_file;          /* COUPON_ETCD_CA_FILE: for https:// */
+    char *etcd_prefix;           /* COUPON_ETCD_PREFIX: every key under it */
+    uint32_t etcd_timeout_ms;    /* one gateway call on one endpoint */
+    uint32_t etcd_election_ms;   /* the cluster's election timeout */
+    uint32_t shutdown_grace_ms;  /* how long SIGTERM waits for connections */
+    uint32_t batch_max;          /* claims one lease serves; 1: no combining */
     uint32_t queue_max_per_coupon; /* parked claims per coupon (lock mode) */
     uint32_t queue_max;            /* parked claims in the whole process */
     int soldout_memo;              /* 1: the sold-out fast path is on */

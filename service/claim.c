@@ -63,16 +63,19 @@
  * The sold-out fast path (COUPON_SOLDOUT_MEMO): no API adds stock or
  * moves a window, so a coupon once sold out, or past its ends_at, stays so
  * and its claimants never change. The first time a worker sees a coupon
- * sold out or expired it loads every claimant's user id (store_claimants:
- * one transaction that takes the stock rows' locks before it judges the
- * coupon, so the set it reads is final), keeps a sorted array of their
- * 64-bit hashes (seeded per process, so nobody can aim collisions at it) and
- * publishes it with an atomic store. claim_submit, on the event loop, then
- * answers a user whose hash is not in the set 410 (sold_out or expired, as
- * the store judged the coupon) from memory; a user whose hash is in it (a
- * claimant, or a collision) goes to a worker, which reads that claim: 200
- * with it, or that 410 if the hash was a collision. The set is published
- * only if it holds exactly the coupon's claimed count, as a check.
+ * sold out or expired it loads every claimant with its claim
+ * (store_claimants: one transaction that takes the stock rows' locks before
+ * it judges the coupon, so the set it reads is final): the full user id,
+ * the claim's id and fence, kept sorted by a 64-bit hash of the user id
+ * (seeded per process, so nobody can aim collisions at it), published with
+ * an atomic store. claim_submit, on the event loop, then answers every claim
+ * from memory: a user found in the set (the hash finds the candidates, the
+ * user id itself decides, so a collision cannot answer wrong) gets 200 with
+ * its claim, exactly what the store would read (a claim never changes once
+ * written, nor does a final coupon's stock); any other user gets 410
+ * (sold_out or expired, as the store judged the coupon). The set is
+ * published only if it holds exactly the coupon's claimed count, as a
+ * check.
  */
 #include "claim.h"
 
@@ -277,6 +280,46 @@ static int claim__gate(void *arg) {
 static void claim__shape_learn(const char *coupon, store_t *st);
 static void claim__resource(char *key, size_t n, const char *coupon,
                             int bucket);
+static int claim__gate_fault_only(void *arg);
+
+/* Claims run lockless since the last claim.degraded line. */
+static _Atomic uint64_t claim__degraded_quiet;
+
+/* Counts n claims that ran without the lock (the metric, and the next
+ * claim.degraded line's count). */
+static void claim__degraded(size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        metrics_inc(M_CLAIMS_DEGRADED);
+    }
+    atomic_fetch_add(&claim__degraded_quiet, n);
+}
+
+/* The degraded mode (COUPON_LOCK_UNAVAILABLE=atomic): 1 when the lock
+ * attempt that just failed on cl failed because the backend is unavailable
+ * (LOCK_EIO: unreachable, timed out, no quorum), so that the claim may run
+ * without the lock, by the atomic mode's conditional UPDATE. Busy locks and
+ * auth, permission or protocol errors never qualify: those are not an
+ * outage the lock can do nothing about, they are answers. Logged at most
+ * once a second per process, with how many claims went lockless since the
+ * last line. */
+static int claim__degrade(const lock_client_t *cl, const char *coupon) {
+    if (!claim__cfg->lock_unavailable_atomic || lock_errkind(cl) != LOCK_EIO) {
+        return 0;
+    }
+    static _Atomic int64_t last_log_ns;
+    int64_t now = mono_ns(), last = atomic_load(&last_log_ns);
+    if ((last == 0 || now - last >= 1000 * MONO_MS) &&
+        atomic_compare_exchange_strong(&last_log_ns, &last, now)) {
+        log_warn("claim.degraded",
+                 "coupon=%s claims=%llu err=\"%s\" (the lock backend is "
+                 "unavailable: claims run without the lock, PostgreSQL's "
+                 "conditional UPDATE alone; COUPON_LOCK_UNAVAILABLE=atomic)",
+                 coupon,
+                 (unsigned long long)atomic_exchange(&claim__degraded_quiet, 0),
+                 lock_errstr(cl));
+    }
+    return 1;
+}
 
 /* One claim on bucket (-1: unsharded) of coupon. Returns 1 when the claim
  * must move to another bucket (this one is empty, or the coupon's shape was
@@ -309,6 +352,21 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
         if (lrc == LOCK_BUSY) {
             claim__set(out, CLAIM_BUSY,
                        "the coupon's lock stayed busy past the wait deadline");
+            return 0;
+        }
+        if (lrc == LOCK_ERR && claim__degrade(c->lock, coupon)) {
+            /* The atomic mode's write: no fence, the stock and UNIQUE
+             * alone, exact without the lock. */
+            claim__degraded(1);
+            store_item_t item = {.user_id = user};
+            int src = store_claim(c->store, coupon, bucket, STORE_NO_FENCE,
+                                  &item, 1, claim__gate_fault_only, NULL, NULL);
+            claim__shape_learn(coupon, c->store);
+            if (src == STORE_WRONG_BUCKET ||
+                (src == STORE_OK && item.status == STORE_BUCKET_EMPTY)) {
+                return 1;
+            }
+            claim__from_store(out, src, &item, c->store);
             return 0;
         }
         if (lrc != LOCK_OK) {
@@ -612,15 +670,28 @@ static void claim__resource(char *key, size_t n, const char *coupon,
 
 /* -------------------------------------------------- the sold-out memo --- */
 
+/* One claimant of a final coupon: its user id's hash (the sort key), its
+ * claim as PostgreSQL holds it (neither changes once written), and where
+ * its user id is in the memo's text. */
+typedef struct claim__claimant {
+    uint64_t h;
+    int64_t claim_id;
+    int64_t fence; /* or STORE_NO_FENCE */
+    uint32_t off;  /* the user id: text[off, off + len) */
+    uint32_t len;
+} claim__claimant_t;
+
 /* One coupon's frozen claimant set. Nodes are pushed onto a slot's list
  * under claim__memo_mu and never freed; readers (the event loop) walk the
  * lists without a lock: a node is read only once ready is 1 (release/
  * acquire), after which its fields never change. */
 typedef struct claim__memo {
     char coupon[REQ_COUPON_ID_MAX + 1];
-    uint64_t *h; /* sorted hashes of the claimants' user ids; owned */
+    claim__claimant_t *c; /* sorted by h; owned */
+    char *text;           /* the user ids, back to back (no NULs); owned */
     size_t n;
-    atomic_int ready;        /* 1: h, n and outcome are final */
+    int64_t remaining;       /* the coupon's stock left, final too */
+    atomic_int ready;        /* 1: c, text, n, remaining, outcome are final */
     claim_outcome_t outcome; /* CLAIM_SOLD_OUT or CLAIM_EXPIRED */
     int building;            /* a worker is loading it (under claim__memo_mu) */
     int64_t failed_ns; /* last failed load (monotonic), to space retries */
@@ -628,9 +699,10 @@ typedef struct claim__memo {
 } claim__memo_t;
 
 #define CLAIM__MEMO_SLOTS 1024u
-/* The largest claimant set kept (8 bytes each): a bigger coupon goes
- * without a memo. */
-#define CLAIM__MEMO_MAX (4u * 1024u * 1024u)
+/* The most memory one claimant set may take (32 bytes per claimant plus
+ * the user ids): a bigger coupon goes without a memo. 64 MiB holds about
+ * 1.4 million claimants with 16-byte user ids. */
+#define CLAIM__MEMO_BYTES (64u * 1024u * 1024u)
 #define CLAIM__MEMO_RETRY_NS (1000 * MONO_MS)
 
 static claim__memo_t *_Atomic claim__memo_tab[CLAIM__MEMO_SLOTS];
@@ -679,45 +751,94 @@ static void claim__memo_answer(claim_result_t *out, claim_outcome_t o) {
     out->remaining = 0;
 }
 
-static int claim__memo_has(const claim__memo_t *m, uint64_t h) {
+/* user's claim in m, or NULL when user holds none. Exact: the hash only
+ * finds the candidates, and the user id itself decides, so two users whose
+ * hashes collide are told apart. O(log n). Borrowed, like m. */
+static const claim__claimant_t *claim__memo_lookup(const claim__memo_t *m,
+                                                   const char *user) {
+    uint64_t h = claim__hash(user);
+    size_t len = strlen(user);
     size_t lo = 0, hi = m->n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (m->h[mid] < h) {
+        if (m->c[mid].h < h) {
             lo = mid + 1;
         } else {
             hi = mid;
         }
     }
-    return lo < m->n && m->h[lo] == h;
+    for (; lo < m->n && m->c[lo].h == h; lo++) {
+        const claim__claimant_t *x = &m->c[lo];
+        if (x->len == len && memcmp(m->text + x->off, user, len) == 0) {
+            return x;
+        }
+    }
+    return NULL;
 }
 
 typedef struct claim__collect {
-    uint64_t *h;
+    claim__claimant_t *c;
     size_t n, cap;
+    char *text;
+    size_t tlen, tcap;
     int failed;
 } claim__collect_t;
 
-static int claim__collect_one(void *arg, const char *user, size_t len) {
-    claim__collect_t *k = arg;
-    (void)len;
-    if (k->n == k->cap) {
-        size_t cap = k->cap != 0 ? k->cap * 2 : 1024;
-        uint64_t *h =
-            cap <= CLAIM__MEMO_MAX ? realloc(k->h, cap * sizeof(*h)) : NULL;
-        if (h == NULL) {
-            k->failed = 1;
-            return 1; /* too many, or out of memory: no memo */
-        }
-        k->h = h;
-        k->cap = cap;
+/* Grows *p (*cap elements of sz bytes) to hold need elements, doubling
+ * from first; 0, or -1 when the memo would pass CLAIM__MEMO_BYTES (used:
+ * the bytes its other array takes) or memory runs out. *p stays owned by
+ * the caller either way. */
+static int claim__grow(void **p, size_t *cap, size_t need, size_t sz,
+                       size_t first, size_t used) {
+    if (need <= *cap) {
+        return 0;
     }
-    k->h[k->n++] = claim__hash(user);
+    size_t n = *cap != 0 ? *cap : first;
+    while (n < need) {
+        n *= 2;
+    }
+    if (n * sz + used > CLAIM__MEMO_BYTES) {
+        return -1;
+    }
+    void *q = realloc(*p, n * sz);
+    if (q == NULL) {
+        return -1;
+    }
+    *p = q;
+    *cap = n;
     return 0;
 }
 
-static int claim__u64_cmp(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+static int claim__collect_one(void *arg, const char *user, size_t len,
+                              int64_t claim_id, int64_t fence) {
+    claim__collect_t *k = arg;
+    void *c = k->c, *text = k->text;
+    int grown =
+        claim__grow(&c, &k->cap, k->n + 1, sizeof(*k->c), 1024, k->tcap) == 0 &&
+        claim__grow(&text, &k->tcap, k->tlen + len, 1, 16384,
+                    k->cap * sizeof(*k->c)) == 0;
+    k->c = c;
+    k->text = text;
+    if (!grown || len == 0 || len > REQ_USER_ID_MAX ||
+        memchr(user, '\0', len) != NULL) {
+        /* Too big, out of memory, or a user id no request could carry
+         * (then the set could not be trusted to be what requests ask). */
+        k->failed = 1;
+        return 1;
+    }
+    memcpy(k->text + k->tlen, user, len);
+    k->c[k->n++] = (claim__claimant_t){.h = claim__hash(user),
+                                       .claim_id = claim_id,
+                                       .fence = fence,
+                                       .off = (uint32_t)k->tlen,
+                                       .len = (uint32_t)len};
+    k->tlen += len;
+    return 0;
+}
+
+static int claim__claimant_cmp(const void *a, const void *b) {
+    uint64_t x = ((const claim__claimant_t *)a)->h;
+    uint64_t y = ((const claim__claimant_t *)b)->h;
     return x < y ? -1 : x > y;
 }
 
@@ -754,17 +875,17 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
     m->building = 1;
     pthread_mutex_unlock(&claim__memo_mu);
 
-    claim__collect_t k = {NULL, 0, 0, 0};
-    int64_t claimed = -1;
-    int rc =
-        store_claimants(c->store, coupon, claim__collect_one, &k, &claimed);
+    claim__collect_t k = {NULL, 0, 0, NULL, 0, 0, 0};
+    int64_t claimed = -1, remaining = 0;
+    int rc = store_claimants(c->store, coupon, claim__collect_one, &k, &claimed,
+                             &remaining);
     /* The store says the set is final; the rows must then match the
      * coupon's claimed count (rows = claimed is an invariant). */
     int final = rc == STORE_SOLD_OUT || rc == STORE_EXPIRED;
     int ok = final && !k.failed && (int64_t)k.n == claimed;
     if (ok) {
-        if (k.n > 1) { /* no claimant at all: k.h is NULL, nothing to sort */
-            qsort(k.h, k.n, sizeof(*k.h), claim__u64_cmp);
+        if (k.n > 1) { /* no claimant at all: k.c is NULL, nothing to sort */
+            qsort(k.c, k.n, sizeof(*k.c), claim__claimant_cmp);
         }
     } else {
         log_warn("soldout.memo_skipped",
@@ -774,13 +895,16 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
                  final            ? "rows differ from claimed"
                  : rc == STORE_OK ? "neither sold out nor ended"
                                   : store_errstr(c->store));
-        free(k.h);
+        free(k.c);
+        free(k.text);
     }
     pthread_mutex_lock(&claim__memo_mu);
     m->building = 0;
     if (ok) {
-        m->h = k.h;
+        m->c = k.c;
+        m->text = k.text;
         m->n = k.n;
+        m->remaining = remaining;
         m->outcome = rc == STORE_EXPIRED ? CLAIM_EXPIRED : CLAIM_SOLD_OUT;
         atomic_store_explicit(&m->ready, 1, memory_order_release);
         metrics_inc(M_MEMOS_BUILT);
@@ -906,22 +1030,27 @@ int claim_submit(claim_waiter_t *w) {
     w->result.fence = -1;
     w->submitted_ns = mono_ns();
     w->res = NULL;
-    w->memo_hit = 0;
     w->hops = 0;
     w->next = NULL;
 
     if (claim__cfg->soldout_memo && claim__cfg->mode != CLAIM_MODE_NAIVE) {
         const claim__memo_t *m = claim__memo_find(w->coupon);
         if (m != NULL) {
-            if (!claim__memo_has(m, claim__hash(w->user))) {
+            const claim__claimant_t *x = claim__memo_lookup(m, w->user);
+            if (x == NULL) {
                 claim__memo_answer(&w->result, m->outcome);
                 metrics_inc(m->outcome == CLAIM_EXPIRED ? M_FAST_EXPIRED
                                                         : M_FAST_SOLD_OUT);
-                claim__count(&w->result);
-                return CLAIM_SUBMIT_ANSWERED;
+            } else {
+                /* A claimant: its claim, as the store would read it. */
+                w->result.outcome = CLAIM_ALREADY;
+                w->result.claim_id = x->claim_id;
+                w->result.fence = x->fence;
+                w->result.remaining = m->remaining;
+                metrics_inc(M_FAST_CLAIMANT);
             }
-            w->memo_hit = m->outcome;
-            return CLAIM_SUBMIT_RUN;
+            claim__count(&w->result);
+            return CLAIM_SUBMIT_ANSWERED;
         }
     }
     if (!claim__combining()) {
@@ -1169,7 +1298,10 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         int lrc = lock_acquire(c->lock, r->key, cfg->lock_ttl_ms, deadline,
                                &lease, &waited);
         metrics_observe_lock_wait((uint64_t)waited);
-        if (lrc != LOCK_OK) {
+        /* Degraded: the batch runs without a lease, as one lockless
+         * set-based claim (the atomic mode's write for n users). */
+        int degraded = lrc == LOCK_ERR && claim__degrade(c->lock, coupon);
+        if (lrc != LOCK_OK && !degraded) {
             const char *why =
                 lrc == LOCK_BUSY
                     ? "the coupon's lock stayed busy past the wait deadline"
@@ -1190,8 +1322,13 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
             }
             goto pass;
         }
-        wd_watch(claim__wd, &lease);
-        fault_pause(FAULT_AFTER_ACQUIRE);
+        if (degraded) {
+            memset(&lease, 0, sizeof(lease));
+            lease.fence = STORE_NO_FENCE;
+        } else {
+            wd_watch(claim__wd, &lease);
+            fault_pause(FAULT_AFTER_ACQUIRE);
+        }
         if (n == 0) {
             b[0] = w;
             n = claim__take(r, b, 1, max);
@@ -1201,8 +1338,11 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         }
 
         int64_t last_fence = 0;
-        int src = store_claim(c->store, coupon, r->bucket, lease.fence, items,
-                              n, claim__gate, &lease, &last_fence);
+        int src =
+            degraded ? store_claim(c->store, coupon, r->bucket, STORE_NO_FENCE,
+                                   items, n, claim__gate_fault_only, NULL, NULL)
+                     : store_claim(c->store, coupon, r->bucket, lease.fence,
+                                   items, n, claim__gate, &lease, &last_fence);
         claim__shape_learn(coupon, c->store);
         int wrote = 0;
         for (size_t i = 0; src == STORE_OK && i < n; i++) {
@@ -1211,12 +1351,18 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         if (wrote) {
             fault_pause(FAULT_AFTER_COMMIT);
         }
-        int current = src == STORE_FENCED && lock_check(c->lock, &lease) == 1;
-        wd_unwatch(claim__wd, &lease);
-        if (lock_release(c->lock, &lease) == LOCK_ERR) {
-            log_warn("lock.release_failed",
-                     "key=%s fence=%lld err=\"%s\" (expires by TTL)", lease.key,
-                     (long long)lease.fence, lock_errstr(c->lock));
+        int current = 0;
+        if (degraded) {
+            claim__degraded(n);
+        } else {
+            current = src == STORE_FENCED && lock_check(c->lock, &lease) == 1;
+            wd_unwatch(claim__wd, &lease);
+            if (lock_release(c->lock, &lease) == LOCK_ERR) {
+                log_warn("lock.release_failed",
+                         "key=%s fence=%lld err=\"%s\" (expires by TTL)",
+                         lease.key, (long long)lease.fence,
+                         lock_errstr(c->lock));
+            }
         }
         metrics_observe_batch((uint32_t)n);
 
@@ -1327,22 +1473,6 @@ void claim_run(claim_waiter_t *w) {
             return;
         }
         claim__answer(w, CLAIM_UNAVAILABLE, "out of memory");
-        return;
-    }
-    if (w->memo_hit) {
-        /* A claimant of a sold-out coupon (or a hash collision): its claim
-         * is all there is to read. */
-        metrics_inc(M_FAST_CLAIM_READ);
-        store_item_t it = {.user_id = w->user};
-        int rc = store_claim_lookup(c->store, w->coupon, &it);
-        if (rc == STORE_OK) {
-            claim__from_item(&w->result, &it);
-        } else if (rc == STORE_NOT_FOUND) {
-            claim__memo_answer(&w->result, (claim_outcome_t)w->memo_hit);
-        } else {
-            claim__set(&w->result, CLAIM_UNAVAILABLE, store_errstr(c->store));
-        }
-        claim__finish(w);
         return;
     }
     if (w->res == NULL) {

@@ -73,10 +73,10 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
  * The event loop hands every complete POST /claim to claim_submit, which
  * decides at once, without a backend, one of:
  *   - CLAIM_SUBMIT_ANSWERED: w->result is final (the sold-out fast path's
- *     410, or 503 overloaded from admission control). The caller answers.
+ *     410, or its 200 to a claimant, or 503 overloaded from admission
+ *     control). The caller answers.
  *   - CLAIM_SUBMIT_RUN: the caller queues w for a worker, which calls
- *     claim_run(w). w is its coupon's leader (or an uncontended claim, or
- *     a claimant of a sold-out coupon whose claim must be read).
+ *     claim_run(w). w is its coupon's leader (or an uncontended claim).
  *   - CLAIM_SUBMIT_PARKED: w waits in its coupon's queue behind the leader;
  *     w->park(w) was called (under the combiner's mutex, before any leader
  *     can see w: the caller suspends the connection there). From then on w
@@ -107,10 +107,8 @@ struct claim_waiter {
     /* The combiner's; the caller leaves them alone. */
     int64_t submitted_ns;
     struct claim__res *res; /* its coupon's queue entry; NULL: not combined */
-    int memo_hit; /* in a final coupon's claimant set: that memo's outcome
-                     (CLAIM_SOLD_OUT or CLAIM_EXPIRED); 0: not */
-    int hops;     /* buckets it was moved off (found empty) */
-    claim_waiter_t *next; /* queue link */
+    int hops;               /* buckets it was moved off (found empty) */
+    claim_waiter_t *next;   /* queue link */
 };
 
 enum {

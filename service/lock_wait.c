@@ -4,10 +4,11 @@
  * How waiters wake. One subscriber thread per Redis node (one in all with a
  * single node, N under Redlock) holds one connection to its node and is
  * subscribed to coupon:{R}:released for exactly the resources R that have
- * waiters in this process; when the last waiter of R leaves it
- * unsubscribes. Every release script PUBLISHes on that
- * channel in the same atomic step as its DEL. The waiters of R form a FIFO
- * queue; each release message wakes ONE of them, the oldest not yet woken
+ * waiters in this process, or had a grant here within the last second
+ * (LOCK_WAIT__LINGER_NS: the handoff below counts the messages that follow
+ * our release); after that it unsubscribes. Every release script PUBLISHes
+ * on that channel in the same atomic step as its DEL. The waiters of R form a
+ * FIFO queue; each release message wakes ONE of them, the oldest not yet woken
  * (no herd: the others stay asleep, since only one can win anyway). A new
  * claim that finds subscribed waiters queued joins the tail instead of
  * trying first, so a local newcomer does not overtake a local waiter.
@@ -54,16 +55,20 @@
  * the other replicas' waiters always find it taken. The release script
  * therefore returns PUBLISH's receiver count. Receivers beyond our own
  * subscriber connection (which counts one when this process has waiters of
- * its own on the channel) are other processes waiting. Then this process's
- * own claims of that resource, queued or new, hold back before their
- * attempt for a handoff window: LOCK_WAIT__HANDOFF_NS (10 ms, far above a
- * LAN notification plus an acquire, so the other heads have been woken and
- * have tried), or until our subscriber sees the NEXT release message of
- * the resource (our own release's message is the first; a second means
- * somebody else had the lock, so the handoff is done, and waiting on would
- * leave the lock idle whenever every replica has just released). The bound:
- * while others wait, this process does not take the lock twice in a row
- * unless the others fail to try within the window. The count is read with
+ * its own on the channel) are other processes waiting: K of them. Then
+ * this process's own claims of that resource, queued or new, hold back
+ * before their attempt until our subscriber has seen K more release
+ * messages of the resource than our own (each is another process's grant
+ * come and gone), or until the lock has been idle for a handoff window:
+ * LOCK_WAIT__HANDOFF_NS (10 ms, far above a LAN notification plus an
+ * acquire) since our release or the last message, whichever came later.
+ * Every process that had the lock holds back in turn, so while the others
+ * keep trying the grants go round the processes, each once per round: a
+ * claim waits at most one round for its process's next turn, instead of a
+ * geometric number of lost races (which is what made a closed loop's p99
+ * several times its p50). The bound: while others wait, this process does
+ * not take the lock again before each of them had it, unless the lock
+ * stays idle for the window. The count is read with
  * the release's reply, which is read late (lock.c sends the release at once
  * and reads its reply before the next command on that connection), so the
  * hint may be a release or a few old; on a hot coupon, where this matters,
@@ -99,6 +104,7 @@
 #include "sentinel.h"
 
 #define LOCK_WAIT__HANDOFF_NS (10 * MONO_MS)
+#define LOCK_WAIT__LINGER_NS (1000 * MONO_MS)
 #define LOCK_WAIT__NBUCKETS 64
 #define LOCK_WAIT__NFAIR 256
 #define LOCK_WAIT__RETRY_NS (100 * MONO_MS) /* between subscriber connects */
@@ -119,12 +125,17 @@ typedef struct lock_wait__res {
     lock_wait__state_t state[LOCK_MAX_NODES];        /* per node */
     char seen[LOCK_WAIT__NSEEN][LOCK_TOKEN_HEX + 1]; /* last tokens heard */
     int seen_next;                                   /* ring position */
+    int64_t linger_ns; /* monotonic: stay subscribed without waiters until
+                          then (a grant here was recent) */
 } lock_wait__res_t;
 
 typedef struct lock_wait__fair {
     uint64_t hash;       /* of the resource's channel; 0 = unused */
     int64_t released_ns; /* monotonic: when we last sent a release */
-    int others;          /* that release reached other processes */
+    int64_t last_ns;     /* that, or the last release message seen since */
+    int self;            /* our subscriber was on the channel then: our own
+                            release's message comes back to us */
+    int others;          /* other processes that release reached */
     int msgs;            /* release messages our subscriber saw since */
 } lock_wait__fair_t;
 
@@ -354,6 +365,7 @@ static redisContext *lock_wait__connect(const cfg_addr_t *addr,
  * appended, or -1 on a hiredis failure. */
 static int lock_wait__sync(redisContext *c, int node) {
     int n = 0;
+    int64_t now = mono_ns();
     for (int b = 0; b < LOCK_WAIT__NBUCKETS; b++) {
         lock_wait__res_t **pp = &lock_wait__g.buckets[b];
         while (*pp != NULL) {
@@ -363,7 +375,8 @@ static int lock_wait__sync(redisContext *c, int node) {
                 cmd = "SUBSCRIBE";
                 r->state[node] = LOCK_WAIT__PENDING;
             } else if (r->nwaiters == 0 &&
-                       r->state[node] == LOCK_WAIT__SUBSCRIBED) {
+                       r->state[node] == LOCK_WAIT__SUBSCRIBED &&
+                       now >= r->linger_ns) {
                 cmd = "UNSUBSCRIBE";
                 r->state[node] = LOCK_WAIT__UNSUB;
             } else if (r->nwaiters == 0 && lock_wait__unsubscribed(r)) {
@@ -406,6 +419,7 @@ static void lock_wait__on_reply(const redisReply *rep, int node) {
         lock_wait__fair_t *f = &lock_wait__g.fair[h % LOCK_WAIT__NFAIR];
         if (f->hash == h) {
             f->msgs++;
+            f->last_ns = mono_ns();
             pthread_cond_broadcast(&lock_wait__g.handoff);
         }
         if (r->state[node] == LOCK_WAIT__SUBSCRIBED) {
@@ -619,15 +633,21 @@ void lock_wait_holdback(const char *resource, int64_t deadline_ns) {
     uint64_t h = lock_wait__hash(ch);
     pthread_mutex_lock(&lock_wait__g.mu);
     const lock_wait__fair_t *f = &lock_wait__g.fair[h % LOCK_WAIT__NFAIR];
-    /* Our own release's message is the first one after it; a second means
-     * somebody else has had the lock and released it: the handoff is done,
-     * and waiting longer would only leave the lock idle. */
+    /* Our own release's message comes back first (when we were subscribed);
+     * each further one means another process has had the lock and released
+     * it. Once as many have as were waiting, every one of them has had its
+     * turn (a process that had its turn holds back in turn), so the grants
+     * go round the processes instead of to whoever wins each race: the
+     * handoff is done. The window restarts with every message, so a long
+     * batch elsewhere does not end it; only a lock left idle that long
+     * does (a waiter gone, a message lost). */
     for (;;) {
-        int64_t until = f->released_ns + LOCK_WAIT__HANDOFF_NS;
+        int64_t until = f->last_ns + LOCK_WAIT__HANDOFF_NS;
         if (until > deadline_ns) {
             until = deadline_ns;
         }
-        if (f->hash != h || !f->others || f->msgs >= 2 || mono_ns() >= until) {
+        if (f->hash != h || f->others <= 0 || f->msgs >= f->self + f->others ||
+            mono_ns() >= until) {
             break;
         }
         lock_wait__timedwait(&lock_wait__g.handoff, until);
@@ -645,7 +665,9 @@ void lock_wait_note_release(const char *resource) {
         f->hash = h;
         f->others = 0;
     }
-    f->released_ns = mono_ns();
+    const lock_wait__res_t *r = lock_wait__find(ch, h);
+    f->self = r != NULL && lock_wait__subscribed(r);
+    f->released_ns = f->last_ns = mono_ns();
     f->msgs = 0;
     pthread_mutex_unlock(&lock_wait__g.mu);
 }
@@ -659,7 +681,7 @@ void lock_wait_note_receivers(const char *resource, long long receivers) {
     long long own = r != NULL && r->state[0] == LOCK_WAIT__SUBSCRIBED ? 1 : 0;
     lock_wait__fair_t *f = &lock_wait__g.fair[h % LOCK_WAIT__NFAIR];
     if (f->hash == h) {
-        f->others = receivers > own;
+        f->others = receivers > own ? (int)(receivers - own) : 0;
     }
     pthread_mutex_unlock(&lock_wait__g.mu);
 }
@@ -782,7 +804,14 @@ void lock_wait_leave(lock_waiter_t *w, int granted, int errored) {
         if (pass) {
             lock_wait__wake_one(r, LOCK_WAKE_MESSAGE);
         }
-        if (r->nwaiters == 0 && lock_wait__g.started) {
+        if (granted) {
+            /* Stay subscribed through our turn and a while after it: the
+             * handoff counts the release messages that follow ours, and a
+             * subscription dropped now would see none of them. The
+             * subscriber drops it on its next round after the linger (it
+             * wakes at least once a second). */
+            r->linger_ns = mono_ns() + LOCK_WAIT__LINGER_NS;
+        } else if (r->nwaiters == 0 && lock_wait__g.started) {
             lock_wait__kick(); /* unsubscribe */
         }
         w->res = NULL;

@@ -54,8 +54,9 @@ int lock_wait_pubsub(void);
 int lock_wait_has_waiters(const char *resource);
 
 /* The handoff: when this process released resource moments ago and its
- * release reached other processes' subscribers, sleeps until the handoff
- * window has passed (never past deadline_ns). */
+ * release reached K other processes' subscribers, sleeps until K other
+ * releases were seen or the lock was idle for the handoff window (never
+ * past deadline_ns). */
 void lock_wait_holdback(const char *resource, int64_t deadline_ns);
 
 /* Queues w (borrowed until lock_wait_leave) at the tail of resource's FIFO,

@@ -209,6 +209,12 @@ static const metrics__family_t metrics__families[] = {
      "fence counter) that raised it to last_fence and retried.",
      NULL,
      {{M_FENCE_RECOVERIES, NULL}, {M__COUNT, NULL}}},
+    {"couponsvc_claims_degraded_total",
+     "Claims run without the lock, by PostgreSQL's conditional UPDATE alone, "
+     "because the lock backend was unavailable "
+     "(COUPON_LOCK_UNAVAILABLE=atomic).",
+     NULL,
+     {{M_CLAIMS_DEGRADED, NULL}, {M__COUNT, NULL}}},
     {"couponsvc_backend_errors_total",
      "Errors talking to a backend.",
      "backend",
@@ -229,10 +235,10 @@ static const metrics__family_t metrics__families[] = {
       {M__COUNT, NULL}}},
     {"couponsvc_soldout_fastpath_total",
      "Claims on a coupon this instance knows sold out or expired: answered "
-     "410 from memory, or (a claimant) read by a worker.",
+     "410 from memory, or (a claimant) 200 with its claim from memory.",
      "result",
      {{M_FAST_SOLD_OUT, "sold_out"},
-      {M_FAST_CLAIM_READ, "claim_read"},
+      {M_FAST_CLAIMANT, "claimant"},
       {M_FAST_EXPIRED, "expired"},
       {M__COUNT, NULL}}},
     {"couponsvc_soldout_memos_total",

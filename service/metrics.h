@@ -39,6 +39,7 @@ typedef enum metrics_counter {
     M_LEASES_LOST,      /* couponsvc_leases_lost_total */
     M_FENCED_REFUSALS,  /* couponsvc_fenced_refusals_total */
     M_FENCE_RECOVERIES, /* couponsvc_fence_counter_recoveries_total */
+    M_CLAIMS_DEGRADED,  /* couponsvc_claims_degraded_total: run lockless */
     M_REDIS_ERRORS,     /* couponsvc_backend_errors_total{backend="redis"} */
     M_PG_ERRORS,        /* ...{backend="postgres"} */
     /* couponsvc_postgres_timeouts_total{kind} */
@@ -51,11 +52,11 @@ typedef enum metrics_counter {
     M_ADMIT_DEADLINE,     /* the queue ahead would outlast the deadline */
     /* couponsvc_soldout_fastpath_total{result}: claims on a coupon known
      * sold out */
-    M_FAST_SOLD_OUT,   /* 410 from memory, on the event loop */
-    M_FAST_CLAIM_READ, /* in the claimant set: a worker read the claim */
-    M_FAST_EXPIRED,    /* 410 expired from memory, on the event loop */
-    M_MEMOS_BUILT,     /* couponsvc_soldout_memos_total */
-    M_LOCK_GRANTS, /* couponsvc_lock_grants_total: leases this process got */
+    M_FAST_SOLD_OUT, /* 410 from memory, on the event loop */
+    M_FAST_CLAIMANT, /* 200 with the claim of a claimant, from memory */
+    M_FAST_EXPIRED,  /* 410 expired from memory, on the event loop */
+    M_MEMOS_BUILT,   /* couponsvc_soldout_memos_total */
+    M_LOCK_GRANTS,   /* couponsvc_lock_grants_total: leases this process got */
     /* couponsvc_lock_wakeups_total{cause}: a waiter tried again because */
     M_LOCK_WAKE_MESSAGE,   /* a release notification came */
     M_LOCK_WAKE_RECHECK,   /* its timed re-check ran out */

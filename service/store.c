@@ -316,7 +316,7 @@ static const store__stmt_t store__stmts[] = {
      "   ELSE (SELECT COALESCE(sum(claimed), 0) FROM coupon_buckets"
      "         WHERE coupon_id = c.id) END"
      " FROM coupons c WHERE c.id = $1"},
-    {"claimants", "SELECT user_id FROM claims WHERE coupon_id = $1"},
+    {"claimants", "SELECT user_id, id, fence FROM claims WHERE coupon_id = $1"},
     /* Naive mode's write: the value computed by the client, unguarded. */
     {"naive_set", "UPDATE coupons SET claimed = $2::integer WHERE id = $1"},
     {"naive_insert",
@@ -1560,7 +1560,7 @@ int store_coupon_get(store_t *st, const char *id, store_coupon_t *out) {
  * before its row wait, and is not covered; the service's own claims are.)
  */
 int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
-                    void *arg, int64_t *claimed_out) {
+                    void *arg, int64_t *claimed_out, int64_t *remaining_out) {
     store__deadline_start(st);
     if (store__connect(st) != STORE_OK) {
         return STORE_ERR;
@@ -1591,6 +1591,7 @@ int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
         int ended = strcmp(PQgetvalue(res[3], 0, 0), "t") == 0;
         int64_t left = store__col(res[3], 0, 1);
         *claimed_out = store__col(res[3], 0, 2);
+        *remaining_out = left > 0 ? left : 0;
         /* Expired first: the claim statement judges the window before the
          * stock, so that is what a claim would be answered. */
         final = ended ? STORE_EXPIRED : left <= 0 ? STORE_SOLD_OUT : STORE_OK;
@@ -1619,8 +1620,8 @@ int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
         }
         ExecStatusType s = PQresultStatus(r);
         if (s == PGRES_SINGLE_TUPLE && !stop) {
-            int frc =
-                fn(arg, PQgetvalue(r, 0, 0), (size_t)PQgetlength(r, 0, 0));
+            int frc = fn(arg, PQgetvalue(r, 0, 0), (size_t)PQgetlength(r, 0, 0),
+                         store__int(r, 0, 1), store__int(r, 0, 2));
             if (frc != 0) {
                 rc = frc; /* read the rest, so the connection stays usable */
                 stop = 1;
@@ -1737,28 +1738,4 @@ int store_probe(store_t *st) {
     }
     /* Connected, the query failed: not a login problem. */
     return st->conn == NULL && st->refused ? STORE_EREFUSED : STORE_ERR;
-}
-
-/* ------------------------------------------- the sold-out fast path --- */
-
-int store_claim_lookup(store_t *st, const char *coupon, store_item_t *item) {
-    store__deadline_start(st);
-    if (store__connect(st) != STORE_OK) {
-        return STORE_ERR;
-    }
-    const char *p[] = {coupon, item->user_id};
-    PGresult *res = store__exec(st, "claim_get", 2, p, PGRES_TUPLES_OK);
-    if (res == NULL) {
-        return STORE_ERR;
-    }
-    int found = PQntuples(res) == 1;
-    if (found) {
-        item->status = STORE_ALREADY;
-        item->claim_id = store__int(res, 0, 0);
-        item->fence = store__int(res, 0, 1);
-        item->remaining = store__int(res, 0, 2);
-        item->seq = store__int(res, 0, 3);
-    }
-    PQclear(res);
-    return found ? STORE_OK : STORE_NOT_FOUND;
 }

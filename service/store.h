@@ -181,9 +181,11 @@ int store_coupon_create(store_t *st, const char *id, int64_t total, int buckets,
  * STORE_ERR. */
 int store_coupon_get(store_t *st, const char *id, store_coupon_t *out);
 
-/* Called once per claimant; user_id is borrowed for the call only. Return 0
- * to go on, anything else to stop (store_claimants then returns it). */
-typedef int (*store_claimant_fn)(void *arg, const char *user_id, size_t len);
+/* Called once per claimant with its claim (claim_id, and fence or
+ * STORE_NO_FENCE); user_id is borrowed for the call only. Return 0 to go
+ * on, anything else to stop (store_claimants then returns it). */
+typedef int (*store_claimant_fn)(void *arg, const char *user_id, size_t len,
+                                 int64_t claim_id, int64_t fence);
 
 /* Every user who holds a claim on coupon, in no particular order, streamed
  * to fn, for the fast path: only once the set is final, that is once the
@@ -192,16 +194,12 @@ typedef int (*store_claimant_fn)(void *arg, const char *user_id, size_t len);
  * exact). Rows are read one at a time, so a coupon with a million claimants
  * does not sit in memory at once. Returns STORE_EXPIRED or STORE_SOLD_OUT
  * when the set was streamed (*claimed_out: the coupon's claimed count, which
- * the rows must match), STORE_OK when the set is not final (nothing
- * streamed), STORE_NOT_FOUND, STORE_ERR, or what fn returned. claimed_out
- * is borrowed. */
+ * the rows must match; *remaining_out: its stock left, final too),
+ * STORE_OK when the set is not final (nothing streamed), STORE_NOT_FOUND,
+ * STORE_ERR, or what fn returned. claimed_out and remaining_out are
+ * borrowed. */
 int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
-                    void *arg, int64_t *claimed_out);
-
-/* Reads user's existing claim of coupon (no transaction, no lock):
- * STORE_OK with item->status STORE_ALREADY and the claim, STORE_NOT_FOUND
- * when the user holds none, or STORE_ERR. item is borrowed. */
-int store_claim_lookup(store_t *st, const char *coupon, store_item_t *item);
+                    void *arg, int64_t *claimed_out, int64_t *remaining_out);
 
 /* SELECT 1. STORE_OK or STORE_ERR. */
 int store_ping(store_t *st);

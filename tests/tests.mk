@@ -80,7 +80,7 @@ FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/h_etcd.o itest/test_faults.o itest/test_redis_faults.o \
 	itest/test_comb_faults.o itest/test_lock_wait_faults.o \
 	itest/h_topo.o itest/test_sentinel_faults.o itest/test_redlock_faults.o \
-	faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o
+	itest/test_degraded.o faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o
 
 $(BUILD)/tests/fault-tests: $(FAULT_OBJS)
 	@echo "  LD      $@"

@@ -208,33 +208,49 @@ TT_TEST(comb_overload_beyond_queue_bound, 60) {
 
 /* The sold-out fast path: once the instance has seen the coupon sold out,
  * a user without a claim gets 410 from memory, with PostgreSQL stopped;
- * a user with a claim gets 200 with the same claim (read by a worker). */
+ * so does a user with a claim, 200 with exactly its claim (id, fence,
+ * remaining), also from memory; and a user id that is a claimant's but
+ * one character longer, or shorter, is no claimant. */
 TT_TEST(soldout_fastpath_without_postgres, 90) {
     h_begin();
     h_pg_private_start();
     h_svc_t *s = h_svc_start("memo", NULL);
     h_coupon(s, "gone", 3);
-    long ids[3];
+    long ids[3], fences[3];
     for (int i = 0; i < 3; i++) {
         char user[16];
         snprintf(user, sizeof(user), "holder-%d", i);
         json_t *j = NULL;
         TT_EQ_INT(h_claim(s, "gone", user, &j), 201);
         ids[i] = comb_int(j, "claim_id");
+        fences[i] = comb_int(j, "fence");
         json_decref(j);
     }
     TT_EQ_INT(h_claim(s, "gone", "late-0", NULL), 410); /* seen sold out */
     /* The memo is loaded off the event loop, after that answer. */
     double memos = h_wait_metric(s, "couponsvc_soldout_memos_total", 1, 5000);
 
-    json_t *j = NULL;
-    TT_EQ_INT(h_claim(s, "gone", "holder-1", &j), 200);
-    TT_EQ_STR(comb_str(j, "status"), "already_claimed");
-    TT_EQ_INT(comb_int(j, "claim_id"), ids[1]);
-    json_decref(j);
-
     h_check_invariants("gone", 3, 3);
     h_pg_private_stop("fast");
+    for (int i = 0; i < 3; i++) {
+        char user[16];
+        snprintf(user, sizeof(user), "holder-%d", i);
+        json_t *j = NULL;
+        long st = h_claim(s, "gone", user, &j);
+        TT_ASSERT_MSG(st == 200, "%s with PostgreSQL stopped: %ld %s", user, st,
+                      comb_str(j, "error"));
+        TT_EQ_STR(comb_str(j, "status"), "already_claimed");
+        TT_EQ_STR(comb_str(j, "user_id"), user);
+        TT_EQ_INT(comb_int(j, "claim_id"), ids[i]);
+        TT_EQ_INT(comb_int(j, "fence"), fences[i]);
+        TT_EQ_INT(comb_int(j, "remaining"), 0);
+        json_decref(j);
+    }
+    static const char *const near[] = {"holder-1x", "holder-", "holder-3"};
+    for (size_t i = 0; i < sizeof(near) / sizeof(near[0]); i++) {
+        TT_EQ_INT(h_claim(s, "gone", near[i], NULL), 410);
+    }
+    json_t *j = NULL;
     for (int i = 1; i <= 5; i++) {
         char user[16];
         snprintf(user, sizeof(user), "late-%d", i);
@@ -247,11 +263,11 @@ TT_TEST(soldout_fastpath_without_postgres, 90) {
     }
     TT_CMP_INT(memos, >=, 1);
     TT_EQ_INT(h_metric(s, "couponsvc_soldout_fastpath_total{result="
-                          "\"claim_read\"}"),
-              1);
+                          "\"claimant\"}"),
+              3);
     TT_EQ_INT(h_metric(s, "couponsvc_soldout_fastpath_total{result="
                           "\"sold_out\"}"),
-              5);
+              5 + 3);
 }
 
 /* The fast path serves an expired coupon too: two coupons (one unsharded,
@@ -303,16 +319,21 @@ TT_TEST(expired_fastpath_without_postgres, 90) {
     }
     double memos = h_wait_metric(s, "couponsvc_soldout_memos_total", 2, 5000);
     TT_CMP_INT(memos, >=, 2);
-    for (int c = 0; c < 2; c++) {
-        json_t *j = NULL;
-        TT_EQ_INT(h_claim(s, coupons[c], "holder-1", &j), 200);
-        TT_EQ_STR(comb_str(j, "status"), "already_claimed");
-        TT_EQ_INT(comb_int(j, "claim_id"), ids[c][1]);
-        json_decref(j);
-    }
     h_check_invariants("brief", 10, 3);
     h_check_invariants("brief4", 40, 3);
     h_pg_private_stop("fast");
+    /* A claimant gets its claim from memory, with the stock left that the
+     * window's end froze. */
+    for (int c = 0; c < 2; c++) {
+        json_t *j = NULL;
+        long st = h_claim(s, coupons[c], "holder-1", &j);
+        TT_ASSERT_MSG(st == 200, "holder-1 on %s with PostgreSQL stopped: %ld",
+                      coupons[c], st);
+        TT_EQ_STR(comb_str(j, "status"), "already_claimed");
+        TT_EQ_INT(comb_int(j, "claim_id"), ids[c][1]);
+        TT_EQ_INT(comb_int(j, "remaining"), c == 0 ? 10 - 3 : 40 - 3);
+        json_decref(j);
+    }
     for (int c = 0; c < 2; c++) {
         for (int i = 1; i <= 5; i++) {
             char user[16];
@@ -331,7 +352,7 @@ TT_TEST(expired_fastpath_without_postgres, 90) {
                           "\"expired\"}"),
               10);
     TT_EQ_INT(h_metric(s, "couponsvc_soldout_fastpath_total{result="
-                          "\"claim_read\"}"),
+                          "\"claimant\"}"),
               2);
 }
 
