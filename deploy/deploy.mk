@@ -3,6 +3,9 @@
 #
 #   make up [REPLICAS=3]   build, then PostgreSQL + Redis + replicas + nginx
 #                          on 127.0.0.1 (LB on :8080); see deploy/stack.sh
+#   make up COUPON_LOCK_BACKEND=etcd
+#                          the same, plus a 3-member etcd cluster the
+#                          replicas lock on (ETCD_PORT_BASE: 12379..12384)
 #   make up REDIS_TOPOLOGY=sentinel|redlock3|redlock5
 #                          the same with Redis behind three sentinels, or
 #                          3 / 5 independent Redlock nodes (default single);

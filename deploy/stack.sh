@@ -26,6 +26,12 @@
 #   APP_PORT_BASE  replica i listens on APP_PORT_BASE + i   (8080: 8081, 8082..)
 #   PG_PORT        PostgreSQL                               (15432)
 #   REDIS_PORT     Redis                                    (16379)
+#   COUPON_LOCK_BACKEND  etcd: a 3-member etcd cluster too, and the
+#                  replicas lock on it (their COUPON_ETCD_ENDPOINTS)  (redis)
+#   STACK_ETCD     1: start the etcd members whatever the backend, so that
+#                  restart-app can switch the replicas to it   (0)
+#   ETCD_PORT_BASE member i's client port is ETCD_PORT_BASE + 2(i-1), its
+#                  peer port the next one                    (12379)
 #   REDIS_TOPOLOGY single: one Redis node (redis); sentinel: a master
 #                  (redis), its replica (redis1) and three sentinels
 #                  (sentinel1..3 on SENTINEL_PORT + 1..3) monitoring it as
@@ -93,6 +99,11 @@ APP_PORT_BASE=${APP_PORT_BASE:-8080}
 # and `up` then fails with "address already in use".
 PG_PORT=${PG_PORT:-15432}
 REDIS_PORT=${REDIS_PORT:-16379}
+ETCD_PORT_BASE=${ETCD_PORT_BASE:-12379}
+ETCD_MEMBERS=0
+if [ "${COUPON_LOCK_BACKEND:-redis}" = etcd ] || [ "${STACK_ETCD:-0}" = 1 ]; then
+    ETCD_MEMBERS=3
+fi
 REDIS_TOPOLOGY=${REDIS_TOPOLOGY:-single}
 SENTINEL_PORT=${SENTINEL_PORT:-16389}
 REDIS_RESTART_DELAY_MS=${REDIS_RESTART_DELAY_MS:-}
@@ -140,7 +151,7 @@ secret() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 
 check_settings() {
     local v val
-    for v in REPLICAS LB_PORT APP_PORT_BASE PG_PORT REDIS_PORT SENTINEL_PORT WAIT_SECS STOP_SECS; do
+    for v in REPLICAS LB_PORT APP_PORT_BASE PG_PORT REDIS_PORT SENTINEL_PORT ETCD_PORT_BASE WAIT_SECS STOP_SECS; do
         eval "val=\$$v"
         is_uint "$val" || fail "$v must be a non-negative integer, got '$val'"
     done
@@ -238,6 +249,7 @@ spawn() {
 stop_app() { kill -s TERM "$2"; }
 stop_nginx() { nginx -q -p "$SD/nginx" -e "$SD/logs/nginx.error.log" -c "$SD/nginx/nginx.conf" -s quit; }
 stop_redis() { redis_cli "$(port_of "$1")" shutdown nosave >/dev/null 2>&1; }
+stop_etcd() { kill -s TERM "$2"; }
 stop_sentinel() { kill -s TERM "$2"; }
 stop_postgres() { as_pg "$SD/logs/pg_ctl.log" "$PG_BIN/pg_ctl" -D "$SD/pg/data" -m fast -W stop; }
 
@@ -248,6 +260,7 @@ port_of() {
     redis[0-9]*) echo $((REDIS_PORT + ${1#redis})) ;;
     sentinel*) echo $((SENTINEL_PORT + ${1#sentinel})) ;;
     postgres) echo "$PG_PORT" ;;
+    etcd*) echo $((ETCD_PORT_BASE + 2 * (${1#etcd} - 1))) ;;
     app*) echo $((APP_PORT_BASE + ${1#app})) ;;
     esac
 }
@@ -354,7 +367,7 @@ app_names() {
 }
 
 # In the order `up` starts them; stopped in the reverse order.
-all_names() { printf 'postgres %s%s nginx\n' "$(redis_names)" "$(app_names "$REPLICAS")"; }
+all_names() { printf 'postgres %s%s%s nginx\n' "$(redis_names)" "$(etcd_names)" "$(app_names "$REPLICAS")"; }
 
 # The settings `up` used are recorded, so that down, status and restart-app
 # act on the stack that exists, whatever the environment says now.
@@ -523,6 +536,68 @@ EOF
     done
 }
 
+# --- etcd (COUPON_LOCK_BACKEND=etcd) ------------------------------------------
+
+etcd_names() {
+    local i=1
+    while [ "$i" -le "$ETCD_MEMBERS" ]; do
+        printf 'etcd%s ' "$i"
+        i=$((i + 1))
+    done
+}
+
+# The members' client URLs, comma-separated: the replicas' endpoints.
+etcd_endpoints() {
+    local i=1 sep=''
+    while [ "$i" -le "$ETCD_MEMBERS" ]; do
+        printf '%shttp://127.0.0.1:%s' "$sep" "$(port_of "etcd$i")"
+        sep=,
+        i=$((i + 1))
+    done
+}
+
+# What the replicas get as COUPON_ETCD_ENDPOINTS: the stack's members, or
+# what the environment says (an outside cluster).
+app_etcd_endpoints() {
+    if [ "$ETCD_MEMBERS" -gt 0 ]; then etcd_endpoints; else printf '%s' "${COUPON_ETCD_ENDPOINTS:-http://127.0.0.1:2379}"; fi
+}
+
+# Three members of one new cluster, data under $SD/etcd, default timing
+# (election 1000 ms: the replicas' lease TTL is at least 2 s). No auth
+# locally; deploy/README.md shows the production set-up with a user.
+start_etcd() {
+    local i cluster='' deadline=$((SECONDS + WAIT_SECS)) port ok
+    have etcd || fail "etcd not found: install etcd-server (make deps)"
+    mkdir -p "$SD/etcd"
+    for i in $(seq "$ETCD_MEMBERS"); do
+        cluster="$cluster${cluster:+,}etcd$i=http://127.0.0.1:$(($(port_of "etcd$i") + 1))"
+    done
+    for i in $(seq "$ETCD_MEMBERS"); do
+        port=$(port_of "etcd$i")
+        say "etcd$i: starting on 127.0.0.1:$port"
+        spawn "etcd$i" etcd --name "etcd$i" --data-dir "$SD/etcd/etcd$i" \
+            --listen-client-urls "http://127.0.0.1:$port" \
+            --advertise-client-urls "http://127.0.0.1:$port" \
+            --listen-peer-urls "http://127.0.0.1:$((port + 1))" \
+            --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
+            --initial-cluster "$cluster" --initial-cluster-state new \
+            --initial-cluster-token "couponsvc-$$" --logger zap --log-level warn
+    done
+    for i in $(seq "$ETCD_MEMBERS"); do
+        port=$(port_of "etcd$i")
+        until ok=$(curl -s -m 2 "http://127.0.0.1:$port/health" 2>/dev/null) &&
+            case $ok in *'"health":"true"'*) true ;; *) false ;; esac; do
+            live_pid "etcd$i" >/dev/null || {
+                tail_log "$SD/logs/etcd$i.log"
+                fail "etcd$i died while starting (see $SD/logs/etcd$i.log)"
+            }
+            [ "$SECONDS" -lt "$deadline" ] || fail "etcd$i not healthy within ${WAIT_SECS}s"
+            sleep 0.2
+        done
+    done
+    say "etcd: cluster of $ETCD_MEMBERS healthy at $(etcd_endpoints)"
+}
+
 # start_sentinel NAME: one sentinel monitoring redis as "couponsvc" (quorum
 # 2 of 3), behind a password of its own; waits until it names the master.
 # The sentinels see a dead master at different times (1, 1.25, 1.5 s), so
@@ -640,7 +715,9 @@ start_app() {
     COUPON_HTTP_ADDR=127.0.0.1:$((APP_PORT_BASE + i)) COUPON_PG_DSN=$DSN \
         COUPON_REDIS_USERNAME=$REDIS_USER \
         COUPON_REDIS_PASSWORD=$REDIS_PASSWORD COUPON_ADMIN_TOKEN=$ADMIN_TOKEN \
-        COUPON_INSTANCE_ID=$instance spawn "app$i" env -u COUPON_REDIS_ADDRS \
+        COUPON_INSTANCE_ID=$instance \
+        COUPON_ETCD_ENDPOINTS=$(app_etcd_endpoints) \
+        spawn "app$i" env -u COUPON_REDIS_ADDRS \
         -u COUPON_REDIS_SENTINELS -u COUPON_REDIS_MASTER_NAME \
         -u COUPON_REDIS_SENTINEL_PASSWORD "${redis_env[@]}" "$COUPONSVC" serve
 }
@@ -733,6 +810,8 @@ export COUPON_ADMIN_TOKEN='$ADMIN_TOKEN'
 export COUPON_PG_DSN='$DSN'
 $(redis_app_env | sed "s/^\([^=]*\)=\(.*\)/export \1='\2'/")
 export COUPON_REDIS_USERNAME='$REDIS_USER' COUPON_REDIS_PASSWORD='$REDIS_PASSWORD'
+$([ "$ETCD_MEMBERS" -gt 0 ] && printf "export COUPON_ETCD_ENDPOINTS='%s'\n" "$(etcd_endpoints)")
+$([ "${COUPON_LOCK_BACKEND:-}" = etcd ] && printf 'export COUPON_LOCK_BACKEND=etcd\n')
 # For psql and friends (psql alone then opens the service's database).
 export PGHOST='127.0.0.1' PGPORT='$PG_PORT' PGUSER='couponsvc' PGDATABASE='couponsvc' PGPASSWORD='$PG_PASSWORD'
 # Redis's default user, the operator: REDISCLI_AUTH=\$REDIS_ADMIN_PASSWORD redis-cli -p $REDIS_PORT
@@ -777,7 +856,7 @@ cmd_up() {
 
     # A fresh state directory: remove only what stack.sh creates.
     make_stack_dir
-    rm -rf "$SD/pg" "$SD/redis" "$SD/nginx" "$SD/pids" "$SD/logs" \
+    rm -rf "$SD/pg" "$SD/redis" "$SD/etcd" "$SD/nginx" "$SD/pids" "$SD/logs" \
         "$SD/env" "$SD/app.env" "$SD/stack.conf"
     : >"$MARKER"
     mkdir -p "$SD/pids" "$SD/logs"
@@ -808,6 +887,8 @@ LB_PORT=$LB_PORT
 APP_PORT_BASE=$APP_PORT_BASE
 PG_PORT=$PG_PORT
 REDIS_PORT=$REDIS_PORT
+ETCD_PORT_BASE=$ETCD_PORT_BASE
+ETCD_MEMBERS=$ETCD_MEMBERS
 REDIS_TOPOLOGY=$REDIS_TOPOLOGY
 SENTINEL_PORT=$SENTINEL_PORT
 SENTINEL_PASSWORD='$SENTINEL_PASSWORD'
@@ -828,6 +909,7 @@ EOF
     say "state: $SD"
     start_postgres
     start_redis
+    [ "$ETCD_MEMBERS" -gt 0 ] && start_etcd
     if [ -x "$COUPONSVC" ]; then
         run_migrate
     else
@@ -868,6 +950,8 @@ stop_all() {
     stop_components nginx
     # shellcheck disable=SC2086 # one word per replica
     stop_components $apps
+    # shellcheck disable=SC2046 # one word per member
+    stop_components $(etcd_names)
     # The sentinels first (they would fail over a stopping master), then
     # the data nodes.
     # shellcheck disable=SC2046 # one word per Redis process

@@ -23,6 +23,12 @@
 #   hot-poll         lock mode, COUPON_LOCK_WAIT_STRATEGY=poll
 #   hot-batch1       lock mode, COUPON_BATCH_MAX=1 (no combining)
 #   soldout-nomemo   as soldout, COUPON_SOLDOUT_MEMO=off
+#   hot-etcd, spread-etcd, latency-etcd
+#                    lock mode on the etcd backend (a 3-member cluster
+#                    the stack starts beside Redis; BENCH_ETCD=0 skips
+#                    them): hot and spread as above, latency-etcd an
+#                    open loop at 200 claims/s; each with its etcd calls
+#                    per claim (the members' gRPC counters, summed)
 #   rss              one more instance (not behind the LB), 1000
 #                    connections made directly to it, each after one
 #                    request: its RSS, at the default
@@ -266,7 +272,7 @@ say "starting the stack: $REPLICAS replicas, LB 127.0.0.1:$LB_PORT, PostgreSQL $
 STARTED=1
 settings atomic
 env -u COUPON_LOCK_WAIT_STRATEGY -u COUPON_BATCH_MAX -u COUPON_SOLDOUT_MEMO \
-    "${PHASE_ENV[@]}" PG_DURABLE="$DURABLE" bash "$STACK_SH" up >"$OUT/up.log" 2>&1 || {
+    "${PHASE_ENV[@]}" PG_DURABLE="$DURABLE" STACK_ETCD="${BENCH_ETCD:-1}" bash "$STACK_SH" up >"$OUT/up.log" 2>&1 || {
     STARTED=0
     cat "$OUT/up.log" >&2
     die "stack.sh up failed"
@@ -372,6 +378,56 @@ elif has_setting COUPON_SOLDOUT_MEMO; then
 else
     say "soldout-nomemo: skipped, this build has no COUPON_SOLDOUT_MEMO"
 fi
+
+# --- the etcd backend -------------------------------------------------------------
+
+# etcd_calls NAME SUFFIX: every member's count of handled gRPC calls (the
+# JSON gateway goes through them) into NAME.etcd.SUFFIX.
+etcd_calls() {
+    local ep n=0 v
+    for ep in $(printf '%s' "$COUPON_ETCD_ENDPOINTS" | tr ',' ' '); do
+        v=$(curl -s -m 5 "$ep/metrics" | awk '/^grpc_server_handled_total/ { s += $NF } END { printf "%d", s }')
+        n=$((n + ${v:-0}))
+    done
+    printf '%s\n' "$n" >"$OUT/$1.etcd.$2"
+}
+
+# etcd_run NAME KIND ARGS...: run, with the members' calls counted around
+# it; prints claims/s and etcd calls per claim (also into etcd.txt).
+etcd_run() {
+    local name=$1 b a
+    etcd_calls "$name" 0
+    run "$@"
+    etcd_calls "$name" 1
+    read -r b <"$OUT/$name.etcd.0"
+    read -r a <"$OUT/$name.etcd.1"
+    "$PY" - "$OUT/$name.json" "$name" $((a - b)) <<'PYEOF' | tee -a "$OUT/etcd.txt" >&2
+import json, sys
+d = json.load(open(sys.argv[1]))
+n, calls = d["status"].get("201", 0), int(sys.argv[3])
+lat = d.get("latency_ms", {})
+print("%s: %.0f claims/s, p50 %s ms, p99 %s ms, %d etcd calls for %d claims: %.2f per claim"
+      % (sys.argv[2], n / d["duration_s"] if d["duration_s"] else 0,
+         lat.get("p50"), lat.get("p99"), calls, n, calls / n if n else 0))
+PYEOF
+}
+
+etcd_rows() {
+    [ "${BENCH_ETCD:-1}" = 0 ] && return 0
+    if ! has_setting COUPON_LOCK_BACKEND || [ -z "${COUPON_ETCD_ENDPOINTS:-}" ]; then
+        say "etcd rows: skipped (this build or stack has no etcd backend)"
+        return 0
+    fi
+    restart lock "${LOCK_DEFAULTS[@]}" COUPON_LOCK_BACKEND=etcd
+    etcd_run hot-etcd claims -c "$CONN" -d "$SECS" --coupon "hot-e-$RUN" \
+        --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+    etcd_run spread-etcd claims -c "$CONN" -d "$SECS" --coupon "spr-e-$RUN" \
+        --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+    etcd_run latency-etcd open -c 256 --rate 200 -d "$SECS" --coupon "lat-e-$RUN" \
+        --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+    restart lock "${LOCK_DEFAULTS[@]}"
+}
+etcd_rows
 
 # --- RSS at 1000 connections -----------------------------------------------------
 

@@ -3,8 +3,9 @@
  *
  * http.c turns a libmicrohttpd request into an api_request_t, calls
  * api_handle, and sends the api_response_t back. Everything the contract
- * says about routes, status codes and JSON bodies lives in api.c; jansson is
- * used here and in req.c, nowhere deeper.
+ * says about routes, status codes and JSON bodies lives in api.c. jansson
+ * serves the HTTP edge (here and in req.c) and one backend, etcd, whose
+ * gateway speaks JSON (lock_etcd*.c); nowhere else.
  */
 #ifndef COUPONSVC_API_H
 #define COUPONSVC_API_H

@@ -118,6 +118,16 @@ static int64_t lock_etcd__deadline(void) {
                            lock_etcd__g.cfg->etcd_timeout_ms * MONO_MS;
 }
 
+/* The bound of a call made on the way to deadline: the deadline, but never
+ * less than one attempt. A call that ran out of time before it was sent
+ * would report the backend unavailable when only our wait ended (and only
+ * "unavailable" may switch a degraded mode on). */
+static int64_t lock_etcd__bound(int64_t deadline) {
+    int64_t min =
+        mono_ns() + (int64_t)lock_etcd__g.cfg->etcd_timeout_ms * MONO_MS;
+    return deadline > min ? deadline : min;
+}
+
 /* ---------------------------------------------------------------- keys --- */
 
 static const char *lock_etcd__prefix(void) {
@@ -336,14 +346,7 @@ static int lock_etcd__init(const cfg_t *cfg, char *err, size_t errlen) {
                  cfg->etcd_prefix);
         return -1;
     }
-    int64_t floor_s = ((int64_t)cfg->etcd_election_ms * 3 + 1999) / 2000;
-    int64_t ttl_s = ((int64_t)cfg->lock_ttl_ms + 999) / 1000;
-    if (ttl_s < floor_s) {
-        ttl_s = floor_s;
-    }
-    if (ttl_s < 1) {
-        ttl_s = 1;
-    }
+    int64_t ttl_s = lock_etcd_gw_ttl_s(cfg->lock_ttl_ms, cfg->etcd_election_ms);
     lock_etcd__g.ttl_s = ttl_s;
     lock_etcd__g.recheck_ms = cfg->lock_recheck_ms;
     if (ttl_s * 1000 != (int64_t)cfg->lock_ttl_ms) {
@@ -570,16 +573,16 @@ static int lock_etcd__acquire_loop(lock_etcd__client_t *c, int64_t deadline,
             }
             /* Waiting holds no lock: no watchdog round keeps the session
              * alive for us. */
-            if (lock_etcd__session(c, deadline, &id, &ttl_ms, &until) !=
-                LOCK_OK) {
+            if (lock_etcd__session(c, lock_etcd__bound(deadline), &id, &ttl_ms,
+                                   &until) != LOCK_OK) {
                 lock_etcd__delete(c, key);
                 return LOCK_ERR;
             }
             int mine = 0;
             char *before = NULL;
             int64_t rev = 0;
-            if (lock_etcd__look(c, lease, myrev, deadline, &mine, &before, &rev,
-                                &offset) != LOCK_OK) {
+            if (lock_etcd__look(c, lease, myrev, lock_etcd__bound(deadline),
+                                &mine, &before, &rev, &offset) != LOCK_OK) {
                 lock_etcd__delete(c, key);
                 return LOCK_ERR;
             }
@@ -596,8 +599,8 @@ static int lock_etcd__acquire_loop(lock_etcd__client_t *c, int64_t deadline,
             if (before == NULL) {
                 /* Nobody before us. The session must still be fresh: the
                  * lease is only as valid as it is. */
-                if (lock_etcd__session(c, deadline, &id, &ttl_ms, &until) !=
-                    LOCK_OK) {
+                if (lock_etcd__session(c, lock_etcd__bound(deadline), &id,
+                                       &ttl_ms, &until) != LOCK_OK) {
                     lock_etcd__delete(c, key);
                     return LOCK_ERR;
                 }

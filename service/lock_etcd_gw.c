@@ -163,6 +163,15 @@ int lock_etcd_gw_bad_reply(lock_etcd_gw_t *gw, const char *what) {
 
 /* ------------------------------------------------------------- helpers --- */
 
+int64_t lock_etcd_gw_ttl_s(uint32_t ttl_ms, uint32_t election_ms) {
+    int64_t floor_s = ((int64_t)election_ms * 3 + 1999) / 2000;
+    int64_t ttl_s = ((int64_t)ttl_ms + 999) / 1000;
+    if (ttl_s < floor_s) {
+        ttl_s = floor_s;
+    }
+    return ttl_s < 1 ? 1 : ttl_s;
+}
+
 static const char lock_etcd_gw__b64c[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -275,6 +284,14 @@ static void lock_etcd_gw__headers(lock_etcd_gw_t *gw) {
     if (gw->hdrs_gen != lock_etcd_gw__g.gen || gw->hdrs == NULL) {
         curl_slist_free_all(gw->hdrs);
         gw->hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+        /* No "Expect: 100-continue" (libcurl's default above 1 KiB of
+         * body): it costs a round trip before every larger transaction. */
+        if (gw->hdrs != NULL) {
+            struct curl_slist *e = curl_slist_append(gw->hdrs, "Expect:");
+            if (e != NULL) {
+                gw->hdrs = e;
+            }
+        }
         if (lock_etcd_gw__g.token != NULL && gw->hdrs != NULL) {
             char h[512];
             snprintf(h, sizeof(h), "Authorization: %s", lock_etcd_gw__g.token);

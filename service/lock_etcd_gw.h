@@ -94,6 +94,12 @@ lock_errkind_t lock_etcd_gw_errkind(const lock_etcd_gw_t *gw);
  * LOCK_ETCD_GW_ERR. */
 int lock_etcd_gw_bad_reply(lock_etcd_gw_t *gw, const char *what);
 
+/* The lease TTL in whole seconds for a lock TTL of ttl_ms on a cluster
+ * whose election timeout is election_ms: ttl_ms rounded up, and at least
+ * ceil(1.5 x election_ms) (a lease shorter than an election could expire
+ * while no leader can renew it), and at least 1. */
+int64_t lock_etcd_gw_ttl_s(uint32_t ttl_ms, uint32_t election_ms);
+
 /* JSON helpers. */
 
 /* base64 of n bytes of src, NUL-terminated, into a new string (free()). */

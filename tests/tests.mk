@@ -5,7 +5,8 @@ TEST_LIBS   = $(PKG_LIBS) $(shell pkg-config --libs libcurl 2>/dev/null) \
               $(LDLIBS) -lm
 
 UNIT_OBJS := $(addprefix $(BUILD)/tests/, tt.o unit/test_cfg.o \
-	unit/test_req.o unit/test_misc.o unit/test_lg_http.o unit/test_lock.o)
+	unit/test_req.o unit/test_misc.o unit/test_lg_http.o unit/test_lock.o \
+	unit/test_etcd.o)
 ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/h_etcd.o itest/test_claim.o itest/test_api.o \
 	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o \
@@ -77,7 +78,7 @@ $(BUILD)/old/couponsvc:
 # $(BUILD)/neg-*/) and checks that the matching scenario FAILS with it.
 
 FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
-	itest/harness.o itest/h_etcd.o itest/test_faults.o itest/test_redis_faults.o \
+	itest/harness.o itest/h_etcd.o itest/test_faults.o itest/test_etcd_faults.o itest/test_redis_faults.o \
 	itest/test_comb_faults.o itest/test_lock_wait_faults.o \
 	itest/h_topo.o itest/test_sentinel_faults.o itest/test_redlock_faults.o \
 	itest/test_degraded.o faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o

@@ -565,3 +565,96 @@ long h_etcd_del(const char *sub) {
     }
     TT_ASSERT_MSG(0, "etcd delete %s: no member answered", key);
 }
+
+/* The lease (a decimal string, new) of the first key under sub, or NULL. */
+static char *h_etcd__owner_lease(const char *sub) {
+    char key[256], end[256];
+    snprintf(key, sizeof(key), "%s%s", h_etcd__prefix, sub);
+    snprintf(end, sizeof(end), "%s", key);
+    end[strlen(end) - 1]++;
+    char *k = h_etcd__b64(key), *e = h_etcd__b64(end);
+    char body[700];
+    snprintf(body, sizeof(body),
+             "{\"key\":\"%s\",\"range_end\":\"%s\",\"limit\":1,"
+             "\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\"}",
+             k, e);
+    free(k);
+    free(e);
+    json_t *j = NULL;
+    for (int i = 0; i < H_ETCD_MEMBERS && j == NULL; i++) {
+        if (h_etcd__post(i, "/v3/kv/range", body, &j) != 200) {
+            json_decref(j);
+            j = NULL;
+        }
+    }
+    TT_ASSERT_MSG(j != NULL, "etcd range %s: no member answered", key);
+    const char *lease = json_string_value(
+        json_object_get(json_array_get(json_object_get(j, "kvs"), 0), "lease"));
+    char *out = lease != NULL ? strdup(lease) : NULL;
+    json_decref(j);
+    return out;
+}
+
+int h_etcd_revoke_owner(const char *sub) {
+    char *lease = h_etcd__owner_lease(sub);
+    if (lease == NULL) {
+        return 0;
+    }
+    char rb[96];
+    snprintf(rb, sizeof(rb), "{\"ID\":\"%s\"}", lease);
+    free(lease);
+    for (int i = 0; i < H_ETCD_MEMBERS; i++) {
+        if (h_etcd__post(i, "/v3/lease/revoke", rb, NULL) == 200) {
+            return 1;
+        }
+    }
+    TT_ASSERT_MSG(0, "etcd lease revoke: no member answered");
+}
+
+long h_etcd_owner_ttl_ms(const char *sub) {
+    char *lease = h_etcd__owner_lease(sub);
+    if (lease == NULL) {
+        return -2;
+    }
+    char rb[96];
+    snprintf(rb, sizeof(rb), "{\"ID\":\"%s\"}", lease);
+    free(lease);
+    for (int i = 0; i < H_ETCD_MEMBERS; i++) {
+        json_t *j = NULL;
+        if (h_etcd__post(i, "/v3/lease/timetolive", rb, &j) == 200) {
+            json_t *t = json_object_get(j, "TTL"),
+                   *g = json_object_get(j, "grantedTTL");
+            long ttl = json_is_string(t) ? atol(json_string_value(t)) : 0;
+            long granted = json_is_string(g) ? atol(json_string_value(g)) : 0;
+            json_decref(j);
+            long ms = (ttl + 1) * 1000;
+            return ms > granted * 1000 ? granted * 1000 : ms;
+        }
+        json_decref(j);
+    }
+    return -1;
+}
+
+void h_etcd_make_leader(int i) {
+    double end = h_now_ms() + 15000;
+    while (h_etcd_leader(5000) != i) {
+        TT_ASSERT_MSG(h_now_ms() < end, "etcd: m%d did not become leader", i);
+        json_t *j = NULL;
+        TT_EQ_INT(h_etcd__post(i, "/v3/maintenance/status", "{}", &j), 200);
+        const char *id = json_string_value(
+            json_object_get(json_object_get(j, "header"), "member_id"));
+        char body[96];
+        snprintf(body, sizeof(body), "{\"targetID\":\"%s\"}",
+                 id != NULL ? id : "0");
+        json_decref(j);
+        int l = h_etcd_leader(5000);
+        if (l >= 0 && l != i) {
+            h_etcd__post(l, "/v3/maintenance/transfer-leadership", body, NULL);
+        }
+        h_sleep_ms(200);
+    }
+}
+
+int h_etcd_free_port(void) {
+    return h_etcd__port();
+}

@@ -74,4 +74,21 @@ long long h_etcd_get_int(const char *sub);
 /* Deletes key (under the test's prefix); returns how many were deleted. */
 long h_etcd_del(const char *sub);
 
+/* Revokes the lease of the first key (lowest create revision) under the
+ * test's prefix followed by sub: the owner's process lease. Returns 1 when a
+ * lease was revoked, 0 when there was no key. */
+int h_etcd_revoke_owner(const char *sub);
+
+/* Moves the leadership to member i (etcd's MoveLeader, sent to the current
+ * leader) and waits until i leads; fails the test if it does not. */
+void h_etcd_make_leader(int i);
+
+/* The remaining TTL in ms of the process lease of the first key under the
+ * test's prefix followed by sub (etcd counts it in whole seconds: this is
+ * the upper end, capped at the granted TTL), or -2 when there is no key. */
+long h_etcd_owner_ttl_ms(const char *sub);
+
+/* A free loopback port (for a test's own etcd member). */
+int h_etcd_free_port(void);
+
 #endif

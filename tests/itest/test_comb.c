@@ -401,10 +401,12 @@ static void sharded_run(const char *batch) {
 }
 
 TT_TEST(comb_sharded_buckets_move_on, 90) {
+    H_REDIS_ONLY(); /* it reads the buckets' Redis keys */
     sharded_run("COUPON_BATCH_MAX=32");
 }
 
 TT_TEST(comb_sharded_buckets_move_on_uncombined, 90) {
+    H_REDIS_ONLY(); /* it reads the buckets' Redis keys */
     sharded_run("COUPON_BATCH_MAX=1");
 }
 

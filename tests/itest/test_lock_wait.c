@@ -27,6 +27,7 @@
  * (no attempt in between) would sleep through its deadline's re-checks
  * instead: a recheck wakeup, and one more refused attempt at least. */
 TT_TEST(lock_wait_subscribe_then_attempt, 60) {
+    H_REDIS_ONLY();
     h_begin();
     const char *env[] = {"COUPON_LOCK_WAIT_MS=5000",
                          "COUPON_LOCK_RECHECK_MS=250",
@@ -54,6 +55,7 @@ TT_TEST(lock_wait_subscribe_then_attempt, 60) {
  * waiters get the lock in the order they came (fences rise in arrival
  * order), each woken by its predecessor's release. */
 TT_TEST(lock_wait_wakes_one_in_order, 60) {
+    H_REDIS_ONLY();
     h_begin();
     const char *env[] = {"COUPON_LOCK_WAIT_MS=15000",
                          "COUPON_LOCK_RECHECK_MS=250", "COUPON_THREADS=4",
@@ -93,6 +95,7 @@ TT_TEST(lock_wait_wakes_one_in_order, 60) {
  * by its message. (Refused, the waiter would only ever wake by the
  * re-check.) */
 TT_TEST(lock_wait_subscriber_acl, 60) {
+    H_REDIS_ONLY();
     h_begin();
     h_redis_restart_acl("svc-wait-pw");
     const char *env[] = {
@@ -118,6 +121,7 @@ TT_TEST(lock_wait_subscriber_acl, 60) {
  * and leaves: its wake goes to the second, which is woken by a message too
  * (two message wakeups from one announcement), not left to its re-check. */
 TT_TEST(lock_wait_failed_waiter_passes_wake, 60) {
+    H_REDIS_ONLY();
     h_begin();
     const char *env[] = {"COUPON_LOCK_WAIT_MS=15000",
                          "COUPON_LOCK_RECHECK_MS=250", "COUPON_THREADS=4",
@@ -167,6 +171,7 @@ static void *fair__load(void *p) {
 }
 
 TT_TEST(lock_wait_no_replica_starves, 120) {
+    H_REDIS_ONLY(); /* the handoff window is the Pub/Sub waiting's */
     h_begin();
     const char *envb[] = {"COUPON_LOCK_WAIT_MS=150", NULL};
     const char *enva[] = {"COUPON_LOCK_WAIT_MS=20000", NULL};

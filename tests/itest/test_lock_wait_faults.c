@@ -15,6 +15,7 @@
  * reached nobody), and the waiters still get the lock when it is released
  * after that. */
 TT_TEST(lock_wait_subscriber_killed_mid_wait, 60) {
+    H_REDIS_ONLY();
     h_begin();
     const char *env[] = {"COUPON_LOCK_WAIT_MS=15000",
                          "COUPON_LOCK_RECHECK_MS=250", "COUPON_THREADS=4",
@@ -45,6 +46,7 @@ TT_TEST(lock_wait_subscriber_killed_mid_wait, 60) {
 /* A release nobody announces (a raw DEL, as an operator or a TTL expiry
  * does): the waiter is woken by its timed re-check, never by a message. */
 TT_TEST(lock_wait_lost_release_rechecks, 60) {
+    H_REDIS_ONLY();
     h_begin();
     const char *env[] = {"COUPON_LOCK_WAIT_MS=5000",
                          "COUPON_LOCK_RECHECK_MS=250", NULL};

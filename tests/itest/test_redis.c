@@ -77,6 +77,7 @@ static long readyz_wait(const h_svc_t *s, const char *backend, const char *want,
  * 7 grants no channel by default: without &coupon:* the script fails after
  * its DEL), and Redis denied the user nothing (ACL LOG is empty). */
 TT_TEST(redis_acl_user_happy_path, 60) {
+    H_REDIS_ONLY();
     h_begin();
     h_redis_restart_acl(SVC_PASS);
     const char *env[] = {"COUPON_REDIS_USERNAME=couponsvc",
@@ -158,6 +159,7 @@ TT_TEST(redis_acl_user_happy_path, 60) {
  * credentials were refused (this instance's own fault), claims answer 503,
  * and nothing reaches PostgreSQL. */
 TT_TEST(redis_acl_refused_credentials, 60) {
+    H_REDIS_ONLY();
     h_begin();
     h_redis_restart_acl(SVC_PASS);
     const char *wrong[] = {"COUPON_REDIS_USERNAME=couponsvc",
@@ -281,6 +283,7 @@ TT_TEST(readyz_answers_before_queued_claims, 90) {
  * replica would leave the load balancer at once. A login refused to this
  * instance (PostgreSQL: no such role) makes it unready. */
 TT_TEST(readyz_policy_outage_vs_own_fault, 90) {
+    H_REDIS_ONLY();
     h_begin();
     h_svc_t *s = h_svc_start("pol1", NULL);
     json_t *b = NULL;

@@ -37,6 +37,7 @@ static const char *jerr(json_t *j) {
  * would stay for the full 30 s.
  */
 TT_TEST(redis_lost_acquire_reply_released, 60) {
+    H_REDIS_ONLY();
     h_begin();
     /* One worker, so the claim runs on the connection "warm" opened: a
      * worker connecting afresh would stop at its SCRIPT LOAD and never send
@@ -89,6 +90,7 @@ TT_TEST(redis_lost_acquire_reply_released, 60) {
  * would stay pinned to R1 and fail every claim.
  */
 TT_TEST(redis_demoted_primary_reconnects, 60) {
+    H_REDIS_ONLY();
     h_begin();
     int r2 = h_redis_extra_start("redis2");
     fp_t *p = fp_start(h_redis_port());
