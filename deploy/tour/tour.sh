@@ -596,8 +596,8 @@ demo_redis_down() {
     inst A "$COUPONSVC" COUPON_LOCK_TTL_MS=2000
     coupon A "$c" 10
     claim A "$c" "before-$c"
-    stop redis
     mark "Redis stopped"
+    stop redis
     for i in 1 2 3; do claim A "$c" "down$i-$c"; done
     ms=$(cat "$LOGS"/answer-down[123]-"$c".ms | awk '{ s += $1 } END { printf "%.0f", s / NR }')
     rz=$(curl -s -o /dev/null -w '%{http_code}' "$(url A)/readyz")
@@ -637,8 +637,8 @@ degraded_run() {
     inst D "$COUPONSVC" COUPON_LOCK_UNAVAILABLE=atomic COUPON_LOCK_TTL_MS=2000
     coupon C "$c" 5
     claim C "$c" "u0-$c"
-    stop redis
     mark "Redis stopped; 8 more users claim the 4 left, through C and D at once"
+    stop redis
     for i in 1 2 3 4; do
         claim_bg C "$c" "c$i-$c"
         claim_bg D "$c" "d$i-$c"
