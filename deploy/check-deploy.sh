@@ -14,6 +14,14 @@
 #                   structure of the rendered objects (check_deploy.py)
 #   Dockerfile      structure (check_deploy.py); building needs an engine
 #   systemd         `systemd-analyze verify` when present; structure
+#   prometheus      `promtool check config`, `check rules`, `test rules`
+#                   (alerts_test.yml) when promtool is installed (Debian:
+#                   prometheus)
+#   metric names    every metric the alert rules and the Grafana dashboard
+#                   name, and every label value they select, exists in the
+#                   /metrics of a real couponsvc ($COUPONSVC, default
+#                   build/couponsvc; started on a free loopback port with no
+#                   reachable backend, stopped at once): check_metrics.py
 #
 # A tool that is missing is reported as skipped; the Python checks always
 # run and need python3 with the yaml module (Debian: python3-yaml).
@@ -60,7 +68,7 @@ step "nginx"
 if have nginx; then
     # The local template, rendered the way stack.sh renders it.
     mkdir -p "$TMP/local/nginx/tmp" "$TMP/local/logs"
-    cp deploy/nginx/proxy.conf "$TMP/local/nginx/proxy.conf"
+    cp deploy/nginx/proxy.conf deploy/nginx/http.conf "$TMP/local/nginx/"
     awk -v sd="$TMP/local" '
         /^@UPSTREAM_SERVERS@$/ {
             print "        server 127.0.0.1:8081 max_fails=3 fail_timeout=5s;"
@@ -84,7 +92,7 @@ if have nginx; then
     # needs nginx >= 1.27.3 and the paths are the container's. Replace those,
     # check the rest.
     mkdir -p "$TMP/compose/tmp"
-    cp deploy/nginx/proxy.conf "$TMP/compose/proxy.conf"
+    cp deploy/nginx/proxy.conf deploy/nginx/http.conf "$TMP/compose/"
     sed -e "s#/tmp/#$TMP/compose/tmp/#g" \
         -e 's/server couponsvc:8081 resolve/server 127.0.0.1:8081/' \
         -e "s#/etc/nginx/couponsvc/#$TMP/compose/#g" \
@@ -149,6 +157,72 @@ if have systemd-analyze; then
     fi
 else
     skip "systemd-analyze not installed"
+fi
+
+# --------------------------------------------------------- prometheus -----
+step "prometheus"
+if have promtool; then
+    if promtool check config deploy/prometheus/prometheus.yml >"$TMP/prom.out" 2>&1; then
+        ok "promtool check config deploy/prometheus/prometheus.yml"
+    else
+        cat "$TMP/prom.out"
+        bad "promtool check config deploy/prometheus/prometheus.yml"
+    fi
+    if promtool check rules deploy/prometheus/alerts.yml >"$TMP/prom.out" 2>&1; then
+        ok "promtool check rules deploy/prometheus/alerts.yml ($(grep -c '^      - alert:' deploy/prometheus/alerts.yml) alerts)"
+    else
+        cat "$TMP/prom.out"
+        bad "promtool check rules deploy/prometheus/alerts.yml"
+    fi
+    # promtool resolves rule_files relative to the working directory.
+    if (cd deploy/prometheus && promtool test rules alerts_test.yml) >"$TMP/prom.out" 2>&1; then
+        ok "promtool test rules deploy/prometheus/alerts_test.yml"
+    else
+        cat "$TMP/prom.out"
+        bad "promtool test rules deploy/prometheus/alerts_test.yml"
+    fi
+else
+    skip "promtool not installed (apt-get install prometheus)"
+fi
+
+step "metric names (rules, dashboard) against a real /metrics"
+SVC=${COUPONSVC:-$ROOT/build/couponsvc}
+if [ ! -x "$SVC" ]; then
+    skip "no couponsvc binary at $SVC (make first, or set COUPONSVC)"
+elif [ -z "$PY" ]; then
+    bad "python3 with the yaml module not found (apt-get install python3-yaml)"
+else
+    port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # Backends on port 1 (nothing listens there): the replica starts, serves
+    # /metrics with every family, and its probe reports both down.
+    COUPON_HTTP_ADDR=127.0.0.1:$port COUPON_INSTANCE_ID=check-deploy \
+        COUPON_PG_DSN='host=127.0.0.1 port=1 dbname=none user=none' \
+        COUPON_REDIS_ADDRS=127.0.0.1:1 COUPON_LOG_LEVEL=warn \
+        "$SVC" >"$TMP/svc.log" 2>&1 &
+    svc_pid=$!
+    got=0
+    for _ in $(seq 100); do
+        if curl -sf "http://127.0.0.1:$port/metrics" -o "$TMP/metrics.txt" 2>/dev/null &&
+            grep -q '^couponsvc_backend_up{backend="postgres"}' "$TMP/metrics.txt"; then
+            got=1
+            break
+        fi
+        kill -0 "$svc_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill "$svc_pid" 2>/dev/null || true
+    wait "$svc_pid" 2>/dev/null || true
+    if [ "$got" = 1 ]; then
+        if "$PY" deploy/check_metrics.py "$TMP/metrics.txt" deploy/prometheus/alerts.yml \
+            deploy/grafana/*.json; then
+            ok "every metric and label value named in deploy/prometheus and deploy/grafana is in /metrics"
+        else
+            bad "deploy/prometheus or deploy/grafana names what /metrics does not have"
+        fi
+    else
+        cat "$TMP/svc.log"
+        bad "couponsvc ($SVC) did not serve /metrics on 127.0.0.1:$port within 10 s"
+    fi
 fi
 
 # ------------------------------------------------------------ python ------

@@ -48,5 +48,6 @@ demo: deps-check all
 	$(Q)test -x $(BUILD)/loadgen || $(MAKE) --no-print-directory $(BUILD)/loadgen
 	$(Q)$(DEPLOY_ENV) bash deploy/demo.sh
 
-check-deploy:
-	$(Q)bash deploy/check-deploy.sh
+# The binary is built first: the metric-name check scrapes a real replica.
+check-deploy: all
+	$(Q)COUPONSVC=$(BUILD)/couponsvc bash deploy/check-deploy.sh

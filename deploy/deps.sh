@@ -9,13 +9,16 @@ set -eu
 # the tests, the load generator and the etcd lock backend). Run: PostgreSQL and Redis servers for tests and the
 # local stack, nginx as the load balancer. Tools: wrk (load generator
 # benchmark), gnuplot (report), faketime (clock-jump fault test), clang
-# (fuzzer), valgrind (leak check), procps/iproute2 for the harness, etcd
-# (server and etcdctl) for the etcd lock backend's tests and local stack.
+# (fuzzer), valgrind (leak check), procps/iproute2 for the harness;
+# etcd (server and etcdctl) for the etcd lock backend's tests and local stack;
+# prometheus for promtool (make check-deploy checks and tests the alert
+# rules; its server is not started, see below).
 PKGS="build-essential pkg-config
 libmicrohttpd-dev libhiredis-dev libjansson-dev libpq-dev libcurl4-openssl-dev
 postgresql-15 postgresql-client-15 redis-server redis-tools nginx-light
 wrk gnuplot-nox faketime clang valgrind procps iproute2 curl ca-certificates
-python3 python3-yaml etcd-server etcd-client"
+python3 python3-yaml etcd-server etcd-client
+prometheus"
 
 missing=""
 for p in $PKGS; do
@@ -36,8 +39,9 @@ else
 fi
 export DEBIAN_FRONTEND=noninteractive
 
-# Installing postgresql-15, redis-server or nginx-light would also start
-# their system services (PostgreSQL on 5432, Redis on 6379, nginx on 80),
+# Installing postgresql-15, redis-server, nginx-light or prometheus would
+# also start their system services (PostgreSQL on 5432, Redis on 6379, nginx
+# on 80, Prometheus on 9090),
 # which nothing here uses: the tests and the local stack run their own. A
 # policy-rc.d that exits 101 ("action forbidden") tells invoke-rc.d and
 # deb-systemd-invoke, which the packages' scripts call, to start nothing

@@ -50,6 +50,9 @@
 #   PG_PASSWORD    password of the couponsvc database role  (generated)
 #   PG_DURABLE     1: PostgreSQL with fsync, full_page_writes and
 #                  synchronous_commit on (benchmarks)        (0: all off)
+#   LB_RATE_LIMIT  on: nginx's per-client rate limit as deployments ship
+#                  it (deploy/nginx/http.conf); off: no limit, since every
+#                  client here is 127.0.0.1                  (off)
 #   WAIT_SECS      bound on each readiness wait             (30)
 #   STOP_SECS      grace after the stop request, then SIGKILL (15; the
 #                  service drains for up to 10 s on SIGTERM)
@@ -749,6 +752,24 @@ start_nginx() {
     have nginx || fail "nginx not found: install nginx-light (make deps)"
     mkdir -p "$SD/nginx/tmp"
     cp "$ROOT/deploy/nginx/proxy.conf" "$SD/nginx/proxy.conf"
+    # The per-client rate limit is off unless LB_RATE_LIMIT=on: every client
+    # of this stack (the load tests, the bench) is 127.0.0.1, so a limit per
+    # address would be one limit for all. Off, the zone's key is empty, and
+    # nginx counts no request whose key is empty.
+    case ${LB_RATE_LIMIT:-off} in
+    on) cp "$ROOT/deploy/nginx/http.conf" "$SD/nginx/http.conf" ;;
+    off)
+        # shellcheck disable=SC2016 # a literal nginx variable, not the shell's
+        sed 's/^limit_req_zone \$binary_remote_addr /limit_req_zone "" /' \
+            "$ROOT/deploy/nginx/http.conf" >"$SD/nginx/http.conf"
+        ;;
+    *) fail "LB_RATE_LIMIT must be on or off, not '$LB_RATE_LIMIT'" ;;
+    esac
+    grep -q '^limit_req_zone ' "$SD/nginx/http.conf" ||
+        fail "deploy/nginx/http.conf has no limit_req_zone line at the start of a line"
+    if [ "${LB_RATE_LIMIT:-off}" = off ] && ! grep -q '^limit_req_zone "" ' "$SD/nginx/http.conf"; then
+        fail "LB_RATE_LIMIT=off: the limit_req_zone line of deploy/nginx/http.conf no longer starts with its key \$binary_remote_addr"
+    fi
 
     for i in $(seq "$REPLICAS"); do
         servers="$servers        server 127.0.0.1:$((APP_PORT_BASE + i)) max_fails=3 fail_timeout=5s;

@@ -376,6 +376,37 @@ static void api__coupon_get(const char *id, api_response_t *resp) {
     }
 }
 
+/* GET /coupons/{id}/claims/{user}: the user's claim as a claim's answer
+ * shows it (status "claimed": it exists), so a client whose answer got lost
+ * can look it up without claiming again. id and user are the path's. */
+static void api__claim_get(const char *id, const char *user,
+                           api_response_t *resp) {
+    const char *why = NULL;
+    char d[256], u[REQ_USER_ID_MAX + 1];
+    if (req_valid_coupon_id(id, strlen(id), &why) != 0 ||
+        req_valid_user_id(user, strlen(user), &why) != 0) {
+        api__error(resp, 400, "invalid_id", why);
+        return;
+    }
+    snprintf(u, sizeof(u), "%s", user);
+    claim_result_t r;
+    int rc = claim_lookup(id, u, &r);
+    if (rc < 0) {
+        api__unavailable(resp, "unavailable", r.detail);
+    } else if (rc == 1) {
+        snprintf(d, sizeof(d), "user \"%s\" holds no claim of coupon \"%s\"", u,
+                 id);
+        api__error(resp, 404, "not_found", d);
+    } else {
+        api__json(resp, 200,
+                  json_pack("{s:s, s:I, s:s, s:s, s:o, s:I}", "status",
+                            "claimed", "claim_id", (json_int_t)r.claim_id,
+                            "coupon_id", id, "user_id", u, "fence",
+                            r.fence >= 0 ? json_integer(r.fence) : json_null(),
+                            "remaining", (json_int_t)r.remaining));
+    }
+}
+
 /* Answered from the readiness probe's last round (ready.h), never from a
  * backend call: this runs on the event loop. The body reports each backend
  * whether or not it affects readiness. */
@@ -545,7 +576,19 @@ void api_handle(const api_request_t *req, api_response_t *resp) {
         break;
     case API__COUPON:
         if (get) {
-            api__coupon_get(arg, resp);
+            /* /coupons/{id}/claims/{user}: neither id may hold a '/', so
+             * the first "/claims/" splits them; anything else after the id
+             * fails the id's check (400). */
+            const char *sub = strstr(arg, "/claims/");
+            if (sub != NULL) {
+                char id[REQ_COUPON_ID_MAX + 2];
+                size_t n = (size_t)(sub - arg);
+                snprintf(id, sizeof(id), "%.*s",
+                         (int)(n < sizeof(id) - 1 ? n : sizeof(id) - 1), arg);
+                api__claim_get(id, sub + 8, resp);
+            } else {
+                api__coupon_get(arg, resp);
+            }
             return;
         }
         break;

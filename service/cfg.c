@@ -25,6 +25,7 @@ typedef enum cfg__kind {
     CFG__ONOFF, /* int: on = 1, off = 0 */
     CFG__WAIT,  /* int: 1 = poll, 0 = pubsub */
     CFG__UNAV,  /* int: 1 = atomic, 0 = fail */
+    CFG__LOGF,  /* int: 1 = json, 0 = text */
 } cfg__kind_t;
 
 typedef struct cfg__opt {
@@ -116,6 +117,10 @@ static const cfg__opt_t cfg__opts[] = {
     {"COUPON_LOCK_RECHECK_MS", CFG__U32, F(lock_recheck_ms), "200", 1, 250,
      "longest a pubsub waiter sleeps before trying again without a "
      "notification (a notification can be lost)"},
+    {"COUPON_LOCK_UNAVAILABLE", CFG__UNAV, F(lock_unavailable_atomic), "fail",
+     0, 0,
+     "fail (503 while the lock backend is unavailable) | atomic (claim "
+     "without the lock then: PostgreSQL's conditional UPDATE alone)"},
     {"COUPON_LOCK_BACKEND", CFG__STR, F(lock_backend), "redis", 0, 0,
      "redis (COUPON_REDIS_ADDRS: one node, or Redlock) | etcd "
      "(COUPON_ETCD_ENDPOINTS)"},
@@ -137,10 +142,6 @@ static const cfg__opt_t cfg__opts[] = {
     {"COUPON_ETCD_ELECTION_TIMEOUT_MS", CFG__U32, F(etcd_election_ms), "1000",
      10, 60000,
      "the cluster's --election-timeout: lease TTLs are at least 1.5 x it"},
-    {"COUPON_LOCK_UNAVAILABLE", CFG__UNAV, F(lock_unavailable_atomic), "fail",
-     0, 0,
-     "fail (503 while the lock backend is unavailable) | atomic (claim "
-     "without the lock then: PostgreSQL's conditional UPDATE alone)"},
     {"COUPON_SHUTDOWN_GRACE_MS", CFG__U32, F(shutdown_grace_ms), "10000", 0,
      600000, "how long SIGTERM waits for open connections to finish"},
     {"COUPON_BATCH_MAX", CFG__U32, F(batch_max), "256", 1, 1024,
@@ -159,6 +160,8 @@ static const cfg__opt_t cfg__opts[] = {
      "name in logs, metrics and claim rows (default: hostname-pid)"},
     {"COUPON_LOG_LEVEL", CFG__LEVEL, F(log_level), "info", 0, 0,
      "debug | info | warn | error"},
+    {"COUPON_LOG_FORMAT", CFG__LOGF, F(log_json), "text", 0, 0,
+     "text (key=value lines) | json (one JSON object per line)"},
 };
 
 #define CFG__NOPTS (sizeof(cfg__opts) / sizeof(cfg__opts[0]))
@@ -307,6 +310,16 @@ static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
             return -1;
         }
         return 0;
+    case CFG__LOGF: {
+        log_format_t lf;
+        if (log_format_parse(v, &lf) != 0) {
+            snprintf(c->errstr, sizeof(c->errstr),
+                     "%s: '%s' is not text or json", o->env, v);
+            return -1;
+        }
+        *(int *)(void *)field = lf == LOG_FORMAT_JSON;
+        return 0;
+    }
     case CFG__ONOFF:
         if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
             snprintf(c->errstr, sizeof(c->errstr), "%s: '%s' is not on or off",
@@ -500,15 +513,15 @@ void cfg_free(cfg_t *c) {
     free(c->fault);
     free(c->redis_username);
     free(c->redis_password);
-    free(c->redis_master_name);
-    free(c->redis_sentinel_password);
-    c->redis_master_name = c->redis_sentinel_password = NULL;
     free(c->lock_backend);
     free(c->etcd_endpoints);
     free(c->etcd_username);
     free(c->etcd_password);
     free(c->etcd_ca_file);
     free(c->etcd_prefix);
+    free(c->redis_master_name);
+    free(c->redis_sentinel_password);
+    c->redis_master_name = c->redis_sentinel_password = NULL;
     c->pg_dsn = c->admin_token = c->fault = NULL;
     c->redis_username = c->redis_password = NULL;
 }

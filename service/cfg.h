@@ -78,6 +78,7 @@ typedef struct cfg {
     int soldout_memo;              /* 1: the sold-out fast path is on */
     char instance_id[128]; /* COUPON_INSTANCE_ID; default hostname-pid */
     log_level_t log_level; /* COUPON_LOG_LEVEL */
+    int log_json;          /* COUPON_LOG_FORMAT: 1 = json, 0 = text */
 
     /* Redis Sentinel (sentinel.h): with sentinels, they name the master. */
     cfg_addr_t sentinels[CFG_MAX_REDIS]; /* COUPON_REDIS_SENTINELS */

@@ -575,6 +575,27 @@ int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
     return 0;
 }
 
+int claim_lookup(const char *coupon, const char *user, claim_result_t *out) {
+    memset(out, 0, sizeof(*out));
+    claim__conns_t *c = claim__conns();
+    if (c == NULL) {
+        snprintf(out->detail, sizeof(out->detail), "out of memory");
+        return -1;
+    }
+    store_item_t it = {.user_id = user};
+    int rc = store_claim_lookup(c->store, coupon, &it);
+    if (rc == STORE_ERR) {
+        snprintf(out->detail, sizeof(out->detail), "%s",
+                 store_errstr(c->store));
+        return -1;
+    }
+    if (rc == STORE_NOT_FOUND) {
+        return 1;
+    }
+    claim__from_item(out, &it);
+    return 0;
+}
+
 /* ------------------------------------------------------ bucket choice --- */
 
 /* What this process knows of a coupon's shape: its bucket count (fixed at
@@ -1434,10 +1455,16 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
             claim__from_store(o, src, &items[i], c->store);
             o->fence = src == STORE_OK ? items[i].fence : lease.fence;
             if (o->outcome == CLAIM_CLAIMED) {
+                /* The line is this claim's: its own request's id, not the
+                 * leader's (w may be answered and gone by now). */
+                char lead_rid[LOG_REQUEST_ID_MAX + 1];
+                snprintf(lead_rid, sizeof(lead_rid), "%s", log_request_id());
+                log_set_request_id(b[i]->request_id);
                 log_info("claim.ok",
                          "coupon=%s user=%s claim=%lld fence=%lld batch=%zu",
                          coupon, b[i]->user, (long long)o->claim_id,
                          (long long)o->fence, n);
+                log_set_request_id(lead_rid);
             } else if (o->outcome == CLAIM_SOLD_OUT ||
                        o->outcome == CLAIM_EXPIRED) {
                 sold_out = 1; /* either is final: load the memo */

@@ -100,6 +100,7 @@ struct claim_waiter {
     claim_waiter_fn done;               /* see above; called at most once */
     int (*dispatch)(claim_waiter_t *w); /* 0: queued for a worker */
     void *arg;                          /* the caller's */
+    char request_id[REQ_REQUEST_ID_MAX + 1]; /* for its log lines; "" */
 
     claim_result_t result; /* final when done is called (or when
                               claim_submit answered ANSWERED) */
@@ -133,6 +134,12 @@ void claim_cancel(claim_waiter_t *w);
 
 /* 0 created, 1 exists, -1 backend failure (detail filled). c is borrowed. */
 int claim_coupon_create(const req_coupon_t *c, char *detail, size_t len);
+
+/* The user's claim of coupon, read without a lock (GET
+ * /coupons/{id}/claims/{user}): 0 with out filled as a claim's answer
+ * (CLAIM_ALREADY, its id, fence and the stock left), 1 when the user holds
+ * none (or there is no such coupon), -1 backend failure (out->detail). */
+int claim_lookup(const char *coupon, const char *user, claim_result_t *out);
 
 /* 0 found, 1 not found, -1 backend failure (detail filled). */
 int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,

@@ -58,6 +58,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -65,6 +66,7 @@
 #include "log.h"
 #include "mono.h"
 #include "ready.h"
+#include "req.h"
 
 typedef enum http__state {
     HTTP__READING = 0, /* headers in, body arriving */
@@ -85,6 +87,10 @@ typedef struct http__req {
      * guaranteed during the handler call. */
     char method[16];
     char *path, *content_type, *authorization; /* owned */
+    /* The client's X-Request-Id when well-formed (req_valid_request_id),
+     * else one made here; in the answer's header and the lines logged for
+     * this request. */
+    char request_id[REQ_REQUEST_ID_MAX + 1];
     int64_t deadline_ns;    /* lock-wait deadline, from when it was queued */
     api_response_t resp;    /* filled by the worker (or inline) */
     struct http__req *next; /* queue link */
@@ -139,6 +145,8 @@ struct http {
     int reaper_started;
     atomic_int draining;  /* set by http_stop: answer Connection: close */
     atomic_long requests; /* requests between first call and completion */
+    uint64_t rid_prefix;  /* random, per process: see http__request_id */
+    _Atomic uint64_t rid_next;
 
     /* The work queue: FIFO, guarded by mu. */
     pthread_mutex_t mu;
@@ -154,12 +162,13 @@ struct http {
 
 static void http__linger_arm(http_t *h, struct MHD_Connection *conn);
 
-/* Queues r on conn; close_after adds "Connection: close", so that nothing
- * the client sent after this request is read as another request, and
- * lingers after the close (whatever the client still sends is read and
- * dropped, so that the close is not a RST that destroys the answer). */
-static enum MHD_Result http__send(http_t *h, struct MHD_Connection *conn,
-                                  api_response_t *r, int close_after) {
+/* Queues rq's answer on its connection; close_after adds "Connection: close",
+ * so that nothing the client sent after this request is read as another
+ * request, and lingers after the close (whatever the client still sends is read
+ * and dropped, so that the close is not a RST that destroys the answer). */
+static enum MHD_Result http__send(http_t *h, http__req_t *rq, int close_after) {
+    struct MHD_Connection *conn = rq->conn;
+    api_response_t *r = &rq->resp;
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(r->len, r->body, MHD_RESPMEM_MUST_FREE);
     if (resp == NULL) {
@@ -179,6 +188,7 @@ static enum MHD_Result http__send(http_t *h, struct MHD_Connection *conn,
         snprintf(v, sizeof(v), "%u", r->retry_after);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, v);
     }
+    MHD_add_response_header(resp, "X-Request-Id", rq->request_id);
     if (r->www_authenticate) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
                                 "Bearer");
@@ -242,6 +252,7 @@ static void *http__worker(void *arg) {
         }
         int stopping = h->stopping;
         pthread_mutex_unlock(&h->mu);
+        log_set_request_id(rq->request_id);
 
         if (rq->is_claim) {
             if (!stopping) {
@@ -250,6 +261,7 @@ static void *http__worker(void *arg) {
                  * through http__claim_done, this one included. */
                 rq->state = HTTP__PARKED;
                 claim_run(&rq->waiter);
+                log_set_request_id(NULL);
                 continue;
             }
             claim_cancel(&rq->waiter); /* answers the claims behind it */
@@ -259,6 +271,7 @@ static void *http__worker(void *arg) {
         } else {
             http__handle(rq);
         }
+        log_set_request_id(NULL);
         rq->state = HTTP__ANSWERED;
         /* From here on the event loop owns rq again: it calls the access
          * handler, which sends rq->resp. */
@@ -662,6 +675,23 @@ static void http__answer_400(http__req_t *rq, const char *detail) {
     rq->resp.len = rq->resp.body != NULL ? strlen(rq->resp.body) : 0;
 }
 
+/* The request's id: the client's X-Request-Id when it is well-formed (the
+ * load balancer sends its own $request_id when the client's was not), else
+ * a new one, 32 hex digits like nginx's: this process's random prefix and a
+ * counter, so ids are unique without a system call per request. */
+static void http__request_id(http_t *h, struct MHD_Connection *conn,
+                             char out[REQ_REQUEST_ID_MAX + 1]) {
+    const char *got =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+    if (req_valid_request_id(got)) {
+        snprintf(out, REQ_REQUEST_ID_MAX + 1, "%s", got);
+        return;
+    }
+    uint64_t n = atomic_fetch_add(&h->rid_next, 1);
+    snprintf(out, REQ_REQUEST_ID_MAX + 1, "%016llx%016llx",
+             (unsigned long long)h->rid_prefix, (unsigned long long)n);
+}
+
 static char *http__dup(const char *s) {
     return s != NULL ? strdup(s) : NULL;
 }
@@ -675,6 +705,7 @@ static enum MHD_Result http__claim(http_t *h, http__req_t *rq) {
     rq->waiter.done = http__claim_done;
     rq->waiter.dispatch = http__claim_dispatch;
     rq->waiter.arg = rq;
+    memcpy(rq->waiter.request_id, rq->request_id, sizeof(rq->request_id));
     /* The claim's deadline counts from now: time parked or queued counts. */
     rq->deadline_ns = mono_ns() + (int64_t)h->cfg->lock_wait_ms * MONO_MS;
     api_request_t ar = http__api_request(rq);
@@ -688,9 +719,9 @@ static enum MHD_Result http__claim(http_t *h, http__req_t *rq) {
         /* The workers are stopping: nobody will lead its coupon's queue. */
         claim_cancel(&rq->waiter);
         http__answer_shutting_down(rq);
-        return http__send(h, rq->conn, &rq->resp, 1);
+        return http__send(h, rq, 1);
     default:
-        return http__send(h, rq->conn, &rq->resp, 0);
+        return http__send(h, rq, 0);
     }
 }
 
@@ -717,6 +748,7 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
             conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE));
         rq->authorization = http__dup(MHD_lookup_connection_value(
             conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION));
+        http__request_id(h, conn, rq->request_id);
         if (rq->path == NULL) {
             return MHD_NO;
         }
@@ -727,22 +759,22 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
                                   &f);
         if (f.bad != NULL) {
             http__answer_400(rq, f.bad);
-            return http__send(h, conn, &rq->resp, 1);
+            return http__send(h, rq, 1);
         }
         if (http__bad_transfer_encoding(&f)) {
             http__answer_400(rq, "Transfer-Encoding must be exactly "
                                  "chunked, once");
-            return http__send(h, conn, &rq->resp, 1);
+            return http__send(h, rq, 1);
         }
         if (http__ambiguous_framing(&f)) {
             http__answer_400(rq, "conflicting Content-Length or "
                                  "Transfer-Encoding headers");
-            return http__send(h, conn, &rq->resp, 1);
+            return http__send(h, rq, 1);
         }
         if (http__bad_host(&f, version)) {
             http__answer_400(rq, "an HTTP/1.1 request needs exactly one "
                                  "Host header, and no request may have two");
-            return http__send(h, conn, &rq->resp, 1);
+            return http__send(h, rq, 1);
         }
         const char *cl = MHD_lookup_connection_value(
             conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -754,13 +786,13 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
              * after an answer this early; it lingers (http__send). */
             rq->too_large = 1;
             http__handle(rq);
-            return http__send(h, conn, &rq->resp, 1);
+            return http__send(h, rq, 1);
         }
         return MHD_YES;
     }
 
     if (rq->state == HTTP__ANSWERED) {
-        return http__send(h, conn, &rq->resp, 0);
+        return http__send(h, rq, 0);
     }
 
     if (*upload_data_size > 0) {
@@ -791,14 +823,14 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
     http__conn_busy(h, conn, 1);
     if (api_is_inline(rq->method, rq->path)) {
         http__handle(rq);
-        return http__send(h, conn, &rq->resp, 0);
+        return http__send(h, rq, 0);
     }
     if (api_is_claim(rq->method, rq->path)) {
         return http__claim(h, rq);
     }
     if (http__enqueue(h, rq) != 0) {
         http__answer_shutting_down(rq);
-        return http__send(h, conn, &rq->resp, 1);
+        return http__send(h, rq, 1);
     }
     return MHD_YES;
 }
@@ -902,6 +934,10 @@ http_t *http_start(const cfg_t *cfg) {
         return NULL;
     }
     h->cfg = cfg;
+    if (getrandom(&h->rid_prefix, sizeof(h->rid_prefix), 0) !=
+        (ssize_t)sizeof(h->rid_prefix)) {
+        h->rid_prefix = (uint64_t)mono_ns() ^ ((uint64_t)getpid() << 32);
+    }
     pthread_mutex_init(&h->mu, NULL);
     pthread_mutex_init(&h->conns_mu, NULL);
     pthread_condattr_t ca;

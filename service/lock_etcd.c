@@ -561,6 +561,7 @@ static int lock_etcd__acquire_loop(lock_etcd__client_t *c, int64_t deadline,
             return LOCK_OK;
         }
         lock_etcd__my_key(lease, key);
+        int64_t key_id = id; /* the lease our key lives on */
         if (!wait) {
             lock_etcd__delete(c, key);
             return LOCK_BUSY;
@@ -578,6 +579,15 @@ static int lock_etcd__acquire_loop(lock_etcd__client_t *c, int64_t deadline,
                 lock_etcd__delete(c, key);
                 return LOCK_ERR;
             }
+            if (id != key_id) {
+                /* The session was found lost and replaced: our key went
+                 * with the old lease. */
+                log_warn("lock.etcd_key_lost",
+                         "key=%s (its session lease was lost while we "
+                         "waited; starting again)",
+                         key);
+                break;
+            }
             int mine = 0;
             char *before = NULL;
             int64_t rev = 0;
@@ -592,8 +602,7 @@ static int lock_etcd__acquire_loop(lock_etcd__client_t *c, int64_t deadline,
                          "key=%s (the session lease ran out while we "
                          "waited; starting again)",
                          key);
-                lock_etcd__session_lost(
-                    lease->u.etcd.lease_id != 0 ? lease->u.etcd.lease_id : id);
+                lock_etcd__session_lost(key_id);
                 break; /* start over, same token, new session */
             }
             if (before == NULL) {
@@ -603,6 +612,9 @@ static int lock_etcd__acquire_loop(lock_etcd__client_t *c, int64_t deadline,
                                        &ttl_ms, &until) != LOCK_OK) {
                     lock_etcd__delete(c, key);
                     return LOCK_ERR;
+                }
+                if (id != key_id) {
+                    break; /* replaced just now: our key is gone */
                 }
                 lock_etcd__granted(lease, id, myrev, offset, ttl_ms, until);
                 return LOCK_OK;

@@ -11,6 +11,8 @@
 
 static char log__instance[128] = "-";
 static log_level_t log__min = LOG_INFO;
+static log_format_t log__format = LOG_FORMAT_TEXT;
+static _Thread_local char log__rid[LOG_REQUEST_ID_MAX + 1];
 
 static const char *const log__names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
 
@@ -19,6 +21,10 @@ void log_init(const char *instance, log_level_t min_level) {
         snprintf(log__instance, sizeof(log__instance), "%s", instance);
     }
     log__min = min_level;
+}
+
+void log_set_format(log_format_t format) {
+    log__format = format;
 }
 
 int log_level_parse(const char *s, log_level_t *out) {
@@ -32,22 +38,293 @@ int log_level_parse(const char *s, log_level_t *out) {
     return -1;
 }
 
+int log_format_parse(const char *s, log_format_t *out) {
+    if (strcmp(s, "text") == 0) {
+        *out = LOG_FORMAT_TEXT;
+    } else if (strcmp(s, "json") == 0) {
+        *out = LOG_FORMAT_JSON;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+void log_set_request_id(const char *id) {
+    snprintf(log__rid, sizeof(log__rid), "%s", id != NULL ? id : "");
+}
+
+const char *log_request_id(void) {
+    return log__rid;
+}
+
+/* ---------------------------------------------------------------- json --- */
+
+/* A bounded output buffer. Whatever is appended either fits whole or is not
+ * appended at all (full is set), so the JSON written so far stays valid
+ * once the closing brace, kept in reserve, is added. */
+typedef struct log__out {
+    char *p;
+    size_t len, cap; /* cap excludes the reserve */
+    int full;
+} log__out_t;
+
+static int log__put(log__out_t *o, const char *s, size_t n) {
+    if (o->full || o->len + n > o->cap) {
+        o->full = 1;
+        return -1;
+    }
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+    return 0;
+}
+
+/* The length of the valid UTF-8 sequence at s (at most n bytes), or 0. */
+static size_t log__utf8_len(const unsigned char *s, size_t n) {
+    unsigned char c = s[0];
+    size_t len;
+    unsigned min;
+    unsigned cp;
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2, cp = c & 0x1fu, min = 0x80;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3, cp = c & 0x0fu, min = 0x800;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4, cp = c & 0x07u, min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (len > n) {
+        return 0;
+    }
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) {
+            return 0;
+        }
+        cp = (cp << 6) | (s[i] & 0x3fu);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+        return 0;
+    }
+    return len;
+}
+
+/* Appends s (n bytes) as a JSON string, quotes included. A string that does
+ * not fit is cut at a character boundary and closed. */
+static void log__str(log__out_t *o, const char *s, size_t n) {
+    if (log__put(o, "\"", 1) != 0) {
+        return;
+    }
+    o->cap += 1; /* room for the closing quote, whatever happens */
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n && !o->full;) {
+        unsigned char c = u[i];
+        char esc[8];
+        size_t len;
+        if (c == '"' || c == '\\') {
+            esc[0] = '\\', esc[1] = (char)c;
+            log__put(o, esc, 2);
+            i++;
+        } else if (c < 0x20 || c == 0x7f) {
+            snprintf(esc, sizeof(esc), "\\u%04x", c);
+            log__put(o, esc, 6);
+            i++;
+        } else if (c < 0x80) {
+            log__put(o, (const char *)&u[i], 1);
+            i++;
+        } else if ((len = log__utf8_len(u + i, n - i)) > 0) {
+            log__put(o, (const char *)&u[i], len);
+            i += len;
+        } else {
+            log__put(o, "\\ufffd", 6);
+            i++;
+        }
+    }
+    o->cap -= 1;
+    o->p[o->len++] = '"';
+}
+
+static void log__member(log__out_t *o, const char *k, size_t kn, const char *v,
+                        size_t vn) {
+    if (log__put(o, ",", 1) == 0) {
+        log__str(o, k, kn);
+        log__put(o, ":", 1);
+        log__str(o, v, vn);
+    }
+}
+
+static int log__is_key_char(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
+}
+
+#define LOG__MAX_PAIRS 32
+
+/* 1 if p starts a key=value pair. */
+static int log__starts_pair(const char *p) {
+    const char *k = p;
+    while (log__is_key_char(*p)) {
+        p++;
+    }
+    return p > k && *p == '=';
+}
+
+/* Where the quoted value starting at p (after its opening quote) ends. The
+ * text format does not escape quotes inside a value (an error text may hold
+ * some), so the closing one is the first quote that is followed by the end
+ * or by a space and the next key=value; failing that, the last quote that
+ * is followed by a space or the end; failing that, the end. */
+static const char *log__closing_quote(const char *p) {
+    const char *last = NULL, *q = p;
+    for (; *q != '\0'; q++) {
+        if (*q != '"') {
+            continue;
+        }
+        if (q[1] == '\0' || (q[1] == ' ' && log__starts_pair(q + 2))) {
+            return q;
+        }
+        if (q[1] == ' ') {
+            last = q;
+        }
+    }
+    return last != NULL ? last : q;
+}
+
+/* Writes the JSON line for the fixed fields and the free text. */
+static size_t log__json(char *buf, size_t cap, const char *ts,
+                        log_level_t level, const char *event, const char *text,
+                        int text_cut) {
+    log__out_t o = {buf, 0, cap - 32, 0}; /* reserve: truncated + "}\n" */
+    log__put(&o, "{\"ts\":", 6);
+    log__str(&o, ts, strlen(ts));
+    log__member(&o, "level", 5, log__names[level], strlen(log__names[level]));
+    log__member(&o, "instance", 8, log__instance, strlen(log__instance));
+    log__member(&o, "event", 5, event, strlen(event));
+
+    /* The free text: key=value pairs, the rest collected as msg. */
+    static const char *const reserved[] = {"ts",    "level",      "instance",
+                                           "event", "request_id", "msg"};
+    struct {
+        const char *k, *v;
+        size_t kn, vn;
+    } pair[LOG__MAX_PAIRS];
+    size_t npairs = 0;
+    char msg[1024];
+    size_t msgn = 0;
+    const char *p = text;
+    while (*p != '\0') {
+        while (*p == ' ') {
+            p++;
+        }
+        if (*p == '\0') {
+            break;
+        }
+        const char *start = p, *k = p;
+        while (log__is_key_char(*p)) {
+            p++;
+        }
+        size_t kn = (size_t)(p - k);
+        int is_pair = kn > 0 && *p == '=';
+        const char *v = NULL;
+        size_t vn = 0;
+        if (is_pair) {
+            p++;
+            if (*p == '"') {
+                v = ++p;
+                const char *q = log__closing_quote(p);
+                vn = (size_t)(q - v);
+                p = *q == '"' ? q + 1 : q;
+            } else {
+                v = p;
+                while (*p != '\0' && *p != ' ') {
+                    p++;
+                }
+                vn = (size_t)(p - v);
+            }
+            for (size_t i = 0;
+                 is_pair && i < sizeof(reserved) / sizeof(reserved[0]); i++) {
+                is_pair = !(strlen(reserved[i]) == kn &&
+                            memcmp(reserved[i], k, kn) == 0);
+            }
+            for (size_t i = 0; is_pair && i < npairs; i++) {
+                is_pair = !(pair[i].kn == kn && memcmp(pair[i].k, k, kn) == 0);
+            }
+            is_pair = is_pair && npairs < LOG__MAX_PAIRS;
+        } else {
+            while (*p != '\0' && *p != ' ') {
+                p++;
+            }
+        }
+        if (is_pair) {
+            pair[npairs].k = k, pair[npairs].kn = kn;
+            pair[npairs].v = v, pair[npairs].vn = vn;
+            npairs++;
+        } else {
+            size_t tn = (size_t)(p - start);
+            if (msgn > 0 && msgn < sizeof(msg)) {
+                msg[msgn++] = ' ';
+            }
+            if (tn > sizeof(msg) - msgn) {
+                tn = sizeof(msg) - msgn;
+            }
+            memcpy(msg + msgn, start, tn);
+            msgn += tn;
+        }
+    }
+    for (size_t i = 0; i < npairs; i++) {
+        log__member(&o, pair[i].k, pair[i].kn, pair[i].v, pair[i].vn);
+    }
+    if (msgn > 0) {
+        log__member(&o, "msg", 3, msg, msgn);
+    }
+    if (log__rid[0] != '\0') {
+        log__member(&o, "request_id", 10, log__rid, strlen(log__rid));
+    }
+    /* The reserve: a string cut short took at most its closing quote. */
+    int truncated = o.full || text_cut;
+    o.cap += 32;
+    o.full = 0;
+    if (truncated) {
+        log__put(&o, ",\"truncated\":true", 17);
+    }
+    log__put(&o, "}\n", 2);
+    return o.len;
+}
+
+/* ---------------------------------------------------------------- line --- */
+
 void log_msg(log_level_t level, const char *event, const char *fmt, ...) {
     if (level < log__min) {
         return;
     }
 
     char line[2048];
-    struct timespec ts;
+    char ts[32];
+    struct timespec now;
     struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
+    clock_gettime(CLOCK_REALTIME, &now);
+    gmtime_r(&now.tv_sec, &tm);
+    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ",
+             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+             tm.tm_min, tm.tm_sec, now.tv_nsec / 1000000);
 
-    int n = snprintf(line, sizeof(line),
-                     "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s instance=%s "
-                     "event=%s ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                     tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
+    if (log__format == LOG_FORMAT_JSON) {
+        char text[1536];
+        va_list ap;
+        va_start(ap, fmt);
+        int m = vsnprintf(text, sizeof(text), fmt, ap);
+        va_end(ap);
+        if (m < 0) {
+            text[0] = '\0';
+        }
+        char out[4096];
+        size_t n = log__json(out, sizeof(out), ts, level, event, text,
+                             m >= (int)sizeof(text));
+        ssize_t w = write(STDERR_FILENO, out, n);
+        (void)w;
+        return;
+    }
+
+    int n = snprintf(line, sizeof(line), "%s %s instance=%s event=%s ", ts,
                      log__names[level], log__instance, event);
     if (n < 0) {
         return;
@@ -57,6 +334,13 @@ void log_msg(log_level_t level, const char *event, const char *fmt, ...) {
         va_start(ap, fmt);
         int m = vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
         va_end(ap);
+        if (m > 0) {
+            n += m;
+        }
+    }
+    if (log__rid[0] != '\0' && (size_t)n < sizeof(line)) {
+        int m = snprintf(line + n, sizeof(line) - (size_t)n, " request_id=%s",
+                         log__rid);
         if (m > 0) {
             n += m;
         }

@@ -160,6 +160,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     log_init(cfg.instance_id, cfg.log_level);
+    log_set_format(cfg.log_json ? LOG_FORMAT_JSON : LOG_FORMAT_TEXT);
 
     char err[256];
     if (fault_parse(cfg.fault, err, sizeof(err)) != 0) {

@@ -48,8 +48,16 @@ static void ready__check_redis(ready_backend_state_t *b) {
     lock_errkind_t kind = lock_errkind(ready__g.redis);
     b->health =
         kind == LOCK_EAUTH || kind == LOCK_EPERM ? READY_REFUSED : READY_DOWN;
+    /* The lock backend may be etcd: the same slot, its own words. */
+    int etcd = strcmp(lock_backend_name(), "etcd") == 0;
     snprintf(b->detail, sizeof(b->detail), "%s%s",
-             kind == LOCK_EAUTH   ? "Redis refused this instance's "
+             kind == LOCK_EAUTH && etcd
+                 ? "etcd refused this instance's credentials "
+                   "(COUPON_ETCD_USERNAME/PASSWORD): "
+             : kind == LOCK_EPERM && etcd
+                 ? "etcd's role denies this instance's user a key it needs "
+                   "(COUPON_ETCD_PREFIX): "
+             : kind == LOCK_EAUTH ? "Redis refused this instance's "
                                     "credentials (COUPON_REDIS_USERNAME/"
                                     "PASSWORD): "
              : kind == LOCK_EPERM ? "Redis's ACL denies this instance's user "

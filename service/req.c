@@ -61,6 +61,15 @@ int req_valid_user_id(const char *s, size_t len, const char **why) {
     return 0;
 }
 
+int req_valid_request_id(const char *s) {
+    if (s == NULL) {
+        return 0;
+    }
+    size_t len = strlen(s);
+    return len > 0 && len <= REQ_REQUEST_ID_MAX &&
+           req__id_chars(s, len, ":") == 0;
+}
+
 static int req__fail(req_error_t *err, const char *code, const char *fmt,
                      const char *arg) {
     err->code = code;

@@ -6,6 +6,7 @@
  *
  *   coupon id  1..64 bytes of  A-Z a-z 0-9 _ . -
  *   user id    1..128 bytes of A-Z a-z 0-9 _ . - @ : +
+ *   request id (the X-Request-Id header) 1..64 bytes of A-Z a-z 0-9 _ . - :
  *   total      a JSON integer in 0..1000000000
  *   buckets    a JSON integer in 1..min(total, 64); optional, default 1
  *   starts_at, ends_at
@@ -53,6 +54,12 @@ typedef struct req_coupon {
  * failed (static string). */
 int req_valid_coupon_id(const char *s, size_t len, const char **why);
 int req_valid_user_id(const char *s, size_t len, const char **why);
+
+/* 1 if s (NUL-terminated; NULL is 0) is a well-formed request id: short
+ * enough for a log line and of an alphabet that needs no quoting in a log
+ * line, a JSON string or a header (a UUID, a ULID, nginx's $request_id). */
+#define REQ_REQUEST_ID_MAX 64
+int req_valid_request_id(const char *s);
 
 /* Parse a POST /claim body. 0 on success, -1 with *err filled. */
 int req_parse_claim(const char *body, size_t len, req_claim_t *out,

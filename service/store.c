@@ -1739,3 +1739,27 @@ int store_probe(store_t *st) {
     /* Connected, the query failed: not a login problem. */
     return st->conn == NULL && st->refused ? STORE_EREFUSED : STORE_ERR;
 }
+
+/* ---------------------------------------------------- the claim lookup --- */
+
+int store_claim_lookup(store_t *st, const char *coupon, store_item_t *item) {
+    store__deadline_start(st);
+    if (store__connect(st) != STORE_OK) {
+        return STORE_ERR;
+    }
+    const char *p[] = {coupon, item->user_id};
+    PGresult *res = store__exec(st, "claim_get", 2, p, PGRES_TUPLES_OK);
+    if (res == NULL) {
+        return STORE_ERR;
+    }
+    int found = PQntuples(res) == 1;
+    if (found) {
+        item->status = STORE_ALREADY;
+        item->claim_id = store__int(res, 0, 0);
+        item->fence = store__int(res, 0, 1);
+        item->remaining = store__int(res, 0, 2);
+        item->seq = store__int(res, 0, 3);
+    }
+    PQclear(res);
+    return found ? STORE_OK : STORE_NOT_FOUND;
+}

@@ -201,6 +201,12 @@ typedef int (*store_claimant_fn)(void *arg, const char *user_id, size_t len,
 int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
                     void *arg, int64_t *claimed_out, int64_t *remaining_out);
 
+/* Reads user's existing claim of coupon (no transaction, no lock), for
+ * GET /coupons/{id}/claims/{user}: STORE_OK with item->status STORE_ALREADY
+ * and the claim, STORE_NOT_FOUND when the user holds none (or there is no
+ * such coupon), or STORE_ERR. item is borrowed. */
+int store_claim_lookup(store_t *st, const char *coupon, store_item_t *item);
+
 /* SELECT 1. STORE_OK or STORE_ERR. */
 int store_ping(store_t *st);
 

@@ -6,13 +6,13 @@ TEST_LIBS   = $(PKG_LIBS) $(shell pkg-config --libs libcurl 2>/dev/null) \
 
 UNIT_OBJS := $(addprefix $(BUILD)/tests/, tt.o unit/test_cfg.o \
 	unit/test_req.o unit/test_misc.o unit/test_lg_http.o unit/test_lock.o \
-	unit/test_etcd.o)
+	unit/test_log.o unit/test_etcd.o)
 ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/h_etcd.o itest/test_claim.o itest/test_api.o \
 	itest/test_hostile.o itest/test_loadgen.o itest/test_redis.o \
 	itest/test_comb.o itest/test_verify.o itest/test_store.o \
 	itest/test_lock_wait.o itest/test_redlock.o itest/h_topo.o \
-	faults/proxy.o) \
+	itest/test_ops.o faults/proxy.o) \
 	$(BUILD)/loadtest/lg_verify.o \
 	$(LIB_OBJS) $(BUILD)/service/store.o $(BUILD)/service/migrations.o
 
@@ -56,6 +56,23 @@ test-integration: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen \
 		COUPONSVC_OLD_BIN=$(BUILD)/old/couponsvc \
 		$(BUILD)/tests/integration-tests $(T)
 
+# `make test-openapi`: service/openapi.yaml against the service and its
+# tests (tests/openapi/check_openapi.py): first statically (routes and
+# error codes against the source, the balancer's errors against
+# deploy/nginx/proxy.conf, every witness a test that mentions its code),
+# then it runs the integration tests the document names as witnesses with
+# COUPONSVC_API_RECORD set, and checks that every answer they saw is
+# documented and that each witness produced the answer it is named for.
+API_RECORDS = $(abspath $(BUILD))/api-records
+.PHONY: test-openapi
+test-openapi: all $(BUILD)/tests/integration-tests $(BUILD)/loadgen
+	$(Q)python3 tests/openapi/check_openapi.py .
+	$(Q)rm -rf $(API_RECORDS) && mkdir -p $(API_RECORDS)
+	$(Q)COUPONSVC_API_RECORD=$(API_RECORDS) COUPONSVC_BIN=$(BUILD)/couponsvc \
+		LOADGEN=$(BUILD)/loadgen $(BUILD)/tests/integration-tests \
+		$$(python3 tests/openapi/check_openapi.py . --witnesses integration)
+	$(Q)python3 tests/openapi/check_openapi.py . --records $(API_RECORDS)
+
 # The replica a rolling upgrade starts from, for
 # rolling_upgrade_old_and_new_replicas: couponsvc as it was in the commit
 # before migrations/002 was added (OLD_REV), built from `git archive` into
@@ -81,7 +98,8 @@ FAULT_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/h_etcd.o itest/test_faults.o itest/test_etcd_faults.o itest/test_redis_faults.o \
 	itest/test_comb_faults.o itest/test_lock_wait_faults.o \
 	itest/h_topo.o itest/test_sentinel_faults.o itest/test_redlock_faults.o \
-	itest/test_degraded.o faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o
+	itest/test_pg_ha.o itest/test_degraded.o \
+	faults/load.o faults/proxy.o) $(BUILD)/loadtest/lg_verify.o
 
 $(BUILD)/tests/fault-tests: $(FAULT_OBJS)
 	@echo "  LD      $@"

@@ -57,6 +57,8 @@ static double tt__now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+const char *tt_current = "";
+
 /* Runs one test in a child; returns 1 if it passed. */
 static int tt__run(const tt_test_t *t) {
     fflush(stdout);
@@ -69,6 +71,7 @@ static int tt__run(const tt_test_t *t) {
     }
     if (pid == 0) {
         setpgid(0, 0);
+        tt_current = t->name;
         t->fn();
         fflush(stdout);
         _exit(0);

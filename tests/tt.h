@@ -34,6 +34,9 @@ void tt__fail(const char *file, int line, const char *fmt, ...)
  * around all tests, e.g. to start a shared PostgreSQL. */
 int tt_main(int argc, char **argv, int (*setup)(void), void (*teardown)(void));
 
+/* The name of the test running in this process ("" outside a test). */
+extern const char *tt_current;
+
 /* Called (in the test's process) when a test fails, before it exits: the
  * integration harness prints the logs of the processes it started. */
 extern void (*tt_on_failure)(void);

@@ -548,6 +548,42 @@ size_t h_buf_write(char *ptr, size_t size, size_t n, void *arg) {
 
 static __thread CURL *h__curl;
 
+void h_api_record(const char *method, const char *url, long status,
+                  const char *body) {
+    const char *dir = getenv("COUPONSVC_API_RECORD");
+    if (dir == NULL || dir[0] == '\0' || status == 0) {
+        return;
+    }
+    /* The path without scheme, authority and query. */
+    const char *p = strstr(url, "://");
+    p = p != NULL ? strchr(p + 3, '/') : url;
+    if (p == NULL) {
+        p = "/";
+    }
+    size_t plen = strcspn(p, "?");
+    char code[64] = "-";
+    json_t *j = body != NULL ? json_loads(body, 0, NULL) : NULL;
+    const char *e = json_string_value(json_object_get(j, "error"));
+    if (e != NULL) {
+        snprintf(code, sizeof(code), "%s", e);
+    }
+    json_decref(j);
+    char path[600], line[1024];
+    snprintf(path, sizeof(path), "%s/%s.api", dir,
+             tt_current[0] != '\0' ? tt_current : "none");
+    int n = snprintf(line, sizeof(line), "%s %.*s %ld %s\n", method,
+                     (int)(plen < 800 ? plen : 800), p, status, code);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd >= 0 && n > 0) {
+        ssize_t w = write(fd, line,
+                          (size_t)n < sizeof(line) ? (size_t)n : sizeof(line));
+        (void)w;
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+}
+
 long h_http(const char *method, const char *url, const char *content_type,
             const char *auth, const char *data, size_t len, char **body) {
     if (h__curl == NULL) {
@@ -587,6 +623,7 @@ long h_http(const char *method, const char *url, const char *content_type,
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     }
     curl_slist_free_all(hdr);
+    h_api_record(method, url, status, b.p);
     if (body != NULL) {
         *body = b.p != NULL ? b.p : strdup("");
     } else {
@@ -886,10 +923,158 @@ void h_pg_private_restart(void) {
     h__ppg_spawn();
 }
 
+/* A streaming standby of the private cluster (per test). */
+static char h__sby_dir[400];
+static char h__sby_log[420];
+static char h__sby_dsn[200];
+static int h__sby_port;
+static pid_t h__sby_pid;
+
+static void h__sby_spawn(void) {
+    char postgres[300], port[16];
+    snprintf(port, sizeof(port), "%d", h__sby_port);
+    snprintf(postgres, sizeof(postgres), "%s/postgres", h__bindir);
+    char *argv[] = {postgres,
+                    "-D",
+                    h__sby_dir,
+                    "-p",
+                    port,
+                    "-k",
+                    h__sby_dir,
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "hot_standby=on",
+                    "-c",
+                    "max_connections=200",
+                    NULL};
+    h__sby_pid = h__spawn(argv, h__sby_log, h__pg_user(), NULL);
+    char ping[160];
+    snprintf(ping, sizeof(ping),
+             "host=127.0.0.1 port=%d dbname=postgres "
+             "user=postgres connect_timeout=2",
+             h__sby_port);
+    double end = h_now_ms() + 30000;
+    while (PQping(ping) != PQPING_OK) {
+        TT_ASSERT_MSG(waitpid(h__sby_pid, NULL, WNOHANG) == 0,
+                      "standby exited during start, see %s", h__sby_log);
+        TT_ASSERT_MSG(h_now_ms() < end, "standby did not start, see %s",
+                      h__sby_log);
+        h_sleep_ms(20);
+    }
+}
+
+const char *h_pg_standby_start(void) {
+    TT_ASSERT_MSG(h__ppg_pid > 0, "no private cluster to replicate");
+    TT_ASSERT_MSG(h__sby_pid == 0, "standby started twice");
+    struct passwd *pw = h__pg_user();
+    snprintf(h__sby_dir, sizeof(h__sby_dir), "%s/pg-standby", h__test_dir);
+    snprintf(h__sby_log, sizeof(h__sby_log), "%s/standby.log", h__test_dir);
+    TT_ASSERT(mkdir(h__sby_dir, 0700) == 0);
+    int fd = open(h__sby_log, O_CREAT | O_WRONLY, 0666);
+    TT_ASSERT(fd >= 0);
+    close(fd);
+    if (pw != NULL) {
+        TT_ASSERT(chown(h__sby_dir, pw->pw_uid, pw->pw_gid) == 0 &&
+                  chown(h__sby_log, pw->pw_uid, pw->pw_gid) == 0);
+    }
+    /* -c fast: a checkpoint at once, not a spread one (minutes). -R writes
+     * standby.signal and primary_conninfo; its application_name
+     * is the default, "walreceiver", which synchronous_standby_names can
+     * name. */
+    char bb[300], port[16];
+    snprintf(bb, sizeof(bb), "%s/pg_basebackup", h__bindir);
+    snprintf(port, sizeof(port), "%d", h__ppg_port);
+    char *argv[] = {bb,          "-D", h__sby_dir, "-h", "127.0.0.1", "-p",
+                    port,        "-U", "postgres", "-R", "-X",        "stream",
+                    "--no-sync", "-c", "fast",     NULL};
+    int st = h__wait(h__spawn(argv, h__sby_log, pw, NULL), 60000);
+    TT_ASSERT_MSG(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                  "pg_basebackup failed, see %s", h__sby_log);
+    h__sby_port = h__free_port();
+    h__sby_spawn();
+    snprintf(h__sby_dsn, sizeof(h__sby_dsn),
+             "host=127.0.0.1 port=%d dbname=t user=postgres", h__sby_port);
+    return h__sby_dsn;
+}
+
+void h_pg_standby_stop(void) {
+    TT_ASSERT_MSG(h__sby_pid > 0, "no standby running");
+    kill(h__sby_pid, SIGINT); /* fast */
+    TT_ASSERT_MSG(h__wait(h__sby_pid, 30000) >= 0, "standby did not stop");
+    h__sby_pid = 0;
+}
+
+void h_pg_standby_restart(void) {
+    TT_ASSERT_MSG(h__sby_pid == 0 && h__sby_port > 0, "standby not stopped");
+    h__sby_spawn();
+}
+
+void h_pg_standby_promote(void) {
+    TT_ASSERT_MSG(h__sby_pid > 0, "no standby running");
+    char dsn[160];
+    snprintf(dsn, sizeof(dsn),
+             "host=127.0.0.1 port=%d dbname=postgres user=postgres "
+             "connect_timeout=5",
+             h__sby_port);
+    PGconn *c = PQconnectdb(dsn);
+    TT_ASSERT_MSG(PQstatus(c) == CONNECTION_OK, "standby: %s",
+                  PQerrorMessage(c));
+    /* Waits (up to 60 s) until the promotion is done. */
+    PGresult *r = PQexec(c, "SELECT pg_promote(true, 60)");
+    TT_ASSERT_MSG(PQresultStatus(r) == PGRES_TUPLES_OK &&
+                      strcmp(PQgetvalue(r, 0, 0), "t") == 0,
+                  "pg_promote: %s", PQerrorMessage(c));
+    PQclear(r);
+    PQfinish(c);
+}
+
+void h_pg_standby_catch_up(void) {
+    char pdsn[160], sdsn[160];
+    snprintf(pdsn, sizeof(pdsn),
+             "host=127.0.0.1 port=%d dbname=postgres user=postgres",
+             h__ppg_port);
+    snprintf(sdsn, sizeof(sdsn),
+             "host=127.0.0.1 port=%d dbname=postgres user=postgres",
+             h__sby_port);
+    PGconn *p = PQconnectdb(pdsn), *q = PQconnectdb(sdsn);
+    TT_ASSERT(PQstatus(p) == CONNECTION_OK && PQstatus(q) == CONNECTION_OK);
+    PGresult *r = PQexec(p, "SELECT pg_current_wal_lsn()::text");
+    TT_ASSERT(PQresultStatus(r) == PGRES_TUPLES_OK);
+    char lsn[64];
+    snprintf(lsn, sizeof(lsn), "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "SELECT pg_last_wal_replay_lsn() >= '%s'::pg_lsn", lsn);
+    double end = h_now_ms() + 30000;
+    for (;;) {
+        r = PQexec(q, sql);
+        int done = PQresultStatus(r) == PGRES_TUPLES_OK &&
+                   strcmp(PQgetvalue(r, 0, 0), "t") == 0;
+        PQclear(r);
+        if (done) {
+            break;
+        }
+        TT_ASSERT_MSG(h_now_ms() < end, "the standby did not replay %s", lsn);
+        h_sleep_ms(20);
+    }
+    PQfinish(p);
+    PQfinish(q);
+}
+
 /* ------------------------------------------------ a real nginx in front --- */
 
 static pid_t h__nginx_pid;
 static char h__nginx_err[420];
+
+static int h__nginx_limited;
+
+void h_nginx_rate_limit(int on) {
+    h__nginx_limited = on;
+}
 
 int h_nginx_start(h_svc_t *const *upstreams, int n) {
     TT_ASSERT_MSG(h__nginx_pid == 0, "one nginx per test");
@@ -906,6 +1091,36 @@ int h_nginx_start(h_svc_t *const *upstreams, int n) {
     snprintf(tmp, sizeof(tmp), "%s/tmp", dir);
     snprintf(h__nginx_err, sizeof(h__nginx_err), "%s/error.log", dir);
     TT_ASSERT(mkdir(dir, 0755) == 0 && mkdir(tmp, 0755) == 0);
+
+    /* http.conf from beside proxy.conf, with the per-client rate limit
+     * off (an empty key: nginx counts no such request) unless the test
+     * asked for it: every client of a test is on the loopback. */
+    char http_src[PATH_MAX + 16], http_conf[460];
+    snprintf(http_src, sizeof(http_src), "%s", proxy_conf);
+    char *slash = strrchr(http_src, '/');
+    TT_ASSERT(slash != NULL);
+    snprintf(slash + 1, sizeof(http_src) - (size_t)(slash + 1 - http_src),
+             "http.conf");
+    snprintf(http_conf, sizeof(http_conf), "%s/http.conf", dir);
+    FILE *in = fopen(http_src, "r"), *out = fopen(http_conf, "w");
+    TT_ASSERT_MSG(in != NULL, "cannot read %s", http_src);
+    TT_ASSERT(out != NULL);
+    char line[1024];
+    int zone = 0;
+    static const char key[] = "limit_req_zone $binary_remote_addr ";
+    while (fgets(line, sizeof(line), in) != NULL) {
+        if (strncmp(line, key, sizeof(key) - 1) == 0) {
+            zone = 1;
+            if (!h__nginx_limited) {
+                fprintf(out, "limit_req_zone \"\" %s", line + sizeof(key) - 1);
+                continue;
+            }
+        }
+        fputs(line, out);
+    }
+    fclose(in);
+    TT_ASSERT(fclose(out) == 0);
+    TT_ASSERT_MSG(zone, "%s: no line starting with '%s'", http_src, key);
 
     int port = h__free_port();
     FILE *f = fopen(conf, "w");
@@ -926,8 +1141,9 @@ int h_nginx_start(h_svc_t *const *upstreams, int n) {
             "  fastcgi_temp_path %s/fastcgi;\n"
             "  uwsgi_temp_path %s/uwsgi;\n"
             "  scgi_temp_path %s/scgi;\n"
+            "  include %s;\n"
             "  upstream couponsvc {\n",
-            dir, h__nginx_err, dir, tmp, tmp, tmp, tmp, tmp);
+            dir, h__nginx_err, dir, tmp, tmp, tmp, tmp, tmp, http_conf);
     /* nginx must drop an idle upstream connection before the replica
      * does (deploy/nginx: 15 s against 30 s): a replica that closes a
      * kept-alive connection as nginx sends a POST on it loses that request,

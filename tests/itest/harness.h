@@ -71,6 +71,13 @@ void h_svc_drop(h_svc_t *s);
 long h_http(const char *method, const char *url, const char *content_type,
             const char *auth, const char *data, size_t len, char **body);
 
+/* With COUPONSVC_API_RECORD set to a directory, appends "METHOD PATH
+ * STATUS ERROR" ("-" when the body has no error member) to
+ * DIR/<test name>.api, for the check of the API document
+ * (tests/openapi/check_openapi.py). h_http calls it for every answer. */
+void h_api_record(const char *method, const char *url, long status,
+                  const char *body);
+
 /* A response body being collected: h_buf_write is a CURLOPT_WRITEFUNCTION
  * for it (CURLOPT_WRITEDATA = the h_buf_t); p stays NUL-terminated. */
 typedef struct h_buf {
@@ -166,16 +173,36 @@ void h_pg_private_stop(const char *mode);
  * connections. */
 void h_pg_private_restart(void);
 
+/* A streaming standby of the private cluster (h_pg_private_start first):
+ * pg_basebackup -R, then a postgres of its own on a free port, replaying
+ * (asynchronously unless the primary's synchronous_standby_names names
+ * "walreceiver", its application_name). Returns its DSN (database t). */
+const char *h_pg_standby_start(void);
+void h_pg_standby_stop(void);    /* fast shutdown */
+void h_pg_standby_restart(void); /* after h_pg_standby_stop */
+/* Ends recovery (pg_promote, waiting): the standby becomes a primary. */
+void h_pg_standby_promote(void);
+/* Waits (up to 30 s) until the standby has replayed all the primary's WAL
+ * written so far. */
+void h_pg_standby_catch_up(void);
+
 /* ------------------------------------------------ a real nginx in front ---
  * nginx (Debian's nginx-light) as a child of the test, in the test's
  * directory (-p), on a free loopback port, in the foreground with
  * master_process off, so that the test's process group holds it. Its server
  * block includes the repository's deploy/nginx/proxy.conf (override the
  * path with COUPONSVC_PROXY_CONF), so a test goes through the load
- * balancer's real configuration; `upstream couponsvc` points at the given
+ * balancer's real configuration; its http block includes http.conf from
+ * the same directory (request ids; the rate limit, see h_nginx_rate_limit);
+ * `upstream couponsvc` points at the given
  * services. Returns the port nginx listens on; waits until /lb-healthz
  * answers. One nginx per test. */
 int h_nginx_start(h_svc_t *const *upstreams, int n);
+
+/* 1: the next h_nginx_start applies deploy/nginx/http.conf's per-client
+ * rate limit as shipped; 0 (the default): no limit, since every client of
+ * a test comes from the loopback. */
+void h_nginx_rate_limit(int on);
 
 /* Stops it (SIGQUIT, then SIGKILL after 5 s) and waits. Accepts no nginx. */
 void h_nginx_stop(void);

@@ -58,6 +58,7 @@ static void *comb_claim_thread(void *arg) {
         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &c->status);
     }
     c->ms = h_now_ms() - t0;
+    h_api_record("POST", url, c->status, b.p);
     c->json = b.p != NULL ? json_loads(b.p, 0, NULL) : NULL;
     free(b.p);
     curl_slist_free_all(hdr);

@@ -517,7 +517,7 @@ TT_TEST(etcd_auth_user_and_refused_password, 60) {
     }
     printf("    wrong password: /readyz %ld %s\n", st, body);
     TT_EQ_INT(st, 503);
-    TT_CONTAINS(body, "authentication failed");
+    TT_CONTAINS(body, "etcd refused this instance's credentials");
     free(body);
     snprintf(url, sizeof(url), "%s/readyz", g->url);
     TT_EQ_INT(h_http("GET", url, NULL, NULL, NULL, 0, NULL), 200);

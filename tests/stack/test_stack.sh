@@ -45,7 +45,7 @@ PY=python3
 TESTS="t_up_down_leaves_nothing t_replica_kill_fails_only_in_flight t_restart_app_is_rolling
     t_verifier_catches_injected_faults t_loadgen_https_cacert t_checkout_in_0700_dir
     t_lb_errors_are_json t_credentials t_down_kills_frozen_spares_reused
-    t_redis_topologies t_etcd_backend_up_claims_down"
+    t_lb_rate_limit_switch t_redis_topologies t_etcd_backend_up_claims_down"
 
 # ================================================================ helpers ===
 # Used inside a test process (--run-one). W is the test's directory, SD its
@@ -679,6 +679,8 @@ for line in sys.stdin:
             why.append("no error/detail strings")
     except ValueError:
         why.append("body is not JSON")
+    if not hdrs.get("x-request-id"):
+        why.append("no X-Request-Id")
     leak = [k for k, v in hdrs.items() if "127.0.0.1" in v or k == "x-upstream-addr"]
     if leak:
         why.append("internal address in headers %s" % leak)
@@ -696,7 +698,8 @@ sys.exit(1 if bad else 0)
 #    (nginx's 494: a 10 KB header), 501 (Transfer-Encoding: gzip), 404 for
 #    /metrics (however it is spelled) and for the pages' own internal
 #    URIs, and 502 once the only replica is gone. A replica's own error
-#    passes through untouched, and no answer names an internal address.
+#    passes through untouched, every answer carries an X-Request-Id, and
+#    no answer names an internal address.
 #    (408, 500, 503 and 504 have their pages too but are not provoked here:
 #    408 and 504 take the 60 s and 30 s timeouts, nginx makes 503 only with
 #    limits this balancer does not set, and 500 only on its own failures.)
@@ -735,6 +738,44 @@ EOF
 no-replica-get 502 b"GET /coupons/lbjson HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 no-replica-claim 502 b"POST /claim HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
 EOF
+    return 0
+}
+
+# 6b. The balancer's per-client rate limit as stack.sh sets it: off by
+#     default (every client of this stack is 127.0.0.1, and the load tests
+#     and the bench send thousands of requests a second from there), on
+#     with LB_RATE_LIMIT=on, where 300 requests sent back to back on one
+#     connection meet the limit (20/s, bursts of 40) and each refusal is
+#     the JSON 429 rate_limited with Retry-After: 1.
+burst_statuses() { # PORT: "N200 N404 N429 Nother" of 300 GETs on one connection
+    "$PY" -c '
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=10)
+n = {}
+for i in range(300):
+    c.request("GET", "/coupons/none-%d" % i)
+    r = c.getresponse()
+    body = r.read()
+    n[r.status] = n.get(r.status, 0) + 1
+    if r.status == 429 and (r.getheader("Retry-After") != "1" or
+                            b"\"error\":\"rate_limited\"" not in body):
+        n["bad"] = n.get("bad", 0) + 1
+print(n.get(404, 0), n.get(429, 0), sum(v for k, v in n.items() if k not in (404, 429)))
+' "$1"
+}
+t_lb_rate_limit_switch() {
+    local n404 n429 other
+    stack_up 1
+    read -r n404 n429 other <<<"$(burst_statuses "$LB_PORT")"
+    note "limit off (default): $n404 x 404, $n429 x 429, $other other"
+    expect_eq "429s with LB_RATE_LIMIT unset" "$n429" 0
+    expect_eq "404s from the replica" "$n404" 300
+    stack down >"$W/down.log" 2>&1 || fail "stack.sh down failed"
+    LB_RATE_LIMIT=on stack_up 1
+    read -r n404 n429 other <<<"$(burst_statuses "$LB_PORT")"
+    note "LB_RATE_LIMIT=on: $n404 x 404, $n429 x 429, $other other"
+    expect_gt "429s with LB_RATE_LIMIT=on" "$n429" 0
+    expect_eq "answers other than 404 and 429 (or a 429 without Retry-After: 1 and the JSON rate_limited)" "$other" 0
     return 0
 }
 
