@@ -285,7 +285,7 @@ ADMIN=(--admin-token "$COUPON_ADMIN_TOKEN")
 
 # --- hot and spread, atomic and lock, interleaved ------------------------------
 
-LOCK_DEFAULTS=(COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=$BATCH COUPON_SOLDOUT_MEMO=on)
+LOCK_DEFAULTS=(COUPON_LOCK_WAIT_STRATEGY=pubsub "COUPON_BATCH_MAX=$BATCH" COUPON_SOLDOUT_MEMO=on)
 for r in $(seq "$ROUNDS"); do
     if want hot-atomic || want spread-atomic; then
         restart atomic
@@ -355,7 +355,7 @@ soldout() {
 if ! want hot-poll; then
     :
 elif has_setting COUPON_LOCK_WAIT_STRATEGY; then
-    restart lock COUPON_LOCK_WAIT_STRATEGY=poll COUPON_BATCH_MAX=$BATCH COUPON_SOLDOUT_MEMO=on
+    restart lock COUPON_LOCK_WAIT_STRATEGY=poll "COUPON_BATCH_MAX=$BATCH" COUPON_SOLDOUT_MEMO=on
     run hot-poll claims -c "$CONN" -d "$SECS" --coupon "hot-p-$RUN" \
         --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
 else
@@ -373,7 +373,7 @@ fi
 if ! want soldout-nomemo; then
     :
 elif has_setting COUPON_SOLDOUT_MEMO; then
-    restart lock COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=$BATCH COUPON_SOLDOUT_MEMO=off
+    restart lock COUPON_LOCK_WAIT_STRATEGY=pubsub "COUPON_BATCH_MAX=$BATCH" COUPON_SOLDOUT_MEMO=off
     soldout soldout-nomemo
 else
     say "soldout-nomemo: skipped, this build has no COUPON_SOLDOUT_MEMO"

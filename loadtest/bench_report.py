@@ -352,7 +352,7 @@ def main():
             lines.append("  %-54s %8.0f -> %8.0f   %s" % (
                 label, a, b, "x%.2f" % q if q is not None else "-"))
         else:
-            lines.append("  %-54s (not run in this build)" % label)
+            lines.append("  %-54s (not run: not in this build, or not in BENCH_ONLY)" % label)
 
     vs("waiting: poll -> pubsub, hot claims/s", rate("hot-poll"), hot_on)
     vs("combining: batch 1 -> %s, hot claims/s" % session.get("batch", "256"),

@@ -294,6 +294,20 @@ static void claim__degraded(size_t n) {
     atomic_fetch_add(&claim__degraded_quiet, n);
 }
 
+/* After a lock attempt found the backend unavailable, the degraded mode
+ * skips the lock for this long (monotonic deadline in claim__lock_down),
+ * then tries it again: a black-holed Redis would otherwise cost every
+ * claim (every batch) a full Redis timeout before it went lockless. */
+#define CLAIM__LOCK_RETRY_NS (1000 * MONO_MS)
+static _Atomic int64_t claim__lock_down;
+
+/* 1 while claims skip the lock (COUPON_LOCK_UNAVAILABLE=atomic, and the
+ * backend was found unavailable less than CLAIM__LOCK_RETRY_NS ago). */
+static int claim__lock_skipped(void) {
+    return claim__cfg->lock_unavailable_atomic &&
+           mono_ns() < atomic_load(&claim__lock_down);
+}
+
 /* The degraded mode (COUPON_LOCK_UNAVAILABLE=atomic): 1 when the lock
  * attempt that just failed on cl failed because the backend is unavailable
  * (LOCK_EIO: unreachable, timed out, no quorum), so that the claim may run
@@ -308,6 +322,7 @@ static int claim__degrade(const lock_client_t *cl, const char *coupon) {
     }
     static _Atomic int64_t last_log_ns;
     int64_t now = mono_ns(), last = atomic_load(&last_log_ns);
+    atomic_store(&claim__lock_down, now + CLAIM__LOCK_RETRY_NS);
     if ((last == 0 || now - last >= 1000 * MONO_MS) &&
         atomic_compare_exchange_strong(&last_log_ns, &last, now)) {
         log_warn("claim.degraded",
@@ -346,15 +361,19 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
     for (int attempt = 0;; attempt++) {
         lock_lease_t lease;
         int64_t waited = 0;
-        int lrc = lock_acquire(c->lock, resource, cfg->lock_ttl_ms, deadline,
-                               &lease, &waited);
-        metrics_observe_lock_wait((uint64_t)waited);
+        int skip = claim__lock_skipped();
+        int lrc = skip ? LOCK_ERR
+                       : lock_acquire(c->lock, resource, cfg->lock_ttl_ms,
+                                      deadline, &lease, &waited);
+        if (!skip) {
+            metrics_observe_lock_wait((uint64_t)waited);
+        }
         if (lrc == LOCK_BUSY) {
             claim__set(out, CLAIM_BUSY,
                        "the coupon's lock stayed busy past the wait deadline");
             return 0;
         }
-        if (lrc == LOCK_ERR && claim__degrade(c->lock, coupon)) {
+        if (lrc == LOCK_ERR && (skip || claim__degrade(c->lock, coupon))) {
             /* The atomic mode's write: no fence, the stock and UNIQUE
              * alone, exact without the lock. */
             claim__degraded(1);
@@ -1316,12 +1335,17 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         /* The leader is the oldest claim of the queue (or of a batch put
          * back in order), so its deadline is the earliest. */
         int64_t deadline = n > 0 ? b[0]->deadline_ns : w->deadline_ns;
-        int lrc = lock_acquire(c->lock, r->key, cfg->lock_ttl_ms, deadline,
-                               &lease, &waited);
-        metrics_observe_lock_wait((uint64_t)waited);
+        int skip = claim__lock_skipped();
+        int lrc = skip ? LOCK_ERR
+                       : lock_acquire(c->lock, r->key, cfg->lock_ttl_ms,
+                                      deadline, &lease, &waited);
+        if (!skip) {
+            metrics_observe_lock_wait((uint64_t)waited);
+        }
         /* Degraded: the batch runs without a lease, as one lockless
          * set-based claim (the atomic mode's write for n users). */
-        int degraded = lrc == LOCK_ERR && claim__degrade(c->lock, coupon);
+        int degraded =
+            lrc == LOCK_ERR && (skip || claim__degrade(c->lock, coupon));
         if (lrc != LOCK_OK && !degraded) {
             const char *why =
                 lrc == LOCK_BUSY

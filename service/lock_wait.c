@@ -6,9 +6,9 @@
  * subscribed to coupon:{R}:released for exactly the resources R that have
  * waiters in this process, or had a grant here within the last second
  * (LOCK_WAIT__LINGER_NS: the handoff below counts the messages that follow
- * our release); after that it unsubscribes. Every release script PUBLISHes on that
- * channel in the same atomic step as its DEL. The waiters of R form a FIFO
- * queue; each release message wakes ONE of them, the oldest not yet woken
+ * our release); after that it unsubscribes. Every release script PUBLISHes
+ * on that channel in the same atomic step as its DEL. The waiters of R form a
+ * FIFO queue; each release message wakes ONE of them, the oldest not yet woken
  * (no herd: the others stay asleep, since only one can win anyway). A new
  * claim that finds subscribed waiters queued joins the tail instead of
  * trying first, so a local newcomer does not overtake a local waiter.
