@@ -28,6 +28,7 @@
 /* The backend lock_init picked; NULL before. Written once, before any
  * client exists, then only read. */
 static const lock_backend_t *lock__be;
+static const cfg_t *lock__cfg; /* lock_init's, borrowed: lock_describe */
 
 /* ------------------------------------------------------------- backend --- */
 
@@ -73,6 +74,7 @@ int lock_init(const cfg_t *cfg, char *err, size_t errlen) {
     /* One subscriber per node the backend writes to. */
     lock_wait_config(cfg, be == &lock_redlock_backend ? cfg->nredis : 1);
     lock__be = be;
+    lock__cfg = cfg;
     return 0;
 }
 
@@ -85,6 +87,41 @@ void lock_shutdown(void) {
 
 const char *lock_backend_name(void) {
     return lock__be != NULL ? lock__be->name : "none";
+}
+
+void lock_describe(char *out, size_t outlen) {
+    out[0] = '\0';
+    const cfg_t *cfg = lock__cfg;
+    if (cfg == NULL) {
+        return;
+    }
+    if (lock__be == &lock_sentinel_backend) {
+        cfg_addr_t m, from;
+        char err[160];
+        if (!sentinel_last(&m, &from) &&
+            sentinel_master(cfg, &m, err, sizeof(err)) != SENTINEL_OK) {
+            snprintf(out, outlen, "redis=unknown master_name=%s",
+                     cfg->redis_master_name);
+            return;
+        }
+        sentinel_last(&m, &from);
+        snprintf(out, outlen, "redis=%s:%u master_name=%s sentinel=%s:%u",
+                 m.host, m.port, cfg->redis_master_name, from.host, from.port);
+        return;
+    }
+    if (lock__be != &lock_redis_backend && lock__be != &lock_redlock_backend) {
+        return;
+    }
+    /* One node (the redis backend has exactly one), or Redlock's list. */
+    size_t used = (size_t)snprintf(out, outlen, "redis=");
+    for (int i = 0; i < cfg->nredis && used < outlen; i++) {
+        int n = snprintf(out + used, outlen - used, "%s%s:%u", i > 0 ? "," : "",
+                         cfg->redis[i].host, cfg->redis[i].port);
+        if (n < 0) {
+            break;
+        }
+        used += (size_t)n;
+    }
 }
 
 lock_client_t *lock_client_new(const cfg_t *cfg) {
@@ -229,7 +266,9 @@ static uint64_t lock__rand(lock_client_t *cl) {
  * up to 50 ms, and the actual sleep is drawn uniformly from [cap/2, cap]
  * ("equal jitter") so that waiters released by the same event do not retry in
  * lock step. The sleep never runs past the holder's PTTL (the lock is free at
- * the latest then) nor past the caller's deadline.
+ * the latest then) nor past the caller's deadline, and never below 1 ms: an
+ * attempt per millisecond at most, whatever the backend answers (a PTTL of
+ * 0, or none: -1).
  */
 #define LOCK__BACKOFF_MIN_NS (1 * MONO_MS)
 #define LOCK__BACKOFF_MAX_NS (50 * MONO_MS)
@@ -252,6 +291,11 @@ static int lock__acquire_poll(lock_client_t *cl, const char *resource,
             cap / 2 + (int64_t)(lock__rand(cl) % (uint64_t)(cap / 2 + 1));
         if (pttl >= 0 && sleep > pttl * MONO_MS) {
             sleep = pttl * MONO_MS;
+        }
+        /* Never below the backoff's floor: a PTTL of 0 (a key about to
+         * expire) must not turn this into a loop without a pause. */
+        if (sleep < LOCK__BACKOFF_MIN_NS) {
+            sleep = LOCK__BACKOFF_MIN_NS;
         }
         if (sleep > deadline_ns - now) {
             sleep = deadline_ns - now;

@@ -118,6 +118,15 @@ void lock_shutdown(void);
  * before lock_init. */
 const char *lock_backend_name(void);
 
+/* Where the backend lock_init picked keeps the lock, for the start-up log
+ * line, into out (outlen bytes, always NUL-terminated), as key=value
+ * fields: "redis=HOST:PORT" (one node); "redis=H:P,H:P,..." (Redlock);
+ * behind Sentinel "redis=HOST:PORT master_name=NAME sentinel=H:P", the
+ * master the sentinels name and the one that named it (asked now if no
+ * connection asked yet; "redis=unknown" when none answers). Other
+ * backends: "". */
+void lock_describe(char *out, size_t outlen);
+
 /* Creates a client for the backend lock_init picked (cfg borrowed). Nothing
  * is sent until the first call. Returns a new client (free with
  * lock_client_free), or NULL when out of memory. */

@@ -43,10 +43,14 @@ static const char *const lock_redis__src[LOCK__NSCRIPTS] = {
 };
 
 typedef struct lock_redis__client {
-    lock_client_t base;           /* first: lock.c's view */
-    redisContext *ctx;            /* NULL while disconnected */
-    cfg_addr_t addr;              /* where Redis is */
-    uint32_t timeout_ms;          /* connect and command timeout */
+    lock_client_t base;      /* first: lock.c's view */
+    redisContext *ctx;       /* NULL while disconnected */
+    cfg_addr_t addr;         /* where Redis is */
+    const char *master_name; /* behind Sentinel: the master's name
+                                (the cfg's); NULL otherwise */
+    int resolved;        /* behind Sentinel: addr is the master the sentinels
+                            named (0 until they answered) */
+    uint32_t timeout_ms; /* connect and command timeout */
     char sha[LOCK__NSCRIPTS][41]; /* SHA1s from SCRIPT LOAD on this conn */
     int unanswered;               /* the last failure sent a command and got
                                      no reply: it may have been applied */
@@ -119,13 +123,26 @@ static void lock_redis__disconnect(lock_redis__client_t *cl) {
 static int lock_redis__fail(lock_redis__client_t *cl, lock_errkind_t kind,
                             const char *what) {
     cl->base.errkind = kind;
-    if (cl->ctx != NULL && cl->ctx->err != 0) {
-        snprintf(cl->base.errstr, sizeof(cl->base.errstr),
-                 "redis %s:%u: %s: %s", cl->addr.host, cl->addr.port, what,
-                 cl->ctx->errstr);
+    /* Which Redis: behind Sentinel the master the sentinels named, or
+     * "sentinel" alone before they named one (then what names the master
+     * and the sentinels asked); never the COUPON_REDIS_ADDRS entry, which
+     * is not used. */
+    char where[400];
+    if (cl->master_name == NULL) {
+        snprintf(where, sizeof(where), "redis %s:%u", cl->addr.host,
+                 cl->addr.port);
+    } else if (cl->resolved) {
+        snprintf(where, sizeof(where), "sentinel master %s at %s:%u",
+                 cl->master_name, cl->addr.host, cl->addr.port);
     } else {
-        snprintf(cl->base.errstr, sizeof(cl->base.errstr), "redis %s:%u: %s",
-                 cl->addr.host, cl->addr.port, what);
+        snprintf(where, sizeof(where), "sentinel"); /* what says the rest */
+    }
+    if (cl->ctx != NULL && cl->ctx->err != 0) {
+        snprintf(cl->base.errstr, sizeof(cl->base.errstr), "%s: %s: %s", where,
+                 what, cl->ctx->errstr);
+    } else {
+        snprintf(cl->base.errstr, sizeof(cl->base.errstr), "%s: %s", where,
+                 what);
     }
     lock_redis__disconnect(cl);
     metrics_inc(M_REDIS_ERRORS);
@@ -172,6 +189,7 @@ static int lock_redis__connect(lock_redis__client_t *cl) {
     /* Behind Sentinel, every (re)connect asks where the master is now. */
     char serr[160];
     int src = sentinel_resolve(&cl->addr, serr, sizeof(serr));
+    cl->resolved = src == SENTINEL_OK;
     if (src == SENTINEL_ERR || src == SENTINEL_EAUTH) {
         return lock_redis__fail(
             cl, src == SENTINEL_EAUTH ? LOCK_EAUTH : LOCK_EIO, serr);
@@ -674,6 +692,9 @@ static lock_client_t *lock_redis__client_new(const cfg_t *cfg) {
                                          ? &lock_sentinel_backend
                                          : &lock_redis_backend);
     cl->addr = cfg->redis[0];
+    if (sentinel_configured(cfg)) {
+        cl->master_name = cfg->redis_master_name;
+    }
     cl->timeout_ms = cfg->redis_timeout_ms;
     return &cl->base;
 }

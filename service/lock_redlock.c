@@ -59,7 +59,9 @@
  * yes, or so many said no that no majority can say yes); a node still
  * behind keeps its connection and its replies, still owed, are read and
  * dropped at the start of the next round on that client (a node behind by
- * more than the timeout is dropped and connected afresh). Scripts go out as
+ * more than the timeout is dropped and connected afresh); a release's
+ * reply, read that way too, still gives its receiver count to the
+ * fairness hint (lock_wait.c). Scripts go out as
  * EVAL with their source: no SCRIPT LOAD round on each connect, no NOSCRIPT
  * fallback; Redis finds the compiled script by its hash.
  *
@@ -68,7 +70,8 @@
  * addresses that reach one server (the same run_id) are refused, each with
  * a message saying which and why; the topology is logged. A node that does
  * not answer at start is logged and used when it comes back; its role is not
- * checked then (an ACL user without ROLE and INFO is logged the same way).
+ * checked then (an ACL user without ROLE and INFO server is logged the same
+ * way; deploy/redis/couponsvc.acl grants both).
  */
 #include <errno.h>
 #include <hiredis/hiredis.h>
@@ -83,6 +86,7 @@
 #include "fault.h"
 #include "lock_backend.h"
 #include "lock_scripts.h"
+#include "lock_wait.h"
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
@@ -96,6 +100,10 @@
 #endif
 
 #define LOCK_REDLOCK__MAXARGS 8
+
+/* Release replies remembered per node, to be read late (lock_wait.c's
+ * fairness hint); an older one is forgotten, which costs only a hint. */
+#define LOCK_REDLOCK__NTAGS 4
 
 /* How long a round that awaits no replies (a release) waits for nodes
  * still connecting once the rest is written out: far above a connect on a
@@ -132,13 +140,24 @@ typedef struct lock_redlock__cmd {
     const char *argv[LOCK_REDLOCK__MAXARGS];
 } lock_redlock__cmd_t;
 
+/* A release whose reply is still to come: the reply to the command
+ * numbered seq on this connection carries PUBLISH's receiver count. */
+typedef struct lock_redlock__tag {
+    int used;
+    uint64_t seq;
+    char resource[LOCK_KEY_MAX];
+} lock_redlock__tag_t;
+
 typedef struct lock_redlock__node {
     cfg_addr_t addr;
-    redisContext *c;  /* NULL while disconnected; non-blocking */
-    int connecting;   /* connect(2) in progress: wait for POLLOUT */
-    int owed;         /* replies of earlier rounds still to read and drop */
-    int64_t owed_ns;  /* monotonic: since when they are owed */
-    int auth_pending; /* the next reply (after owed) is AUTH's */
+    int idx;             /* its place in COUPON_REDIS_ADDRS (and lock_wait's) */
+    redisContext *c;     /* NULL while disconnected; non-blocking */
+    int connecting;      /* connect(2) in progress: wait for POLLOUT */
+    int owed;            /* replies of earlier rounds still to read and drop */
+    int64_t owed_ns;     /* monotonic: since when they are owed */
+    int auth_pending;    /* the next reply (after owed) is AUTH's */
+    uint64_t wseq, rseq; /* commands appended, replies read (AUTH aside) */
+    lock_redlock__tag_t tag[LOCK_REDLOCK__NTAGS];
 
     /* The round in progress. */
     int active;         /* takes part */
@@ -153,6 +172,8 @@ typedef struct lock_redlock__client {
     lock_client_t base; /* first: lock.c's view */
     int n;
     int64_t timeout_ns;
+    const char *tag_resource; /* the round in progress is a release of it:
+                                 its replies are tagged */
     lock_redlock__node_t node[LOCK_MAX_NODES];
 } lock_redlock__client_t;
 
@@ -170,6 +191,27 @@ static void lock_redlock__drop(lock_redlock__node_t *nd) {
     nd->connecting = 0;
     nd->owed = 0;
     nd->auth_pending = 0;
+    nd->wseq = nd->rseq = 0;
+    for (int i = 0; i < LOCK_REDLOCK__NTAGS; i++) {
+        nd->tag[i].used = 0; /* their replies went with the connection */
+    }
+}
+
+/* A reply read off nd (the seq-th, AUTH's aside): when it answers a
+ * release, its receiver count goes to the fairness hint. */
+static void lock_redlock__on_reply(lock_redlock__node_t *nd, uint64_t seq,
+                                   const redisReply *r) {
+    for (int i = 0; i < LOCK_REDLOCK__NTAGS; i++) {
+        lock_redlock__tag_t *t = &nd->tag[i];
+        if (!t->used || t->seq != seq) {
+            continue;
+        }
+        t->used = 0;
+        if (r->type == REDIS_REPLY_INTEGER && r->integer >= 1) {
+            lock_wait_note_receivers_at(t->resource, nd->idx, r->integer - 1);
+        }
+        return;
+    }
 }
 
 static void lock_redlock__node_fail(lock_redlock__node_t *nd,
@@ -232,11 +274,14 @@ static int lock_redlock__read(lock_redlock__node_t *nd) {
                 return -1;
             }
         } else if (nd->owed > 0) {
+            lock_redlock__on_reply(nd, nd->rseq++, r);
             nd->owed--;
             freeReplyObject(r);
         } else if (nd->active && nd->rep != NULL && nd->got < nd->ncmd) {
+            lock_redlock__on_reply(nd, nd->rseq++, r);
             nd->rep[nd->got++] = r;
         } else {
+            nd->rseq++;
             freeReplyObject(r); /* not ours to keep: cannot happen */
         }
     }
@@ -326,6 +371,14 @@ static void lock_redlock__begin(lock_redlock__client_t *cl,
             lock_redlock__node_fail(nd, LOCK_ESYS, "out of memory");
             return;
         }
+        if (cl->tag_resource != NULL) {
+            /* The oldest slot goes first: the ring's next one. */
+            lock_redlock__tag_t *t = &nd->tag[nd->wseq % LOCK_REDLOCK__NTAGS];
+            t->used = 1;
+            t->seq = nd->wseq;
+            snprintf(t->resource, sizeof(t->resource), "%s", cl->tag_resource);
+        }
+        nd->wseq++;
     }
 }
 
@@ -601,8 +654,12 @@ static int lock_redlock__release_mask(lock_redlock__client_t *cl,
             .argc = 5,
             .argv = {"EVAL", LOCK_SCRIPT_UNDO, "1", lease->key, lease->token}};
     }
+    char res[LOCK_KEY_MAX];
+    lock_resource_of(lease->key, res);
+    cl->tag_resource = announce ? res : NULL;
     lock_redlock__round(cl, mask, &c, 1, 0, lock_redlock__deadline(cl), NULL,
                         NULL);
+    cl->tag_resource = NULL;
     int written = 0;
     for (int i = 0; i < cl->n; i++) {
         written += (mask & (1u << i)) && cl->node[i].err == LOCK_ENONE;
@@ -775,8 +832,19 @@ static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
                              lease->ttl_ms);
             wb = LOCK_ERR;
         }
-        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl), 1);
-        *holder_pttl_ms = 0; /* our own grant went away: try again soon */
+        /* UNDO, not RELEASE, as for a partial grant: the lease never
+         * became usable, so it never was a lock. Announcing its end would
+         * wake a waiter (ours first: our own subscriber hears our own
+         * node's message) to retry at once into whatever refused us, and
+         * every retry that ends here again would wake the next: a retry
+         * loop as fast as the round trips, bounded by no wake. The lock
+         * that refused us is announced by its holder's own release.
+         *
+         * The holder's PTTL is unknown here (nobody said "busy" with a
+         * TTL): -1 leaves the poll strategy's backoff in charge; 0 would
+         * make it retry at once, in the same loop. */
+        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl), 0);
+        *holder_pttl_ms = -1;
         return wb;
     }
     atomic_store(&lease->valid_until_ns,
@@ -945,6 +1013,7 @@ static lock_client_t *lock_redlock__client_new(const cfg_t *cfg) {
     cl->timeout_ns = (int64_t)cfg->redis_timeout_ms * MONO_MS;
     for (int i = 0; i < cl->n; i++) {
         cl->node[i].addr = cfg->redis[i];
+        cl->node[i].idx = i;
     }
     return &cl->base;
 }
@@ -1047,7 +1116,7 @@ static int lock_redlock__init(const cfg_t *cfg, char *err, size_t errlen) {
             info->type == REDIS_REPLY_ERROR) {
             log_warn("lock.topology_unchecked",
                      "node=%s:%u err=\"%s\" (grant the lock's user +role "
-                     "+info to have the topology checked at start)",
+                     "+info|server to have the topology checked at start)",
                      nd->addr.host, nd->addr.port,
                      role->type == REDIS_REPLY_ERROR ? role->str : info->str);
             continue;

@@ -6,9 +6,9 @@
  * subscribed to coupon:{R}:released for exactly the resources R that have
  * waiters in this process, or had a grant here within the last second
  * (LOCK_WAIT__LINGER_NS: the handoff below counts the messages that follow
- * our release); after that it unsubscribes. Every release script PUBLISHes
- * on that channel in the same atomic step as its DEL. The waiters of R form a
- * FIFO queue; each release message wakes ONE of them, the oldest not yet woken
+ * our release); after that it unsubscribes. Every release script PUBLISHes on
+ * that channel in the same atomic step as its DEL. The waiters of R form a FIFO
+ * queue; each release message wakes ONE of them, the oldest not yet woken
  * (no herd: the others stay asleep, since only one can win anyway). A new
  * claim that finds subscribed waiters queued joins the tail instead of
  * trying first, so a local newcomer does not overtake a local waiter.
@@ -74,7 +74,11 @@
  * hint may be a release or a few old; on a hot coupon, where this matters,
  * whether others wait changes slowly, a stale "others wait" costs one
  * window of an idle lock at most, and a stale "nobody waits" one grant out
- * of turn. The hint lives in a fixed table of LOCK_WAIT__NFAIR slots
+ * of turn. Under Redlock every node that held the lock answers the
+ * release with its own count; each, less our own subscription on that
+ * node, counts the same other processes (they subscribe on every node),
+ * so the hint is the maximum over the nodes that answered. The hint lives
+ * in a fixed table of LOCK_WAIT__NFAIR slots
  * indexed by the resource's hash; a collision mixes two resources' hints,
  * which costs fairness, never safety.
  *
@@ -136,6 +140,7 @@ typedef struct lock_wait__fair {
     int self;            /* our subscriber was on the channel then: our own
                             release's message comes back to us */
     int others;          /* other processes that release reached */
+    int answers;         /* nodes whose count came since that release */
     int msgs;            /* release messages our subscriber saw since */
 } lock_wait__fair_t;
 
@@ -314,9 +319,10 @@ static void lock_wait__wake_one(lock_wait__res_t *r, int cause) {
 }
 
 /* Connects and authenticates like every other connection of the process.
- * Returns a new context, or NULL (logged). Called without the mutex. */
-static redisContext *lock_wait__connect(const cfg_addr_t *addr,
-                                        uint32_t timeout_ms) {
+ * *addr (the caller's): the configured address; afterwards the one
+ * connected to (behind Sentinel, the master it named). Returns a new
+ * context, or NULL (logged). Called without the mutex. */
+static redisContext *lock_wait__connect(cfg_addr_t *addr, uint32_t timeout_ms) {
     /* Behind Sentinel, every (re)connect asks where the master is now. */
     cfg_addr_t at = *addr;
     char serr[160];
@@ -324,6 +330,7 @@ static redisContext *lock_wait__connect(const cfg_addr_t *addr,
         log_warn("lock.subscriber_sentinel", "err=\"%s\"", serr);
         return NULL;
     }
+    *addr = at;
     struct timeval tv = {.tv_sec = timeout_ms / 1000,
                          .tv_usec = (timeout_ms % 1000) * 1000};
     redisContext *c = redisConnectWithTimeout(at.host, at.port, tv);
@@ -456,11 +463,12 @@ static int lock_wait__stopping(void) {
 static void *lock_wait__run(void *arg) {
     int node = (int)(intptr_t)arg;
     redisContext *c = NULL;
-    int ever = 0; /* connected before: this connect is a reconnect */
+    int ever = 0;    /* connected before: this connect is a reconnect */
+    cfg_addr_t addr; /* where c is connected */
     while (!lock_wait__stopping()) {
         if (c == NULL) {
             pthread_mutex_lock(&lock_wait__g.mu);
-            cfg_addr_t addr = lock_wait__g.addr[node];
+            addr = lock_wait__g.addr[node];
             uint32_t tmo = lock_wait__g.timeout_ms;
             pthread_mutex_unlock(&lock_wait__g.mu);
             c = lock_wait__connect(&addr, tmo);
@@ -519,8 +527,8 @@ static void *lock_wait__run(void *arg) {
             }
         }
         if (bad) {
-            log_warn("lock.subscriber_lost", "node=%s:%u err=\"%s\"",
-                     lock_wait__g.addr[node].host, lock_wait__g.addr[node].port,
+            log_warn("lock.subscriber_lost", "node=%s:%u err=\"%s\"", addr.host,
+                     addr.port,
                      c->errstr[0] != '\0' ? c->errstr : "write failed");
             redisFree(c);
             c = NULL;
@@ -666,22 +674,47 @@ void lock_wait_note_release(const char *resource) {
         f->others = 0;
     }
     const lock_wait__res_t *r = lock_wait__find(ch, h);
-    f->self = r != NULL && r->state[0] == LOCK_WAIT__SUBSCRIBED;
+    /* Our own release's message comes back once (the copies of the
+     * other nodes are dropped as already heard). */
+    f->self = r != NULL && lock_wait__subscribed(r);
     f->released_ns = f->last_ns = mono_ns();
     f->msgs = 0;
+    f->answers = 0;
     pthread_mutex_unlock(&lock_wait__g.mu);
 }
 
 void lock_wait_note_receivers(const char *resource, long long receivers) {
+    lock_wait_note_receivers_at(resource, 0, receivers);
+}
+
+void lock_wait_note_receivers_at(const char *resource, int node,
+                                 long long receivers) {
     char ch[LOCK_KEY_MAX];
     lock_wait__channel(resource, ch);
     uint64_t h = lock_wait__hash(ch);
     pthread_mutex_lock(&lock_wait__g.mu);
     lock_wait__res_t *r = lock_wait__find(ch, h);
-    long long own = r != NULL && r->state[0] == LOCK_WAIT__SUBSCRIBED ? 1 : 0;
+    long long own = node >= 0 && node < lock_wait__g.nnodes && r != NULL &&
+                            r->state[node] == LOCK_WAIT__SUBSCRIBED
+                        ? 1
+                        : 0;
     lock_wait__fair_t *f = &lock_wait__g.fair[h % LOCK_WAIT__NFAIR];
     if (f->hash == h) {
-        f->others = receivers > own ? (int)(receivers - own) : 0;
+        /* Every other waiting process subscribes on every node it can
+         * reach, so each node's count (less our own subscription there)
+         * counts the same processes: the maximum over the nodes that
+         * answered, not the sum, which would count each N times. The
+         * first answer after a release replaces the old hint. */
+        int others = receivers > own ? (int)(receivers - own) : 0;
+        if (f->answers == 0 || others > f->others) {
+            if (others != f->others) {
+                log_debug("lock.handoff_hint",
+                          "resource=%s others=%d was=%d node=%d", resource,
+                          others, f->others, node);
+            }
+            f->others = others;
+        }
+        f->answers++;
     }
     pthread_mutex_unlock(&lock_wait__g.mu);
 }

@@ -83,4 +83,10 @@ void lock_wait_note_release(const char *resource);
 /* The release's reply: PUBLISH reached receivers subscribers. */
 void lock_wait_note_receivers(const char *resource, long long receivers);
 
+/* The same from node (0..nnodes-1, lock_wait_config's order) of several:
+ * under Redlock each node that held the lock announces its release and
+ * answers with its own receiver count. */
+void lock_wait_note_receivers_at(const char *resource, int node,
+                                 long long receivers);
+
 #endif

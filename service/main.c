@@ -115,14 +115,17 @@ static int main__serve(const cfg_t *cfg) {
         lock_shutdown();
         return 1;
     }
+    /* Behind Sentinel the master the sentinels name, not the unused
+     * COUPON_REDIS_ADDRS entry. */
+    char where[1200];
+    lock_describe(where, sizeof(where));
     log_info("start",
-             "listen=%s:%u mode=%s lock=%s redis=%s:%u lock_ttl_ms=%u "
+             "listen=%s:%u mode=%s lock=%s %s lock_ttl_ms=%u "
              "lock_wait_ms=%u watchdog_period_ms=%u threads=%u "
              "max_connections=%u",
              cfg->http.host, cfg->http.port, cfg_mode_name(cfg->mode),
-             lock_backend_name(), cfg->redis[0].host, cfg->redis[0].port,
-             cfg->lock_ttl_ms, cfg->lock_wait_ms, cfg->watchdog_period_ms,
-             cfg->threads, cfg->max_connections);
+             lock_backend_name(), where, cfg->lock_ttl_ms, cfg->lock_wait_ms,
+             cfg->watchdog_period_ms, cfg->threads, cfg->max_connections);
 
     sigset_t stop;
     sigemptyset(&stop);

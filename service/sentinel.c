@@ -14,9 +14,11 @@
 #include "log.h"
 #include "mono.h"
 
-/* The master last reported, to log a change once (not on every connect). */
+/* The master last reported, to log a change once (not on every connect),
+ * and for sentinel_last. */
 static pthread_mutex_t sentinel__mu = PTHREAD_MUTEX_INITIALIZER;
 static cfg_addr_t sentinel__last;
+static cfg_addr_t sentinel__last_from; /* the sentinel that named it */
 
 /* The sentinel that answered last: the next question starts there. */
 static atomic_int sentinel__first;
@@ -194,6 +196,7 @@ int sentinel_master(const cfg_t *cfg, cfg_addr_t *out, char *err,
                       strcmp(a.host, sentinel__last.host) != 0;
         cfg_addr_t was = sentinel__last;
         sentinel__last = a;
+        sentinel__last_from = cfg->sentinels[i];
         pthread_mutex_unlock(&sentinel__mu);
         if (changed) {
             log_info("sentinel.master",
@@ -225,4 +228,17 @@ int sentinel_resolve(cfg_addr_t *addr, char *err, size_t errlen) {
         return SENTINEL_NONE;
     }
     return sentinel_master(cfg, addr, err, errlen);
+}
+
+int sentinel_last(cfg_addr_t *master, cfg_addr_t *from) {
+    pthread_mutex_lock(&sentinel__mu);
+    int known = sentinel__last.host[0] != '\0';
+    if (known) {
+        *master = sentinel__last;
+        if (from != NULL) {
+            *from = sentinel__last_from;
+        }
+    }
+    pthread_mutex_unlock(&sentinel__mu);
+    return known;
 }

@@ -66,4 +66,10 @@ void sentinel_init(const cfg_t *cfg);
  * entry). */
 int sentinel_resolve(cfg_addr_t *addr, char *err, size_t errlen);
 
+/* The master the sentinels named last (any thread's question), into
+ * *master, and the sentinel that named it, into *from (may be NULL).
+ * Returns 1, or 0 when no sentinel has named one yet (both left as they
+ * are). */
+int sentinel_last(cfg_addr_t *master, cfg_addr_t *from);
+
 #endif

@@ -7,6 +7,7 @@
  * the start-up refusals (an even count, a replica, a duplicate).
  */
 #include <hiredis/hiredis.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -351,4 +352,312 @@ TT_TEST(redlock_wait_one_wake_per_release, 60) {
     TT_EQ_INT(h_metric(s, LW_WAKE_MESSAGE) - msg0, 3);
     TT_ASSERT(fence[0] != fence[1] && fence[1] != fence[2]);
     h_check_invariants("rlw", 5, 3);
+}
+
+/* Calls of EVAL the node at port has served so far (INFO commandstats). */
+static long long rl_evals(int port) {
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    TT_ASSERT(c != NULL && c->err == 0);
+    redisReply *r = redisCommand(c, "INFO commandstats");
+    TT_ASSERT(r != NULL && r->type == REDIS_REPLY_STRING);
+    const char *p = strstr(r->str, "cmdstat_eval:calls=");
+    long long v = p != NULL ? atoll(p + strlen("cmdstat_eval:calls=")) : 0;
+    freeReplyObject(r);
+    redisFree(c);
+    return v;
+}
+
+/*
+ * A waiter's attempts are bounded by its wakes. Another client holds the
+ * lock on nodes 1 and 2 (a majority), node 0 is free: every attempt of the
+ * waiter is granted there, draws a fence on node 0 and is taken back.
+ * Nothing is released meanwhile, so nothing may wake the waiter but its
+ * re-check (every 200 ms): over a 1.5 s wait that is about ten attempts.
+ * Counted twice, by node 0's fence counter (one INCR per attempt) and by
+ * the EVALs it served (an attempt and its undo, each one EVAL); the bound
+ * is generous (60 attempts), a retry loop makes thousands. First with the
+ * holder a token the service does not know, then with the holder a claim
+ * of another instance (which renews its lease meanwhile).
+ */
+TT_TEST(redlock_waiter_attempts_bounded, 60) {
+    h_begin();
+    int port[3];
+    const char *addrs;
+    rl_nodes(port, &addrs);
+    const char *env[] = {addrs, "COUPON_LOCK_WAIT_MS=1500",
+                         "COUPON_LOCK_RECHECK_MS=200", LW_UNCOMBINED, NULL};
+    const char *env_h[] = {addrs,
+                           "COUPON_LOCK_WAIT_MS=1500",
+                           "COUPON_LOCK_TTL_MS=1000",
+                           "COUPON_FAULT=after_acquire:3000",
+                           LW_UNCOMBINED,
+                           NULL};
+    h_svc_t *w = h_svc_start("rlb-w", env);
+    h_svc_t *hold = h_svc_start("rlb-h", env_h);
+    h_coupon(w, "rlb", 5);
+    for (int round = 0; round < 2; round++) {
+        lw_claim_t hc;
+        if (round == 0) {
+            for (int i = 1; i < 3; i++) {
+                h_redis_cmd_at(port[i],
+                               "SET coupon:{rlb}:lock outsider PX 30000");
+            }
+        } else {
+            lw_claim_start(&hc, hold, "rlb", "holder");
+            double end = h_now_ms() + 5000;
+            while (h_node_int(port[0], "EXISTS coupon:{rlb}:lock") != 1) {
+                TT_ASSERT_MSG(h_now_ms() < end, "the holder got no grant");
+                h_sleep_ms(5);
+            }
+            /* The holder keeps nodes 1 and 2; node 0 is free. */
+            h_redis_cmd_at(port[0], "DEL coupon:{rlb}:lock");
+        }
+        long long f0 = h_node_int(port[0], "GET coupon:{rlb}:fence");
+        long long e0 = rl_evals(port[0]);
+        lw_claim_t c;
+        lw_claim_start(&c, w, "rlb", round == 0 ? "waiter0" : "waiter1");
+        lw_claim_join(&c);
+        long long f1 = h_node_int(port[0], "GET coupon:{rlb}:fence");
+        long long e1 = rl_evals(port[0]);
+        printf("    round %d: the waiter's claim %ld; node 0's fence %lld -> "
+               "%lld, its EVALs %lld -> %lld\n",
+               round, c.status, f0 < 0 ? 0 : f0, f1, e0, e1);
+        TT_EQ_INT(c.status, 503);
+        TT_CMP_INT(f1 - (f0 < 0 ? 0 : f0), >=, 1);
+        TT_CMP_INT(f1 - (f0 < 0 ? 0 : f0), <=, 60);
+        TT_CMP_INT(e1 - e0, <=, 2 * 60 + 20);
+        if (round == 0) {
+            for (int i = 1; i < 3; i++) {
+                h_redis_cmd_at(port[i], "DEL coupon:{rlb}:lock");
+            }
+        } else {
+            lw_claim_join(&hc);
+            TT_EQ_INT(hc.status, 201);
+        }
+    }
+}
+
+/* The write-back's adversary: while it runs, deletes every lock key on
+ * the node at port that is not the outsider's (the waiter's grant there
+ * vanishes before its write-back can see it). */
+typedef struct rl_thief {
+    int port;
+    volatile int stop;
+    long stolen;
+    pthread_t t;
+} rl_thief_t;
+
+static void *rl__thief_run(void *p) {
+    rl_thief_t *th = p;
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", th->port, tv);
+    for (int i = 0; c != NULL && c->err == 0 && !th->stop && i < 20000; i++) {
+        redisReply *r = redisCommand(
+            c, "EVAL %s 1 coupon:{rlwb}:lock",
+            "local v = redis.call('GET', KEYS[1]) "
+            "if v and v ~= 'outsider' then return redis.call('DEL', KEYS[1]) "
+            "end return 0");
+        th->stolen +=
+            r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+        if (r != NULL) {
+            freeReplyObject(r);
+        }
+        h_sleep_ms(2);
+    }
+    if (c != NULL) {
+        redisFree(c);
+    }
+    return NULL;
+}
+
+/*
+ * A refused write-back wakes nobody. The outsider holds node 2; the
+ * waiter's every attempt is granted on nodes 0 and 1 and pauses 100 ms
+ * before its write-back (a fault pause), while a thief deletes its key on
+ * node 1: the write-back is refused there, the lease never becomes usable
+ * and the attempt is taken back. Nothing was ever released, so the
+ * waiter's subscribers must deliver no release message (its own node 0's
+ * announcement of a lock it never had would wake it at once, and the next
+ * refused attempt would wake it again: attempts bounded by no wake). Its
+ * attempts are bounded by the re-checks: about 2 s / (250 ms + 100 ms).
+ */
+TT_TEST(redlock_refused_writeback_wakes_nobody, 60) {
+    h_begin();
+    int port[3];
+    const char *addrs;
+    rl_nodes(port, &addrs);
+    const char *env[] = {addrs,
+                         "COUPON_LOCK_WAIT_MS=2000",
+                         "COUPON_LOCK_RECHECK_MS=250",
+                         "COUPON_FAULT=before_writeback:100",
+                         LW_UNCOMBINED,
+                         NULL};
+    h_svc_t *w = h_svc_start("rlwb", env);
+    h_coupon(w, "rlwb", 5);
+    h_redis_cmd_at(port[2], "SET coupon:{rlwb}:lock outsider PX 30000");
+    rl_thief_t th = {.port = port[1]};
+    TT_ASSERT(pthread_create(&th.t, NULL, rl__thief_run, &th) == 0);
+    double msg0 = h_metric(w, LW_WAKE_MESSAGE);
+    long long f0 = h_node_int(port[0], "GET coupon:{rlwb}:fence");
+    lw_claim_t c;
+    lw_claim_start(&c, w, "rlwb", "waiter");
+    lw_claim_join(&c);
+    th.stop = 1;
+    pthread_join(th.t, NULL);
+    long long f1 = h_node_int(port[0], "GET coupon:{rlwb}:fence");
+    double msgs = h_metric(w, LW_WAKE_MESSAGE) - msg0;
+    printf("    claim %ld; %ld grants stolen on node 1; node 0's fence "
+           "%lld -> %lld; %.0f message wakes\n",
+           c.status, th.stolen, f0 < 0 ? 0 : f0, f1, msgs);
+    TT_EQ_INT(c.status, 503);
+    TT_CMP_INT(th.stolen, >=, 1);
+    TT_EQ_INT(msgs, 0);
+    TT_CMP_INT(f1 - (f0 < 0 ? 0 : f0), <=, 20);
+}
+
+/* Creates the service's ACL user on the node at port with exactly the
+ * shipped rule (deploy/redis/couponsvc.acl) and password pass. */
+static void rl_acl_user(int port, const char *pass) {
+    char rule[1024], pw[64];
+    snprintf(rule, sizeof(rule), "%s", h_acl_rule() + strlen("user "));
+    snprintf(pw, sizeof(pw), ">%s", pass);
+    const char *argv[64] = {"ACL", "SETUSER"};
+    int argc = 2;
+    for (char *save = NULL, *t = strtok_r(rule, " ", &save);
+         t != NULL && argc < 62; t = strtok_r(NULL, " ", &save)) {
+        argv[argc++] = t;
+    }
+    argv[argc++] = pw;
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    TT_ASSERT(c != NULL && c->err == 0);
+    redisReply *r = redisCommandArgv(c, argc, argv, NULL);
+    TT_ASSERT_MSG(r != NULL && r->type == REDIS_REPLY_STATUS, "ACL SETUSER: %s",
+                  r != NULL ? r->str : c->errstr);
+    freeReplyObject(r);
+    redisFree(c);
+}
+
+/* The entries of ACL LOG on the node at port (denials). */
+static long rl_acl_denials(int port) {
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    TT_ASSERT(c != NULL && c->err == 0);
+    redisReply *r = redisCommand(c, "ACL LOG");
+    TT_ASSERT(r != NULL && r->type == REDIS_REPLY_ARRAY);
+    long n = (long)r->elements;
+    freeReplyObject(r);
+    redisFree(c);
+    return n;
+}
+
+/*
+ * Redlock under the shipped ACL rule: the start-up topology check runs
+ * with the service's own user (ROLE and INFO server are granted), so a
+ * replica among the nodes is refused, as without ACLs; three masters
+ * start with all three checked, claims work, and no node denied the user
+ * anything (ACL LOG empty).
+ */
+TT_TEST(redlock_acl_user_topology_checked, 90) {
+    h_begin();
+    int port[3];
+    const char *addrs;
+    rl_nodes(port, &addrs);
+    for (int i = 0; i < 3; i++) {
+        rl_acl_user(port[i], "rl-acl-pass");
+    }
+    const char *e[] = {addrs, "COUPON_REDIS_USERNAME=couponsvc",
+                       "COUPON_REDIS_PASSWORD=rl-acl-pass", NULL};
+    char out[600];
+    h_redis_cmd_at(port[2], "REPLICAOF 127.0.0.1 %d", port[0]);
+    snprintf(out, sizeof(out), "%s/acl-replica.out", h_test_dir());
+    TT_EQ_INT(rl_run(e, out), 1);
+    TT_ASSERT(rl_file_has(out, "(entry 3 of COUPON_REDIS_ADDRS) is not a "
+                               "master: its ROLE is slave"));
+    TT_ASSERT(!rl_file_has(out, "lock.topology_unchecked"));
+
+    h_redis_cmd_at(port[2], "REPLICAOF NO ONE");
+    h_svc_t *s = h_svc_start("rlacl", e);
+    TT_ASSERT(rl_file_has(s->log, "event=lock.topology backend=redlock "
+                                  "nodes=3 majority=2 checked=3"));
+    h_coupon(s, "rlacl", 5);
+    json_t *j = NULL;
+    TT_EQ_INT(h_claim(s, "rlacl", "u1", &j), 201);
+    json_decref(j);
+    for (int i = 0; i < 3; i++) {
+        TT_EQ_INT(rl_acl_denials(port[i]), 0);
+    }
+    h_check_invariants("rlacl", 5, 1);
+}
+
+/* Fairness across processes under Redlock (lock_wait.c's handoff): A
+ * claims in a closed loop from 16 threads on a hot coupon; B, with a
+ * short lock wait (300 ms), claims 20 times, one after the other. The
+ * release's reply from each node counts the other processes waiting, so
+ * A's hint (its debug line lock.handoff_hint) must say one other process
+ * (B) at some point, and never more: the maximum over the nodes, less
+ * A's own subscription there (the sum would say 3, without taking ours
+ * off 2). And B gets the lock every time within its wait: a liveness
+ * bound (no starved waiter), not a speed. */
+typedef struct rl_fair {
+    h_svc_t *a;
+    h_counts_t c;
+} rl_fair_t;
+
+static void *rl__fair_load(void *p) {
+    rl_fair_t *l = p;
+    h_claim_many(&l->a, 1, "rlf", "a", 1500, 16, &l->c);
+    return NULL;
+}
+
+TT_TEST(redlock_no_replica_starves, 120) {
+    h_begin();
+    int port[3];
+    const char *addrs;
+    rl_nodes(port, &addrs);
+    const char *envb[] = {addrs, "COUPON_LOCK_WAIT_MS=300", NULL};
+    const char *enva[] = {addrs, "COUPON_LOCK_WAIT_MS=20000",
+                          "COUPON_LOG_LEVEL=debug", NULL};
+    rl_fair_t l = {.a = h_svc_start("rlfa", enva)};
+    h_svc_t *b = h_svc_start("rlfb", envb);
+    h_coupon(l.a, "rlf", 4000);
+    pthread_t t;
+    TT_ASSERT(pthread_create(&t, NULL, rl__fair_load, &l) == 0);
+    h_wait_metric(l.a, "couponsvc_lock_grants_total", 50, 10000);
+    long busy = 0;
+    for (int i = 0; i < 20; i++) {
+        char u[16];
+        snprintf(u, sizeof(u), "b%d", i);
+        long st = h_claim(b, "rlf", u, NULL);
+        TT_ASSERT_MSG(st == 201 || st == 503, "B's claim answered %ld", st);
+        busy += st == 503;
+    }
+    double a_grants = h_metric(l.a, "couponsvc_lock_grants_total");
+    pthread_join(t, NULL);
+    printf("    B: %ld of 20 claims ran out of lock wait; A had %g grants\n",
+           busy, a_grants);
+    FILE *f = fopen(l.a->log, "r");
+    TT_ASSERT(f != NULL);
+    char line[2048];
+    int hints = 0, top = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        const char *p =
+            strstr(line, "event=lock.handoff_hint resource=rlf others=");
+        if (p != NULL) {
+            int k = atoi(p + strlen("event=lock.handoff_hint resource=rlf "
+                                    "others="));
+            hints++;
+            top = k > top ? k : top;
+        }
+    }
+    fclose(f);
+    printf("    A's hint changed %d times; at most %d other process\n", hints,
+           top);
+    TT_EQ_INT(top, 1);
+    TT_ASSERT_MSG(busy == 0,
+                  "B's claims starved: %ld of 20 ran out of lock wait while "
+                  "A had %g grants",
+                  busy, a_grants);
+    h_check_invariants("rlf", 4000, l.c.by_status[201] + 20 - busy);
 }

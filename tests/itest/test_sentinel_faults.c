@@ -343,6 +343,14 @@ TT_TEST(sentinel_asks_each_sentinel_in_turn, 60) {
         TT_EQ_INT(r.status, 201);
     }
     TT_ASSERT(log_has(a, "event=sentinel.master master_name=" SF_MASTER));
+    /* The start line names the master the sentinels named, not the
+     * COUPON_REDIS_ADDRS entry the harness also sets. */
+    char start[160];
+    snprintf(start, sizeof(start),
+             "lock=sentinel redis=127.0.0.1:%d master_name=" SF_MASTER
+             " sentinel=127.0.0.1:%d",
+             h_node_port(0), h_sentinel_port(2));
+    TT_ASSERT_MSG(log_has(a, start), "no \"%s\" in %s", start, a->log);
 
     fl_rec_t r;
     fl_claim(p->url, "sa", "badpass", 10000, &r);
@@ -350,6 +358,8 @@ TT_TEST(sentinel_asks_each_sentinel_in_turn, 60) {
            r.detail);
     TT_EQ_INT(r.status, 503);
     TT_CONTAINS(r.detail, "AUTH");
+    /* Errors name the master (none known here), not COUPON_REDIS_ADDRS. */
+    TT_CONTAINS(r.detail, "sentinel: master \"" SF_MASTER "\" unknown: ");
     char url[96];
     snprintf(url, sizeof(url), "%s/readyz", p->url);
     double end = h_now_ms() + 10000;
@@ -365,6 +375,7 @@ TT_TEST(sentinel_asks_each_sentinel_in_turn, 60) {
            r.detail);
     TT_EQ_INT(r.status, 503);
     TT_CONTAINS(r.detail, "no master named");
+    TT_CONTAINS(r.detail, "sentinel: master \"nobody\" unknown: ");
     snprintf(url, sizeof(url), "%s/readyz", nm->url);
     TT_EQ_INT(h_http("GET", url, NULL, NULL, NULL, 0, NULL), 200);
 
