@@ -232,6 +232,19 @@ int h_redis_extra_start(const char *name);
  * 0. */
 long long h_redis_cmd_at(int port, const char *fmt, ...);
 
+/* ------------------------------------------------- the etcd suites ---
+ * COUPONSVC_LOCK_BACKEND=etcd runs the same tests on a 3-member etcd
+ * cluster (h_etcd.h); a test about Redis itself says so with
+ * H_REDIS_ONLY() and passes without running there. */
+#include "h_etcd.h"
+
+#define H_REDIS_ONLY()                                                         \
+    do {                                                                       \
+        if (h_etcd_on()) {                                                     \
+            printf("    (Redis-only: not run on etcd)\n");                     \
+            return;                                                            \
+        }                                                                      \
+    } while (0)
 /* ------------------------------------------------- Redis topologies ---
  * (tests/itest/h_topo.c), for the lock backends: independent nodes for
  * Redlock, and a Sentinel set-up. Processes of the test, on free loopback
@@ -321,18 +334,5 @@ int h_grants(h_svc_t *const *svcs, int nsvc, const char *resource,
  * grants. With no data loss, 0: fences rise in grant order. */
 int h_grant_order_violations(h_svc_t *const *svcs, int nsvc,
                              const char *resource, int *ngrants);
-/* ------------------------------------------------- the etcd suites ---
- * COUPONSVC_LOCK_BACKEND=etcd runs the same tests on a 3-member etcd
- * cluster (h_etcd.h); a test about Redis itself says so with
- * H_REDIS_ONLY() and passes without running there. */
-#include "h_etcd.h"
-
-#define H_REDIS_ONLY()                                                         \
-    do {                                                                       \
-        if (h_etcd_on()) {                                                     \
-            printf("    (Redis-only: not run on etcd)\n");                     \
-            return;                                                            \
-        }                                                                      \
-    } while (0)
 
 #endif
