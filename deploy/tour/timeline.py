@@ -137,8 +137,11 @@ class Story:
                     "conditional UPDATE alone, no lock, no fence" % (who, f.get("err")))
         if ev == "soldout.memo":
             return "%s: sold out; from now on its event loop answers 410 from memory" % who
+        if ev == "lock.etcd_fence_offset":
+            return "%s raised etcd's fence offset of %s to %s (the coupon's last accepted fence)" % (
+                who, f.get("resource"), f.get("offset"))
         rest = " ".join("%s=%s" % kv for kv in f.items()
-                        if kv[0] not in ("instance",))
+                        if kv[0] not in ("instance", "request_id"))
         return "%s %s %s" % (who, ev, rest)
 
 
