@@ -1,6 +1,8 @@
 #!/bin/sh
 # run.sh: runs each test binary in turn, adds up their "N passed, N failed"
 # lines, and ends with the total on a line of its own. Exit 1 if any failed.
+# An argument may carry the binary's own arguments after it, separated by
+# spaces ("build/tests/fault-tests name1 name2": only those tests).
 set -u
 passed=0
 failed=0
@@ -8,7 +10,8 @@ status=0
 for bin in "$@"; do
     echo "== $bin"
     out=$(mktemp)
-    "$bin" 2>&1 | tee "$out"
+    # shellcheck disable=SC2086 # a binary and its arguments
+    (set -f; $bin) 2>&1 | tee "$out"
     last=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$out" | tail -n 1)
     rm -f "$out"
     if [ -z "$last" ]; then

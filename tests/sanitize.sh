@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# sanitize.sh: `make test` under sanitizers, failing on any sanitizer
+# sanitize.sh: the sanitizer passes (`make test-san-suites`: unit,
+# integration and hostile input, and one fault scenario per lock backend,
+# SAN_FAULTS in tests/tests.mk) under sanitizers, failing on any sanitizer
 # report, not only on the reports that happen to fail a test.
 #
 #   tests/sanitize.sh [SANITIZE]        make test-sanitize: address,undefined
@@ -17,8 +19,8 @@
 #     log_path when linked with ASan, so UBSan reports land on stderr, which
 #     for a service is its log.
 #
-# The run directories are removed afterwards. Exit status: that of
-# `make test`, or 1 if any report was found.
+# The run directories are removed afterwards. Exit status: that of the
+# make, or 1 if any report was found.
 set -u
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,7 +38,7 @@ export UBSAN_OPTIONS="log_path=$LOGS/ubsan:halt_on_error=1:print_stacktrace=1"
 export TSAN_OPTIONS="log_path=$LOGS/tsan:halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/tests/tsan.supp"
 export KEEP_TEST_DIR=1
 {
-    make --no-print-directory test SANITIZE="$SAN"
+    make --no-print-directory test-san-suites SANITIZE="$SAN"
     echo $? >"$LOGS/.status"
 } 2>&1 | tee "$LOGS/.output"
 status=$(cat "$LOGS/.status" 2>/dev/null || echo 1)
@@ -60,7 +62,7 @@ for d in $dirs; do
     rm -rf "$d"
 done
 
-echo "sanitize.sh: make test SANITIZE=$SAN: exit $status," \
+echo "sanitize.sh: make test-san-suites SANITIZE=$SAN: exit $status," \
     "$([ $found = 0 ] && echo 'no sanitizer reports' || echo 'SANITIZER REPORTS FOUND')," \
     "$(($(date +%s) - start)) s"
 [ "$status" = 0 ] && [ $found = 0 ]

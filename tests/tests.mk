@@ -36,7 +36,11 @@ $(BUILD)/tests/integration-tests: $(ITEST_OBJS)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(TEST_LIBS)
 
 # `make test`: every suite that needs no special build: unit, integration
-# (claim path, API, hostile input), fault scenarios, and the local stack.
+# (claim path, API, hostile input), fault scenarios (on Redis, then the etcd
+# backend's own scenarios on a 3-member cluster), and the local stack. The
+# claim and fault suites also run whole on etcd: `make test-integration
+# LOCK_BACKEND=etcd`, `make test-faults LOCK_BACKEND=etcd` (CI runs the
+# first).
 .PHONY: test test-unit test-integration
 test: deps-check all $(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests \
 		$(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so \
@@ -45,7 +49,9 @@ test: deps-check all $(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests 
 	$(Q)$(FAULT_ENV) LOADGEN=$(BUILD)/loadgen \
 		COUPONSVC_OLD_BIN=$(BUILD)/old/couponsvc sh tests/run.sh \
 		$(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests \
-		$(BUILD)/tests/fault-tests tests/stack/test_stack.sh
+		$(BUILD)/tests/fault-tests \
+		"env COUPONSVC_LOCK_BACKEND=etcd $(BUILD)/tests/fault-tests etcd_" \
+		tests/stack/test_stack.sh
 
 test-unit: $(BUILD)/tests/unit-tests
 	$(Q)$(BUILD)/tests/unit-tests
@@ -217,14 +223,37 @@ fuzz: $(BUILD)/fuzz/fuzz_req
 # test that was talking to it fails, and its log (printed on failure) holds
 # the report. Values already in the environment win.
 #
-# `make test-sanitize`: `make test SANITIZE=address,undefined`, failing also
-# on a report that no test noticed (tests/sanitize.sh says where it looks).
+# `make test-sanitize`: `make test-san-suites SANITIZE=address,undefined`
+# (SAN_FAULTS below), failing also on a report that no test noticed
+# (tests/sanitize.sh says where it looks).
 # `make test-sanitize-selfcheck`: plants an ASan, a UBSan and an LSan bug in
 # copies of the service and checks that each one fails a test.
-# `make test-tsan`: the same with ThreadSanitizer (`make test SANITIZE=thread`)
+# `make test-tsan`: the same with ThreadSanitizer (SANITIZE=thread)
 # and tests/tsan.supp (every entry there says why it is not our race).
 # `make valgrind`: couponsvc under memcheck over a short load
 # (tests/valgrind.sh; a plain build, valgrind and ASan do not mix).
+
+# What the sanitizer passes run: unit, integration (with the hostile-input
+# tests) and, of the fault suite, one scenario per lock backend, named here
+# (substrings of test names, as T= takes them). The whole fault suite and
+# the stack suite run once, unsanitized, in `make test`. To add a backend's
+# scenario, add its name.
+SAN_FAULTS ?= stale_holder_fenced_after_early_expiry \
+	sentinel_failover_loses_lock redlock3_holder_paused_past_validity
+SAN_FAULTS_ETCD ?= etcd_session_lost_every_lock_lost
+
+.PHONY: test-san-suites
+test-san-suites: deps-check all $(BUILD)/tests/unit-tests \
+		$(BUILD)/tests/integration-tests $(BUILD)/tests/fault-tests \
+		$(BUILD)/tests/libclockshift.so $(BUILD)/tests/libbootshift.so \
+		$(BUILD)/loadgen $(BUILD)/old/couponsvc
+	$(Q)for t in $(SAN_FAULTS) $(SAN_FAULTS_ETCD); do grep -q "^TT_TEST($$t," tests/itest/*.c || \
+		{ echo "SAN_FAULTS: no fault test named $$t"; exit 1; }; done
+	$(Q)$(FAULT_ENV) LOADGEN=$(BUILD)/loadgen \
+		COUPONSVC_OLD_BIN=$(BUILD)/old/couponsvc sh tests/run.sh \
+		$(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests \
+		"$(BUILD)/tests/fault-tests $(strip $(SAN_FAULTS))" \
+		"env COUPONSVC_LOCK_BACKEND=etcd $(BUILD)/tests/fault-tests $(SAN_FAULTS_ETCD)"
 
 ifdef SANITIZE
 export ASAN_OPTIONS ?= detect_leaks=1:strict_string_checks=1
@@ -244,3 +273,14 @@ test-tsan:
 
 valgrind: all
 	$(Q)bash tests/valgrind.sh $(BUILD)/couponsvc
+
+# ----------------------------------------------------------------- model ---
+# `make model [T=name]`: the lock protocol's Promela model
+# (tests/model/lock.pml) checked by spin in each configuration of
+# tests/model/run.sh: one node and Redlock with three, each property
+# verified, each negative control and known weak spot shown to fail with a
+# trail in $(BUILD)/model/. A few minutes on 2 cores.
+
+.PHONY: model
+model: | deps-check
+	$(Q)MODEL_DIR=$(CURDIR)/$(BUILD)/model bash tests/model/run.sh $(T)
