@@ -3,6 +3,7 @@
 #   make            build build/couponsvc (and the tools)
 #   make test       install missing packages, run every test suite
 #   make demo       install missing packages, race vs fix through the LB
+#   make tour       every failure and performance demo, narrated (deploy/tour)
 #   make up/down    local stack (see deploy/stack.sh)
 #
 # Switches: V=1 prints commands, SANITIZE=address,undefined builds with
@@ -95,6 +96,7 @@ endif
 -include tests/tests.mk
 -include loadtest/loadtest.mk
 -include deploy/deploy.mk
+-include deploy/tour/tour.mk
 
 .PHONY: clean
 clean:

@@ -19,6 +19,10 @@
 # (by default stack.sh picks one and records it in build/stack.dir),
 # LOADGEN (build/loadgen), COUPONSVC (build/couponsvc), DEMO_STOCK (10),
 # DEMO_USERS (1000), DEMO_CONC (200), DEMO_NAIVE_ROUNDS (3).
+# DEMO_REUSE_STACK=1 runs on a stack that is already up (STACK_DIR, or the
+# one recorded in build/stack.dir) and leaves it up: the guided tour
+# (deploy/tour/tour.sh) runs this demo among others on one stack. The
+# replicas are left in lock mode.
 
 set -eu
 
@@ -64,12 +68,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-say "starting the stack: 3 replicas behind nginx"
-STARTED=1
-REPLICAS=3 "$STACK" up || {
-    STARTED=0 # up stops what it started when it fails
-    fail "the stack did not come up (its logs are named above)"
-}
+if [ "${DEMO_REUSE_STACK:-0}" = 1 ]; then
+    say "on the stack that is up"
+else
+    say "starting the stack: 3 replicas behind nginx"
+    STARTED=1
+    REPLICAS=3 "$STACK" up || {
+        STARTED=0 # up stops what it started when it fails
+        fail "the stack did not come up (its logs are named above)"
+    }
+fi
 # The state directory up used: the one asked for, or the one it recorded.
 SD=${STACK_DIR:-$(cat "$ROOT/build/stack.dir")}
 case $SD in /*) ;; *) SD=$PWD/$SD ;; esac

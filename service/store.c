@@ -61,8 +61,14 @@ struct store {
  * COUPONSVC_UNSAFE_NO_FENCE drops the fence from the write's WHERE,
  * COUPONSVC_UNSAFE_NO_STOCK_CHECK drops the stock from it (both the bound
  * on how many are claimed, LEAST(..., total - claimed), and the guard
- * claimed + k <= total), and COUPONSVC_UNSAFE_FENCE_NOT_STRICT lets a
- * lease's first write through with last_fence == fence (store__claim_tx).
+ * claimed + k <= total), COUPONSVC_UNSAFE_FENCE_NOT_STRICT lets a
+ * lease's first write through with last_fence == fence (store__claim_tx),
+ * and COUPONSVC_UNSAFE_TRUST_READ makes a lock-mode claim of one user on an
+ * unsharded coupon the textbook critical section whose write trusts its
+ * read: naive mode's read, then (after the after_check fault point) its
+ * write of claimed = read + 1, neither fenced nor bounded by the stock
+ * (store_claim, store_claim_naive). That one shows what the lock alone is
+ * worth once a lease can end early.
  * Each builds a couponsvc with exactly one guard removed, into a
  * build/.../neg-<name> directory only (the Makefile refuses any other), so
  * that the fault tests can show they catch the bug that guard exists for: a
@@ -72,9 +78,14 @@ struct store {
  * COUPONSVC_UNSAFE_REDLOCK_NO_WRITEBACK) are at the top of
  * service/lock_redlock.c.
  */
-#if defined(COUPONSVC_UNSAFE_NO_FENCE) &&                                      \
-    defined(COUPONSVC_UNSAFE_NO_STOCK_CHECK)
+#if defined(COUPONSVC_UNSAFE_NO_FENCE) +                                       \
+        defined(COUPONSVC_UNSAFE_NO_STOCK_CHECK) +                             \
+        defined(COUPONSVC_UNSAFE_TRUST_READ) >                                 \
+    1
 #error "one negative control at a time"
+#elif defined(COUPONSVC_UNSAFE_TRUST_READ)
+#pragma message                                                                \
+    "COUPONSVC_UNSAFE_TRUST_READ: a couponsvc whose write trusts its read"
 #elif defined(COUPONSVC_UNSAFE_NO_FENCE)
 #pragma message "COUPONSVC_UNSAFE_NO_FENCE: a couponsvc WITHOUT fencing"
 #define STORE__FENCE_GUARD "($4::bigint IS NULL OR true)"
@@ -1335,6 +1346,14 @@ int store_claim(store_t *st, const char *coupon, int bucket, int64_t fence,
     st->shape_stock = 0;
     store__deadline_start(st);
     st->replan = 0;
+#ifdef COUPONSVC_UNSAFE_TRUST_READ
+    if (n == 1 && bucket < 0 && fence != STORE_NO_FENCE) {
+        (void)gate;
+        (void)arg;
+        (void)last_fence_out;
+        return store_claim_naive(st, coupon, items); /* see the top */
+    }
+#endif
     int rc = STORE_ERR;
     /* Bounded: a plan gone stale (once), or a concurrent claim of one of
      * our users on another bucket (each retry sees it as held). */
@@ -1390,6 +1409,9 @@ int store_claim_naive(store_t *st, const char *coupon, store_item_t *item) {
     if (crc != STORE__PROCEED) {
         return crc;
     }
+#ifdef COUPONSVC_UNSAFE_TRUST_READ
+    fault_pause(FAULT_AFTER_CHECK); /* negative control: see the top */
+#endif
 
     /* The bug on purpose: between the read above and these writes, other
      * instances read the same `claimed` and write the same value. */

@@ -139,8 +139,8 @@ test-faults: all $(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so \
 		$(BUILD)/tests/libbootshift.so
 	$(Q)$(BACKEND_ENV) $(FAULT_ENV) $(BUILD)/tests/fault-tests $(T)
 
-# Negative controls: UNSAFE=NO_FENCE, NO_STOCK_CHECK or FENCE_NOT_STRICT
-# compiles service/store.c with that guard removed; UNSAFE=
+# Negative controls: UNSAFE=NO_FENCE, NO_STOCK_CHECK, FENCE_NOT_STRICT or
+# TRUST_READ compiles service/store.c with that guard removed; UNSAFE=
 # REDLOCK_WRITEBACK_NO_TOKEN (raise the counters on any majority, holding or
 # not) or REDLOCK_NO_WRITEBACK (no write-back at all) compiles
 # service/lock_redlock.c so. Only ever into a neg-* directory.
@@ -160,6 +160,8 @@ test-negative: all $(BUILD)/tests/fault-tests $(BUILD)/tests/libclockshift.so \
 		UNSAFE=NO_STOCK_CHECK $(BUILD)/neg-nostock/couponsvc
 	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/neg-loosefence \
 		UNSAFE=FENCE_NOT_STRICT $(BUILD)/neg-loosefence/couponsvc
+	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/neg-trustread \
+		UNSAFE=TRUST_READ $(BUILD)/neg-trustread/couponsvc
 	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/neg-wbnotoken \
 		UNSAFE=REDLOCK_WRITEBACK_NO_TOKEN $(BUILD)/neg-wbnotoken/couponsvc
 	$(Q)$(MAKE) --no-print-directory BUILD=$(BUILD)/neg-nowriteback \

@@ -60,6 +60,11 @@ control "$BUILD/neg-nostock/couponsvc" stale_read_last_coupon \
     "claimed <= stock"
 control "$BUILD/neg-loosefence/couponsvc" redis_lost_duplicate_fence_refused \
     "fences out of commit order"
+# The lock-mode write that trusts its earlier read (naive mode's write under
+# the lock: no row lock before the read, no fence, no stock term): the
+# stale holder and the fresh one both claim the last coupon.
+control "$BUILD/neg-trustread/couponsvc" stale_read_last_coupon \
+    "v.oversell == 0"
 # A Sentinel failover lost the lock and its INCR: two holders drew the
 # same fence. Only the strict first-write rule keeps the second write out.
 control "$BUILD/neg-loosefence/couponsvc" sentinel_failover_loses_lock \
