@@ -34,8 +34,14 @@ static struct {
     store_t *store;
 } ready__g = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
+/* The lock backend's slot is named after the store that holds the locks:
+ * "etcd" with the etcd backend, "redis" with every Redis topology (one
+ * node, Sentinel, Redlock). */
 const char *ready_backend_name(ready_backend_t b) {
-    return b == READY_REDIS ? "redis" : "postgres";
+    if (b != READY_REDIS) {
+        return "postgres";
+    }
+    return strcmp(lock_backend_name(), "etcd") == 0 ? "etcd" : "redis";
 }
 
 /* ---------------------------------------------------------- the checks --- */
