@@ -69,7 +69,9 @@
 # the restarts they need; empty: every run), REPLICAS (3), LOADGEN,
 # COUPONSVC. Ports: a free
 # block between 20000 and 31000, unless LB_PORT, PG_PORT, REDIS_PORT and
-# APP_PORT_BASE are all given. The stack's state directory is a mktemp
+# APP_PORT_BASE are all given; the etcd members on ETCD_PORT_BASE
+# (REDIS_PORT + 60 ..); the topology rows' second stacks from
+# REDIS_PORT + 100 to REDIS_PORT + 219. The stack's state directory is a mktemp
 # directory in /tmp (STACK_DIR to choose), removed at the end; the reports
 # are kept in build/bench/.
 
@@ -154,6 +156,9 @@ else
     LB_PORT=$b PG_PORT=$((b + 1)) REDIS_PORT=$((b + 2)) APP_PORT_BASE=$((b + 3))
 fi
 SPARE_PORT=$((APP_PORT_BASE + REPLICAS + 1))
+# The etcd members (stack.sh's default is a fixed 12379): beside Redis.
+ETCD_PORT_BASE=${ETCD_PORT_BASE:-$((REDIS_PORT + 60))}
+export ETCD_PORT_BASE
 
 WORK=$(mktemp -d /tmp/couponsvc-bench.XXXXXX)
 chmod 755 "$WORK" # user postgres must reach it when we are root
