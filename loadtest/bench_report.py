@@ -30,7 +30,10 @@ import sys
 # a fenced write: counted as script-internal, so "top-level" is what
 # crossed the network as a command of its own (a pipelined batch counts
 # each command).
-SCRIPT_INTERNAL = {"get", "set", "incr", "del", "pttl", "pexpire", "publish"}
+# MULTI and EXEC too: the service never sends them; a Sentinel replica
+# receives each script's effects wrapped in them by the replication stream.
+SCRIPT_INTERNAL = {"get", "set", "incr", "del", "pttl", "pexpire", "publish",
+                   "multi", "exec"}
 # The bench's own commands to Redis.
 BENCH_OWN = {"info", "config|resetstat", "config"}
 
