@@ -29,6 +29,16 @@
 #                    them): hot and spread as above, latency-etcd an
 #                    open loop at 200 claims/s; each with its etcd calls
 #                    per claim (the members' gRPC counters, summed)
+#   hot-single, hot-sentinel, hot-redlock3, hot-redlock5
+#                    lock mode, hot coupon, on each Redis topology:
+#                    hot-single on the stack itself (one node); the others
+#                    each on a second stack of their own (stack.sh up
+#                    REDIS_TOPOLOGY=sentinel|redlock3|redlock5, with its
+#                    own PostgreSQL, replicas and nginx, on ports from
+#                    REDIS_PORT + 100 up, sharing nothing with the first),
+#                    taken down after its run; Redis commands counted on
+#                    every data node of the topology, summed
+#                    (BENCH_TOPOLOGIES=0 skips them)
 #   rss              one more instance (not behind the LB), 1000
 #                    connections made directly to it, each after one
 #                    request: its RSS, at the default
@@ -53,12 +63,15 @@
 # BENCH_DURABLE (1: PostgreSQL with fsync, full_page_writes and
 # synchronous_commit on, stack.sh's PG_DURABLE; 0: the stack's default, all
 # off, and the table says "non-durable"), BENCH_SPREAD (1000 coupons),
-# BENCH_RSS_CONNS (1000), BENCH_ONLY (a list of run names without the
+# BENCH_RSS_CONNS (1000), BENCH_TOPOLOGIES (1; 0 skips the Redis topology
+# rows), BENCH_ETCD (1; 0 skips the etcd rows), BENCH_ONLY (a list of run names without the
 # round suffix, e.g. "hot-lock soldout healthz": only those runs, and only
 # the restarts they need; empty: every run), REPLICAS (3), LOADGEN,
 # COUPONSVC. Ports: a free
 # block between 20000 and 31000, unless LB_PORT, PG_PORT, REDIS_PORT and
-# APP_PORT_BASE are all given. The stack's state directory is a mktemp
+# APP_PORT_BASE are all given; the etcd members on ETCD_PORT_BASE
+# (REDIS_PORT + 60 ..); the topology rows' second stacks from
+# REDIS_PORT + 100 to REDIS_PORT + 219. The stack's state directory is a mktemp
 # directory in /tmp (STACK_DIR to choose), removed at the end; the reports
 # are kept in build/bench/.
 
@@ -143,6 +156,9 @@ else
     LB_PORT=$b PG_PORT=$((b + 1)) REDIS_PORT=$((b + 2)) APP_PORT_BASE=$((b + 3))
 fi
 SPARE_PORT=$((APP_PORT_BASE + REPLICAS + 1))
+# The etcd members (stack.sh's default is a fixed 12379): beside Redis.
+ETCD_PORT_BASE=${ETCD_PORT_BASE:-$((REDIS_PORT + 60))}
+export ETCD_PORT_BASE
 
 WORK=$(mktemp -d /tmp/couponsvc-bench.XXXXXX)
 chmod 755 "$WORK" # user postgres must reach it when we are root
@@ -166,6 +182,7 @@ cleanup() {
         say "taking the stack down"
         bash "$STACK_SH" down >"$OUT/down.log" 2>&1 || cat "$OUT/down.log" >&2
     fi
+    [ -z "${TOPO_DIR:-}" ] || topo_down
     if [ "$rc" = 0 ] || [ "$rc" = 1 ]; then
         rm -rf "$WORK"
     else
@@ -212,10 +229,16 @@ restart() {
 
 # --- one run -----------------------------------------------------------------
 
+# redis_admin PORT ARGS...: redis-cli as Redis's default user (the operator).
 redis_admin() {
+    local port=$1
+    shift
     REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD timeout 5 redis-cli --no-auth-warning \
-        -h 127.0.0.1 -p "$REDIS_PORT" "$@"
+        -h 127.0.0.1 -p "$port" "$@"
 }
+# The Redis data nodes whose commands a run counts (a topology row sets
+# its own for its run).
+REDIS_DATA_PORTS=$REDIS_PORT
 
 metrics_snapshot() { # NAME SUFFIX
     local i
@@ -234,7 +257,10 @@ run() {
     shift 2
     say "$name: ${SECS} s"
     metrics_snapshot "$name" m0
-    redis_admin CONFIG RESETSTAT >/dev/null || die "redis CONFIG RESETSTAT failed"
+    local p
+    for p in $REDIS_DATA_PORTS; do
+        redis_admin "$p" CONFIG RESETSTAT >/dev/null || die "redis CONFIG RESETSTAT on port $p failed"
+    done
     local TIMEFORMAT='%U %S'
     { time "$LOADGEN" --url "$COUPONSVC_URL" -t "$THREADS" --json "$OUT/$name.json" \
         -q "$@" >"$OUT/$name.out" 2>&1 || rc=$?; } 2>"$OUT/$name.cpu"
@@ -243,7 +269,11 @@ run() {
     # histograms bucket by bucket, and one read in the middle of an
     # observation would show a count in +Inf that no bucket has.
     sleep 0.5
-    redis_admin INFO commandstats >"$OUT/$name.redis" || : >"$OUT/$name.redis"
+    # Every data node's counts, one after the other: the report sums them.
+    : >"$OUT/$name.redis"
+    for p in $REDIS_DATA_PORTS; do
+        redis_admin "$p" INFO commandstats >>"$OUT/$name.redis" || true
+    done
     metrics_snapshot "$name" m1
     if [ "$rc" = 3 ]; then
         say "$name: THE INVARIANT CHECK FAILED (see $OUT/$name.out)"
@@ -272,7 +302,7 @@ say "starting the stack: $REPLICAS replicas, LB 127.0.0.1:$LB_PORT, PostgreSQL $
 STARTED=1
 settings atomic
 env -u COUPON_LOCK_WAIT_STRATEGY -u COUPON_BATCH_MAX -u COUPON_SOLDOUT_MEMO \
-    "${PHASE_ENV[@]}" PG_DURABLE="$DURABLE" STACK_ETCD="${BENCH_ETCD:-1}" bash "$STACK_SH" up >"$OUT/up.log" 2>&1 || {
+    "${PHASE_ENV[@]}" REDIS_TOPOLOGY=single PG_DURABLE="$DURABLE" STACK_ETCD="${BENCH_ETCD:-1}" bash "$STACK_SH" up >"$OUT/up.log" 2>&1 || {
     STARTED=0
     cat "$OUT/up.log" >&2
     die "stack.sh up failed"
@@ -418,15 +448,101 @@ etcd_rows() {
         say "etcd rows: skipped (this build or stack has no etcd backend)"
         return 0
     fi
+    want hot-etcd || want spread-etcd || want latency-etcd || return 0
     restart lock "${LOCK_DEFAULTS[@]}" COUPON_LOCK_BACKEND=etcd
-    etcd_run hot-etcd claims -c "$CONN" -d "$SECS" --coupon "hot-e-$RUN" \
+    ! want hot-etcd ||
+        etcd_run hot-etcd claims -c "$CONN" -d "$SECS" --coupon "hot-e-$RUN" \
         --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
-    etcd_run spread-etcd claims -c "$CONN" -d "$SECS" --coupon "spr-e-$RUN" \
+    ! want spread-etcd ||
+        etcd_run spread-etcd claims -c "$CONN" -d "$SECS" --coupon "spr-e-$RUN" \
         --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
-    etcd_run latency-etcd open -c 256 --rate 200 -d "$SECS" --coupon "lat-e-$RUN" \
+    ! want latency-etcd ||
+        etcd_run latency-etcd open -c 256 --rate 200 -d "$SECS" --coupon "lat-e-$RUN" \
         --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
     restart lock "${LOCK_DEFAULTS[@]}"
 }
+
+# --- the Redis topologies ----------------------------------------------------------
+
+# The second stack of a topology row, while it is up (cleanup takes it down).
+TOPO_DIR=
+topo_down() {
+    [ -n "$TOPO_DIR" ] || return 0
+    STACK_DIR=$TOPO_DIR bash "$STACK_SH" down >>"$OUT/topo-down.log" 2>&1 ||
+        tail -n 20 "$OUT/topo-down.log" >&2
+    TOPO_DIR=
+}
+
+# topo_row TOPOLOGY K: the hot coupon in lock mode on a second stack whose
+# Redis is TOPOLOGY (sentinel, redlock3, redlock5), its ports a block of 40
+# from REDIS_PORT + 100 + 40 K: LB +0, PostgreSQL +1, the Redis data nodes
+# +10.., the sentinels +21..23, the replicas +31... Its own PostgreSQL too,
+# so that the invariant check reads what this row's replicas wrote, and
+# nothing of the first stack (its Redis, its fence counters) is touched.
+topo_row() {
+    local topo=$1 name=hot-$1 base=$((REDIS_PORT + 100 + 40 * $2)) p nodes
+    want "$name" || return 0
+    for p in $base $((base + 1)) $(seq $((base + 10)) $((base + 14))) \
+        $(seq $((base + 21)) $((base + 23))) $(seq $((base + 31)) $((base + 30 + REPLICAS))); do
+        if [ "$p" -gt 65535 ] || [ -n "$(ss -Htan "( sport = :$p )" 2>/dev/null)" ]; then
+            say "$name: port $p is in use (or out of range): not run"
+            FAILED=1
+            return 0
+        fi
+    done
+    case $topo in sentinel) nodes=2 ;; redlock3) nodes=3 ;; *) nodes=5 ;; esac
+    settings lock "${LOCK_DEFAULTS[@]}"
+    TOPO_DIR=$WORK/topo-$topo
+    say "$name: a second stack, REDIS_TOPOLOGY=$topo, ports $base-$((base + 39))"
+    if ! env -u COUPON_ETCD_ENDPOINTS -u COUPON_LOCK_BACKEND -u COUPON_ADMIN_TOKEN \
+        -u COUPON_PG_DSN -u COUPON_REDIS_ADDRS -u COUPON_REDIS_SENTINELS \
+        -u COUPON_REDIS_MASTER_NAME -u COUPON_REDIS_SENTINEL_PASSWORD \
+        -u COUPON_REDIS_USERNAME -u COUPON_REDIS_PASSWORD \
+        "${PHASE_ENV[@]}" STACK_DIR="$TOPO_DIR" LB_PORT="$base" PG_PORT=$((base + 1)) \
+        REDIS_PORT=$((base + 10)) SENTINEL_PORT=$((base + 20)) \
+        APP_PORT_BASE=$((base + 30)) REDIS_TOPOLOGY="$topo" STACK_ETCD=0 \
+        PG_DURABLE="$DURABLE" bash "$STACK_SH" up >"$OUT/$name.up.log" 2>&1; then
+        tail -n 20 "$OUT/$name.up.log" >&2
+        say "$name: stack.sh up REDIS_TOPOLOGY=$topo failed: not run"
+        topo_down
+        FAILED=1
+        return 0
+    fi
+    # Locals: run() and what it calls see this stack's (dynamic scope).
+    local COUPONSVC_URL COUPON_PG_DSN COUPON_ADMIN_TOKEN REDIS_ADMIN_PASSWORD
+    local APP_PORT_BASE=$((base + 30)) REDIS_DATA_PORTS
+    REDIS_DATA_PORTS=$(seq -s ' ' $((base + 10)) $((base + 9 + nodes)))
+    {
+        read -r COUPONSVC_URL
+        read -r COUPON_PG_DSN
+        read -r COUPON_ADMIN_TOKEN
+        read -r REDIS_ADMIN_PASSWORD
+    } < <(
+        # shellcheck disable=SC1091
+        . "$TOPO_DIR/env"
+        printf '%s\n' "$COUPONSVC_URL" "$COUPON_PG_DSN" "$COUPON_ADMIN_TOKEN" "$REDIS_ADMIN_PASSWORD"
+    )
+    PHASE_ENV+=("REDIS_TOPOLOGY=$topo")
+    run "$name" claims -c "$CONN" -d "$SECS" --coupon "hot-$topo-$RUN" \
+        --create-stock "$STOCK" --admin-token "$COUPON_ADMIN_TOKEN" \
+        --verify-dsn "$COUPON_PG_DSN"
+    topo_down
+}
+
+if [ "${BENCH_TOPOLOGIES:-1}" != 0 ]; then
+    if want hot-single; then
+        restart lock "${LOCK_DEFAULTS[@]}"
+        run hot-single claims -c "$CONN" -d "$SECS" --coupon "hot-single-$RUN" \
+            --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+    fi
+    if has_setting COUPON_REDIS_SENTINELS; then
+        topo_row sentinel 0
+    elif want hot-sentinel; then
+        say "hot-sentinel: skipped, this build has no COUPON_REDIS_SENTINELS"
+    fi
+    topo_row redlock3 1
+    topo_row redlock5 2
+fi
 etcd_rows
 
 # --- RSS at 1000 connections -----------------------------------------------------

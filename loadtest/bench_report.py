@@ -6,7 +6,9 @@
 OUT_DIR holds, per run NAME (listed in runs.tsv: name, kind, loadgen exit
 status, the replicas' settings): NAME.json (loadgen's summary), NAME.cpu
 (loadgen's user and system CPU seconds), NAME.redis (INFO commandstats after
-a CONFIG RESETSTAT), NAME.m0.appI and NAME.m1.appI (each replica's /metrics
+a CONFIG RESETSTAT; a topology run's holds every data node's, one after
+the other, and they are summed), NAME.etcd.0 and NAME.etcd.1 (an etcd run's
+gRPC calls before and after), NAME.m0.appI and NAME.m1.appI (each replica's /metrics
 before and after); for an rss run, NAME.rss. The KEY=VALUE arguments
 describe the session (connections, seconds, durable, ...).
 
@@ -28,7 +30,10 @@ import sys
 # a fenced write: counted as script-internal, so "top-level" is what
 # crossed the network as a command of its own (a pipelined batch counts
 # each command).
-SCRIPT_INTERNAL = {"get", "set", "incr", "del", "pttl", "pexpire", "publish"}
+# MULTI and EXEC too: the service never sends them; a Sentinel replica
+# receives each script's effects wrapped in them by the replication stream.
+SCRIPT_INTERNAL = {"get", "set", "incr", "del", "pttl", "pexpire", "publish",
+                   "multi", "exec"}
 # The bench's own commands to Redis.
 BENCH_OWN = {"info", "config|resetstat", "config"}
 
@@ -67,7 +72,8 @@ def redis_calls(text):
     for line in text.splitlines():
         m = re.match(r"cmdstat_([^:]+):calls=(\d+)", line)
         if m:
-            calls[m.group(1)] = int(m.group(2))
+            # Summed: a topology's data nodes come one after the other.
+            calls[m.group(1)] = calls.get(m.group(1), 0) + int(m.group(2))
     return calls
 
 
@@ -383,6 +389,52 @@ def main():
             "RSS at 32 KiB per connection (the old limit)",
             r32["rss_open_kib"] / 1024.0,
             "%.1f" % mb if mb is not None else "-"))
+    # ---- the lock backends side by side
+    backends = []
+    blines = []
+    for name, what in (("hot-single", "Redis, one node"),
+                       ("hot-sentinel", "Redis Sentinel (master + replica)"),
+                       ("hot-redlock3", "Redlock, 3 nodes"),
+                       ("hot-redlock5", "Redlock, 5 nodes"),
+                       ("hot-etcd", "etcd, 3 members")):
+        r = by.get(name)
+        if not r:
+            blines.append("  %-13s %-34s (not run)" % (name, what))
+            continue
+        lat = r["latency_ms"]
+        e = {"run": name, "backend": what, "claims_per_s": r["rate"],
+             "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99"),
+             "valid": r["valid"]}
+        if name == "hot-etcd":
+            try:
+                calls = (int(read(os.path.join(out, name + ".etcd.1"), "0")) -
+                         int(read(os.path.join(out, name + ".etcd.0"), "0")))
+            except ValueError:
+                calls = None
+            e["etcd_calls_per_claim"] = (calls / r["answers"]
+                                         if calls is not None and r["answers"]
+                                         else None)
+            cost = "%s etcd calls" % fnum(e["etcd_calls_per_claim"], "%.2f")
+        else:
+            e["redis_commands_per_claim"] = r["redis_commands_per_answer"]
+            e["redis_toplevel_per_claim"] = r["redis_toplevel_per_answer"]
+            cost = "%s Redis commands (%s top-level)" % (
+                fnum(r["redis_commands_per_answer"], "%.2f"),
+                fnum(r["redis_toplevel_per_answer"], "%.2f"))
+        backends.append(e)
+        blines.append("  %-13s %-34s %8.0f claims/s  p50 %6s  p99 %6s ms  %s "
+                      "per claim%s" % (name, what, r["rate"],
+                                       fnum(lat.get("p50")),
+                                       fnum(lat.get("p99")), cost,
+                                       "" if r["valid"] else
+                                       "  INVARIANT CHECK FAILED"))
+    print()
+    print("lock backends (hot coupon, closed loop, lock mode; Redis commands "
+          "summed over every data node, a Sentinel replica's replicated "
+          "writes included)")
+    for line in blines:
+        print(line)
+
     print()
     print("each feature off, then on (one run off; on: the median above)")
     for line in lines:
@@ -394,7 +446,8 @@ def main():
     if json_out:
         with open(json_out, "w") as f:
             json.dump({"session": session, "runs": runs, "goals": goals,
-                       "features": cmp_, "invalid_runs": invalid,
+                       "features": cmp_, "lock_backends": backends,
+                       "invalid_runs": invalid,
                        "invariants_ok": not invalid}, f, indent=1,
                       default=lambda o: None)
             f.write("\n")
