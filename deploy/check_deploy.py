@@ -103,8 +103,8 @@ def check_compose(root):
 
     lb = svc["lb"]
     check(str(lb.get("image", "")).startswith("nginx"), "lb is nginx", lb.get("image"))
-    check("8080:8080" in [str(p) for p in lb.get("ports", [])], "lb publishes 8080:8080",
-          lb.get("ports"))
+    check("${COUPONSVC_LB_PUBLISH:-8080}:8080" in [str(p) for p in lb.get("ports", [])],
+          "lb publishes ${COUPONSVC_LB_PUBLISH:-8080}:8080 (8080:8080 by default)", lb.get("ports"))
     check(any("deploy/nginx" in str(v) for v in lb.get("volumes", [])),
           "lb mounts its config from deploy/nginx", lb.get("volumes"))
     check(get(svc, "loadgen", "profiles") == ["loadtest"], "loadgen only in profile loadtest",
@@ -149,11 +149,37 @@ def check_compose(root):
     build = get(app, "build", "dockerfile")
     check(build == "deploy/Dockerfile", "images build from deploy/Dockerfile", build)
 
+    # The LB finds the replicas with the engine's DNS server, whichever it
+    # is: the resolver comes from the container's /etc/resolv.conf at start
+    # (Docker's 127.0.0.11 and podman's gateway alike), never a fixed one,
+    # and no `server ... resolve` (nginx >= 1.27.3 only; Debian 12 has 1.22).
     conf = open(os.path.join(root, "deploy/nginx/compose.conf")).read()
-    check(re.search(r"resolver\s+127\.0\.0\.11", conf) is not None,
-          "compose nginx resolves through Docker DNS (127.0.0.11)")
-    check(re.search(r"server\s+couponsvc:8081", conf) is not None,
-          "compose nginx upstream is the couponsvc service")
+    clive = "\n".join(l for l in conf.splitlines() if not l.lstrip().startswith("#"))
+    check(re.search(r"^\s*resolver\s+\d", clive, re.M) is None,
+          "compose nginx names no fixed resolver address (it is taken from /etc/resolv.conf)")
+    check("include /tmp/couponsvc-lb/resolver.conf;" in clive,
+          "compose nginx includes the resolver written at container start")
+    lbcmd = "\n".join(str(x) for x in (lb.get("command") or []))
+    check("/etc/resolv.conf" in lbcmd and "/tmp/couponsvc-lb/resolver.conf" in lbcmd,
+          "the lb command writes the resolver from /etc/resolv.conf", lbcmd[:80])
+    check(re.search(r"\bresolve\b", re.sub(r"resolver\S*", "", clive)) is None,
+          "compose nginx has no `server ... resolve` (nginx >= 1.27.3 only)")
+    check(re.search(r"default\s+couponsvc:8081;", clive) is not None,
+          "compose nginx sends to the couponsvc service by name ($couponsvc_upstream)")
+    check(re.search(r"^\s*proxy_pass\s+http://\$couponsvc_upstream;", live, re.M) is not None,
+          "proxy.conf proxies to $couponsvc_upstream")
+    for name in ("nofile", "nproc"):
+        for s in ("couponsvc", "lb"):
+            v = str(get(svc, s, "ulimits", name))
+            check(v.startswith("${COUPONSVC_%s:-" % name.upper()),
+                  "%s's ulimit %s is a setting (COUPONSVC_%s)" % (s, name, name.upper()), v)
+    check(os.path.isfile(os.path.join(root, ".dockerignore")) and
+          not os.path.exists(os.path.join(root, "deploy/Dockerfile.dockerignore")),
+          "one .dockerignore, at the root of the context (docker-compose 1.29 and podman read only that one)")
+    if os.path.isfile(os.path.join(root, ".dockerignore")):
+        ign = open(os.path.join(root, ".dockerignore")).read().split()
+        for p in (".git", "build", ".env"):
+            check(p in ign, ".dockerignore keeps %s out of the image" % p, ign)
 
 
 # ---------------------------------------------------------- kubernetes ----
