@@ -9,8 +9,11 @@
 # restart-app). What it checks:
 #   - no error but the documented ones: every request answered 2xx, or 503
 #     (the service's lock_timeout / overloaded answers, which tell the client
-#     to retry; counted and shown); a 5xx other than 503, or a request with
-#     no answer at all (a transport error), fails the soak;
+#     to retry), or, in the minute of the rolling restart only, 502 (the
+#     failure table's "replicas restarted" row: a POST nginx sent on a
+#     kept-alive connection as the stopping replica closed it); all counted
+#     and shown. Any other 4xx/5xx, or a request with no answer at all (a
+#     transport error), fails the soak;
 #   - RSS and open file descriptors of every replica, sampled every
 #     SOAK_SAMPLE_SECS (5): per process lifetime (the restart replaces the
 #     processes), after SOAK_WARMUP_SECS (60), the mean of the last 30 s
@@ -71,10 +74,14 @@ cleanup() {
     local rc=$?
     trap - EXIT
     trap '' INT TERM
-    if [ -n "$SAMPLER" ]; then
-        kill "$SAMPLER" 2>/dev/null || true
-        wait "$SAMPLER" 2>/dev/null || true
-    fi
+    # The load generators of an unfinished minute, and the sampler.
+    local p
+    for p in ${p1:-} ${p2:-} $SAMPLER; do
+        kill "$p" 2>/dev/null || true
+    done
+    for p in ${p1:-} ${p2:-} $SAMPLER; do
+        wait "$p" 2>/dev/null || true
+    done
     if [ "$STARTED" = 1 ]; then
         say "taking the stack down"
         bash "$STACK_SH" down >"$OUT/down.log" 2>&1 || cat "$OUT/down.log" >&2
@@ -178,7 +185,8 @@ for m in $(seq 0 $((MINUTES - 1))); do
     rc1=0 rc2=0
     wait "$p1" || rc1=$?
     wait "$p2" || rc2=$?
-    printf '%s\t%s\t%s\t%s\n' "$m" "$t" "$rc1" "$rc2" >>"$OUT/segments.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$m" "$t" "$rc1" "$rc2" "$([ "$m" = "$HALF" ] && echo restart || echo -)" \
+        >>"$OUT/segments.tsv"
     if [ -n "$RESTART_PID" ] && ! kill -0 "$RESTART_PID" 2>/dev/null; then
         wait "$RESTART_PID" || { tail -n 20 "$OUT/restart.log" >&2; die "restart-app failed"; }
         RESTART_PID=

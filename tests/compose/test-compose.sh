@@ -60,7 +60,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (rootful podman)"
 for t in podman runc docker-compose debootstrap curl python3 flock; do
-    have "$t" || die "$t is missing (make deps-compose, or apt-get install podman runc docker-compose debootstrap)"
+    have "$t" || die "$t is missing (sh deploy/deps.sh compose)"
 done
 [ -x "$LOADGEN" ] || die "$LOADGEN not found: make"
 [ -x /usr/lib/cni/dnsname ] ||
