@@ -34,9 +34,10 @@ unset logscale y
 set title "RSS per replica (a new line where the restart replaced a process)"
 set ylabel "MiB"
 set yrange [0:*]
+# The first line names the replicas (the columns).
 stats rs skip 1 nooutput
 n = STATS_columns
-plot for [i=2:n] rs using 1:i skip 1 with linespoints pt 7 ps 0.3 lw 1 title columnhead(i)
+plot for [i=2:n] rs using 1:i with linespoints pt 7 ps 0.3 lw 1 title columnheader(i)
 
 unset multiplot
 set output

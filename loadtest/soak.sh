@@ -17,8 +17,10 @@
 #   - RSS and open file descriptors of every replica, sampled every
 #     SOAK_SAMPLE_SECS (5): per process lifetime (the restart replaces the
 #     processes), after SOAK_WARMUP_SECS (60), the mean of the last 30 s
-#     may differ from the mean of the first 30 s by less than 5 %; a
-#     lifetime too short for that is reported as not judged;
+#     may exceed the mean of the first 30 s by less than 5 %; a lifetime
+#     too short for that is reported as not judged. The descriptors judged
+#     are the process's own: all of them less the balancer's connections
+#     to it, whose number follows the load (both are shown);
 #   - the invariants in PostgreSQL at the end (loadgen --verify-only);
 #   - latency percentiles per minute: the load runs in one-minute segments,
 #     each a loadgen run of its own, so that each minute's p50/p99 are exact.
@@ -45,6 +47,9 @@ WARMUP=${SOAK_WARMUP_SECS:-60}
 CAP_SECS=${SOAK_CAPACITY_SECONDS:-15}
 CONN=${SOAK_CONN:-128}
 REPLICAS=${REPLICAS:-3}
+APP_PORT_BASE=${APP_PORT_BASE:-8080}
+PG_PORT=${PG_PORT:-15432}
+REDIS_PORT=${REDIS_PORT:-16379}
 OUT=$ROOT/build/soak
 PY=python3
 [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
@@ -66,7 +71,7 @@ done
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
-export REPLICAS PG_DURABLE=1
+export REPLICAS APP_PORT_BASE PG_PORT REDIS_PORT PG_DURABLE=1
 
 STARTED=0 SAMPLER=
 # shellcheck disable=SC2317 # invoked by the EXIT trap
@@ -74,9 +79,11 @@ cleanup() {
     local rc=$?
     trap - EXIT
     trap '' INT TERM
-    # The load generators of an unfinished minute, and the sampler.
+    # The load generators of an unfinished minute (children of the
+    # subshells whose pids we have), and the sampler.
     local p
     for p in ${p1:-} ${p2:-} $SAMPLER; do
+        pkill -TERM -P "$p" 2>/dev/null || true
         kill "$p" 2>/dev/null || true
     done
     for p in ${p1:-} ${p2:-} $SAMPLER; do
@@ -105,12 +112,16 @@ SD=$(cat "$ROOT/build/stack.dir")
 
 # --- samples -------------------------------------------------------------------
 
-# Every SAMPLE seconds, per replica: its pid, RSS (kB), open descriptors and
-# CPU time (clock ticks, user + system). A replica in the middle of its
-# restart has no live pid and is skipped for that sample.
+# Every SAMPLE seconds, per replica: its pid, RSS (kB), open descriptors,
+# how many of them are the balancer's connections to it (all its sockets
+# but those to PostgreSQL and Redis: their number follows nginx's
+# keep-alive pool and the load, not the process's age), and CPU time
+# (clock ticks, user + system). A replica in the middle of its restart has
+# no live pid and is skipped. Descriptors and sockets are read in one pass
+# over /proc/PID/fd and one ss, so the two agree.
 sampler() {
-    local end=$((SECONDS + SECS + 600)) i pf pid rss fds cpu now
-    printf 't\treplica\tpid\trss_kb\tfds\tcpu_ticks\n' >"$OUT/samples.tsv"
+    local end=$((SECONDS + SECS + 600)) i pf pid rss fds cpu now conns sockets backend
+    printf 't\treplica\tpid\trss_kb\tfds\tconns\tcpu_ticks\n' >"$OUT/samples.tsv"
     while [ "$SECONDS" -lt "$end" ]; do
         now=$(date +%s.%N)
         for i in $(seq "$REPLICAS"); do
@@ -119,9 +130,16 @@ sampler() {
             read -r pid _ <"$pf" || continue
             rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null) || continue
             [ -n "$rss" ] || continue
-            fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+            fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 -printf '%l\n' 2>/dev/null) || continue
+            sockets=$(printf '%s\n' "$fds" | grep -c '^socket:' || true)
+            fds=$(printf '%s\n' "$fds" | grep -c . || true)
+            # Its sockets to the backends, and its listening socket.
+            backend=$(ss -Htanp "( dport = :$PG_PORT or dport = :$REDIS_PORT or sport = :$((APP_PORT_BASE + i)) )" 2>/dev/null |
+                grep -E "^(ESTAB|LISTEN|SYN-SENT)" | grep -v "^ESTAB.*:$((APP_PORT_BASE + i)) " | grep -c "pid=$pid," || true)
+            conns=$((sockets - backend))
             cpu=$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null) || continue
-            printf '%s\tapp%s\t%s\t%s\t%s\t%s\n' "$now" "$i" "$pid" "$rss" "$fds" "$cpu" >>"$OUT/samples.tsv"
+            printf '%s\tapp%s\t%s\t%s\t%s\t%s\t%s\n' "$now" "$i" "$pid" "$rss" "$fds" "$conns" "$cpu" \
+                >>"$OUT/samples.tsv"
         done
         sleep "$SAMPLE"
     done
@@ -169,11 +187,16 @@ RESTART_PID=
 say "soak: $MINUTES one-minute segments, rolling restart in minute $((HALF + 1))"
 for m in $(seq 0 $((MINUTES - 1))); do
     t=$(date +%s.%N)
-    # Open loop: the rate is kept whatever the latency; 1024 connections
-    # bound what can be in flight.
-    lg "m$m-hot" -c 1024 --rate "$R_HOT" -d 60 --coupon "$HOT" --user-prefix "m$m-" &
+    # Open loop: requests are due on a fixed schedule whatever the latency
+    # (a late one is measured from when it was due). In flight at most
+    # CONN per generator, as many as the capacity was measured with: past
+    # nginx's keep-alive pool to the replicas (64 per worker) every extra
+    # request opens a TCP connection of its own, which costs the replicas
+    # the CPU they need to catch up, and a backlog feeds on itself. What
+    # could not be sent in time is counted (sent late, never sent).
+    lg "m$m-hot" -c "$CONN" --rate "$R_HOT" -d 60 --coupon "$HOT" --user-prefix "m$m-" &
     p1=$!
-    lg "m$m-spread" -c 1024 --rate "$R_SPREAD" -d 60 --coupon "soak-spr-$RUN" --coupons "$SPREAD" \
+    lg "m$m-spread" -c "$CONN" --rate "$R_SPREAD" -d 60 --coupon "soak-spr-$RUN" --coupons "$SPREAD" \
         --user-prefix "m$m-" &
     p2=$!
     if [ "$m" = "$HALF" ]; then

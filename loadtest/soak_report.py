@@ -95,10 +95,12 @@ def main():
         for row in csv.DictReader(f, delimiter="\t"):
             key = (row["replica"], row["pid"])
             procs.setdefault(key, []).append(
-                (float(row["t"]), int(row["rss_kb"]), int(row["fds"]), int(row["cpu_ticks"])))
+                (float(row["t"]), int(row["rss_kb"]), int(row["fds"]) - int(row.get("conns", 0)),
+                 int(row["cpu_ticks"]), int(row["fds"])))
     say("")
-    say("replica | pid     | lifetime s | RSS first->last MiB (drift) | fds first->last (drift) | CPU cores | peak RSS MiB | judged")
-    say("--------|---------|------------|-----------------------------|-------------------------|-----------|--------------|-------")
+    say("(own fds: open descriptors less the balancer's connections to the replica; all fds: the range seen)")
+    say("replica | pid     | lifetime s | RSS first->last MiB (drift) | own fds first->last (drift) | all fds | CPU cores | peak RSS MiB | judged")
+    say("--------|---------|------------|-----------------------------|-----------------------------|---------|-----------|--------------|-------")
     names = sorted({k[0] for k in procs})
     with open(os.path.join(out, "rss.tsv"), "w") as f:
         f.write("t\t" + "\t".join(names) + "\n")
@@ -124,16 +126,18 @@ def main():
             r0, r1 = mean(first, 1), mean(last, 1)
             f0, f1 = mean(first, 2), mean(last, 2)
             dr, df = 100.0 * (r1 - r0) / r0, 100.0 * (f1 - f0) / f0
-            say("%-7s | %-7s | %10.0f | %7.1f -> %7.1f (%+5.1f %%) | %6.0f -> %6.0f (%+5.1f %%) | %9.2f | %12.1f | yes" %
-                (key[0], key[1], life, r0 / 1024, r1 / 1024, dr, f0, f1, df, cpu, rss_peak / 1024.0))
+            say("%-7s | %-7s | %10.0f | %7.1f -> %7.1f (%+5.1f %%) | %8.0f -> %6.0f (%+5.1f %%) | %7s | %9.2f | %12.1f | yes" %
+                (key[0], key[1], life, r0 / 1024, r1 / 1024, dr, f0, f1, df,
+                 "%d-%d" % (min(x[4] for x in s), max(x[4] for x in s)), cpu, rss_peak / 1024.0))
             if dr >= DRIFT_MAX:
                 failures.append("%s (pid %s): RSS grew %.1f %% after the warm-up" % (key[0], key[1], dr))
             if df >= DRIFT_MAX:
                 failures.append("%s (pid %s): open descriptors grew %.1f %% after the warm-up" %
                                 (key[0], key[1], df))
         else:
-            say("%-7s | %-7s | %10.0f | %27s | %23s | %9.2f | %12.1f | no: under %.0f s after the %.0f s warm-up" %
-                (key[0], key[1], life, "-", "-", cpu, rss_peak / 1024.0, 3 * WINDOW, warmup))
+            say("%-7s | %-7s | %10.0f | %27s | %27s | %7s | %9.2f | %12.1f | no: under %.0f s after the %.0f s warm-up" %
+                (key[0], key[1], life, "-", "-", "%d-%d" % (min(x[4] for x in s), max(x[4] for x in s)),
+                 cpu, rss_peak / 1024.0, 3 * WINDOW, warmup))
     say("")
     say("per replica, the most seen: %.2f CPU cores (mean over a lifetime), %.1f MiB RSS" %
         (peak_cpu, peak_rss / 1024.0))
