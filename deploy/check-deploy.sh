@@ -88,18 +88,20 @@ if have nginx; then
         cat "$TMP/nginx-local.err"
         bad "nginx -t deploy/nginx/local.conf.in"
     fi
-    # compose.conf: the service name only resolves inside Docker, `resolve`
-    # needs nginx >= 1.27.3 and the paths are the container's. Replace those,
-    # check the rest.
-    mkdir -p "$TMP/compose/tmp"
-    cp deploy/nginx/proxy.conf deploy/nginx/http.conf "$TMP/compose/"
+    # compose.conf: the paths are the container's, and the resolver file and
+    # http.conf are put in /tmp/couponsvc-lb/ by the lb service's command at
+    # start. Put them here, check it as it is otherwise (the service name is
+    # resolved at request time).
+    mkdir -p "$TMP/compose/tmp/couponsvc-lb"
+    echo "resolver 127.0.0.1 valid=5s ipv6=off;" >"$TMP/compose/tmp/couponsvc-lb/resolver.conf"
+    cp deploy/nginx/http.conf "$TMP/compose/tmp/couponsvc-lb/http.conf"
+    cp deploy/nginx/proxy.conf "$TMP/compose/proxy.conf"
     sed -e "s#/tmp/#$TMP/compose/tmp/#g" \
-        -e 's/server couponsvc:8081 resolve/server 127.0.0.1:8081/' \
         -e "s#/etc/nginx/couponsvc/#$TMP/compose/#g" \
         deploy/nginx/compose.conf >"$TMP/compose/nginx.conf"
     if nginx -t -q -p "$TMP/compose" -e "$TMP/compose/error.log" \
         -c "$TMP/compose/nginx.conf" 2>"$TMP/nginx-compose.err"; then
-        ok "nginx -t deploy/nginx/compose.conf (Docker-only parts replaced)"
+        ok "nginx -t deploy/nginx/compose.conf (container paths replaced)"
     else
         cat "$TMP/nginx-compose.err"
         bad "nginx -t deploy/nginx/compose.conf"

@@ -103,8 +103,8 @@ def check_compose(root):
 
     lb = svc["lb"]
     check(str(lb.get("image", "")).startswith("nginx"), "lb is nginx", lb.get("image"))
-    check("8080:8080" in [str(p) for p in lb.get("ports", [])], "lb publishes 8080:8080",
-          lb.get("ports"))
+    check("${COUPONSVC_LB_PUBLISH:-8080}:8080" in [str(p) for p in lb.get("ports", [])],
+          "lb publishes ${COUPONSVC_LB_PUBLISH:-8080}:8080 (8080:8080 by default)", lb.get("ports"))
     check(any("deploy/nginx" in str(v) for v in lb.get("volumes", [])),
           "lb mounts its config from deploy/nginx", lb.get("volumes"))
     check(get(svc, "loadgen", "profiles") == ["loadtest"], "loadgen only in profile loadtest",
@@ -146,14 +146,50 @@ def check_compose(root):
           "the balancer answers 404 for /metrics")
     check("$upstream_addr" not in live.replace("up=$upstream_addr", ""),
           "no header carries $upstream_addr")
+    # The PostgreSQL connection budget at the 5 replicas the file's head
+    # shows: 5 x (COUPON_THREADS + 1) + migrate + 3 reserved for superusers.
+    pcmd = " ".join(str(x) for x in (get(svc, "postgres", "command") or []))
+    mc = re.search(r"max_connections=(?:\$\{[A-Z_]+:-)?(\d+)", pcmd)
+    tdef = re.search(r"COUPON_THREADS:-(\d+)", str(env.get("COUPON_THREADS")))
+    need = 5 * (int(tdef.group(1)) + 1) + 1 + 3 if tdef else None
+    check(mc is not None and need is not None and int(mc.group(1)) >= need,
+          "postgres max_connections >= 5 replicas x (COUPON_THREADS + 1) + migrate + 3 reserved (%s)"
+          % need, mc and mc.group(1))
     build = get(app, "build", "dockerfile")
     check(build == "deploy/Dockerfile", "images build from deploy/Dockerfile", build)
 
+    # The LB finds the replicas with the engine's DNS server, whichever it
+    # is: the resolver comes from the container's /etc/resolv.conf at start
+    # (Docker's 127.0.0.11 and podman's gateway alike), never a fixed one,
+    # and no `server ... resolve` (nginx >= 1.27.3 only; Debian 12 has 1.22).
     conf = open(os.path.join(root, "deploy/nginx/compose.conf")).read()
-    check(re.search(r"resolver\s+127\.0\.0\.11", conf) is not None,
-          "compose nginx resolves through Docker DNS (127.0.0.11)")
-    check(re.search(r"server\s+couponsvc:8081", conf) is not None,
-          "compose nginx upstream is the couponsvc service")
+    clive = "\n".join(l for l in conf.splitlines() if not l.lstrip().startswith("#"))
+    check(re.search(r"^\s*resolver\s+\d", clive, re.M) is None,
+          "compose nginx names no fixed resolver address (it is taken from /etc/resolv.conf)")
+    check("include /tmp/couponsvc-lb/resolver.conf;" in clive,
+          "compose nginx includes the resolver written at container start")
+    lbcmd = "\n".join(str(x) for x in (lb.get("command") or []))
+    check("/etc/resolv.conf" in lbcmd and "/tmp/couponsvc-lb/resolver.conf" in lbcmd,
+          "the lb command writes the resolver from /etc/resolv.conf", lbcmd[:80])
+    check(re.search(r"\bresolve\b", re.sub(r"resolver\S*", "", clive)) is None,
+          "compose nginx has no `server ... resolve` (nginx >= 1.27.3 only)")
+    check(re.search(r"default\s+couponsvc:8081;", clive) is not None,
+          "compose nginx sends to the couponsvc service by name ($couponsvc_upstream)")
+    check(re.search(r"^\s*proxy_pass\s+http://\$couponsvc_upstream;", live, re.M) is not None,
+          "proxy.conf proxies to $couponsvc_upstream")
+    for name in ("nofile", "nproc"):
+        for s in ("couponsvc", "lb"):
+            v = str(get(svc, s, "ulimits", name))
+            check(v.startswith("${COUPONSVC_%s:-" % name.upper()),
+                  "%s's ulimit %s is a setting (COUPONSVC_%s)" % (s, name, name.upper()), v)
+    check(os.path.isfile(os.path.join(root, ".dockerignore")) and
+          not os.path.exists(os.path.join(root, "deploy/Dockerfile.dockerignore")),
+          "one .dockerignore, at the root of the context (docker-compose 1.29 and podman read only that one)")
+    if os.path.isfile(os.path.join(root, ".dockerignore")):
+        ign = [l.strip() for l in open(os.path.join(root, ".dockerignore"))
+               if l.strip() and not l.lstrip().startswith("#")]
+        for p in (".git", "build", ".env"):
+            check(p in ign, ".dockerignore keeps %s out of the image" % p, ign)
 
 
 # ---------------------------------------------------------- kubernetes ----
@@ -201,12 +237,61 @@ def check_k8s(root, rendered):
           "Deployment selector matches its pod labels", (sel, labels))
     check(get(c, "readinessProbe", "httpGet", "path") == "/readyz", "readinessProbe is /readyz")
     check(get(c, "livenessProbe", "httpGet", "path") == "/healthz", "livenessProbe is /healthz")
-    check(get(c, "lifecycle", "preStop") is not None, "preStop drains before SIGTERM")
+    # Probes, as the readiness policy (README: Readiness) wants them:
+    # readiness on /readyz, liveness on /healthz only (a backend outage must
+    # never restart pods), a startup probe so that a slow first backend
+    # check is not mistaken for a dead process.
+    check(get(c, "startupProbe", "httpGet", "path") == "/healthz", "startupProbe is /healthz",
+          get(c, "startupProbe"))
+    check(get(c, "livenessProbe", "httpGet", "path") != "/readyz",
+          "liveness never probes /readyz (an outage would restart every pod)")
+    rp = get(c, "readinessProbe") or {}
+    check(isinstance(rp.get("timeoutSeconds"), int) and isinstance(rp.get("periodSeconds"), int)
+          and rp["timeoutSeconds"] < rp["periodSeconds"], "readiness timeout below its period", rp)
+
+    # Shutdown: preStop sleeps while endpoints update, then SIGTERM drains for
+    # up to COUPON_SHUTDOWN_GRACE_MS; the grace period must cover both.
+    cmd = get(c, "lifecycle", "preStop", "exec", "command") or []
+    sleep_s = None
+    if len(cmd) == 2 and cmd[0] == "sleep" and str(cmd[1]).isdigit():
+        sleep_s = int(cmd[1])
+    elif get(c, "lifecycle", "preStop", "sleep", "seconds") is not None:
+        sleep_s = int(get(c, "lifecycle", "preStop", "sleep", "seconds"))
+    check(sleep_s is not None and sleep_s >= 5,
+          "preStop sleeps (>= 5 s) so that endpoints update before SIGTERM", cmd)
+    cm0 = (by_kind.get("ConfigMap", [{}])[0].get("data") or {})
+    drain_s = int(cm0.get("COUPON_SHUTDOWN_GRACE_MS", "10000")) / 1000.0
     grace = pod.get("terminationGracePeriodSeconds")
-    check(isinstance(grace, int) and grace > 10, "terminationGracePeriodSeconds > preStop sleep",
-          grace)
+    check(isinstance(grace, int) and sleep_s is not None and grace >= sleep_s + drain_s + 5,
+          "terminationGracePeriodSeconds >= preStop sleep + COUPON_SHUTDOWN_GRACE_MS + 5 s",
+          (grace, sleep_s, drain_s))
     check(get(c, "resources", "requests") and get(c, "resources", "limits"),
           "container has resource requests and limits")
+    # Requests measured by the soak test: the figures are in the comment
+    # above them, and the memory request must cover the peak RSS measured.
+    dep_text = open(os.path.join(root, "deploy/k8s/deployment.yaml")).read()
+    m = re.search(r"peak RSS ([0-9.]+) MiB", dep_text)
+    mem = str(get(c, "resources", "requests", "memory") or "")
+    check(m is not None and mem.endswith("Mi") and int(mem[:-2]) >= float(m.group(1)),
+          "memory request covers the soak's peak RSS (\"peak RSS N MiB\" in deployment.yaml)",
+          (m and m.group(1), mem))
+
+    # The PostgreSQL connection budget: (replicas + maxSurge) pods x
+    # (COUPON_THREADS + 1 readiness connection) + 1 for the migrate Job.
+    threads = int(cm0.get("COUPON_THREADS", "16"))
+    surge = get(spec, "strategy", "rollingUpdate", "maxSurge")
+    surge = surge if isinstance(surge, int) else 1
+    budget = (int(spec.get("replicas") or 0) + surge) * (threads + 1) + 1
+    ann = get(dep, "metadata", "annotations", "couponsvc/postgres-connections")
+    check(str(ann) == str(budget),
+          "couponsvc/postgres-connections is (replicas + maxSurge) x (COUPON_THREADS + 1) + 1 = %d"
+          % budget, ann)
+    # Every secret the pods read is required (no optional: a pod without
+    # it must not start).
+    for e in get(c, "env") or []:
+        ref = get(e, "valueFrom", "secretKeyRef")
+        if ref:
+            check(not ref.get("optional"), "secret %s is not optional" % e.get("name"))
     check(get(pod, "securityContext", "runAsNonRoot") is True, "pod runs as non-root")
     check(get(c, "securityContext", "allowPrivilegeEscalation") is False,
           "container forbids privilege escalation")
@@ -222,8 +307,11 @@ def check_k8s(root, rendered):
         psel = get(pdb, "spec", "selector", "matchLabels") or {}
         check(psel and all(labels.get(k) == v for k, v in psel.items()),
               "PodDisruptionBudget selects the Deployment's pods", psel)
-        check(get(pdb, "spec", "minAvailable") is not None
-              or get(pdb, "spec", "maxUnavailable") is not None, "PDB sets a budget")
+        mu = get(pdb, "spec", "maxUnavailable")
+        check(mu is not None and mu != 0 and mu != "0%",
+              "PDB allows a bounded disruption (maxUnavailable, not 0)", mu)
+        check(isinstance(mu, int) and mu < int(spec.get("replicas") or 0),
+              "PDB keeps at least one replica serving (maxUnavailable < replicas)", mu)
 
     cm = by_kind.get("ConfigMap", [{}])[0].get("data", {})
     check(all(k.startswith("COUPON_") for k in cm), "ConfigMap holds COUPON_* settings", sorted(cm))

@@ -16,6 +16,9 @@
 #                          make restart-app COUPON_CLAIM_MODE=naive
 #   make demo              the race (naive) and the fix (lock), same load
 #   make check-deploy      static checks of deploy/, docker-compose.yml, k8s
+#   make test-compose      docker-compose.yml and deploy/Dockerfile for real,
+#                          on podman (tests/compose/test-compose.sh; root,
+#                          minutes; not part of make test)
 #
 # Ports and the state directory come from the environment or the command
 # line: LB_PORT, APP_PORT_BASE, PG_PORT, REDIS_PORT, STACK_DIR. Variables
@@ -28,7 +31,7 @@ REPLICAS ?= 3
 # builds live in their own $(BUILD)).
 DEPLOY_ENV := COUPONSVC=$(BUILD)/couponsvc LOADGEN=$(BUILD)/loadgen
 
-.PHONY: up down status restart-app demo check-deploy
+.PHONY: up down status restart-app demo check-deploy test-compose
 
 up: all
 	$(Q)$(DEPLOY_ENV) REPLICAS=$(REPLICAS) bash deploy/stack.sh up
@@ -51,3 +54,10 @@ demo: deps-check all
 # The binary is built first: the metric-name check scrapes a real replica.
 check-deploy: all
 	$(Q)COUPONSVC=$(BUILD)/couponsvc bash deploy/check-deploy.sh
+
+# The host's build/loadgen drives the load through the LB on 127.0.0.1.
+test-compose: all
+ifneq ($(NO_DEPS),1)
+	$(Q)sh deploy/deps.sh compose
+endif
+	$(Q)LOADGEN=$(BUILD)/loadgen bash tests/compose/test-compose.sh

@@ -21,6 +21,14 @@ wrk gnuplot-nox faketime clang valgrind procps iproute2 curl ca-certificates
 python3 python3-yaml etcd-server etcd-client spin
 prometheus"
 
+# `deps.sh compose`: what make test-compose needs instead (podman driven by
+# docker-compose 1.29, runc, debootstrap for the base images, and the CNI
+# dnsname plugin, without which containers cannot find each other by name).
+if [ "${1:-}" = compose ]; then
+    PKGS="podman runc docker-compose debootstrap golang-github-containernetworking-plugin-dnsname
+curl python3 util-linux"
+fi
+
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then

@@ -7,6 +7,9 @@
 #   make bench [BENCH_JSON=file]
 #                           the performance bench on the local stack
 #   make bench-loadgen      loadgen vs wrk against a trivial nginx endpoint
+#   make soak [SOAK_SECONDS=600]
+#                           the soak test on the local stack (loadtest/soak.sh;
+#                           fixed ports, not part of make test)
 #   make report [CSV=file.csv] [OUT=file.png]
 #                           plot a `loadgen --csv` file (default
 #                           $(BUILD)/demo/lock.csv -> $(BUILD)/report.png)
@@ -48,3 +51,10 @@ bench-loadgen: $(BUILD)/loadgen
 .PHONY: report
 report:
 	$(Q)sh loadtest/report.sh $(or $(CSV),$(BUILD)/demo/lock.csv) $(or $(OUT),$(BUILD)/report.png)
+
+# `make soak [SOAK_SECONDS=600]`: open loop at 80 % of capacity with a
+# rolling restart halfway (loadtest/soak.sh); uses the fixed stack ports.
+.PHONY: soak
+soak: all $(BUILD)/loadgen
+	$(Q)COUPONSVC=$(BUILD)/couponsvc LOADGEN=$(BUILD)/loadgen SOAK_SECONDS=$(or $(SOAK_SECONDS),600) \
+		bash loadtest/soak.sh

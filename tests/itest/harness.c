@@ -1162,6 +1162,8 @@ int h_nginx_start(h_svc_t *const *upstreams, int n) {
             "    keepalive 16;\n"
             "    keepalive_timeout %dms;\n"
             "  }\n"
+            /* proxy.conf's proxy_pass target: the upstream above. */
+            "  map \"\" $couponsvc_upstream { default couponsvc; }\n"
             "  server {\n"
             "    listen 127.0.0.1:%d;\n"
             "    include %s;\n"
