@@ -9,6 +9,7 @@
 #include <hiredis/hiredis.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -448,7 +449,7 @@ TT_TEST(redlock_waiter_attempts_bounded, 60) {
  * vanishes before its write-back can see it). */
 typedef struct rl_thief {
     int port;
-    volatile int stop;
+    atomic_int stop; /* set by the test, read by the thief */
     long stolen;
     pthread_t t;
 } rl_thief_t;
@@ -457,7 +458,9 @@ static void *rl__thief_run(void *p) {
     rl_thief_t *th = p;
     struct timeval tv = {2, 0};
     redisContext *c = redisConnectWithTimeout("127.0.0.1", th->port, tv);
-    for (int i = 0; c != NULL && c->err == 0 && !th->stop && i < 20000; i++) {
+    for (int i = 0;
+         c != NULL && c->err == 0 && !atomic_load(&th->stop) && i < 20000;
+         i++) {
         redisReply *r = redisCommand(
             c, "EVAL %s 1 coupon:{rlwb}:lock",
             "local v = redis.call('GET', KEYS[1]) "
@@ -509,7 +512,7 @@ TT_TEST(redlock_refused_writeback_wakes_nobody, 60) {
     lw_claim_t c;
     lw_claim_start(&c, w, "rlwb", "waiter");
     lw_claim_join(&c);
-    th.stop = 1;
+    atomic_store(&th.stop, 1);
     pthread_join(th.t, NULL);
     long long f1 = h_node_int(port[0], "GET coupon:{rlwb}:fence");
     double msgs = h_metric(w, LW_WAKE_MESSAGE) - msg0;
