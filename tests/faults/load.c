@@ -423,3 +423,47 @@ long fl_drain(h_svc_t *const *svcs, int nsvc, const char *coupon,
     fl_free(l);
     return got;
 }
+
+/* ---------------------------------------------------------- one claim --- */
+
+static void *fl__solo_run(void *p) {
+    fl_solo_t *so = p;
+    fl_claim(so->s->url, so->coupon, so->user, so->timeout_ms, &so->r);
+    return NULL;
+}
+
+void fl_solo_start(fl_solo_t *so, const h_svc_t *s, const char *coupon,
+                   const char *user, long timeout_ms) {
+    memset(so, 0, sizeof(*so));
+    so->s = s;
+    so->timeout_ms = timeout_ms;
+    snprintf(so->coupon, sizeof(so->coupon), "%s", coupon);
+    snprintf(so->user, sizeof(so->user), "%s", user);
+    TT_ASSERT(pthread_create(&so->t, NULL, fl__solo_run, so) == 0);
+}
+
+void fl_solo_join(fl_solo_t *so) {
+    pthread_join(so->t, NULL);
+    printf("    %s on %s: %ld %s fence %ld%s%s\n", so->user, so->s->name,
+           so->r.status, so->r.error, so->r.fence, so->r.detail[0] ? ": " : "",
+           so->r.detail);
+}
+
+/* ------------------------------------------------------------- finish --- */
+
+void fl_finish(const char *coupon, long stock, fl_load_t *const *loads, int nl,
+               long extra201, h_svc_t *const *healthy, int nh) {
+    long n = extra201;
+    for (int i = 0; i < nl; i++) {
+        fl_stop(loads[i]);
+        fl_settle(loads[i], healthy[0]);
+        fl_check_rows(loads[i], coupon);
+        n += fl_durable(loads[i]);
+    }
+    n += fl_drain(healthy, nh, coupon, "drain");
+    h_check_invariants(coupon, stock, n);
+    char sql[128];
+    snprintf(sql, sizeof(sql), "SELECT claimed FROM coupons WHERE id = '%s'",
+             coupon);
+    TT_EQ_INT(h_pg_int(sql), stock);
+}

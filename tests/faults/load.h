@@ -25,6 +25,8 @@
 #ifndef COUPONSVC_FAULTS_LOAD_H
 #define COUPONSVC_FAULTS_LOAD_H
 
+#include <pthread.h>
+
 #include "itest/harness.h"
 
 typedef struct fl_rec {
@@ -103,5 +105,29 @@ void fl_check_rows(fl_load_t *l, const char *coupon);
  * handed out (503s retried through fl_settle). Returns the claims made. */
 long fl_drain(h_svc_t *const *svcs, int nsvc, const char *coupon,
               const char *prefix);
+
+/* One claim in a thread of its own (a victim's claim, usually), answered
+ * within timeout_ms. coupon and user are copied. */
+typedef struct fl_solo {
+    const h_svc_t *s;
+    char coupon[64], user[64];
+    long timeout_ms;
+    fl_rec_t r;
+    pthread_t t;
+} fl_solo_t;
+
+/* Starts the claim; s is borrowed until fl_solo_join. */
+void fl_solo_start(fl_solo_t *so, const h_svc_t *s, const char *coupon,
+                   const char *user, long timeout_ms);
+
+/* Waits for the answer (in so->r) and prints it. */
+void fl_solo_join(fl_solo_t *so);
+
+/* The accounting every fault scenario ends with: stops the loads, settles
+ * them on healthy[0], checks their rows, sells out the rest from healthy,
+ * checks every invariant with extra201 more 201s given outside the loads,
+ * and that the stock is exactly gone. */
+void fl_finish(const char *coupon, long stock, fl_load_t *const *loads, int nl,
+               long extra201, h_svc_t *const *healthy, int nh);
 
 #endif

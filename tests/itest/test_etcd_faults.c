@@ -40,34 +40,6 @@
 #define E_STOCK 2000
 #define E_PAUSE_MS 20
 
-typedef struct e_solo {
-    const h_svc_t *s;
-    const char *coupon, *user;
-    fl_rec_t r;
-    pthread_t t;
-} e_solo_t;
-
-static void *e_solo_run(void *p) {
-    e_solo_t *so = p;
-    fl_claim(so->s->url, so->coupon, so->user, 20000, &so->r);
-    return NULL;
-}
-
-static void e_solo_start(e_solo_t *so, const h_svc_t *s, const char *coupon,
-                         const char *user) {
-    memset(so, 0, sizeof(*so));
-    so->s = s;
-    so->coupon = coupon;
-    so->user = user;
-    pthread_create(&so->t, NULL, e_solo_run, so);
-}
-
-static void e_solo_join(e_solo_t *so) {
-    pthread_join(so->t, NULL);
-    printf("    %s on %s: %ld %s%s%s\n", so->user, so->s->name, so->r.status,
-           so->r.error, so->r.detail[0] ? ": " : "", so->r.detail);
-}
-
 static void e_wait_201s(fl_load_t *l, long n) {
     double end = h_now_ms() + 15000;
     while (fl_count(l, 201, NULL) < n) {
@@ -81,25 +53,6 @@ static long e_rows_for_user(const char *user) {
     snprintf(sql, sizeof(sql),
              "SELECT count(*) FROM claims WHERE user_id = '%s'", user);
     return h_pg_int(sql);
-}
-
-/* Settles the loads on healthy[0], sells out the rest, checks every
- * invariant and that the stock is exactly gone. */
-static void e_finish(const char *coupon, long stock, fl_load_t *const *loads,
-                     int nl, long extra, h_svc_t *const *healthy, int nh) {
-    long n = extra;
-    for (int i = 0; i < nl; i++) {
-        fl_stop(loads[i]);
-        fl_settle(loads[i], healthy[0]);
-        fl_check_rows(loads[i], coupon);
-        n += fl_durable(loads[i]);
-    }
-    n += fl_drain(healthy, nh, coupon, "drain");
-    h_check_invariants(coupon, stock, n);
-    char sql[128];
-    snprintf(sql, sizeof(sql), "SELECT claimed FROM coupons WHERE id = '%s'",
-             coupon);
-    TT_EQ_INT(h_pg_int(sql), stock);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -157,8 +110,8 @@ TT_TEST(etcd_kill9_holder_freed_by_lease, 60) {
     h_coupon(a, "k9", E_STOCK);
     fl_load_t *l = fl_start(ok, 2, "k9", "load", 4, 20000, E_PAUSE_MS);
     e_wait_201s(l, 20);
-    e_solo_t so;
-    e_solo_start(&so, v, "k9", "victim");
+    fl_solo_t so;
+    fl_solo_start(&so, v, "k9", "victim", 20000);
     TT_CMP_INT(h_wait_metric(v, "couponsvc_leases_held", 1, 10000), >=, 1);
     double t_seen = h_now_ms();
     h_sleep_ms(300);
@@ -167,7 +120,7 @@ TT_TEST(etcd_kill9_holder_freed_by_lease, 60) {
     waitpid(v->pid, NULL, 0);
     h_sleep_ms(3500);
     fl_stop(l);
-    e_solo_join(&so);
+    fl_solo_join(&so);
     fl_print(l, "load");
 
     TT_EQ_INT(so.r.status, 0);
@@ -181,7 +134,7 @@ TT_TEST(etcd_kill9_holder_freed_by_lease, 60) {
     TT_CMP_INT(first - t_kill, <=, 3500);
     TT_EQ_INT(e_rows_for_user("victim"), 0);
     fl_load_t *ls[] = {l};
-    e_finish("k9", E_STOCK, ls, 1, 0, ok, 2);
+    fl_finish("k9", E_STOCK, ls, 1, 0, ok, 2);
     fl_free(l);
 }
 
@@ -229,7 +182,7 @@ TT_TEST(etcd_leader_killed, 90) {
     fl_stop(l);
     fl_print(l, "load");
     fl_load_t *ls[] = {l};
-    e_finish("ld", E_STOCK, ls, 1, 0, s, 3);
+    fl_finish("ld", E_STOCK, ls, 1, 0, s, 3);
     fl_free(l);
 }
 
@@ -280,7 +233,7 @@ TT_TEST(etcd_member_partitioned_from_one_instance, 90) {
     fl_print(lb, "B");
     h_svc_t *ok[] = {b, a};
     fl_load_t *ls[] = {la, lb};
-    e_finish("pt", E_STOCK, ls, 2, 0, ok, 2);
+    fl_finish("pt", E_STOCK, ls, 2, 0, ok, 2);
     fl_free(la);
     fl_free(lb);
     for (int i = 0; i < H_ETCD_MEMBERS; i++) {
@@ -416,11 +369,11 @@ TT_TEST(etcd_session_lost_every_lock_lost, 60) {
                          "COUPON_BATCH_MAX=1", NULL};
     h_svc_t *a = h_svc_start("sl-a", env);
     h_coupon(a, "sl", 5);
-    e_solo_t so;
-    e_solo_start(&so, a, "sl", "orphan");
+    fl_solo_t so;
+    fl_solo_start(&so, a, "sl", "orphan", 20000);
     TT_CMP_INT(h_wait_metric(a, "couponsvc_leases_held", 1, 5000), >=, 1);
     TT_EQ_INT(h_etcd_revoke_owner("lock/sl/"), 1);
-    e_solo_join(&so);
+    fl_solo_join(&so);
     TT_EQ_INT(so.r.status, 503);
     TT_EQ_STR(so.r.error, "lease_lost");
     TT_EQ_INT(e_rows_for_user("orphan"), 0);

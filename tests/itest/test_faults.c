@@ -43,35 +43,6 @@
 
 /* ------------------------------------------------------------- helpers --- */
 
-/* One claim in a thread of its own (the victim's claim, usually). */
-typedef struct solo {
-    const h_svc_t *s;
-    char coupon[32], user[32];
-    fl_rec_t r;
-    pthread_t t;
-} solo_t;
-
-static void *solo__run(void *p) {
-    solo_t *so = p;
-    fl_claim(so->s->url, so->coupon, so->user, 20000, &so->r);
-    return NULL;
-}
-
-static void solo_start(solo_t *so, const h_svc_t *s, const char *coupon,
-                       const char *user) {
-    memset(so, 0, sizeof(*so));
-    so->s = s;
-    snprintf(so->coupon, sizeof(so->coupon), "%s", coupon);
-    snprintf(so->user, sizeof(so->user), "%s", user);
-    TT_ASSERT(pthread_create(&so->t, NULL, solo__run, so) == 0);
-}
-
-static void solo_join(solo_t *so) {
-    pthread_join(so->t, NULL);
-    printf("    %s on %s: %ld %s%s%s\n", so->user, so->s->name, so->r.status,
-           so->r.error, so->r.detail[0] ? ": " : "", so->r.detail);
-}
-
 /* Rows in claims written by this instance / for this user. */
 static long rows_by_instance(const char *name) {
     char sql[160];
@@ -166,26 +137,6 @@ static void all_failures_clear(fl_load_t *l, double from, double to,
     }
 }
 
-/* The accounting every scenario ends with (see the top of the file). loads
- * are settled on healthy[0]; extra201 counts the 201s given outside the
- * loads. */
-static void finish(const char *coupon, long stock, fl_load_t *const *loads,
-                   int nl, long extra201, h_svc_t *const *healthy, int nh) {
-    long n = extra201;
-    for (int i = 0; i < nl; i++) {
-        fl_stop(loads[i]);
-        fl_settle(loads[i], healthy[0]);
-        fl_check_rows(loads[i], coupon);
-        n += fl_durable(loads[i]);
-    }
-    n += fl_drain(healthy, nh, coupon, "drain");
-    h_check_invariants(coupon, stock, n);
-    char sql[128];
-    snprintf(sql, sizeof(sql), "SELECT claimed FROM coupons WHERE id = '%s'",
-             coupon);
-    TT_EQ_INT(h_pg_int(sql), stock);
-}
-
 /* Redis with a movable wall clock (tests/faults/clockshift.c). */
 static char clock_file[400];
 
@@ -251,8 +202,8 @@ static void kill9_holder(const char *point) {
 
     fl_load_t *l = fl_start(ok, 2, "k9", "load", 4, 20000, LOAD_PAUSE_MS);
     wait_201s(l, 20);
-    solo_t so;
-    solo_start(&so, v, "k9", "victim");
+    fl_solo_t so;
+    fl_solo_start(&so, v, "k9", "victim", 20000);
     wait_lease(v);
     double t_seen = h_now_ms();
     int in_tx = strcmp(point, "before_commit") == 0;
@@ -277,7 +228,7 @@ static void kill9_holder(const char *point) {
 
     h_sleep_ms(2500);
     fl_stop(l);
-    solo_join(&so);
+    fl_solo_join(&so);
     fl_print(l, "load");
 
     TT_EQ_INT(so.r.status, 0); /* the client saw the process die */
@@ -306,7 +257,7 @@ static void kill9_holder(const char *point) {
     }
 
     fl_load_t *ls[] = {l};
-    finish("k9", STOCK, ls, 1, extra, ok, 2);
+    fl_finish("k9", STOCK, ls, 1, extra, ok, 2);
     fl_free(l);
 }
 
@@ -343,15 +294,15 @@ TT_TEST(sigstop_holder_after_acquire, 60) {
 
     fl_load_t *l = fl_start(ok, 2, "st", "load", 4, 20000, LOAD_PAUSE_MS);
     wait_201s(l, 20);
-    solo_t so;
-    solo_start(&so, v, "st", "sleeper");
+    fl_solo_t so;
+    fl_solo_start(&so, v, "st", "sleeper", 20000);
     wait_lease(v);
     kill(v->pid, SIGSTOP);
     double t_stop = h_now_ms();
     h_sleep_ms(2500);
     double t_cont = h_now_ms(); /* before: the window closes as we send */
     kill(v->pid, SIGCONT);
-    solo_join(&so);
+    fl_solo_join(&so);
     h_sleep_ms(1000);
     fl_stop(l);
     fl_print(l, "load");
@@ -365,7 +316,7 @@ TT_TEST(sigstop_holder_after_acquire, 60) {
     TT_CMP_INT(h_metric(v, "couponsvc_fenced_refusals_total"), >=, 1);
 
     fl_load_t *ls[] = {l};
-    finish("st", STOCK, ls, 1, 0, ok, 2);
+    fl_finish("st", STOCK, ls, 1, 0, ok, 2);
     fl_free(l);
 }
 
@@ -418,8 +369,8 @@ TT_TEST(sigstop_bucket_holder_past_ttl, 90) {
               201);
     TT_EQ_INT(h_claim(v, "bk", "warm", NULL), 201); /* learns the shape */
 
-    solo_t so;
-    solo_start(&so, v, "bk", "sleeper");
+    fl_solo_t so;
+    fl_solo_start(&so, v, "bk", "sleeper", 20000);
     wait_lease(v);
     kill(v->pid, SIGSTOP);
     double t_stop = h_now_ms();
@@ -447,7 +398,7 @@ TT_TEST(sigstop_bucket_holder_past_ttl, 90) {
     long newer = h_pg_int(sql);
     TT_CMP_INT(fl_count_between(l, 201, t_stop + 900, h_now_ms()), >=, 1);
     kill(v->pid, SIGCONT);
-    solo_join(&so);
+    fl_solo_join(&so);
     h_sleep_ms(500);
     fl_stop(l);
     fl_print(l, "load");
@@ -530,8 +481,8 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
 
     fl_load_t *l = fl_start(ok, 2, "sb", "load", 4, 20000, LOAD_PAUSE_MS);
     wait_201s(l, 20);
-    solo_t so;
-    solo_start(&so, v, "sb", "frozen");
+    fl_solo_t so;
+    fl_solo_start(&so, v, "sb", "frozen", 20000);
     wait_lease(v);
     /* In its before_commit pause: the only open transaction. */
     TT_CMP_INT(wait_idle_in_tx(1, 3000), >=, 0);
@@ -547,7 +498,7 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
     }
     double t_cont = h_now_ms(); /* before: the window closes as we send */
     kill(v->pid, SIGCONT);
-    solo_join(&so);
+    fl_solo_join(&so);
     h_sleep_ms(2000);
     fl_stop(l);
     fl_print(l, "load");
@@ -592,7 +543,7 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
                >=, 1);
 
     fl_load_t *ls[] = {l};
-    finish("sb", STOCK, ls, 1, 0, ok, 2);
+    fl_finish("sb", STOCK, ls, 1, 0, ok, 2);
     fl_free(l);
 }
 
@@ -652,7 +603,7 @@ TT_TEST(redis_killed_restarted_empty, 60) {
                h_pg_int("SELECT last_fence FROM coupons WHERE id = 'rk'"));
 
     fl_load_t *ls[] = {l};
-    finish("rk", STOCK, ls, 1, 0, s, 3);
+    fl_finish("rk", STOCK, ls, 1, 0, s, 3);
     fl_free(l);
 }
 
@@ -683,8 +634,8 @@ TT_TEST(redis_stalled_past_ttl, 60) {
 
     fl_load_t *l = fl_start(ok, 2, "rs", "load", 4, 20000, LOAD_PAUSE_MS);
     wait_201s(l, 20);
-    solo_t so;
-    solo_start(&so, v, "rs", "stalled");
+    fl_solo_t so;
+    fl_solo_start(&so, v, "rs", "stalled", 20000);
     wait_lease(v);
     TT_CMP_INT(wait_idle_in_tx(1, 3000), >=, 0);
     pid_t cli = h_redis_stall_bg(3000);
@@ -695,7 +646,7 @@ TT_TEST(redis_stalled_past_ttl, 60) {
     TT_ASSERT_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0 &&
                       t_end - t_stall >= 2900,
                   "DEBUG SLEEP did not stall Redis (%.0f ms)", t_end - t_stall);
-    solo_join(&so);
+    fl_solo_join(&so);
     h_sleep_ms(2500);
     fl_stop(l);
     fl_print(l, "load");
@@ -719,7 +670,7 @@ TT_TEST(redis_stalled_past_ttl, 60) {
     TT_CMP_INT(first - t_end, <, 1000 + 1500);
 
     fl_load_t *ls[] = {l};
-    finish("rs", STOCK, ls, 1, 0, ok, 2);
+    fl_finish("rs", STOCK, ls, 1, 0, ok, 2);
     fl_free(l);
 }
 
@@ -754,13 +705,13 @@ TT_TEST(redis_partitioned_from_one_instance, 60) {
 
     fl_load_t *l = fl_start(ok, 2, "rp", "load", 4, 20000, LOAD_PAUSE_MS);
     wait_201s(l, 20);
-    solo_t so;
-    solo_start(&so, v, "rp", "cut-off");
+    fl_solo_t so;
+    fl_solo_start(&so, v, "rp", "cut-off", 20000);
     wait_lease(v);
     TT_CMP_INT(wait_idle_in_tx(1, 3000), >=, 0);
     fp_blackhole(px, 1);
     double t_cut = h_now_ms();
-    solo_join(&so);
+    fl_solo_join(&so);
 
     /* While cut off, the victim answers quickly and clearly. */
     for (int i = 0; i < 3; i++) {
@@ -806,7 +757,7 @@ TT_TEST(redis_partitioned_from_one_instance, 60) {
     fl_print(l, "load");
 
     fl_load_t *ls[] = {l};
-    finish("rp", STOCK, ls, 1, 1, ok, 2);
+    fl_finish("rp", STOCK, ls, 1, 1, ok, 2);
     fl_free(l);
     fp_stop(px);
 }
@@ -835,8 +786,8 @@ TT_TEST(redis_clock_jumps_forward, 60) {
 
     fl_load_t *l = fl_start(ok, 2, "cj", "load", 4, 20000, LOAD_PAUSE_MS);
     wait_201s(l, 20);
-    solo_t so;
-    solo_start(&so, v, "cj", "early");
+    fl_solo_t so;
+    fl_solo_start(&so, v, "cj", "early", 20000);
     wait_lease(v);
     TT_CMP_INT(pttl_of("cj"), >, 1000);
     redis_clock_shift(60000);
@@ -844,7 +795,7 @@ TT_TEST(redis_clock_jumps_forward, 60) {
     TT_EQ_INT(h_redis_cmd("EXISTS coupon:{cj}:lock") == 0 ||
                   pttl_of("cj") > 1000,
               1); /* gone, or already somebody else's new lock */
-    solo_join(&so);
+    fl_solo_join(&so);
     h_sleep_ms(1000);
     fl_stop(l);
     fl_print(l, "load");
@@ -860,7 +811,7 @@ TT_TEST(redis_clock_jumps_forward, 60) {
     TT_EQ_INT(rows_by_instance("cj-victim"), 0);
 
     fl_load_t *ls[] = {l};
-    finish("cj", STOCK, ls, 1, 0, ok, 2);
+    fl_finish("cj", STOCK, ls, 1, 0, ok, 2);
     fl_free(l);
 }
 
@@ -914,8 +865,8 @@ TT_TEST(stale_holder_fenced_after_early_expiry, 60) {
     fl_load_t *bg = fl_start(bg_svcs, 2, "bg", "bg", 4, 20000, LOAD_PAUSE_MS);
     wait_201s(bg, 10);
 
-    solo_t so;
-    solo_start(&so, v, "sh", "stale");
+    fl_solo_t so;
+    fl_solo_start(&so, v, "sh", "stale", 20000);
     wait_lease(v);
     if (h_etcd_on()) {
         for (int i = 0; i < H_ETCD_MEMBERS; i++) {
@@ -931,7 +882,7 @@ TT_TEST(stale_holder_fenced_after_early_expiry, 60) {
 
     fl_rec_t rb;
     fl_claim(b->url, "sh", "fresh", 10000, &rb);
-    solo_join(&so);
+    fl_solo_join(&so);
     printf("    fresh on sh-fresh: %ld fence %ld; stale fence %ld\n", rb.status,
            rb.fence, so.r.fence);
     fl_stop(bg);
@@ -955,7 +906,7 @@ TT_TEST(stale_holder_fenced_after_early_expiry, 60) {
     }
     h_svc_t *ok[] = {b, c};
     fl_load_t *ls[] = {bg};
-    finish("bg", 1000, ls, 1, 0, ok, 2);
+    fl_finish("bg", 1000, ls, 1, 0, ok, 2);
     fl_free(bg);
     fp_stop(px);
     for (int i = 0; i < H_ETCD_MEMBERS; i++) {
@@ -1023,16 +974,16 @@ TT_TEST(stale_read_last_coupon, 60) {
     fl_load_t *bg = fl_start(bg_svcs, 1, "bg", "bg", 4, 20000, LOAD_PAUSE_MS);
     wait_201s(bg, 10);
 
-    solo_t ss, sb;
-    solo_start(&ss, s, "sr", "stale");
+    fl_solo_t ss, sb;
+    fl_solo_start(&ss, s, "sr", "stale", 20000);
     wait_lease(s);
     h_sleep_ms(50); /* its check is done: it pauses after it */
     fp_blackhole(px, 1);
     redis_clock_shift(60000);
     TT_EQ_INT(h_redis_cmd("EXISTS coupon:{sr}:lock"), 0);
-    solo_start(&sb, b, "sr", "fresh");
-    solo_join(&ss);
-    solo_join(&sb);
+    fl_solo_start(&sb, b, "sr", "fresh", 20000);
+    fl_solo_join(&ss);
+    fl_solo_join(&sb);
     fl_stop(bg);
     fl_print(bg, "bg load");
 
@@ -1046,7 +997,7 @@ TT_TEST(stale_read_last_coupon, 60) {
     fp_blackhole(px, 0);
     h_svc_t *ok[] = {c};
     fl_load_t *ls[] = {bg};
-    finish("bg", 1000, ls, 1, 0, ok, 1);
+    fl_finish("bg", 1000, ls, 1, 0, ok, 1);
     fl_free(bg);
     fp_stop(px);
 }
@@ -1088,15 +1039,15 @@ TT_TEST(redis_lost_duplicate_fence_refused, 60) {
     fl_load_t *bg = fl_start(bg_svcs, 1, "bg", "bg", 4, 20000, LOAD_PAUSE_MS);
     wait_201s(bg, 10);
 
-    solo_t so;
-    solo_start(&so, st, "df", "stale");
+    fl_solo_t so;
+    fl_solo_start(&so, st, "df", "stale", 20000);
     wait_lease(st);
     fp_blackhole(px, 1);
     h_redis_stop(); /* the counter and the lock are gone */
     h_redis_start();
     fl_rec_t rb;
     fl_claim(b->url, "df", "fresh", 10000, &rb);
-    solo_join(&so);
+    fl_solo_join(&so);
     printf("    fresh: %ld fence %ld; stale: %ld fence %ld\n", rb.status,
            rb.fence, so.r.status, so.r.fence);
     fl_stop(bg);
@@ -1114,7 +1065,7 @@ TT_TEST(redis_lost_duplicate_fence_refused, 60) {
     fp_blackhole(px, 0);
     h_svc_t *ok[] = {c, b};
     fl_load_t *ls[] = {bg};
-    finish("bg", 1000, ls, 1, 0, ok, 2);
+    fl_finish("bg", 1000, ls, 1, 0, ok, 2);
     fl_free(bg);
     fp_stop(px);
 }
@@ -1166,7 +1117,7 @@ static void pg_restart(const char *mode) {
     TT_CMP_INT(first - t_up, <, 5000);
 
     fl_load_t *ls[] = {l};
-    finish("pg", STOCK, ls, 1, 0, s, 3);
+    fl_finish("pg", STOCK, ls, 1, 0, s, 3);
     fl_free(l);
     h_pg_private_stop("fast");
 }
@@ -1246,7 +1197,7 @@ TT_TEST(outside_row_lock, 60) {
     TT_EQ_INT(h_redis_cmd("EXISTS coupon:{rl}:lock"), 0);
 
     fl_load_t *ls[] = {l};
-    finish("rl", STOCK, ls, 1, 0, s, 2);
+    fl_finish("rl", STOCK, ls, 1, 0, s, 2);
     fl_free(l);
 }
 
@@ -1365,8 +1316,8 @@ TT_TEST(pg_blackhole_before_write_max_hold, 90) {
 
     fl_load_t *l = fl_start(ok, 1, "bh", "load", 2, 20000, LOAD_PAUSE_MS);
     wait_201s(l, 10);
-    solo_t so;
-    solo_start(&so, v, "bh", "victim");
+    fl_solo_t so;
+    fl_solo_start(&so, v, "bh", "victim", 20000);
     wait_lease(v);
     double t_lease = h_now_ms();
     fp_blackhole(px, 1);
@@ -1389,7 +1340,7 @@ TT_TEST(pg_blackhole_before_write_max_hold, 90) {
     TT_EQ_INT(fl_count_within(l, 201, t_freeze + 50, t_lease + 1400), 0);
 
     fp_blackhole(px, 0);
-    solo_join(&so);
+    fl_solo_join(&so);
     fl_stop(l);
     fl_print(l, "load");
     TT_ASSERT_MSG(so.r.status == 409 || (so.r.status == 503 &&
@@ -1398,7 +1349,7 @@ TT_TEST(pg_blackhole_before_write_max_hold, 90) {
     TT_EQ_INT(rows_for_user("victim"), 0);
 
     fl_load_t *ls[] = {l};
-    finish("bh", STOCK, ls, 1, 1, ok, 1);
+    fl_finish("bh", STOCK, ls, 1, 1, ok, 1);
     fl_free(l);
     fp_stop(px);
 }
@@ -1438,13 +1389,13 @@ TT_TEST(pg_blackhole_before_write_deadline, 90) {
 
     fl_load_t *l = fl_start(ok, 1, "bd", "load", 2, 20000, LOAD_PAUSE_MS);
     wait_201s(l, 10);
-    solo_t so;
-    solo_start(&so, v, "bd", "victim");
+    fl_solo_t so;
+    fl_solo_start(&so, v, "bd", "victim", 20000);
     wait_lease(v);
     double t_lease = h_now_ms();
     fp_blackhole(px, 1);
     double t_freeze = h_now_ms();
-    solo_join(&so); /* answers while the proxy is still frozen */
+    fl_solo_join(&so); /* answers while the proxy is still frozen */
     double t_answer = h_now_ms();
     h_sleep_ms(500);
     double first = fl_first_after(l, 201, t_freeze + 50);
@@ -1480,7 +1431,7 @@ TT_TEST(pg_blackhole_before_write_deadline, 90) {
     TT_EQ_INT(rows_for_user("during"), 0);
 
     fl_load_t *ls[] = {l};
-    finish("bd", STOCK, ls, 1, 2, ok, 1);
+    fl_finish("bd", STOCK, ls, 1, 2, ok, 1);
     fl_free(l);
     fp_stop(px);
 }
@@ -1527,8 +1478,8 @@ TT_TEST(pg_blackhole_after_write_idle_tx_timeout, 90) {
 
     fl_load_t *l = fl_start(ok, 1, "bw", "load", 2, 20000, LOAD_PAUSE_MS);
     wait_201s(l, 10);
-    solo_t so;
-    solo_start(&so, v, "bw", "victim");
+    fl_solo_t so;
+    fl_solo_start(&so, v, "bw", "victim", 20000);
     wait_lease(v);
     /* In its before_commit pause: written, row locked, idle in transaction
      * (the load's transactions are short; wait for a moment with one). */
@@ -1541,7 +1492,7 @@ TT_TEST(pg_blackhole_after_write_idle_tx_timeout, 90) {
         first = fl_first_after(l, 201, t_freeze + 50);
         h_sleep_ms(20);
     }
-    solo_join(&so);
+    fl_solo_join(&so);
     printf("    first 201 of the others +%.0f ms after the freeze "
            "(idle-in-transaction timeout 3000)\n",
            first > 0 ? first - t_freeze : -1.0);
@@ -1561,7 +1512,7 @@ TT_TEST(pg_blackhole_after_write_idle_tx_timeout, 90) {
     TT_EQ_INT(again.status, 201);
 
     fl_load_t *ls[] = {l};
-    finish("bw", STOCK, ls, 1, 2, ok, 1);
+    fl_finish("bw", STOCK, ls, 1, 2, ok, 1);
     fl_free(l);
     fp_stop(px);
 }

@@ -32,36 +32,6 @@
 #define RL_STOCK 600
 #define RL_PAUSE_MS 20
 
-/* One claim in a thread of its own. */
-typedef struct rl_solo {
-    const h_svc_t *s;
-    char coupon[32], user[32];
-    fl_rec_t r;
-    pthread_t t;
-} rl_solo_t;
-
-static void *rl__solo_run(void *p) {
-    rl_solo_t *so = p;
-    fl_claim(so->s->url, so->coupon, so->user, 30000, &so->r);
-    return NULL;
-}
-
-static void rl_solo_start(rl_solo_t *so, const h_svc_t *s, const char *coupon,
-                          const char *user) {
-    memset(so, 0, sizeof(*so));
-    so->s = s;
-    snprintf(so->coupon, sizeof(so->coupon), "%s", coupon);
-    snprintf(so->user, sizeof(so->user), "%s", user);
-    TT_ASSERT(pthread_create(&so->t, NULL, rl__solo_run, so) == 0);
-}
-
-static void rl_solo_join(rl_solo_t *so) {
-    pthread_join(so->t, NULL);
-    printf("    %s on %s: %ld %s fence %ld%s%s\n", so->user, so->s->name,
-           so->r.status, so->r.error, so->r.fence, so->r.detail[0] ? ": " : "",
-           so->r.detail);
-}
-
 /* COUPON_REDIS_ADDRS for every node, in a static buffer per slot. */
 static const char *rl_addrs_env(int slot, const char *addrs) {
     static char buf[4][200];
@@ -372,15 +342,15 @@ static void redlock_node_clock_jumps(int nodes) {
     fl_load_t *l = fl_start(ok, 2, "rc", "load", 4, 20000, RL_PAUSE_MS);
     rl_wait_201s(l, 20);
 
-    rl_solo_t sv;
-    rl_solo_start(&sv, v, "rc", "victim");
+    fl_solo_t sv;
+    fl_solo_start(&sv, v, "rc", "victim", 30000);
     TT_CMP_INT(h_wait_metric(v, "couponsvc_leases_held", 1, 10000), >=, 1);
     int64_t jump = 60000;
     fd = open(clock_file, O_WRONLY);
     TT_ASSERT(fd >= 0 && pwrite(fd, &jump, sizeof(jump), 0) == sizeof(jump));
     close(fd);
     double t_jump = h_now_ms();
-    rl_solo_join(&sv);
+    fl_solo_join(&sv);
     h_sleep_ms(500);
     fl_stop(l);
     fl_print(l, "load");
@@ -484,8 +454,8 @@ static void redlock_restart_empty(int nodes, int delayed) {
     for (int i = m; i < nodes; i++) {
         fp_blackhole(px[i], 1);
     }
-    rl_solo_t sv;
-    rl_solo_start(&sv, v, "re", "victim");
+    fl_solo_t sv;
+    fl_solo_start(&sv, v, "re", "victim", 30000);
     TT_CMP_INT(h_wait_metric(v, "couponsvc_leases_held", 1, 10000), >=, 1);
     int lost = m - 1;
     TT_EQ_INT(h_node_int(h_node_port(lost), "EXISTS coupon:{re}:lock"), 1);
@@ -506,7 +476,7 @@ static void redlock_restart_empty(int nodes, int delayed) {
         printf("    node %d back after %.0f ms\n", lost, h_now_ms() - t_kill);
         fl_claim(b->url, "re", "second", 10000, &rb);
     }
-    rl_solo_join(&sv);
+    fl_solo_join(&sv);
     printf("    second on re-b: %ld %s fence %ld\n", rb.status, rb.error,
            rb.fence);
     for (int i = m; i < nodes; i++) {
@@ -613,15 +583,15 @@ static void redlock_holder_paused(int nodes) {
     fl_load_t *l = fl_start(ok, 2, "rh", "load", 4, 20000, RL_PAUSE_MS);
     rl_wait_201s(l, 20);
 
-    rl_solo_t sv;
-    rl_solo_start(&sv, v, "rh", "sleeper");
+    fl_solo_t sv;
+    fl_solo_start(&sv, v, "rh", "sleeper", 30000);
     TT_CMP_INT(h_wait_metric(v, "couponsvc_leases_held", 1, 10000), >=, 1);
     kill(v->pid, SIGSTOP);
     double t_stop = h_now_ms();
     h_sleep_ms(2500);
     double t_cont = h_now_ms();
     kill(v->pid, SIGCONT);
-    rl_solo_join(&sv);
+    fl_solo_join(&sv);
     h_sleep_ms(500);
     fl_print(l, "load");
 
@@ -769,8 +739,8 @@ TT_TEST(redlock3_writeback_after_key_lost, 60) {
     TT_EQ_INT(h_node_int(p2, "SET coupon:{wt}:fence 3"), 0);
     TT_EQ_INT(h_node_int(p2, "SET coupon:{wt}:lock someone-else PX 60000"), 0);
 
-    rl_solo_t sa, sb;
-    rl_solo_start(&sa, a, "wt", "first");
+    fl_solo_t sa, sb;
+    fl_solo_start(&sa, a, "wt", "first", 30000);
     double end = h_now_ms() + 5000;
     while (h_node_int(p0, "GET coupon:{wt}:fence") != 11 ||
            h_node_int(p1, "EXISTS coupon:{wt}:lock") != 1) {
@@ -783,9 +753,9 @@ TT_TEST(redlock3_writeback_after_key_lost, 60) {
     close(fd);
     TT_EQ_INT(h_node_int(p1, "EXISTS coupon:{wt}:lock"), 0);
     TT_EQ_INT(h_node_int(p2, "DEL coupon:{wt}:lock"), 1);
-    rl_solo_start(&sb, b, "wt", "second");
-    rl_solo_join(&sa);
-    rl_solo_join(&sb);
+    fl_solo_start(&sb, b, "wt", "second", 30000);
+    fl_solo_join(&sa);
+    fl_solo_join(&sb);
 
     h_grant_t g[8];
     int ng = h_grants(all, 2, "wt", g, 8);

@@ -25,36 +25,6 @@
 #include "harness.h"
 #include "tt.h"
 
-/* One claim in a thread of its own. */
-typedef struct sf_solo {
-    const h_svc_t *s;
-    const char *coupon, *user;
-    fl_rec_t r;
-    pthread_t t;
-} sf_solo_t;
-
-static void *sf__solo_run(void *p) {
-    sf_solo_t *so = p;
-    fl_claim(so->s->url, so->coupon, so->user, 30000, &so->r);
-    return NULL;
-}
-
-static void sf_solo_start(sf_solo_t *so, const h_svc_t *s, const char *coupon,
-                          const char *user) {
-    memset(so, 0, sizeof(*so));
-    so->s = s;
-    so->coupon = coupon;
-    so->user = user;
-    TT_ASSERT(pthread_create(&so->t, NULL, sf__solo_run, so) == 0);
-}
-
-static void sf_solo_join(sf_solo_t *so) {
-    pthread_join(so->t, NULL);
-    printf("    %s on %s: %ld %s fence %ld%s%s\n", so->user, so->s->name,
-           so->r.status, so->r.error, so->r.fence, so->r.detail[0] ? ": " : "",
-           so->r.detail);
-}
-
 /* The fences of the grants of resource res that s logged, in grant order
  * (the "lock.acquired resource=R fence=F ..." lines). Returns how many,
  * at most max. */
@@ -189,8 +159,8 @@ TT_TEST(sentinel_failover_loses_lock, 120) {
     TT_EQ_INT(atoi(mport), fp_port(h_sentinel_repl_proxy()));
 
     fp_blackhole(h_sentinel_repl_proxy(), 1);
-    sf_solo_t sv, sb;
-    sf_solo_start(&sv, v, "sf", "victim");
+    fl_solo_t sv, sb;
+    fl_solo_start(&sv, v, "sf", "victim", 30000);
     TT_CMP_INT(h_wait_metric(v, "couponsvc_leases_held", 1, 10000), >=, 1);
     fp_blackhole(vpath, 1);
     TT_EQ_INT(h_node_int(old_master, "GET coupon:{sf}:fence"), 4);
@@ -206,9 +176,9 @@ TT_TEST(sentinel_failover_loses_lock, 120) {
     printf("    master killed; every sentinel names the replica %.0f ms "
            "later\n",
            took);
-    sf_solo_start(&sb, b, "sf", "second");
-    sf_solo_join(&sb);
-    sf_solo_join(&sv);
+    fl_solo_start(&sb, b, "sf", "second", 30000);
+    fl_solo_join(&sb);
+    fl_solo_join(&sv);
     h_sleep_ms(1500);
     fl_stop(l);
     fl_print(l, "load");
