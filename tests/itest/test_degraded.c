@@ -280,7 +280,13 @@ TT_TEST(degraded_mixed_fenced_and_lockless, 120) {
     mixed_arg_t a = {.svcs = svcs};
     pthread_t t;
     pthread_create(&t, NULL, mixed_load, &a);
-    h_sleep_ms(150);
+    /* Redis goes silent once the load is under way with most of the stock
+     * left: a fixed delay was sometimes longer than the whole sale. */
+    for (int i = 0; i < 5000 && h_pg_int("SELECT count(*) FROM claims WHERE"
+                                         " coupon_id = 'mix'") < 40;
+         i++) {
+        h_sleep_ms(2);
+    }
     fp_blackhole(p, 1);
     pthread_join(t, NULL);
 
