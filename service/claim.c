@@ -544,41 +544,52 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
 
 /* --------------------------------------------------------------- admin --- */
 
-int claim_coupon_create(const req_coupon_t *rc, char *detail, size_t len) {
+_Static_assert((int)CLAIM_RC_OK == STORE_OK, "claim_rc_t is the store's");
+_Static_assert((int)CLAIM_RC_NOT_FOUND == STORE_NOT_FOUND,
+               "claim_rc_t is the store's");
+_Static_assert((int)CLAIM_RC_EXISTS == STORE_EXISTS,
+               "claim_rc_t is the store's");
+_Static_assert((int)CLAIM_RC_ERR == STORE_ERR, "claim_rc_t is the store's");
+
+/* The store's code of an admin call, as claim_rc_t: passed through, the
+ * detail filled on failure. The store answers only the codes named there. */
+static claim_rc_t claim__rc(int src, store_t *st, char *detail, size_t len) {
+    assert(src == STORE_OK || src == STORE_NOT_FOUND || src == STORE_EXISTS ||
+           src == STORE_ERR);
+    if (src == STORE_ERR) {
+        snprintf(detail, len, "%s", store_errstr(st));
+    }
+    return (claim_rc_t)src;
+}
+
+claim_rc_t claim_coupon_create(const req_coupon_t *rc, char *detail,
+                               size_t len) {
     claim__conns_t *c = claim__conns();
     if (c == NULL) {
         snprintf(detail, len, "out of memory");
-        return -1;
+        return CLAIM_RC_ERR;
     }
     /* REQ_NO_TIME and STORE_NO_TIME are the same value: INT64_MIN. */
-    int rv = store_coupon_create(c->store, rc->id, rc->total, rc->buckets,
-                                 rc->starts_at_us, rc->ends_at_us);
-    if (rv == STORE_ERR) {
-        snprintf(detail, len, "%s", store_errstr(c->store));
-        return -1;
-    }
-    if (rv == STORE_OK) {
+    int src = store_coupon_create(c->store, rc->id, rc->total, rc->buckets,
+                                  rc->starts_at_us, rc->ends_at_us);
+    if (src == STORE_OK) {
         log_info("coupon.created", "coupon=%s total=%lld buckets=%d", rc->id,
                  (long long)rc->total, rc->buckets);
     }
-    return rv == STORE_OK ? 0 : 1;
+    return claim__rc(src, c->store, detail, len);
 }
 
-int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
-                     size_t len) {
+claim_rc_t claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
+                            size_t len) {
     claim__conns_t *c = claim__conns();
     if (c == NULL) {
         snprintf(detail, len, "out of memory");
-        return -1;
+        return CLAIM_RC_ERR;
     }
     static _Thread_local store_coupon_t sc; /* 1.6 KiB: off the stack */
-    int rc = store_coupon_get(c->store, id, &sc);
-    if (rc == STORE_ERR) {
-        snprintf(detail, len, "%s", store_errstr(c->store));
-        return -1;
-    }
-    if (rc == STORE_NOT_FOUND) {
-        return 1;
+    int src = store_coupon_get(c->store, id, &sc);
+    if (src != STORE_OK) {
+        return claim__rc(src, c->store, detail, len);
     }
     out->total = sc.total;
     out->claimed = sc.claimed;
@@ -591,28 +602,23 @@ int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
     }
     out->starts_at_us = sc.starts_at_us;
     out->ends_at_us = sc.ends_at_us;
-    return 0;
+    return CLAIM_RC_OK;
 }
 
-int claim_lookup(const char *coupon, const char *user, claim_result_t *out) {
+claim_rc_t claim_lookup(const char *coupon, const char *user,
+                        claim_result_t *out) {
     memset(out, 0, sizeof(*out));
     claim__conns_t *c = claim__conns();
     if (c == NULL) {
         snprintf(out->detail, sizeof(out->detail), "out of memory");
-        return -1;
+        return CLAIM_RC_ERR;
     }
     store_item_t it = {.user_id = user};
-    int rc = store_claim_lookup(c->store, coupon, &it);
-    if (rc == STORE_ERR) {
-        snprintf(out->detail, sizeof(out->detail), "%s",
-                 store_errstr(c->store));
-        return -1;
+    int src = store_claim_lookup(c->store, coupon, &it);
+    if (src == STORE_OK) {
+        claim__from_item(out, &it);
     }
-    if (rc == STORE_NOT_FOUND) {
-        return 1;
-    }
-    claim__from_item(out, &it);
-    return 0;
+    return claim__rc(src, c->store, out->detail, sizeof(out->detail));
 }
 
 /* ------------------------------------------------------ bucket choice --- */
