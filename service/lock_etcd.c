@@ -716,10 +716,11 @@ static void lock_etcd__abandon(lock_client_t *cl, lock_lease_t *lease) {
     (void)lock_etcd__release(cl, lease);
 }
 
-static int lock_etcd__check(lock_client_t *cl, const lock_lease_t *lease) {
-    lock_etcd__client_t *c = lock_etcd__cl(cl);
-    char key[LOCK_ETCD__KEY_MAX];
-    lock_etcd__my_key(lease, key);
+/* A linearizable count of the keys named key (0 or 1) into *count: one
+ * round trip that needs the cluster's quorum, as a grant does. LOCK_OK, or
+ * LOCK_ERR. */
+static int lock_etcd__count(lock_etcd__client_t *c, const char *key,
+                            int64_t *count) {
     json_t *resp = NULL;
     if (lock_etcd__call(c, "/v3/kv/range",
                         json_pack("{s:o, s:b}", "key", lock_etcd__jkey(key),
@@ -728,11 +729,21 @@ static int lock_etcd__check(lock_client_t *cl, const lock_lease_t *lease) {
                         NULL) != LOCK_ETCD_GW_OK) {
         return lock_etcd__fail(c);
     }
+    *count = lock_etcd_gw_i64(resp, "count");
+    json_decref(resp);
+    return LOCK_OK;
+}
+
+static int lock_etcd__check(lock_client_t *cl, const lock_lease_t *lease) {
+    char key[LOCK_ETCD__KEY_MAX];
+    lock_etcd__my_key(lease, key);
+    int64_t n = 0;
+    if (lock_etcd__count(lock_etcd__cl(cl), key, &n) != LOCK_OK) {
+        return LOCK_ERR;
+    }
     /* Our key exists: it is still the lowest of the queue (no key created
      * later can be lower), so we still hold the lock. */
-    int held = lock_etcd_gw_i64(resp, "count") > 0;
-    json_decref(resp);
-    return held ? LOCK_HELD : LOCK_LOST;
+    return n > 0 ? LOCK_HELD : LOCK_LOST;
 }
 
 static int lock_etcd__raise_fence(lock_client_t *cl, const char *resource,
@@ -796,19 +807,10 @@ static int lock_etcd__raise_fence(lock_client_t *cl, const char *resource,
 /* Readiness: a linearizable read needs the cluster's quorum, as a grant
  * does. */
 static int lock_etcd__ping(lock_client_t *cl) {
-    lock_etcd__client_t *c = lock_etcd__cl(cl);
     char key[LOCK_ETCD__KEY_MAX];
     snprintf(key, sizeof(key), "%sping", lock_etcd__prefix());
-    json_t *resp = NULL;
-    if (lock_etcd__call(c, "/v3/kv/range",
-                        json_pack("{s:o, s:b}", "key", lock_etcd__jkey(key),
-                                  "count_only", 1),
-                        lock_etcd__deadline(), &resp,
-                        NULL) != LOCK_ETCD_GW_OK) {
-        return lock_etcd__fail(c);
-    }
-    json_decref(resp);
-    return LOCK_OK;
+    int64_t n = 0;
+    return lock_etcd__count(lock_etcd__cl(cl), key, &n);
 }
 
 const lock_backend_t lock_etcd_backend = {
