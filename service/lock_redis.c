@@ -510,13 +510,13 @@ static int lock_redis__extend_many(lock_client_t *base,
         void *reply = NULL;
         if (redisGetReply(cl->ctx, &reply) != REDIS_OK || reply == NULL) {
             for (size_t j = 0; j < n; j++) {
-                results[j] = -1;
+                results[j] = LOCK_ERR;
             }
             return lock_redis__fail(cl, LOCK_EIO, "extend");
         }
         redisReply *r = reply;
         if (r->type == REDIS_REPLY_INTEGER) {
-            results[i] = r->integer == 1 ? 1 : 0;
+            results[i] = r->integer == 1 ? LOCK_HELD : LOCK_LOST;
         } else if (lock_redis__is_noscript(r)) {
             noscript = 1;
         } else if (lock_redis_reply_kind(r) == LOCK_EIO ||
@@ -537,7 +537,7 @@ static int lock_redis__extend_many(lock_client_t *base,
         /* Every reply was read, so the pipeline is in step; but this node
          * cannot renew (a demoted primary): reconnect on the next round. */
         for (size_t j = 0; j < n; j++) {
-            results[j] = -1;
+            results[j] = LOCK_ERR;
         }
         return lock_redis__fail(cl, drop, dropmsg);
     }
@@ -545,7 +545,7 @@ static int lock_redis__extend_many(lock_client_t *base,
     /* Rare: the script cache was flushed. Redo those one by one with EVAL
      * (lock_redis__eval falls back by itself). */
     for (size_t i = 0; noscript && i < n; i++) {
-        if (results[i] != -1) {
+        if (results[i] != LOCK_ERR) {
             continue;
         }
         char ttl[16];
@@ -557,7 +557,7 @@ static int lock_redis__extend_many(lock_client_t *base,
             return LOCK_ERR;
         }
         if (r->type == REDIS_REPLY_INTEGER) {
-            results[i] = r->integer == 1 ? 1 : 0;
+            results[i] = r->integer == 1 ? LOCK_HELD : LOCK_LOST;
         }
         freeReplyObject(r);
     }
@@ -646,7 +646,7 @@ static int lock_redis__check(lock_client_t *base, const lock_lease_t *lease) {
     int held =
         r->type == REDIS_REPLY_STRING && strcmp(r->str, lease->token) == 0;
     freeReplyObject(r);
-    return held;
+    return held ? LOCK_HELD : LOCK_LOST;
 }
 
 static int lock_redis__raise_fence(lock_client_t *base, const char *coupon,
@@ -715,17 +715,18 @@ static int lock_redis__init(const cfg_t *cfg, char *err, size_t errlen) {
     return 0;
 }
 
+/* The operations both tables below share: one node, found either way. */
+#define LOCK_REDIS__OPS                                                        \
+    .client_new = lock_redis__client_new,                                      \
+    .client_free = lock_redis__client_free, .try_acquire = lock_redis__try,    \
+    .extend_many = lock_redis__extend_many, .release = lock_redis__release,    \
+    .check = lock_redis__check, .raise_fence = lock_redis__raise_fence,        \
+    .ping = lock_redis__ping
+
 const lock_backend_t lock_redis_backend = {
     .name = "redis",
     .init = lock_redis__init,
-    .client_new = lock_redis__client_new,
-    .client_free = lock_redis__client_free,
-    .try_acquire = lock_redis__try,
-    .extend_many = lock_redis__extend_many,
-    .release = lock_redis__release,
-    .check = lock_redis__check,
-    .raise_fence = lock_redis__raise_fence,
-    .ping = lock_redis__ping,
+    LOCK_REDIS__OPS,
 };
 
 /* One logical node behind Sentinel: the same code; the master's address
@@ -744,12 +745,5 @@ static int lock_redis__init_sentinel(const cfg_t *cfg, char *err,
 const lock_backend_t lock_sentinel_backend = {
     .name = "sentinel",
     .init = lock_redis__init_sentinel,
-    .client_new = lock_redis__client_new,
-    .client_free = lock_redis__client_free,
-    .try_acquire = lock_redis__try,
-    .extend_many = lock_redis__extend_many,
-    .release = lock_redis__release,
-    .check = lock_redis__check,
-    .raise_fence = lock_redis__raise_fence,
-    .ping = lock_redis__ping,
+    LOCK_REDIS__OPS,
 };
