@@ -68,6 +68,7 @@
 #include "mono.h"
 #include "ready.h"
 #include "req.h"
+#include "util.h"
 
 typedef enum http__state {
     HTTP__READING = 0, /* headers in, body arriving */
@@ -580,8 +581,7 @@ static void *http__reaper(void *arg) {
             continue;
         }
         int64_t next = mono_ns() + 500 * MONO_MS;
-        struct timespec ts = {.tv_sec = next / 1000000000LL,
-                              .tv_nsec = next % 1000000000LL};
+        struct timespec ts = mono_ts_from_ns(next);
         pthread_cond_timedwait(&h->reaper_wake, &h->conns_mu, &ts);
     }
     /* Stopping: whatever still lingers is closed as it is. */
@@ -907,10 +907,7 @@ static void http__log(void *cls, const char *fmt, va_list ap) {
     (void)cls;
     char msg[256];
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    size_t n = strlen(msg);
-    while (n > 0 && msg[n - 1] == '\n') {
-        msg[--n] = '\0';
-    }
+    str_trim_newline(msg);
     log_debug("http.mhd", "msg=\"%s\"", msg);
 }
 

@@ -35,6 +35,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
+#include "util.h"
 
 struct store {
     PGconn *conn; /* NULL while disconnected; non-blocking while connected */
@@ -410,10 +411,7 @@ const char *store_errstr(const store_t *st) {
 static void store__seterr(store_t *st, const char *what, const char *msg) {
     snprintf(st->errstr, sizeof(st->errstr), "postgres: %s: %s", what,
              msg != NULL ? msg : "?");
-    size_t n = strlen(st->errstr);
-    while (n > 0 && (st->errstr[n - 1] == '\n' || st->errstr[n - 1] == ' ')) {
-        st->errstr[--n] = '\0';
-    }
+    str_trim_end(st->errstr, "\n ");
 }
 
 static int store__sqlstate_is(const PGresult *res, const char *code) {
@@ -444,11 +442,10 @@ static int store__fail(store_t *st, const char *what, const PGresult *res) {
  * instead of libpq's default, a bare line on stderr. */
 static void store__notice(void *arg, const char *msg) {
     (void)arg;
-    size_t n = strlen(msg);
-    while (n > 0 && msg[n - 1] == '\n') {
-        n--;
-    }
-    log_debug("postgres.notice", "msg=\"%.*s\"", (int)n, msg);
+    char line[2048]; /* a log line's own bound */
+    snprintf(line, sizeof(line), "%s", msg);
+    str_trim_newline(line);
+    log_debug("postgres.notice", "msg=\"%s\"", line);
 }
 
 /* 1 if a verbose connection error (PQERRORS_VERBOSE: "FATAL:  28P01: ...")
@@ -606,6 +603,24 @@ static int store__wait(store_t *st, const char *what, short events) {
     }
 }
 
+/* Sends what libpq buffered (a non-blocking connection buffers what the
+ * socket did not take), reading whatever the server sends meanwhile so
+ * that neither side stalls on a full buffer; each wait is bounded by the
+ * call's deadline. STORE_OK, or STORE_ERR (errstr set, a bad connection
+ * dropped). */
+static int store__flush(store_t *st, const char *what) {
+    int f;
+    while ((f = PQflush(st->conn)) == 1) {
+        if (store__wait(st, what, POLLOUT | POLLIN) != STORE_OK) {
+            return STORE_ERR;
+        }
+        if (PQconsumeInput(st->conn) == 0) {
+            return store__fail(st, what, NULL);
+        }
+    }
+    return f < 0 ? store__fail(st, what, NULL) : STORE_OK;
+}
+
 /* After a PQsend*: sends what libpq buffered, then reads until the last
  * result of the command is in, each wait bounded by the deadline. Returns
  * the last result (PQclear it; for several statements sent as one query,
@@ -615,18 +630,7 @@ static int store__wait(store_t *st, const char *what, short events) {
 static PGresult *store__collect(store_t *st, const char *what) {
     assert(st->conn != NULL && PQisnonblocking(st->conn));
     st->round_trips++;
-    int f;
-    while ((f = PQflush(st->conn)) == 1) {
-        if (store__wait(st, what, POLLOUT | POLLIN) != STORE_OK) {
-            return NULL;
-        }
-        if (PQconsumeInput(st->conn) == 0) {
-            store__fail(st, what, NULL);
-            return NULL;
-        }
-    }
-    if (f < 0) {
-        store__fail(st, what, NULL);
+    if (store__flush(st, what) != STORE_OK) {
         return NULL;
     }
     PGresult *last = NULL;
@@ -934,33 +938,39 @@ static int64_t store__int(const PGresult *res, int row, int col) {
                : strtoll(PQgetvalue(res, row, col), NULL, 10);
 }
 
-static int store__is_unique_violation(const PGresult *res) {
-    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    return state != NULL && strcmp(state, "23505") == 0;
-}
-
-/* Fills item with the user's existing claim (outside or inside a
- * transaction). */
-static int store__existing(store_t *st, const char *coupon,
-                           store_item_t *item) {
+/* Reads the user's claim of coupon into item (outside or inside a
+ * transaction): STORE_OK with item->status STORE_ALREADY, STORE_NOT_FOUND
+ * when there is none, or STORE_ERR. */
+static int store__claim_get(store_t *st, const char *coupon,
+                            store_item_t *item) {
     const char *p[] = {coupon, item->user_id};
     PGresult *res = store__exec(st, "claim_get", 2, p, PGRES_TUPLES_OK);
     if (res == NULL) {
         return STORE_ERR;
     }
-    if (PQntuples(res) != 1) {
-        PQclear(res);
+    int found = PQntuples(res) == 1;
+    if (found) {
+        item->status = STORE_ALREADY;
+        item->claim_id = store__int(res, 0, 0);
+        item->fence = store__int(res, 0, 1);
+        item->remaining = store__int(res, 0, 2);
+        item->seq = store__int(res, 0, 3);
+    }
+    PQclear(res);
+    return found ? STORE_OK : STORE_NOT_FOUND;
+}
+
+/* Fills item with the user's existing claim, which must be there (the
+ * claim statement said so). */
+static int store__existing(store_t *st, const char *coupon,
+                           store_item_t *item) {
+    int rc = store__claim_get(st, coupon, item);
+    if (rc == STORE_NOT_FOUND) {
         snprintf(st->errstr, sizeof(st->errstr),
                  "postgres: claim of %s vanished", item->user_id);
         return STORE_ERR;
     }
-    item->status = STORE_ALREADY;
-    item->claim_id = store__int(res, 0, 0);
-    item->fence = store__int(res, 0, 1);
-    item->remaining = store__int(res, 0, 2);
-    item->seq = store__int(res, 0, 3);
-    PQclear(res);
-    return STORE_OK;
+    return rc;
 }
 
 /* --------------------------------------------------------------- claim --- */
@@ -1065,17 +1075,8 @@ static int store__pipeline(store_t *st, int nq, const store__q_t *q,
         return store__fail(st, what, NULL);
     }
     st->round_trips++;
-    int f;
-    while ((f = PQflush(st->conn)) == 1) {
-        if (store__wait(st, what, POLLOUT | POLLIN) != STORE_OK) {
-            return STORE_ERR;
-        }
-        if (PQconsumeInput(st->conn) == 0) {
-            return store__fail(st, what, NULL);
-        }
-    }
-    if (f < 0) {
-        return store__fail(st, what, NULL);
+    if (store__flush(st, what) != STORE_OK) {
+        return STORE_ERR;
     }
     int err = 0;
     for (int i = 0; i < nq && !err; i++) {
@@ -1316,7 +1317,7 @@ static int store__claim_tx(store_t *st, const char *coupon, int bucket,
     for (int i = 0; i < 3 && rc == STORE_OK; i++) {
         ExecStatusType want = i == 0 ? PGRES_COMMAND_OK : PGRES_TUPLES_OK;
         if (res[i] == NULL || PQresultStatus(res[i]) != want) {
-            if (res[i] != NULL && store__is_unique_violation(res[i])) {
+            if (res[i] != NULL && store__sqlstate_is(res[i], "23505")) {
                 rc = STORE_ALREADY;
             } else {
                 rc = store__fail(st, q[i].name != NULL ? q[i].name : "BEGIN",
@@ -1445,7 +1446,7 @@ int store_claim_naive(store_t *st, const char *coupon, store_item_t *item) {
         return STORE_ERR;
     }
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        int dup = store__is_unique_violation(res);
+        int dup = store__sqlstate_is(res, "23505");
         if (!dup) {
             store__fail(st, "naive_insert", res);
         }
@@ -1760,19 +1761,5 @@ int store_claim_lookup(store_t *st, const char *coupon, store_item_t *item) {
     if (store__connect(st) != STORE_OK) {
         return STORE_ERR;
     }
-    const char *p[] = {coupon, item->user_id};
-    PGresult *res = store__exec(st, "claim_get", 2, p, PGRES_TUPLES_OK);
-    if (res == NULL) {
-        return STORE_ERR;
-    }
-    int found = PQntuples(res) == 1;
-    if (found) {
-        item->status = STORE_ALREADY;
-        item->claim_id = store__int(res, 0, 0);
-        item->fence = store__int(res, 0, 1);
-        item->remaining = store__int(res, 0, 2);
-        item->seq = store__int(res, 0, 3);
-    }
-    PQclear(res);
-    return found ? STORE_OK : STORE_NOT_FOUND;
+    return store__claim_get(st, coupon, item);
 }
