@@ -109,6 +109,7 @@ struct claim_waiter {
     int64_t submitted_ns;
     struct claim__res *res; /* its coupon's queue entry; NULL: not combined */
     int hops;               /* buckets it was moved off (found empty) */
+    int answered;           /* done was called (or is being called) */
     claim_waiter_t *next;   /* queue link */
 };
 
