@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <libpq-fe.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,11 +47,10 @@ struct store {
     int64_t deadline_ns;  /* monotonic: the running call gives up here */
     int timed_out;        /* the last wait ran into deadline_ns */
     int replan;           /* a statement failed with 0A000: prepare again */
-    int refused;          /* the last connect failed because the server
-                             refused this login (see store__open) */
     uint64_t round_trips; /* store_round_trips */
     int shape_buckets;    /* store_claim_shape: what the last claim learnt */
     uint64_t shape_stock;
+    store_errkind_t errkind; /* the last failure's kind, beside errstr */
     char errstr[256];
 };
 
@@ -407,8 +407,24 @@ const char *store_errstr(const store_t *st) {
     return st->errstr;
 }
 
+store_errkind_t store_errkind(const store_t *st) {
+    return st->errkind;
+}
+
+/* Records a failure of kind: its words in errstr. */
+__attribute__((format(printf, 3, 4))) static void
+store__err(store_t *st, store_errkind_t kind, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(st->errstr, sizeof(st->errstr), fmt, ap);
+    va_end(ap);
+    st->errkind = kind;
+}
+
 /* Copies libpq's message without its trailing newline. */
-static void store__seterr(store_t *st, const char *what, const char *msg) {
+static void store__seterr(store_t *st, store_errkind_t kind, const char *what,
+                          const char *msg) {
+    st->errkind = kind;
     snprintf(st->errstr, sizeof(st->errstr), "postgres: %s: %s", what,
              msg != NULL ? msg : "?");
     str_trim_end(st->errstr, "\n ");
@@ -427,7 +443,16 @@ static int store__fail(store_t *st, const char *what, const PGresult *res) {
     if ((msg == NULL || msg[0] == '\0') && st->conn != NULL) {
         msg = PQerrorMessage(st->conn);
     }
-    store__seterr(st, what, msg);
+    /* The server's own error carries a SQLSTATE; a result without one is
+     * an answer this module did not expect; no result at all, a connection
+     * that failed under the call. */
+    const char *state =
+        res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    store__seterr(st,
+                  state != NULL ? STORE_ESERVER
+                  : res != NULL ? STORE_EPROTO
+                                : STORE_EIO,
+                  what, msg);
     metrics_inc(M_PG_ERRORS);
     if (store__sqlstate_is(res, "57014")) {
         metrics_inc(M_PG_STATEMENT_TIMEOUTS); /* statement_timeout fired */
@@ -576,10 +601,10 @@ static int store__wait(store_t *st, const char *what, short events) {
     for (;;) {
         int64_t left_ns = st->deadline_ns - mono_ns();
         if (left_ns <= 0) {
-            snprintf(st->errstr, sizeof(st->errstr),
-                     "postgres: %s: no answer within the %u ms deadline "
-                     "(COUPON_PG_TX_DEADLINE_MS); connection dropped",
-                     what, st->tx_deadline_ms);
+            store__err(st, STORE_EIO,
+                       "postgres: %s: no answer within the %u ms deadline "
+                       "(COUPON_PG_TX_DEADLINE_MS); connection dropped",
+                       what, st->tx_deadline_ms);
             metrics_inc(M_PG_ERRORS);
             metrics_inc(M_PG_DEADLINE_DROPS);
             log_warn("postgres.deadline", "what=\"%s\" deadline_ms=%u", what,
@@ -595,7 +620,7 @@ static int store__wait(store_t *st, const char *what, short events) {
             return STORE_OK;
         }
         if (n < 0 && errno != EINTR) {
-            store__seterr(st, what, strerror(errno));
+            store__seterr(st, STORE_EIO, what, strerror(errno));
             metrics_inc(M_PG_ERRORS);
             store__drop(st);
             return STORE_ERR;
@@ -751,9 +776,11 @@ static int store__connect(store_t *st) {
     if (st->conn != NULL) {
         return STORE_OK;
     }
+    int refused = 0;
     st->conn = store__open(st->dsn, st->connect_timeout_s, st->deadline_ns,
-                           st->errstr, sizeof(st->errstr), &st->refused);
+                           st->errstr, sizeof(st->errstr), &refused);
     if (st->conn == NULL) {
+        st->errkind = refused ? STORE_EAUTH : STORE_EIO;
         metrics_inc(M_PG_ERRORS);
         return STORE_ERR;
     }
@@ -873,6 +900,7 @@ static int store__simple(store_t *st, const char *sql) {
 static void store__rollback(store_t *st) {
     if (st->conn != NULL && PQtransactionStatus(st->conn) != PQTRANS_IDLE) {
         char keep[sizeof(st->errstr)];
+        store_errkind_t keep_kind = st->errkind;
         memcpy(keep, st->errstr, sizeof(keep));
         if (mono_ns() >= st->deadline_ns) {
             store__drop(st);
@@ -880,6 +908,7 @@ static void store__rollback(store_t *st) {
             store__simple(st, "ROLLBACK");
         }
         memcpy(st->errstr, keep, sizeof(keep));
+        st->errkind = keep_kind;
     }
 }
 
@@ -901,10 +930,10 @@ static int store__commit(store_t *st) {
     if (mono_ns() >= st->deadline_ns) {
         /* Too late to commit, and not too late to know: COMMIT was never
          * sent, so dropping the connection rolls back. */
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: the %u ms deadline (COUPON_PG_TX_DEADLINE_MS) "
-                 "passed before COMMIT; rolled back",
-                 st->tx_deadline_ms);
+        store__err(st, STORE_EIO,
+                   "postgres: the %u ms deadline (COUPON_PG_TX_DEADLINE_MS) "
+                   "passed before COMMIT; rolled back",
+                   st->tx_deadline_ms);
         metrics_inc(M_PG_ERRORS);
         metrics_inc(M_PG_DEADLINE_DROPS);
         store__drop(st);
@@ -922,10 +951,10 @@ static int store__commit(store_t *st) {
     }
     int committed = strcmp(PQcmdStatus(res), "COMMIT") == 0;
     if (!committed) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: COMMIT answered \"%s\": the transaction had "
-                 "failed; nothing was written",
-                 PQcmdStatus(res));
+        store__err(st, STORE_ESERVER,
+                   "postgres: COMMIT answered \"%s\": the transaction had "
+                   "failed; nothing was written",
+                   PQcmdStatus(res));
         metrics_inc(M_PG_ERRORS);
     }
     PQclear(res);
@@ -966,8 +995,8 @@ static int store__existing(store_t *st, const char *coupon,
                            store_item_t *item) {
     int rc = store__claim_get(st, coupon, item);
     if (rc == STORE_NOT_FOUND) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: claim of %s vanished", item->user_id);
+        store__err(st, STORE_EPROTO, "postgres: claim of %s vanished",
+                   item->user_id);
         return STORE_ERR;
     }
     return rc;
@@ -1162,9 +1191,9 @@ static int store__claim_read(store_t *st, const PGresult *res, int bucket,
                              store_item_t *items, size_t n,
                              int64_t *last_fence_out) {
     if (PQntuples(res) != (int)n || PQnfields(res) != STORE__C__COUNT) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: the claim answered %d rows for %zu items",
-                 PQntuples(res), n);
+        store__err(st, STORE_EPROTO,
+                   "postgres: the claim answered %d rows for %zu items",
+                   PQntuples(res), n);
         return STORE_ERR;
     }
     if (PQgetisnull(res, 0, STORE__C_BUCKETS)) {
@@ -1173,9 +1202,9 @@ static int store__claim_read(store_t *st, const PGresult *res, int bucket,
     int buckets = (int)store__col(res, 0, STORE__C_BUCKETS);
     st->shape_buckets = buckets;
     if (PQgetisnull(res, 0, STORE__C_TOTAL)) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: bucket %d on a coupon with %d bucket(s)", bucket,
-                 buckets);
+        store__err(st, STORE_ENONE,
+                   "postgres: bucket %d on a coupon with %d bucket(s)", bucket,
+                   buckets);
         return STORE_WRONG_BUCKET;
     }
     int64_t win = store__col(res, 0, STORE__C_WIN);
@@ -1199,9 +1228,9 @@ static int store__claim_read(store_t *st, const PGresult *res, int bucket,
     } else if (want > 0 && wrote == 0) {
         int64_t last = store__col(res, 0, STORE__C_LAST_FENCE);
         if (fence == STORE_NO_FENCE || last <= max_seen) {
-            snprintf(st->errstr, sizeof(st->errstr),
-                     "postgres: the claim's UPDATE matched no row, and "
-                     "neither the fence nor the window refused it");
+            store__err(st, STORE_EPROTO,
+                       "postgres: the claim's UPDATE matched no row, and "
+                       "neither the fence nor the window refused it");
             return STORE_ERR;
         }
         if (last_fence_out != NULL) {
@@ -1261,7 +1290,7 @@ static int store__claim_tx(store_t *st, const char *coupon, int bucket,
     }
     char *users = store__users_array(items, n);
     if (users == NULL) {
-        snprintf(st->errstr, sizeof(st->errstr), "postgres: out of memory");
+        store__err(st, STORE_ESYS, "postgres: out of memory");
         return STORE_ERR;
     }
     char fence_txt[24], bucket_txt[16];
@@ -1395,9 +1424,9 @@ int store_claim(store_t *st, const char *coupon, int bucket, int64_t fence,
         }
     }
     if (rc == STORE_ALREADY) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: the batch kept running into concurrent claims of "
-                 "its users");
+        store__err(st, STORE_ESERVER,
+                   "postgres: the batch kept running into concurrent claims of "
+                   "its users");
         rc = STORE_ERR;
     }
     return rc;
@@ -1522,9 +1551,9 @@ int store_coupon_get(store_t *st, const char *id, store_coupon_t *out) {
     }
     int rows = PQntuples(res);
     if (rows != out->buckets) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: coupon %s has %d bucket rows, not %d", id, rows,
-                 out->buckets);
+        store__err(st, STORE_EPROTO,
+                   "postgres: coupon %s has %d bucket rows, not %d", id, rows,
+                   out->buckets);
         PQclear(res);
         return STORE_ERR;
     }
@@ -1751,7 +1780,8 @@ int store_probe(store_t *st) {
         return STORE_OK;
     }
     /* Connected, the query failed: not a login problem. */
-    return st->conn == NULL && st->refused ? STORE_EREFUSED : STORE_ERR;
+    return st->conn == NULL && st->errkind == STORE_EAUTH ? STORE_EREFUSED
+                                                          : STORE_ERR;
 }
 
 /* ---------------------------------------------------- the claim lookup --- */
