@@ -664,9 +664,9 @@ typedef struct claim__shape {
 } claim__shape_t;
 
 #define CLAIM__SHAPE_SLOTS 4096u
-#define CLAIM__SHAPE_MAX                                                       \
-    65536u /* coupons remembered; more go unsharded                            \
-              first and learn from the store's answer */
+/* Coupons remembered; more go unsharded first and learn from the store's
+ * answer. */
+#define CLAIM__SHAPE_MAX 65536u
 
 static pthread_mutex_t claim__shape_mu = PTHREAD_MUTEX_INITIALIZER;
 static claim__shape_t *claim__shape_tab[CLAIM__SHAPE_SLOTS];

@@ -248,6 +248,7 @@ static void http__suspend(http__req_t *rq) {
 /* Resumes rq's connection once it is ANSWERED. From here on the event loop
  * owns rq again: nothing may touch it after this call. */
 static void http__resume(http__req_t *rq) {
+    assert(rq->suspended); /* resumed once per suspend */
     rq->suspended = 0;
     assert(rq->state == HTTP__ANSWERED && http__req_ok(rq));
     MHD_resume_connection(rq->conn);

@@ -74,6 +74,9 @@ static int main__serve(const cfg_t *cfg) {
     main__raise_nofile(cfg->max_connections);
 
     if (fault_any()) {
+        /* Three times, on purpose: among a dozen start-up lines one line is
+         * easy to scroll past, and a binary that pauses claims by design
+         * must not pass for a normal one. */
         for (int i = 0; i < 3; i++) {
             log_warn("FAULT.INJECTION.ON",
                      "COUPON_FAULT=\"%s\": claims will pause on purpose "
