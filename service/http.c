@@ -326,15 +326,22 @@ static void http__push(http_t *h, http__req_t *rq) {
     pthread_cond_signal(&h->work);
 }
 
-/* Queues rq and suspends its connection: 0. When the workers are stopping,
- * does neither and returns 1: the caller answers on the event loop. The
+/* What http__enqueue and http__claim_dispatch did with a request. */
+enum {
+    HTTP__ENQUEUED = 0, /* on the worker queue, its connection suspended */
+    HTTP__STOPPING = 1, /* the workers are stopping: not queued */
+};
+
+/* Queues rq and suspends its connection: HTTP__ENQUEUED. When the workers
+ * are stopping, does neither and returns HTTP__STOPPING: the caller answers
+ * on the event loop. The
  * decision is made under the mutex the workers take, so a request is never
  * queued after the last worker looked at the queue for the last time. */
 static int http__enqueue(http_t *h, http__req_t *rq) {
     pthread_mutex_lock(&h->mu);
     if (h->stopping) {
         pthread_mutex_unlock(&h->mu);
-        return 1;
+        return HTTP__STOPPING;
     }
     /* Time in the queue counts against the lock-wait deadline (a claim's
      * deadline was set when it was submitted). */
@@ -346,7 +353,7 @@ static int http__enqueue(http_t *h, http__req_t *rq) {
     http__suspend(rq);
     http__push(h, rq);
     pthread_mutex_unlock(&h->mu);
-    return 0;
+    return HTTP__ENQUEUED;
 }
 
 /* The claim's callbacks (claim.h). park runs on the event loop inside
@@ -377,12 +384,12 @@ static int http__claim_dispatch(claim_waiter_t *w) {
     pthread_mutex_lock(&h->mu);
     if (h->stopping) {
         pthread_mutex_unlock(&h->mu);
-        return 1;
+        return HTTP__STOPPING;
     }
     assert(rq->state == HTTP__PARKED);
     http__push(h, rq);
     pthread_mutex_unlock(&h->mu);
-    return 0;
+    return HTTP__ENQUEUED;
 }
 
 /* ---------------------------------------------------- slow clients --- */
@@ -750,7 +757,7 @@ static enum MHD_Result http__claim(http_t *h, http__req_t *rq) {
     case API_CLAIM_PARKED:
         return MHD_YES; /* suspended by http__claim_park */
     case API_CLAIM_RUN:
-        if (http__enqueue(h, rq) == 0) {
+        if (http__enqueue(h, rq) == HTTP__ENQUEUED) {
             return MHD_YES;
         }
         /* The workers are stopping: nobody will lead its coupon's queue. */
@@ -762,6 +769,96 @@ static enum MHD_Result http__claim(http_t *h, http__req_t *rq) {
     }
 }
 
+/* The first call for a request: its headers are in, no body read yet.
+ * Makes rq (owned by *con_cls from here), then checks the framing and
+ * answers 400 if it is ambiguous, or the early 413 for a Content-Length
+ * over the limit. */
+static enum MHD_Result http__begin(http_t *h, struct MHD_Connection *conn,
+                                   const char *url, const char *method,
+                                   const char *version, void **con_cls) {
+    http__req_t *rq = calloc(1, sizeof(*rq));
+    if (rq == NULL) {
+        return MHD_NO;
+    }
+    *con_cls = rq;
+    atomic_fetch_add(&h->requests, 1);
+    rq->conn = conn;
+    snprintf(rq->method, sizeof(rq->method), "%s", method);
+    rq->path = http__dup(url);
+    rq->content_type = http__dup(MHD_lookup_connection_value(
+        conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE));
+    rq->authorization = http__dup(MHD_lookup_connection_value(
+        conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION));
+    http__request_id(h, conn, rq->request_id);
+    if (rq->path == NULL) {
+        return MHD_NO;
+    }
+    /* Framing first: until it is known to be unambiguous, nothing
+     * else about the request can be trusted. */
+    http__framing_t f = {0, 0, 0, 0, NULL};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, http__count_framing, &f);
+    if (f.bad != NULL) {
+        http__answer_400(rq, f.bad);
+        return http__send(h, rq, 1);
+    }
+    if (http__bad_transfer_encoding(&f)) {
+        http__answer_400(rq, "Transfer-Encoding must be exactly "
+                             "chunked, once");
+        return http__send(h, rq, 1);
+    }
+    if (http__ambiguous_framing(&f)) {
+        http__answer_400(rq, "conflicting Content-Length or "
+                             "Transfer-Encoding headers");
+        return http__send(h, rq, 1);
+    }
+    if (http__bad_host(&f, version)) {
+        http__answer_400(rq, "an HTTP/1.1 request needs exactly one "
+                             "Host header, and no request may have two");
+        return http__send(h, rq, 1);
+    }
+    const char *cl = MHD_lookup_connection_value(
+        conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl != NULL && strtoull(cl, NULL, 10) > h->cfg->max_body) {
+        /* Answer before reading the body at all, here on the event
+         * loop: with body_too_large set, the API decides the status from
+         * the route alone (404, 405, 401 for the admin route, else 413)
+         * and calls no backend. libmicrohttpd closes the connection
+         * after an answer this early; it lingers (http__send). */
+        rq->too_large = 1;
+        http__handle(rq);
+        return http__send(h, rq, 1);
+    }
+    return MHD_YES;
+}
+
+/* One chunk of rq's body: kept up to COUPON_MAX_BODY, dropped beyond it
+ * (the answer is then 413). */
+static enum MHD_Result http__body_chunk(http_t *h, http__req_t *rq,
+                                        const char *upload_data,
+                                        size_t *upload_data_size) {
+    size_t n = *upload_data_size;
+    *upload_data_size = 0; /* consumed (or dropped) */
+    if (rq->too_large) {
+        return MHD_YES;
+    }
+    if (rq->len + n > h->cfg->max_body) {
+        rq->too_large = 1;
+        free(rq->body);
+        rq->body = NULL;
+        rq->len = 0;
+        return MHD_YES;
+    }
+    if (rq->body == NULL) {
+        rq->body = malloc(h->cfg->max_body + 1);
+        if (rq->body == NULL) {
+            return MHD_NO;
+        }
+    }
+    memcpy(rq->body + rq->len, upload_data, n);
+    rq->len += n;
+    return MHD_YES;
+}
+
 static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
                                     const char *url, const char *method,
                                     const char *version,
@@ -771,61 +868,7 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
     http__req_t *rq = *con_cls;
 
     if (rq == NULL) {
-        /* Headers are in; no body read yet. */
-        rq = calloc(1, sizeof(*rq));
-        if (rq == NULL) {
-            return MHD_NO;
-        }
-        *con_cls = rq;
-        atomic_fetch_add(&h->requests, 1);
-        rq->conn = conn;
-        snprintf(rq->method, sizeof(rq->method), "%s", method);
-        rq->path = http__dup(url);
-        rq->content_type = http__dup(MHD_lookup_connection_value(
-            conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE));
-        rq->authorization = http__dup(MHD_lookup_connection_value(
-            conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION));
-        http__request_id(h, conn, rq->request_id);
-        if (rq->path == NULL) {
-            return MHD_NO;
-        }
-        /* Framing first: until it is known to be unambiguous, nothing
-         * else about the request can be trusted. */
-        http__framing_t f = {0, 0, 0, 0, NULL};
-        MHD_get_connection_values(conn, MHD_HEADER_KIND, http__count_framing,
-                                  &f);
-        if (f.bad != NULL) {
-            http__answer_400(rq, f.bad);
-            return http__send(h, rq, 1);
-        }
-        if (http__bad_transfer_encoding(&f)) {
-            http__answer_400(rq, "Transfer-Encoding must be exactly "
-                                 "chunked, once");
-            return http__send(h, rq, 1);
-        }
-        if (http__ambiguous_framing(&f)) {
-            http__answer_400(rq, "conflicting Content-Length or "
-                                 "Transfer-Encoding headers");
-            return http__send(h, rq, 1);
-        }
-        if (http__bad_host(&f, version)) {
-            http__answer_400(rq, "an HTTP/1.1 request needs exactly one "
-                                 "Host header, and no request may have two");
-            return http__send(h, rq, 1);
-        }
-        const char *cl = MHD_lookup_connection_value(
-            conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl != NULL && strtoull(cl, NULL, 10) > h->cfg->max_body) {
-            /* Answer before reading the body at all, here on the event
-             * loop: with body_too_large set, the API decides the status from
-             * the route alone (404, 405, 401 for the admin route, else 413)
-             * and calls no backend. libmicrohttpd closes the connection
-             * after an answer this early; it lingers (http__send). */
-            rq->too_large = 1;
-            http__handle(rq);
-            return http__send(h, rq, 1);
-        }
-        return MHD_YES;
+        return http__begin(h, conn, url, method, version, con_cls);
     }
 
     if (rq->state == HTTP__ANSWERED) {
@@ -833,27 +876,7 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
     }
 
     if (*upload_data_size > 0) {
-        size_t n = *upload_data_size;
-        *upload_data_size = 0; /* consumed (or dropped) */
-        if (rq->too_large) {
-            return MHD_YES;
-        }
-        if (rq->len + n > h->cfg->max_body) {
-            rq->too_large = 1;
-            free(rq->body);
-            rq->body = NULL;
-            rq->len = 0;
-            return MHD_YES;
-        }
-        if (rq->body == NULL) {
-            rq->body = malloc(h->cfg->max_body + 1);
-            if (rq->body == NULL) {
-                return MHD_NO;
-            }
-        }
-        memcpy(rq->body + rq->len, upload_data, n);
-        rq->len += n;
-        return MHD_YES;
+        return http__body_chunk(h, rq, upload_data, upload_data_size);
     }
 
     /* The whole request is in. */
@@ -865,7 +888,7 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
     if (api_is_claim(rq->method, rq->path)) {
         return http__claim(h, rq);
     }
-    if (http__enqueue(h, rq) != 0) {
+    if (http__enqueue(h, rq) != HTTP__ENQUEUED) {
         http__answer_shutting_down(rq);
         return http__send(h, rq, 1);
     }
