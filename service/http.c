@@ -376,8 +376,9 @@ static void http__claim_done(claim_waiter_t *w) {
 }
 
 /* On a worker: the parked claim becomes its coupon's leader and needs a
- * worker of its own. Its connection stays suspended. 1 when the workers are
- * stopping (the claim module then answers it through done). */
+ * worker of its own. Its connection stays suspended. HTTP__ENQUEUED, or
+ * HTTP__STOPPING when the workers are stopping (the claim module then
+ * answers it through done). */
 static int http__claim_dispatch(claim_waiter_t *w) {
     http__req_t *rq = w->arg;
     http_t *h = rq->h;

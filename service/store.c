@@ -1271,6 +1271,59 @@ static int store__claim_read(store_t *st, const PGresult *res, int bucket,
     return wrote > 0 ? STORE__WROTE : STORE_OK;
 }
 
+/* Sends a claim's three statements (BEGIN, the lock, the claim) and reads
+ * their results into res: STORE_OK or STORE_ERR. */
+static int store__claim_send(store_t *st, const store__q_t *q, PGresult **res,
+                             int reused) {
+    int prc;
+    if (fault_ms(FAULT_AFTER_CHECK) == 0) {
+        prc = store__pipeline(st, 3, q, res);
+        if (prc != STORE_OK && reused && st->conn == NULL && !st->timed_out &&
+            store__connect(st) == STORE_OK) {
+            /* The kept connection had died while idle (PostgreSQL
+             * restarted, a proxy timed it out). Nothing was committed, so
+             * once more on a fresh one; otherwise every worker would answer
+             * one spurious 503 after each PostgreSQL restart. */
+            prc = store__pipeline(st, 3, q, res);
+        }
+    } else {
+        /* Tests only: the lock taken and the row read, the write not sent
+         * yet; in two round trips so that the pause falls between them. */
+        prc = store__pipeline(st, 2, q, res);
+        if (prc == STORE_OK) {
+            fault_pause(FAULT_AFTER_CHECK);
+            prc = store__pipeline(st, 1, &q[2], &res[2]);
+        }
+    }
+    return prc;
+}
+
+/* Ends a claim's transaction after its claim statement answered rc:
+ * rolled back unless something was written (STORE__WROTE), then the gate
+ * decides between ROLLBACK (STORE_ABORTED) and COMMIT. Returns as
+ * store_claim. */
+static int store__claim_end(store_t *st, int rc, store_gate_fn gate,
+                            void *arg) {
+    if (rc != STORE__WROTE) {
+        if (rc == STORE_FENCED) {
+            metrics_inc(M_FENCED_REFUSALS);
+        }
+        store__rollback(st); /* failed, refused, or read-only */
+        return rc;
+    }
+    if (gate != NULL && gate(arg) != 0) {
+        store__rollback(st);
+        return STORE_ABORTED;
+    }
+    if (fault_ms(FAULT_ABORT_BEFORE_COMMIT) != 0) {
+        /* Tests only: the transaction fails and the client does not notice,
+         * the state a lost error leaves (a pipelined statement's error
+         * read by nobody). Its COMMIT must then not count as one. */
+        PQclear(store__query(st, "SELECT 1/0"));
+    }
+    return store__commit(st);
+}
+
 /*
  * One attempt at the claim's transaction; see store_claim. Round trips: one
  * for BEGIN, the lock statement and the claim statement (a pipeline), one
@@ -1317,26 +1370,7 @@ static int store__claim_tx(store_t *st, const char *coupon, int bucket,
          .params = pc},
     };
     PGresult *res[3] = {NULL, NULL, NULL};
-    int prc;
-    if (fault_ms(FAULT_AFTER_CHECK) == 0) {
-        prc = store__pipeline(st, 3, q, res);
-        if (prc != STORE_OK && reused && st->conn == NULL && !st->timed_out &&
-            store__connect(st) == STORE_OK) {
-            /* The kept connection had died while idle (PostgreSQL
-             * restarted, a proxy timed it out). Nothing was committed, so
-             * once more on a fresh one; otherwise every worker would answer
-             * one spurious 503 after each PostgreSQL restart. */
-            prc = store__pipeline(st, 3, q, res);
-        }
-    } else {
-        /* Tests only: the lock taken and the row read, the write not sent
-         * yet; in two round trips so that the pause falls between them. */
-        prc = store__pipeline(st, 2, q, res);
-        if (prc == STORE_OK) {
-            fault_pause(FAULT_AFTER_CHECK);
-            prc = store__pipeline(st, 1, &q[2], &res[2]);
-        }
-    }
+    int prc = store__claim_send(st, q, res, reused);
     free(users);
     if (prc != STORE_OK) {
         return STORE_ERR;
@@ -1361,24 +1395,7 @@ static int store__claim_tx(store_t *st, const char *coupon, int bucket,
     for (int i = 0; i < 3; i++) {
         PQclear(res[i]);
     }
-    if (rc != STORE__WROTE) {
-        if (rc == STORE_FENCED) {
-            metrics_inc(M_FENCED_REFUSALS);
-        }
-        store__rollback(st); /* failed, refused, or read-only */
-        return rc;
-    }
-    if (gate != NULL && gate(arg) != 0) {
-        store__rollback(st);
-        return STORE_ABORTED;
-    }
-    if (fault_ms(FAULT_ABORT_BEFORE_COMMIT) != 0) {
-        /* Tests only: the transaction fails and the client does not notice,
-         * the state a lost error leaves (a pipelined statement's error
-         * read by nobody). Its COMMIT must then not count as one. */
-        PQclear(store__query(st, "SELECT 1/0"));
-    }
-    return store__commit(st);
+    return store__claim_end(st, rc, gate, arg);
 }
 
 int store_claim(store_t *st, const char *coupon, int bucket, int64_t fence,
