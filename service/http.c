@@ -582,7 +582,7 @@ static void *http__reaper(void *arg) {
                           "fd=%d closed: no complete "
                           "request within %lld s",
                           (int)c->fd,
-                          (long long)(h->request_deadline_ns / 1000000000LL));
+                          (long long)(h->request_deadline_ns / MONO_S));
             }
         }
         if (h->lingers != NULL) {
@@ -971,6 +971,53 @@ static void http__free(http_t *h) {
     free(h);
 }
 
+/* Phase 1 of http_start: h's locks, clocks and request-id prefix, and
+ * its workers (h->nworkers says how many started). */
+static void http__init(http_t *h, const cfg_t *cfg) {
+    h->cfg = cfg;
+    if (getrandom(&h->rid_prefix, sizeof(h->rid_prefix), 0) !=
+        (ssize_t)sizeof(h->rid_prefix)) {
+        h->rid_prefix = (uint64_t)mono_ns() ^ ((uint64_t)getpid() << 32);
+    }
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_mutex_init(&h->conns_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->reaper_wake, &ca);
+    pthread_condattr_destroy(&ca);
+    h->request_deadline_ns = (int64_t)cfg->conn_timeout_s * MONO_S;
+    pthread_cond_init(&h->work, NULL);
+    h->workers = calloc(cfg->threads, sizeof(*h->workers));
+    for (uint32_t i = 0; h->workers != NULL && i < cfg->threads; i++) {
+        if (pthread_create(&h->workers[i], NULL, http__worker, h) != 0) {
+            break;
+        }
+        h->nworkers++;
+    }
+}
+
+/* Phase 2 of http_start: libmicrohttpd's daemon listening on ai, or NULL. */
+static struct MHD_Daemon *http__daemon(http_t *h, const struct addrinfo *ai) {
+    const cfg_t *cfg = h->cfg;
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC |
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6) {
+        flags |= MHD_USE_IPv6;
+    }
+    return MHD_start_daemon(
+        flags, cfg->http.port, NULL, NULL, http__access, h,
+        MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned int)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)cfg->conn_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)cfg->conn_memory_limit, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024U,
+        MHD_OPTION_NOTIFY_COMPLETED, http__completed, h,
+        MHD_OPTION_NOTIFY_CONNECTION, http__conn_notify, h,
+        MHD_OPTION_EXTERNAL_LOGGER, http__log, h, MHD_OPTION_UNESCAPE_CALLBACK,
+        http__unescape, h, MHD_OPTION_END);
+}
+
 http_t *http_start(const cfg_t *cfg) {
     struct addrinfo hints = {.ai_family = AF_UNSPEC,
                              .ai_socktype = SOCK_STREAM,
@@ -991,27 +1038,7 @@ http_t *http_start(const cfg_t *cfg) {
         freeaddrinfo(ai);
         return NULL;
     }
-    h->cfg = cfg;
-    if (getrandom(&h->rid_prefix, sizeof(h->rid_prefix), 0) !=
-        (ssize_t)sizeof(h->rid_prefix)) {
-        h->rid_prefix = (uint64_t)mono_ns() ^ ((uint64_t)getpid() << 32);
-    }
-    pthread_mutex_init(&h->mu, NULL);
-    pthread_mutex_init(&h->conns_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&h->reaper_wake, &ca);
-    pthread_condattr_destroy(&ca);
-    h->request_deadline_ns = (int64_t)cfg->conn_timeout_s * 1000000000LL;
-    pthread_cond_init(&h->work, NULL);
-    h->workers = calloc(cfg->threads, sizeof(*h->workers));
-    for (uint32_t i = 0; h->workers != NULL && i < cfg->threads; i++) {
-        if (pthread_create(&h->workers[i], NULL, http__worker, h) != 0) {
-            break;
-        }
-        h->nworkers++;
-    }
+    http__init(h, cfg);
     if (h->nworkers != cfg->threads) {
         log_error("http.start", "cannot start %u workers", cfg->threads);
         http__stop_workers(h);
@@ -1020,22 +1047,7 @@ http_t *http_start(const cfg_t *cfg) {
         return NULL;
     }
 
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC |
-                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6) {
-        flags |= MHD_USE_IPv6;
-    }
-    h->d = MHD_start_daemon(
-        flags, cfg->http.port, NULL, NULL, http__access, h,
-        MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
-        (unsigned int)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned int)cfg->conn_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)cfg->conn_memory_limit, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024U,
-        MHD_OPTION_NOTIFY_COMPLETED, http__completed, h,
-        MHD_OPTION_NOTIFY_CONNECTION, http__conn_notify, h,
-        MHD_OPTION_EXTERNAL_LOGGER, http__log, h, MHD_OPTION_UNESCAPE_CALLBACK,
-        http__unescape, h, MHD_OPTION_END);
+    h->d = http__daemon(h, ai);
     freeaddrinfo(ai);
     if (h->d == NULL) {
         log_error("http.start", "cannot listen on %s:%u (in use?)",
