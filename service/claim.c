@@ -365,6 +365,27 @@ static int claim__degrade(const lock_client_t *cl, const char *coupon) {
     return 1;
 }
 
+static int claim__gate_fault_only(void *arg);
+
+/* One claim of user on bucket (-1: unsharded) of coupon by the atomic
+ * mode's write: no fence, the stock and UNIQUE alone, exact without the
+ * lock (the atomic mode, and the degraded lock mode). Returns 1 when the
+ * claim must move to another bucket (as claim__locked), else 0 with *out
+ * final. */
+static int claim__atomic(claim__conns_t *c, const char *coupon, int bucket,
+                         const char *user, claim_result_t *out) {
+    store_item_t item = {.user_id = user};
+    int src = store_claim(c->store, coupon, bucket, STORE_NO_FENCE, &item, 1,
+                          claim__gate_fault_only, NULL, NULL);
+    claim__shape_learn(coupon, c->store);
+    if (src == STORE_WRONG_BUCKET ||
+        (src == STORE_OK && item.status == STORE_BUCKET_EMPTY)) {
+        return 1;
+    }
+    claim__from_store(out, src, &item, store_errstr(c->store));
+    return 0;
+}
+
 /* Ends a lease after its transaction, on every path: returns 1 when the
  * store refused its fence (src STORE_FENCED) while the lock was still ours.
  * Refused by the fence: a stale holder, or a counter that went backwards?
@@ -424,19 +445,8 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
             return 0;
         }
         if (lrc == LOCK_ERR && (skip || claim__degrade(c->lock, coupon))) {
-            /* The atomic mode's write: no fence, the stock and UNIQUE
-             * alone, exact without the lock. */
             claim__degraded(1);
-            store_item_t item = {.user_id = user};
-            int src = store_claim(c->store, coupon, bucket, STORE_NO_FENCE,
-                                  &item, 1, claim__gate_fault_only, NULL, NULL);
-            claim__shape_learn(coupon, c->store);
-            if (src == STORE_WRONG_BUCKET ||
-                (src == STORE_OK && item.status == STORE_BUCKET_EMPTY)) {
-                return 1;
-            }
-            claim__from_store(out, src, &item, store_errstr(c->store));
-            return 0;
+            return claim__atomic(c, coupon, bucket, user, out);
         }
         if (lrc != LOCK_OK) {
             claim__set(out, CLAIM_UNAVAILABLE, lock_errstr(c->lock));
@@ -539,16 +549,8 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
         break;
     case CLAIM_MODE_ATOMIC:
         while (again && hops++ <= STORE_BUCKETS_MAX) {
-            item = (store_item_t){.user_id = user};
-            src = store_claim(c->store, coupon, claim__pick(coupon, user),
-                              STORE_NO_FENCE, &item, 1, claim__gate_fault_only,
-                              NULL, NULL);
-            claim__shape_learn(coupon, c->store);
-            again = src == STORE_WRONG_BUCKET ||
-                    (src == STORE_OK && item.status == STORE_BUCKET_EMPTY);
-            if (!again) {
-                claim__from_store(out, src, &item, store_errstr(c->store));
-            }
+            again =
+                claim__atomic(c, coupon, claim__pick(coupon, user), user, out);
         }
         if (again) {
             claim__set(out, CLAIM_UNAVAILABLE,
