@@ -535,22 +535,15 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
     int src, hops = 0, again = 1;
     switch (claim__cfg->mode) {
     case CLAIM_MODE_LOCK:
+    case CLAIM_MODE_ATOMIC:
         /* A sharded coupon: a bucket with stock, starting at the user's
          * hash; moved on while the store finds buckets empty. */
         while (again && hops++ <= STORE_BUCKETS_MAX) {
-            again = claim__locked(c, coupon, claim__pick(coupon, user), user,
-                                  deadline_ns, out);
-        }
-        if (again) {
-            claim__set(out, CLAIM_UNAVAILABLE,
-                       "the coupon's buckets kept emptying under this claim; "
-                       "retry");
-        }
-        break;
-    case CLAIM_MODE_ATOMIC:
-        while (again && hops++ <= STORE_BUCKETS_MAX) {
+            int bucket = claim__pick(coupon, user);
             again =
-                claim__atomic(c, coupon, claim__pick(coupon, user), user, out);
+                claim__cfg->mode == CLAIM_MODE_LOCK
+                    ? claim__locked(c, coupon, bucket, user, deadline_ns, out)
+                    : claim__atomic(c, coupon, bucket, user, out);
         }
         if (again) {
             claim__set(out, CLAIM_UNAVAILABLE,
@@ -929,14 +922,10 @@ static int claim__claimant_cmp(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Loads coupon's claimant set and publishes it, unless it is there, being
- * loaded, or failed less than a second ago. Runs on a worker (c is its
- * connections), after the claim that saw the sell-out (or the end of the
- * window) was answered. */
-static void claim__memo_build(claim__conns_t *c, const char *coupon) {
-    if (!claim__cfg->soldout_memo) {
-        return;
-    }
+/* The memo entry of coupon, made if new and marked building; NULL when
+ * it is ready, being loaded, failed less than CLAIM__MEMO_RETRY_NS ago, or
+ * memory ran out. Borrowed: entries are never freed. */
+static claim__memo_t *claim__memo_start(const char *coupon) {
     unsigned slot = claim__slot(coupon);
     int64_t now = mono_ns();
     pthread_mutex_lock(&claim__memo_mu);
@@ -947,13 +936,13 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
     if (m != NULL && (atomic_load(&m->ready) || m->building ||
                       now - m->failed_ns < CLAIM__MEMO_RETRY_NS)) {
         pthread_mutex_unlock(&claim__memo_mu);
-        return;
+        return NULL;
     }
     if (m == NULL) {
         m = calloc(1, sizeof(*m));
         if (m == NULL) {
             pthread_mutex_unlock(&claim__memo_mu);
-            return;
+            return NULL;
         }
         snprintf(m->coupon, sizeof(m->coupon), "%s", coupon);
         atomic_store(&m->next, atomic_load(&claim__memo_tab[slot]));
@@ -961,6 +950,21 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
     }
     m->building = 1;
     pthread_mutex_unlock(&claim__memo_mu);
+    return m;
+}
+
+/* Loads coupon's claimant set and publishes it, unless it is there, being
+ * loaded, or failed less than a second ago. Runs on a worker (c is its
+ * connections), after the claim that saw the sell-out (or the end of the
+ * window) was answered. */
+static void claim__memo_build(claim__conns_t *c, const char *coupon) {
+    if (!claim__cfg->soldout_memo) {
+        return;
+    }
+    claim__memo_t *m = claim__memo_start(coupon);
+    if (m == NULL) {
+        return;
+    }
 
     claim__collect_t k = {NULL, 0, 0, NULL, 0, 0, 0};
     int64_t claimed = -1, remaining = 0;

@@ -1181,6 +1181,44 @@ static int64_t store__col(const PGresult *res, int row, int col) {
                : strtoll(PQgetvalue(res, row, col), NULL, 10);
 }
 
+/* Each item's status and claim from its row of the claim statement's
+ * answer: claimed now (STORE_OK), held before or named twice
+ * (STORE_ALREADY, the first's claim), else not claimed: the whole call's
+ * refusal (whole), or past the stock (empty: STORE_SOLD_OUT, or
+ * STORE_BUCKET_EMPTY when another bucket has stock). left_all: the
+ * coupon's stock over all buckets before the write; wrote: the claims it
+ * made; claimed: the stock row's count before it. */
+static void store__claim_items(const PGresult *res, store_item_t *items,
+                               size_t n, int empty, int whole, int64_t left_all,
+                               int64_t wrote, int64_t claimed) {
+    for (int r = 0; r < (int)n; r++) {
+        int ord = (int)store__col(res, r, STORE__C_ORD);
+        int first = (int)store__col(res, r, STORE__C_FIRST);
+        assert(ord == r + 1 && first >= 1 && first <= ord);
+        store_item_t *it = &items[r];
+        it->claim_id = store__col(res, r, STORE__C_ID);
+        it->seq = store__col(res, r, STORE__C_SEQ);
+        it->fence = store__int(res, r, STORE__C_FENCE);
+        int fresh_claim = PQgetvalue(res, r, STORE__C_NEW)[0] == 't';
+        if (PQgetisnull(res, r, STORE__C_ID)) {
+            it->status = whole != STORE_OK ? whole : empty;
+            it->claim_id = 0;
+            it->fence = STORE_NO_FENCE;
+            it->remaining = left_all - wrote;
+        } else if (fresh_claim && first == ord) {
+            it->status = STORE_OK;
+            /* stock left once this claim was made: the batch's earlier
+             * claims taken, and this one */
+            it->remaining = left_all - (it->seq - claimed);
+        } else {
+            /* held before, or the second of a user named twice, who gets
+             * the first's claim */
+            it->status = STORE_ALREADY;
+            it->remaining = left_all - wrote;
+        }
+    }
+}
+
 /*
  * Reads the claim statement's answer (one row per item, see store__claim_c_sql)
  * into the items. Returns STORE_OK, STORE__WROTE (STORE_OK, and something to
@@ -1238,33 +1276,9 @@ static int store__claim_read(store_t *st, const PGresult *res, int bucket,
         }
         whole = STORE_FENCED;
     }
-    int empty = others != 0 ? STORE_BUCKET_EMPTY : STORE_SOLD_OUT;
-    for (int r = 0; r < (int)n; r++) {
-        int ord = (int)store__col(res, r, STORE__C_ORD);
-        int first = (int)store__col(res, r, STORE__C_FIRST);
-        assert(ord == r + 1 && first >= 1 && first <= ord);
-        store_item_t *it = &items[r];
-        it->claim_id = store__col(res, r, STORE__C_ID);
-        it->seq = store__col(res, r, STORE__C_SEQ);
-        it->fence = store__int(res, r, STORE__C_FENCE);
-        int fresh_claim = PQgetvalue(res, r, STORE__C_NEW)[0] == 't';
-        if (PQgetisnull(res, r, STORE__C_ID)) {
-            it->status = whole != STORE_OK ? whole : empty;
-            it->claim_id = 0;
-            it->fence = STORE_NO_FENCE;
-            it->remaining = left_all - wrote;
-        } else if (fresh_claim && first == ord) {
-            it->status = STORE_OK;
-            /* stock left once this claim was made: the batch's earlier
-             * claims taken, and this one */
-            it->remaining = left_all - (it->seq - claimed);
-        } else {
-            /* held before, or the second of a user named twice, who gets
-             * the first's claim */
-            it->status = STORE_ALREADY;
-            it->remaining = left_all - wrote;
-        }
-    }
+    store__claim_items(res, items, n,
+                       others != 0 ? STORE_BUCKET_EMPTY : STORE_SOLD_OUT, whole,
+                       left_all, wrote, claimed);
     if (whole != STORE_OK) {
         return whole;
     }
