@@ -1633,13 +1633,13 @@ int store_coupon_get(store_t *st, const char *id, store_coupon_t *out) {
  * an old replica's single UPDATE, is judged by a statement_timestamp() taken
  * before its row wait, and is not covered; the service's own claims are.)
  */
-int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
-                    void *arg, int64_t *claimed_out, int64_t *remaining_out) {
-    store__deadline_start(st);
-    if (store__connect(st) != STORE_OK) {
-        return STORE_ERR;
-    }
-    const char *p[] = {coupon};
+/* store_claimants' first step, in its transaction: the stock rows' locks,
+ * then whether the coupon's claimant set is final. Returns STORE_OK with
+ * *final STORE_EXPIRED, STORE_SOLD_OUT or STORE_OK (not final), or
+ * STORE_NOT_FOUND / STORE_ERR. */
+static int store__claimants_state(store_t *st, const char *const *p, int *final,
+                                  int64_t *claimed_out,
+                                  int64_t *remaining_out) {
     store__q_t q[4] = {
         {.sql = "BEGIN"},
         {.name = "memo_lock_c", .n = 1, .params = p},
@@ -1658,7 +1658,7 @@ int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
                              res[i]);
         }
     }
-    int final = STORE_OK;
+    *final = STORE_OK;
     if (rc == STORE_OK && PQntuples(res[3]) != 1) {
         rc = STORE_NOT_FOUND;
     } else if (rc == STORE_OK) {
@@ -1668,21 +1668,24 @@ int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
         *remaining_out = left > 0 ? left : 0;
         /* Expired first: the claim statement judges the window before the
          * stock, so that is what a claim would be answered. */
-        final = ended ? STORE_EXPIRED : left <= 0 ? STORE_SOLD_OUT : STORE_OK;
+        *final = ended ? STORE_EXPIRED : left <= 0 ? STORE_SOLD_OUT : STORE_OK;
     }
     for (int i = 0; i < 4; i++) {
         PQclear(res[i]);
     }
-    if (rc != STORE_OK || final == STORE_OK) {
-        store__rollback(st); /* read only: nothing to keep */
-        return rc;
-    }
+    return rc;
+}
+
+/* store_claimants' second step: every claimant row, one at a time, to fn.
+ * STORE_OK, what fn returned, or STORE_ERR. */
+static int store__claimants_stream(store_t *st, const char *const *p,
+                                   store_claimant_fn fn, void *arg) {
     st->timed_out = 0;
     if (PQsendQueryPrepared(st->conn, "claimants", 1, p, NULL, NULL, 0) == 0 ||
         PQsetSingleRowMode(st->conn) == 0) {
         return store__fail(st, "claimants", NULL);
     }
-    int stop = 0;
+    int rc = STORE_OK, stop = 0;
     for (;;) {
         int err = 0;
         PGresult *r = store__pipe_next(st, "claimants", &err);
@@ -1708,6 +1711,23 @@ int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
         PQclear(r);
     }
     store__rollback(st); /* the locks go with it; nothing was written */
+    return rc;
+}
+
+int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
+                    void *arg, int64_t *claimed_out, int64_t *remaining_out) {
+    store__deadline_start(st);
+    if (store__connect(st) != STORE_OK) {
+        return STORE_ERR;
+    }
+    const char *p[] = {coupon};
+    int final = STORE_OK;
+    int rc = store__claimants_state(st, p, &final, claimed_out, remaining_out);
+    if (rc != STORE_OK || final == STORE_OK) {
+        store__rollback(st); /* read only: nothing to keep */
+        return rc;
+    }
+    rc = store__claimants_stream(st, p, fn, arg);
     return rc == STORE_OK ? final : rc;
 }
 
