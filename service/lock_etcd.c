@@ -66,6 +66,7 @@
  * rise in grant order. The switch needs no operator step; the first claim
  * of such a coupon costs one refused transaction and one retry.
  */
+#include <assert.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +94,15 @@ static struct {
     uint32_t recheck_ms;
 } lock_etcd__g = {.mu = PTHREAD_MUTEX_INITIALIZER,
                   .grant_mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* The session's invariant (under mu): a session (lease_id != 0) has a TTL
+ * as granted (lease_ttl_ms > 0) and an instant it is valid until
+ * (valid_until_ns > 0), which a keep-alive of that session only moves
+ * forward; lease_id 0 means no session, whatever the other two hold. */
+static int lock_etcd__session_ok(void) {
+    return lock_etcd__g.lease_id == 0 ||
+           (lock_etcd__g.lease_ttl_ms > 0 && lock_etcd__g.valid_until_ns > 0);
+}
 
 #define LOCK_ETCD__KEY_MAX (LOCK_KEY_MAX + 256)
 #define LOCK_ETCD__RETRIES 3 /* fresh sessions one acquire may start */
@@ -313,6 +323,7 @@ store:
     lock_etcd__g.lease_id = cur;
     lock_etcd__g.lease_ttl_ms = ttl;
     lock_etcd__g.valid_until_ns = until;
+    assert(lock_etcd__session_ok());
     pthread_mutex_unlock(&lock_etcd__g.mu);
 done:
     pthread_mutex_unlock(&lock_etcd__g.grant_mu);
@@ -329,6 +340,7 @@ static void lock_etcd__session_lost(int64_t id) {
         lock_etcd__g.lease_id = 0;
         lock_etcd__g.valid_until_ns = 0;
     }
+    assert(lock_etcd__session_ok());
     pthread_mutex_unlock(&lock_etcd__g.mu);
 }
 
@@ -688,6 +700,7 @@ static int lock_etcd__extend_many(lock_client_t *cl,
                     lock_etcd__g.valid_until_ns = sent + ttl_ms * MONO_MS;
                 }
             }
+            assert(lock_etcd__session_ok());
             pthread_mutex_unlock(&lock_etcd__g.mu);
         }
         for (size_t j = i; j < n; j++) {
