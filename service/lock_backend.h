@@ -1,6 +1,7 @@
 /*
  * lock_backend.h: the lock's backends behind lock.h (internal to the lock
- * module: lock.c, lock_redis.c, lock_redlock.c, lock_etcd*.c, lock_wait.c).
+ * module: lock.c, lock_redis.c, lock_redlock.c, lock_etcd*.c, lock_wait.c,
+ * sentinel.c; and the unit tests of its pure parts).
  *
  * A backend is one const table of operations. lock.c picks one table in
  * lock_init and calls through it; whatever every backend needs the same way

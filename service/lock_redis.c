@@ -269,6 +269,8 @@ static int lock_redis__dropped(const redisContext *c, int err_no) {
             (err_no == ECONNRESET || err_no == EPIPE));
 }
 
+static void lock_redis__drain(lock_redis__client_t *cl);
+
 /* Sends one command and returns its reply (new), or NULL after
  * lock_redis__fail.
  *
@@ -291,8 +293,6 @@ static int lock_redis__dropped(const redisContext *c, int err_no) {
  * node after a failover behind a stable address, and fail every call until a
  * restart. Refused credentials also drop the connection. Any other error
  * reply is returned for the caller to judge. */
-static void lock_redis__drain(lock_redis__client_t *cl);
-
 static redisReply *lock_redis__command(lock_redis__client_t *cl, int argc,
                                        const char **argv) {
     lock_redis__drain(cl);
@@ -392,7 +392,7 @@ static int lock_redis__bad_reply(lock_redis__client_t *cl, redisReply *r,
  * the command timeout. If Redis is paused, the release sits in its socket
  * buffer behind the acquire (already read off an older connection) and runs
  * right after it when Redis resumes, even though we stopped waiting. If it
- * never arrives, the TTL frees the lock as before. cl's error state is left
+ * never arrives, the TTL frees the lock. cl's error state is left
  * as the acquire set it.
  */
 static void lock_redis__release_unanswered(lock_redis__client_t *cl,

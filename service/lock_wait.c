@@ -46,7 +46,9 @@
  * most 250 ms). Not the holder's PTTL: a lease the watchdog renews always
  * shows nearly the whole TTL, longer than any claim's deadline. Only the
  * head re-checks: the others are behind it in the FIFO anyway, and N
- * re-checking waiters would be N times the load for no grant.
+ * re-checking waiters would be N times the load for no grant. (While its
+ * queue is not subscribed on a majority, or too few subscribers are
+ * connected, every waiter re-checks: no message would wake it.)
  *
  * Fairness across processes, bounded by design. Wake-one and FIFO are local;
  * between processes the woken heads race for the key. The process that just
@@ -54,8 +56,9 @@
  * network hop of notice, and could keep the lock round after round while
  * the other replicas' waiters always find it taken. The release script
  * therefore returns PUBLISH's receiver count. Receivers beyond our own
- * subscriber connection (which counts one when this process has waiters of
- * its own on the channel) are other processes waiting: K of them. Then
+ * subscriber connection (which counts one when this process is subscribed
+ * to the channel: it has waiters, or had a grant within the linger) are
+ * other processes waiting: K of them. Then
  * this process's own claims of that resource, queued or new, hold back
  * before their attempt until our subscriber has seen K more release
  * messages of the resource than our own (each is another process's grant
