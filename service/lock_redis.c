@@ -403,13 +403,9 @@ static void lock_redis__release_unanswered(lock_redis__client_t *cl,
     const char *outcome = "not sent";
     if (c != NULL && c->err == 0 && redisSetTimeout(c, tv) == REDIS_OK) {
         int nreplies = 0;
-        if (lock_redis_username[0] != '\0' || lock_redis_password[0] != '\0') {
-            const char *auth[3] = {"AUTH"};
-            int n = 1;
-            if (lock_redis_username[0] != '\0') {
-                auth[n++] = lock_redis_username;
-            }
-            auth[n++] = lock_redis_password;
+        if (lock_redis_wants_auth()) {
+            const char *auth[3];
+            int n = lock_redis_auth_argv(auth);
             redisAppendCommandArgv(c, n, auth, NULL);
             nreplies++;
         }
@@ -652,9 +648,8 @@ static int lock_redis__check(lock_client_t *base, const lock_lease_t *lease) {
 static int lock_redis__raise_fence(lock_client_t *base, const char *coupon,
                                    int64_t floor, int64_t *now_at) {
     lock_redis__client_t *cl = (lock_redis__client_t *)base;
-    char key[LOCK_KEY_MAX], fl[24];
-    snprintf(key, sizeof(key), "coupon:{%s}:fence", coupon);
-    snprintf(fl, sizeof(fl), "%lld", (long long)floor);
+    char key[LOCK_KEY_MAX], fl[LOCK__DEC_MAX];
+    lock__raise_fence_args(coupon, floor, key, fl);
     const char *keys[] = {key};
     const char *args[] = {fl};
     redisReply *r = lock_redis__eval(cl, LOCK__RAISE, keys, 1, args, 1);

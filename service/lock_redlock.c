@@ -978,9 +978,8 @@ static int lock_redlock__check(lock_client_t *base, const lock_lease_t *lease) {
 static int lock_redlock__raise_fence(lock_client_t *base, const char *resource,
                                      int64_t floor, int64_t *now_at) {
     lock_redlock__client_t *cl = (lock_redlock__client_t *)base;
-    char key[LOCK_KEY_MAX], fl[24];
-    snprintf(key, sizeof(key), "coupon:{%s}:fence", resource);
-    snprintf(fl, sizeof(fl), "%lld", (long long)floor);
+    char key[LOCK_KEY_MAX], fl[LOCK__DEC_MAX];
+    lock__raise_fence_args(resource, floor, key, fl);
     lock_redlock__cmd_t c = {
         .argc = 5, .argv = {"EVAL", LOCK_SCRIPT_RAISE_FENCE, "1", key, fl}};
     lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1,
