@@ -539,6 +539,77 @@ static void lock_etcd__granted(lock_lease_t *lease, int64_t id, int64_t myrev,
     atomic_store(&lease->valid_until_ns, valid_until);
 }
 
+/* Step 3 of the top for our key (on session lease key_id, created at
+ * myrev): waits for our turn until deadline. LOCK_OK: granted, lease
+ * filled; LOCK_BUSY: the deadline passed; LOCK_ERR: an error (in both our
+ * key is deleted); LOCK_LOST: our key went with a lost session, start
+ * over. */
+static int lock_etcd__wait_turn(lock_etcd__client_t *c, lock_lease_t *lease,
+                                const char *key, int64_t key_id, int64_t myrev,
+                                int64_t deadline) {
+    for (;;) {
+        int64_t now = mono_ns();
+        if (now >= deadline) {
+            lock_etcd__delete(c, key);
+            return LOCK_BUSY;
+        }
+        /* Waiting holds no lock: no watchdog round keeps the session
+         * alive for us. */
+        int64_t id = 0, ttl_ms = 0, until = 0;
+        if (lock_etcd__session(c, lock_etcd__bound(deadline), &id, &ttl_ms,
+                               &until) != LOCK_OK) {
+            lock_etcd__delete(c, key);
+            return LOCK_ERR;
+        }
+        if (id != key_id) {
+            /* The session was found lost and replaced: our key went
+             * with the old lease. */
+            log_warn("lock.etcd_key_lost",
+                     "key=%s (its session lease was lost while we "
+                     "waited; starting again)",
+                     key);
+            return LOCK_LOST;
+        }
+        int mine = 0;
+        char *before = NULL;
+        int64_t rev = 0, offset = 0;
+        if (lock_etcd__look(c, lease, myrev, lock_etcd__bound(deadline), &mine,
+                            &before, &rev, &offset) != LOCK_OK) {
+            lock_etcd__delete(c, key);
+            return LOCK_ERR;
+        }
+        if (!mine) {
+            free(before);
+            log_warn("lock.etcd_key_lost",
+                     "key=%s (the session lease ran out while we "
+                     "waited; starting again)",
+                     key);
+            lock_etcd__session_lost(key_id);
+            return LOCK_LOST; /* start over, same token, new session */
+        }
+        if (before == NULL) {
+            /* Nobody before us. The session must still be fresh: the
+             * lease is only as valid as it is. */
+            if (lock_etcd__session(c, lock_etcd__bound(deadline), &id, &ttl_ms,
+                                   &until) != LOCK_OK) {
+                lock_etcd__delete(c, key);
+                return LOCK_ERR;
+            }
+            if (id != key_id) {
+                return LOCK_LOST; /* replaced just now: our key is gone */
+            }
+            lock_etcd__granted(lease, id, myrev, offset, ttl_ms, until);
+            return LOCK_OK;
+        }
+        int64_t wake = now + (int64_t)lock_etcd__g.recheck_ms * MONO_MS;
+        if (wake > deadline) {
+            wake = deadline;
+        }
+        lock_etcd_gw_watch_delete(c->gw, before, strlen(before), rev + 1, wake);
+        free(before);
+    }
+}
+
 /* The acquire of the top, steps 1 to 4; wait = 0 for a single try. */
 static int lock_etcd__acquire_loop(lock_etcd__client_t *c, int64_t deadline,
                                    lock_lease_t *lease, int wait) {
@@ -578,71 +649,13 @@ static int lock_etcd__acquire_loop(lock_etcd__client_t *c, int64_t deadline,
             return LOCK_OK;
         }
         lock_etcd__my_key(lease, key);
-        int64_t key_id = id; /* the lease our key lives on */
         if (!wait) {
             lock_etcd__delete(c, key);
             return LOCK_BUSY;
         }
-        for (;;) {
-            int64_t now = mono_ns();
-            if (now >= deadline) {
-                lock_etcd__delete(c, key);
-                return LOCK_BUSY;
-            }
-            /* Waiting holds no lock: no watchdog round keeps the session
-             * alive for us. */
-            if (lock_etcd__session(c, lock_etcd__bound(deadline), &id, &ttl_ms,
-                                   &until) != LOCK_OK) {
-                lock_etcd__delete(c, key);
-                return LOCK_ERR;
-            }
-            if (id != key_id) {
-                /* The session was found lost and replaced: our key went
-                 * with the old lease. */
-                log_warn("lock.etcd_key_lost",
-                         "key=%s (its session lease was lost while we "
-                         "waited; starting again)",
-                         key);
-                break;
-            }
-            int mine = 0;
-            char *before = NULL;
-            int64_t rev = 0;
-            if (lock_etcd__look(c, lease, myrev, lock_etcd__bound(deadline),
-                                &mine, &before, &rev, &offset) != LOCK_OK) {
-                lock_etcd__delete(c, key);
-                return LOCK_ERR;
-            }
-            if (!mine) {
-                free(before);
-                log_warn("lock.etcd_key_lost",
-                         "key=%s (the session lease ran out while we "
-                         "waited; starting again)",
-                         key);
-                lock_etcd__session_lost(key_id);
-                break; /* start over, same token, new session */
-            }
-            if (before == NULL) {
-                /* Nobody before us. The session must still be fresh: the
-                 * lease is only as valid as it is. */
-                if (lock_etcd__session(c, lock_etcd__bound(deadline), &id,
-                                       &ttl_ms, &until) != LOCK_OK) {
-                    lock_etcd__delete(c, key);
-                    return LOCK_ERR;
-                }
-                if (id != key_id) {
-                    break; /* replaced just now: our key is gone */
-                }
-                lock_etcd__granted(lease, id, myrev, offset, ttl_ms, until);
-                return LOCK_OK;
-            }
-            int64_t wake = now + (int64_t)lock_etcd__g.recheck_ms * MONO_MS;
-            if (wake > deadline) {
-                wake = deadline;
-            }
-            lock_etcd_gw_watch_delete(c->gw, before, strlen(before), rev + 1,
-                                      wake);
-            free(before);
+        rc = lock_etcd__wait_turn(c, lease, key, id, myrev, deadline);
+        if (rc != LOCK_LOST) {
+            return rc;
         }
         lease->u.etcd.lease_id = 0;
     }

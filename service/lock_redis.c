@@ -475,6 +475,78 @@ static int lock_redis__try(lock_client_t *base, lock_lease_t *lease,
 
 /* -------------------------------------------------------------- extend --- */
 
+/* Reads the n replies of extend_many's pipeline into results. *noscript
+ * gets 1 when some script was missing (those results stay LOCK_ERR).
+ * LOCK_OK once every reply was read, or LOCK_ERR (results all LOCK_ERR). */
+static int lock_redis__extend_read(lock_redis__client_t *cl, size_t n,
+                                   int *results, int *noscript) {
+    *noscript = 0;
+    lock_errkind_t drop = LOCK_ENONE; /* a reply that condemns the conn */
+    char dropmsg[128] = "";
+    for (size_t i = 0; i < n; i++) {
+        void *reply = NULL;
+        if (redisGetReply(cl->ctx, &reply) != REDIS_OK || reply == NULL) {
+            for (size_t j = 0; j < n; j++) {
+                results[j] = LOCK_ERR;
+            }
+            return lock_redis__fail(cl, LOCK_EIO, "extend");
+        }
+        redisReply *r = reply;
+        if (r->type == REDIS_REPLY_INTEGER) {
+            results[i] = r->integer == 1 ? LOCK_HELD : LOCK_LOST;
+        } else if (lock_redis__is_noscript(r)) {
+            *noscript = 1;
+        } else if (lock_redis_reply_kind(r) == LOCK_EIO ||
+                   lock_redis_reply_kind(r) == LOCK_EAUTH) {
+            drop = lock_redis_reply_kind(r);
+            snprintf(dropmsg, sizeof(dropmsg), "extend: %s", r->str);
+        } else {
+            cl->base.errkind = lock_redis_reply_kind(r) == LOCK_EPERM
+                                   ? LOCK_EPERM
+                                   : LOCK_EPROTO;
+            snprintf(cl->base.errstr, sizeof(cl->base.errstr), "extend: %s",
+                     r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+            metrics_inc(M_REDIS_ERRORS);
+        }
+        freeReplyObject(r);
+    }
+    if (drop != LOCK_ENONE) {
+        /* Every reply was read, so the pipeline is in step; but this node
+         * cannot renew (a demoted primary): reconnect on the next round. */
+        for (size_t j = 0; j < n; j++) {
+            results[j] = LOCK_ERR;
+        }
+        return lock_redis__fail(cl, drop, dropmsg);
+    }
+    return LOCK_OK;
+}
+
+/* The script cache was flushed (rare): the leases whose EXTEND was not
+ * run are redone one by one with EVAL (lock_redis__eval falls back by
+ * itself). LOCK_OK, or LOCK_ERR. */
+static int lock_redis__extend_redo(lock_redis__client_t *cl,
+                                   lock_lease_t *const *leases, size_t n,
+                                   int *results) {
+    for (size_t i = 0; i < n; i++) {
+        if (results[i] != LOCK_ERR) {
+            continue;
+        }
+        char ttl[16];
+        snprintf(ttl, sizeof(ttl), "%u", leases[i]->ttl_ms);
+        const char *keys[] = {leases[i]->key};
+        const char *args[] = {leases[i]->token, ttl};
+        redisReply *r = lock_redis__eval(cl, LOCK__EXTEND, keys, 1, args, 2);
+        if (r == NULL) {
+            return LOCK_ERR;
+        }
+        if (r->type == REDIS_REPLY_INTEGER) {
+            results[i] = r->integer == 1 ? LOCK_HELD : LOCK_LOST;
+        }
+        freeReplyObject(r);
+    }
+    return LOCK_OK;
+}
+
 static int lock_redis__extend_many(lock_client_t *base,
                                    lock_lease_t *const *leases, size_t n,
                                    int *results, int64_t *sent_at_ns) {
@@ -500,64 +572,10 @@ static int lock_redis__extend_many(lock_client_t *base,
         }
     }
     int noscript = 0;
-    lock_errkind_t drop = LOCK_ENONE; /* a reply that condemns the conn */
-    char dropmsg[128] = "";
-    for (size_t i = 0; i < n; i++) {
-        void *reply = NULL;
-        if (redisGetReply(cl->ctx, &reply) != REDIS_OK || reply == NULL) {
-            for (size_t j = 0; j < n; j++) {
-                results[j] = LOCK_ERR;
-            }
-            return lock_redis__fail(cl, LOCK_EIO, "extend");
-        }
-        redisReply *r = reply;
-        if (r->type == REDIS_REPLY_INTEGER) {
-            results[i] = r->integer == 1 ? LOCK_HELD : LOCK_LOST;
-        } else if (lock_redis__is_noscript(r)) {
-            noscript = 1;
-        } else if (lock_redis_reply_kind(r) == LOCK_EIO ||
-                   lock_redis_reply_kind(r) == LOCK_EAUTH) {
-            drop = lock_redis_reply_kind(r);
-            snprintf(dropmsg, sizeof(dropmsg), "extend: %s", r->str);
-        } else {
-            cl->base.errkind = lock_redis_reply_kind(r) == LOCK_EPERM
-                                   ? LOCK_EPERM
-                                   : LOCK_EPROTO;
-            snprintf(cl->base.errstr, sizeof(cl->base.errstr), "extend: %s",
-                     r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
-            metrics_inc(M_REDIS_ERRORS);
-        }
-        freeReplyObject(r);
+    if (lock_redis__extend_read(cl, n, results, &noscript) != LOCK_OK) {
+        return LOCK_ERR;
     }
-    if (drop != LOCK_ENONE) {
-        /* Every reply was read, so the pipeline is in step; but this node
-         * cannot renew (a demoted primary): reconnect on the next round. */
-        for (size_t j = 0; j < n; j++) {
-            results[j] = LOCK_ERR;
-        }
-        return lock_redis__fail(cl, drop, dropmsg);
-    }
-
-    /* Rare: the script cache was flushed. Redo those one by one with EVAL
-     * (lock_redis__eval falls back by itself). */
-    for (size_t i = 0; noscript && i < n; i++) {
-        if (results[i] != LOCK_ERR) {
-            continue;
-        }
-        char ttl[16];
-        snprintf(ttl, sizeof(ttl), "%u", leases[i]->ttl_ms);
-        const char *keys[] = {leases[i]->key};
-        const char *args[] = {leases[i]->token, ttl};
-        redisReply *r = lock_redis__eval(cl, LOCK__EXTEND, keys, 1, args, 2);
-        if (r == NULL) {
-            return LOCK_ERR;
-        }
-        if (r->type == REDIS_REPLY_INTEGER) {
-            results[i] = r->integer == 1 ? LOCK_HELD : LOCK_LOST;
-        }
-        freeReplyObject(r);
-    }
-    return LOCK_OK;
+    return noscript ? lock_redis__extend_redo(cl, leases, n, results) : LOCK_OK;
 }
 
 /* ------------------------------------------------------------- release --- */
