@@ -265,6 +265,33 @@ static int lock_etcd__keepalive(lock_etcd__client_t *c, int64_t id,
     return ttl > 0 ? LOCK_HELD : LOCK_LOST;
 }
 
+/* Grants a new process lease: LOCK_OK with its *id, *ttl_ms and the
+ * instant it is valid until (*until, boot clock), or LOCK_ERR. */
+static int lock_etcd__grant(lock_etcd__client_t *c, int64_t deadline,
+                            int64_t *id, int64_t *ttl_ms, int64_t *until) {
+    json_t *resp = NULL;
+    int64_t sent = 0;
+    int g = lock_etcd__call(
+        c, "/v3/lease/grant",
+        json_pack("{s:o}", "TTL", lock_etcd_gw_jint(lock_etcd__g.ttl_s)),
+        deadline, &resp, &sent);
+    if (g != LOCK_ETCD_GW_OK) {
+        return lock_etcd__fail(c);
+    }
+    int64_t cur = lock_etcd_gw_i64(resp, "ID");
+    int64_t ttl = lock_etcd_gw_i64(resp, "TTL") * 1000;
+    json_decref(resp);
+    if (cur == 0 || ttl <= 0) {
+        return lock_etcd__bad(c, "lease grant");
+    }
+    *id = cur;
+    *ttl_ms = ttl;
+    *until = sent + ttl * MONO_MS;
+    log_info("lock.etcd_session", "lease=%llx ttl_ms=%lld",
+             (unsigned long long)cur, (long long)ttl);
+    return LOCK_OK;
+}
+
 /* The process lease, fresh for at least half its TTL: kept alive or granted
  * anew if needed. LOCK_OK with *id, *ttl_ms and *valid_until, or LOCK_ERR. */
 static int lock_etcd__session(lock_etcd__client_t *c, int64_t deadline,
@@ -296,27 +323,9 @@ static int lock_etcd__session(lock_etcd__client_t *c, int64_t deadline,
                  (unsigned long long)cur);
     }
     /* No lease, or it ran out: a new one. */
-    {
-        json_t *resp = NULL;
-        int64_t sent = 0;
-        int g = lock_etcd__call(
-            c, "/v3/lease/grant",
-            json_pack("{s:o}", "TTL", lock_etcd_gw_jint(lock_etcd__g.ttl_s)),
-            deadline, &resp, &sent);
-        if (g != LOCK_ETCD_GW_OK) {
-            rc = lock_etcd__fail(c);
-            goto done;
-        }
-        cur = lock_etcd_gw_i64(resp, "ID");
-        ttl = lock_etcd_gw_i64(resp, "TTL") * 1000;
-        json_decref(resp);
-        if (cur == 0 || ttl <= 0) {
-            rc = lock_etcd__bad(c, "lease grant");
-            goto done;
-        }
-        until = sent + ttl * MONO_MS;
-        log_info("lock.etcd_session", "lease=%llx ttl_ms=%lld",
-                 (unsigned long long)cur, (long long)ttl);
+    rc = lock_etcd__grant(c, deadline, &cur, &ttl, &until);
+    if (rc != LOCK_OK) {
+        goto done;
     }
 store:
     pthread_mutex_lock(&lock_etcd__g.mu);
