@@ -164,4 +164,5 @@ TT_TEST(mono_ts_and_trim_helpers, 5) {
     char d[] = "\n";
     TT_EQ_INT(str_trim_newline(d), 0);
     TT_EQ_STR(d, "");
+    TT_EQ_INT(str_trimmed_len("notice: skipping\n", "\r\n"), 16);
 }
