@@ -1,5 +1,7 @@
 /*
- * claim.c: see claim.h. The lock-mode flow, as in the README:
+ * claim.c: see claim.h (and claim_int.h for the combiner's entry, the
+ * batch's answers and the sanity checks this file asserts). The lock-mode
+ * flow, as in the README:
  *
  *   1. acquire coupon:{ID}:lock with a fresh token; the same script draws
  *      the fence (one round trip). Busy: wait, bounded by the deadline.
