@@ -388,6 +388,37 @@ static int claim__atomic(claim__conns_t *c, const char *coupon, int bucket,
     return 0;
 }
 
+/* After PostgreSQL refused a lease's fence (last_fence: the fence it had
+ * already accepted on key's row): raises the lock's counter to it, and
+ * returns 1 (counted in M_FENCE_RECOVERIES, *now_at the counter) when the
+ * claim should run once more with a new lease: the lock was still ours
+ * when the refusal came (current), so the fence that beat us can only be
+ * from before a data loss, and this was the first attempt. Raising is safe
+ * whoever we are: it only ever moves the counter up to a fence PostgreSQL
+ * has already accepted. */
+static int claim__fence_retry(claim__conns_t *c, const char *key,
+                              int64_t last_fence, int current, int attempt,
+                              int64_t *now_at) {
+    int raised = lock_raise_fence(c->lock, key, last_fence, now_at) == LOCK_OK;
+    if (current && raised && attempt == 0) {
+        metrics_inc(M_FENCE_RECOVERIES);
+        return 1;
+    }
+    return 0;
+}
+
+/* A fenced claim's answer: 409, its lease's fence and the one that beat
+ * it. */
+static void claim__fenced(claim_result_t *o, int64_t fence,
+                          int64_t last_fence) {
+    o->fence = fence;
+    snprintf(o->detail, sizeof(o->detail),
+             "fence %lld is not above the coupon's last accepted fence "
+             "%lld: this lease is stale; nothing was written",
+             (long long)fence, (long long)last_fence);
+    o->outcome = CLAIM_FENCED;
+}
+
 /* Ends a lease after its transaction, on every path: returns 1 when the
  * store refused its fence (src STORE_FENCED) while the lock was still ours.
  * Refused by the fence: a stale holder, or a counter that went backwards?
@@ -485,13 +516,9 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
             return 0;
         }
 
-        /* Raising is safe whoever we are: it only ever moves the counter up
-         * to a fence PostgreSQL has already accepted. */
         int64_t now_at = 0;
-        int raised =
-            lock_raise_fence(c->lock, resource, last_fence, &now_at) == LOCK_OK;
-        if (current && raised && attempt == 0) {
-            metrics_inc(M_FENCE_RECOVERIES);
+        if (claim__fence_retry(c, resource, last_fence, current, attempt,
+                               &now_at)) {
             log_warn("fence.recovered",
                      "coupon=%s fence=%lld last_fence=%lld counter=%lld "
                      "(Redis lost the counter; retrying with a new lease)",
@@ -501,12 +528,7 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
         }
         log_warn("claim.fenced", "coupon=%s user=%s fence=%lld last_fence=%lld",
                  coupon, user, (long long)lease.fence, (long long)last_fence);
-        out->fence = lease.fence;
-        snprintf(out->detail, sizeof(out->detail),
-                 "fence %lld is not above the coupon's last accepted fence "
-                 "%lld: this lease is stale; nothing was written",
-                 (long long)lease.fence, (long long)last_fence);
-        out->outcome = CLAIM_FENCED;
+        claim__fenced(out, lease.fence, last_fence);
         return 0;
     }
 }
@@ -1493,13 +1515,7 @@ static void claim__lead_requeue(claim__res_t *r, claim_waiter_t **b, size_t n) {
 static void claim__lead_fenced(claim_waiter_t **b, size_t n, int64_t fence,
                                int64_t last_fence) {
     for (size_t i = 0; i < n; i++) {
-        claim_result_t *o = &b[i]->result;
-        o->fence = fence;
-        snprintf(o->detail, sizeof(o->detail),
-                 "fence %lld is not above the coupon's last accepted "
-                 "fence %lld: this lease is stale; nothing was written",
-                 (long long)fence, (long long)last_fence);
-        o->outcome = CLAIM_FENCED;
+        claim__fenced(&b[i]->result, fence, last_fence);
         claim__finish(b[i]);
     }
 }
@@ -1656,10 +1672,8 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         }
         if (src == STORE_FENCED) {
             int64_t now_at = 0;
-            int raised = lock_raise_fence(c->lock, r->key, last_fence,
-                                          &now_at) == LOCK_OK;
-            if (current && raised && attempt == 0) {
-                metrics_inc(M_FENCE_RECOVERIES);
+            if (claim__fence_retry(c, r->key, last_fence, current, attempt,
+                                   &now_at)) {
                 log_warn("fence.recovered",
                          "coupon=%s fence=%lld last_fence=%lld counter=%lld "
                          "batch=%zu (Redis lost the counter; retrying with a "
