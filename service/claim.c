@@ -1155,6 +1155,21 @@ static claim__res_t *claim__res_get(const char *key, int bucket) {
     return r;
 }
 
+/* The entry of the bucket claim__pick gives w's claim now, returned with
+ * claim__mu held (the caller unlocks it); NULL, with claim__mu released,
+ * when out of memory. */
+static claim__res_t *claim__res_locked(const claim_waiter_t *w) {
+    char key[LOCK_KEY_MAX];
+    int bucket = claim__pick(w->coupon, w->user);
+    claim__resource(key, sizeof(key), w->coupon, bucket);
+    pthread_mutex_lock(&claim__mu);
+    claim__res_t *r = claim__res_get(key, bucket);
+    if (r == NULL) {
+        pthread_mutex_unlock(&claim__mu);
+    }
+    return r;
+}
+
 claim__res_t *claim__res_lead(const char *key, int bucket) {
     pthread_mutex_lock(&claim__mu);
     claim__res_t *r = claim__res_get(key, bucket);
@@ -1292,13 +1307,9 @@ int claim_submit(claim_waiter_t *w) {
         return CLAIM_SUBMIT_RUN;
     }
 
-    char why[160] = "", key[LOCK_KEY_MAX];
-    int bucket = claim__pick(w->coupon, w->user);
-    claim__resource(key, sizeof(key), w->coupon, bucket);
-    pthread_mutex_lock(&claim__mu);
-    claim__res_t *r = claim__res_get(key, bucket);
+    char why[160] = "";
+    claim__res_t *r = claim__res_locked(w);
     if (r == NULL) {
-        pthread_mutex_unlock(&claim__mu);
         claim__set(&w->result, CLAIM_UNAVAILABLE, "out of memory");
         claim__count(&w->result);
         return CLAIM_SUBMIT_ANSWERED;
@@ -1450,13 +1461,8 @@ static void claim__reroute(claim_waiter_t *w) {
                       "retry");
         return;
     }
-    char key[LOCK_KEY_MAX];
-    int bucket = claim__pick(w->coupon, w->user);
-    claim__resource(key, sizeof(key), w->coupon, bucket);
-    pthread_mutex_lock(&claim__mu);
-    claim__res_t *r = claim__res_get(key, bucket);
+    claim__res_t *r = claim__res_locked(w);
     if (r == NULL) {
-        pthread_mutex_unlock(&claim__mu);
         claim__answer(w, CLAIM_UNAVAILABLE, "out of memory");
         return;
     }
