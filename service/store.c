@@ -467,10 +467,8 @@ static int store__fail(store_t *st, const char *what, const PGresult *res) {
  * instead of libpq's default, a bare line on stderr. */
 static void store__notice(void *arg, const char *msg) {
     (void)arg;
-    char line[2048]; /* a log line's own bound */
-    snprintf(line, sizeof(line), "%s", msg);
-    str_trim_newline(line);
-    log_debug("postgres.notice", "msg=\"%s\"", line);
+    log_debug("postgres.notice", "msg=\"%.*s\"",
+              (int)str_trimmed_len(msg, "\n"), msg);
 }
 
 /* 1 if a verbose connection error (PQERRORS_VERBOSE: "FATAL:  28P01: ...")
