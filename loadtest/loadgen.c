@@ -959,7 +959,7 @@ static void lg_conn_read(lg_conn_t *c) {
         if (n == 0) { /* the end of the connection */
             if (!c->got_bytes) {
                 lg_conn_broken(c, CURLE_GOT_NOTHING);
-            } else if (lg_http_eof(&c->resp) == LG_HTTP_DONE) {
+            } else if (lg_http_eof(&c->resp) == LG_HTTP_OK) {
                 lg_conn_answered(c, c->resp.status, lg_now_ns());
             } else {
                 lg_conn_fail(c, CURLE_PARTIAL_FILE, lg_now_ns());
@@ -977,7 +977,7 @@ static void lg_conn_read(lg_conn_t *c) {
         int r = lg_http_feed(&c->resp, c->rbuf, c->rlen, &used);
         memmove(c->rbuf, c->rbuf + used, c->rlen - used);
         c->rlen -= used;
-        if (r == LG_HTTP_DONE) {
+        if (r == LG_HTTP_OK) {
             lg_conn_answered(c, c->resp.status, lg_now_ns());
             return;
         }
