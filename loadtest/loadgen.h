@@ -122,7 +122,7 @@ typedef struct lg_stats {
 
 /* One CSV row. While fewer than all workers have reported the second, lat
  * accumulates their histograms; the last one to report turns it into the
- * percentiles and frees it (lg_secrow_close in loadgen.c). */
+ * percentiles and frees it (lg__secrow_close in loadgen.c). */
 typedef struct lg_secrow {
     uint64_t requests, c2xx, c4xx, c5xx, errors; /* summed over workers */
     struct lg_hist *lat;       /* merged latency, NULL once closed */
