@@ -176,16 +176,18 @@ void lg_die(const char *fmt, ...) {
 /* Returns new memory, zeroed; never NULL. */
 void *lg_calloc(size_t n, size_t size) {
     void *p = calloc(n ? n : 1, size ? size : 1);
-    if (p == NULL)
+    if (p == NULL) {
         lg_die("out of memory");
+    }
     return p;
 }
 
 /* Returns p resized (p is stolen); never NULL. */
 static void *lg__realloc(void *p, size_t size) {
     void *q = realloc(p, size ? size : 1);
-    if (q == NULL)
+    if (q == NULL) {
         lg_die("out of memory");
+    }
     return q;
 }
 
@@ -259,13 +261,14 @@ static void lg__u64vec_push(lg_u64vec_t *a, uint64_t x) {
 
 typedef struct lg_hist {
     uint64_t count[LG_HIST_LEN]; /* values recorded per bucket */
-    uint64_t total;           /* == sum of count[] (lg__hist_check) */
-    uint64_t max;             /* largest value recorded, exact */
+    uint64_t total;              /* == sum of count[] (lg__hist_check) */
+    uint64_t max;                /* largest value recorded, exact */
 } lg_hist_t;
 
 static int lg__hist_index(uint64_t v) {
-    if (v >= (1ULL << (LG_HIST_TOP_BIT + 1)))
+    if (v >= (1ULL << (LG_HIST_TOP_BIT + 1))) {
         return LG_HIST_LEN - 1;
+    }
     int h = v ? 63 - __builtin_clzll(v) : 0;
     int s = h > LG_HIST_SUB_BITS ? h - LG_HIST_SUB_BITS : 0;
     return s * LG_HIST_SUB + (int)(v >> s);
@@ -280,23 +283,27 @@ static uint64_t lg__hist_high(int i) {
 static void lg__hist_record(lg_hist_t *h, uint64_t v) {
     h->count[lg__hist_index(v)]++;
     h->total++;
-    if (v > h->max)
+    if (v > h->max) {
         h->max = v;
+    }
 }
 
 static void lg__hist_merge(lg_hist_t *dst, const lg_hist_t *src) {
-    for (int i = 0; i < LG_HIST_LEN; i++)
+    for (int i = 0; i < LG_HIST_LEN; i++) {
         dst->count[i] += src->count[i];
+    }
     dst->total += src->total;
-    if (src->max > dst->max)
+    if (src->max > dst->max) {
         dst->max = src->max;
+    }
 }
 
 /* The invariant, for asserts: total is the sum of the buckets. */
 static bool lg__hist_check(const lg_hist_t *h) {
     uint64_t sum = 0;
-    for (int i = 0; i < LG_HIST_LEN; i++)
+    for (int i = 0; i < LG_HIST_LEN; i++) {
         sum += h->count[i];
+    }
     return sum == h->total;
 }
 
@@ -304,11 +311,13 @@ static bool lg__hist_check(const lg_hist_t *h) {
  * upper bound of the bucket holding the ceil(p% * total)-th value, but never
  * more than the exact maximum. */
 static uint64_t lg__hist_percentile(const lg_hist_t *h, double p) {
-    if (h->total == 0)
+    if (h->total == 0) {
         return 0;
+    }
     uint64_t rank = (uint64_t)ceil(p / 100.0 * (double)h->total);
-    if (rank < 1)
+    if (rank < 1) {
         rank = 1;
+    }
     uint64_t seen = 0;
     for (int i = 0; i < LG_HIST_LEN; i++) {
         seen += h->count[i];
@@ -338,15 +347,17 @@ uint64_t lg_user_no(uint64_t seq) {
 /* The claim body for request seq into buf; returns its length. */
 static size_t lg__claim_body(char *buf, size_t cap, uint64_t seq) {
     int n;
-    if (lg_cfg.coupons)
-        n = snprintf(
-            buf, cap,
-            "{\"coupon_id\":\"%s-%" PRIu64 "\",\"user_id\":\"%s-%" PRIu64 "\"}",
-            lg__coupon_json, seq % lg_cfg.coupons, lg__prefix_json, lg_user_no(seq));
-    else
+    if (lg_cfg.coupons) {
+        n = snprintf(buf, cap,
+                     "{\"coupon_id\":\"%s-%" PRIu64
+                     "\",\"user_id\":\"%s-%" PRIu64 "\"}",
+                     lg__coupon_json, seq % lg_cfg.coupons, lg__prefix_json,
+                     lg_user_no(seq));
+    } else {
         n = snprintf(buf, cap,
                      "{\"coupon_id\":\"%s\",\"user_id\":\"%s-%" PRIu64 "\"}",
                      lg__coupon_json, lg__prefix_json, lg_user_no(seq));
+    }
     assert(n > 0 && (size_t)n < cap); /* the CLI bounds the name lengths */
     return (size_t)n;
 }
@@ -370,10 +381,11 @@ static size_t lg__build_request(char *buf, uint64_t seq) {
 
 /* Coupon k of the run (k < lg_coupon_count()) into buf, unescaped. */
 void lg_coupon_name(char *buf, size_t cap, uint64_t k) {
-    if (lg_cfg.coupons)
+    if (lg_cfg.coupons) {
         snprintf(buf, cap, "%s-%" PRIu64, lg_cfg.coupon, k);
-    else
+    } else {
         snprintf(buf, cap, "%s", lg_cfg.coupon);
+    }
 }
 
 uint64_t lg_coupon_count(void) {
@@ -388,12 +400,15 @@ static int64_t lg__due_ns(uint64_t seq) {
 /* Open loop: how many requests the schedule holds before the end. */
 static uint64_t lg__scheduled(void) {
     uint64_t n = (uint64_t)ceil(lg_cfg.duration * lg_cfg.rate);
-    while (n > 0 && lg__due_ns(n - 1) >= lg__end_ns)
+    while (n > 0 && lg__due_ns(n - 1) >= lg__end_ns) {
         n--;
-    while (lg__due_ns(n) < lg__end_ns)
+    }
+    while (lg__due_ns(n) < lg__end_ns) {
         n++;
-    if (lg_cfg.requests && n > lg_cfg.requests)
+    }
+    if (lg_cfg.requests && n > lg_cfg.requests) {
         n = lg_cfg.requests;
+    }
     return n;
 }
 
@@ -402,7 +417,7 @@ static uint64_t lg__scheduled(void) {
 /* What a worker counts for the current second. */
 typedef struct lg_secstats {
     uint64_t requests, c2xx, c4xx, c5xx, errors; /* as in lg_stats_t */
-    lg_hist_t *lat;                                 /* owned */
+    lg_hist_t *lat;                              /* owned */
 } lg_secstats_t;
 
 /* The rows, grown on demand. Guarded by lg__secs_lock. */
@@ -411,8 +426,9 @@ static lg_secrow_t *lg__secs;
 static size_t lg__nsecs;
 
 static void lg__secrow_close(lg_secrow_t *r) {
-    if (r->lat == NULL)
+    if (r->lat == NULL) {
         return;
+    }
     r->p50 = lg__us_to_ms(lg__hist_percentile(r->lat, 50));
     r->p90 = lg__us_to_ms(lg__hist_percentile(r->lat, 90));
     r->p99 = lg__us_to_ms(lg__hist_percentile(r->lat, 99));
@@ -437,12 +453,15 @@ static void lg__secs_merge(int64_t sec, lg_secstats_t *s, int nworkers) {
     r->c4xx += s->c4xx;
     r->c5xx += s->c5xx;
     r->errors += s->errors;
-    if (r->reported == 0)
+    if (r->reported == 0) {
         r->lat = lg_calloc(1, sizeof *r->lat);
-    if (r->lat)
+    }
+    if (r->lat) {
         lg__hist_merge(r->lat, s->lat);
-    if (++r->reported == nworkers)
+    }
+    if (++r->reported == nworkers) {
         lg__secrow_close(r);
+    }
     pthread_mutex_unlock(&lg__secs_lock);
 
     lg_hist_t *lat = s->lat;
@@ -563,15 +582,17 @@ static uint64_t lg__ev_data(uint32_t idx, int fd) {
 /* Register fd in the worker's epoll set for `events` (MOD, or ADD if it is
  * not there). Returns 0 or -1. */
 static int lg__ev_set(lg_worker_t *w, uint32_t idx, int fd, uint32_t events) {
-    struct epoll_event ev = {.events = events, .data.u64 = lg__ev_data(idx, fd)};
-    if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
+    struct epoll_event ev = {.events = events,
+                             .data.u64 = lg__ev_data(idx, fd)};
+    if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, fd, &ev) == 0) {
         return 0;
+    }
     return errno == ENOENT ? epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) : -1;
 }
 
 /* libcurl's socket callback, while it connects: watch s as it asks. */
 static int lg__sock_cb(CURL *easy, curl_socket_t s, int what, void *userp,
-                      void *socketp) {
+                       void *socketp) {
     lg_conn_t *c = userp;
     (void)easy;
     (void)socketp;
@@ -597,14 +618,16 @@ static int lg__timer_cb(CURLM *multi, long timeout_ms, void *userp) {
 /* The response statuses a claim run expects; anything else is an error.
  * In raw mode, every 2xx is expected. */
 static bool lg__status_expected(long st) {
-    if (lg_cfg.raw)
+    if (lg_cfg.raw) {
         return st >= 200 && st < 300;
+    }
     return st == 201 || st == 200 || st == 410 || st == 409 || st == 503;
 }
 
 const char *lg_status_label(long st) {
-    if (lg_cfg.raw)
+    if (lg_cfg.raw) {
         return lg__status_expected(st) ? "" : "unexpected";
+    }
     switch (st) {
     case 201:
         return "claimed";
@@ -632,13 +655,14 @@ static int64_t lg__sec_of(int64_t now) {
 /* Close every second before the one `now` belongs to. */
 static void lg__sec_advance(lg_worker_t *w, int64_t now) {
     int64_t sec = lg__sec_of(now);
-    while (w->sec_no < sec)
+    while (w->sec_no < sec) {
         lg__secs_merge(w->sec_no++, &w->sec, lg_cfg.threads);
+    }
 }
 
 /* Count one finished request. */
 static void lg__record(lg_worker_t *w, lg_conn_t *c, CURLcode rc, long st,
-                      int64_t now) {
+                       int64_t now) {
     lg__sec_advance(w, now); /* a request belongs to the second it ended in */
     w->total.requests++;
     w->sec.requests++;
@@ -651,27 +675,35 @@ static void lg__record(lg_worker_t *w, lg_conn_t *c, CURLcode rc, long st,
     uint64_t us = now > c->t0_ns ? (uint64_t)(now - c->t0_ns) / 1000 : 0;
     lg__hist_record(w->total.lat, us);
     lg__hist_record(w->sec.lat, us);
-    if (st < 100 || st >= LG_STATUS_MAX)
+    if (st < 100 || st >= LG_STATUS_MAX) {
         st = 0;
+    }
     w->total.status[st]++;
-    if (st >= 200 && st < 300)
+    if (st >= 200 && st < 300) {
         w->total.c2xx++, w->sec.c2xx++;
-    if (st >= 400 && st < 500)
+    }
+    if (st >= 400 && st < 500) {
         w->total.c4xx++, w->sec.c4xx++;
-    if (st >= 500 && st < 600)
+    }
+    if (st >= 500 && st < 600) {
         w->total.c5xx++, w->sec.c5xx++;
-    if (!lg_cfg.raw && st == 201)
+    }
+    if (!lg_cfg.raw && st == 201) {
         lg__u64vec_push(&w->claimed, c->seq);
-    if (!lg_cfg.raw && st == 200)
+    }
+    if (!lg_cfg.raw && st == 200) {
         lg__u64vec_push(&w->held, c->seq);
+    }
     if (!lg__status_expected(st) && w->sample_status == 0) {
         w->sample_status = st;
         size_t n = c->resp.sample_len;
         memcpy(w->sample, c->sample, n);
         w->sample[n] = '\0';
-        for (size_t i = 0; i < n; i++)
-            if ((unsigned char)w->sample[i] < 0x20)
+        for (size_t i = 0; i < n; i++) {
+            if ((unsigned char)w->sample[i] < 0x20) {
                 w->sample[i] = ' ';
+            }
+        }
     }
 }
 
@@ -684,8 +716,9 @@ static void lg__publish(lg_worker_t *w) {
         [LG_LIVE_200] = st[200],           [LG_LIVE_409] = st[409],
         [LG_LIVE_410] = st[410],           [LG_LIVE_503] = st[503],
     };
-    for (int i = 0; i < LG_LIVE_N; i++)
+    for (int i = 0; i < LG_LIVE_N; i++) {
         atomic_store_explicit(&w->live[i], v[i], memory_order_relaxed);
+    }
 }
 
 /* ------------------------------ Connections ------------------------------ */
@@ -696,12 +729,15 @@ static void lg__conn_connected(lg_conn_t *c);
 /* Close c's connection, if it has one. Removing a CONNECT_ONLY handle from
  * its multi handle is how libcurl closes the connection it made. */
 static void lg__conn_close(lg_conn_t *c) {
-    if (c->fd >= 0)
+    if (c->fd >= 0) {
         epoll_ctl(c->w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-    if (c->in_multi)
+    }
+    if (c->in_multi) {
         curl_multi_remove_handle(c->multi, c->easy);
-    if (c->state == LG_C_CONNECTING)
+    }
+    if (c->state == LG_C_CONNECTING) {
         c->w->nconnecting--;
+    }
     c->in_multi = false;
     c->fd = -1;
     c->events = 0;
@@ -752,14 +788,16 @@ static void lg__conn_connected(lg_conn_t *c) {
     CURLMsg *m;
     int left;
     while ((m = curl_multi_info_read(c->multi, &left)) != NULL) {
-        if (m->msg != CURLMSG_DONE || c->state != LG_C_CONNECTING)
+        if (m->msg != CURLMSG_DONE || c->state != LG_C_CONNECTING) {
             continue;
+        }
         CURLcode rc = m->data.result;
         curl_socket_t s = CURL_SOCKET_BAD;
         if (rc == CURLE_OK && (curl_easy_getinfo(c->easy, CURLINFO_ACTIVESOCKET,
                                                  &s) != CURLE_OK ||
-                               s == CURL_SOCKET_BAD))
+                               s == CURL_SOCKET_BAD)) {
             rc = CURLE_COULDNT_CONNECT;
+        }
         if (rc != CURLE_OK) {
             lg__conn_fail(c, rc, mono_ns());
             return;
@@ -807,8 +845,9 @@ static void lg__conn_broken(lg_conn_t *c, CURLcode rc) {
 
 /* Make fd's epoll registration ask for `events`. */
 static void lg__conn_want(lg_conn_t *c, uint32_t events) {
-    if (c->events == events)
+    if (c->events == events) {
         return;
+    }
     struct epoll_event ev = {.events = events,
                              .data.u64 = lg__ev_data(c->idx, c->fd)};
     epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
@@ -841,8 +880,9 @@ static void lg__conn_answered(lg_conn_t *c, long st, int64_t now) {
     c->reused = true;
     /* Bytes beyond the response, or a response that ends the connection,
      * or one that came before the request was fully sent: close. */
-    if (c->rlen != 0 || !c->resp.keep_alive || c->req_off < c->req_len)
+    if (c->rlen != 0 || !c->resp.keep_alive || c->req_off < c->req_len) {
         lg__conn_close(c);
+    }
     lg__conn_finish(c, CURLE_OK, st, now);
 }
 
@@ -852,8 +892,9 @@ static void lg__conn_read(lg_conn_t *c) {
         size_t n = 0;
         CURLcode rc = curl_easy_recv(c->easy, c->rbuf + c->rlen,
                                      sizeof c->rbuf - c->rlen, &n);
-        if (rc == CURLE_AGAIN)
+        if (rc == CURLE_AGAIN) {
             return;
+        }
         if (c->state == LG_C_IDLE) {
             /* Nothing is asked: the server closed a kept-alive connection,
              * or says something unasked for. Either way it is done. */
@@ -876,8 +917,9 @@ static void lg__conn_read(lg_conn_t *c) {
         }
         /* A server may answer before it has read the whole request (an
          * early 413, say): stop sending and read. */
-        if (c->state == LG_C_SENDING)
+        if (c->state == LG_C_SENDING) {
             lg__conn_want(c, EPOLLIN); /* or EPOLLOUT would spin the loop */
+        }
         c->state = LG_C_READING;
         c->got_bytes = true;
         c->rlen += n;
@@ -903,8 +945,9 @@ static void lg__sweep(lg_worker_t *w, int64_t now) {
     int64_t limit = (int64_t)lg_cfg.timeout_ms * 1000000;
     for (int i = 0; i < w->nconns; i++) {
         lg_conn_t *c = &w->conns[i];
-        if (c->state != LG_C_IDLE && now - c->start_ns >= limit)
+        if (c->state != LG_C_IDLE && now - c->start_ns >= limit) {
             lg__conn_fail(c, CURLE_OPERATION_TIMEDOUT, now);
+        }
     }
 }
 
@@ -914,8 +957,9 @@ static int64_t lg__run_timeouts(lg_worker_t *w, int64_t now) {
     int64_t next = -1;
     for (int i = 0; i < w->nconns && w->nconnecting > 0; i++) {
         lg_conn_t *c = &w->conns[i];
-        if (c->state != LG_C_CONNECTING || c->curl_deadline_ns < 0)
+        if (c->state != LG_C_CONNECTING || c->curl_deadline_ns < 0) {
             continue;
+        }
         if (c->curl_deadline_ns <= now) {
             int running;
             c->curl_deadline_ns = -1; /* the call may set a new one */
@@ -924,8 +968,9 @@ static int64_t lg__run_timeouts(lg_worker_t *w, int64_t now) {
             lg__conn_connected(c);
         }
         if (c->state == LG_C_CONNECTING && c->curl_deadline_ns >= 0 &&
-            (next < 0 || c->curl_deadline_ns < next))
+            (next < 0 || c->curl_deadline_ns < next)) {
             next = c->curl_deadline_ns;
+        }
     }
     return next;
 }
@@ -944,8 +989,9 @@ static void lg__start(lg_worker_t *w, uint64_t seq, int64_t t0, int64_t now) {
 }
 
 static void lg__arm_schedule(lg_worker_t *w, int64_t due) {
-    if (w->sched_armed_ns == due)
+    if (w->sched_armed_ns == due) {
         return;
+    }
     struct itimerspec its = {.it_value = mono_ts_from_ns(due)};
     timerfd_settime(w->sched_fd, TFD_TIMER_ABSTIME, &its, NULL);
     w->sched_armed_ns = due;
@@ -967,7 +1013,8 @@ static void lg__issue(lg_worker_t *w, int64_t now) {
         } else {
             uint64_t seq = w->next_seq;
             int64_t due = lg__due_ns(seq);
-            if ((lg_cfg.requests && seq >= lg_cfg.requests) || due >= lg__end_ns) {
+            if ((lg_cfg.requests && seq >= lg_cfg.requests) ||
+                due >= lg__end_ns) {
                 w->sending_done = true;
                 break;
             }
@@ -975,8 +1022,9 @@ static void lg__issue(lg_worker_t *w, int64_t now) {
                 lg__arm_schedule(w, due);
                 break;
             }
-            if (now - due > LG_LATE_NS)
+            if (now - due > LG_LATE_NS) {
                 w->sent_late++;
+            }
             lg__start(w, seq, due, now); /* timed from when it was due */
             w->next_seq += (uint64_t)lg_cfg.threads;
         }
@@ -1005,12 +1053,15 @@ static void lg__event(lg_worker_t *w, const struct epoll_event *ev) {
         lg__conn_connected(c);
         return;
     }
-    if (fd != c->fd)
+    if (fd != c->fd) {
         return; /* from a socket closed earlier in this batch */
-    if ((e & EPOLLOUT) && c->state == LG_C_SENDING)
+    }
+    if ((e & EPOLLOUT) && c->state == LG_C_SENDING) {
         lg__conn_send(c);
-    if ((e & (EPOLLIN | EPOLLERR | EPOLLHUP)) && fd == c->fd)
+    }
+    if ((e & (EPOLLIN | EPOLLERR | EPOLLHUP)) && fd == c->fd) {
         lg__conn_read(c);
+    }
 }
 
 /* The event loop. See the top of the file. */
@@ -1023,10 +1074,12 @@ static void *lg__worker_main(void *arg) {
     for (;;) {
         int64_t now = mono_ns();
         int stop = atomic_load_explicit(&lg__stop, memory_order_relaxed);
-        if (stop >= 2)
+        if (stop >= 2) {
             break; /* abandon what is in flight */
-        if (stop || now >= lg__end_ns)
+        }
+        if (stop || now >= lg__end_ns) {
             w->sending_done = true;
+        }
 
         lg__issue(w, now);
         int64_t curl_next = lg__run_timeouts(w, now);
@@ -1034,19 +1087,23 @@ static void *lg__worker_main(void *arg) {
             lg__sweep(w, now);
             w->sweep_ns = now + LG_SWEEP_NS;
         }
-        if (w->sending_done && w->inflight == 0)
+        if (w->sending_done && w->inflight == 0) {
             break;
+        }
 
         /* Sleep until a socket is ready, the schedule timer fires, libcurl's
          * timeout is due or requests may time out; not at all if a request
          * failed at once and left a closed-loop connection idle. */
         int64_t wait_ns = LG_WAIT_MAX_MS * 1000000LL;
-        if (curl_next >= 0 && curl_next - now < wait_ns)
+        if (curl_next >= 0 && curl_next - now < wait_ns) {
             wait_ns = curl_next > now ? curl_next - now : 0;
-        if (w->inflight > 0 && w->sweep_ns - now < wait_ns)
+        }
+        if (w->inflight > 0 && w->sweep_ns - now < wait_ns) {
             wait_ns = w->sweep_ns > now ? w->sweep_ns - now : 0;
-        if (w->idle && !w->sending_done && lg_cfg.rate <= 0)
+        }
+        if (w->idle && !w->sending_done && lg_cfg.rate <= 0) {
             wait_ns = 0;
+        }
         int n = epoll_wait(w->epfd, evs, (int)(sizeof evs / sizeof evs[0]),
                            (int)((wait_ns + 999999) / 1000000));
         if (n < 0 && errno != EINTR) {
@@ -1054,8 +1111,9 @@ static void *lg__worker_main(void *arg) {
                      strerror(errno));
             break;
         }
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < n; i++) {
             lg__event(w, &evs[i]);
+        }
         if (n > 0) {
             lg__sec_advance(w, mono_ns());
             lg__publish(w);
@@ -1063,7 +1121,7 @@ static void *lg__worker_main(void *arg) {
     }
     w->end_ns = mono_ns();
     lg__secs_merge(w->sec_no, &w->sec,
-                  lg_cfg.threads); /* the last, partial second */
+                   lg_cfg.threads); /* the last, partial second */
     lg__publish(w);
     atomic_fetch_add(&lg__workers_done, 1);
     return NULL;
@@ -1073,18 +1131,21 @@ static void *lg__worker_main(void *arg) {
 static void lg__worker_init(lg_worker_t *w, int id, int nconns) {
     w->id = id;
     w->next_seq = (uint64_t)id;
-    for (int i = 0; i < LG_LIVE_N; i++)
+    for (int i = 0; i < LG_LIVE_N; i++) {
         atomic_init(&w->live[i], 0);
+    }
     w->total.lat = lg_calloc(1, sizeof(lg_hist_t));
     w->sec.lat = lg_calloc(1, sizeof(lg_hist_t));
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     w->sched_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (w->epfd < 0 || w->sched_fd < 0)
+    if (w->epfd < 0 || w->sched_fd < 0) {
         lg_die("epoll/timerfd: %s", strerror(errno));
+    }
     struct epoll_event ev = {.events = EPOLLIN,
                              .data.u64 = lg__ev_data(LG_EV_SCHED, w->sched_fd)};
-    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->sched_fd, &ev) < 0)
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->sched_fd, &ev) < 0) {
         lg_die("epoll_ctl: %s", strerror(errno));
+    }
 
     w->nconns = nconns;
     w->conns = lg_calloc((size_t)nconns, sizeof *w->conns);
@@ -1097,8 +1158,9 @@ static void lg__worker_init(lg_worker_t *w, int id, int nconns) {
         c->req = lg_calloc(lg__req_max, 1);
         c->multi = curl_multi_init();
         CURL *e = c->easy = curl_easy_init();
-        if (c->multi == NULL || e == NULL)
+        if (c->multi == NULL || e == NULL) {
             lg_die("curl_multi_init/curl_easy_init failed");
+        }
         curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, lg__sock_cb);
         curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
         curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, lg__timer_cb);
@@ -1108,8 +1170,9 @@ static void lg__worker_init(lg_worker_t *w, int id, int nconns) {
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_PROXY, ""); /* ignore http_proxy */
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, lg_cfg.timeout_ms);
-        if (lg_cfg.cacert)
+        if (lg_cfg.cacert) {
             curl_easy_setopt(e, CURLOPT_CAINFO, lg_cfg.cacert);
+        }
         curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
         c->next_idle = w->idle;
         w->idle = c;
@@ -1119,8 +1182,9 @@ static void lg__worker_init(lg_worker_t *w, int id, int nconns) {
 static void lg__worker_free(lg_worker_t *w) {
     for (int i = 0; i < w->nconns; i++) {
         lg_conn_t *c = &w->conns[i];
-        if (c->in_multi)
+        if (c->in_multi) {
             curl_multi_remove_handle(c->multi, c->easy);
+        }
         curl_easy_cleanup(c->easy);
         curl_multi_cleanup(c->multi);
         free(c->req);
@@ -1153,12 +1217,13 @@ static size_t lg__buf_cb(char *ptr, size_t size, size_t nmemb, void *userdata) {
 /* The creation body of coupon `name` into body (cap bytes). */
 static void lg__stock_body(char *body, size_t cap, const char *name) {
     char *esc = lg_json_escape(name);
-    if (lg_cfg.create_buckets > 0)
+    if (lg_cfg.create_buckets > 0) {
         snprintf(body, cap, "{\"id\":\"%s\",\"total\":%lld,\"buckets\":%ld}",
                  esc, lg_cfg.create_stock, lg_cfg.create_buckets);
-    else
+    } else {
         snprintf(body, cap, "{\"id\":\"%s\",\"total\":%lld}", esc,
                  lg_cfg.create_stock);
+    }
     free(esc);
 }
 
@@ -1175,8 +1240,9 @@ static long lg__create_one(CURL *e, const char *url, struct curl_slist *hdr,
     curl_easy_setopt(e, CURLOPT_PROXY, "");
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, lg_cfg.timeout_ms);
-    if (lg_cfg.cacert)
+    if (lg_cfg.cacert) {
         curl_easy_setopt(e, CURLOPT_CAINFO, lg_cfg.cacert);
+    }
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, lg__buf_cb);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)resp);
     CURLcode cc = curl_easy_perform(e);
@@ -1200,8 +1266,9 @@ static int lg__create_stock(void) {
     CURL *e = curl_easy_init();
     int rc = 0;
     uint64_t created = 0, existed = 0;
-    if (e == NULL || hdr == NULL)
+    if (e == NULL || hdr == NULL) {
         lg_die("curl setup failed");
+    }
     for (uint64_t k = 0; k < lg_coupon_count() && rc == 0; k++) {
         char name[LG_NAME_MAX + 32];
         lg_coupon_name(name, sizeof name, k);
@@ -1212,17 +1279,19 @@ static int lg__create_stock(void) {
         } else if (st == 409) {
             existed++;
         } else {
-            if (st >= 0)
+            if (st >= 0) {
                 fprintf(stderr, "loadgen: create coupon %s: HTTP %ld %s\n",
                         name, st, resp.data);
+            }
             rc = -1;
         }
     }
-    if (rc == 0 && !lg_cfg.quiet)
+    if (rc == 0 && !lg_cfg.quiet) {
         fprintf(stderr,
                 "loadgen: create-stock %lld: %" PRIu64 " created, %" PRIu64
                 " already existed (their stock was left as it was)\n",
                 lg_cfg.create_stock, created, existed);
+    }
     curl_easy_cleanup(e);
     curl_slist_free_all(hdr);
     free(url);
@@ -1241,15 +1310,18 @@ static void lg__collect(lg_result_t *res) {
         lg_worker_t *w = &lg__workers[i];
         t->requests += w->total.requests;
         t->errors += w->total.errors;
-        for (int s = 0; s < LG_STATUS_MAX; s++)
+        for (int s = 0; s < LG_STATUS_MAX; s++) {
             t->status[s] += w->total.status[s];
-        for (int k = 0; k < CURL_LAST; k++)
+        }
+        for (int k = 0; k < CURL_LAST; k++) {
             t->err_kind[k] += w->total.err_kind[k];
+        }
         lg__hist_merge(t->lat, w->total.lat);
         res->sent_late += w->sent_late;
         sent += w->sent;
-        if (w->end_ns > end)
+        if (w->end_ns > end) {
             end = w->end_ns;
+        }
         if (w->sample_status && !res->sample_status) {
             res->sample_status = w->sample_status;
             res->sample = w->sample;
@@ -1269,8 +1341,9 @@ static void lg__collect(lg_result_t *res) {
     res->p999 = lg__us_to_ms(lg__hist_percentile(t->lat, 99.9));
     res->max = lg__us_to_ms(t->lat->max);
 
-    for (size_t s = 0; s < lg__nsecs; s++)
+    for (size_t s = 0; s < lg__nsecs; s++) {
         lg__secrow_close(&lg__secs[s]); /* stragglers */
+    }
     res->target = lg__target;
     res->secs = lg__secs;
     res->nsecs = lg__nsecs;
@@ -1283,10 +1356,12 @@ const lg_u64vec_t *lg_worker_answers(int t, bool held) {
 
 static void lg__progress(int64_t now, uint64_t *last_req, int64_t *last_ns) {
     uint64_t v[LG_LIVE_N] = {0};
-    for (int i = 0; i < lg_cfg.threads; i++)
-        for (int k = 0; k < LG_LIVE_N; k++)
+    for (int i = 0; i < lg_cfg.threads; i++) {
+        for (int k = 0; k < LG_LIVE_N; k++) {
             v[k] += atomic_load_explicit(&lg__workers[i].live[k],
                                          memory_order_relaxed);
+        }
+    }
     double dt = (double)(now - *last_ns) / 1e9;
     double rate = dt > 0 ? (double)(v[LG_LIVE_REQ] - *last_req) / dt : 0;
     double el = now > lg__start_ns ? (double)(now - lg__start_ns) / 1e9 : 0;
@@ -1296,51 +1371,58 @@ static void lg__progress(int64_t now, uint64_t *last_req, int64_t *last_ns) {
         fprintf(stderr,
                 "\r%6.1fs %8.0f req/s | 2xx %" PRIu64 "  4xx %" PRIu64
                 "  5xx %" PRIu64 " | errors %" PRIu64 "\033[K",
-                el, rate, v[LG_LIVE_2XX], v[LG_LIVE_4XX], v[LG_LIVE_5XX], v[LG_LIVE_ERR]);
+                el, rate, v[LG_LIVE_2XX], v[LG_LIVE_4XX], v[LG_LIVE_5XX],
+                v[LG_LIVE_ERR]);
     } else {
-        uint64_t known =
-            v[LG_LIVE_201] + v[LG_LIVE_200] + v[LG_LIVE_410] + v[LG_LIVE_409] + v[LG_LIVE_503];
+        uint64_t known = v[LG_LIVE_201] + v[LG_LIVE_200] + v[LG_LIVE_410] +
+                         v[LG_LIVE_409] + v[LG_LIVE_503];
         uint64_t other = v[LG_LIVE_REQ] - v[LG_LIVE_ERR] - known;
         fprintf(stderr,
                 "\r%6.1fs %8.0f req/s | 201 %" PRIu64 "  200 %" PRIu64
                 "  410 %" PRIu64 "  409 %" PRIu64 "  503 %" PRIu64
                 "  other %" PRIu64 " | errors %" PRIu64 "\033[K",
-                el, rate, v[LG_LIVE_201], v[LG_LIVE_200], v[LG_LIVE_410], v[LG_LIVE_409],
-                v[LG_LIVE_503], other, v[LG_LIVE_ERR]);
+                el, rate, v[LG_LIVE_201], v[LG_LIVE_200], v[LG_LIVE_410],
+                v[LG_LIVE_409], v[LG_LIVE_503], other, v[LG_LIVE_ERR]);
     }
     fflush(stderr);
 }
 
 /* ================================== Main ================================== */
 
-/* Write the request line and the fixed headers for lg__target into lg__req_head;
- * dies if the URL is not an http:// or https:// URL libcurl can parse. */
+/* Write the request line and the fixed headers for lg__target into
+ * lg__req_head; dies if the URL is not an http:// or https:// URL libcurl can
+ * parse. */
 static void lg__req_setup(void) {
     CURLU *u = curl_url();
     char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL,
          *query = NULL;
-    if (u == NULL || curl_url_set(u, CURLUPART_URL, lg__target, 0) != CURLUE_OK ||
+    if (u == NULL ||
+        curl_url_set(u, CURLUPART_URL, lg__target, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
+        curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK) {
         lg_die("cannot parse URL %s", lg__target);
-    if (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)
+    }
+    if (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0) {
         lg_die("URL %s: only http:// and https:// are supported", lg__target);
+    }
     curl_url_get(u, CURLUPART_PORT, &port, 0);   /* NULL when not given */
     curl_url_get(u, CURLUPART_QUERY, &query, 0); /* likewise */
     const char *method = lg_cfg.raw ? lg_cfg.method : "POST";
     const char *extra = "";
-    if (!lg_cfg.raw)
+    if (!lg_cfg.raw) {
         extra = "Content-Type: application/json\r\n";
-    else if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0)
+    } else if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0) {
         extra = "Content-Length: 0\r\n";
-    lg__req_head = lg_sprintf("%s %s%s%s HTTP/1.1\r\n"
-                            "Host: %s%s%s\r\n"
-                            "User-Agent: couponsvc-loadgen/1\r\n"
-                            "Accept: */*\r\n"
-                            "%s",
-                            method, path, query ? "?" : "", query ? query : "",
-                            host, port ? ":" : "", port ? port : "", extra);
+    }
+    lg__req_head =
+        lg_sprintf("%s %s%s%s HTTP/1.1\r\n"
+                   "Host: %s%s%s\r\n"
+                   "User-Agent: couponsvc-loadgen/1\r\n"
+                   "Accept: */*\r\n"
+                   "%s",
+                   method, path, query ? "?" : "", query ? query : "", host,
+                   port ? ":" : "", port ? port : "", extra);
     lg__req_head_len = strlen(lg__req_head);
     lg__req_max = lg__req_head_len + 64 + LG_BODY_MAX;
     lg_cfg.head = lg_cfg.raw && strcmp(method, "HEAD") == 0;
@@ -1360,27 +1442,31 @@ static void lg__on_signal(int sig) {
 /* Before the run: the request's fixed parts, --create-stock, the workers
  * and their connections. Returns 0, or -1 when --create-stock failed. */
 static int lg__setup(void) {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         lg_die("curl_global_init failed");
+    }
     signal(SIGPIPE, SIG_IGN);
 
     lg__coupon_json = lg_json_escape(lg_cfg.coupon);
     lg__prefix_json = lg_json_escape(lg_cfg.user_prefix);
-    if (lg_cfg.raw)
+    if (lg_cfg.raw) {
         lg__target = lg_sprintf("%s%s%s", lg_cfg.url,
-                              lg_cfg.path[0] == '/' ? "" : "/", lg_cfg.path);
-    else
+                                lg_cfg.path[0] == '/' ? "" : "/", lg_cfg.path);
+    } else {
         lg__target = lg_sprintf("%s/claim", lg_cfg.url);
+    }
     lg__req_setup();
 
-    if (lg_cfg.create_stock >= 0 && lg__create_stock() < 0)
+    if (lg_cfg.create_stock >= 0 && lg__create_stock() < 0) {
         return -1;
+    }
 
     lg__workers = lg_calloc((size_t)lg_cfg.threads, sizeof *lg__workers);
-    for (int i = 0; i < lg_cfg.threads; i++)
+    for (int i = 0; i < lg_cfg.threads; i++) {
         lg__worker_init(&lg__workers[i], i,
-                       lg_cfg.connections / lg_cfg.threads +
-                           (i < lg_cfg.connections % lg_cfg.threads));
+                        lg_cfg.connections / lg_cfg.threads +
+                            (i < lg_cfg.connections % lg_cfg.threads));
+    }
     return 0;
 }
 
@@ -1405,12 +1491,15 @@ static void lg__start_workers(void) {
     /* --verify-only: no worker runs; the checks see zero requests (so "a
      * row for every 201" has nothing to check) and everything else is
      * read from the database as after a run. */
-    for (int i = 0; i < lg_cfg.threads && !lg_cfg.verify_only; i++)
+    for (int i = 0; i < lg_cfg.threads && !lg_cfg.verify_only; i++) {
         if (pthread_create(&lg__workers[i].thread, NULL, lg__worker_main,
-                           &lg__workers[i]) != 0)
+                           &lg__workers[i]) != 0) {
             lg_die("pthread_create failed");
-    if (lg_cfg.verify_only)
+        }
+    }
+    if (lg_cfg.verify_only) {
         atomic_store(&lg__workers_done, lg_cfg.threads);
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
@@ -1420,19 +1509,22 @@ static void lg__wait_workers(void) {
     bool progress =
         !lg_cfg.quiet && !lg_cfg.verify_only && isatty(STDERR_FILENO);
     uint64_t last_req = 0;
-    int64_t last_ns = lg__start_ns, next_progress = lg__start_ns + LG_PROGRESS_NS;
+    int64_t last_ns = lg__start_ns,
+            next_progress = lg__start_ns + LG_PROGRESS_NS;
     while (atomic_load(&lg__workers_done) < lg_cfg.threads) {
         mono_sleep_ns(20 * MONO_MS);
-        if (lg__interrupts)
+        if (lg__interrupts) {
             atomic_store(&lg__stop, lg__interrupts >= 2 ? 2 : 1);
+        }
         int64_t now = mono_ns();
         if (progress && now >= next_progress) {
             lg__progress(now, &last_req, &last_ns);
             next_progress += LG_PROGRESS_NS;
         }
     }
-    for (int i = 0; i < lg_cfg.threads && !lg_cfg.verify_only; i++)
+    for (int i = 0; i < lg_cfg.threads && !lg_cfg.verify_only; i++) {
         pthread_join(lg__workers[i].thread, NULL);
+    }
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     if (progress) {
@@ -1444,23 +1536,27 @@ static void lg__wait_workers(void) {
 /* After the run: gather, verify, report. Returns the exit status. */
 static int lg__finish(lg_result_t *res) {
     int rc = LG_EXIT_OK;
-    for (int i = 0; i < lg_cfg.threads; i++)
+    for (int i = 0; i < lg_cfg.threads; i++) {
         if (lg__workers[i].errstr[0]) {
             fprintf(stderr, "loadgen: worker %d: %s\n", i,
                     lg__workers[i].errstr);
             rc = LG_EXIT_ERROR;
         }
+    }
 
     lg__collect(res);
     lg_verify_t v = {0};
-    if (lg_cfg.verify_dsn)
+    if (lg_cfg.verify_dsn) {
         lg_report_verify(&v);
+    }
     lg_report_summary(res, &v);
     fflush(stdout);
-    if (lg_cfg.json_path && lg_report_json(lg_cfg.json_path, res, &v) < 0)
+    if (lg_cfg.json_path && lg_report_json(lg_cfg.json_path, res, &v) < 0) {
         rc = LG_EXIT_ERROR;
-    if (lg_cfg.csv_path && lg_report_csv(lg_cfg.csv_path, res) < 0)
+    }
+    if (lg_cfg.csv_path && lg_report_csv(lg_cfg.csv_path, res) < 0) {
         rc = LG_EXIT_ERROR;
+    }
 
     if (res->total.requests > 0 && res->total.requests == res->total.errors) {
         fprintf(stderr,
@@ -1478,8 +1574,9 @@ static int lg__finish(lg_result_t *res) {
 }
 
 static void lg__cleanup(lg_result_t *res) {
-    for (int i = 0; i < lg_cfg.threads; i++)
+    for (int i = 0; i < lg_cfg.threads; i++) {
         lg__worker_free(&lg__workers[i]);
+    }
     free(lg__workers);
     free(res->total.lat);
     free(lg__secs);
@@ -1493,8 +1590,9 @@ static void lg__cleanup(lg_result_t *res) {
 
 int main(int argc, char **argv) {
     lg_cli_parse(argc, argv);
-    if (lg__setup() < 0)
+    if (lg__setup() < 0) {
         return LG_EXIT_ERROR;
+    }
     lg__start_workers();
     lg__wait_workers();
     lg_result_t res = {0};
