@@ -31,11 +31,7 @@
 
 set -eu
 
-say() { printf 'baseline: %s\n' "$*" >&2; }
-die() {
-    printf 'baseline: error: %s\n' "$*" >&2
-    exit 1
-}
+LT_NAME=baseline
 # shellcheck source=loadtest/lib.sh
 . "$(dirname "$0")/lib.sh"
 

@@ -77,11 +77,7 @@
 
 set -eu
 
-say() { printf 'bench: %s\n' "$*" >&2; }
-die() {
-    printf 'bench: error: %s\n' "$*" >&2
-    exit 1
-}
+LT_NAME=bench
 # shellcheck source=loadtest/lib.sh
 . "$(dirname "$0")/lib.sh"
 
@@ -281,25 +277,25 @@ ADMIN=(--admin-token "$COUPON_ADMIN_TOKEN")
 # --- hot and spread, atomic and lock, interleaved ------------------------------
 
 LOCK_DEFAULTS=(COUPON_LOCK_WAIT_STRATEGY=pubsub "COUPON_BATCH_MAX=$BATCH" COUPON_SOLDOUT_MEMO=on)
+# mode_round MODE L R [NAME=VALUE ...]: round R's hot and spread runs in
+# MODE (coupons hot-LR-RUN and spr-LR-RUN), the replicas restarted with
+# these settings first if either run is wanted.
+mode_round() {
+    local mode=$1 l=$2 r=$3
+    shift 3
+    if want "hot-$mode" || want "spread-$mode"; then
+        restart "$mode" "$@"
+    fi
+    ! want "hot-$mode" ||
+        run "hot-$mode-$r" claims -c "$CONN" -d "$SECS" --coupon "hot-$l$r-$RUN" \
+            --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+    ! want "spread-$mode" ||
+        run "spread-$mode-$r" claims -c "$CONN" -d "$SECS" --coupon "spr-$l$r-$RUN" \
+            --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+}
 for r in $(seq "$ROUNDS"); do
-    if want hot-atomic || want spread-atomic; then
-        restart atomic
-    fi
-    ! want hot-atomic ||
-        run "hot-atomic-$r" claims -c "$CONN" -d "$SECS" --coupon "hot-a$r-$RUN" \
-            --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
-    ! want spread-atomic ||
-        run "spread-atomic-$r" claims -c "$CONN" -d "$SECS" --coupon "spr-a$r-$RUN" \
-            --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
-    if want hot-lock || want spread-lock; then
-        restart lock "${LOCK_DEFAULTS[@]}"
-    fi
-    ! want hot-lock ||
-        run "hot-lock-$r" claims -c "$CONN" -d "$SECS" --coupon "hot-l$r-$RUN" \
-            --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
-    ! want spread-lock ||
-        run "spread-lock-$r" claims -c "$CONN" -d "$SECS" --coupon "spr-l$r-$RUN" \
-            --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+    mode_round atomic a "$r"
+    mode_round lock l "$r" "${LOCK_DEFAULTS[@]}"
 done
 
 # The lock mode's capacity: the median of its hot runs (BENCH_CAP when

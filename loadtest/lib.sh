@@ -1,7 +1,11 @@
 # shellcheck shell=bash
 # lib.sh: what the stack-driving scripts of loadtest/ (baseline.sh,
-# bench.sh, soak.sh) share, sourced by each after it has defined its own
-# say and die (the messages' prefixes differ; the functions here call them):
+# bench.sh, soak.sh) share, sourced by each after it has set LT_NAME:
+#
+#   say MESSAGE, die MESSAGE                   "LT_NAME: MESSAGE" on stderr
+#                                              (die: "LT_NAME: error: ..."
+#                                              and exit 1); a script may
+#                                              define its own after sourcing
 #
 #   ROOT, STACK_SH, LOADGEN, COUPONSVC, PY     set when this file is sourced:
 #                                              the tree, deploy/stack.sh,
@@ -18,6 +22,12 @@
 #                                              assignments); on failure the
 #                                              log's tail and die
 #   lt_stack_down LOG                          stack.sh down, if lt_stack_up ran
+
+say() { printf '%s: %s\n' "$LT_NAME" "$*" >&2; }
+die() {
+    printf '%s: error: %s\n' "$LT_NAME" "$*" >&2
+    exit 1
+}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STACK_SH=$ROOT/deploy/stack.sh

@@ -33,14 +33,16 @@
 
 set -eu
 
+LT_NAME=soak
+# shellcheck source=loadtest/lib.sh
+. "$(dirname "$0")/lib.sh"
+# The soak's own: seconds since its start on every line, and FAIL.
+T0=$SECONDS
 say() { printf 'soak: [%4ds] %s\n' $((SECONDS - T0)) "$*" >&2; }
 die() {
     printf 'soak: FAIL: %s\n' "$*" >&2
     exit 1
 }
-T0=$SECONDS
-# shellcheck source=loadtest/lib.sh
-. "$(dirname "$0")/lib.sh"
 
 SECS=${SOAK_SECONDS:-600}
 SPREAD=${SOAK_SPREAD:-1000}
