@@ -127,6 +127,67 @@ static bool lg_http__head_start_ok(const char *p, size_t avail) {
     return n == 0 || lg_http__status_line_ok(p, n);
 }
 
+/* What the headers of one response say about its framing. */
+typedef struct lg_http__framing {
+    bool conn_close, conn_keep; /* Connection: close / keep-alive */
+    bool chunked;               /* Transfer-Encoding: chunked */
+    bool have_len;              /* a Content-Length was given */
+    uint64_t clen;              /* its value */
+} lg_http__framing_t;
+
+/* Reads one header line, line[0..ln) (not the empty one), into *f. */
+static lg_http_rc_t lg_http__header(lg_http_resp_t *r, const char *line,
+                                    size_t ln, lg_http__framing_t *f) {
+    const char *colon = memchr(line, ':', ln);
+    if (colon == NULL || colon == line) {
+        return lg_http__fail(r, "bad header line");
+    }
+    size_t name_len = (size_t)(colon - line);
+    size_t vn = ln - name_len - 1;
+    const char *v = lg_http__trim(colon + 1, &vn);
+    if (name_len == 14 && strncasecmp(line, "Content-Length", 14) == 0) {
+        uint64_t x;
+        if (lg_http__decimal(v, vn, &x) < 0) {
+            return lg_http__fail(r, "bad Content-Length");
+        }
+        if (f->have_len && x != f->clen) {
+            return lg_http__fail(r, "conflicting Content-Length");
+        }
+        f->have_len = true;
+        f->clen = x;
+    } else if (name_len == 17 &&
+               strncasecmp(line, "Transfer-Encoding", 17) == 0) {
+        f->chunked = lg_http__has_token(v, vn, "chunked");
+    } else if (name_len == 10 && strncasecmp(line, "Connection", 10) == 0) {
+        f->conn_close |= lg_http__has_token(v, vn, "close");
+        f->conn_keep |= lg_http__has_token(v, vn, "keep-alive");
+    }
+    return LG_HTTP_AGAIN;
+}
+
+/* The final response's headers are read: set the state its body is read
+ * in. Returns LG_HTTP_OK when there is no body, else LG_HTTP_AGAIN. */
+static lg_http_rc_t lg_http__framed(lg_http_resp_t *r,
+                                    const lg_http__framing_t *f) {
+    r->keep_alive =
+        r->minor >= 1 ? !f->conn_close : f->conn_keep && !f->conn_close;
+    if (r->head_request || r->status == 204 || r->status == 304 ||
+        (!f->chunked && f->have_len && f->clen == 0)) {
+        r->state = LG_HTTP_S_DONE;
+        return LG_HTTP_OK;
+    }
+    if (f->chunked) {
+        r->state = LG_HTTP_S_CHUNK_SIZE;
+    } else if (f->have_len) {
+        r->remaining = f->clen;
+        r->state = LG_HTTP_S_BODY_LEN;
+    } else {
+        r->keep_alive = false; /* only the end of the connection ends it */
+        r->state = LG_HTTP_S_BODY_EOF;
+    }
+    return LG_HTTP_AGAIN;
+}
+
 /* Reads the header block p[0..len), which ends with its empty line, and
  * sets the body state. Returns LG_HTTP_AGAIN, LG_HTTP_OK (no body) or
  * LG_HTTP_EBAD. */
@@ -137,11 +198,7 @@ static lg_http_rc_t lg_http__head(lg_http_resp_t *r, const char *p,
         return lg_http__fail(r, "bad status line");
     }
     int status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
-    int minor = p[7] - '0';
-    bool conn_close = false, conn_keep = false, chunked = false;
-    bool have_len = false;
-    uint64_t clen = 0;
-
+    lg_http__framing_t f = {0};
     for (size_t off = n; off < len;) {
         size_t ln = lg_http__line(p + off, len - off);
         const char *line = p + off;
@@ -149,32 +206,10 @@ static lg_http_rc_t lg_http__head(lg_http_resp_t *r, const char *p,
         if (lg_http__empty_line(line, ln)) {
             break; /* the empty line; one of blanks has no colon: refused */
         }
-        const char *colon = memchr(line, ':', ln);
-        if (colon == NULL || colon == line) {
-            return lg_http__fail(r, "bad header line");
-        }
-        size_t name_len = (size_t)(colon - line);
-        size_t vn = ln - name_len - 1;
-        const char *v = lg_http__trim(colon + 1, &vn);
-        if (name_len == 14 && strncasecmp(line, "Content-Length", 14) == 0) {
-            uint64_t x;
-            if (lg_http__decimal(v, vn, &x) < 0) {
-                return lg_http__fail(r, "bad Content-Length");
-            }
-            if (have_len && x != clen) {
-                return lg_http__fail(r, "conflicting Content-Length");
-            }
-            have_len = true;
-            clen = x;
-        } else if (name_len == 17 &&
-                   strncasecmp(line, "Transfer-Encoding", 17) == 0) {
-            chunked = lg_http__has_token(v, vn, "chunked");
-        } else if (name_len == 10 && strncasecmp(line, "Connection", 10) == 0) {
-            conn_close |= lg_http__has_token(v, vn, "close");
-            conn_keep |= lg_http__has_token(v, vn, "keep-alive");
+        if (lg_http__header(r, line, ln, &f) != LG_HTTP_AGAIN) {
+            return LG_HTTP_EBAD;
         }
     }
-
     if (status < 200) {
         if (status == 101) {
             return lg_http__fail(r, "unexpected 101 Switching Protocols");
@@ -183,26 +218,8 @@ static lg_http_rc_t lg_http__head(lg_http_resp_t *r, const char *p,
         return LG_HTTP_AGAIN;
     }
     r->status = status;
-    r->minor = minor;
-    r->keep_alive = minor >= 1 ? !conn_close : conn_keep && !conn_close;
-    if (r->head_request || status == 204 || status == 304) {
-        r->state = LG_HTTP_S_DONE;
-        return LG_HTTP_OK;
-    }
-    if (chunked) {
-        r->state = LG_HTTP_S_CHUNK_SIZE;
-    } else if (have_len) {
-        r->remaining = clen;
-        r->state = LG_HTTP_S_BODY_LEN;
-        if (clen == 0) {
-            r->state = LG_HTTP_S_DONE;
-            return LG_HTTP_OK;
-        }
-    } else {
-        r->keep_alive = false; /* only the end of the connection ends it */
-        r->state = LG_HTTP_S_BODY_EOF;
-    }
-    return LG_HTTP_AGAIN;
+    r->minor = p[7] - '0';
+    return lg_http__framed(r, &f);
 }
 
 /* Body bytes p[0..n) arrived: count them and keep the sample. */

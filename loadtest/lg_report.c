@@ -165,31 +165,9 @@ static void lg_report__print_verify(const lg_verify_t *lv) {
     }
 }
 
-void lg_report_summary(const lg_result_t *res, const lg_verify_t *v) {
+/* The run's counts and latency, under the summary's head. */
+static void lg_report__print_counts(const lg_result_t *res) {
     const lg_stats_t *t = &res->total;
-    if (lg_cfg.verify_only) {
-        printf("\nverify only: nothing was sent; coupon%s %s%s\n",
-               lg_cfg.coupons > 1 ? "s" : "", lg_cfg.coupon,
-               lg_cfg.coupons > 1 ? "-*" : "");
-        lg_report__print_verify(v);
-        return;
-    }
-    printf("\n%s %s\n", lg_cfg.raw ? lg_cfg.method : "POST", res->target);
-    if (lg_cfg.rate > 0) {
-        printf("open loop: %.1f req/s scheduled, at most %d in flight, %d "
-               "threads\n",
-               lg_cfg.rate, lg_cfg.connections, lg_cfg.threads);
-    } else {
-        printf("closed loop: %d connections, %d threads\n", lg_cfg.connections,
-               lg_cfg.threads);
-    }
-    if (!lg_cfg.raw) {
-        printf("users: %s-*\n", lg_cfg.user_prefix);
-    }
-    if (res->interrupted) {
-        printf("(interrupted)\n");
-    }
-    printf("\n");
     printf("requests           %" PRIu64 "\n", t->requests);
     printf("duration           %.2f s\n", res->duration_s);
     printf("achieved rate      %.1f req/s\n", res->rate);
@@ -221,6 +199,33 @@ void lg_report_summary(const lg_result_t *res, const lg_verify_t *v) {
         printf("first unexpected   HTTP %ld %s\n", res->sample_status,
                res->sample);
     }
+}
+
+void lg_report_summary(const lg_result_t *res, const lg_verify_t *v) {
+    if (lg_cfg.verify_only) {
+        printf("\nverify only: nothing was sent; coupon%s %s%s\n",
+               lg_cfg.coupons > 1 ? "s" : "", lg_cfg.coupon,
+               lg_cfg.coupons > 1 ? "-*" : "");
+        lg_report__print_verify(v);
+        return;
+    }
+    printf("\n%s %s\n", lg_cfg.raw ? lg_cfg.method : "POST", res->target);
+    if (lg_cfg.rate > 0) {
+        printf("open loop: %.1f req/s scheduled, at most %d in flight, %d "
+               "threads\n",
+               lg_cfg.rate, lg_cfg.connections, lg_cfg.threads);
+    } else {
+        printf("closed loop: %d connections, %d threads\n", lg_cfg.connections,
+               lg_cfg.threads);
+    }
+    if (!lg_cfg.raw) {
+        printf("users: %s-*\n", lg_cfg.user_prefix);
+    }
+    if (res->interrupted) {
+        printf("(interrupted)\n");
+    }
+    printf("\n");
+    lg_report__print_counts(res);
     if (v->ran) {
         lg_report__print_verify(v);
     }

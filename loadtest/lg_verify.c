@@ -232,6 +232,33 @@ static int lg_verify__coupons(PGconn *pg, bool sharded_schema,
     return 0;
 }
 
+/* Claim rows naming a bucket that does not exist. */
+static int lg_verify__orphans(PGconn *pg, lg_verify_report_t *r) {
+    PGresult *res;
+    long long orphans = 0;
+    res = lg_verify__count(pg,
+                           "SELECT count(*), min(k.coupon_id), min(k.bucket)"
+                           "  FROM claims k JOIN lgv_coupons l"
+                           "    ON l.id = k.coupon_id"
+                           " WHERE k.bucket IS NOT NULL AND NOT EXISTS"
+                           "       (SELECT 1 FROM coupon_buckets b"
+                           "         WHERE b.coupon_id = k.coupon_id"
+                           "           AND b.bucket = k.bucket)",
+                           &orphans, r);
+    if (res == NULL) {
+        return -1;
+    }
+    if (orphans > 0) {
+        r->bucket_rows_mismatch += orphans;
+        lg_verify__first(r,
+                         "%lld claim rows name a bucket that does not exist "
+                         "(e.g. coupon %s bucket %s)",
+                         orphans, PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
+    }
+    PQclear(res);
+    return 0;
+}
+
 /* Per bucket of a sharded coupon: its stock and its rows; and claim rows
  * naming a bucket that does not exist. */
 static int lg_verify__buckets(PGconn *pg, lg_verify_report_t *r) {
@@ -271,29 +298,7 @@ static int lg_verify__buckets(PGconn *pg, lg_verify_report_t *r) {
         }
     }
     PQclear(res);
-
-    long long orphans = 0;
-    res = lg_verify__count(pg,
-                           "SELECT count(*), min(k.coupon_id), min(k.bucket)"
-                           "  FROM claims k JOIN lgv_coupons l"
-                           "    ON l.id = k.coupon_id"
-                           " WHERE k.bucket IS NOT NULL AND NOT EXISTS"
-                           "       (SELECT 1 FROM coupon_buckets b"
-                           "         WHERE b.coupon_id = k.coupon_id"
-                           "           AND b.bucket = k.bucket)",
-                           &orphans, r);
-    if (res == NULL) {
-        return -1;
-    }
-    if (orphans > 0) {
-        r->bucket_rows_mismatch += orphans;
-        lg_verify__first(r,
-                         "%lld claim rows name a bucket that does not exist "
-                         "(e.g. coupon %s bucket %s)",
-                         orphans, PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
-    }
-    PQclear(res);
-    return 0;
+    return lg_verify__orphans(pg, r);
 }
 
 /* Within each counter, seq is exactly 1..rows. */
@@ -322,6 +327,33 @@ static int lg_verify__seq(PGconn *pg, const char *bucket,
                          PQgetisnull(res, 0, 2) ? "-" : PQgetvalue(res, 0, 2),
                          PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 6),
                          PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 5));
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* Names the first fence out of order, for the reader of a failed test;
+ * inner is lg_verify__fences's query of the fenced rows. */
+static int lg_verify__first_fence(PGconn *pg, const char *inner,
+                                  lg_verify_report_t *r) {
+    char sql[1600];
+    snprintf(sql, sizeof sql,
+             "SELECT coupon_id, b, seq, fence, pseq, prev, x = px FROM (%s) f"
+             " WHERE fence < prev OR (fence = prev AND x <> px)"
+             " ORDER BY coupon_id, b, seq LIMIT 1",
+             inner);
+    PGresult *res = lg_verify__q(pg, sql, PGRES_TUPLES_OK, r);
+    if (res == NULL) {
+        return -1;
+    }
+    if (PQntuples(res) == 1) {
+        lg_verify__first(
+            r, "coupon %s bucket %s: seq %s has fence %s after seq %s's %s%s",
+            PQgetvalue(res, 0, 0),
+            PQgetisnull(res, 0, 1) ? "-" : PQgetvalue(res, 0, 1),
+            PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4),
+            PQgetvalue(res, 0, 5),
+            PQgetvalue(res, 0, 6)[0] == 'f' ? " (another transaction)" : "");
     }
     PQclear(res);
     return 0;
@@ -367,27 +399,7 @@ static int lg_verify__fences(PGconn *pg, const char *bucket,
         return 0;
     }
 
-    /* Name the first offender, for the reader of a failed test. */
-    snprintf(sql, sizeof sql,
-             "SELECT coupon_id, b, seq, fence, pseq, prev, x = px FROM (%s) f"
-             " WHERE fence < prev OR (fence = prev AND x <> px)"
-             " ORDER BY coupon_id, b, seq LIMIT 1",
-             inner);
-    res = lg_verify__q(pg, sql, PGRES_TUPLES_OK, r);
-    if (res == NULL) {
-        return -1;
-    }
-    if (PQntuples(res) == 1) {
-        lg_verify__first(
-            r, "coupon %s bucket %s: seq %s has fence %s after seq %s's %s%s",
-            PQgetvalue(res, 0, 0),
-            PQgetisnull(res, 0, 1) ? "-" : PQgetvalue(res, 0, 1),
-            PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4),
-            PQgetvalue(res, 0, 5),
-            PQgetvalue(res, 0, 6)[0] == 'f' ? " (another transaction)" : "");
-    }
-    PQclear(res);
-    return 0;
+    return lg_verify__first_fence(pg, inner, r);
 }
 
 /* Every answered (coupon, user) pair has its row. */

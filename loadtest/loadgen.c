@@ -1064,6 +1064,24 @@ static void lg__event(lg_worker_t *w, const struct epoll_event *ev) {
     }
 }
 
+/* How long the event loop may sleep in epoll_wait, in ms: until a socket
+ * is ready, the schedule timer fires, libcurl's timeout (curl_next, -1 =
+ * none) is due or requests may time out; not at all if a request failed at
+ * once and left a closed-loop connection idle. */
+static int lg__wait_ms(const lg_worker_t *w, int64_t now, int64_t curl_next) {
+    int64_t wait_ns = LG_WAIT_MAX_MS * MONO_MS;
+    if (curl_next >= 0 && curl_next - now < wait_ns) {
+        wait_ns = curl_next > now ? curl_next - now : 0;
+    }
+    if (w->inflight > 0 && w->sweep_ns - now < wait_ns) {
+        wait_ns = w->sweep_ns > now ? w->sweep_ns - now : 0;
+    }
+    if (w->idle && !w->sending_done && lg_cfg.rate <= 0) {
+        wait_ns = 0;
+    }
+    return (int)((wait_ns + MONO_MS - 1) / MONO_MS);
+}
+
 /* The event loop. See the top of the file. */
 static void *lg__worker_main(void *arg) {
     lg_worker_t *w = arg;
@@ -1091,21 +1109,8 @@ static void *lg__worker_main(void *arg) {
             break;
         }
 
-        /* Sleep until a socket is ready, the schedule timer fires, libcurl's
-         * timeout is due or requests may time out; not at all if a request
-         * failed at once and left a closed-loop connection idle. */
-        int64_t wait_ns = LG_WAIT_MAX_MS * 1000000LL;
-        if (curl_next >= 0 && curl_next - now < wait_ns) {
-            wait_ns = curl_next > now ? curl_next - now : 0;
-        }
-        if (w->inflight > 0 && w->sweep_ns - now < wait_ns) {
-            wait_ns = w->sweep_ns > now ? w->sweep_ns - now : 0;
-        }
-        if (w->idle && !w->sending_done && lg_cfg.rate <= 0) {
-            wait_ns = 0;
-        }
         int n = epoll_wait(w->epfd, evs, (int)(sizeof evs / sizeof evs[0]),
-                           (int)((wait_ns + 999999) / 1000000));
+                           lg__wait_ms(w, now, curl_next));
         if (n < 0 && errno != EINTR) {
             snprintf(w->errstr, sizeof w->errstr, "epoll_wait: %s",
                      strerror(errno));
