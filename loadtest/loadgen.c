@@ -723,6 +723,38 @@ static void lg__publish(lg_worker_t *w) {
 
 /* ------------------------------ Connections ------------------------------ */
 
+/* What one connection can check of lg_conn_t's invariants alone, O(1), for
+ * asserts at its transitions: an open socket is in the multi handle, and
+ * the request and read offsets stay inside their buffers. */
+static bool lg__conn_ok(const lg_conn_t *c) {
+    return (c->fd < 0 || c->in_multi) && c->req_off <= c->req_len &&
+           c->rlen <= sizeof c->rbuf;
+}
+
+/* The invariants across a worker's connections (lg_conn_t's comment), by a
+ * walk of all of them: the idle list holds exactly the LG_C_IDLE ones,
+ * inflight counts the others and nconnecting the LG_C_CONNECTING ones.
+ * Asserted when the worker's loop ends, and at every turn of it in a
+ * COUPONSVC_DEBUG_SANITY build. */
+static bool lg__worker_ok(const lg_worker_t *w) {
+    int listed = 0, idle = 0, connecting = 0;
+    for (const lg_conn_t *c = w->idle; c != NULL; c = c->next_idle) {
+        if (c->state != LG_C_IDLE || ++listed > w->nconns) {
+            return false;
+        }
+    }
+    for (int i = 0; i < w->nconns; i++) {
+        const lg_conn_t *c = &w->conns[i];
+        if (!lg__conn_ok(c)) {
+            return false;
+        }
+        idle += c->state == LG_C_IDLE;
+        connecting += c->state == LG_C_CONNECTING;
+    }
+    return listed == idle && w->inflight == w->nconns - idle &&
+           w->nconnecting == connecting;
+}
+
 static void lg__conn_send(lg_conn_t *c);
 static void lg__conn_connected(lg_conn_t *c);
 
@@ -756,6 +788,7 @@ static void lg__conn_finish(lg_conn_t *c, CURLcode rc, long st, int64_t now) {
     w->idle = c;
     w->inflight--;
     assert(w->inflight >= 0);
+    assert(lg__conn_ok(c));
 }
 
 /* The request on c failed with transport error rc at `now`: the
@@ -1123,7 +1156,11 @@ static void *lg__worker_main(void *arg) {
             lg__sec_advance(w, mono_ns());
             lg__publish(w);
         }
+#ifdef COUPONSVC_DEBUG_SANITY
+        assert(lg__worker_ok(w));
+#endif
     }
+    assert(lg__worker_ok(w));
     w->end_ns = mono_ns();
     lg__secs_merge(w->sec_no, &w->sec,
                    lg_cfg.threads); /* the last, partial second */
