@@ -131,15 +131,15 @@
 
 /* ============================= Configuration ============================= */
 
-#define LG_BODY_MAX 640      /* claim body: two escaped names and numbers */
-#define LG_SAMPLE_MAX 160    /* bytes of a response body kept as a sample */
-#define LG_NS MONO_S         /* nanoseconds per second */
-#define LG_LATE_NS 1000000LL /* open loop: later than this counts as late */
-#define LG_WAIT_MAX_MS 50    /* longest epoll wait, so a stop is noticed */
+#define LG_BODY_MAX 640    /* claim body: two escaped names and numbers */
+#define LG_SAMPLE_MAX 160  /* bytes of a response body kept as a sample */
+#define LG_NS MONO_S       /* nanoseconds per second */
+#define LG_LATE_NS MONO_MS /* open loop: later than this counts as late */
+#define LG_WAIT_MAX_MS 50  /* longest epoll wait, so a stop is noticed */
 #define LG_SWEEP_NS (LG_NS / 100) /* how often timeouts are looked for */
 #define LG_PROGRESS_NS (LG_NS / 4)
 
-/* Derived once from cfg before the run. */
+/* Derived once from lg_cfg before the run. */
 static char *lg__target;        /* the URL every request goes to */
 static char *lg__coupon_json;   /* lg_cfg.coupon escaped for a JSON string */
 static char *lg__prefix_json;   /* lg_cfg.user_prefix escaped likewise */
@@ -611,7 +611,7 @@ static int lg__timer_cb(CURLM *multi, long timeout_ms, void *userp) {
     lg_conn_t *c = userp;
     (void)multi;
     c->curl_deadline_ns =
-        timeout_ms < 0 ? -1 : mono_ns() + (int64_t)timeout_ms * 1000000;
+        timeout_ms < 0 ? -1 : mono_ns() + (int64_t)timeout_ms * MONO_MS;
     return 0;
 }
 
@@ -975,7 +975,7 @@ static void lg__conn_read(lg_conn_t *c) {
 
 /* End every request that has run past the timeout. */
 static void lg__sweep(lg_worker_t *w, int64_t now) {
-    int64_t limit = (int64_t)lg_cfg.timeout_ms * 1000000;
+    int64_t limit = (int64_t)lg_cfg.timeout_ms * MONO_MS;
     for (int i = 0; i < w->nconns; i++) {
         lg_conn_t *c = &w->conns[i];
         if (c->state != LG_C_IDLE && now - c->start_ns >= limit) {
