@@ -315,8 +315,20 @@ def main():
         if r and r["valid"] and r["latency_ms"].get("p50"):
             rat.append(r["latency_ms"]["p99"] / r["latency_ms"]["p50"])
     m = median(rat)
+    # The floor under that ratio: the same closed loop (same connections,
+    # same balancer, same replicas) on GET /healthz, which takes no lock,
+    # reads no database and answers at once. Its tail is the HTTP path's
+    # alone (the scheduling of the balancer, the replicas' event loops and
+    # the load generator on a saturated machine); a claim cannot have a
+    # tighter one than that unless the lock's queue absorbs it.
+    hzr = by.get("healthz")
+    hz_ratio = (hzr["latency_ms"]["p99"] / hzr["latency_ms"]["p50"]
+                if hzr and hzr["valid"] and hzr["latency_ms"].get("p50")
+                else None)
     goal("hot coupon closed loop p99 / p50 (median of rounds)", m,
-         m is not None and m <= 2.0, "<= 2.0")
+         m is not None and m <= 2.0, "<= 2.0",
+         "same loop on /healthz: %.2f" % hz_ratio
+         if hz_ratio is not None else "")
     so, hz = rate("soldout"), rate("healthz")
     sr = so / hz if so is not None and hz else None
     goal("sold-out answers/s / healthz answers/s (LB, 1 in 10 holds a claim)",
@@ -373,6 +385,9 @@ def main():
         nb = None
     if nb:
         vs("buckets: 1 -> %d, hot claims/s" % nb, hot_on, rate("hot-buckets"))
+    elif b is None:
+        vs("buckets: 1 -> %s, hot claims/s" % session.get("buckets"), None,
+           None)
     else:
         lines.append("  %-54s (this build ignored \"buckets\": the coupon is "
                      "unsharded)" % ("buckets: 1 -> %s" % session.get("buckets")))
