@@ -25,7 +25,9 @@
 #include <unistd.h>
 
 #include "h_etcd.h"
+#include "mono.h"
 #include "tt.h"
+#include "util.h"
 
 #define H_ADMIN_TOKEN "test-admin-token"
 
@@ -47,16 +49,11 @@ static int h__nsvcs;
 /* -------------------------------------------------------------- helpers --- */
 
 void h_sleep_ms(long ms) {
-    struct timespec ts = {.tv_sec = ms / 1000,
-                          .tv_nsec = (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    mono_sleep_ns((int64_t)ms * MONO_MS);
 }
 
 double h_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+    return (double)mono_ns() / (double)MONO_MS;
 }
 
 static int h__free_port(void) {
@@ -198,7 +195,7 @@ int h_setup(void) {
         return -1;
     }
     pclose(p);
-    h__bindir[strcspn(h__bindir, "\n")] = '\0';
+    str_trim_newline(h__bindir);
 
     snprintf(h__dir, sizeof(h__dir), "/tmp/couponsvc-it-XXXXXX");
     if (mkdtemp(h__dir) == NULL) {
@@ -662,8 +659,9 @@ double h_metric(const h_svc_t *s, const char *series) {
     snprintf(url, sizeof(url), "%s/metrics", s->url);
     long st = h_http("GET", url, NULL, NULL, NULL, 0, &body);
     if (st != 200) {
-        if (getenv("HDEBUG"))
+        if (getenv("HDEBUG")) {
             fprintf(stderr, "metric %s: status %ld\n", url, st);
+        }
         free(body);
         return -1;
     }
@@ -765,8 +763,9 @@ void h_check_invariants(const char *coupon, long stock, long n201) {
     lg_verify_report_t v;
     TT_ASSERT_MSG(h_invariants(coupon, &v) == 0, "invariant check on %s: %s",
                   coupon, v.err);
-    if (!v.ok)
+    if (!v.ok) {
         fprintf(stderr, "  invariants of %s: %s\n", coupon, v.first);
+    }
     TT_EQ_INT(v.coupons_missing, 0);
     TT_EQ_INT(v.stock, stock);
     TT_CMP_INT(v.claimed, <=, stock); /* never oversold */
@@ -1220,7 +1219,7 @@ const char *h_acl_rule(void) {
     while (fgets(line, sizeof(line), f) != NULL) {
         if (strncmp(line, "user ", 5) == 0) {
             TT_ASSERT_MSG(rule[0] == '\0', "%s: more than one user line", path);
-            line[strcspn(line, "\n")] = '\0';
+            str_trim_newline(line);
             snprintf(rule, sizeof(rule), "%s", line);
         }
     }

@@ -44,6 +44,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "mono.h"
 #include "tt.h"
 
 /* --------------------------------------------------------------- server --- */
@@ -115,10 +116,7 @@ static const char lt_resp_garbage[] =
     "SSH-2.0-OpenSSH_9.2p1 not HTTP at all\r\nhello: there\r\n\r\n";
 
 static void lt_sleep_us(long us) {
-    struct timespec ts = {.tv_sec = us / 1000000,
-                          .tv_nsec = (us % 1000000) * 1000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    mono_sleep_ns((int64_t)us * 1000);
 }
 
 /* Writes all of p[0..n); returns 0, or -1 if the client went away. */
