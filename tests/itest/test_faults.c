@@ -138,34 +138,16 @@ static void all_failures_clear(fl_load_t *l, double from, double to,
 }
 
 /* Redis with a movable wall clock (tests/faults/clockshift.c). */
-static char clock_file[400];
+static fl_clock_t redis_clock;
 
 static void redis_with_clockshift(void) {
-    const char *so = getenv("COUPONSVC_CLOCKSHIFT");
-    if (so == NULL) {
-        so = "build/tests/libclockshift.so";
-    }
-    TT_ASSERT_MSG(access(so, R_OK) == 0,
-                  "%s missing: run through make test-faults", so);
-    snprintf(clock_file, sizeof(clock_file), "%s/clockshift", h_test_dir());
-    int fd = open(clock_file, O_CREAT | O_TRUNC | O_WRONLY, 0644);
-    int64_t zero = 0;
-    TT_ASSERT(fd >= 0 && write(fd, &zero, sizeof(zero)) == sizeof(zero));
-    close(fd);
-    static char pre[480], file[480];
-    char abs[400];
-    TT_ASSERT(realpath(so, abs) != NULL);
-    snprintf(pre, sizeof(pre), "LD_PRELOAD=%s", abs);
-    snprintf(file, sizeof(file), "CLOCKSHIFT_FILE=%s", clock_file);
-    const char *env[] = {pre, file, NULL};
-    h_redis_restart_with(NULL, env);
+    fl_clock_init(&redis_clock, "clockshift");
+    h_redis_restart_with(NULL, redis_clock.env);
 }
 
 /* Moves the test Redis's wall clock to real time + ms. */
 static void redis_clock_shift(int64_t ms) {
-    int fd = open(clock_file, O_WRONLY);
-    TT_ASSERT(fd >= 0 && pwrite(fd, &ms, sizeof(ms), 0) == sizeof(ms));
-    close(fd);
+    fl_clock_shift(&redis_clock, ms);
 }
 
 #define TTL_ENV "COUPON_LOCK_TTL_MS=1000"
