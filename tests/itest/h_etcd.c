@@ -40,20 +40,6 @@ int h_etcd_on(void) {
     return b != NULL && strcmp(b, "etcd") == 0;
 }
 
-static int h_etcd__port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
-        perror("free port");
-        exit(1);
-    }
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* ---------------------------------------------------------- supervisor --- */
 
 static void h_etcd__pidfile(int i, char *out, size_t n) {
@@ -271,8 +257,8 @@ int h_etcd_setup(void) {
     }
     size_t o = 0;
     for (int i = 0; i < H_ETCD_MEMBERS; i++) {
-        h_etcd__g.client[i] = h_etcd__port();
-        h_etcd__g.peer[i] = h_etcd__port();
+        h_etcd__g.client[i] = h_free_port();
+        h_etcd__g.peer[i] = h_free_port();
         o += (size_t)snprintf(
             h_etcd__g.endpoints + o, sizeof(h_etcd__g.endpoints) - o,
             "%shttp://127.0.0.1:%d", i ? "," : "", h_etcd__g.client[i]);
@@ -652,8 +638,4 @@ void h_etcd_make_leader(int i) {
         }
         h_sleep_ms(200);
     }
-}
-
-int h_etcd_free_port(void) {
-    return h_etcd__port();
 }

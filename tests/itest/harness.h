@@ -130,6 +130,20 @@ void h_sleep_ms(long ms);
 /* Milliseconds on the monotonic clock (for intervals, not dates). */
 double h_now_ms(void);
 
+/* A free loopback TCP port (bound, then closed: nobody else holds it at
+ * the moment of the call). Exits the process if there is none. */
+int h_free_port(void);
+
+struct passwd;
+
+/* fork + exec (execvp) argv, stdout and stderr appended to logfile, stdin
+ * from /dev/null, the settings of env ("K=V", NULL-terminated, may be NULL)
+ * added, as user pw if not NULL. Returns the child's pid (the caller reaps
+ * it); exits the process if fork fails. For the harness's own files
+ * (harness.c, h_topo.c, h_etcd.c) and tests that start a helper process. */
+pid_t h_spawn(char *const *argv, const char *logfile, struct passwd *pw,
+              const char *const *env);
+
 /* Polls until metric >= want on s, up to timeout_ms; returns the last value. */
 double h_wait_metric(const h_svc_t *s, const char *series, double want,
                      int timeout_ms);

@@ -402,7 +402,7 @@ static void e_etcdctl(const char *ep, const char *args) {
 TT_TEST(etcd_auth_user_and_refused_password, 60) {
     H_ETCD_ONLY();
     h_begin();
-    int cport = h_etcd_free_port(), pport = h_etcd_free_port();
+    int cport = h_free_port(), pport = h_free_port();
     char curl_[64], purl[64], cluster[96], data[300], log[300];
     snprintf(curl_, sizeof(curl_), "http://127.0.0.1:%d", cport);
     snprintf(purl, sizeof(purl), "http://127.0.0.1:%d", pport);

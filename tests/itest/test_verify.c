@@ -43,8 +43,9 @@ static void v_coupon(const char *id, int total, int claimed) {
 static void v_claim(const char *coupon, const char *user, long fence, int seq,
                     int bucket) {
     char sql[384], b[16] = "NULL";
-    if (bucket >= 0)
+    if (bucket >= 0) {
         snprintf(b, sizeof b, "%d", bucket);
+    }
     snprintf(sql, sizeof sql,
              "INSERT INTO claims (coupon_id, user_id, fence, seq, instance,"
              " bucket) VALUES ('%s', '%s', %ld, %d, 'test_verify', %s)",
