@@ -1255,7 +1255,9 @@ int h_redis_extra_start(const char *name) {
     }
 }
 
-long long h_redis_cmd_at(int port, const char *fmt, ...) {
+/* The reply to one command (fmt, ap) on the Redis at port; see
+ * h_redis_cmd_at. */
+static redisReply *h__redis_vreply_at(int port, const char *fmt, va_list ap) {
     struct timeval tv = {2, 0};
     redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
     TT_ASSERT_MSG(c != NULL && c->err == 0, "redis connect: %s",
@@ -1263,14 +1265,27 @@ long long h_redis_cmd_at(int port, const char *fmt, ...) {
     if (port == h__redis_port) {
         TT_ASSERT_MSG(h__redis_auth(c) == 0, "redis AUTH failed");
     }
-    va_list ap;
-    va_start(ap, fmt);
     redisReply *r = redisvCommand(c, fmt, ap);
-    va_end(ap);
     TT_ASSERT_MSG(r != NULL, "redis command failed: %s", c->errstr);
     TT_ASSERT_MSG(r->type != REDIS_REPLY_ERROR, "redis: %s", r->str);
+    redisFree(c); /* the reply is an object of its own */
+    return r;
+}
+
+redisReply *h_redis_reply_at(int port, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = h__redis_vreply_at(port, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+long long h_redis_cmd_at(int port, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = h__redis_vreply_at(port, fmt, ap);
+    va_end(ap);
     long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
     freeReplyObject(r);
-    redisFree(c);
     return v;
 }

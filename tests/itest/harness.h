@@ -246,6 +246,12 @@ int h_redis_extra_start(const char *name);
  * 0. */
 long long h_redis_cmd_at(int port, const char *fmt, ...);
 
+struct redisReply;
+
+/* The same, returning the whole reply (new: freeReplyObject); fails the
+ * test on an error reply or none. */
+struct redisReply *h_redis_reply_at(int port, const char *fmt, ...);
+
 /* ------------------------------------------------- the etcd suites ---
  * COUPONSVC_LOCK_BACKEND=etcd runs the same tests on a 3-member etcd
  * cluster (h_etcd.h); a test about Redis itself says so with

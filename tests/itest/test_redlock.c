@@ -85,14 +85,9 @@ static int rl_grants(const h_svc_t *s, const char *resource, long long *fence,
 
 /* Redis's integer reply for GET on a counter at port, 0 when absent. */
 static long long rl_counter(int port, const char *key) {
-    struct timeval tv = {2, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    TT_ASSERT(c != NULL && c->err == 0);
-    redisReply *r = redisCommand(c, "GET %s", key);
-    TT_ASSERT(r != NULL);
+    redisReply *r = h_redis_reply_at(port, "GET %s", key);
     long long v = r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
     freeReplyObject(r);
-    redisFree(c);
     return v;
 }
 
@@ -361,15 +356,11 @@ TT_TEST(redlock_wait_one_wake_per_release, 60) {
 
 /* Calls of EVAL the node at port has served so far (INFO commandstats). */
 static long long rl_evals(int port) {
-    struct timeval tv = {2, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    TT_ASSERT(c != NULL && c->err == 0);
-    redisReply *r = redisCommand(c, "INFO commandstats");
-    TT_ASSERT(r != NULL && r->type == REDIS_REPLY_STRING);
+    redisReply *r = h_redis_reply_at(port, "INFO commandstats");
+    TT_ASSERT(r->type == REDIS_REPLY_STRING);
     const char *p = strstr(r->str, "cmdstat_eval:calls=");
     long long v = p != NULL ? atoll(p + strlen("cmdstat_eval:calls=")) : 0;
     freeReplyObject(r);
-    redisFree(c);
     return v;
 }
 
@@ -550,14 +541,10 @@ static void rl_acl_user(int port, const char *pass) {
 
 /* The entries of ACL LOG on the node at port (denials). */
 static long rl_acl_denials(int port) {
-    struct timeval tv = {2, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    TT_ASSERT(c != NULL && c->err == 0);
-    redisReply *r = redisCommand(c, "ACL LOG");
-    TT_ASSERT(r != NULL && r->type == REDIS_REPLY_ARRAY);
+    redisReply *r = h_redis_reply_at(port, "ACL LOG");
+    TT_ASSERT(r->type == REDIS_REPLY_ARRAY);
     long n = (long)r->elements;
     freeReplyObject(r);
-    redisFree(c);
     return n;
 }
 
