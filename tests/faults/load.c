@@ -470,6 +470,32 @@ void fl_finish(const char *coupon, long stock, fl_load_t *const *loads, int nl,
     TT_EQ_INT(h_pg_int(sql), stock);
 }
 
+/* ------------------------------------------ waits and row counts --- */
+
+void fl_wait_201s(fl_load_t *l, long n) {
+    double end = h_now_ms() + 15000;
+    while (fl_count(l, 201, NULL) < n) {
+        TT_ASSERT_MSG(h_now_ms() < end, "the load made no progress");
+        h_sleep_ms(10);
+    }
+}
+
+long fl_rows_for_user(const char *user) {
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM claims WHERE user_id = '%s'", user);
+    return h_pg_int(sql);
+}
+
+long fl_rows_with_fence(const char *coupon, long fence) {
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM claims WHERE coupon_id = '%s' AND "
+             "fence = %ld",
+             coupon, fence);
+    return h_pg_int(sql);
+}
+
 /* ------------------------------------------------------ movable clock --- */
 
 void fl_clock_init(fl_clock_t *c, const char *name) {

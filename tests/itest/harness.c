@@ -840,6 +840,18 @@ void h_check_invariants(const char *coupon, long stock, long n201) {
     TT_ASSERT_MSG(v.ok, "invariants of %s: %s", coupon, v.first);
 }
 
+int h_file_has(const char *path, const char *text) {
+    FILE *f = fopen(path, "r");
+    TT_ASSERT_MSG(f != NULL, "cannot read %s", path);
+    char line[2048];
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        found = strstr(line, text) != NULL;
+    }
+    fclose(f);
+    return found;
+}
+
 int h_run_migrate(void) {
     char dsn[300], log[400];
     snprintf(dsn, sizeof(dsn), "COUPON_PG_DSN=%s", h__dsn);

@@ -100,6 +100,10 @@ double h_metric(const h_svc_t *s, const char *series);
 /* One integer from a query on the test database (first row, first column). */
 long long h_pg_int(const char *sql);
 
+/* 1 if a line of the file at path (a service's log, a command's output)
+ * contains text, else 0; fails the test if the file cannot be read. */
+int h_file_has(const char *path, const char *text);
+
 /* Concurrent claims: users <prefix>-0 .. <prefix>-(n-1), spread round-robin
  * over svcs, from `threads` threads at once. counts[status]++ per answer
  * (status 0 = transport error). */

@@ -51,13 +51,6 @@ static long rows_by_instance(const char *name) {
     return h_pg_int(sql);
 }
 
-static long rows_for_user(const char *user) {
-    char sql[160];
-    snprintf(sql, sizeof(sql),
-             "SELECT count(*) FROM claims WHERE user_id = '%s'", user);
-    return h_pg_int(sql);
-}
-
 /* Sessions of the test database that sit inside a transaction. */
 static long idle_in_tx(void) {
     return h_pg_int("SELECT count(*) FROM pg_stat_activity"
@@ -86,15 +79,6 @@ static long statement_timeouts(h_svc_t *const *svcs, int n) {
             svcs[i], "couponsvc_postgres_timeouts_total{kind=\"statement\"}");
     }
     return sum;
-}
-
-/* Waits until the load has had n 201s (so the fault hits a running load). */
-static void wait_201s(fl_load_t *l, long n) {
-    double end = h_now_ms() + 10000;
-    while (fl_count(l, 201, NULL) < n) {
-        TT_ASSERT_MSG(h_now_ms() < end, "the load made no progress");
-        h_sleep_ms(10);
-    }
 }
 
 /* Waits until s holds a lease (its victim claim is in the critical
@@ -183,7 +167,7 @@ static void kill9_holder(const char *point) {
     h_coupon(a, "k9", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "k9", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "k9", "victim", 20000);
     wait_lease(v);
@@ -226,12 +210,12 @@ static void kill9_holder(const char *point) {
     long extra = 0;
     if (!committed) {
         /* No partial claim: nothing of the victim's, in either table. */
-        TT_EQ_INT(rows_for_user("victim"), 0);
+        TT_EQ_INT(fl_rows_for_user("victim"), 0);
         TT_EQ_INT(rows_by_instance("k9-victim"), 0);
     } else {
         /* Committed, then killed before it could answer or release: the
          * claim stands, the client cannot know, and a retry tells it. */
-        TT_EQ_INT(rows_for_user("victim"), 1);
+        TT_EQ_INT(fl_rows_for_user("victim"), 1);
         fl_rec_t again;
         fl_claim(a->url, "k9", "victim", 10000, &again);
         TT_EQ_INT(again.status, 200);
@@ -275,7 +259,7 @@ TT_TEST(sigstop_holder_after_acquire, 60) {
     h_coupon(a, "st", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "st", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "st", "sleeper", 20000);
     wait_lease(v);
@@ -293,7 +277,7 @@ TT_TEST(sigstop_holder_after_acquire, 60) {
     TT_CMP_INT(fl_count_between(l, 201, t_stop + 900, t_cont), >=, 1);
     TT_EQ_INT(so.r.status, 409);
     TT_EQ_STR(so.r.error, "fenced");
-    TT_EQ_INT(rows_for_user("sleeper"), 0);
+    TT_EQ_INT(fl_rows_for_user("sleeper"), 0);
     TT_EQ_INT(rows_by_instance("st-victim"), 0);
     TT_CMP_INT(h_metric(v, "couponsvc_fenced_refusals_total"), >=, 1);
 
@@ -396,7 +380,7 @@ TT_TEST(sigstop_bucket_holder_past_ttl, 90) {
     TT_EQ_INT(so.r.status, 409);
     TT_EQ_STR(so.r.error, "fenced");
     TT_EQ_INT(so.r.fence, vfence);
-    TT_EQ_INT(rows_for_user("sleeper"), 0);
+    TT_EQ_INT(fl_rows_for_user("sleeper"), 0);
     TT_CMP_INT(h_metric(v, "couponsvc_fenced_refusals_total"), >=, 1);
 
     n += fl_drain(ok, 2, "bk", "drain");
@@ -462,7 +446,7 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
     h_coupon(a, "sb", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "sb", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "sb", "frozen", 20000);
     wait_lease(v);
@@ -487,7 +471,7 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
 
     TT_EQ_INT(so.r.status, 503);
     TT_EQ_STR(so.r.error, "lease_lost");
-    TT_EQ_INT(rows_for_user("frozen"), 0);
+    TT_EQ_INT(fl_rows_for_user("frozen"), 0);
     TT_EQ_INT(rows_by_instance("sb-victim"), 0);
     long stmt = statement_timeouts(ok, 2);
     printf("    UPDATEs cancelled by statement_timeout: %ld\n", stmt);
@@ -553,7 +537,7 @@ TT_TEST(redis_killed_restarted_empty, 60) {
                     h_svc_start("rk-3", env)};
     h_coupon(s[0], "rk", STOCK);
     fl_load_t *l = fl_start(s, 3, "rk", "load", 6, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 30);
+    fl_wait_201s(l, 30);
 
     long f_before = h_redis_cmd("GET coupon:{rk}:fence");
     h_redis_stop();
@@ -615,7 +599,7 @@ TT_TEST(redis_stalled_past_ttl, 60) {
     h_coupon(a, "rs", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "rs", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "rs", "stalled", 20000);
     wait_lease(v);
@@ -635,7 +619,7 @@ TT_TEST(redis_stalled_past_ttl, 60) {
 
     TT_EQ_INT(so.r.status, 503);
     TT_EQ_STR(so.r.error, "lease_lost");
-    TT_EQ_INT(rows_for_user("stalled"), 0);
+    TT_EQ_INT(fl_rows_for_user("stalled"), 0);
     TT_EQ_INT(rows_by_instance("rs-victim"), 0);
     TT_CMP_INT(h_metric(v, "couponsvc_leases_lost_total"), >=, 1);
     TT_EQ_INT(fl_count_within(l, 201, t_stall, t_end), 0);
@@ -686,7 +670,7 @@ TT_TEST(redis_partitioned_from_one_instance, 60) {
     h_coupon(a, "rp", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "rp", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "rp", "cut-off", 20000);
     wait_lease(v);
@@ -767,7 +751,7 @@ TT_TEST(redis_clock_jumps_forward, 60) {
     h_coupon(a, "cj", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "cj", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "cj", "early", 20000);
     wait_lease(v);
@@ -789,7 +773,7 @@ TT_TEST(redis_clock_jumps_forward, 60) {
         (so.r.status == 409 && strcmp(so.r.error, "fenced") == 0) ||
             (so.r.status == 503 && strcmp(so.r.error, "lease_lost") == 0),
         "early-expired holder got %ld %s", so.r.status, so.r.error);
-    TT_EQ_INT(rows_for_user("early"), 0);
+    TT_EQ_INT(fl_rows_for_user("early"), 0);
     TT_EQ_INT(rows_by_instance("cj-victim"), 0);
 
     fl_load_t *ls[] = {l};
@@ -845,7 +829,7 @@ TT_TEST(stale_holder_fenced_after_early_expiry, 60) {
     h_coupon(b, "sh", 10);
     h_coupon(b, "bg", 1000);
     fl_load_t *bg = fl_start(bg_svcs, 2, "bg", "bg", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(bg, 10);
+    fl_wait_201s(bg, 10);
 
     fl_solo_t so;
     fl_solo_start(&so, v, "sh", "stale", 20000);
@@ -876,7 +860,7 @@ TT_TEST(stale_holder_fenced_after_early_expiry, 60) {
     TT_EQ_INT(so.r.status, 409);
     TT_EQ_STR(so.r.error, "fenced");
     TT_CMP_INT(so.r.fence, <, rb.fence);
-    TT_EQ_INT(rows_for_user("stale"), 0);
+    TT_EQ_INT(fl_rows_for_user("stale"), 0);
 
     for (int i = 0; i < H_ETCD_MEMBERS; i++) {
         if (pe[i] != NULL) {
@@ -954,7 +938,7 @@ TT_TEST(stale_read_last_coupon, 60) {
 
     h_svc_t *bg_svcs[] = {c};
     fl_load_t *bg = fl_start(bg_svcs, 1, "bg", "bg", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(bg, 10);
+    fl_wait_201s(bg, 10);
 
     fl_solo_t ss, sb;
     fl_solo_start(&ss, s, "sr", "stale", 20000);
@@ -1019,7 +1003,7 @@ TT_TEST(redis_lost_duplicate_fence_refused, 60) {
     }
     h_svc_t *bg_svcs[] = {c};
     fl_load_t *bg = fl_start(bg_svcs, 1, "bg", "bg", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(bg, 10);
+    fl_wait_201s(bg, 10);
 
     fl_solo_t so;
     fl_solo_start(&so, st, "df", "stale", 20000);
@@ -1041,7 +1025,7 @@ TT_TEST(redis_lost_duplicate_fence_refused, 60) {
     TT_EQ_INT(rb.fence, so.r.fence); /* the same fence, twice */
     TT_EQ_INT(so.r.status, 409);
     TT_EQ_STR(so.r.error, "fenced");
-    TT_EQ_INT(rows_for_user("stale"), 0);
+    TT_EQ_INT(fl_rows_for_user("stale"), 0);
     TT_CMP_INT(h_metric(b, "couponsvc_fence_counter_recoveries_total"), >=, 1);
 
     fp_blackhole(px, 0);
@@ -1072,7 +1056,7 @@ static void pg_restart(const char *mode) {
                     h_svc_start("pg-3", env)};
     h_coupon(s[0], "pg", STOCK);
     fl_load_t *l = fl_start(s, 3, "pg", "load", 6, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 30);
+    fl_wait_201s(l, 30);
 
     double t_stop = h_now_ms();
     h_pg_private_stop(mode);
@@ -1129,7 +1113,7 @@ TT_TEST(outside_row_lock, 60) {
     h_svc_t *s[] = {h_svc_start("rl-1", env), h_svc_start("rl-2", env)};
     h_coupon(s[0], "rl", STOCK);
     fl_load_t *l = fl_start(s, 2, "rl", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
 
     PGconn *pg = PQconnectdb(h_dsn());
     TT_ASSERT(PQstatus(pg) == CONNECTION_OK);
@@ -1308,7 +1292,7 @@ static void bh_start(bh_t *b, const char *coupon, const char *const *victim_env,
     TT_EQ_INT(warm.status, 201);
 
     b->load = fl_start(&b->ok, 1, coupon, "load", 2, 20000, LOAD_PAUSE_MS);
-    wait_201s(b->load, 10);
+    fl_wait_201s(b->load, 10);
     fl_solo_start(&b->so, b->victim, coupon, "victim", 20000);
     wait_lease(b->victim);
 }
@@ -1320,7 +1304,7 @@ static void bh_start(bh_t *b, const char *coupon, const char *const *victim_env,
 static void bh_finish(bh_t *b, long extra201) {
     fl_stop(b->load);
     fl_print(b->load, "load");
-    TT_EQ_INT(rows_for_user("victim"), 0);
+    TT_EQ_INT(fl_rows_for_user("victim"), 0);
     fl_finish(b->coupon, STOCK, &b->load, 1, extra201, &b->ok, 1);
     fl_free(b->load);
     fp_stop(b->px);
@@ -1440,7 +1424,7 @@ TT_TEST(pg_blackhole_before_write_deadline, 90) {
     fl_rec_t again;
     fl_claim(b.victim->url, "bd", "after", 10000, &again);
     TT_EQ_INT(again.status, 201); /* connected again once the path is back */
-    TT_EQ_INT(rows_for_user("during"), 0);
+    TT_EQ_INT(fl_rows_for_user("during"), 0);
     bh_finish(&b, 2);
 }
 
@@ -1496,7 +1480,7 @@ TT_TEST(pg_blackhole_after_write_idle_tx_timeout, 90) {
     fp_blackhole(b.px, 0);
     h_sleep_ms(500);
     /* The victim's write is not there before the claim after the thaw. */
-    TT_EQ_INT(rows_for_user("victim"), 0);
+    TT_EQ_INT(fl_rows_for_user("victim"), 0);
     fl_rec_t again;
     fl_claim(b.victim->url, "bw", "after", 10000, &again);
     TT_EQ_INT(again.status, 201);
@@ -1521,7 +1505,7 @@ TT_TEST(pg_commit_answered_rollback_is_not_a_claim, 60) {
     fl_rec_t r;
     fl_claim(s->url, "rb", "ghost", 10000, &r);
     printf("    answer: %ld %s\n", r.status, r.error);
-    TT_EQ_INT(rows_for_user("ghost"), 0);
+    TT_EQ_INT(fl_rows_for_user("ghost"), 0);
     TT_CMP_INT(r.status, !=, 201);
     TT_EQ_INT(r.status, 503);
     TT_EQ_STR(r.error, "unavailable");
@@ -1644,7 +1628,7 @@ TT_TEST(pg_deadline_before_commit_rolls_back, 60) {
     printf("    answer: %ld %s: %s\n", r.status, r.error, r.detail);
     TT_EQ_INT(r.status, 503);
     TT_EQ_STR(r.error, "unavailable");
-    TT_EQ_INT(rows_for_user("late"), 0);
+    TT_EQ_INT(fl_rows_for_user("late"), 0);
     h_check_invariants("dc", 5, 0);
 }
 

@@ -234,19 +234,6 @@ static int rl_run(const char *const *env, const char *out) {
     return -1;
 }
 
-/* 1 if the file holds text. */
-static int rl_file_has(const char *path, const char *text) {
-    FILE *f = fopen(path, "r");
-    TT_ASSERT(f != NULL);
-    char line[2048];
-    int found = 0;
-    while (!found && fgets(line, sizeof(line), f) != NULL) {
-        found = strstr(line, text) != NULL;
-    }
-    fclose(f);
-    return found;
-}
-
 /* An even count, a replica among the nodes, one node listed twice (also
  * under another name), one node reached twice (through a TCP proxy: two
  * addresses, one run_id): couponsvc refuses to start, saying which and
@@ -264,14 +251,14 @@ TT_TEST(redlock_startup_refusals, 90) {
     snprintf(env, sizeof(env), "COUPON_REDIS_ADDRS=127.0.0.1:%d,127.0.0.1:%d",
              port[0], port[1]);
     TT_EQ_INT(rl_run(e, out), 1);
-    TT_ASSERT(rl_file_has(out, "names 2 Redis nodes"));
+    TT_ASSERT(h_file_has(out, "names 2 Redis nodes"));
 
     snprintf(out, sizeof(out), "%s/dup.out", h_test_dir());
     snprintf(env, sizeof(env),
              "COUPON_REDIS_ADDRS=127.0.0.1:%d,127.0.0.1:%d,localhost:%d",
              port[0], port[1], port[0]);
     TT_EQ_INT(rl_run(e, out), 1);
-    TT_ASSERT(rl_file_has(out, "lists one node twice: entries 1"));
+    TT_ASSERT(h_file_has(out, "lists one node twice: entries 1"));
 
     fp_t *px = fp_start(port[1]);
     snprintf(out, sizeof(out), "%s/runid.out", h_test_dir());
@@ -279,23 +266,23 @@ TT_TEST(redlock_startup_refusals, 90) {
              "COUPON_REDIS_ADDRS=127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d",
              port[0], port[1], fp_port(px));
     TT_EQ_INT(rl_run(e, out), 1);
-    TT_ASSERT(rl_file_has(out, "(entries 2 and 3 of COUPON_REDIS_ADDRS) are "
-                               "one Redis server"));
+    TT_ASSERT(h_file_has(out, "(entries 2 and 3 of COUPON_REDIS_ADDRS) are "
+                              "one Redis server"));
     fp_stop(px);
 
     h_redis_cmd_at(port[2], "REPLICAOF 127.0.0.1 %d", port[0]);
     snprintf(out, sizeof(out), "%s/replica.out", h_test_dir());
     snprintf(env, sizeof(env), "%s", addrs);
     TT_EQ_INT(rl_run(e, out), 1);
-    TT_ASSERT(rl_file_has(out, "(entry 3 of COUPON_REDIS_ADDRS) is not a "
-                               "master: its ROLE is slave"));
+    TT_ASSERT(h_file_has(out, "(entry 3 of COUPON_REDIS_ADDRS) is not a "
+                              "master: its ROLE is slave"));
 
     /* Three masters again: it starts, and logs the topology. */
     h_redis_cmd_at(port[2], "REPLICAOF NO ONE");
     const char *ok[] = {addrs, NULL};
     h_svc_t *s = h_svc_start("rlok", ok);
-    TT_ASSERT(rl_file_has(s->log, "event=lock.topology backend=redlock "
-                                  "nodes=3 majority=2 checked=3"));
+    TT_ASSERT(h_file_has(s->log, "event=lock.topology backend=redlock "
+                                 "nodes=3 majority=2 checked=3"));
 }
 
 /* Waiting on 3 nodes: three claims wait for a lock held on every node by a
@@ -570,14 +557,14 @@ TT_TEST(redlock_acl_user_topology_checked, 90) {
     h_redis_cmd_at(port[2], "REPLICAOF 127.0.0.1 %d", port[0]);
     snprintf(out, sizeof(out), "%s/acl-replica.out", h_test_dir());
     TT_EQ_INT(rl_run(e, out), 1);
-    TT_ASSERT(rl_file_has(out, "(entry 3 of COUPON_REDIS_ADDRS) is not a "
-                               "master: its ROLE is slave"));
-    TT_ASSERT(!rl_file_has(out, "lock.topology_unchecked"));
+    TT_ASSERT(h_file_has(out, "(entry 3 of COUPON_REDIS_ADDRS) is not a "
+                              "master: its ROLE is slave"));
+    TT_ASSERT(!h_file_has(out, "lock.topology_unchecked"));
 
     h_redis_cmd_at(port[2], "REPLICAOF NO ONE");
     h_svc_t *s = h_svc_start("rlacl", e);
-    TT_ASSERT(rl_file_has(s->log, "event=lock.topology backend=redlock "
-                                  "nodes=3 majority=2 checked=3"));
+    TT_ASSERT(h_file_has(s->log, "event=lock.topology backend=redlock "
+                                 "nodes=3 majority=2 checked=3"));
     h_coupon(s, "rlacl", 5);
     json_t *j = NULL;
     TT_EQ_INT(h_claim(s, "rlacl", "u1", &j), 201);
