@@ -480,6 +480,26 @@ void fl_wait_201s(fl_load_t *l, long n) {
     }
 }
 
+void fl_failures_clear(fl_load_t *l, double from, double to,
+                       const char *const *ok) {
+    int n;
+    const fl_rec_t *r = fl_recs(l, &n);
+    for (int i = 0; i < n; i++) {
+        if (r[i].t0 < from || r[i].t0 >= to || r[i].status == 201 ||
+            r[i].status == 410) {
+            continue;
+        }
+        int known = ok == NULL;
+        for (int k = 0; ok != NULL && ok[k] != NULL; k++) {
+            known |= strcmp(r[i].error, ok[k]) == 0;
+        }
+        TT_ASSERT_MSG(r[i].status == 503 && r[i].retry_after && known,
+                      "unclear answer during the fault: %ld %s (%s)%s",
+                      r[i].status, r[i].error, r[i].detail,
+                      r[i].retry_after ? "" : " without Retry-After");
+    }
+}
+
 long fl_rows_for_user(const char *user) {
     char sql[160];
     snprintf(sql, sizeof(sql),

@@ -135,6 +135,12 @@ void fl_finish(const char *coupon, long stock, fl_load_t *const *loads, int nl,
  * the coupon is being claimed). */
 void fl_wait_201s(fl_load_t *l, long n);
 
+/* Every answer of l sent in [from, to) that is not a 201/410 is a clear
+ * 503: with Retry-After, and with one of the error codes in ok
+ * (NULL-terminated; ok NULL: any code). */
+void fl_failures_clear(fl_load_t *l, double from, double to,
+                       const char *const *ok);
+
 /* Claim rows of user / of coupon with fence fence, in PostgreSQL. */
 long fl_rows_for_user(const char *user);
 long fl_rows_with_fence(const char *coupon, long fence);

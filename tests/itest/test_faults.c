@@ -99,28 +99,6 @@ static long pttl_of(const char *coupon) {
     return h_redis_cmd(cmd);
 }
 
-/* Every answer sent in [from, to) that is not a 201/410 is a clear 503 with
- * Retry-After and one of the error codes in ok (NULL-terminated). */
-static void all_failures_clear(fl_load_t *l, double from, double to,
-                               const char *const *ok) {
-    int n;
-    const fl_rec_t *r = fl_recs(l, &n);
-    for (int i = 0; i < n; i++) {
-        if (r[i].t0 < from || r[i].t0 >= to || r[i].status == 201 ||
-            r[i].status == 410) {
-            continue;
-        }
-        int known = 0;
-        for (int k = 0; ok[k] != NULL; k++) {
-            known |= strcmp(r[i].error, ok[k]) == 0;
-        }
-        TT_ASSERT_MSG(r[i].status == 503 && r[i].retry_after && known,
-                      "unclear answer during the fault: %ld %s (%s)%s",
-                      r[i].status, r[i].error, r[i].detail,
-                      r[i].retry_after ? "" : " without Retry-After");
-    }
-}
-
 /* Redis with a movable wall clock (tests/faults/clockshift.c). */
 static fl_clock_t redis_clock;
 
@@ -476,7 +454,7 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
     long stmt = statement_timeouts(ok, 2);
     printf("    UPDATEs cancelled by statement_timeout: %ld\n", stmt);
     const char *clear[] = {"unavailable", "lock_busy", "lease_lost", NULL};
-    all_failures_clear(l, t_stop, t_cont, clear);
+    fl_failures_clear(l, t_stop, t_cont, clear);
     /* Bounded: lock wait (3 s) + statement timeout (1 s) + slack. */
     TT_CMP_INT(fl_max_latency(l, t_stop, t_cont), <, 6500);
 
@@ -551,7 +529,7 @@ TT_TEST(redis_killed_restarted_empty, 60) {
     fl_print(l, "load");
 
     const char *clear[] = {"unavailable", NULL};
-    all_failures_clear(l, t_down + 50, t_up - 50, clear);
+    fl_failures_clear(l, t_down + 50, t_up - 50, clear);
     TT_EQ_INT(fl_count_within(l, 201, t_down, t_restart), 0);
     TT_CMP_INT(fl_max_latency(l, t_down + 50, t_up - 50), <, 2000);
     double first = fl_first_after(l, 201, t_up);
@@ -624,7 +602,7 @@ TT_TEST(redis_stalled_past_ttl, 60) {
     TT_CMP_INT(h_metric(v, "couponsvc_leases_lost_total"), >=, 1);
     TT_EQ_INT(fl_count_within(l, 201, t_stall, t_end), 0);
     const char *clear[] = {"unavailable", "lock_busy", NULL};
-    all_failures_clear(l, t_stall + 100, t_end - 100, clear);
+    fl_failures_clear(l, t_stall + 100, t_end - 100, clear);
     /* The command timeout (250 ms at this TTL), not the stall, bounds
      * them. */
     TT_CMP_INT(fl_max_latency(l, t_stall + 100, t_end - 1000), <, 1500);
@@ -1073,7 +1051,7 @@ static void pg_restart(const char *mode) {
     TT_EQ_INT(fl_count(l, 0, NULL), 0); /* the service stayed up */
     TT_EQ_INT(fl_count(l, 500, NULL), 0);
     const char *clear[] = {"unavailable", "lock_busy", "commit_unknown", NULL};
-    all_failures_clear(l, t_down, t_up, clear);
+    fl_failures_clear(l, t_down, t_up, clear);
     TT_EQ_INT(fl_count_within(l, 201, t_down, t_restart), 0);
     double first = fl_first_after(l, 201, t_up);
     TT_CMP_INT(first, >, 0);
@@ -1139,7 +1117,7 @@ TT_TEST(outside_row_lock, 60) {
 
     TT_EQ_INT(fl_count_within(l, 201, t_lock, t_unlock), 0);
     const char *clear[] = {"unavailable", "lock_busy", NULL};
-    all_failures_clear(l, t_lock, t_unlock, clear);
+    fl_failures_clear(l, t_lock, t_unlock, clear);
     TT_CMP_INT(statement_timeouts(s, 2), >=, 2);
     /* lock wait 2 s + statement timeout 0.7 s + slack */
     double worst = fl_max_latency(l, t_lock, t_unlock);

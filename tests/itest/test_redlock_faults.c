@@ -39,22 +39,6 @@ static const char *rl_addrs_env(int slot, const char *addrs) {
     return buf[slot];
 }
 
-/* Every answer in [from, to) that is not a 201/410 is a 503 with
- * Retry-After. */
-static void rl_failures_clear(fl_load_t *l, double from, double to) {
-    int n;
-    const fl_rec_t *r = fl_recs(l, &n);
-    for (int i = 0; i < n; i++) {
-        if (r[i].t0 < from || r[i].t0 >= to || r[i].status == 201 ||
-            r[i].status == 410) {
-            continue;
-        }
-        TT_ASSERT_MSG(r[i].status == 503 && r[i].retry_after,
-                      "unclear answer during the fault: %ld %s (%s)",
-                      r[i].status, r[i].error, r[i].detail);
-    }
-}
-
 /* The accounting every scenario ends with; then fences in grant order. */
 static void rl_finish(const char *coupon, long stock, fl_load_t *l,
                       long extra201, h_svc_t *const *svcs, int nsvc,
@@ -141,7 +125,7 @@ static void redlock_minority_down(int nodes) {
            down, nodes, during, before);
     /* Claims go on; how fast is not asserted (a loaded machine). */
     TT_CMP_INT(during, >=, 3);
-    rl_failures_clear(l, t_down, t_back);
+    fl_failures_clear(l, t_down, t_back, NULL);
     /* They have been out for 2 s = TTL + 1 s: the delayed-restart rule
      * holds, they may come back (empty). */
     double t_up = rl_start_first(down);
@@ -181,7 +165,7 @@ static void redlock_majority_down(int nodes) {
     h_sleep_ms(2000);
     double t_restart = h_now_ms();
     TT_EQ_INT(fl_count_within(l, 201, t_down + 200, t_restart), 0);
-    rl_failures_clear(l, t_down, t_restart);
+    fl_failures_clear(l, t_down, t_restart, NULL);
     double worst = fl_max_latency(l, t_down + 200, t_restart);
     printf("    %d of %d nodes down: slowest answer %.0f ms (lock wait 1000 "
            "ms)\n",
@@ -270,7 +254,7 @@ static void redlock_node_partitioned(int nodes) {
            "meanwhile\n",
            v->name, victim_201);
     TT_CMP_INT(victim_201, >=, 5);
-    rl_failures_clear(l, t_cut, t_heal);
+    fl_failures_clear(l, t_cut, t_heal, NULL);
     rl_finish("rp", RL_STOCK, l, 0, all, 2, 0);
     fl_free(l);
     fp_stop(px);
