@@ -470,6 +470,12 @@ void fl_finish(const char *coupon, long stock, fl_load_t *const *loads, int nl,
     TT_EQ_INT(h_pg_int(sql), stock);
 }
 
+void fl_finish_one(fl_load_t *l, const char *coupon, long stock, long extra201,
+                   h_svc_t *const *healthy, int nh) {
+    fl_finish(coupon, stock, &l, 1, extra201, healthy, nh);
+    fl_free(l);
+}
+
 /* ------------------------------------------ waits and row counts --- */
 
 void fl_wait_201s(fl_load_t *l, long n) {

@@ -131,6 +131,10 @@ void fl_solo_join(fl_solo_t *so);
 void fl_finish(const char *coupon, long stock, fl_load_t *const *loads, int nl,
                long extra201, h_svc_t *const *healthy, int nh);
 
+/* fl_finish for a scenario of one load, l, which it then frees (stolen). */
+void fl_finish_one(fl_load_t *l, const char *coupon, long stock, long extra201,
+                   h_svc_t *const *healthy, int nh);
+
 /* Waits, at most 15 s, until the load has n 201s (the setting is up and
  * the coupon is being claimed). */
 void fl_wait_201s(fl_load_t *l, long n);

@@ -118,9 +118,7 @@ TT_TEST(etcd_kill9_holder_freed_by_lease, 60) {
     TT_CMP_INT(first - t_kill, >=, 500);
     TT_CMP_INT(first - t_kill, <=, 3500);
     TT_EQ_INT(fl_rows_for_user("victim"), 0);
-    fl_load_t *ls[] = {l};
-    fl_finish("k9", E_STOCK, ls, 1, 0, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "k9", E_STOCK, 0, ok, 2);
 }
 
 /*
@@ -166,9 +164,7 @@ TT_TEST(etcd_leader_killed, 90) {
     h_sleep_ms(1000);
     fl_stop(l);
     fl_print(l, "load");
-    fl_load_t *ls[] = {l};
-    fl_finish("ld", E_STOCK, ls, 1, 0, s, 3);
-    fl_free(l);
+    fl_finish_one(l, "ld", E_STOCK, 0, s, 3);
 }
 
 /*

@@ -200,9 +200,7 @@ static void kill9_holder(const char *point) {
         extra = 1;
     }
 
-    fl_load_t *ls[] = {l};
-    fl_finish("k9", STOCK, ls, 1, extra, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "k9", STOCK, extra, ok, 2);
 }
 
 TT_TEST(kill9_holder_after_acquire, 60) {
@@ -259,9 +257,7 @@ TT_TEST(sigstop_holder_after_acquire, 60) {
     TT_EQ_INT(rows_by_instance("st-victim"), 0);
     TT_CMP_INT(h_metric(v, "couponsvc_fenced_refusals_total"), >=, 1);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("st", STOCK, ls, 1, 0, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "st", STOCK, 0, ok, 2);
 }
 
 /*
@@ -486,9 +482,7 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
     TT_CMP_INT(h_metric(v, "couponsvc_claims_total{outcome=\"lease_lost\"}"),
                >=, 1);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("sb", STOCK, ls, 1, 0, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "sb", STOCK, 0, ok, 2);
 }
 
 TT_TEST(sigstop_holder_before_commit_row_lock, 60) {
@@ -546,9 +540,7 @@ TT_TEST(redis_killed_restarted_empty, 60) {
     TT_CMP_INT(h_redis_cmd("GET coupon:{rk}:fence"), >=,
                h_pg_int("SELECT last_fence FROM coupons WHERE id = 'rk'"));
 
-    fl_load_t *ls[] = {l};
-    fl_finish("rk", STOCK, ls, 1, 0, s, 3);
-    fl_free(l);
+    fl_finish_one(l, "rk", STOCK, 0, s, 3);
 }
 
 /*
@@ -613,9 +605,7 @@ TT_TEST(redis_stalled_past_ttl, 60) {
      * locks (their senders had given up); those expire within a TTL. */
     TT_CMP_INT(first - t_end, <, 1000 + 1500);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("rs", STOCK, ls, 1, 0, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "rs", STOCK, 0, ok, 2);
 }
 
 /*
@@ -700,9 +690,7 @@ TT_TEST(redis_partitioned_from_one_instance, 60) {
     fl_stop(l);
     fl_print(l, "load");
 
-    fl_load_t *ls[] = {l};
-    fl_finish("rp", STOCK, ls, 1, 1, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "rp", STOCK, 1, ok, 2);
     fp_stop(px);
 }
 
@@ -754,9 +742,7 @@ TT_TEST(redis_clock_jumps_forward, 60) {
     TT_EQ_INT(fl_rows_for_user("early"), 0);
     TT_EQ_INT(rows_by_instance("cj-victim"), 0);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("cj", STOCK, ls, 1, 0, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "cj", STOCK, 0, ok, 2);
 }
 
 /* ------------------------------------------------- stale holder / read --- */
@@ -1060,9 +1046,7 @@ static void pg_restart(const char *mode) {
            first - t_up, fl_count_between(l, 503, t_up, h_now_ms()));
     TT_CMP_INT(first - t_up, <, 5000);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("pg", STOCK, ls, 1, 0, s, 3);
-    fl_free(l);
+    fl_finish_one(l, "pg", STOCK, 0, s, 3);
     h_pg_private_stop("fast");
 }
 
@@ -1140,9 +1124,7 @@ TT_TEST(outside_row_lock, 60) {
     }
     TT_EQ_INT(h_redis_cmd("EXISTS coupon:{rl}:lock"), 0);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("rl", STOCK, ls, 1, 0, s, 2);
-    fl_free(l);
+    fl_finish_one(l, "rl", STOCK, 0, s, 2);
 }
 
 /*
@@ -1283,8 +1265,7 @@ static void bh_finish(bh_t *b, long extra201) {
     fl_stop(b->load);
     fl_print(b->load, "load");
     TT_EQ_INT(fl_rows_for_user("victim"), 0);
-    fl_finish(b->coupon, STOCK, &b->load, 1, extra201, &b->ok, 1);
-    fl_free(b->load);
+    fl_finish_one(b->load, b->coupon, STOCK, extra201, &b->ok, 1);
     fp_stop(b->px);
 }
 
