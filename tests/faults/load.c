@@ -506,6 +506,16 @@ void fl_failures_clear(fl_load_t *l, double from, double to,
     }
 }
 
+void fl_warm(const char *url, const char *coupon, int n) {
+    for (int i = 0; i < n; i++) {
+        char user[16];
+        snprintf(user, sizeof(user), "warm-%d", i);
+        fl_rec_t r;
+        fl_claim(url, coupon, user, 10000, &r);
+        TT_EQ_INT(r.status, 201);
+    }
+}
+
 long fl_rows_for_user(const char *user) {
     char sql[160];
     snprintf(sql, sizeof(sql),

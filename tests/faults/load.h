@@ -145,6 +145,11 @@ void fl_wait_201s(fl_load_t *l, long n);
 void fl_failures_clear(fl_load_t *l, double from, double to,
                        const char *const *ok);
 
+/* n claims of coupon at url (users warm-0, warm-1, ...), one after the
+ * other, each of which must be answered 201: the coupon's counters and
+ * fences have moved before the fault. */
+void fl_warm(const char *url, const char *coupon, int n);
+
 /* Claim rows of user / of coupon with fence fence, in PostgreSQL. */
 long fl_rows_for_user(const char *user);
 long fl_rows_with_fence(const char *coupon, long fence);

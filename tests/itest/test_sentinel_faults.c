@@ -132,13 +132,7 @@ static void sf_start(sf_t *f) {
 /* Step 1: three warm-up claims on sf, the load on bg, and the replica has
  * the fence counter at 3 through the replication proxy. */
 static void sf_warm(sf_t *f) {
-    for (int i = 0; i < 3; i++) {
-        char user[16];
-        snprintf(user, sizeof(user), "warm-%d", i);
-        fl_rec_t r;
-        fl_claim(f->b->url, "sf", user, 10000, &r);
-        TT_EQ_INT(r.status, 201);
-    }
+    fl_warm(f->b->url, "sf", 3);
     TT_EQ_INT(h_node_int(f->old_master, "GET coupon:{sf}:fence"), 3);
     h_svc_t *ok[] = {f->b, f->c};
     f->l = fl_start(ok, 2, "bg", "load", 4, 20000, 20);
