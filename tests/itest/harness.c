@@ -1070,32 +1070,19 @@ void h_nginx_rate_limit(int on) {
     h__nginx_limited = on;
 }
 
-int h_nginx_start(h_svc_t *const *upstreams, int n) {
-    TT_ASSERT_MSG(h__nginx_pid == 0, "one nginx per test");
-    const char *inc = getenv("COUPONSVC_PROXY_CONF");
-    char proxy_conf[PATH_MAX];
-    TT_ASSERT_MSG(realpath(inc != NULL ? inc : "deploy/nginx/proxy.conf",
-                           proxy_conf) != NULL,
-                  "cannot find the load balancer's proxy.conf (run from the "
-                  "repository, or set COUPONSVC_PROXY_CONF)");
-
-    char dir[400], conf[450], tmp[450];
-    snprintf(dir, sizeof(dir), "%s/nginx", h__test_dir);
-    snprintf(conf, sizeof(conf), "%s/nginx.conf", dir);
-    snprintf(tmp, sizeof(tmp), "%s/tmp", dir);
-    snprintf(h__nginx_err, sizeof(h__nginx_err), "%s/error.log", dir);
-    TT_ASSERT(mkdir(dir, 0755) == 0 && mkdir(tmp, 0755) == 0);
-
-    /* http.conf from beside proxy.conf, with the per-client rate limit
-     * off (an empty key: nginx counts no such request) unless the test
-     * asked for it: every client of a test is on the loopback. */
-    char http_src[PATH_MAX + 16], http_conf[460];
+/* Writes dir/http.conf: http.conf from beside proxy_conf, with the
+ * per-client rate limit off (an empty key: nginx counts no such request)
+ * unless the test asked for it (every client of a test is on the
+ * loopback). Its path goes to http_conf. */
+static void h__nginx_http_conf(const char *proxy_conf, const char *dir,
+                               char *http_conf, size_t len) {
+    char http_src[PATH_MAX + 16];
     snprintf(http_src, sizeof(http_src), "%s", proxy_conf);
     char *slash = strrchr(http_src, '/');
     TT_ASSERT(slash != NULL);
     snprintf(slash + 1, sizeof(http_src) - (size_t)(slash + 1 - http_src),
              "http.conf");
-    snprintf(http_conf, sizeof(http_conf), "%s/http.conf", dir);
+    snprintf(http_conf, len, "%s/http.conf", dir);
     FILE *in = fopen(http_src, "r"), *out = fopen(http_conf, "w");
     TT_ASSERT_MSG(in != NULL, "cannot read %s", http_src);
     TT_ASSERT(out != NULL);
@@ -1115,8 +1102,14 @@ int h_nginx_start(h_svc_t *const *upstreams, int n) {
     fclose(in);
     TT_ASSERT(fclose(out) == 0);
     TT_ASSERT_MSG(zone, "%s: no line starting with '%s'", http_src, key);
+}
 
-    int port = h_free_port();
+/* Writes the nginx.conf at conf: nginx in the foreground, one process, its
+ * files in dir (temp files in tmp), listening on port, balancing over the
+ * n upstreams with the repository's proxy.conf and http.conf. */
+static void h__nginx_conf(const char *conf, const char *dir, const char *tmp,
+                          const char *http_conf, const char *proxy_conf,
+                          int port, h_svc_t *const *upstreams, int n) {
     FILE *f = fopen(conf, "w");
     TT_ASSERT(f != NULL);
     /* Under master_process off nginx does not switch users, so its temp
@@ -1165,6 +1158,26 @@ int h_nginx_start(h_svc_t *const *upstreams, int n) {
             "}\n",
             idle_ms, port, proxy_conf);
     TT_ASSERT(fclose(f) == 0);
+}
+
+int h_nginx_start(h_svc_t *const *upstreams, int n) {
+    TT_ASSERT_MSG(h__nginx_pid == 0, "one nginx per test");
+    const char *inc = getenv("COUPONSVC_PROXY_CONF");
+    char proxy_conf[PATH_MAX];
+    TT_ASSERT_MSG(realpath(inc != NULL ? inc : "deploy/nginx/proxy.conf",
+                           proxy_conf) != NULL,
+                  "cannot find the load balancer's proxy.conf (run from the "
+                  "repository, or set COUPONSVC_PROXY_CONF)");
+
+    char dir[400], conf[450], tmp[450], http_conf[460];
+    snprintf(dir, sizeof(dir), "%s/nginx", h__test_dir);
+    snprintf(conf, sizeof(conf), "%s/nginx.conf", dir);
+    snprintf(tmp, sizeof(tmp), "%s/tmp", dir);
+    snprintf(h__nginx_err, sizeof(h__nginx_err), "%s/error.log", dir);
+    TT_ASSERT(mkdir(dir, 0755) == 0 && mkdir(tmp, 0755) == 0);
+    h__nginx_http_conf(proxy_conf, dir, http_conf, sizeof(http_conf));
+    int port = h_free_port();
+    h__nginx_conf(conf, dir, tmp, http_conf, proxy_conf, port, upstreams, n);
 
     char *argv[] = {"nginx", "-p", dir, "-c", conf, "-e", h__nginx_err, NULL};
     h__nginx_pid = h_spawn(argv, h__nginx_err, NULL, NULL);
