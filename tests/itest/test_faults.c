@@ -365,6 +365,56 @@ TT_TEST(sigstop_bucket_holder_past_ttl, 90) {
     fl_free(l);
 }
 
+/* A process frozen (SIGSTOP) for stop_ms, and when PostgreSQL ended its
+ * idle transaction meanwhile (-1: not during the freeze). */
+typedef struct freeze {
+    double t_stop, t_cont; /* SIGSTOP sent, SIGCONT about to be sent */
+    double t_idle_killed;  /* no session idle in transaction any more */
+} freeze_t;
+
+static freeze_t freeze_watching_idle_tx(pid_t pid, int stop_ms) {
+    freeze_t z = {.t_idle_killed = -1};
+    kill(pid, SIGSTOP);
+    z.t_stop = h_now_ms();
+    while (h_now_ms() - z.t_stop < stop_ms) {
+        if (z.t_idle_killed < 0 && idle_in_tx() == 0) {
+            z.t_idle_killed = h_now_ms();
+        }
+        h_sleep_ms(20);
+    }
+    z.t_cont = h_now_ms(); /* before: the window closes as we send */
+    kill(pid, SIGCONT);
+    return z;
+}
+
+/* Row lock held the whole freeze: no commit by anyone. A new holder did get
+ * the Redis lock, and its UPDATE waited on the row lock until
+ * statement_timeout (stmt such cancellations). */
+static void row_lock_held_through(fl_load_t *l, const freeze_t *z, long stmt) {
+    TT_CMP_INT(stmt, >=, 1);
+    TT_CMP_INT(z->t_idle_killed, <, 0);
+    TT_EQ_INT(fl_count_within(l, 201, z->t_stop, z->t_cont), 0);
+    double first = fl_first_after(l, 201, z->t_cont);
+    TT_CMP_INT(first, >, 0);
+    printf("    first 201 after SIGCONT: +%.0f ms\n", first - z->t_cont);
+    TT_CMP_INT(first - z->t_cont, <, 2500);
+}
+
+/* PostgreSQL ended the frozen session (idle-in-transaction timeout); the
+ * others resumed while it was still stopped. */
+static void session_ended_by_server(fl_load_t *l, const freeze_t *z,
+                                    int idle_timeout_ms) {
+    TT_CMP_INT(z->t_idle_killed, >, 0);
+    printf("    idle-in-transaction timeout ended the session at "
+           "+%.0f ms\n",
+           z->t_idle_killed - z->t_stop);
+    TT_CMP_INT(z->t_idle_killed - z->t_stop, >=, idle_timeout_ms - 600);
+    TT_EQ_INT(
+        fl_count_within(l, 201, z->t_stop, z->t_stop + idle_timeout_ms - 600),
+        0);
+    TT_CMP_INT(fl_count_between(l, 201, z->t_idle_killed, z->t_cont), >=, 1);
+}
+
 /*
  * Frozen BEFORE COMMIT: the holder's transaction has done its UPDATE, so it
  * holds the coupon's row lock in PostgreSQL, and SIGSTOP freezes its client
@@ -426,18 +476,7 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
     wait_lease(v);
     /* In its before_commit pause: the only open transaction. */
     TT_CMP_INT(wait_idle_in_tx(1, 3000), >=, 0);
-    kill(v->pid, SIGSTOP);
-    double t_stop = h_now_ms();
-
-    double t_idle_killed = -1;
-    while (h_now_ms() - t_stop < stop_ms) {
-        if (t_idle_killed < 0 && idle_in_tx() == 0) {
-            t_idle_killed = h_now_ms();
-        }
-        h_sleep_ms(20);
-    }
-    double t_cont = h_now_ms(); /* before: the window closes as we send */
-    kill(v->pid, SIGCONT);
+    freeze_t z = freeze_watching_idle_tx(v->pid, stop_ms);
     fl_solo_join(&so);
     h_sleep_ms(2000);
     fl_stop(l);
@@ -450,32 +489,14 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
     long stmt = statement_timeouts(ok, 2);
     printf("    UPDATEs cancelled by statement_timeout: %ld\n", stmt);
     const char *clear[] = {"unavailable", "lock_busy", "lease_lost", NULL};
-    fl_failures_clear(l, t_stop, t_cont, clear);
+    fl_failures_clear(l, z.t_stop, z.t_cont, clear);
     /* Bounded: lock wait (3 s) + statement timeout (1 s) + slack. */
-    TT_CMP_INT(fl_max_latency(l, t_stop, t_cont), <, 6500);
+    TT_CMP_INT(fl_max_latency(l, z.t_stop, z.t_cont), <, 6500);
 
     if (idle_timeout_ms > stop_ms) {
-        /* Row lock held the whole freeze: no commit by anyone. A new
-         * holder did get the Redis lock, and its UPDATE waited on the row
-         * lock until statement_timeout. */
-        TT_CMP_INT(stmt, >=, 1);
-        TT_CMP_INT(t_idle_killed, <, 0);
-        TT_EQ_INT(fl_count_within(l, 201, t_stop, t_cont), 0);
-        double first = fl_first_after(l, 201, t_cont);
-        TT_CMP_INT(first, >, 0);
-        printf("    first 201 after SIGCONT: +%.0f ms\n", first - t_cont);
-        TT_CMP_INT(first - t_cont, <, 2500);
+        row_lock_held_through(l, &z, stmt);
     } else {
-        /* PostgreSQL ended the frozen session; the others resumed while
-         * it was still stopped. */
-        TT_CMP_INT(t_idle_killed, >, 0);
-        printf("    idle-in-transaction timeout ended the session at "
-               "+%.0f ms\n",
-               t_idle_killed - t_stop);
-        TT_CMP_INT(t_idle_killed - t_stop, >=, idle_timeout_ms - 600);
-        TT_EQ_INT(
-            fl_count_within(l, 201, t_stop, t_stop + idle_timeout_ms - 600), 0);
-        TT_CMP_INT(fl_count_between(l, 201, t_idle_killed, t_cont), >=, 1);
+        session_ended_by_server(l, &z, idle_timeout_ms);
     }
     /* (Not leases_lost_total: after SIGCONT the gate may find the lease
      * run out by the clock before the watchdog's next round marks it.) */
