@@ -1,5 +1,7 @@
 /*
- * claim.c: see claim.h. The lock-mode flow, as in the README:
+ * claim.c: see claim.h (and claim_int.h for the combiner's entry, the
+ * batch's answers and the sanity checks this file asserts). The lock-mode
+ * flow, as in the README:
  *
  *   1. acquire coupon:{ID}:lock with a fresh token; the same script draws
  *      the fence (one round trip). Busy: wait, bounded by the deadline.
@@ -78,6 +80,7 @@
  * check.
  */
 #include "claim.h"
+#include "claim_int.h"
 
 #include <assert.h>
 #include <pthread.h>
@@ -221,9 +224,10 @@ static void claim__count(const claim_result_t *out) {
     metrics_inc(m[out->outcome]);
 }
 
-/* Maps what the store answered for a one-item claim. */
+/* Maps what the store answered for a one-item claim; errstr is the
+ * store's (borrowed), the detail of a failure. */
 static void claim__from_store(claim_result_t *out, int src,
-                              const store_item_t *it, store_t *st) {
+                              const store_item_t *it, const char *errstr) {
     switch (src) {
     case STORE_OK:
         claim__from_item(out, it);
@@ -252,14 +256,41 @@ static void claim__from_store(claim_result_t *out, int src,
     case STORE_COMMIT_UNKNOWN:
         /* The reason (deadline, connection reset) goes to the log; the
          * client needs to know only what to do. */
-        log_warn("claim.commit_unknown", "err=\"%s\"", store_errstr(st));
+        log_warn("claim.commit_unknown", "err=\"%s\"", errstr);
         claim__set(out, CLAIM_COMMIT_UNKNOWN,
                    "retry: a retry returns the claim if it was made");
         break;
     default:
-        claim__set(out, CLAIM_UNAVAILABLE, store_errstr(st));
+        claim__set(out, CLAIM_UNAVAILABLE, errstr);
         break;
     }
+}
+
+int claim__batch_answer(int src, const store_item_t *it, int64_t lease_fence,
+                        const char *errstr, claim_result_t *o) {
+    if (src == STORE_OK && it->status == STORE_BUCKET_EMPTY) {
+        return CLAIM__MOVED; /* another bucket still has stock */
+    }
+    claim__from_store(o, src, it, errstr);
+    o->fence = src == STORE_OK ? it->fence : lease_fence;
+    return CLAIM__ANSWERED;
+}
+
+void claim__tally_add(claim__tally_t *t, int how, const claim_result_t *o) {
+    if (how == CLAIM__MOVED) {
+        t->moved++;
+    } else {
+        assert((unsigned)o->outcome < CLAIM__NOUTCOMES);
+        t->outcome[o->outcome]++;
+    }
+}
+
+int claim__tally_ok(const claim__tally_t *t) {
+    size_t sum = t->moved;
+    for (size_t i = 0; i < CLAIM__NOUTCOMES; i++) {
+        sum += t->outcome[i];
+    }
+    return sum == t->n && t->outcome[CLAIM_CLAIMED] == t->written;
 }
 
 /* ---------------------------------------------------------- lock mode --- */
@@ -336,6 +367,79 @@ static int claim__degrade(const lock_client_t *cl, const char *coupon) {
     return 1;
 }
 
+static int claim__gate_fault_only(void *arg);
+
+/* One claim of user on bucket (-1: unsharded) of coupon by the atomic
+ * mode's write: no fence, the stock and UNIQUE alone, exact without the
+ * lock (the atomic mode, and the degraded lock mode). Returns 1 when the
+ * claim must move to another bucket (as claim__locked), else 0 with *out
+ * final. */
+static int claim__atomic(claim__conns_t *c, const char *coupon, int bucket,
+                         const char *user, claim_result_t *out) {
+    store_item_t item = {.user_id = user};
+    int src = store_claim(c->store, coupon, bucket, STORE_NO_FENCE, &item, 1,
+                          claim__gate_fault_only, NULL, NULL);
+    claim__shape_learn(coupon, c->store);
+    if (src == STORE_WRONG_BUCKET ||
+        (src == STORE_OK && item.status == STORE_BUCKET_EMPTY)) {
+        return 1;
+    }
+    claim__from_store(out, src, &item, store_errstr(c->store));
+    return 0;
+}
+
+/* After PostgreSQL refused a lease's fence (last_fence: the fence it had
+ * already accepted on key's row): raises the lock's counter to it, and
+ * returns 1 (counted in M_FENCE_RECOVERIES, *now_at the counter) when the
+ * claim should run once more with a new lease: the lock was still ours
+ * when the refusal came (current), so the fence that beat us can only be
+ * from before a data loss, and this was the first attempt. Raising is safe
+ * whoever we are: it only ever moves the counter up to a fence PostgreSQL
+ * has already accepted. */
+static int claim__fence_retry(claim__conns_t *c, const char *key,
+                              int64_t last_fence, int current, int attempt,
+                              int64_t *now_at) {
+    int raised = lock_raise_fence(c->lock, key, last_fence, now_at) == LOCK_OK;
+    if (current && raised && attempt == 0) {
+        metrics_inc(M_FENCE_RECOVERIES);
+        return 1;
+    }
+    return 0;
+}
+
+/* A fenced claim's answer: 409, its lease's fence and the one that beat
+ * it. */
+static void claim__fenced(claim_result_t *o, int64_t fence,
+                          int64_t last_fence) {
+    o->fence = fence;
+    snprintf(o->detail, sizeof(o->detail),
+             "fence %lld is not above the coupon's last accepted fence "
+             "%lld: this lease is stale; nothing was written",
+             (long long)fence, (long long)last_fence);
+    o->outcome = CLAIM_FENCED;
+}
+
+/* Ends a lease after its transaction, on every path: returns 1 when the
+ * store refused its fence (src STORE_FENCED) while the lock was still ours.
+ * Refused by the fence: a stale holder, or a counter that went backwards?
+ * Asked while we still (maybe) hold the lock: if our token is still there,
+ * nobody newer holds it, so the fence that beat us can only come from
+ * before a Redis data loss. Then the watchdog stops renewing BEFORE the
+ * release, so it sends no renewal after it. (A renewal that timed out may
+ * still run in Redis after the release: the EXTEND script's token compare
+ * makes it a no-op; see wd.h.) */
+static int claim__end_lease(claim__conns_t *c, lock_lease_t *lease, int src) {
+    int current =
+        src == STORE_FENCED && lock_check(c->lock, lease) == LOCK_HELD;
+    wd_unwatch(claim__wd, lease);
+    if (lock_release(c->lock, lease) == LOCK_ERR) {
+        log_warn("lock.release_failed",
+                 "key=%s fence=%lld err=\"%s\" (expires by TTL)", lease->key,
+                 (long long)lease->fence, lock_errstr(c->lock));
+    }
+    return current;
+}
+
 /* One claim on bucket (-1: unsharded) of coupon. Returns 1 when the claim
  * must move to another bucket (this one is empty, or the coupon's shape was
  * not what we thought: the shape is learnt by then), else 0 with *out
@@ -374,19 +478,8 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
             return 0;
         }
         if (lrc == LOCK_ERR && (skip || claim__degrade(c->lock, coupon))) {
-            /* The atomic mode's write: no fence, the stock and UNIQUE
-             * alone, exact without the lock. */
             claim__degraded(1);
-            store_item_t item = {.user_id = user};
-            int src = store_claim(c->store, coupon, bucket, STORE_NO_FENCE,
-                                  &item, 1, claim__gate_fault_only, NULL, NULL);
-            claim__shape_learn(coupon, c->store);
-            if (src == STORE_WRONG_BUCKET ||
-                (src == STORE_OK && item.status == STORE_BUCKET_EMPTY)) {
-                return 1;
-            }
-            claim__from_store(out, src, &item, c->store);
-            return 0;
+            return claim__atomic(c, coupon, bucket, user, out);
         }
         if (lrc != LOCK_OK) {
             claim__set(out, CLAIM_UNAVAILABLE, lock_errstr(c->lock));
@@ -407,31 +500,14 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
             fault_pause(FAULT_AFTER_COMMIT);
         }
 
-        /* Refused by the fence: a stale holder, or a counter that went
-         * backwards? Ask while we still (maybe) hold the lock: if our token
-         * is still there, nobody newer holds it, so the fence that beat us
-         * can only come from before a Redis data loss. */
-        int current =
-            src == STORE_FENCED && lock_check(c->lock, &lease) == LOCK_HELD;
-
-        /* Stop renewing BEFORE releasing, so the watchdog sends no renewal
-         * after the release; then release, on every path. (A renewal that
-         * timed out may still run in Redis after the release: the EXTEND
-         * script's token compare makes it a no-op; see wd.h.) */
-        wd_unwatch(claim__wd, &lease);
-        int rrc = lock_release(c->lock, &lease);
-        if (rrc == LOCK_ERR) {
-            log_warn("lock.release_failed",
-                     "key=%s fence=%lld err=\"%s\" (expires by TTL)", lease.key,
-                     (long long)lease.fence, lock_errstr(c->lock));
-        }
+        int current = claim__end_lease(c, &lease, src);
 
         if (src == STORE_WRONG_BUCKET ||
             (src == STORE_OK && item.status == STORE_BUCKET_EMPTY)) {
             return 1;
         }
         if (src != STORE_FENCED) {
-            claim__from_store(out, src, &item, c->store);
+            claim__from_store(out, src, &item, store_errstr(c->store));
             out->fence = src == STORE_OK ? item.fence : lease.fence;
             if (src == STORE_ABORTED) {
                 log_warn("claim.lease_lost", "coupon=%s user=%s fence=%lld",
@@ -440,13 +516,9 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
             return 0;
         }
 
-        /* Raising is safe whoever we are: it only ever moves the counter up
-         * to a fence PostgreSQL has already accepted. */
         int64_t now_at = 0;
-        int raised =
-            lock_raise_fence(c->lock, resource, last_fence, &now_at) == LOCK_OK;
-        if (current && raised && attempt == 0) {
-            metrics_inc(M_FENCE_RECOVERIES);
+        if (claim__fence_retry(c, resource, last_fence, current, attempt,
+                               &now_at)) {
             log_warn("fence.recovered",
                      "coupon=%s fence=%lld last_fence=%lld counter=%lld "
                      "(Redis lost the counter; retrying with a new lease)",
@@ -456,12 +528,7 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
         }
         log_warn("claim.fenced", "coupon=%s user=%s fence=%lld last_fence=%lld",
                  coupon, user, (long long)lease.fence, (long long)last_fence);
-        out->fence = lease.fence;
-        snprintf(out->detail, sizeof(out->detail),
-                 "fence %lld is not above the coupon's last accepted fence "
-                 "%lld: this lease is stale; nothing was written",
-                 (long long)lease.fence, (long long)last_fence);
-        out->outcome = CLAIM_FENCED;
+        claim__fenced(out, lease.fence, last_fence);
         return 0;
     }
 }
@@ -492,30 +559,15 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
     int src, hops = 0, again = 1;
     switch (claim__cfg->mode) {
     case CLAIM_MODE_LOCK:
+    case CLAIM_MODE_ATOMIC:
         /* A sharded coupon: a bucket with stock, starting at the user's
          * hash; moved on while the store finds buckets empty. */
         while (again && hops++ <= STORE_BUCKETS_MAX) {
-            again = claim__locked(c, coupon, claim__pick(coupon, user), user,
-                                  deadline_ns, out);
-        }
-        if (again) {
-            claim__set(out, CLAIM_UNAVAILABLE,
-                       "the coupon's buckets kept emptying under this claim; "
-                       "retry");
-        }
-        break;
-    case CLAIM_MODE_ATOMIC:
-        while (again && hops++ <= STORE_BUCKETS_MAX) {
-            item = (store_item_t){.user_id = user};
-            src = store_claim(c->store, coupon, claim__pick(coupon, user),
-                              STORE_NO_FENCE, &item, 1, claim__gate_fault_only,
-                              NULL, NULL);
-            claim__shape_learn(coupon, c->store);
-            again = src == STORE_WRONG_BUCKET ||
-                    (src == STORE_OK && item.status == STORE_BUCKET_EMPTY);
-            if (!again) {
-                claim__from_store(out, src, &item, c->store);
-            }
+            int bucket = claim__pick(coupon, user);
+            again =
+                claim__cfg->mode == CLAIM_MODE_LOCK
+                    ? claim__locked(c, coupon, bucket, user, deadline_ns, out)
+                    : claim__atomic(c, coupon, bucket, user, out);
         }
         if (again) {
             claim__set(out, CLAIM_UNAVAILABLE,
@@ -525,7 +577,7 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
         break;
     case CLAIM_MODE_NAIVE:
         src = store_claim_naive(c->store, coupon, &item);
-        claim__from_store(out, src, &item, c->store);
+        claim__from_store(out, src, &item, store_errstr(c->store));
         break;
     }
 
@@ -545,41 +597,52 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
 
 /* --------------------------------------------------------------- admin --- */
 
-int claim_coupon_create(const req_coupon_t *rc, char *detail, size_t len) {
+_Static_assert((int)CLAIM_RC_OK == STORE_OK, "claim_rc_t is the store's");
+_Static_assert((int)CLAIM_RC_NOT_FOUND == STORE_NOT_FOUND,
+               "claim_rc_t is the store's");
+_Static_assert((int)CLAIM_RC_EXISTS == STORE_EXISTS,
+               "claim_rc_t is the store's");
+_Static_assert((int)CLAIM_RC_ERR == STORE_ERR, "claim_rc_t is the store's");
+
+/* The store's code of an admin call, as claim_rc_t: passed through, the
+ * detail filled on failure. The store answers only the codes named there. */
+static claim_rc_t claim__rc(int src, store_t *st, char *detail, size_t len) {
+    assert(src == STORE_OK || src == STORE_NOT_FOUND || src == STORE_EXISTS ||
+           src == STORE_ERR);
+    if (src == STORE_ERR) {
+        snprintf(detail, len, "%s", store_errstr(st));
+    }
+    return (claim_rc_t)src;
+}
+
+claim_rc_t claim_coupon_create(const req_coupon_t *rc, char *detail,
+                               size_t len) {
     claim__conns_t *c = claim__conns();
     if (c == NULL) {
         snprintf(detail, len, "out of memory");
-        return -1;
+        return CLAIM_RC_ERR;
     }
     /* REQ_NO_TIME and STORE_NO_TIME are the same value: INT64_MIN. */
-    int rv = store_coupon_create(c->store, rc->id, rc->total, rc->buckets,
-                                 rc->starts_at_us, rc->ends_at_us);
-    if (rv == STORE_ERR) {
-        snprintf(detail, len, "%s", store_errstr(c->store));
-        return -1;
-    }
-    if (rv == STORE_OK) {
+    int src = store_coupon_create(c->store, rc->id, rc->total, rc->buckets,
+                                  rc->starts_at_us, rc->ends_at_us);
+    if (src == STORE_OK) {
         log_info("coupon.created", "coupon=%s total=%lld buckets=%d", rc->id,
                  (long long)rc->total, rc->buckets);
     }
-    return rv == STORE_OK ? 0 : 1;
+    return claim__rc(src, c->store, detail, len);
 }
 
-int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
-                     size_t len) {
+claim_rc_t claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
+                            size_t len) {
     claim__conns_t *c = claim__conns();
     if (c == NULL) {
         snprintf(detail, len, "out of memory");
-        return -1;
+        return CLAIM_RC_ERR;
     }
     static _Thread_local store_coupon_t sc; /* 1.6 KiB: off the stack */
-    int rc = store_coupon_get(c->store, id, &sc);
-    if (rc == STORE_ERR) {
-        snprintf(detail, len, "%s", store_errstr(c->store));
-        return -1;
-    }
-    if (rc == STORE_NOT_FOUND) {
-        return 1;
+    int src = store_coupon_get(c->store, id, &sc);
+    if (src != STORE_OK) {
+        return claim__rc(src, c->store, detail, len);
     }
     out->total = sc.total;
     out->claimed = sc.claimed;
@@ -592,28 +655,23 @@ int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
     }
     out->starts_at_us = sc.starts_at_us;
     out->ends_at_us = sc.ends_at_us;
-    return 0;
+    return CLAIM_RC_OK;
 }
 
-int claim_lookup(const char *coupon, const char *user, claim_result_t *out) {
+claim_rc_t claim_lookup(const char *coupon, const char *user,
+                        claim_result_t *out) {
     memset(out, 0, sizeof(*out));
     claim__conns_t *c = claim__conns();
     if (c == NULL) {
         snprintf(out->detail, sizeof(out->detail), "out of memory");
-        return -1;
+        return CLAIM_RC_ERR;
     }
     store_item_t it = {.user_id = user};
-    int rc = store_claim_lookup(c->store, coupon, &it);
-    if (rc == STORE_ERR) {
-        snprintf(out->detail, sizeof(out->detail), "%s",
-                 store_errstr(c->store));
-        return -1;
+    int src = store_claim_lookup(c->store, coupon, &it);
+    if (src == STORE_OK) {
+        claim__from_item(out, &it);
     }
-    if (rc == STORE_NOT_FOUND) {
-        return 1;
-    }
-    claim__from_item(out, &it);
-    return 0;
+    return claim__rc(src, c->store, out->detail, sizeof(out->detail));
 }
 
 /* ------------------------------------------------------ bucket choice --- */
@@ -629,9 +687,9 @@ typedef struct claim__shape {
 } claim__shape_t;
 
 #define CLAIM__SHAPE_SLOTS 4096u
-#define CLAIM__SHAPE_MAX                                                       \
-    65536u /* coupons remembered; more go unsharded                            \
-              first and learn from the store's answer */
+/* Coupons remembered; more go unsharded first and learn from the store's
+ * answer. */
+#define CLAIM__SHAPE_MAX 65536u
 
 static pthread_mutex_t claim__shape_mu = PTHREAD_MUTEX_INITIALIZER;
 static claim__shape_t *claim__shape_tab[CLAIM__SHAPE_SLOTS];
@@ -711,16 +769,7 @@ static void claim__resource(char *key, size_t n, const char *coupon,
 
 /* -------------------------------------------------- the sold-out memo --- */
 
-/* One claimant of a final coupon: its user id's hash (the sort key), its
- * claim as PostgreSQL holds it (neither changes once written), and where
- * its user id is in the memo's text. */
-typedef struct claim__claimant {
-    uint64_t h;
-    int64_t claim_id;
-    int64_t fence; /* or STORE_NO_FENCE */
-    uint32_t off;  /* the user id: text[off, off + len) */
-    uint32_t len;
-} claim__claimant_t;
+/* claim__claimant_t: see claim_int.h. */
 
 /* One coupon's frozen claimant set. Nodes are pushed onto a slot's list
  * under claim__memo_mu and never freed; readers (the event loop) walk the
@@ -877,20 +926,30 @@ static int claim__collect_one(void *arg, const char *user, size_t len,
     return 0;
 }
 
+int claim__memo_sanity(const claim__claimant_t *c, size_t n, size_t tlen,
+                       int64_t claimed) {
+    if (claimed < 0 || (uint64_t)claimed != n) {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if ((i > 0 && c[i - 1].h > c[i].h) || c[i].len == 0 ||
+            c[i].len > REQ_USER_ID_MAX || (size_t)c[i].off + c[i].len > tlen) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static int claim__claimant_cmp(const void *a, const void *b) {
     uint64_t x = ((const claim__claimant_t *)a)->h;
     uint64_t y = ((const claim__claimant_t *)b)->h;
     return x < y ? -1 : x > y;
 }
 
-/* Loads coupon's claimant set and publishes it, unless it is there, being
- * loaded, or failed less than a second ago. Runs on a worker (c is its
- * connections), after the claim that saw the sell-out (or the end of the
- * window) was answered. */
-static void claim__memo_build(claim__conns_t *c, const char *coupon) {
-    if (!claim__cfg->soldout_memo) {
-        return;
-    }
+/* The memo entry of coupon, made if new and marked building; NULL when
+ * it is ready, being loaded, failed less than CLAIM__MEMO_RETRY_NS ago, or
+ * memory ran out. Borrowed: entries are never freed. */
+static claim__memo_t *claim__memo_start(const char *coupon) {
     unsigned slot = claim__slot(coupon);
     int64_t now = mono_ns();
     pthread_mutex_lock(&claim__memo_mu);
@@ -901,13 +960,13 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
     if (m != NULL && (atomic_load(&m->ready) || m->building ||
                       now - m->failed_ns < CLAIM__MEMO_RETRY_NS)) {
         pthread_mutex_unlock(&claim__memo_mu);
-        return;
+        return NULL;
     }
     if (m == NULL) {
         m = calloc(1, sizeof(*m));
         if (m == NULL) {
             pthread_mutex_unlock(&claim__memo_mu);
-            return;
+            return NULL;
         }
         snprintf(m->coupon, sizeof(m->coupon), "%s", coupon);
         atomic_store(&m->next, atomic_load(&claim__memo_tab[slot]));
@@ -915,6 +974,21 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
     }
     m->building = 1;
     pthread_mutex_unlock(&claim__memo_mu);
+    return m;
+}
+
+/* Loads coupon's claimant set and publishes it, unless it is there, being
+ * loaded, or failed less than a second ago. Runs on a worker (c is its
+ * connections), after the claim that saw the sell-out (or the end of the
+ * window) was answered. */
+static void claim__memo_build(claim__conns_t *c, const char *coupon) {
+    if (!claim__cfg->soldout_memo) {
+        return;
+    }
+    claim__memo_t *m = claim__memo_start(coupon);
+    if (m == NULL) {
+        return;
+    }
 
     claim__collect_t k = {NULL, 0, 0, NULL, 0, 0, 0};
     int64_t claimed = -1, remaining = 0;
@@ -928,6 +1002,8 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
         if (k.n > 1) { /* no claimant at all: k.c is NULL, nothing to sort */
             qsort(k.c, k.n, sizeof(*k.c), claim__claimant_cmp);
         }
+        /* Published once, never changed: checked whole, once. */
+        assert(claim__memo_sanity(k.c, k.n, k.tlen, claimed));
     } else {
         log_warn("soldout.memo_skipped",
                  "coupon=%s rows=%zu err=\"%s\" (claims answered by the "
@@ -959,15 +1035,7 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
 
 /* ----------------------------------------------------------- combining --- */
 
-typedef struct claim__res {
-    char key[LOCK_KEY_MAX];      /* the lock's resource */
-    int bucket;                  /* -1: unsharded */
-    claim_waiter_t *head, *tail; /* parked claims, FIFO */
-    uint32_t n;                  /* parked claims in the queue */
-    int led;                     /* a leader runs or is queued */
-    int64_t cycle_ns;            /* recent batch durations (EWMA) */
-    struct claim__res *next;     /* hash chain */
-} claim__res_t;
+/* claim__res_t and its invariant: see claim_int.h. */
 
 #define CLAIM__RES_SLOTS 4096u
 
@@ -977,14 +1045,58 @@ static pthread_mutex_t claim__mu = PTHREAD_MUTEX_INITIALIZER;
 static claim__res_t *claim__res_tab[CLAIM__RES_SLOTS];
 static uint32_t claim__parked;
 
-/* The entry's invariant: it exists only while led or holding parked
- * claims, and claims park only behind a leader; head, tail and n agree.
- * O(1): it is asserted on every park, so it does not walk the queue. */
-static int claim__res_ok(const claim__res_t *r) {
+/* The entry's invariant (claim_int.h). O(1): it is asserted on every park,
+ * requeue and change of leader, so it does not walk the queue. Under
+ * claim__mu. */
+int claim__res_ok(const claim__res_t *r) {
     return r->led && (r->n == 0) == (r->head == NULL) &&
            (r->n == 0) == (r->tail == NULL) &&
            (r->tail == NULL || r->tail->next == NULL) &&
-           (r->n != 1 || r->head == r->tail);
+           (r->n != 1 || r->head == r->tail) && r->n <= claim__parked;
+}
+
+/* claim__res_ok, and the queue walked: n claims of r, ending at tail. */
+int claim__res_sanity(const claim__res_t *r) {
+    if (!claim__res_ok(r)) {
+        return 0;
+    }
+    uint32_t k = 0;
+    const claim_waiter_t *last = NULL;
+    for (const claim_waiter_t *x = r->head; x != NULL && k <= r->n;
+         x = x->next) {
+        if (x->res != r) {
+            return 0;
+        }
+        last = x;
+        k++;
+    }
+    return k == r->n && last == r->tail;
+}
+
+#ifdef COUPONSVC_DEBUG_SANITY
+/* Admission control's count: claim__parked is the sum of every entry's n,
+ * and every entry is sane. Walks the whole table: debug builds only, at
+ * each change of leader. Under claim__mu. */
+static int claim__parked_sanity(void) {
+    uint64_t sum = 0;
+    for (unsigned i = 0; i < CLAIM__RES_SLOTS; i++) {
+        for (const claim__res_t *r = claim__res_tab[i]; r != NULL;
+             r = r->next) {
+            if (!claim__res_sanity(r)) {
+                return 0;
+            }
+            sum += r->n;
+        }
+    }
+    return sum == claim__parked;
+}
+#endif
+
+uint32_t claim__parked_now(void) {
+    pthread_mutex_lock(&claim__mu);
+    uint32_t n = claim__parked;
+    pthread_mutex_unlock(&claim__mu);
+    return n;
 }
 
 /* Parks w at the tail of r's queue and counts it. Under claim__mu; r is
@@ -1000,11 +1112,28 @@ static void claim__append(claim__res_t *r, claim_waiter_t *w) {
     r->n++;
     claim__parked++;
     assert(claim__res_ok(r));
+#ifdef COUPONSVC_DEBUG_SANITY
+    assert(claim__res_sanity(r));
+#endif
     metrics_set_parked(claim__parked);
 }
 
 static int claim__combining(void) {
     return claim__cfg->mode == CLAIM_MODE_LOCK && claim__cfg->batch_max > 1;
+}
+
+int claim__batch_ok(claim_waiter_t *const *b, size_t n, size_t max,
+                    const claim__res_t *r) {
+    if (n == 0 || n > max) {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (b[i] == NULL || b[i]->res != r || b[i]->answered ||
+            b[i]->next != NULL) {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 /* Finds or makes the entry for key; NULL when out of memory. Under
@@ -1024,6 +1153,38 @@ static claim__res_t *claim__res_get(const char *key, int bucket) {
         claim__res_tab[slot] = r;
     }
     return r;
+}
+
+/* The entry of the bucket claim__pick gives w's claim now, returned with
+ * claim__mu held (the caller unlocks it); NULL, with claim__mu released,
+ * when out of memory. */
+static claim__res_t *claim__res_locked(const claim_waiter_t *w) {
+    char key[LOCK_KEY_MAX];
+    int bucket = claim__pick(w->coupon, w->user);
+    claim__resource(key, sizeof(key), w->coupon, bucket);
+    pthread_mutex_lock(&claim__mu);
+    claim__res_t *r = claim__res_get(key, bucket);
+    if (r == NULL) {
+        pthread_mutex_unlock(&claim__mu);
+    }
+    return r;
+}
+
+claim__res_t *claim__res_lead(const char *key, int bucket) {
+    pthread_mutex_lock(&claim__mu);
+    claim__res_t *r = claim__res_get(key, bucket);
+    if (r != NULL) {
+        r->led = 1;
+    }
+    pthread_mutex_unlock(&claim__mu);
+    return r;
+}
+
+void claim__park(claim__res_t *r, claim_waiter_t *w) {
+    pthread_mutex_lock(&claim__mu);
+    w->res = r;
+    claim__append(r, w);
+    pthread_mutex_unlock(&claim__mu);
 }
 
 /* Unlinks and frees r, which must be neither led nor have claims. Under
@@ -1054,7 +1215,10 @@ static claim_waiter_t *claim__pop(claim__res_t *r) {
     return w;
 }
 
+/* Counts w's answer and gives it back through done: once per claim. */
 static void claim__finish(claim_waiter_t *w) {
+    assert(!w->answered);
+    w->answered = 1;
     claim__count(&w->result);
     w->done(w);
 }
@@ -1066,14 +1230,9 @@ static void claim__answer(claim_waiter_t *w, claim_outcome_t o,
     claim__finish(w);
 }
 
-int claim_submit(claim_waiter_t *w) {
-    memset(&w->result, 0, sizeof(w->result));
-    w->result.fence = -1;
-    w->submitted_ns = mono_ns();
-    w->res = NULL;
-    w->hops = 0;
-    w->next = NULL;
-
+/* The sold-out fast path, on the event loop: 1 when w's coupon is final
+ * and known here, w->result then its answer (and counted). */
+static int claim__memo_answered(claim_waiter_t *w) {
     if (claim__cfg->soldout_memo && claim__cfg->mode != CLAIM_MODE_NAIVE) {
         const claim__memo_t *m = claim__memo_find(w->coupon);
         if (m != NULL) {
@@ -1091,22 +1250,66 @@ int claim_submit(claim_waiter_t *w) {
                 metrics_inc(M_FAST_CLAIMANT);
             }
             claim__count(&w->result);
-            return CLAIM_SUBMIT_ANSWERED;
+            return 1;
         }
+    }
+    return 0;
+}
+
+/* Admission control for w, which would park on r (under claim__mu): the
+ * bound it hits (its metric, the reason in why), or M__COUNT to admit. */
+static metrics_counter_t claim__admit(const claim__res_t *r,
+                                      const claim_waiter_t *w, char *why,
+                                      size_t len) {
+    const cfg_t *cfg = claim__cfg;
+    metrics_counter_t refused = M__COUNT;
+    /* Full batches queued ahead of this claim (the one in progress aside),
+     * each about as long as the coupon's recent batches. Only a queue of at
+     * least one full batch is refused on this estimate: a lone slow batch
+     * (a row lock, a slow backend) is better answered by its own outcome. */
+    uint32_t batches = r->n / cfg->batch_max;
+    int64_t ahead_ns = (int64_t)(batches + 1) * r->cycle_ns;
+    if (r->n >= cfg->queue_max_per_coupon) {
+        refused = M_ADMIT_QUEUE_FULL;
+        snprintf(why, len,
+                 "%u claims of this coupon are already waiting here "
+                 "(COUPON_QUEUE_MAX_PER_COUPON); nothing was tried",
+                 r->n);
+    } else if (claim__parked >= cfg->queue_max) {
+        refused = M_ADMIT_PROCESS_FULL;
+        snprintf(why, len,
+                 "%u claims are already waiting in this instance "
+                 "(COUPON_QUEUE_MAX); nothing was tried",
+                 claim__parked);
+    } else if (batches > 0 && w->submitted_ns + ahead_ns > w->deadline_ns) {
+        refused = M_ADMIT_DEADLINE;
+        snprintf(why, len,
+                 "the %u claims queued ahead need about %lld ms, past this "
+                 "claim's deadline; nothing was tried",
+                 r->n, (long long)(ahead_ns / MONO_MS));
+    }
+    return refused;
+}
+
+int claim_submit(claim_waiter_t *w) {
+    memset(&w->result, 0, sizeof(w->result));
+    w->result.fence = -1;
+    w->submitted_ns = mono_ns();
+    w->res = NULL;
+    w->hops = 0;
+    w->next = NULL;
+    w->answered = 0;
+
+    if (claim__memo_answered(w)) {
+        return CLAIM_SUBMIT_ANSWERED;
     }
     if (!claim__combining()) {
         return CLAIM_SUBMIT_RUN;
     }
 
-    const cfg_t *cfg = claim__cfg;
-    metrics_counter_t refused = M__COUNT;
-    char why[160] = "", key[LOCK_KEY_MAX];
-    int bucket = claim__pick(w->coupon, w->user);
-    claim__resource(key, sizeof(key), w->coupon, bucket);
-    pthread_mutex_lock(&claim__mu);
-    claim__res_t *r = claim__res_get(key, bucket);
+    char why[160] = "";
+    claim__res_t *r = claim__res_locked(w);
     if (r == NULL) {
-        pthread_mutex_unlock(&claim__mu);
         claim__set(&w->result, CLAIM_UNAVAILABLE, "out of memory");
         claim__count(&w->result);
         return CLAIM_SUBMIT_ANSWERED;
@@ -1117,31 +1320,7 @@ int claim_submit(claim_waiter_t *w) {
         pthread_mutex_unlock(&claim__mu);
         return CLAIM_SUBMIT_RUN;
     }
-    /* Full batches queued ahead of this claim (the one in progress aside),
-     * each about as long as the coupon's recent batches. Only a queue of at
-     * least one full batch is refused on this estimate: a lone slow batch
-     * (a row lock, a slow backend) is better answered by its own outcome. */
-    uint32_t batches = r->n / cfg->batch_max;
-    int64_t ahead_ns = (int64_t)(batches + 1) * r->cycle_ns;
-    if (r->n >= cfg->queue_max_per_coupon) {
-        refused = M_ADMIT_QUEUE_FULL;
-        snprintf(why, sizeof(why),
-                 "%u claims of this coupon are already waiting here "
-                 "(COUPON_QUEUE_MAX_PER_COUPON); nothing was tried",
-                 r->n);
-    } else if (claim__parked >= cfg->queue_max) {
-        refused = M_ADMIT_PROCESS_FULL;
-        snprintf(why, sizeof(why),
-                 "%u claims are already waiting in this instance "
-                 "(COUPON_QUEUE_MAX); nothing was tried",
-                 claim__parked);
-    } else if (batches > 0 && w->submitted_ns + ahead_ns > w->deadline_ns) {
-        refused = M_ADMIT_DEADLINE;
-        snprintf(why, sizeof(why),
-                 "the %u claims queued ahead need about %lld ms, past this "
-                 "claim's deadline; nothing was tried",
-                 r->n, (long long)(ahead_ns / MONO_MS));
-    }
+    metrics_counter_t refused = claim__admit(r, w, why, sizeof(why));
     if (refused != M__COUNT) {
         pthread_mutex_unlock(&claim__mu);
         metrics_inc(refused);
@@ -1210,6 +1389,9 @@ static void claim__pass(claim__res_t *r, int64_t cycle_ns) {
     } else {
         assert(claim__res_ok(r));
     }
+#ifdef COUPONSVC_DEBUG_SANITY
+    assert(claim__parked_sanity());
+#endif
     metrics_set_parked(claim__parked);
     pthread_mutex_unlock(&claim__mu);
     if (next != NULL && next->dispatch(next) != 0) {
@@ -1219,8 +1401,8 @@ static void claim__pass(claim__res_t *r, int64_t cycle_ns) {
 
 /* Takes up to max - have parked claims into b[have..], answering 503 those
  * whose deadline passed while parked. Returns the new count. */
-static size_t claim__take(claim__res_t *r, claim_waiter_t **b, size_t have,
-                          size_t max) {
+size_t claim__take(claim__res_t *r, claim_waiter_t **b, size_t have,
+                   size_t max) {
     claim_waiter_t *late = NULL;
     int64_t now = mono_ns();
     pthread_mutex_lock(&claim__mu);
@@ -1237,6 +1419,7 @@ static size_t claim__take(claim__res_t *r, claim_waiter_t **b, size_t have,
             b[have++] = x;
         }
     }
+    assert(claim__res_ok(r));
     metrics_set_parked(claim__parked);
     pthread_mutex_unlock(&claim__mu);
     while (late != NULL) {
@@ -1278,13 +1461,8 @@ static void claim__reroute(claim_waiter_t *w) {
                       "retry");
         return;
     }
-    char key[LOCK_KEY_MAX];
-    int bucket = claim__pick(w->coupon, w->user);
-    claim__resource(key, sizeof(key), w->coupon, bucket);
-    pthread_mutex_lock(&claim__mu);
-    claim__res_t *r = claim__res_get(key, bucket);
+    claim__res_t *r = claim__res_locked(w);
     if (r == NULL) {
-        pthread_mutex_unlock(&claim__mu);
         claim__answer(w, CLAIM_UNAVAILABLE, "out of memory");
         return;
     }
@@ -1300,6 +1478,103 @@ static void claim__reroute(claim_waiter_t *w) {
     if (lead && w->dispatch(w) != 0) {
         claim__abandon(r, w, 1);
     }
+}
+
+/* The lease was not granted (lrc LOCK_BUSY past the deadline, or
+ * LOCK_ERR not taken for an outage): each of the n claims in b is
+ * answered 503 lock_busy or unavailable. */
+static void claim__lead_no_lock(claim__conns_t *c, const char *coupon, int lrc,
+                                claim_waiter_t **b, size_t n) {
+    const char *why =
+        lrc == LOCK_BUSY
+            ? "the coupon's lock stayed busy past the wait deadline"
+            : lock_errstr(c->lock);
+    if (lrc != LOCK_BUSY) {
+        log_warn("claim.lock_error", "coupon=%s err=\"%s\"", coupon, why);
+    }
+    claim_outcome_t o = lrc == LOCK_BUSY ? CLAIM_BUSY : CLAIM_UNAVAILABLE;
+    for (size_t i = 0; i < n; i++) {
+        claim__answer(b[i], o, why);
+    }
+}
+
+/* A batch whose lease was lost at the commit gate (nothing written): its
+ * claims go back to the head of r's queue for a new lease, each within its
+ * own deadline, else answered 503 lease_lost. */
+static void claim__lead_requeue(claim__res_t *r, claim_waiter_t **b, size_t n) {
+    int64_t now = mono_ns();
+    size_t keep = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (now >= b[i]->deadline_ns) {
+            claim__answer(b[i], CLAIM_LEASE_LOST,
+                          "the lock lease was lost before commit; "
+                          "nothing written");
+        } else {
+            b[keep++] = b[i];
+        }
+    }
+    claim__requeue(r, b, keep);
+}
+
+/* A batch whose fence PostgreSQL refused (nothing written): every claim is
+ * answered 409 fenced, with both fences. */
+static void claim__lead_fenced(claim_waiter_t **b, size_t n, int64_t fence,
+                               int64_t last_fence) {
+    for (size_t i = 0; i < n; i++) {
+        claim__fenced(&b[i]->result, fence, last_fence);
+        claim__finish(b[i]);
+    }
+}
+
+/* Answers each claim of a batch store_claim answered with src (items: the
+ * claims' rows; lease_fence: the batch's fence), moving on those whose
+ * bucket was empty. Returns 1 when the coupon was found final (sold out or
+ * ended), so that its memo is loaded. */
+static int claim__lead_answer(claim__conns_t *c, const char *coupon,
+                              claim_waiter_t **b, const store_item_t *items,
+                              size_t n, int src, int64_t lease_fence) {
+    int sold_out = 0;
+    claim__tally_t tally = {.n = n};
+    for (size_t i = 0; src == STORE_OK && i < n; i++) {
+        tally.written += items[i].status == STORE_OK;
+    }
+    for (size_t i = 0; i < n; i++) {
+        claim_result_t *o = &b[i]->result;
+        int how = claim__batch_answer(src, &items[i], lease_fence,
+                                      store_errstr(c->store), o);
+        claim__tally_add(&tally, how, o);
+        if (how == CLAIM__MOVED) {
+            claim__reroute(b[i]);
+            b[i] = NULL;
+            continue;
+        }
+        if (o->outcome == CLAIM_CLAIMED) {
+            /* The line is this claim's: its own request's id, not the
+             * leader's (w may be answered and gone by now). */
+            char lead_rid[LOG_REQUEST_ID_MAX + 1];
+            snprintf(lead_rid, sizeof(lead_rid), "%s", log_request_id());
+            log_set_request_id(b[i]->request_id);
+            log_info("claim.ok",
+                     "coupon=%s user=%s claim=%lld fence=%lld batch=%zu",
+                     coupon, b[i]->user, (long long)o->claim_id,
+                     (long long)o->fence, n);
+            log_set_request_id(lead_rid);
+        } else if (o->outcome == CLAIM_SOLD_OUT ||
+                   o->outcome == CLAIM_EXPIRED) {
+            sold_out = 1; /* either is final: load the memo */
+        }
+    }
+    assert(claim__tally_ok(&tally));
+    if (src != STORE_OK) {
+        log_warn("claim.batch_failed", "coupon=%s batch=%zu err=\"%s\"", coupon,
+                 n, b[0]->result.detail);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (b[i] != NULL) {
+            claim__finish(b[i]);
+        }
+    }
+    return sold_out;
 }
 
 /* The leader's turn: one lease, one batch, one transaction. */
@@ -1348,24 +1623,9 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         int degraded =
             lrc == LOCK_ERR && (skip || claim__degrade(c->lock, coupon));
         if (lrc != LOCK_OK && !degraded) {
-            const char *why =
-                lrc == LOCK_BUSY
-                    ? "the coupon's lock stayed busy past the wait deadline"
-                    : lock_errstr(c->lock);
-            if (lrc != LOCK_BUSY) {
-                log_warn("claim.lock_error", "coupon=%s err=\"%s\"", coupon,
-                         why);
-            }
-            claim_outcome_t o =
-                lrc == LOCK_BUSY ? CLAIM_BUSY : CLAIM_UNAVAILABLE;
-            if (n == 0) {
-                claim__answer(w, o, why);
-            } else {
-                /* A retry's batch: its claims were already taken. */
-                for (size_t i = 0; i < n; i++) {
-                    claim__answer(b[i], o, why);
-                }
-            }
+            /* A retry's batch was taken already; a first attempt has only
+             * its leader. */
+            claim__lead_no_lock(c, coupon, lrc, n > 0 ? b : &w, n > 0 ? n : 1);
             goto pass;
         }
         if (degraded) {
@@ -1379,6 +1639,7 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
             b[0] = w;
             n = claim__take(r, b, 1, max);
         }
+        assert(claim__batch_ok(b, n, max, r));
         for (size_t i = 0; i < n; i++) {
             items[i] = (store_item_t){.user_id = b[i]->user};
         }
@@ -1401,15 +1662,7 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         if (degraded) {
             claim__degraded(n);
         } else {
-            current =
-                src == STORE_FENCED && lock_check(c->lock, &lease) == LOCK_HELD;
-            wd_unwatch(claim__wd, &lease);
-            if (lock_release(c->lock, &lease) == LOCK_ERR) {
-                log_warn("lock.release_failed",
-                         "key=%s fence=%lld err=\"%s\" (expires by TTL)",
-                         lease.key, (long long)lease.fence,
-                         lock_errstr(c->lock));
-            }
+            current = claim__end_lease(c, &lease, src);
         }
         metrics_observe_batch((uint32_t)n);
 
@@ -1420,26 +1673,13 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
                      "coupon=%s fence=%lld batch=%zu (rolled back; the "
                      "claims wait for a new lease)",
                      coupon, (long long)lease.fence, n);
-            int64_t now = mono_ns();
-            size_t keep = 0;
-            for (size_t i = 0; i < n; i++) {
-                if (now >= b[i]->deadline_ns) {
-                    claim__answer(b[i], CLAIM_LEASE_LOST,
-                                  "the lock lease was lost before commit; "
-                                  "nothing written");
-                } else {
-                    b[keep++] = b[i];
-                }
-            }
-            claim__requeue(r, b, keep);
+            claim__lead_requeue(r, b, n);
             goto pass;
         }
         if (src == STORE_FENCED) {
             int64_t now_at = 0;
-            int raised = lock_raise_fence(c->lock, r->key, last_fence,
-                                          &now_at) == LOCK_OK;
-            if (current && raised && attempt == 0) {
-                metrics_inc(M_FENCE_RECOVERIES);
+            if (claim__fence_retry(c, r->key, last_fence, current, attempt,
+                                   &now_at)) {
                 log_warn("fence.recovered",
                          "coupon=%s fence=%lld last_fence=%lld counter=%lld "
                          "batch=%zu (Redis lost the counter; retrying with a "
@@ -1451,16 +1691,7 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
             log_warn("claim.fenced",
                      "coupon=%s fence=%lld last_fence=%lld batch=%zu", coupon,
                      (long long)lease.fence, (long long)last_fence, n);
-            for (size_t i = 0; i < n; i++) {
-                claim_result_t *o = &b[i]->result;
-                o->fence = lease.fence;
-                snprintf(o->detail, sizeof(o->detail),
-                         "fence %lld is not above the coupon's last accepted "
-                         "fence %lld: this lease is stale; nothing was written",
-                         (long long)lease.fence, (long long)last_fence);
-                o->outcome = CLAIM_FENCED;
-                claim__finish(b[i]);
-            }
+            claim__lead_fenced(b, n, lease.fence, last_fence);
             goto pass;
         }
         if (src == STORE_WRONG_BUCKET) {
@@ -1471,40 +1702,7 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
             }
             break;
         }
-        for (size_t i = 0; i < n; i++) {
-            if (src == STORE_OK && items[i].status == STORE_BUCKET_EMPTY) {
-                claim__reroute(b[i]); /* another bucket still has stock */
-                b[i] = NULL;
-                continue;
-            }
-            claim_result_t *o = &b[i]->result;
-            claim__from_store(o, src, &items[i], c->store);
-            o->fence = src == STORE_OK ? items[i].fence : lease.fence;
-            if (o->outcome == CLAIM_CLAIMED) {
-                /* The line is this claim's: its own request's id, not the
-                 * leader's (w may be answered and gone by now). */
-                char lead_rid[LOG_REQUEST_ID_MAX + 1];
-                snprintf(lead_rid, sizeof(lead_rid), "%s", log_request_id());
-                log_set_request_id(b[i]->request_id);
-                log_info("claim.ok",
-                         "coupon=%s user=%s claim=%lld fence=%lld batch=%zu",
-                         coupon, b[i]->user, (long long)o->claim_id,
-                         (long long)o->fence, n);
-                log_set_request_id(lead_rid);
-            } else if (o->outcome == CLAIM_SOLD_OUT ||
-                       o->outcome == CLAIM_EXPIRED) {
-                sold_out = 1; /* either is final: load the memo */
-            }
-        }
-        if (src != STORE_OK) {
-            log_warn("claim.batch_failed", "coupon=%s batch=%zu err=\"%s\"",
-                     coupon, n, b[0]->result.detail);
-        }
-        for (size_t i = 0; i < n; i++) {
-            if (b[i] != NULL) {
-                claim__finish(b[i]);
-            }
-        }
+        sold_out = claim__lead_answer(c, coupon, b, items, n, src, lease.fence);
         break;
     }
 pass:
@@ -1530,6 +1728,8 @@ void claim_run(claim_waiter_t *w) {
     }
     if (w->res == NULL) {
         claim_one(w->coupon, w->user, w->deadline_ns, &w->result);
+        assert(!w->answered);
+        w->answered = 1;
         w->done(w); /* claim_one counted it */
         return;
     }

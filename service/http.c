@@ -29,8 +29,9 @@
  * a leader later answers it (http__claim_done) or makes it the next leader
  * (http__claim_dispatch: PARKED -> QUEUED).
  *
- * Invariant: a request is on the queue iff its state is QUEUED, and its
- * connection is suspended exactly while it is QUEUED or PARKED. Every such
+ * Invariant (http__req_ok): a request on the worker queue is QUEUED (a
+ * QUEUED request is on the queue or held by a worker), and its connection
+ * is suspended exactly while it is QUEUED or PARKED. Every such
  * request is resumed exactly once, by the worker that answered it. A
  * request is queued only while the workers are not stopping (checked under
  * the queue's mutex, the one the workers take), and the workers empty the
@@ -67,6 +68,7 @@
 #include "mono.h"
 #include "ready.h"
 #include "req.h"
+#include "util.h"
 
 typedef enum http__state {
     HTTP__READING = 0, /* headers in, body arriving */
@@ -94,6 +96,8 @@ typedef struct http__req {
     int64_t deadline_ns;    /* lock-wait deadline, from when it was queued */
     api_response_t resp;    /* filled by the worker (or inline) */
     struct http__req *next; /* queue link */
+    int on_queue;           /* on h's worker queue (under h->mu) */
+    int suspended;          /* suspended and not yet resumed */
     int is_claim;           /* POST /claim: handled through waiter */
     claim_waiter_t waiter;  /* the claim's, while is_claim */
     struct http *h;         /* for the waiter's callbacks */
@@ -225,6 +229,31 @@ static void http__handle(http__req_t *rq) {
 
 /* ------------------------------------------------------------- workers --- */
 
+/* The request's invariant (see the top). O(1): checked at every suspend,
+ * resume and queue move. */
+static int http__req_ok(const http__req_t *rq) {
+    int held = rq->state == HTTP__QUEUED || rq->state == HTTP__PARKED;
+    return rq->suspended == held &&
+           (!rq->on_queue || rq->state == HTTP__QUEUED);
+}
+
+/* Suspends rq's connection; rq->state must already say why (QUEUED or
+ * PARKED) once the caller's step is done, which the caller asserts. */
+static void http__suspend(http__req_t *rq) {
+    assert(!rq->suspended);
+    rq->suspended = 1;
+    MHD_suspend_connection(rq->conn);
+}
+
+/* Resumes rq's connection once it is ANSWERED. From here on the event loop
+ * owns rq again: nothing may touch it after this call. */
+static void http__resume(http__req_t *rq) {
+    assert(rq->suspended); /* resumed once per suspend */
+    rq->suspended = 0;
+    assert(rq->state == HTTP__ANSWERED && http__req_ok(rq));
+    MHD_resume_connection(rq->conn);
+}
+
 static void http__answer_shutting_down(http__req_t *rq) {
     memset(&rq->resp, 0, sizeof(rq->resp));
     rq->resp.status = 503;
@@ -250,6 +279,8 @@ static void *http__worker(void *arg) {
         if (h->head == NULL) {
             h->tail = NULL;
         }
+        rq->on_queue = 0;
+        assert(http__req_ok(rq));
         int stopping = h->stopping;
         pthread_mutex_unlock(&h->mu);
         log_set_request_id(rq->request_id);
@@ -273,9 +304,9 @@ static void *http__worker(void *arg) {
         }
         log_set_request_id(NULL);
         rq->state = HTTP__ANSWERED;
-        /* From here on the event loop owns rq again: it calls the access
-         * handler, which sends rq->resp. */
-        MHD_resume_connection(rq->conn);
+        /* The event loop then calls the access handler, which sends
+         * rq->resp. */
+        http__resume(rq);
     }
     return NULL;
 }
@@ -290,18 +321,27 @@ static void http__push(http_t *h, http__req_t *rq) {
         h->head = rq;
     }
     h->tail = rq;
+    rq->on_queue = 1;
+    assert(http__req_ok(rq));
     pthread_cond_signal(&h->work);
 }
 
-/* Queues rq and suspends its connection: 0. When the workers are stopping,
- * does neither and returns 1: the caller answers on the event loop. The
+/* What http__enqueue and http__claim_dispatch did with a request. */
+enum {
+    HTTP__ENQUEUED = 0, /* on the worker queue, its connection suspended */
+    HTTP__STOPPING = 1, /* the workers are stopping: not queued */
+};
+
+/* Queues rq and suspends its connection: HTTP__ENQUEUED. When the workers
+ * are stopping, does neither and returns HTTP__STOPPING: the caller answers
+ * on the event loop. The
  * decision is made under the mutex the workers take, so a request is never
  * queued after the last worker looked at the queue for the last time. */
 static int http__enqueue(http_t *h, http__req_t *rq) {
     pthread_mutex_lock(&h->mu);
     if (h->stopping) {
         pthread_mutex_unlock(&h->mu);
-        return 1;
+        return HTTP__STOPPING;
     }
     /* Time in the queue counts against the lock-wait deadline (a claim's
      * deadline was set when it was submitted). */
@@ -310,10 +350,10 @@ static int http__enqueue(http_t *h, http__req_t *rq) {
     }
     /* Suspended before any worker can see it, so the worker's resume never
      * comes first. */
-    MHD_suspend_connection(rq->conn);
+    http__suspend(rq);
     http__push(h, rq);
     pthread_mutex_unlock(&h->mu);
-    return 0;
+    return HTTP__ENQUEUED;
 }
 
 /* The claim's callbacks (claim.h). park runs on the event loop inside
@@ -322,7 +362,8 @@ static int http__enqueue(http_t *h, http__req_t *rq) {
 static void http__claim_park(claim_waiter_t *w) {
     http__req_t *rq = w->arg;
     rq->state = HTTP__PARKED;
-    MHD_suspend_connection(rq->conn);
+    http__suspend(rq);
+    assert(http__req_ok(rq));
 }
 
 /* On a worker: the claim's answer is final. From the resume on, the event
@@ -331,24 +372,25 @@ static void http__claim_done(claim_waiter_t *w) {
     http__req_t *rq = w->arg;
     api_claim_respond(w, &rq->resp);
     rq->state = HTTP__ANSWERED;
-    MHD_resume_connection(rq->conn);
+    http__resume(rq);
 }
 
 /* On a worker: the parked claim becomes its coupon's leader and needs a
- * worker of its own. Its connection stays suspended. 1 when the workers are
- * stopping (the claim module then answers it through done). */
+ * worker of its own. Its connection stays suspended. HTTP__ENQUEUED, or
+ * HTTP__STOPPING when the workers are stopping (the claim module then
+ * answers it through done). */
 static int http__claim_dispatch(claim_waiter_t *w) {
     http__req_t *rq = w->arg;
     http_t *h = rq->h;
     pthread_mutex_lock(&h->mu);
     if (h->stopping) {
         pthread_mutex_unlock(&h->mu);
-        return 1;
+        return HTTP__STOPPING;
     }
     assert(rq->state == HTTP__PARKED);
     http__push(h, rq);
     pthread_mutex_unlock(&h->mu);
-    return 0;
+    return HTTP__ENQUEUED;
 }
 
 /* ---------------------------------------------------- slow clients --- */
@@ -428,6 +470,14 @@ static void http__conn_notify(void *cls, struct MHD_Connection *conn,
     *socket_context = NULL;
 }
 
+/* conn's record (http__conn_notify made it), or NULL when there is none (it
+ * could not be allocated). Borrowed: freed when the connection closes. */
+static http__conn_t *http__conn_of(struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci != NULL ? ci->socket_context : NULL;
+}
+
 /*
  * Lingering. When libmicrohttpd answers early and closes (the 413 for a
  * Content-Length over the limit, a 400 for bad framing), the request body is
@@ -442,9 +492,7 @@ static void http__conn_notify(void *cls, struct MHD_Connection *conn,
  * until HTTP__LINGER_BYTES or HTTP__LINGER_MS, whichever comes first.
  */
 static void http__linger_arm(http_t *h, struct MHD_Connection *conn) {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    http__conn_t *c = ci != NULL ? ci->socket_context : NULL;
+    http__conn_t *c = http__conn_of(conn);
     if (c == NULL) {
         return;
     }
@@ -509,9 +557,7 @@ static void http__linger_round(http_t *h) {
 /* busy = 1: a request is complete and being answered; busy = 0: answered,
  * the next request's deadline starts now. */
 static void http__conn_busy(http_t *h, struct MHD_Connection *conn, int busy) {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    http__conn_t *c = ci != NULL ? ci->socket_context : NULL;
+    http__conn_t *c = http__conn_of(conn);
     if (c == NULL) {
         return;
     }
@@ -536,7 +582,7 @@ static void *http__reaper(void *arg) {
                           "fd=%d closed: no complete "
                           "request within %lld s",
                           (int)c->fd,
-                          (long long)(h->request_deadline_ns / 1000000000LL));
+                          (long long)(h->request_deadline_ns / MONO_S));
             }
         }
         if (h->lingers != NULL) {
@@ -544,8 +590,7 @@ static void *http__reaper(void *arg) {
             continue;
         }
         int64_t next = mono_ns() + 500 * MONO_MS;
-        struct timespec ts = {.tv_sec = next / 1000000000LL,
-                              .tv_nsec = next % 1000000000LL};
+        struct timespec ts = mono_ts_from_ns(next);
         pthread_cond_timedwait(&h->reaper_wake, &h->conns_mu, &ts);
     }
     /* Stopping: whatever still lingers is closed as it is. */
@@ -713,7 +758,7 @@ static enum MHD_Result http__claim(http_t *h, http__req_t *rq) {
     case API_CLAIM_PARKED:
         return MHD_YES; /* suspended by http__claim_park */
     case API_CLAIM_RUN:
-        if (http__enqueue(h, rq) == 0) {
+        if (http__enqueue(h, rq) == HTTP__ENQUEUED) {
             return MHD_YES;
         }
         /* The workers are stopping: nobody will lead its coupon's queue. */
@@ -725,6 +770,96 @@ static enum MHD_Result http__claim(http_t *h, http__req_t *rq) {
     }
 }
 
+/* The first call for a request: its headers are in, no body read yet.
+ * Makes rq (owned by *con_cls from here), then checks the framing and
+ * answers 400 if it is ambiguous, or the early 413 for a Content-Length
+ * over the limit. */
+static enum MHD_Result http__begin(http_t *h, struct MHD_Connection *conn,
+                                   const char *url, const char *method,
+                                   const char *version, void **con_cls) {
+    http__req_t *rq = calloc(1, sizeof(*rq));
+    if (rq == NULL) {
+        return MHD_NO;
+    }
+    *con_cls = rq;
+    atomic_fetch_add(&h->requests, 1);
+    rq->conn = conn;
+    snprintf(rq->method, sizeof(rq->method), "%s", method);
+    rq->path = http__dup(url);
+    rq->content_type = http__dup(MHD_lookup_connection_value(
+        conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE));
+    rq->authorization = http__dup(MHD_lookup_connection_value(
+        conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION));
+    http__request_id(h, conn, rq->request_id);
+    if (rq->path == NULL) {
+        return MHD_NO;
+    }
+    /* Framing first: until it is known to be unambiguous, nothing
+     * else about the request can be trusted. */
+    http__framing_t f = {0, 0, 0, 0, NULL};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, http__count_framing, &f);
+    if (f.bad != NULL) {
+        http__answer_400(rq, f.bad);
+        return http__send(h, rq, 1);
+    }
+    if (http__bad_transfer_encoding(&f)) {
+        http__answer_400(rq, "Transfer-Encoding must be exactly "
+                             "chunked, once");
+        return http__send(h, rq, 1);
+    }
+    if (http__ambiguous_framing(&f)) {
+        http__answer_400(rq, "conflicting Content-Length or "
+                             "Transfer-Encoding headers");
+        return http__send(h, rq, 1);
+    }
+    if (http__bad_host(&f, version)) {
+        http__answer_400(rq, "an HTTP/1.1 request needs exactly one "
+                             "Host header, and no request may have two");
+        return http__send(h, rq, 1);
+    }
+    const char *cl = MHD_lookup_connection_value(
+        conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl != NULL && strtoull(cl, NULL, 10) > h->cfg->max_body) {
+        /* Answer before reading the body at all, here on the event
+         * loop: with body_too_large set, the API decides the status from
+         * the route alone (404, 405, 401 for the admin route, else 413)
+         * and calls no backend. libmicrohttpd closes the connection
+         * after an answer this early; it lingers (http__send). */
+        rq->too_large = 1;
+        http__handle(rq);
+        return http__send(h, rq, 1);
+    }
+    return MHD_YES;
+}
+
+/* One chunk of rq's body: kept up to COUPON_MAX_BODY, dropped beyond it
+ * (the answer is then 413). */
+static enum MHD_Result http__body_chunk(http_t *h, http__req_t *rq,
+                                        const char *upload_data,
+                                        size_t *upload_data_size) {
+    size_t n = *upload_data_size;
+    *upload_data_size = 0; /* consumed (or dropped) */
+    if (rq->too_large) {
+        return MHD_YES;
+    }
+    if (rq->len + n > h->cfg->max_body) {
+        rq->too_large = 1;
+        free(rq->body);
+        rq->body = NULL;
+        rq->len = 0;
+        return MHD_YES;
+    }
+    if (rq->body == NULL) {
+        rq->body = malloc(h->cfg->max_body + 1);
+        if (rq->body == NULL) {
+            return MHD_NO;
+        }
+    }
+    memcpy(rq->body + rq->len, upload_data, n);
+    rq->len += n;
+    return MHD_YES;
+}
+
 static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
                                     const char *url, const char *method,
                                     const char *version,
@@ -734,61 +869,7 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
     http__req_t *rq = *con_cls;
 
     if (rq == NULL) {
-        /* Headers are in; no body read yet. */
-        rq = calloc(1, sizeof(*rq));
-        if (rq == NULL) {
-            return MHD_NO;
-        }
-        *con_cls = rq;
-        atomic_fetch_add(&h->requests, 1);
-        rq->conn = conn;
-        snprintf(rq->method, sizeof(rq->method), "%s", method);
-        rq->path = http__dup(url);
-        rq->content_type = http__dup(MHD_lookup_connection_value(
-            conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE));
-        rq->authorization = http__dup(MHD_lookup_connection_value(
-            conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION));
-        http__request_id(h, conn, rq->request_id);
-        if (rq->path == NULL) {
-            return MHD_NO;
-        }
-        /* Framing first: until it is known to be unambiguous, nothing
-         * else about the request can be trusted. */
-        http__framing_t f = {0, 0, 0, 0, NULL};
-        MHD_get_connection_values(conn, MHD_HEADER_KIND, http__count_framing,
-                                  &f);
-        if (f.bad != NULL) {
-            http__answer_400(rq, f.bad);
-            return http__send(h, rq, 1);
-        }
-        if (http__bad_transfer_encoding(&f)) {
-            http__answer_400(rq, "Transfer-Encoding must be exactly "
-                                 "chunked, once");
-            return http__send(h, rq, 1);
-        }
-        if (http__ambiguous_framing(&f)) {
-            http__answer_400(rq, "conflicting Content-Length or "
-                                 "Transfer-Encoding headers");
-            return http__send(h, rq, 1);
-        }
-        if (http__bad_host(&f, version)) {
-            http__answer_400(rq, "an HTTP/1.1 request needs exactly one "
-                                 "Host header, and no request may have two");
-            return http__send(h, rq, 1);
-        }
-        const char *cl = MHD_lookup_connection_value(
-            conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl != NULL && strtoull(cl, NULL, 10) > h->cfg->max_body) {
-            /* Answer before reading the body at all, here on the event
-             * loop: with body_too_large set, the API decides the status from
-             * the route alone (404, 405, 401 for the admin route, else 413)
-             * and calls no backend. libmicrohttpd closes the connection
-             * after an answer this early; it lingers (http__send). */
-            rq->too_large = 1;
-            http__handle(rq);
-            return http__send(h, rq, 1);
-        }
-        return MHD_YES;
+        return http__begin(h, conn, url, method, version, con_cls);
     }
 
     if (rq->state == HTTP__ANSWERED) {
@@ -796,27 +877,7 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
     }
 
     if (*upload_data_size > 0) {
-        size_t n = *upload_data_size;
-        *upload_data_size = 0; /* consumed (or dropped) */
-        if (rq->too_large) {
-            return MHD_YES;
-        }
-        if (rq->len + n > h->cfg->max_body) {
-            rq->too_large = 1;
-            free(rq->body);
-            rq->body = NULL;
-            rq->len = 0;
-            return MHD_YES;
-        }
-        if (rq->body == NULL) {
-            rq->body = malloc(h->cfg->max_body + 1);
-            if (rq->body == NULL) {
-                return MHD_NO;
-            }
-        }
-        memcpy(rq->body + rq->len, upload_data, n);
-        rq->len += n;
-        return MHD_YES;
+        return http__body_chunk(h, rq, upload_data, upload_data_size);
     }
 
     /* The whole request is in. */
@@ -828,7 +889,7 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
     if (api_is_claim(rq->method, rq->path)) {
         return http__claim(h, rq);
     }
-    if (http__enqueue(h, rq) != 0) {
+    if (http__enqueue(h, rq) != HTTP__ENQUEUED) {
         http__answer_shutting_down(rq);
         return http__send(h, rq, 1);
     }
@@ -871,10 +932,7 @@ static void http__log(void *cls, const char *fmt, va_list ap) {
     (void)cls;
     char msg[256];
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    size_t n = strlen(msg);
-    while (n > 0 && msg[n - 1] == '\n') {
-        msg[--n] = '\0';
-    }
+    str_trim_newline(msg);
     log_debug("http.mhd", "msg=\"%s\"", msg);
 }
 
@@ -913,6 +971,53 @@ static void http__free(http_t *h) {
     free(h);
 }
 
+/* Phase 1 of http_start: h's locks, clocks and request-id prefix, and
+ * its workers (h->nworkers says how many started). */
+static void http__init(http_t *h, const cfg_t *cfg) {
+    h->cfg = cfg;
+    if (getrandom(&h->rid_prefix, sizeof(h->rid_prefix), 0) !=
+        (ssize_t)sizeof(h->rid_prefix)) {
+        h->rid_prefix = (uint64_t)mono_ns() ^ ((uint64_t)getpid() << 32);
+    }
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_mutex_init(&h->conns_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->reaper_wake, &ca);
+    pthread_condattr_destroy(&ca);
+    h->request_deadline_ns = (int64_t)cfg->conn_timeout_s * MONO_S;
+    pthread_cond_init(&h->work, NULL);
+    h->workers = calloc(cfg->threads, sizeof(*h->workers));
+    for (uint32_t i = 0; h->workers != NULL && i < cfg->threads; i++) {
+        if (pthread_create(&h->workers[i], NULL, http__worker, h) != 0) {
+            break;
+        }
+        h->nworkers++;
+    }
+}
+
+/* Phase 2 of http_start: libmicrohttpd's daemon listening on ai, or NULL. */
+static struct MHD_Daemon *http__daemon(http_t *h, const struct addrinfo *ai) {
+    const cfg_t *cfg = h->cfg;
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC |
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6) {
+        flags |= MHD_USE_IPv6;
+    }
+    return MHD_start_daemon(
+        flags, cfg->http.port, NULL, NULL, http__access, h,
+        MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned int)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)cfg->conn_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)cfg->conn_memory_limit, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024U,
+        MHD_OPTION_NOTIFY_COMPLETED, http__completed, h,
+        MHD_OPTION_NOTIFY_CONNECTION, http__conn_notify, h,
+        MHD_OPTION_EXTERNAL_LOGGER, http__log, h, MHD_OPTION_UNESCAPE_CALLBACK,
+        http__unescape, h, MHD_OPTION_END);
+}
+
 http_t *http_start(const cfg_t *cfg) {
     struct addrinfo hints = {.ai_family = AF_UNSPEC,
                              .ai_socktype = SOCK_STREAM,
@@ -933,27 +1038,7 @@ http_t *http_start(const cfg_t *cfg) {
         freeaddrinfo(ai);
         return NULL;
     }
-    h->cfg = cfg;
-    if (getrandom(&h->rid_prefix, sizeof(h->rid_prefix), 0) !=
-        (ssize_t)sizeof(h->rid_prefix)) {
-        h->rid_prefix = (uint64_t)mono_ns() ^ ((uint64_t)getpid() << 32);
-    }
-    pthread_mutex_init(&h->mu, NULL);
-    pthread_mutex_init(&h->conns_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&h->reaper_wake, &ca);
-    pthread_condattr_destroy(&ca);
-    h->request_deadline_ns = (int64_t)cfg->conn_timeout_s * 1000000000LL;
-    pthread_cond_init(&h->work, NULL);
-    h->workers = calloc(cfg->threads, sizeof(*h->workers));
-    for (uint32_t i = 0; h->workers != NULL && i < cfg->threads; i++) {
-        if (pthread_create(&h->workers[i], NULL, http__worker, h) != 0) {
-            break;
-        }
-        h->nworkers++;
-    }
+    http__init(h, cfg);
     if (h->nworkers != cfg->threads) {
         log_error("http.start", "cannot start %u workers", cfg->threads);
         http__stop_workers(h);
@@ -962,22 +1047,7 @@ http_t *http_start(const cfg_t *cfg) {
         return NULL;
     }
 
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC |
-                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6) {
-        flags |= MHD_USE_IPv6;
-    }
-    h->d = MHD_start_daemon(
-        flags, cfg->http.port, NULL, NULL, http__access, h,
-        MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
-        (unsigned int)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned int)cfg->conn_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)cfg->conn_memory_limit, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024U,
-        MHD_OPTION_NOTIFY_COMPLETED, http__completed, h,
-        MHD_OPTION_NOTIFY_CONNECTION, http__conn_notify, h,
-        MHD_OPTION_EXTERNAL_LOGGER, http__log, h, MHD_OPTION_UNESCAPE_CALLBACK,
-        http__unescape, h, MHD_OPTION_END);
+    h->d = http__daemon(h, ai);
     freeaddrinfo(ai);
     if (h->d == NULL) {
         log_error("http.start", "cannot listen on %s:%u (in use?)",

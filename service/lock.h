@@ -81,9 +81,11 @@ typedef struct lock_lease {
     int64_t fence;                  /* the fencing token drawn at grant */
     uint32_t ttl_ms;                /* TTL set at grant and on each renewal */
 
-    /* Written by the watchdog, read by the claim. Invariant: once lost is 1
-     * it stays 1; valid_until_ns only grows while lost is 0. The lease may be
-     * used for a write only while !lost && boot_ns() < valid_until_ns. */
+    /* Written by the watchdog (lost also by the claim's own check before
+     * COMMIT), read by the claim. Invariant: once lost is 1 it stays 1;
+     * valid_until_ns only grows while lost is 0 (lock_lease__sanity checks
+     * both, at the end of each watchdog round). The lease may be used for a
+     * write only while !lost && boot_ns() < valid_until_ns. */
     _Atomic int64_t valid_until_ns; /* boot clock (mono.h): the instant the
                                        last grant/renewal was sent + ttl
                                        (Redlock: minus its drift allowance) */
@@ -178,7 +180,8 @@ int lock_acquire(lock_client_t *cl, const char *resource, uint32_t ttl_ms,
  * LOCK_HELD when lease i was extended, LOCK_LOST when it is lost for good
  * (its token is gone: on Redlock, on so many nodes that no majority can be
  * had), LOCK_ERR when unknown (an error). Returns LOCK_OK, or LOCK_ERR when
- * the backend failed (results then all LOCK_ERR). The leases are borrowed.
+ * the backend failed (lock_errstr says how; every lease it could not renew
+ * is LOCK_ERR, those it did are still LOCK_HELD). The leases are borrowed.
  * *sent_at_ns gets the instant (boot clock) from which an extended lease is
  * valid for its TTL: the send time, minus the clock drift allowance where the
  * backend has one (Redlock). */
@@ -219,5 +222,28 @@ int lock_lease_usable(const lock_lease_t *lease);
 /* Marks the lease lost for good. Thread-safe. Returns 1 if this call was the
  * one that marked it. */
 int lock_lease_mark_lost(lock_lease_t *lease);
+
+/* ------------------------------------------------ checks, for assert() --- */
+
+/* What one reader saw of the two fields the watchdog writes, to hold a later
+ * look at the lease against (lock_lease__sanity). */
+typedef struct lock_lease_seen {
+    int lost;
+    int64_t valid_until_ns;
+} lock_lease_seen_t;
+
+/* The two fields now (lost read first). Thread-safe. */
+lock_lease_seen_t lock_lease_seen(const lock_lease_t *lease);
+
+/* 1 when the fields of a granted lease are in range: lost is 0 or 1, the
+ * TTL is not 0, the token is LOCK_TOKEN_HEX lower-case hex digits. O(1)
+ * (the token's 32 digits). The watchdog's fields are wd.c's to check. */
+int lock_lease__ok(const lock_lease_t *lease);
+
+/* 1 when the lease agrees with its invariant against an earlier look
+ * before: once lost it stays lost, and while not lost valid_until_ns has
+ * not gone back. O(1). Call it from the watchdog's thread, the only writer
+ * of valid_until_ns after the grant. */
+int lock_lease__sanity(const lock_lease_t *lease, lock_lease_seen_t before);
 
 #endif

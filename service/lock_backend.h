@@ -1,6 +1,7 @@
 /*
  * lock_backend.h: the lock's backends behind lock.h (internal to the lock
- * module: lock.c, lock_redis.c, lock_redlock.c, lock_etcd*.c, lock_wait.c).
+ * module: lock.c, lock_redis.c, lock_redlock.c, lock_etcd*.c, lock_wait.c,
+ * sentinel.c; and the unit tests of its pure parts).
  *
  * A backend is one const table of operations. lock.c picks one table in
  * lock_init and calls through it; whatever every backend needs the same way
@@ -90,6 +91,23 @@ void lock_lease_setup(lock_lease_t *lease, const char *resource,
 /* The resource of a lock key "coupon:{R}:lock", into out[LOCK_KEY_MAX]. */
 void lock_resource_of(const char *key, char *out);
 
+#define LOCK__DEC_MAX 24 /* an int64_t in decimal, sign and NUL included */
+
+/* The arguments of RAISE FENCE for resource: its fence key, into
+ * key[LOCK_KEY_MAX], and floor in decimal, into fl[LOCK__DEC_MAX]. */
+void lock__raise_fence_args(const char *resource, int64_t floor, char *key,
+                            char *fl);
+
+/* The poll strategy's arithmetic (lock.c's backoff comment), pure. One
+ * sleep, in ns: drawn from [cap/2, cap] by rnd, no longer than the holder's
+ * PTTL (pttl_ms >= 0; -1: unknown), never below 1 ms, never past left_ns
+ * (the time to the deadline, > 0). */
+int64_t lock__backoff_ns(int64_t cap_ns, uint64_t rnd, int64_t pttl_ms,
+                         int64_t left_ns);
+
+/* The cap after cap_ns: doubled, at most 50 ms. */
+int64_t lock__backoff_next_cap(int64_t cap_ns);
+
 /* ------------------ shared by the two Redis backends (lock_redis.c) --- */
 
 struct redisReply;
@@ -128,5 +146,14 @@ int64_t lock_redlock_validity_ns(uint32_t ttl_ms, int64_t elapsed_ns);
  * answered, but no majority said yes) or LOCK_ERR (no majority answered:
  * the backend is unavailable). */
 int lock_redlock_verdict(int n, int yes, int no);
+
+/* The counts of one round are possible: 1 <= n <= LOCK_MAX_NODES, yes and
+ * no not negative, yes + no <= n (a node answers once). For assert(). */
+int lock_redlock__quorum_ok(int n, int yes, int no);
+
+/* The same, with the round's bit masks (bit i: node i said yes / no):
+ * disjoint, within n nodes, and yes / no bits set. For assert(). */
+int lock_redlock__masks_ok(int n, uint32_t yes_mask, uint32_t no_mask, int yes,
+                           int no);
 
 #endif

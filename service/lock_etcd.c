@@ -66,6 +66,7 @@
  * rise in grant order. The switch needs no operator step; the first claim
  * of such a coupon costs one refused transaction and one retry.
  */
+#include <assert.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +94,15 @@ static struct {
     uint32_t recheck_ms;
 } lock_etcd__g = {.mu = PTHREAD_MUTEX_INITIALIZER,
                   .grant_mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* The session's invariant (under mu): a session (lease_id != 0) has a TTL
+ * as granted (lease_ttl_ms > 0) and an instant it is valid until
+ * (valid_until_ns > 0), which a keep-alive of that session only moves
+ * forward; lease_id 0 means no session, whatever the other two hold. */
+static int lock_etcd__session_ok(void) {
+    return lock_etcd__g.lease_id == 0 ||
+           (lock_etcd__g.lease_ttl_ms > 0 && lock_etcd__g.valid_until_ns > 0);
+}
 
 #define LOCK_ETCD__KEY_MAX (LOCK_KEY_MAX + 256)
 #define LOCK_ETCD__RETRIES 3 /* fresh sessions one acquire may start */
@@ -255,6 +265,33 @@ static int lock_etcd__keepalive(lock_etcd__client_t *c, int64_t id,
     return ttl > 0 ? LOCK_HELD : LOCK_LOST;
 }
 
+/* Grants a new process lease: LOCK_OK with its *id, *ttl_ms and the
+ * instant it is valid until (*until, boot clock), or LOCK_ERR. */
+static int lock_etcd__grant(lock_etcd__client_t *c, int64_t deadline,
+                            int64_t *id, int64_t *ttl_ms, int64_t *until) {
+    json_t *resp = NULL;
+    int64_t sent = 0;
+    int g = lock_etcd__call(
+        c, "/v3/lease/grant",
+        json_pack("{s:o}", "TTL", lock_etcd_gw_jint(lock_etcd__g.ttl_s)),
+        deadline, &resp, &sent);
+    if (g != LOCK_ETCD_GW_OK) {
+        return lock_etcd__fail(c);
+    }
+    int64_t cur = lock_etcd_gw_i64(resp, "ID");
+    int64_t ttl = lock_etcd_gw_i64(resp, "TTL") * 1000;
+    json_decref(resp);
+    if (cur == 0 || ttl <= 0) {
+        return lock_etcd__bad(c, "lease grant");
+    }
+    *id = cur;
+    *ttl_ms = ttl;
+    *until = sent + ttl * MONO_MS;
+    log_info("lock.etcd_session", "lease=%llx ttl_ms=%lld",
+             (unsigned long long)cur, (long long)ttl);
+    return LOCK_OK;
+}
+
 /* The process lease, fresh for at least half its TTL: kept alive or granted
  * anew if needed. LOCK_OK with *id, *ttl_ms and *valid_until, or LOCK_ERR. */
 static int lock_etcd__session(lock_etcd__client_t *c, int64_t deadline,
@@ -286,33 +323,16 @@ static int lock_etcd__session(lock_etcd__client_t *c, int64_t deadline,
                  (unsigned long long)cur);
     }
     /* No lease, or it ran out: a new one. */
-    {
-        json_t *resp = NULL;
-        int64_t sent = 0;
-        int g = lock_etcd__call(
-            c, "/v3/lease/grant",
-            json_pack("{s:o}", "TTL", lock_etcd_gw_jint(lock_etcd__g.ttl_s)),
-            deadline, &resp, &sent);
-        if (g != LOCK_ETCD_GW_OK) {
-            rc = lock_etcd__fail(c);
-            goto done;
-        }
-        cur = lock_etcd_gw_i64(resp, "ID");
-        ttl = lock_etcd_gw_i64(resp, "TTL") * 1000;
-        json_decref(resp);
-        if (cur == 0 || ttl <= 0) {
-            rc = lock_etcd__bad(c, "lease grant");
-            goto done;
-        }
-        until = sent + ttl * MONO_MS;
-        log_info("lock.etcd_session", "lease=%llx ttl_ms=%lld",
-                 (unsigned long long)cur, (long long)ttl);
+    rc = lock_etcd__grant(c, deadline, &cur, &ttl, &until);
+    if (rc != LOCK_OK) {
+        goto done;
     }
 store:
     pthread_mutex_lock(&lock_etcd__g.mu);
     lock_etcd__g.lease_id = cur;
     lock_etcd__g.lease_ttl_ms = ttl;
     lock_etcd__g.valid_until_ns = until;
+    assert(lock_etcd__session_ok());
     pthread_mutex_unlock(&lock_etcd__g.mu);
 done:
     pthread_mutex_unlock(&lock_etcd__g.grant_mu);
@@ -329,6 +349,7 @@ static void lock_etcd__session_lost(int64_t id) {
         lock_etcd__g.lease_id = 0;
         lock_etcd__g.valid_until_ns = 0;
     }
+    assert(lock_etcd__session_ok());
     pthread_mutex_unlock(&lock_etcd__g.mu);
 }
 
@@ -527,6 +548,77 @@ static void lock_etcd__granted(lock_lease_t *lease, int64_t id, int64_t myrev,
     atomic_store(&lease->valid_until_ns, valid_until);
 }
 
+/* Step 3 of the top for our key (on session lease key_id, created at
+ * myrev): waits for our turn until deadline. LOCK_OK: granted, lease
+ * filled; LOCK_BUSY: the deadline passed; LOCK_ERR: an error (in both our
+ * key is deleted); LOCK_LOST: our key went with a lost session, start
+ * over. */
+static int lock_etcd__wait_turn(lock_etcd__client_t *c, lock_lease_t *lease,
+                                const char *key, int64_t key_id, int64_t myrev,
+                                int64_t deadline) {
+    for (;;) {
+        int64_t now = mono_ns();
+        if (now >= deadline) {
+            lock_etcd__delete(c, key);
+            return LOCK_BUSY;
+        }
+        /* Waiting holds no lock: no watchdog round keeps the session
+         * alive for us. */
+        int64_t id = 0, ttl_ms = 0, until = 0;
+        if (lock_etcd__session(c, lock_etcd__bound(deadline), &id, &ttl_ms,
+                               &until) != LOCK_OK) {
+            lock_etcd__delete(c, key);
+            return LOCK_ERR;
+        }
+        if (id != key_id) {
+            /* The session was found lost and replaced: our key went
+             * with the old lease. */
+            log_warn("lock.etcd_key_lost",
+                     "key=%s (its session lease was lost while we "
+                     "waited; starting again)",
+                     key);
+            return LOCK_LOST;
+        }
+        int mine = 0;
+        char *before = NULL;
+        int64_t rev = 0, offset = 0;
+        if (lock_etcd__look(c, lease, myrev, lock_etcd__bound(deadline), &mine,
+                            &before, &rev, &offset) != LOCK_OK) {
+            lock_etcd__delete(c, key);
+            return LOCK_ERR;
+        }
+        if (!mine) {
+            free(before);
+            log_warn("lock.etcd_key_lost",
+                     "key=%s (the session lease ran out while we "
+                     "waited; starting again)",
+                     key);
+            lock_etcd__session_lost(key_id);
+            return LOCK_LOST; /* start over, same token, new session */
+        }
+        if (before == NULL) {
+            /* Nobody before us. The session must still be fresh: the
+             * lease is only as valid as it is. */
+            if (lock_etcd__session(c, lock_etcd__bound(deadline), &id, &ttl_ms,
+                                   &until) != LOCK_OK) {
+                lock_etcd__delete(c, key);
+                return LOCK_ERR;
+            }
+            if (id != key_id) {
+                return LOCK_LOST; /* replaced just now: our key is gone */
+            }
+            lock_etcd__granted(lease, id, myrev, offset, ttl_ms, until);
+            return LOCK_OK;
+        }
+        int64_t wake = now + (int64_t)lock_etcd__g.recheck_ms * MONO_MS;
+        if (wake > deadline) {
+            wake = deadline;
+        }
+        lock_etcd_gw_watch_delete(c->gw, before, strlen(before), rev + 1, wake);
+        free(before);
+    }
+}
+
 /* The acquire of the top, steps 1 to 4; wait = 0 for a single try. */
 static int lock_etcd__acquire_loop(lock_etcd__client_t *c, int64_t deadline,
                                    lock_lease_t *lease, int wait) {
@@ -566,71 +658,13 @@ static int lock_etcd__acquire_loop(lock_etcd__client_t *c, int64_t deadline,
             return LOCK_OK;
         }
         lock_etcd__my_key(lease, key);
-        int64_t key_id = id; /* the lease our key lives on */
         if (!wait) {
             lock_etcd__delete(c, key);
             return LOCK_BUSY;
         }
-        for (;;) {
-            int64_t now = mono_ns();
-            if (now >= deadline) {
-                lock_etcd__delete(c, key);
-                return LOCK_BUSY;
-            }
-            /* Waiting holds no lock: no watchdog round keeps the session
-             * alive for us. */
-            if (lock_etcd__session(c, lock_etcd__bound(deadline), &id, &ttl_ms,
-                                   &until) != LOCK_OK) {
-                lock_etcd__delete(c, key);
-                return LOCK_ERR;
-            }
-            if (id != key_id) {
-                /* The session was found lost and replaced: our key went
-                 * with the old lease. */
-                log_warn("lock.etcd_key_lost",
-                         "key=%s (its session lease was lost while we "
-                         "waited; starting again)",
-                         key);
-                break;
-            }
-            int mine = 0;
-            char *before = NULL;
-            int64_t rev = 0;
-            if (lock_etcd__look(c, lease, myrev, lock_etcd__bound(deadline),
-                                &mine, &before, &rev, &offset) != LOCK_OK) {
-                lock_etcd__delete(c, key);
-                return LOCK_ERR;
-            }
-            if (!mine) {
-                free(before);
-                log_warn("lock.etcd_key_lost",
-                         "key=%s (the session lease ran out while we "
-                         "waited; starting again)",
-                         key);
-                lock_etcd__session_lost(key_id);
-                break; /* start over, same token, new session */
-            }
-            if (before == NULL) {
-                /* Nobody before us. The session must still be fresh: the
-                 * lease is only as valid as it is. */
-                if (lock_etcd__session(c, lock_etcd__bound(deadline), &id,
-                                       &ttl_ms, &until) != LOCK_OK) {
-                    lock_etcd__delete(c, key);
-                    return LOCK_ERR;
-                }
-                if (id != key_id) {
-                    break; /* replaced just now: our key is gone */
-                }
-                lock_etcd__granted(lease, id, myrev, offset, ttl_ms, until);
-                return LOCK_OK;
-            }
-            int64_t wake = now + (int64_t)lock_etcd__g.recheck_ms * MONO_MS;
-            if (wake > deadline) {
-                wake = deadline;
-            }
-            lock_etcd_gw_watch_delete(c->gw, before, strlen(before), rev + 1,
-                                      wake);
-            free(before);
+        rc = lock_etcd__wait_turn(c, lease, key, id, myrev, deadline);
+        if (rc != LOCK_LOST) {
+            return rc;
         }
         lease->u.etcd.lease_id = 0;
     }
@@ -688,6 +722,7 @@ static int lock_etcd__extend_many(lock_client_t *cl,
                     lock_etcd__g.valid_until_ns = sent + ttl_ms * MONO_MS;
                 }
             }
+            assert(lock_etcd__session_ok());
             pthread_mutex_unlock(&lock_etcd__g.mu);
         }
         for (size_t j = i; j < n; j++) {
@@ -716,10 +751,11 @@ static void lock_etcd__abandon(lock_client_t *cl, lock_lease_t *lease) {
     (void)lock_etcd__release(cl, lease);
 }
 
-static int lock_etcd__check(lock_client_t *cl, const lock_lease_t *lease) {
-    lock_etcd__client_t *c = lock_etcd__cl(cl);
-    char key[LOCK_ETCD__KEY_MAX];
-    lock_etcd__my_key(lease, key);
+/* A linearizable count of the keys named key (0 or 1) into *count: one
+ * round trip that needs the cluster's quorum, as a grant does. LOCK_OK, or
+ * LOCK_ERR. */
+static int lock_etcd__count(lock_etcd__client_t *c, const char *key,
+                            int64_t *count) {
     json_t *resp = NULL;
     if (lock_etcd__call(c, "/v3/kv/range",
                         json_pack("{s:o, s:b}", "key", lock_etcd__jkey(key),
@@ -728,11 +764,21 @@ static int lock_etcd__check(lock_client_t *cl, const lock_lease_t *lease) {
                         NULL) != LOCK_ETCD_GW_OK) {
         return lock_etcd__fail(c);
     }
+    *count = lock_etcd_gw_i64(resp, "count");
+    json_decref(resp);
+    return LOCK_OK;
+}
+
+static int lock_etcd__check(lock_client_t *cl, const lock_lease_t *lease) {
+    char key[LOCK_ETCD__KEY_MAX];
+    lock_etcd__my_key(lease, key);
+    int64_t n = 0;
+    if (lock_etcd__count(lock_etcd__cl(cl), key, &n) != LOCK_OK) {
+        return LOCK_ERR;
+    }
     /* Our key exists: it is still the lowest of the queue (no key created
      * later can be lower), so we still hold the lock. */
-    int held = lock_etcd_gw_i64(resp, "count") > 0;
-    json_decref(resp);
-    return held ? LOCK_HELD : LOCK_LOST;
+    return n > 0 ? LOCK_HELD : LOCK_LOST;
 }
 
 static int lock_etcd__raise_fence(lock_client_t *cl, const char *resource,
@@ -796,19 +842,10 @@ static int lock_etcd__raise_fence(lock_client_t *cl, const char *resource,
 /* Readiness: a linearizable read needs the cluster's quorum, as a grant
  * does. */
 static int lock_etcd__ping(lock_client_t *cl) {
-    lock_etcd__client_t *c = lock_etcd__cl(cl);
     char key[LOCK_ETCD__KEY_MAX];
     snprintf(key, sizeof(key), "%sping", lock_etcd__prefix());
-    json_t *resp = NULL;
-    if (lock_etcd__call(c, "/v3/kv/range",
-                        json_pack("{s:o, s:b}", "key", lock_etcd__jkey(key),
-                                  "count_only", 1),
-                        lock_etcd__deadline(), &resp,
-                        NULL) != LOCK_ETCD_GW_OK) {
-        return lock_etcd__fail(c);
-    }
-    json_decref(resp);
-    return LOCK_OK;
+    int64_t n = 0;
+    return lock_etcd__count(lock_etcd__cl(cl), key, &n);
 }
 
 const lock_backend_t lock_etcd_backend = {

@@ -19,6 +19,7 @@
  */
 #include "lock_etcd_gw.h"
 
+#include <assert.h>
 #include <curl/curl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -355,6 +356,10 @@ static lock_etcd_gw__outcome_t lock_etcd_gw__classify(lock_etcd_gw_t *gw,
         gw->errkind = LOCK_EPERM;
         return LOCK_ETCD_GW__FAIL;
     case 3:
+        /* etcd answers refused credentials with code 3 (invalid argument),
+         * the code of every malformed request too; its fixed message is
+         * the only mark that tells them apart, so this reads etcd's reply
+         * text, never our errstr. */
         if (strstr(msg, "authentication failed") != NULL) {
             gw->errkind = LOCK_EAUTH;
             return LOCK_ETCD_GW__FAIL;
@@ -373,6 +378,21 @@ static lock_etcd_gw__outcome_t lock_etcd_gw__classify(lock_etcd_gw_t *gw,
     }
     gw->errkind = LOCK_EPROTO;
     return LOCK_ETCD_GW__FAIL;
+}
+
+/* The time one attempt may take, in ms: what is left until deadline_ns,
+ * at most the per-endpoint timeout and at least 1 ms; 0 when the deadline
+ * has passed (no attempt). */
+static long lock_etcd_gw__attempt_ms(int64_t deadline_ns) {
+    int64_t left = deadline_ns - mono_ns();
+    if (left <= 0) {
+        return 0;
+    }
+    long tmo = (long)(left / MONO_MS);
+    if (tmo > (long)lock_etcd_gw__g.timeout_ms) {
+        tmo = (long)lock_etcd_gw__g.timeout_ms;
+    }
+    return tmo < 1 ? 1 : tmo;
 }
 
 /* One POST of body to endpoint i, within timeout_ms. On DONE *resp is the
@@ -452,13 +472,9 @@ static int lock_etcd_gw__authenticate(lock_etcd_gw_t *gw, unsigned long gen,
     int rc = -1;
     for (int k = 0; k < lock_etcd_gw__g.n; k++) {
         int i = (gw->cur + k) % lock_etcd_gw__g.n;
-        int64_t left = deadline_ns - mono_ns();
-        if (left <= 0) {
+        long tmo = lock_etcd_gw__attempt_ms(deadline_ns);
+        if (tmo == 0) {
             break;
-        }
-        long tmo = (long)(left / MONO_MS);
-        if (tmo > (long)lock_etcd_gw__g.timeout_ms) {
-            tmo = (long)lock_etcd_gw__g.timeout_ms;
         }
         json_t *resp = NULL;
         /* The authenticate call itself carries no token. */
@@ -469,7 +485,7 @@ static int lock_etcd_gw__authenticate(lock_etcd_gw_t *gw, unsigned long gen,
         pthread_mutex_unlock(&lock_etcd_gw__g.mu);
         free(old);
         lock_etcd_gw__outcome_t o = lock_etcd_gw__attempt(
-            gw, i, "/v3/auth/authenticate", body, tmo < 1 ? 1 : tmo, &resp);
+            gw, i, "/v3/auth/authenticate", body, tmo, &resp);
         if (o == LOCK_ETCD_GW__DONE) {
             const char *t = json_string_value(json_object_get(resp, "token"));
             if (t == NULL) {
@@ -498,6 +514,17 @@ static int lock_etcd_gw__authenticate(lock_etcd_gw_t *gw, unsigned long gen,
     return rc;
 }
 
+/* With auth configured, gets the first token before the first call. 0, or
+ * -1 with errkind/errstr set. */
+static int lock_etcd_gw__first_token(lock_etcd_gw_t *gw, int64_t deadline_ns) {
+    pthread_mutex_lock(&lock_etcd_gw__g.mu);
+    int need_auth =
+        lock_etcd_gw__g.username[0] != '\0' && lock_etcd_gw__g.token == NULL;
+    unsigned long gen = lock_etcd_gw__g.gen;
+    pthread_mutex_unlock(&lock_etcd_gw__g.mu);
+    return need_auth ? lock_etcd_gw__authenticate(gw, gen, deadline_ns) : 0;
+}
+
 int lock_etcd_gw_call(lock_etcd_gw_t *gw, const char *path, json_t *req,
                       int64_t deadline_ns, json_t **resp, int64_t *sent_ns) {
     *resp = NULL;
@@ -512,31 +539,22 @@ int lock_etcd_gw_call(lock_etcd_gw_t *gw, const char *path, json_t *req,
         snprintf(gw->errstr, sizeof(gw->errstr), "out of memory");
         return LOCK_ETCD_GW_ERR;
     }
-    /* With auth configured, get the first token before the first call. */
-    pthread_mutex_lock(&lock_etcd_gw__g.mu);
-    int need_auth =
-        lock_etcd_gw__g.username[0] != '\0' && lock_etcd_gw__g.token == NULL;
-    unsigned long gen = lock_etcd_gw__g.gen;
-    pthread_mutex_unlock(&lock_etcd_gw__g.mu);
-    if (need_auth && lock_etcd_gw__authenticate(gw, gen, deadline_ns) != 0) {
+    if (lock_etcd_gw__first_token(gw, deadline_ns) != 0) {
         free(body);
         return LOCK_ETCD_GW_ERR;
     }
+    unsigned long gen = 0;
 
-    int rc = LOCK_ETCD_GW_ERR, reauthed = 0;
+    int rc = LOCK_ETCD_GW_ERR, reauthed = 0, attempts = 0;
     gw->errkind = LOCK_EIO;
     snprintf(gw->errstr, sizeof(gw->errstr),
              "etcd: %s: the deadline passed before any endpoint answered",
              path);
     for (int k = 0; k < n; k++) {
         int i = (gw->cur + k) % n;
-        int64_t left = deadline_ns - mono_ns();
-        if (left <= 0) {
+        long tmo = lock_etcd_gw__attempt_ms(deadline_ns);
+        if (tmo == 0) {
             break;
-        }
-        long tmo = (long)(left / MONO_MS);
-        if (tmo > (long)lock_etcd_gw__g.timeout_ms) {
-            tmo = (long)lock_etcd_gw__g.timeout_ms;
         }
         pthread_mutex_lock(&lock_etcd_gw__g.mu);
         gen = lock_etcd_gw__g.gen;
@@ -544,8 +562,12 @@ int lock_etcd_gw_call(lock_etcd_gw_t *gw, const char *path, json_t *req,
         if (sent_ns != NULL) {
             *sent_ns = boot_ns();
         }
+        /* The bound at the top: one attempt per endpoint, one more after a
+         * re-authentication. */
+        attempts++;
+        assert(attempts <= n + reauthed);
         lock_etcd_gw__outcome_t o =
-            lock_etcd_gw__attempt(gw, i, path, body, tmo < 1 ? 1 : tmo, resp);
+            lock_etcd_gw__attempt(gw, i, path, body, tmo, resp);
         if (o == LOCK_ETCD_GW__DONE) {
             gw->cur = i;
             gw->errkind = LOCK_ENONE;

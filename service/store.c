@@ -6,7 +6,7 @@
  * claim statement for the whole batch, sent as one pipeline; then the gate;
  * then COMMIT. Round trips for a claim, or a batch of any size: 2.
  *
- * The claim statement is one data-modifying CTE (claim_c below): the
+ * The claim statement is one data-modifying CTE (store__claim_c_sql below): the
  * conditional UPDATE by the batch's count and the INSERT of the claim rows,
  * which take their seq from the UPDATE's RETURNING. If the UPDATE matches
  * no row, the INSERT inserts none.
@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <libpq-fe.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
+#include "util.h"
 
 struct store {
     PGconn *conn; /* NULL while disconnected; non-blocking while connected */
@@ -45,11 +47,10 @@ struct store {
     int64_t deadline_ns;  /* monotonic: the running call gives up here */
     int timed_out;        /* the last wait ran into deadline_ns */
     int replan;           /* a statement failed with 0A000: prepare again */
-    int refused;          /* the last connect failed because the server
-                             refused this login (see store__open) */
     uint64_t round_trips; /* store_round_trips */
     int shape_buckets;    /* store_claim_shape: what the last claim learnt */
     uint64_t shape_stock;
+    store_errkind_t errkind; /* the last failure's kind, beside errstr */
     char errstr[256];
 };
 
@@ -58,28 +59,38 @@ struct store {
 /*
  * !!! NEGATIVE CONTROLS. NEVER DEFINE THESE OUTSIDE `make test-negative`. !!!
  *
- * COUPONSVC_UNSAFE_NO_FENCE drops the fence from the write's WHERE,
- * COUPONSVC_UNSAFE_NO_STOCK_CHECK drops the stock from it (both the bound
- * on how many are claimed, LEAST(..., total - claimed), and the guard
- * claimed + k <= total), COUPONSVC_UNSAFE_FENCE_NOT_STRICT lets a
- * lease's first write through with last_fence == fence (store__claim_tx),
- * and COUPONSVC_UNSAFE_TRUST_READ makes a lock-mode claim of one user on an
- * unsharded coupon the textbook critical section whose write trusts its
- * read: naive mode's read, then (after the after_check fault point) its
- * write of claimed = read + 1, neither fenced nor bounded by the stock
- * (store_claim, store_claim_naive). That one shows what the lock alone is
- * worth once a lease can end early.
+ * Four guards of the store can each be compiled out, one at a time:
+ *   COUPONSVC_UNSAFE_NO_FENCE         drops the fence from the write's WHERE;
+ *   COUPONSVC_UNSAFE_NO_STOCK_CHECK   drops the stock from it (both the bound
+ *                                     on how many are claimed,
+ *                                     LEAST(..., total - claimed), and the
+ *                                     guard claimed + k <= total);
+ *   COUPONSVC_UNSAFE_FENCE_NOT_STRICT lets a lease's first write through
+ *                                     with last_fence == fence
+ *                                     (last_fence <= fence);
+ *   COUPONSVC_UNSAFE_TRUST_READ       makes a lock-mode claim of one user on
+ *                                     an unsharded coupon the textbook
+ *                                     critical section whose write trusts
+ *                                     its read: naive mode's read, then
+ *                                     (after the after_check fault point)
+ *                                     its write of claimed = read + 1,
+ *                                     neither fenced nor bounded by the
+ *                                     stock (store_claim, store_claim_naive).
+ *                                     That one shows what the lock alone is
+ *                                     worth once a lease can end early.
  * Each builds a couponsvc with exactly one guard removed, into a
  * build/.../neg-<name> directory only (the Makefile refuses any other), so
  * that the fault tests can show they catch the bug that guard exists for: a
- * test that cannot fail proves nothing. All are off by default; the real
- * binary never has them. The lock's own controls (Redlock's fence
- * write-back: COUPONSVC_UNSAFE_REDLOCK_WRITEBACK_NO_TOKEN and
+ * test that cannot fail proves nothing. All four are off by default, and
+ * the #error below refuses more than one at a time; the real binary never
+ * has them. The lock's own controls (Redlock's fence write-back:
+ * COUPONSVC_UNSAFE_REDLOCK_WRITEBACK_NO_TOKEN and
  * COUPONSVC_UNSAFE_REDLOCK_NO_WRITEBACK) are at the top of
  * service/lock_redlock.c.
  */
 #if defined(COUPONSVC_UNSAFE_NO_FENCE) +                                       \
         defined(COUPONSVC_UNSAFE_NO_STOCK_CHECK) +                             \
+        defined(COUPONSVC_UNSAFE_FENCE_NOT_STRICT) +                           \
         defined(COUPONSVC_UNSAFE_TRUST_READ) >                                 \
     1
 #error "one negative control at a time"
@@ -88,14 +99,21 @@ struct store {
     "COUPONSVC_UNSAFE_TRUST_READ: a couponsvc whose write trusts its read"
 #elif defined(COUPONSVC_UNSAFE_NO_FENCE)
 #pragma message "COUPONSVC_UNSAFE_NO_FENCE: a couponsvc WITHOUT fencing"
-#define STORE__FENCE_GUARD "($4::bigint IS NULL OR true)"
+#define STORE__FENCE_GUARD "($3::bigint IS NULL OR true)"
+#elif defined(COUPONSVC_UNSAFE_FENCE_NOT_STRICT)
+#pragma message                                                                \
+    "COUPONSVC_UNSAFE_FENCE_NOT_STRICT: a couponsvc that lets a fence repeat"
+#define STORE__FENCE_GUARD "($3::bigint IS NULL OR t.last_fence <= $3::bigint)"
 #elif defined(COUPONSVC_UNSAFE_NO_STOCK_CHECK)
 #pragma message "COUPONSVC_UNSAFE_NO_STOCK_CHECK: a couponsvc that oversells"
 #define STORE__STOCK_GUARD "true"
 #define STORE__WANT "(SELECT count(*) FROM fresh)"
 #endif
+/* The fence rule, the one place it is written: a lease's first (and only)
+ * write needs a fence above every fence written before it. With no fence
+ * ($3 NULL: the atomic mode, the degraded mode) the rule does not apply. */
 #ifndef STORE__FENCE_GUARD
-#define STORE__FENCE_GUARD "($3::bigint IS NULL OR t.last_fence <= $4::bigint)"
+#define STORE__FENCE_GUARD "($3::bigint IS NULL OR t.last_fence < $3::bigint)"
 #endif
 #ifndef STORE__STOCK_GUARD
 #define STORE__STOCK_GUARD "t.claimed + want.k <= t.total"
@@ -110,9 +128,8 @@ struct store {
  * stock row's claims hold its lock (this statement's UPDATE, and an older
  * replica's), so what it reads of the row and of the claims stays true until
  * COMMIT. The parameters: $1 coupon, $2 the users (text[], in batch order),
- * $3 the fence (NULL: none), $4 the highest last_fence the write may find
- * (fence - 1: a lease's first write must be above every earlier one), $5
- * the instance, and for a bucket $6 its number.
+ * $3 the fence (NULL: none), $4 the instance, and for a bucket $5 its
+ * number.
  *
  *   items  the users with their place in the batch; u: each user once, at
  *          its first place (the second of a user named twice gets the
@@ -139,7 +156,11 @@ struct store {
  * for the row, so a claim that queued on the row is judged when it writes.
  * now() would judge it at BEGIN; clock_timestamp() changes during the
  * statement, so the reason reported could disagree with the UPDATE's.
+ *
+ * The statements are kept out of clang-format's reach, one clause a line,
+ * so that they read as SQL (and the README's excerpt matches them).
  */
+// clang-format off
 #define STORE__WINDOW_NOW(t)                                                   \
     "CASE WHEN " t ".starts_at > statement_timestamp() THEN 1"                 \
     " WHEN " t ".ends_at <= statement_timestamp() THEN 2 ELSE 0 END"
@@ -167,6 +188,61 @@ struct store {
     " LEFT JOIN cp ON true LEFT JOIN c ON true LEFT JOIN allb ON true"         \
     " LEFT JOIN ex ON ex.u = i.u LEFT JOIN ins ON ins.u = i.u"                 \
     " ORDER BY i.ord"
+
+/* The batch on an unsharded coupon: the coupons row is the stock. Its upd
+ * is the fenced write the README shows. */
+static const char store__claim_c_sql[] =
+    STORE__CLAIM_HEAD
+    " cp AS (SELECT buckets, " STORE__WINDOW_NOW("coupons") " AS win,"
+    "   total, claimed, last_fence FROM coupons WHERE id = $1),"
+    " c AS (SELECT total, claimed, last_fence FROM cp WHERE buckets = 1),"
+    " allb AS (SELECT total AS total_all, claimed AS claimed_all,"
+    "   0::bigint AS others FROM c),"
+    STORE__CLAIM_MIDDLE
+    " upd AS (UPDATE coupons t SET claimed = t.claimed + want.k,"
+    "   last_fence = COALESCE($3::bigint, t.last_fence)"
+    "   FROM want"
+    "   WHERE t.id = $1 AND want.k > 0"
+    "   AND " STORE__FENCE_GUARD
+    "   AND " STORE__STOCK_GUARD
+    "   AND " STORE__WINDOW_OPEN("t")
+    "   RETURNING t.claimed - want.k AS base, want.k AS k),"
+    " ins AS (INSERT INTO claims (coupon_id, user_id, fence, seq, instance)"
+    "   SELECT $1, f.u, $3::bigint, upd.base + f.rn, $4"
+    "   FROM fresh f, upd WHERE f.rn <= upd.k"
+    "   RETURNING id, user_id AS u, seq)"
+    STORE__CLAIM_TAIL;
+
+/* The batch on bucket $5 of a sharded coupon: its coupon_buckets row is the
+ * stock; the window is the coupon's. */
+static const char store__claim_b_sql[] =
+    STORE__CLAIM_HEAD
+    " cp AS (SELECT buckets, " STORE__WINDOW_NOW("coupons") " AS win"
+    "   FROM coupons WHERE id = $1),"
+    " c AS (SELECT total, claimed, last_fence FROM coupon_buckets"
+    "   WHERE coupon_id = $1 AND bucket = $5::integer),"
+    " allb AS (SELECT sum(total)::bigint AS total_all,"
+    "   sum(claimed)::bigint AS claimed_all,"
+    "   COALESCE(bit_or(CASE WHEN claimed < total AND bucket <> $5::integer"
+    "   THEN 1::bigint << bucket END), 0) AS others"
+    "   FROM coupon_buckets WHERE coupon_id = $1),"
+    STORE__CLAIM_MIDDLE
+    " upd AS (UPDATE coupon_buckets t SET claimed = t.claimed + want.k,"
+    "   last_fence = COALESCE($3::bigint, t.last_fence)"
+    "   FROM want, coupons w"
+    "   WHERE t.coupon_id = $1 AND t.bucket = $5::integer AND want.k > 0"
+    "   AND w.id = $1"
+    "   AND " STORE__FENCE_GUARD
+    "   AND " STORE__STOCK_GUARD
+    "   AND " STORE__WINDOW_OPEN("w")
+    "   RETURNING t.claimed - want.k AS base, want.k AS k),"
+    " ins AS (INSERT INTO claims"
+    "   (coupon_id, user_id, fence, seq, instance, bucket)"
+    "   SELECT $1, f.u, $3::bigint, upd.base + f.rn, $4, $5::integer"
+    "   FROM fresh f, upd WHERE f.rn <= upd.k"
+    "   RETURNING id, user_id AS u, seq)"
+    STORE__CLAIM_TAIL;
+// clang-format on
 
 /* The columns of that answer. */
 enum {
@@ -201,73 +277,15 @@ static const store__stmt_t store__stmts[] = {
               "  LEFT JOIN claims cl ON cl.coupon_id = c.id AND cl.user_id = $2"
               " WHERE c.id = $1"},
     /* The stock row's lock, first in every claim's transaction (see
-     * claim_c). NO KEY UPDATE, the strength the UPDATE takes anyway, so
-     * that the foreign-key checks of claims being inserted (KEY SHARE) are
-     * not blocked. */
+     * store__claim_c_sql). NO KEY UPDATE, the strength the UPDATE takes
+     * anyway, so that the foreign-key checks of claims being inserted (KEY
+     * SHARE) are not blocked. */
     {"claim_lock_c", "SELECT 1 FROM coupons WHERE id = $1 FOR NO KEY UPDATE"},
     {"claim_lock_b", "SELECT 1 FROM coupon_buckets"
                      " WHERE coupon_id = $1 AND bucket = $2::integer"
                      " FOR NO KEY UPDATE"},
-    /* The batch on an unsharded coupon: the coupons row is the stock. */
-    {"claim_c",
-     STORE__CLAIM_HEAD " cp AS (SELECT buckets, " STORE__WINDOW_NOW(
-         "coupons") " AS win,"
-                    "   total, claimed, last_fence FROM coupons WHERE id = $1),"
-                    " c AS (SELECT total, claimed, last_fence FROM cp WHERE "
-                    "buckets = 1),"
-                    " allb AS (SELECT total AS total_all, claimed AS "
-                    "claimed_all,"
-                    "   0::bigint AS others FROM c)," STORE__CLAIM_MIDDLE
-                    " upd AS (UPDATE coupons t SET claimed = t.claimed + "
-                    "want.k,"
-                    "   last_fence = COALESCE($3::bigint, t.last_fence)"
-                    "   FROM want WHERE t.id = $1 AND want.k > 0"
-                    "   AND " STORE__FENCE_GUARD " AND " STORE__STOCK_GUARD
-                    "   AND " STORE__WINDOW_OPEN(
-                        "t") "   RETURNING t.claimed - want.k AS base, want.k "
-                             "AS k),"
-                             " ins AS (INSERT INTO claims (coupon_id, user_id, "
-                             "fence, seq, instance)"
-                             "   SELECT $1, f.u, $3::bigint, upd.base + f.rn, "
-                             "$5"
-                             "   FROM fresh f, upd WHERE f.rn <= upd.k"
-                             "   RETURNING id, user_id AS u, "
-                             "seq)" STORE__CLAIM_TAIL},
-    /* The batch on bucket $6 of a sharded coupon: its coupon_buckets row is
-     * the stock; the window is the coupon's. */
-    {"claim_b",
-     STORE__CLAIM_HEAD " cp AS (SELECT buckets, " STORE__WINDOW_NOW(
-         "coupons") " AS win"
-                    "   FROM coupons WHERE id = $1),"
-                    " c AS (SELECT total, claimed, last_fence FROM "
-                    "coupon_buckets"
-                    "   WHERE coupon_id = $1 AND bucket = $6::integer),"
-                    " allb AS (SELECT sum(total)::bigint AS total_all,"
-                    "   sum(claimed)::bigint AS claimed_all,"
-                    "   COALESCE(bit_or(CASE WHEN claimed < total AND bucket "
-                    "<> $6::integer"
-                    "   THEN 1::bigint << bucket END), 0) AS others"
-                    "   FROM coupon_buckets WHERE coupon_id = "
-                    "$1)," STORE__CLAIM_MIDDLE
-                    " upd AS (UPDATE coupon_buckets t SET claimed = t.claimed "
-                    "+ want.k,"
-                    "   last_fence = COALESCE($3::bigint, t.last_fence)"
-                    "   FROM want, coupons w"
-                    "   WHERE t.coupon_id = $1 AND t.bucket = $6::integer AND "
-                    "want.k > 0"
-                    "   AND w.id = $1"
-                    "   AND " STORE__FENCE_GUARD " AND " STORE__STOCK_GUARD
-                    "   AND " STORE__WINDOW_OPEN(
-                        "w") "   RETURNING t.claimed - want.k AS base, want.k "
-                             "AS k),"
-                             " ins AS (INSERT INTO claims"
-                             "   (coupon_id, user_id, fence, seq, instance, "
-                             "bucket)"
-                             "   SELECT $1, f.u, $3::bigint, upd.base + f.rn, "
-                             "$5, $6::integer"
-                             "   FROM fresh f, upd WHERE f.rn <= upd.k"
-                             "   RETURNING id, user_id AS u, "
-                             "seq)" STORE__CLAIM_TAIL},
+    {"claim_c", store__claim_c_sql},
+    {"claim_b", store__claim_b_sql},
     /* The coupon, its window (microseconds since the epoch) and, for a
      * sharded one, the sum over its buckets. */
     {"coupon_get",
@@ -389,14 +407,27 @@ const char *store_errstr(const store_t *st) {
     return st->errstr;
 }
 
+store_errkind_t store_errkind(const store_t *st) {
+    return st->errkind;
+}
+
+/* Records a failure of kind: its words in errstr. */
+__attribute__((format(printf, 3, 4))) static void
+store__err(store_t *st, store_errkind_t kind, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(st->errstr, sizeof(st->errstr), fmt, ap);
+    va_end(ap);
+    st->errkind = kind;
+}
+
 /* Copies libpq's message without its trailing newline. */
-static void store__seterr(store_t *st, const char *what, const char *msg) {
+static void store__seterr(store_t *st, store_errkind_t kind, const char *what,
+                          const char *msg) {
+    st->errkind = kind;
     snprintf(st->errstr, sizeof(st->errstr), "postgres: %s: %s", what,
              msg != NULL ? msg : "?");
-    size_t n = strlen(st->errstr);
-    while (n > 0 && (st->errstr[n - 1] == '\n' || st->errstr[n - 1] == ' ')) {
-        st->errstr[--n] = '\0';
-    }
+    str_trim_end(st->errstr, "\n ");
 }
 
 static int store__sqlstate_is(const PGresult *res, const char *code) {
@@ -412,7 +443,16 @@ static int store__fail(store_t *st, const char *what, const PGresult *res) {
     if ((msg == NULL || msg[0] == '\0') && st->conn != NULL) {
         msg = PQerrorMessage(st->conn);
     }
-    store__seterr(st, what, msg);
+    /* The server's own error carries a SQLSTATE; a result without one is
+     * an answer this module did not expect; no result at all, a connection
+     * that failed under the call. */
+    const char *state =
+        res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    store__seterr(st,
+                  state != NULL ? STORE_ESERVER
+                  : res != NULL ? STORE_EPROTO
+                                : STORE_EIO,
+                  what, msg);
     metrics_inc(M_PG_ERRORS);
     if (store__sqlstate_is(res, "57014")) {
         metrics_inc(M_PG_STATEMENT_TIMEOUTS); /* statement_timeout fired */
@@ -427,11 +467,8 @@ static int store__fail(store_t *st, const char *what, const PGresult *res) {
  * instead of libpq's default, a bare line on stderr. */
 static void store__notice(void *arg, const char *msg) {
     (void)arg;
-    size_t n = strlen(msg);
-    while (n > 0 && msg[n - 1] == '\n') {
-        n--;
-    }
-    log_debug("postgres.notice", "msg=\"%.*s\"", (int)n, msg);
+    log_debug("postgres.notice", "msg=\"%.*s\"",
+              (int)str_trimmed_len(msg, "\n"), msg);
 }
 
 /* 1 if a verbose connection error (PQERRORS_VERBOSE: "FATAL:  28P01: ...")
@@ -562,10 +599,10 @@ static int store__wait(store_t *st, const char *what, short events) {
     for (;;) {
         int64_t left_ns = st->deadline_ns - mono_ns();
         if (left_ns <= 0) {
-            snprintf(st->errstr, sizeof(st->errstr),
-                     "postgres: %s: no answer within the %u ms deadline "
-                     "(COUPON_PG_TX_DEADLINE_MS); connection dropped",
-                     what, st->tx_deadline_ms);
+            store__err(st, STORE_EIO,
+                       "postgres: %s: no answer within the %u ms deadline "
+                       "(COUPON_PG_TX_DEADLINE_MS); connection dropped",
+                       what, st->tx_deadline_ms);
             metrics_inc(M_PG_ERRORS);
             metrics_inc(M_PG_DEADLINE_DROPS);
             log_warn("postgres.deadline", "what=\"%s\" deadline_ms=%u", what,
@@ -581,12 +618,30 @@ static int store__wait(store_t *st, const char *what, short events) {
             return STORE_OK;
         }
         if (n < 0 && errno != EINTR) {
-            store__seterr(st, what, strerror(errno));
+            store__seterr(st, STORE_EIO, what, strerror(errno));
             metrics_inc(M_PG_ERRORS);
             store__drop(st);
             return STORE_ERR;
         }
     }
+}
+
+/* Sends what libpq buffered (a non-blocking connection buffers what the
+ * socket did not take), reading whatever the server sends meanwhile so
+ * that neither side stalls on a full buffer; each wait is bounded by the
+ * call's deadline. STORE_OK, or STORE_ERR (errstr set, a bad connection
+ * dropped). */
+static int store__flush(store_t *st, const char *what) {
+    int f;
+    while ((f = PQflush(st->conn)) == 1) {
+        if (store__wait(st, what, POLLOUT | POLLIN) != STORE_OK) {
+            return STORE_ERR;
+        }
+        if (PQconsumeInput(st->conn) == 0) {
+            return store__fail(st, what, NULL);
+        }
+    }
+    return f < 0 ? store__fail(st, what, NULL) : STORE_OK;
 }
 
 /* After a PQsend*: sends what libpq buffered, then reads until the last
@@ -598,18 +653,7 @@ static int store__wait(store_t *st, const char *what, short events) {
 static PGresult *store__collect(store_t *st, const char *what) {
     assert(st->conn != NULL && PQisnonblocking(st->conn));
     st->round_trips++;
-    int f;
-    while ((f = PQflush(st->conn)) == 1) {
-        if (store__wait(st, what, POLLOUT | POLLIN) != STORE_OK) {
-            return NULL;
-        }
-        if (PQconsumeInput(st->conn) == 0) {
-            store__fail(st, what, NULL);
-            return NULL;
-        }
-    }
-    if (f < 0) {
-        store__fail(st, what, NULL);
+    if (store__flush(st, what) != STORE_OK) {
         return NULL;
     }
     PGresult *last = NULL;
@@ -730,9 +774,11 @@ static int store__connect(store_t *st) {
     if (st->conn != NULL) {
         return STORE_OK;
     }
+    int refused = 0;
     st->conn = store__open(st->dsn, st->connect_timeout_s, st->deadline_ns,
-                           st->errstr, sizeof(st->errstr), &st->refused);
+                           st->errstr, sizeof(st->errstr), &refused);
     if (st->conn == NULL) {
+        st->errkind = refused ? STORE_EAUTH : STORE_EIO;
         metrics_inc(M_PG_ERRORS);
         return STORE_ERR;
     }
@@ -852,6 +898,7 @@ static int store__simple(store_t *st, const char *sql) {
 static void store__rollback(store_t *st) {
     if (st->conn != NULL && PQtransactionStatus(st->conn) != PQTRANS_IDLE) {
         char keep[sizeof(st->errstr)];
+        store_errkind_t keep_kind = st->errkind;
         memcpy(keep, st->errstr, sizeof(keep));
         if (mono_ns() >= st->deadline_ns) {
             store__drop(st);
@@ -859,6 +906,7 @@ static void store__rollback(store_t *st) {
             store__simple(st, "ROLLBACK");
         }
         memcpy(st->errstr, keep, sizeof(keep));
+        st->errkind = keep_kind;
     }
 }
 
@@ -880,10 +928,10 @@ static int store__commit(store_t *st) {
     if (mono_ns() >= st->deadline_ns) {
         /* Too late to commit, and not too late to know: COMMIT was never
          * sent, so dropping the connection rolls back. */
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: the %u ms deadline (COUPON_PG_TX_DEADLINE_MS) "
-                 "passed before COMMIT; rolled back",
-                 st->tx_deadline_ms);
+        store__err(st, STORE_EIO,
+                   "postgres: the %u ms deadline (COUPON_PG_TX_DEADLINE_MS) "
+                   "passed before COMMIT; rolled back",
+                   st->tx_deadline_ms);
         metrics_inc(M_PG_ERRORS);
         metrics_inc(M_PG_DEADLINE_DROPS);
         store__drop(st);
@@ -901,10 +949,10 @@ static int store__commit(store_t *st) {
     }
     int committed = strcmp(PQcmdStatus(res), "COMMIT") == 0;
     if (!committed) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: COMMIT answered \"%s\": the transaction had "
-                 "failed; nothing was written",
-                 PQcmdStatus(res));
+        store__err(st, STORE_ESERVER,
+                   "postgres: COMMIT answered \"%s\": the transaction had "
+                   "failed; nothing was written",
+                   PQcmdStatus(res));
         metrics_inc(M_PG_ERRORS);
     }
     PQclear(res);
@@ -917,33 +965,39 @@ static int64_t store__int(const PGresult *res, int row, int col) {
                : strtoll(PQgetvalue(res, row, col), NULL, 10);
 }
 
-static int store__is_unique_violation(const PGresult *res) {
-    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    return state != NULL && strcmp(state, "23505") == 0;
-}
-
-/* Fills item with the user's existing claim (outside or inside a
- * transaction). */
-static int store__existing(store_t *st, const char *coupon,
-                           store_item_t *item) {
+/* Reads the user's claim of coupon into item (outside or inside a
+ * transaction): STORE_OK with item->status STORE_ALREADY, STORE_NOT_FOUND
+ * when there is none, or STORE_ERR. */
+static int store__claim_get(store_t *st, const char *coupon,
+                            store_item_t *item) {
     const char *p[] = {coupon, item->user_id};
     PGresult *res = store__exec(st, "claim_get", 2, p, PGRES_TUPLES_OK);
     if (res == NULL) {
         return STORE_ERR;
     }
-    if (PQntuples(res) != 1) {
-        PQclear(res);
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: claim of %s vanished", item->user_id);
+    int found = PQntuples(res) == 1;
+    if (found) {
+        item->status = STORE_ALREADY;
+        item->claim_id = store__int(res, 0, 0);
+        item->fence = store__int(res, 0, 1);
+        item->remaining = store__int(res, 0, 2);
+        item->seq = store__int(res, 0, 3);
+    }
+    PQclear(res);
+    return found ? STORE_OK : STORE_NOT_FOUND;
+}
+
+/* Fills item with the user's existing claim, which must be there (the
+ * claim statement said so). */
+static int store__existing(store_t *st, const char *coupon,
+                           store_item_t *item) {
+    int rc = store__claim_get(st, coupon, item);
+    if (rc == STORE_NOT_FOUND) {
+        store__err(st, STORE_EPROTO, "postgres: claim of %s vanished",
+                   item->user_id);
         return STORE_ERR;
     }
-    item->status = STORE_ALREADY;
-    item->claim_id = store__int(res, 0, 0);
-    item->fence = store__int(res, 0, 1);
-    item->remaining = store__int(res, 0, 2);
-    item->seq = store__int(res, 0, 3);
-    PQclear(res);
-    return STORE_OK;
+    return rc;
 }
 
 /* --------------------------------------------------------------- claim --- */
@@ -952,7 +1006,6 @@ static int store__existing(store_t *st, const char *coupon,
  * STORE_NOT_FOUND, STORE_OK with item->status set when the check already
  * answers (already claimed, sold out), or STORE__PROCEED with the coupon's
  * *total and *claimed when a write should follow. */
-#define STORE__PROCEED 100
 static int store__check(store_t *st, const char *coupon, store_item_t *item,
                         int64_t *total, int64_t *claimed) {
     const char *p[2] = {coupon, item->user_id};
@@ -1049,17 +1102,8 @@ static int store__pipeline(store_t *st, int nq, const store__q_t *q,
         return store__fail(st, what, NULL);
     }
     st->round_trips++;
-    int f;
-    while ((f = PQflush(st->conn)) == 1) {
-        if (store__wait(st, what, POLLOUT | POLLIN) != STORE_OK) {
-            return STORE_ERR;
-        }
-        if (PQconsumeInput(st->conn) == 0) {
-            return store__fail(st, what, NULL);
-        }
-    }
-    if (f < 0) {
-        return store__fail(st, what, NULL);
+    if (store__flush(st, what) != STORE_OK) {
+        return STORE_ERR;
     }
     int err = 0;
     for (int i = 0; i < nq && !err; i++) {
@@ -1135,65 +1179,16 @@ static int64_t store__col(const PGresult *res, int row, int col) {
                : strtoll(PQgetvalue(res, row, col), NULL, 10);
 }
 
-/*
- * Reads the claim statement's answer (one row per item, see claim_c) into
- * the items. Returns STORE_OK, STORE__WROTE (STORE_OK, and something to
- * commit), a whole-call code (nothing written), or STORE_ERR.
- */
-#define STORE__WROTE 100
-static int store__claim_read(store_t *st, const PGresult *res, int bucket,
-                             int64_t fence, int64_t max_seen,
-                             store_item_t *items, size_t n,
-                             int64_t *last_fence_out) {
-    if (PQntuples(res) != (int)n || PQnfields(res) != STORE__C__COUNT) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: the claim answered %d rows for %zu items",
-                 PQntuples(res), n);
-        return STORE_ERR;
-    }
-    if (PQgetisnull(res, 0, STORE__C_BUCKETS)) {
-        return STORE_NOT_FOUND;
-    }
-    int buckets = (int)store__col(res, 0, STORE__C_BUCKETS);
-    st->shape_buckets = buckets;
-    if (PQgetisnull(res, 0, STORE__C_TOTAL)) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: bucket %d on a coupon with %d bucket(s)", bucket,
-                 buckets);
-        return STORE_WRONG_BUCKET;
-    }
-    int64_t win = store__col(res, 0, STORE__C_WIN);
-    int64_t want = store__col(res, 0, STORE__C_WANT);
-    int64_t wrote = store__col(res, 0, STORE__C_WROTE);
-    int64_t total = store__col(res, 0, STORE__C_TOTAL);
-    int64_t claimed = store__col(res, 0, STORE__C_CLAIMED);
-    int64_t left_all = store__col(res, 0, STORE__C_TOTAL_ALL) -
-                       store__col(res, 0, STORE__C_CLAIMED_ALL);
-    uint64_t others = (uint64_t)store__col(res, 0, STORE__C_OTHERS);
-    int own_left = claimed + wrote < total;
-    st->shape_stock =
-        others | (own_left ? UINT64_C(1) << (bucket < 0 ? 0 : bucket) : 0);
-
-    /* Why the fresh users were not claimed, when it was not the stock. */
-    int whole = STORE_OK;
-    if (win == 1) {
-        whole = STORE_NOT_STARTED;
-    } else if (win == 2) {
-        whole = STORE_EXPIRED;
-    } else if (want > 0 && wrote == 0) {
-        int64_t last = store__col(res, 0, STORE__C_LAST_FENCE);
-        if (fence == STORE_NO_FENCE || last <= max_seen) {
-            snprintf(st->errstr, sizeof(st->errstr),
-                     "postgres: the claim's UPDATE matched no row, and "
-                     "neither the fence nor the window refused it");
-            return STORE_ERR;
-        }
-        if (last_fence_out != NULL) {
-            *last_fence_out = last;
-        }
-        whole = STORE_FENCED;
-    }
-    int empty = others != 0 ? STORE_BUCKET_EMPTY : STORE_SOLD_OUT;
+/* Each item's status and claim from its row of the claim statement's
+ * answer: claimed now (STORE_OK), held before or named twice
+ * (STORE_ALREADY, the first's claim), else not claimed: the whole call's
+ * refusal (whole), or past the stock (empty: STORE_SOLD_OUT, or
+ * STORE_BUCKET_EMPTY when another bucket has stock). left_all: the
+ * coupon's stock over all buckets before the write; wrote: the claims it
+ * made; claimed: the stock row's count before it. */
+static void store__claim_items(const PGresult *res, store_item_t *items,
+                               size_t n, int empty, int whole, int64_t left_all,
+                               int64_t wrote, int64_t claimed) {
     for (int r = 0; r < (int)n; r++) {
         int ord = (int)store__col(res, r, STORE__C_ORD);
         int first = (int)store__col(res, r, STORE__C_FIRST);
@@ -1220,10 +1215,125 @@ static int store__claim_read(store_t *st, const PGresult *res, int bucket,
             it->remaining = left_all - wrote;
         }
     }
+}
+
+/*
+ * Reads the claim statement's answer (one row per item, see store__claim_c_sql)
+ * into the items. Returns STORE_OK, STORE__WROTE (STORE_OK, and something to
+ * commit), a whole-call code (nothing written), or STORE_ERR.
+ */
+static int store__claim_read(store_t *st, const PGresult *res, int bucket,
+                             int64_t fence, int64_t max_seen,
+                             store_item_t *items, size_t n,
+                             int64_t *last_fence_out) {
+    if (PQntuples(res) != (int)n || PQnfields(res) != STORE__C__COUNT) {
+        store__err(st, STORE_EPROTO,
+                   "postgres: the claim answered %d rows for %zu items",
+                   PQntuples(res), n);
+        return STORE_ERR;
+    }
+    if (PQgetisnull(res, 0, STORE__C_BUCKETS)) {
+        return STORE_NOT_FOUND;
+    }
+    int buckets = (int)store__col(res, 0, STORE__C_BUCKETS);
+    st->shape_buckets = buckets;
+    if (PQgetisnull(res, 0, STORE__C_TOTAL)) {
+        store__err(st, STORE_ENONE,
+                   "postgres: bucket %d on a coupon with %d bucket(s)", bucket,
+                   buckets);
+        return STORE_WRONG_BUCKET;
+    }
+    int64_t win = store__col(res, 0, STORE__C_WIN);
+    int64_t want = store__col(res, 0, STORE__C_WANT);
+    int64_t wrote = store__col(res, 0, STORE__C_WROTE);
+    int64_t total = store__col(res, 0, STORE__C_TOTAL);
+    int64_t claimed = store__col(res, 0, STORE__C_CLAIMED);
+    int64_t left_all = store__col(res, 0, STORE__C_TOTAL_ALL) -
+                       store__col(res, 0, STORE__C_CLAIMED_ALL);
+    uint64_t others = (uint64_t)store__col(res, 0, STORE__C_OTHERS);
+    int own_left = claimed + wrote < total;
+    st->shape_stock =
+        others | (own_left ? UINT64_C(1) << (bucket < 0 ? 0 : bucket) : 0);
+
+    /* Why the fresh users were not claimed, when it was not the stock. */
+    int whole = STORE_OK;
+    if (win == 1) {
+        whole = STORE_NOT_STARTED;
+    } else if (win == 2) {
+        whole = STORE_EXPIRED;
+    } else if (want > 0 && wrote == 0) {
+        int64_t last = store__col(res, 0, STORE__C_LAST_FENCE);
+        if (fence == STORE_NO_FENCE || last <= max_seen) {
+            store__err(st, STORE_EPROTO,
+                       "postgres: the claim's UPDATE matched no row, and "
+                       "neither the fence nor the window refused it");
+            return STORE_ERR;
+        }
+        if (last_fence_out != NULL) {
+            *last_fence_out = last;
+        }
+        whole = STORE_FENCED;
+    }
+    store__claim_items(res, items, n,
+                       others != 0 ? STORE_BUCKET_EMPTY : STORE_SOLD_OUT, whole,
+                       left_all, wrote, claimed);
     if (whole != STORE_OK) {
         return whole;
     }
     return wrote > 0 ? STORE__WROTE : STORE_OK;
+}
+
+/* Sends a claim's three statements (BEGIN, the lock, the claim) and reads
+ * their results into res: STORE_OK or STORE_ERR. */
+static int store__claim_send(store_t *st, const store__q_t *q, PGresult **res,
+                             int reused) {
+    int prc;
+    if (fault_ms(FAULT_AFTER_CHECK) == 0) {
+        prc = store__pipeline(st, 3, q, res);
+        if (prc != STORE_OK && reused && st->conn == NULL && !st->timed_out &&
+            store__connect(st) == STORE_OK) {
+            /* The kept connection had died while idle (PostgreSQL
+             * restarted, a proxy timed it out). Nothing was committed, so
+             * once more on a fresh one; otherwise every worker would answer
+             * one spurious 503 after each PostgreSQL restart. */
+            prc = store__pipeline(st, 3, q, res);
+        }
+    } else {
+        /* Tests only: the lock taken and the row read, the write not sent
+         * yet; in two round trips so that the pause falls between them. */
+        prc = store__pipeline(st, 2, q, res);
+        if (prc == STORE_OK) {
+            fault_pause(FAULT_AFTER_CHECK);
+            prc = store__pipeline(st, 1, &q[2], &res[2]);
+        }
+    }
+    return prc;
+}
+
+/* Ends a claim's transaction after its claim statement answered rc:
+ * rolled back unless something was written (STORE__WROTE), then the gate
+ * decides between ROLLBACK (STORE_ABORTED) and COMMIT. Returns as
+ * store_claim. */
+static int store__claim_end(store_t *st, int rc, store_gate_fn gate,
+                            void *arg) {
+    if (rc != STORE__WROTE) {
+        if (rc == STORE_FENCED) {
+            metrics_inc(M_FENCED_REFUSALS);
+        }
+        store__rollback(st); /* failed, refused, or read-only */
+        return rc;
+    }
+    if (gate != NULL && gate(arg) != 0) {
+        store__rollback(st);
+        return STORE_ABORTED;
+    }
+    if (fault_ms(FAULT_ABORT_BEFORE_COMMIT) != 0) {
+        /* Tests only: the transaction fails and the client does not notice,
+         * the state a lost error leaves (a pipelined statement's error
+         * read by nobody). Its COMMIT must then not count as one. */
+        PQclear(store__query(st, "SELECT 1/0"));
+    }
+    return store__commit(st);
 }
 
 /*
@@ -1245,55 +1355,34 @@ static int store__claim_tx(store_t *st, const char *coupon, int bucket,
     }
     char *users = store__users_array(items, n);
     if (users == NULL) {
-        snprintf(st->errstr, sizeof(st->errstr), "postgres: out of memory");
+        store__err(st, STORE_ESYS, "postgres: out of memory");
         return STORE_ERR;
     }
-    char fence_txt[24], max_txt[24], bucket_txt[16];
-    /* The highest last_fence the write may find: below our fence, since
-     * this is the lease's first (and only) write. */
+    char fence_txt[24], bucket_txt[16];
+    /* The highest last_fence the write may have found: below our fence,
+     * since this is the lease's first (and only) write (STORE__FENCE_GUARD
+     * says so to PostgreSQL; this tells a refused fence from a failure). */
 #ifdef COUPONSVC_UNSAFE_FENCE_NOT_STRICT
     int64_t max_seen = fence; /* negative control: see the top */
 #else
     int64_t max_seen = fence - 1;
 #endif
     snprintf(fence_txt, sizeof(fence_txt), "%lld", (long long)fence);
-    snprintf(max_txt, sizeof(max_txt), "%lld", (long long)max_seen);
     snprintf(bucket_txt, sizeof(bucket_txt), "%d", bucket);
     const char *fence_p = fence != STORE_NO_FENCE ? fence_txt : NULL;
     const char *pl[2] = {coupon, bucket_txt};
-    const char *pc[6] = {coupon,       users,
-                         fence_p,      fence_p != NULL ? max_txt : NULL,
-                         st->instance, bucket_txt};
+    const char *pc[5] = {coupon, users, fence_p, st->instance, bucket_txt};
     store__q_t q[3] = {
         {.sql = "BEGIN"},
         {.name = bucket < 0 ? "claim_lock_c" : "claim_lock_b",
          .n = bucket < 0 ? 1 : 2,
          .params = pl},
         {.name = bucket < 0 ? "claim_c" : "claim_b",
-         .n = bucket < 0 ? 5 : 6,
+         .n = bucket < 0 ? 4 : 5,
          .params = pc},
     };
     PGresult *res[3] = {NULL, NULL, NULL};
-    int prc;
-    if (fault_ms(FAULT_AFTER_CHECK) == 0) {
-        prc = store__pipeline(st, 3, q, res);
-        if (prc != STORE_OK && reused && st->conn == NULL && !st->timed_out &&
-            store__connect(st) == STORE_OK) {
-            /* The kept connection had died while idle (PostgreSQL
-             * restarted, a proxy timed it out). Nothing was committed, so
-             * once more on a fresh one; otherwise every worker would answer
-             * one spurious 503 after each PostgreSQL restart. */
-            prc = store__pipeline(st, 3, q, res);
-        }
-    } else {
-        /* Tests only: the lock taken and the row read, the write not sent
-         * yet; in two round trips so that the pause falls between them. */
-        prc = store__pipeline(st, 2, q, res);
-        if (prc == STORE_OK) {
-            fault_pause(FAULT_AFTER_CHECK);
-            prc = store__pipeline(st, 1, &q[2], &res[2]);
-        }
-    }
+    int prc = store__claim_send(st, q, res, reused);
     free(users);
     if (prc != STORE_OK) {
         return STORE_ERR;
@@ -1303,7 +1392,7 @@ static int store__claim_tx(store_t *st, const char *coupon, int bucket,
     for (int i = 0; i < 3 && rc == STORE_OK; i++) {
         ExecStatusType want = i == 0 ? PGRES_COMMAND_OK : PGRES_TUPLES_OK;
         if (res[i] == NULL || PQresultStatus(res[i]) != want) {
-            if (res[i] != NULL && store__is_unique_violation(res[i])) {
+            if (res[i] != NULL && store__sqlstate_is(res[i], "23505")) {
                 rc = STORE_ALREADY;
             } else {
                 rc = store__fail(st, q[i].name != NULL ? q[i].name : "BEGIN",
@@ -1318,24 +1407,7 @@ static int store__claim_tx(store_t *st, const char *coupon, int bucket,
     for (int i = 0; i < 3; i++) {
         PQclear(res[i]);
     }
-    if (rc != STORE__WROTE) {
-        if (rc == STORE_FENCED) {
-            metrics_inc(M_FENCED_REFUSALS);
-        }
-        store__rollback(st); /* failed, refused, or read-only */
-        return rc;
-    }
-    if (gate != NULL && gate(arg) != 0) {
-        store__rollback(st);
-        return STORE_ABORTED;
-    }
-    if (fault_ms(FAULT_ABORT_BEFORE_COMMIT) != 0) {
-        /* Tests only: the transaction fails and the client does not notice,
-         * the state a lost error leaves (a pipelined statement's error
-         * read by nobody). Its COMMIT must then not count as one. */
-        PQclear(store__query(st, "SELECT 1/0"));
-    }
-    return store__commit(st);
+    return store__claim_end(st, rc, gate, arg);
 }
 
 int store_claim(store_t *st, const char *coupon, int bucket, int64_t fence,
@@ -1381,9 +1453,9 @@ int store_claim(store_t *st, const char *coupon, int bucket, int64_t fence,
         }
     }
     if (rc == STORE_ALREADY) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: the batch kept running into concurrent claims of "
-                 "its users");
+        store__err(st, STORE_ESERVER,
+                   "postgres: the batch kept running into concurrent claims of "
+                   "its users");
         rc = STORE_ERR;
     }
     return rc;
@@ -1432,7 +1504,7 @@ int store_claim_naive(store_t *st, const char *coupon, store_item_t *item) {
         return STORE_ERR;
     }
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        int dup = store__is_unique_violation(res);
+        int dup = store__sqlstate_is(res, "23505");
         if (!dup) {
             store__fail(st, "naive_insert", res);
         }
@@ -1508,9 +1580,9 @@ int store_coupon_get(store_t *st, const char *id, store_coupon_t *out) {
     }
     int rows = PQntuples(res);
     if (rows != out->buckets) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: coupon %s has %d bucket rows, not %d", id, rows,
-                 out->buckets);
+        store__err(st, STORE_EPROTO,
+                   "postgres: coupon %s has %d bucket rows, not %d", id, rows,
+                   out->buckets);
         PQclear(res);
         return STORE_ERR;
     }
@@ -1559,13 +1631,13 @@ int store_coupon_get(store_t *st, const char *id, store_coupon_t *out) {
  * an old replica's single UPDATE, is judged by a statement_timestamp() taken
  * before its row wait, and is not covered; the service's own claims are.)
  */
-int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
-                    void *arg, int64_t *claimed_out, int64_t *remaining_out) {
-    store__deadline_start(st);
-    if (store__connect(st) != STORE_OK) {
-        return STORE_ERR;
-    }
-    const char *p[] = {coupon};
+/* store_claimants' first step, in its transaction: the stock rows' locks,
+ * then whether the coupon's claimant set is final. Returns STORE_OK with
+ * *final STORE_EXPIRED, STORE_SOLD_OUT or STORE_OK (not final), or
+ * STORE_NOT_FOUND / STORE_ERR. */
+static int store__claimants_state(store_t *st, const char *const *p, int *final,
+                                  int64_t *claimed_out,
+                                  int64_t *remaining_out) {
     store__q_t q[4] = {
         {.sql = "BEGIN"},
         {.name = "memo_lock_c", .n = 1, .params = p},
@@ -1584,7 +1656,7 @@ int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
                              res[i]);
         }
     }
-    int final = STORE_OK;
+    *final = STORE_OK;
     if (rc == STORE_OK && PQntuples(res[3]) != 1) {
         rc = STORE_NOT_FOUND;
     } else if (rc == STORE_OK) {
@@ -1594,21 +1666,24 @@ int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
         *remaining_out = left > 0 ? left : 0;
         /* Expired first: the claim statement judges the window before the
          * stock, so that is what a claim would be answered. */
-        final = ended ? STORE_EXPIRED : left <= 0 ? STORE_SOLD_OUT : STORE_OK;
+        *final = ended ? STORE_EXPIRED : left <= 0 ? STORE_SOLD_OUT : STORE_OK;
     }
     for (int i = 0; i < 4; i++) {
         PQclear(res[i]);
     }
-    if (rc != STORE_OK || final == STORE_OK) {
-        store__rollback(st); /* read only: nothing to keep */
-        return rc;
-    }
+    return rc;
+}
+
+/* store_claimants' second step: every claimant row, one at a time, to fn.
+ * STORE_OK, what fn returned, or STORE_ERR. */
+static int store__claimants_stream(store_t *st, const char *const *p,
+                                   store_claimant_fn fn, void *arg) {
     st->timed_out = 0;
     if (PQsendQueryPrepared(st->conn, "claimants", 1, p, NULL, NULL, 0) == 0 ||
         PQsetSingleRowMode(st->conn) == 0) {
         return store__fail(st, "claimants", NULL);
     }
-    int stop = 0;
+    int rc = STORE_OK, stop = 0;
     for (;;) {
         int err = 0;
         PGresult *r = store__pipe_next(st, "claimants", &err);
@@ -1634,6 +1709,23 @@ int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
         PQclear(r);
     }
     store__rollback(st); /* the locks go with it; nothing was written */
+    return rc;
+}
+
+int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
+                    void *arg, int64_t *claimed_out, int64_t *remaining_out) {
+    store__deadline_start(st);
+    if (store__connect(st) != STORE_OK) {
+        return STORE_ERR;
+    }
+    const char *p[] = {coupon};
+    int final = STORE_OK;
+    int rc = store__claimants_state(st, p, &final, claimed_out, remaining_out);
+    if (rc != STORE_OK || final == STORE_OK) {
+        store__rollback(st); /* read only: nothing to keep */
+        return rc;
+    }
+    rc = store__claimants_stream(st, p, fn, arg);
     return rc == STORE_OK ? final : rc;
 }
 
@@ -1737,7 +1829,8 @@ int store_probe(store_t *st) {
         return STORE_OK;
     }
     /* Connected, the query failed: not a login problem. */
-    return st->conn == NULL && st->refused ? STORE_EREFUSED : STORE_ERR;
+    return st->conn == NULL && st->errkind == STORE_EAUTH ? STORE_EREFUSED
+                                                          : STORE_ERR;
 }
 
 /* ---------------------------------------------------- the claim lookup --- */
@@ -1747,19 +1840,5 @@ int store_claim_lookup(store_t *st, const char *coupon, store_item_t *item) {
     if (store__connect(st) != STORE_OK) {
         return STORE_ERR;
     }
-    const char *p[] = {coupon, item->user_id};
-    PGresult *res = store__exec(st, "claim_get", 2, p, PGRES_TUPLES_OK);
-    if (res == NULL) {
-        return STORE_ERR;
-    }
-    int found = PQntuples(res) == 1;
-    if (found) {
-        item->status = STORE_ALREADY;
-        item->claim_id = store__int(res, 0, 0);
-        item->fence = store__int(res, 0, 1);
-        item->remaining = store__int(res, 0, 2);
-        item->seq = store__int(res, 0, 3);
-    }
-    PQclear(res);
-    return found ? STORE_OK : STORE_NOT_FOUND;
+    return store__claim_get(st, coupon, item);
 }

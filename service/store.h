@@ -17,7 +17,8 @@
  *
  * Return codes: STORE_OK (0); expected outcomes that are not failures have
  * positive names (STORE_NOT_FOUND, STORE_SOLD_OUT, STORE_FENCED, ...); a
- * failure is STORE_ERR (negative) and store_errstr says what failed.
+ * failure is STORE_ERR (negative), store_errkind says which kind and
+ * store_errstr says it in words.
  */
 #ifndef COUPONSVC_STORE_H
 #define COUPONSVC_STORE_H
@@ -35,18 +36,27 @@ enum {
     STORE_ALREADY = 4,   /* this user already holds a claim */
     STORE_EXISTS = 5,    /* coupon id taken (create) */
     STORE_ABORTED = 6,   /* the commit gate said no: rolled back */
-    STORE_COMMIT_UNKNOWN = 7, /* the connection was lost (or the deadline
-                                 passed) after COMMIT was sent: it may have
-                                 committed or not */
-    STORE_BUCKET_EMPTY = 8,   /* item: this bucket has no stock left; other
-                                 buckets of the coupon still have some */
-    STORE_NOT_STARTED = 9,    /* whole call: before the coupon's starts_at
-                                 (PostgreSQL's clock): nothing written */
-    STORE_EXPIRED = 10,       /* whole call: at or after its ends_at:
-                                 nothing written, and never will be */
-    STORE_WRONG_BUCKET = 11,  /* whole call: bucket -1 for a sharded coupon,
-                                 or a bucket it does not have: nothing
-                                 written (store_claim_shape says its shape) */
+    /* The connection was lost (or the deadline passed) after COMMIT was
+     * sent: it may have committed or not. */
+    STORE_COMMIT_UNKNOWN = 7,
+    /* item: this bucket has no stock left; other buckets of the coupon
+     * still have some. */
+    STORE_BUCKET_EMPTY = 8,
+    /* whole call: before the coupon's starts_at (PostgreSQL's clock):
+     * nothing written. */
+    STORE_NOT_STARTED = 9,
+    /* whole call: at or after its ends_at: nothing written, and never will
+     * be. */
+    STORE_EXPIRED = 10,
+    /* whole call: bucket -1 for a sharded coupon, or a bucket it does not
+     * have: nothing written (store_claim_shape says its shape). */
+    STORE_WRONG_BUCKET = 11,
+    /* store.c's own, between its steps; never returned by a store_*
+     * function: the naive check found nothing that answers, so the write
+     * follows (STORE__PROCEED); the claim statement wrote, so there is
+     * something to commit (STORE__WROTE). */
+    STORE__PROCEED = 100,
+    STORE__WROTE = 101,
     STORE_ERR = -1,
     STORE_EREFUSED = -2, /* the server refused this login (store_probe) */
 };
@@ -115,6 +125,24 @@ void store_free(store_t *st);
 
 /* The last error, borrowed; valid until the next call on st. */
 const char *store_errstr(const store_t *st);
+
+/* What kind of failure the last STORE_ERR (or STORE_EREFUSED) was, kept
+ * beside store_errstr as hiredis keeps err beside errstr: callers decide on
+ * the kind, never on the words. */
+typedef enum store_errkind {
+    STORE_ENONE = 0, /* no failure yet */
+    STORE_EIO,       /* unreachable, the connection failed, or the call's
+                        deadline (COUPON_PG_TX_DEADLINE_MS) passed */
+    STORE_EAUTH,     /* the server refused this login (store_probe's
+                        STORE_EREFUSED) */
+    STORE_ESERVER,   /* the server answered an error (a SQLSTATE, a failed
+                        transaction, a conflict that kept recurring) */
+    STORE_EPROTO,    /* an answer this module did not expect */
+    STORE_ESYS,      /* a local failure: out of memory */
+} store_errkind_t;
+
+/* The last failure's kind; STORE_ENONE before the first. */
+store_errkind_t store_errkind(const store_t *st);
 
 /*
  * The claim, for 1..n users of one coupon, in ONE transaction.
