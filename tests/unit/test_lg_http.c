@@ -483,8 +483,7 @@ TT_TEST(lg_http_sample_keeps_body_start, 5) {
     size_t used;
     lg_http_resp_init(&r, false, NULL, 16);
     TT_EQ_INT(r.sample_cap, 0);
-    TT_EQ_INT(lg_http_feed(&r, len_resp, strlen(len_resp), &used),
-              LG_HTTP_OK);
+    TT_EQ_INT(lg_http_feed(&r, len_resp, strlen(len_resp), &used), LG_HTTP_OK);
     TT_EQ_INT(r.body_bytes, 11);
     TT_EQ_INT(r.sample_len, 0);
 }
