@@ -6,6 +6,7 @@
 #include "itest/harness.h"
 
 #include <curl/curl.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <libpq-fe.h>
 #include <pthread.h>
@@ -14,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "tt.h"
 
@@ -466,4 +468,94 @@ void fl_finish(const char *coupon, long stock, fl_load_t *const *loads, int nl,
     snprintf(sql, sizeof(sql), "SELECT claimed FROM coupons WHERE id = '%s'",
              coupon);
     TT_EQ_INT(h_pg_int(sql), stock);
+}
+
+void fl_finish_one(fl_load_t *l, const char *coupon, long stock, long extra201,
+                   h_svc_t *const *healthy, int nh) {
+    fl_finish(coupon, stock, &l, 1, extra201, healthy, nh);
+    fl_free(l);
+}
+
+/* ------------------------------------------ waits and row counts --- */
+
+void fl_wait_201s(fl_load_t *l, long n) {
+    double end = h_now_ms() + 15000;
+    while (fl_count(l, 201, NULL) < n) {
+        TT_ASSERT_MSG(h_now_ms() < end, "the load made no progress");
+        h_sleep_ms(10);
+    }
+}
+
+void fl_failures_clear(fl_load_t *l, double from, double to,
+                       const char *const *ok) {
+    int n;
+    const fl_rec_t *r = fl_recs(l, &n);
+    for (int i = 0; i < n; i++) {
+        if (r[i].t0 < from || r[i].t0 >= to || r[i].status == 201 ||
+            r[i].status == 410) {
+            continue;
+        }
+        int known = ok == NULL;
+        for (int k = 0; ok != NULL && ok[k] != NULL; k++) {
+            known |= strcmp(r[i].error, ok[k]) == 0;
+        }
+        TT_ASSERT_MSG(r[i].status == 503 && r[i].retry_after && known,
+                      "unclear answer during the fault: %ld %s (%s)%s",
+                      r[i].status, r[i].error, r[i].detail,
+                      r[i].retry_after ? "" : " without Retry-After");
+    }
+}
+
+void fl_warm(const char *url, const char *coupon, int n) {
+    for (int i = 0; i < n; i++) {
+        char user[16];
+        snprintf(user, sizeof(user), "warm-%d", i);
+        fl_rec_t r;
+        fl_claim(url, coupon, user, 10000, &r);
+        TT_EQ_INT(r.status, 201);
+    }
+}
+
+long fl_rows_for_user(const char *user) {
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM claims WHERE user_id = '%s'", user);
+    return h_pg_int(sql);
+}
+
+long fl_rows_with_fence(const char *coupon, long fence) {
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM claims WHERE coupon_id = '%s' AND "
+             "fence = %ld",
+             coupon, fence);
+    return h_pg_int(sql);
+}
+
+/* ------------------------------------------------------ movable clock --- */
+
+void fl_clock_init(fl_clock_t *c, const char *name) {
+    const char *so = getenv("COUPONSVC_CLOCKSHIFT");
+    if (so == NULL) {
+        so = "build/tests/libclockshift.so";
+    }
+    char abs[400];
+    TT_ASSERT_MSG(realpath(so, abs) != NULL,
+                  "%s missing: run through make test-faults", so);
+    snprintf(c->path, sizeof(c->path), "%s/%s", h_test_dir(), name);
+    int fd = open(c->path, O_CREAT | O_TRUNC | O_WRONLY, 0644);
+    int64_t zero = 0;
+    TT_ASSERT(fd >= 0 && write(fd, &zero, sizeof(zero)) == sizeof(zero));
+    close(fd);
+    snprintf(c->pre, sizeof(c->pre), "LD_PRELOAD=%s", abs);
+    snprintf(c->file, sizeof(c->file), "CLOCKSHIFT_FILE=%s", c->path);
+    c->env[0] = c->pre;
+    c->env[1] = c->file;
+    c->env[2] = NULL;
+}
+
+void fl_clock_shift(const fl_clock_t *c, int64_t ms) {
+    int fd = open(c->path, O_WRONLY);
+    TT_ASSERT(fd >= 0 && pwrite(fd, &ms, sizeof(ms), 0) == sizeof(ms));
+    close(fd);
 }

@@ -26,6 +26,7 @@
 #define COUPONSVC_FAULTS_LOAD_H
 
 #include <pthread.h>
+#include <stdint.h>
 
 #include "itest/harness.h"
 
@@ -129,5 +130,46 @@ void fl_solo_join(fl_solo_t *so);
  * and that the stock is exactly gone. */
 void fl_finish(const char *coupon, long stock, fl_load_t *const *loads, int nl,
                long extra201, h_svc_t *const *healthy, int nh);
+
+/* fl_finish for a scenario of one load, l, which it then frees (stolen). */
+void fl_finish_one(fl_load_t *l, const char *coupon, long stock, long extra201,
+                   h_svc_t *const *healthy, int nh);
+
+/* Waits, at most 15 s, until the load has n 201s (the setting is up and
+ * the coupon is being claimed). */
+void fl_wait_201s(fl_load_t *l, long n);
+
+/* Every answer of l sent in [from, to) that is not a 201/410 is a clear
+ * 503: with Retry-After, and with one of the error codes in ok
+ * (NULL-terminated; ok NULL: any code). */
+void fl_failures_clear(fl_load_t *l, double from, double to,
+                       const char *const *ok);
+
+/* n claims of coupon at url (users warm-0, warm-1, ...), one after the
+ * other, each of which must be answered 201: the coupon's counters and
+ * fences have moved before the fault. */
+void fl_warm(const char *url, const char *coupon, int n);
+
+/* Claim rows of user / of coupon with fence fence, in PostgreSQL. */
+long fl_rows_for_user(const char *user);
+long fl_rows_with_fence(const char *coupon, long fence);
+
+/* A movable wall clock for one process (tests/faults/clockshift.c): env is
+ * the environment to start it with (LD_PRELOAD, CLOCKSHIFT_FILE; it points
+ * into the struct, which must outlive the start), path the file that holds
+ * the shift. */
+typedef struct fl_clock {
+    char path[400];     /* the shift, an int64_t of ms, in the test dir */
+    char pre[480];      /* "LD_PRELOAD=<abs path of libclockshift.so>" */
+    char file[480];     /* "CLOCKSHIFT_FILE=<path>" */
+    const char *env[3]; /* {pre, file, NULL} */
+} fl_clock_t;
+
+/* Creates <test dir>/<name> with a shift of 0 and fills c. Fails the test if
+ * libclockshift.so (COUPONSVC_CLOCKSHIFT, or the build's) is missing. */
+void fl_clock_init(fl_clock_t *c, const char *name);
+
+/* Moves the clock of the process started with c->env to real time + ms. */
+void fl_clock_shift(const fl_clock_t *c, int64_t ms);
 
 #endif

@@ -25,7 +25,9 @@
 #include <unistd.h>
 
 #include "h_etcd.h"
+#include "mono.h"
 #include "tt.h"
+#include "util.h"
 
 #define H_ADMIN_TOKEN "test-admin-token"
 
@@ -47,19 +49,14 @@ static int h__nsvcs;
 /* -------------------------------------------------------------- helpers --- */
 
 void h_sleep_ms(long ms) {
-    struct timespec ts = {.tv_sec = ms / 1000,
-                          .tv_nsec = (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    mono_sleep_ns((int64_t)ms * MONO_MS);
 }
 
 double h_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+    return (double)mono_ns() / (double)MONO_MS;
 }
 
-static int h__free_port(void) {
+int h_free_port(void) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET,
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -88,9 +85,8 @@ static struct passwd *h__pg_user(void) {
     return pw;
 }
 
-/* fork + exec argv with stdout/stderr to logfile, optionally as pw. */
-static pid_t h__spawn(char *const *argv, const char *logfile, struct passwd *pw,
-                      const char *const *env) {
+pid_t h_spawn(char *const *argv, const char *logfile, struct passwd *pw,
+              const char *const *env) {
     pid_t pid = fork();
     if (pid < 0) {
         perror("fork");
@@ -188,30 +184,88 @@ static const char *h__bin(void) {
     return b != NULL ? b : "build/couponsvc";
 }
 
-int h_setup(void) {
-    curl_global_init(CURL_GLOBAL_ALL);
-    signal(SIGPIPE, SIG_IGN);
-
+/* The PostgreSQL binaries' directory (pg_config --bindir) into h__bindir. */
+static int h__find_pg_bindir(void) {
     FILE *p = popen("pg_config --bindir 2>/dev/null", "r");
     if (p == NULL || fgets(h__bindir, sizeof(h__bindir), p) == NULL) {
         fprintf(stderr, "harness: pg_config not found (libpq-dev)\n");
+        if (p != NULL) {
+            pclose(p);
+        }
         return -1;
     }
     pclose(p);
-    h__bindir[strcspn(h__bindir, "\n")] = '\0';
+    str_trim_newline(h__bindir);
+    return 0;
+}
 
+/* The run's temporary directory, h__dir, readable by the postgres user. */
+static int h__make_run_dir(void) {
     snprintf(h__dir, sizeof(h__dir), "/tmp/couponsvc-it-XXXXXX");
     if (mkdtemp(h__dir) == NULL) {
         perror("mkdtemp");
         return -1;
     }
     chmod(h__dir, 0755);
+    return 0;
+}
 
-    struct passwd *pw = h__pg_user();
-    char pgdir[300], log[320], initdb[300], postgres[300], port[16];
-    snprintf(pgdir, sizeof(pgdir), "%s/pg", h__dir);
-    snprintf(log, sizeof(log), "%s/postgres.log", h__dir);
-    mkdir(pgdir, 0700);
+/* Starts postgres on the cluster in dir, on 127.0.0.1:port and a socket in
+ * dir, fsync off (a test cluster), with the settings of `extra` ("-c"
+ * values, NULL-terminated, at most 8), logging to log, as pw (NULL: this
+ * user). Returns its pid. */
+static pid_t h__postgres_spawn(const char *dir, int port, const char *log,
+                               struct passwd *pw, const char *const *extra) {
+    char postgres[300], portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    snprintf(postgres, sizeof(postgres), "%s/postgres", h__bindir);
+    char *d = (char *)dir;
+    /* Each option next to its value. */
+    /* clang-format off */
+    char *argv[32] = {postgres, "-D", d, "-p", portstr, "-k", d,
+                      "-c", "listen_addresses=127.0.0.1",
+                      "-c", "fsync=off"};
+    /* clang-format on */
+    int n = 11;
+    for (int i = 0; extra[i] != NULL; i++) {
+        if (n + 3 > (int)(sizeof(argv) / sizeof(argv[0]))) {
+            break;
+        }
+        argv[n++] = "-c";
+        argv[n++] = (char *)extra[i];
+    }
+    argv[n] = NULL;
+    return h_spawn(argv, log, pw, NULL);
+}
+
+/* Waits up to 30 s for postgres (pid) on port to answer. Returns NULL once
+ * it does, or why not ("exited during start", "did not start"). */
+static const char *h__postgres_wait(int port, pid_t pid) {
+    char ping[160];
+    snprintf(ping, sizeof(ping),
+             "host=127.0.0.1 port=%d dbname=postgres user=postgres "
+             "connect_timeout=2",
+             port);
+    double end = h_now_ms() + 30000;
+    while (PQping(ping) != PQPING_OK) {
+        if (waitpid(pid, NULL, WNOHANG) != 0) {
+            return "exited during start";
+        }
+        if (h_now_ms() > end) {
+            return "did not start";
+        }
+        h_sleep_ms(20);
+    }
+    return NULL;
+}
+
+/* A new cluster in pgdir (created), its log in log, both owned by pw (NULL:
+ * this user). */
+static int h__pg_initdb(const char *pgdir, const char *log, struct passwd *pw) {
+    if (mkdir(pgdir, 0700) != 0) {
+        perror(pgdir);
+        return -1;
+    }
     int fd = open(log, O_CREAT | O_WRONLY, 0666);
     if (fd >= 0) {
         close(fd);
@@ -221,56 +275,41 @@ int h_setup(void) {
         perror("chown");
         return -1;
     }
-
+    char initdb[300];
     snprintf(initdb, sizeof(initdb), "%s/initdb", h__bindir);
-    char *iargv[] = {initdb,     "-D",        pgdir, "-A",   "trust", "-U",
-                     "postgres", "--no-sync", "-E",  "UTF8", NULL};
-    pid_t ip = h__spawn(iargv, log, pw, NULL);
+    char *d = (char *)pgdir;
+    char *iargv[] = {initdb,     "-D",        d,    "-A",   "trust", "-U",
+                     "postgres", "--no-sync", "-E", "UTF8", NULL};
+    pid_t ip = h_spawn(iargv, log, pw, NULL);
     int st = h__wait(ip, 60000);
     if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
         fprintf(stderr, "harness: initdb failed, see %s\n", log);
         h__tail(log, 20);
         return -1;
     }
+    return 0;
+}
 
-    h__pg_port = h__free_port();
-    snprintf(port, sizeof(port), "%d", h__pg_port);
-    snprintf(postgres, sizeof(postgres), "%s/postgres", h__bindir);
-    char *pargv[] = {postgres,
-                     "-D",
-                     pgdir,
-                     "-p",
-                     port,
-                     "-k",
-                     pgdir,
-                     "-c",
-                     "listen_addresses=127.0.0.1",
-                     "-c",
-                     "fsync=off",
-                     "-c",
-                     "synchronous_commit=off",
-                     "-c",
-                     "full_page_writes=off",
-                     "-c",
-                     "max_connections=400",
-                     NULL};
-    h__pg_pid = h__spawn(pargv, log, pw, NULL);
-
-    double end = h_now_ms() + 30000;
-    char ping[128];
-    snprintf(ping, sizeof(ping),
-             "host=127.0.0.1 port=%d dbname=postgres "
-             "user=postgres",
-             h__pg_port);
-    while (PQping(ping) != PQPING_OK) {
-        if (h_now_ms() > end || waitpid(h__pg_pid, NULL, WNOHANG) != 0) {
-            fprintf(stderr, "harness: postgres did not start, see %s\n", log);
-            h__tail(log, 20);
-            return -1;
-        }
-        h_sleep_ms(50);
+/* Starts postgres on the cluster in pgdir, on a free port (h__pg_port,
+ * h__pg_pid), durability off (a test database), and waits until it
+ * answers. */
+static int h__pg_start(const char *pgdir, const char *log, struct passwd *pw) {
+    const char *extra[] = {"synchronous_commit=off", "full_page_writes=off",
+                           "max_connections=400", NULL};
+    h__pg_port = h_free_port();
+    h__pg_pid = h__postgres_spawn(pgdir, h__pg_port, log, pw, extra);
+    const char *why = h__postgres_wait(h__pg_port, h__pg_pid);
+    if (why != NULL) {
+        fprintf(stderr, "harness: postgres %s, see %s\n", why, log);
+        h__tail(log, 20);
+        return -1;
     }
+    return 0;
+}
 
+/* The template database tpl, its schema from the real migrate command:
+ * each test's database is a copy of it. */
+static int h__make_template(void) {
     PGconn *c = h__pg("postgres");
     if (c == NULL || h__pg_exec(c, "CREATE DATABASE tpl") != 0) {
         PQfinish(c);
@@ -278,20 +317,35 @@ int h_setup(void) {
     }
     PQfinish(c);
 
-    /* The schema comes from the real migrate command. */
     char dsn[200], mlog[320];
     snprintf(dsn, sizeof(dsn),
-             "COUPON_PG_DSN=host=127.0.0.1 port=%d "
-             "dbname=tpl user=postgres",
+             "COUPON_PG_DSN=host=127.0.0.1 port=%d dbname=tpl user=postgres",
              h__pg_port);
     snprintf(mlog, sizeof(mlog), "%s/migrate.log", h__dir);
     const char *env[] = {dsn, NULL};
     char *margv[] = {(char *)h__bin(), "migrate", NULL};
-    pid_t mp = h__spawn(margv, mlog, NULL, env);
-    st = h__wait(mp, 30000);
+    pid_t mp = h_spawn(margv, mlog, NULL, env);
+    int st = h__wait(mp, 30000);
     if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
         fprintf(stderr, "harness: couponsvc migrate failed\n");
         h__tail(mlog, 20);
+        return -1;
+    }
+    return 0;
+}
+
+int h_setup(void) {
+    curl_global_init(CURL_GLOBAL_ALL);
+    signal(SIGPIPE, SIG_IGN);
+    if (h__find_pg_bindir() != 0 || h__make_run_dir() != 0) {
+        return -1;
+    }
+    struct passwd *pw = h__pg_user();
+    char pgdir[300], log[320];
+    snprintf(pgdir, sizeof(pgdir), "%s/pg", h__dir);
+    snprintf(log, sizeof(log), "%s/postgres.log", h__dir);
+    if (h__pg_initdb(pgdir, log, pw) != 0 || h__pg_start(pgdir, log, pw) != 0 ||
+        h__make_template() != 0) {
         return -1;
     }
     printf("# postgres on 127.0.0.1:%d, run directory %s\n", h__pg_port,
@@ -365,7 +419,7 @@ static void h__redis_launch(const char *const *args, const char *const *env) {
         argv[n++] = (char *)args[i];
     }
     argv[n] = NULL;
-    h__redis_pid = h__spawn(argv, log, NULL, env);
+    h__redis_pid = h_spawn(argv, log, NULL, env);
     double end = h_now_ms() + 10000;
     for (;;) {
         struct timeval tv = {1, 0};
@@ -448,7 +502,7 @@ void h_begin(void) {
     snprintf(h__dsn, sizeof(h__dsn),
              "host=127.0.0.1 port=%d dbname=%s user=postgres", h__pg_port, db);
 
-    h__redis_port = h__free_port();
+    h__redis_port = h_free_port();
     h_redis_start();
     if (h_etcd_on()) {
         h_etcd_begin();
@@ -464,7 +518,7 @@ h_svc_t *h_svc_start(const char *name, const char *const *env) {
     h_svc_t *s = &h__svcs[h__nsvcs++];
     memset(s, 0, sizeof(*s));
     snprintf(s->name, sizeof(s->name), "%s", name);
-    s->port = h__free_port();
+    s->port = h_free_port();
     snprintf(s->url, sizeof(s->url), "http://127.0.0.1:%d", s->port);
     snprintf(s->log, sizeof(s->log), "%s/%s.log", h__test_dir, name);
 
@@ -497,7 +551,7 @@ h_svc_t *h_svc_start(const char *name, const char *const *env) {
     all[n] = NULL;
 
     char *argv[] = {(char *)h__bin(), NULL};
-    s->pid = h__spawn(argv, s->log, NULL, all);
+    s->pid = h_spawn(argv, s->log, NULL, all);
 
     char url[96];
     snprintf(url, sizeof(url), "%s/healthz", s->url);
@@ -662,8 +716,9 @@ double h_metric(const h_svc_t *s, const char *series) {
     snprintf(url, sizeof(url), "%s/metrics", s->url);
     long st = h_http("GET", url, NULL, NULL, NULL, 0, &body);
     if (st != 200) {
-        if (getenv("HDEBUG"))
+        if (getenv("HDEBUG")) {
             fprintf(stderr, "metric %s: status %ld\n", url, st);
+        }
         free(body);
         return -1;
     }
@@ -765,8 +820,9 @@ void h_check_invariants(const char *coupon, long stock, long n201) {
     lg_verify_report_t v;
     TT_ASSERT_MSG(h_invariants(coupon, &v) == 0, "invariant check on %s: %s",
                   coupon, v.err);
-    if (!v.ok)
+    if (!v.ok) {
         fprintf(stderr, "  invariants of %s: %s\n", coupon, v.first);
+    }
     TT_EQ_INT(v.coupons_missing, 0);
     TT_EQ_INT(v.stock, stock);
     TT_CMP_INT(v.claimed, <=, stock); /* never oversold */
@@ -784,13 +840,25 @@ void h_check_invariants(const char *coupon, long stock, long n201) {
     TT_ASSERT_MSG(v.ok, "invariants of %s: %s", coupon, v.first);
 }
 
+int h_file_has(const char *path, const char *text) {
+    FILE *f = fopen(path, "r");
+    TT_ASSERT_MSG(f != NULL, "cannot read %s", path);
+    char line[2048];
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        found = strstr(line, text) != NULL;
+    }
+    fclose(f);
+    return found;
+}
+
 int h_run_migrate(void) {
     char dsn[300], log[400];
     snprintf(dsn, sizeof(dsn), "COUPON_PG_DSN=%s", h__dsn);
     snprintf(log, sizeof(log), "%s/migrate.log", h__test_dir);
     const char *env[] = {dsn, NULL};
     char *argv[] = {(char *)h__bin(), "migrate", NULL};
-    int st = h__wait(h__spawn(argv, log, NULL, env), 30000);
+    int st = h__wait(h_spawn(argv, log, NULL, env), 30000);
     return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
@@ -813,7 +881,7 @@ pid_t h_redis_stall_bg(long ms) {
     snprintf(log, sizeof(log), "%s/redis-cli.log", h__test_dir);
     char *argv[] = {"redis-cli", "-h",    "127.0.0.1", "-p", port,
                     "DEBUG",     "SLEEP", secs,        NULL};
-    return h__spawn(argv, log, NULL, NULL);
+    return h_spawn(argv, log, NULL, NULL);
 }
 
 /* The private cluster (per test, in the test's process). */
@@ -823,45 +891,12 @@ static int h__ppg_port;
 static pid_t h__ppg_pid;
 
 static void h__ppg_spawn(void) {
-    char postgres[300], port[16];
-    snprintf(port, sizeof(port), "%d", h__ppg_port);
-    snprintf(postgres, sizeof(postgres), "%s/postgres", h__bindir);
-    char *argv[] = {postgres,
-                    "-D",
-                    h__ppg_dir,
-                    "-p",
-                    port,
-                    "-k",
-                    h__ppg_dir,
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "synchronous_commit=on",
-                    "-c",
-                    "max_connections=200",
-                    NULL};
-    h__ppg_pid = h__spawn(argv, h__ppg_log, h__pg_user(), NULL);
-
-    char ping[160];
-    snprintf(ping, sizeof(ping),
-             "host=127.0.0.1 port=%d dbname=postgres "
-             "user=postgres connect_timeout=2",
-             h__ppg_port);
-    double end = h_now_ms() + 30000;
-    while (PQping(ping) != PQPING_OK) {
-        TT_ASSERT_MSG(waitpid(h__ppg_pid, NULL, WNOHANG) == 0,
-                      "private postgres exited during start, see %s",
-                      h__ppg_log);
-        TT_ASSERT_MSG(h_now_ms() < end,
-                      "private postgres did not start, "
-                      "see %s",
-                      h__ppg_log);
-        h_sleep_ms(20);
-    }
+    const char *extra[] = {"full_page_writes=off", "synchronous_commit=on",
+                           "max_connections=200", NULL};
+    h__ppg_pid = h__postgres_spawn(h__ppg_dir, h__ppg_port, h__ppg_log,
+                                   h__pg_user(), extra);
+    const char *why = h__postgres_wait(h__ppg_port, h__ppg_pid);
+    TT_ASSERT_MSG(why == NULL, "private postgres %s, see %s", why, h__ppg_log);
 }
 
 void h_pg_private_start(void) {
@@ -869,23 +904,10 @@ void h_pg_private_start(void) {
     struct passwd *pw = h__pg_user();
     snprintf(h__ppg_dir, sizeof(h__ppg_dir), "%s/pg", h__test_dir);
     snprintf(h__ppg_log, sizeof(h__ppg_log), "%s/postgres.log", h__test_dir);
-    TT_ASSERT(mkdir(h__ppg_dir, 0700) == 0);
-    int fd = open(h__ppg_log, O_CREAT | O_WRONLY, 0666);
-    TT_ASSERT(fd >= 0);
-    close(fd);
-    if (pw != NULL) {
-        TT_ASSERT(chown(h__ppg_dir, pw->pw_uid, pw->pw_gid) == 0 &&
-                  chown(h__ppg_log, pw->pw_uid, pw->pw_gid) == 0);
-    }
-    char initdb[300];
-    snprintf(initdb, sizeof(initdb), "%s/initdb", h__bindir);
-    char *iargv[] = {initdb,     "-D",        h__ppg_dir, "-A",   "trust", "-U",
-                     "postgres", "--no-sync", "-E",       "UTF8", NULL};
-    int st = h__wait(h__spawn(iargv, h__ppg_log, pw, NULL), 60000);
-    TT_ASSERT_MSG(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+    TT_ASSERT_MSG(h__pg_initdb(h__ppg_dir, h__ppg_log, pw) == 0,
                   "initdb of the private cluster failed, see %s", h__ppg_log);
 
-    h__ppg_port = h__free_port();
+    h__ppg_port = h_free_port();
     h__ppg_spawn();
 
     char dsn[200];
@@ -931,39 +953,11 @@ static int h__sby_port;
 static pid_t h__sby_pid;
 
 static void h__sby_spawn(void) {
-    char postgres[300], port[16];
-    snprintf(port, sizeof(port), "%d", h__sby_port);
-    snprintf(postgres, sizeof(postgres), "%s/postgres", h__bindir);
-    char *argv[] = {postgres,
-                    "-D",
-                    h__sby_dir,
-                    "-p",
-                    port,
-                    "-k",
-                    h__sby_dir,
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "hot_standby=on",
-                    "-c",
-                    "max_connections=200",
-                    NULL};
-    h__sby_pid = h__spawn(argv, h__sby_log, h__pg_user(), NULL);
-    char ping[160];
-    snprintf(ping, sizeof(ping),
-             "host=127.0.0.1 port=%d dbname=postgres "
-             "user=postgres connect_timeout=2",
-             h__sby_port);
-    double end = h_now_ms() + 30000;
-    while (PQping(ping) != PQPING_OK) {
-        TT_ASSERT_MSG(waitpid(h__sby_pid, NULL, WNOHANG) == 0,
-                      "standby exited during start, see %s", h__sby_log);
-        TT_ASSERT_MSG(h_now_ms() < end, "standby did not start, see %s",
-                      h__sby_log);
-        h_sleep_ms(20);
-    }
+    const char *extra[] = {"hot_standby=on", "max_connections=200", NULL};
+    h__sby_pid = h__postgres_spawn(h__sby_dir, h__sby_port, h__sby_log,
+                                   h__pg_user(), extra);
+    const char *why = h__postgres_wait(h__sby_port, h__sby_pid);
+    TT_ASSERT_MSG(why == NULL, "standby %s, see %s", why, h__sby_log);
 }
 
 const char *h_pg_standby_start(void) {
@@ -990,10 +984,10 @@ const char *h_pg_standby_start(void) {
     char *argv[] = {bb,          "-D", h__sby_dir, "-h", "127.0.0.1", "-p",
                     port,        "-U", "postgres", "-R", "-X",        "stream",
                     "--no-sync", "-c", "fast",     NULL};
-    int st = h__wait(h__spawn(argv, h__sby_log, pw, NULL), 60000);
+    int st = h__wait(h_spawn(argv, h__sby_log, pw, NULL), 60000);
     TT_ASSERT_MSG(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
                   "pg_basebackup failed, see %s", h__sby_log);
-    h__sby_port = h__free_port();
+    h__sby_port = h_free_port();
     h__sby_spawn();
     snprintf(h__sby_dsn, sizeof(h__sby_dsn),
              "host=127.0.0.1 port=%d dbname=t user=postgres", h__sby_port);
@@ -1076,32 +1070,19 @@ void h_nginx_rate_limit(int on) {
     h__nginx_limited = on;
 }
 
-int h_nginx_start(h_svc_t *const *upstreams, int n) {
-    TT_ASSERT_MSG(h__nginx_pid == 0, "one nginx per test");
-    const char *inc = getenv("COUPONSVC_PROXY_CONF");
-    char proxy_conf[PATH_MAX];
-    TT_ASSERT_MSG(realpath(inc != NULL ? inc : "deploy/nginx/proxy.conf",
-                           proxy_conf) != NULL,
-                  "cannot find the load balancer's proxy.conf (run from the "
-                  "repository, or set COUPONSVC_PROXY_CONF)");
-
-    char dir[400], conf[450], tmp[450];
-    snprintf(dir, sizeof(dir), "%s/nginx", h__test_dir);
-    snprintf(conf, sizeof(conf), "%s/nginx.conf", dir);
-    snprintf(tmp, sizeof(tmp), "%s/tmp", dir);
-    snprintf(h__nginx_err, sizeof(h__nginx_err), "%s/error.log", dir);
-    TT_ASSERT(mkdir(dir, 0755) == 0 && mkdir(tmp, 0755) == 0);
-
-    /* http.conf from beside proxy.conf, with the per-client rate limit
-     * off (an empty key: nginx counts no such request) unless the test
-     * asked for it: every client of a test is on the loopback. */
-    char http_src[PATH_MAX + 16], http_conf[460];
+/* Writes dir/http.conf: http.conf from beside proxy_conf, with the
+ * per-client rate limit off (an empty key: nginx counts no such request)
+ * unless the test asked for it (every client of a test is on the
+ * loopback). Its path goes to http_conf. */
+static void h__nginx_http_conf(const char *proxy_conf, const char *dir,
+                               char *http_conf, size_t len) {
+    char http_src[PATH_MAX + 16];
     snprintf(http_src, sizeof(http_src), "%s", proxy_conf);
     char *slash = strrchr(http_src, '/');
     TT_ASSERT(slash != NULL);
     snprintf(slash + 1, sizeof(http_src) - (size_t)(slash + 1 - http_src),
              "http.conf");
-    snprintf(http_conf, sizeof(http_conf), "%s/http.conf", dir);
+    snprintf(http_conf, len, "%s/http.conf", dir);
     FILE *in = fopen(http_src, "r"), *out = fopen(http_conf, "w");
     TT_ASSERT_MSG(in != NULL, "cannot read %s", http_src);
     TT_ASSERT(out != NULL);
@@ -1121,8 +1102,14 @@ int h_nginx_start(h_svc_t *const *upstreams, int n) {
     fclose(in);
     TT_ASSERT(fclose(out) == 0);
     TT_ASSERT_MSG(zone, "%s: no line starting with '%s'", http_src, key);
+}
 
-    int port = h__free_port();
+/* Writes the nginx.conf at conf: nginx in the foreground, one process, its
+ * files in dir (temp files in tmp), listening on port, balancing over the
+ * n upstreams with the repository's proxy.conf and http.conf. */
+static void h__nginx_conf(const char *conf, const char *dir, const char *tmp,
+                          const char *http_conf, const char *proxy_conf,
+                          int port, h_svc_t *const *upstreams, int n) {
     FILE *f = fopen(conf, "w");
     TT_ASSERT(f != NULL);
     /* Under master_process off nginx does not switch users, so its temp
@@ -1171,9 +1158,29 @@ int h_nginx_start(h_svc_t *const *upstreams, int n) {
             "}\n",
             idle_ms, port, proxy_conf);
     TT_ASSERT(fclose(f) == 0);
+}
+
+int h_nginx_start(h_svc_t *const *upstreams, int n) {
+    TT_ASSERT_MSG(h__nginx_pid == 0, "one nginx per test");
+    const char *inc = getenv("COUPONSVC_PROXY_CONF");
+    char proxy_conf[PATH_MAX];
+    TT_ASSERT_MSG(realpath(inc != NULL ? inc : "deploy/nginx/proxy.conf",
+                           proxy_conf) != NULL,
+                  "cannot find the load balancer's proxy.conf (run from the "
+                  "repository, or set COUPONSVC_PROXY_CONF)");
+
+    char dir[400], conf[450], tmp[450], http_conf[460];
+    snprintf(dir, sizeof(dir), "%s/nginx", h__test_dir);
+    snprintf(conf, sizeof(conf), "%s/nginx.conf", dir);
+    snprintf(tmp, sizeof(tmp), "%s/tmp", dir);
+    snprintf(h__nginx_err, sizeof(h__nginx_err), "%s/error.log", dir);
+    TT_ASSERT(mkdir(dir, 0755) == 0 && mkdir(tmp, 0755) == 0);
+    h__nginx_http_conf(proxy_conf, dir, http_conf, sizeof(http_conf));
+    int port = h_free_port();
+    h__nginx_conf(conf, dir, tmp, http_conf, proxy_conf, port, upstreams, n);
 
     char *argv[] = {"nginx", "-p", dir, "-c", conf, "-e", h__nginx_err, NULL};
-    h__nginx_pid = h__spawn(argv, h__nginx_err, NULL, NULL);
+    h__nginx_pid = h_spawn(argv, h__nginx_err, NULL, NULL);
 
     char url[96];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/lb-healthz", port);
@@ -1220,7 +1227,7 @@ const char *h_acl_rule(void) {
     while (fgets(line, sizeof(line), f) != NULL) {
         if (strncmp(line, "user ", 5) == 0) {
             TT_ASSERT_MSG(rule[0] == '\0', "%s: more than one user line", path);
-            line[strcspn(line, "\n")] = '\0';
+            str_trim_newline(line);
             snprintf(rule, sizeof(rule), "%s", line);
         }
     }
@@ -1244,14 +1251,14 @@ void h_redis_restart_acl(const char *svc_pass) {
 }
 
 int h_redis_extra_start(const char *name) {
-    int port = h__free_port();
+    int port = h_free_port();
     char ports[16], log[400];
     snprintf(ports, sizeof(ports), "%d", port);
     snprintf(log, sizeof(log), "%s/%s.log", h__test_dir, name);
     char *argv[] = {"redis-server", "--port", ports,       "--bind",
                     "127.0.0.1",    "--save", "",          "--appendonly",
                     "no",           "--dir",  h__test_dir, NULL};
-    pid_t pid = h__spawn(argv, log, NULL, NULL);
+    pid_t pid = h_spawn(argv, log, NULL, NULL);
     double end = h_now_ms() + 10000;
     for (;;) {
         struct timeval tv = {1, 0};
@@ -1273,7 +1280,9 @@ int h_redis_extra_start(const char *name) {
     }
 }
 
-long long h_redis_cmd_at(int port, const char *fmt, ...) {
+/* The reply to one command (fmt, ap) on the Redis at port; see
+ * h_redis_cmd_at. */
+static redisReply *h__redis_vreply_at(int port, const char *fmt, va_list ap) {
     struct timeval tv = {2, 0};
     redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
     TT_ASSERT_MSG(c != NULL && c->err == 0, "redis connect: %s",
@@ -1281,14 +1290,27 @@ long long h_redis_cmd_at(int port, const char *fmt, ...) {
     if (port == h__redis_port) {
         TT_ASSERT_MSG(h__redis_auth(c) == 0, "redis AUTH failed");
     }
-    va_list ap;
-    va_start(ap, fmt);
     redisReply *r = redisvCommand(c, fmt, ap);
-    va_end(ap);
     TT_ASSERT_MSG(r != NULL, "redis command failed: %s", c->errstr);
     TT_ASSERT_MSG(r->type != REDIS_REPLY_ERROR, "redis: %s", r->str);
+    redisFree(c); /* the reply is an object of its own */
+    return r;
+}
+
+redisReply *h_redis_reply_at(int port, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = h__redis_vreply_at(port, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+long long h_redis_cmd_at(int port, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = h__redis_vreply_at(port, fmt, ap);
+    va_end(ap);
     long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
     freeReplyObject(r);
-    redisFree(c);
     return v;
 }

@@ -51,13 +51,6 @@ static long rows_by_instance(const char *name) {
     return h_pg_int(sql);
 }
 
-static long rows_for_user(const char *user) {
-    char sql[160];
-    snprintf(sql, sizeof(sql),
-             "SELECT count(*) FROM claims WHERE user_id = '%s'", user);
-    return h_pg_int(sql);
-}
-
 /* Sessions of the test database that sit inside a transaction. */
 static long idle_in_tx(void) {
     return h_pg_int("SELECT count(*) FROM pg_stat_activity"
@@ -88,15 +81,6 @@ static long statement_timeouts(h_svc_t *const *svcs, int n) {
     return sum;
 }
 
-/* Waits until the load has had n 201s (so the fault hits a running load). */
-static void wait_201s(fl_load_t *l, long n) {
-    double end = h_now_ms() + 10000;
-    while (fl_count(l, 201, NULL) < n) {
-        TT_ASSERT_MSG(h_now_ms() < end, "the load made no progress");
-        h_sleep_ms(10);
-    }
-}
-
 /* Waits until s holds a lease (its victim claim is in the critical
  * section). */
 static void wait_lease(const h_svc_t *s) {
@@ -115,57 +99,17 @@ static long pttl_of(const char *coupon) {
     return h_redis_cmd(cmd);
 }
 
-/* Every answer sent in [from, to) that is not a 201/410 is a clear 503 with
- * Retry-After and one of the error codes in ok (NULL-terminated). */
-static void all_failures_clear(fl_load_t *l, double from, double to,
-                               const char *const *ok) {
-    int n;
-    const fl_rec_t *r = fl_recs(l, &n);
-    for (int i = 0; i < n; i++) {
-        if (r[i].t0 < from || r[i].t0 >= to || r[i].status == 201 ||
-            r[i].status == 410) {
-            continue;
-        }
-        int known = 0;
-        for (int k = 0; ok[k] != NULL; k++) {
-            known |= strcmp(r[i].error, ok[k]) == 0;
-        }
-        TT_ASSERT_MSG(r[i].status == 503 && r[i].retry_after && known,
-                      "unclear answer during the fault: %ld %s (%s)%s",
-                      r[i].status, r[i].error, r[i].detail,
-                      r[i].retry_after ? "" : " without Retry-After");
-    }
-}
-
 /* Redis with a movable wall clock (tests/faults/clockshift.c). */
-static char clock_file[400];
+static fl_clock_t redis_clock;
 
 static void redis_with_clockshift(void) {
-    const char *so = getenv("COUPONSVC_CLOCKSHIFT");
-    if (so == NULL) {
-        so = "build/tests/libclockshift.so";
-    }
-    TT_ASSERT_MSG(access(so, R_OK) == 0,
-                  "%s missing: run through make test-faults", so);
-    snprintf(clock_file, sizeof(clock_file), "%s/clockshift", h_test_dir());
-    int fd = open(clock_file, O_CREAT | O_TRUNC | O_WRONLY, 0644);
-    int64_t zero = 0;
-    TT_ASSERT(fd >= 0 && write(fd, &zero, sizeof(zero)) == sizeof(zero));
-    close(fd);
-    static char pre[480], file[480];
-    char abs[400];
-    TT_ASSERT(realpath(so, abs) != NULL);
-    snprintf(pre, sizeof(pre), "LD_PRELOAD=%s", abs);
-    snprintf(file, sizeof(file), "CLOCKSHIFT_FILE=%s", clock_file);
-    const char *env[] = {pre, file, NULL};
-    h_redis_restart_with(NULL, env);
+    fl_clock_init(&redis_clock, "clockshift");
+    h_redis_restart_with(NULL, redis_clock.env);
 }
 
 /* Moves the test Redis's wall clock to real time + ms. */
 static void redis_clock_shift(int64_t ms) {
-    int fd = open(clock_file, O_WRONLY);
-    TT_ASSERT(fd >= 0 && pwrite(fd, &ms, sizeof(ms), 0) == sizeof(ms));
-    close(fd);
+    fl_clock_shift(&redis_clock, ms);
 }
 
 #define TTL_ENV "COUPON_LOCK_TTL_MS=1000"
@@ -201,7 +145,7 @@ static void kill9_holder(const char *point) {
     h_coupon(a, "k9", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "k9", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "k9", "victim", 20000);
     wait_lease(v);
@@ -244,21 +188,19 @@ static void kill9_holder(const char *point) {
     long extra = 0;
     if (!committed) {
         /* No partial claim: nothing of the victim's, in either table. */
-        TT_EQ_INT(rows_for_user("victim"), 0);
+        TT_EQ_INT(fl_rows_for_user("victim"), 0);
         TT_EQ_INT(rows_by_instance("k9-victim"), 0);
     } else {
         /* Committed, then killed before it could answer or release: the
          * claim stands, the client cannot know, and a retry tells it. */
-        TT_EQ_INT(rows_for_user("victim"), 1);
+        TT_EQ_INT(fl_rows_for_user("victim"), 1);
         fl_rec_t again;
         fl_claim(a->url, "k9", "victim", 10000, &again);
         TT_EQ_INT(again.status, 200);
         extra = 1;
     }
 
-    fl_load_t *ls[] = {l};
-    fl_finish("k9", STOCK, ls, 1, extra, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "k9", STOCK, extra, ok, 2);
 }
 
 TT_TEST(kill9_holder_after_acquire, 60) {
@@ -293,7 +235,7 @@ TT_TEST(sigstop_holder_after_acquire, 60) {
     h_coupon(a, "st", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "st", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "st", "sleeper", 20000);
     wait_lease(v);
@@ -311,13 +253,11 @@ TT_TEST(sigstop_holder_after_acquire, 60) {
     TT_CMP_INT(fl_count_between(l, 201, t_stop + 900, t_cont), >=, 1);
     TT_EQ_INT(so.r.status, 409);
     TT_EQ_STR(so.r.error, "fenced");
-    TT_EQ_INT(rows_for_user("sleeper"), 0);
+    TT_EQ_INT(fl_rows_for_user("sleeper"), 0);
     TT_EQ_INT(rows_by_instance("st-victim"), 0);
     TT_CMP_INT(h_metric(v, "couponsvc_fenced_refusals_total"), >=, 1);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("st", STOCK, ls, 1, 0, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "st", STOCK, 0, ok, 2);
 }
 
 /*
@@ -414,7 +354,7 @@ TT_TEST(sigstop_bucket_holder_past_ttl, 90) {
     TT_EQ_INT(so.r.status, 409);
     TT_EQ_STR(so.r.error, "fenced");
     TT_EQ_INT(so.r.fence, vfence);
-    TT_EQ_INT(rows_for_user("sleeper"), 0);
+    TT_EQ_INT(fl_rows_for_user("sleeper"), 0);
     TT_CMP_INT(h_metric(v, "couponsvc_fenced_refusals_total"), >=, 1);
 
     n += fl_drain(ok, 2, "bk", "drain");
@@ -423,6 +363,56 @@ TT_TEST(sigstop_bucket_holder_past_ttl, 90) {
                        " WHERE coupon_id = 'bk' AND claimed = total"),
               BUCKETS);
     fl_free(l);
+}
+
+/* A process frozen (SIGSTOP) for stop_ms, and when PostgreSQL ended its
+ * idle transaction meanwhile (-1: not during the freeze). */
+typedef struct freeze {
+    double t_stop, t_cont; /* SIGSTOP sent, SIGCONT about to be sent */
+    double t_idle_killed;  /* no session idle in transaction any more */
+} freeze_t;
+
+static freeze_t freeze_watching_idle_tx(pid_t pid, int stop_ms) {
+    freeze_t z = {.t_idle_killed = -1};
+    kill(pid, SIGSTOP);
+    z.t_stop = h_now_ms();
+    while (h_now_ms() - z.t_stop < stop_ms) {
+        if (z.t_idle_killed < 0 && idle_in_tx() == 0) {
+            z.t_idle_killed = h_now_ms();
+        }
+        h_sleep_ms(20);
+    }
+    z.t_cont = h_now_ms(); /* before: the window closes as we send */
+    kill(pid, SIGCONT);
+    return z;
+}
+
+/* Row lock held the whole freeze: no commit by anyone. A new holder did get
+ * the Redis lock, and its UPDATE waited on the row lock until
+ * statement_timeout (stmt such cancellations). */
+static void row_lock_held_through(fl_load_t *l, const freeze_t *z, long stmt) {
+    TT_CMP_INT(stmt, >=, 1);
+    TT_CMP_INT(z->t_idle_killed, <, 0);
+    TT_EQ_INT(fl_count_within(l, 201, z->t_stop, z->t_cont), 0);
+    double first = fl_first_after(l, 201, z->t_cont);
+    TT_CMP_INT(first, >, 0);
+    printf("    first 201 after SIGCONT: +%.0f ms\n", first - z->t_cont);
+    TT_CMP_INT(first - z->t_cont, <, 2500);
+}
+
+/* PostgreSQL ended the frozen session (idle-in-transaction timeout); the
+ * others resumed while it was still stopped. */
+static void session_ended_by_server(fl_load_t *l, const freeze_t *z,
+                                    int idle_timeout_ms) {
+    TT_CMP_INT(z->t_idle_killed, >, 0);
+    printf("    idle-in-transaction timeout ended the session at "
+           "+%.0f ms\n",
+           z->t_idle_killed - z->t_stop);
+    TT_CMP_INT(z->t_idle_killed - z->t_stop, >=, idle_timeout_ms - 600);
+    TT_EQ_INT(
+        fl_count_within(l, 201, z->t_stop, z->t_stop + idle_timeout_ms - 600),
+        0);
+    TT_CMP_INT(fl_count_between(l, 201, z->t_idle_killed, z->t_cont), >=, 1);
 }
 
 /*
@@ -480,24 +470,13 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
     h_coupon(a, "sb", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "sb", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "sb", "frozen", 20000);
     wait_lease(v);
     /* In its before_commit pause: the only open transaction. */
     TT_CMP_INT(wait_idle_in_tx(1, 3000), >=, 0);
-    kill(v->pid, SIGSTOP);
-    double t_stop = h_now_ms();
-
-    double t_idle_killed = -1;
-    while (h_now_ms() - t_stop < stop_ms) {
-        if (t_idle_killed < 0 && idle_in_tx() == 0) {
-            t_idle_killed = h_now_ms();
-        }
-        h_sleep_ms(20);
-    }
-    double t_cont = h_now_ms(); /* before: the window closes as we send */
-    kill(v->pid, SIGCONT);
+    freeze_t z = freeze_watching_idle_tx(v->pid, stop_ms);
     fl_solo_join(&so);
     h_sleep_ms(2000);
     fl_stop(l);
@@ -505,46 +484,26 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
 
     TT_EQ_INT(so.r.status, 503);
     TT_EQ_STR(so.r.error, "lease_lost");
-    TT_EQ_INT(rows_for_user("frozen"), 0);
+    TT_EQ_INT(fl_rows_for_user("frozen"), 0);
     TT_EQ_INT(rows_by_instance("sb-victim"), 0);
     long stmt = statement_timeouts(ok, 2);
     printf("    UPDATEs cancelled by statement_timeout: %ld\n", stmt);
     const char *clear[] = {"unavailable", "lock_busy", "lease_lost", NULL};
-    all_failures_clear(l, t_stop, t_cont, clear);
+    fl_failures_clear(l, z.t_stop, z.t_cont, clear);
     /* Bounded: lock wait (3 s) + statement timeout (1 s) + slack. */
-    TT_CMP_INT(fl_max_latency(l, t_stop, t_cont), <, 6500);
+    TT_CMP_INT(fl_max_latency(l, z.t_stop, z.t_cont), <, 6500);
 
     if (idle_timeout_ms > stop_ms) {
-        /* Row lock held the whole freeze: no commit by anyone. A new
-         * holder did get the Redis lock, and its UPDATE waited on the row
-         * lock until statement_timeout. */
-        TT_CMP_INT(stmt, >=, 1);
-        TT_CMP_INT(t_idle_killed, <, 0);
-        TT_EQ_INT(fl_count_within(l, 201, t_stop, t_cont), 0);
-        double first = fl_first_after(l, 201, t_cont);
-        TT_CMP_INT(first, >, 0);
-        printf("    first 201 after SIGCONT: +%.0f ms\n", first - t_cont);
-        TT_CMP_INT(first - t_cont, <, 2500);
+        row_lock_held_through(l, &z, stmt);
     } else {
-        /* PostgreSQL ended the frozen session; the others resumed while
-         * it was still stopped. */
-        TT_CMP_INT(t_idle_killed, >, 0);
-        printf("    idle-in-transaction timeout ended the session at "
-               "+%.0f ms\n",
-               t_idle_killed - t_stop);
-        TT_CMP_INT(t_idle_killed - t_stop, >=, idle_timeout_ms - 600);
-        TT_EQ_INT(
-            fl_count_within(l, 201, t_stop, t_stop + idle_timeout_ms - 600), 0);
-        TT_CMP_INT(fl_count_between(l, 201, t_idle_killed, t_cont), >=, 1);
+        session_ended_by_server(l, &z, idle_timeout_ms);
     }
     /* (Not leases_lost_total: after SIGCONT the gate may find the lease
      * run out by the clock before the watchdog's next round marks it.) */
     TT_CMP_INT(h_metric(v, "couponsvc_claims_total{outcome=\"lease_lost\"}"),
                >=, 1);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("sb", STOCK, ls, 1, 0, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "sb", STOCK, 0, ok, 2);
 }
 
 TT_TEST(sigstop_holder_before_commit_row_lock, 60) {
@@ -571,7 +530,7 @@ TT_TEST(redis_killed_restarted_empty, 60) {
                     h_svc_start("rk-3", env)};
     h_coupon(s[0], "rk", STOCK);
     fl_load_t *l = fl_start(s, 3, "rk", "load", 6, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 30);
+    fl_wait_201s(l, 30);
 
     long f_before = h_redis_cmd("GET coupon:{rk}:fence");
     h_redis_stop();
@@ -585,7 +544,7 @@ TT_TEST(redis_killed_restarted_empty, 60) {
     fl_print(l, "load");
 
     const char *clear[] = {"unavailable", NULL};
-    all_failures_clear(l, t_down + 50, t_up - 50, clear);
+    fl_failures_clear(l, t_down + 50, t_up - 50, clear);
     TT_EQ_INT(fl_count_within(l, 201, t_down, t_restart), 0);
     TT_CMP_INT(fl_max_latency(l, t_down + 50, t_up - 50), <, 2000);
     double first = fl_first_after(l, 201, t_up);
@@ -602,9 +561,7 @@ TT_TEST(redis_killed_restarted_empty, 60) {
     TT_CMP_INT(h_redis_cmd("GET coupon:{rk}:fence"), >=,
                h_pg_int("SELECT last_fence FROM coupons WHERE id = 'rk'"));
 
-    fl_load_t *ls[] = {l};
-    fl_finish("rk", STOCK, ls, 1, 0, s, 3);
-    fl_free(l);
+    fl_finish_one(l, "rk", STOCK, 0, s, 3);
 }
 
 /*
@@ -633,7 +590,7 @@ TT_TEST(redis_stalled_past_ttl, 60) {
     h_coupon(a, "rs", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "rs", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "rs", "stalled", 20000);
     wait_lease(v);
@@ -653,12 +610,12 @@ TT_TEST(redis_stalled_past_ttl, 60) {
 
     TT_EQ_INT(so.r.status, 503);
     TT_EQ_STR(so.r.error, "lease_lost");
-    TT_EQ_INT(rows_for_user("stalled"), 0);
+    TT_EQ_INT(fl_rows_for_user("stalled"), 0);
     TT_EQ_INT(rows_by_instance("rs-victim"), 0);
     TT_CMP_INT(h_metric(v, "couponsvc_leases_lost_total"), >=, 1);
     TT_EQ_INT(fl_count_within(l, 201, t_stall, t_end), 0);
     const char *clear[] = {"unavailable", "lock_busy", NULL};
-    all_failures_clear(l, t_stall + 100, t_end - 100, clear);
+    fl_failures_clear(l, t_stall + 100, t_end - 100, clear);
     /* The command timeout (250 ms at this TTL), not the stall, bounds
      * them. */
     TT_CMP_INT(fl_max_latency(l, t_stall + 100, t_end - 1000), <, 1500);
@@ -669,9 +626,7 @@ TT_TEST(redis_stalled_past_ttl, 60) {
      * locks (their senders had given up); those expire within a TTL. */
     TT_CMP_INT(first - t_end, <, 1000 + 1500);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("rs", STOCK, ls, 1, 0, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "rs", STOCK, 0, ok, 2);
 }
 
 /*
@@ -704,7 +659,7 @@ TT_TEST(redis_partitioned_from_one_instance, 60) {
     h_coupon(a, "rp", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "rp", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "rp", "cut-off", 20000);
     wait_lease(v);
@@ -756,9 +711,7 @@ TT_TEST(redis_partitioned_from_one_instance, 60) {
     fl_stop(l);
     fl_print(l, "load");
 
-    fl_load_t *ls[] = {l};
-    fl_finish("rp", STOCK, ls, 1, 1, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "rp", STOCK, 1, ok, 2);
     fp_stop(px);
 }
 
@@ -785,7 +738,7 @@ TT_TEST(redis_clock_jumps_forward, 60) {
     h_coupon(a, "cj", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "cj", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "cj", "early", 20000);
     wait_lease(v);
@@ -807,12 +760,10 @@ TT_TEST(redis_clock_jumps_forward, 60) {
         (so.r.status == 409 && strcmp(so.r.error, "fenced") == 0) ||
             (so.r.status == 503 && strcmp(so.r.error, "lease_lost") == 0),
         "early-expired holder got %ld %s", so.r.status, so.r.error);
-    TT_EQ_INT(rows_for_user("early"), 0);
+    TT_EQ_INT(fl_rows_for_user("early"), 0);
     TT_EQ_INT(rows_by_instance("cj-victim"), 0);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("cj", STOCK, ls, 1, 0, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "cj", STOCK, 0, ok, 2);
 }
 
 /* ------------------------------------------------- stale holder / read --- */
@@ -863,7 +814,7 @@ TT_TEST(stale_holder_fenced_after_early_expiry, 60) {
     h_coupon(b, "sh", 10);
     h_coupon(b, "bg", 1000);
     fl_load_t *bg = fl_start(bg_svcs, 2, "bg", "bg", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(bg, 10);
+    fl_wait_201s(bg, 10);
 
     fl_solo_t so;
     fl_solo_start(&so, v, "sh", "stale", 20000);
@@ -894,7 +845,7 @@ TT_TEST(stale_holder_fenced_after_early_expiry, 60) {
     TT_EQ_INT(so.r.status, 409);
     TT_EQ_STR(so.r.error, "fenced");
     TT_CMP_INT(so.r.fence, <, rb.fence);
-    TT_EQ_INT(rows_for_user("stale"), 0);
+    TT_EQ_INT(fl_rows_for_user("stale"), 0);
 
     for (int i = 0; i < H_ETCD_MEMBERS; i++) {
         if (pe[i] != NULL) {
@@ -972,7 +923,7 @@ TT_TEST(stale_read_last_coupon, 60) {
 
     h_svc_t *bg_svcs[] = {c};
     fl_load_t *bg = fl_start(bg_svcs, 1, "bg", "bg", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(bg, 10);
+    fl_wait_201s(bg, 10);
 
     fl_solo_t ss, sb;
     fl_solo_start(&ss, s, "sr", "stale", 20000);
@@ -1037,7 +988,7 @@ TT_TEST(redis_lost_duplicate_fence_refused, 60) {
     }
     h_svc_t *bg_svcs[] = {c};
     fl_load_t *bg = fl_start(bg_svcs, 1, "bg", "bg", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(bg, 10);
+    fl_wait_201s(bg, 10);
 
     fl_solo_t so;
     fl_solo_start(&so, st, "df", "stale", 20000);
@@ -1059,7 +1010,7 @@ TT_TEST(redis_lost_duplicate_fence_refused, 60) {
     TT_EQ_INT(rb.fence, so.r.fence); /* the same fence, twice */
     TT_EQ_INT(so.r.status, 409);
     TT_EQ_STR(so.r.error, "fenced");
-    TT_EQ_INT(rows_for_user("stale"), 0);
+    TT_EQ_INT(fl_rows_for_user("stale"), 0);
     TT_CMP_INT(h_metric(b, "couponsvc_fence_counter_recoveries_total"), >=, 1);
 
     fp_blackhole(px, 0);
@@ -1090,7 +1041,7 @@ static void pg_restart(const char *mode) {
                     h_svc_start("pg-3", env)};
     h_coupon(s[0], "pg", STOCK);
     fl_load_t *l = fl_start(s, 3, "pg", "load", 6, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 30);
+    fl_wait_201s(l, 30);
 
     double t_stop = h_now_ms();
     h_pg_private_stop(mode);
@@ -1107,7 +1058,7 @@ static void pg_restart(const char *mode) {
     TT_EQ_INT(fl_count(l, 0, NULL), 0); /* the service stayed up */
     TT_EQ_INT(fl_count(l, 500, NULL), 0);
     const char *clear[] = {"unavailable", "lock_busy", "commit_unknown", NULL};
-    all_failures_clear(l, t_down, t_up, clear);
+    fl_failures_clear(l, t_down, t_up, clear);
     TT_EQ_INT(fl_count_within(l, 201, t_down, t_restart), 0);
     double first = fl_first_after(l, 201, t_up);
     TT_CMP_INT(first, >, 0);
@@ -1116,9 +1067,7 @@ static void pg_restart(const char *mode) {
            first - t_up, fl_count_between(l, 503, t_up, h_now_ms()));
     TT_CMP_INT(first - t_up, <, 5000);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("pg", STOCK, ls, 1, 0, s, 3);
-    fl_free(l);
+    fl_finish_one(l, "pg", STOCK, 0, s, 3);
     h_pg_private_stop("fast");
 }
 
@@ -1147,7 +1096,7 @@ TT_TEST(outside_row_lock, 60) {
     h_svc_t *s[] = {h_svc_start("rl-1", env), h_svc_start("rl-2", env)};
     h_coupon(s[0], "rl", STOCK);
     fl_load_t *l = fl_start(s, 2, "rl", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
 
     PGconn *pg = PQconnectdb(h_dsn());
     TT_ASSERT(PQstatus(pg) == CONNECTION_OK);
@@ -1173,7 +1122,7 @@ TT_TEST(outside_row_lock, 60) {
 
     TT_EQ_INT(fl_count_within(l, 201, t_lock, t_unlock), 0);
     const char *clear[] = {"unavailable", "lock_busy", NULL};
-    all_failures_clear(l, t_lock, t_unlock, clear);
+    fl_failures_clear(l, t_lock, t_unlock, clear);
     TT_CMP_INT(statement_timeouts(s, 2), >=, 2);
     /* lock wait 2 s + statement timeout 0.7 s + slack */
     double worst = fl_max_latency(l, t_lock, t_unlock);
@@ -1196,9 +1145,7 @@ TT_TEST(outside_row_lock, 60) {
     }
     TT_EQ_INT(h_redis_cmd("EXISTS coupon:{rl}:lock"), 0);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("rl", STOCK, ls, 1, 0, s, 2);
-    fl_free(l);
+    fl_finish_one(l, "rl", STOCK, 0, s, 2);
 }
 
 /*
@@ -1269,6 +1216,80 @@ static const char *dsn_via(const fp_t *px, char *buf, size_t len) {
     return buf;
 }
 
+/* One black-hole scenario: a victim instance that reaches PostgreSQL
+ * through the proxy px, a healthy one under load, and the victim's claim
+ * running in a thread of its own. */
+typedef struct bh {
+    const char *coupon; /* borrowed: a literal */
+    fp_t *px;           /* between the victim and PostgreSQL */
+    h_svc_t *ok;        /* the healthy instance (harness-owned) */
+    h_svc_t *victim;    /* the victim (harness-owned) */
+    fl_load_t *load;    /* claims on ok, from before the freeze to the end */
+    fl_solo_t so;       /* the victim's claim, "victim" */
+    char dsn[400];      /* the victim's COUPON_PG_DSN, through px */
+} bh_t;
+
+/* Copies the NULL-terminated settings of `from` after dst[*n]. */
+static void bh__env_add(const char **dst, int *n, int cap,
+                        const char *const *from) {
+    for (int i = 0; from != NULL && from[i] != NULL; i++) {
+        TT_ASSERT(*n < cap - 1);
+        dst[(*n)++] = from[i];
+    }
+    dst[*n] = NULL;
+}
+
+/* Starts the scenario's setting: the proxy, the healthy instance (TTL_ENV
+ * plus ok_env), the victim (TTL_ENV, its DSN through the proxy, one thread,
+ * a lock wait of 10 s, plus victim_env), the coupon, one claim of the
+ * victim's before anything (so that it is connected and its statements
+ * prepared), the load on the healthy instance until it has 10 claims, and
+ * the victim's claim, until it holds the lease. Both env arrays are
+ * borrowed for the call. */
+static void bh_start(bh_t *b, const char *coupon, const char *const *victim_env,
+                     const char *const *ok_env) {
+    memset(b, 0, sizeof(*b));
+    b->coupon = coupon;
+    b->px = fp_start(pg_port());
+    const char *common_v[] = {TTL_ENV, dsn_via(b->px, b->dsn, sizeof(b->dsn)),
+                              "COUPON_THREADS=1", "COUPON_LOCK_WAIT_MS=10000",
+                              NULL};
+    const char *env_v[16], *env[16];
+    int nv = 0, n = 0;
+    bh__env_add(env_v, &nv, 16, common_v);
+    bh__env_add(env_v, &nv, 16, victim_env);
+    const char *common[] = {TTL_ENV, NULL};
+    bh__env_add(env, &n, 16, common);
+    bh__env_add(env, &n, 16, ok_env);
+
+    char name[64];
+    snprintf(name, sizeof(name), "%s-a", coupon);
+    b->ok = h_svc_start(name, env);
+    snprintf(name, sizeof(name), "%s-victim", coupon);
+    b->victim = h_svc_start(name, env_v);
+    h_coupon(b->ok, coupon, STOCK);
+    fl_rec_t warm;
+    fl_claim(b->victim->url, coupon, "warm", 10000, &warm);
+    TT_EQ_INT(warm.status, 201);
+
+    b->load = fl_start(&b->ok, 1, coupon, "load", 2, 20000, LOAD_PAUSE_MS);
+    fl_wait_201s(b->load, 10);
+    fl_solo_start(&b->so, b->victim, coupon, "victim", 20000);
+    wait_lease(b->victim);
+}
+
+/* The scenario's end, the proxy thawed and the victim's claim joined: the
+ * load stopped and printed, nothing of the victim's written, and the
+ * closing accounting with extra201 claims made outside the load (the warm
+ * one and any after the thaw). */
+static void bh_finish(bh_t *b, long extra201) {
+    fl_stop(b->load);
+    fl_print(b->load, "load");
+    TT_EQ_INT(fl_rows_for_user("victim"), 0);
+    fl_finish_one(b->load, b->coupon, STOCK, extra201, &b->ok, 1);
+    fp_stop(b->px);
+}
+
 /*
  * The network to PostgreSQL black-holes while an instance holds a coupon's
  * lock, BEFORE its write: a host that died without a RST, a frozen VM. The
@@ -1295,41 +1316,23 @@ static const char *dsn_via(const fp_t *px, char *buf, size_t len) {
  */
 TT_TEST(pg_blackhole_before_write_max_hold, 90) {
     h_begin();
-    fp_t *px = fp_start(pg_port());
-    char dsn[400];
-    const char *env_v[] = {TTL_ENV,
-                           dsn_via(px, dsn, sizeof(dsn)),
-                           "COUPON_THREADS=1",
-                           "COUPON_FAULT=after_acquire:300",
-                           "COUPON_LOCK_WAIT_MS=10000",
+    const char *env_v[] = {"COUPON_FAULT=after_acquire:300",
                            "COUPON_PG_TX_DEADLINE_MS=30000",
-                           "COUPON_LOCK_MAX_HOLD_MS=1500",
-                           NULL};
-    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=500", NULL};
-    h_svc_t *a = h_svc_start("bh-a", env);
-    h_svc_t *v = h_svc_start("bh-victim", env_v);
-    h_svc_t *ok[] = {a};
-    h_coupon(a, "bh", STOCK);
-    fl_rec_t warm;
-    fl_claim(v->url, "bh", "warm", 10000, &warm); /* connected, prepared */
-    TT_EQ_INT(warm.status, 201);
-
-    fl_load_t *l = fl_start(ok, 1, "bh", "load", 2, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 10);
-    fl_solo_t so;
-    fl_solo_start(&so, v, "bh", "victim", 20000);
-    wait_lease(v);
+                           "COUPON_LOCK_MAX_HOLD_MS=1500", NULL};
+    const char *env[] = {"COUPON_LOCK_WAIT_MS=500", NULL};
+    bh_t b;
+    bh_start(&b, "bh", env_v, env);
     double t_lease = h_now_ms();
-    fp_blackhole(px, 1);
+    fp_blackhole(b.px, 1);
     double t_freeze = h_now_ms();
 
     /* Wait for the first 201 after the freeze, bounded. */
     double first = -1;
     while (first < 0 && h_now_ms() - t_lease < 1500 + 1000 + 2500) {
-        first = fl_first_after(l, 201, t_freeze + 50);
+        first = fl_first_after(b.load, 201, t_freeze + 50);
         h_sleep_ms(20);
     }
-    double lost = h_metric(v, "couponsvc_leases_lost_total");
+    double lost = h_metric(b.victim, "couponsvc_leases_lost_total");
     printf("    first 201 after the freeze: +%.0f ms after the grant "
            "(max hold 1500 + TTL 1000); victim leases lost: %.0f\n",
            first > 0 ? first - t_lease : -1.0, lost);
@@ -1337,21 +1340,15 @@ TT_TEST(pg_blackhole_before_write_max_hold, 90) {
     TT_CMP_INT(first - t_lease, <=, 1500 + 1000 + 2500);
     TT_CMP_INT(lost, >=, 1);
     /* The victim did hold the lock until its max hold. */
-    TT_EQ_INT(fl_count_within(l, 201, t_freeze + 50, t_lease + 1400), 0);
+    TT_EQ_INT(fl_count_within(b.load, 201, t_freeze + 50, t_lease + 1400), 0);
 
-    fp_blackhole(px, 0);
-    fl_solo_join(&so);
-    fl_stop(l);
-    fl_print(l, "load");
-    TT_ASSERT_MSG(so.r.status == 409 || (so.r.status == 503 &&
-                                         strcmp(so.r.error, "lease_lost") == 0),
-                  "victim answered %ld %s", so.r.status, so.r.error);
-    TT_EQ_INT(rows_for_user("victim"), 0);
-
-    fl_load_t *ls[] = {l};
-    fl_finish("bh", STOCK, ls, 1, 1, ok, 1);
-    fl_free(l);
-    fp_stop(px);
+    fp_blackhole(b.px, 0);
+    fl_solo_join(&b.so);
+    TT_ASSERT_MSG(
+        b.so.r.status == 409 ||
+            (b.so.r.status == 503 && strcmp(b.so.r.error, "lease_lost") == 0),
+        "victim answered %ld %s", b.so.r.status, b.so.r.error);
+    bh_finish(&b, 1);
 }
 
 /*
@@ -1368,52 +1365,34 @@ TT_TEST(pg_blackhole_before_write_max_hold, 90) {
  */
 TT_TEST(pg_blackhole_before_write_deadline, 90) {
     h_begin();
-    fp_t *px = fp_start(pg_port());
-    char dsn[400];
-    const char *env_v[] = {TTL_ENV,
-                           dsn_via(px, dsn, sizeof(dsn)),
-                           "COUPON_THREADS=1",
-                           "COUPON_FAULT=after_acquire:300",
-                           "COUPON_LOCK_WAIT_MS=10000",
+    const char *env_v[] = {"COUPON_FAULT=after_acquire:300",
                            "COUPON_PG_TX_DEADLINE_MS=1500",
-                           "COUPON_PG_CONNECT_TIMEOUT_S=30",
-                           NULL};
-    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=500", NULL};
-    h_svc_t *a = h_svc_start("bd-a", env);
-    h_svc_t *v = h_svc_start("bd-victim", env_v);
-    h_svc_t *ok[] = {a};
-    h_coupon(a, "bd", STOCK);
-    fl_rec_t warm;
-    fl_claim(v->url, "bd", "warm", 10000, &warm);
-    TT_EQ_INT(warm.status, 201);
-
-    fl_load_t *l = fl_start(ok, 1, "bd", "load", 2, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 10);
-    fl_solo_t so;
-    fl_solo_start(&so, v, "bd", "victim", 20000);
-    wait_lease(v);
+                           "COUPON_PG_CONNECT_TIMEOUT_S=30", NULL};
+    const char *env[] = {"COUPON_LOCK_WAIT_MS=500", NULL};
+    bh_t b;
+    bh_start(&b, "bd", env_v, env);
     double t_lease = h_now_ms();
-    fp_blackhole(px, 1);
+    fp_blackhole(b.px, 1);
     double t_freeze = h_now_ms();
-    fl_solo_join(&so); /* answers while the proxy is still frozen */
+    fl_solo_join(&b.so); /* answers while the proxy is still frozen */
     double t_answer = h_now_ms();
     h_sleep_ms(500);
-    double first = fl_first_after(l, 201, t_freeze + 50);
+    double first = fl_first_after(b.load, 201, t_freeze + 50);
     printf("    victim answered +%.0f ms after the grant (pause 300 + "
            "deadline 1500); first 201 of the others +%.0f ms\n",
            t_answer - t_lease, first > 0 ? first - t_lease : -1.0);
-    TT_EQ_INT(so.r.status, 503);
-    TT_EQ_STR(so.r.error, "unavailable");
+    TT_EQ_INT(b.so.r.status, 503);
+    TT_EQ_STR(b.so.r.error, "unavailable");
     TT_CMP_INT(t_answer - t_lease, <=, 300 + 1500 + 2000);
-    TT_CMP_INT(
-        h_metric(v, "couponsvc_postgres_timeouts_total{kind=\"deadline\"}"), >=,
-        1);
+    TT_CMP_INT(h_metric(b.victim,
+                        "couponsvc_postgres_timeouts_total{kind=\"deadline\"}"),
+               >=, 1);
     TT_CMP_INT(first, >, 0);
     TT_CMP_INT(first - t_lease, <=, 300 + 1500 + 2000);
 
     fl_rec_t during;
     double t_during = h_now_ms();
-    fl_claim(v->url, "bd", "during", 20000, &during);
+    fl_claim(b.victim->url, "bd", "during", 20000, &during);
     double took = h_now_ms() - t_during;
     printf("    a claim that has to connect during the black hole: %ld %s "
            "after %.0f ms\n",
@@ -1421,19 +1400,12 @@ TT_TEST(pg_blackhole_before_write_deadline, 90) {
     TT_EQ_INT(during.status, 503);
     TT_CMP_INT(took, <=, 300 + 1500 + 2000);
 
-    fp_blackhole(px, 0);
+    fp_blackhole(b.px, 0);
     fl_rec_t again;
-    fl_claim(v->url, "bd", "after", 10000, &again);
+    fl_claim(b.victim->url, "bd", "after", 10000, &again);
     TT_EQ_INT(again.status, 201); /* connected again once the path is back */
-    fl_stop(l);
-    fl_print(l, "load");
-    TT_EQ_INT(rows_for_user("victim"), 0);
-    TT_EQ_INT(rows_for_user("during"), 0);
-
-    fl_load_t *ls[] = {l};
-    fl_finish("bd", STOCK, ls, 1, 2, ok, 1);
-    fl_free(l);
-    fp_stop(px);
+    TT_EQ_INT(fl_rows_for_user("during"), 0);
+    bh_finish(&b, 2);
 }
 
 /*
@@ -1457,64 +1429,42 @@ TT_TEST(pg_blackhole_before_write_deadline, 90) {
  */
 TT_TEST(pg_blackhole_after_write_idle_tx_timeout, 90) {
     h_begin();
-    fp_t *px = fp_start(pg_port());
-    char dsn[400];
-    const char *env_v[] = {TTL_ENV,
-                           dsn_via(px, dsn, sizeof(dsn)),
-                           "COUPON_THREADS=1",
-                           "COUPON_FAULT=before_commit:500",
-                           "COUPON_LOCK_WAIT_MS=10000",
-                           "COUPON_PG_STATEMENT_TIMEOUT_MS=1000",
-                           NULL};
-    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=2000",
+    const char *env_v[] = {"COUPON_FAULT=before_commit:500",
+                           "COUPON_PG_STATEMENT_TIMEOUT_MS=1000", NULL};
+    const char *env[] = {"COUPON_LOCK_WAIT_MS=2000",
                          "COUPON_PG_STATEMENT_TIMEOUT_MS=500", NULL};
-    h_svc_t *a = h_svc_start("bw-a", env);
-    h_svc_t *v = h_svc_start("bw-victim", env_v);
-    h_svc_t *ok[] = {a};
-    h_coupon(a, "bw", STOCK);
-    fl_rec_t warm;
-    fl_claim(v->url, "bw", "warm", 10000, &warm);
-    TT_EQ_INT(warm.status, 201);
-
-    fl_load_t *l = fl_start(ok, 1, "bw", "load", 2, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 10);
-    fl_solo_t so;
-    fl_solo_start(&so, v, "bw", "victim", 20000);
-    wait_lease(v);
+    bh_t b;
+    bh_start(&b, "bw", env_v, env);
     /* In its before_commit pause: written, row locked, idle in transaction
      * (the load's transactions are short; wait for a moment with one). */
     TT_CMP_INT(wait_idle_in_tx(1, 3000), >=, 0);
-    fp_blackhole(px, 1);
+    fp_blackhole(b.px, 1);
     double t_freeze = h_now_ms();
 
     double first = -1;
     while (first < 0 && h_now_ms() - t_freeze < 3000 + 2500) {
-        first = fl_first_after(l, 201, t_freeze + 50);
+        first = fl_first_after(b.load, 201, t_freeze + 50);
         h_sleep_ms(20);
     }
-    fl_solo_join(&so);
+    fl_solo_join(&b.so);
     printf("    first 201 of the others +%.0f ms after the freeze "
            "(idle-in-transaction timeout 3000)\n",
            first > 0 ? first - t_freeze : -1.0);
     TT_CMP_INT(first, >, 0);
     TT_CMP_INT(first - t_freeze, <=, 3000 + 2500);
-    TT_EQ_INT(fl_count_within(l, 201, t_freeze + 50, t_freeze + 3000 - 600), 0);
-    TT_EQ_INT(so.r.status, 503);
-    TT_EQ_STR(so.r.error, "commit_unknown");
+    TT_EQ_INT(
+        fl_count_within(b.load, 201, t_freeze + 50, t_freeze + 3000 - 600), 0);
+    TT_EQ_INT(b.so.r.status, 503);
+    TT_EQ_STR(b.so.r.error, "commit_unknown");
 
-    fp_blackhole(px, 0);
+    fp_blackhole(b.px, 0);
     h_sleep_ms(500);
-    fl_stop(l);
-    fl_print(l, "load");
-    TT_EQ_INT(rows_for_user("victim"), 0);
+    /* The victim's write is not there before the claim after the thaw. */
+    TT_EQ_INT(fl_rows_for_user("victim"), 0);
     fl_rec_t again;
-    fl_claim(v->url, "bw", "after", 10000, &again);
+    fl_claim(b.victim->url, "bw", "after", 10000, &again);
     TT_EQ_INT(again.status, 201);
-
-    fl_load_t *ls[] = {l};
-    fl_finish("bw", STOCK, ls, 1, 2, ok, 1);
-    fl_free(l);
-    fp_stop(px);
+    bh_finish(&b, 2);
 }
 
 /* ------------------------------------- PostgreSQL answers to look at --- */
@@ -1535,7 +1485,7 @@ TT_TEST(pg_commit_answered_rollback_is_not_a_claim, 60) {
     fl_rec_t r;
     fl_claim(s->url, "rb", "ghost", 10000, &r);
     printf("    answer: %ld %s\n", r.status, r.error);
-    TT_EQ_INT(rows_for_user("ghost"), 0);
+    TT_EQ_INT(fl_rows_for_user("ghost"), 0);
     TT_CMP_INT(r.status, !=, 201);
     TT_EQ_INT(r.status, 503);
     TT_EQ_STR(r.error, "unavailable");
@@ -1658,7 +1608,7 @@ TT_TEST(pg_deadline_before_commit_rolls_back, 60) {
     printf("    answer: %ld %s: %s\n", r.status, r.error, r.detail);
     TT_EQ_INT(r.status, 503);
     TT_EQ_STR(r.error, "unavailable");
-    TT_EQ_INT(rows_for_user("late"), 0);
+    TT_EQ_INT(fl_rows_for_user("late"), 0);
     h_check_invariants("dc", 5, 0);
 }
 
