@@ -71,10 +71,10 @@ $(BUILD)/service/%.o: service/%.c | deps-check
 # The migrations are compiled into the binary so `couponsvc migrate` works
 # wherever the binary goes (a container, a Kubernetes Job) without the tree.
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
-$(BUILD)/service/migrations.c: $(MIGRATIONS) service/embed.sh
+$(BUILD)/service/migrations.c: $(MIGRATIONS) deploy/build/embed.sh
 	@mkdir -p $(dir $@)
 	@echo "  EMBED   $@"
-	$(Q)sh service/embed.sh $(MIGRATIONS) > $@
+	$(Q)sh deploy/build/embed.sh $(MIGRATIONS) > $@
 
 $(BUILD)/service/migrations.o: $(BUILD)/service/migrations.c
 	@echo "  CC      $<"
