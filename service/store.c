@@ -6,7 +6,7 @@
  * claim statement for the whole batch, sent as one pipeline; then the gate;
  * then COMMIT. Round trips for a claim, or a batch of any size: 2.
  *
- * The claim statement is one data-modifying CTE (claim_c below): the
+ * The claim statement is one data-modifying CTE (store__claim_c_sql below): the
  * conditional UPDATE by the batch's count and the INSERT of the claim rows,
  * which take their seq from the UPDATE's RETURNING. If the UPDATE matches
  * no row, the INSERT inserts none.
@@ -58,28 +58,38 @@ struct store {
 /*
  * !!! NEGATIVE CONTROLS. NEVER DEFINE THESE OUTSIDE `make test-negative`. !!!
  *
- * COUPONSVC_UNSAFE_NO_FENCE drops the fence from the write's WHERE,
- * COUPONSVC_UNSAFE_NO_STOCK_CHECK drops the stock from it (both the bound
- * on how many are claimed, LEAST(..., total - claimed), and the guard
- * claimed + k <= total), COUPONSVC_UNSAFE_FENCE_NOT_STRICT lets a
- * lease's first write through with last_fence == fence (store__claim_tx),
- * and COUPONSVC_UNSAFE_TRUST_READ makes a lock-mode claim of one user on an
- * unsharded coupon the textbook critical section whose write trusts its
- * read: naive mode's read, then (after the after_check fault point) its
- * write of claimed = read + 1, neither fenced nor bounded by the stock
- * (store_claim, store_claim_naive). That one shows what the lock alone is
- * worth once a lease can end early.
+ * Four guards of the store can each be compiled out, one at a time:
+ *   COUPONSVC_UNSAFE_NO_FENCE         drops the fence from the write's WHERE;
+ *   COUPONSVC_UNSAFE_NO_STOCK_CHECK   drops the stock from it (both the bound
+ *                                     on how many are claimed,
+ *                                     LEAST(..., total - claimed), and the
+ *                                     guard claimed + k <= total);
+ *   COUPONSVC_UNSAFE_FENCE_NOT_STRICT lets a lease's first write through
+ *                                     with last_fence == fence
+ *                                     (last_fence <= fence);
+ *   COUPONSVC_UNSAFE_TRUST_READ       makes a lock-mode claim of one user on
+ *                                     an unsharded coupon the textbook
+ *                                     critical section whose write trusts
+ *                                     its read: naive mode's read, then
+ *                                     (after the after_check fault point)
+ *                                     its write of claimed = read + 1,
+ *                                     neither fenced nor bounded by the
+ *                                     stock (store_claim, store_claim_naive).
+ *                                     That one shows what the lock alone is
+ *                                     worth once a lease can end early.
  * Each builds a couponsvc with exactly one guard removed, into a
  * build/.../neg-<name> directory only (the Makefile refuses any other), so
  * that the fault tests can show they catch the bug that guard exists for: a
- * test that cannot fail proves nothing. All are off by default; the real
- * binary never has them. The lock's own controls (Redlock's fence
- * write-back: COUPONSVC_UNSAFE_REDLOCK_WRITEBACK_NO_TOKEN and
+ * test that cannot fail proves nothing. All four are off by default, and
+ * the #error below refuses more than one at a time; the real binary never
+ * has them. The lock's own controls (Redlock's fence write-back:
+ * COUPONSVC_UNSAFE_REDLOCK_WRITEBACK_NO_TOKEN and
  * COUPONSVC_UNSAFE_REDLOCK_NO_WRITEBACK) are at the top of
  * service/lock_redlock.c.
  */
 #if defined(COUPONSVC_UNSAFE_NO_FENCE) +                                       \
         defined(COUPONSVC_UNSAFE_NO_STOCK_CHECK) +                             \
+        defined(COUPONSVC_UNSAFE_FENCE_NOT_STRICT) +                           \
         defined(COUPONSVC_UNSAFE_TRUST_READ) >                                 \
     1
 #error "one negative control at a time"
@@ -88,14 +98,21 @@ struct store {
     "COUPONSVC_UNSAFE_TRUST_READ: a couponsvc whose write trusts its read"
 #elif defined(COUPONSVC_UNSAFE_NO_FENCE)
 #pragma message "COUPONSVC_UNSAFE_NO_FENCE: a couponsvc WITHOUT fencing"
-#define STORE__FENCE_GUARD "($4::bigint IS NULL OR true)"
+#define STORE__FENCE_GUARD "($3::bigint IS NULL OR true)"
+#elif defined(COUPONSVC_UNSAFE_FENCE_NOT_STRICT)
+#pragma message                                                                \
+    "COUPONSVC_UNSAFE_FENCE_NOT_STRICT: a couponsvc that lets a fence repeat"
+#define STORE__FENCE_GUARD "($3::bigint IS NULL OR t.last_fence <= $3::bigint)"
 #elif defined(COUPONSVC_UNSAFE_NO_STOCK_CHECK)
 #pragma message "COUPONSVC_UNSAFE_NO_STOCK_CHECK: a couponsvc that oversells"
 #define STORE__STOCK_GUARD "true"
 #define STORE__WANT "(SELECT count(*) FROM fresh)"
 #endif
+/* The fence rule, the one place it is written: a lease's first (and only)
+ * write needs a fence above every fence written before it. With no fence
+ * ($3 NULL: the atomic mode, the degraded mode) the rule does not apply. */
 #ifndef STORE__FENCE_GUARD
-#define STORE__FENCE_GUARD "($3::bigint IS NULL OR t.last_fence <= $4::bigint)"
+#define STORE__FENCE_GUARD "($3::bigint IS NULL OR t.last_fence < $3::bigint)"
 #endif
 #ifndef STORE__STOCK_GUARD
 #define STORE__STOCK_GUARD "t.claimed + want.k <= t.total"
@@ -110,9 +127,8 @@ struct store {
  * stock row's claims hold its lock (this statement's UPDATE, and an older
  * replica's), so what it reads of the row and of the claims stays true until
  * COMMIT. The parameters: $1 coupon, $2 the users (text[], in batch order),
- * $3 the fence (NULL: none), $4 the highest last_fence the write may find
- * (fence - 1: a lease's first write must be above every earlier one), $5
- * the instance, and for a bucket $6 its number.
+ * $3 the fence (NULL: none), $4 the instance, and for a bucket $5 its
+ * number.
  *
  *   items  the users with their place in the batch; u: each user once, at
  *          its first place (the second of a user named twice gets the
@@ -139,7 +155,11 @@ struct store {
  * for the row, so a claim that queued on the row is judged when it writes.
  * now() would judge it at BEGIN; clock_timestamp() changes during the
  * statement, so the reason reported could disagree with the UPDATE's.
+ *
+ * The statements are kept out of clang-format's reach, one clause a line,
+ * so that they read as SQL (and the README's excerpt matches them).
  */
+// clang-format off
 #define STORE__WINDOW_NOW(t)                                                   \
     "CASE WHEN " t ".starts_at > statement_timestamp() THEN 1"                 \
     " WHEN " t ".ends_at <= statement_timestamp() THEN 2 ELSE 0 END"
@@ -167,6 +187,61 @@ struct store {
     " LEFT JOIN cp ON true LEFT JOIN c ON true LEFT JOIN allb ON true"         \
     " LEFT JOIN ex ON ex.u = i.u LEFT JOIN ins ON ins.u = i.u"                 \
     " ORDER BY i.ord"
+
+/* The batch on an unsharded coupon: the coupons row is the stock. Its upd
+ * is the fenced write the README shows. */
+static const char store__claim_c_sql[] =
+    STORE__CLAIM_HEAD
+    " cp AS (SELECT buckets, " STORE__WINDOW_NOW("coupons") " AS win,"
+    "   total, claimed, last_fence FROM coupons WHERE id = $1),"
+    " c AS (SELECT total, claimed, last_fence FROM cp WHERE buckets = 1),"
+    " allb AS (SELECT total AS total_all, claimed AS claimed_all,"
+    "   0::bigint AS others FROM c),"
+    STORE__CLAIM_MIDDLE
+    " upd AS (UPDATE coupons t SET claimed = t.claimed + want.k,"
+    "   last_fence = COALESCE($3::bigint, t.last_fence)"
+    "   FROM want"
+    "   WHERE t.id = $1 AND want.k > 0"
+    "   AND " STORE__FENCE_GUARD
+    "   AND " STORE__STOCK_GUARD
+    "   AND " STORE__WINDOW_OPEN("t")
+    "   RETURNING t.claimed - want.k AS base, want.k AS k),"
+    " ins AS (INSERT INTO claims (coupon_id, user_id, fence, seq, instance)"
+    "   SELECT $1, f.u, $3::bigint, upd.base + f.rn, $4"
+    "   FROM fresh f, upd WHERE f.rn <= upd.k"
+    "   RETURNING id, user_id AS u, seq)"
+    STORE__CLAIM_TAIL;
+
+/* The batch on bucket $5 of a sharded coupon: its coupon_buckets row is the
+ * stock; the window is the coupon's. */
+static const char store__claim_b_sql[] =
+    STORE__CLAIM_HEAD
+    " cp AS (SELECT buckets, " STORE__WINDOW_NOW("coupons") " AS win"
+    "   FROM coupons WHERE id = $1),"
+    " c AS (SELECT total, claimed, last_fence FROM coupon_buckets"
+    "   WHERE coupon_id = $1 AND bucket = $5::integer),"
+    " allb AS (SELECT sum(total)::bigint AS total_all,"
+    "   sum(claimed)::bigint AS claimed_all,"
+    "   COALESCE(bit_or(CASE WHEN claimed < total AND bucket <> $5::integer"
+    "   THEN 1::bigint << bucket END), 0) AS others"
+    "   FROM coupon_buckets WHERE coupon_id = $1),"
+    STORE__CLAIM_MIDDLE
+    " upd AS (UPDATE coupon_buckets t SET claimed = t.claimed + want.k,"
+    "   last_fence = COALESCE($3::bigint, t.last_fence)"
+    "   FROM want, coupons w"
+    "   WHERE t.coupon_id = $1 AND t.bucket = $5::integer AND want.k > 0"
+    "   AND w.id = $1"
+    "   AND " STORE__FENCE_GUARD
+    "   AND " STORE__STOCK_GUARD
+    "   AND " STORE__WINDOW_OPEN("w")
+    "   RETURNING t.claimed - want.k AS base, want.k AS k),"
+    " ins AS (INSERT INTO claims"
+    "   (coupon_id, user_id, fence, seq, instance, bucket)"
+    "   SELECT $1, f.u, $3::bigint, upd.base + f.rn, $4, $5::integer"
+    "   FROM fresh f, upd WHERE f.rn <= upd.k"
+    "   RETURNING id, user_id AS u, seq)"
+    STORE__CLAIM_TAIL;
+// clang-format on
 
 /* The columns of that answer. */
 enum {
@@ -201,73 +276,15 @@ static const store__stmt_t store__stmts[] = {
               "  LEFT JOIN claims cl ON cl.coupon_id = c.id AND cl.user_id = $2"
               " WHERE c.id = $1"},
     /* The stock row's lock, first in every claim's transaction (see
-     * claim_c). NO KEY UPDATE, the strength the UPDATE takes anyway, so
-     * that the foreign-key checks of claims being inserted (KEY SHARE) are
-     * not blocked. */
+     * store__claim_c_sql). NO KEY UPDATE, the strength the UPDATE takes
+     * anyway, so that the foreign-key checks of claims being inserted (KEY
+     * SHARE) are not blocked. */
     {"claim_lock_c", "SELECT 1 FROM coupons WHERE id = $1 FOR NO KEY UPDATE"},
     {"claim_lock_b", "SELECT 1 FROM coupon_buckets"
                      " WHERE coupon_id = $1 AND bucket = $2::integer"
                      " FOR NO KEY UPDATE"},
-    /* The batch on an unsharded coupon: the coupons row is the stock. */
-    {"claim_c",
-     STORE__CLAIM_HEAD " cp AS (SELECT buckets, " STORE__WINDOW_NOW(
-         "coupons") " AS win,"
-                    "   total, claimed, last_fence FROM coupons WHERE id = $1),"
-                    " c AS (SELECT total, claimed, last_fence FROM cp WHERE "
-                    "buckets = 1),"
-                    " allb AS (SELECT total AS total_all, claimed AS "
-                    "claimed_all,"
-                    "   0::bigint AS others FROM c)," STORE__CLAIM_MIDDLE
-                    " upd AS (UPDATE coupons t SET claimed = t.claimed + "
-                    "want.k,"
-                    "   last_fence = COALESCE($3::bigint, t.last_fence)"
-                    "   FROM want WHERE t.id = $1 AND want.k > 0"
-                    "   AND " STORE__FENCE_GUARD " AND " STORE__STOCK_GUARD
-                    "   AND " STORE__WINDOW_OPEN(
-                        "t") "   RETURNING t.claimed - want.k AS base, want.k "
-                             "AS k),"
-                             " ins AS (INSERT INTO claims (coupon_id, user_id, "
-                             "fence, seq, instance)"
-                             "   SELECT $1, f.u, $3::bigint, upd.base + f.rn, "
-                             "$5"
-                             "   FROM fresh f, upd WHERE f.rn <= upd.k"
-                             "   RETURNING id, user_id AS u, "
-                             "seq)" STORE__CLAIM_TAIL},
-    /* The batch on bucket $6 of a sharded coupon: its coupon_buckets row is
-     * the stock; the window is the coupon's. */
-    {"claim_b",
-     STORE__CLAIM_HEAD " cp AS (SELECT buckets, " STORE__WINDOW_NOW(
-         "coupons") " AS win"
-                    "   FROM coupons WHERE id = $1),"
-                    " c AS (SELECT total, claimed, last_fence FROM "
-                    "coupon_buckets"
-                    "   WHERE coupon_id = $1 AND bucket = $6::integer),"
-                    " allb AS (SELECT sum(total)::bigint AS total_all,"
-                    "   sum(claimed)::bigint AS claimed_all,"
-                    "   COALESCE(bit_or(CASE WHEN claimed < total AND bucket "
-                    "<> $6::integer"
-                    "   THEN 1::bigint << bucket END), 0) AS others"
-                    "   FROM coupon_buckets WHERE coupon_id = "
-                    "$1)," STORE__CLAIM_MIDDLE
-                    " upd AS (UPDATE coupon_buckets t SET claimed = t.claimed "
-                    "+ want.k,"
-                    "   last_fence = COALESCE($3::bigint, t.last_fence)"
-                    "   FROM want, coupons w"
-                    "   WHERE t.coupon_id = $1 AND t.bucket = $6::integer AND "
-                    "want.k > 0"
-                    "   AND w.id = $1"
-                    "   AND " STORE__FENCE_GUARD " AND " STORE__STOCK_GUARD
-                    "   AND " STORE__WINDOW_OPEN(
-                        "w") "   RETURNING t.claimed - want.k AS base, want.k "
-                             "AS k),"
-                             " ins AS (INSERT INTO claims"
-                             "   (coupon_id, user_id, fence, seq, instance, "
-                             "bucket)"
-                             "   SELECT $1, f.u, $3::bigint, upd.base + f.rn, "
-                             "$5, $6::integer"
-                             "   FROM fresh f, upd WHERE f.rn <= upd.k"
-                             "   RETURNING id, user_id AS u, "
-                             "seq)" STORE__CLAIM_TAIL},
+    {"claim_c", store__claim_c_sql},
+    {"claim_b", store__claim_b_sql},
     /* The coupon, its window (microseconds since the epoch) and, for a
      * sharded one, the sum over its buckets. */
     {"coupon_get",
@@ -952,7 +969,6 @@ static int store__existing(store_t *st, const char *coupon,
  * STORE_NOT_FOUND, STORE_OK with item->status set when the check already
  * answers (already claimed, sold out), or STORE__PROCEED with the coupon's
  * *total and *claimed when a write should follow. */
-#define STORE__PROCEED 100
 static int store__check(store_t *st, const char *coupon, store_item_t *item,
                         int64_t *total, int64_t *claimed) {
     const char *p[2] = {coupon, item->user_id};
@@ -1136,11 +1152,10 @@ static int64_t store__col(const PGresult *res, int row, int col) {
 }
 
 /*
- * Reads the claim statement's answer (one row per item, see claim_c) into
- * the items. Returns STORE_OK, STORE__WROTE (STORE_OK, and something to
+ * Reads the claim statement's answer (one row per item, see store__claim_c_sql)
+ * into the items. Returns STORE_OK, STORE__WROTE (STORE_OK, and something to
  * commit), a whole-call code (nothing written), or STORE_ERR.
  */
-#define STORE__WROTE 100
 static int store__claim_read(store_t *st, const PGresult *res, int bucket,
                              int64_t fence, int64_t max_seen,
                              store_item_t *items, size_t n,
@@ -1248,29 +1263,27 @@ static int store__claim_tx(store_t *st, const char *coupon, int bucket,
         snprintf(st->errstr, sizeof(st->errstr), "postgres: out of memory");
         return STORE_ERR;
     }
-    char fence_txt[24], max_txt[24], bucket_txt[16];
-    /* The highest last_fence the write may find: below our fence, since
-     * this is the lease's first (and only) write. */
+    char fence_txt[24], bucket_txt[16];
+    /* The highest last_fence the write may have found: below our fence,
+     * since this is the lease's first (and only) write (STORE__FENCE_GUARD
+     * says so to PostgreSQL; this tells a refused fence from a failure). */
 #ifdef COUPONSVC_UNSAFE_FENCE_NOT_STRICT
     int64_t max_seen = fence; /* negative control: see the top */
 #else
     int64_t max_seen = fence - 1;
 #endif
     snprintf(fence_txt, sizeof(fence_txt), "%lld", (long long)fence);
-    snprintf(max_txt, sizeof(max_txt), "%lld", (long long)max_seen);
     snprintf(bucket_txt, sizeof(bucket_txt), "%d", bucket);
     const char *fence_p = fence != STORE_NO_FENCE ? fence_txt : NULL;
     const char *pl[2] = {coupon, bucket_txt};
-    const char *pc[6] = {coupon,       users,
-                         fence_p,      fence_p != NULL ? max_txt : NULL,
-                         st->instance, bucket_txt};
+    const char *pc[5] = {coupon, users, fence_p, st->instance, bucket_txt};
     store__q_t q[3] = {
         {.sql = "BEGIN"},
         {.name = bucket < 0 ? "claim_lock_c" : "claim_lock_b",
          .n = bucket < 0 ? 1 : 2,
          .params = pl},
         {.name = bucket < 0 ? "claim_c" : "claim_b",
-         .n = bucket < 0 ? 5 : 6,
+         .n = bucket < 0 ? 4 : 5,
          .params = pc},
     };
     PGresult *res[3] = {NULL, NULL, NULL};

@@ -35,18 +35,27 @@ enum {
     STORE_ALREADY = 4,   /* this user already holds a claim */
     STORE_EXISTS = 5,    /* coupon id taken (create) */
     STORE_ABORTED = 6,   /* the commit gate said no: rolled back */
-    STORE_COMMIT_UNKNOWN = 7, /* the connection was lost (or the deadline
-                                 passed) after COMMIT was sent: it may have
-                                 committed or not */
-    STORE_BUCKET_EMPTY = 8,   /* item: this bucket has no stock left; other
-                                 buckets of the coupon still have some */
-    STORE_NOT_STARTED = 9,    /* whole call: before the coupon's starts_at
-                                 (PostgreSQL's clock): nothing written */
-    STORE_EXPIRED = 10,       /* whole call: at or after its ends_at:
-                                 nothing written, and never will be */
-    STORE_WRONG_BUCKET = 11,  /* whole call: bucket -1 for a sharded coupon,
-                                 or a bucket it does not have: nothing
-                                 written (store_claim_shape says its shape) */
+    /* The connection was lost (or the deadline passed) after COMMIT was
+     * sent: it may have committed or not. */
+    STORE_COMMIT_UNKNOWN = 7,
+    /* item: this bucket has no stock left; other buckets of the coupon
+     * still have some. */
+    STORE_BUCKET_EMPTY = 8,
+    /* whole call: before the coupon's starts_at (PostgreSQL's clock):
+     * nothing written. */
+    STORE_NOT_STARTED = 9,
+    /* whole call: at or after its ends_at: nothing written, and never will
+     * be. */
+    STORE_EXPIRED = 10,
+    /* whole call: bucket -1 for a sharded coupon, or a bucket it does not
+     * have: nothing written (store_claim_shape says its shape). */
+    STORE_WRONG_BUCKET = 11,
+    /* store.c's own, between its steps; never returned by a store_*
+     * function: the naive check found nothing that answers, so the write
+     * follows (STORE__PROCEED); the claim statement wrote, so there is
+     * something to commit (STORE__WROTE). */
+    STORE__PROCEED = 100,
+    STORE__WROTE = 101,
     STORE_ERR = -1,
     STORE_EREFUSED = -2, /* the server refused this login (store_probe) */
 };
