@@ -2,6 +2,7 @@
 #
 #   make            build build/couponsvc (and the tools)
 #   make test       install missing packages, run every test suite
+#   make test-docs  the READMEs' excerpts of the source equal the source
 #   make demo       install missing packages, race vs fix through the LB
 #   make tour       every failure and performance demo, narrated (deploy/tour)
 #   make up/down    local stack (see deploy/stack.sh)
@@ -92,6 +93,17 @@ deps-check:
 ifneq ($(NO_DEPS),1)
 	$(Q)sh deploy/deps.sh
 endif
+
+# ------------------------------------------------------------------ docs ----
+
+# `make test-docs`: every excerpt of the source the READMEs show (the Lua
+# scripts, the fenced SQL) equals the source, and every Lua or SQL block
+# there is such an excerpt (tests/docs/check_excerpts.py: Python 3 alone, no
+# build, well under a second). `make test` runs it first, in tests/run.sh's
+# list (tests/tests.mk).
+.PHONY: test-docs
+test-docs:
+	$(Q)python3 tests/docs/check_excerpts.py .
 
 -include tests/tests.mk
 -include loadtest/loadtest.mk
