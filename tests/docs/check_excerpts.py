@@ -383,6 +383,28 @@ def squeeze(s):
     return " ".join(s.split())
 
 
+def squeeze_line(line):
+    """A line with its indentation kept and white space inside it squeezed,
+    as reflow lays out the source."""
+    return line[:len(line) - len(line.lstrip())] + squeeze(line) + "\n"
+
+
+def reflow(want, text):
+    """The one-line source string laid out as the excerpt is: each of the
+    excerpt's lines, with its indentation, holding as many of the source's
+    words as it holds itself. A diff against the excerpt then shows the
+    line where they part, not one word a line."""
+    words, out = want.split(), []
+    for line in text.splitlines():
+        n = len(line.split())
+        indent = line[:len(line) - len(line.lstrip())]
+        out.append(indent + " ".join(words[:n]) + "\n")
+        words = words[n:]
+    if words:
+        out.append(" ".join(words) + "\n")
+    return out
+
+
 def check(root, md_files):
     passed, failures = 0, 0
     for md in md_files:
@@ -407,8 +429,8 @@ def check(root, md_files):
                 a, b = text.splitlines(True), want.splitlines(True)
             else:
                 same = squeeze(text) == squeeze(want)
-                a = [w + "\n" for w in squeeze(text).split(" ")]
-                b = [w + "\n" for w in squeeze(want).split(" ")]
+                a = [squeeze_line(x) for x in text.splitlines(True)]
+                b = reflow(want, text)
             if same:
                 print("ok   %s = %s %s" % (where, src, name))
                 passed += 1
