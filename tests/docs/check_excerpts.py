@@ -30,6 +30,11 @@ and indent it for the reader.
 Every ```lua and ```sql block must be an excerpt: a script or a statement
 shown without a marker would be a quote nobody checks.
 
+The READMEs' reading paths name code as `service/claim.c:claim__locked`
+(file:name, names rather than line numbers so that they stay true): every
+such reference must name a function, macro or variable defined in that
+file, so that a rename which forgets the README fails here.
+
 Usage: check_excerpts.py [ROOT [FILE.md ...]]. Default: README.md and
 deploy/README.md under ROOT (default: the repository this file is in).
 Exit 0 when every excerpt matches, 1 with a diff per mismatch otherwise;
@@ -379,6 +384,59 @@ def excerpts(md_path):
     return found, unmarked
 
 
+REF = re.compile(r"`((?:service|loadtest|tests)/[\w./-]+\.[ch]):([A-Za-z_]\w*)`")
+
+
+def defines(text, name):
+    """Whether C source text defines name at file level: a function (its
+    parameter list followed by a body), a macro, or a variable."""
+    n = re.escape(name)
+    if re.search(r"^\s*#\s*define\s+%s\b" % n, text, re.M):
+        return True
+    if re.search(r"^[A-Za-z_][^;(){}\n]*\b%s\s*(\[[^\]]*\])?\s*=" % n, text,
+                 re.M):
+        return True
+    for m in re.finditer(r"^[A-Za-z_][^;(){}\n]*\b%s\s*\(" % n, text, re.M):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+        rest = text[i:].lstrip()
+        if rest.startswith("{"):
+            return True
+    return False
+
+
+def check_refs(root, md):
+    """The file:name references of one markdown file: (passed, failed)."""
+    with open(os.path.join(root, md), encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    cache, passed, failed = {}, 0, 0
+    for lineno, line in enumerate(lines, 1):
+        for m in REF.finditer(line):
+            src, name = m.group(1), m.group(2)
+            if src not in cache:
+                try:
+                    with open(os.path.join(root, src), encoding="utf-8") as f:
+                        cache[src] = f.read()
+                except OSError:
+                    cache[src] = None
+            if cache[src] is None:
+                print("FAIL %s:%d: `%s:%s`: no file %s"
+                      % (md, lineno, src, name, src))
+                failed += 1
+            elif not defines(cache[src], name):
+                print("FAIL %s:%d: `%s:%s`: %s defines no %s"
+                      % (md, lineno, src, name, src, name))
+                failed += 1
+            else:
+                passed += 1
+    if passed:
+        print("ok   %s: %d file:name references name code that exists"
+              % (md, passed))
+    return passed, failed
+
+
 def squeeze(s):
     return " ".join(s.split())
 
@@ -444,8 +502,11 @@ def check(root, md_files):
                 b, a, "%s %s" % (src, name), where + " (README)"))
             if a and not a[-1].endswith("\n") or b and not b[-1].endswith("\n"):
                 print()
+        p, f = check_refs(root, md)
+        passed += 1 if p and not f else 0
+        failures += f
     # The summary line tests/run.sh adds up: one "passed" per excerpt equal
-    # to its source.
+    # to its source, and one per file whose references all hold.
     print("%d passed, %d failed" % (passed, failures))
     return failures == 0
 
