@@ -94,6 +94,11 @@ ifneq ($(NO_DEPS),1)
 	$(Q)sh deploy/deps.sh
 endif
 
+-include tests/tests.mk
+-include loadtest/loadtest.mk
+-include deploy/deploy.mk
+-include deploy/tour/tour.mk
+
 # ------------------------------------------------------------------ docs ----
 
 # `make test-docs`: every excerpt of the source the READMEs show (the Lua
@@ -104,11 +109,6 @@ endif
 .PHONY: test-docs
 test-docs:
 	$(Q)python3 tests/docs/check_excerpts.py .
-
--include tests/tests.mk
--include loadtest/loadtest.mk
--include deploy/deploy.mk
--include deploy/tour/tour.mk
 
 .PHONY: clean
 clean:
