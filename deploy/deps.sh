@@ -9,7 +9,7 @@ set -eu
 # the tests, the load generator and the etcd lock backend). Run: PostgreSQL and Redis servers for tests and the
 # local stack, nginx as the load balancer. Tools: wrk (load generator
 # benchmark), gnuplot (report), faketime (clock-jump fault test), clang
-# (fuzzer), valgrind (leak check), procps/iproute2 for the harness; spin
+# (fuzzer), clang-format-16 (make format, make check-format), valgrind (leak check), procps/iproute2 for the harness; spin
 # (the lock protocol's model, make model);
 # etcd (server and etcdctl) for the etcd lock backend's tests and local stack;
 # prometheus for promtool (make check-deploy checks and tests the alert
@@ -17,7 +17,7 @@ set -eu
 PKGS="build-essential pkg-config
 libmicrohttpd-dev libhiredis-dev libjansson-dev libpq-dev libcurl4-openssl-dev
 postgresql-15 postgresql-client-15 redis-server redis-tools nginx-light
-wrk gnuplot-nox faketime clang valgrind procps iproute2 curl ca-certificates
+wrk gnuplot-nox faketime clang clang-format-16 valgrind procps iproute2 curl ca-certificates
 python3 python3-yaml etcd-server etcd-client spin
 prometheus"
 

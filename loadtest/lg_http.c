@@ -9,11 +9,11 @@
 #include <string.h>
 #include <strings.h>
 
-static int lg_http__fail(lg_http_resp_t *r, const char *fmt, ...)
+static lg_http_rc_t lg_http__fail(lg_http_resp_t *r, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 /* Put r in the error state; returns LG_HTTP_EBAD. */
-static int lg_http__fail(lg_http_resp_t *r, const char *fmt, ...) {
+static lg_http_rc_t lg_http__fail(lg_http_resp_t *r, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(r->errstr, sizeof r->errstr, fmt, ap);
@@ -38,6 +38,11 @@ static size_t lg_http__line(const char *p, size_t len) {
     return nl ? (size_t)(nl - p) + 1 : 0;
 }
 
+/* Is the line p[0..n) (its line end included) empty? */
+static bool lg_http__empty_line(const char *p, size_t n) {
+    return n == 1 || (n == 2 && p[0] == '\r');
+}
+
 /* Returns the length of the header block at p (status line to the empty
  * line, inclusive), or 0 if it is not complete yet. */
 static size_t lg_http__head_len(const char *p, size_t len) {
@@ -46,9 +51,9 @@ static size_t lg_http__head_len(const char *p, size_t len) {
         size_t n = lg_http__line(p + off, len - off);
         if (n == 0)
             return 0;
+        if (lg_http__empty_line(p + off, n))
+            return off + n; /* the status line is never empty */
         off += n;
-        if (n == 1 || (n == 2 && p[off - 2] == '\r'))
-            return off; /* the empty line; the status line is never empty */
     }
 }
 
@@ -114,9 +119,9 @@ static bool lg_http__head_start_ok(const char *p, size_t avail) {
 }
 
 /* Reads the header block p[0..len), which ends with its empty line, and
- * sets the body state. Returns LG_HTTP_AGAIN, LG_HTTP_DONE (no body) or
+ * sets the body state. Returns LG_HTTP_AGAIN, LG_HTTP_OK (no body) or
  * LG_HTTP_EBAD. */
-static int lg_http__head(lg_http_resp_t *r, const char *p, size_t len) {
+static lg_http_rc_t lg_http__head(lg_http_resp_t *r, const char *p, size_t len) {
     size_t n = lg_http__line(p, len);
     if (!lg_http__status_line_ok(p, n))
         return lg_http__fail(r, "bad status line");
@@ -130,7 +135,7 @@ static int lg_http__head(lg_http_resp_t *r, const char *p, size_t len) {
         size_t ln = lg_http__line(p + off, len - off);
         const char *line = p + off;
         off += ln;
-        if (ln == 1 || (ln == 2 && line[0] == '\r'))
+        if (lg_http__empty_line(line, ln))
             break; /* the empty line; one of blanks has no colon: refused */
         const char *colon = memchr(line, ':', ln);
         if (colon == NULL || colon == line)
@@ -166,7 +171,7 @@ static int lg_http__head(lg_http_resp_t *r, const char *p, size_t len) {
     r->keep_alive = minor >= 1 ? !conn_close : conn_keep && !conn_close;
     if (r->head_request || status == 204 || status == 304) {
         r->state = LG_HTTP_S_DONE;
-        return LG_HTTP_DONE;
+        return LG_HTTP_OK;
     }
     if (chunked) {
         r->state = LG_HTTP_S_CHUNK_SIZE;
@@ -175,7 +180,7 @@ static int lg_http__head(lg_http_resp_t *r, const char *p, size_t len) {
         r->state = LG_HTTP_S_BODY_LEN;
         if (clen == 0) {
             r->state = LG_HTTP_S_DONE;
-            return LG_HTTP_DONE;
+            return LG_HTTP_OK;
         }
     } else {
         r->keep_alive = false; /* only the end of the connection ends it */
@@ -195,7 +200,7 @@ static void lg_http__body(lg_http_resp_t *r, const char *p, size_t n) {
 }
 
 /* Parses a chunk-size line (hex, then optional ";extensions"). */
-static int lg_http__chunk_size(lg_http_resp_t *r, const char *p, size_t n) {
+static lg_http_rc_t lg_http__chunk_size(lg_http_resp_t *r, const char *p, size_t n) {
     uint64_t x = 0;
     size_t i = 0, digits = 0;
     for (; i < n; i++, digits++) {
@@ -218,102 +223,130 @@ static int lg_http__chunk_size(lg_http_resp_t *r, const char *p, size_t n) {
     return LG_HTTP_AGAIN;
 }
 
-int lg_http_feed(lg_http_resp_t *r, const char *buf, size_t len, size_t *used) {
-    size_t off = 0;
-    int rc = LG_HTTP_AGAIN;
-    while (rc == LG_HTTP_AGAIN && off < len) {
-        const char *p = buf + off;
-        size_t avail = len - off, n;
-        switch (r->state) {
-        case LG_HTTP_S_HEAD:
-            n = lg_http__head_len(p, avail);
-            if (n == 0) {
-                if (!lg_http__head_start_ok(p, avail))
-                    rc = lg_http__fail(r, "bad status line");
-                else if (avail >= LG_HTTP_HEAD_MAX)
-                    rc = lg_http__fail(r, "headers longer than %d bytes",
-                                       LG_HTTP_HEAD_MAX);
-                goto out;
-            }
-            off += n;
-            if (n > LG_HTTP_HEAD_MAX)
-                rc = lg_http__fail(r, "headers longer than %d bytes",
-                                   LG_HTTP_HEAD_MAX);
-            else
-                rc = lg_http__head(r, p, n);
-            break;
-        case LG_HTTP_S_BODY_LEN:
-        case LG_HTTP_S_CHUNK_DATA:
-            n = avail < r->remaining ? avail : (size_t)r->remaining;
-            lg_http__body(r, p, n);
-            off += n;
-            r->remaining -= n;
-            if (r->remaining == 0 && r->state == LG_HTTP_S_BODY_LEN) {
-                r->state = LG_HTTP_S_DONE;
-                rc = LG_HTTP_DONE;
-            } else if (r->remaining == 0) {
-                r->state = LG_HTTP_S_CHUNK_END;
-            }
-            break;
-        case LG_HTTP_S_BODY_EOF:
-            lg_http__body(r, p, avail);
-            off += avail;
-            break;
-        case LG_HTTP_S_CHUNK_SIZE:
-            n = lg_http__line(p, avail);
-            if (n == 0) {
-                if (avail >= LG_HTTP_HEAD_MAX)
-                    rc = lg_http__fail(r, "chunk-size line too long");
-                goto out;
-            }
-            off += n;
-            rc = lg_http__chunk_size(r, p, n);
-            break;
-        case LG_HTTP_S_CHUNK_END:
-            n = lg_http__line(p, avail);
-            if (n == 0) {
-                if (avail >= 2)
-                    rc = lg_http__fail(r, "no CRLF after a chunk");
-                goto out;
-            }
-            off += n;
-            if (n == 1 || (n == 2 && p[0] == '\r'))
-                r->state = LG_HTTP_S_CHUNK_SIZE;
-            else
-                rc = lg_http__fail(r, "no CRLF after a chunk");
-            break;
-        case LG_HTTP_S_TRAILER:
-            n = lg_http__line(p, avail);
-            if (n == 0) {
-                if (avail >= LG_HTTP_HEAD_MAX)
-                    rc = lg_http__fail(r, "trailer line too long");
-                goto out;
-            }
-            off += n;
-            if (n == 1 || (n == 2 && p[0] == '\r')) {
-                r->state = LG_HTTP_S_DONE;
-                rc = LG_HTTP_DONE;
-            }
-            break;
-        case LG_HTTP_S_DONE:
-            rc = LG_HTTP_DONE;
-            break;
-        case LG_HTTP_S_ERROR:
-            rc = LG_HTTP_EBAD;
-            break;
-        }
+/* The state machine, one function per state that reads bytes. Each gets
+ * the bytes not yet consumed, p[0..avail) with avail > 0, sets *used to how
+ * many it consumed and returns what lg_http_feed would: LG_HTTP_AGAIN with
+ * *used == 0 means it needs more bytes than there are. */
+
+static lg_http_rc_t lg_http__step_head(lg_http_resp_t *r, const char *p,
+                                       size_t avail, size_t *used) {
+    size_t n = lg_http__head_len(p, avail);
+    *used = n;
+    if (n == 0 && !lg_http__head_start_ok(p, avail))
+        return lg_http__fail(r, "bad status line");
+    if (n == 0 ? avail >= LG_HTTP_HEAD_MAX : n > LG_HTTP_HEAD_MAX)
+        return lg_http__fail(r, "headers longer than %d bytes",
+                             LG_HTTP_HEAD_MAX);
+    return n == 0 ? LG_HTTP_AGAIN : lg_http__head(r, p, n);
+}
+
+/* BODY_LEN and CHUNK_DATA: up to `remaining` bytes of body. */
+static lg_http_rc_t lg_http__step_body(lg_http_resp_t *r, const char *p,
+                                       size_t avail, size_t *used) {
+    size_t n = avail < r->remaining ? avail : (size_t)r->remaining;
+    lg_http__body(r, p, n);
+    *used = n;
+    r->remaining -= n;
+    if (r->remaining > 0)
+        return LG_HTTP_AGAIN;
+    if (r->state == LG_HTTP_S_CHUNK_DATA) {
+        r->state = LG_HTTP_S_CHUNK_END;
+        return LG_HTTP_AGAIN;
     }
-out:
+    r->state = LG_HTTP_S_DONE;
+    return LG_HTTP_OK;
+}
+
+/* For the states that read whole lines: sets *n to the length of the line
+ * at p, 0 while it is incomplete; fails r with `why` if avail bytes without
+ * a line end are already more than such a line may be (max). */
+static lg_http_rc_t lg_http__whole_line(lg_http_resp_t *r, const char *p,
+                                        size_t avail, size_t max,
+                                        const char *why, size_t *n) {
+    *n = lg_http__line(p, avail);
+    if (*n == 0 && avail >= max)
+        return lg_http__fail(r, "%s", why);
+    return LG_HTTP_AGAIN;
+}
+
+static lg_http_rc_t lg_http__step_chunk_size(lg_http_resp_t *r, const char *p,
+                                             size_t avail, size_t *used) {
+    lg_http_rc_t rc = lg_http__whole_line(r, p, avail, LG_HTTP_HEAD_MAX,
+                                          "chunk-size line too long", used);
+    return *used == 0 ? rc : lg_http__chunk_size(r, p, *used);
+}
+
+/* The CRLF that ends a chunk's data. */
+static lg_http_rc_t lg_http__step_chunk_end(lg_http_resp_t *r, const char *p,
+                                            size_t avail, size_t *used) {
+    lg_http_rc_t rc =
+        lg_http__whole_line(r, p, avail, 2, "no CRLF after a chunk", used);
+    if (*used == 0)
+        return rc;
+    if (!lg_http__empty_line(p, *used))
+        return lg_http__fail(r, "no CRLF after a chunk");
+    r->state = LG_HTTP_S_CHUNK_SIZE;
+    return LG_HTTP_AGAIN;
+}
+
+/* Trailer lines are skipped; the empty line ends the response. */
+static lg_http_rc_t lg_http__step_trailer(lg_http_resp_t *r, const char *p,
+                                          size_t avail, size_t *used) {
+    lg_http_rc_t rc = lg_http__whole_line(r, p, avail, LG_HTTP_HEAD_MAX,
+                                          "trailer line too long", used);
+    if (*used == 0 || !lg_http__empty_line(p, *used))
+        return rc;
+    r->state = LG_HTTP_S_DONE;
+    return LG_HTTP_OK;
+}
+
+static lg_http_rc_t lg_http__step(lg_http_resp_t *r, const char *p,
+                                  size_t avail, size_t *used) {
+    *used = 0;
+    switch (r->state) {
+    case LG_HTTP_S_HEAD:
+        return lg_http__step_head(r, p, avail, used);
+    case LG_HTTP_S_BODY_LEN:
+    case LG_HTTP_S_CHUNK_DATA:
+        return lg_http__step_body(r, p, avail, used);
+    case LG_HTTP_S_BODY_EOF:
+        lg_http__body(r, p, avail);
+        *used = avail;
+        return LG_HTTP_AGAIN;
+    case LG_HTTP_S_CHUNK_SIZE:
+        return lg_http__step_chunk_size(r, p, avail, used);
+    case LG_HTTP_S_CHUNK_END:
+        return lg_http__step_chunk_end(r, p, avail, used);
+    case LG_HTTP_S_TRAILER:
+        return lg_http__step_trailer(r, p, avail, used);
+    case LG_HTTP_S_DONE:
+        return LG_HTTP_OK;
+    case LG_HTTP_S_ERROR:
+        break;
+    }
+    return LG_HTTP_EBAD;
+}
+
+lg_http_rc_t lg_http_feed(lg_http_resp_t *r, const char *buf, size_t len,
+                          size_t *used) {
+    size_t off = 0, n = 0;
+    lg_http_rc_t rc = LG_HTTP_AGAIN;
+    while (rc == LG_HTTP_AGAIN && off < len) {
+        rc = lg_http__step(r, buf + off, len - off, &n);
+        off += n;
+        if (rc == LG_HTTP_AGAIN && n == 0)
+            break; /* the state needs more bytes than have come */
+    }
     *used = off;
     return rc;
 }
 
-int lg_http_eof(lg_http_resp_t *r) {
+lg_http_rc_t lg_http_eof(lg_http_resp_t *r) {
     switch (r->state) {
     case LG_HTTP_S_DONE:
     case LG_HTTP_S_BODY_EOF:
         r->state = LG_HTTP_S_DONE;
-        return LG_HTTP_DONE;
+        return LG_HTTP_OK;
     case LG_HTTP_S_HEAD:
         return lg_http__fail(r, "connection closed before the headers ended");
     case LG_HTTP_S_ERROR:

@@ -43,10 +43,14 @@
 /* The longest status line plus headers accepted; longer is LG_HTTP_EBAD. */
 #define LG_HTTP_HEAD_MAX 16384
 
-/* lg_http_feed results. */
-#define LG_HTTP_DONE 1    /* the response is complete */
-#define LG_HTTP_AGAIN 0   /* more bytes are needed */
-#define LG_HTTP_EBAD (-1) /* not a valid HTTP/1.x response: errstr says why */
+/* What lg_http_feed and lg_http_eof return, in the service's manner: 0 is
+ * success, a negative value a failure, and an expected outcome that is
+ * neither has a positive name of its own. */
+typedef enum lg_http_rc {
+    LG_HTTP_OK = 0,     /* the response is complete */
+    LG_HTTP_AGAIN = 1,  /* not complete yet: more bytes are needed */
+    LG_HTTP_EBAD = -1,  /* not a valid HTTP/1.x response: errstr says why */
+} lg_http_rc_t;
 
 enum lg_http_state {
     LG_HTTP_S_HEAD,       /* status line and headers, not yet complete */
@@ -90,13 +94,13 @@ void lg_http_resp_init(lg_http_resp_t *r, bool head_request, char *sample,
  * Sets *used to how many bytes it consumed: the caller drops those and keeps
  * the rest for the next call (bytes are consumed only when a whole header
  * block, chunk-size line or trailer line is there, so the caller's buffer
- * must hold LG_HTTP_HEAD_MAX bytes). Returns LG_HTTP_DONE, LG_HTTP_AGAIN or
- * LG_HTTP_EBAD; after DONE any bytes left over are not part of the response. */
-int lg_http_feed(lg_http_resp_t *r, const char *buf, size_t len, size_t *used);
+ * must hold LG_HTTP_HEAD_MAX bytes). Returns LG_HTTP_OK, LG_HTTP_AGAIN or
+ * LG_HTTP_EBAD; after LG_HTTP_OK any bytes left over are not part of the response. */
+lg_http_rc_t lg_http_feed(lg_http_resp_t *r, const char *buf, size_t len, size_t *used);
 
-/* The connection ended. Returns LG_HTTP_DONE if that completes the response
+/* The connection ended. Returns LG_HTTP_OK if that completes the response
  * (a body framed by the end of the connection), else LG_HTTP_EBAD with
  * errstr saying what was cut short. */
-int lg_http_eof(lg_http_resp_t *r);
+lg_http_rc_t lg_http_eof(lg_http_resp_t *r);
 
 #endif

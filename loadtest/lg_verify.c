@@ -16,6 +16,7 @@
  */
 #include "lg_verify.h"
 
+#include <assert.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -36,14 +37,21 @@ static void lg_verify__first(lg_verify_report_t *r, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* Sets r->err to prefix and the first line of pg's error message (libpq's
+ * messages end with a newline, and may go on with a hint). */
+static void lg_verify__pgerr(lg_verify_report_t *r, const char *prefix,
+                             PGconn *pg) {
+    snprintf(r->err, sizeof r->err, "%s%s", prefix, PQerrorMessage(pg));
+    r->err[strcspn(r->err, "\n")] = '\0';
+}
+
 /* Runs sql and checks its status. Returns a new result (PQclear it), or NULL
  * with r->err set. */
 static PGresult *lg_verify__q(PGconn *pg, const char *sql, ExecStatusType want,
                               lg_verify_report_t *r) {
     PGresult *res = PQexec(pg, sql);
     if (PQresultStatus(res) != want) {
-        snprintf(r->err, sizeof r->err, "%s", PQerrorMessage(pg));
-        r->err[strcspn(r->err, "\n")] = '\0';
+        lg_verify__pgerr(r, "", pg);
         PQclear(res);
         return NULL;
     }
@@ -58,6 +66,17 @@ static int lg_verify__ok(PGconn *pg, const char *sql, lg_verify_report_t *r) {
 
 static long long lg_verify__ll(const PGresult *res, int row, int col) {
     return strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+/* Runs sql, a query of one row whose first column counts violations, and
+ * sets *count to it. Returns the result, for the caller to name the first
+ * offender from the other columns (PQclear it), or NULL with r->err set. */
+static PGresult *lg_verify__count(PGconn *pg, const char *sql,
+                                  long long *count, lg_verify_report_t *r) {
+    PGresult *res = lg_verify__q(pg, sql, PGRES_TUPLES_OK, r);
+    if (res != NULL)
+        *count = lg_verify__ll(res, 0, 0);
+    return res;
 }
 
 /* Appends s to buf at *len in COPY's text format (backslash, tab and line
@@ -106,8 +125,7 @@ static int lg_verify__copy(PGconn *pg, const char *sql,
     ok = PQputCopyEnd(pg, ok ? NULL : "lg_verify: could not send") == 1 && ok;
     while ((res = PQgetResult(pg)) != NULL) {
         if (PQresultStatus(res) != PGRES_COMMAND_OK && ok) {
-            snprintf(r->err, sizeof r->err, "COPY: %s", PQerrorMessage(pg));
-            r->err[strcspn(r->err, "\n")] = '\0';
+            lg_verify__pgerr(r, "COPY: ", pg);
             ok = false;
         }
         PQclear(res);
@@ -120,6 +138,57 @@ static int lg_verify__copy(PGconn *pg, const char *sql,
 
 /* ------------------------------------------------------------ the checks ---
  */
+
+/* Adds row i of lg_verify__coupons's query, one coupon, to r. */
+static void lg_verify__coupon_row(const PGresult *res, int i,
+                                  lg_verify_report_t *r) {
+    const char *id = PQgetvalue(res, i, 0);
+    bool missing = PQgetvalue(res, i, 1)[0] == 't';
+    long long total = lg_verify__ll(res, i, 2);
+    long long own = lg_verify__ll(res, i, 3);
+    long long rows = lg_verify__ll(res, i, 4);
+    long long users = lg_verify__ll(res, i, 5);
+    long long unbucketed = lg_verify__ll(res, i, 6);
+    long long nbuckets = lg_verify__ll(res, i, 7);
+    long long inbuckets = lg_verify__ll(res, i, 8);
+    /* A sharded coupon counts its claims in its buckets; rows without
+     * a bucket (an older replica's, during a rolling upgrade) are
+     * counted by the coupon's own counter, as before sharding. */
+    long long claimed = own + inbuckets;
+    long long used = rows > claimed ? rows : claimed;
+    r->coupons++;
+    r->stock += total;
+    r->claimed += claimed;
+    r->claim_rows += rows;
+    r->duplicate_users += rows - users;
+    if (missing) {
+        r->coupons_missing++;
+        lg_verify__first(r, "coupon %s does not exist", id);
+    }
+    if (used > total) {
+        r->oversell += used - total;
+        r->oversold_coupons++;
+        lg_verify__first(r,
+                         "coupon %s oversold: stock %lld, claimed %lld, "
+                         "%lld claim rows",
+                         id, total, claimed, rows);
+    }
+    if (rows != claimed || (nbuckets > 0 && unbucketed != own)) {
+        r->rows_mismatch++;
+        if (nbuckets > 0)
+            lg_verify__first(r,
+                             "coupon %s: %lld claim rows, claimed %lld "
+                             "(outside its %lld buckets: %lld rows, "
+                             "claimed %lld)",
+                             id, rows, claimed, nbuckets, unbucketed, own);
+        else
+            lg_verify__first(r, "coupon %s: %lld claim rows, claimed %lld",
+                             id, rows, claimed);
+    }
+    if (rows != users)
+        lg_verify__first(r, "coupon %s: %lld claim rows for %lld users", id,
+                         rows, users);
+}
 
 /* Per coupon: existence, stock, counters (its own and its buckets'), rows,
  * distinct users. */
@@ -148,54 +217,8 @@ static int lg_verify__coupons(PGconn *pg, bool sharded_schema,
     PGresult *res = lg_verify__q(pg, sql, PGRES_TUPLES_OK, r);
     if (res == NULL)
         return -1;
-    for (int i = 0; i < PQntuples(res); i++) {
-        const char *id = PQgetvalue(res, i, 0);
-        bool missing = PQgetvalue(res, i, 1)[0] == 't';
-        long long total = lg_verify__ll(res, i, 2);
-        long long own = lg_verify__ll(res, i, 3);
-        long long rows = lg_verify__ll(res, i, 4);
-        long long users = lg_verify__ll(res, i, 5);
-        long long unbucketed = lg_verify__ll(res, i, 6);
-        long long nbuckets = lg_verify__ll(res, i, 7);
-        long long inbuckets = lg_verify__ll(res, i, 8);
-        /* A sharded coupon counts its claims in its buckets; rows without
-         * a bucket (an older replica's, during a rolling upgrade) are
-         * counted by the coupon's own counter, as before sharding. */
-        long long claimed = own + inbuckets;
-        long long used = rows > claimed ? rows : claimed;
-        r->coupons++;
-        r->stock += total;
-        r->claimed += claimed;
-        r->claim_rows += rows;
-        r->duplicate_users += rows - users;
-        if (missing) {
-            r->coupons_missing++;
-            lg_verify__first(r, "coupon %s does not exist", id);
-        }
-        if (used > total) {
-            r->oversell += used - total;
-            r->oversold_coupons++;
-            lg_verify__first(r,
-                             "coupon %s oversold: stock %lld, claimed %lld, "
-                             "%lld claim rows",
-                             id, total, claimed, rows);
-        }
-        if (rows != claimed || (nbuckets > 0 && unbucketed != own)) {
-            r->rows_mismatch++;
-            if (nbuckets > 0)
-                lg_verify__first(r,
-                                 "coupon %s: %lld claim rows, claimed %lld "
-                                 "(outside its %lld buckets: %lld rows, "
-                                 "claimed %lld)",
-                                 id, rows, claimed, nbuckets, unbucketed, own);
-            else
-                lg_verify__first(r, "coupon %s: %lld claim rows, claimed %lld",
-                                 id, rows, claimed);
-        }
-        if (rows != users)
-            lg_verify__first(r, "coupon %s: %lld claim rows for %lld users", id,
-                             rows, users);
-    }
+    for (int i = 0; i < PQntuples(res); i++)
+        lg_verify__coupon_row(res, i, r);
     PQclear(res);
     return 0;
 }
@@ -239,18 +262,18 @@ static int lg_verify__buckets(PGconn *pg, lg_verify_report_t *r) {
     }
     PQclear(res);
 
-    res = lg_verify__q(pg,
-                       "SELECT count(*), min(k.coupon_id), min(k.bucket)"
-                       "  FROM claims k JOIN lgv_coupons l"
-                       "    ON l.id = k.coupon_id"
-                       " WHERE k.bucket IS NOT NULL AND NOT EXISTS"
-                       "       (SELECT 1 FROM coupon_buckets b"
-                       "         WHERE b.coupon_id = k.coupon_id"
-                       "           AND b.bucket = k.bucket)",
-                       PGRES_TUPLES_OK, r);
+    long long orphans = 0;
+    res = lg_verify__count(pg,
+                           "SELECT count(*), min(k.coupon_id), min(k.bucket)"
+                           "  FROM claims k JOIN lgv_coupons l"
+                           "    ON l.id = k.coupon_id"
+                           " WHERE k.bucket IS NOT NULL AND NOT EXISTS"
+                           "       (SELECT 1 FROM coupon_buckets b"
+                           "         WHERE b.coupon_id = k.coupon_id"
+                           "           AND b.bucket = k.bucket)",
+                           &orphans, r);
     if (res == NULL)
         return -1;
-    long long orphans = lg_verify__ll(res, 0, 0);
     if (orphans > 0) {
         r->bucket_rows_mismatch += orphans;
         lg_verify__first(r,
@@ -276,10 +299,9 @@ static int lg_verify__seq(PGconn *pg, const char *bucket,
              "         GROUP BY 1, 2) s"
              " WHERE d <> n OR lo <> 1 OR hi <> n",
              bucket);
-    PGresult *res = lg_verify__q(pg, sql, PGRES_TUPLES_OK, r);
+    PGresult *res = lg_verify__count(pg, sql, &r->seq_mismatch, r);
     if (res == NULL)
         return -1;
-    r->seq_mismatch = lg_verify__ll(res, 0, 0);
     if (r->seq_mismatch > 0)
         lg_verify__first(r,
                          "coupon %s bucket %s: %s rows have %s distinct seq "
@@ -352,17 +374,16 @@ static int lg_verify__fences(PGconn *pg, const char *bucket,
 
 /* Every answered (coupon, user) pair has its row. */
 static int lg_verify__answered(PGconn *pg, lg_verify_report_t *r) {
-    PGresult *res =
-        lg_verify__q(pg,
-                     "SELECT count(*), min(o.coupon_id || ' / ' || o.user_id)"
-                     "  FROM (SELECT DISTINCT coupon_id, user_id FROM lgv_ok) o"
-                     " WHERE NOT EXISTS (SELECT 1 FROM claims k"
-                     "                    WHERE k.coupon_id = o.coupon_id"
-                     "                      AND k.user_id = o.user_id)",
-                     PGRES_TUPLES_OK, r);
+    PGresult *res = lg_verify__count(
+        pg,
+        "SELECT count(*), min(o.coupon_id || ' / ' || o.user_id)"
+        "  FROM (SELECT DISTINCT coupon_id, user_id FROM lgv_ok) o"
+        " WHERE NOT EXISTS (SELECT 1 FROM claims k"
+        "                    WHERE k.coupon_id = o.coupon_id"
+        "                      AND k.user_id = o.user_id)",
+        &r->missing_rows, r);
     if (res == NULL)
         return -1;
-    r->missing_rows = lg_verify__ll(res, 0, 0);
     if (r->missing_rows > 0)
         lg_verify__first(r,
                          "%lld claims answered 2xx have no row (e.g. coupon "
@@ -374,20 +395,12 @@ static int lg_verify__answered(PGconn *pg, lg_verify_report_t *r) {
 
 /* ------------------------------------------------------------ the entry --- */
 
-int lg_verify_run(PGconn *pg, const lg_verify_list_t *coupons,
-                  const lg_verify_list_t *answered, lg_verify_report_t *out) {
-    memset(out, 0, sizeof *out);
-    out->claimed_2xx = answered != NULL ? (long long)answered->n : 0;
-    if (PQstatus(pg) != CONNECTION_OK) {
-        snprintf(out->err, sizeof out->err, "not connected: %s",
-                 PQerrorMessage(pg));
-        out->err[strcspn(out->err, "\n")] = '\0';
-        return -1;
-    }
-    int rc = -1;
-    if (lg_verify__ok(pg, "BEGIN ISOLATION LEVEL REPEATABLE READ", out) != 0)
-        return -1;
-    if (lg_verify__ok(pg,
+/* Opens the snapshot and loads the lists into its temporary tables. */
+static int lg_verify__load(PGconn *pg, const lg_verify_list_t *coupons,
+                           const lg_verify_list_t *answered,
+                           lg_verify_report_t *out) {
+    if (lg_verify__ok(pg, "BEGIN ISOLATION LEVEL REPEATABLE READ", out) != 0 ||
+        lg_verify__ok(pg,
                       "CREATE TEMP TABLE lgv_coupons (id text)"
                       " ON COMMIT DROP",
                       out) != 0 ||
@@ -399,9 +412,13 @@ int lg_verify_run(PGconn *pg, const lg_verify_list_t *coupons,
                         out) != 0 ||
         lg_verify__copy(pg, "COPY lgv_ok (coupon_id, user_id) FROM STDIN",
                         answered, true, out) != 0)
-        goto done;
+        return -1;
+    return 0;
+}
 
-    /* The schema as it is: buckets only where the migration made them. */
+/* The schema as it is: buckets only where the migration made them. Returns
+ * 1 (sharded), 0 (not), or -1. */
+static int lg_verify__sharded(PGconn *pg, lg_verify_report_t *out) {
     PGresult *res = lg_verify__q(
         pg,
         "SELECT to_regclass('coupon_buckets') IS NOT NULL AND EXISTS"
@@ -410,22 +427,42 @@ int lg_verify_run(PGconn *pg, const lg_verify_list_t *coupons,
         "           AND attname = 'bucket' AND NOT attisdropped)",
         PGRES_TUPLES_OK, out);
     if (res == NULL)
-        goto done;
-    bool sharded = PQgetvalue(res, 0, 0)[0] == 't';
+        return -1;
+    int sharded = PQgetvalue(res, 0, 0)[0] == 't';
     PQclear(res);
-    const char *bucket = sharded ? "k.bucket" : "NULL::integer";
+    return sharded;
+}
 
+/* The report's invariant: ok exactly when nothing failed to run and every
+ * violation count is zero. */
+static bool lg_verify__passed(const lg_verify_report_t *r) {
+    return r->err[0] == '\0' && r->coupons_missing == 0 && r->oversell == 0 &&
+           r->duplicate_users == 0 && r->rows_mismatch == 0 &&
+           r->missing_rows == 0 && r->bucket_oversell == 0 &&
+           r->bucket_rows_mismatch == 0 && r->seq_mismatch == 0 &&
+           r->fences_increasing != 0;
+}
+
+int lg_verify_run(PGconn *pg, const lg_verify_list_t *coupons,
+                  const lg_verify_list_t *answered, lg_verify_report_t *out) {
+    memset(out, 0, sizeof *out);
+    out->claimed_2xx = answered != NULL ? (long long)answered->n : 0;
+    if (PQstatus(pg) != CONNECTION_OK) {
+        lg_verify__pgerr(out, "not connected: ", pg);
+        return -1;
+    }
+    int rc = -1, sharded;
+    if (lg_verify__load(pg, coupons, answered, out) != 0 ||
+        (sharded = lg_verify__sharded(pg, out)) < 0)
+        goto done;
+    const char *bucket = sharded ? "k.bucket" : "NULL::integer";
     if (lg_verify__coupons(pg, sharded, out) != 0 ||
         (sharded && lg_verify__buckets(pg, out) != 0) ||
         lg_verify__seq(pg, bucket, out) != 0 ||
         lg_verify__fences(pg, bucket, out) != 0 ||
         lg_verify__answered(pg, out) != 0)
         goto done;
-    out->ok = out->coupons_missing == 0 && out->oversell == 0 &&
-              out->duplicate_users == 0 && out->rows_mismatch == 0 &&
-              out->missing_rows == 0 && out->bucket_oversell == 0 &&
-              out->bucket_rows_mismatch == 0 && out->seq_mismatch == 0 &&
-              out->fences_increasing != 0;
+    out->ok = lg_verify__passed(out);
     rc = 0;
 done:;
     /* Nothing to keep; a failed ROLLBACK must not hide the first error. */
@@ -434,5 +471,21 @@ done:;
     lg_verify__ok(pg, "ROLLBACK", &scratch);
     if (rc != 0)
         out->ok = false;
+    /* Every way of not running sets err, so this holds on both paths. */
+    assert(out->ok == lg_verify__passed(out));
+    return rc;
+}
+
+int lg_verify_dsn(const char *dsn, const lg_verify_list_t *coupons,
+                  const lg_verify_list_t *answered, lg_verify_report_t *out) {
+    PGconn *pg = PQconnectdb(dsn);
+    int rc = -1;
+    if (PQstatus(pg) == CONNECTION_OK) {
+        rc = lg_verify_run(pg, coupons, answered, out);
+    } else {
+        memset(out, 0, sizeof *out);
+        lg_verify__pgerr(out, "connect: ", pg);
+    }
+    PQfinish(pg);
     return rc;
 }

@@ -95,4 +95,10 @@ typedef struct lg_verify_report {
 int lg_verify_run(PGconn *pg, const lg_verify_list_t *coupons,
                   const lg_verify_list_t *answered, lg_verify_report_t *out);
 
+/* lg_verify_run on a connection of its own to dsn (borrowed), closed
+ * before it returns. Returns as lg_verify_run does; a failed connect is
+ * -1 with out->err "connect: <libpq's first line>". */
+int lg_verify_dsn(const char *dsn, const lg_verify_list_t *coupons,
+                  const lg_verify_list_t *answered, lg_verify_report_t *out);
+
 #endif

@@ -102,7 +102,6 @@
 
 #include <assert.h>
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
@@ -121,70 +120,26 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
-#include <libpq-fe.h>
 
 #include "lg_http.h"
-#include "lg_verify.h"
+#include "lg_report.h"
+#include "loadgen.h"
+#include "mono.h"
 
 /* ============================= Configuration ============================= */
 
-#define LG_EXIT_OK 0
-#define LG_EXIT_ERROR 1
-#define LG_EXIT_USAGE 2
-#define LG_EXIT_VERIFY 3
-
-#define LG_NAME_MAX 128      /* longest --coupon / --user-prefix accepted */
 #define LG_BODY_MAX 640      /* claim body: two escaped names and numbers */
 #define LG_SAMPLE_MAX 160    /* bytes of a response body kept as a sample */
-#define LG_NS 1000000000LL   /* nanoseconds per second */
+#define LG_NS MONO_S         /* nanoseconds per second */
 #define LG_LATE_NS 1000000LL /* open loop: later than this counts as late */
 #define LG_WAIT_MAX_MS 50    /* longest epoll wait, so a stop is noticed */
 #define LG_SWEEP_NS (LG_NS / 100) /* how often timeouts are looked for */
 #define LG_PROGRESS_NS (LG_NS / 4)
 
-/* Everything the command line sets; written by main() before any thread
- * starts and only read afterwards. */
-typedef struct lg_config {
-    char *url;               /* base URL without a trailing slash */
-    int connections;         /* closed loop: connections; open loop: cap */
-    double rate;             /* open loop: requests/s in total; 0 = closed */
-    double duration;         /* seconds of sending */
-    uint64_t requests;       /* stop after this many; 0 = no limit */
-    int threads;             /* worker threads */
-    uint64_t users;          /* distinct users; 0 = one per request */
-    char *user_prefix;       /* users are "<prefix>-<n>" */
-    const char *coupon;      /* coupon ID, or the stem with --coupons */
-    uint64_t coupons;        /* 0 = just `coupon`; else "<coupon>-<k>" */
-    long long create_stock;  /* -1 = do not create coupons */
-    long create_buckets;     /* --create-buckets B: "buckets" in the
-                                creation body; 0 = leave it out */
-    const char *admin_token; /* for --create-stock; NULL = none */
-    const char *method;      /* raw mode: HTTP method */
-    const char *path;        /* raw mode: request path */
-    bool raw;                /* --method/--path given: no claim body */
-    bool head;               /* raw mode with HEAD: responses have no body */
-    long timeout_ms;         /* per request, connect included */
-    const char *cacert;      /* --cacert FILE for https://; NULL = system */
-    const char *json_path;   /* --json FILE; NULL = none */
-    const char *csv_path;    /* --csv FILE; NULL = none */
-    const char *verify_dsn;  /* --verify-dsn DSN; NULL = no verification */
-    bool quiet;              /* no progress line, no create-stock note */
-    bool verify_only;        /* --verify-only: send nothing, just verify */
-} lg_config_t;
-
-static lg_config_t cfg = {
-    .connections = 64,
-    .duration = 10.0,
-    .threads = 2,
-    .coupon = "hot",
-    .create_stock = -1,
-    .timeout_ms = 10000,
-};
-
 /* Derived once from cfg before the run. */
 static char *g_target;        /* the URL every request goes to */
-static char *g_coupon_json;   /* cfg.coupon escaped for a JSON string */
-static char *g_prefix_json;   /* cfg.user_prefix escaped likewise */
+static char *g_coupon_json;   /* lg_cfg.coupon escaped for a JSON string */
+static char *g_prefix_json;   /* lg_cfg.user_prefix escaped likewise */
 static char *g_req_head;      /* request line and headers, up to the length */
 static size_t g_req_head_len; /* strlen(g_req_head) */
 static size_t g_req_max;      /* room for a whole request */
@@ -200,22 +155,23 @@ static volatile sig_atomic_t g_interrupts; /* SIGINT/SIGTERM received */
 
 /* ================================ Helpers ================================ */
 
-static void lg_die(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2), noreturn));
-
-/* Print "loadgen: <message>" and exit 1. */
-static void lg_die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
+void lg_vexit(int code, const char *tail, const char *fmt, va_list ap) {
     fputs("loadgen: ", stderr);
     vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    fputs(tail, stderr);
     va_end(ap);
-    exit(LG_EXIT_ERROR);
+    exit(code);
+}
+
+/* Print "loadgen: <message>" and exit 1. */
+void lg_die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    lg_vexit(LG_EXIT_ERROR, "\n", fmt, ap);
 }
 
 /* Returns new memory, zeroed; never NULL. */
-static void *lg_calloc(size_t n, size_t size) {
+void *lg_calloc(size_t n, size_t size) {
     void *p = calloc(n ? n : 1, size ? size : 1);
     if (p == NULL)
         lg_die("out of memory");
@@ -231,7 +187,7 @@ static void *lg_realloc(void *p, size_t size) {
 }
 
 /* Returns a new copy of s. */
-static char *lg_strdup(const char *s) {
+char *lg_strdup(const char *s) {
     size_t n = strlen(s) + 1;
     char *p = lg_calloc(n, 1);
     memcpy(p, s, n);
@@ -239,9 +195,7 @@ static char *lg_strdup(const char *s) {
 }
 
 /* Returns a new string, formatted. */
-static char *lg_sprintf(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2)));
-static char *lg_sprintf(const char *fmt, ...) {
+char *lg_sprintf(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(NULL, 0, fmt, ap);
@@ -254,23 +208,9 @@ static char *lg_sprintf(const char *fmt, ...) {
     return p;
 }
 
-static int64_t lg_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * LG_NS + ts.tv_nsec;
-}
-
-static void lg_sleep_until(int64_t when_ns) {
-    struct timespec ts = {.tv_sec = when_ns / LG_NS,
-                          .tv_nsec = when_ns % LG_NS};
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) ==
-           EINTR) {
-    }
-}
-
 /* Returns a new string: s escaped for the inside of a JSON string. Bytes
  * from 0x80 up pass through, so UTF-8 stays UTF-8. */
-static char *lg_json_escape(const char *s) {
+char *lg_json_escape(const char *s) {
     char *out = lg_calloc(strlen(s) * 6 + 1, 1), *o = out;
     for (; *s; s++) {
         unsigned char ch = (unsigned char)*s;
@@ -285,20 +225,6 @@ static char *lg_json_escape(const char *s) {
     }
     return out;
 }
-
-/* Write s to f as a quoted JSON string. */
-static void lg_json_str(FILE *f, const char *s) {
-    char *e = lg_json_escape(s);
-    fprintf(f, "\"%s\"", e);
-    free(e);
-}
-
-/* A growable array of request numbers. */
-typedef struct lg_u64vec {
-    uint64_t *v; /* the elements, owned */
-    size_t n;    /* elements in use */
-    size_t cap;  /* elements allocated */
-} lg_u64vec_t;
 
 static void lg_u64vec_push(lg_u64vec_t *a, uint64_t x) {
     if (a->n == a->cap) {
@@ -323,40 +249,40 @@ static void lg_u64vec_push(lg_u64vec_t *a, uint64_t x) {
  * and max is kept exactly anyway.
  */
 
-#define HIST_SUB_BITS 7
-#define HIST_SUB (1 << HIST_SUB_BITS)
-#define HIST_TOP_BIT 31 /* highest bit of the largest value kept exactly */
-#define HIST_LEN ((HIST_TOP_BIT - HIST_SUB_BITS + 2) * HIST_SUB)
+#define LG_HIST_SUB_BITS 7
+#define LG_HIST_SUB (1 << LG_HIST_SUB_BITS)
+#define LG_HIST_TOP_BIT 31 /* highest bit of the largest value kept exactly */
+#define LG_HIST_LEN ((LG_HIST_TOP_BIT - LG_HIST_SUB_BITS + 2) * LG_HIST_SUB)
 
-typedef struct hist {
-    uint64_t count[HIST_LEN]; /* values recorded per bucket */
-    uint64_t total;           /* == sum of count[] (hist_check) */
+typedef struct lg_hist {
+    uint64_t count[LG_HIST_LEN]; /* values recorded per bucket */
+    uint64_t total;           /* == sum of count[] (lg__hist_check) */
     uint64_t max;             /* largest value recorded, exact */
-} hist_t;
+} lg_hist_t;
 
-static int hist_index(uint64_t v) {
-    if (v >= (1ULL << (HIST_TOP_BIT + 1)))
-        return HIST_LEN - 1;
+static int lg__hist_index(uint64_t v) {
+    if (v >= (1ULL << (LG_HIST_TOP_BIT + 1)))
+        return LG_HIST_LEN - 1;
     int h = v ? 63 - __builtin_clzll(v) : 0;
-    int s = h > HIST_SUB_BITS ? h - HIST_SUB_BITS : 0;
-    return s * HIST_SUB + (int)(v >> s);
+    int s = h > LG_HIST_SUB_BITS ? h - LG_HIST_SUB_BITS : 0;
+    return s * LG_HIST_SUB + (int)(v >> s);
 }
 
-static uint64_t hist_high(int i) {
-    int s = i < 2 * HIST_SUB ? 0 : i / HIST_SUB - 1;
-    uint64_t low = (uint64_t)(i - s * HIST_SUB) << s;
+static uint64_t lg__hist_high(int i) {
+    int s = i < 2 * LG_HIST_SUB ? 0 : i / LG_HIST_SUB - 1;
+    uint64_t low = (uint64_t)(i - s * LG_HIST_SUB) << s;
     return low + ((1ULL << s) - 1);
 }
 
-static void hist_record(hist_t *h, uint64_t v) {
-    h->count[hist_index(v)]++;
+static void lg__hist_record(lg_hist_t *h, uint64_t v) {
+    h->count[lg__hist_index(v)]++;
     h->total++;
     if (v > h->max)
         h->max = v;
 }
 
-static void hist_merge(hist_t *dst, const hist_t *src) {
-    for (int i = 0; i < HIST_LEN; i++)
+static void lg__hist_merge(lg_hist_t *dst, const lg_hist_t *src) {
+    for (int i = 0; i < LG_HIST_LEN; i++)
         dst->count[i] += src->count[i];
     dst->total += src->total;
     if (src->max > dst->max)
@@ -364,9 +290,9 @@ static void hist_merge(hist_t *dst, const hist_t *src) {
 }
 
 /* The invariant, for asserts: total is the sum of the buckets. */
-static bool hist_check(const hist_t *h) {
+static bool lg__hist_check(const lg_hist_t *h) {
     uint64_t sum = 0;
-    for (int i = 0; i < HIST_LEN; i++)
+    for (int i = 0; i < LG_HIST_LEN; i++)
         sum += h->count[i];
     return sum == h->total;
 }
@@ -374,24 +300,24 @@ static bool hist_check(const hist_t *h) {
 /* The value at percentile p (0..100) in microseconds, 0 when empty: the
  * upper bound of the bucket holding the ceil(p% * total)-th value, but never
  * more than the exact maximum. */
-static uint64_t hist_percentile(const hist_t *h, double p) {
+static uint64_t lg__hist_percentile(const lg_hist_t *h, double p) {
     if (h->total == 0)
         return 0;
     uint64_t rank = (uint64_t)ceil(p / 100.0 * (double)h->total);
     if (rank < 1)
         rank = 1;
     uint64_t seen = 0;
-    for (int i = 0; i < HIST_LEN; i++) {
+    for (int i = 0; i < LG_HIST_LEN; i++) {
         seen += h->count[i];
         if (seen >= rank) {
-            uint64_t v = hist_high(i);
+            uint64_t v = lg__hist_high(i);
             return v < h->max ? v : h->max;
         }
     }
     return h->max;
 }
 
-static double us_to_ms(uint64_t us) {
+static double lg__us_to_ms(uint64_t us) {
     return (double)us / 1000.0;
 }
 
@@ -402,18 +328,18 @@ static double us_to_ms(uint64_t us) {
  * of the requests that were answered 201 to ask PostgreSQL about them later.
  */
 
-static uint64_t lg_user_no(uint64_t seq) {
-    return cfg.users ? seq % cfg.users : seq;
+uint64_t lg_user_no(uint64_t seq) {
+    return lg_cfg.users ? seq % lg_cfg.users : seq;
 }
 
 /* The claim body for request seq into buf; returns its length. */
 static size_t lg_claim_body(char *buf, size_t cap, uint64_t seq) {
     int n;
-    if (cfg.coupons)
+    if (lg_cfg.coupons)
         n = snprintf(
             buf, cap,
             "{\"coupon_id\":\"%s-%" PRIu64 "\",\"user_id\":\"%s-%" PRIu64 "\"}",
-            g_coupon_json, seq % cfg.coupons, g_prefix_json, lg_user_no(seq));
+            g_coupon_json, seq % lg_cfg.coupons, g_prefix_json, lg_user_no(seq));
     else
         n = snprintf(buf, cap,
                      "{\"coupon_id\":\"%s\",\"user_id\":\"%s-%" PRIu64 "\"}",
@@ -428,7 +354,7 @@ static size_t lg_claim_body(char *buf, size_t cap, uint64_t seq) {
 static size_t lg_build_request(char *buf, uint64_t seq) {
     memcpy(buf, g_req_head, g_req_head_len);
     char *p = buf + g_req_head_len;
-    if (cfg.raw) {
+    if (lg_cfg.raw) {
         memcpy(p, "\r\n", 2);
         return g_req_head_len + 2;
     }
@@ -440,62 +366,41 @@ static size_t lg_build_request(char *buf, uint64_t seq) {
 }
 
 /* Coupon k of the run (k < lg_coupon_count()) into buf, unescaped. */
-static void lg_coupon_name(char *buf, size_t cap, uint64_t k) {
-    if (cfg.coupons)
-        snprintf(buf, cap, "%s-%" PRIu64, cfg.coupon, k);
+void lg_coupon_name(char *buf, size_t cap, uint64_t k) {
+    if (lg_cfg.coupons)
+        snprintf(buf, cap, "%s-%" PRIu64, lg_cfg.coupon, k);
     else
-        snprintf(buf, cap, "%s", cfg.coupon);
+        snprintf(buf, cap, "%s", lg_cfg.coupon);
 }
 
-static uint64_t lg_coupon_count(void) {
-    return cfg.coupons ? cfg.coupons : 1;
+uint64_t lg_coupon_count(void) {
+    return lg_cfg.coupons ? lg_cfg.coupons : 1;
 }
 
 /* Open loop: when request seq is due. */
 static int64_t lg_due_ns(uint64_t seq) {
-    return g_start_ns + (int64_t)((double)seq * 1e9 / cfg.rate);
+    return g_start_ns + (int64_t)((double)seq * 1e9 / lg_cfg.rate);
 }
 
 /* Open loop: how many requests the schedule holds before the end. */
 static uint64_t lg_scheduled(void) {
-    uint64_t n = (uint64_t)ceil(cfg.duration * cfg.rate);
+    uint64_t n = (uint64_t)ceil(lg_cfg.duration * lg_cfg.rate);
     while (n > 0 && lg_due_ns(n - 1) >= g_end_ns)
         n--;
     while (lg_due_ns(n) < g_end_ns)
         n++;
-    if (cfg.requests && n > cfg.requests)
-        n = cfg.requests;
+    if (lg_cfg.requests && n > lg_cfg.requests)
+        n = lg_cfg.requests;
     return n;
 }
 
 /* =============================== Statistics =============================== */
 
-/* What a worker counts over the whole run. Owned by the worker until it has
- * finished, then read by main(). */
-typedef struct lg_stats {
-    uint64_t requests;            /* finished: responses + transport errors */
-    uint64_t errors;              /* transport errors (no HTTP status) */
-    uint64_t status[600];         /* responses by status; [0]: out of range */
-    uint64_t c2xx, c4xx, c5xx;    /* responses by class, for the live line */
-    uint64_t err_kind[CURL_LAST]; /* transport errors by libcurl code */
-    hist_t *lat;                  /* latency of every response, owned */
-} lg_stats_t;
-
 /* What a worker counts for the current second. */
 typedef struct lg_secstats {
     uint64_t requests, c2xx, c4xx, c5xx, errors; /* as in lg_stats_t */
-    hist_t *lat;                                 /* owned */
+    lg_hist_t *lat;                                 /* owned */
 } lg_secstats_t;
-
-/* One CSV row. While fewer than all workers have reported the second, lat
- * accumulates their histograms; the last one to report turns it into the
- * percentiles and frees it (lg_secrow_close). */
-typedef struct lg_secrow {
-    uint64_t requests, c2xx, c4xx, c5xx, errors; /* summed over workers */
-    hist_t *lat;               /* merged latency, NULL once closed */
-    int reported;              /* workers that have merged this second */
-    double p50, p90, p99, max; /* milliseconds, valid once closed */
-} lg_secrow_t;
 
 /* The rows, grown on demand. Guarded by g_secs_lock. */
 static pthread_mutex_t g_secs_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -505,10 +410,10 @@ static size_t g_nsecs;
 static void lg_secrow_close(lg_secrow_t *r) {
     if (r->lat == NULL)
         return;
-    r->p50 = us_to_ms(hist_percentile(r->lat, 50));
-    r->p90 = us_to_ms(hist_percentile(r->lat, 90));
-    r->p99 = us_to_ms(hist_percentile(r->lat, 99));
-    r->max = us_to_ms(r->lat->max);
+    r->p50 = lg__us_to_ms(lg__hist_percentile(r->lat, 50));
+    r->p90 = lg__us_to_ms(lg__hist_percentile(r->lat, 90));
+    r->p99 = lg__us_to_ms(lg__hist_percentile(r->lat, 99));
+    r->max = lg__us_to_ms(r->lat->max);
     free(r->lat);
     r->lat = NULL;
 }
@@ -532,12 +437,12 @@ static void lg_secs_merge(int64_t sec, lg_secstats_t *s, int nworkers) {
     if (r->reported == 0)
         r->lat = lg_calloc(1, sizeof *r->lat);
     if (r->lat)
-        hist_merge(r->lat, s->lat);
+        lg__hist_merge(r->lat, s->lat);
     if (++r->reported == nworkers)
         lg_secrow_close(r);
     pthread_mutex_unlock(&g_secs_lock);
 
-    hist_t *lat = s->lat;
+    lg_hist_t *lat = s->lat;
     memset(lat, 0, sizeof *lat);
     memset(s, 0, sizeof *s);
     s->lat = lat;
@@ -548,17 +453,17 @@ static void lg_secs_merge(int64_t sec, lg_secstats_t *s, int nworkers) {
 /* Counters a worker publishes for the progress line (relaxed atomics: the
  * line is a glance, not a measurement). */
 enum {
-    LIVE_REQ,
-    LIVE_ERR,
-    LIVE_2XX,
-    LIVE_4XX,
-    LIVE_5XX,
-    LIVE_201,
-    LIVE_200,
-    LIVE_409,
-    LIVE_410,
-    LIVE_503,
-    LIVE_N
+    LG_LIVE_REQ,
+    LG_LIVE_ERR,
+    LG_LIVE_2XX,
+    LG_LIVE_4XX,
+    LG_LIVE_5XX,
+    LG_LIVE_201,
+    LG_LIVE_200,
+    LG_LIVE_409,
+    LG_LIVE_410,
+    LG_LIVE_503,
+    LG_LIVE_N
 };
 
 struct lg_worker;
@@ -638,7 +543,7 @@ typedef struct lg_worker {
     long sample_status;  /* first unexpected status, 0 = none yet */
     char sample[LG_SAMPLE_MAX + 1]; /* its body, NUL-terminated */
     char errstr[128];               /* why the loop failed; "" = it did not */
-    _Atomic uint64_t live[LIVE_N];
+    _Atomic uint64_t live[LG_LIVE_N];
 } lg_worker_t;
 
 static lg_worker_t *g_workers;
@@ -682,20 +587,20 @@ static int lg_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
     lg_conn_t *c = userp;
     (void)multi;
     c->curl_deadline_ns =
-        timeout_ms < 0 ? -1 : lg_now_ns() + (int64_t)timeout_ms * 1000000;
+        timeout_ms < 0 ? -1 : mono_ns() + (int64_t)timeout_ms * 1000000;
     return 0;
 }
 
 /* The response statuses a claim run expects; anything else is an error.
  * In raw mode, every 2xx is expected. */
 static bool lg_status_expected(long st) {
-    if (cfg.raw)
+    if (lg_cfg.raw)
         return st >= 200 && st < 300;
     return st == 201 || st == 200 || st == 410 || st == 409 || st == 503;
 }
 
-static const char *lg_status_label(long st) {
-    if (cfg.raw)
+const char *lg_status_label(long st) {
+    if (lg_cfg.raw)
         return lg_status_expected(st) ? "" : "unexpected";
     switch (st) {
     case 201:
@@ -725,7 +630,7 @@ static int64_t lg_sec_of(int64_t now) {
 static void lg_sec_advance(lg_worker_t *w, int64_t now) {
     int64_t sec = lg_sec_of(now);
     while (w->sec_no < sec)
-        lg_secs_merge(w->sec_no++, &w->sec, cfg.threads);
+        lg_secs_merge(w->sec_no++, &w->sec, lg_cfg.threads);
 }
 
 /* Count one finished request. */
@@ -741,9 +646,9 @@ static void lg_record(lg_worker_t *w, lg_conn_t *c, CURLcode rc, long st,
         return;
     }
     uint64_t us = now > c->t0_ns ? (uint64_t)(now - c->t0_ns) / 1000 : 0;
-    hist_record(w->total.lat, us);
-    hist_record(w->sec.lat, us);
-    if (st < 100 || st > 599)
+    lg__hist_record(w->total.lat, us);
+    lg__hist_record(w->sec.lat, us);
+    if (st < 100 || st >= LG_STATUS_MAX)
         st = 0;
     w->total.status[st]++;
     if (st >= 200 && st < 300)
@@ -752,9 +657,9 @@ static void lg_record(lg_worker_t *w, lg_conn_t *c, CURLcode rc, long st,
         w->total.c4xx++, w->sec.c4xx++;
     if (st >= 500 && st < 600)
         w->total.c5xx++, w->sec.c5xx++;
-    if (!cfg.raw && st == 201)
+    if (!lg_cfg.raw && st == 201)
         lg_u64vec_push(&w->claimed, c->seq);
-    if (!cfg.raw && st == 200)
+    if (!lg_cfg.raw && st == 200)
         lg_u64vec_push(&w->held, c->seq);
     if (!lg_status_expected(st) && w->sample_status == 0) {
         w->sample_status = st;
@@ -769,14 +674,14 @@ static void lg_record(lg_worker_t *w, lg_conn_t *c, CURLcode rc, long st,
 
 static void lg_publish(lg_worker_t *w) {
     const uint64_t *st = w->total.status;
-    uint64_t v[LIVE_N] = {
-        [LIVE_REQ] = w->total.requests, [LIVE_ERR] = w->total.errors,
-        [LIVE_2XX] = w->total.c2xx,     [LIVE_4XX] = w->total.c4xx,
-        [LIVE_5XX] = w->total.c5xx,     [LIVE_201] = st[201],
-        [LIVE_200] = st[200],           [LIVE_409] = st[409],
-        [LIVE_410] = st[410],           [LIVE_503] = st[503],
+    uint64_t v[LG_LIVE_N] = {
+        [LG_LIVE_REQ] = w->total.requests, [LG_LIVE_ERR] = w->total.errors,
+        [LG_LIVE_2XX] = w->total.c2xx,     [LG_LIVE_4XX] = w->total.c4xx,
+        [LG_LIVE_5XX] = w->total.c5xx,     [LG_LIVE_201] = st[201],
+        [LG_LIVE_200] = st[200],           [LG_LIVE_409] = st[409],
+        [LG_LIVE_410] = st[410],           [LG_LIVE_503] = st[503],
     };
-    for (int i = 0; i < LIVE_N; i++)
+    for (int i = 0; i < LG_LIVE_N; i++)
         atomic_store_explicit(&w->live[i], v[i], memory_order_relaxed);
 }
 
@@ -853,7 +758,7 @@ static void lg_conn_connected(lg_conn_t *c) {
                                s == CURL_SOCKET_BAD))
             rc = CURLE_COULDNT_CONNECT;
         if (rc != CURLE_OK) {
-            lg_conn_fail(c, rc, lg_now_ns());
+            lg_conn_fail(c, rc, mono_ns());
             return;
         }
         c->w->nconnecting--;
@@ -861,7 +766,7 @@ static void lg_conn_connected(lg_conn_t *c) {
         c->fd = s;
         c->state = LG_C_SENDING;
         if (lg_ev_set(c->w, c->idx, s, EPOLLIN) < 0) {
-            lg_conn_fail(c, CURLE_COULDNT_CONNECT, lg_now_ns());
+            lg_conn_fail(c, CURLE_COULDNT_CONNECT, mono_ns());
             return;
         }
         c->events = EPOLLIN;
@@ -874,7 +779,7 @@ static void lg_conn_connected(lg_conn_t *c) {
 static void lg_conn_go(lg_conn_t *c) {
     c->req_off = 0;
     c->got_bytes = false;
-    lg_http_resp_init(&c->resp, cfg.head, c->sample, sizeof c->sample);
+    lg_http_resp_init(&c->resp, lg_cfg.head, c->sample, sizeof c->sample);
     if (c->fd < 0) {
         lg_conn_connect(c);
     } else {
@@ -893,7 +798,7 @@ static void lg_conn_broken(lg_conn_t *c, CURLcode rc) {
         lg_conn_close(c); /* clears c->reused */
         lg_conn_go(c);
     } else {
-        lg_conn_fail(c, rc, lg_now_ns());
+        lg_conn_fail(c, rc, mono_ns());
     }
 }
 
@@ -959,10 +864,10 @@ static void lg_conn_read(lg_conn_t *c) {
         if (n == 0) { /* the end of the connection */
             if (!c->got_bytes) {
                 lg_conn_broken(c, CURLE_GOT_NOTHING);
-            } else if (lg_http_eof(&c->resp) == LG_HTTP_DONE) {
-                lg_conn_answered(c, c->resp.status, lg_now_ns());
+            } else if (lg_http_eof(&c->resp) == LG_HTTP_OK) {
+                lg_conn_answered(c, c->resp.status, mono_ns());
             } else {
-                lg_conn_fail(c, CURLE_PARTIAL_FILE, lg_now_ns());
+                lg_conn_fail(c, CURLE_PARTIAL_FILE, mono_ns());
             }
             return;
         }
@@ -977,12 +882,12 @@ static void lg_conn_read(lg_conn_t *c) {
         int r = lg_http_feed(&c->resp, c->rbuf, c->rlen, &used);
         memmove(c->rbuf, c->rbuf + used, c->rlen - used);
         c->rlen -= used;
-        if (r == LG_HTTP_DONE) {
-            lg_conn_answered(c, c->resp.status, lg_now_ns());
+        if (r == LG_HTTP_OK) {
+            lg_conn_answered(c, c->resp.status, mono_ns());
             return;
         }
         if (r == LG_HTTP_EBAD) {
-            lg_conn_fail(c, CURLE_WEIRD_SERVER_REPLY, lg_now_ns());
+            lg_conn_fail(c, CURLE_WEIRD_SERVER_REPLY, mono_ns());
             return;
         }
         /* Not complete: read on until the socket is empty (a TLS layer may
@@ -992,7 +897,7 @@ static void lg_conn_read(lg_conn_t *c) {
 
 /* End every request that has run past the timeout. */
 static void lg_sweep(lg_worker_t *w, int64_t now) {
-    int64_t limit = (int64_t)cfg.timeout_ms * 1000000;
+    int64_t limit = (int64_t)lg_cfg.timeout_ms * 1000000;
     for (int i = 0; i < w->nconns; i++) {
         lg_conn_t *c = &w->conns[i];
         if (c->state != LG_C_IDLE && now - c->start_ns >= limit)
@@ -1038,8 +943,7 @@ static void lg_start(lg_worker_t *w, uint64_t seq, int64_t t0, int64_t now) {
 static void lg_arm_schedule(lg_worker_t *w, int64_t due) {
     if (w->sched_armed_ns == due)
         return;
-    struct itimerspec its = {
-        .it_value = {.tv_sec = due / LG_NS, .tv_nsec = due % LG_NS}};
+    struct itimerspec its = {.it_value = mono_ts_from_ns(due)};
     timerfd_settime(w->sched_fd, TFD_TIMER_ABSTIME, &its, NULL);
     w->sched_armed_ns = due;
 }
@@ -1049,10 +953,10 @@ static void lg_arm_schedule(lg_worker_t *w, int64_t due) {
  * last, and arm the schedule timer for the next one. */
 static void lg_issue(lg_worker_t *w, int64_t now) {
     while (w->idle && !w->sending_done) {
-        if (cfg.rate <= 0) {
+        if (lg_cfg.rate <= 0) {
             uint64_t seq =
                 atomic_fetch_add_explicit(&g_next, 1, memory_order_relaxed);
-            if (cfg.requests && seq >= cfg.requests) {
+            if (lg_cfg.requests && seq >= lg_cfg.requests) {
                 w->sending_done = true;
                 break;
             }
@@ -1060,7 +964,7 @@ static void lg_issue(lg_worker_t *w, int64_t now) {
         } else {
             uint64_t seq = w->next_seq;
             int64_t due = lg_due_ns(seq);
-            if ((cfg.requests && seq >= cfg.requests) || due >= g_end_ns) {
+            if ((lg_cfg.requests && seq >= lg_cfg.requests) || due >= g_end_ns) {
                 w->sending_done = true;
                 break;
             }
@@ -1071,7 +975,7 @@ static void lg_issue(lg_worker_t *w, int64_t now) {
             if (now - due > LG_LATE_NS)
                 w->sent_late++;
             lg_start(w, seq, due, now); /* timed from when it was due */
-            w->next_seq += (uint64_t)cfg.threads;
+            w->next_seq += (uint64_t)lg_cfg.threads;
         }
     }
 }
@@ -1111,10 +1015,10 @@ static void *lg_worker_main(void *arg) {
     lg_worker_t *w = arg;
     struct epoll_event evs[128];
 
-    lg_sleep_until(g_start_ns);
+    mono_sleep_ns(g_start_ns - mono_ns());
     w->sweep_ns = g_start_ns + LG_SWEEP_NS;
     for (;;) {
-        int64_t now = lg_now_ns();
+        int64_t now = mono_ns();
         int stop = atomic_load_explicit(&g_stop, memory_order_relaxed);
         if (stop >= 2)
             break; /* abandon what is in flight */
@@ -1138,7 +1042,7 @@ static void *lg_worker_main(void *arg) {
             wait_ns = curl_next > now ? curl_next - now : 0;
         if (w->inflight > 0 && w->sweep_ns - now < wait_ns)
             wait_ns = w->sweep_ns > now ? w->sweep_ns - now : 0;
-        if (w->idle && !w->sending_done && cfg.rate <= 0)
+        if (w->idle && !w->sending_done && lg_cfg.rate <= 0)
             wait_ns = 0;
         int n = epoll_wait(w->epfd, evs, (int)(sizeof evs / sizeof evs[0]),
                            (int)((wait_ns + 999999) / 1000000));
@@ -1150,13 +1054,13 @@ static void *lg_worker_main(void *arg) {
         for (int i = 0; i < n; i++)
             lg_event(w, &evs[i]);
         if (n > 0) {
-            lg_sec_advance(w, lg_now_ns());
+            lg_sec_advance(w, mono_ns());
             lg_publish(w);
         }
     }
-    w->end_ns = lg_now_ns();
+    w->end_ns = mono_ns();
     lg_secs_merge(w->sec_no, &w->sec,
-                  cfg.threads); /* the last, partial second */
+                  lg_cfg.threads); /* the last, partial second */
     lg_publish(w);
     atomic_fetch_add(&g_workers_done, 1);
     return NULL;
@@ -1166,10 +1070,10 @@ static void *lg_worker_main(void *arg) {
 static void lg_worker_init(lg_worker_t *w, int id, int nconns) {
     w->id = id;
     w->next_seq = (uint64_t)id;
-    for (int i = 0; i < LIVE_N; i++)
+    for (int i = 0; i < LG_LIVE_N; i++)
         atomic_init(&w->live[i], 0);
-    w->total.lat = lg_calloc(1, sizeof(hist_t));
-    w->sec.lat = lg_calloc(1, sizeof(hist_t));
+    w->total.lat = lg_calloc(1, sizeof(lg_hist_t));
+    w->sec.lat = lg_calloc(1, sizeof(lg_hist_t));
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     w->sched_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     if (w->epfd < 0 || w->sched_fd < 0)
@@ -1200,9 +1104,9 @@ static void lg_worker_init(lg_worker_t *w, int id, int nconns) {
         curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_PROXY, ""); /* ignore http_proxy */
-        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, cfg.timeout_ms);
-        if (cfg.cacert)
-            curl_easy_setopt(e, CURLOPT_CAINFO, cfg.cacert);
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, lg_cfg.timeout_ms);
+        if (lg_cfg.cacert)
+            curl_easy_setopt(e, CURLOPT_CAINFO, lg_cfg.cacert);
         curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
         c->next_idle = w->idle;
         w->idle = c;
@@ -1246,8 +1150,8 @@ static size_t lg_buf_cb(char *ptr, size_t size, size_t nmemb, void *userdata) {
 /* --create-stock: POST /coupons for every coupon of the run. 201 and 409
  * (it exists already) are fine. Returns 0, or -1 after printing why not. */
 static int lg_create_stock(void) {
-    char *url = lg_sprintf("%s/coupons", cfg.url);
-    char *auth = lg_sprintf("Authorization: Bearer %s", cfg.admin_token);
+    char *url = lg_sprintf("%s/coupons", lg_cfg.url);
+    char *auth = lg_sprintf("Authorization: Bearer %s", lg_cfg.admin_token);
     struct curl_slist *hdr = NULL;
     hdr = curl_slist_append(hdr, "Content-Type: application/json");
     hdr = curl_slist_append(hdr, auth);
@@ -1260,13 +1164,13 @@ static int lg_create_stock(void) {
         char name[LG_NAME_MAX + 32], body[2 * LG_NAME_MAX * 6 + 64];
         lg_coupon_name(name, sizeof name, k);
         char *esc = lg_json_escape(name);
-        if (cfg.create_buckets > 0)
+        if (lg_cfg.create_buckets > 0)
             snprintf(body, sizeof body,
                      "{\"id\":\"%s\",\"total\":%lld,\"buckets\":%ld}", esc,
-                     cfg.create_stock, cfg.create_buckets);
+                     lg_cfg.create_stock, lg_cfg.create_buckets);
         else
             snprintf(body, sizeof body, "{\"id\":\"%s\",\"total\":%lld}", esc,
-                     cfg.create_stock);
+                     lg_cfg.create_stock);
         free(esc);
         lg_buf_t resp = {.len = 0};
         long st = 0;
@@ -1275,9 +1179,9 @@ static int lg_create_stock(void) {
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(e, CURLOPT_PROXY, "");
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, cfg.timeout_ms);
-        if (cfg.cacert)
-            curl_easy_setopt(e, CURLOPT_CAINFO, cfg.cacert);
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, lg_cfg.timeout_ms);
+        if (lg_cfg.cacert)
+            curl_easy_setopt(e, CURLOPT_CAINFO, lg_cfg.cacert);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, lg_buf_cb);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)&resp);
         CURLcode cc = curl_easy_perform(e);
@@ -1297,11 +1201,11 @@ static int lg_create_stock(void) {
             rc = -1;
         }
     }
-    if (rc == 0 && !cfg.quiet)
+    if (rc == 0 && !lg_cfg.quiet)
         fprintf(stderr,
                 "loadgen: create-stock %lld: %" PRIu64 " created, %" PRIu64
                 " already existed (their stock was left as it was)\n",
-                cfg.create_stock, created, existed);
+                lg_cfg.create_stock, created, existed);
     curl_easy_cleanup(e);
     curl_slist_free_all(hdr);
     free(url);
@@ -1309,114 +1213,22 @@ static int lg_create_stock(void) {
     return rc;
 }
 
-/* ============================== Verification ==============================
- *
- * After the run, the invariant checker (lg_verify.c, shared with the test
- * harness) checks the run's coupons, rows from earlier runs on them
- * included, and that every claim answered 201 or 200 has its row. The
- * answered claims are handed to it as request numbers, which name their
- * coupon and user, so nothing is built as strings before it asks.
- */
-
-typedef struct lg_verify {
-    bool ran;               /* --verify-dsn was given */
-    lg_verify_report_t rep; /* what the checker found */
-    long long answered_200; /* 200 already_claimed answers among the pairs */
-} lg_verify_t;
-
-static void lg_verify_coupon(void *arg, uint64_t k, char *coupon, char *user) {
-    (void)arg;
-    (void)user;
-    lg_coupon_name(coupon, LG_VERIFY_ID_MAX, k);
-}
-
-/* The answered claims over all workers, 201s first, then 200s, by index.
- * The checker asks for them in index order, so a cursor makes each lookup
- * O(1) amortised. */
-typedef struct lg_verify_cursor {
-    uint64_t base; /* index of the first pair of vector (pass, t) */
-    int pass, t;   /* pass 0: the 201s, pass 1: the 200s; t: the worker */
-} lg_verify_cursor_t;
-
-static void lg_verify_pair_seq(void *arg, uint64_t i, char *coupon,
-                               char *user) {
-    lg_verify_cursor_t *c = arg;
-    for (;;) {
-        assert(c->pass < 2 && "pair index out of range");
-        const lg_u64vec_t *vec =
-            c->pass == 0 ? &g_workers[c->t].claimed : &g_workers[c->t].held;
-        if (i >= c->base && i - c->base < vec->n) {
-            uint64_t seq = vec->v[i - c->base];
-            lg_coupon_name(coupon, LG_VERIFY_ID_MAX,
-                           cfg.coupons ? seq % cfg.coupons : 0);
-            snprintf(user, LG_VERIFY_ID_MAX, "%s-%" PRIu64, cfg.user_prefix,
-                     lg_user_no(seq));
-            return;
-        }
-        if (i < c->base) { /* went backwards: start over */
-            *c = (lg_verify_cursor_t){0};
-            continue;
-        }
-        c->base += vec->n;
-        if (++c->t == cfg.threads)
-            c->t = 0, c->pass++;
-    }
-}
-
-static void lg_verify(lg_verify_t *v) {
-    v->ran = true;
-    uint64_t n201 = 0, n200 = 0;
-    for (int t = 0; t < cfg.threads; t++) {
-        n201 += g_workers[t].claimed.n;
-        n200 += g_workers[t].held.n;
-    }
-    PGconn *pg = PQconnectdb(cfg.verify_dsn);
-    if (PQstatus(pg) != CONNECTION_OK) {
-        snprintf(v->rep.err, sizeof v->rep.err, "connect: %s",
-                 PQerrorMessage(pg));
-        v->rep.err[strcspn(v->rep.err, "\n")] = '\0';
-        PQfinish(pg);
-        return;
-    }
-    lg_verify_cursor_t cur = {0};
-    lg_verify_list_t coupons = {lg_coupon_count(), lg_verify_coupon, NULL};
-    lg_verify_list_t answered = {n201 + n200, lg_verify_pair_seq, &cur};
-    lg_verify_run(pg, &coupons, &answered, &v->rep);
-    /* claimed_2xx has always counted the 201s; the 200s are beside it. */
-    v->rep.claimed_2xx = (long long)n201;
-    v->answered_200 = (long long)n200;
-    PQfinish(pg);
-}
-
-/* =============================== Reporting =============================== */
-
-/* Everything the summary, --json and --csv print, gathered after the run. */
-typedef struct lg_result {
-    lg_stats_t total;   /* all workers merged */
-    double duration_s;  /* start to the last worker's end */
-    double rate;        /* requests / duration_s */
-    uint64_t sent_late; /* open loop */
-    uint64_t unsent;    /* open loop: due before the end, never sent */
-    bool interrupted;   /* stopped by a signal */
-    long sample_status; /* an unexpected response, 0 = none */
-    const char *sample; /* its body (borrowed from a worker) */
-    double p50, p90, p99, p999, max; /* milliseconds */
-} lg_result_t;
+/* ============================ After the run ============================= */
 
 static void lg_collect(lg_result_t *res) {
     lg_stats_t *t = &res->total;
     int64_t end = g_start_ns;
     uint64_t sent = 0;
     t->lat = lg_calloc(1, sizeof *t->lat);
-    for (int i = 0; i < cfg.threads; i++) {
+    for (int i = 0; i < lg_cfg.threads; i++) {
         lg_worker_t *w = &g_workers[i];
         t->requests += w->total.requests;
         t->errors += w->total.errors;
-        for (int s = 0; s < 600; s++)
+        for (int s = 0; s < LG_STATUS_MAX; s++)
             t->status[s] += w->total.status[s];
         for (int k = 0; k < CURL_LAST; k++)
             t->err_kind[k] += w->total.err_kind[k];
-        hist_merge(t->lat, w->total.lat);
+        lg__hist_merge(t->lat, w->total.lat);
         res->sent_late += w->sent_late;
         sent += w->sent;
         if (w->end_ns > end)
@@ -1426,571 +1238,60 @@ static void lg_collect(lg_result_t *res) {
             res->sample = w->sample;
         }
     }
-    assert(hist_check(t->lat));
+    assert(lg__hist_check(t->lat));
     res->duration_s = (double)(end - g_start_ns) / 1e9;
     res->rate = res->duration_s > 0 ? (double)t->requests / res->duration_s : 0;
-    if (cfg.rate > 0) {
+    if (lg_cfg.rate > 0) {
         uint64_t sched = lg_scheduled();
         res->unsent = sched > sent ? sched - sent : 0;
     }
     res->interrupted = atomic_load(&g_stop) != 0;
-    res->p50 = us_to_ms(hist_percentile(t->lat, 50));
-    res->p90 = us_to_ms(hist_percentile(t->lat, 90));
-    res->p99 = us_to_ms(hist_percentile(t->lat, 99));
-    res->p999 = us_to_ms(hist_percentile(t->lat, 99.9));
-    res->max = us_to_ms(t->lat->max);
+    res->p50 = lg__us_to_ms(lg__hist_percentile(t->lat, 50));
+    res->p90 = lg__us_to_ms(lg__hist_percentile(t->lat, 90));
+    res->p99 = lg__us_to_ms(lg__hist_percentile(t->lat, 99));
+    res->p999 = lg__us_to_ms(lg__hist_percentile(t->lat, 99.9));
+    res->max = lg__us_to_ms(t->lat->max);
 
     for (size_t s = 0; s < g_nsecs; s++)
         lg_secrow_close(&g_secs[s]); /* stragglers */
+    res->target = g_target;
+    res->secs = g_secs;
+    res->nsecs = g_nsecs;
+}
+
+const lg_u64vec_t *lg_worker_answers(int t, bool held) {
+    assert(t >= 0 && t < lg_cfg.threads);
+    return held ? &g_workers[t].held : &g_workers[t].claimed;
 }
 
 static void lg_progress(int64_t now, uint64_t *last_req, int64_t *last_ns) {
-    uint64_t v[LIVE_N] = {0};
-    for (int i = 0; i < cfg.threads; i++)
-        for (int k = 0; k < LIVE_N; k++)
+    uint64_t v[LG_LIVE_N] = {0};
+    for (int i = 0; i < lg_cfg.threads; i++)
+        for (int k = 0; k < LG_LIVE_N; k++)
             v[k] += atomic_load_explicit(&g_workers[i].live[k],
                                          memory_order_relaxed);
     double dt = (double)(now - *last_ns) / 1e9;
-    double rate = dt > 0 ? (double)(v[LIVE_REQ] - *last_req) / dt : 0;
+    double rate = dt > 0 ? (double)(v[LG_LIVE_REQ] - *last_req) / dt : 0;
     double el = now > g_start_ns ? (double)(now - g_start_ns) / 1e9 : 0;
-    *last_req = v[LIVE_REQ];
+    *last_req = v[LG_LIVE_REQ];
     *last_ns = now;
-    if (cfg.raw) {
+    if (lg_cfg.raw) {
         fprintf(stderr,
                 "\r%6.1fs %8.0f req/s | 2xx %" PRIu64 "  4xx %" PRIu64
                 "  5xx %" PRIu64 " | errors %" PRIu64 "\033[K",
-                el, rate, v[LIVE_2XX], v[LIVE_4XX], v[LIVE_5XX], v[LIVE_ERR]);
+                el, rate, v[LG_LIVE_2XX], v[LG_LIVE_4XX], v[LG_LIVE_5XX], v[LG_LIVE_ERR]);
     } else {
         uint64_t known =
-            v[LIVE_201] + v[LIVE_200] + v[LIVE_410] + v[LIVE_409] + v[LIVE_503];
-        uint64_t other = v[LIVE_REQ] - v[LIVE_ERR] - known;
+            v[LG_LIVE_201] + v[LG_LIVE_200] + v[LG_LIVE_410] + v[LG_LIVE_409] + v[LG_LIVE_503];
+        uint64_t other = v[LG_LIVE_REQ] - v[LG_LIVE_ERR] - known;
         fprintf(stderr,
                 "\r%6.1fs %8.0f req/s | 201 %" PRIu64 "  200 %" PRIu64
                 "  410 %" PRIu64 "  409 %" PRIu64 "  503 %" PRIu64
                 "  other %" PRIu64 " | errors %" PRIu64 "\033[K",
-                el, rate, v[LIVE_201], v[LIVE_200], v[LIVE_410], v[LIVE_409],
-                v[LIVE_503], other, v[LIVE_ERR]);
+                el, rate, v[LG_LIVE_201], v[LG_LIVE_200], v[LG_LIVE_410], v[LG_LIVE_409],
+                v[LG_LIVE_503], other, v[LG_LIVE_ERR]);
     }
     fflush(stderr);
-}
-
-static const char *lg_yes(bool b) {
-    return b ? "yes" : "no";
-}
-static const char *lg_flag(bool failed) {
-    return failed ? "   <-- FAIL" : "";
-}
-
-static void lg_print_verify(const lg_verify_t *lv) {
-    const lg_verify_report_t *v = &lv->rep;
-    if (v->err[0]) {
-        printf("verify             ERROR: %s\n", v->err);
-        return;
-    }
-    printf("verify             %s\n", v->ok ? "OK" : "FAILED");
-    printf("  coupons          %lld (%lld missing)%s\n", v->coupons,
-           v->coupons_missing, lg_flag(v->coupons_missing > 0));
-    printf("  stock            %lld\n", v->stock);
-    printf("  claimed          %lld\n", v->claimed);
-    printf("  claim rows       %lld\n", v->claim_rows);
-    printf("  201 responses    %lld (and %lld answered 200)\n", v->claimed_2xx,
-           lv->answered_200);
-    printf("  oversell         %lld (%lld coupons)%s\n", v->oversell,
-           v->oversold_coupons, lg_flag(v->oversell > 0));
-    printf("  duplicate users  %lld%s\n", v->duplicate_users,
-           lg_flag(v->duplicate_users > 0));
-    printf("  rows = claimed   %s (%lld coupons differ)%s\n",
-           lg_yes(v->rows_mismatch == 0), v->rows_mismatch,
-           lg_flag(v->rows_mismatch > 0));
-    if (v->buckets > 0 || v->bucket_rows_mismatch > 0)
-        printf("  buckets          %lld: oversell %lld (%lld buckets), rows "
-               "!= claimed in %lld%s\n",
-               v->buckets, v->bucket_oversell, v->oversold_buckets,
-               v->bucket_rows_mismatch,
-               lg_flag(v->bucket_oversell > 0 || v->bucket_rows_mismatch > 0));
-    printf("  missing rows     %lld%s\n", v->missing_rows,
-           lg_flag(v->missing_rows > 0));
-    printf("  seq = 1..rows    %s (%lld counters differ)%s\n",
-           lg_yes(v->seq_mismatch == 0), v->seq_mismatch,
-           lg_flag(v->seq_mismatch > 0));
-    if (v->fences_increasing < 0)
-        printf("  fences increase  n/a (no fenced rows)\n");
-    else
-        printf("  fences increase  %s (%lld fenced rows, %lld repeats, %lld "
-               "decreases; %lld shared within a transaction)%s\n",
-               lg_yes(v->fences_increasing), v->fenced_rows, v->fence_repeats,
-               v->fence_decreases, v->fence_ties_in_tx,
-               lg_flag(!v->fences_increasing));
-    if (v->first[0])
-        printf("  first violation  %s\n", v->first);
-}
-
-static void lg_print_summary(const lg_result_t *res, const lg_verify_t *v) {
-    const lg_stats_t *t = &res->total;
-    if (cfg.verify_only) {
-        printf("\nverify only: nothing was sent; coupon%s %s%s\n",
-               cfg.coupons > 1 ? "s" : "", cfg.coupon,
-               cfg.coupons > 1 ? "-*" : "");
-        lg_print_verify(v);
-        return;
-    }
-    printf("\n%s %s\n", cfg.raw ? cfg.method : "POST", g_target);
-    if (cfg.rate > 0)
-        printf("open loop: %.1f req/s scheduled, at most %d in flight, %d "
-               "threads\n",
-               cfg.rate, cfg.connections, cfg.threads);
-    else
-        printf("closed loop: %d connections, %d threads\n", cfg.connections,
-               cfg.threads);
-    if (!cfg.raw)
-        printf("users: %s-*\n", cfg.user_prefix);
-    if (res->interrupted)
-        printf("(interrupted)\n");
-    printf("\n");
-    printf("requests           %" PRIu64 "\n", t->requests);
-    printf("duration           %.2f s\n", res->duration_s);
-    printf("achieved rate      %.1f req/s\n", res->rate);
-    for (int s = 0; s < 600; s++)
-        if (t->status[s])
-            printf("status %-3d         %-10" PRIu64 " %s\n", s, t->status[s],
-                   lg_status_label(s));
-    printf("transport errors   %" PRIu64 "\n", t->errors);
-    for (int k = 0; k < CURL_LAST; k++)
-        if (t->err_kind[k])
-            printf("  %-16" PRIu64 " %s\n", t->err_kind[k],
-                   curl_easy_strerror((CURLcode)k));
-    if (cfg.rate > 0) {
-        printf("sent late (>1 ms)  %" PRIu64 "\n", res->sent_late);
-        printf("never sent         %" PRIu64 "%s\n", res->unsent,
-               res->unsent ? " (due before the end; raise -c?)" : "");
-    }
-    printf("latency ms         p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max "
-           "%.3f\n",
-           res->p50, res->p90, res->p99, res->p999, res->max);
-    if (cfg.rate > 0)
-        printf("                   (from the intended send time)\n");
-    if (res->sample_status)
-        printf("first unexpected   HTTP %ld %s\n", res->sample_status,
-               res->sample);
-    if (v->ran)
-        lg_print_verify(v);
-}
-
-static void lg_write_verify_json(FILE *f, const lg_verify_t *lv) {
-    const lg_verify_report_t *v = &lv->rep;
-    if (!lv->ran) {
-        fputs("null", f);
-        return;
-    }
-    if (v->err[0]) {
-        fputs("{\"ok\":false,\"error\":", f);
-        lg_json_str(f, v->err);
-        fputs("}", f);
-        return;
-    }
-    /* The first sixteen members are the original report's, unchanged in
-     * name and meaning; the rest were added with buckets and batches. */
-    fprintf(
-        f,
-        "{\"ok\":%s,\"coupons\":%lld,\"coupons_missing\":%lld,\"stock\":%lld,"
-        "\"claimed\":%lld,\"claim_rows\":%lld,\"claimed_2xx\":%lld,"
-        "\"oversell\":%lld,"
-        "\"oversold_coupons\":%lld,\"duplicate_users\":%lld,\"rows_match_"
-        "claimed\":%s,"
-        "\"missing_rows\":%lld,\"fences_increasing\":%s,\"fenced_rows\":%lld,"
-        "\"fence_repeats\":%lld,\"fence_decreases\":%lld,",
-        v->ok ? "true" : "false", v->coupons, v->coupons_missing, v->stock,
-        v->claimed, v->claim_rows, v->claimed_2xx, v->oversell,
-        v->oversold_coupons, v->duplicate_users,
-        v->rows_mismatch == 0 ? "true" : "false", v->missing_rows,
-        v->fences_increasing < 0 ? "null"
-        : v->fences_increasing   ? "true"
-                                 : "false",
-        v->fenced_rows, v->fence_repeats, v->fence_decreases);
-    fprintf(f,
-            "\"rows_mismatch\":%lld,\"answered_200\":%lld,\"buckets\":%lld,"
-            "\"bucket_oversell\":%lld,\"oversold_buckets\":%lld,"
-            "\"bucket_rows_mismatch\":%lld,\"seq_mismatch\":%lld,"
-            "\"fence_ties_in_tx\":%lld,\"first_violation\":",
-            v->rows_mismatch, lv->answered_200, v->buckets, v->bucket_oversell,
-            v->oversold_buckets, v->bucket_rows_mismatch, v->seq_mismatch,
-            v->fence_ties_in_tx);
-    if (v->first[0])
-        lg_json_str(f, v->first);
-    else
-        fputs("null", f);
-    fputs("}", f);
-}
-
-static int lg_write_json(const char *path, const lg_result_t *res,
-                         const lg_verify_t *v) {
-    FILE *f = fopen(path, "w");
-    if (f == NULL) {
-        fprintf(stderr, "loadgen: %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    const lg_stats_t *t = &res->total;
-    fprintf(f,
-            "{\"requests\":%" PRIu64
-            ",\"duration_s\":%.3f,\"achieved_rate\":%.1f,",
-            t->requests, res->duration_s, res->rate);
-    fputs("\"status\":{", f);
-    const char *sep = "";
-    for (int s = 0; s < 600; s++)
-        if (t->status[s]) {
-            fprintf(f, "%s\"%d\":%" PRIu64, sep, s, t->status[s]);
-            sep = ",";
-        }
-    fprintf(f, "},\"transport_errors\":%" PRIu64 ",\"transport_error_kinds\":{",
-            t->errors);
-    sep = "";
-    for (int k = 0; k < CURL_LAST; k++)
-        if (t->err_kind[k]) {
-            fputs(sep, f);
-            lg_json_str(f, curl_easy_strerror((CURLcode)k));
-            fprintf(f, ":%" PRIu64, t->err_kind[k]);
-            sep = ",";
-        }
-    fprintf(
-        f,
-        "},\"mode\":\"%s\",\"connections\":%d,\"threads\":%d,\"target_rate\":",
-        cfg.rate > 0 ? "open" : "closed", cfg.connections, cfg.threads);
-    if (cfg.rate > 0)
-        fprintf(f, "%.3f,\"sent_late\":%" PRIu64 ",\"unsent\":%" PRIu64 ",",
-                cfg.rate, res->sent_late, res->unsent);
-    else
-        fputs("null,", f);
-    fputs("\"url\":", f);
-    lg_json_str(f, g_target);
-    fputs(",\"method\":", f);
-    lg_json_str(f, cfg.raw ? cfg.method : "POST");
-    if (!cfg.raw) {
-        fputs(",\"coupon\":", f);
-        lg_json_str(f, cfg.coupon);
-        fprintf(f,
-                ",\"coupons\":%" PRIu64 ",\"user_prefix\":", lg_coupon_count());
-        lg_json_str(f, cfg.user_prefix);
-    }
-    fprintf(f, ",\"interrupted\":%s", res->interrupted ? "true" : "false");
-    fprintf(f,
-            ",\"latency_ms\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"p99.9\":"
-            "%.3f,"
-            "\"max\":%.3f},\"verify\":",
-            res->p50, res->p90, res->p99, res->p999, res->max);
-    lg_write_verify_json(f, v);
-    fputs("}\n", f);
-    if (fclose(f) != 0) {
-        fprintf(stderr, "loadgen: %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
-
-/* One row per second of the run. The last row also holds the requests that
- * finished after the end; with a fractional --duration it covers less than a
- * second of sending. */
-static int lg_write_csv(const char *path) {
-    FILE *f = fopen(path, "w");
-    if (f == NULL) {
-        fprintf(stderr, "loadgen: %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    fputs("second,requests,ok_2xx,status_4xx,status_5xx,errors,p50_ms,p90_ms,"
-          "p99_ms,max_ms\n",
-          f);
-    for (size_t s = 0; s < g_nsecs; s++) {
-        const lg_secrow_t *r = &g_secs[s];
-        fprintf(f,
-                "%zu,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64
-                ",%.3f,%.3f,%.3f,%.3f\n",
-                s, r->requests, r->c2xx, r->c4xx, r->c5xx, r->errors, r->p50,
-                r->p90, r->p99, r->max);
-    }
-    if (fclose(f) != 0) {
-        fprintf(stderr, "loadgen: %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
-
-/* ============================== Command line ============================== */
-
-static const char *lg_usage_text =
-    "usage: loadgen [options]\n"
-    "\n"
-    "Send claim requests (POST URL/claim) to couponsvc, closed or open loop, "
-    "and\n"
-    "report status counts and latency; optionally verify PostgreSQL "
-    "afterwards.\n"
-    "\n"
-    "  --url URL              base URL (default http://127.0.0.1:8080)\n"
-    "  -c, --connections N    closed loop: N connections each sending "
-    "back-to-back\n"
-    "                         (default 64); open loop: at most N requests in "
-    "flight\n"
-    "  --rate R               open loop: R requests/s in total on a fixed "
-    "schedule;\n"
-    "                         latency is measured from the intended send time, "
-    "also\n"
-    "                         for requests that could not be sent on time\n"
-    "  -d, --duration S       run time in seconds (default 10)\n"
-    "  -n, --requests N       stop after N requests (whichever comes first)\n"
-    "  -t, --threads N        worker threads (default 2)\n"
-    "  --users N              distinct users: request i uses user\n"
-    "                         \"<user-prefix>-<i % N>\" (default: one per "
-    "request)\n"
-    "  --user-prefix P        default \"u<pid>-<unix time>\", so runs do not "
-    "collide\n"
-    "  --coupon ID            the coupon to claim (default \"hot\")\n"
-    "  --coupons N            spread over N coupons \"<ID>-0\" .. "
-    "\"<ID>-<N-1>\",\n"
-    "                         round robin\n"
-    "  --create-stock N       first create the coupon(s) with stock N via\n"
-    "                         POST /coupons (needs --admin-token; 409 is "
-    "fine)\n"
-    "  --create-buckets B     ... split into B stock buckets (\"buckets\": B "
-    "in\n"
-    "                         the creation body; a service without buckets\n"
-    "                         ignores it)\n"
-    "  --admin-token T        admin token (default: env COUPON_ADMIN_TOKEN)\n"
-    "  --method M             raw mode: send M requests without a body ...\n"
-    "  --path P               ... to URL/P (e.g. --method GET --path "
-    "/healthz);\n"
-    "                         either one selects raw mode (defaults GET and "
-    "/);\n"
-    "                         --verify-dsn is not allowed then\n"
-    "  --timeout-ms MS        per request timeout, connect included (default "
-    "10000)\n"
-    "  --cacert FILE          https:// URLs: trust the CA certificates in "
-    "FILE\n"
-    "                         (PEM) instead of the system's\n"
-    "  --json FILE            write a machine-readable summary\n"
-    "  --csv FILE             write one row per second: "
-    "second,requests,ok_2xx,\n"
-    "                         "
-    "status_4xx,status_5xx,errors,p50_ms,p90_ms,p99_ms,max_ms\n"
-    "  --verify-dsn DSN       after the run, check the database: oversell, "
-    "duplicate\n"
-    "                         users, rows vs counter, a row for every 201, "
-    "fences\n"
-    "                         increasing in commit order\n"
-    "  --verify-only          send nothing: only verify the "
-    "--coupon/--coupons\n"
-    "                         in --verify-dsn (e.g. after a load from another\n"
-    "                         tool); the 201 check then has nothing to check\n"
-    "  -q, --quiet            no progress line (shown only when stderr is a "
-    "TTY)\n"
-    "  -h, --help             this text\n"
-    "\n"
-    "Ctrl-C stops sending and waits for requests in flight; a second one "
-    "abandons\n"
-    "them. Exit status: 0 ok, 1 could not run (or no HTTP response at all),\n"
-    "2 usage error, 3 verification failed.\n";
-
-static void lg_usage_error(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2), noreturn));
-static void lg_usage_error(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("loadgen: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputs("\n(loadgen --help lists the options)\n", stderr);
-    va_end(ap);
-    exit(LG_EXIT_USAGE);
-}
-
-static uint64_t lg_arg_u64(const char *opt, const char *s, uint64_t min,
-                           uint64_t max) {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || *s == '-' || v < min || v > max)
-        lg_usage_error("%s: expected an integer from %" PRIu64 " to %" PRIu64
-                       ", got \"%s\"",
-                       opt, min, max, s);
-    return v;
-}
-
-static double lg_arg_pos_double(const char *opt, const char *s) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v > 0) || !isfinite(v))
-        lg_usage_error("%s: expected a positive number, got \"%s\"", opt, s);
-    return v;
-}
-
-static const char *lg_arg_name(const char *opt, const char *s) {
-    if (!*s || strlen(s) > LG_NAME_MAX)
-        lg_usage_error("%s: expected 1 to %d characters", opt, LG_NAME_MAX);
-    return s;
-}
-
-enum {
-    OPT_URL = 256,
-    OPT_RATE,
-    OPT_USERS,
-    OPT_USER_PREFIX,
-    OPT_COUPON,
-    OPT_COUPONS,
-    OPT_CREATE_STOCK,
-    OPT_CREATE_BUCKETS,
-    OPT_ADMIN_TOKEN,
-    OPT_METHOD,
-    OPT_PATH,
-    OPT_TIMEOUT_MS,
-    OPT_CACERT,
-    OPT_JSON,
-    OPT_CSV,
-    OPT_VERIFY_DSN,
-    OPT_VERIFY_ONLY,
-};
-
-static void lg_parse_args(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"url", required_argument, NULL, OPT_URL},
-        {"connections", required_argument, NULL, 'c'},
-        {"rate", required_argument, NULL, OPT_RATE},
-        {"duration", required_argument, NULL, 'd'},
-        {"requests", required_argument, NULL, 'n'},
-        {"threads", required_argument, NULL, 't'},
-        {"users", required_argument, NULL, OPT_USERS},
-        {"user-prefix", required_argument, NULL, OPT_USER_PREFIX},
-        {"coupon", required_argument, NULL, OPT_COUPON},
-        {"coupons", required_argument, NULL, OPT_COUPONS},
-        {"create-stock", required_argument, NULL, OPT_CREATE_STOCK},
-        {"create-buckets", required_argument, NULL, OPT_CREATE_BUCKETS},
-        {"admin-token", required_argument, NULL, OPT_ADMIN_TOKEN},
-        {"method", required_argument, NULL, OPT_METHOD},
-        {"path", required_argument, NULL, OPT_PATH},
-        {"timeout-ms", required_argument, NULL, OPT_TIMEOUT_MS},
-        {"cacert", required_argument, NULL, OPT_CACERT},
-        {"json", required_argument, NULL, OPT_JSON},
-        {"csv", required_argument, NULL, OPT_CSV},
-        {"verify-dsn", required_argument, NULL, OPT_VERIFY_DSN},
-        {"verify-only", no_argument, NULL, OPT_VERIFY_ONLY},
-        {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *url = "http://127.0.0.1:8080", *prefix = NULL;
-    int ch;
-    while ((ch = getopt_long(argc, argv, "c:d:n:t:qh", opts, NULL)) != -1) {
-        switch (ch) {
-        case OPT_URL:
-            url = optarg;
-            break;
-        case 'c':
-            cfg.connections =
-                (int)lg_arg_u64("--connections", optarg, 1, 100000);
-            break;
-        case OPT_RATE:
-            cfg.rate = lg_arg_pos_double("--rate", optarg);
-            break;
-        case 'd':
-            cfg.duration = lg_arg_pos_double("--duration", optarg);
-            break;
-        case 'n':
-            cfg.requests = lg_arg_u64("--requests", optarg, 1, UINT64_MAX / 2);
-            break;
-        case 't':
-            cfg.threads = (int)lg_arg_u64("--threads", optarg, 1, 256);
-            break;
-        case OPT_USERS:
-            cfg.users = lg_arg_u64("--users", optarg, 1, UINT64_MAX);
-            break;
-        case OPT_USER_PREFIX:
-            prefix = lg_arg_name("--user-prefix", optarg);
-            break;
-        case OPT_COUPON:
-            cfg.coupon = lg_arg_name("--coupon", optarg);
-            break;
-        case OPT_COUPONS:
-            cfg.coupons = lg_arg_u64("--coupons", optarg, 1, 1000000);
-            break;
-        case OPT_CREATE_STOCK:
-            cfg.create_stock =
-                (long long)lg_arg_u64("--create-stock", optarg, 0, INT_MAX);
-            break;
-        case OPT_CREATE_BUCKETS:
-            cfg.create_buckets =
-                (long)lg_arg_u64("--create-buckets", optarg, 1, 1024);
-            break;
-        case OPT_ADMIN_TOKEN:
-            cfg.admin_token = optarg;
-            break;
-        case OPT_METHOD:
-            cfg.method = optarg;
-            break;
-        case OPT_PATH:
-            cfg.path = optarg;
-            break;
-        case OPT_CACERT:
-            if (access(optarg, R_OK) != 0)
-                lg_usage_error("--cacert %s: %s", optarg, strerror(errno));
-            cfg.cacert = optarg;
-            break;
-        case OPT_TIMEOUT_MS:
-            cfg.timeout_ms =
-                (long)lg_arg_u64("--timeout-ms", optarg, 1, 3600000);
-            break;
-        case OPT_JSON:
-            cfg.json_path = optarg;
-            break;
-        case OPT_CSV:
-            cfg.csv_path = optarg;
-            break;
-        case OPT_VERIFY_ONLY:
-            cfg.verify_only = true;
-            break;
-        case OPT_VERIFY_DSN:
-            cfg.verify_dsn = optarg;
-            break;
-        case 'q':
-            cfg.quiet = true;
-            break;
-        case 'h':
-            fputs(lg_usage_text, stdout);
-            exit(LG_EXIT_OK);
-        default:
-            lg_usage_error("bad option");
-        }
-    }
-    if (optind < argc)
-        lg_usage_error("unexpected argument \"%s\"", argv[optind]);
-
-    cfg.url = lg_strdup(url);
-    for (size_t n = strlen(cfg.url); n > 0 && cfg.url[n - 1] == '/'; n--)
-        cfg.url[n - 1] = '\0';
-    if (!*cfg.url)
-        lg_usage_error("--url: empty");
-    cfg.raw = cfg.method || cfg.path;
-    if (cfg.raw) {
-        if (!cfg.method)
-            cfg.method = "GET";
-        if (!cfg.path)
-            cfg.path = "/";
-        if (!*cfg.method || strpbrk(cfg.method, " \t\r\n"))
-            lg_usage_error("--method: expected a single word");
-        if (cfg.verify_dsn)
-            lg_usage_error(
-                "--verify-dsn needs claim requests, not --method/--path");
-    }
-    if (cfg.verify_only && (!cfg.verify_dsn || cfg.create_stock >= 0))
-        lg_usage_error("--verify-only needs --verify-dsn (and the --coupon/"
-                       "--coupons of the run), and sends nothing");
-    if (!cfg.admin_token)
-        cfg.admin_token = getenv("COUPON_ADMIN_TOKEN");
-    if (cfg.create_buckets > 0 && cfg.create_stock < 0)
-        lg_usage_error("--create-buckets needs --create-stock");
-    if (cfg.create_stock >= 0 && (!cfg.admin_token || !*cfg.admin_token))
-        lg_usage_error(
-            "--create-stock needs --admin-token or COUPON_ADMIN_TOKEN");
-    if (cfg.threads > cfg.connections)
-        cfg.threads = cfg.connections;
-    cfg.user_prefix =
-        prefix ? lg_strdup(prefix)
-               : lg_sprintf("u%ld-%lld", (long)getpid(), (long long)time(NULL));
 }
 
 /* ================================== Main ================================== */
@@ -2010,9 +1311,9 @@ static void lg_req_setup(void) {
         lg_die("URL %s: only http:// and https:// are supported", g_target);
     curl_url_get(u, CURLUPART_PORT, &port, 0);   /* NULL when not given */
     curl_url_get(u, CURLUPART_QUERY, &query, 0); /* likewise */
-    const char *method = cfg.raw ? cfg.method : "POST";
+    const char *method = lg_cfg.raw ? lg_cfg.method : "POST";
     const char *extra = "";
-    if (!cfg.raw)
+    if (!lg_cfg.raw)
         extra = "Content-Type: application/json\r\n";
     else if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0)
         extra = "Content-Length: 0\r\n";
@@ -2025,7 +1326,7 @@ static void lg_req_setup(void) {
                             host, port ? ":" : "", port ? port : "", extra);
     g_req_head_len = strlen(g_req_head);
     g_req_max = g_req_head_len + 64 + LG_BODY_MAX;
-    cfg.head = cfg.raw && strcmp(method, "HEAD") == 0;
+    lg_cfg.head = lg_cfg.raw && strcmp(method, "HEAD") == 0;
     curl_free(scheme);
     curl_free(host);
     curl_free(port);
@@ -2039,31 +1340,36 @@ static void lg_on_signal(int sig) {
     g_interrupts++;
 }
 
-int main(int argc, char **argv) {
-    lg_parse_args(argc, argv);
+/* Before the run: the request's fixed parts, --create-stock, the workers
+ * and their connections. Returns 0, or -1 when --create-stock failed. */
+static int lg_setup(void) {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         lg_die("curl_global_init failed");
     signal(SIGPIPE, SIG_IGN);
 
-    g_coupon_json = lg_json_escape(cfg.coupon);
-    g_prefix_json = lg_json_escape(cfg.user_prefix);
-    if (cfg.raw)
-        g_target = lg_sprintf("%s%s%s", cfg.url, cfg.path[0] == '/' ? "" : "/",
-                              cfg.path);
+    g_coupon_json = lg_json_escape(lg_cfg.coupon);
+    g_prefix_json = lg_json_escape(lg_cfg.user_prefix);
+    if (lg_cfg.raw)
+        g_target = lg_sprintf("%s%s%s", lg_cfg.url,
+                              lg_cfg.path[0] == '/' ? "" : "/", lg_cfg.path);
     else
-        g_target = lg_sprintf("%s/claim", cfg.url);
+        g_target = lg_sprintf("%s/claim", lg_cfg.url);
     lg_req_setup();
 
-    if (cfg.create_stock >= 0 && lg_create_stock() < 0)
-        return LG_EXIT_ERROR;
+    if (lg_cfg.create_stock >= 0 && lg_create_stock() < 0)
+        return -1;
 
-    g_workers = lg_calloc((size_t)cfg.threads, sizeof *g_workers);
-    for (int i = 0; i < cfg.threads; i++)
+    g_workers = lg_calloc((size_t)lg_cfg.threads, sizeof *g_workers);
+    for (int i = 0; i < lg_cfg.threads; i++)
         lg_worker_init(&g_workers[i], i,
-                       cfg.connections / cfg.threads +
-                           (i < cfg.connections % cfg.threads));
+                       lg_cfg.connections / lg_cfg.threads +
+                           (i < lg_cfg.connections % lg_cfg.threads));
+    return 0;
+}
 
-    /* Ctrl-C goes to the main thread only: workers block it. */
+/* Start the workers with SIGINT and SIGTERM blocked, so that Ctrl-C goes
+ * to the main thread only (lg_on_signal). */
+static void lg_start_workers(void) {
     struct sigaction sa = {.sa_handler = lg_on_signal};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
@@ -2076,66 +1382,73 @@ int main(int argc, char **argv) {
 
     /* A short head start, so every thread is waiting when the clock starts
      * and the first open-loop requests are not late by thread start-up. */
-    g_start_ns = lg_now_ns() + 20 * 1000000LL;
-    g_end_ns = g_start_ns + (int64_t)(cfg.duration * 1e9);
-    g_last_sec = (int64_t)ceil(cfg.duration) - 1;
-    /* --verify-only: no worker runs; the checks below see zero requests
-     * (so "a row for every 201" has nothing to check) and everything else
-     * is read from the database as after a run. */
-    for (int i = 0; i < cfg.threads && !cfg.verify_only; i++)
+    g_start_ns = mono_ns() + 20 * MONO_MS;
+    g_end_ns = g_start_ns + (int64_t)(lg_cfg.duration * 1e9);
+    g_last_sec = (int64_t)ceil(lg_cfg.duration) - 1;
+    /* --verify-only: no worker runs; the checks see zero requests (so "a
+     * row for every 201" has nothing to check) and everything else is
+     * read from the database as after a run. */
+    for (int i = 0; i < lg_cfg.threads && !lg_cfg.verify_only; i++)
         if (pthread_create(&g_workers[i].thread, NULL, lg_worker_main,
                            &g_workers[i]) != 0)
             lg_die("pthread_create failed");
-    if (cfg.verify_only)
-        atomic_store(&g_workers_done, cfg.threads);
+    if (lg_cfg.verify_only)
+        atomic_store(&g_workers_done, lg_cfg.threads);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
 
-    bool progress = !cfg.quiet && !cfg.verify_only && isatty(STDERR_FILENO);
+/* While the workers run: turn signals into g_stop, show the progress line
+ * on a TTY; then join them. */
+static void lg_wait_workers(void) {
+    bool progress =
+        !lg_cfg.quiet && !lg_cfg.verify_only && isatty(STDERR_FILENO);
     uint64_t last_req = 0;
     int64_t last_ns = g_start_ns, next_progress = g_start_ns + LG_PROGRESS_NS;
-    while (atomic_load(&g_workers_done) < cfg.threads) {
-        struct timespec ts = {.tv_sec = 0, .tv_nsec = 20 * 1000000L};
-        nanosleep(&ts, NULL);
+    while (atomic_load(&g_workers_done) < lg_cfg.threads) {
+        mono_sleep_ns(20 * MONO_MS);
         if (g_interrupts)
             atomic_store(&g_stop, g_interrupts >= 2 ? 2 : 1);
-        int64_t now = lg_now_ns();
+        int64_t now = mono_ns();
         if (progress && now >= next_progress) {
             lg_progress(now, &last_req, &last_ns);
             next_progress += LG_PROGRESS_NS;
         }
     }
-    for (int i = 0; i < cfg.threads && !cfg.verify_only; i++)
+    for (int i = 0; i < lg_cfg.threads && !lg_cfg.verify_only; i++)
         pthread_join(g_workers[i].thread, NULL);
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     if (progress) {
-        lg_progress(lg_now_ns(), &last_req, &last_ns);
+        lg_progress(mono_ns(), &last_req, &last_ns);
         fputc('\n', stderr);
     }
+}
 
+/* After the run: gather, verify, report. Returns the exit status. */
+static int lg_finish(lg_result_t *res) {
     int rc = LG_EXIT_OK;
-    for (int i = 0; i < cfg.threads; i++)
+    for (int i = 0; i < lg_cfg.threads; i++)
         if (g_workers[i].errstr[0]) {
-            fprintf(stderr, "loadgen: worker %d: %s\n", i, g_workers[i].errstr);
+            fprintf(stderr, "loadgen: worker %d: %s\n", i,
+                    g_workers[i].errstr);
             rc = LG_EXIT_ERROR;
         }
 
-    lg_result_t res = {0};
-    lg_collect(&res);
+    lg_collect(res);
     lg_verify_t v = {0};
-    if (cfg.verify_dsn)
-        lg_verify(&v);
-    lg_print_summary(&res, &v);
+    if (lg_cfg.verify_dsn)
+        lg_report_verify(&v);
+    lg_report_summary(res, &v);
     fflush(stdout);
-    if (cfg.json_path && lg_write_json(cfg.json_path, &res, &v) < 0)
+    if (lg_cfg.json_path && lg_report_json(lg_cfg.json_path, res, &v) < 0)
         rc = LG_EXIT_ERROR;
-    if (cfg.csv_path && lg_write_csv(cfg.csv_path) < 0)
+    if (lg_cfg.csv_path && lg_report_csv(lg_cfg.csv_path, res) < 0)
         rc = LG_EXIT_ERROR;
 
-    if (res.total.requests > 0 && res.total.requests == res.total.errors) {
+    if (res->total.requests > 0 && res->total.requests == res->total.errors) {
         fprintf(stderr,
                 "loadgen: no HTTP response at all (is the server at %s up?)\n",
-                cfg.url);
+                lg_cfg.url);
         rc = LG_EXIT_ERROR;
     }
     if (v.ran && v.rep.err[0]) {
@@ -2144,18 +1457,31 @@ int main(int argc, char **argv) {
     } else if (v.ran && !v.rep.ok) {
         rc = LG_EXIT_VERIFY;
     }
+    return rc;
+}
 
-    for (int i = 0; i < cfg.threads; i++)
+static void lg_cleanup(lg_result_t *res) {
+    for (int i = 0; i < lg_cfg.threads; i++)
         lg_worker_free(&g_workers[i]);
     free(g_workers);
-    free(res.total.lat);
+    free(res->total.lat);
     free(g_secs);
     free(g_req_head);
     curl_global_cleanup();
     free(g_target);
     free(g_coupon_json);
     free(g_prefix_json);
-    free(cfg.url);
-    free(cfg.user_prefix);
+    lg_cli_free();
+}
+
+int main(int argc, char **argv) {
+    lg_cli_parse(argc, argv);
+    if (lg_setup() < 0)
+        return LG_EXIT_ERROR;
+    lg_start_workers();
+    lg_wait_workers();
+    lg_result_t res = {0};
+    int rc = lg_finish(&res);
+    lg_cleanup(&res);
     return rc;
 }

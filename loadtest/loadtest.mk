@@ -15,9 +15,11 @@
 #                           $(BUILD)/demo/lock.csv -> $(BUILD)/report.png)
 
 LOADGEN_PKGS := libcurl libpq
-LOADGEN_OBJS := $(BUILD)/loadtest/loadgen.o $(BUILD)/loadtest/lg_http.o \
-	$(BUILD)/loadtest/lg_verify.o
+LOADGEN_OBJS := $(addprefix $(BUILD)/loadtest/, loadgen.o lg_cli.o \
+	lg_report.o lg_http.o lg_verify.o)
 
+# -Iservice: the load generator shares the service's header-only helpers
+# (mono.h's clocks and sleeps, util.h's string trimming), nothing it links.
 # Recursive (=) on purpose: pkg-config runs when a recipe needs the flags,
 # after deps-check has had the chance to install the packages.
 LOADGEN_CFLAGS = $(shell pkg-config --cflags $(LOADGEN_PKGS) 2>/dev/null)
@@ -33,7 +35,7 @@ $(BUILD)/loadgen: $(LOADGEN_OBJS)
 $(BUILD)/loadtest/%.o: loadtest/%.c | deps-check
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	$(Q)$(CC) $(CFLAGS) $(LOADGEN_CFLAGS) -c -o $@ $<
+	$(Q)$(CC) $(CFLAGS) $(LOADGEN_CFLAGS) -Iservice -c -o $@ $<
 
 # `make bench [BENCH_JSON=file] [BENCH_SECONDS=8]`: the performance bench
 # (loadtest/bench.sh says what it runs; about 5 minutes at the defaults).

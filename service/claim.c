@@ -411,7 +411,8 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
          * backwards? Ask while we still (maybe) hold the lock: if our token
          * is still there, nobody newer holds it, so the fence that beat us
          * can only come from before a Redis data loss. */
-        int current = src == STORE_FENCED && lock_check(c->lock, &lease) == 1;
+        int current =
+            src == STORE_FENCED && lock_check(c->lock, &lease) == LOCK_HELD;
 
         /* Stop renewing BEFORE releasing, so the watchdog sends no renewal
          * after the release; then release, on every path. (A renewal that
@@ -1400,7 +1401,8 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         if (degraded) {
             claim__degraded(n);
         } else {
-            current = src == STORE_FENCED && lock_check(c->lock, &lease) == 1;
+            current =
+                src == STORE_FENCED && lock_check(c->lock, &lease) == LOCK_HELD;
             wd_unwatch(claim__wd, &lease);
             if (lock_release(c->lock, &lease) == LOCK_ERR) {
                 log_warn("lock.release_failed",

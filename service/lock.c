@@ -372,7 +372,7 @@ int lock_acquire(lock_client_t *cl, const char *resource, uint32_t ttl_ms,
 int lock_extend_many(lock_client_t *cl, lock_lease_t *const *leases, size_t n,
                      int *results, int64_t *sent_at_ns) {
     for (size_t i = 0; i < n; i++) {
-        results[i] = -1;
+        results[i] = LOCK_ERR;
     }
     *sent_at_ns = boot_ns();
     if (n == 0) {

@@ -25,9 +25,12 @@
  * stack of the claim); the watchdog only borrows them between wd_watch and
  * wd_unwatch.
  *
- * Return codes: LOCK_OK (0), LOCK_BUSY (held by another token: not an error),
- * LOCK_ERR (negative: the backend is unreachable, timed out or answered an
- * error; lock_errkind says which kind, lock_errstr says it in words).
+ * Return codes: one table, lock_rc_t below. LOCK_OK (0); LOCK_BUSY (held
+ * by another token: not an error); LOCK_HELD / LOCK_LOST (the answers of
+ * lock_check and of each lease in lock_extend_many: still ours / ours no
+ * more); LOCK_ERR (negative: the backend is unreachable, timed out or
+ * answered an error; lock_errkind says which kind, lock_errstr says it in
+ * words).
  */
 #ifndef COUPONSVC_LOCK_H
 #define COUPONSVC_LOCK_H
@@ -39,11 +42,15 @@
 #include "cfg.h"
 #include "req.h"
 
-enum {
-    LOCK_OK = 0,
+/* The return codes of every lock_ function that returns an int. Expected
+ * outcomes are positive and named; LOCK_ERR is the only failure. */
+typedef enum lock_rc {
+    LOCK_ERR = -1, /* failed: lock_errkind / lock_errstr say why */
+    LOCK_OK = 0,   /* done (acquire: granted) */
     LOCK_BUSY = 1, /* somebody else holds it */
-    LOCK_ERR = -1,
-};
+    LOCK_HELD = 2, /* check / extend: the lock still holds our token */
+    LOCK_LOST = 3, /* check / extend: our token is gone, for good */
+} lock_rc_t;
 
 /* What kind of failure the last LOCK_ERR was. Callers decide on the kind,
  * never on the text of lock_errstr. */
@@ -167,13 +174,14 @@ int lock_try_acquire(lock_client_t *cl, const char *resource, uint32_t ttl_ms,
 int lock_acquire(lock_client_t *cl, const char *resource, uint32_t ttl_ms,
                  int64_t deadline_ns, lock_lease_t *lease, int64_t *waited_ns);
 
-/* The watchdog's round: extends many leases at once. results[i] is 1 when
- * lease i was extended, 0 when it is lost for good (its token is gone: on
- * Redlock, on so many nodes that no majority can be had), -1 when unknown
- * (an error). Returns 0, or LOCK_ERR when the backend failed (results then
- * -1). The leases are borrowed. *sent_at_ns gets the instant (boot clock)
- * from which an extended lease is valid for its TTL: the send time, minus
- * the clock drift allowance where the backend has one (Redlock). */
+/* The watchdog's round: extends many leases at once. results[i] is
+ * LOCK_HELD when lease i was extended, LOCK_LOST when it is lost for good
+ * (its token is gone: on Redlock, on so many nodes that no majority can be
+ * had), LOCK_ERR when unknown (an error). Returns LOCK_OK, or LOCK_ERR when
+ * the backend failed (results then all LOCK_ERR). The leases are borrowed.
+ * *sent_at_ns gets the instant (boot clock) from which an extended lease is
+ * valid for its TTL: the send time, minus the clock drift allowance where the
+ * backend has one (Redlock). */
 int lock_extend_many(lock_client_t *cl, lock_lease_t *const *leases, size_t n,
                      int *results, int64_t *sent_at_ns);
 
@@ -184,8 +192,8 @@ int lock_extend_many(lock_client_t *cl, lock_lease_t *const *leases, size_t n,
  * lease is borrowed. Logged at debug: lock.released. */
 int lock_release(lock_client_t *cl, const lock_lease_t *lease);
 
-/* 1 if the lock still holds our token (Redlock: on a majority), 0 if not,
- * LOCK_ERR on error. */
+/* LOCK_HELD if the lock still holds our token (Redlock: on a majority),
+ * LOCK_LOST if not, LOCK_ERR on error. */
 int lock_check(lock_client_t *cl, const lock_lease_t *lease);
 
 /* Raises resource's fence counter (every node's) to at least floor, the

@@ -96,6 +96,10 @@ static struct {
 
 #define LOCK_ETCD__KEY_MAX (LOCK_KEY_MAX + 256)
 #define LOCK_ETCD__RETRIES 3 /* fresh sessions one acquire may start */
+/* extend_many's mark, inside one call, for "this lease's session lease was
+ * asked already and the answer was an error": kept apart from LOCK_ERR
+ * ("not asked yet") and turned into LOCK_ERR before the call returns. */
+#define LOCK_ETCD__DONE_UNKNOWN (-2)
 
 static lock_etcd__client_t *lock_etcd__cl(lock_client_t *cl) {
     return (lock_etcd__client_t *)cl;
@@ -229,8 +233,9 @@ static int lock_etcd__call(lock_etcd__client_t *c, const char *path,
 
 /* ------------------------------------------------------------- session --- */
 
-/* Keeps lease id alive once. 1: alive (its TTL in *ttl_ms, sent time in
- * *sent), 0: gone (etcd answered no TTL, or not found), LOCK_ERR. */
+/* Keeps lease id alive once. LOCK_HELD: alive (its TTL in *ttl_ms, sent
+ * time in *sent); LOCK_LOST: gone (etcd answered no TTL, or not found);
+ * LOCK_ERR. */
 static int lock_etcd__keepalive(lock_etcd__client_t *c, int64_t id,
                                 int64_t deadline, int64_t *ttl_ms,
                                 int64_t *sent) {
@@ -239,7 +244,7 @@ static int lock_etcd__keepalive(lock_etcd__client_t *c, int64_t id,
                              json_pack("{s:o}", "ID", lock_etcd_gw_jint(id)),
                              deadline, &resp, sent);
     if (rc == LOCK_ETCD_GW_NOTFOUND) {
-        return 0;
+        return LOCK_LOST;
     }
     if (rc != LOCK_ETCD_GW_OK) {
         return lock_etcd__fail(c);
@@ -247,7 +252,7 @@ static int lock_etcd__keepalive(lock_etcd__client_t *c, int64_t id,
     int64_t ttl = lock_etcd_gw_i64(resp, "TTL");
     json_decref(resp);
     *ttl_ms = ttl * 1000;
-    return ttl > 0 ? 1 : 0;
+    return ttl > 0 ? LOCK_HELD : LOCK_LOST;
 }
 
 /* The process lease, fresh for at least half its TTL: kept alive or granted
@@ -268,7 +273,7 @@ static int lock_etcd__session(lock_etcd__client_t *c, int64_t deadline,
     if (cur != 0 && now < until) {
         int64_t sent = 0, t = 0;
         int k = lock_etcd__keepalive(c, cur, deadline, &t, &sent);
-        if (k == 1) {
+        if (k == LOCK_HELD) {
             ttl = t;
             until = sent + t * MONO_MS;
             goto store;
@@ -657,7 +662,7 @@ static int lock_etcd__extend_many(lock_client_t *cl,
     /* Normally every lease is on the one session lease: one keep-alive.
      * Just after a session was lost and replaced, two. */
     for (size_t i = 0; i < n; i++) {
-        if (results[i] != -1) {
+        if (results[i] != LOCK_ERR) {
             continue;
         }
         int64_t id = leases[i]->u.etcd.lease_id;
@@ -666,7 +671,7 @@ static int lock_etcd__extend_many(lock_client_t *cl,
             lock_etcd__keepalive(c, id, lock_etcd__deadline(), &ttl_ms, &sent);
         if (k == LOCK_ERR) {
             rc = LOCK_ERR;
-        } else if (k == 0) {
+        } else if (k == LOCK_LOST) {
             log_warn("lock.etcd_session_lost",
                      "lease=%llx (keep-alive: no TTL): every lock on it is "
                      "lost",
@@ -687,13 +692,13 @@ static int lock_etcd__extend_many(lock_client_t *cl,
         }
         for (size_t j = i; j < n; j++) {
             if (leases[j]->u.etcd.lease_id == id) {
-                results[j] = k == LOCK_ERR ? -2 : k; /* -2: done, unknown */
+                results[j] = k == LOCK_ERR ? LOCK_ETCD__DONE_UNKNOWN : k;
             }
         }
     }
     for (size_t i = 0; i < n; i++) {
-        if (results[i] == -2) {
-            results[i] = -1;
+        if (results[i] == LOCK_ETCD__DONE_UNKNOWN) {
+            results[i] = LOCK_ERR;
         }
     }
     return rc;
@@ -727,7 +732,7 @@ static int lock_etcd__check(lock_client_t *cl, const lock_lease_t *lease) {
      * later can be lower), so we still hold the lock. */
     int held = lock_etcd_gw_i64(resp, "count") > 0;
     json_decref(resp);
-    return held;
+    return held ? LOCK_HELD : LOCK_LOST;
 }
 
 static int lock_etcd__raise_fence(lock_client_t *cl, const char *resource,

@@ -510,13 +510,13 @@ static int lock_redis__extend_many(lock_client_t *base,
         void *reply = NULL;
         if (redisGetReply(cl->ctx, &reply) != REDIS_OK || reply == NULL) {
             for (size_t j = 0; j < n; j++) {
-                results[j] = -1;
+                results[j] = LOCK_ERR;
             }
             return lock_redis__fail(cl, LOCK_EIO, "extend");
         }
         redisReply *r = reply;
         if (r->type == REDIS_REPLY_INTEGER) {
-            results[i] = r->integer == 1 ? 1 : 0;
+            results[i] = r->integer == 1 ? LOCK_HELD : LOCK_LOST;
         } else if (lock_redis__is_noscript(r)) {
             noscript = 1;
         } else if (lock_redis_reply_kind(r) == LOCK_EIO ||
@@ -537,7 +537,7 @@ static int lock_redis__extend_many(lock_client_t *base,
         /* Every reply was read, so the pipeline is in step; but this node
          * cannot renew (a demoted primary): reconnect on the next round. */
         for (size_t j = 0; j < n; j++) {
-            results[j] = -1;
+            results[j] = LOCK_ERR;
         }
         return lock_redis__fail(cl, drop, dropmsg);
     }
@@ -545,7 +545,7 @@ static int lock_redis__extend_many(lock_client_t *base,
     /* Rare: the script cache was flushed. Redo those one by one with EVAL
      * (lock_redis__eval falls back by itself). */
     for (size_t i = 0; noscript && i < n; i++) {
-        if (results[i] != -1) {
+        if (results[i] != LOCK_ERR) {
             continue;
         }
         char ttl[16];
@@ -557,7 +557,7 @@ static int lock_redis__extend_many(lock_client_t *base,
             return LOCK_ERR;
         }
         if (r->type == REDIS_REPLY_INTEGER) {
-            results[i] = r->integer == 1 ? 1 : 0;
+            results[i] = r->integer == 1 ? LOCK_HELD : LOCK_LOST;
         }
         freeReplyObject(r);
     }
@@ -646,7 +646,7 @@ static int lock_redis__check(lock_client_t *base, const lock_lease_t *lease) {
     int held =
         r->type == REDIS_REPLY_STRING && strcmp(r->str, lease->token) == 0;
     freeReplyObject(r);
-    return held;
+    return held ? LOCK_HELD : LOCK_LOST;
 }
 
 static int lock_redis__raise_fence(lock_client_t *base, const char *coupon,

@@ -901,7 +901,9 @@ static int lock_redlock__extend_many(lock_client_t *base,
     }
     int m = lock_redlock_majority(cl->n);
     for (size_t i = 0; i < n; i++) {
-        results[i] = yes[i] >= m ? 1 : no[i] > cl->n - m ? 0 : -1;
+        results[i] = yes[i] >= m         ? LOCK_HELD
+                     : no[i] > cl->n - m ? LOCK_LOST
+                                         : LOCK_ERR;
     }
     int rc = LOCK_OK;
     if (answered < m) {
@@ -943,7 +945,7 @@ static int lock_redlock__check(lock_client_t *base, const lock_lease_t *lease) {
         lock_redlock__fail(cl, "check", yes + no);
     }
     lock_redlock__round_end(cl);
-    return v == LOCK_OK ? 1 : v == LOCK_BUSY ? 0 : LOCK_ERR;
+    return v == LOCK_OK ? LOCK_HELD : v == LOCK_BUSY ? LOCK_LOST : LOCK_ERR;
 }
 
 static int lock_redlock__raise_fence(lock_client_t *base, const char *resource,

@@ -238,8 +238,7 @@ static int lock_wait__seen(lock_wait__res_t *r, const char *token) {
 
 /* A condition timed wait until abs_ns on the monotonic clock. */
 static void lock_wait__timedwait(pthread_cond_t *c, int64_t abs_ns) {
-    struct timespec ts = {.tv_sec = abs_ns / 1000000000LL,
-                          .tv_nsec = abs_ns % 1000000000LL};
+    struct timespec ts = mono_ts_from_ns(abs_ns);
     pthread_cond_timedwait(c, &lock_wait__g.mu, &ts);
 }
 

@@ -11,15 +11,26 @@
 #ifndef COUPONSVC_MONO_H
 #define COUPONSVC_MONO_H
 
+#include <errno.h>
 #include <stdint.h>
 #include <time.h>
 
 #define MONO_MS (1000000LL)
+#define MONO_S (1000000000LL)
+
+/* ns (>= 0) nanoseconds as a struct timespec: an absolute instant on one of
+ * the clocks below for pthread_cond_timedwait / clock_nanosleep, or a
+ * relative amount. */
+static inline struct timespec mono_ts_from_ns(int64_t ns) {
+    struct timespec ts = {.tv_sec = (time_t)(ns / MONO_S),
+                          .tv_nsec = (long)(ns % MONO_S)};
+    return ts;
+}
 
 static inline int64_t mono_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    return (int64_t)ts.tv_sec * MONO_S + ts.tv_nsec;
 }
 
 /* Nanoseconds on CLOCK_BOOTTIME: the clock of lease validity. It is
@@ -33,17 +44,17 @@ static inline int64_t mono_ns(void) {
 static inline int64_t boot_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_BOOTTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    return (int64_t)ts.tv_sec * MONO_S + ts.tv_nsec;
 }
 
-/* Sleeps ns nanoseconds (<= 0: returns at once). */
+/* Sleeps ns nanoseconds on CLOCK_MONOTONIC (<= 0: returns at once). A
+ * signal does not cut the sleep short: after EINTR it sleeps the rest. */
 static inline void mono_sleep_ns(int64_t ns) {
     if (ns <= 0) {
         return;
     }
-    struct timespec ts = {.tv_sec = ns / 1000000000LL,
-                          .tv_nsec = ns % 1000000000LL};
-    while (clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) != 0) {
+    struct timespec ts = mono_ts_from_ns(ns);
+    while (clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) == EINTR) {
     }
 }
 

@@ -231,7 +231,7 @@ static void wd__round(wd_t *wd) {
     pthread_mutex_lock(&wd->mu);
     for (size_t i = 0; i < n; i++) {
         lock_lease_t *l = wd->round[i];
-        if (wd->results[i] == 1) {
+        if (wd->results[i] == LOCK_HELD) {
             metrics_inc(M_WD_RENEW_OK);
             /* Valid for ttl from when the renewal was sent (minus the
              * backend's drift allowance: lock_extend_many). */
@@ -241,10 +241,10 @@ static void wd__round(wd_t *wd) {
             }
         } else {
             metrics_inc(M_WD_RENEW_FAILED);
-            if (wd->results[i] == 0) {
+            if (wd->results[i] == LOCK_LOST) {
                 wd_lost(l, "renewal_refused");
             }
-            /* -1: unknown; the expiry check of a later round (and the
+            /* LOCK_ERR: unknown; the expiry check of a later round (and the
              * claim's own check before COMMIT) decides. */
         }
         wd__step(l, WD_EV_ROUND_END);
@@ -262,8 +262,7 @@ static void *wd__main(void *arg) {
 
     pthread_mutex_lock(&wd->mu);
     while (!wd->stop) {
-        struct timespec ts = {.tv_sec = next / 1000000000LL,
-                              .tv_nsec = next % 1000000000LL};
+        struct timespec ts = mono_ts_from_ns(next);
         int rc = pthread_cond_timedwait(&wd->wake, &wd->mu, &ts);
         if (wd->stop) {
             break;

@@ -148,7 +148,7 @@ TT_TEST(lg_http_length_whole, 5) {
     lg_http_resp_t r;
     char sample[64] = {0};
     size_t used = 0;
-    TT_EQ_INT(feed_whole(&r, false, len_resp, sample, &used), LG_HTTP_DONE);
+    TT_EQ_INT(feed_whole(&r, false, len_resp, sample, &used), LG_HTTP_OK);
     TT_EQ_INT(used, strlen(len_resp));
     TT_EQ_INT(r.state, LG_HTTP_S_DONE);
     TT_EQ_INT(r.status, 200);
@@ -157,7 +157,7 @@ TT_TEST(lg_http_length_whole, 5) {
     TT_EQ_INT(r.body_bytes, 11);
     TT_EQ_INT(r.remaining, 0);
     check_sample(&r, "hello world");
-    TT_EQ_INT(lg_http_eof(&r), LG_HTTP_DONE);
+    TT_EQ_INT(lg_http_eof(&r), LG_HTTP_OK);
 }
 
 /* Splits a response (followed by the next one) at every byte: the result
@@ -176,10 +176,10 @@ static void check_every_split(const char *resp, const char *body) {
         split_t s;
         lg_http_resp_init(&r, false, sample, sizeof sample);
         int rc = feed_split(&r, &c, stream, rlen + nlen, k, &s);
-        TT_ASSERT_MSG(rc == LG_HTTP_DONE, "split at %zu: rc %d (%s)", k, rc,
+        TT_ASSERT_MSG(rc == LG_HTTP_OK, "split at %zu: rc %d (%s)", k, rc,
                       r.errstr);
         /* Only the response's last byte completes it. */
-        TT_EQ_INT(s.first_rc, k < rlen ? LG_HTTP_AGAIN : LG_HTTP_DONE);
+        TT_EQ_INT(s.first_rc, k < rlen ? LG_HTTP_AGAIN : LG_HTTP_OK);
         /* A partial header block is not consumed: it is fed again. */
         if (k < hlen)
             TT_EQ_INT(s.first_used, 0);
@@ -217,7 +217,7 @@ TT_TEST(lg_http_chunked_whole, 5) {
     lg_http_resp_t r;
     char sample[64] = {0};
     size_t used = 0;
-    TT_EQ_INT(feed_whole(&r, false, chunked_resp, sample, &used), LG_HTTP_DONE);
+    TT_EQ_INT(feed_whole(&r, false, chunked_resp, sample, &used), LG_HTTP_OK);
     TT_EQ_INT(used, strlen(chunked_resp));
     TT_EQ_INT(r.status, 200);
     TT_ASSERT(r.keep_alive);
@@ -238,7 +238,7 @@ TT_TEST(lg_http_byte_at_a_time, 5) {
         char sample[64] = {0};
         size_t fed = 0, len = strlen(resps[i]);
         lg_http_resp_init(&r, false, sample, sizeof sample);
-        TT_EQ_INT(feed_bytewise(&r, &c, resps[i], len, &fed), LG_HTTP_DONE);
+        TT_EQ_INT(feed_bytewise(&r, &c, resps[i], len, &fed), LG_HTTP_OK);
         TT_EQ_INT(fed, len);
         TT_EQ_INT(c.len, 0);
         TT_EQ_INT(r.status, 200);
@@ -254,13 +254,13 @@ TT_TEST(lg_http_bare_lf_lines, 5) {
     size_t used;
     TT_EQ_INT(feed_whole(&r, false, "HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
                          sample, &used),
-              LG_HTTP_DONE);
+              LG_HTTP_OK);
     check_sample(&r, "ok");
     TT_EQ_INT(feed_whole(&r, false,
                          "HTTP/1.1 200\nTransfer-Encoding: chunked\n\n"
                          "3\nabc\n0\n\n",
                          sample, &used),
-              LG_HTTP_DONE);
+              LG_HTTP_OK);
     check_sample(&r, "abc");
 }
 
@@ -286,14 +286,14 @@ TT_TEST(lg_http_skips_100_continue, 5) {
     TT_EQ_INT(used, ilen);
     TT_EQ_INT(r.status, 0);
     TT_EQ_INT(r.state, LG_HTTP_S_HEAD);
-    TT_EQ_INT(lg_http_feed(&r, final, flen, &used), LG_HTTP_DONE);
+    TT_EQ_INT(lg_http_feed(&r, final, flen, &used), LG_HTTP_OK);
     TT_EQ_INT(r.status, 201);
 
     for (size_t k = 0; k <= ilen + flen; k++) {
         char sample[64] = {0};
         split_t s;
         lg_http_resp_init(&r, false, sample, sizeof sample);
-        TT_EQ_INT(feed_split(&r, &c, stream, ilen + flen, k, &s), LG_HTTP_DONE);
+        TT_EQ_INT(feed_split(&r, &c, stream, ilen + flen, k, &s), LG_HTTP_OK);
         TT_EQ_INT(r.status, 201);
         TT_EQ_INT(r.body_bytes, 2);
         check_sample(&r, "ok");
@@ -318,7 +318,7 @@ TT_TEST(lg_http_no_body_head_204_304, 5) {
         lg_http_resp_t r;
         char sample[64] = {0};
         size_t used = 0;
-        TT_EQ_INT(feed_whole(&r, i == 0, msg, sample, &used), LG_HTTP_DONE);
+        TT_EQ_INT(feed_whole(&r, i == 0, msg, sample, &used), LG_HTTP_OK);
         TT_EQ_INT(used, strlen(cases[i]));
         TT_EQ_INT(r.status, status[i]);
         TT_EQ_INT(r.body_bytes, 0);
@@ -347,7 +347,7 @@ TT_TEST(lg_http_body_until_eof, 5) {
         TT_EQ_INT(used, 6);
         TT_EQ_INT(lg_http_feed(&r, "second", 6, &used), LG_HTTP_AGAIN);
         TT_EQ_INT(used, 6);
-        TT_EQ_INT(lg_http_eof(&r), LG_HTTP_DONE);
+        TT_EQ_INT(lg_http_eof(&r), LG_HTTP_OK);
         TT_EQ_INT(r.state, LG_HTTP_S_DONE);
         TT_EQ_INT(r.status, 200);
         TT_ASSERT(!r.keep_alive);
@@ -418,7 +418,7 @@ TT_TEST(lg_http_keep_alive_rules, 5) {
                  cases[i].msg);
         lg_http_resp_t r;
         size_t used;
-        TT_EQ_INT(feed_whole(&r, false, msg, NULL, &used), LG_HTTP_DONE);
+        TT_EQ_INT(feed_whole(&r, false, msg, NULL, &used), LG_HTTP_OK);
         TT_EQ_INT(r.minor, cases[i].minor);
         TT_ASSERT_MSG(r.keep_alive == cases[i].keep_alive,
                       "keep_alive %d for \"%s\"", r.keep_alive, cases[i].msg);
@@ -433,14 +433,14 @@ TT_TEST(lg_http_header_names_any_case, 5) {
                          "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n"
                          "CONNECTION: close\r\n\r\nabcdef",
                          sample, &used),
-              LG_HTTP_DONE);
+              LG_HTTP_OK);
     check_sample(&r, "abc");
     TT_ASSERT(!r.keep_alive);
     TT_EQ_INT(feed_whole(&r, false,
                          "HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: Chunked\r\n"
                          "cOnNeCtIoN: Close\r\n\r\n2\r\nab\r\n0\r\n\r\n",
                          sample, &used),
-              LG_HTTP_DONE);
+              LG_HTTP_OK);
     check_sample(&r, "ab");
     TT_ASSERT(!r.keep_alive);
 }
@@ -462,7 +462,7 @@ TT_TEST(lg_http_sample_keeps_body_start, 5) {
             size_t used;
             lg_http_resp_init(&r, false, buf, cap);
             TT_EQ_INT(lg_http_feed(&r, resps[i], strlen(resps[i]), &used),
-                      LG_HTTP_DONE);
+                      LG_HTTP_OK);
             size_t want = cap < 11 ? cap : 11;
             TT_EQ_INT(r.body_bytes, 11);
             TT_EQ_INT(r.sample_len, want);
@@ -478,7 +478,7 @@ TT_TEST(lg_http_sample_keeps_body_start, 5) {
     lg_http_resp_init(&r, false, NULL, 16);
     TT_EQ_INT(r.sample_cap, 0);
     TT_EQ_INT(lg_http_feed(&r, len_resp, strlen(len_resp), &used),
-              LG_HTTP_DONE);
+              LG_HTTP_OK);
     TT_EQ_INT(r.body_bytes, 11);
     TT_EQ_INT(r.sample_len, 0);
 }
@@ -493,16 +493,16 @@ TT_TEST(lg_http_leaves_bytes_after_response, 5) {
         snprintf(stream, sizeof stream, "%s%s", resps[i], len_resp);
         lg_http_resp_t r;
         size_t used = 0;
-        TT_EQ_INT(feed_whole(&r, false, stream, NULL, &used), LG_HTTP_DONE);
+        TT_EQ_INT(feed_whole(&r, false, stream, NULL, &used), LG_HTTP_OK);
         TT_EQ_INT(used, rlen);
         /* A finished reader takes nothing more. */
         TT_EQ_INT(lg_http_feed(&r, stream + used, strlen(stream) - used, &used),
-                  LG_HTTP_DONE);
+                  LG_HTTP_OK);
         TT_EQ_INT(used, 0);
         /* The rest is the next response, intact. */
         char sample[64] = {0};
         TT_EQ_INT(feed_whole(&r, false, stream + rlen, sample, &used),
-                  LG_HTTP_DONE);
+                  LG_HTTP_OK);
         TT_EQ_INT(used, strlen(len_resp));
         check_sample(&r, "hello world");
     }
@@ -585,7 +585,7 @@ TT_TEST(lg_http_bad_content_length, 5) {
                          "HTTP/1.1 200 OK\r\nContent-Length:  4 \r\n"
                          "Content-Length: 4\r\n\r\nbodyNEXT",
                          sample, &used),
-              LG_HTTP_DONE);
+              LG_HTTP_OK);
     check_sample(&r, "body");
     TT_EQ_INT(r.body_bytes, 4);
 }
@@ -660,7 +660,7 @@ TT_TEST(lg_http_headers_too_long, 5) {
     TT_EQ_INT(lg_http_feed(&r, buf, LG_HTTP_HEAD_MAX, &used), LG_HTTP_AGAIN);
     TT_EQ_INT(used, LG_HTTP_HEAD_MAX);
     TT_EQ_INT(r.status, 200);
-    TT_EQ_INT(lg_http_feed(&r, buf + LG_HTTP_HEAD_MAX, 2, &used), LG_HTTP_DONE);
+    TT_EQ_INT(lg_http_feed(&r, buf + LG_HTTP_HEAD_MAX, 2, &used), LG_HTTP_OK);
     TT_EQ_INT(r.body_bytes, 2);
 }
 
