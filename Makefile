@@ -8,7 +8,9 @@
 #   make up/down    local stack (see deploy/stack.sh)
 #
 # Switches: V=1 prints commands, SANITIZE=address,undefined builds with
-# sanitizers (into build/san-*/ so a plain build is not clobbered),
+# sanitizers and COUPONSVC_DEBUG_SANITY (the sanity functions' full walks of
+# a list or table, off in a plain build) into build/san-*/, so that a plain
+# build is not clobbered,
 # WERROR=1 turns warnings into errors (CI sets it).
 
 CC       ?= cc
@@ -29,6 +31,7 @@ comma    := ,
 ifdef SANITIZE
 BUILD    := $(BUILD)/san-$(subst $(comma),-,$(SANITIZE))
 CFLAGS   += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+CFLAGS   += -DCOUPONSVC_DEBUG_SANITY # the sanity checks' full walks, too
 LDFLAGS  += -fsanitize=$(SANITIZE)
 endif
 
