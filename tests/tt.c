@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "mono.h"
+
 #define TT__MAX 256
 
 static tt_test_t tt__tests[TT__MAX];
@@ -52,9 +54,7 @@ static int tt__selected(const char *name, int argc, char **argv) {
 }
 
 static double tt__now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    return (double)mono_ns() / (double)MONO_S;
 }
 
 const char *tt_current = "";

@@ -6,6 +6,7 @@
 #include "itest/harness.h"
 
 #include <curl/curl.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <libpq-fe.h>
 #include <pthread.h>
@@ -14,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "tt.h"
 
@@ -466,4 +468,32 @@ void fl_finish(const char *coupon, long stock, fl_load_t *const *loads, int nl,
     snprintf(sql, sizeof(sql), "SELECT claimed FROM coupons WHERE id = '%s'",
              coupon);
     TT_EQ_INT(h_pg_int(sql), stock);
+}
+
+/* ------------------------------------------------------ movable clock --- */
+
+void fl_clock_init(fl_clock_t *c, const char *name) {
+    const char *so = getenv("COUPONSVC_CLOCKSHIFT");
+    if (so == NULL) {
+        so = "build/tests/libclockshift.so";
+    }
+    char abs[400];
+    TT_ASSERT_MSG(realpath(so, abs) != NULL,
+                  "%s missing: run through make test-faults", so);
+    snprintf(c->path, sizeof(c->path), "%s/%s", h_test_dir(), name);
+    int fd = open(c->path, O_CREAT | O_TRUNC | O_WRONLY, 0644);
+    int64_t zero = 0;
+    TT_ASSERT(fd >= 0 && write(fd, &zero, sizeof(zero)) == sizeof(zero));
+    close(fd);
+    snprintf(c->pre, sizeof(c->pre), "LD_PRELOAD=%s", abs);
+    snprintf(c->file, sizeof(c->file), "CLOCKSHIFT_FILE=%s", c->path);
+    c->env[0] = c->pre;
+    c->env[1] = c->file;
+    c->env[2] = NULL;
+}
+
+void fl_clock_shift(const fl_clock_t *c, int64_t ms) {
+    int fd = open(c->path, O_WRONLY);
+    TT_ASSERT(fd >= 0 && pwrite(fd, &ms, sizeof(ms), 0) == sizeof(ms));
+    close(fd);
 }

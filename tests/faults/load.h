@@ -26,6 +26,7 @@
 #define COUPONSVC_FAULTS_LOAD_H
 
 #include <pthread.h>
+#include <stdint.h>
 
 #include "itest/harness.h"
 
@@ -129,5 +130,23 @@ void fl_solo_join(fl_solo_t *so);
  * and that the stock is exactly gone. */
 void fl_finish(const char *coupon, long stock, fl_load_t *const *loads, int nl,
                long extra201, h_svc_t *const *healthy, int nh);
+
+/* A movable wall clock for one process (tests/faults/clockshift.c): env is
+ * the environment to start it with (LD_PRELOAD, CLOCKSHIFT_FILE; it points
+ * into the struct, which must outlive the start), path the file that holds
+ * the shift. */
+typedef struct fl_clock {
+    char path[400];     /* the shift, an int64_t of ms, in the test dir */
+    char pre[480];      /* "LD_PRELOAD=<abs path of libclockshift.so>" */
+    char file[480];     /* "CLOCKSHIFT_FILE=<path>" */
+    const char *env[3]; /* {pre, file, NULL} */
+} fl_clock_t;
+
+/* Creates <test dir>/<name> with a shift of 0 and fills c. Fails the test if
+ * libclockshift.so (COUPONSVC_CLOCKSHIFT, or the build's) is missing. */
+void fl_clock_init(fl_clock_t *c, const char *name);
+
+/* Moves the clock of the process started with c->env to real time + ms. */
+void fl_clock_shift(const fl_clock_t *c, int64_t ms);
 
 #endif

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "mono.h"
 #include "tt.h"
 
 /* Run-wide: set in the runner before any test forks, inherited. */
@@ -181,8 +182,7 @@ static void h_etcd__supervise(void) {
                 have = strlen(buf);
             }
         } else {
-            struct timespec ts = {0, 20 * 1000000L};
-            nanosleep(&ts, NULL);
+            mono_sleep_ns(20 * MONO_MS);
         }
     }
     for (int i = 0; i < H_ETCD_MEMBERS; i++) {
@@ -203,8 +203,7 @@ static void h_etcd__supervise(void) {
         if (!alive) {
             break;
         }
-        struct timespec ts = {0, 10 * 1000000L};
-        nanosleep(&ts, NULL);
+        mono_sleep_ns(10 * MONO_MS);
         if (t == 300) {
             for (int i = 0; i < H_ETCD_MEMBERS; i++) {
                 pid_t p = h_etcd__read_pid(i);

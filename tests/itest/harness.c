@@ -25,7 +25,9 @@
 #include <unistd.h>
 
 #include "h_etcd.h"
+#include "mono.h"
 #include "tt.h"
+#include "util.h"
 
 #define H_ADMIN_TOKEN "test-admin-token"
 
@@ -47,16 +49,11 @@ static int h__nsvcs;
 /* -------------------------------------------------------------- helpers --- */
 
 void h_sleep_ms(long ms) {
-    struct timespec ts = {.tv_sec = ms / 1000,
-                          .tv_nsec = (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    mono_sleep_ns((int64_t)ms * MONO_MS);
 }
 
 double h_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+    return (double)mono_ns() / (double)MONO_MS;
 }
 
 static int h__free_port(void) {
@@ -188,29 +185,35 @@ static const char *h__bin(void) {
     return b != NULL ? b : "build/couponsvc";
 }
 
-int h_setup(void) {
-    curl_global_init(CURL_GLOBAL_ALL);
-    signal(SIGPIPE, SIG_IGN);
-
+/* The PostgreSQL binaries' directory (pg_config --bindir) into h__bindir. */
+static int h__find_pg_bindir(void) {
     FILE *p = popen("pg_config --bindir 2>/dev/null", "r");
     if (p == NULL || fgets(h__bindir, sizeof(h__bindir), p) == NULL) {
         fprintf(stderr, "harness: pg_config not found (libpq-dev)\n");
+        if (p != NULL) {
+            pclose(p);
+        }
         return -1;
     }
     pclose(p);
-    h__bindir[strcspn(h__bindir, "\n")] = '\0';
+    str_trim_newline(h__bindir);
+    return 0;
+}
 
+/* The run's temporary directory, h__dir, readable by the postgres user. */
+static int h__make_run_dir(void) {
     snprintf(h__dir, sizeof(h__dir), "/tmp/couponsvc-it-XXXXXX");
     if (mkdtemp(h__dir) == NULL) {
         perror("mkdtemp");
         return -1;
     }
     chmod(h__dir, 0755);
+    return 0;
+}
 
-    struct passwd *pw = h__pg_user();
-    char pgdir[300], log[320], initdb[300], postgres[300], port[16];
-    snprintf(pgdir, sizeof(pgdir), "%s/pg", h__dir);
-    snprintf(log, sizeof(log), "%s/postgres.log", h__dir);
+/* A new cluster in pgdir (created), its log in log, both owned by pw (NULL:
+ * this user). */
+static int h__pg_initdb(const char *pgdir, const char *log, struct passwd *pw) {
     mkdir(pgdir, 0700);
     int fd = open(log, O_CREAT | O_WRONLY, 0666);
     if (fd >= 0) {
@@ -221,10 +224,11 @@ int h_setup(void) {
         perror("chown");
         return -1;
     }
-
+    char initdb[300];
     snprintf(initdb, sizeof(initdb), "%s/initdb", h__bindir);
-    char *iargv[] = {initdb,     "-D",        pgdir, "-A",   "trust", "-U",
-                     "postgres", "--no-sync", "-E",  "UTF8", NULL};
+    char *d = (char *)pgdir;
+    char *iargv[] = {initdb,     "-D",        d,    "-A",   "trust", "-U",
+                     "postgres", "--no-sync", "-E", "UTF8", NULL};
     pid_t ip = h__spawn(iargv, log, pw, NULL);
     int st = h__wait(ip, 60000);
     if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
@@ -232,35 +236,34 @@ int h_setup(void) {
         h__tail(log, 20);
         return -1;
     }
+    return 0;
+}
 
+/* Starts postgres on the cluster in pgdir, on a free port (h__pg_port,
+ * h__pg_pid), durability off (a test database), and waits until it
+ * answers. */
+static int h__pg_start(const char *pgdir, const char *log, struct passwd *pw) {
+    char postgres[300], port[16];
     h__pg_port = h__free_port();
     snprintf(port, sizeof(port), "%d", h__pg_port);
     snprintf(postgres, sizeof(postgres), "%s/postgres", h__bindir);
-    char *pargv[] = {postgres,
-                     "-D",
-                     pgdir,
-                     "-p",
-                     port,
-                     "-k",
-                     pgdir,
-                     "-c",
-                     "listen_addresses=127.0.0.1",
-                     "-c",
-                     "fsync=off",
-                     "-c",
-                     "synchronous_commit=off",
-                     "-c",
-                     "full_page_writes=off",
-                     "-c",
-                     "max_connections=400",
+    char *d = (char *)pgdir;
+    /* Each option next to its value. */
+    /* clang-format off */
+    char *pargv[] = {postgres, "-D", d, "-p", port, "-k", d,
+                     "-c", "listen_addresses=127.0.0.1",
+                     "-c", "fsync=off",
+                     "-c", "synchronous_commit=off",
+                     "-c", "full_page_writes=off",
+                     "-c", "max_connections=400",
                      NULL};
+    /* clang-format on */
     h__pg_pid = h__spawn(pargv, log, pw, NULL);
 
     double end = h_now_ms() + 30000;
     char ping[128];
     snprintf(ping, sizeof(ping),
-             "host=127.0.0.1 port=%d dbname=postgres "
-             "user=postgres",
+             "host=127.0.0.1 port=%d dbname=postgres user=postgres",
              h__pg_port);
     while (PQping(ping) != PQPING_OK) {
         if (h_now_ms() > end || waitpid(h__pg_pid, NULL, WNOHANG) != 0) {
@@ -270,7 +273,12 @@ int h_setup(void) {
         }
         h_sleep_ms(50);
     }
+    return 0;
+}
 
+/* The template database tpl, its schema from the real migrate command:
+ * each test's database is a copy of it. */
+static int h__make_template(void) {
     PGconn *c = h__pg("postgres");
     if (c == NULL || h__pg_exec(c, "CREATE DATABASE tpl") != 0) {
         PQfinish(c);
@@ -278,20 +286,35 @@ int h_setup(void) {
     }
     PQfinish(c);
 
-    /* The schema comes from the real migrate command. */
     char dsn[200], mlog[320];
     snprintf(dsn, sizeof(dsn),
-             "COUPON_PG_DSN=host=127.0.0.1 port=%d "
-             "dbname=tpl user=postgres",
+             "COUPON_PG_DSN=host=127.0.0.1 port=%d dbname=tpl user=postgres",
              h__pg_port);
     snprintf(mlog, sizeof(mlog), "%s/migrate.log", h__dir);
     const char *env[] = {dsn, NULL};
     char *margv[] = {(char *)h__bin(), "migrate", NULL};
     pid_t mp = h__spawn(margv, mlog, NULL, env);
-    st = h__wait(mp, 30000);
+    int st = h__wait(mp, 30000);
     if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
         fprintf(stderr, "harness: couponsvc migrate failed\n");
         h__tail(mlog, 20);
+        return -1;
+    }
+    return 0;
+}
+
+int h_setup(void) {
+    curl_global_init(CURL_GLOBAL_ALL);
+    signal(SIGPIPE, SIG_IGN);
+    if (h__find_pg_bindir() != 0 || h__make_run_dir() != 0) {
+        return -1;
+    }
+    struct passwd *pw = h__pg_user();
+    char pgdir[300], log[320];
+    snprintf(pgdir, sizeof(pgdir), "%s/pg", h__dir);
+    snprintf(log, sizeof(log), "%s/postgres.log", h__dir);
+    if (h__pg_initdb(pgdir, log, pw) != 0 || h__pg_start(pgdir, log, pw) != 0 ||
+        h__make_template() != 0) {
         return -1;
     }
     printf("# postgres on 127.0.0.1:%d, run directory %s\n", h__pg_port,
@@ -662,8 +685,9 @@ double h_metric(const h_svc_t *s, const char *series) {
     snprintf(url, sizeof(url), "%s/metrics", s->url);
     long st = h_http("GET", url, NULL, NULL, NULL, 0, &body);
     if (st != 200) {
-        if (getenv("HDEBUG"))
+        if (getenv("HDEBUG")) {
             fprintf(stderr, "metric %s: status %ld\n", url, st);
+        }
         free(body);
         return -1;
     }
@@ -765,8 +789,9 @@ void h_check_invariants(const char *coupon, long stock, long n201) {
     lg_verify_report_t v;
     TT_ASSERT_MSG(h_invariants(coupon, &v) == 0, "invariant check on %s: %s",
                   coupon, v.err);
-    if (!v.ok)
+    if (!v.ok) {
         fprintf(stderr, "  invariants of %s: %s\n", coupon, v.first);
+    }
     TT_EQ_INT(v.coupons_missing, 0);
     TT_EQ_INT(v.stock, stock);
     TT_CMP_INT(v.claimed, <=, stock); /* never oversold */
@@ -1220,7 +1245,7 @@ const char *h_acl_rule(void) {
     while (fgets(line, sizeof(line), f) != NULL) {
         if (strncmp(line, "user ", 5) == 0) {
             TT_ASSERT_MSG(rule[0] == '\0', "%s: more than one user line", path);
-            line[strcspn(line, "\n")] = '\0';
+            str_trim_newline(line);
             snprintf(rule, sizeof(rule), "%s", line);
         }
     }

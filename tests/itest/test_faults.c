@@ -138,34 +138,16 @@ static void all_failures_clear(fl_load_t *l, double from, double to,
 }
 
 /* Redis with a movable wall clock (tests/faults/clockshift.c). */
-static char clock_file[400];
+static fl_clock_t redis_clock;
 
 static void redis_with_clockshift(void) {
-    const char *so = getenv("COUPONSVC_CLOCKSHIFT");
-    if (so == NULL) {
-        so = "build/tests/libclockshift.so";
-    }
-    TT_ASSERT_MSG(access(so, R_OK) == 0,
-                  "%s missing: run through make test-faults", so);
-    snprintf(clock_file, sizeof(clock_file), "%s/clockshift", h_test_dir());
-    int fd = open(clock_file, O_CREAT | O_TRUNC | O_WRONLY, 0644);
-    int64_t zero = 0;
-    TT_ASSERT(fd >= 0 && write(fd, &zero, sizeof(zero)) == sizeof(zero));
-    close(fd);
-    static char pre[480], file[480];
-    char abs[400];
-    TT_ASSERT(realpath(so, abs) != NULL);
-    snprintf(pre, sizeof(pre), "LD_PRELOAD=%s", abs);
-    snprintf(file, sizeof(file), "CLOCKSHIFT_FILE=%s", clock_file);
-    const char *env[] = {pre, file, NULL};
-    h_redis_restart_with(NULL, env);
+    fl_clock_init(&redis_clock, "clockshift");
+    h_redis_restart_with(NULL, redis_clock.env);
 }
 
 /* Moves the test Redis's wall clock to real time + ms. */
 static void redis_clock_shift(int64_t ms) {
-    int fd = open(clock_file, O_WRONLY);
-    TT_ASSERT(fd >= 0 && pwrite(fd, &ms, sizeof(ms), 0) == sizeof(ms));
-    close(fd);
+    fl_clock_shift(&redis_clock, ms);
 }
 
 #define TTL_ENV "COUPON_LOCK_TTL_MS=1000"
@@ -1269,6 +1251,81 @@ static const char *dsn_via(const fp_t *px, char *buf, size_t len) {
     return buf;
 }
 
+/* One black-hole scenario: a victim instance that reaches PostgreSQL
+ * through the proxy px, a healthy one under load, and the victim's claim
+ * running in a thread of its own. */
+typedef struct bh {
+    const char *coupon; /* borrowed: a literal */
+    fp_t *px;           /* between the victim and PostgreSQL */
+    h_svc_t *ok;        /* the healthy instance (harness-owned) */
+    h_svc_t *victim;    /* the victim (harness-owned) */
+    fl_load_t *load;    /* claims on ok, from before the freeze to the end */
+    fl_solo_t so;       /* the victim's claim, "victim" */
+    char dsn[400];      /* the victim's COUPON_PG_DSN, through px */
+} bh_t;
+
+/* Copies the NULL-terminated settings of `from` after dst[*n]. */
+static void bh__env_add(const char **dst, int *n, int cap,
+                        const char *const *from) {
+    for (int i = 0; from != NULL && from[i] != NULL; i++) {
+        TT_ASSERT(*n < cap - 1);
+        dst[(*n)++] = from[i];
+    }
+    dst[*n] = NULL;
+}
+
+/* Starts the scenario's setting: the proxy, the healthy instance (TTL_ENV
+ * plus ok_env), the victim (TTL_ENV, its DSN through the proxy, one thread,
+ * a lock wait of 10 s, plus victim_env), the coupon, one claim of the
+ * victim's before anything (so that it is connected and its statements
+ * prepared), the load on the healthy instance until it has 10 claims, and
+ * the victim's claim, until it holds the lease. Both env arrays are
+ * borrowed for the call. */
+static void bh_start(bh_t *b, const char *coupon, const char *const *victim_env,
+                     const char *const *ok_env) {
+    memset(b, 0, sizeof(*b));
+    b->coupon = coupon;
+    b->px = fp_start(pg_port());
+    const char *common_v[] = {TTL_ENV, dsn_via(b->px, b->dsn, sizeof(b->dsn)),
+                              "COUPON_THREADS=1", "COUPON_LOCK_WAIT_MS=10000",
+                              NULL};
+    const char *env_v[16], *env[16];
+    int nv = 0, n = 0;
+    bh__env_add(env_v, &nv, 16, common_v);
+    bh__env_add(env_v, &nv, 16, victim_env);
+    const char *common[] = {TTL_ENV, NULL};
+    bh__env_add(env, &n, 16, common);
+    bh__env_add(env, &n, 16, ok_env);
+
+    char name[64];
+    snprintf(name, sizeof(name), "%s-a", coupon);
+    b->ok = h_svc_start(name, env);
+    snprintf(name, sizeof(name), "%s-victim", coupon);
+    b->victim = h_svc_start(name, env_v);
+    h_coupon(b->ok, coupon, STOCK);
+    fl_rec_t warm;
+    fl_claim(b->victim->url, coupon, "warm", 10000, &warm);
+    TT_EQ_INT(warm.status, 201);
+
+    b->load = fl_start(&b->ok, 1, coupon, "load", 2, 20000, LOAD_PAUSE_MS);
+    wait_201s(b->load, 10);
+    fl_solo_start(&b->so, b->victim, coupon, "victim", 20000);
+    wait_lease(b->victim);
+}
+
+/* The scenario's end, the proxy thawed and the victim's claim joined: the
+ * load stopped and printed, nothing of the victim's written, and the
+ * closing accounting with extra201 claims made outside the load (the warm
+ * one and any after the thaw). */
+static void bh_finish(bh_t *b, long extra201) {
+    fl_stop(b->load);
+    fl_print(b->load, "load");
+    TT_EQ_INT(rows_for_user("victim"), 0);
+    fl_finish(b->coupon, STOCK, &b->load, 1, extra201, &b->ok, 1);
+    fl_free(b->load);
+    fp_stop(b->px);
+}
+
 /*
  * The network to PostgreSQL black-holes while an instance holds a coupon's
  * lock, BEFORE its write: a host that died without a RST, a frozen VM. The
@@ -1295,41 +1352,23 @@ static const char *dsn_via(const fp_t *px, char *buf, size_t len) {
  */
 TT_TEST(pg_blackhole_before_write_max_hold, 90) {
     h_begin();
-    fp_t *px = fp_start(pg_port());
-    char dsn[400];
-    const char *env_v[] = {TTL_ENV,
-                           dsn_via(px, dsn, sizeof(dsn)),
-                           "COUPON_THREADS=1",
-                           "COUPON_FAULT=after_acquire:300",
-                           "COUPON_LOCK_WAIT_MS=10000",
+    const char *env_v[] = {"COUPON_FAULT=after_acquire:300",
                            "COUPON_PG_TX_DEADLINE_MS=30000",
-                           "COUPON_LOCK_MAX_HOLD_MS=1500",
-                           NULL};
-    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=500", NULL};
-    h_svc_t *a = h_svc_start("bh-a", env);
-    h_svc_t *v = h_svc_start("bh-victim", env_v);
-    h_svc_t *ok[] = {a};
-    h_coupon(a, "bh", STOCK);
-    fl_rec_t warm;
-    fl_claim(v->url, "bh", "warm", 10000, &warm); /* connected, prepared */
-    TT_EQ_INT(warm.status, 201);
-
-    fl_load_t *l = fl_start(ok, 1, "bh", "load", 2, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 10);
-    fl_solo_t so;
-    fl_solo_start(&so, v, "bh", "victim", 20000);
-    wait_lease(v);
+                           "COUPON_LOCK_MAX_HOLD_MS=1500", NULL};
+    const char *env[] = {"COUPON_LOCK_WAIT_MS=500", NULL};
+    bh_t b;
+    bh_start(&b, "bh", env_v, env);
     double t_lease = h_now_ms();
-    fp_blackhole(px, 1);
+    fp_blackhole(b.px, 1);
     double t_freeze = h_now_ms();
 
     /* Wait for the first 201 after the freeze, bounded. */
     double first = -1;
     while (first < 0 && h_now_ms() - t_lease < 1500 + 1000 + 2500) {
-        first = fl_first_after(l, 201, t_freeze + 50);
+        first = fl_first_after(b.load, 201, t_freeze + 50);
         h_sleep_ms(20);
     }
-    double lost = h_metric(v, "couponsvc_leases_lost_total");
+    double lost = h_metric(b.victim, "couponsvc_leases_lost_total");
     printf("    first 201 after the freeze: +%.0f ms after the grant "
            "(max hold 1500 + TTL 1000); victim leases lost: %.0f\n",
            first > 0 ? first - t_lease : -1.0, lost);
@@ -1337,21 +1376,15 @@ TT_TEST(pg_blackhole_before_write_max_hold, 90) {
     TT_CMP_INT(first - t_lease, <=, 1500 + 1000 + 2500);
     TT_CMP_INT(lost, >=, 1);
     /* The victim did hold the lock until its max hold. */
-    TT_EQ_INT(fl_count_within(l, 201, t_freeze + 50, t_lease + 1400), 0);
+    TT_EQ_INT(fl_count_within(b.load, 201, t_freeze + 50, t_lease + 1400), 0);
 
-    fp_blackhole(px, 0);
-    fl_solo_join(&so);
-    fl_stop(l);
-    fl_print(l, "load");
-    TT_ASSERT_MSG(so.r.status == 409 || (so.r.status == 503 &&
-                                         strcmp(so.r.error, "lease_lost") == 0),
-                  "victim answered %ld %s", so.r.status, so.r.error);
-    TT_EQ_INT(rows_for_user("victim"), 0);
-
-    fl_load_t *ls[] = {l};
-    fl_finish("bh", STOCK, ls, 1, 1, ok, 1);
-    fl_free(l);
-    fp_stop(px);
+    fp_blackhole(b.px, 0);
+    fl_solo_join(&b.so);
+    TT_ASSERT_MSG(
+        b.so.r.status == 409 ||
+            (b.so.r.status == 503 && strcmp(b.so.r.error, "lease_lost") == 0),
+        "victim answered %ld %s", b.so.r.status, b.so.r.error);
+    bh_finish(&b, 1);
 }
 
 /*
@@ -1368,52 +1401,34 @@ TT_TEST(pg_blackhole_before_write_max_hold, 90) {
  */
 TT_TEST(pg_blackhole_before_write_deadline, 90) {
     h_begin();
-    fp_t *px = fp_start(pg_port());
-    char dsn[400];
-    const char *env_v[] = {TTL_ENV,
-                           dsn_via(px, dsn, sizeof(dsn)),
-                           "COUPON_THREADS=1",
-                           "COUPON_FAULT=after_acquire:300",
-                           "COUPON_LOCK_WAIT_MS=10000",
+    const char *env_v[] = {"COUPON_FAULT=after_acquire:300",
                            "COUPON_PG_TX_DEADLINE_MS=1500",
-                           "COUPON_PG_CONNECT_TIMEOUT_S=30",
-                           NULL};
-    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=500", NULL};
-    h_svc_t *a = h_svc_start("bd-a", env);
-    h_svc_t *v = h_svc_start("bd-victim", env_v);
-    h_svc_t *ok[] = {a};
-    h_coupon(a, "bd", STOCK);
-    fl_rec_t warm;
-    fl_claim(v->url, "bd", "warm", 10000, &warm);
-    TT_EQ_INT(warm.status, 201);
-
-    fl_load_t *l = fl_start(ok, 1, "bd", "load", 2, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 10);
-    fl_solo_t so;
-    fl_solo_start(&so, v, "bd", "victim", 20000);
-    wait_lease(v);
+                           "COUPON_PG_CONNECT_TIMEOUT_S=30", NULL};
+    const char *env[] = {"COUPON_LOCK_WAIT_MS=500", NULL};
+    bh_t b;
+    bh_start(&b, "bd", env_v, env);
     double t_lease = h_now_ms();
-    fp_blackhole(px, 1);
+    fp_blackhole(b.px, 1);
     double t_freeze = h_now_ms();
-    fl_solo_join(&so); /* answers while the proxy is still frozen */
+    fl_solo_join(&b.so); /* answers while the proxy is still frozen */
     double t_answer = h_now_ms();
     h_sleep_ms(500);
-    double first = fl_first_after(l, 201, t_freeze + 50);
+    double first = fl_first_after(b.load, 201, t_freeze + 50);
     printf("    victim answered +%.0f ms after the grant (pause 300 + "
            "deadline 1500); first 201 of the others +%.0f ms\n",
            t_answer - t_lease, first > 0 ? first - t_lease : -1.0);
-    TT_EQ_INT(so.r.status, 503);
-    TT_EQ_STR(so.r.error, "unavailable");
+    TT_EQ_INT(b.so.r.status, 503);
+    TT_EQ_STR(b.so.r.error, "unavailable");
     TT_CMP_INT(t_answer - t_lease, <=, 300 + 1500 + 2000);
-    TT_CMP_INT(
-        h_metric(v, "couponsvc_postgres_timeouts_total{kind=\"deadline\"}"), >=,
-        1);
+    TT_CMP_INT(h_metric(b.victim,
+                        "couponsvc_postgres_timeouts_total{kind=\"deadline\"}"),
+               >=, 1);
     TT_CMP_INT(first, >, 0);
     TT_CMP_INT(first - t_lease, <=, 300 + 1500 + 2000);
 
     fl_rec_t during;
     double t_during = h_now_ms();
-    fl_claim(v->url, "bd", "during", 20000, &during);
+    fl_claim(b.victim->url, "bd", "during", 20000, &during);
     double took = h_now_ms() - t_during;
     printf("    a claim that has to connect during the black hole: %ld %s "
            "after %.0f ms\n",
@@ -1421,19 +1436,12 @@ TT_TEST(pg_blackhole_before_write_deadline, 90) {
     TT_EQ_INT(during.status, 503);
     TT_CMP_INT(took, <=, 300 + 1500 + 2000);
 
-    fp_blackhole(px, 0);
+    fp_blackhole(b.px, 0);
     fl_rec_t again;
-    fl_claim(v->url, "bd", "after", 10000, &again);
+    fl_claim(b.victim->url, "bd", "after", 10000, &again);
     TT_EQ_INT(again.status, 201); /* connected again once the path is back */
-    fl_stop(l);
-    fl_print(l, "load");
-    TT_EQ_INT(rows_for_user("victim"), 0);
     TT_EQ_INT(rows_for_user("during"), 0);
-
-    fl_load_t *ls[] = {l};
-    fl_finish("bd", STOCK, ls, 1, 2, ok, 1);
-    fl_free(l);
-    fp_stop(px);
+    bh_finish(&b, 2);
 }
 
 /*
@@ -1457,64 +1465,42 @@ TT_TEST(pg_blackhole_before_write_deadline, 90) {
  */
 TT_TEST(pg_blackhole_after_write_idle_tx_timeout, 90) {
     h_begin();
-    fp_t *px = fp_start(pg_port());
-    char dsn[400];
-    const char *env_v[] = {TTL_ENV,
-                           dsn_via(px, dsn, sizeof(dsn)),
-                           "COUPON_THREADS=1",
-                           "COUPON_FAULT=before_commit:500",
-                           "COUPON_LOCK_WAIT_MS=10000",
-                           "COUPON_PG_STATEMENT_TIMEOUT_MS=1000",
-                           NULL};
-    const char *env[] = {TTL_ENV, "COUPON_LOCK_WAIT_MS=2000",
+    const char *env_v[] = {"COUPON_FAULT=before_commit:500",
+                           "COUPON_PG_STATEMENT_TIMEOUT_MS=1000", NULL};
+    const char *env[] = {"COUPON_LOCK_WAIT_MS=2000",
                          "COUPON_PG_STATEMENT_TIMEOUT_MS=500", NULL};
-    h_svc_t *a = h_svc_start("bw-a", env);
-    h_svc_t *v = h_svc_start("bw-victim", env_v);
-    h_svc_t *ok[] = {a};
-    h_coupon(a, "bw", STOCK);
-    fl_rec_t warm;
-    fl_claim(v->url, "bw", "warm", 10000, &warm);
-    TT_EQ_INT(warm.status, 201);
-
-    fl_load_t *l = fl_start(ok, 1, "bw", "load", 2, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 10);
-    fl_solo_t so;
-    fl_solo_start(&so, v, "bw", "victim", 20000);
-    wait_lease(v);
+    bh_t b;
+    bh_start(&b, "bw", env_v, env);
     /* In its before_commit pause: written, row locked, idle in transaction
      * (the load's transactions are short; wait for a moment with one). */
     TT_CMP_INT(wait_idle_in_tx(1, 3000), >=, 0);
-    fp_blackhole(px, 1);
+    fp_blackhole(b.px, 1);
     double t_freeze = h_now_ms();
 
     double first = -1;
     while (first < 0 && h_now_ms() - t_freeze < 3000 + 2500) {
-        first = fl_first_after(l, 201, t_freeze + 50);
+        first = fl_first_after(b.load, 201, t_freeze + 50);
         h_sleep_ms(20);
     }
-    fl_solo_join(&so);
+    fl_solo_join(&b.so);
     printf("    first 201 of the others +%.0f ms after the freeze "
            "(idle-in-transaction timeout 3000)\n",
            first > 0 ? first - t_freeze : -1.0);
     TT_CMP_INT(first, >, 0);
     TT_CMP_INT(first - t_freeze, <=, 3000 + 2500);
-    TT_EQ_INT(fl_count_within(l, 201, t_freeze + 50, t_freeze + 3000 - 600), 0);
-    TT_EQ_INT(so.r.status, 503);
-    TT_EQ_STR(so.r.error, "commit_unknown");
+    TT_EQ_INT(
+        fl_count_within(b.load, 201, t_freeze + 50, t_freeze + 3000 - 600), 0);
+    TT_EQ_INT(b.so.r.status, 503);
+    TT_EQ_STR(b.so.r.error, "commit_unknown");
 
-    fp_blackhole(px, 0);
+    fp_blackhole(b.px, 0);
     h_sleep_ms(500);
-    fl_stop(l);
-    fl_print(l, "load");
+    /* The victim's write is not there before the claim after the thaw. */
     TT_EQ_INT(rows_for_user("victim"), 0);
     fl_rec_t again;
-    fl_claim(v->url, "bw", "after", 10000, &again);
+    fl_claim(b.victim->url, "bw", "after", 10000, &again);
     TT_EQ_INT(again.status, 201);
-
-    fl_load_t *ls[] = {l};
-    fl_finish("bw", STOCK, ls, 1, 2, ok, 1);
-    fl_free(l);
-    fp_stop(px);
+    bh_finish(&b, 2);
 }
 
 /* ------------------------------------- PostgreSQL answers to look at --- */

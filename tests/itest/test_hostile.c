@@ -1496,7 +1496,7 @@ TT_TEST(hostile_4mib_body_reads_413, 60) {
 
 /* ----------------------------------------- 409 fenced says retry later ---
  *
- * As c_stale_holder_is_fenced: A holds the lease, is frozen past its TTL,
+ * As stale_holder_is_fenced: A holds the lease, is frozen past its TTL,
  * B claims, A thaws and is refused by the fence. The README says a retry
  * of a fenced claim is safe, so the 409 carries Retry-After. */
 typedef struct fenced_arg {

@@ -44,6 +44,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "mono.h"
 #include "tt.h"
 
 /* --------------------------------------------------------------- server --- */
@@ -115,10 +116,7 @@ static const char lt_resp_garbage[] =
     "SSH-2.0-OpenSSH_9.2p1 not HTTP at all\r\nhello: there\r\n\r\n";
 
 static void lt_sleep_us(long us) {
-    struct timespec ts = {.tv_sec = us / 1000000,
-                          .tv_nsec = (us % 1000000) * 1000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    mono_sleep_ns((int64_t)us * 1000);
 }
 
 /* Writes all of p[0..n); returns 0, or -1 if the client went away. */
@@ -525,20 +523,89 @@ static void lt_expect_all_errors(const lt_run_t *r, CURLcode rc) {
     TT_EQ_INT(r->exit_status, 1);
 }
 
+/* One run of loadgen against one kind of server, and what the server must
+ * have counted. Each kind of server is one row, and each row is the test of
+ * its own name below. */
+typedef struct lt_case {
+    int conns;            /* loadgen's connections (-c) */
+    long requests;        /* requests to send (-n) */
+    const char *duration; /* -d, seconds: a bound, the run ends at -n */
+    long timeout_ms;      /* --timeout-ms, per request */
+    int bound_ms;         /* how long loadgen may run before the test fails */
+    CURLcode error;       /* CURLE_OK: every request answered 200; otherwise
+                             every request failed with this error */
+    long server_conns;    /* connections the server accepted: exactly ... */
+    bool conns_at_least;  /* ... or at least that many */
+    unsigned checks;      /* LT_CHECK_* below */
+} lt_case_t;
+
+enum {
+    LT_CHECK_REQUESTS = 1 << 0, /* the server read exactly `requests` */
+    LT_CHECK_ANSWERS = 1 << 1,  /* the server answered exactly `requests` */
+    LT_CHECK_NOTHING_AFTER = 1 << 2, /* no byte came on a connection after
+                                        its last answer */
+};
+
+#define LT_RQ LT_CHECK_REQUESTS
+#define LT_AN LT_CHECK_ANSWERS
+#define LT_NA LT_CHECK_NOTHING_AFTER
+/* clang-format off */
+static const lt_case_t lt_cases[] = {
+/* conns, requests, duration, timeout_ms, bound_ms, error, server_conns,
+ * conns_at_least, checks: as in lt_case_t. */
+[LT_KEEPALIVE]   = {4,    400,  "20", 5000,   20000, CURLE_OK,                 4,             false,   LT_RQ | LT_AN},
+[LT_CLOSE]       = {4,    200,  "20", 5000,   20000, CURLE_OK,                 200,           false,   LT_RQ | LT_NA},
+[LT_EOF_BODY]    = {4,    200,  "20", 5000,   20000, CURLE_OK,                 200,           false,   LT_RQ | LT_NA},
+[LT_CLOSE_AFTER] = {4,    400,  "20", 5000,   20000, CURLE_OK,                 (400 + 2) / 3, true,    LT_AN},
+[LT_CHUNKED]     = {4,    400,  "20", 5000,   20000, CURLE_OK,                 4,             false,   LT_RQ},
+[LT_SPLIT]       = {4,    80,   "30", 10000,  40000, CURLE_OK,                 4,             false,   LT_RQ},
+[LT_GARBAGE]     = {2,    50,   "20", 5000,   20000, CURLE_WEIRD_SERVER_REPLY, 50,            false,   LT_RQ | LT_NA},
+[LT_HANGUP]      = {4,    100,  "10", 2000,   15000, CURLE_GOT_NOTHING,        100,           false,   LT_RQ},
+};
+/* clang-format on */
+#undef LT_RQ
+#undef LT_AN
+#undef LT_NA
+
+/* Runs the row of server kind `mode` as the current test. */
+static void lt_run_case(lt_mode_t mode) {
+    TT_ASSERT(mode < sizeof(lt_cases) / sizeof(lt_cases[0]) &&
+              lt_cases[mode].conns > 0);
+    const lt_case_t *c = &lt_cases[mode];
+    lt_begin();
+    lt_server_t *s = lt_server_start(mode);
+    lt_run_t r = lt_loadgen(s->url, c->conns, c->requests, c->duration,
+                            c->timeout_ms, c->bound_ms);
+    lt_settle(s);
+    if (c->error == CURLE_OK) {
+        lt_expect_all_200(&r, c->requests);
+    } else {
+        lt_expect_all_errors(&r, c->error);
+        TT_EQ_INT(lt_num(r.json, "requests", NULL), c->requests);
+    }
+    if (c->conns_at_least) {
+        TT_CMP_INT(atomic_load(&s->conns), >=, c->server_conns);
+    } else {
+        TT_EQ_INT(atomic_load(&s->conns), c->server_conns);
+    }
+    if (c->checks & LT_CHECK_REQUESTS) {
+        TT_EQ_INT(atomic_load(&s->requests), c->requests);
+    }
+    if (c->checks & LT_CHECK_ANSWERS) {
+        TT_EQ_INT(atomic_load(&s->answers), c->requests);
+    }
+    if (c->checks & LT_CHECK_NOTHING_AFTER) {
+        TT_EQ_INT(atomic_load(&s->after_done), 0);
+    }
+    json_decref(r.json);
+    lt_end();
+}
+
 /* ---------------------------------------------------------------- tests --- */
 
 /* The plain case: 4 connections carry all 400 requests. */
 TT_TEST(loadgen_keepalive_reuses_connections, 30) {
-    lt_begin();
-    lt_server_t *s = lt_server_start(LT_KEEPALIVE);
-    lt_run_t r = lt_loadgen(s->url, 4, 400, "20", 5000, 20000);
-    lt_settle(s);
-    lt_expect_all_200(&r, 400);
-    TT_EQ_INT(atomic_load(&s->conns), 4);
-    TT_EQ_INT(atomic_load(&s->requests), 400);
-    TT_EQ_INT(atomic_load(&s->answers), 400);
-    json_decref(r.json);
-    lt_end();
+    lt_run_case(LT_KEEPALIVE);
 }
 
 /* "Connection: close" on every answer: a new connection per request, and
@@ -546,78 +613,36 @@ TT_TEST(loadgen_keepalive_reuses_connections, 30) {
  * reads on), so a client that kept the connection would be seen sending
  * its next request into it, even though its own retry would hide that. */
 TT_TEST(loadgen_connection_close_reconnects, 30) {
-    lt_begin();
-    lt_server_t *s = lt_server_start(LT_CLOSE);
-    lt_run_t r = lt_loadgen(s->url, 4, 200, "20", 5000, 20000);
-    lt_settle(s);
-    lt_expect_all_200(&r, 200);
-    TT_EQ_INT(atomic_load(&s->after_done), 0);
-    TT_EQ_INT(atomic_load(&s->conns), 200);
-    TT_EQ_INT(atomic_load(&s->requests), 200);
-    json_decref(r.json);
-    lt_end();
+    lt_run_case(LT_CLOSE);
 }
 
 /* A body without Content-Length or chunking ends with the connection: the
  * end is the answer's last byte, not an error, and the connection is not
  * reused. */
 TT_TEST(loadgen_eof_body_reconnects, 30) {
-    lt_begin();
-    lt_server_t *s = lt_server_start(LT_EOF_BODY);
-    lt_run_t r = lt_loadgen(s->url, 4, 200, "20", 5000, 20000);
-    lt_settle(s);
-    lt_expect_all_200(&r, 200);
-    TT_EQ_INT(atomic_load(&s->after_done), 0);
-    TT_EQ_INT(atomic_load(&s->conns), 200);
-    TT_EQ_INT(atomic_load(&s->requests), 200);
-    json_decref(r.json);
-    lt_end();
+    lt_run_case(LT_EOF_BODY);
 }
 
 /* A server that drops kept-alive connections after 3 answers, without
  * saying so, while the next request is already on its way: that request
  * got no byte of answer on a reused connection, so loadgen sends it again
- * on a new one, and nobody sees an error. */
+ * on a new one, and nobody sees an error. At most 3 answers per
+ * connection. */
 TT_TEST(loadgen_silent_close_is_retried, 30) {
-    lt_begin();
-    lt_server_t *s = lt_server_start(LT_CLOSE_AFTER);
-    lt_run_t r = lt_loadgen(s->url, 4, 400, "20", 5000, 20000);
-    lt_settle(s);
-    lt_expect_all_200(&r, 400);
-    TT_EQ_INT(atomic_load(&s->answers), 400);
-    /* At most 3 answers per connection. */
-    TT_CMP_INT(atomic_load(&s->conns), >=, (400 + 2) / 3);
-    json_decref(r.json);
-    lt_end();
+    lt_run_case(LT_CLOSE_AFTER);
 }
 
 /* Chunked answers with chunk extensions and a trailer, read to their last
  * byte: anything left over would make loadgen close the connection, so the
  * 4 connections must carry all 400. */
 TT_TEST(loadgen_chunked_with_trailer, 30) {
-    lt_begin();
-    lt_server_t *s = lt_server_start(LT_CHUNKED);
-    lt_run_t r = lt_loadgen(s->url, 4, 400, "20", 5000, 20000);
-    lt_settle(s);
-    lt_expect_all_200(&r, 400);
-    TT_EQ_INT(atomic_load(&s->conns), 4);
-    TT_EQ_INT(atomic_load(&s->requests), 400);
-    json_decref(r.json);
-    lt_end();
+    lt_run_case(LT_CHUNKED);
 }
 
 /* Answers written one byte at a time, alternately a 100 Continue followed
  * by a 200 with Content-Length and a chunked 200 with a trailer. */
 TT_TEST(loadgen_split_writes, 60) {
-    lt_begin();
-    lt_server_t *s = lt_server_start(LT_SPLIT);
-    lt_run_t r = lt_loadgen(s->url, 4, 80, "30", 10000, 40000);
-    lt_settle(s);
-    lt_expect_all_200(&r, 80);
-    TT_EQ_INT(atomic_load(&s->conns), 4);
-    TT_EQ_INT(atomic_load(&s->requests), 80);
-    json_decref(r.json);
-    lt_end();
+    lt_run_case(LT_SPLIT);
 }
 
 /* A server that reads and never answers: every request ends by the
@@ -649,20 +674,9 @@ TT_TEST(loadgen_silent_server_times_out, 30) {
  * with an empty line): lg_http.c looks at the status line only once the
  * block is complete, so a lone bad line is not seen as one today; it ends
  * as a timeout if the server then waits, or as "partial file" if it
- * closes. */
+ * closes. The connection is dropped after it: one per request. */
 TT_TEST(loadgen_garbage_is_weird_reply, 30) {
-    lt_begin();
-    lt_server_t *s = lt_server_start(LT_GARBAGE);
-    lt_run_t r = lt_loadgen(s->url, 2, 50, "20", 5000, 20000);
-    lt_settle(s);
-    lt_expect_all_errors(&r, CURLE_WEIRD_SERVER_REPLY);
-    TT_EQ_INT(lt_num(r.json, "requests", NULL), 50);
-    /* The connection is dropped after it: one per request. */
-    TT_EQ_INT(atomic_load(&s->conns), 50);
-    TT_EQ_INT(atomic_load(&s->requests), 50);
-    TT_EQ_INT(atomic_load(&s->after_done), 0);
-    json_decref(r.json);
-    lt_end();
+    lt_run_case(LT_GARBAGE);
 }
 
 /* Nothing listens on the port (it is bound, so nobody else takes it):
@@ -687,14 +701,5 @@ TT_TEST(loadgen_connection_refused, 30) {
  * closed while the request was on its way. Each error is one request at
  * the server, not two. */
 TT_TEST(loadgen_hangup_on_fresh_is_not_retried, 30) {
-    lt_begin();
-    lt_server_t *s = lt_server_start(LT_HANGUP);
-    lt_run_t r = lt_loadgen(s->url, 4, 100, "10", 2000, 15000);
-    lt_settle(s);
-    lt_expect_all_errors(&r, CURLE_GOT_NOTHING);
-    TT_EQ_INT(lt_num(r.json, "requests", NULL), 100);
-    TT_EQ_INT(atomic_load(&s->requests), 100);
-    TT_EQ_INT(atomic_load(&s->conns), 100);
-    json_decref(r.json);
-    lt_end();
+    lt_run_case(LT_HANGUP);
 }

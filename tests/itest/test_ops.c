@@ -9,6 +9,7 @@
 
 #include "harness.h"
 #include "tt.h"
+#include "util.h"
 
 #define JSON "application/json"
 #define OPS_ADMIN "Bearer test-admin-token" /* the harness's */
@@ -30,7 +31,7 @@ static size_t ops__header(char *p, size_t size, size_t n, void *arg) {
     size_t len = size * n;
     char line[256];
     snprintf(line, sizeof(line), "%.*s", (int)(len < 255 ? len : 255), p);
-    line[strcspn(line, "\r\n")] = '\0';
+    str_trim_newline(line);
     if (strncasecmp(line, "X-Request-Id: ", 14) == 0) {
         snprintf(r->rid, sizeof(r->rid), "%s", line + 14);
     } else if (strncasecmp(line, "Retry-After: ", 13) == 0) {

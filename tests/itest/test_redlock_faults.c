@@ -103,6 +103,45 @@ static void rl_node_back_delayed(int i, int ttl_ms) {
     h_node_start(i, NULL, NULL);
 }
 
+/* The setting the node-outage scenarios start from: `nodes` nodes, two
+ * instances (<coupon>-1, <coupon>-2) taking locks on all of them with a TTL
+ * of 1 s and a lock wait of wait_ms, the coupon, and a load on both until
+ * it has 20 claims. s[2] is filled (harness-owned); the load is new
+ * (fl_free). */
+static fl_load_t *rl_two_under_load(int nodes, const char *coupon, int wait_ms,
+                                    h_svc_t *s[2]) {
+    h_nodes_start(nodes);
+    char wait[48], name[2][32];
+    snprintf(wait, sizeof(wait), "COUPON_LOCK_WAIT_MS=%d", wait_ms);
+    const char *env[] = {rl_addrs_env(0, h_nodes_addrs()),
+                         "COUPON_LOCK_TTL_MS=1000", wait, NULL};
+    for (int i = 0; i < 2; i++) {
+        snprintf(name[i], sizeof(name[i]), "%s-%d", coupon, i + 1);
+        s[i] = h_svc_start(name[i], env);
+    }
+    h_coupon(s[0], coupon, RL_STOCK);
+    fl_load_t *l = fl_start(s, 2, coupon, "load", 4, 20000, RL_PAUSE_MS);
+    rl_wait_201s(l, 20);
+    return l;
+}
+
+/* Kills nodes 0 .. down-1; returns when (h_now_ms). */
+static double rl_kill_first(int down) {
+    double t = h_now_ms();
+    for (int i = 0; i < down; i++) {
+        h_node_kill(i);
+    }
+    return t;
+}
+
+/* Starts nodes 0 .. down-1 again (empty); returns when (h_now_ms). */
+static double rl_start_first(int down) {
+    for (int i = 0; i < down; i++) {
+        h_node_start(i, NULL, NULL);
+    }
+    return h_now_ms();
+}
+
 /* ------------------------------------------------------ minority down --- */
 
 /*
@@ -112,20 +151,11 @@ static void rl_node_back_delayed(int i, int ttl_ms) {
  */
 static void redlock_minority_down(int nodes) {
     h_begin();
-    h_nodes_start(nodes);
-    const char *env[] = {rl_addrs_env(0, h_nodes_addrs()),
-                         "COUPON_LOCK_TTL_MS=1000", "COUPON_LOCK_WAIT_MS=3000",
-                         NULL};
-    h_svc_t *s[] = {h_svc_start("rm-1", env), h_svc_start("rm-2", env)};
-    h_coupon(s[0], "rm", RL_STOCK);
-    fl_load_t *l = fl_start(s, 2, "rm", "load", 4, 20000, RL_PAUSE_MS);
-    rl_wait_201s(l, 20);
+    h_svc_t *s[2];
+    fl_load_t *l = rl_two_under_load(nodes, "rm", 3000, s);
 
     int down = nodes / 2;
-    double t_down = h_now_ms();
-    for (int i = 0; i < down; i++) {
-        h_node_kill(i);
-    }
+    double t_down = rl_kill_first(down);
     h_sleep_ms(2000);
     double t_back = h_now_ms();
     long during = fl_count_between(l, 201, t_down + 500, t_back);
@@ -138,10 +168,7 @@ static void redlock_minority_down(int nodes) {
     rl_failures_clear(l, t_down, t_back);
     /* They have been out for 2 s = TTL + 1 s: the delayed-restart rule
      * holds, they may come back (empty). */
-    for (int i = 0; i < down; i++) {
-        h_node_start(i, NULL, NULL);
-    }
-    double t_up = h_now_ms();
+    double t_up = rl_start_first(down);
     h_sleep_ms(1000);
     TT_CMP_INT(fl_count_between(l, 201, t_up, h_now_ms()), >=, 1);
     fl_print(l, "load");
@@ -170,20 +197,11 @@ TT_TEST(redlock5_minority_down, 60) {
  */
 static void redlock_majority_down(int nodes) {
     h_begin();
-    h_nodes_start(nodes);
-    const char *env[] = {rl_addrs_env(0, h_nodes_addrs()),
-                         "COUPON_LOCK_TTL_MS=1000", "COUPON_LOCK_WAIT_MS=1000",
-                         NULL};
-    h_svc_t *s[] = {h_svc_start("rj-1", env), h_svc_start("rj-2", env)};
-    h_coupon(s[0], "rj", RL_STOCK);
-    fl_load_t *l = fl_start(s, 2, "rj", "load", 4, 20000, RL_PAUSE_MS);
-    rl_wait_201s(l, 20);
+    h_svc_t *s[2];
+    fl_load_t *l = rl_two_under_load(nodes, "rj", 1000, s);
 
     int down = nodes / 2 + 1;
-    double t_down = h_now_ms();
-    for (int i = 0; i < down; i++) {
-        h_node_kill(i);
-    }
+    double t_down = rl_kill_first(down);
     h_sleep_ms(2000);
     double t_restart = h_now_ms();
     TT_EQ_INT(fl_count_within(l, 201, t_down + 200, t_restart), 0);
@@ -195,13 +213,10 @@ static void redlock_majority_down(int nodes) {
     TT_CMP_INT(worst, <, 1000 + 1500);
     TT_CMP_INT(fl_count_between(l, 503, t_down + 200, t_restart), >=, 1);
 
-    for (int i = 0; i < down; i++) {
-        h_node_start(i, NULL, NULL);
-        /* Back at once: nothing was held through this outage (no majority
-         * could grant), so the rule has nothing to protect; the delay is
-         * shown by the scenarios below. */
-    }
-    double t_up = h_now_ms();
+    /* Back at once: nothing was held through this outage (no majority
+     * could grant), so the rule has nothing to protect; the delay is shown
+     * by the scenarios below. */
+    double t_up = rl_start_first(down);
     h_sleep_ms(2500);
     double first = fl_first_after(l, 201, t_up);
     TT_CMP_INT(first, >, 0);
@@ -308,23 +323,10 @@ TT_TEST(redlock5_node_partitioned_from_one_instance, 60) {
 static void redlock_node_clock_jumps(int nodes) {
     h_begin();
     h_nodes_start(nodes);
-    const char *so = getenv("COUPONSVC_CLOCKSHIFT");
-    if (so == NULL) {
-        so = "build/tests/libclockshift.so";
-    }
-    char abs[400], pre[480], file[480], clock_file[400];
-    TT_ASSERT_MSG(realpath(so, abs) != NULL,
-                  "%s missing: run through make test-faults", so);
-    snprintf(clock_file, sizeof(clock_file), "%s/clockshift0", h_test_dir());
-    int fd = open(clock_file, O_CREAT | O_TRUNC | O_WRONLY, 0644);
-    int64_t zero = 0;
-    TT_ASSERT(fd >= 0 && write(fd, &zero, sizeof(zero)) == sizeof(zero));
-    close(fd);
-    snprintf(pre, sizeof(pre), "LD_PRELOAD=%s", abs);
-    snprintf(file, sizeof(file), "CLOCKSHIFT_FILE=%s", clock_file);
-    const char *cenv[] = {pre, file, NULL};
+    fl_clock_t node_clock;
+    fl_clock_init(&node_clock, "clockshift0");
     h_node_kill(0);
-    h_node_start(0, NULL, cenv);
+    h_node_start(0, NULL, node_clock.env);
 
     const char *env_v[] = {rl_addrs_env(0, h_nodes_addrs()),
                            "COUPON_LOCK_TTL_MS=3000",
@@ -345,10 +347,7 @@ static void redlock_node_clock_jumps(int nodes) {
     fl_solo_t sv;
     fl_solo_start(&sv, v, "rc", "victim", 30000);
     TT_CMP_INT(h_wait_metric(v, "couponsvc_leases_held", 1, 10000), >=, 1);
-    int64_t jump = 60000;
-    fd = open(clock_file, O_WRONLY);
-    TT_ASSERT(fd >= 0 && pwrite(fd, &jump, sizeof(jump), 0) == sizeof(jump));
-    close(fd);
+    fl_clock_shift(&node_clock, 60000);
     double t_jump = h_now_ms();
     fl_solo_join(&sv);
     h_sleep_ms(500);
@@ -700,23 +699,10 @@ TT_TEST(redlock3_writeback_after_key_lost, 60) {
     H_REDIS_ONLY(); /* a Redis topology of its own */
     h_begin();
     h_nodes_start(3);
-    const char *so = getenv("COUPONSVC_CLOCKSHIFT");
-    if (so == NULL) {
-        so = "build/tests/libclockshift.so";
-    }
-    char abs[400], pre[480], file[480], clock_file[400];
-    TT_ASSERT_MSG(realpath(so, abs) != NULL,
-                  "%s missing: run through make test-faults", so);
-    snprintf(clock_file, sizeof(clock_file), "%s/clockshift1", h_test_dir());
-    int fd = open(clock_file, O_CREAT | O_TRUNC | O_WRONLY, 0644);
-    int64_t zero = 0;
-    TT_ASSERT(fd >= 0 && write(fd, &zero, sizeof(zero)) == sizeof(zero));
-    close(fd);
-    snprintf(pre, sizeof(pre), "LD_PRELOAD=%s", abs);
-    snprintf(file, sizeof(file), "CLOCKSHIFT_FILE=%s", clock_file);
-    const char *cenv[] = {pre, file, NULL};
+    fl_clock_t node_clock;
+    fl_clock_init(&node_clock, "clockshift1");
     h_node_kill(1);
-    h_node_start(1, NULL, cenv);
+    h_node_start(1, NULL, node_clock.env);
 
     const char *env_a[] = {rl_addrs_env(0, h_nodes_addrs()),
                            "COUPON_LOCK_TTL_MS=3000",
@@ -747,10 +733,7 @@ TT_TEST(redlock3_writeback_after_key_lost, 60) {
         TT_ASSERT_MSG(h_now_ms() < end, "A was not granted on nodes 0, 1");
         h_sleep_ms(5);
     }
-    int64_t jump = 60000;
-    fd = open(clock_file, O_WRONLY);
-    TT_ASSERT(fd >= 0 && pwrite(fd, &jump, sizeof(jump), 0) == sizeof(jump));
-    close(fd);
+    fl_clock_shift(&node_clock, 60000);
     TT_EQ_INT(h_node_int(p1, "EXISTS coupon:{wt}:lock"), 0);
     TT_EQ_INT(h_node_int(p2, "DEL coupon:{wt}:lock"), 1);
     fl_solo_start(&sb, b, "wt", "second", 30000);
