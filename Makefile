@@ -129,10 +129,10 @@ check-format: | deps-check
 # ------------------------------------------------------------------ docs ----
 
 # `make test-docs`: every excerpt of the source the READMEs show (the Lua
-# scripts, the fenced SQL) equals the source, and every Lua or SQL block
-# there is such an excerpt (tests/docs/check_excerpts.py: Python 3 alone, no
-# build, well under a second). `make test` runs it first, in tests/run.sh's
-# list (tests/tests.mk).
+# scripts, the fenced SQL) equals the source, every Lua or SQL block there
+# is such an excerpt, and every path and file:function they name exists
+# (tests/docs/check_excerpts.py: Python 3 alone, no build, well under a
+# second). `make test` runs it first, in tests/run.sh's list (tests/tests.mk).
 .PHONY: test-docs
 test-docs:
 	$(Q)python3 tests/docs/check_excerpts.py .

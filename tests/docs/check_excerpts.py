@@ -33,7 +33,10 @@ shown without a marker would be a quote nobody checks.
 The READMEs' reading paths name code as `service/claim.c:claim__locked`
 (file:name, names rather than line numbers so that they stay true): every
 such reference must name a function, macro or variable defined in that
-file, so that a rename which forgets the README fails here.
+file, so that a rename which forgets the README fails here. Likewise every
+repository path they quote (`service/...`, `deploy/...`, `tests/...`,
+`loadtest/...`, `migrations/...`, `.ci/...`) must exist, so that a file
+moved or removed takes its mentions with it.
 
 Usage: check_excerpts.py [ROOT [FILE.md ...]]. Default: README.md and
 deploy/README.md under ROOT (default: the repository this file is in).
@@ -385,6 +388,7 @@ def excerpts(md_path):
 
 
 REF = re.compile(r"`((?:service|loadtest|tests)/[\w./-]+\.[ch]):([A-Za-z_]\w*)`")
+PATH = re.compile(r"`((?:service|deploy|tests|loadtest|migrations|\.ci)/[\w./@-]*)`")
 
 
 def defines(text, name):
@@ -431,8 +435,15 @@ def check_refs(root, md):
                 failed += 1
             else:
                 passed += 1
+        for m in PATH.finditer(line):
+            if os.path.exists(os.path.join(root, m.group(1))):
+                passed += 1
+            else:
+                print("FAIL %s:%d: `%s`: no such file or directory"
+                      % (md, lineno, m.group(1)))
+                failed += 1
     if passed:
-        print("ok   %s: %d file:name references name code that exists"
+        print("ok   %s: %d paths and file:name references name what exists"
               % (md, passed))
     return passed, failed
 
