@@ -16,8 +16,8 @@ that names the source file and the C name of the string it shows:
 
 The name is a macro (`#define NAME "..." ...`), a variable
 (`static const char NAME[] = "..." ...;`), or, in double quotes, the key of
-a row of a table of named strings (`{"claim_c", "SQL" ...}`). Its value is rebuilt as the
-compiler sees it: string literals decoded and concatenated, and the macros of
+a row of a table of named strings (`{"check", "SQL" ...}`). Its value is
+rebuilt as the compiler sees it: string literals decoded and concatenated, and the macros of
 the same file that it uses expanded (object-like and function-like), each
 with the definition that is active when no negative control
 (COUPONSVC_UNSAFE_*) and nothing else from outside the file is defined.
