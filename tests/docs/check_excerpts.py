@@ -17,9 +17,9 @@ that names the source file and the C name of the string it shows:
 The name is a macro (`#define NAME "..." ...`), a variable
 (`static const char NAME[] = "..." ...;`), or, in double quotes, the key of
 a row of a table of named strings (`{"check", "SQL" ...}`). Its value is
-rebuilt as the compiler sees it: string literals decoded and concatenated, and the macros of
-the same file that it uses expanded (object-like and function-like), each
-with the definition that is active when no negative control
+rebuilt as the compiler sees it: string literals decoded and
+concatenated, and the macros of the same file that it uses expanded
+(object-like and function-like), each with the definition that is active when no negative control
 (COUPONSVC_UNSAFE_*) and nothing else from outside the file is defined.
 The block (less the indentation of its fence, for a block inside a list)
 must equal that value: byte for byte when the value has line breaks, as
@@ -173,7 +173,9 @@ def preprocess(tokens):
     """Runs the file's conditionals and #defines with nothing defined from
     outside. Returns (macros defined at the end, the active code tokens)."""
     macros, code = {}, []
-    stack = []  # per #if: [this branch active, some branch taken, parent active]
+    # One entry per open #if: [this branch is active, some branch was taken,
+    # the enclosing code is active].
+    stack = []
     active = True
     lines, cur = [], []
     for tok in tokens:
@@ -387,8 +389,10 @@ def excerpts(md_path):
     return found, unmarked
 
 
-REF = re.compile(r"`((?:service|loadtest|tests)/[\w./-]+\.[ch]):([A-Za-z_]\w*)`")
-PATH = re.compile(r"`((?:service|deploy|tests|loadtest|migrations|\.ci)/[\w./@-]*)`")
+REF = re.compile(
+    r"`((?:service|loadtest|tests)/[\w./-]+\.[ch]):([A-Za-z_]\w*)`")
+PATH = re.compile(
+    r"`((?:service|deploy|tests|loadtest|migrations|\.ci)/[\w./@-]*)`")
 
 
 def defines(text, name):
@@ -509,10 +513,9 @@ def check(root, md_files):
                   % (where, src, name,
                      "" if "\n" in want.rstrip("\n")
                      else " (compared word by word)"))
-            sys.stdout.writelines(difflib.unified_diff(
-                b, a, "%s %s" % (src, name), where + " (README)"))
-            if a and not a[-1].endswith("\n") or b and not b[-1].endswith("\n"):
-                print()
+            for d in difflib.unified_diff(b, a, "%s %s" % (src, name),
+                                          where + " (README)"):
+                print(d, end="" if d.endswith("\n") else "\n")
         p, f = check_refs(root, md)
         passed += 1 if p and not f else 0
         failures += f
@@ -523,8 +526,9 @@ def check(root, md_files):
 
 
 def main(argv):
+    here = os.path.abspath(__file__)
     root = argv[1] if len(argv) > 1 else \
-        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        os.path.dirname(os.path.dirname(os.path.dirname(here)))
     md_files = argv[2:] or [f for f in ("README.md", "deploy/README.md")
                             if os.path.exists(os.path.join(root, f))]
     try:
