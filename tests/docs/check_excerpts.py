@@ -19,8 +19,9 @@ The name is a macro (`#define NAME "..." ...`), a variable
 a row of a table of named strings (`{"check", "SQL" ...}`). Its value is
 rebuilt as the compiler sees it: string literals decoded and
 concatenated, and the macros of the same file that it uses expanded
-(object-like and function-like), each with the definition that is active when no negative control
-(COUPONSVC_UNSAFE_*) and nothing else from outside the file is defined.
+(object-like and function-like), each with the definition that is active
+when no negative control (COUPONSVC_UNSAFE_*) and nothing else from
+outside the file is defined.
 The block (less the indentation of its fence, for a block inside a list)
 must equal that value: byte for byte when the value has line breaks, as
 the Lua scripts do; with runs of white space counted as one space when it
