@@ -11,6 +11,7 @@
  */
 #include "lock.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -228,7 +229,42 @@ int lock_lease_usable(const lock_lease_t *l) {
 
 int lock_lease_mark_lost(lock_lease_t *l) {
     int expected = 0;
-    return atomic_compare_exchange_strong(&l->lost, &expected, 1);
+    int marked = atomic_compare_exchange_strong(&l->lost, &expected, 1);
+    assert(marked || expected == 1); /* lost is 0 or 1, nothing else */
+    return marked;
+}
+
+lock_lease_seen_t lock_lease_seen(const lock_lease_t *l) {
+    lock_lease_seen_t s;
+    s.lost = atomic_load(&l->lost);
+    s.valid_until_ns = atomic_load(&l->valid_until_ns);
+    return s;
+}
+
+int lock_lease__ok(const lock_lease_t *l) {
+    int lost = atomic_load(&l->lost);
+    if ((lost != 0 && lost != 1) || l->ttl_ms == 0 ||
+        l->token[LOCK_TOKEN_HEX] != '\0') {
+        return 0;
+    }
+    for (int i = 0; i < LOCK_TOKEN_HEX; i++) {
+        char c = l->token[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int lock_lease__sanity(const lock_lease_t *l, lock_lease_seen_t before) {
+    lock_lease_seen_t now = lock_lease_seen(l);
+    if (before.lost && !now.lost) {
+        return 0; /* lost came back */
+    }
+    if (!now.lost && now.valid_until_ns < before.valid_until_ns) {
+        return 0; /* validity shrank while not lost */
+    }
+    return lock_lease__ok(l);
 }
 
 /* ------------------------------------------------------------- acquire --- */
@@ -246,6 +282,7 @@ int lock_try_acquire(lock_client_t *cl, const char *resource, uint32_t ttl_ms,
                 : rc == LOCK_BUSY ? M_LOCK_BUSY
                                   : M_LOCK_ERROR);
     if (rc == LOCK_OK) {
+        assert(lock_lease__ok(lease));
         log_info("lock.acquired",
                  "resource=%s fence=%lld token=%.8s backend=%s", resource,
                  (long long)lease->fence, lease->token, cl->be->name);
@@ -273,6 +310,28 @@ static uint64_t lock__rand(lock_client_t *cl) {
 #define LOCK__BACKOFF_MIN_NS (1 * MONO_MS)
 #define LOCK__BACKOFF_MAX_NS (50 * MONO_MS)
 
+int64_t lock__backoff_ns(int64_t cap_ns, uint64_t rnd, int64_t pttl_ms,
+                         int64_t left_ns) {
+    int64_t sleep = cap_ns / 2 + (int64_t)(rnd % (uint64_t)(cap_ns / 2 + 1));
+    if (pttl_ms >= 0 && sleep > pttl_ms * MONO_MS) {
+        sleep = pttl_ms * MONO_MS;
+    }
+    /* Never below the backoff's floor: a PTTL of 0 (a key about to
+     * expire) must not turn this into a loop without a pause. */
+    if (sleep < LOCK__BACKOFF_MIN_NS) {
+        sleep = LOCK__BACKOFF_MIN_NS;
+    }
+    if (sleep > left_ns) {
+        sleep = left_ns;
+    }
+    return sleep;
+}
+
+int64_t lock__backoff_next_cap(int64_t cap_ns) {
+    return cap_ns * 2 > LOCK__BACKOFF_MAX_NS ? LOCK__BACKOFF_MAX_NS
+                                             : cap_ns * 2;
+}
+
 static int lock__acquire_poll(lock_client_t *cl, const char *resource,
                               uint32_t ttl_ms, int64_t deadline_ns,
                               lock_lease_t *lease) {
@@ -287,21 +346,9 @@ static int lock__acquire_poll(lock_client_t *cl, const char *resource,
         if (now >= deadline_ns) {
             return LOCK_BUSY; /* waited long enough */
         }
-        int64_t sleep =
-            cap / 2 + (int64_t)(lock__rand(cl) % (uint64_t)(cap / 2 + 1));
-        if (pttl >= 0 && sleep > pttl * MONO_MS) {
-            sleep = pttl * MONO_MS;
-        }
-        /* Never below the backoff's floor: a PTTL of 0 (a key about to
-         * expire) must not turn this into a loop without a pause. */
-        if (sleep < LOCK__BACKOFF_MIN_NS) {
-            sleep = LOCK__BACKOFF_MIN_NS;
-        }
-        if (sleep > deadline_ns - now) {
-            sleep = deadline_ns - now;
-        }
-        mono_sleep_ns(sleep);
-        cap = cap * 2 > LOCK__BACKOFF_MAX_NS ? LOCK__BACKOFF_MAX_NS : cap * 2;
+        mono_sleep_ns(
+            lock__backoff_ns(cap, lock__rand(cl), pttl, deadline_ns - now));
+        cap = lock__backoff_next_cap(cap);
     }
 }
 
@@ -351,6 +398,7 @@ int lock_acquire(lock_client_t *cl, const char *resource, uint32_t ttl_ms,
         lock_lease_setup(lease, resource, ttl_ms);
         rc = cl->be->acquire(cl, deadline_ns, lease);
         if (rc == LOCK_OK) {
+            assert(lock_lease__ok(lease));
             log_info("lock.acquired",
                      "resource=%s fence=%lld token=%.8s backend=%s", resource,
                      (long long)lease->fence, lease->token, cl->be->name);
@@ -382,6 +430,7 @@ int lock_extend_many(lock_client_t *cl, lock_lease_t *const *leases, size_t n,
 }
 
 int lock_release(lock_client_t *cl, const lock_lease_t *lease) {
+    assert(lock_lease__ok(lease));
     char res[LOCK_KEY_MAX];
     lock_resource_of(lease->key, res);
     lock_wait_note_release(res);

@@ -220,4 +220,27 @@ int lock_lease_usable(const lock_lease_t *lease);
  * one that marked it. */
 int lock_lease_mark_lost(lock_lease_t *lease);
 
+/* ------------------------------------------------ checks, for assert() --- */
+
+/* What one reader saw of the two fields the watchdog writes, to hold a later
+ * look at the lease against (lock_lease__sanity). */
+typedef struct lock_lease_seen {
+    int lost;
+    int64_t valid_until_ns;
+} lock_lease_seen_t;
+
+/* The two fields now (lost read first). Thread-safe. */
+lock_lease_seen_t lock_lease_seen(const lock_lease_t *lease);
+
+/* 1 when the fields of a granted lease are in range: lost is 0 or 1, the
+ * TTL is not 0, the token is LOCK_TOKEN_HEX lower-case hex digits. O(1)
+ * (the token's 32 digits). The watchdog's fields are wd.c's to check. */
+int lock_lease__ok(const lock_lease_t *lease);
+
+/* 1 when the lease agrees with its invariant against an earlier look
+ * before: once lost it stays lost, and while not lost valid_until_ns has
+ * not gone back. O(1). Call it from the watchdog's thread, the only writer
+ * of valid_until_ns after the grant. */
+int lock_lease__sanity(const lock_lease_t *lease, lock_lease_seen_t before);
+
 #endif

@@ -90,6 +90,16 @@ void lock_lease_setup(lock_lease_t *lease, const char *resource,
 /* The resource of a lock key "coupon:{R}:lock", into out[LOCK_KEY_MAX]. */
 void lock_resource_of(const char *key, char *out);
 
+/* The poll strategy's arithmetic (lock.c's backoff comment), pure. One
+ * sleep, in ns: drawn from [cap/2, cap] by rnd, no longer than the holder's
+ * PTTL (pttl_ms >= 0; -1: unknown), never below 1 ms, never past left_ns
+ * (the time to the deadline, > 0). */
+int64_t lock__backoff_ns(int64_t cap_ns, uint64_t rnd, int64_t pttl_ms,
+                         int64_t left_ns);
+
+/* The cap after cap_ns: doubled, at most 50 ms. */
+int64_t lock__backoff_next_cap(int64_t cap_ns);
+
 /* ------------------ shared by the two Redis backends (lock_redis.c) --- */
 
 struct redisReply;
@@ -128,5 +138,14 @@ int64_t lock_redlock_validity_ns(uint32_t ttl_ms, int64_t elapsed_ns);
  * answered, but no majority said yes) or LOCK_ERR (no majority answered:
  * the backend is unavailable). */
 int lock_redlock_verdict(int n, int yes, int no);
+
+/* The counts of one round are possible: 1 <= n <= LOCK_MAX_NODES, yes and
+ * no not negative, yes + no <= n (a node answers once). For assert(). */
+int lock_redlock__quorum_ok(int n, int yes, int no);
+
+/* The same, with the round's bit masks (bit i: node i said yes / no):
+ * disjoint, within n nodes, and yes / no bits set. For assert(). */
+int lock_redlock__masks_ok(int n, uint32_t yes_mask, uint32_t no_mask, int yes,
+                           int no);
 
 #endif

@@ -66,6 +66,7 @@
  * rise in grant order. The switch needs no operator step; the first claim
  * of such a coupon costs one refused transaction and one retry.
  */
+#include <assert.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +94,15 @@ static struct {
     uint32_t recheck_ms;
 } lock_etcd__g = {.mu = PTHREAD_MUTEX_INITIALIZER,
                   .grant_mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* The session's invariant (under mu): a session (lease_id != 0) has a TTL
+ * as granted (lease_ttl_ms > 0) and an instant it is valid until
+ * (valid_until_ns > 0), which a keep-alive of that session only moves
+ * forward; lease_id 0 means no session, whatever the other two hold. */
+static int lock_etcd__session_ok(void) {
+    return lock_etcd__g.lease_id == 0 ||
+           (lock_etcd__g.lease_ttl_ms > 0 && lock_etcd__g.valid_until_ns > 0);
+}
 
 #define LOCK_ETCD__KEY_MAX (LOCK_KEY_MAX + 256)
 #define LOCK_ETCD__RETRIES 3 /* fresh sessions one acquire may start */
@@ -313,6 +323,7 @@ store:
     lock_etcd__g.lease_id = cur;
     lock_etcd__g.lease_ttl_ms = ttl;
     lock_etcd__g.valid_until_ns = until;
+    assert(lock_etcd__session_ok());
     pthread_mutex_unlock(&lock_etcd__g.mu);
 done:
     pthread_mutex_unlock(&lock_etcd__g.grant_mu);
@@ -329,6 +340,7 @@ static void lock_etcd__session_lost(int64_t id) {
         lock_etcd__g.lease_id = 0;
         lock_etcd__g.valid_until_ns = 0;
     }
+    assert(lock_etcd__session_ok());
     pthread_mutex_unlock(&lock_etcd__g.mu);
 }
 
@@ -688,6 +700,7 @@ static int lock_etcd__extend_many(lock_client_t *cl,
                     lock_etcd__g.valid_until_ns = sent + ttl_ms * MONO_MS;
                 }
             }
+            assert(lock_etcd__session_ok());
             pthread_mutex_unlock(&lock_etcd__g.mu);
         }
         for (size_t j = i; j < n; j++) {
@@ -716,10 +729,11 @@ static void lock_etcd__abandon(lock_client_t *cl, lock_lease_t *lease) {
     (void)lock_etcd__release(cl, lease);
 }
 
-static int lock_etcd__check(lock_client_t *cl, const lock_lease_t *lease) {
-    lock_etcd__client_t *c = lock_etcd__cl(cl);
-    char key[LOCK_ETCD__KEY_MAX];
-    lock_etcd__my_key(lease, key);
+/* A linearizable count of the keys named key (0 or 1) into *count: one
+ * round trip that needs the cluster's quorum, as a grant does. LOCK_OK, or
+ * LOCK_ERR. */
+static int lock_etcd__count(lock_etcd__client_t *c, const char *key,
+                            int64_t *count) {
     json_t *resp = NULL;
     if (lock_etcd__call(c, "/v3/kv/range",
                         json_pack("{s:o, s:b}", "key", lock_etcd__jkey(key),
@@ -728,11 +742,21 @@ static int lock_etcd__check(lock_client_t *cl, const lock_lease_t *lease) {
                         NULL) != LOCK_ETCD_GW_OK) {
         return lock_etcd__fail(c);
     }
+    *count = lock_etcd_gw_i64(resp, "count");
+    json_decref(resp);
+    return LOCK_OK;
+}
+
+static int lock_etcd__check(lock_client_t *cl, const lock_lease_t *lease) {
+    char key[LOCK_ETCD__KEY_MAX];
+    lock_etcd__my_key(lease, key);
+    int64_t n = 0;
+    if (lock_etcd__count(lock_etcd__cl(cl), key, &n) != LOCK_OK) {
+        return LOCK_ERR;
+    }
     /* Our key exists: it is still the lowest of the queue (no key created
      * later can be lower), so we still hold the lock. */
-    int held = lock_etcd_gw_i64(resp, "count") > 0;
-    json_decref(resp);
-    return held ? LOCK_HELD : LOCK_LOST;
+    return n > 0 ? LOCK_HELD : LOCK_LOST;
 }
 
 static int lock_etcd__raise_fence(lock_client_t *cl, const char *resource,
@@ -796,19 +820,10 @@ static int lock_etcd__raise_fence(lock_client_t *cl, const char *resource,
 /* Readiness: a linearizable read needs the cluster's quorum, as a grant
  * does. */
 static int lock_etcd__ping(lock_client_t *cl) {
-    lock_etcd__client_t *c = lock_etcd__cl(cl);
     char key[LOCK_ETCD__KEY_MAX];
     snprintf(key, sizeof(key), "%sping", lock_etcd__prefix());
-    json_t *resp = NULL;
-    if (lock_etcd__call(c, "/v3/kv/range",
-                        json_pack("{s:o, s:b}", "key", lock_etcd__jkey(key),
-                                  "count_only", 1),
-                        lock_etcd__deadline(), &resp,
-                        NULL) != LOCK_ETCD_GW_OK) {
-        return lock_etcd__fail(c);
-    }
-    json_decref(resp);
-    return LOCK_OK;
+    int64_t n = 0;
+    return lock_etcd__count(lock_etcd__cl(cl), key, &n);
 }
 
 const lock_backend_t lock_etcd_backend = {

@@ -355,6 +355,10 @@ static lock_etcd_gw__outcome_t lock_etcd_gw__classify(lock_etcd_gw_t *gw,
         gw->errkind = LOCK_EPERM;
         return LOCK_ETCD_GW__FAIL;
     case 3:
+        /* etcd answers refused credentials with code 3 (invalid argument),
+         * the code of every malformed request too; its fixed message is
+         * the only mark that tells them apart, so this reads etcd's reply
+         * text, never our errstr. */
         if (strstr(msg, "authentication failed") != NULL) {
             gw->errkind = LOCK_EAUTH;
             return LOCK_ETCD_GW__FAIL;
@@ -373,6 +377,21 @@ static lock_etcd_gw__outcome_t lock_etcd_gw__classify(lock_etcd_gw_t *gw,
     }
     gw->errkind = LOCK_EPROTO;
     return LOCK_ETCD_GW__FAIL;
+}
+
+/* The time one attempt may take, in ms: what is left until deadline_ns,
+ * at most the per-endpoint timeout and at least 1 ms; 0 when the deadline
+ * has passed (no attempt). */
+static long lock_etcd_gw__attempt_ms(int64_t deadline_ns) {
+    int64_t left = deadline_ns - mono_ns();
+    if (left <= 0) {
+        return 0;
+    }
+    long tmo = (long)(left / MONO_MS);
+    if (tmo > (long)lock_etcd_gw__g.timeout_ms) {
+        tmo = (long)lock_etcd_gw__g.timeout_ms;
+    }
+    return tmo < 1 ? 1 : tmo;
 }
 
 /* One POST of body to endpoint i, within timeout_ms. On DONE *resp is the
@@ -452,13 +471,9 @@ static int lock_etcd_gw__authenticate(lock_etcd_gw_t *gw, unsigned long gen,
     int rc = -1;
     for (int k = 0; k < lock_etcd_gw__g.n; k++) {
         int i = (gw->cur + k) % lock_etcd_gw__g.n;
-        int64_t left = deadline_ns - mono_ns();
-        if (left <= 0) {
+        long tmo = lock_etcd_gw__attempt_ms(deadline_ns);
+        if (tmo == 0) {
             break;
-        }
-        long tmo = (long)(left / MONO_MS);
-        if (tmo > (long)lock_etcd_gw__g.timeout_ms) {
-            tmo = (long)lock_etcd_gw__g.timeout_ms;
         }
         json_t *resp = NULL;
         /* The authenticate call itself carries no token. */
@@ -469,7 +484,7 @@ static int lock_etcd_gw__authenticate(lock_etcd_gw_t *gw, unsigned long gen,
         pthread_mutex_unlock(&lock_etcd_gw__g.mu);
         free(old);
         lock_etcd_gw__outcome_t o = lock_etcd_gw__attempt(
-            gw, i, "/v3/auth/authenticate", body, tmo < 1 ? 1 : tmo, &resp);
+            gw, i, "/v3/auth/authenticate", body, tmo, &resp);
         if (o == LOCK_ETCD_GW__DONE) {
             const char *t = json_string_value(json_object_get(resp, "token"));
             if (t == NULL) {
@@ -530,13 +545,9 @@ int lock_etcd_gw_call(lock_etcd_gw_t *gw, const char *path, json_t *req,
              path);
     for (int k = 0; k < n; k++) {
         int i = (gw->cur + k) % n;
-        int64_t left = deadline_ns - mono_ns();
-        if (left <= 0) {
+        long tmo = lock_etcd_gw__attempt_ms(deadline_ns);
+        if (tmo == 0) {
             break;
-        }
-        long tmo = (long)(left / MONO_MS);
-        if (tmo > (long)lock_etcd_gw__g.timeout_ms) {
-            tmo = (long)lock_etcd_gw__g.timeout_ms;
         }
         pthread_mutex_lock(&lock_etcd_gw__g.mu);
         gen = lock_etcd_gw__g.gen;
@@ -545,7 +556,7 @@ int lock_etcd_gw_call(lock_etcd_gw_t *gw, const char *path, json_t *req,
             *sent_ns = boot_ns();
         }
         lock_etcd_gw__outcome_t o =
-            lock_etcd_gw__attempt(gw, i, path, body, tmo < 1 ? 1 : tmo, resp);
+            lock_etcd_gw__attempt(gw, i, path, body, tmo, resp);
         if (o == LOCK_ETCD_GW__DONE) {
             gw->cur = i;
             gw->errkind = LOCK_ENONE;

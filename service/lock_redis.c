@@ -715,17 +715,18 @@ static int lock_redis__init(const cfg_t *cfg, char *err, size_t errlen) {
     return 0;
 }
 
+/* The operations both tables below share: one node, found either way. */
+#define LOCK_REDIS__OPS                                                        \
+    .client_new = lock_redis__client_new,                                      \
+    .client_free = lock_redis__client_free, .try_acquire = lock_redis__try,    \
+    .extend_many = lock_redis__extend_many, .release = lock_redis__release,    \
+    .check = lock_redis__check, .raise_fence = lock_redis__raise_fence,        \
+    .ping = lock_redis__ping
+
 const lock_backend_t lock_redis_backend = {
     .name = "redis",
     .init = lock_redis__init,
-    .client_new = lock_redis__client_new,
-    .client_free = lock_redis__client_free,
-    .try_acquire = lock_redis__try,
-    .extend_many = lock_redis__extend_many,
-    .release = lock_redis__release,
-    .check = lock_redis__check,
-    .raise_fence = lock_redis__raise_fence,
-    .ping = lock_redis__ping,
+    LOCK_REDIS__OPS,
 };
 
 /* One logical node behind Sentinel: the same code; the master's address
@@ -744,12 +745,5 @@ static int lock_redis__init_sentinel(const cfg_t *cfg, char *err,
 const lock_backend_t lock_sentinel_backend = {
     .name = "sentinel",
     .init = lock_redis__init_sentinel,
-    .client_new = lock_redis__client_new,
-    .client_free = lock_redis__client_free,
-    .try_acquire = lock_redis__try,
-    .extend_many = lock_redis__extend_many,
-    .release = lock_redis__release,
-    .check = lock_redis__check,
-    .raise_fence = lock_redis__raise_fence,
-    .ping = lock_redis__ping,
+    LOCK_REDIS__OPS,
 };

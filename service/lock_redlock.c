@@ -73,6 +73,7 @@
  * checked then (an ACL user without ROLE and INFO server is logged the same
  * way; deploy/redis/couponsvc.acl grants both).
  */
+#include <assert.h>
 #include <errno.h>
 #include <hiredis/hiredis.h>
 #include <netdb.h>
@@ -113,7 +114,25 @@
 /* ---------------------------------------------------------- arithmetic --- */
 
 int lock_redlock_majority(int n) {
-    return n / 2 + 1;
+    int m = n / 2 + 1;
+    /* The smallest count that two disjoint sets of n nodes cannot both
+     * reach: more than half, and one less is not. */
+    assert(2 * m > n && 2 * (m - 1) <= n);
+    return m;
+}
+
+int lock_redlock__quorum_ok(int n, int yes, int no) {
+    return n >= 1 && n <= LOCK_MAX_NODES && yes >= 0 && no >= 0 &&
+           yes + no <= n;
+}
+
+int lock_redlock__masks_ok(int n, uint32_t yes_mask, uint32_t no_mask, int yes,
+                           int no) {
+    uint32_t all = n >= 32 ? 0xffffffffu : (1u << n) - 1;
+    return lock_redlock__quorum_ok(n, yes, no) && (yes_mask & no_mask) == 0 &&
+           (yes_mask & ~all) == 0 && (no_mask & ~all) == 0 &&
+           __builtin_popcount(yes_mask) == yes &&
+           __builtin_popcount(no_mask) == no;
 }
 
 int64_t lock_redlock_drift_ns(uint32_t ttl_ms) {
@@ -126,6 +145,7 @@ int64_t lock_redlock_validity_ns(uint32_t ttl_ms, int64_t elapsed_ns) {
 }
 
 int lock_redlock_verdict(int n, int yes, int no) {
+    assert(lock_redlock__quorum_ok(n, yes, no));
     int m = lock_redlock_majority(n);
     if (yes >= m) {
         return LOCK_OK;
@@ -736,6 +756,10 @@ static int lock_redlock__write_back(lock_redlock__client_t *cl,
             ++*refused;
         }
     }
+    /* Only granting nodes were asked, each once. */
+    assert((lease->u.redlock.raised & ~granted) == 0 &&
+           __builtin_popcount(lease->u.redlock.raised) == yes &&
+           yes + *refused <= __builtin_popcount(granted));
     lock_redlock__round_end(cl);
     return yes;
 #endif
@@ -788,6 +812,7 @@ static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
                      r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
         }
     }
+    assert(lock_redlock__masks_ok(cl->n, granted, refused, yes, no));
     int verdict = lock_redlock_verdict(cl->n, yes, no);
     if (verdict != LOCK_OK) {
         /* Every node that may hold it, at once: the granting ones and the
@@ -901,6 +926,8 @@ static int lock_redlock__extend_many(lock_client_t *base,
     }
     int m = lock_redlock_majority(cl->n);
     for (size_t i = 0; i < n; i++) {
+        assert(lock_redlock__quorum_ok(cl->n, yes[i], no[i]) &&
+               yes[i] + no[i] <= answered);
         results[i] = yes[i] >= m         ? LOCK_HELD
                      : no[i] > cl->n - m ? LOCK_LOST
                                          : LOCK_ERR;

@@ -86,10 +86,21 @@
  * the subscriber's state. The subscriber thread is the only user of its
  * Redis connection; the waiters ask it for a (un)subscription through a
  * pipe. Resources are allocated by the first waiter and freed by the
- * subscriber thread once they have no waiters and no subscription.
+ * subscriber thread once they have no waiters and no subscription on any
+ * node (or by lock_wait_shutdown, after the subscribers have ended, once
+ * they have no waiters).
+ *
+ * Invariant of a resource's queue (under the mutex): head and tail are both
+ * NULL iff nwaiters is 0; walked from head by next, the queue is nwaiters
+ * long, each waiter's prev is the one before it and its res is the
+ * resource, the seq numbers grow (FIFO: join order), and it ends at tail.
+ * lock_wait__queue_ok checks the ends in O(1) at every join and leave, and
+ * when a resource is freed; lock_wait__queue_sanity walks the queue at each
+ * join and leave in a COUPONSVC_DEBUG_SANITY build.
  */
 #include "lock_wait.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
@@ -126,6 +137,7 @@ typedef struct lock_wait__res {
     char channel[LOCK_KEY_MAX];   /* coupon:{R}:released */
     lock_waiter_t *head, *tail;   /* FIFO, oldest first */
     int nwaiters;
+    uint64_t next_seq; /* the seq of the next waiter to join */
     lock_wait__state_t state[LOCK_MAX_NODES];        /* per node */
     char seen[LOCK_WAIT__NSEEN][LOCK_TOKEN_HEX + 1]; /* last tokens heard */
     int seen_next;                                   /* ring position */
@@ -189,6 +201,40 @@ static lock_wait__res_t *lock_wait__find(const char *channel, uint64_t h) {
     }
     return r;
 }
+
+int lock_wait__queue_ok(const lock_waiter_t *head, const lock_waiter_t *tail,
+                        int n) {
+    if (n < 0 || (n == 0) != (head == NULL) ||
+        (head == NULL) != (tail == NULL)) {
+        return 0;
+    }
+    return head == NULL || (head->prev == NULL && tail->next == NULL);
+}
+
+int lock_wait__queue_sanity(const lock_waiter_t *head,
+                            const lock_waiter_t *tail, int n) {
+    int len = 0;
+    const lock_waiter_t *prev = NULL;
+    for (const lock_waiter_t *w = head; w != NULL; w = w->next) {
+        if (++len > n || w->prev != prev || w->res != head->res ||
+            (prev != NULL && w->seq <= prev->seq)) {
+            return 0;
+        }
+        prev = w;
+    }
+    return len == n && prev == tail && lock_wait__queue_ok(head, tail, n);
+}
+
+/* Under the mutex: r's queue, checked in O(1), or walked whole in a
+ * COUPONSVC_DEBUG_SANITY build. */
+#ifdef COUPONSVC_DEBUG_SANITY
+#define LOCK_WAIT__QUEUE_CHECK(r)                                              \
+    assert(lock_wait__queue_sanity((r)->head, (r)->tail, (r)->nwaiters) &&     \
+           ((r)->head == NULL || (r)->head->res == (r)))
+#else
+#define LOCK_WAIT__QUEUE_CHECK(r)                                              \
+    assert(lock_wait__queue_ok((r)->head, (r)->tail, (r)->nwaiters))
+#endif
 
 /* Tells every subscriber thread to look at the table again. A full pipe
  * already carries a wake, so EAGAIN is fine. */
@@ -262,8 +308,7 @@ void lock_wait_config(const cfg_t *cfg, int nnodes) {
     }
     pthread_condattr_destroy(&ca);
     lock_wait__g.poll = poll;
-    lock_wait__g.recheck_ns =
-        (int64_t)(recheck_ms > 0 ? recheck_ms : 1) * MONO_MS;
+    lock_wait__g.recheck_ns = lock_wait__recheck_ns(recheck_ms);
     lock_wait__g.nnodes = nnodes;
     lock_wait__g.majority = nnodes / 2 + 1;
     for (int i = 0; i < nnodes; i++) {
@@ -386,6 +431,8 @@ static int lock_wait__sync(redisContext *c, int node) {
                 cmd = "UNSUBSCRIBE";
                 r->state[node] = LOCK_WAIT__UNSUB;
             } else if (r->nwaiters == 0 && lock_wait__unsubscribed(r)) {
+                assert(r->head == NULL &&
+                       lock_wait__queue_ok(NULL, r->tail, r->nwaiters));
                 *pp = r->hnext;
                 free(r);
                 continue;
@@ -569,6 +616,8 @@ void lock_wait_shutdown(void) {
                 pp = &r->hnext;
                 continue;
             }
+            assert(r->head == NULL &&
+                   lock_wait__queue_ok(NULL, r->tail, r->nwaiters));
             *pp = r->hnext;
             free(r);
         }
@@ -622,6 +671,26 @@ static int lock_wait__start(void) {
     return 0;
 }
 
+/* ---------------------------------------------------------- arithmetic --- */
+
+int64_t lock_wait__handoff_until(int64_t last_ns, int64_t deadline_ns) {
+    int64_t until = last_ns + LOCK_WAIT__HANDOFF_NS;
+    return lock_wait__until(until, deadline_ns);
+}
+
+int lock_wait__handoff_over(int others, int msgs, int self, int64_t now_ns,
+                            int64_t until_ns) {
+    return others <= 0 || msgs >= self + others || now_ns >= until_ns;
+}
+
+int64_t lock_wait__until(int64_t at_ns, int64_t deadline_ns) {
+    return at_ns < deadline_ns ? at_ns : deadline_ns;
+}
+
+int64_t lock_wait__recheck_ns(uint32_t recheck_ms) {
+    return (int64_t)(recheck_ms > 0 ? recheck_ms : 1) * MONO_MS;
+}
+
 /* ------------------------------------------------------------- waiters --- */
 
 int lock_wait_has_waiters(const char *resource) {
@@ -649,12 +718,9 @@ void lock_wait_holdback(const char *resource, int64_t deadline_ns) {
      * batch elsewhere does not end it; only a lock left idle that long
      * does (a waiter gone, a message lost). */
     for (;;) {
-        int64_t until = f->last_ns + LOCK_WAIT__HANDOFF_NS;
-        if (until > deadline_ns) {
-            until = deadline_ns;
-        }
-        if (f->hash != h || f->others <= 0 || f->msgs >= f->self + f->others ||
-            mono_ns() >= until) {
+        int64_t until = lock_wait__handoff_until(f->last_ns, deadline_ns);
+        if (f->hash != h || lock_wait__handoff_over(f->others, f->msgs, f->self,
+                                                    mono_ns(), until)) {
             break;
         }
         lock_wait__timedwait(&lock_wait__g.handoff, until);
@@ -746,6 +812,7 @@ int lock_wait_join(lock_waiter_t *w, const char *resource,
         return 1;
     }
     w->res = r;
+    w->seq = r->next_seq++;
     w->prev = r->tail;
     if (r->tail != NULL) {
         r->tail->next = w;
@@ -754,6 +821,7 @@ int lock_wait_join(lock_waiter_t *w, const char *resource,
     }
     r->tail = w;
     r->nwaiters++;
+    LOCK_WAIT__QUEUE_CHECK(r);
     metrics_add_lock_waiters(1);
 
     /* Already subscribed, with waiters ahead of us: every release from
@@ -762,10 +830,9 @@ int lock_wait_join(lock_waiter_t *w, const char *resource,
     int attempt = r->head == w || !lock_wait__subscribed(r);
     if (lock_wait__start() == 0 && !lock_wait__subscribed(r)) {
         lock_wait__kick();
-        int64_t until = mono_ns() + (int64_t)lock_wait__g.timeout_ms * MONO_MS;
-        if (until > deadline_ns) {
-            until = deadline_ns;
-        }
+        int64_t until = lock_wait__until(
+            mono_ns() + (int64_t)lock_wait__g.timeout_ms * MONO_MS,
+            deadline_ns);
         /* Waits for the confirmation, bounded: a subscriber that cannot
          * connect confirms nothing, and the re-check still works. */
         while (!lock_wait__subscribed(r) && mono_ns() < until) {
@@ -802,8 +869,8 @@ int lock_wait_sleep(lock_waiter_t *w, int64_t deadline_ns) {
             }
             recheck_at = now + lock_wait__g.recheck_ns;
         }
-        lock_wait__timedwait(&w->cond, recheck_at < deadline_ns ? recheck_at
-                                                                : deadline_ns);
+        lock_wait__timedwait(&w->cond,
+                             lock_wait__until(recheck_at, deadline_ns));
     }
     pthread_mutex_unlock(&lock_wait__g.mu);
     static const metrics_counter_t m[] = {
@@ -821,6 +888,7 @@ void lock_wait_leave(lock_waiter_t *w, int granted, int errored) {
     pthread_mutex_lock(&lock_wait__g.mu);
     lock_wait__res_t *r = w->res;
     if (r != NULL) {
+        LOCK_WAIT__QUEUE_CHECK(r);
         int pass = !granted && (w->wake != LOCK_WAKE_NONE || errored);
         if (w->prev != NULL) {
             w->prev->next = w->next;
@@ -833,6 +901,7 @@ void lock_wait_leave(lock_waiter_t *w, int granted, int errored) {
             r->tail = w->prev;
         }
         r->nwaiters--;
+        LOCK_WAIT__QUEUE_CHECK(r);
         if (pass) {
             lock_wait__wake_one(r, LOCK_WAKE_MESSAGE);
         }

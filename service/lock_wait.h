@@ -28,6 +28,7 @@ typedef struct lock_waiter {
     pthread_cond_t cond;             /* signalled on a wake */
     int wake;                        /* an unconsumed wake's cause, or 0 */
     int joined;                      /* past its subscription wait */
+    uint64_t seq; /* its place in its resource's join order (FIFO check) */
 } lock_waiter_t;
 
 /* Sets the strategy for the whole process, once, before any wait, from cfg
@@ -72,9 +73,10 @@ int lock_wait_join(lock_waiter_t *w, const char *resource, int64_t deadline_ns);
  * until deadline_ns (returns LOCK_WAKE_NONE). */
 int lock_wait_sleep(lock_waiter_t *w, int64_t deadline_ns);
 
-/* Takes w out of the queue. granted: it got the lock. passed: it leaves
- * without the lock holding a wake it did not use (woken, then the deadline
- * or an error): the wake goes to the next waiter. */
+/* Takes w out of the queue. granted: it got the lock. errored: its last
+ * attempt failed on an error. A waiter that leaves without the lock while
+ * holding a wake it did not use (woken, then the deadline), or after an
+ * error, passes a wake on to the next waiter. */
 void lock_wait_leave(lock_waiter_t *w, int granted, int errored);
 
 /* The release path: just before the release of resource is sent. */
@@ -88,5 +90,38 @@ void lock_wait_note_receivers(const char *resource, long long receivers);
  * answers with its own receiver count. */
 void lock_wait_note_receivers_at(const char *resource, int node,
                                  long long receivers);
+
+/* ------------------------------ arithmetic (pure; for the unit tests) --- */
+
+/* The end of a holdback's handoff window: the window (10 ms) after the last
+ * release or release message last_ns, never past deadline_ns. */
+int64_t lock_wait__handoff_until(int64_t last_ns, int64_t deadline_ns);
+
+/* 1 when a holdback is over: no other process waits (others <= 0), or as
+ * many release messages came as were due (msgs >= self + others: our own
+ * release's echo, when self, and one per other process), or the window
+ * until_ns has ended (now_ns >= until_ns). */
+int lock_wait__handoff_over(int others, int msgs, int self, int64_t now_ns,
+                            int64_t until_ns);
+
+/* A wait's end: at_ns, clamped to deadline_ns. */
+int64_t lock_wait__until(int64_t at_ns, int64_t deadline_ns);
+
+/* The re-check period for COUPON_LOCK_RECHECK_MS = recheck_ms, in ns; at
+ * least 1 ms. */
+int64_t lock_wait__recheck_ns(uint32_t recheck_ms);
+
+/* ------------------------------------------------ checks, for assert() --- */
+
+/* 1 when a queue's ends agree with its count n: head and tail both NULL iff
+ * n is 0; the head has no prev, the tail no next. O(1). */
+int lock_wait__queue_ok(const lock_waiter_t *head, const lock_waiter_t *tail,
+                        int n);
+
+/* 1 when the whole queue holds its invariant (lock_wait.c's top): walked
+ * from head, n waiters, each one's prev the one before it, all of one
+ * resource, seq growing (join order: FIFO), the last one tail. O(n). */
+int lock_wait__queue_sanity(const lock_waiter_t *head,
+                            const lock_waiter_t *tail, int n);
 
 #endif

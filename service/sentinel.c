@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lock_backend.h"
 #include "log.h"
 #include "mono.h"
 
@@ -129,8 +130,7 @@ static int sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
     } else if (r->type == REDIS_REPLY_NIL) {
         snprintf(err, errlen, "sentinel %s:%u: no master named \"%s\"", s->host,
                  s->port, cfg->redis_master_name);
-    } else if (r->type == REDIS_REPLY_ERROR &&
-               strncmp(r->str, "NOAUTH", 6) == 0) {
+    } else if (lock_redis_reply_kind(r) == LOCK_EAUTH) {
         snprintf(err, errlen, "sentinel %s:%u: %s", s->host, s->port, r->str);
         rc = SENTINEL__AUTH; /* it wants a password we do not have */
     } else if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||

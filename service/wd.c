@@ -19,7 +19,12 @@
  * IN_ROUND (wd_state_listed); it is held by the round in flight iff its
  * state is IN_ROUND or UNLINKED_IN_ROUND (wd_state_in_round), which happens
  * only between the snapshot and the end of that round; count is the length
- * of the list.
+ * of the list. So an UNLINKED_IN_ROUND lease is in no list and has no links,
+ * yet sits in the round's array until the round ends. wd__lease_ok checks
+ * one lease's part of this in O(1) at every watch and unwatch; wd__sanity
+ * walks the list and the round at the round's two transitions (snapshot,
+ * end), and at every watch and unwatch too in a COUPONSVC_DEBUG_SANITY
+ * build.
  */
 #include "wd.h"
 
@@ -86,8 +91,75 @@ struct wd {
     lock_client_t *redis; /* the watchdog's own connection */
     lock_lease_t **round; /* snapshot for one round; grows as needed */
     int *results;
+    lock_lease_seen_t *seen; /* each round lease's fields at the snapshot */
     size_t cap;
+    int in_flight; /* a round holds round[0..nrenew) and round[cap-nabandon..)
+                    */
+    size_t nrenew, nabandon;
 };
+
+/* ---------------------------------------------------------- the checks --- */
+
+int wd__lease_ok(const lock_lease_t *head, const lock_lease_t *l) {
+    int s = l->wd_state;
+    if (s < WD_IDLE || s > WD_UNLINKED_IN_ROUND) {
+        return 0;
+    }
+    if (!wd_state_listed((wd_state_t)s)) {
+        return l->wd_prev == NULL && l->wd_next == NULL && head != l;
+    }
+    if (l->wd_prev == NULL ? head != l : l->wd_prev->wd_next != l) {
+        return 0;
+    }
+    return l->wd_next == NULL || l->wd_next->wd_prev == l;
+}
+
+long wd__list_sanity(const lock_lease_t *head, long count) {
+    long len = 0, in_round = 0;
+    for (const lock_lease_t *l = head; l != NULL; l = l->wd_next) {
+        if (!wd_state_listed((wd_state_t)l->wd_state) ||
+            !wd__lease_ok(head, l) || ++len > count) {
+            return -1;
+        }
+        in_round += l->wd_state == WD_IN_ROUND;
+    }
+    return len == count ? in_round : -1;
+}
+
+/* 1 when the whole invariant holds: the list passes wd__list_sanity, no
+ * lease is in a round state while no round is in flight, and while one is,
+ * every lease of its array is in a round state and the leases in a round
+ * state are exactly those of the array (IN_ROUND ones in the list, plus the
+ * UNLINKED_IN_ROUND ones out of it). O(count). Under mu. */
+static int wd__sanity(const wd_t *wd) {
+    long in_round = wd__list_sanity(wd->head, wd->count);
+    if (in_round < 0) {
+        return 0;
+    }
+    if (!wd->in_flight) {
+        return in_round == 0;
+    }
+    if (wd->nrenew + wd->nabandon > wd->cap) {
+        return 0;
+    }
+    size_t held = wd->nrenew + wd->nabandon, unlinked = 0;
+    for (size_t k = 0; k < held; k++) {
+        size_t i = k < wd->nrenew ? k : wd->cap - (k - wd->nrenew) - 1;
+        const lock_lease_t *l = wd->round[i];
+        if (!wd_state_in_round((wd_state_t)l->wd_state) ||
+            !wd__lease_ok(wd->head, l)) {
+            return 0;
+        }
+        unlinked += l->wd_state == WD_UNLINKED_IN_ROUND;
+    }
+    return (size_t)in_round + unlinked == held;
+}
+
+#ifdef COUPONSVC_DEBUG_SANITY
+#define WD__DEBUG_SANITY(wd) assert(wd__sanity(wd))
+#else
+#define WD__DEBUG_SANITY(wd) ((void)0)
+#endif
 
 /* ------------------------------------------------------------ the list --- */
 
@@ -100,7 +172,9 @@ void wd_set_max_hold(wd_t *wd, uint32_t max_hold_ms) {
 
 void wd_watch(wd_t *wd, lock_lease_t *l) {
     int64_t since = boot_ns();
+    assert(lock_lease__ok(l));
     pthread_mutex_lock(&wd->mu);
+    assert(wd__lease_ok(wd->head, l));
     wd__step(l, WD_EV_WATCH);
     l->wd_hold_until_ns = since + wd->max_hold_ns;
     l->wd_prev = NULL;
@@ -110,6 +184,8 @@ void wd_watch(wd_t *wd, lock_lease_t *l) {
     }
     wd->head = l;
     metrics_set_leases_held(++wd->count);
+    assert(wd__lease_ok(wd->head, l));
+    WD__DEBUG_SANITY(wd);
     pthread_mutex_unlock(&wd->mu);
 }
 
@@ -129,13 +205,17 @@ static void wd__unlink(wd_t *wd, lock_lease_t *l) {
 
 void wd_unwatch(wd_t *wd, lock_lease_t *l) {
     pthread_mutex_lock(&wd->mu);
+    assert(wd__lease_ok(wd->head, l));
     if (wd_state_listed((wd_state_t)l->wd_state)) {
         wd__unlink(wd, l);
     }
     wd__step(l, WD_EV_UNWATCH);
+    assert(wd__lease_ok(wd->head, l));
     while (l->wd_state == WD_UNLINKED_IN_ROUND) {
         pthread_cond_wait(&wd->round_done, &wd->mu);
     }
+    assert(l->wd_state == WD_IDLE && wd__lease_ok(wd->head, l));
+    WD__DEBUG_SANITY(wd);
     pthread_mutex_unlock(&wd->mu);
 }
 
@@ -161,16 +241,23 @@ static size_t wd__snapshot(wd_t *wd, size_t *nabandon) {
     if ((size_t)wd->count > wd->cap) {
         size_t cap = (size_t)wd->count * 2;
         lock_lease_t **r = realloc(wd->round, cap * sizeof(*r));
-        int *res = r != NULL ? realloc(wd->results, cap * sizeof(*res)) : NULL;
         if (r != NULL) {
             wd->round = r;
         }
-        if (res == NULL) {
+        int *res = r != NULL ? realloc(wd->results, cap * sizeof(*res)) : NULL;
+        if (res != NULL) {
+            wd->results = res;
+        }
+        lock_lease_seen_t *seen =
+            res != NULL ? realloc(wd->seen, cap * sizeof(*seen)) : NULL;
+        if (seen != NULL) {
+            wd->seen = seen;
+        }
+        if (seen == NULL) {
             /* Keep the old capacity; leases beyond it wait for a later
              * round (their expiry check still runs below). */
             log_error("wd.oom", "cannot grow the round to %zu leases", cap);
         } else {
-            wd->results = res;
             wd->cap = cap;
         }
     }
@@ -190,6 +277,7 @@ static size_t wd__snapshot(wd_t *wd, size_t *nabandon) {
             if (n + m < wd->cap) {
                 wd__step(l, WD_EV_SNAPSHOT);
                 wd->round[wd->cap - ++m] = l;
+                wd->seen[wd->cap - m] = lock_lease_seen(l);
             }
             continue;
         }
@@ -199,10 +287,15 @@ static size_t wd__snapshot(wd_t *wd, size_t *nabandon) {
         }
         if (n + m < wd->cap) {
             wd__step(l, WD_EV_SNAPSHOT);
+            wd->seen[n] = lock_lease_seen(l);
             wd->round[n++] = l;
         }
     }
     *nabandon = m;
+    wd->in_flight = n + m > 0;
+    wd->nrenew = n;
+    wd->nabandon = m;
+    assert(wd__sanity(wd));
     return n;
 }
 
@@ -247,11 +340,16 @@ static void wd__round(wd_t *wd) {
             /* LOCK_ERR: unknown; the expiry check of a later round (and the
              * claim's own check before COMMIT) decides. */
         }
+        assert(lock_lease__sanity(l, wd->seen[i]));
         wd__step(l, WD_EV_ROUND_END);
     }
     for (size_t i = wd->cap - m; i < wd->cap; i++) {
+        assert(lock_lease__sanity(wd->round[i], wd->seen[i]));
         wd__step(wd->round[i], WD_EV_ROUND_END);
     }
+    wd->in_flight = 0;
+    wd->nrenew = wd->nabandon = 0;
+    assert(wd__sanity(wd));
     pthread_cond_broadcast(&wd->round_done);
     pthread_mutex_unlock(&wd->mu);
 }
@@ -330,6 +428,7 @@ void wd_stop(wd_t *wd) {
     lock_client_free(wd->redis);
     free(wd->round);
     free(wd->results);
+    free(wd->seen);
     pthread_mutex_destroy(&wd->mu);
     pthread_cond_destroy(&wd->wake);
     pthread_cond_destroy(&wd->round_done);

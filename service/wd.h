@@ -74,6 +74,20 @@ int wd_state_listed(wd_state_t s);
 /* 1 when a lease in state s is held by the round in flight. */
 int wd_state_in_round(wd_state_t s);
 
+/* Checks of the invariant at the top of wd.c, for assert() (exported for
+ * the unit tests, which feed them corrupted copies). */
+
+/* 1 when l's watchdog fields agree with its state, in a list that starts at
+ * head: a known state; if listed (WATCHED, IN_ROUND), linked both ways (its
+ * neighbours point back at it, or it is the head); otherwise no links and
+ * not the head. O(1). */
+int wd__lease_ok(const lock_lease_t *head, const lock_lease_t *l);
+
+/* Walks the list from head: every lease passes wd__lease_ok in a listed
+ * state, and the list is count long. Returns how many are IN_ROUND, or -1
+ * when the list breaks the invariant. O(count). */
+long wd__list_sanity(const lock_lease_t *head, long count);
+
 /* Starts the watchdog thread with its own lock client (lock_client_new:
  * cfg is borrowed for the life of the watchdog; lock_init must have run).
  * Returns a new watchdog (stop and free with wd_stop), or NULL with errno
