@@ -177,63 +177,47 @@ static void api__claim_answer(const char *coupon, const char *user,
     api__claim_error(coupon, r, resp, d, sizeof(d));
 }
 
-/* The other outcomes: errors, with a detail that may need escaping. */
+/* The other outcomes: errors, with a detail that may need escaping. Each
+ * outcome's status and error code, in one table; a 503 also says
+ * Retry-After (api__unavailable). */
 static void api__claim_error(const char *coupon, const claim_result_t *r,
                              api_response_t *resp, char *d, size_t dlen) {
-    json_t *fence = r->fence >= 0 ? json_integer(r->fence) : json_null();
-    switch (r->outcome) {
-    case CLAIM_CLAIMED:
-    case CLAIM_ALREADY:
-    case CLAIM_SOLD_OUT:
-        break; /* api__claim_answer's */
-    case CLAIM_NOT_FOUND:
-        json_decref(fence);
-        snprintf(d, dlen, "no coupon \"%s\"", coupon);
-        api__error(resp, 404, "not_found", d);
+    static const struct {
+        unsigned status; /* 0: not an error (api__claim_answer's) */
+        const char *code;
+    } errors[] = {
+        [CLAIM_NOT_FOUND] = {404, "not_found"},
+        [CLAIM_FENCED] = {409, "fenced"},
+        [CLAIM_BUSY] = {503, "lock_busy"},
+        [CLAIM_UNAVAILABLE] = {503, "unavailable"},
+        [CLAIM_LEASE_LOST] = {503, "lease_lost"},
+        [CLAIM_COMMIT_UNKNOWN] = {503, "commit_unknown"},
+        [CLAIM_OVERLOADED] = {503, "overloaded"},
+        [CLAIM_SHUTTING_DOWN] = {503, "shutting_down"},
+        [CLAIM_NOT_STARTED] = {409, "not_started"},
+        [CLAIM_EXPIRED] = {410, "expired"},
+    };
+    unsigned o = (unsigned)r->outcome;
+    if (o >= sizeof(errors) / sizeof(errors[0]) || errors[o].status == 0) {
+        api__error(resp, 500, "internal", "unknown claim outcome");
         return;
-    case CLAIM_FENCED:
+    }
+    if (r->outcome == CLAIM_FENCED) {
+        json_t *fence = r->fence >= 0 ? json_integer(r->fence) : json_null();
         api__json(resp, 409,
                   json_pack("{s:s, s:s, s:s, s:o}", "error", "fenced", "detail",
                             r->detail, "coupon_id", coupon, "fence", fence));
         /* Nothing was written, and a retry takes a new lease: it is safe,
          * and worth it once the newer holder is done. */
         resp->retry_after = 1;
-        return;
-    case CLAIM_BUSY:
-        json_decref(fence);
-        api__unavailable(resp, "lock_busy", r->detail);
-        return;
-    case CLAIM_LEASE_LOST:
-        json_decref(fence);
-        api__unavailable(resp, "lease_lost", r->detail);
-        return;
-    case CLAIM_UNAVAILABLE:
-        json_decref(fence);
-        api__unavailable(resp, "unavailable", r->detail);
-        return;
-    case CLAIM_COMMIT_UNKNOWN:
-        json_decref(fence);
-        api__unavailable(resp, "commit_unknown", r->detail);
-        return;
-    case CLAIM_OVERLOADED:
-        json_decref(fence);
-        api__unavailable(resp, "overloaded", r->detail);
-        return;
-    case CLAIM_SHUTTING_DOWN:
-        json_decref(fence);
-        api__unavailable(resp, "shutting_down", r->detail);
-        return;
-    case CLAIM_NOT_STARTED:
-        json_decref(fence);
-        api__error(resp, 409, "not_started", r->detail);
-        return;
-    case CLAIM_EXPIRED:
-        json_decref(fence);
-        api__error(resp, 410, "expired", r->detail);
-        return;
+    } else if (r->outcome == CLAIM_NOT_FOUND) {
+        snprintf(d, dlen, "no coupon \"%s\"", coupon);
+        api__error(resp, 404, "not_found", d);
+    } else if (errors[o].status == 503) {
+        api__unavailable(resp, errors[o].code, r->detail);
+    } else {
+        api__error(resp, errors[o].status, errors[o].code, r->detail);
     }
-    json_decref(fence);
-    api__error(resp, 500, "internal", "unknown claim outcome");
 }
 
 /* Checks and parses a claim's request; 0, or 1 with the 4xx in resp. */
@@ -335,12 +319,12 @@ static void api__coupon_create(const api_request_t *req, api_response_t *resp) {
         return;
     }
     char d[256];
-    int rc = claim_coupon_create(&c, d, sizeof(d));
-    if (rc < 0) {
+    claim_rc_t rc = claim_coupon_create(&c, d, sizeof(d));
+    if (rc == CLAIM_RC_ERR) {
         api__unavailable(resp, "unavailable", d);
         return;
     }
-    if (rc == 1) {
+    if (rc == CLAIM_RC_EXISTS) {
         snprintf(d, sizeof(d), "coupon \"%s\" exists already", c.id);
         api__error(resp, 409, "exists", d);
         return;
@@ -348,7 +332,7 @@ static void api__coupon_create(const api_request_t *req, api_response_t *resp) {
     /* Created: answer what was stored (the buckets' split, the window as
      * PostgreSQL keeps it). */
     static _Thread_local claim_coupon_t cc;
-    if (claim_coupon_get(c.id, &cc, d, sizeof(d)) != 0) {
+    if (claim_coupon_get(c.id, &cc, d, sizeof(d)) != CLAIM_RC_OK) {
         api__json(
             resp, 201,
             json_pack("{s:s, s:I}", "id", c.id, "total", (json_int_t)c.total));
@@ -365,10 +349,10 @@ static void api__coupon_get(const char *id, api_response_t *resp) {
         return;
     }
     static _Thread_local claim_coupon_t c;
-    int rc = claim_coupon_get(id, &c, d, sizeof(d));
-    if (rc < 0) {
+    claim_rc_t rc = claim_coupon_get(id, &c, d, sizeof(d));
+    if (rc == CLAIM_RC_ERR) {
         api__unavailable(resp, "unavailable", d);
-    } else if (rc == 1) {
+    } else if (rc == CLAIM_RC_NOT_FOUND) {
         snprintf(d, sizeof(d), "no coupon \"%s\"", id);
         api__error(resp, 404, "not_found", d);
     } else {
@@ -390,10 +374,10 @@ static void api__claim_get(const char *id, const char *user,
     }
     snprintf(u, sizeof(u), "%s", user);
     claim_result_t r;
-    int rc = claim_lookup(id, u, &r);
-    if (rc < 0) {
+    claim_rc_t rc = claim_lookup(id, u, &r);
+    if (rc == CLAIM_RC_ERR) {
         api__unavailable(resp, "unavailable", r.detail);
-    } else if (rc == 1) {
+    } else if (rc == CLAIM_RC_NOT_FOUND) {
         snprintf(d, sizeof(d), "user \"%s\" holds no claim of coupon \"%s\"", u,
                  id);
         api__error(resp, 404, "not_found", d);

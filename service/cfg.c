@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -231,6 +232,80 @@ int cfg_parse_addr_list(const char *s, cfg_addr_t *out, int max) {
     }
 }
 
+/* Records why cfg_load fails, and the kind of failure. Returns CFG_ERR. */
+__attribute__((format(printf, 3, 4))) static int
+cfg__fail(cfg_t *c, cfg_errkind_t kind, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->errstr, sizeof(c->errstr), fmt, ap);
+    va_end(ap);
+    c->errkind = kind;
+    return CFG_ERR;
+}
+
+/* The settings that are one of two words, and the word that sets the field
+ * to 1; in the order the error message names them. */
+static const struct {
+    const char *a, *b;
+    int one_is_b;
+} cfg__two_words[] = {
+    [CFG__ONOFF] = {"on", "off", 0},
+    [CFG__WAIT] = {"pubsub", "poll", 1},
+    [CFG__UNAV] = {"fail", "atomic", 1},
+};
+
+/* The settings given as a word: the claim mode, the log level and format,
+ * and the two-word ones. 0, or CFG_ERR. */
+static int cfg__set_word(cfg_t *c, const cfg__opt_t *o, const char *v) {
+    char *field = (char *)c + o->off;
+    switch (o->kind) {
+    case CFG__MODE:
+        if (strcmp(v, "lock") == 0) {
+            c->mode = CLAIM_MODE_LOCK;
+        } else if (strcmp(v, "naive") == 0) {
+            c->mode = CLAIM_MODE_NAIVE;
+        } else if (strcmp(v, "atomic") == 0) {
+            c->mode = CLAIM_MODE_ATOMIC;
+        } else {
+            return cfg__fail(c, CFG_EVALUE,
+                             "%s: '%s' is not lock, naive or atomic", o->env,
+                             v);
+        }
+        return 0;
+    case CFG__LEVEL:
+        if (log_level_parse(v, &c->log_level) != 0) {
+            return cfg__fail(c, CFG_EVALUE,
+                             "%s: '%s' is not debug, info, warn or error",
+                             o->env, v);
+        }
+        return 0;
+    case CFG__LOGF: {
+        log_format_t lf;
+        if (log_format_parse(v, &lf) != 0) {
+            return cfg__fail(c, CFG_EVALUE, "%s: '%s' is not text or json",
+                             o->env, v);
+        }
+        *(int *)(void *)field = lf == LOG_FORMAT_JSON;
+        return 0;
+    }
+    case CFG__ONOFF:
+    case CFG__WAIT:
+    case CFG__UNAV: {
+        const char *a = cfg__two_words[o->kind].a;
+        const char *b = cfg__two_words[o->kind].b;
+        if (strcmp(v, a) != 0 && strcmp(v, b) != 0) {
+            return cfg__fail(c, CFG_EVALUE, "%s: '%s' is not %s or %s", o->env,
+                             v, a, b);
+        }
+        int is_b = strcmp(v, b) == 0;
+        *(int *)(void *)field = cfg__two_words[o->kind].one_is_b ? is_b : !is_b;
+        return 0;
+    }
+    default:
+        return cfg__fail(c, CFG_EVALUE, "%s: not a word setting", o->env);
+    }
+}
+
 static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
     char *field = (char *)c + o->off;
 
@@ -239,8 +314,7 @@ static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
         char **dst = (char **)(void *)field;
         char *copy = strdup(v);
         if (copy == NULL) {
-            snprintf(c->errstr, sizeof(c->errstr), "out of memory");
-            return -1;
+            return cfg__fail(c, CFG_ESYS, "out of memory");
         }
         free(*dst);
         *dst = copy;
@@ -252,111 +326,49 @@ static int cfg__set(cfg_t *c, const cfg__opt_t *o, const char *v) {
         unsigned long x = strtoul(v, &end, 10);
         if (errno != 0 || end == v || *end != '\0' || v[0] == '-' ||
             x < o->min || x > o->max) {
-            snprintf(c->errstr, sizeof(c->errstr),
-                     "%s: '%s' is not a whole number in [%u, %u]", o->env, v,
-                     o->min, o->max);
-            return -1;
+            return cfg__fail(c, CFG_EVALUE,
+                             "%s: '%s' is not a whole number in [%u, %u]",
+                             o->env, v, o->min, o->max);
         }
         *(uint32_t *)(void *)field = (uint32_t)x;
         return 0;
     }
     case CFG__ADDR:
         if (cfg_parse_addr(v, (cfg_addr_t *)(void *)field) != 0) {
-            snprintf(c->errstr, sizeof(c->errstr), "%s: '%s' is not host:port",
-                     o->env, v);
-            return -1;
+            return cfg__fail(c, CFG_EVALUE, "%s: '%s' is not host:port", o->env,
+                             v);
         }
         return 0;
-    case CFG__ADDRS: {
-        int n = cfg_parse_addr_list(v, c->redis, CFG_MAX_REDIS);
-        if (n < 0) {
-            snprintf(c->errstr, sizeof(c->errstr),
-                     "%s: '%s' is not a list of up to %d host:port", o->env, v,
-                     CFG_MAX_REDIS);
-            return -1;
-        }
-        c->nredis = n;
-        c->redis_addrs_given = 1;
-        return 0;
-    }
+    case CFG__ADDRS:
     case CFG__SENTS: {
-        int n = cfg_parse_addr_list(v, c->sentinels, CFG_MAX_REDIS);
+        int sents = o->kind == CFG__SENTS;
+        int n = cfg_parse_addr_list(v, sents ? c->sentinels : c->redis,
+                                    CFG_MAX_REDIS);
         if (n < 0) {
-            snprintf(c->errstr, sizeof(c->errstr),
-                     "%s: '%s' is not a list of up to %d host:port", o->env, v,
-                     CFG_MAX_REDIS);
-            return -1;
+            return cfg__fail(c, CFG_EVALUE,
+                             "%s: '%s' is not a list of up to %d host:port",
+                             o->env, v, CFG_MAX_REDIS);
         }
-        c->nsentinels = n;
-        return 0;
-    }
-    case CFG__MODE:
-        if (strcmp(v, "lock") == 0) {
-            c->mode = CLAIM_MODE_LOCK;
-        } else if (strcmp(v, "naive") == 0) {
-            c->mode = CLAIM_MODE_NAIVE;
-        } else if (strcmp(v, "atomic") == 0) {
-            c->mode = CLAIM_MODE_ATOMIC;
+        if (sents) {
+            c->nsentinels = n;
         } else {
-            snprintf(c->errstr, sizeof(c->errstr),
-                     "%s: '%s' is not lock, naive or atomic", o->env, v);
-            return -1;
+            c->nredis = n;
+            c->redis_addrs_given = 1;
         }
-        return 0;
-    case CFG__LEVEL:
-        if (log_level_parse(v, &c->log_level) != 0) {
-            snprintf(c->errstr, sizeof(c->errstr),
-                     "%s: '%s' is not debug, info, warn or error", o->env, v);
-            return -1;
-        }
-        return 0;
-    case CFG__LOGF: {
-        log_format_t lf;
-        if (log_format_parse(v, &lf) != 0) {
-            snprintf(c->errstr, sizeof(c->errstr),
-                     "%s: '%s' is not text or json", o->env, v);
-            return -1;
-        }
-        *(int *)(void *)field = lf == LOG_FORMAT_JSON;
         return 0;
     }
-    case CFG__ONOFF:
-        if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
-            snprintf(c->errstr, sizeof(c->errstr), "%s: '%s' is not on or off",
-                     o->env, v);
-            return -1;
-        }
-        *(int *)(void *)field = strcmp(v, "on") == 0;
-        return 0;
-    case CFG__WAIT:
-        if (strcmp(v, "pubsub") != 0 && strcmp(v, "poll") != 0) {
-            snprintf(c->errstr, sizeof(c->errstr),
-                     "%s: '%s' is not pubsub or poll", o->env, v);
-            return -1;
-        }
-        *(int *)(void *)field = strcmp(v, "poll") == 0;
-        return 0;
-    case CFG__UNAV:
-        if (strcmp(v, "fail") != 0 && strcmp(v, "atomic") != 0) {
-            snprintf(c->errstr, sizeof(c->errstr),
-                     "%s: '%s' is not fail or atomic", o->env, v);
-            return -1;
-        }
-        *(int *)(void *)field = strcmp(v, "atomic") == 0;
-        return 0;
     case CFG__ID: {
         size_t len = strlen(v);
         if (len == 0 || len >= sizeof(c->instance_id)) {
-            snprintf(c->errstr, sizeof(c->errstr),
-                     "%s: must be 1 to %zu characters", o->env,
-                     sizeof(c->instance_id) - 1);
-            return -1;
+            return cfg__fail(c, CFG_EVALUE, "%s: must be 1 to %zu characters",
+                             o->env, sizeof(c->instance_id) - 1);
         }
         memcpy(c->instance_id, v, len + 1);
         return 0;
     }
+    default:
+        return cfg__set_word(c, o, v);
     }
-    return -1;
 }
 
 /* "COUPON_LOCK_TTL_MS" -> "lock-ttl-ms" */
@@ -383,11 +395,9 @@ static const cfg__opt_t *cfg__find_flag(const char *name, size_t len) {
     return NULL;
 }
 
-int cfg_load(cfg_t *c, int argc, char **argv) {
-    memset(c, 0, sizeof(*c));
-    c->command = "serve";
-
-    /* Defaults first, so every field is valid before the environment. */
+/* Phase 1: every setting's default, so every field is valid before the
+ * environment; and the defaults that no table row can say. */
+static int cfg__defaults(cfg_t *c) {
     for (size_t i = 0; i < CFG__NOPTS; i++) {
         if (cfg__opts[i].def != NULL &&
             cfg__set(c, &cfg__opts[i], cfg__opts[i].def) != 0) {
@@ -403,14 +413,24 @@ int cfg_load(cfg_t *c, int argc, char **argv) {
     host[sizeof(host) - 1] = '\0';
     snprintf(c->instance_id, sizeof(c->instance_id), "%s-%ld", host,
              (long)getpid());
+    return CFG_OK;
+}
 
+/* Phase 2: the environment, over the defaults. */
+static int cfg__from_env(cfg_t *c) {
     for (size_t i = 0; i < CFG__NOPTS; i++) {
         const char *v = getenv(cfg__opts[i].env);
         if (v != NULL && cfg__set(c, &cfg__opts[i], v) != 0) {
             return CFG_ERR;
         }
     }
+    return CFG_OK;
+}
 
+/* Phase 3: the command line, over the environment: the command, and
+ * --name=value or --name value for any setting. CFG_OK, CFG_HELP,
+ * CFG_VERSION or CFG_ERR. */
+static int cfg__from_argv(cfg_t *c, int argc, char **argv) {
     int have_command = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -423,29 +443,24 @@ int cfg_load(cfg_t *c, int argc, char **argv) {
         if (strncmp(a, "--", 2) != 0) {
             if (have_command ||
                 (strcmp(a, "serve") != 0 && strcmp(a, "migrate") != 0)) {
-                snprintf(c->errstr, sizeof(c->errstr),
-                         "unknown command '%s' (serve, migrate)", a);
-                return CFG_ERR;
+                return cfg__fail(c, CFG_EUSAGE,
+                                 "unknown command '%s' (serve, migrate)", a);
             }
             c->command = a;
             have_command = 1;
             continue;
         }
-        /* --name=value or --name value */
         const char *name = a + 2;
         const char *eq = strchr(name, '=');
         size_t len = eq != NULL ? (size_t)(eq - name) : strlen(name);
         const cfg__opt_t *o = cfg__find_flag(name, len);
         if (o == NULL) {
-            snprintf(c->errstr, sizeof(c->errstr), "unknown flag '%s'", a);
-            return CFG_ERR;
+            return cfg__fail(c, CFG_EUSAGE, "unknown flag '%s'", a);
         }
         const char *v = eq != NULL ? eq + 1 : NULL;
         if (v == NULL) {
             if (i + 1 == argc) {
-                snprintf(c->errstr, sizeof(c->errstr),
-                         "flag '%s' needs a value", a);
-                return CFG_ERR;
+                return cfg__fail(c, CFG_EUSAGE, "flag '%s' needs a value", a);
             }
             v = argv[++i];
         }
@@ -453,12 +468,16 @@ int cfg_load(cfg_t *c, int argc, char **argv) {
             return CFG_ERR;
         }
     }
+    return CFG_OK;
+}
 
+/* Phase 4: the defaults that follow from other settings, for those left
+ * unset. */
+static int cfg__derive(cfg_t *c) {
     if (c->redis_sentinel_password == NULL) {
         c->redis_sentinel_password = strdup(c->redis_password);
         if (c->redis_sentinel_password == NULL) {
-            snprintf(c->errstr, sizeof(c->errstr), "out of memory");
-            return CFG_ERR;
+            return cfg__fail(c, CFG_ESYS, "out of memory");
         }
     }
     if (c->watchdog_period_ms == 0) {
@@ -480,28 +499,50 @@ int cfg_load(cfg_t *c, int argc, char **argv) {
         c->redis_timeout_ms =
             c->lock_ttl_ms / 4 < 500 ? c->lock_ttl_ms / 4 : 500;
     }
+    return CFG_OK;
+}
+
+/* Phase 5: the settings checked against each other. */
+static int cfg__check(cfg_t *c) {
     if (strcmp(c->lock_backend, "redis") != 0 &&
         strcmp(c->lock_backend, "etcd") != 0) {
-        snprintf(c->errstr, sizeof(c->errstr),
-                 "COUPON_LOCK_BACKEND: '%s' is not redis or etcd",
-                 c->lock_backend);
-        return CFG_ERR;
+        return cfg__fail(c, CFG_EVALUE,
+                         "COUPON_LOCK_BACKEND: '%s' is not redis or etcd",
+                         c->lock_backend);
     }
     if (c->watchdog_period_ms >= c->lock_ttl_ms) {
-        snprintf(c->errstr, sizeof(c->errstr),
-                 "COUPON_WATCHDOG_PERIOD_MS (%u) must be below "
-                 "COUPON_LOCK_TTL_MS (%u), or leases expire between renewals",
-                 c->watchdog_period_ms, c->lock_ttl_ms);
-        return CFG_ERR;
+        return cfg__fail(
+            c, CFG_ECONFLICT,
+            "COUPON_WATCHDOG_PERIOD_MS (%u) must be below "
+            "COUPON_LOCK_TTL_MS (%u), or leases expire between renewals",
+            c->watchdog_period_ms, c->lock_ttl_ms);
     }
     if (c->redis_timeout_ms >= c->lock_ttl_ms) {
-        snprintf(c->errstr, sizeof(c->errstr),
-                 "COUPON_REDIS_TIMEOUT_MS (%u) must be below "
-                 "COUPON_LOCK_TTL_MS (%u)",
-                 c->redis_timeout_ms, c->lock_ttl_ms);
-        return CFG_ERR;
+        return cfg__fail(c, CFG_ECONFLICT,
+                         "COUPON_REDIS_TIMEOUT_MS (%u) must be below "
+                         "COUPON_LOCK_TTL_MS (%u)",
+                         c->redis_timeout_ms, c->lock_ttl_ms);
     }
     return CFG_OK;
+}
+
+int cfg_load(cfg_t *c, int argc, char **argv) {
+    memset(c, 0, sizeof(*c));
+    c->command = "serve";
+    int rc = cfg__defaults(c);
+    if (rc == CFG_OK) {
+        rc = cfg__from_env(c);
+    }
+    if (rc == CFG_OK) {
+        rc = cfg__from_argv(c, argc, argv);
+    }
+    if (rc == CFG_OK) {
+        rc = cfg__derive(c);
+    }
+    if (rc == CFG_OK) {
+        rc = cfg__check(c);
+    }
+    return rc;
 }
 
 void cfg_free(cfg_t *c) {

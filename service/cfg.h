@@ -30,6 +30,16 @@ typedef struct cfg_addr {
     uint16_t port;
 } cfg_addr_t;
 
+/* What kind of failure cfg_load's CFG_ERR was, beside errstr's words. */
+typedef enum cfg_errkind {
+    CFG_ENONE = 0, /* no failure */
+    CFG_EUSAGE,    /* the command line: an unknown command or flag, a flag
+                      without its value */
+    CFG_EVALUE,    /* one setting's value is not one it may have */
+    CFG_ECONFLICT, /* settings that contradict each other */
+    CFG_ESYS,      /* out of memory */
+} cfg_errkind_t;
+
 typedef struct cfg {
     const char *command; /* "serve" or "migrate"; points into argv or static */
 
@@ -88,7 +98,8 @@ typedef struct cfg {
                                       default: redis_password; "" = no AUTH */
     int redis_addrs_given;         /* COUPON_REDIS_ADDRS was set */
 
-    char errstr[256]; /* why cfg_load failed */
+    cfg_errkind_t errkind; /* what kind of failure, beside errstr */
+    char errstr[256];      /* why cfg_load failed */
 } cfg_t;
 
 enum {

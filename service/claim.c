@@ -78,6 +78,7 @@
  * check.
  */
 #include "claim.h"
+#include "claim_int.h"
 
 #include <assert.h>
 #include <pthread.h>
@@ -221,9 +222,10 @@ static void claim__count(const claim_result_t *out) {
     metrics_inc(m[out->outcome]);
 }
 
-/* Maps what the store answered for a one-item claim. */
+/* Maps what the store answered for a one-item claim; errstr is the
+ * store's (borrowed), the detail of a failure. */
 static void claim__from_store(claim_result_t *out, int src,
-                              const store_item_t *it, store_t *st) {
+                              const store_item_t *it, const char *errstr) {
     switch (src) {
     case STORE_OK:
         claim__from_item(out, it);
@@ -252,14 +254,41 @@ static void claim__from_store(claim_result_t *out, int src,
     case STORE_COMMIT_UNKNOWN:
         /* The reason (deadline, connection reset) goes to the log; the
          * client needs to know only what to do. */
-        log_warn("claim.commit_unknown", "err=\"%s\"", store_errstr(st));
+        log_warn("claim.commit_unknown", "err=\"%s\"", errstr);
         claim__set(out, CLAIM_COMMIT_UNKNOWN,
                    "retry: a retry returns the claim if it was made");
         break;
     default:
-        claim__set(out, CLAIM_UNAVAILABLE, store_errstr(st));
+        claim__set(out, CLAIM_UNAVAILABLE, errstr);
         break;
     }
+}
+
+int claim__batch_answer(int src, const store_item_t *it, int64_t lease_fence,
+                        const char *errstr, claim_result_t *o) {
+    if (src == STORE_OK && it->status == STORE_BUCKET_EMPTY) {
+        return CLAIM__MOVED; /* another bucket still has stock */
+    }
+    claim__from_store(o, src, it, errstr);
+    o->fence = src == STORE_OK ? it->fence : lease_fence;
+    return CLAIM__ANSWERED;
+}
+
+void claim__tally_add(claim__tally_t *t, int how, const claim_result_t *o) {
+    if (how == CLAIM__MOVED) {
+        t->moved++;
+    } else {
+        assert((unsigned)o->outcome < CLAIM__NOUTCOMES);
+        t->outcome[o->outcome]++;
+    }
+}
+
+int claim__tally_ok(const claim__tally_t *t) {
+    size_t sum = t->moved;
+    for (size_t i = 0; i < CLAIM__NOUTCOMES; i++) {
+        sum += t->outcome[i];
+    }
+    return sum == t->n && t->outcome[CLAIM_CLAIMED] == t->written;
 }
 
 /* ---------------------------------------------------------- lock mode --- */
@@ -385,7 +414,7 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
                 (src == STORE_OK && item.status == STORE_BUCKET_EMPTY)) {
                 return 1;
             }
-            claim__from_store(out, src, &item, c->store);
+            claim__from_store(out, src, &item, store_errstr(c->store));
             return 0;
         }
         if (lrc != LOCK_OK) {
@@ -431,7 +460,7 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
             return 1;
         }
         if (src != STORE_FENCED) {
-            claim__from_store(out, src, &item, c->store);
+            claim__from_store(out, src, &item, store_errstr(c->store));
             out->fence = src == STORE_OK ? item.fence : lease.fence;
             if (src == STORE_ABORTED) {
                 log_warn("claim.lease_lost", "coupon=%s user=%s fence=%lld",
@@ -514,7 +543,7 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
             again = src == STORE_WRONG_BUCKET ||
                     (src == STORE_OK && item.status == STORE_BUCKET_EMPTY);
             if (!again) {
-                claim__from_store(out, src, &item, c->store);
+                claim__from_store(out, src, &item, store_errstr(c->store));
             }
         }
         if (again) {
@@ -525,7 +554,7 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
         break;
     case CLAIM_MODE_NAIVE:
         src = store_claim_naive(c->store, coupon, &item);
-        claim__from_store(out, src, &item, c->store);
+        claim__from_store(out, src, &item, store_errstr(c->store));
         break;
     }
 
@@ -545,41 +574,52 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
 
 /* --------------------------------------------------------------- admin --- */
 
-int claim_coupon_create(const req_coupon_t *rc, char *detail, size_t len) {
+_Static_assert((int)CLAIM_RC_OK == STORE_OK, "claim_rc_t is the store's");
+_Static_assert((int)CLAIM_RC_NOT_FOUND == STORE_NOT_FOUND,
+               "claim_rc_t is the store's");
+_Static_assert((int)CLAIM_RC_EXISTS == STORE_EXISTS,
+               "claim_rc_t is the store's");
+_Static_assert((int)CLAIM_RC_ERR == STORE_ERR, "claim_rc_t is the store's");
+
+/* The store's code of an admin call, as claim_rc_t: passed through, the
+ * detail filled on failure. The store answers only the codes named there. */
+static claim_rc_t claim__rc(int src, store_t *st, char *detail, size_t len) {
+    assert(src == STORE_OK || src == STORE_NOT_FOUND || src == STORE_EXISTS ||
+           src == STORE_ERR);
+    if (src == STORE_ERR) {
+        snprintf(detail, len, "%s", store_errstr(st));
+    }
+    return (claim_rc_t)src;
+}
+
+claim_rc_t claim_coupon_create(const req_coupon_t *rc, char *detail,
+                               size_t len) {
     claim__conns_t *c = claim__conns();
     if (c == NULL) {
         snprintf(detail, len, "out of memory");
-        return -1;
+        return CLAIM_RC_ERR;
     }
     /* REQ_NO_TIME and STORE_NO_TIME are the same value: INT64_MIN. */
-    int rv = store_coupon_create(c->store, rc->id, rc->total, rc->buckets,
-                                 rc->starts_at_us, rc->ends_at_us);
-    if (rv == STORE_ERR) {
-        snprintf(detail, len, "%s", store_errstr(c->store));
-        return -1;
-    }
-    if (rv == STORE_OK) {
+    int src = store_coupon_create(c->store, rc->id, rc->total, rc->buckets,
+                                  rc->starts_at_us, rc->ends_at_us);
+    if (src == STORE_OK) {
         log_info("coupon.created", "coupon=%s total=%lld buckets=%d", rc->id,
                  (long long)rc->total, rc->buckets);
     }
-    return rv == STORE_OK ? 0 : 1;
+    return claim__rc(src, c->store, detail, len);
 }
 
-int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
-                     size_t len) {
+claim_rc_t claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
+                            size_t len) {
     claim__conns_t *c = claim__conns();
     if (c == NULL) {
         snprintf(detail, len, "out of memory");
-        return -1;
+        return CLAIM_RC_ERR;
     }
     static _Thread_local store_coupon_t sc; /* 1.6 KiB: off the stack */
-    int rc = store_coupon_get(c->store, id, &sc);
-    if (rc == STORE_ERR) {
-        snprintf(detail, len, "%s", store_errstr(c->store));
-        return -1;
-    }
-    if (rc == STORE_NOT_FOUND) {
-        return 1;
+    int src = store_coupon_get(c->store, id, &sc);
+    if (src != STORE_OK) {
+        return claim__rc(src, c->store, detail, len);
     }
     out->total = sc.total;
     out->claimed = sc.claimed;
@@ -592,28 +632,23 @@ int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
     }
     out->starts_at_us = sc.starts_at_us;
     out->ends_at_us = sc.ends_at_us;
-    return 0;
+    return CLAIM_RC_OK;
 }
 
-int claim_lookup(const char *coupon, const char *user, claim_result_t *out) {
+claim_rc_t claim_lookup(const char *coupon, const char *user,
+                        claim_result_t *out) {
     memset(out, 0, sizeof(*out));
     claim__conns_t *c = claim__conns();
     if (c == NULL) {
         snprintf(out->detail, sizeof(out->detail), "out of memory");
-        return -1;
+        return CLAIM_RC_ERR;
     }
     store_item_t it = {.user_id = user};
-    int rc = store_claim_lookup(c->store, coupon, &it);
-    if (rc == STORE_ERR) {
-        snprintf(out->detail, sizeof(out->detail), "%s",
-                 store_errstr(c->store));
-        return -1;
+    int src = store_claim_lookup(c->store, coupon, &it);
+    if (src == STORE_OK) {
+        claim__from_item(out, &it);
     }
-    if (rc == STORE_NOT_FOUND) {
-        return 1;
-    }
-    claim__from_item(out, &it);
-    return 0;
+    return claim__rc(src, c->store, out->detail, sizeof(out->detail));
 }
 
 /* ------------------------------------------------------ bucket choice --- */
@@ -711,16 +746,7 @@ static void claim__resource(char *key, size_t n, const char *coupon,
 
 /* -------------------------------------------------- the sold-out memo --- */
 
-/* One claimant of a final coupon: its user id's hash (the sort key), its
- * claim as PostgreSQL holds it (neither changes once written), and where
- * its user id is in the memo's text. */
-typedef struct claim__claimant {
-    uint64_t h;
-    int64_t claim_id;
-    int64_t fence; /* or STORE_NO_FENCE */
-    uint32_t off;  /* the user id: text[off, off + len) */
-    uint32_t len;
-} claim__claimant_t;
+/* claim__claimant_t: see claim_int.h. */
 
 /* One coupon's frozen claimant set. Nodes are pushed onto a slot's list
  * under claim__memo_mu and never freed; readers (the event loop) walk the
@@ -877,6 +903,20 @@ static int claim__collect_one(void *arg, const char *user, size_t len,
     return 0;
 }
 
+int claim__memo_sanity(const claim__claimant_t *c, size_t n, size_t tlen,
+                       int64_t claimed) {
+    if (claimed < 0 || (uint64_t)claimed != n) {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if ((i > 0 && c[i - 1].h > c[i].h) || c[i].len == 0 ||
+            c[i].len > REQ_USER_ID_MAX || (size_t)c[i].off + c[i].len > tlen) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static int claim__claimant_cmp(const void *a, const void *b) {
     uint64_t x = ((const claim__claimant_t *)a)->h;
     uint64_t y = ((const claim__claimant_t *)b)->h;
@@ -928,6 +968,8 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
         if (k.n > 1) { /* no claimant at all: k.c is NULL, nothing to sort */
             qsort(k.c, k.n, sizeof(*k.c), claim__claimant_cmp);
         }
+        /* Published once, never changed: checked whole, once. */
+        assert(claim__memo_sanity(k.c, k.n, k.tlen, claimed));
     } else {
         log_warn("soldout.memo_skipped",
                  "coupon=%s rows=%zu err=\"%s\" (claims answered by the "
@@ -959,15 +1001,7 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
 
 /* ----------------------------------------------------------- combining --- */
 
-typedef struct claim__res {
-    char key[LOCK_KEY_MAX];      /* the lock's resource */
-    int bucket;                  /* -1: unsharded */
-    claim_waiter_t *head, *tail; /* parked claims, FIFO */
-    uint32_t n;                  /* parked claims in the queue */
-    int led;                     /* a leader runs or is queued */
-    int64_t cycle_ns;            /* recent batch durations (EWMA) */
-    struct claim__res *next;     /* hash chain */
-} claim__res_t;
+/* claim__res_t and its invariant: see claim_int.h. */
 
 #define CLAIM__RES_SLOTS 4096u
 
@@ -977,14 +1011,58 @@ static pthread_mutex_t claim__mu = PTHREAD_MUTEX_INITIALIZER;
 static claim__res_t *claim__res_tab[CLAIM__RES_SLOTS];
 static uint32_t claim__parked;
 
-/* The entry's invariant: it exists only while led or holding parked
- * claims, and claims park only behind a leader; head, tail and n agree.
- * O(1): it is asserted on every park, so it does not walk the queue. */
-static int claim__res_ok(const claim__res_t *r) {
+/* The entry's invariant (claim_int.h). O(1): it is asserted on every park,
+ * requeue and change of leader, so it does not walk the queue. Under
+ * claim__mu. */
+int claim__res_ok(const claim__res_t *r) {
     return r->led && (r->n == 0) == (r->head == NULL) &&
            (r->n == 0) == (r->tail == NULL) &&
            (r->tail == NULL || r->tail->next == NULL) &&
-           (r->n != 1 || r->head == r->tail);
+           (r->n != 1 || r->head == r->tail) && r->n <= claim__parked;
+}
+
+/* claim__res_ok, and the queue walked: n claims of r, ending at tail. */
+int claim__res_sanity(const claim__res_t *r) {
+    if (!claim__res_ok(r)) {
+        return 0;
+    }
+    uint32_t k = 0;
+    const claim_waiter_t *last = NULL;
+    for (const claim_waiter_t *x = r->head; x != NULL && k <= r->n;
+         x = x->next) {
+        if (x->res != r) {
+            return 0;
+        }
+        last = x;
+        k++;
+    }
+    return k == r->n && last == r->tail;
+}
+
+#ifdef COUPONSVC_DEBUG_SANITY
+/* Admission control's count: claim__parked is the sum of every entry's n,
+ * and every entry is sane. Walks the whole table: debug builds only, at
+ * each change of leader. Under claim__mu. */
+static int claim__parked_sanity(void) {
+    uint64_t sum = 0;
+    for (unsigned i = 0; i < CLAIM__RES_SLOTS; i++) {
+        for (const claim__res_t *r = claim__res_tab[i]; r != NULL;
+             r = r->next) {
+            if (!claim__res_sanity(r)) {
+                return 0;
+            }
+            sum += r->n;
+        }
+    }
+    return sum == claim__parked;
+}
+#endif
+
+uint32_t claim__parked_now(void) {
+    pthread_mutex_lock(&claim__mu);
+    uint32_t n = claim__parked;
+    pthread_mutex_unlock(&claim__mu);
+    return n;
 }
 
 /* Parks w at the tail of r's queue and counts it. Under claim__mu; r is
@@ -1000,11 +1078,28 @@ static void claim__append(claim__res_t *r, claim_waiter_t *w) {
     r->n++;
     claim__parked++;
     assert(claim__res_ok(r));
+#ifdef COUPONSVC_DEBUG_SANITY
+    assert(claim__res_sanity(r));
+#endif
     metrics_set_parked(claim__parked);
 }
 
 static int claim__combining(void) {
     return claim__cfg->mode == CLAIM_MODE_LOCK && claim__cfg->batch_max > 1;
+}
+
+int claim__batch_ok(claim_waiter_t *const *b, size_t n, size_t max,
+                    const claim__res_t *r) {
+    if (n == 0 || n > max) {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (b[i] == NULL || b[i]->res != r || b[i]->answered ||
+            b[i]->next != NULL) {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 /* Finds or makes the entry for key; NULL when out of memory. Under
@@ -1024,6 +1119,23 @@ static claim__res_t *claim__res_get(const char *key, int bucket) {
         claim__res_tab[slot] = r;
     }
     return r;
+}
+
+claim__res_t *claim__res_lead(const char *key, int bucket) {
+    pthread_mutex_lock(&claim__mu);
+    claim__res_t *r = claim__res_get(key, bucket);
+    if (r != NULL) {
+        r->led = 1;
+    }
+    pthread_mutex_unlock(&claim__mu);
+    return r;
+}
+
+void claim__park(claim__res_t *r, claim_waiter_t *w) {
+    pthread_mutex_lock(&claim__mu);
+    w->res = r;
+    claim__append(r, w);
+    pthread_mutex_unlock(&claim__mu);
 }
 
 /* Unlinks and frees r, which must be neither led nor have claims. Under
@@ -1054,7 +1166,10 @@ static claim_waiter_t *claim__pop(claim__res_t *r) {
     return w;
 }
 
+/* Counts w's answer and gives it back through done: once per claim. */
 static void claim__finish(claim_waiter_t *w) {
+    assert(!w->answered);
+    w->answered = 1;
     claim__count(&w->result);
     w->done(w);
 }
@@ -1073,6 +1188,7 @@ int claim_submit(claim_waiter_t *w) {
     w->res = NULL;
     w->hops = 0;
     w->next = NULL;
+    w->answered = 0;
 
     if (claim__cfg->soldout_memo && claim__cfg->mode != CLAIM_MODE_NAIVE) {
         const claim__memo_t *m = claim__memo_find(w->coupon);
@@ -1210,6 +1326,9 @@ static void claim__pass(claim__res_t *r, int64_t cycle_ns) {
     } else {
         assert(claim__res_ok(r));
     }
+#ifdef COUPONSVC_DEBUG_SANITY
+    assert(claim__parked_sanity());
+#endif
     metrics_set_parked(claim__parked);
     pthread_mutex_unlock(&claim__mu);
     if (next != NULL && next->dispatch(next) != 0) {
@@ -1219,8 +1338,8 @@ static void claim__pass(claim__res_t *r, int64_t cycle_ns) {
 
 /* Takes up to max - have parked claims into b[have..], answering 503 those
  * whose deadline passed while parked. Returns the new count. */
-static size_t claim__take(claim__res_t *r, claim_waiter_t **b, size_t have,
-                          size_t max) {
+size_t claim__take(claim__res_t *r, claim_waiter_t **b, size_t have,
+                   size_t max) {
     claim_waiter_t *late = NULL;
     int64_t now = mono_ns();
     pthread_mutex_lock(&claim__mu);
@@ -1237,6 +1356,7 @@ static size_t claim__take(claim__res_t *r, claim_waiter_t **b, size_t have,
             b[have++] = x;
         }
     }
+    assert(claim__res_ok(r));
     metrics_set_parked(claim__parked);
     pthread_mutex_unlock(&claim__mu);
     while (late != NULL) {
@@ -1379,6 +1499,7 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
             b[0] = w;
             n = claim__take(r, b, 1, max);
         }
+        assert(claim__batch_ok(b, n, max, r));
         for (size_t i = 0; i < n; i++) {
             items[i] = (store_item_t){.user_id = b[i]->user};
         }
@@ -1471,15 +1592,20 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
             }
             break;
         }
+        claim__tally_t tally = {.n = n};
+        for (size_t i = 0; src == STORE_OK && i < n; i++) {
+            tally.written += items[i].status == STORE_OK;
+        }
         for (size_t i = 0; i < n; i++) {
-            if (src == STORE_OK && items[i].status == STORE_BUCKET_EMPTY) {
-                claim__reroute(b[i]); /* another bucket still has stock */
+            claim_result_t *o = &b[i]->result;
+            int how = claim__batch_answer(src, &items[i], lease.fence,
+                                          store_errstr(c->store), o);
+            claim__tally_add(&tally, how, o);
+            if (how == CLAIM__MOVED) {
+                claim__reroute(b[i]);
                 b[i] = NULL;
                 continue;
             }
-            claim_result_t *o = &b[i]->result;
-            claim__from_store(o, src, &items[i], c->store);
-            o->fence = src == STORE_OK ? items[i].fence : lease.fence;
             if (o->outcome == CLAIM_CLAIMED) {
                 /* The line is this claim's: its own request's id, not the
                  * leader's (w may be answered and gone by now). */
@@ -1496,6 +1622,7 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
                 sold_out = 1; /* either is final: load the memo */
             }
         }
+        assert(claim__tally_ok(&tally));
         if (src != STORE_OK) {
             log_warn("claim.batch_failed", "coupon=%s batch=%zu err=\"%s\"",
                      coupon, n, b[0]->result.detail);
@@ -1530,6 +1657,8 @@ void claim_run(claim_waiter_t *w) {
     }
     if (w->res == NULL) {
         claim_one(w->coupon, w->user, w->deadline_ns, &w->result);
+        assert(!w->answered);
+        w->answered = 1;
         w->done(w); /* claim_one counted it */
         return;
     }

@@ -109,6 +109,7 @@ struct claim_waiter {
     int64_t submitted_ns;
     struct claim__res *res; /* its coupon's queue entry; NULL: not combined */
     int hops;               /* buckets it was moved off (found empty) */
+    int answered;           /* done was called (or is being called) */
     claim_waiter_t *next;   /* queue link */
 };
 
@@ -132,17 +133,34 @@ void claim_run(claim_waiter_t *w);
  * w->result likewise without calling w->done: the caller answers w. */
 void claim_cancel(claim_waiter_t *w);
 
-/* 0 created, 1 exists, -1 backend failure (detail filled). c is borrowed. */
-int claim_coupon_create(const req_coupon_t *c, char *detail, size_t len);
+/*
+ * The codes of the three reads and writes below that go straight to the
+ * store: the store's own codes (store.h), passed through unchanged, named
+ * here so that the API layer needs no store.h. claim.c checks that each is
+ * the STORE_ code it names.
+ */
+typedef enum claim_rc {
+    CLAIM_RC_OK = 0,        /* STORE_OK */
+    CLAIM_RC_NOT_FOUND = 1, /* STORE_NOT_FOUND */
+    CLAIM_RC_EXISTS = 5,    /* STORE_EXISTS */
+    CLAIM_RC_ERR = -1,      /* STORE_ERR: a backend failed (detail filled) */
+} claim_rc_t;
+
+/* Creates the coupon: CLAIM_RC_OK, CLAIM_RC_EXISTS (the id is taken) or
+ * CLAIM_RC_ERR. c is borrowed. */
+claim_rc_t claim_coupon_create(const req_coupon_t *c, char *detail, size_t len);
 
 /* The user's claim of coupon, read without a lock (GET
- * /coupons/{id}/claims/{user}): 0 with out filled as a claim's answer
- * (CLAIM_ALREADY, its id, fence and the stock left), 1 when the user holds
- * none (or there is no such coupon), -1 backend failure (out->detail). */
-int claim_lookup(const char *coupon, const char *user, claim_result_t *out);
+ * /coupons/{id}/claims/{user}): CLAIM_RC_OK with out filled as a claim's
+ * answer (CLAIM_ALREADY, its id, fence and the stock left),
+ * CLAIM_RC_NOT_FOUND when the user holds none (or there is no such coupon),
+ * or CLAIM_RC_ERR (out->detail). */
+claim_rc_t claim_lookup(const char *coupon, const char *user,
+                        claim_result_t *out);
 
-/* 0 found, 1 not found, -1 backend failure (detail filled). */
-int claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
-                     size_t len);
+/* The coupon: CLAIM_RC_OK, CLAIM_RC_NOT_FOUND or CLAIM_RC_ERR (detail
+ * filled). */
+claim_rc_t claim_coupon_get(const char *id, claim_coupon_t *out, char *detail,
+                            size_t len);
 
 #endif

@@ -7,7 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "mono.h"
 
 static const char *const fault__names[FAULT__COUNT] = {
     "after_acquire",       "before_commit",    "after_commit",    "after_check",
@@ -81,8 +82,5 @@ void fault_pause(fault_point_t p) {
     if (ms == 0 || p == FAULT_ABORT_BEFORE_COMMIT) {
         return;
     }
-    struct timespec ts = {.tv_sec = ms / 1000,
-                          .tv_nsec = (long)(ms % 1000) * 1000000L};
-    while (clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, &ts) == EINTR) {
-    }
+    mono_sleep_ns((int64_t)ms * MONO_MS);
 }

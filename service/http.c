@@ -29,8 +29,9 @@
  * a leader later answers it (http__claim_done) or makes it the next leader
  * (http__claim_dispatch: PARKED -> QUEUED).
  *
- * Invariant: a request is on the queue iff its state is QUEUED, and its
- * connection is suspended exactly while it is QUEUED or PARKED. Every such
+ * Invariant (http__req_ok): a request on the worker queue is QUEUED (a
+ * QUEUED request is on the queue or held by a worker), and its connection
+ * is suspended exactly while it is QUEUED or PARKED. Every such
  * request is resumed exactly once, by the worker that answered it. A
  * request is queued only while the workers are not stopping (checked under
  * the queue's mutex, the one the workers take), and the workers empty the
@@ -67,6 +68,7 @@
 #include "mono.h"
 #include "ready.h"
 #include "req.h"
+#include "util.h"
 
 typedef enum http__state {
     HTTP__READING = 0, /* headers in, body arriving */
@@ -94,6 +96,8 @@ typedef struct http__req {
     int64_t deadline_ns;    /* lock-wait deadline, from when it was queued */
     api_response_t resp;    /* filled by the worker (or inline) */
     struct http__req *next; /* queue link */
+    int on_queue;           /* on h's worker queue (under h->mu) */
+    int suspended;          /* suspended and not yet resumed */
     int is_claim;           /* POST /claim: handled through waiter */
     claim_waiter_t waiter;  /* the claim's, while is_claim */
     struct http *h;         /* for the waiter's callbacks */
@@ -225,6 +229,30 @@ static void http__handle(http__req_t *rq) {
 
 /* ------------------------------------------------------------- workers --- */
 
+/* The request's invariant (see the top). O(1): checked at every suspend,
+ * resume and queue move. */
+static int http__req_ok(const http__req_t *rq) {
+    int held = rq->state == HTTP__QUEUED || rq->state == HTTP__PARKED;
+    return rq->suspended == held &&
+           (!rq->on_queue || rq->state == HTTP__QUEUED);
+}
+
+/* Suspends rq's connection; rq->state must already say why (QUEUED or
+ * PARKED) once the caller's step is done, which the caller asserts. */
+static void http__suspend(http__req_t *rq) {
+    assert(!rq->suspended);
+    rq->suspended = 1;
+    MHD_suspend_connection(rq->conn);
+}
+
+/* Resumes rq's connection once it is ANSWERED. From here on the event loop
+ * owns rq again: nothing may touch it after this call. */
+static void http__resume(http__req_t *rq) {
+    rq->suspended = 0;
+    assert(rq->state == HTTP__ANSWERED && http__req_ok(rq));
+    MHD_resume_connection(rq->conn);
+}
+
 static void http__answer_shutting_down(http__req_t *rq) {
     memset(&rq->resp, 0, sizeof(rq->resp));
     rq->resp.status = 503;
@@ -250,6 +278,8 @@ static void *http__worker(void *arg) {
         if (h->head == NULL) {
             h->tail = NULL;
         }
+        rq->on_queue = 0;
+        assert(http__req_ok(rq));
         int stopping = h->stopping;
         pthread_mutex_unlock(&h->mu);
         log_set_request_id(rq->request_id);
@@ -273,9 +303,9 @@ static void *http__worker(void *arg) {
         }
         log_set_request_id(NULL);
         rq->state = HTTP__ANSWERED;
-        /* From here on the event loop owns rq again: it calls the access
-         * handler, which sends rq->resp. */
-        MHD_resume_connection(rq->conn);
+        /* The event loop then calls the access handler, which sends
+         * rq->resp. */
+        http__resume(rq);
     }
     return NULL;
 }
@@ -290,6 +320,8 @@ static void http__push(http_t *h, http__req_t *rq) {
         h->head = rq;
     }
     h->tail = rq;
+    rq->on_queue = 1;
+    assert(http__req_ok(rq));
     pthread_cond_signal(&h->work);
 }
 
@@ -310,7 +342,7 @@ static int http__enqueue(http_t *h, http__req_t *rq) {
     }
     /* Suspended before any worker can see it, so the worker's resume never
      * comes first. */
-    MHD_suspend_connection(rq->conn);
+    http__suspend(rq);
     http__push(h, rq);
     pthread_mutex_unlock(&h->mu);
     return 0;
@@ -322,7 +354,8 @@ static int http__enqueue(http_t *h, http__req_t *rq) {
 static void http__claim_park(claim_waiter_t *w) {
     http__req_t *rq = w->arg;
     rq->state = HTTP__PARKED;
-    MHD_suspend_connection(rq->conn);
+    http__suspend(rq);
+    assert(http__req_ok(rq));
 }
 
 /* On a worker: the claim's answer is final. From the resume on, the event
@@ -331,7 +364,7 @@ static void http__claim_done(claim_waiter_t *w) {
     http__req_t *rq = w->arg;
     api_claim_respond(w, &rq->resp);
     rq->state = HTTP__ANSWERED;
-    MHD_resume_connection(rq->conn);
+    http__resume(rq);
 }
 
 /* On a worker: the parked claim becomes its coupon's leader and needs a
@@ -428,6 +461,14 @@ static void http__conn_notify(void *cls, struct MHD_Connection *conn,
     *socket_context = NULL;
 }
 
+/* conn's record (http__conn_notify made it), or NULL when there is none (it
+ * could not be allocated). Borrowed: freed when the connection closes. */
+static http__conn_t *http__conn_of(struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci != NULL ? ci->socket_context : NULL;
+}
+
 /*
  * Lingering. When libmicrohttpd answers early and closes (the 413 for a
  * Content-Length over the limit, a 400 for bad framing), the request body is
@@ -442,9 +483,7 @@ static void http__conn_notify(void *cls, struct MHD_Connection *conn,
  * until HTTP__LINGER_BYTES or HTTP__LINGER_MS, whichever comes first.
  */
 static void http__linger_arm(http_t *h, struct MHD_Connection *conn) {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    http__conn_t *c = ci != NULL ? ci->socket_context : NULL;
+    http__conn_t *c = http__conn_of(conn);
     if (c == NULL) {
         return;
     }
@@ -509,9 +548,7 @@ static void http__linger_round(http_t *h) {
 /* busy = 1: a request is complete and being answered; busy = 0: answered,
  * the next request's deadline starts now. */
 static void http__conn_busy(http_t *h, struct MHD_Connection *conn, int busy) {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    http__conn_t *c = ci != NULL ? ci->socket_context : NULL;
+    http__conn_t *c = http__conn_of(conn);
     if (c == NULL) {
         return;
     }
@@ -544,8 +581,7 @@ static void *http__reaper(void *arg) {
             continue;
         }
         int64_t next = mono_ns() + 500 * MONO_MS;
-        struct timespec ts = {.tv_sec = next / 1000000000LL,
-                              .tv_nsec = next % 1000000000LL};
+        struct timespec ts = mono_ts_from_ns(next);
         pthread_cond_timedwait(&h->reaper_wake, &h->conns_mu, &ts);
     }
     /* Stopping: whatever still lingers is closed as it is. */
@@ -871,10 +907,7 @@ static void http__log(void *cls, const char *fmt, va_list ap) {
     (void)cls;
     char msg[256];
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    size_t n = strlen(msg);
-    while (n > 0 && msg[n - 1] == '\n') {
-        msg[--n] = '\0';
-    }
+    str_trim_newline(msg);
     log_debug("http.mhd", "msg=\"%s\"", msg);
 }
 

@@ -124,8 +124,7 @@ static void *ready__main(void *arg) {
         pthread_mutex_unlock(&ready__g.mu);
         ready__round();
         int64_t next = mono_ns() + READY__PERIOD_MS * MONO_MS;
-        struct timespec ts = {.tv_sec = next / 1000000000LL,
-                              .tv_nsec = next % 1000000000LL};
+        struct timespec ts = mono_ts_from_ns(next);
         pthread_mutex_lock(&ready__g.mu);
         while (!ready__g.stop &&
                pthread_cond_timedwait(&ready__g.wake, &ready__g.mu, &ts) !=
@@ -166,8 +165,7 @@ int ready_start(const cfg_t *cfg) {
         mono_ns() + ((int64_t)cfg->redis_timeout_ms +
                      (int64_t)cfg->pg_connect_timeout_s * 1000 + 1000) *
                         MONO_MS;
-    struct timespec ts = {.tv_sec = until / 1000000000LL,
-                          .tv_nsec = until % 1000000000LL};
+    struct timespec ts = mono_ts_from_ns(until);
     pthread_mutex_lock(&ready__g.mu);
     while (!ready__g.state.started &&
            pthread_cond_timedwait(&ready__g.first, &ready__g.mu, &ts) !=

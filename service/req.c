@@ -29,36 +29,42 @@ static int req__id_chars(const char *s, size_t len, const char *extra) {
     return 0;
 }
 
-int req_valid_coupon_id(const char *s, size_t len, const char **why) {
+/* One kind of id: its length bound and alphabet, and the words of each
+ * refusal (static: they become the 400's detail). */
+typedef struct req__id_rule {
+    size_t max;
+    const char *extra; /* allowed beyond A-Z a-z 0-9 _ . - */
+    const char *empty, *too_long, *bad_char;
+} req__id_rule_t;
+
+static int req__valid_id(const req__id_rule_t *r, const char *s, size_t len,
+                         const char **why) {
     if (len == 0) {
-        *why = "coupon id is empty";
-        return -1;
+        *why = r->empty;
+    } else if (len > r->max) {
+        *why = r->too_long;
+    } else if (req__id_chars(s, len, r->extra) != 0) {
+        *why = r->bad_char;
+    } else {
+        return 0;
     }
-    if (len > REQ_COUPON_ID_MAX) {
-        *why = "coupon id is longer than 64 bytes";
-        return -1;
-    }
-    if (req__id_chars(s, len, NULL) != 0) {
-        *why = "coupon id may only contain A-Z a-z 0-9 _ . -";
-        return -1;
-    }
-    return 0;
+    return -1;
+}
+
+int req_valid_coupon_id(const char *s, size_t len, const char **why) {
+    static const req__id_rule_t coupon = {
+        REQ_COUPON_ID_MAX, NULL, "coupon id is empty",
+        "coupon id is longer than 64 bytes",
+        "coupon id may only contain A-Z a-z 0-9 _ . -"};
+    return req__valid_id(&coupon, s, len, why);
 }
 
 int req_valid_user_id(const char *s, size_t len, const char **why) {
-    if (len == 0) {
-        *why = "user id is empty";
-        return -1;
-    }
-    if (len > REQ_USER_ID_MAX) {
-        *why = "user id is longer than 128 bytes";
-        return -1;
-    }
-    if (req__id_chars(s, len, "@:+") != 0) {
-        *why = "user id may only contain A-Z a-z 0-9 _ . - @ : +";
-        return -1;
-    }
-    return 0;
+    static const req__id_rule_t user = {
+        REQ_USER_ID_MAX, "@:+", "user id is empty",
+        "user id is longer than 128 bytes",
+        "user id may only contain A-Z a-z 0-9 _ . - @ : +"};
+    return req__valid_id(&user, s, len, why);
 }
 
 int req_valid_request_id(const char *s) {

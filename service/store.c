@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <libpq-fe.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
+#include "util.h"
 
 struct store {
     PGconn *conn; /* NULL while disconnected; non-blocking while connected */
@@ -45,11 +47,10 @@ struct store {
     int64_t deadline_ns;  /* monotonic: the running call gives up here */
     int timed_out;        /* the last wait ran into deadline_ns */
     int replan;           /* a statement failed with 0A000: prepare again */
-    int refused;          /* the last connect failed because the server
-                             refused this login (see store__open) */
     uint64_t round_trips; /* store_round_trips */
     int shape_buckets;    /* store_claim_shape: what the last claim learnt */
     uint64_t shape_stock;
+    store_errkind_t errkind; /* the last failure's kind, beside errstr */
     char errstr[256];
 };
 
@@ -406,14 +407,27 @@ const char *store_errstr(const store_t *st) {
     return st->errstr;
 }
 
+store_errkind_t store_errkind(const store_t *st) {
+    return st->errkind;
+}
+
+/* Records a failure of kind: its words in errstr. */
+__attribute__((format(printf, 3, 4))) static void
+store__err(store_t *st, store_errkind_t kind, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(st->errstr, sizeof(st->errstr), fmt, ap);
+    va_end(ap);
+    st->errkind = kind;
+}
+
 /* Copies libpq's message without its trailing newline. */
-static void store__seterr(store_t *st, const char *what, const char *msg) {
+static void store__seterr(store_t *st, store_errkind_t kind, const char *what,
+                          const char *msg) {
+    st->errkind = kind;
     snprintf(st->errstr, sizeof(st->errstr), "postgres: %s: %s", what,
              msg != NULL ? msg : "?");
-    size_t n = strlen(st->errstr);
-    while (n > 0 && (st->errstr[n - 1] == '\n' || st->errstr[n - 1] == ' ')) {
-        st->errstr[--n] = '\0';
-    }
+    str_trim_end(st->errstr, "\n ");
 }
 
 static int store__sqlstate_is(const PGresult *res, const char *code) {
@@ -429,7 +443,16 @@ static int store__fail(store_t *st, const char *what, const PGresult *res) {
     if ((msg == NULL || msg[0] == '\0') && st->conn != NULL) {
         msg = PQerrorMessage(st->conn);
     }
-    store__seterr(st, what, msg);
+    /* The server's own error carries a SQLSTATE; a result without one is
+     * an answer this module did not expect; no result at all, a connection
+     * that failed under the call. */
+    const char *state =
+        res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    store__seterr(st,
+                  state != NULL ? STORE_ESERVER
+                  : res != NULL ? STORE_EPROTO
+                                : STORE_EIO,
+                  what, msg);
     metrics_inc(M_PG_ERRORS);
     if (store__sqlstate_is(res, "57014")) {
         metrics_inc(M_PG_STATEMENT_TIMEOUTS); /* statement_timeout fired */
@@ -444,11 +467,10 @@ static int store__fail(store_t *st, const char *what, const PGresult *res) {
  * instead of libpq's default, a bare line on stderr. */
 static void store__notice(void *arg, const char *msg) {
     (void)arg;
-    size_t n = strlen(msg);
-    while (n > 0 && msg[n - 1] == '\n') {
-        n--;
-    }
-    log_debug("postgres.notice", "msg=\"%.*s\"", (int)n, msg);
+    char line[2048]; /* a log line's own bound */
+    snprintf(line, sizeof(line), "%s", msg);
+    str_trim_newline(line);
+    log_debug("postgres.notice", "msg=\"%s\"", line);
 }
 
 /* 1 if a verbose connection error (PQERRORS_VERBOSE: "FATAL:  28P01: ...")
@@ -579,10 +601,10 @@ static int store__wait(store_t *st, const char *what, short events) {
     for (;;) {
         int64_t left_ns = st->deadline_ns - mono_ns();
         if (left_ns <= 0) {
-            snprintf(st->errstr, sizeof(st->errstr),
-                     "postgres: %s: no answer within the %u ms deadline "
-                     "(COUPON_PG_TX_DEADLINE_MS); connection dropped",
-                     what, st->tx_deadline_ms);
+            store__err(st, STORE_EIO,
+                       "postgres: %s: no answer within the %u ms deadline "
+                       "(COUPON_PG_TX_DEADLINE_MS); connection dropped",
+                       what, st->tx_deadline_ms);
             metrics_inc(M_PG_ERRORS);
             metrics_inc(M_PG_DEADLINE_DROPS);
             log_warn("postgres.deadline", "what=\"%s\" deadline_ms=%u", what,
@@ -598,12 +620,30 @@ static int store__wait(store_t *st, const char *what, short events) {
             return STORE_OK;
         }
         if (n < 0 && errno != EINTR) {
-            store__seterr(st, what, strerror(errno));
+            store__seterr(st, STORE_EIO, what, strerror(errno));
             metrics_inc(M_PG_ERRORS);
             store__drop(st);
             return STORE_ERR;
         }
     }
+}
+
+/* Sends what libpq buffered (a non-blocking connection buffers what the
+ * socket did not take), reading whatever the server sends meanwhile so
+ * that neither side stalls on a full buffer; each wait is bounded by the
+ * call's deadline. STORE_OK, or STORE_ERR (errstr set, a bad connection
+ * dropped). */
+static int store__flush(store_t *st, const char *what) {
+    int f;
+    while ((f = PQflush(st->conn)) == 1) {
+        if (store__wait(st, what, POLLOUT | POLLIN) != STORE_OK) {
+            return STORE_ERR;
+        }
+        if (PQconsumeInput(st->conn) == 0) {
+            return store__fail(st, what, NULL);
+        }
+    }
+    return f < 0 ? store__fail(st, what, NULL) : STORE_OK;
 }
 
 /* After a PQsend*: sends what libpq buffered, then reads until the last
@@ -615,18 +655,7 @@ static int store__wait(store_t *st, const char *what, short events) {
 static PGresult *store__collect(store_t *st, const char *what) {
     assert(st->conn != NULL && PQisnonblocking(st->conn));
     st->round_trips++;
-    int f;
-    while ((f = PQflush(st->conn)) == 1) {
-        if (store__wait(st, what, POLLOUT | POLLIN) != STORE_OK) {
-            return NULL;
-        }
-        if (PQconsumeInput(st->conn) == 0) {
-            store__fail(st, what, NULL);
-            return NULL;
-        }
-    }
-    if (f < 0) {
-        store__fail(st, what, NULL);
+    if (store__flush(st, what) != STORE_OK) {
         return NULL;
     }
     PGresult *last = NULL;
@@ -747,9 +776,11 @@ static int store__connect(store_t *st) {
     if (st->conn != NULL) {
         return STORE_OK;
     }
+    int refused = 0;
     st->conn = store__open(st->dsn, st->connect_timeout_s, st->deadline_ns,
-                           st->errstr, sizeof(st->errstr), &st->refused);
+                           st->errstr, sizeof(st->errstr), &refused);
     if (st->conn == NULL) {
+        st->errkind = refused ? STORE_EAUTH : STORE_EIO;
         metrics_inc(M_PG_ERRORS);
         return STORE_ERR;
     }
@@ -869,6 +900,7 @@ static int store__simple(store_t *st, const char *sql) {
 static void store__rollback(store_t *st) {
     if (st->conn != NULL && PQtransactionStatus(st->conn) != PQTRANS_IDLE) {
         char keep[sizeof(st->errstr)];
+        store_errkind_t keep_kind = st->errkind;
         memcpy(keep, st->errstr, sizeof(keep));
         if (mono_ns() >= st->deadline_ns) {
             store__drop(st);
@@ -876,6 +908,7 @@ static void store__rollback(store_t *st) {
             store__simple(st, "ROLLBACK");
         }
         memcpy(st->errstr, keep, sizeof(keep));
+        st->errkind = keep_kind;
     }
 }
 
@@ -897,10 +930,10 @@ static int store__commit(store_t *st) {
     if (mono_ns() >= st->deadline_ns) {
         /* Too late to commit, and not too late to know: COMMIT was never
          * sent, so dropping the connection rolls back. */
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: the %u ms deadline (COUPON_PG_TX_DEADLINE_MS) "
-                 "passed before COMMIT; rolled back",
-                 st->tx_deadline_ms);
+        store__err(st, STORE_EIO,
+                   "postgres: the %u ms deadline (COUPON_PG_TX_DEADLINE_MS) "
+                   "passed before COMMIT; rolled back",
+                   st->tx_deadline_ms);
         metrics_inc(M_PG_ERRORS);
         metrics_inc(M_PG_DEADLINE_DROPS);
         store__drop(st);
@@ -918,10 +951,10 @@ static int store__commit(store_t *st) {
     }
     int committed = strcmp(PQcmdStatus(res), "COMMIT") == 0;
     if (!committed) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: COMMIT answered \"%s\": the transaction had "
-                 "failed; nothing was written",
-                 PQcmdStatus(res));
+        store__err(st, STORE_ESERVER,
+                   "postgres: COMMIT answered \"%s\": the transaction had "
+                   "failed; nothing was written",
+                   PQcmdStatus(res));
         metrics_inc(M_PG_ERRORS);
     }
     PQclear(res);
@@ -934,33 +967,39 @@ static int64_t store__int(const PGresult *res, int row, int col) {
                : strtoll(PQgetvalue(res, row, col), NULL, 10);
 }
 
-static int store__is_unique_violation(const PGresult *res) {
-    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    return state != NULL && strcmp(state, "23505") == 0;
-}
-
-/* Fills item with the user's existing claim (outside or inside a
- * transaction). */
-static int store__existing(store_t *st, const char *coupon,
-                           store_item_t *item) {
+/* Reads the user's claim of coupon into item (outside or inside a
+ * transaction): STORE_OK with item->status STORE_ALREADY, STORE_NOT_FOUND
+ * when there is none, or STORE_ERR. */
+static int store__claim_get(store_t *st, const char *coupon,
+                            store_item_t *item) {
     const char *p[] = {coupon, item->user_id};
     PGresult *res = store__exec(st, "claim_get", 2, p, PGRES_TUPLES_OK);
     if (res == NULL) {
         return STORE_ERR;
     }
-    if (PQntuples(res) != 1) {
-        PQclear(res);
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: claim of %s vanished", item->user_id);
+    int found = PQntuples(res) == 1;
+    if (found) {
+        item->status = STORE_ALREADY;
+        item->claim_id = store__int(res, 0, 0);
+        item->fence = store__int(res, 0, 1);
+        item->remaining = store__int(res, 0, 2);
+        item->seq = store__int(res, 0, 3);
+    }
+    PQclear(res);
+    return found ? STORE_OK : STORE_NOT_FOUND;
+}
+
+/* Fills item with the user's existing claim, which must be there (the
+ * claim statement said so). */
+static int store__existing(store_t *st, const char *coupon,
+                           store_item_t *item) {
+    int rc = store__claim_get(st, coupon, item);
+    if (rc == STORE_NOT_FOUND) {
+        store__err(st, STORE_EPROTO, "postgres: claim of %s vanished",
+                   item->user_id);
         return STORE_ERR;
     }
-    item->status = STORE_ALREADY;
-    item->claim_id = store__int(res, 0, 0);
-    item->fence = store__int(res, 0, 1);
-    item->remaining = store__int(res, 0, 2);
-    item->seq = store__int(res, 0, 3);
-    PQclear(res);
-    return STORE_OK;
+    return rc;
 }
 
 /* --------------------------------------------------------------- claim --- */
@@ -1065,17 +1104,8 @@ static int store__pipeline(store_t *st, int nq, const store__q_t *q,
         return store__fail(st, what, NULL);
     }
     st->round_trips++;
-    int f;
-    while ((f = PQflush(st->conn)) == 1) {
-        if (store__wait(st, what, POLLOUT | POLLIN) != STORE_OK) {
-            return STORE_ERR;
-        }
-        if (PQconsumeInput(st->conn) == 0) {
-            return store__fail(st, what, NULL);
-        }
-    }
-    if (f < 0) {
-        return store__fail(st, what, NULL);
+    if (store__flush(st, what) != STORE_OK) {
+        return STORE_ERR;
     }
     int err = 0;
     for (int i = 0; i < nq && !err; i++) {
@@ -1161,9 +1191,9 @@ static int store__claim_read(store_t *st, const PGresult *res, int bucket,
                              store_item_t *items, size_t n,
                              int64_t *last_fence_out) {
     if (PQntuples(res) != (int)n || PQnfields(res) != STORE__C__COUNT) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: the claim answered %d rows for %zu items",
-                 PQntuples(res), n);
+        store__err(st, STORE_EPROTO,
+                   "postgres: the claim answered %d rows for %zu items",
+                   PQntuples(res), n);
         return STORE_ERR;
     }
     if (PQgetisnull(res, 0, STORE__C_BUCKETS)) {
@@ -1172,9 +1202,9 @@ static int store__claim_read(store_t *st, const PGresult *res, int bucket,
     int buckets = (int)store__col(res, 0, STORE__C_BUCKETS);
     st->shape_buckets = buckets;
     if (PQgetisnull(res, 0, STORE__C_TOTAL)) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: bucket %d on a coupon with %d bucket(s)", bucket,
-                 buckets);
+        store__err(st, STORE_ENONE,
+                   "postgres: bucket %d on a coupon with %d bucket(s)", bucket,
+                   buckets);
         return STORE_WRONG_BUCKET;
     }
     int64_t win = store__col(res, 0, STORE__C_WIN);
@@ -1198,9 +1228,9 @@ static int store__claim_read(store_t *st, const PGresult *res, int bucket,
     } else if (want > 0 && wrote == 0) {
         int64_t last = store__col(res, 0, STORE__C_LAST_FENCE);
         if (fence == STORE_NO_FENCE || last <= max_seen) {
-            snprintf(st->errstr, sizeof(st->errstr),
-                     "postgres: the claim's UPDATE matched no row, and "
-                     "neither the fence nor the window refused it");
+            store__err(st, STORE_EPROTO,
+                       "postgres: the claim's UPDATE matched no row, and "
+                       "neither the fence nor the window refused it");
             return STORE_ERR;
         }
         if (last_fence_out != NULL) {
@@ -1260,7 +1290,7 @@ static int store__claim_tx(store_t *st, const char *coupon, int bucket,
     }
     char *users = store__users_array(items, n);
     if (users == NULL) {
-        snprintf(st->errstr, sizeof(st->errstr), "postgres: out of memory");
+        store__err(st, STORE_ESYS, "postgres: out of memory");
         return STORE_ERR;
     }
     char fence_txt[24], bucket_txt[16];
@@ -1316,7 +1346,7 @@ static int store__claim_tx(store_t *st, const char *coupon, int bucket,
     for (int i = 0; i < 3 && rc == STORE_OK; i++) {
         ExecStatusType want = i == 0 ? PGRES_COMMAND_OK : PGRES_TUPLES_OK;
         if (res[i] == NULL || PQresultStatus(res[i]) != want) {
-            if (res[i] != NULL && store__is_unique_violation(res[i])) {
+            if (res[i] != NULL && store__sqlstate_is(res[i], "23505")) {
                 rc = STORE_ALREADY;
             } else {
                 rc = store__fail(st, q[i].name != NULL ? q[i].name : "BEGIN",
@@ -1394,9 +1424,9 @@ int store_claim(store_t *st, const char *coupon, int bucket, int64_t fence,
         }
     }
     if (rc == STORE_ALREADY) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: the batch kept running into concurrent claims of "
-                 "its users");
+        store__err(st, STORE_ESERVER,
+                   "postgres: the batch kept running into concurrent claims of "
+                   "its users");
         rc = STORE_ERR;
     }
     return rc;
@@ -1445,7 +1475,7 @@ int store_claim_naive(store_t *st, const char *coupon, store_item_t *item) {
         return STORE_ERR;
     }
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        int dup = store__is_unique_violation(res);
+        int dup = store__sqlstate_is(res, "23505");
         if (!dup) {
             store__fail(st, "naive_insert", res);
         }
@@ -1521,9 +1551,9 @@ int store_coupon_get(store_t *st, const char *id, store_coupon_t *out) {
     }
     int rows = PQntuples(res);
     if (rows != out->buckets) {
-        snprintf(st->errstr, sizeof(st->errstr),
-                 "postgres: coupon %s has %d bucket rows, not %d", id, rows,
-                 out->buckets);
+        store__err(st, STORE_EPROTO,
+                   "postgres: coupon %s has %d bucket rows, not %d", id, rows,
+                   out->buckets);
         PQclear(res);
         return STORE_ERR;
     }
@@ -1750,7 +1780,8 @@ int store_probe(store_t *st) {
         return STORE_OK;
     }
     /* Connected, the query failed: not a login problem. */
-    return st->conn == NULL && st->refused ? STORE_EREFUSED : STORE_ERR;
+    return st->conn == NULL && st->errkind == STORE_EAUTH ? STORE_EREFUSED
+                                                          : STORE_ERR;
 }
 
 /* ---------------------------------------------------- the claim lookup --- */
@@ -1760,19 +1791,5 @@ int store_claim_lookup(store_t *st, const char *coupon, store_item_t *item) {
     if (store__connect(st) != STORE_OK) {
         return STORE_ERR;
     }
-    const char *p[] = {coupon, item->user_id};
-    PGresult *res = store__exec(st, "claim_get", 2, p, PGRES_TUPLES_OK);
-    if (res == NULL) {
-        return STORE_ERR;
-    }
-    int found = PQntuples(res) == 1;
-    if (found) {
-        item->status = STORE_ALREADY;
-        item->claim_id = store__int(res, 0, 0);
-        item->fence = store__int(res, 0, 1);
-        item->remaining = store__int(res, 0, 2);
-        item->seq = store__int(res, 0, 3);
-    }
-    PQclear(res);
-    return found ? STORE_OK : STORE_NOT_FOUND;
+    return store__claim_get(st, coupon, item);
 }

@@ -17,7 +17,8 @@
  *
  * Return codes: STORE_OK (0); expected outcomes that are not failures have
  * positive names (STORE_NOT_FOUND, STORE_SOLD_OUT, STORE_FENCED, ...); a
- * failure is STORE_ERR (negative) and store_errstr says what failed.
+ * failure is STORE_ERR (negative), store_errkind says which kind and
+ * store_errstr says it in words.
  */
 #ifndef COUPONSVC_STORE_H
 #define COUPONSVC_STORE_H
@@ -124,6 +125,24 @@ void store_free(store_t *st);
 
 /* The last error, borrowed; valid until the next call on st. */
 const char *store_errstr(const store_t *st);
+
+/* What kind of failure the last STORE_ERR (or STORE_EREFUSED) was, kept
+ * beside store_errstr as hiredis keeps err beside errstr: callers decide on
+ * the kind, never on the words. */
+typedef enum store_errkind {
+    STORE_ENONE = 0, /* no failure yet */
+    STORE_EIO,       /* unreachable, the connection failed, or the call's
+                        deadline (COUPON_PG_TX_DEADLINE_MS) passed */
+    STORE_EAUTH,     /* the server refused this login (store_probe's
+                        STORE_EREFUSED) */
+    STORE_ESERVER,   /* the server answered an error (a SQLSTATE, a failed
+                        transaction, a conflict that kept recurring) */
+    STORE_EPROTO,    /* an answer this module did not expect */
+    STORE_ESYS,      /* a local failure: out of memory */
+} store_errkind_t;
+
+/* The last failure's kind; STORE_ENONE before the first. */
+store_errkind_t store_errkind(const store_t *st);
 
 /*
  * The claim, for 1..n users of one coupon, in ONE transaction.

@@ -6,7 +6,8 @@ TEST_LIBS   = $(PKG_LIBS) $(shell pkg-config --libs libcurl 2>/dev/null) \
 
 UNIT_OBJS := $(addprefix $(BUILD)/tests/, tt.o unit/test_cfg.o \
 	unit/test_req.o unit/test_misc.o unit/test_lg_http.o unit/test_lock.o \
-	unit/test_log.o unit/test_etcd.o)
+	unit/test_log.o unit/test_etcd.o unit/test_claim_batch.o) \
+	$(addprefix $(BUILD)/service/, api.o claim.o ready.o store.o migrations.o)
 UNIT_OBJS += $(addprefix $(BUILD)/tests/, unit/test_lockmath.o unit/test_locksanity.o)
 ITEST_OBJS := $(addprefix $(BUILD)/tests/, tt.o itest/main.o \
 	itest/harness.o itest/h_etcd.o itest/test_claim.o itest/test_api.o \

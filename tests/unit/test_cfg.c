@@ -106,6 +106,10 @@ TT_TEST(cfg_rejects_bad_values, 5) {
         TT_ASSERT_MSG(rc == CFG_ERR, "%s=%s was accepted", bad[i][0],
                       bad[i][1]);
         TT_ASSERT(c.errstr[0] != '\0');
+        /* One setting's value, except the period set against the TTL. */
+        TT_EQ_INT(c.errkind, i + 1 < sizeof(bad) / sizeof(bad[0])
+                                 ? CFG_EVALUE
+                                 : CFG_ECONFLICT);
         cfg_free(&c);
         unsetenv(bad[i][0]);
     }
@@ -115,13 +119,16 @@ TT_TEST(cfg_unknown_flag_and_command, 5) {
     cfg_t c;
     char *a1[] = {"couponsvc", "--no-such-flag", "1", NULL};
     TT_EQ_INT(load(&c, 3, a1), CFG_ERR);
+    TT_EQ_INT(c.errkind, CFG_EUSAGE);
     TT_CONTAINS(c.errstr, "unknown flag");
     cfg_free(&c);
     char *a2[] = {"couponsvc", "explode", NULL};
     TT_EQ_INT(load(&c, 2, a2), CFG_ERR);
+    TT_EQ_INT(c.errkind, CFG_EUSAGE);
     cfg_free(&c);
     char *a3[] = {"couponsvc", "--lock-ttl-ms", NULL};
     TT_EQ_INT(load(&c, 2, a3), CFG_ERR);
+    TT_EQ_INT(c.errkind, CFG_EUSAGE);
     TT_CONTAINS(c.errstr, "needs a value");
     cfg_free(&c);
     char *a4[] = {"couponsvc", "--help", NULL};
