@@ -31,63 +31,30 @@
 
 set -eu
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-STACK_SH=$ROOT/deploy/stack.sh
-LOADGEN=${LOADGEN:-$ROOT/build/loadgen}
-COUPONSVC=${COUPONSVC:-$ROOT/build/couponsvc}
-case $LOADGEN in /*) ;; *) LOADGEN=$PWD/$LOADGEN ;; esac
-case $COUPONSVC in /*) ;; *) COUPONSVC=$PWD/$COUPONSVC ;; esac
-export COUPONSVC
+LT_NAME=baseline
+# shellcheck source=loadtest/lib.sh
+. "$(dirname "$0")/lib.sh"
+
 SECS=${BASE_SECS:-10}
 CONN=${BASE_CONN:-256}
 THREADS=${BASE_THREADS:-2}
 REPLICAS=${REPLICAS:-3}
 OUT=$ROOT/build/baseline
 
-PY=python3
-[ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-
-say() { printf 'baseline: %s\n' "$*" >&2; }
-die() {
-    printf 'baseline: error: %s\n' "$*" >&2
-    exit 1
-}
-
-[ -x "$LOADGEN" ] || die "$LOADGEN not found: make $LOADGEN"
-[ -x "$COUPONSVC" ] || die "$COUPONSVC not found: make"
-command -v "$PY" >/dev/null 2>&1 || die "python3 is needed to read loadgen's JSON"
-
-if [ -n "${LB_PORT:-}" ] && [ -n "${PG_PORT:-}" ] && [ -n "${REDIS_PORT:-}" ] &&
-    [ -n "${APP_PORT_BASE:-}" ]; then
-    :
-else
-    # Ten free ports below the ephemeral range (no client socket can take
-    # one meanwhile) and away from a developer's `make up` on 8080.
-    tries=0
-    while :; do
-        b=$((20000 + 10 * (RANDOM % 1100)))
-        [ -z "$(ss -Htan "( sport >= :$b and sport <= :$((b + 9)) )" 2>/dev/null)" ] && break
-        tries=$((tries + 1))
-        [ "$tries" -lt 50 ] || die "no free block of ports found"
-    done
-    LB_PORT=$b PG_PORT=$((b + 1)) REDIS_PORT=$((b + 2)) APP_PORT_BASE=$((b + 3))
-fi
+lt_need_tools
+lt_pick_ports
 
 WORK=$(mktemp -d /tmp/couponsvc-baseline.XXXXXX)
 chmod 755 "$WORK" # user postgres must reach it when we are root
 export STACK_DIR=$WORK/stack LB_PORT PG_PORT REDIS_PORT APP_PORT_BASE REPLICAS
 mkdir -p "$OUT"
 
-STARTED=0
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
     local rc=$?
     trap - EXIT
     trap '' INT TERM
-    if [ "$STARTED" = 1 ]; then
-        say "taking the stack down"
-        bash "$STACK_SH" down >"$OUT/down.log" 2>&1 || cat "$OUT/down.log" >&2
-    fi
+    lt_stack_down "$OUT/down.log"
     if [ "$rc" = 0 ]; then
         rm -rf "$WORK"
     else
@@ -100,12 +67,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say "starting the stack: $REPLICAS replicas, LB 127.0.0.1:$LB_PORT (state $STACK_DIR)"
-STARTED=1
-COUPON_CLAIM_MODE=lock bash "$STACK_SH" up >"$OUT/up.log" 2>&1 || {
-    STARTED=0
-    cat "$OUT/up.log" >&2
-    die "stack.sh up failed"
-}
+lt_stack_up "$OUT/up.log" COUPON_CLAIM_MODE=lock
 # shellcheck disable=SC1091
 . "$STACK_DIR/env"
 

@@ -77,13 +77,10 @@
 
 set -eu
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-STACK_SH=$ROOT/deploy/stack.sh
-LOADGEN=${LOADGEN:-$ROOT/build/loadgen}
-COUPONSVC=${COUPONSVC:-$ROOT/build/couponsvc}
-case $LOADGEN in /*) ;; *) LOADGEN=$PWD/$LOADGEN ;; esac
-case $COUPONSVC in /*) ;; *) COUPONSVC=$PWD/$COUPONSVC ;; esac
-export COUPONSVC
+LT_NAME=bench
+# shellcheck source=loadtest/lib.sh
+. "$(dirname "$0")/lib.sh"
+
 SECS=${BENCH_SECONDS:-8}
 CONN=${BENCH_CONN:-256}
 THREADS=${BENCH_THREADS:-2}
@@ -111,15 +108,6 @@ while [ $# -gt 0 ]; do
 done
 case $JSON_OUT in '' | /*) ;; *) JSON_OUT=$PWD/$JSON_OUT ;; esac
 
-PY=python3
-[ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-
-say() { printf 'bench: %s\n' "$*" >&2; }
-die() {
-    printf 'bench: error: %s\n' "$*" >&2
-    exit 1
-}
-
 ONLY=$(printf '%s' "${BENCH_ONLY:-}" | tr ',' ' ')
 # want NAME: 0 if the run NAME (without its round suffix) is to be run.
 want() {
@@ -128,33 +116,14 @@ want() {
     return 1
 }
 
-[ -x "$LOADGEN" ] || die "$LOADGEN not found: make $LOADGEN"
-[ -x "$COUPONSVC" ] || die "$COUPONSVC not found: make"
-command -v "$PY" >/dev/null 2>&1 || die "python3 is needed to read loadgen's JSON"
-val=
-for v in SECS CONN THREADS ROUNDS BUCKETS BATCH SPREAD RSS_CONNS; do
-    eval "val=\$$v"
-    case $val in '' | *[!0-9]* | 0) die "BENCH_$v must be a positive integer, got '$val'" ;; esac
-done
+lt_need_tools
+lt_positive_ints BENCH_ SECS CONN THREADS ROUNDS BUCKETS BATCH SPREAD RSS_CONNS
 
 # The settings this build knows (the first column of couponsvc --help).
 HELP=$("$COUPONSVC" --help 2>&1 || true)
 has_setting() { printf '%s\n' "$HELP" | grep -Eq "^ +$1( |\$)"; }
 
-if [ -n "${LB_PORT:-}" ] && [ -n "${PG_PORT:-}" ] && [ -n "${REDIS_PORT:-}" ] &&
-    [ -n "${APP_PORT_BASE:-}" ]; then
-    :
-else
-    # Ten free ports below the ephemeral range, away from `make up` on 8080.
-    tries=0
-    while :; do
-        b=$((20000 + 10 * (RANDOM % 1100)))
-        [ -z "$(ss -Htan "( sport >= :$b and sport <= :$((b + 9)) )" 2>/dev/null)" ] && break
-        tries=$((tries + 1))
-        [ "$tries" -lt 50 ] || die "no free block of ports found"
-    done
-    LB_PORT=$b PG_PORT=$((b + 1)) REDIS_PORT=$((b + 2)) APP_PORT_BASE=$((b + 3))
-fi
+lt_pick_ports
 SPARE_PORT=$((APP_PORT_BASE + REPLICAS + 1))
 # The etcd members (stack.sh's default is a fixed 12379): beside Redis.
 ETCD_PORT_BASE=${ETCD_PORT_BASE:-$((REDIS_PORT + 60))}
@@ -168,7 +137,7 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 : >"$OUT/runs.tsv"
 
-STARTED=0 SPARE_PID=
+SPARE_PID=
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
     local rc=$?
@@ -178,10 +147,7 @@ cleanup() {
         kill -TERM "$SPARE_PID" 2>/dev/null || true
         wait "$SPARE_PID" 2>/dev/null || true
     fi
-    if [ "$STARTED" = 1 ]; then
-        say "taking the stack down"
-        bash "$STACK_SH" down >"$OUT/down.log" 2>&1 || cat "$OUT/down.log" >&2
-    fi
+    lt_stack_down "$OUT/down.log"
     [ -z "${TOPO_DIR:-}" ] || topo_down
     if [ "$rc" = 0 ] || [ "$rc" = 1 ]; then
         rm -rf "$WORK"
@@ -299,14 +265,9 @@ VERIFY=(--verify-dsn)
 # --- the stack ---------------------------------------------------------------
 
 say "starting the stack: $REPLICAS replicas, LB 127.0.0.1:$LB_PORT, PostgreSQL $([ "$DURABLE" = 1 ] && echo durable || echo non-durable) (state $STACK_DIR)"
-STARTED=1
 settings atomic
-env -u COUPON_LOCK_WAIT_STRATEGY -u COUPON_BATCH_MAX -u COUPON_SOLDOUT_MEMO \
-    "${PHASE_ENV[@]}" REDIS_TOPOLOGY=single PG_DURABLE="$DURABLE" STACK_ETCD="${BENCH_ETCD:-1}" bash "$STACK_SH" up >"$OUT/up.log" 2>&1 || {
-    STARTED=0
-    cat "$OUT/up.log" >&2
-    die "stack.sh up failed"
-}
+lt_stack_up "$OUT/up.log" -u COUPON_LOCK_WAIT_STRATEGY -u COUPON_BATCH_MAX -u COUPON_SOLDOUT_MEMO \
+    "${PHASE_ENV[@]}" REDIS_TOPOLOGY=single PG_DURABLE="$DURABLE" STACK_ETCD="${BENCH_ETCD:-1}"
 CUR_ENV="${PHASE_ENV[*]}"
 # shellcheck disable=SC1091
 . "$STACK_DIR/env"
@@ -316,25 +277,25 @@ ADMIN=(--admin-token "$COUPON_ADMIN_TOKEN")
 # --- hot and spread, atomic and lock, interleaved ------------------------------
 
 LOCK_DEFAULTS=(COUPON_LOCK_WAIT_STRATEGY=pubsub "COUPON_BATCH_MAX=$BATCH" COUPON_SOLDOUT_MEMO=on)
+# mode_round MODE L R [NAME=VALUE ...]: round R's hot and spread runs in
+# MODE (coupons hot-LR-RUN and spr-LR-RUN), the replicas restarted with
+# these settings first if either run is wanted.
+mode_round() {
+    local mode=$1 l=$2 r=$3
+    shift 3
+    if want "hot-$mode" || want "spread-$mode"; then
+        restart "$mode" "$@"
+    fi
+    ! want "hot-$mode" ||
+        run "hot-$mode-$r" claims -c "$CONN" -d "$SECS" --coupon "hot-$l$r-$RUN" \
+            --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+    ! want "spread-$mode" ||
+        run "spread-$mode-$r" claims -c "$CONN" -d "$SECS" --coupon "spr-$l$r-$RUN" \
+            --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+}
 for r in $(seq "$ROUNDS"); do
-    if want hot-atomic || want spread-atomic; then
-        restart atomic
-    fi
-    ! want hot-atomic ||
-        run "hot-atomic-$r" claims -c "$CONN" -d "$SECS" --coupon "hot-a$r-$RUN" \
-            --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
-    ! want spread-atomic ||
-        run "spread-atomic-$r" claims -c "$CONN" -d "$SECS" --coupon "spr-a$r-$RUN" \
-            --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
-    if want hot-lock || want spread-lock; then
-        restart lock "${LOCK_DEFAULTS[@]}"
-    fi
-    ! want hot-lock ||
-        run "hot-lock-$r" claims -c "$CONN" -d "$SECS" --coupon "hot-l$r-$RUN" \
-            --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
-    ! want spread-lock ||
-        run "spread-lock-$r" claims -c "$CONN" -d "$SECS" --coupon "spr-l$r-$RUN" \
-            --coupons "$SPREAD" --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
+    mode_round atomic a "$r"
+    mode_round lock l "$r" "${LOCK_DEFAULTS[@]}"
 done
 
 # The lock mode's capacity: the median of its hot runs (BENCH_CAP when
@@ -382,32 +343,38 @@ soldout() {
 
 # --- each feature off, one at a time --------------------------------------------
 
-if ! want hot-poll; then
-    :
-elif has_setting COUPON_LOCK_WAIT_STRATEGY; then
-    restart lock COUPON_LOCK_WAIT_STRATEGY=poll "COUPON_BATCH_MAX=$BATCH" COUPON_SOLDOUT_MEMO=on
-    run hot-poll claims -c "$CONN" -d "$SECS" --coupon "hot-p-$RUN" \
+# feature_off NAME SETTING COMMAND...: the run NAME, if it is wanted and
+# this build has SETTING; otherwise say why it is skipped.
+feature_off() {
+    local name=$1 setting=$2
+    shift 2
+    want "$name" || return 0
+    if has_setting "$setting"; then
+        "$@"
+    else
+        say "$name: skipped, this build has no $setting"
+    fi
+}
+# hot_with NAME TAG SETTING=VALUE...: lock mode with these settings, one
+# hot-coupon run (coupon hot-TAG-RUN).
+# shellcheck disable=SC2317 # invoked through feature_off
+hot_with() {
+    local name=$1 tag=$2
+    shift 2
+    restart lock "$@"
+    run "$name" claims -c "$CONN" -d "$SECS" --coupon "hot-$tag-$RUN" \
         --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
-else
-    say "hot-poll: skipped, this build has no COUPON_LOCK_WAIT_STRATEGY"
-fi
-if ! want hot-batch1; then
-    :
-elif has_setting COUPON_BATCH_MAX; then
-    restart lock COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=1 COUPON_SOLDOUT_MEMO=on
-    run hot-batch1 claims -c "$CONN" -d "$SECS" --coupon "hot-1-$RUN" \
-        --create-stock "$STOCK" "${ADMIN[@]}" "${VERIFY[@]}"
-else
-    say "hot-batch1: skipped, this build has no COUPON_BATCH_MAX"
-fi
-if ! want soldout-nomemo; then
-    :
-elif has_setting COUPON_SOLDOUT_MEMO; then
+}
+# shellcheck disable=SC2317 # invoked through feature_off
+soldout_nomemo() {
     restart lock COUPON_LOCK_WAIT_STRATEGY=pubsub "COUPON_BATCH_MAX=$BATCH" COUPON_SOLDOUT_MEMO=off
     soldout soldout-nomemo
-else
-    say "soldout-nomemo: skipped, this build has no COUPON_SOLDOUT_MEMO"
-fi
+}
+feature_off hot-poll COUPON_LOCK_WAIT_STRATEGY hot_with hot-poll p \
+    COUPON_LOCK_WAIT_STRATEGY=poll "COUPON_BATCH_MAX=$BATCH" COUPON_SOLDOUT_MEMO=on
+feature_off hot-batch1 COUPON_BATCH_MAX hot_with hot-batch1 1 \
+    COUPON_LOCK_WAIT_STRATEGY=pubsub COUPON_BATCH_MAX=1 COUPON_SOLDOUT_MEMO=on
+feature_off soldout-nomemo COUPON_SOLDOUT_MEMO soldout_nomemo
 
 # --- the etcd backend -------------------------------------------------------------
 

@@ -143,15 +143,16 @@ static void lg_cli__usage(FILE *out) {
     for (size_t i = 0; i < LG_CLI__NOPTS; i++) {
         const lg_cli__opt_t *o = &lg_cli__opts[i];
         char head[64];
-        int n = o->shortopt ? snprintf(head, sizeof head, "-%c, ", o->shortopt)
-                            : 0;
+        int n =
+            o->shortopt ? snprintf(head, sizeof head, "-%c, ", o->shortopt) : 0;
         snprintf(head + n, sizeof head - (size_t)n, "--%s%s%s", o->name,
                  o->metavar ? " " : "", o->metavar ? o->metavar : "");
         fprintf(out, "  %-22s ", head);
         for (const char *h = o->help; *h; h++) {
             fputc(*h, out);
-            if (*h == '\n')
+            if (*h == '\n') {
                 fprintf(out, "%25s", "");
+            }
         }
         fputc('\n', out);
     }
@@ -250,8 +251,8 @@ static void lg_cli__set(const lg_cli__opt_t *o, const char *v) {
 static bool lg_cli__opt_ok(const lg_cli__opt_t *o) {
     bool integer = o->kind == LG_CLI__INT || o->kind == LG_CLI__LONG ||
                    o->kind == LG_CLI__LLONG || o->kind == LG_CLI__U64;
-    if (integer && (o->min > o->max || (o->kind == LG_CLI__INT &&
-                                        o->max > (uint64_t)INT_MAX))) {
+    if (integer && (o->min > o->max ||
+                    (o->kind == LG_CLI__INT && o->max > (uint64_t)INT_MAX))) {
         return false;
     }
     if ((o->metavar == NULL) !=
@@ -320,7 +321,8 @@ static void lg_cli__check(void) {
                 "--verify-dsn needs claim requests, not --method/--path");
         }
     }
-    if (lg_cfg.verify_only && (!lg_cfg.verify_dsn || lg_cfg.create_stock >= 0)) {
+    if (lg_cfg.verify_only &&
+        (!lg_cfg.verify_dsn || lg_cfg.create_stock >= 0)) {
         lg_cli__error("--verify-only needs --verify-dsn (and the --coupon/"
                       "--coupons of the run), and sends nothing");
     }

@@ -49,21 +49,25 @@ static size_t lg_http__head_len(const char *p, size_t len) {
     size_t off = 0;
     for (;;) {
         size_t n = lg_http__line(p + off, len - off);
-        if (n == 0)
+        if (n == 0) {
             return 0;
-        if (lg_http__empty_line(p + off, n))
+        }
+        if (lg_http__empty_line(p + off, n)) {
             return off + n; /* the status line is never empty */
+        }
         off += n;
     }
 }
 
 /* Trims spaces and tabs from both ends of v[0..*n), and the line end. */
 static const char *lg_http__trim(const char *v, size_t *n) {
-    while (*n && (*v == ' ' || *v == '\t'))
+    while (*n && (*v == ' ' || *v == '\t')) {
         v++, (*n)--;
+    }
     while (*n && (v[*n - 1] == ' ' || v[*n - 1] == '\t' || v[*n - 1] == '\r' ||
-                  v[*n - 1] == '\n'))
+                  v[*n - 1] == '\n')) {
         (*n)--;
+    }
     return v;
 }
 
@@ -75,10 +79,12 @@ static bool lg_http__has_token(const char *v, size_t n, const char *token) {
         size_t item = comma ? (size_t)(comma - v) : n;
         size_t il = item;
         const char *it = lg_http__trim(v, &il);
-        if (il == tl && strncasecmp(it, token, tl) == 0)
+        if (il == tl && strncasecmp(it, token, tl) == 0) {
             return true;
-        if (!comma)
+        }
+        if (!comma) {
             break;
+        }
         v += item + 1;
         n -= item + 1;
     }
@@ -88,11 +94,13 @@ static bool lg_http__has_token(const char *v, size_t n, const char *token) {
 /* Parses a decimal Content-Length; returns 0 and sets *out, or -1. */
 static int lg_http__decimal(const char *v, size_t n, uint64_t *out) {
     uint64_t x = 0;
-    if (n == 0 || n > 18)
+    if (n == 0 || n > 18) {
         return -1;
+    }
     for (size_t i = 0; i < n; i++) {
-        if (v[i] < '0' || v[i] > '9')
+        if (v[i] < '0' || v[i] > '9') {
             return -1;
+        }
         x = x * 10 + (uint64_t)(v[i] - '0');
     }
     *out = x;
@@ -112,76 +120,67 @@ static bool lg_http__status_line_ok(const char *p, size_t n) {
  * Lets garbage fail at once instead of after the request's timeout. */
 static bool lg_http__head_start_ok(const char *p, size_t avail) {
     size_t k = avail < 7 ? avail : 7;
-    if (memcmp(p, "HTTP/1.", k) != 0)
+    if (memcmp(p, "HTTP/1.", k) != 0) {
         return false;
+    }
     size_t n = lg_http__line(p, avail);
     return n == 0 || lg_http__status_line_ok(p, n);
 }
 
-/* Reads the header block p[0..len), which ends with its empty line, and
- * sets the body state. Returns LG_HTTP_AGAIN, LG_HTTP_OK (no body) or
- * LG_HTTP_EBAD. */
-static lg_http_rc_t lg_http__head(lg_http_resp_t *r, const char *p, size_t len) {
-    size_t n = lg_http__line(p, len);
-    if (!lg_http__status_line_ok(p, n))
-        return lg_http__fail(r, "bad status line");
-    int status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
-    int minor = p[7] - '0';
-    bool conn_close = false, conn_keep = false, chunked = false;
-    bool have_len = false;
-    uint64_t clen = 0;
+/* What the headers of one response say about its framing. */
+typedef struct lg_http__framing {
+    bool conn_close, conn_keep; /* Connection: close / keep-alive */
+    bool chunked;               /* Transfer-Encoding: chunked */
+    bool have_len;              /* a Content-Length was given */
+    uint64_t clen;              /* its value */
+} lg_http__framing_t;
 
-    for (size_t off = n; off < len;) {
-        size_t ln = lg_http__line(p + off, len - off);
-        const char *line = p + off;
-        off += ln;
-        if (lg_http__empty_line(line, ln))
-            break; /* the empty line; one of blanks has no colon: refused */
-        const char *colon = memchr(line, ':', ln);
-        if (colon == NULL || colon == line)
-            return lg_http__fail(r, "bad header line");
-        size_t name_len = (size_t)(colon - line);
-        size_t vn = ln - name_len - 1;
-        const char *v = lg_http__trim(colon + 1, &vn);
-        if (name_len == 14 && strncasecmp(line, "Content-Length", 14) == 0) {
-            uint64_t x;
-            if (lg_http__decimal(v, vn, &x) < 0)
-                return lg_http__fail(r, "bad Content-Length");
-            if (have_len && x != clen)
-                return lg_http__fail(r, "conflicting Content-Length");
-            have_len = true;
-            clen = x;
-        } else if (name_len == 17 &&
-                   strncasecmp(line, "Transfer-Encoding", 17) == 0) {
-            chunked = lg_http__has_token(v, vn, "chunked");
-        } else if (name_len == 10 && strncasecmp(line, "Connection", 10) == 0) {
-            conn_close |= lg_http__has_token(v, vn, "close");
-            conn_keep |= lg_http__has_token(v, vn, "keep-alive");
+/* Reads one header line, line[0..ln) (not the empty one), into *f. */
+static lg_http_rc_t lg_http__header(lg_http_resp_t *r, const char *line,
+                                    size_t ln, lg_http__framing_t *f) {
+    const char *colon = memchr(line, ':', ln);
+    if (colon == NULL || colon == line) {
+        return lg_http__fail(r, "bad header line");
+    }
+    size_t name_len = (size_t)(colon - line);
+    size_t vn = ln - name_len - 1;
+    const char *v = lg_http__trim(colon + 1, &vn);
+    if (name_len == 14 && strncasecmp(line, "Content-Length", 14) == 0) {
+        uint64_t x;
+        if (lg_http__decimal(v, vn, &x) < 0) {
+            return lg_http__fail(r, "bad Content-Length");
         }
+        if (f->have_len && x != f->clen) {
+            return lg_http__fail(r, "conflicting Content-Length");
+        }
+        f->have_len = true;
+        f->clen = x;
+    } else if (name_len == 17 &&
+               strncasecmp(line, "Transfer-Encoding", 17) == 0) {
+        f->chunked = lg_http__has_token(v, vn, "chunked");
+    } else if (name_len == 10 && strncasecmp(line, "Connection", 10) == 0) {
+        f->conn_close |= lg_http__has_token(v, vn, "close");
+        f->conn_keep |= lg_http__has_token(v, vn, "keep-alive");
     }
+    return LG_HTTP_AGAIN;
+}
 
-    if (status < 200) {
-        if (status == 101)
-            return lg_http__fail(r, "unexpected 101 Switching Protocols");
-        /* An interim response: the real one follows on the same stream. */
-        return LG_HTTP_AGAIN;
-    }
-    r->status = status;
-    r->minor = minor;
-    r->keep_alive = minor >= 1 ? !conn_close : conn_keep && !conn_close;
-    if (r->head_request || status == 204 || status == 304) {
+/* The final response's headers are read: set the state its body is read
+ * in. Returns LG_HTTP_OK when there is no body, else LG_HTTP_AGAIN. */
+static lg_http_rc_t lg_http__framed(lg_http_resp_t *r,
+                                    const lg_http__framing_t *f) {
+    r->keep_alive =
+        r->minor >= 1 ? !f->conn_close : f->conn_keep && !f->conn_close;
+    if (r->head_request || r->status == 204 || r->status == 304 ||
+        (!f->chunked && f->have_len && f->clen == 0)) {
         r->state = LG_HTTP_S_DONE;
         return LG_HTTP_OK;
     }
-    if (chunked) {
+    if (f->chunked) {
         r->state = LG_HTTP_S_CHUNK_SIZE;
-    } else if (have_len) {
-        r->remaining = clen;
+    } else if (f->have_len) {
+        r->remaining = f->clen;
         r->state = LG_HTTP_S_BODY_LEN;
-        if (clen == 0) {
-            r->state = LG_HTTP_S_DONE;
-            return LG_HTTP_OK;
-        }
     } else {
         r->keep_alive = false; /* only the end of the connection ends it */
         r->state = LG_HTTP_S_BODY_EOF;
@@ -189,18 +188,54 @@ static lg_http_rc_t lg_http__head(lg_http_resp_t *r, const char *p, size_t len) 
     return LG_HTTP_AGAIN;
 }
 
+/* Reads the header block p[0..len), which ends with its empty line, and
+ * sets the body state. Returns LG_HTTP_AGAIN, LG_HTTP_OK (no body) or
+ * LG_HTTP_EBAD. */
+static lg_http_rc_t lg_http__head(lg_http_resp_t *r, const char *p,
+                                  size_t len) {
+    size_t n = lg_http__line(p, len);
+    if (!lg_http__status_line_ok(p, n)) {
+        return lg_http__fail(r, "bad status line");
+    }
+    int status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    lg_http__framing_t f = {0};
+    for (size_t off = n; off < len;) {
+        size_t ln = lg_http__line(p + off, len - off);
+        const char *line = p + off;
+        off += ln;
+        if (lg_http__empty_line(line, ln)) {
+            break; /* the empty line; one of blanks has no colon: refused */
+        }
+        if (lg_http__header(r, line, ln, &f) != LG_HTTP_AGAIN) {
+            return LG_HTTP_EBAD;
+        }
+    }
+    if (status < 200) {
+        if (status == 101) {
+            return lg_http__fail(r, "unexpected 101 Switching Protocols");
+        }
+        /* An interim response: the real one follows on the same stream. */
+        return LG_HTTP_AGAIN;
+    }
+    r->status = status;
+    r->minor = p[7] - '0';
+    return lg_http__framed(r, &f);
+}
+
 /* Body bytes p[0..n) arrived: count them and keep the sample. */
 static void lg_http__body(lg_http_resp_t *r, const char *p, size_t n) {
     r->body_bytes += n;
     size_t room = r->sample_cap - r->sample_len;
     size_t k = n < room ? n : room;
-    if (k > 0) /* sample may be NULL, and memcpy(NULL, p, 0) is undefined */
+    if (k > 0) { /* sample may be NULL, and memcpy(NULL, p, 0) is undefined */
         memcpy(r->sample + r->sample_len, p, k);
+    }
     r->sample_len += k;
 }
 
 /* Parses a chunk-size line (hex, then optional ";extensions"). */
-static lg_http_rc_t lg_http__chunk_size(lg_http_resp_t *r, const char *p, size_t n) {
+static lg_http_rc_t lg_http__chunk_size(lg_http_resp_t *r, const char *p,
+                                        size_t n) {
     uint64_t x = 0;
     size_t i = 0, digits = 0;
     for (; i < n; i++, digits++) {
@@ -209,15 +244,18 @@ static lg_http_rc_t lg_http__chunk_size(lg_http_resp_t *r, const char *p, size_t
                 : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
                 : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
                                          : -1;
-        if (d < 0)
+        if (d < 0) {
             break;
-        if (digits == 15)
+        }
+        if (digits == 15) {
             return lg_http__fail(r, "chunk size too large");
+        }
         x = x * 16 + (uint64_t)d;
     }
     if (digits == 0 || (i < n && p[i] != ';' && p[i] != ' ' && p[i] != '\t' &&
-                        p[i] != '\r' && p[i] != '\n'))
+                        p[i] != '\r' && p[i] != '\n')) {
         return lg_http__fail(r, "bad chunk size");
+    }
     r->remaining = x;
     r->state = x ? LG_HTTP_S_CHUNK_DATA : LG_HTTP_S_TRAILER;
     return LG_HTTP_AGAIN;
@@ -232,11 +270,13 @@ static lg_http_rc_t lg_http__step_head(lg_http_resp_t *r, const char *p,
                                        size_t avail, size_t *used) {
     size_t n = lg_http__head_len(p, avail);
     *used = n;
-    if (n == 0 && !lg_http__head_start_ok(p, avail))
+    if (n == 0 && !lg_http__head_start_ok(p, avail)) {
         return lg_http__fail(r, "bad status line");
-    if (n == 0 ? avail >= LG_HTTP_HEAD_MAX : n > LG_HTTP_HEAD_MAX)
+    }
+    if (n == 0 ? avail >= LG_HTTP_HEAD_MAX : n > LG_HTTP_HEAD_MAX) {
         return lg_http__fail(r, "headers longer than %d bytes",
                              LG_HTTP_HEAD_MAX);
+    }
     return n == 0 ? LG_HTTP_AGAIN : lg_http__head(r, p, n);
 }
 
@@ -247,8 +287,9 @@ static lg_http_rc_t lg_http__step_body(lg_http_resp_t *r, const char *p,
     lg_http__body(r, p, n);
     *used = n;
     r->remaining -= n;
-    if (r->remaining > 0)
+    if (r->remaining > 0) {
         return LG_HTTP_AGAIN;
+    }
     if (r->state == LG_HTTP_S_CHUNK_DATA) {
         r->state = LG_HTTP_S_CHUNK_END;
         return LG_HTTP_AGAIN;
@@ -264,8 +305,9 @@ static lg_http_rc_t lg_http__whole_line(lg_http_resp_t *r, const char *p,
                                         size_t avail, size_t max,
                                         const char *why, size_t *n) {
     *n = lg_http__line(p, avail);
-    if (*n == 0 && avail >= max)
+    if (*n == 0 && avail >= max) {
         return lg_http__fail(r, "%s", why);
+    }
     return LG_HTTP_AGAIN;
 }
 
@@ -281,10 +323,12 @@ static lg_http_rc_t lg_http__step_chunk_end(lg_http_resp_t *r, const char *p,
                                             size_t avail, size_t *used) {
     lg_http_rc_t rc =
         lg_http__whole_line(r, p, avail, 2, "no CRLF after a chunk", used);
-    if (*used == 0)
+    if (*used == 0) {
         return rc;
-    if (!lg_http__empty_line(p, *used))
+    }
+    if (!lg_http__empty_line(p, *used)) {
         return lg_http__fail(r, "no CRLF after a chunk");
+    }
     r->state = LG_HTTP_S_CHUNK_SIZE;
     return LG_HTTP_AGAIN;
 }
@@ -294,8 +338,9 @@ static lg_http_rc_t lg_http__step_trailer(lg_http_resp_t *r, const char *p,
                                           size_t avail, size_t *used) {
     lg_http_rc_t rc = lg_http__whole_line(r, p, avail, LG_HTTP_HEAD_MAX,
                                           "trailer line too long", used);
-    if (*used == 0 || !lg_http__empty_line(p, *used))
+    if (*used == 0 || !lg_http__empty_line(p, *used)) {
         return rc;
+    }
     r->state = LG_HTTP_S_DONE;
     return LG_HTTP_OK;
 }
@@ -334,8 +379,9 @@ lg_http_rc_t lg_http_feed(lg_http_resp_t *r, const char *buf, size_t len,
     while (rc == LG_HTTP_AGAIN && off < len) {
         rc = lg_http__step(r, buf + off, len - off, &n);
         off += n;
-        if (rc == LG_HTTP_AGAIN && n == 0)
+        if (rc == LG_HTTP_AGAIN && n == 0) {
             break; /* the state needs more bytes than have come */
+        }
     }
     *used = off;
     return rc;

@@ -47,9 +47,9 @@
  * success, a negative value a failure, and an expected outcome that is
  * neither has a positive name of its own. */
 typedef enum lg_http_rc {
-    LG_HTTP_OK = 0,     /* the response is complete */
-    LG_HTTP_AGAIN = 1,  /* not complete yet: more bytes are needed */
-    LG_HTTP_EBAD = -1,  /* not a valid HTTP/1.x response: errstr says why */
+    LG_HTTP_OK = 0,    /* the response is complete */
+    LG_HTTP_AGAIN = 1, /* not complete yet: more bytes are needed */
+    LG_HTTP_EBAD = -1, /* not a valid HTTP/1.x response: errstr says why */
 } lg_http_rc_t;
 
 enum lg_http_state {
@@ -95,8 +95,10 @@ void lg_http_resp_init(lg_http_resp_t *r, bool head_request, char *sample,
  * the rest for the next call (bytes are consumed only when a whole header
  * block, chunk-size line or trailer line is there, so the caller's buffer
  * must hold LG_HTTP_HEAD_MAX bytes). Returns LG_HTTP_OK, LG_HTTP_AGAIN or
- * LG_HTTP_EBAD; after LG_HTTP_OK any bytes left over are not part of the response. */
-lg_http_rc_t lg_http_feed(lg_http_resp_t *r, const char *buf, size_t len, size_t *used);
+ * LG_HTTP_EBAD; after LG_HTTP_OK any bytes left over are not part of the
+ * response. */
+lg_http_rc_t lg_http_feed(lg_http_resp_t *r, const char *buf, size_t len,
+                          size_t *used);
 
 /* The connection ended. Returns LG_HTTP_OK if that completes the response
  * (a body framed by the end of the connection), else LG_HTTP_EBAD with

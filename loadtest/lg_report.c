@@ -25,8 +25,7 @@
  * it asks.
  */
 
-static void lg_report__coupon(void *arg, uint64_t k, char *coupon,
-                              char *user) {
+static void lg_report__coupon(void *arg, uint64_t k, char *coupon, char *user) {
     (void)arg;
     (void)user;
     lg_coupon_name(coupon, LG_VERIFY_ID_MAX, k);
@@ -95,16 +94,18 @@ static void lg_report__json_str(FILE *f, const char *s) {
 /* fopen for writing; NULL after printing why. */
 static FILE *lg_report__open(const char *path) {
     FILE *f = fopen(path, "w");
-    if (f == NULL)
+    if (f == NULL) {
         fprintf(stderr, "loadgen: %s: %s\n", path, strerror(errno));
+    }
     return f;
 }
 
 /* fclose f, written to path; -1 after printing why (a full disk shows
  * here, when the buffered rest is written). */
 static int lg_report__close(FILE *f, const char *path) {
-    if (fclose(f) == 0)
+    if (fclose(f) == 0) {
         return 0;
+    }
     fprintf(stderr, "loadgen: %s: %s\n", path, strerror(errno));
     return -1;
 }
@@ -137,63 +138,52 @@ static void lg_report__print_verify(const lg_verify_t *lv) {
     printf("  rows = claimed   %s (%lld coupons differ)%s\n",
            lg_report__yes(v->rows_mismatch == 0), v->rows_mismatch,
            lg_report__flag(v->rows_mismatch > 0));
-    if (v->buckets > 0 || v->bucket_rows_mismatch > 0)
+    if (v->buckets > 0 || v->bucket_rows_mismatch > 0) {
         printf("  buckets          %lld: oversell %lld (%lld buckets), rows "
                "!= claimed in %lld%s\n",
                v->buckets, v->bucket_oversell, v->oversold_buckets,
                v->bucket_rows_mismatch,
-               lg_report__flag(v->bucket_oversell > 0 || v->bucket_rows_mismatch > 0));
+               lg_report__flag(v->bucket_oversell > 0 ||
+                               v->bucket_rows_mismatch > 0));
+    }
     printf("  missing rows     %lld%s\n", v->missing_rows,
            lg_report__flag(v->missing_rows > 0));
     printf("  seq = 1..rows    %s (%lld counters differ)%s\n",
            lg_report__yes(v->seq_mismatch == 0), v->seq_mismatch,
            lg_report__flag(v->seq_mismatch > 0));
-    if (v->fences_increasing < 0)
+    if (v->fences_increasing < 0) {
         printf("  fences increase  n/a (no fenced rows)\n");
-    else
+    } else {
         printf("  fences increase  %s (%lld fenced rows, %lld repeats, %lld "
                "decreases; %lld shared within a transaction)%s\n",
-               lg_report__yes(v->fences_increasing), v->fenced_rows, v->fence_repeats,
-               v->fence_decreases, v->fence_ties_in_tx,
+               lg_report__yes(v->fences_increasing), v->fenced_rows,
+               v->fence_repeats, v->fence_decreases, v->fence_ties_in_tx,
                lg_report__flag(!v->fences_increasing));
-    if (v->first[0])
+    }
+    if (v->first[0]) {
         printf("  first violation  %s\n", v->first);
+    }
 }
 
-void lg_report_summary(const lg_result_t *res, const lg_verify_t *v) {
+/* The run's counts and latency, under the summary's head. */
+static void lg_report__print_counts(const lg_result_t *res) {
     const lg_stats_t *t = &res->total;
-    if (lg_cfg.verify_only) {
-        printf("\nverify only: nothing was sent; coupon%s %s%s\n",
-               lg_cfg.coupons > 1 ? "s" : "", lg_cfg.coupon,
-               lg_cfg.coupons > 1 ? "-*" : "");
-        lg_report__print_verify(v);
-        return;
-    }
-    printf("\n%s %s\n", lg_cfg.raw ? lg_cfg.method : "POST", res->target);
-    if (lg_cfg.rate > 0)
-        printf("open loop: %.1f req/s scheduled, at most %d in flight, %d "
-               "threads\n",
-               lg_cfg.rate, lg_cfg.connections, lg_cfg.threads);
-    else
-        printf("closed loop: %d connections, %d threads\n", lg_cfg.connections,
-               lg_cfg.threads);
-    if (!lg_cfg.raw)
-        printf("users: %s-*\n", lg_cfg.user_prefix);
-    if (res->interrupted)
-        printf("(interrupted)\n");
-    printf("\n");
     printf("requests           %" PRIu64 "\n", t->requests);
     printf("duration           %.2f s\n", res->duration_s);
     printf("achieved rate      %.1f req/s\n", res->rate);
-    for (int s = 0; s < LG_STATUS_MAX; s++)
-        if (t->status[s])
+    for (int s = 0; s < LG_STATUS_MAX; s++) {
+        if (t->status[s]) {
             printf("status %-3d         %-10" PRIu64 " %s\n", s, t->status[s],
                    lg_status_label(s));
+        }
+    }
     printf("transport errors   %" PRIu64 "\n", t->errors);
-    for (int k = 0; k < CURL_LAST; k++)
-        if (t->err_kind[k])
+    for (int k = 0; k < CURL_LAST; k++) {
+        if (t->err_kind[k]) {
             printf("  %-16" PRIu64 " %s\n", t->err_kind[k],
                    curl_easy_strerror((CURLcode)k));
+        }
+    }
     if (lg_cfg.rate > 0) {
         printf("sent late (>1 ms)  %" PRIu64 "\n", res->sent_late);
         printf("never sent         %" PRIu64 "%s\n", res->unsent,
@@ -202,13 +192,43 @@ void lg_report_summary(const lg_result_t *res, const lg_verify_t *v) {
     printf("latency ms         p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max "
            "%.3f\n",
            res->p50, res->p90, res->p99, res->p999, res->max);
-    if (lg_cfg.rate > 0)
+    if (lg_cfg.rate > 0) {
         printf("                   (from the intended send time)\n");
-    if (res->sample_status)
+    }
+    if (res->sample_status) {
         printf("first unexpected   HTTP %ld %s\n", res->sample_status,
                res->sample);
-    if (v->ran)
+    }
+}
+
+void lg_report_summary(const lg_result_t *res, const lg_verify_t *v) {
+    if (lg_cfg.verify_only) {
+        printf("\nverify only: nothing was sent; coupon%s %s%s\n",
+               lg_cfg.coupons > 1 ? "s" : "", lg_cfg.coupon,
+               lg_cfg.coupons > 1 ? "-*" : "");
         lg_report__print_verify(v);
+        return;
+    }
+    printf("\n%s %s\n", lg_cfg.raw ? lg_cfg.method : "POST", res->target);
+    if (lg_cfg.rate > 0) {
+        printf("open loop: %.1f req/s scheduled, at most %d in flight, %d "
+               "threads\n",
+               lg_cfg.rate, lg_cfg.connections, lg_cfg.threads);
+    } else {
+        printf("closed loop: %d connections, %d threads\n", lg_cfg.connections,
+               lg_cfg.threads);
+    }
+    if (!lg_cfg.raw) {
+        printf("users: %s-*\n", lg_cfg.user_prefix);
+    }
+    if (res->interrupted) {
+        printf("(interrupted)\n");
+    }
+    printf("\n");
+    lg_report__print_counts(res);
+    if (v->ran) {
+        lg_report__print_verify(v);
+    }
 }
 
 static void lg_report__verify_json(FILE *f, const lg_verify_t *lv) {
@@ -250,10 +270,11 @@ static void lg_report__verify_json(FILE *f, const lg_verify_t *lv) {
             v->rows_mismatch, lv->answered_200, v->buckets, v->bucket_oversell,
             v->oversold_buckets, v->bucket_rows_mismatch, v->seq_mismatch,
             v->fence_ties_in_tx);
-    if (v->first[0])
+    if (v->first[0]) {
         lg_report__json_str(f, v->first);
-    else
+    } else {
         fputs("null", f);
+    }
     fputs("}", f);
 }
 
@@ -266,21 +287,23 @@ static void lg_report__json_counts(FILE *f, const lg_result_t *res) {
             t->requests, res->duration_s, res->rate);
     fputs("\"status\":{", f);
     const char *sep = "";
-    for (int s = 0; s < LG_STATUS_MAX; s++)
+    for (int s = 0; s < LG_STATUS_MAX; s++) {
         if (t->status[s]) {
             fprintf(f, "%s\"%d\":%" PRIu64, sep, s, t->status[s]);
             sep = ",";
         }
+    }
     fprintf(f, "},\"transport_errors\":%" PRIu64 ",\"transport_error_kinds\":{",
             t->errors);
     sep = "";
-    for (int k = 0; k < CURL_LAST; k++)
+    for (int k = 0; k < CURL_LAST; k++) {
         if (t->err_kind[k]) {
             fputs(sep, f);
             lg_report__json_str(f, curl_easy_strerror((CURLcode)k));
             fprintf(f, ":%" PRIu64, t->err_kind[k]);
             sep = ",";
         }
+    }
     fputs("}", f);
 }
 
@@ -289,12 +312,14 @@ static void lg_report__json_run(FILE *f, const lg_result_t *res) {
     fprintf(
         f,
         ",\"mode\":\"%s\",\"connections\":%d,\"threads\":%d,\"target_rate\":",
-        lg_cfg.rate > 0 ? "open" : "closed", lg_cfg.connections, lg_cfg.threads);
-    if (lg_cfg.rate > 0)
+        lg_cfg.rate > 0 ? "open" : "closed", lg_cfg.connections,
+        lg_cfg.threads);
+    if (lg_cfg.rate > 0) {
         fprintf(f, "%.3f,\"sent_late\":%" PRIu64 ",\"unsent\":%" PRIu64 ",",
                 lg_cfg.rate, res->sent_late, res->unsent);
-    else
+    } else {
         fputs("null,", f);
+    }
     fputs("\"url\":", f);
     lg_report__json_str(f, res->target);
     fputs(",\"method\":", f);
@@ -312,8 +337,9 @@ static void lg_report__json_run(FILE *f, const lg_result_t *res) {
 int lg_report_json(const char *path, const lg_result_t *res,
                    const lg_verify_t *v) {
     FILE *f = lg_report__open(path);
-    if (f == NULL)
+    if (f == NULL) {
         return -1;
+    }
     lg_report__json_counts(f, res);
     lg_report__json_run(f, res);
     fprintf(f,
@@ -331,8 +357,9 @@ int lg_report_json(const char *path, const lg_result_t *res,
  * second of sending. */
 int lg_report_csv(const char *path, const lg_result_t *res) {
     FILE *f = lg_report__open(path);
-    if (f == NULL)
+    if (f == NULL) {
         return -1;
+    }
     fputs("second,requests,ok_2xx,status_4xx,status_5xx,errors,p50_ms,p90_ms,"
           "p99_ms,max_ms\n",
           f);

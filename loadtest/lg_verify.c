@@ -29,8 +29,9 @@
 static void lg_verify__first(lg_verify_report_t *r, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void lg_verify__first(lg_verify_report_t *r, const char *fmt, ...) {
-    if (r->first[0] != '\0')
+    if (r->first[0] != '\0') {
         return;
+    }
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(r->first, sizeof r->first, fmt, ap);
@@ -71,11 +72,12 @@ static long long lg_verify__ll(const PGresult *res, int row, int col) {
 /* Runs sql, a query of one row whose first column counts violations, and
  * sets *count to it. Returns the result, for the caller to name the first
  * offender from the other columns (PQclear it), or NULL with r->err set. */
-static PGresult *lg_verify__count(PGconn *pg, const char *sql,
-                                  long long *count, lg_verify_report_t *r) {
+static PGresult *lg_verify__count(PGconn *pg, const char *sql, long long *count,
+                                  lg_verify_report_t *r) {
     PGresult *res = lg_verify__q(pg, sql, PGRES_TUPLES_OK, r);
-    if (res != NULL)
+    if (res != NULL) {
         *count = lg_verify__ll(res, 0, 0);
+    }
     return res;
 }
 
@@ -97,8 +99,9 @@ static int lg_verify__copy(PGconn *pg, const char *sql,
                            const lg_verify_list_t *l, bool pairs,
                            lg_verify_report_t *r) {
     PGresult *res = lg_verify__q(pg, sql, PGRES_COPY_IN, r);
-    if (res == NULL)
+    if (res == NULL) {
         return -1;
+    }
     PQclear(res);
     enum { CAP = 1 << 16 };
     char *buf = malloc(CAP);
@@ -120,8 +123,9 @@ static int lg_verify__copy(PGconn *pg, const char *sql,
             len = 0;
         }
     }
-    if (ok && len > 0)
+    if (ok && len > 0) {
         ok = PQputCopyData(pg, buf, (int)len) == 1;
+    }
     ok = PQputCopyEnd(pg, ok ? NULL : "lg_verify: could not send") == 1 && ok;
     while ((res = PQgetResult(pg)) != NULL) {
         if (PQresultStatus(res) != PGRES_COMMAND_OK && ok) {
@@ -130,8 +134,9 @@ static int lg_verify__copy(PGconn *pg, const char *sql,
         }
         PQclear(res);
     }
-    if (!ok && r->err[0] == '\0')
+    if (!ok && r->err[0] == '\0') {
         snprintf(r->err, sizeof r->err, "COPY: %s", PQerrorMessage(pg));
+    }
     free(buf);
     return ok ? 0 : -1;
 }
@@ -175,19 +180,21 @@ static void lg_verify__coupon_row(const PGresult *res, int i,
     }
     if (rows != claimed || (nbuckets > 0 && unbucketed != own)) {
         r->rows_mismatch++;
-        if (nbuckets > 0)
+        if (nbuckets > 0) {
             lg_verify__first(r,
                              "coupon %s: %lld claim rows, claimed %lld "
                              "(outside its %lld buckets: %lld rows, "
                              "claimed %lld)",
                              id, rows, claimed, nbuckets, unbucketed, own);
-        else
-            lg_verify__first(r, "coupon %s: %lld claim rows, claimed %lld",
-                             id, rows, claimed);
+        } else {
+            lg_verify__first(r, "coupon %s: %lld claim rows, claimed %lld", id,
+                             rows, claimed);
+        }
     }
-    if (rows != users)
+    if (rows != users) {
         lg_verify__first(r, "coupon %s: %lld claim rows for %lld users", id,
                          rows, users);
+    }
 }
 
 /* Per coupon: existence, stock, counters (its own and its buckets'), rows,
@@ -215,10 +222,39 @@ static int lg_verify__coupons(PGconn *pg, bool sharded_schema,
                    "  FROM coupon_buckets cb WHERE cb.coupon_id = l.id"
                  : "SELECT 0 AS n, 0 AS claimed");
     PGresult *res = lg_verify__q(pg, sql, PGRES_TUPLES_OK, r);
-    if (res == NULL)
+    if (res == NULL) {
         return -1;
-    for (int i = 0; i < PQntuples(res); i++)
+    }
+    for (int i = 0; i < PQntuples(res); i++) {
         lg_verify__coupon_row(res, i, r);
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* Claim rows naming a bucket that does not exist. */
+static int lg_verify__orphans(PGconn *pg, lg_verify_report_t *r) {
+    PGresult *res;
+    long long orphans = 0;
+    res = lg_verify__count(pg,
+                           "SELECT count(*), min(k.coupon_id), min(k.bucket)"
+                           "  FROM claims k JOIN lgv_coupons l"
+                           "    ON l.id = k.coupon_id"
+                           " WHERE k.bucket IS NOT NULL AND NOT EXISTS"
+                           "       (SELECT 1 FROM coupon_buckets b"
+                           "         WHERE b.coupon_id = k.coupon_id"
+                           "           AND b.bucket = k.bucket)",
+                           &orphans, r);
+    if (res == NULL) {
+        return -1;
+    }
+    if (orphans > 0) {
+        r->bucket_rows_mismatch += orphans;
+        lg_verify__first(r,
+                         "%lld claim rows name a bucket that does not exist "
+                         "(e.g. coupon %s bucket %s)",
+                         orphans, PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
+    }
     PQclear(res);
     return 0;
 }
@@ -234,8 +270,9 @@ static int lg_verify__buckets(PGconn *pg, lg_verify_report_t *r) {
         "  FROM coupon_buckets b JOIN lgv_coupons l ON l.id = b.coupon_id"
         " ORDER BY 1, 2",
         PGRES_TUPLES_OK, r);
-    if (res == NULL)
+    if (res == NULL) {
         return -1;
+    }
     for (int i = 0; i < PQntuples(res); i++) {
         const char *id = PQgetvalue(res, i, 0);
         long long b = lg_verify__ll(res, i, 1);
@@ -261,28 +298,7 @@ static int lg_verify__buckets(PGconn *pg, lg_verify_report_t *r) {
         }
     }
     PQclear(res);
-
-    long long orphans = 0;
-    res = lg_verify__count(pg,
-                           "SELECT count(*), min(k.coupon_id), min(k.bucket)"
-                           "  FROM claims k JOIN lgv_coupons l"
-                           "    ON l.id = k.coupon_id"
-                           " WHERE k.bucket IS NOT NULL AND NOT EXISTS"
-                           "       (SELECT 1 FROM coupon_buckets b"
-                           "         WHERE b.coupon_id = k.coupon_id"
-                           "           AND b.bucket = k.bucket)",
-                           &orphans, r);
-    if (res == NULL)
-        return -1;
-    if (orphans > 0) {
-        r->bucket_rows_mismatch += orphans;
-        lg_verify__first(r,
-                         "%lld claim rows name a bucket that does not exist "
-                         "(e.g. coupon %s bucket %s)",
-                         orphans, PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
-    }
-    PQclear(res);
-    return 0;
+    return lg_verify__orphans(pg, r);
 }
 
 /* Within each counter, seq is exactly 1..rows. */
@@ -300,9 +316,10 @@ static int lg_verify__seq(PGconn *pg, const char *bucket,
              " WHERE d <> n OR lo <> 1 OR hi <> n",
              bucket);
     PGresult *res = lg_verify__count(pg, sql, &r->seq_mismatch, r);
-    if (res == NULL)
+    if (res == NULL) {
         return -1;
-    if (r->seq_mismatch > 0)
+    }
+    if (r->seq_mismatch > 0) {
         lg_verify__first(r,
                          "coupon %s bucket %s: %s rows have %s distinct seq "
                          "values from %s to %s, not 1..rows",
@@ -310,6 +327,34 @@ static int lg_verify__seq(PGconn *pg, const char *bucket,
                          PQgetisnull(res, 0, 2) ? "-" : PQgetvalue(res, 0, 2),
                          PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 6),
                          PQgetvalue(res, 0, 4), PQgetvalue(res, 0, 5));
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* Names the first fence out of order, for the reader of a failed test;
+ * inner is lg_verify__fences's query of the fenced rows. */
+static int lg_verify__first_fence(PGconn *pg, const char *inner,
+                                  lg_verify_report_t *r) {
+    char sql[1600];
+    snprintf(sql, sizeof sql,
+             "SELECT coupon_id, b, seq, fence, pseq, prev, x = px FROM (%s) f"
+             " WHERE fence < prev OR (fence = prev AND x <> px)"
+             " ORDER BY coupon_id, b, seq LIMIT 1",
+             inner);
+    PGresult *res = lg_verify__q(pg, sql, PGRES_TUPLES_OK, r);
+    if (res == NULL) {
+        return -1;
+    }
+    if (PQntuples(res) == 1) {
+        lg_verify__first(
+            r, "coupon %s bucket %s: seq %s has fence %s after seq %s's %s%s",
+            PQgetvalue(res, 0, 0),
+            PQgetisnull(res, 0, 1) ? "-" : PQgetvalue(res, 0, 1),
+            PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4),
+            PQgetvalue(res, 0, 5),
+            PQgetvalue(res, 0, 6)[0] == 'f' ? " (another transaction)" : "");
+    }
     PQclear(res);
     return 0;
 }
@@ -337,39 +382,24 @@ static int lg_verify__fences(PGconn *pg, const char *bucket,
              "  FROM (%s) f",
              inner);
     PGresult *res = lg_verify__q(pg, sql, PGRES_TUPLES_OK, r);
-    if (res == NULL)
+    if (res == NULL) {
         return -1;
+    }
     r->fenced_rows = lg_verify__ll(res, 0, 0);
     r->fence_repeats = lg_verify__ll(res, 0, 1);
     r->fence_decreases = lg_verify__ll(res, 0, 2);
     r->fence_ties_in_tx = lg_verify__ll(res, 0, 3);
     PQclear(res);
-    if (r->fenced_rows == 0)
+    if (r->fenced_rows == 0) {
         r->fences_increasing = -1;
-    else
+    } else {
         r->fences_increasing = r->fence_repeats == 0 && r->fence_decreases == 0;
-    if (r->fences_increasing != 0)
+    }
+    if (r->fences_increasing != 0) {
         return 0;
+    }
 
-    /* Name the first offender, for the reader of a failed test. */
-    snprintf(sql, sizeof sql,
-             "SELECT coupon_id, b, seq, fence, pseq, prev, x = px FROM (%s) f"
-             " WHERE fence < prev OR (fence = prev AND x <> px)"
-             " ORDER BY coupon_id, b, seq LIMIT 1",
-             inner);
-    res = lg_verify__q(pg, sql, PGRES_TUPLES_OK, r);
-    if (res == NULL)
-        return -1;
-    if (PQntuples(res) == 1)
-        lg_verify__first(
-            r, "coupon %s bucket %s: seq %s has fence %s after seq %s's %s%s",
-            PQgetvalue(res, 0, 0),
-            PQgetisnull(res, 0, 1) ? "-" : PQgetvalue(res, 0, 1),
-            PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 3), PQgetvalue(res, 0, 4),
-            PQgetvalue(res, 0, 5),
-            PQgetvalue(res, 0, 6)[0] == 'f' ? " (another transaction)" : "");
-    PQclear(res);
-    return 0;
+    return lg_verify__first_fence(pg, inner, r);
 }
 
 /* Every answered (coupon, user) pair has its row. */
@@ -382,13 +412,15 @@ static int lg_verify__answered(PGconn *pg, lg_verify_report_t *r) {
         "                    WHERE k.coupon_id = o.coupon_id"
         "                      AND k.user_id = o.user_id)",
         &r->missing_rows, r);
-    if (res == NULL)
+    if (res == NULL) {
         return -1;
-    if (r->missing_rows > 0)
+    }
+    if (r->missing_rows > 0) {
         lg_verify__first(r,
                          "%lld claims answered 2xx have no row (e.g. coupon "
                          "/ user %s)",
                          r->missing_rows, PQgetvalue(res, 0, 1));
+    }
     PQclear(res);
     return 0;
 }
@@ -411,8 +443,9 @@ static int lg_verify__load(PGconn *pg, const lg_verify_list_t *coupons,
         lg_verify__copy(pg, "COPY lgv_coupons (id) FROM STDIN", coupons, false,
                         out) != 0 ||
         lg_verify__copy(pg, "COPY lgv_ok (coupon_id, user_id) FROM STDIN",
-                        answered, true, out) != 0)
+                        answered, true, out) != 0) {
         return -1;
+    }
     return 0;
 }
 
@@ -426,8 +459,9 @@ static int lg_verify__sharded(PGconn *pg, lg_verify_report_t *out) {
         "         WHERE attrelid = to_regclass('claims')"
         "           AND attname = 'bucket' AND NOT attisdropped)",
         PGRES_TUPLES_OK, out);
-    if (res == NULL)
+    if (res == NULL) {
         return -1;
+    }
     int sharded = PQgetvalue(res, 0, 0)[0] == 't';
     PQclear(res);
     return sharded;
@@ -453,15 +487,17 @@ int lg_verify_run(PGconn *pg, const lg_verify_list_t *coupons,
     }
     int rc = -1, sharded;
     if (lg_verify__load(pg, coupons, answered, out) != 0 ||
-        (sharded = lg_verify__sharded(pg, out)) < 0)
+        (sharded = lg_verify__sharded(pg, out)) < 0) {
         goto done;
+    }
     const char *bucket = sharded ? "k.bucket" : "NULL::integer";
     if (lg_verify__coupons(pg, sharded, out) != 0 ||
         (sharded && lg_verify__buckets(pg, out) != 0) ||
         lg_verify__seq(pg, bucket, out) != 0 ||
         lg_verify__fences(pg, bucket, out) != 0 ||
-        lg_verify__answered(pg, out) != 0)
+        lg_verify__answered(pg, out) != 0) {
         goto done;
+    }
     out->ok = lg_verify__passed(out);
     rc = 0;
 done:;
@@ -469,8 +505,9 @@ done:;
     lg_verify_report_t scratch;
     memset(&scratch, 0, sizeof scratch);
     lg_verify__ok(pg, "ROLLBACK", &scratch);
-    if (rc != 0)
+    if (rc != 0) {
         out->ok = false;
+    }
     /* Every way of not running sets err, so this holds on both paths. */
     assert(out->ok == lg_verify__passed(out));
     return rc;

@@ -11,8 +11,11 @@
  *
  * The file reads top to bottom, one section per concern, in the manner of
  * antirez's kilo: configuration, small helpers, the latency histogram, request
- * naming, statistics, the event loop, the admin call, verification, reporting
- * and finally the command line and main().
+ * naming, statistics, the event loop, the admin call, what is gathered after
+ * the run, and finally main(). Beside it: lg_cli.c (the command line: one
+ * table of options), lg_report.c (the verification and the summary, JSON
+ * and CSV), lg_http.c (the response reader) and lg_verify.c (the invariant
+ * checker in PostgreSQL, shared with the test harness).
  *
  * Design
  * ------
@@ -137,21 +140,21 @@
 #define LG_PROGRESS_NS (LG_NS / 4)
 
 /* Derived once from cfg before the run. */
-static char *g_target;        /* the URL every request goes to */
-static char *g_coupon_json;   /* lg_cfg.coupon escaped for a JSON string */
-static char *g_prefix_json;   /* lg_cfg.user_prefix escaped likewise */
-static char *g_req_head;      /* request line and headers, up to the length */
-static size_t g_req_head_len; /* strlen(g_req_head) */
-static size_t g_req_max;      /* room for a whole request */
+static char *lg__target;        /* the URL every request goes to */
+static char *lg__coupon_json;   /* lg_cfg.coupon escaped for a JSON string */
+static char *lg__prefix_json;   /* lg_cfg.user_prefix escaped likewise */
+static char *lg__req_head;      /* request line and headers, up to the length */
+static size_t lg__req_head_len; /* strlen(lg__req_head) */
+static size_t lg__req_max;      /* room for a whole request */
 
 /* Run control, shared by all threads. */
-static int64_t g_start_ns;          /* first request may go (MONOTONIC) */
-static int64_t g_end_ns;            /* no request may start from here on */
-static int64_t g_last_sec;          /* CSV row that also takes the drain */
-static atomic_int g_stop;           /* 1: stop sending; 2: also abandon */
-static atomic_uint_fast64_t g_next; /* closed loop: next request number */
-static atomic_int g_workers_done;   /* workers that left their loop */
-static volatile sig_atomic_t g_interrupts; /* SIGINT/SIGTERM received */
+static int64_t lg__start_ns;          /* first request may go (MONOTONIC) */
+static int64_t lg__end_ns;            /* no request may start from here on */
+static int64_t lg__last_sec;          /* CSV row that also takes the drain */
+static atomic_int lg__stop;           /* 1: stop sending; 2: also abandon */
+static atomic_uint_fast64_t lg__next; /* closed loop: next request number */
+static atomic_int lg__workers_done;   /* workers that left their loop */
+static volatile sig_atomic_t lg__interrupts; /* SIGINT/SIGTERM received */
 
 /* ================================ Helpers ================================ */
 
@@ -173,16 +176,18 @@ void lg_die(const char *fmt, ...) {
 /* Returns new memory, zeroed; never NULL. */
 void *lg_calloc(size_t n, size_t size) {
     void *p = calloc(n ? n : 1, size ? size : 1);
-    if (p == NULL)
+    if (p == NULL) {
         lg_die("out of memory");
+    }
     return p;
 }
 
 /* Returns p resized (p is stolen); never NULL. */
-static void *lg_realloc(void *p, size_t size) {
+static void *lg__realloc(void *p, size_t size) {
     void *q = realloc(p, size ? size : 1);
-    if (q == NULL)
+    if (q == NULL) {
         lg_die("out of memory");
+    }
     return q;
 }
 
@@ -226,10 +231,10 @@ char *lg_json_escape(const char *s) {
     return out;
 }
 
-static void lg_u64vec_push(lg_u64vec_t *a, uint64_t x) {
+static void lg__u64vec_push(lg_u64vec_t *a, uint64_t x) {
     if (a->n == a->cap) {
         a->cap = a->cap ? a->cap * 2 : 1024;
-        a->v = lg_realloc(a->v, a->cap * sizeof *a->v);
+        a->v = lg__realloc(a->v, a->cap * sizeof *a->v);
     }
     a->v[a->n++] = x;
 }
@@ -256,13 +261,14 @@ static void lg_u64vec_push(lg_u64vec_t *a, uint64_t x) {
 
 typedef struct lg_hist {
     uint64_t count[LG_HIST_LEN]; /* values recorded per bucket */
-    uint64_t total;           /* == sum of count[] (lg__hist_check) */
-    uint64_t max;             /* largest value recorded, exact */
+    uint64_t total;              /* == sum of count[] (lg__hist_check) */
+    uint64_t max;                /* largest value recorded, exact */
 } lg_hist_t;
 
 static int lg__hist_index(uint64_t v) {
-    if (v >= (1ULL << (LG_HIST_TOP_BIT + 1)))
+    if (v >= (1ULL << (LG_HIST_TOP_BIT + 1))) {
         return LG_HIST_LEN - 1;
+    }
     int h = v ? 63 - __builtin_clzll(v) : 0;
     int s = h > LG_HIST_SUB_BITS ? h - LG_HIST_SUB_BITS : 0;
     return s * LG_HIST_SUB + (int)(v >> s);
@@ -277,23 +283,27 @@ static uint64_t lg__hist_high(int i) {
 static void lg__hist_record(lg_hist_t *h, uint64_t v) {
     h->count[lg__hist_index(v)]++;
     h->total++;
-    if (v > h->max)
+    if (v > h->max) {
         h->max = v;
+    }
 }
 
 static void lg__hist_merge(lg_hist_t *dst, const lg_hist_t *src) {
-    for (int i = 0; i < LG_HIST_LEN; i++)
+    for (int i = 0; i < LG_HIST_LEN; i++) {
         dst->count[i] += src->count[i];
+    }
     dst->total += src->total;
-    if (src->max > dst->max)
+    if (src->max > dst->max) {
         dst->max = src->max;
+    }
 }
 
 /* The invariant, for asserts: total is the sum of the buckets. */
 static bool lg__hist_check(const lg_hist_t *h) {
     uint64_t sum = 0;
-    for (int i = 0; i < LG_HIST_LEN; i++)
+    for (int i = 0; i < LG_HIST_LEN; i++) {
         sum += h->count[i];
+    }
     return sum == h->total;
 }
 
@@ -301,11 +311,13 @@ static bool lg__hist_check(const lg_hist_t *h) {
  * upper bound of the bucket holding the ceil(p% * total)-th value, but never
  * more than the exact maximum. */
 static uint64_t lg__hist_percentile(const lg_hist_t *h, double p) {
-    if (h->total == 0)
+    if (h->total == 0) {
         return 0;
+    }
     uint64_t rank = (uint64_t)ceil(p / 100.0 * (double)h->total);
-    if (rank < 1)
+    if (rank < 1) {
         rank = 1;
+    }
     uint64_t seen = 0;
     for (int i = 0; i < LG_HIST_LEN; i++) {
         seen += h->count[i];
@@ -333,33 +345,35 @@ uint64_t lg_user_no(uint64_t seq) {
 }
 
 /* The claim body for request seq into buf; returns its length. */
-static size_t lg_claim_body(char *buf, size_t cap, uint64_t seq) {
+static size_t lg__claim_body(char *buf, size_t cap, uint64_t seq) {
     int n;
-    if (lg_cfg.coupons)
-        n = snprintf(
-            buf, cap,
-            "{\"coupon_id\":\"%s-%" PRIu64 "\",\"user_id\":\"%s-%" PRIu64 "\"}",
-            g_coupon_json, seq % lg_cfg.coupons, g_prefix_json, lg_user_no(seq));
-    else
+    if (lg_cfg.coupons) {
+        n = snprintf(buf, cap,
+                     "{\"coupon_id\":\"%s-%" PRIu64
+                     "\",\"user_id\":\"%s-%" PRIu64 "\"}",
+                     lg__coupon_json, seq % lg_cfg.coupons, lg__prefix_json,
+                     lg_user_no(seq));
+    } else {
         n = snprintf(buf, cap,
                      "{\"coupon_id\":\"%s\",\"user_id\":\"%s-%" PRIu64 "\"}",
-                     g_coupon_json, g_prefix_json, lg_user_no(seq));
+                     lg__coupon_json, lg__prefix_json, lg_user_no(seq));
+    }
     assert(n > 0 && (size_t)n < cap); /* the CLI bounds the name lengths */
     return (size_t)n;
 }
 
-/* Request seq, whole, into buf (g_req_max bytes); returns its length. The
- * request line and the fixed headers were written once (lg_req_setup); a
+/* Request seq, whole, into buf (lg__req_max bytes); returns its length. The
+ * request line and the fixed headers were written once (lg__req_setup); a
  * claim adds its Content-Length and body. */
-static size_t lg_build_request(char *buf, uint64_t seq) {
-    memcpy(buf, g_req_head, g_req_head_len);
-    char *p = buf + g_req_head_len;
+static size_t lg__build_request(char *buf, uint64_t seq) {
+    memcpy(buf, lg__req_head, lg__req_head_len);
+    char *p = buf + lg__req_head_len;
     if (lg_cfg.raw) {
         memcpy(p, "\r\n", 2);
-        return g_req_head_len + 2;
+        return lg__req_head_len + 2;
     }
     char body[LG_BODY_MAX];
-    size_t n = lg_claim_body(body, sizeof body, seq);
+    size_t n = lg__claim_body(body, sizeof body, seq);
     p += sprintf(p, "Content-Length: %zu\r\n\r\n", n);
     memcpy(p, body, n);
     return (size_t)(p - buf) + n;
@@ -367,10 +381,11 @@ static size_t lg_build_request(char *buf, uint64_t seq) {
 
 /* Coupon k of the run (k < lg_coupon_count()) into buf, unescaped. */
 void lg_coupon_name(char *buf, size_t cap, uint64_t k) {
-    if (lg_cfg.coupons)
+    if (lg_cfg.coupons) {
         snprintf(buf, cap, "%s-%" PRIu64, lg_cfg.coupon, k);
-    else
+    } else {
         snprintf(buf, cap, "%s", lg_cfg.coupon);
+    }
 }
 
 uint64_t lg_coupon_count(void) {
@@ -378,19 +393,22 @@ uint64_t lg_coupon_count(void) {
 }
 
 /* Open loop: when request seq is due. */
-static int64_t lg_due_ns(uint64_t seq) {
-    return g_start_ns + (int64_t)((double)seq * 1e9 / lg_cfg.rate);
+static int64_t lg__due_ns(uint64_t seq) {
+    return lg__start_ns + (int64_t)((double)seq * 1e9 / lg_cfg.rate);
 }
 
 /* Open loop: how many requests the schedule holds before the end. */
-static uint64_t lg_scheduled(void) {
+static uint64_t lg__scheduled(void) {
     uint64_t n = (uint64_t)ceil(lg_cfg.duration * lg_cfg.rate);
-    while (n > 0 && lg_due_ns(n - 1) >= g_end_ns)
+    while (n > 0 && lg__due_ns(n - 1) >= lg__end_ns) {
         n--;
-    while (lg_due_ns(n) < g_end_ns)
+    }
+    while (lg__due_ns(n) < lg__end_ns) {
         n++;
-    if (lg_cfg.requests && n > lg_cfg.requests)
+    }
+    if (lg_cfg.requests && n > lg_cfg.requests) {
         n = lg_cfg.requests;
+    }
     return n;
 }
 
@@ -399,17 +417,18 @@ static uint64_t lg_scheduled(void) {
 /* What a worker counts for the current second. */
 typedef struct lg_secstats {
     uint64_t requests, c2xx, c4xx, c5xx, errors; /* as in lg_stats_t */
-    lg_hist_t *lat;                                 /* owned */
+    lg_hist_t *lat;                              /* owned */
 } lg_secstats_t;
 
-/* The rows, grown on demand. Guarded by g_secs_lock. */
-static pthread_mutex_t g_secs_lock = PTHREAD_MUTEX_INITIALIZER;
-static lg_secrow_t *g_secs;
-static size_t g_nsecs;
+/* The rows, grown on demand. Guarded by lg__secs_lock. */
+static pthread_mutex_t lg__secs_lock = PTHREAD_MUTEX_INITIALIZER;
+static lg_secrow_t *lg__secs;
+static size_t lg__nsecs;
 
-static void lg_secrow_close(lg_secrow_t *r) {
-    if (r->lat == NULL)
+static void lg__secrow_close(lg_secrow_t *r) {
+    if (r->lat == NULL) {
         return;
+    }
     r->p50 = lg__us_to_ms(lg__hist_percentile(r->lat, 50));
     r->p90 = lg__us_to_ms(lg__hist_percentile(r->lat, 90));
     r->p99 = lg__us_to_ms(lg__hist_percentile(r->lat, 99));
@@ -419,28 +438,31 @@ static void lg_secrow_close(lg_secrow_t *r) {
 }
 
 /* Add one worker's numbers for second `sec` to the shared row, then clear
- * them. Takes g_secs_lock. */
-static void lg_secs_merge(int64_t sec, lg_secstats_t *s, int nworkers) {
-    pthread_mutex_lock(&g_secs_lock);
-    if ((size_t)sec >= g_nsecs) {
+ * them. Takes lg__secs_lock. */
+static void lg__secs_merge(int64_t sec, lg_secstats_t *s, int nworkers) {
+    pthread_mutex_lock(&lg__secs_lock);
+    if ((size_t)sec >= lg__nsecs) {
         size_t n = (size_t)sec + 1;
-        g_secs = lg_realloc(g_secs, n * sizeof *g_secs);
-        memset(g_secs + g_nsecs, 0, (n - g_nsecs) * sizeof *g_secs);
-        g_nsecs = n;
+        lg__secs = lg__realloc(lg__secs, n * sizeof *lg__secs);
+        memset(lg__secs + lg__nsecs, 0, (n - lg__nsecs) * sizeof *lg__secs);
+        lg__nsecs = n;
     }
-    lg_secrow_t *r = &g_secs[sec];
+    lg_secrow_t *r = &lg__secs[sec];
     r->requests += s->requests;
     r->c2xx += s->c2xx;
     r->c4xx += s->c4xx;
     r->c5xx += s->c5xx;
     r->errors += s->errors;
-    if (r->reported == 0)
+    if (r->reported == 0) {
         r->lat = lg_calloc(1, sizeof *r->lat);
-    if (r->lat)
+    }
+    if (r->lat) {
         lg__hist_merge(r->lat, s->lat);
-    if (++r->reported == nworkers)
-        lg_secrow_close(r);
-    pthread_mutex_unlock(&g_secs_lock);
+    }
+    if (++r->reported == nworkers) {
+        lg__secrow_close(r);
+    }
+    pthread_mutex_unlock(&lg__secs_lock);
 
     lg_hist_t *lat = s->lat;
     memset(lat, 0, sizeof *lat);
@@ -546,29 +568,31 @@ typedef struct lg_worker {
     _Atomic uint64_t live[LG_LIVE_N];
 } lg_worker_t;
 
-static lg_worker_t *g_workers;
+static lg_worker_t *lg__workers;
 
 /* An epoll event names a connection and a socket: the socket, because while
  * connecting libcurl may try several at once; the connection's index, to
  * find it. The schedule timer uses an index no connection has. */
 #define LG_EV_SCHED UINT32_MAX
 
-static uint64_t lg_ev_data(uint32_t idx, int fd) {
+static uint64_t lg__ev_data(uint32_t idx, int fd) {
     return (uint64_t)idx << 32 | (uint32_t)fd;
 }
 
 /* Register fd in the worker's epoll set for `events` (MOD, or ADD if it is
  * not there). Returns 0 or -1. */
-static int lg_ev_set(lg_worker_t *w, uint32_t idx, int fd, uint32_t events) {
-    struct epoll_event ev = {.events = events, .data.u64 = lg_ev_data(idx, fd)};
-    if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
+static int lg__ev_set(lg_worker_t *w, uint32_t idx, int fd, uint32_t events) {
+    struct epoll_event ev = {.events = events,
+                             .data.u64 = lg__ev_data(idx, fd)};
+    if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, fd, &ev) == 0) {
         return 0;
+    }
     return errno == ENOENT ? epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) : -1;
 }
 
 /* libcurl's socket callback, while it connects: watch s as it asks. */
-static int lg_sock_cb(CURL *easy, curl_socket_t s, int what, void *userp,
-                      void *socketp) {
+static int lg__sock_cb(CURL *easy, curl_socket_t s, int what, void *userp,
+                       void *socketp) {
     lg_conn_t *c = userp;
     (void)easy;
     (void)socketp;
@@ -578,12 +602,12 @@ static int lg_sock_cb(CURL *easy, curl_socket_t s, int what, void *userp,
     }
     uint32_t events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) |
                       ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
-    return lg_ev_set(c->w, c->idx, s, events);
+    return lg__ev_set(c->w, c->idx, s, events);
 }
 
 /* libcurl's timer callback: call socket_action(TIMEOUT) in timeout_ms
  * (0: as soon as possible; -1: never). Calling it from here is not allowed. */
-static int lg_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
+static int lg__timer_cb(CURLM *multi, long timeout_ms, void *userp) {
     lg_conn_t *c = userp;
     (void)multi;
     c->curl_deadline_ns =
@@ -593,15 +617,17 @@ static int lg_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
 
 /* The response statuses a claim run expects; anything else is an error.
  * In raw mode, every 2xx is expected. */
-static bool lg_status_expected(long st) {
-    if (lg_cfg.raw)
+static bool lg__status_expected(long st) {
+    if (lg_cfg.raw) {
         return st >= 200 && st < 300;
+    }
     return st == 201 || st == 200 || st == 410 || st == 409 || st == 503;
 }
 
 const char *lg_status_label(long st) {
-    if (lg_cfg.raw)
-        return lg_status_expected(st) ? "" : "unexpected";
+    if (lg_cfg.raw) {
+        return lg__status_expected(st) ? "" : "unexpected";
+    }
     switch (st) {
     case 201:
         return "claimed";
@@ -621,22 +647,23 @@ const char *lg_status_label(long st) {
 /* Which CSV row a request finishing at `now` belongs to. Requests that
  * finish after the end (the drain) count in the last second of the run, so
  * the plot does not end in a bogus dip. */
-static int64_t lg_sec_of(int64_t now) {
-    int64_t sec = (now - g_start_ns) / LG_NS;
-    return sec < g_last_sec ? sec : g_last_sec;
+static int64_t lg__sec_of(int64_t now) {
+    int64_t sec = (now - lg__start_ns) / LG_NS;
+    return sec < lg__last_sec ? sec : lg__last_sec;
 }
 
 /* Close every second before the one `now` belongs to. */
-static void lg_sec_advance(lg_worker_t *w, int64_t now) {
-    int64_t sec = lg_sec_of(now);
-    while (w->sec_no < sec)
-        lg_secs_merge(w->sec_no++, &w->sec, lg_cfg.threads);
+static void lg__sec_advance(lg_worker_t *w, int64_t now) {
+    int64_t sec = lg__sec_of(now);
+    while (w->sec_no < sec) {
+        lg__secs_merge(w->sec_no++, &w->sec, lg_cfg.threads);
+    }
 }
 
 /* Count one finished request. */
-static void lg_record(lg_worker_t *w, lg_conn_t *c, CURLcode rc, long st,
-                      int64_t now) {
-    lg_sec_advance(w, now); /* a request belongs to the second it ended in */
+static void lg__record(lg_worker_t *w, lg_conn_t *c, CURLcode rc, long st,
+                       int64_t now) {
+    lg__sec_advance(w, now); /* a request belongs to the second it ended in */
     w->total.requests++;
     w->sec.requests++;
     if (rc != CURLE_OK) {
@@ -648,31 +675,39 @@ static void lg_record(lg_worker_t *w, lg_conn_t *c, CURLcode rc, long st,
     uint64_t us = now > c->t0_ns ? (uint64_t)(now - c->t0_ns) / 1000 : 0;
     lg__hist_record(w->total.lat, us);
     lg__hist_record(w->sec.lat, us);
-    if (st < 100 || st >= LG_STATUS_MAX)
+    if (st < 100 || st >= LG_STATUS_MAX) {
         st = 0;
+    }
     w->total.status[st]++;
-    if (st >= 200 && st < 300)
+    if (st >= 200 && st < 300) {
         w->total.c2xx++, w->sec.c2xx++;
-    if (st >= 400 && st < 500)
+    }
+    if (st >= 400 && st < 500) {
         w->total.c4xx++, w->sec.c4xx++;
-    if (st >= 500 && st < 600)
+    }
+    if (st >= 500 && st < 600) {
         w->total.c5xx++, w->sec.c5xx++;
-    if (!lg_cfg.raw && st == 201)
-        lg_u64vec_push(&w->claimed, c->seq);
-    if (!lg_cfg.raw && st == 200)
-        lg_u64vec_push(&w->held, c->seq);
-    if (!lg_status_expected(st) && w->sample_status == 0) {
+    }
+    if (!lg_cfg.raw && st == 201) {
+        lg__u64vec_push(&w->claimed, c->seq);
+    }
+    if (!lg_cfg.raw && st == 200) {
+        lg__u64vec_push(&w->held, c->seq);
+    }
+    if (!lg__status_expected(st) && w->sample_status == 0) {
         w->sample_status = st;
         size_t n = c->resp.sample_len;
         memcpy(w->sample, c->sample, n);
         w->sample[n] = '\0';
-        for (size_t i = 0; i < n; i++)
-            if ((unsigned char)w->sample[i] < 0x20)
+        for (size_t i = 0; i < n; i++) {
+            if ((unsigned char)w->sample[i] < 0x20) {
                 w->sample[i] = ' ';
+            }
+        }
     }
 }
 
-static void lg_publish(lg_worker_t *w) {
+static void lg__publish(lg_worker_t *w) {
     const uint64_t *st = w->total.status;
     uint64_t v[LG_LIVE_N] = {
         [LG_LIVE_REQ] = w->total.requests, [LG_LIVE_ERR] = w->total.errors,
@@ -681,24 +716,28 @@ static void lg_publish(lg_worker_t *w) {
         [LG_LIVE_200] = st[200],           [LG_LIVE_409] = st[409],
         [LG_LIVE_410] = st[410],           [LG_LIVE_503] = st[503],
     };
-    for (int i = 0; i < LG_LIVE_N; i++)
+    for (int i = 0; i < LG_LIVE_N; i++) {
         atomic_store_explicit(&w->live[i], v[i], memory_order_relaxed);
+    }
 }
 
 /* ------------------------------ Connections ------------------------------ */
 
-static void lg_conn_send(lg_conn_t *c);
-static void lg_conn_connected(lg_conn_t *c);
+static void lg__conn_send(lg_conn_t *c);
+static void lg__conn_connected(lg_conn_t *c);
 
 /* Close c's connection, if it has one. Removing a CONNECT_ONLY handle from
  * its multi handle is how libcurl closes the connection it made. */
-static void lg_conn_close(lg_conn_t *c) {
-    if (c->fd >= 0)
+static void lg__conn_close(lg_conn_t *c) {
+    if (c->fd >= 0) {
         epoll_ctl(c->w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-    if (c->in_multi)
+    }
+    if (c->in_multi) {
         curl_multi_remove_handle(c->multi, c->easy);
-    if (c->state == LG_C_CONNECTING)
+    }
+    if (c->state == LG_C_CONNECTING) {
         c->w->nconnecting--;
+    }
     c->in_multi = false;
     c->fd = -1;
     c->events = 0;
@@ -709,9 +748,9 @@ static void lg_conn_close(lg_conn_t *c) {
 
 /* The request on c has ended: count it (rc: CURLE_OK and the status, or the
  * transport error) and put c on the idle list. */
-static void lg_conn_finish(lg_conn_t *c, CURLcode rc, long st, int64_t now) {
+static void lg__conn_finish(lg_conn_t *c, CURLcode rc, long st, int64_t now) {
     lg_worker_t *w = c->w;
-    lg_record(w, c, rc, st, now);
+    lg__record(w, c, rc, st, now);
     c->state = LG_C_IDLE;
     c->next_idle = w->idle;
     w->idle = c;
@@ -721,14 +760,14 @@ static void lg_conn_finish(lg_conn_t *c, CURLcode rc, long st, int64_t now) {
 
 /* The request on c failed with transport error rc at `now`: the
  * connection is closed, since nobody knows what state it is in. */
-static void lg_conn_fail(lg_conn_t *c, CURLcode rc, int64_t now) {
-    lg_conn_close(c);
-    lg_conn_finish(c, rc, 0, now);
+static void lg__conn_fail(lg_conn_t *c, CURLcode rc, int64_t now) {
+    lg__conn_close(c);
+    lg__conn_finish(c, rc, 0, now);
 }
 
 /* Ask libcurl for a connection for c's request; the request goes out when
- * the connection is made (lg_conn_connected). */
-static void lg_conn_connect(lg_conn_t *c) {
+ * the connection is made (lg__conn_connected). */
+static void lg__conn_connect(lg_conn_t *c) {
     int running;
     c->state = LG_C_CONNECTING;
     c->w->nconnecting++;
@@ -740,51 +779,53 @@ static void lg_conn_connect(lg_conn_t *c) {
      * connect starts before the worker sleeps. */
     c->curl_deadline_ns = -1;
     curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    lg_conn_connected(c); /* it may have failed at once (a bad name) */
+    lg__conn_connected(c); /* it may have failed at once (a bad name) */
 }
 
 /* After libcurl has run for a connecting c: if the connection is made, send
  * the request; if it failed, end the request with libcurl's error. */
-static void lg_conn_connected(lg_conn_t *c) {
+static void lg__conn_connected(lg_conn_t *c) {
     CURLMsg *m;
     int left;
     while ((m = curl_multi_info_read(c->multi, &left)) != NULL) {
-        if (m->msg != CURLMSG_DONE || c->state != LG_C_CONNECTING)
+        if (m->msg != CURLMSG_DONE || c->state != LG_C_CONNECTING) {
             continue;
+        }
         CURLcode rc = m->data.result;
         curl_socket_t s = CURL_SOCKET_BAD;
         if (rc == CURLE_OK && (curl_easy_getinfo(c->easy, CURLINFO_ACTIVESOCKET,
                                                  &s) != CURLE_OK ||
-                               s == CURL_SOCKET_BAD))
+                               s == CURL_SOCKET_BAD)) {
             rc = CURLE_COULDNT_CONNECT;
+        }
         if (rc != CURLE_OK) {
-            lg_conn_fail(c, rc, mono_ns());
+            lg__conn_fail(c, rc, mono_ns());
             return;
         }
         c->w->nconnecting--;
         c->curl_deadline_ns = -1;
         c->fd = s;
         c->state = LG_C_SENDING;
-        if (lg_ev_set(c->w, c->idx, s, EPOLLIN) < 0) {
-            lg_conn_fail(c, CURLE_COULDNT_CONNECT, mono_ns());
+        if (lg__ev_set(c->w, c->idx, s, EPOLLIN) < 0) {
+            lg__conn_fail(c, CURLE_COULDNT_CONNECT, mono_ns());
             return;
         }
         c->events = EPOLLIN;
-        lg_conn_send(c);
+        lg__conn_send(c);
         return;
     }
 }
 
 /* Start (or restart) c's request: on its open connection, or on a new one. */
-static void lg_conn_go(lg_conn_t *c) {
+static void lg__conn_go(lg_conn_t *c) {
     c->req_off = 0;
     c->got_bytes = false;
     lg_http_resp_init(&c->resp, lg_cfg.head, c->sample, sizeof c->sample);
     if (c->fd < 0) {
-        lg_conn_connect(c);
+        lg__conn_connect(c);
     } else {
         c->state = LG_C_SENDING;
-        lg_conn_send(c);
+        lg__conn_send(c);
     }
 }
 
@@ -793,88 +834,92 @@ static void lg_conn_go(lg_conn_t *c) {
  * exactly like this; as libcurl does, a request that got no byte of answer
  * on a reused connection is sent once more on a new one. Once only: the new
  * connection is not reused, so if it breaks too, the request fails. */
-static void lg_conn_broken(lg_conn_t *c, CURLcode rc) {
+static void lg__conn_broken(lg_conn_t *c, CURLcode rc) {
     if (c->reused && !c->got_bytes) {
-        lg_conn_close(c); /* clears c->reused */
-        lg_conn_go(c);
+        lg__conn_close(c); /* clears c->reused */
+        lg__conn_go(c);
     } else {
-        lg_conn_fail(c, rc, mono_ns());
+        lg__conn_fail(c, rc, mono_ns());
     }
 }
 
 /* Make fd's epoll registration ask for `events`. */
-static void lg_conn_want(lg_conn_t *c, uint32_t events) {
-    if (c->events == events)
+static void lg__conn_want(lg_conn_t *c, uint32_t events) {
+    if (c->events == events) {
         return;
+    }
     struct epoll_event ev = {.events = events,
-                             .data.u64 = lg_ev_data(c->idx, c->fd)};
+                             .data.u64 = lg__ev_data(c->idx, c->fd)};
     epoll_ctl(c->w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
     c->events = events;
 }
 
 /* Send what is left of c's request; wait for EPOLLOUT if the socket is
  * full. */
-static void lg_conn_send(lg_conn_t *c) {
+static void lg__conn_send(lg_conn_t *c) {
     while (c->req_off < c->req_len) {
         size_t n = 0;
         CURLcode rc = curl_easy_send(c->easy, c->req + c->req_off,
                                      c->req_len - c->req_off, &n);
         if (rc == CURLE_AGAIN) {
-            lg_conn_want(c, EPOLLIN | EPOLLOUT);
+            lg__conn_want(c, EPOLLIN | EPOLLOUT);
             return;
         }
         if (rc != CURLE_OK) {
-            lg_conn_broken(c, rc);
+            lg__conn_broken(c, rc);
             return;
         }
         c->req_off += n;
     }
-    lg_conn_want(c, EPOLLIN);
+    lg__conn_want(c, EPOLLIN);
     c->state = LG_C_READING;
 }
 
 /* The response on c is complete (status st, at `now`). */
-static void lg_conn_answered(lg_conn_t *c, long st, int64_t now) {
+static void lg__conn_answered(lg_conn_t *c, long st, int64_t now) {
     c->reused = true;
     /* Bytes beyond the response, or a response that ends the connection,
      * or one that came before the request was fully sent: close. */
-    if (c->rlen != 0 || !c->resp.keep_alive || c->req_off < c->req_len)
-        lg_conn_close(c);
-    lg_conn_finish(c, CURLE_OK, st, now);
+    if (c->rlen != 0 || !c->resp.keep_alive || c->req_off < c->req_len) {
+        lg__conn_close(c);
+    }
+    lg__conn_finish(c, CURLE_OK, st, now);
 }
 
 /* c's socket is readable: read what is there and feed the response. */
-static void lg_conn_read(lg_conn_t *c) {
+static void lg__conn_read(lg_conn_t *c) {
     for (;;) {
         size_t n = 0;
         CURLcode rc = curl_easy_recv(c->easy, c->rbuf + c->rlen,
                                      sizeof c->rbuf - c->rlen, &n);
-        if (rc == CURLE_AGAIN)
+        if (rc == CURLE_AGAIN) {
             return;
+        }
         if (c->state == LG_C_IDLE) {
             /* Nothing is asked: the server closed a kept-alive connection,
              * or says something unasked for. Either way it is done. */
-            lg_conn_close(c);
+            lg__conn_close(c);
             return;
         }
         if (rc != CURLE_OK) {
-            lg_conn_broken(c, rc);
+            lg__conn_broken(c, rc);
             return;
         }
         if (n == 0) { /* the end of the connection */
             if (!c->got_bytes) {
-                lg_conn_broken(c, CURLE_GOT_NOTHING);
+                lg__conn_broken(c, CURLE_GOT_NOTHING);
             } else if (lg_http_eof(&c->resp) == LG_HTTP_OK) {
-                lg_conn_answered(c, c->resp.status, mono_ns());
+                lg__conn_answered(c, c->resp.status, mono_ns());
             } else {
-                lg_conn_fail(c, CURLE_PARTIAL_FILE, mono_ns());
+                lg__conn_fail(c, CURLE_PARTIAL_FILE, mono_ns());
             }
             return;
         }
         /* A server may answer before it has read the whole request (an
          * early 413, say): stop sending and read. */
-        if (c->state == LG_C_SENDING)
-            lg_conn_want(c, EPOLLIN); /* or EPOLLOUT would spin the loop */
+        if (c->state == LG_C_SENDING) {
+            lg__conn_want(c, EPOLLIN); /* or EPOLLOUT would spin the loop */
+        }
         c->state = LG_C_READING;
         c->got_bytes = true;
         c->rlen += n;
@@ -883,11 +928,11 @@ static void lg_conn_read(lg_conn_t *c) {
         memmove(c->rbuf, c->rbuf + used, c->rlen - used);
         c->rlen -= used;
         if (r == LG_HTTP_OK) {
-            lg_conn_answered(c, c->resp.status, mono_ns());
+            lg__conn_answered(c, c->resp.status, mono_ns());
             return;
         }
         if (r == LG_HTTP_EBAD) {
-            lg_conn_fail(c, CURLE_WEIRD_SERVER_REPLY, mono_ns());
+            lg__conn_fail(c, CURLE_WEIRD_SERVER_REPLY, mono_ns());
             return;
         }
         /* Not complete: read on until the socket is empty (a TLS layer may
@@ -896,53 +941,57 @@ static void lg_conn_read(lg_conn_t *c) {
 }
 
 /* End every request that has run past the timeout. */
-static void lg_sweep(lg_worker_t *w, int64_t now) {
+static void lg__sweep(lg_worker_t *w, int64_t now) {
     int64_t limit = (int64_t)lg_cfg.timeout_ms * 1000000;
     for (int i = 0; i < w->nconns; i++) {
         lg_conn_t *c = &w->conns[i];
-        if (c->state != LG_C_IDLE && now - c->start_ns >= limit)
-            lg_conn_fail(c, CURLE_OPERATION_TIMEDOUT, now);
+        if (c->state != LG_C_IDLE && now - c->start_ns >= limit) {
+            lg__conn_fail(c, CURLE_OPERATION_TIMEDOUT, now);
+        }
     }
 }
 
 /* Give libcurl the timeout calls that are due on connecting connections;
  * returns the next deadline among them, or -1. */
-static int64_t lg_run_timeouts(lg_worker_t *w, int64_t now) {
+static int64_t lg__run_timeouts(lg_worker_t *w, int64_t now) {
     int64_t next = -1;
     for (int i = 0; i < w->nconns && w->nconnecting > 0; i++) {
         lg_conn_t *c = &w->conns[i];
-        if (c->state != LG_C_CONNECTING || c->curl_deadline_ns < 0)
+        if (c->state != LG_C_CONNECTING || c->curl_deadline_ns < 0) {
             continue;
+        }
         if (c->curl_deadline_ns <= now) {
             int running;
             c->curl_deadline_ns = -1; /* the call may set a new one */
             curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0,
                                      &running);
-            lg_conn_connected(c);
+            lg__conn_connected(c);
         }
         if (c->state == LG_C_CONNECTING && c->curl_deadline_ns >= 0 &&
-            (next < 0 || c->curl_deadline_ns < next))
+            (next < 0 || c->curl_deadline_ns < next)) {
             next = c->curl_deadline_ns;
+        }
     }
     return next;
 }
 
 /* Start request seq on an idle connection; latency counts from t0. */
-static void lg_start(lg_worker_t *w, uint64_t seq, int64_t t0, int64_t now) {
+static void lg__start(lg_worker_t *w, uint64_t seq, int64_t t0, int64_t now) {
     lg_conn_t *c = w->idle;
     w->idle = c->next_idle;
     c->seq = seq;
     c->t0_ns = t0;
     c->start_ns = now;
-    c->req_len = lg_build_request(c->req, seq);
+    c->req_len = lg__build_request(c->req, seq);
     w->inflight++;
     w->sent++;
-    lg_conn_go(c);
+    lg__conn_go(c);
 }
 
-static void lg_arm_schedule(lg_worker_t *w, int64_t due) {
-    if (w->sched_armed_ns == due)
+static void lg__arm_schedule(lg_worker_t *w, int64_t due) {
+    if (w->sched_armed_ns == due) {
         return;
+    }
     struct itimerspec its = {.it_value = mono_ts_from_ns(due)};
     timerfd_settime(w->sched_fd, TFD_TIMER_ABSTIME, &its, NULL);
     w->sched_armed_ns = due;
@@ -951,37 +1000,39 @@ static void lg_arm_schedule(lg_worker_t *w, int64_t due) {
 /* Start whatever may start now: in the closed loop a request on every idle
  * connection; in the open loop every request that is due, while connections
  * last, and arm the schedule timer for the next one. */
-static void lg_issue(lg_worker_t *w, int64_t now) {
+static void lg__issue(lg_worker_t *w, int64_t now) {
     while (w->idle && !w->sending_done) {
         if (lg_cfg.rate <= 0) {
             uint64_t seq =
-                atomic_fetch_add_explicit(&g_next, 1, memory_order_relaxed);
+                atomic_fetch_add_explicit(&lg__next, 1, memory_order_relaxed);
             if (lg_cfg.requests && seq >= lg_cfg.requests) {
                 w->sending_done = true;
                 break;
             }
-            lg_start(w, seq, now, now);
+            lg__start(w, seq, now, now);
         } else {
             uint64_t seq = w->next_seq;
-            int64_t due = lg_due_ns(seq);
-            if ((lg_cfg.requests && seq >= lg_cfg.requests) || due >= g_end_ns) {
+            int64_t due = lg__due_ns(seq);
+            if ((lg_cfg.requests && seq >= lg_cfg.requests) ||
+                due >= lg__end_ns) {
                 w->sending_done = true;
                 break;
             }
             if (due > now) {
-                lg_arm_schedule(w, due);
+                lg__arm_schedule(w, due);
                 break;
             }
-            if (now - due > LG_LATE_NS)
+            if (now - due > LG_LATE_NS) {
                 w->sent_late++;
-            lg_start(w, seq, due, now); /* timed from when it was due */
+            }
+            lg__start(w, seq, due, now); /* timed from when it was due */
             w->next_seq += (uint64_t)lg_cfg.threads;
         }
     }
 }
 
 /* One epoll event. */
-static void lg_event(lg_worker_t *w, const struct epoll_event *ev) {
+static void lg__event(lg_worker_t *w, const struct epoll_event *ev) {
     uint32_t idx = (uint32_t)(ev->data.u64 >> 32);
     int fd = (int)(uint32_t)ev->data.u64;
     if (idx == LG_EV_SCHED) {
@@ -999,89 +1050,107 @@ static void lg_event(lg_worker_t *w, const struct epoll_event *ev) {
                     ((e & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
                     ((e & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
         curl_multi_socket_action(c->multi, fd, flags, &running);
-        lg_conn_connected(c);
+        lg__conn_connected(c);
         return;
     }
-    if (fd != c->fd)
+    if (fd != c->fd) {
         return; /* from a socket closed earlier in this batch */
-    if ((e & EPOLLOUT) && c->state == LG_C_SENDING)
-        lg_conn_send(c);
-    if ((e & (EPOLLIN | EPOLLERR | EPOLLHUP)) && fd == c->fd)
-        lg_conn_read(c);
+    }
+    if ((e & EPOLLOUT) && c->state == LG_C_SENDING) {
+        lg__conn_send(c);
+    }
+    if ((e & (EPOLLIN | EPOLLERR | EPOLLHUP)) && fd == c->fd) {
+        lg__conn_read(c);
+    }
+}
+
+/* How long the event loop may sleep in epoll_wait, in ms: until a socket
+ * is ready, the schedule timer fires, libcurl's timeout (curl_next, -1 =
+ * none) is due or requests may time out; not at all if a request failed at
+ * once and left a closed-loop connection idle. */
+static int lg__wait_ms(const lg_worker_t *w, int64_t now, int64_t curl_next) {
+    int64_t wait_ns = LG_WAIT_MAX_MS * MONO_MS;
+    if (curl_next >= 0 && curl_next - now < wait_ns) {
+        wait_ns = curl_next > now ? curl_next - now : 0;
+    }
+    if (w->inflight > 0 && w->sweep_ns - now < wait_ns) {
+        wait_ns = w->sweep_ns > now ? w->sweep_ns - now : 0;
+    }
+    if (w->idle && !w->sending_done && lg_cfg.rate <= 0) {
+        wait_ns = 0;
+    }
+    return (int)((wait_ns + MONO_MS - 1) / MONO_MS);
 }
 
 /* The event loop. See the top of the file. */
-static void *lg_worker_main(void *arg) {
+static void *lg__worker_main(void *arg) {
     lg_worker_t *w = arg;
     struct epoll_event evs[128];
 
-    mono_sleep_ns(g_start_ns - mono_ns());
-    w->sweep_ns = g_start_ns + LG_SWEEP_NS;
+    mono_sleep_ns(lg__start_ns - mono_ns());
+    w->sweep_ns = lg__start_ns + LG_SWEEP_NS;
     for (;;) {
         int64_t now = mono_ns();
-        int stop = atomic_load_explicit(&g_stop, memory_order_relaxed);
-        if (stop >= 2)
+        int stop = atomic_load_explicit(&lg__stop, memory_order_relaxed);
+        if (stop >= 2) {
             break; /* abandon what is in flight */
-        if (stop || now >= g_end_ns)
+        }
+        if (stop || now >= lg__end_ns) {
             w->sending_done = true;
+        }
 
-        lg_issue(w, now);
-        int64_t curl_next = lg_run_timeouts(w, now);
+        lg__issue(w, now);
+        int64_t curl_next = lg__run_timeouts(w, now);
         if (now >= w->sweep_ns) {
-            lg_sweep(w, now);
+            lg__sweep(w, now);
             w->sweep_ns = now + LG_SWEEP_NS;
         }
-        if (w->sending_done && w->inflight == 0)
+        if (w->sending_done && w->inflight == 0) {
             break;
+        }
 
-        /* Sleep until a socket is ready, the schedule timer fires, libcurl's
-         * timeout is due or requests may time out; not at all if a request
-         * failed at once and left a closed-loop connection idle. */
-        int64_t wait_ns = LG_WAIT_MAX_MS * 1000000LL;
-        if (curl_next >= 0 && curl_next - now < wait_ns)
-            wait_ns = curl_next > now ? curl_next - now : 0;
-        if (w->inflight > 0 && w->sweep_ns - now < wait_ns)
-            wait_ns = w->sweep_ns > now ? w->sweep_ns - now : 0;
-        if (w->idle && !w->sending_done && lg_cfg.rate <= 0)
-            wait_ns = 0;
         int n = epoll_wait(w->epfd, evs, (int)(sizeof evs / sizeof evs[0]),
-                           (int)((wait_ns + 999999) / 1000000));
+                           lg__wait_ms(w, now, curl_next));
         if (n < 0 && errno != EINTR) {
             snprintf(w->errstr, sizeof w->errstr, "epoll_wait: %s",
                      strerror(errno));
             break;
         }
-        for (int i = 0; i < n; i++)
-            lg_event(w, &evs[i]);
+        for (int i = 0; i < n; i++) {
+            lg__event(w, &evs[i]);
+        }
         if (n > 0) {
-            lg_sec_advance(w, mono_ns());
-            lg_publish(w);
+            lg__sec_advance(w, mono_ns());
+            lg__publish(w);
         }
     }
     w->end_ns = mono_ns();
-    lg_secs_merge(w->sec_no, &w->sec,
-                  lg_cfg.threads); /* the last, partial second */
-    lg_publish(w);
-    atomic_fetch_add(&g_workers_done, 1);
+    lg__secs_merge(w->sec_no, &w->sec,
+                   lg_cfg.threads); /* the last, partial second */
+    lg__publish(w);
+    atomic_fetch_add(&lg__workers_done, 1);
     return NULL;
 }
 
 /* Set up worker w with nconns connections; dies on failure. */
-static void lg_worker_init(lg_worker_t *w, int id, int nconns) {
+static void lg__worker_init(lg_worker_t *w, int id, int nconns) {
     w->id = id;
     w->next_seq = (uint64_t)id;
-    for (int i = 0; i < LG_LIVE_N; i++)
+    for (int i = 0; i < LG_LIVE_N; i++) {
         atomic_init(&w->live[i], 0);
+    }
     w->total.lat = lg_calloc(1, sizeof(lg_hist_t));
     w->sec.lat = lg_calloc(1, sizeof(lg_hist_t));
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     w->sched_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (w->epfd < 0 || w->sched_fd < 0)
+    if (w->epfd < 0 || w->sched_fd < 0) {
         lg_die("epoll/timerfd: %s", strerror(errno));
+    }
     struct epoll_event ev = {.events = EPOLLIN,
-                             .data.u64 = lg_ev_data(LG_EV_SCHED, w->sched_fd)};
-    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->sched_fd, &ev) < 0)
+                             .data.u64 = lg__ev_data(LG_EV_SCHED, w->sched_fd)};
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->sched_fd, &ev) < 0) {
         lg_die("epoll_ctl: %s", strerror(errno));
+    }
 
     w->nconns = nconns;
     w->conns = lg_calloc((size_t)nconns, sizeof *w->conns);
@@ -1091,33 +1160,36 @@ static void lg_worker_init(lg_worker_t *w, int id, int nconns) {
         c->idx = (uint32_t)i;
         c->fd = -1;
         c->curl_deadline_ns = -1;
-        c->req = lg_calloc(g_req_max, 1);
+        c->req = lg_calloc(lg__req_max, 1);
         c->multi = curl_multi_init();
         CURL *e = c->easy = curl_easy_init();
-        if (c->multi == NULL || e == NULL)
+        if (c->multi == NULL || e == NULL) {
             lg_die("curl_multi_init/curl_easy_init failed");
-        curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, lg_sock_cb);
+        }
+        curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, lg__sock_cb);
         curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
-        curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, lg_timer_cb);
+        curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, lg__timer_cb);
         curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
-        curl_easy_setopt(e, CURLOPT_URL, g_target);
+        curl_easy_setopt(e, CURLOPT_URL, lg__target);
         curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(e, CURLOPT_PROXY, ""); /* ignore http_proxy */
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, lg_cfg.timeout_ms);
-        if (lg_cfg.cacert)
+        if (lg_cfg.cacert) {
             curl_easy_setopt(e, CURLOPT_CAINFO, lg_cfg.cacert);
+        }
         curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
         c->next_idle = w->idle;
         w->idle = c;
     }
 }
 
-static void lg_worker_free(lg_worker_t *w) {
+static void lg__worker_free(lg_worker_t *w) {
     for (int i = 0; i < w->nconns; i++) {
         lg_conn_t *c = &w->conns[i];
-        if (c->in_multi)
+        if (c->in_multi) {
             curl_multi_remove_handle(c->multi, c->easy);
+        }
         curl_easy_cleanup(c->easy);
         curl_multi_cleanup(c->multi);
         free(c->req);
@@ -1133,13 +1205,13 @@ static void lg_worker_free(lg_worker_t *w) {
 
 /* =============================== Admin call =============================== */
 
-typedef struct lg_buf {
+typedef struct lg__buf {
     char data[512]; /* start of the body, NUL-terminated */
     size_t len;
-} lg_buf_t;
+} lg__buf_t;
 
-static size_t lg_buf_cb(char *ptr, size_t size, size_t nmemb, void *userdata) {
-    lg_buf_t *b = userdata;
+static size_t lg__buf_cb(char *ptr, size_t size, size_t nmemb, void *userdata) {
+    lg__buf_t *b = userdata;
     size_t n = size * nmemb, room = sizeof b->data - 1 - b->len;
     memcpy(b->data + b->len, ptr, n < room ? n : room);
     b->len += n < room ? n : room;
@@ -1147,9 +1219,50 @@ static size_t lg_buf_cb(char *ptr, size_t size, size_t nmemb, void *userdata) {
     return n;
 }
 
+/* The creation body of coupon `name` into body (cap bytes). */
+static void lg__stock_body(char *body, size_t cap, const char *name) {
+    char *esc = lg_json_escape(name);
+    if (lg_cfg.create_buckets > 0) {
+        snprintf(body, cap, "{\"id\":\"%s\",\"total\":%lld,\"buckets\":%ld}",
+                 esc, lg_cfg.create_stock, lg_cfg.create_buckets);
+    } else {
+        snprintf(body, cap, "{\"id\":\"%s\",\"total\":%lld}", esc,
+                 lg_cfg.create_stock);
+    }
+    free(esc);
+}
+
+/* POST one coupon on e (url and headers borrowed). Returns the status
+ * (201, 409, ...), or -1 after printing the transport error. */
+static long lg__create_one(CURL *e, const char *url, struct curl_slist *hdr,
+                           const char *name, lg__buf_t *resp) {
+    char body[2 * LG_NAME_MAX * 6 + 64];
+    lg__stock_body(body, sizeof body, name);
+    long st = 0;
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdr);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, lg_cfg.timeout_ms);
+    if (lg_cfg.cacert) {
+        curl_easy_setopt(e, CURLOPT_CAINFO, lg_cfg.cacert);
+    }
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, lg__buf_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)resp);
+    CURLcode cc = curl_easy_perform(e);
+    if (cc != CURLE_OK) {
+        fprintf(stderr, "loadgen: create coupon %s: %s\n", name,
+                curl_easy_strerror(cc));
+        return -1;
+    }
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &st);
+    return st;
+}
+
 /* --create-stock: POST /coupons for every coupon of the run. 201 and 409
  * (it exists already) are fine. Returns 0, or -1 after printing why not. */
-static int lg_create_stock(void) {
+static int lg__create_stock(void) {
     char *url = lg_sprintf("%s/coupons", lg_cfg.url);
     char *auth = lg_sprintf("Authorization: Bearer %s", lg_cfg.admin_token);
     struct curl_slist *hdr = NULL;
@@ -1158,54 +1271,32 @@ static int lg_create_stock(void) {
     CURL *e = curl_easy_init();
     int rc = 0;
     uint64_t created = 0, existed = 0;
-    if (e == NULL || hdr == NULL)
+    if (e == NULL || hdr == NULL) {
         lg_die("curl setup failed");
+    }
     for (uint64_t k = 0; k < lg_coupon_count() && rc == 0; k++) {
-        char name[LG_NAME_MAX + 32], body[2 * LG_NAME_MAX * 6 + 64];
+        char name[LG_NAME_MAX + 32];
         lg_coupon_name(name, sizeof name, k);
-        char *esc = lg_json_escape(name);
-        if (lg_cfg.create_buckets > 0)
-            snprintf(body, sizeof body,
-                     "{\"id\":\"%s\",\"total\":%lld,\"buckets\":%ld}", esc,
-                     lg_cfg.create_stock, lg_cfg.create_buckets);
-        else
-            snprintf(body, sizeof body, "{\"id\":\"%s\",\"total\":%lld}", esc,
-                     lg_cfg.create_stock);
-        free(esc);
-        lg_buf_t resp = {.len = 0};
-        long st = 0;
-        curl_easy_setopt(e, CURLOPT_URL, url);
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdr);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(e, CURLOPT_PROXY, "");
-        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, lg_cfg.timeout_ms);
-        if (lg_cfg.cacert)
-            curl_easy_setopt(e, CURLOPT_CAINFO, lg_cfg.cacert);
-        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, lg_buf_cb);
-        curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)&resp);
-        CURLcode cc = curl_easy_perform(e);
-        if (cc == CURLE_OK)
-            curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &st);
-        if (cc != CURLE_OK) {
-            fprintf(stderr, "loadgen: create coupon %s: %s\n", name,
-                    curl_easy_strerror(cc));
-            rc = -1;
-        } else if (st == 201) {
+        lg__buf_t resp = {.len = 0};
+        long st = lg__create_one(e, url, hdr, name, &resp);
+        if (st == 201) {
             created++;
         } else if (st == 409) {
             existed++;
         } else {
-            fprintf(stderr, "loadgen: create coupon %s: HTTP %ld %s\n", name,
-                    st, resp.data);
+            if (st >= 0) {
+                fprintf(stderr, "loadgen: create coupon %s: HTTP %ld %s\n",
+                        name, st, resp.data);
+            }
             rc = -1;
         }
     }
-    if (rc == 0 && !lg_cfg.quiet)
+    if (rc == 0 && !lg_cfg.quiet) {
         fprintf(stderr,
                 "loadgen: create-stock %lld: %" PRIu64 " created, %" PRIu64
                 " already existed (their stock was left as it was)\n",
                 lg_cfg.create_stock, created, existed);
+    }
     curl_easy_cleanup(e);
     curl_slist_free_all(hdr);
     free(url);
@@ -1215,117 +1306,130 @@ static int lg_create_stock(void) {
 
 /* ============================ After the run ============================= */
 
-static void lg_collect(lg_result_t *res) {
+static void lg__collect(lg_result_t *res) {
     lg_stats_t *t = &res->total;
-    int64_t end = g_start_ns;
+    int64_t end = lg__start_ns;
     uint64_t sent = 0;
     t->lat = lg_calloc(1, sizeof *t->lat);
     for (int i = 0; i < lg_cfg.threads; i++) {
-        lg_worker_t *w = &g_workers[i];
+        lg_worker_t *w = &lg__workers[i];
         t->requests += w->total.requests;
         t->errors += w->total.errors;
-        for (int s = 0; s < LG_STATUS_MAX; s++)
+        for (int s = 0; s < LG_STATUS_MAX; s++) {
             t->status[s] += w->total.status[s];
-        for (int k = 0; k < CURL_LAST; k++)
+        }
+        for (int k = 0; k < CURL_LAST; k++) {
             t->err_kind[k] += w->total.err_kind[k];
+        }
         lg__hist_merge(t->lat, w->total.lat);
         res->sent_late += w->sent_late;
         sent += w->sent;
-        if (w->end_ns > end)
+        if (w->end_ns > end) {
             end = w->end_ns;
+        }
         if (w->sample_status && !res->sample_status) {
             res->sample_status = w->sample_status;
             res->sample = w->sample;
         }
     }
     assert(lg__hist_check(t->lat));
-    res->duration_s = (double)(end - g_start_ns) / 1e9;
+    res->duration_s = (double)(end - lg__start_ns) / 1e9;
     res->rate = res->duration_s > 0 ? (double)t->requests / res->duration_s : 0;
     if (lg_cfg.rate > 0) {
-        uint64_t sched = lg_scheduled();
+        uint64_t sched = lg__scheduled();
         res->unsent = sched > sent ? sched - sent : 0;
     }
-    res->interrupted = atomic_load(&g_stop) != 0;
+    res->interrupted = atomic_load(&lg__stop) != 0;
     res->p50 = lg__us_to_ms(lg__hist_percentile(t->lat, 50));
     res->p90 = lg__us_to_ms(lg__hist_percentile(t->lat, 90));
     res->p99 = lg__us_to_ms(lg__hist_percentile(t->lat, 99));
     res->p999 = lg__us_to_ms(lg__hist_percentile(t->lat, 99.9));
     res->max = lg__us_to_ms(t->lat->max);
 
-    for (size_t s = 0; s < g_nsecs; s++)
-        lg_secrow_close(&g_secs[s]); /* stragglers */
-    res->target = g_target;
-    res->secs = g_secs;
-    res->nsecs = g_nsecs;
+    for (size_t s = 0; s < lg__nsecs; s++) {
+        lg__secrow_close(&lg__secs[s]); /* stragglers */
+    }
+    res->target = lg__target;
+    res->secs = lg__secs;
+    res->nsecs = lg__nsecs;
 }
 
 const lg_u64vec_t *lg_worker_answers(int t, bool held) {
     assert(t >= 0 && t < lg_cfg.threads);
-    return held ? &g_workers[t].held : &g_workers[t].claimed;
+    return held ? &lg__workers[t].held : &lg__workers[t].claimed;
 }
 
-static void lg_progress(int64_t now, uint64_t *last_req, int64_t *last_ns) {
+static void lg__progress(int64_t now, uint64_t *last_req, int64_t *last_ns) {
     uint64_t v[LG_LIVE_N] = {0};
-    for (int i = 0; i < lg_cfg.threads; i++)
-        for (int k = 0; k < LG_LIVE_N; k++)
-            v[k] += atomic_load_explicit(&g_workers[i].live[k],
+    for (int i = 0; i < lg_cfg.threads; i++) {
+        for (int k = 0; k < LG_LIVE_N; k++) {
+            v[k] += atomic_load_explicit(&lg__workers[i].live[k],
                                          memory_order_relaxed);
+        }
+    }
     double dt = (double)(now - *last_ns) / 1e9;
     double rate = dt > 0 ? (double)(v[LG_LIVE_REQ] - *last_req) / dt : 0;
-    double el = now > g_start_ns ? (double)(now - g_start_ns) / 1e9 : 0;
+    double el = now > lg__start_ns ? (double)(now - lg__start_ns) / 1e9 : 0;
     *last_req = v[LG_LIVE_REQ];
     *last_ns = now;
     if (lg_cfg.raw) {
         fprintf(stderr,
                 "\r%6.1fs %8.0f req/s | 2xx %" PRIu64 "  4xx %" PRIu64
                 "  5xx %" PRIu64 " | errors %" PRIu64 "\033[K",
-                el, rate, v[LG_LIVE_2XX], v[LG_LIVE_4XX], v[LG_LIVE_5XX], v[LG_LIVE_ERR]);
+                el, rate, v[LG_LIVE_2XX], v[LG_LIVE_4XX], v[LG_LIVE_5XX],
+                v[LG_LIVE_ERR]);
     } else {
-        uint64_t known =
-            v[LG_LIVE_201] + v[LG_LIVE_200] + v[LG_LIVE_410] + v[LG_LIVE_409] + v[LG_LIVE_503];
+        uint64_t known = v[LG_LIVE_201] + v[LG_LIVE_200] + v[LG_LIVE_410] +
+                         v[LG_LIVE_409] + v[LG_LIVE_503];
         uint64_t other = v[LG_LIVE_REQ] - v[LG_LIVE_ERR] - known;
         fprintf(stderr,
                 "\r%6.1fs %8.0f req/s | 201 %" PRIu64 "  200 %" PRIu64
                 "  410 %" PRIu64 "  409 %" PRIu64 "  503 %" PRIu64
                 "  other %" PRIu64 " | errors %" PRIu64 "\033[K",
-                el, rate, v[LG_LIVE_201], v[LG_LIVE_200], v[LG_LIVE_410], v[LG_LIVE_409],
-                v[LG_LIVE_503], other, v[LG_LIVE_ERR]);
+                el, rate, v[LG_LIVE_201], v[LG_LIVE_200], v[LG_LIVE_410],
+                v[LG_LIVE_409], v[LG_LIVE_503], other, v[LG_LIVE_ERR]);
     }
     fflush(stderr);
 }
 
 /* ================================== Main ================================== */
 
-/* Write the request line and the fixed headers for g_target into g_req_head;
- * dies if the URL is not an http:// or https:// URL libcurl can parse. */
-static void lg_req_setup(void) {
+/* Write the request line and the fixed headers for lg__target into
+ * lg__req_head; dies if the URL is not an http:// or https:// URL libcurl can
+ * parse. */
+static void lg__req_setup(void) {
     CURLU *u = curl_url();
     char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL,
          *query = NULL;
-    if (u == NULL || curl_url_set(u, CURLUPART_URL, g_target, 0) != CURLUE_OK ||
+    if (u == NULL ||
+        curl_url_set(u, CURLUPART_URL, lg__target, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
-        curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
-        lg_die("cannot parse URL %s", g_target);
-    if (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)
-        lg_die("URL %s: only http:// and https:// are supported", g_target);
+        curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK) {
+        lg_die("cannot parse URL %s", lg__target);
+    }
+    if (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0) {
+        lg_die("URL %s: only http:// and https:// are supported", lg__target);
+    }
     curl_url_get(u, CURLUPART_PORT, &port, 0);   /* NULL when not given */
     curl_url_get(u, CURLUPART_QUERY, &query, 0); /* likewise */
     const char *method = lg_cfg.raw ? lg_cfg.method : "POST";
     const char *extra = "";
-    if (!lg_cfg.raw)
+    if (!lg_cfg.raw) {
         extra = "Content-Type: application/json\r\n";
-    else if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0)
+    } else if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0) {
         extra = "Content-Length: 0\r\n";
-    g_req_head = lg_sprintf("%s %s%s%s HTTP/1.1\r\n"
-                            "Host: %s%s%s\r\n"
-                            "User-Agent: couponsvc-loadgen/1\r\n"
-                            "Accept: */*\r\n"
-                            "%s",
-                            method, path, query ? "?" : "", query ? query : "",
-                            host, port ? ":" : "", port ? port : "", extra);
-    g_req_head_len = strlen(g_req_head);
-    g_req_max = g_req_head_len + 64 + LG_BODY_MAX;
+    }
+    lg__req_head =
+        lg_sprintf("%s %s%s%s HTTP/1.1\r\n"
+                   "Host: %s%s%s\r\n"
+                   "User-Agent: couponsvc-loadgen/1\r\n"
+                   "Accept: */*\r\n"
+                   "%s",
+                   method, path, query ? "?" : "", query ? query : "", host,
+                   port ? ":" : "", port ? port : "", extra);
+    lg__req_head_len = strlen(lg__req_head);
+    lg__req_max = lg__req_head_len + 64 + LG_BODY_MAX;
     lg_cfg.head = lg_cfg.raw && strcmp(method, "HEAD") == 0;
     curl_free(scheme);
     curl_free(host);
@@ -1335,42 +1439,46 @@ static void lg_req_setup(void) {
     curl_url_cleanup(u);
 }
 
-static void lg_on_signal(int sig) {
+static void lg__on_signal(int sig) {
     (void)sig;
-    g_interrupts++;
+    lg__interrupts++;
 }
 
 /* Before the run: the request's fixed parts, --create-stock, the workers
  * and their connections. Returns 0, or -1 when --create-stock failed. */
-static int lg_setup(void) {
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+static int lg__setup(void) {
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         lg_die("curl_global_init failed");
+    }
     signal(SIGPIPE, SIG_IGN);
 
-    g_coupon_json = lg_json_escape(lg_cfg.coupon);
-    g_prefix_json = lg_json_escape(lg_cfg.user_prefix);
-    if (lg_cfg.raw)
-        g_target = lg_sprintf("%s%s%s", lg_cfg.url,
-                              lg_cfg.path[0] == '/' ? "" : "/", lg_cfg.path);
-    else
-        g_target = lg_sprintf("%s/claim", lg_cfg.url);
-    lg_req_setup();
+    lg__coupon_json = lg_json_escape(lg_cfg.coupon);
+    lg__prefix_json = lg_json_escape(lg_cfg.user_prefix);
+    if (lg_cfg.raw) {
+        lg__target = lg_sprintf("%s%s%s", lg_cfg.url,
+                                lg_cfg.path[0] == '/' ? "" : "/", lg_cfg.path);
+    } else {
+        lg__target = lg_sprintf("%s/claim", lg_cfg.url);
+    }
+    lg__req_setup();
 
-    if (lg_cfg.create_stock >= 0 && lg_create_stock() < 0)
+    if (lg_cfg.create_stock >= 0 && lg__create_stock() < 0) {
         return -1;
+    }
 
-    g_workers = lg_calloc((size_t)lg_cfg.threads, sizeof *g_workers);
-    for (int i = 0; i < lg_cfg.threads; i++)
-        lg_worker_init(&g_workers[i], i,
-                       lg_cfg.connections / lg_cfg.threads +
-                           (i < lg_cfg.connections % lg_cfg.threads));
+    lg__workers = lg_calloc((size_t)lg_cfg.threads, sizeof *lg__workers);
+    for (int i = 0; i < lg_cfg.threads; i++) {
+        lg__worker_init(&lg__workers[i], i,
+                        lg_cfg.connections / lg_cfg.threads +
+                            (i < lg_cfg.connections % lg_cfg.threads));
+    }
     return 0;
 }
 
 /* Start the workers with SIGINT and SIGTERM blocked, so that Ctrl-C goes
- * to the main thread only (lg_on_signal). */
-static void lg_start_workers(void) {
-    struct sigaction sa = {.sa_handler = lg_on_signal};
+ * to the main thread only (lg__on_signal). */
+static void lg__start_workers(void) {
+    struct sigaction sa = {.sa_handler = lg__on_signal};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
@@ -1382,68 +1490,78 @@ static void lg_start_workers(void) {
 
     /* A short head start, so every thread is waiting when the clock starts
      * and the first open-loop requests are not late by thread start-up. */
-    g_start_ns = mono_ns() + 20 * MONO_MS;
-    g_end_ns = g_start_ns + (int64_t)(lg_cfg.duration * 1e9);
-    g_last_sec = (int64_t)ceil(lg_cfg.duration) - 1;
+    lg__start_ns = mono_ns() + 20 * MONO_MS;
+    lg__end_ns = lg__start_ns + (int64_t)(lg_cfg.duration * 1e9);
+    lg__last_sec = (int64_t)ceil(lg_cfg.duration) - 1;
     /* --verify-only: no worker runs; the checks see zero requests (so "a
      * row for every 201" has nothing to check) and everything else is
      * read from the database as after a run. */
-    for (int i = 0; i < lg_cfg.threads && !lg_cfg.verify_only; i++)
-        if (pthread_create(&g_workers[i].thread, NULL, lg_worker_main,
-                           &g_workers[i]) != 0)
+    for (int i = 0; i < lg_cfg.threads && !lg_cfg.verify_only; i++) {
+        if (pthread_create(&lg__workers[i].thread, NULL, lg__worker_main,
+                           &lg__workers[i]) != 0) {
             lg_die("pthread_create failed");
-    if (lg_cfg.verify_only)
-        atomic_store(&g_workers_done, lg_cfg.threads);
+        }
+    }
+    if (lg_cfg.verify_only) {
+        atomic_store(&lg__workers_done, lg_cfg.threads);
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
-/* While the workers run: turn signals into g_stop, show the progress line
+/* While the workers run: turn signals into lg__stop, show the progress line
  * on a TTY; then join them. */
-static void lg_wait_workers(void) {
+static void lg__wait_workers(void) {
     bool progress =
         !lg_cfg.quiet && !lg_cfg.verify_only && isatty(STDERR_FILENO);
     uint64_t last_req = 0;
-    int64_t last_ns = g_start_ns, next_progress = g_start_ns + LG_PROGRESS_NS;
-    while (atomic_load(&g_workers_done) < lg_cfg.threads) {
+    int64_t last_ns = lg__start_ns,
+            next_progress = lg__start_ns + LG_PROGRESS_NS;
+    while (atomic_load(&lg__workers_done) < lg_cfg.threads) {
         mono_sleep_ns(20 * MONO_MS);
-        if (g_interrupts)
-            atomic_store(&g_stop, g_interrupts >= 2 ? 2 : 1);
+        if (lg__interrupts) {
+            atomic_store(&lg__stop, lg__interrupts >= 2 ? 2 : 1);
+        }
         int64_t now = mono_ns();
         if (progress && now >= next_progress) {
-            lg_progress(now, &last_req, &last_ns);
+            lg__progress(now, &last_req, &last_ns);
             next_progress += LG_PROGRESS_NS;
         }
     }
-    for (int i = 0; i < lg_cfg.threads && !lg_cfg.verify_only; i++)
-        pthread_join(g_workers[i].thread, NULL);
+    for (int i = 0; i < lg_cfg.threads && !lg_cfg.verify_only; i++) {
+        pthread_join(lg__workers[i].thread, NULL);
+    }
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     if (progress) {
-        lg_progress(mono_ns(), &last_req, &last_ns);
+        lg__progress(mono_ns(), &last_req, &last_ns);
         fputc('\n', stderr);
     }
 }
 
 /* After the run: gather, verify, report. Returns the exit status. */
-static int lg_finish(lg_result_t *res) {
+static int lg__finish(lg_result_t *res) {
     int rc = LG_EXIT_OK;
-    for (int i = 0; i < lg_cfg.threads; i++)
-        if (g_workers[i].errstr[0]) {
+    for (int i = 0; i < lg_cfg.threads; i++) {
+        if (lg__workers[i].errstr[0]) {
             fprintf(stderr, "loadgen: worker %d: %s\n", i,
-                    g_workers[i].errstr);
+                    lg__workers[i].errstr);
             rc = LG_EXIT_ERROR;
         }
+    }
 
-    lg_collect(res);
+    lg__collect(res);
     lg_verify_t v = {0};
-    if (lg_cfg.verify_dsn)
+    if (lg_cfg.verify_dsn) {
         lg_report_verify(&v);
+    }
     lg_report_summary(res, &v);
     fflush(stdout);
-    if (lg_cfg.json_path && lg_report_json(lg_cfg.json_path, res, &v) < 0)
+    if (lg_cfg.json_path && lg_report_json(lg_cfg.json_path, res, &v) < 0) {
         rc = LG_EXIT_ERROR;
-    if (lg_cfg.csv_path && lg_report_csv(lg_cfg.csv_path, res) < 0)
+    }
+    if (lg_cfg.csv_path && lg_report_csv(lg_cfg.csv_path, res) < 0) {
         rc = LG_EXIT_ERROR;
+    }
 
     if (res->total.requests > 0 && res->total.requests == res->total.errors) {
         fprintf(stderr,
@@ -1460,28 +1578,30 @@ static int lg_finish(lg_result_t *res) {
     return rc;
 }
 
-static void lg_cleanup(lg_result_t *res) {
-    for (int i = 0; i < lg_cfg.threads; i++)
-        lg_worker_free(&g_workers[i]);
-    free(g_workers);
+static void lg__cleanup(lg_result_t *res) {
+    for (int i = 0; i < lg_cfg.threads; i++) {
+        lg__worker_free(&lg__workers[i]);
+    }
+    free(lg__workers);
     free(res->total.lat);
-    free(g_secs);
-    free(g_req_head);
+    free(lg__secs);
+    free(lg__req_head);
     curl_global_cleanup();
-    free(g_target);
-    free(g_coupon_json);
-    free(g_prefix_json);
+    free(lg__target);
+    free(lg__coupon_json);
+    free(lg__prefix_json);
     lg_cli_free();
 }
 
 int main(int argc, char **argv) {
     lg_cli_parse(argc, argv);
-    if (lg_setup() < 0)
+    if (lg__setup() < 0) {
         return LG_EXIT_ERROR;
-    lg_start_workers();
-    lg_wait_workers();
+    }
+    lg__start_workers();
+    lg__wait_workers();
     lg_result_t res = {0};
-    int rc = lg_finish(&res);
-    lg_cleanup(&res);
+    int rc = lg__finish(&res);
+    lg__cleanup(&res);
     return rc;
 }

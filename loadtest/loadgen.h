@@ -27,7 +27,7 @@
 #define LG_EXIT_USAGE 2  /* a bad command line */
 #define LG_EXIT_VERIFY 3 /* verification ran and found a violation */
 
-#define LG_NAME_MAX 128 /* longest --coupon / --user-prefix accepted */
+#define LG_NAME_MAX 128   /* longest --coupon / --user-prefix accepted */
 #define LG_STATUS_MAX 600 /* statuses counted: 100..599, [0] out of range */
 
 /* Everything the command line sets (lg_cli.c's table says which option sets
@@ -82,7 +82,8 @@ void lg_vexit(int code, const char *tail, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0), noreturn));
 
 /* Helpers that never fail: on failure they print why and exit 1. */
-void lg_die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+void lg_die(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2), noreturn));
 void *lg_calloc(size_t n, size_t size); /* new, zeroed */
 char *lg_strdup(const char *s);         /* new */
 char *lg_sprintf(const char *fmt, ...)  /* new */
@@ -112,17 +113,17 @@ const lg_u64vec_t *lg_worker_answers(int t, bool held);
 
 /* What the workers counted over the whole run, merged. */
 typedef struct lg_stats {
-    uint64_t requests;               /* responses + transport errors */
-    uint64_t errors;                 /* transport errors (no HTTP status) */
-    uint64_t status[LG_STATUS_MAX];  /* responses by status */
-    uint64_t c2xx, c4xx, c5xx;       /* responses by class */
-    uint64_t err_kind[CURL_LAST];    /* transport errors by libcurl code */
-    struct lg_hist *lat;             /* latency of every response, owned */
+    uint64_t requests;              /* responses + transport errors */
+    uint64_t errors;                /* transport errors (no HTTP status) */
+    uint64_t status[LG_STATUS_MAX]; /* responses by status */
+    uint64_t c2xx, c4xx, c5xx;      /* responses by class */
+    uint64_t err_kind[CURL_LAST];   /* transport errors by libcurl code */
+    struct lg_hist *lat;            /* latency of every response, owned */
 } lg_stats_t;
 
 /* One CSV row. While fewer than all workers have reported the second, lat
  * accumulates their histograms; the last one to report turns it into the
- * percentiles and frees it (lg_secrow_close in loadgen.c). */
+ * percentiles and frees it (lg__secrow_close in loadgen.c). */
 typedef struct lg_secrow {
     uint64_t requests, c2xx, c4xx, c5xx, errors; /* summed over workers */
     struct lg_hist *lat;       /* merged latency, NULL once closed */

@@ -33,13 +33,17 @@
 
 set -eu
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-STACK_SH=$ROOT/deploy/stack.sh
-LOADGEN=${LOADGEN:-$ROOT/build/loadgen}
-COUPONSVC=${COUPONSVC:-$ROOT/build/couponsvc}
-case $LOADGEN in /*) ;; *) LOADGEN=$PWD/$LOADGEN ;; esac
-case $COUPONSVC in /*) ;; *) COUPONSVC=$PWD/$COUPONSVC ;; esac
-export COUPONSVC
+LT_NAME=soak
+# shellcheck source=loadtest/lib.sh
+. "$(dirname "$0")/lib.sh"
+# The soak's own: seconds since its start on every line, and FAIL.
+T0=$SECONDS
+say() { printf 'soak: [%4ds] %s\n' $((SECONDS - T0)) "$*" >&2; }
+die() {
+    printf 'soak: FAIL: %s\n' "$*" >&2
+    exit 1
+}
+
 SECS=${SOAK_SECONDS:-600}
 SPREAD=${SOAK_SPREAD:-1000}
 SAMPLE=${SOAK_SAMPLE_SECS:-5}
@@ -51,29 +55,16 @@ APP_PORT_BASE=${APP_PORT_BASE:-8080}
 PG_PORT=${PG_PORT:-15432}
 REDIS_PORT=${REDIS_PORT:-16379}
 OUT=$ROOT/build/soak
-PY=python3
-[ -x /usr/bin/python3 ] && PY=/usr/bin/python3
 
-say() { printf 'soak: [%4ds] %s\n' $((SECONDS - T0)) "$*" >&2; }
-die() {
-    printf 'soak: FAIL: %s\n' "$*" >&2
-    exit 1
-}
-T0=$SECONDS
-val=
-for v in SECS SPREAD SAMPLE WARMUP CAP_SECS CONN; do
-    eval "val=\$$v"
-    case $val in '' | *[!0-9]* | 0) die "$v must be a positive integer, got '$val'" ;; esac
-done
+lt_positive_ints "" SECS SPREAD SAMPLE WARMUP CAP_SECS CONN
 [ "$SECS" -ge 60 ] || die "SOAK_SECONDS must be at least 60 (one minute segment)"
-[ -x "$LOADGEN" ] || die "$LOADGEN not found: make"
-[ -x "$COUPONSVC" ] || die "$COUPONSVC not found: make"
+lt_need_tools
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
 export REPLICAS APP_PORT_BASE PG_PORT REDIS_PORT PG_DURABLE=1
 
-STARTED=0 SAMPLER=
+SAMPLER=
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
     local rc=$?
@@ -89,10 +80,7 @@ cleanup() {
     for p in ${p1:-} ${p2:-} $SAMPLER; do
         wait "$p" 2>/dev/null || true
     done
-    if [ "$STARTED" = 1 ]; then
-        say "taking the stack down"
-        bash "$STACK_SH" down >"$OUT/down.log" 2>&1 || cat "$OUT/down.log" >&2
-    fi
+    lt_stack_down "$OUT/down.log"
     [ "$rc" = 0 ] && say "passed" || say "output in $OUT"
     exit "$rc"
 }
@@ -100,12 +88,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say "stack: $REPLICAS replicas, durable PostgreSQL (deploy/stack.sh up)"
-STARTED=1
-bash "$STACK_SH" up >"$OUT/up.log" 2>&1 || {
-    STARTED=0
-    tail -n 20 "$OUT/up.log" >&2
-    die "stack.sh up failed"
-}
+lt_stack_up "$OUT/up.log"
 SD=$(cat "$ROOT/build/stack.dir")
 # shellcheck disable=SC1091
 . "$SD/env"
