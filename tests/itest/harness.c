@@ -211,10 +211,62 @@ static int h__make_run_dir(void) {
     return 0;
 }
 
+/* Starts postgres on the cluster in dir, on 127.0.0.1:port and a socket in
+ * dir, fsync off (a test cluster), with the settings of `extra` ("-c"
+ * values, NULL-terminated, at most 8), logging to log, as pw (NULL: this
+ * user). Returns its pid. */
+static pid_t h__postgres_spawn(const char *dir, int port, const char *log,
+                               struct passwd *pw, const char *const *extra) {
+    char postgres[300], portstr[16];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    snprintf(postgres, sizeof(postgres), "%s/postgres", h__bindir);
+    char *d = (char *)dir;
+    /* Each option next to its value. */
+    /* clang-format off */
+    char *argv[32] = {postgres, "-D", d, "-p", portstr, "-k", d,
+                      "-c", "listen_addresses=127.0.0.1",
+                      "-c", "fsync=off"};
+    /* clang-format on */
+    int n = 11;
+    for (int i = 0; extra[i] != NULL; i++) {
+        if (n + 3 > (int)(sizeof(argv) / sizeof(argv[0]))) {
+            break;
+        }
+        argv[n++] = "-c";
+        argv[n++] = (char *)extra[i];
+    }
+    argv[n] = NULL;
+    return h__spawn(argv, log, pw, NULL);
+}
+
+/* Waits up to 30 s for postgres (pid) on port to answer. Returns NULL once
+ * it does, or why not ("exited during start", "did not start"). */
+static const char *h__postgres_wait(int port, pid_t pid) {
+    char ping[160];
+    snprintf(ping, sizeof(ping),
+             "host=127.0.0.1 port=%d dbname=postgres user=postgres "
+             "connect_timeout=2",
+             port);
+    double end = h_now_ms() + 30000;
+    while (PQping(ping) != PQPING_OK) {
+        if (waitpid(pid, NULL, WNOHANG) != 0) {
+            return "exited during start";
+        }
+        if (h_now_ms() > end) {
+            return "did not start";
+        }
+        h_sleep_ms(20);
+    }
+    return NULL;
+}
+
 /* A new cluster in pgdir (created), its log in log, both owned by pw (NULL:
  * this user). */
 static int h__pg_initdb(const char *pgdir, const char *log, struct passwd *pw) {
-    mkdir(pgdir, 0700);
+    if (mkdir(pgdir, 0700) != 0) {
+        perror(pgdir);
+        return -1;
+    }
     int fd = open(log, O_CREAT | O_WRONLY, 0666);
     if (fd >= 0) {
         close(fd);
@@ -243,35 +295,15 @@ static int h__pg_initdb(const char *pgdir, const char *log, struct passwd *pw) {
  * h__pg_pid), durability off (a test database), and waits until it
  * answers. */
 static int h__pg_start(const char *pgdir, const char *log, struct passwd *pw) {
-    char postgres[300], port[16];
+    const char *extra[] = {"synchronous_commit=off", "full_page_writes=off",
+                           "max_connections=400", NULL};
     h__pg_port = h__free_port();
-    snprintf(port, sizeof(port), "%d", h__pg_port);
-    snprintf(postgres, sizeof(postgres), "%s/postgres", h__bindir);
-    char *d = (char *)pgdir;
-    /* Each option next to its value. */
-    /* clang-format off */
-    char *pargv[] = {postgres, "-D", d, "-p", port, "-k", d,
-                     "-c", "listen_addresses=127.0.0.1",
-                     "-c", "fsync=off",
-                     "-c", "synchronous_commit=off",
-                     "-c", "full_page_writes=off",
-                     "-c", "max_connections=400",
-                     NULL};
-    /* clang-format on */
-    h__pg_pid = h__spawn(pargv, log, pw, NULL);
-
-    double end = h_now_ms() + 30000;
-    char ping[128];
-    snprintf(ping, sizeof(ping),
-             "host=127.0.0.1 port=%d dbname=postgres user=postgres",
-             h__pg_port);
-    while (PQping(ping) != PQPING_OK) {
-        if (h_now_ms() > end || waitpid(h__pg_pid, NULL, WNOHANG) != 0) {
-            fprintf(stderr, "harness: postgres did not start, see %s\n", log);
-            h__tail(log, 20);
-            return -1;
-        }
-        h_sleep_ms(50);
+    h__pg_pid = h__postgres_spawn(pgdir, h__pg_port, log, pw, extra);
+    const char *why = h__postgres_wait(h__pg_port, h__pg_pid);
+    if (why != NULL) {
+        fprintf(stderr, "harness: postgres %s, see %s\n", why, log);
+        h__tail(log, 20);
+        return -1;
     }
     return 0;
 }
@@ -848,45 +880,12 @@ static int h__ppg_port;
 static pid_t h__ppg_pid;
 
 static void h__ppg_spawn(void) {
-    char postgres[300], port[16];
-    snprintf(port, sizeof(port), "%d", h__ppg_port);
-    snprintf(postgres, sizeof(postgres), "%s/postgres", h__bindir);
-    char *argv[] = {postgres,
-                    "-D",
-                    h__ppg_dir,
-                    "-p",
-                    port,
-                    "-k",
-                    h__ppg_dir,
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "synchronous_commit=on",
-                    "-c",
-                    "max_connections=200",
-                    NULL};
-    h__ppg_pid = h__spawn(argv, h__ppg_log, h__pg_user(), NULL);
-
-    char ping[160];
-    snprintf(ping, sizeof(ping),
-             "host=127.0.0.1 port=%d dbname=postgres "
-             "user=postgres connect_timeout=2",
-             h__ppg_port);
-    double end = h_now_ms() + 30000;
-    while (PQping(ping) != PQPING_OK) {
-        TT_ASSERT_MSG(waitpid(h__ppg_pid, NULL, WNOHANG) == 0,
-                      "private postgres exited during start, see %s",
-                      h__ppg_log);
-        TT_ASSERT_MSG(h_now_ms() < end,
-                      "private postgres did not start, "
-                      "see %s",
-                      h__ppg_log);
-        h_sleep_ms(20);
-    }
+    const char *extra[] = {"full_page_writes=off", "synchronous_commit=on",
+                           "max_connections=200", NULL};
+    h__ppg_pid = h__postgres_spawn(h__ppg_dir, h__ppg_port, h__ppg_log,
+                                   h__pg_user(), extra);
+    const char *why = h__postgres_wait(h__ppg_port, h__ppg_pid);
+    TT_ASSERT_MSG(why == NULL, "private postgres %s, see %s", why, h__ppg_log);
 }
 
 void h_pg_private_start(void) {
@@ -894,20 +893,7 @@ void h_pg_private_start(void) {
     struct passwd *pw = h__pg_user();
     snprintf(h__ppg_dir, sizeof(h__ppg_dir), "%s/pg", h__test_dir);
     snprintf(h__ppg_log, sizeof(h__ppg_log), "%s/postgres.log", h__test_dir);
-    TT_ASSERT(mkdir(h__ppg_dir, 0700) == 0);
-    int fd = open(h__ppg_log, O_CREAT | O_WRONLY, 0666);
-    TT_ASSERT(fd >= 0);
-    close(fd);
-    if (pw != NULL) {
-        TT_ASSERT(chown(h__ppg_dir, pw->pw_uid, pw->pw_gid) == 0 &&
-                  chown(h__ppg_log, pw->pw_uid, pw->pw_gid) == 0);
-    }
-    char initdb[300];
-    snprintf(initdb, sizeof(initdb), "%s/initdb", h__bindir);
-    char *iargv[] = {initdb,     "-D",        h__ppg_dir, "-A",   "trust", "-U",
-                     "postgres", "--no-sync", "-E",       "UTF8", NULL};
-    int st = h__wait(h__spawn(iargv, h__ppg_log, pw, NULL), 60000);
-    TT_ASSERT_MSG(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+    TT_ASSERT_MSG(h__pg_initdb(h__ppg_dir, h__ppg_log, pw) == 0,
                   "initdb of the private cluster failed, see %s", h__ppg_log);
 
     h__ppg_port = h__free_port();
@@ -956,39 +942,11 @@ static int h__sby_port;
 static pid_t h__sby_pid;
 
 static void h__sby_spawn(void) {
-    char postgres[300], port[16];
-    snprintf(port, sizeof(port), "%d", h__sby_port);
-    snprintf(postgres, sizeof(postgres), "%s/postgres", h__bindir);
-    char *argv[] = {postgres,
-                    "-D",
-                    h__sby_dir,
-                    "-p",
-                    port,
-                    "-k",
-                    h__sby_dir,
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "hot_standby=on",
-                    "-c",
-                    "max_connections=200",
-                    NULL};
-    h__sby_pid = h__spawn(argv, h__sby_log, h__pg_user(), NULL);
-    char ping[160];
-    snprintf(ping, sizeof(ping),
-             "host=127.0.0.1 port=%d dbname=postgres "
-             "user=postgres connect_timeout=2",
-             h__sby_port);
-    double end = h_now_ms() + 30000;
-    while (PQping(ping) != PQPING_OK) {
-        TT_ASSERT_MSG(waitpid(h__sby_pid, NULL, WNOHANG) == 0,
-                      "standby exited during start, see %s", h__sby_log);
-        TT_ASSERT_MSG(h_now_ms() < end, "standby did not start, see %s",
-                      h__sby_log);
-        h_sleep_ms(20);
-    }
+    const char *extra[] = {"hot_standby=on", "max_connections=200", NULL};
+    h__sby_pid = h__postgres_spawn(h__sby_dir, h__sby_port, h__sby_log,
+                                   h__pg_user(), extra);
+    const char *why = h__postgres_wait(h__sby_port, h__sby_pid);
+    TT_ASSERT_MSG(why == NULL, "standby %s, see %s", why, h__sby_log);
 }
 
 const char *h_pg_standby_start(void) {
