@@ -170,14 +170,9 @@ def eval_condition(toks, macros):
                            % (" ".join(t for _, t in toks), e))
 
 
-def preprocess(tokens):
-    """Runs the file's conditionals and #defines with nothing defined from
-    outside. Returns (macros defined at the end, the active code tokens)."""
-    macros, code = {}, []
-    # One entry per open #if: [this branch is active, some branch was taken,
-    # the enclosing code is active].
-    stack = []
-    active = True
+def token_lines(tokens):
+    """The tokens cut into lines (newline tokens dropped), since a
+    directive is one line."""
     lines, cur = [], []
     for tok in tokens:
         if tok[0] == "nl":
@@ -186,7 +181,18 @@ def preprocess(tokens):
         else:
             cur.append(tok)
     lines.append(cur)
-    for line in lines:
+    return lines
+
+
+def preprocess(tokens):
+    """Runs the file's conditionals and #defines with nothing defined from
+    outside. Returns (macros defined at the end, the active code tokens)."""
+    macros, code = {}, []
+    # One entry per open #if: [this branch is active, some branch was taken,
+    # the enclosing code is active].
+    stack = []
+    active = True
+    for line in token_lines(tokens):
         if not line or line[0][1] != "#":
             if active:
                 code.extend(line)
