@@ -63,7 +63,6 @@ static const lock_backend_t *lock__pick(const cfg_t *cfg, char *err,
 int lock_init(const cfg_t *cfg, char *err, size_t errlen) {
     lock_redis_username = cfg->redis_username;
     lock_redis_password = cfg->redis_password;
-    lock_wait_credentials(lock_redis_username, lock_redis_password);
     sentinel_init(cfg);
     const lock_backend_t *be = lock__pick(cfg, err, errlen);
     if (be == NULL) {
@@ -213,6 +212,12 @@ void lock_lease_setup(lock_lease_t *l, const char *resource, uint32_t ttl_ms) {
     l->ttl_ms = ttl_ms;
     atomic_store(&l->valid_until_ns, 0);
     atomic_store(&l->lost, 0);
+}
+
+void lock__raise_fence_args(const char *resource, int64_t floor, char *key,
+                            char *fl) {
+    snprintf(key, LOCK_KEY_MAX, "coupon:{%s}:fence", resource);
+    snprintf(fl, LOCK__DEC_MAX, "%lld", (long long)floor);
 }
 
 void lock_resource_of(const char *key, char *out) {

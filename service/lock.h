@@ -81,9 +81,11 @@ typedef struct lock_lease {
     int64_t fence;                  /* the fencing token drawn at grant */
     uint32_t ttl_ms;                /* TTL set at grant and on each renewal */
 
-    /* Written by the watchdog, read by the claim. Invariant: once lost is 1
-     * it stays 1; valid_until_ns only grows while lost is 0. The lease may be
-     * used for a write only while !lost && boot_ns() < valid_until_ns. */
+    /* Written by the watchdog (lost also by the claim's own check before
+     * COMMIT), read by the claim. Invariant: once lost is 1 it stays 1;
+     * valid_until_ns only grows while lost is 0 (lock_lease__sanity checks
+     * both, at the end of each watchdog round). The lease may be used for a
+     * write only while !lost && boot_ns() < valid_until_ns. */
     _Atomic int64_t valid_until_ns; /* boot clock (mono.h): the instant the
                                        last grant/renewal was sent + ttl
                                        (Redlock: minus its drift allowance) */
@@ -178,7 +180,8 @@ int lock_acquire(lock_client_t *cl, const char *resource, uint32_t ttl_ms,
  * LOCK_HELD when lease i was extended, LOCK_LOST when it is lost for good
  * (its token is gone: on Redlock, on so many nodes that no majority can be
  * had), LOCK_ERR when unknown (an error). Returns LOCK_OK, or LOCK_ERR when
- * the backend failed (results then all LOCK_ERR). The leases are borrowed.
+ * the backend failed (lock_errstr says how; every lease it could not renew
+ * is LOCK_ERR, those it did are still LOCK_HELD). The leases are borrowed.
  * *sent_at_ns gets the instant (boot clock) from which an extended lease is
  * valid for its TTL: the send time, minus the clock drift allowance where the
  * backend has one (Redlock). */

@@ -1,6 +1,7 @@
 /*
  * lock_backend.h: the lock's backends behind lock.h (internal to the lock
- * module: lock.c, lock_redis.c, lock_redlock.c, lock_etcd*.c, lock_wait.c).
+ * module: lock.c, lock_redis.c, lock_redlock.c, lock_etcd*.c, lock_wait.c,
+ * sentinel.c; and the unit tests of its pure parts).
  *
  * A backend is one const table of operations. lock.c picks one table in
  * lock_init and calls through it; whatever every backend needs the same way
@@ -89,6 +90,13 @@ void lock_lease_setup(lock_lease_t *lease, const char *resource,
 
 /* The resource of a lock key "coupon:{R}:lock", into out[LOCK_KEY_MAX]. */
 void lock_resource_of(const char *key, char *out);
+
+#define LOCK__DEC_MAX 24 /* an int64_t in decimal, sign and NUL included */
+
+/* The arguments of RAISE FENCE for resource: its fence key, into
+ * key[LOCK_KEY_MAX], and floor in decimal, into fl[LOCK__DEC_MAX]. */
+void lock__raise_fence_args(const char *resource, int64_t floor, char *key,
+                            char *fl);
 
 /* The poll strategy's arithmetic (lock.c's backoff comment), pure. One
  * sleep, in ns: drawn from [cap/2, cap] by rnd, no longer than the holder's

@@ -265,6 +265,33 @@ static int lock_etcd__keepalive(lock_etcd__client_t *c, int64_t id,
     return ttl > 0 ? LOCK_HELD : LOCK_LOST;
 }
 
+/* Grants a new process lease: LOCK_OK with its *id, *ttl_ms and the
+ * instant it is valid until (*until, boot clock), or LOCK_ERR. */
+static int lock_etcd__grant(lock_etcd__client_t *c, int64_t deadline,
+                            int64_t *id, int64_t *ttl_ms, int64_t *until) {
+    json_t *resp = NULL;
+    int64_t sent = 0;
+    int g = lock_etcd__call(
+        c, "/v3/lease/grant",
+        json_pack("{s:o}", "TTL", lock_etcd_gw_jint(lock_etcd__g.ttl_s)),
+        deadline, &resp, &sent);
+    if (g != LOCK_ETCD_GW_OK) {
+        return lock_etcd__fail(c);
+    }
+    int64_t cur = lock_etcd_gw_i64(resp, "ID");
+    int64_t ttl = lock_etcd_gw_i64(resp, "TTL") * 1000;
+    json_decref(resp);
+    if (cur == 0 || ttl <= 0) {
+        return lock_etcd__bad(c, "lease grant");
+    }
+    *id = cur;
+    *ttl_ms = ttl;
+    *until = sent + ttl * MONO_MS;
+    log_info("lock.etcd_session", "lease=%llx ttl_ms=%lld",
+             (unsigned long long)cur, (long long)ttl);
+    return LOCK_OK;
+}
+
 /* The process lease, fresh for at least half its TTL: kept alive or granted
  * anew if needed. LOCK_OK with *id, *ttl_ms and *valid_until, or LOCK_ERR. */
 static int lock_etcd__session(lock_etcd__client_t *c, int64_t deadline,
@@ -296,27 +323,9 @@ static int lock_etcd__session(lock_etcd__client_t *c, int64_t deadline,
                  (unsigned long long)cur);
     }
     /* No lease, or it ran out: a new one. */
-    {
-        json_t *resp = NULL;
-        int64_t sent = 0;
-        int g = lock_etcd__call(
-            c, "/v3/lease/grant",
-            json_pack("{s:o}", "TTL", lock_etcd_gw_jint(lock_etcd__g.ttl_s)),
-            deadline, &resp, &sent);
-        if (g != LOCK_ETCD_GW_OK) {
-            rc = lock_etcd__fail(c);
-            goto done;
-        }
-        cur = lock_etcd_gw_i64(resp, "ID");
-        ttl = lock_etcd_gw_i64(resp, "TTL") * 1000;
-        json_decref(resp);
-        if (cur == 0 || ttl <= 0) {
-            rc = lock_etcd__bad(c, "lease grant");
-            goto done;
-        }
-        until = sent + ttl * MONO_MS;
-        log_info("lock.etcd_session", "lease=%llx ttl_ms=%lld",
-                 (unsigned long long)cur, (long long)ttl);
+    rc = lock_etcd__grant(c, deadline, &cur, &ttl, &until);
+    if (rc != LOCK_OK) {
+        goto done;
     }
 store:
     pthread_mutex_lock(&lock_etcd__g.mu);
@@ -539,6 +548,77 @@ static void lock_etcd__granted(lock_lease_t *lease, int64_t id, int64_t myrev,
     atomic_store(&lease->valid_until_ns, valid_until);
 }
 
+/* Step 3 of the top for our key (on session lease key_id, created at
+ * myrev): waits for our turn until deadline. LOCK_OK: granted, lease
+ * filled; LOCK_BUSY: the deadline passed; LOCK_ERR: an error (in both our
+ * key is deleted); LOCK_LOST: our key went with a lost session, start
+ * over. */
+static int lock_etcd__wait_turn(lock_etcd__client_t *c, lock_lease_t *lease,
+                                const char *key, int64_t key_id, int64_t myrev,
+                                int64_t deadline) {
+    for (;;) {
+        int64_t now = mono_ns();
+        if (now >= deadline) {
+            lock_etcd__delete(c, key);
+            return LOCK_BUSY;
+        }
+        /* Waiting holds no lock: no watchdog round keeps the session
+         * alive for us. */
+        int64_t id = 0, ttl_ms = 0, until = 0;
+        if (lock_etcd__session(c, lock_etcd__bound(deadline), &id, &ttl_ms,
+                               &until) != LOCK_OK) {
+            lock_etcd__delete(c, key);
+            return LOCK_ERR;
+        }
+        if (id != key_id) {
+            /* The session was found lost and replaced: our key went
+             * with the old lease. */
+            log_warn("lock.etcd_key_lost",
+                     "key=%s (its session lease was lost while we "
+                     "waited; starting again)",
+                     key);
+            return LOCK_LOST;
+        }
+        int mine = 0;
+        char *before = NULL;
+        int64_t rev = 0, offset = 0;
+        if (lock_etcd__look(c, lease, myrev, lock_etcd__bound(deadline), &mine,
+                            &before, &rev, &offset) != LOCK_OK) {
+            lock_etcd__delete(c, key);
+            return LOCK_ERR;
+        }
+        if (!mine) {
+            free(before);
+            log_warn("lock.etcd_key_lost",
+                     "key=%s (the session lease ran out while we "
+                     "waited; starting again)",
+                     key);
+            lock_etcd__session_lost(key_id);
+            return LOCK_LOST; /* start over, same token, new session */
+        }
+        if (before == NULL) {
+            /* Nobody before us. The session must still be fresh: the
+             * lease is only as valid as it is. */
+            if (lock_etcd__session(c, lock_etcd__bound(deadline), &id, &ttl_ms,
+                                   &until) != LOCK_OK) {
+                lock_etcd__delete(c, key);
+                return LOCK_ERR;
+            }
+            if (id != key_id) {
+                return LOCK_LOST; /* replaced just now: our key is gone */
+            }
+            lock_etcd__granted(lease, id, myrev, offset, ttl_ms, until);
+            return LOCK_OK;
+        }
+        int64_t wake = now + (int64_t)lock_etcd__g.recheck_ms * MONO_MS;
+        if (wake > deadline) {
+            wake = deadline;
+        }
+        lock_etcd_gw_watch_delete(c->gw, before, strlen(before), rev + 1, wake);
+        free(before);
+    }
+}
+
 /* The acquire of the top, steps 1 to 4; wait = 0 for a single try. */
 static int lock_etcd__acquire_loop(lock_etcd__client_t *c, int64_t deadline,
                                    lock_lease_t *lease, int wait) {
@@ -578,71 +658,13 @@ static int lock_etcd__acquire_loop(lock_etcd__client_t *c, int64_t deadline,
             return LOCK_OK;
         }
         lock_etcd__my_key(lease, key);
-        int64_t key_id = id; /* the lease our key lives on */
         if (!wait) {
             lock_etcd__delete(c, key);
             return LOCK_BUSY;
         }
-        for (;;) {
-            int64_t now = mono_ns();
-            if (now >= deadline) {
-                lock_etcd__delete(c, key);
-                return LOCK_BUSY;
-            }
-            /* Waiting holds no lock: no watchdog round keeps the session
-             * alive for us. */
-            if (lock_etcd__session(c, lock_etcd__bound(deadline), &id, &ttl_ms,
-                                   &until) != LOCK_OK) {
-                lock_etcd__delete(c, key);
-                return LOCK_ERR;
-            }
-            if (id != key_id) {
-                /* The session was found lost and replaced: our key went
-                 * with the old lease. */
-                log_warn("lock.etcd_key_lost",
-                         "key=%s (its session lease was lost while we "
-                         "waited; starting again)",
-                         key);
-                break;
-            }
-            int mine = 0;
-            char *before = NULL;
-            int64_t rev = 0;
-            if (lock_etcd__look(c, lease, myrev, lock_etcd__bound(deadline),
-                                &mine, &before, &rev, &offset) != LOCK_OK) {
-                lock_etcd__delete(c, key);
-                return LOCK_ERR;
-            }
-            if (!mine) {
-                free(before);
-                log_warn("lock.etcd_key_lost",
-                         "key=%s (the session lease ran out while we "
-                         "waited; starting again)",
-                         key);
-                lock_etcd__session_lost(key_id);
-                break; /* start over, same token, new session */
-            }
-            if (before == NULL) {
-                /* Nobody before us. The session must still be fresh: the
-                 * lease is only as valid as it is. */
-                if (lock_etcd__session(c, lock_etcd__bound(deadline), &id,
-                                       &ttl_ms, &until) != LOCK_OK) {
-                    lock_etcd__delete(c, key);
-                    return LOCK_ERR;
-                }
-                if (id != key_id) {
-                    break; /* replaced just now: our key is gone */
-                }
-                lock_etcd__granted(lease, id, myrev, offset, ttl_ms, until);
-                return LOCK_OK;
-            }
-            int64_t wake = now + (int64_t)lock_etcd__g.recheck_ms * MONO_MS;
-            if (wake > deadline) {
-                wake = deadline;
-            }
-            lock_etcd_gw_watch_delete(c->gw, before, strlen(before), rev + 1,
-                                      wake);
-            free(before);
+        rc = lock_etcd__wait_turn(c, lease, key, id, myrev, deadline);
+        if (rc != LOCK_LOST) {
+            return rc;
         }
         lease->u.etcd.lease_id = 0;
     }

@@ -19,6 +19,7 @@
  */
 #include "lock_etcd_gw.h"
 
+#include <assert.h>
 #include <curl/curl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -513,6 +514,17 @@ static int lock_etcd_gw__authenticate(lock_etcd_gw_t *gw, unsigned long gen,
     return rc;
 }
 
+/* With auth configured, gets the first token before the first call. 0, or
+ * -1 with errkind/errstr set. */
+static int lock_etcd_gw__first_token(lock_etcd_gw_t *gw, int64_t deadline_ns) {
+    pthread_mutex_lock(&lock_etcd_gw__g.mu);
+    int need_auth =
+        lock_etcd_gw__g.username[0] != '\0' && lock_etcd_gw__g.token == NULL;
+    unsigned long gen = lock_etcd_gw__g.gen;
+    pthread_mutex_unlock(&lock_etcd_gw__g.mu);
+    return need_auth ? lock_etcd_gw__authenticate(gw, gen, deadline_ns) : 0;
+}
+
 int lock_etcd_gw_call(lock_etcd_gw_t *gw, const char *path, json_t *req,
                       int64_t deadline_ns, json_t **resp, int64_t *sent_ns) {
     *resp = NULL;
@@ -527,18 +539,13 @@ int lock_etcd_gw_call(lock_etcd_gw_t *gw, const char *path, json_t *req,
         snprintf(gw->errstr, sizeof(gw->errstr), "out of memory");
         return LOCK_ETCD_GW_ERR;
     }
-    /* With auth configured, get the first token before the first call. */
-    pthread_mutex_lock(&lock_etcd_gw__g.mu);
-    int need_auth =
-        lock_etcd_gw__g.username[0] != '\0' && lock_etcd_gw__g.token == NULL;
-    unsigned long gen = lock_etcd_gw__g.gen;
-    pthread_mutex_unlock(&lock_etcd_gw__g.mu);
-    if (need_auth && lock_etcd_gw__authenticate(gw, gen, deadline_ns) != 0) {
+    if (lock_etcd_gw__first_token(gw, deadline_ns) != 0) {
         free(body);
         return LOCK_ETCD_GW_ERR;
     }
+    unsigned long gen = 0;
 
-    int rc = LOCK_ETCD_GW_ERR, reauthed = 0;
+    int rc = LOCK_ETCD_GW_ERR, reauthed = 0, attempts = 0;
     gw->errkind = LOCK_EIO;
     snprintf(gw->errstr, sizeof(gw->errstr),
              "etcd: %s: the deadline passed before any endpoint answered",
@@ -555,6 +562,10 @@ int lock_etcd_gw_call(lock_etcd_gw_t *gw, const char *path, json_t *req,
         if (sent_ns != NULL) {
             *sent_ns = boot_ns();
         }
+        /* The bound at the top: one attempt per endpoint, one more after a
+         * re-authentication. */
+        attempts++;
+        assert(attempts <= n + reauthed);
         lock_etcd_gw__outcome_t o =
             lock_etcd_gw__attempt(gw, i, path, body, tmo, resp);
         if (o == LOCK_ETCD_GW__DONE) {

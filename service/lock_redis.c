@@ -269,6 +269,8 @@ static int lock_redis__dropped(const redisContext *c, int err_no) {
             (err_no == ECONNRESET || err_no == EPIPE));
 }
 
+static void lock_redis__drain(lock_redis__client_t *cl);
+
 /* Sends one command and returns its reply (new), or NULL after
  * lock_redis__fail.
  *
@@ -291,8 +293,6 @@ static int lock_redis__dropped(const redisContext *c, int err_no) {
  * node after a failover behind a stable address, and fail every call until a
  * restart. Refused credentials also drop the connection. Any other error
  * reply is returned for the caller to judge. */
-static void lock_redis__drain(lock_redis__client_t *cl);
-
 static redisReply *lock_redis__command(lock_redis__client_t *cl, int argc,
                                        const char **argv) {
     lock_redis__drain(cl);
@@ -392,7 +392,7 @@ static int lock_redis__bad_reply(lock_redis__client_t *cl, redisReply *r,
  * the command timeout. If Redis is paused, the release sits in its socket
  * buffer behind the acquire (already read off an older connection) and runs
  * right after it when Redis resumes, even though we stopped waiting. If it
- * never arrives, the TTL frees the lock as before. cl's error state is left
+ * never arrives, the TTL frees the lock. cl's error state is left
  * as the acquire set it.
  */
 static void lock_redis__release_unanswered(lock_redis__client_t *cl,
@@ -403,13 +403,9 @@ static void lock_redis__release_unanswered(lock_redis__client_t *cl,
     const char *outcome = "not sent";
     if (c != NULL && c->err == 0 && redisSetTimeout(c, tv) == REDIS_OK) {
         int nreplies = 0;
-        if (lock_redis_username[0] != '\0' || lock_redis_password[0] != '\0') {
-            const char *auth[3] = {"AUTH"};
-            int n = 1;
-            if (lock_redis_username[0] != '\0') {
-                auth[n++] = lock_redis_username;
-            }
-            auth[n++] = lock_redis_password;
+        if (lock_redis_wants_auth()) {
+            const char *auth[3];
+            int n = lock_redis_auth_argv(auth);
             redisAppendCommandArgv(c, n, auth, NULL);
             nreplies++;
         }
@@ -479,6 +475,78 @@ static int lock_redis__try(lock_client_t *base, lock_lease_t *lease,
 
 /* -------------------------------------------------------------- extend --- */
 
+/* Reads the n replies of extend_many's pipeline into results. *noscript
+ * gets 1 when some script was missing (those results stay LOCK_ERR).
+ * LOCK_OK once every reply was read, or LOCK_ERR (results all LOCK_ERR). */
+static int lock_redis__extend_read(lock_redis__client_t *cl, size_t n,
+                                   int *results, int *noscript) {
+    *noscript = 0;
+    lock_errkind_t drop = LOCK_ENONE; /* a reply that condemns the conn */
+    char dropmsg[128] = "";
+    for (size_t i = 0; i < n; i++) {
+        void *reply = NULL;
+        if (redisGetReply(cl->ctx, &reply) != REDIS_OK || reply == NULL) {
+            for (size_t j = 0; j < n; j++) {
+                results[j] = LOCK_ERR;
+            }
+            return lock_redis__fail(cl, LOCK_EIO, "extend");
+        }
+        redisReply *r = reply;
+        if (r->type == REDIS_REPLY_INTEGER) {
+            results[i] = r->integer == 1 ? LOCK_HELD : LOCK_LOST;
+        } else if (lock_redis__is_noscript(r)) {
+            *noscript = 1;
+        } else if (lock_redis_reply_kind(r) == LOCK_EIO ||
+                   lock_redis_reply_kind(r) == LOCK_EAUTH) {
+            drop = lock_redis_reply_kind(r);
+            snprintf(dropmsg, sizeof(dropmsg), "extend: %s", r->str);
+        } else {
+            cl->base.errkind = lock_redis_reply_kind(r) == LOCK_EPERM
+                                   ? LOCK_EPERM
+                                   : LOCK_EPROTO;
+            snprintf(cl->base.errstr, sizeof(cl->base.errstr), "extend: %s",
+                     r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+            metrics_inc(M_REDIS_ERRORS);
+        }
+        freeReplyObject(r);
+    }
+    if (drop != LOCK_ENONE) {
+        /* Every reply was read, so the pipeline is in step; but this node
+         * cannot renew (a demoted primary): reconnect on the next round. */
+        for (size_t j = 0; j < n; j++) {
+            results[j] = LOCK_ERR;
+        }
+        return lock_redis__fail(cl, drop, dropmsg);
+    }
+    return LOCK_OK;
+}
+
+/* The script cache was flushed (rare): the leases whose EXTEND was not
+ * run are redone one by one with EVAL (lock_redis__eval falls back by
+ * itself). LOCK_OK, or LOCK_ERR. */
+static int lock_redis__extend_redo(lock_redis__client_t *cl,
+                                   lock_lease_t *const *leases, size_t n,
+                                   int *results) {
+    for (size_t i = 0; i < n; i++) {
+        if (results[i] != LOCK_ERR) {
+            continue;
+        }
+        char ttl[16];
+        snprintf(ttl, sizeof(ttl), "%u", leases[i]->ttl_ms);
+        const char *keys[] = {leases[i]->key};
+        const char *args[] = {leases[i]->token, ttl};
+        redisReply *r = lock_redis__eval(cl, LOCK__EXTEND, keys, 1, args, 2);
+        if (r == NULL) {
+            return LOCK_ERR;
+        }
+        if (r->type == REDIS_REPLY_INTEGER) {
+            results[i] = r->integer == 1 ? LOCK_HELD : LOCK_LOST;
+        }
+        freeReplyObject(r);
+    }
+    return LOCK_OK;
+}
+
 static int lock_redis__extend_many(lock_client_t *base,
                                    lock_lease_t *const *leases, size_t n,
                                    int *results, int64_t *sent_at_ns) {
@@ -504,64 +572,10 @@ static int lock_redis__extend_many(lock_client_t *base,
         }
     }
     int noscript = 0;
-    lock_errkind_t drop = LOCK_ENONE; /* a reply that condemns the conn */
-    char dropmsg[128] = "";
-    for (size_t i = 0; i < n; i++) {
-        void *reply = NULL;
-        if (redisGetReply(cl->ctx, &reply) != REDIS_OK || reply == NULL) {
-            for (size_t j = 0; j < n; j++) {
-                results[j] = LOCK_ERR;
-            }
-            return lock_redis__fail(cl, LOCK_EIO, "extend");
-        }
-        redisReply *r = reply;
-        if (r->type == REDIS_REPLY_INTEGER) {
-            results[i] = r->integer == 1 ? LOCK_HELD : LOCK_LOST;
-        } else if (lock_redis__is_noscript(r)) {
-            noscript = 1;
-        } else if (lock_redis_reply_kind(r) == LOCK_EIO ||
-                   lock_redis_reply_kind(r) == LOCK_EAUTH) {
-            drop = lock_redis_reply_kind(r);
-            snprintf(dropmsg, sizeof(dropmsg), "extend: %s", r->str);
-        } else {
-            cl->base.errkind = lock_redis_reply_kind(r) == LOCK_EPERM
-                                   ? LOCK_EPERM
-                                   : LOCK_EPROTO;
-            snprintf(cl->base.errstr, sizeof(cl->base.errstr), "extend: %s",
-                     r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
-            metrics_inc(M_REDIS_ERRORS);
-        }
-        freeReplyObject(r);
+    if (lock_redis__extend_read(cl, n, results, &noscript) != LOCK_OK) {
+        return LOCK_ERR;
     }
-    if (drop != LOCK_ENONE) {
-        /* Every reply was read, so the pipeline is in step; but this node
-         * cannot renew (a demoted primary): reconnect on the next round. */
-        for (size_t j = 0; j < n; j++) {
-            results[j] = LOCK_ERR;
-        }
-        return lock_redis__fail(cl, drop, dropmsg);
-    }
-
-    /* Rare: the script cache was flushed. Redo those one by one with EVAL
-     * (lock_redis__eval falls back by itself). */
-    for (size_t i = 0; noscript && i < n; i++) {
-        if (results[i] != LOCK_ERR) {
-            continue;
-        }
-        char ttl[16];
-        snprintf(ttl, sizeof(ttl), "%u", leases[i]->ttl_ms);
-        const char *keys[] = {leases[i]->key};
-        const char *args[] = {leases[i]->token, ttl};
-        redisReply *r = lock_redis__eval(cl, LOCK__EXTEND, keys, 1, args, 2);
-        if (r == NULL) {
-            return LOCK_ERR;
-        }
-        if (r->type == REDIS_REPLY_INTEGER) {
-            results[i] = r->integer == 1 ? LOCK_HELD : LOCK_LOST;
-        }
-        freeReplyObject(r);
-    }
-    return LOCK_OK;
+    return noscript ? lock_redis__extend_redo(cl, leases, n, results) : LOCK_OK;
 }
 
 /* ------------------------------------------------------------- release --- */
@@ -652,9 +666,8 @@ static int lock_redis__check(lock_client_t *base, const lock_lease_t *lease) {
 static int lock_redis__raise_fence(lock_client_t *base, const char *coupon,
                                    int64_t floor, int64_t *now_at) {
     lock_redis__client_t *cl = (lock_redis__client_t *)base;
-    char key[LOCK_KEY_MAX], fl[24];
-    snprintf(key, sizeof(key), "coupon:{%s}:fence", coupon);
-    snprintf(fl, sizeof(fl), "%lld", (long long)floor);
+    char key[LOCK_KEY_MAX], fl[LOCK__DEC_MAX];
+    lock__raise_fence_args(coupon, floor, key, fl);
     const char *keys[] = {key};
     const char *args[] = {fl};
     redisReply *r = lock_redis__eval(cl, LOCK__RAISE, keys, 1, args, 1);

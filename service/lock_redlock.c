@@ -440,70 +440,66 @@ static void lock_redlock__step(lock_redlock__node_t *nd, short revents) {
     }
 }
 
-/*
- * Runs one round: cmds (ncmd of them) on every node in mask, all at once,
- * until deadline_ns (monotonic). want_replies 0: done once written out (the
- * replies are owed, read by a later round). judge (may be NULL, only with
- * ncmd == 1): the round ends as soon as the yes answers make a majority or
- * the no answers make one impossible; a node still behind then owes its
- * replies. A round without replies ends once written out to a majority
- * when the others are still connecting. Afterwards nd->err and nd->rep[] say
- * what each node did; an error reply that says the node cannot serve (READONLY,
- * LOADING, MASTERDOWN) or refuses our credentials fails the node like a
- * connection error. Call lock_redlock__round_end after reading the replies.
- */
-static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
-                                const lock_redlock__cmd_t *cmds, int ncmd,
-                                int want_replies, int64_t deadline_ns,
-                                lock_redlock__judge_fn judge,
-                                const void *jarg) {
+/* One pass over the round's nodes: the poll set of those not done yet,
+ * and the counts the round's end depends on. */
+typedef struct lock_redlock__pollset {
+    struct pollfd pf[LOCK_MAX_NODES];
+    int idx[LOCK_MAX_NODES]; /* pf[j] is node idx[j] */
+    int k;                   /* entries in pf */
+    int yes, no;             /* the judge's answers so far */
+    int written, connecting; /* active nodes written out / connecting */
+} lock_redlock__pollset_t;
+
+static void lock_redlock__pollset(lock_redlock__client_t *cl, int want_replies,
+                                  lock_redlock__judge_fn judge,
+                                  const void *jarg,
+                                  lock_redlock__pollset_t *ps) {
+    ps->k = ps->yes = ps->no = ps->written = ps->connecting = 0;
     for (int i = 0; i < cl->n; i++) {
-        cl->node[i].active = 0;
-        cl->node[i].err = LOCK_ENONE;
-        cl->node[i].errstr[0] = '\0';
-        cl->node[i].got = 0; /* a node left out has no replies */
-        cl->node[i].ncmd = 0;
-        if (mask & (1u << i)) {
-            lock_redlock__begin(cl, &cl->node[i], cmds, ncmd, want_replies);
+        lock_redlock__node_t *nd = &cl->node[i];
+        ps->written += nd->active && nd->written;
+        ps->connecting += nd->active && nd->connecting;
+        if (judge != NULL && nd->rep != NULL && nd->got == 1) {
+            int v = judge(nd->rep[0], jarg);
+            ps->yes += v == 1;
+            ps->no += v == 0;
         }
+        if (lock_redlock__node_done(nd, want_replies)) {
+            continue;
+        }
+        short ev = 0;
+        if (nd->connecting || !nd->written) {
+            ev |= POLLOUT;
+        }
+        if (!nd->connecting &&
+            (want_replies || nd->owed > 0 || nd->auth_pending)) {
+            ev |= POLLIN;
+        }
+        ps->pf[ps->k].fd = nd->c->fd;
+        ps->pf[ps->k].events = ev;
+        ps->pf[ps->k].revents = 0;
+        ps->idx[ps->k++] = i;
     }
+}
+
+/* The round's I/O, until it is decided, done, or out of time (the nodes
+ * still behind then fail with "timed out"). */
+static void lock_redlock__round_io(lock_redlock__client_t *cl, int want_replies,
+                                   int64_t deadline_ns,
+                                   lock_redlock__judge_fn judge,
+                                   const void *jarg) {
     int m = lock_redlock_majority(cl->n);
     int64_t grace_end = mono_ns() + LOCK_REDLOCK__CONNECT_GRACE_NS;
     for (;;) {
-        struct pollfd pf[LOCK_MAX_NODES];
-        int idx[LOCK_MAX_NODES], k = 0, yes = 0, no = 0, written = 0;
-        int connecting = 0;
-        for (int i = 0; i < cl->n; i++) {
-            lock_redlock__node_t *nd = &cl->node[i];
-            written += nd->active && nd->written;
-            connecting += nd->active && nd->connecting;
-            if (judge != NULL && nd->rep != NULL && nd->got == 1) {
-                int v = judge(nd->rep[0], jarg);
-                yes += v == 1;
-                no += v == 0;
-            }
-            if (lock_redlock__node_done(nd, want_replies)) {
-                continue;
-            }
-            short ev = 0;
-            if (nd->connecting || !nd->written) {
-                ev |= POLLOUT;
-            }
-            if (!nd->connecting &&
-                (want_replies || nd->owed > 0 || nd->auth_pending)) {
-                ev |= POLLIN;
-            }
-            pf[k].fd = nd->c->fd;
-            pf[k].events = ev;
-            pf[k].revents = 0;
-            idx[k++] = i;
-        }
-        if (judge != NULL && (yes >= m || no > cl->n - m)) {
+        lock_redlock__pollset_t ps;
+        lock_redlock__pollset(cl, want_replies, judge, jarg, &ps);
+        int k = ps.k;
+        if (judge != NULL && (ps.yes >= m || ps.no > cl->n - m)) {
             break; /* decided */
         }
         int64_t now = mono_ns();
-        int only_connecting = !want_replies && k > 0 && connecting == k;
-        if (only_connecting && (written >= m || now >= grace_end)) {
+        int only_connecting = !want_replies && k > 0 && ps.connecting == k;
+        if (only_connecting && (ps.written >= m || now >= grace_end)) {
             /* What is left is still connecting: a node cut off drops our
              * SYNs and would hold every release for the whole timeout.
              * Its output goes out with the next round on this client. */
@@ -524,28 +520,32 @@ static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
         }
         if (left <= 0) {
             for (int j = 0; j < k; j++) {
-                lock_redlock__node_fail(&cl->node[idx[j]], LOCK_EIO,
+                lock_redlock__node_fail(&cl->node[ps.idx[j]], LOCK_EIO,
                                         "timed out");
             }
             break;
         }
         int ms = (int)((left + MONO_MS - 1) / MONO_MS);
-        int rc = poll(pf, (nfds_t)k, ms);
+        int rc = poll(ps.pf, (nfds_t)k, ms);
         if (rc < 0 && errno != EINTR) {
             for (int j = 0; j < k; j++) {
-                lock_redlock__node_fail(&cl->node[idx[j]], LOCK_ESYS,
+                lock_redlock__node_fail(&cl->node[ps.idx[j]], LOCK_ESYS,
                                         "poll: %s", strerror(errno));
             }
             break;
         }
         for (int j = 0; rc > 0 && j < k; j++) {
-            if (pf[j].revents != 0) {
-                lock_redlock__step(&cl->node[idx[j]], pf[j].revents);
+            if (ps.pf[j].revents != 0) {
+                lock_redlock__step(&cl->node[ps.idx[j]], ps.pf[j].revents);
             }
         }
     }
+}
 
-    /* Nodes left behind owe what they have not answered yet. */
+/* After the round's I/O: nodes left behind owe what they have not answered
+ * yet, and a reply that says a node cannot serve fails that node. */
+static void lock_redlock__round_settle(lock_redlock__client_t *cl,
+                                       int want_replies) {
     for (int i = 0; i < cl->n; i++) {
         lock_redlock__node_t *nd = &cl->node[i];
         if (!nd->active) {
@@ -576,6 +576,37 @@ static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
             }
         }
     }
+}
+
+/*
+ * Runs one round: cmds (ncmd of them) on every node in mask, all at once,
+ * until deadline_ns (monotonic). want_replies 0: done once written out (the
+ * replies are owed, read by a later round). judge (may be NULL, only with
+ * ncmd == 1): the round ends as soon as the yes answers make a majority or
+ * the no answers make one impossible; a node still behind then owes its
+ * replies. A round without replies ends once written out to a majority
+ * when the others are still connecting. Afterwards nd->err and nd->rep[] say
+ * what each node did; an error reply that says the node cannot serve (READONLY,
+ * LOADING, MASTERDOWN) or refuses our credentials fails the node like a
+ * connection error. Call lock_redlock__round_end after reading the replies.
+ */
+static void lock_redlock__round(lock_redlock__client_t *cl, uint32_t mask,
+                                const lock_redlock__cmd_t *cmds, int ncmd,
+                                int want_replies, int64_t deadline_ns,
+                                lock_redlock__judge_fn judge,
+                                const void *jarg) {
+    for (int i = 0; i < cl->n; i++) {
+        cl->node[i].active = 0;
+        cl->node[i].err = LOCK_ENONE;
+        cl->node[i].errstr[0] = '\0';
+        cl->node[i].got = 0; /* a node left out has no replies */
+        cl->node[i].ncmd = 0;
+        if (mask & (1u << i)) {
+            lock_redlock__begin(cl, &cl->node[i], cmds, ncmd, want_replies);
+        }
+    }
+    lock_redlock__round_io(cl, want_replies, deadline_ns, judge, jarg);
+    lock_redlock__round_settle(cl, want_replies);
 }
 
 /* The round's failures in cl's error state: what, and each failed node.
@@ -765,25 +796,18 @@ static int lock_redlock__write_back(lock_redlock__client_t *cl,
 #endif
 }
 
-static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
-                             int64_t *holder_pttl_ms) {
-    lock_redlock__client_t *cl = (lock_redlock__client_t *)base;
-    char ttl[16];
-    snprintf(ttl, sizeof(ttl), "%u", lease->ttl_ms);
-    lock_redlock__cmd_t c = {.argc = 7,
-                             .argv = {"EVAL", LOCK_SCRIPT_ACQUIRE, "2",
-                                      lease->key, lease->fence_key,
-                                      lease->token, ttl}};
+/* The acquire round's replies, counted: yes / no and their node masks, the
+ * highest fence a granting node drew and the lowest PTTL a refusing node
+ * told. A reply that is neither fails its node for the round. */
+typedef struct lock_redlock__tally {
+    int yes, no;
+    uint32_t granted, refused;
+    int64_t fence, pttl;
+} lock_redlock__tally_t;
 
-    /* Validity counts from the moment we SENT the acquire: every node
-     * started its TTL later than that, never earlier. */
-    int64_t t0 = boot_ns();
-    lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1,
-                        lock_redlock__deadline(cl), lock_redlock__judge_acquire,
-                        NULL);
-    int yes = 0, no = 0;
-    int64_t fence = 0, pttl = -1;
-    uint32_t granted = 0, refused = 0;
+static lock_redlock__tally_t
+lock_redlock__tally_acquire(lock_redlock__client_t *cl) {
+    lock_redlock__tally_t t = {.pttl = -1};
     for (int i = 0; i < cl->n; i++) {
         lock_redlock__node_t *nd = &cl->node[i];
         if (nd->err != LOCK_ENONE || nd->got != 1) {
@@ -792,17 +816,17 @@ static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
         const redisReply *r = nd->rep[0];
         int v = lock_redlock__judge_acquire(r, NULL);
         if (v == 1) {
-            yes++;
-            granted |= 1u << i;
-            if (r->element[1]->integer > fence) {
-                fence = r->element[1]->integer;
+            t.yes++;
+            t.granted |= 1u << i;
+            if (r->element[1]->integer > t.fence) {
+                t.fence = r->element[1]->integer;
             }
         } else if (v == 0) {
-            no++;
-            refused |= 1u << i;
+            t.no++;
+            t.refused |= 1u << i;
             long long p = r->element[1]->integer;
-            if (p >= 0 && (pttl < 0 || p < pttl)) {
-                pttl = p;
+            if (p >= 0 && (t.pttl < 0 || p < t.pttl)) {
+                t.pttl = p;
             }
         } else {
             nd->err = lock_redis_reply_kind(r) == LOCK_EPERM ? LOCK_EPERM
@@ -812,29 +836,18 @@ static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
                      r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
         }
     }
-    assert(lock_redlock__masks_ok(cl->n, granted, refused, yes, no));
-    int verdict = lock_redlock_verdict(cl->n, yes, no);
-    if (verdict != LOCK_OK) {
-        /* Every node that may hold it, at once: the granting ones and the
-         * silent ones (a reply that did not come may be a grant). A node
-         * that answered "busy" holds somebody else's token. UNDO, not
-         * RELEASE: no announcement (lock_scripts.h says why). */
-        if (verdict == LOCK_ERR) {
-            lock_redlock__fail(cl, "acquire", yes + no);
-        }
-        lock_redlock__round_end(cl);
-        lock_redlock__release_mask(cl, lease, lock_redlock__all(cl) & ~refused,
-                                   0);
-        *holder_pttl_ms = pttl;
-        return verdict;
-    }
-    lock_redlock__round_end(cl);
-    lease->fence = fence;
-    lease->u.redlock.granted = granted;
-    /* Tests only: a pause here counts against the validity like any delay
-     * (the fault tests' way into the write-back's race). */
-    fault_pause(FAULT_BEFORE_WRITEBACK);
+    assert(lock_redlock__masks_ok(cl->n, t.granted, t.refused, t.yes, t.no));
+    return t;
+}
 
+/* The second phase of a grant (the top of the file says why): the
+ * write-back on the granting nodes, then the validity left. LOCK_OK with
+ * lease usable until its valid_until_ns, or LOCK_BUSY / LOCK_ERR after
+ * taking the grant back on every node (UNDO). t0 is when the acquire was
+ * sent. */
+static int lock_redlock__make_usable(lock_redlock__client_t *cl,
+                                     lock_lease_t *lease, uint32_t granted,
+                                     int64_t t0, int64_t *holder_pttl_ms) {
     /* The write-back ends within the timeout, and never after the lease's
      * validity would have run out anyway. */
     int64_t budget = lock_redlock_validity_ns(lease->ttl_ms, boot_ns() - t0);
@@ -851,7 +864,7 @@ static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
         if (wb == LOCK_ERR) {
             lock_redlock__fail(cl, "fence write-back", raised + wb_refused);
         } else if (validity <= 0) {
-            lock_client_fail(base, LOCK_EIO,
+            lock_client_fail(&cl->base, LOCK_EIO,
                              "redlock: the acquire took longer than the "
                              "lease's validity (TTL %u ms)",
                              lease->ttl_ms);
@@ -876,6 +889,47 @@ static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
                  t0 + (int64_t)lease->ttl_ms * MONO_MS -
                      lock_redlock_drift_ns(lease->ttl_ms));
     return LOCK_OK;
+}
+
+static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
+                             int64_t *holder_pttl_ms) {
+    lock_redlock__client_t *cl = (lock_redlock__client_t *)base;
+    char ttl[16];
+    snprintf(ttl, sizeof(ttl), "%u", lease->ttl_ms);
+    lock_redlock__cmd_t c = {.argc = 7,
+                             .argv = {"EVAL", LOCK_SCRIPT_ACQUIRE, "2",
+                                      lease->key, lease->fence_key,
+                                      lease->token, ttl}};
+
+    /* Validity counts from the moment we SENT the acquire: every node
+     * started its TTL later than that, never earlier. */
+    int64_t t0 = boot_ns();
+    lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1,
+                        lock_redlock__deadline(cl), lock_redlock__judge_acquire,
+                        NULL);
+    lock_redlock__tally_t t = lock_redlock__tally_acquire(cl);
+    int verdict = lock_redlock_verdict(cl->n, t.yes, t.no);
+    if (verdict != LOCK_OK) {
+        /* Every node that may hold it, at once: the granting ones and the
+         * silent ones (a reply that did not come may be a grant). A node
+         * that answered "busy" holds somebody else's token. UNDO, not
+         * RELEASE: no announcement (lock_scripts.h says why). */
+        if (verdict == LOCK_ERR) {
+            lock_redlock__fail(cl, "acquire", t.yes + t.no);
+        }
+        lock_redlock__round_end(cl);
+        lock_redlock__release_mask(cl, lease,
+                                   lock_redlock__all(cl) & ~t.refused, 0);
+        *holder_pttl_ms = t.pttl;
+        return verdict;
+    }
+    lock_redlock__round_end(cl);
+    lease->fence = t.fence;
+    lease->u.redlock.granted = t.granted;
+    /* Tests only: a pause here counts against the validity like any delay
+     * (the fault tests' way into the write-back's race). */
+    fault_pause(FAULT_BEFORE_WRITEBACK);
+    return lock_redlock__make_usable(cl, lease, t.granted, t0, holder_pttl_ms);
 }
 
 /* -------------------------------------------------------------- extend --- */
@@ -978,9 +1032,8 @@ static int lock_redlock__check(lock_client_t *base, const lock_lease_t *lease) {
 static int lock_redlock__raise_fence(lock_client_t *base, const char *resource,
                                      int64_t floor, int64_t *now_at) {
     lock_redlock__client_t *cl = (lock_redlock__client_t *)base;
-    char key[LOCK_KEY_MAX], fl[24];
-    snprintf(key, sizeof(key), "coupon:{%s}:fence", resource);
-    snprintf(fl, sizeof(fl), "%lld", (long long)floor);
+    char key[LOCK_KEY_MAX], fl[LOCK__DEC_MAX];
+    lock__raise_fence_args(resource, floor, key, fl);
     lock_redlock__cmd_t c = {
         .argc = 5, .argv = {"EVAL", LOCK_SCRIPT_RAISE_FENCE, "1", key, fl}};
     lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1,
@@ -1100,7 +1153,10 @@ static void lock_redlock__info_field(const char *info, const char *field,
     }
 }
 
-static int lock_redlock__init(const cfg_t *cfg, char *err, size_t errlen) {
+/* Start-up check: no node listed twice (two spellings of one host and
+ * port). 0, or -1 with why in err. */
+static int lock_redlock__check_distinct(const cfg_t *cfg, char *err,
+                                        size_t errlen) {
     int n = cfg->nredis;
     char canon[LOCK_MAX_NODES][300];
     for (int i = 0; i < n; i++) {
@@ -1117,7 +1173,82 @@ static int lock_redlock__init(const cfg_t *cfg, char *err, size_t errlen) {
             }
         }
     }
+    return 0;
+}
 
+/* Start-up check of node i from its ROLE and INFO server replies: a master,
+ * and not the same server (run_id) as an earlier node j < i (run_id[j];
+ * run_id[i] is filled here). 1: checked; 0: could not be checked (logged);
+ * -1: refused, with why in err. */
+static int lock_redlock__check_node(const cfg_t *cfg,
+                                    const lock_redlock__node_t *nd, int i,
+                                    char run_id[][48], char *err,
+                                    size_t errlen) {
+    int n = cfg->nredis;
+    run_id[i][0] = '\0';
+    if (nd->err != LOCK_ENONE || nd->got != 2) {
+        log_warn("lock.topology_unchecked",
+                 "node=%s:%u err=\"%s\" (not reachable at start: used "
+                 "when it answers, its role unchecked)",
+                 nd->addr.host, nd->addr.port, nd->errstr);
+        return 0;
+    }
+    const redisReply *role = nd->rep[0], *info = nd->rep[1];
+    if (role->type == REDIS_REPLY_ERROR || info->type == REDIS_REPLY_ERROR) {
+        log_warn("lock.topology_unchecked",
+                 "node=%s:%u err=\"%s\" (grant the lock's user +role "
+                 "+info|server to have the topology checked at start)",
+                 nd->addr.host, nd->addr.port,
+                 role->type == REDIS_REPLY_ERROR ? role->str : info->str);
+        return 0;
+    }
+    const char *what = role->type == REDIS_REPLY_ARRAY && role->elements > 0 &&
+                               role->element[0]->type == REDIS_REPLY_STRING
+                           ? role->element[0]->str
+                           : "?";
+    if (strcmp(what, "master") != 0) {
+        char of[300] = "";
+        if (strcmp(what, "slave") == 0 && role->elements >= 3 &&
+            role->element[1]->type == REDIS_REPLY_STRING &&
+            role->element[2]->type == REDIS_REPLY_INTEGER) {
+            snprintf(of, sizeof(of), " of %s:%lld", role->element[1]->str,
+                     role->element[2]->integer);
+        }
+        snprintf(err, errlen,
+                 "Redlock node %s:%u (entry %d of COUPON_REDIS_ADDRS) is "
+                 "not a master: its ROLE is %s%s. Redlock needs %d "
+                 "independent masters; a replica shares its master's "
+                 "fate and cannot take writes",
+                 nd->addr.host, nd->addr.port, i + 1, what, of, n);
+        return -1;
+    }
+    if (info->type == REDIS_REPLY_STRING || info->type == REDIS_REPLY_STATUS) {
+        lock_redlock__info_field(info->str, "run_id", run_id[i],
+                                 sizeof(run_id[i]));
+    }
+    for (int j = 0; j < i && run_id[i][0] != '\0'; j++) {
+        if (strcmp(run_id[i], run_id[j]) == 0) {
+            snprintf(err, errlen,
+                     "Redlock nodes %s:%u and %s:%u (entries %d and %d of "
+                     "COUPON_REDIS_ADDRS) are one Redis server (run_id "
+                     "%.12s...): two addresses of one node would count "
+                     "it twice toward the majority",
+                     cfg->redis[j].host, cfg->redis[j].port, nd->addr.host,
+                     nd->addr.port, j + 1, i + 1, run_id[i]);
+            return -1;
+        }
+    }
+    log_info("lock.topology_node",
+             "node=%d addr=%s:%u role=master run_id=%.12s", i + 1,
+             nd->addr.host, nd->addr.port, run_id[i]);
+    return 1;
+}
+
+static int lock_redlock__init(const cfg_t *cfg, char *err, size_t errlen) {
+    int n = cfg->nredis;
+    if (lock_redlock__check_distinct(cfg, err, errlen) != 0) {
+        return -1;
+    }
     lock_client_t *base = lock_redlock__client_new(cfg);
     if (base == NULL) {
         snprintf(err, errlen, "redlock: out of memory");
@@ -1131,71 +1262,10 @@ static int lock_redlock__init(const cfg_t *cfg, char *err, size_t errlen) {
     char run_id[LOCK_MAX_NODES][48];
     int rc = 0, checked = 0;
     for (int i = 0; i < n && rc == 0; i++) {
-        lock_redlock__node_t *nd = &cl->node[i];
-        run_id[i][0] = '\0';
-        if (nd->err != LOCK_ENONE || nd->got != 2) {
-            log_warn("lock.topology_unchecked",
-                     "node=%s:%u err=\"%s\" (not reachable at start: used "
-                     "when it answers, its role unchecked)",
-                     nd->addr.host, nd->addr.port, nd->errstr);
-            continue;
-        }
-        const redisReply *role = nd->rep[0], *info = nd->rep[1];
-        if (role->type == REDIS_REPLY_ERROR ||
-            info->type == REDIS_REPLY_ERROR) {
-            log_warn("lock.topology_unchecked",
-                     "node=%s:%u err=\"%s\" (grant the lock's user +role "
-                     "+info|server to have the topology checked at start)",
-                     nd->addr.host, nd->addr.port,
-                     role->type == REDIS_REPLY_ERROR ? role->str : info->str);
-            continue;
-        }
-        const char *what = role->type == REDIS_REPLY_ARRAY &&
-                                   role->elements > 0 &&
-                                   role->element[0]->type == REDIS_REPLY_STRING
-                               ? role->element[0]->str
-                               : "?";
-        if (strcmp(what, "master") != 0) {
-            char of[300] = "";
-            if (strcmp(what, "slave") == 0 && role->elements >= 3 &&
-                role->element[1]->type == REDIS_REPLY_STRING &&
-                role->element[2]->type == REDIS_REPLY_INTEGER) {
-                snprintf(of, sizeof(of), " of %s:%lld", role->element[1]->str,
-                         role->element[2]->integer);
-            }
-            snprintf(err, errlen,
-                     "Redlock node %s:%u (entry %d of COUPON_REDIS_ADDRS) is "
-                     "not a master: its ROLE is %s%s. Redlock needs %d "
-                     "independent masters; a replica shares its master's "
-                     "fate and cannot take writes",
-                     nd->addr.host, nd->addr.port, i + 1, what, of, n);
-            rc = -1;
-            break;
-        }
-        if (info->type == REDIS_REPLY_STRING ||
-            info->type == REDIS_REPLY_STATUS) {
-            lock_redlock__info_field(info->str, "run_id", run_id[i],
-                                     sizeof(run_id[i]));
-        }
-        for (int j = 0; j < i && run_id[i][0] != '\0'; j++) {
-            if (strcmp(run_id[i], run_id[j]) == 0) {
-                snprintf(err, errlen,
-                         "Redlock nodes %s:%u and %s:%u (entries %d and %d of "
-                         "COUPON_REDIS_ADDRS) are one Redis server (run_id "
-                         "%.12s...): two addresses of one node would count "
-                         "it twice toward the majority",
-                         cfg->redis[j].host, cfg->redis[j].port, nd->addr.host,
-                         nd->addr.port, j + 1, i + 1, run_id[i]);
-                rc = -1;
-                break;
-            }
-        }
-        if (rc == 0) {
-            checked++;
-            log_info("lock.topology_node",
-                     "node=%d addr=%s:%u role=master run_id=%.12s", i + 1,
-                     nd->addr.host, nd->addr.port, run_id[i]);
-        }
+        int c =
+            lock_redlock__check_node(cfg, &cl->node[i], i, run_id, err, errlen);
+        rc = c < 0 ? -1 : 0;
+        checked += c > 0;
     }
     lock_redlock__round_end(cl);
     lock_redlock__client_free(base);

@@ -36,10 +36,10 @@
  * A key that already holds OUR token is granted again, with a new TTL and a
  * new fence. It can only be our own earlier copy of this same request: sent
  * on a connection that dropped before its reply came, and repeated on a
- * fresh one (lock.c). Answering "busy" there would make the client wait a
- * full TTL for a lock it holds itself. The new fence is above the one the
- * lost reply carried, and nobody else was granted in between (the key was
- * ours all along), so fence order is still grant order.
+ * fresh one (lock_redis__command in lock_redis.c). Answering "busy" there would
+ * make the client wait a full TTL for a lock it holds itself. The new fence is
+ * above the one the lost reply carried, and nobody else was granted in between
+ * (the key was ours all along), so fence order is still grant order.
  */
 #define LOCK_SCRIPT_ACQUIRE                                                    \
     "local ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])\n"    \
@@ -121,8 +121,9 @@
  * UNDO (Redlock only). KEYS[1] lock; ARGV[1] token. Returns 1 when it
  * deleted our key, 0 when the key was not ours.
  *
- * RELEASE without the announcement, for an acquire that failed to get a
- * majority (or its write-back) and takes back what it got on some nodes.
+ * RELEASE without the announcement, for an acquire that never became a
+ * usable lease (no majority granted it, its write-back found no majority,
+ * or its validity ran out first) and takes back what it got on some nodes.
  * Compare-and-delete for the same reason as RELEASE. No PUBLISH: a partial
  * grant never was a lock, and announcing its end would wake a waiter to
  * take the node just freed while the real holder still holds a majority;

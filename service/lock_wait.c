@@ -46,7 +46,9 @@
  * most 250 ms). Not the holder's PTTL: a lease the watchdog renews always
  * shows nearly the whole TTL, longer than any claim's deadline. Only the
  * head re-checks: the others are behind it in the FIFO anyway, and N
- * re-checking waiters would be N times the load for no grant.
+ * re-checking waiters would be N times the load for no grant. (While its
+ * queue is not subscribed on a majority, or too few subscribers are
+ * connected, every waiter re-checks: no message would wake it.)
  *
  * Fairness across processes, bounded by design. Wake-one and FIFO are local;
  * between processes the woken heads race for the key. The process that just
@@ -54,8 +56,9 @@
  * network hop of notice, and could keep the lock round after round while
  * the other replicas' waiters always find it taken. The release script
  * therefore returns PUBLISH's receiver count. Receivers beyond our own
- * subscriber connection (which counts one when this process has waiters of
- * its own on the channel) are other processes waiting: K of them. Then
+ * subscriber connection (which counts one when this process is subscribed
+ * to the channel: it has waiters, or had a grant within the linger) are
+ * other processes waiting: K of them. Then
  * this process's own claims of that resource, queued or new, hold back
  * before their attempt until our subscriber has seen K more release
  * messages of the resource than our own (each is another process's grant
@@ -113,6 +116,7 @@
 
 #include "fault.h"
 #include "lock.h"
+#include "lock_backend.h"
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
@@ -163,7 +167,6 @@ static struct {
     int nnodes, majority; /* the nodes, and how many make a majority */
     cfg_addr_t addr[LOCK_MAX_NODES];
     uint32_t timeout_ms;
-    const char *username, *password;
 
     int started;  /* the subscriber threads run */
     int stopping; /* lock_wait_shutdown: the threads must end */
@@ -174,11 +177,7 @@ static struct {
     lock_wait__res_t *buckets[LOCK_WAIT__NBUCKETS];
     lock_wait__fair_t fair[LOCK_WAIT__NFAIR];
     pthread_cond_t handoff; /* broadcast on each release message */
-} lock_wait__g = {.mu = PTHREAD_MUTEX_INITIALIZER,
-                  .username = "",
-                  .password = "",
-                  .nnodes = 1,
-                  .majority = 1};
+} lock_wait__g = {.mu = PTHREAD_MUTEX_INITIALIZER, .nnodes = 1, .majority = 1};
 
 /* FNV-1a, never 0 (0 marks an unused hint slot). */
 static uint64_t lock_wait__hash(const char *s) {
@@ -290,11 +289,6 @@ static void lock_wait__timedwait(pthread_cond_t *c, int64_t abs_ns) {
 
 /* ---------------------------------------------------------- configure --- */
 
-void lock_wait_credentials(const char *username, const char *password) {
-    lock_wait__g.username = username != NULL ? username : "";
-    lock_wait__g.password = password != NULL ? password : "";
-}
-
 void lock_wait_config(const cfg_t *cfg, int nnodes) {
     int poll = cfg->lock_wait_poll;
     uint32_t recheck_ms = cfg->lock_recheck_ms;
@@ -385,14 +379,9 @@ static redisContext *lock_wait__connect(cfg_addr_t *addr, uint32_t timeout_ms) {
         }
         return NULL;
     }
-    const char *user = lock_wait__g.username, *pass = lock_wait__g.password;
-    if (user[0] != '\0' || pass[0] != '\0') {
-        const char *argv[3] = {"AUTH"};
-        int argc = 1;
-        if (user[0] != '\0') {
-            argv[argc++] = user;
-        }
-        argv[argc++] = pass;
+    if (lock_redis_wants_auth()) {
+        const char *argv[3];
+        int argc = lock_redis_auth_argv(argv);
         redisReply *r = redisCommandArgv(c, argc, argv, NULL);
         int ok = r != NULL && r->type == REDIS_REPLY_STATUS;
         if (!ok) {

@@ -36,16 +36,14 @@ typedef struct lock_waiter {
  * (COUPON_LOCK_WAIT_STRATEGY), the re-check period, and the nodes the
  * subscribers connect to: the first nnodes addresses of COUPON_REDIS_ADDRS
  * (1 for one node, N under Redlock), one subscriber thread each. Without this
- * call lock_acquire polls. The credentials come from lock_wait_credentials. */
+ * call lock_acquire polls. The subscribers authenticate with the process's
+ * Redis credentials (lock_init, lock_redis_auth_argv). */
 void lock_wait_config(const cfg_t *cfg, int nnodes);
 
 /* Stops the subscriber threads and frees their state; call after the last
  * waiter has left (the claim workers are stopped). Later waits re-check on
  * their timer only. */
 void lock_wait_shutdown(void);
-
-/* The credentials of lock_init, borrowed for the life of the process. */
-void lock_wait_credentials(const char *username, const char *password);
 
 /* 1 when waiters sleep on release notifications (pubsub configured). */
 int lock_wait_pubsub(void);

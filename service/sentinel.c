@@ -83,6 +83,46 @@ enum {
     SENTINEL__AUTH = -3,      /* it refused our password */
 };
 
+/* The answer of sentinel s (on c) to get-master-addr-by-name, r (NULL: none
+ * came): 0 and *out filled, or one of the codes above with why in err. */
+static int sentinel__read_master(const cfg_t *cfg, const cfg_addr_t *s,
+                                 const redisContext *c, const redisReply *r,
+                                 cfg_addr_t *out, char *err, size_t errlen) {
+    int rc = r == NULL ? SENTINEL__UNREACHED : SENTINEL__NO;
+    if (r == NULL) {
+        snprintf(err, errlen, "sentinel %s:%u: %s", s->host, s->port,
+                 sentinel__ctx_err(c));
+    } else if (r->type == REDIS_REPLY_NIL) {
+        snprintf(err, errlen, "sentinel %s:%u: no master named \"%s\"", s->host,
+                 s->port, cfg->redis_master_name);
+    } else if (lock_redis_reply_kind(r) == LOCK_EAUTH) {
+        snprintf(err, errlen, "sentinel %s:%u: %s", s->host, s->port, r->str);
+        rc = SENTINEL__AUTH; /* it wants a password we do not have */
+    } else if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+               r->element[0]->type != REDIS_REPLY_STRING ||
+               r->element[1]->type != REDIS_REPLY_STRING) {
+        snprintf(err, errlen, "sentinel %s:%u: unexpected reply%s%s", s->host,
+                 s->port, r->type == REDIS_REPLY_ERROR ? ": " : "",
+                 r->type == REDIS_REPLY_ERROR ? r->str : "");
+    } else {
+        char *end;
+        errno = 0;
+        unsigned long port = strtoul(r->element[1]->str, &end, 10);
+        if (errno != 0 || *end != '\0' || port == 0 || port > 65535 ||
+            r->element[0]->len == 0 ||
+            r->element[0]->len >= sizeof(out->host)) {
+            snprintf(err, errlen, "sentinel %s:%u: bad address in reply",
+                     s->host, s->port);
+        } else {
+            memcpy(out->host, r->element[0]->str, r->element[0]->len);
+            out->host[r->element[0]->len] = '\0';
+            out->port = (uint16_t)port;
+            rc = 0;
+        }
+    }
+    return rc;
+}
+
 /* Asks one sentinel, until deadline_ns: 0 and *out filled, or one of the
  * codes above with why in err. */
 static int sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
@@ -123,38 +163,7 @@ static int sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
     const char *argv[3] = {"SENTINEL", "get-master-addr-by-name",
                            cfg->redis_master_name};
     r = redisCommandArgv(c, 3, argv, NULL);
-    rc = r == NULL ? SENTINEL__UNREACHED : SENTINEL__NO;
-    if (r == NULL) {
-        snprintf(err, errlen, "sentinel %s:%u: %s", s->host, s->port,
-                 sentinel__ctx_err(c));
-    } else if (r->type == REDIS_REPLY_NIL) {
-        snprintf(err, errlen, "sentinel %s:%u: no master named \"%s\"", s->host,
-                 s->port, cfg->redis_master_name);
-    } else if (lock_redis_reply_kind(r) == LOCK_EAUTH) {
-        snprintf(err, errlen, "sentinel %s:%u: %s", s->host, s->port, r->str);
-        rc = SENTINEL__AUTH; /* it wants a password we do not have */
-    } else if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-               r->element[0]->type != REDIS_REPLY_STRING ||
-               r->element[1]->type != REDIS_REPLY_STRING) {
-        snprintf(err, errlen, "sentinel %s:%u: unexpected reply%s%s", s->host,
-                 s->port, r->type == REDIS_REPLY_ERROR ? ": " : "",
-                 r->type == REDIS_REPLY_ERROR ? r->str : "");
-    } else {
-        char *end;
-        errno = 0;
-        unsigned long port = strtoul(r->element[1]->str, &end, 10);
-        if (errno != 0 || *end != '\0' || port == 0 || port > 65535 ||
-            r->element[0]->len == 0 ||
-            r->element[0]->len >= sizeof(out->host)) {
-            snprintf(err, errlen, "sentinel %s:%u: bad address in reply",
-                     s->host, s->port);
-        } else {
-            memcpy(out->host, r->element[0]->str, r->element[0]->len);
-            out->host[r->element[0]->len] = '\0';
-            out->port = (uint16_t)port;
-            rc = 0;
-        }
-    }
+    rc = sentinel__read_master(cfg, s, c, r, out, err, errlen);
 out:
     if (r != NULL) {
         freeReplyObject(r);

@@ -10,13 +10,22 @@
 #include <stddef.h>
 #include <string.h>
 
+/* The length of s (NUL-terminated, borrowed, not changed) without its
+ * trailing characters that appear in set: for a message that is const, to
+ * print with "%.*s". */
+static inline size_t str_trimmed_len(const char *s, const char *set) {
+    size_t n = strlen(s);
+    while (n > 0 && strchr(set, s[n - 1]) != NULL) {
+        n--;
+    }
+    return n;
+}
+
 /* Cuts every trailing character of s (a NUL-terminated string, modified in
  * place) that appears in set. Returns the new length. */
 static inline size_t str_trim_end(char *s, const char *set) {
-    size_t n = strlen(s);
-    while (n > 0 && strchr(set, s[n - 1]) != NULL) {
-        s[--n] = '\0';
-    }
+    size_t n = str_trimmed_len(s, set);
+    s[n] = '\0';
     return n;
 }
 

@@ -229,15 +229,10 @@ void wd_lost(lock_lease_t *l, const char *why) {
     }
 }
 
-/* Takes a snapshot of the leases to renew, from the front of the round
- * array, and of the leases whose max hold has just run out, from its back
- * (*nabandon of them, to be abandoned: lock_abandon); marks them IN_ROUND.
- * Expired leases are marked lost here and left out. Called with mu held.
- * Returns the number to renew. */
-static size_t wd__snapshot(wd_t *wd, size_t *nabandon) {
-    /* The max hold, like lease validity, is on the boot clock: a suspended
-     * host's hold time counts too. */
-    int64_t held_now = boot_ns();
+/* Grows the round's arrays to twice the list's length when the list has
+ * outgrown them. Under mu. Out of memory: the capacity stays, and the
+ * leases beyond it wait for a later round. */
+static void wd__grow(wd_t *wd) {
     if ((size_t)wd->count > wd->cap) {
         size_t cap = (size_t)wd->count * 2;
         lock_lease_t **r = realloc(wd->round, cap * sizeof(*r));
@@ -255,12 +250,24 @@ static size_t wd__snapshot(wd_t *wd, size_t *nabandon) {
         }
         if (seen == NULL) {
             /* Keep the old capacity; leases beyond it wait for a later
-             * round (their expiry check still runs below). */
+             * round (their expiry check still runs in wd__snapshot). */
             log_error("wd.oom", "cannot grow the round to %zu leases", cap);
         } else {
             wd->cap = cap;
         }
     }
+}
+
+/* Takes a snapshot of the leases to renew, from the front of the round
+ * array, and of the leases whose max hold has just run out, from its back
+ * (*nabandon of them, to be abandoned: lock_abandon); marks them IN_ROUND.
+ * Expired leases are marked lost here and left out. Called with mu held.
+ * Returns the number to renew. */
+static size_t wd__snapshot(wd_t *wd, size_t *nabandon) {
+    /* The max hold, like lease validity, is on the boot clock: a suspended
+     * host's hold time counts too. */
+    int64_t held_now = boot_ns();
+    wd__grow(wd);
 
     int64_t now = boot_ns(); /* lease validity is on the boot clock */
     size_t n = 0, m = 0;

@@ -2,8 +2,8 @@
  * test_lockmath.c: the lock's wait arithmetic, which needs no server: the
  * poll strategy's backoff (its cap, its floor, the holder's PTTL, the
  * deadline), the pubsub strategy's re-check period and deadline clamps,
- * the handoff window and when a holdback ends, and Redlock's quorum counts.
- * No network.
+ * the handoff window and when a holdback ends, Redlock's quorum counts,
+ * and the clock and string helpers they use. No network.
  */
 #include <stdint.h>
 
@@ -12,6 +12,7 @@
 #include "lock_wait.h"
 #include "mono.h"
 #include "tt.h"
+#include "util.h"
 
 /* The backoff's draw stays in [cap/2, cap]: rnd 0 gives cap/2, the largest
  * rnd that the modulus keeps gives cap. */
@@ -136,4 +137,32 @@ TT_TEST(redlock_quorum_counts_checked, 5) {
     TT_EQ_INT(lock_redlock__masks_ok(5, 0x7, 0x18, 2, 2), 0); /* count */
     TT_EQ_INT(lock_redlock__masks_ok(5, 0x7, 0x4, 3, 1), 0);  /* overlap */
     TT_EQ_INT(lock_redlock__masks_ok(3, 0x9, 0x0, 2, 0), 0);  /* node 3 of 3 */
+}
+
+/* The shared helpers the wait arithmetic stands on (mono.h, util.h). */
+TT_TEST(mono_ts_and_trim_helpers, 5) {
+    struct timespec ts = mono_ts_from_ns(3 * MONO_S + 250 * MONO_MS);
+    TT_EQ_INT(ts.tv_sec, 3);
+    TT_EQ_INT(ts.tv_nsec, 250 * MONO_MS);
+    ts = mono_ts_from_ns(MONO_S - 1);
+    TT_EQ_INT(ts.tv_sec, 0);
+    TT_EQ_INT(ts.tv_nsec, MONO_S - 1);
+    int64_t t0 = mono_ns();
+    mono_sleep_ns(2 * MONO_MS);
+    TT_CMP_INT(mono_ns() - t0, >=, 2 * MONO_MS);
+    mono_sleep_ns(-1); /* returns at once */
+
+    char a[] = "connection refused\r\n\n";
+    TT_EQ_INT(str_trim_newline(a), 18);
+    TT_EQ_STR(a, "connection refused");
+    char b[] = "no newline ";
+    TT_EQ_INT(str_trim_newline(b), 11);
+    TT_EQ_STR(b, "no newline ");
+    char c[] = "fatal: x \n \n";
+    TT_EQ_INT(str_trim_end(c, "\n "), 8);
+    TT_EQ_STR(c, "fatal: x");
+    char d[] = "\n";
+    TT_EQ_INT(str_trim_newline(d), 0);
+    TT_EQ_STR(d, "");
+    TT_EQ_INT(str_trimmed_len("notice: skipping\n", "\r\n"), 16);
 }
