@@ -502,6 +502,89 @@ int api_is_inline(const char *method, const char *path) {
            (api__is(method, "GET") || api__is(method, "HEAD"));
 }
 
+/* GET /coupons/{id} or /coupons/{id}/claims/{user}: neither id may hold a
+ * '/', so the first "/claims/" splits them; anything else after the id
+ * fails the id's check (400). arg is the path after "/coupons/". */
+static void api__coupon_route(const char *arg, api_response_t *resp) {
+    const char *sub = strstr(arg, "/claims/");
+    if (sub != NULL) {
+        char id[REQ_COUPON_ID_MAX + 2];
+        size_t n = (size_t)(sub - arg);
+        snprintf(id, sizeof(id), "%.*s",
+                 (int)(n < sizeof(id) - 1 ? n : sizeof(id) - 1), arg);
+        api__claim_get(id, sub + 8, resp);
+    } else {
+        api__coupon_get(arg, resp);
+    }
+}
+
+/* A body over the limit on an existing route: the 413 (or the admin
+ * route's 401 first), decided from the route alone, since this may run on
+ * the event loop (the early 413), which must never wait on a backend. 0
+ * when the method is not the route's: the 405, as for any other body. */
+static int api__too_largeOrReply(const api_request_t *req, api_response_t *resp,
+                                 api__route_t route, int get, int post) {
+    int allowed = (route == API__CLAIM || route == API__COUPONS) ? post : get;
+    if (route == API__NONE || !allowed) {
+        return 0;
+    }
+    if (route == API__COUPONS && api__check_adminOrReply(req, resp)) {
+        return 1;
+    }
+    if (route == API__CLAIM) {
+        metrics_inc(M_CLAIM_BAD_REQUEST);
+    }
+    api__check_bodyOrReply(req, resp); /* the 413 */
+    return 1;
+}
+
+/* The method's answer on one route: 1 when it is answered, 0 when the
+ * route does not take the method (api_handle's 405). */
+static int api__routeOrReply(const api_request_t *req, api_response_t *resp,
+                             api__route_t route, const char *arg, int get,
+                             int post) {
+    switch (route) {
+    case API__HEALTHZ:
+        if (get) {
+            api__json(resp, 200, json_pack("{s:s}", "status", "ok"));
+        }
+        return get;
+    case API__READYZ:
+        if (get) {
+            api__readyz(resp);
+        }
+        return get;
+    case API__METRICS:
+        if (get) {
+            api__metrics(resp);
+        }
+        return get;
+    case API__CLAIM:
+        if (post) {
+            api__claim(req, resp);
+        }
+        return post;
+    case API__COUPONS:
+        if (post) {
+            api__coupon_create(req, resp);
+        }
+        return post;
+    case API__COUPON:
+        if (get) {
+            api__coupon_route(arg, resp);
+        }
+        return get;
+    case API__NONE: {
+        char d[160], p[101];
+        api__printable(p, sizeof(p), req->path);
+        snprintf(d, sizeof(d), "no route for %s", p);
+        api__error(resp, 404, "not_found", d);
+        return 1;
+    }
+    }
+    return 0;
+}
+
 void api_handle(const api_request_t *req, api_response_t *resp) {
     memset(resp, 0, sizeof(*resp));
     const char *arg = NULL;
@@ -509,80 +592,13 @@ void api_handle(const api_request_t *req, api_response_t *resp) {
     int get = api__is(req->method, "GET") || api__is(req->method, "HEAD");
     int post = api__is(req->method, "POST");
 
-    if (req->body_too_large && route != API__NONE) {
-        /* From the route alone: this may run on the event loop (the early
-         * 413), which must never wait on a backend. */
-        int allowed =
-            (route == API__CLAIM || route == API__COUPONS) ? post : get;
-        if (allowed) {
-            if (route == API__COUPONS && api__check_adminOrReply(req, resp)) {
-                return;
-            }
-            if (route == API__CLAIM) {
-                metrics_inc(M_CLAIM_BAD_REQUEST);
-            }
-            api__check_bodyOrReply(req, resp); /* the 413 */
-            return;
-        }
-        /* Not allowed: the 405 below, as for any other body. */
-    }
-
-    switch (route) {
-    case API__HEALTHZ:
-        if (get) {
-            api__json(resp, 200, json_pack("{s:s}", "status", "ok"));
-            return;
-        }
-        break;
-    case API__READYZ:
-        if (get) {
-            api__readyz(resp);
-            return;
-        }
-        break;
-    case API__METRICS:
-        if (get) {
-            api__metrics(resp);
-            return;
-        }
-        break;
-    case API__CLAIM:
-        if (post) {
-            api__claim(req, resp);
-            return;
-        }
-        break;
-    case API__COUPONS:
-        if (post) {
-            api__coupon_create(req, resp);
-            return;
-        }
-        break;
-    case API__COUPON:
-        if (get) {
-            /* /coupons/{id}/claims/{user}: neither id may hold a '/', so
-             * the first "/claims/" splits them; anything else after the id
-             * fails the id's check (400). */
-            const char *sub = strstr(arg, "/claims/");
-            if (sub != NULL) {
-                char id[REQ_COUPON_ID_MAX + 2];
-                size_t n = (size_t)(sub - arg);
-                snprintf(id, sizeof(id), "%.*s",
-                         (int)(n < sizeof(id) - 1 ? n : sizeof(id) - 1), arg);
-                api__claim_get(id, sub + 8, resp);
-            } else {
-                api__coupon_get(arg, resp);
-            }
-            return;
-        }
-        break;
-    case API__NONE: {
-        char d[160], p[101];
-        api__printable(p, sizeof(p), req->path);
-        snprintf(d, sizeof(d), "no route for %s", p);
-        api__error(resp, 404, "not_found", d);
+    if (req->body_too_large &&
+        api__too_largeOrReply(req, resp, route, get, post)) {
         return;
     }
+
+    if (api__routeOrReply(req, resp, route, arg, get, post)) {
+        return;
     }
 
     /* The path exists but not with this method. */

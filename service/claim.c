@@ -365,6 +365,48 @@ static int claim__degrade(const lock_client_t *cl, const char *coupon) {
     return 1;
 }
 
+static int claim__gate_fault_only(void *arg);
+
+/* One claim of user on bucket (-1: unsharded) of coupon by the atomic
+ * mode's write: no fence, the stock and UNIQUE alone, exact without the
+ * lock (the atomic mode, and the degraded lock mode). Returns 1 when the
+ * claim must move to another bucket (as claim__locked), else 0 with *out
+ * final. */
+static int claim__atomic(claim__conns_t *c, const char *coupon, int bucket,
+                         const char *user, claim_result_t *out) {
+    store_item_t item = {.user_id = user};
+    int src = store_claim(c->store, coupon, bucket, STORE_NO_FENCE, &item, 1,
+                          claim__gate_fault_only, NULL, NULL);
+    claim__shape_learn(coupon, c->store);
+    if (src == STORE_WRONG_BUCKET ||
+        (src == STORE_OK && item.status == STORE_BUCKET_EMPTY)) {
+        return 1;
+    }
+    claim__from_store(out, src, &item, store_errstr(c->store));
+    return 0;
+}
+
+/* Ends a lease after its transaction, on every path: returns 1 when the
+ * store refused its fence (src STORE_FENCED) while the lock was still ours.
+ * Refused by the fence: a stale holder, or a counter that went backwards?
+ * Asked while we still (maybe) hold the lock: if our token is still there,
+ * nobody newer holds it, so the fence that beat us can only come from
+ * before a Redis data loss. Then the watchdog stops renewing BEFORE the
+ * release, so it sends no renewal after it. (A renewal that timed out may
+ * still run in Redis after the release: the EXTEND script's token compare
+ * makes it a no-op; see wd.h.) */
+static int claim__end_lease(claim__conns_t *c, lock_lease_t *lease, int src) {
+    int current =
+        src == STORE_FENCED && lock_check(c->lock, lease) == LOCK_HELD;
+    wd_unwatch(claim__wd, lease);
+    if (lock_release(c->lock, lease) == LOCK_ERR) {
+        log_warn("lock.release_failed",
+                 "key=%s fence=%lld err=\"%s\" (expires by TTL)", lease->key,
+                 (long long)lease->fence, lock_errstr(c->lock));
+    }
+    return current;
+}
+
 /* One claim on bucket (-1: unsharded) of coupon. Returns 1 when the claim
  * must move to another bucket (this one is empty, or the coupon's shape was
  * not what we thought: the shape is learnt by then), else 0 with *out
@@ -403,19 +445,8 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
             return 0;
         }
         if (lrc == LOCK_ERR && (skip || claim__degrade(c->lock, coupon))) {
-            /* The atomic mode's write: no fence, the stock and UNIQUE
-             * alone, exact without the lock. */
             claim__degraded(1);
-            store_item_t item = {.user_id = user};
-            int src = store_claim(c->store, coupon, bucket, STORE_NO_FENCE,
-                                  &item, 1, claim__gate_fault_only, NULL, NULL);
-            claim__shape_learn(coupon, c->store);
-            if (src == STORE_WRONG_BUCKET ||
-                (src == STORE_OK && item.status == STORE_BUCKET_EMPTY)) {
-                return 1;
-            }
-            claim__from_store(out, src, &item, store_errstr(c->store));
-            return 0;
+            return claim__atomic(c, coupon, bucket, user, out);
         }
         if (lrc != LOCK_OK) {
             claim__set(out, CLAIM_UNAVAILABLE, lock_errstr(c->lock));
@@ -436,24 +467,7 @@ static int claim__locked(claim__conns_t *c, const char *coupon, int bucket,
             fault_pause(FAULT_AFTER_COMMIT);
         }
 
-        /* Refused by the fence: a stale holder, or a counter that went
-         * backwards? Ask while we still (maybe) hold the lock: if our token
-         * is still there, nobody newer holds it, so the fence that beat us
-         * can only come from before a Redis data loss. */
-        int current =
-            src == STORE_FENCED && lock_check(c->lock, &lease) == LOCK_HELD;
-
-        /* Stop renewing BEFORE releasing, so the watchdog sends no renewal
-         * after the release; then release, on every path. (A renewal that
-         * timed out may still run in Redis after the release: the EXTEND
-         * script's token compare makes it a no-op; see wd.h.) */
-        wd_unwatch(claim__wd, &lease);
-        int rrc = lock_release(c->lock, &lease);
-        if (rrc == LOCK_ERR) {
-            log_warn("lock.release_failed",
-                     "key=%s fence=%lld err=\"%s\" (expires by TTL)", lease.key,
-                     (long long)lease.fence, lock_errstr(c->lock));
-        }
+        int current = claim__end_lease(c, &lease, src);
 
         if (src == STORE_WRONG_BUCKET ||
             (src == STORE_OK && item.status == STORE_BUCKET_EMPTY)) {
@@ -521,30 +535,15 @@ void claim_one(const char *coupon, const char *user, int64_t deadline_ns,
     int src, hops = 0, again = 1;
     switch (claim__cfg->mode) {
     case CLAIM_MODE_LOCK:
+    case CLAIM_MODE_ATOMIC:
         /* A sharded coupon: a bucket with stock, starting at the user's
          * hash; moved on while the store finds buckets empty. */
         while (again && hops++ <= STORE_BUCKETS_MAX) {
-            again = claim__locked(c, coupon, claim__pick(coupon, user), user,
-                                  deadline_ns, out);
-        }
-        if (again) {
-            claim__set(out, CLAIM_UNAVAILABLE,
-                       "the coupon's buckets kept emptying under this claim; "
-                       "retry");
-        }
-        break;
-    case CLAIM_MODE_ATOMIC:
-        while (again && hops++ <= STORE_BUCKETS_MAX) {
-            item = (store_item_t){.user_id = user};
-            src = store_claim(c->store, coupon, claim__pick(coupon, user),
-                              STORE_NO_FENCE, &item, 1, claim__gate_fault_only,
-                              NULL, NULL);
-            claim__shape_learn(coupon, c->store);
-            again = src == STORE_WRONG_BUCKET ||
-                    (src == STORE_OK && item.status == STORE_BUCKET_EMPTY);
-            if (!again) {
-                claim__from_store(out, src, &item, store_errstr(c->store));
-            }
+            int bucket = claim__pick(coupon, user);
+            again =
+                claim__cfg->mode == CLAIM_MODE_LOCK
+                    ? claim__locked(c, coupon, bucket, user, deadline_ns, out)
+                    : claim__atomic(c, coupon, bucket, user, out);
         }
         if (again) {
             claim__set(out, CLAIM_UNAVAILABLE,
@@ -664,9 +663,9 @@ typedef struct claim__shape {
 } claim__shape_t;
 
 #define CLAIM__SHAPE_SLOTS 4096u
-#define CLAIM__SHAPE_MAX                                                       \
-    65536u /* coupons remembered; more go unsharded                            \
-              first and learn from the store's answer */
+/* Coupons remembered; more go unsharded first and learn from the store's
+ * answer. */
+#define CLAIM__SHAPE_MAX 65536u
 
 static pthread_mutex_t claim__shape_mu = PTHREAD_MUTEX_INITIALIZER;
 static claim__shape_t *claim__shape_tab[CLAIM__SHAPE_SLOTS];
@@ -923,14 +922,10 @@ static int claim__claimant_cmp(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-/* Loads coupon's claimant set and publishes it, unless it is there, being
- * loaded, or failed less than a second ago. Runs on a worker (c is its
- * connections), after the claim that saw the sell-out (or the end of the
- * window) was answered. */
-static void claim__memo_build(claim__conns_t *c, const char *coupon) {
-    if (!claim__cfg->soldout_memo) {
-        return;
-    }
+/* The memo entry of coupon, made if new and marked building; NULL when
+ * it is ready, being loaded, failed less than CLAIM__MEMO_RETRY_NS ago, or
+ * memory ran out. Borrowed: entries are never freed. */
+static claim__memo_t *claim__memo_start(const char *coupon) {
     unsigned slot = claim__slot(coupon);
     int64_t now = mono_ns();
     pthread_mutex_lock(&claim__memo_mu);
@@ -941,13 +936,13 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
     if (m != NULL && (atomic_load(&m->ready) || m->building ||
                       now - m->failed_ns < CLAIM__MEMO_RETRY_NS)) {
         pthread_mutex_unlock(&claim__memo_mu);
-        return;
+        return NULL;
     }
     if (m == NULL) {
         m = calloc(1, sizeof(*m));
         if (m == NULL) {
             pthread_mutex_unlock(&claim__memo_mu);
-            return;
+            return NULL;
         }
         snprintf(m->coupon, sizeof(m->coupon), "%s", coupon);
         atomic_store(&m->next, atomic_load(&claim__memo_tab[slot]));
@@ -955,6 +950,21 @@ static void claim__memo_build(claim__conns_t *c, const char *coupon) {
     }
     m->building = 1;
     pthread_mutex_unlock(&claim__memo_mu);
+    return m;
+}
+
+/* Loads coupon's claimant set and publishes it, unless it is there, being
+ * loaded, or failed less than a second ago. Runs on a worker (c is its
+ * connections), after the claim that saw the sell-out (or the end of the
+ * window) was answered. */
+static void claim__memo_build(claim__conns_t *c, const char *coupon) {
+    if (!claim__cfg->soldout_memo) {
+        return;
+    }
+    claim__memo_t *m = claim__memo_start(coupon);
+    if (m == NULL) {
+        return;
+    }
 
     claim__collect_t k = {NULL, 0, 0, NULL, 0, 0, 0};
     int64_t claimed = -1, remaining = 0;
@@ -1181,15 +1191,9 @@ static void claim__answer(claim_waiter_t *w, claim_outcome_t o,
     claim__finish(w);
 }
 
-int claim_submit(claim_waiter_t *w) {
-    memset(&w->result, 0, sizeof(w->result));
-    w->result.fence = -1;
-    w->submitted_ns = mono_ns();
-    w->res = NULL;
-    w->hops = 0;
-    w->next = NULL;
-    w->answered = 0;
-
+/* The sold-out fast path, on the event loop: 1 when w's coupon is final
+ * and known here, w->result then its answer (and counted). */
+static int claim__memo_answered(claim_waiter_t *w) {
     if (claim__cfg->soldout_memo && claim__cfg->mode != CLAIM_MODE_NAIVE) {
         const claim__memo_t *m = claim__memo_find(w->coupon);
         if (m != NULL) {
@@ -1207,15 +1211,63 @@ int claim_submit(claim_waiter_t *w) {
                 metrics_inc(M_FAST_CLAIMANT);
             }
             claim__count(&w->result);
-            return CLAIM_SUBMIT_ANSWERED;
+            return 1;
         }
+    }
+    return 0;
+}
+
+/* Admission control for w, which would park on r (under claim__mu): the
+ * bound it hits (its metric, the reason in why), or M__COUNT to admit. */
+static metrics_counter_t claim__admit(const claim__res_t *r,
+                                      const claim_waiter_t *w, char *why,
+                                      size_t len) {
+    const cfg_t *cfg = claim__cfg;
+    metrics_counter_t refused = M__COUNT;
+    /* Full batches queued ahead of this claim (the one in progress aside),
+     * each about as long as the coupon's recent batches. Only a queue of at
+     * least one full batch is refused on this estimate: a lone slow batch
+     * (a row lock, a slow backend) is better answered by its own outcome. */
+    uint32_t batches = r->n / cfg->batch_max;
+    int64_t ahead_ns = (int64_t)(batches + 1) * r->cycle_ns;
+    if (r->n >= cfg->queue_max_per_coupon) {
+        refused = M_ADMIT_QUEUE_FULL;
+        snprintf(why, len,
+                 "%u claims of this coupon are already waiting here "
+                 "(COUPON_QUEUE_MAX_PER_COUPON); nothing was tried",
+                 r->n);
+    } else if (claim__parked >= cfg->queue_max) {
+        refused = M_ADMIT_PROCESS_FULL;
+        snprintf(why, len,
+                 "%u claims are already waiting in this instance "
+                 "(COUPON_QUEUE_MAX); nothing was tried",
+                 claim__parked);
+    } else if (batches > 0 && w->submitted_ns + ahead_ns > w->deadline_ns) {
+        refused = M_ADMIT_DEADLINE;
+        snprintf(why, len,
+                 "the %u claims queued ahead need about %lld ms, past this "
+                 "claim's deadline; nothing was tried",
+                 r->n, (long long)(ahead_ns / MONO_MS));
+    }
+    return refused;
+}
+
+int claim_submit(claim_waiter_t *w) {
+    memset(&w->result, 0, sizeof(w->result));
+    w->result.fence = -1;
+    w->submitted_ns = mono_ns();
+    w->res = NULL;
+    w->hops = 0;
+    w->next = NULL;
+    w->answered = 0;
+
+    if (claim__memo_answered(w)) {
+        return CLAIM_SUBMIT_ANSWERED;
     }
     if (!claim__combining()) {
         return CLAIM_SUBMIT_RUN;
     }
 
-    const cfg_t *cfg = claim__cfg;
-    metrics_counter_t refused = M__COUNT;
     char why[160] = "", key[LOCK_KEY_MAX];
     int bucket = claim__pick(w->coupon, w->user);
     claim__resource(key, sizeof(key), w->coupon, bucket);
@@ -1233,31 +1285,7 @@ int claim_submit(claim_waiter_t *w) {
         pthread_mutex_unlock(&claim__mu);
         return CLAIM_SUBMIT_RUN;
     }
-    /* Full batches queued ahead of this claim (the one in progress aside),
-     * each about as long as the coupon's recent batches. Only a queue of at
-     * least one full batch is refused on this estimate: a lone slow batch
-     * (a row lock, a slow backend) is better answered by its own outcome. */
-    uint32_t batches = r->n / cfg->batch_max;
-    int64_t ahead_ns = (int64_t)(batches + 1) * r->cycle_ns;
-    if (r->n >= cfg->queue_max_per_coupon) {
-        refused = M_ADMIT_QUEUE_FULL;
-        snprintf(why, sizeof(why),
-                 "%u claims of this coupon are already waiting here "
-                 "(COUPON_QUEUE_MAX_PER_COUPON); nothing was tried",
-                 r->n);
-    } else if (claim__parked >= cfg->queue_max) {
-        refused = M_ADMIT_PROCESS_FULL;
-        snprintf(why, sizeof(why),
-                 "%u claims are already waiting in this instance "
-                 "(COUPON_QUEUE_MAX); nothing was tried",
-                 claim__parked);
-    } else if (batches > 0 && w->submitted_ns + ahead_ns > w->deadline_ns) {
-        refused = M_ADMIT_DEADLINE;
-        snprintf(why, sizeof(why),
-                 "the %u claims queued ahead need about %lld ms, past this "
-                 "claim's deadline; nothing was tried",
-                 r->n, (long long)(ahead_ns / MONO_MS));
-    }
+    metrics_counter_t refused = claim__admit(r, w, why, sizeof(why));
     if (refused != M__COUNT) {
         pthread_mutex_unlock(&claim__mu);
         metrics_inc(refused);
@@ -1422,6 +1450,109 @@ static void claim__reroute(claim_waiter_t *w) {
     }
 }
 
+/* The lease was not granted (lrc LOCK_BUSY past the deadline, or
+ * LOCK_ERR not taken for an outage): each of the n claims in b is
+ * answered 503 lock_busy or unavailable. */
+static void claim__lead_no_lock(claim__conns_t *c, const char *coupon, int lrc,
+                                claim_waiter_t **b, size_t n) {
+    const char *why =
+        lrc == LOCK_BUSY
+            ? "the coupon's lock stayed busy past the wait deadline"
+            : lock_errstr(c->lock);
+    if (lrc != LOCK_BUSY) {
+        log_warn("claim.lock_error", "coupon=%s err=\"%s\"", coupon, why);
+    }
+    claim_outcome_t o = lrc == LOCK_BUSY ? CLAIM_BUSY : CLAIM_UNAVAILABLE;
+    for (size_t i = 0; i < n; i++) {
+        claim__answer(b[i], o, why);
+    }
+}
+
+/* A batch whose lease was lost at the commit gate (nothing written): its
+ * claims go back to the head of r's queue for a new lease, each within its
+ * own deadline, else answered 503 lease_lost. */
+static void claim__lead_requeue(claim__res_t *r, claim_waiter_t **b, size_t n) {
+    int64_t now = mono_ns();
+    size_t keep = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (now >= b[i]->deadline_ns) {
+            claim__answer(b[i], CLAIM_LEASE_LOST,
+                          "the lock lease was lost before commit; "
+                          "nothing written");
+        } else {
+            b[keep++] = b[i];
+        }
+    }
+    claim__requeue(r, b, keep);
+}
+
+/* A batch whose fence PostgreSQL refused (nothing written): every claim is
+ * answered 409 fenced, with both fences. */
+static void claim__lead_fenced(claim_waiter_t **b, size_t n, int64_t fence,
+                               int64_t last_fence) {
+    for (size_t i = 0; i < n; i++) {
+        claim_result_t *o = &b[i]->result;
+        o->fence = fence;
+        snprintf(o->detail, sizeof(o->detail),
+                 "fence %lld is not above the coupon's last accepted "
+                 "fence %lld: this lease is stale; nothing was written",
+                 (long long)fence, (long long)last_fence);
+        o->outcome = CLAIM_FENCED;
+        claim__finish(b[i]);
+    }
+}
+
+/* Answers each claim of a batch store_claim answered with src (items: the
+ * claims' rows; lease_fence: the batch's fence), moving on those whose
+ * bucket was empty. Returns 1 when the coupon was found final (sold out or
+ * ended), so that its memo is loaded. */
+static int claim__lead_answer(claim__conns_t *c, const char *coupon,
+                              claim_waiter_t **b, const store_item_t *items,
+                              size_t n, int src, int64_t lease_fence) {
+    int sold_out = 0;
+    claim__tally_t tally = {.n = n};
+    for (size_t i = 0; src == STORE_OK && i < n; i++) {
+        tally.written += items[i].status == STORE_OK;
+    }
+    for (size_t i = 0; i < n; i++) {
+        claim_result_t *o = &b[i]->result;
+        int how = claim__batch_answer(src, &items[i], lease_fence,
+                                      store_errstr(c->store), o);
+        claim__tally_add(&tally, how, o);
+        if (how == CLAIM__MOVED) {
+            claim__reroute(b[i]);
+            b[i] = NULL;
+            continue;
+        }
+        if (o->outcome == CLAIM_CLAIMED) {
+            /* The line is this claim's: its own request's id, not the
+             * leader's (w may be answered and gone by now). */
+            char lead_rid[LOG_REQUEST_ID_MAX + 1];
+            snprintf(lead_rid, sizeof(lead_rid), "%s", log_request_id());
+            log_set_request_id(b[i]->request_id);
+            log_info("claim.ok",
+                     "coupon=%s user=%s claim=%lld fence=%lld batch=%zu",
+                     coupon, b[i]->user, (long long)o->claim_id,
+                     (long long)o->fence, n);
+            log_set_request_id(lead_rid);
+        } else if (o->outcome == CLAIM_SOLD_OUT ||
+                   o->outcome == CLAIM_EXPIRED) {
+            sold_out = 1; /* either is final: load the memo */
+        }
+    }
+    assert(claim__tally_ok(&tally));
+    if (src != STORE_OK) {
+        log_warn("claim.batch_failed", "coupon=%s batch=%zu err=\"%s\"", coupon,
+                 n, b[0]->result.detail);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (b[i] != NULL) {
+            claim__finish(b[i]);
+        }
+    }
+    return sold_out;
+}
+
 /* The leader's turn: one lease, one batch, one transaction. */
 static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
     const cfg_t *cfg = claim__cfg;
@@ -1468,24 +1599,9 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         int degraded =
             lrc == LOCK_ERR && (skip || claim__degrade(c->lock, coupon));
         if (lrc != LOCK_OK && !degraded) {
-            const char *why =
-                lrc == LOCK_BUSY
-                    ? "the coupon's lock stayed busy past the wait deadline"
-                    : lock_errstr(c->lock);
-            if (lrc != LOCK_BUSY) {
-                log_warn("claim.lock_error", "coupon=%s err=\"%s\"", coupon,
-                         why);
-            }
-            claim_outcome_t o =
-                lrc == LOCK_BUSY ? CLAIM_BUSY : CLAIM_UNAVAILABLE;
-            if (n == 0) {
-                claim__answer(w, o, why);
-            } else {
-                /* A retry's batch: its claims were already taken. */
-                for (size_t i = 0; i < n; i++) {
-                    claim__answer(b[i], o, why);
-                }
-            }
+            /* A retry's batch was taken already; a first attempt has only
+             * its leader. */
+            claim__lead_no_lock(c, coupon, lrc, n > 0 ? b : &w, n > 0 ? n : 1);
             goto pass;
         }
         if (degraded) {
@@ -1522,15 +1638,7 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         if (degraded) {
             claim__degraded(n);
         } else {
-            current =
-                src == STORE_FENCED && lock_check(c->lock, &lease) == LOCK_HELD;
-            wd_unwatch(claim__wd, &lease);
-            if (lock_release(c->lock, &lease) == LOCK_ERR) {
-                log_warn("lock.release_failed",
-                         "key=%s fence=%lld err=\"%s\" (expires by TTL)",
-                         lease.key, (long long)lease.fence,
-                         lock_errstr(c->lock));
-            }
+            current = claim__end_lease(c, &lease, src);
         }
         metrics_observe_batch((uint32_t)n);
 
@@ -1541,18 +1649,7 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
                      "coupon=%s fence=%lld batch=%zu (rolled back; the "
                      "claims wait for a new lease)",
                      coupon, (long long)lease.fence, n);
-            int64_t now = mono_ns();
-            size_t keep = 0;
-            for (size_t i = 0; i < n; i++) {
-                if (now >= b[i]->deadline_ns) {
-                    claim__answer(b[i], CLAIM_LEASE_LOST,
-                                  "the lock lease was lost before commit; "
-                                  "nothing written");
-                } else {
-                    b[keep++] = b[i];
-                }
-            }
-            claim__requeue(r, b, keep);
+            claim__lead_requeue(r, b, n);
             goto pass;
         }
         if (src == STORE_FENCED) {
@@ -1572,16 +1669,7 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
             log_warn("claim.fenced",
                      "coupon=%s fence=%lld last_fence=%lld batch=%zu", coupon,
                      (long long)lease.fence, (long long)last_fence, n);
-            for (size_t i = 0; i < n; i++) {
-                claim_result_t *o = &b[i]->result;
-                o->fence = lease.fence;
-                snprintf(o->detail, sizeof(o->detail),
-                         "fence %lld is not above the coupon's last accepted "
-                         "fence %lld: this lease is stale; nothing was written",
-                         (long long)lease.fence, (long long)last_fence);
-                o->outcome = CLAIM_FENCED;
-                claim__finish(b[i]);
-            }
+            claim__lead_fenced(b, n, lease.fence, last_fence);
             goto pass;
         }
         if (src == STORE_WRONG_BUCKET) {
@@ -1592,46 +1680,7 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
             }
             break;
         }
-        claim__tally_t tally = {.n = n};
-        for (size_t i = 0; src == STORE_OK && i < n; i++) {
-            tally.written += items[i].status == STORE_OK;
-        }
-        for (size_t i = 0; i < n; i++) {
-            claim_result_t *o = &b[i]->result;
-            int how = claim__batch_answer(src, &items[i], lease.fence,
-                                          store_errstr(c->store), o);
-            claim__tally_add(&tally, how, o);
-            if (how == CLAIM__MOVED) {
-                claim__reroute(b[i]);
-                b[i] = NULL;
-                continue;
-            }
-            if (o->outcome == CLAIM_CLAIMED) {
-                /* The line is this claim's: its own request's id, not the
-                 * leader's (w may be answered and gone by now). */
-                char lead_rid[LOG_REQUEST_ID_MAX + 1];
-                snprintf(lead_rid, sizeof(lead_rid), "%s", log_request_id());
-                log_set_request_id(b[i]->request_id);
-                log_info("claim.ok",
-                         "coupon=%s user=%s claim=%lld fence=%lld batch=%zu",
-                         coupon, b[i]->user, (long long)o->claim_id,
-                         (long long)o->fence, n);
-                log_set_request_id(lead_rid);
-            } else if (o->outcome == CLAIM_SOLD_OUT ||
-                       o->outcome == CLAIM_EXPIRED) {
-                sold_out = 1; /* either is final: load the memo */
-            }
-        }
-        assert(claim__tally_ok(&tally));
-        if (src != STORE_OK) {
-            log_warn("claim.batch_failed", "coupon=%s batch=%zu err=\"%s\"",
-                     coupon, n, b[0]->result.detail);
-        }
-        for (size_t i = 0; i < n; i++) {
-            if (b[i] != NULL) {
-                claim__finish(b[i]);
-            }
-        }
+        sold_out = claim__lead_answer(c, coupon, b, items, n, src, lease.fence);
         break;
     }
 pass:

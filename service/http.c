@@ -248,6 +248,7 @@ static void http__suspend(http__req_t *rq) {
 /* Resumes rq's connection once it is ANSWERED. From here on the event loop
  * owns rq again: nothing may touch it after this call. */
 static void http__resume(http__req_t *rq) {
+    assert(rq->suspended); /* resumed once per suspend */
     rq->suspended = 0;
     assert(rq->state == HTTP__ANSWERED && http__req_ok(rq));
     MHD_resume_connection(rq->conn);
@@ -325,15 +326,22 @@ static void http__push(http_t *h, http__req_t *rq) {
     pthread_cond_signal(&h->work);
 }
 
-/* Queues rq and suspends its connection: 0. When the workers are stopping,
- * does neither and returns 1: the caller answers on the event loop. The
+/* What http__enqueue and http__claim_dispatch did with a request. */
+enum {
+    HTTP__ENQUEUED = 0, /* on the worker queue, its connection suspended */
+    HTTP__STOPPING = 1, /* the workers are stopping: not queued */
+};
+
+/* Queues rq and suspends its connection: HTTP__ENQUEUED. When the workers
+ * are stopping, does neither and returns HTTP__STOPPING: the caller answers
+ * on the event loop. The
  * decision is made under the mutex the workers take, so a request is never
  * queued after the last worker looked at the queue for the last time. */
 static int http__enqueue(http_t *h, http__req_t *rq) {
     pthread_mutex_lock(&h->mu);
     if (h->stopping) {
         pthread_mutex_unlock(&h->mu);
-        return 1;
+        return HTTP__STOPPING;
     }
     /* Time in the queue counts against the lock-wait deadline (a claim's
      * deadline was set when it was submitted). */
@@ -345,7 +353,7 @@ static int http__enqueue(http_t *h, http__req_t *rq) {
     http__suspend(rq);
     http__push(h, rq);
     pthread_mutex_unlock(&h->mu);
-    return 0;
+    return HTTP__ENQUEUED;
 }
 
 /* The claim's callbacks (claim.h). park runs on the event loop inside
@@ -368,20 +376,21 @@ static void http__claim_done(claim_waiter_t *w) {
 }
 
 /* On a worker: the parked claim becomes its coupon's leader and needs a
- * worker of its own. Its connection stays suspended. 1 when the workers are
- * stopping (the claim module then answers it through done). */
+ * worker of its own. Its connection stays suspended. HTTP__ENQUEUED, or
+ * HTTP__STOPPING when the workers are stopping (the claim module then
+ * answers it through done). */
 static int http__claim_dispatch(claim_waiter_t *w) {
     http__req_t *rq = w->arg;
     http_t *h = rq->h;
     pthread_mutex_lock(&h->mu);
     if (h->stopping) {
         pthread_mutex_unlock(&h->mu);
-        return 1;
+        return HTTP__STOPPING;
     }
     assert(rq->state == HTTP__PARKED);
     http__push(h, rq);
     pthread_mutex_unlock(&h->mu);
-    return 0;
+    return HTTP__ENQUEUED;
 }
 
 /* ---------------------------------------------------- slow clients --- */
@@ -573,7 +582,7 @@ static void *http__reaper(void *arg) {
                           "fd=%d closed: no complete "
                           "request within %lld s",
                           (int)c->fd,
-                          (long long)(h->request_deadline_ns / 1000000000LL));
+                          (long long)(h->request_deadline_ns / MONO_S));
             }
         }
         if (h->lingers != NULL) {
@@ -749,7 +758,7 @@ static enum MHD_Result http__claim(http_t *h, http__req_t *rq) {
     case API_CLAIM_PARKED:
         return MHD_YES; /* suspended by http__claim_park */
     case API_CLAIM_RUN:
-        if (http__enqueue(h, rq) == 0) {
+        if (http__enqueue(h, rq) == HTTP__ENQUEUED) {
             return MHD_YES;
         }
         /* The workers are stopping: nobody will lead its coupon's queue. */
@@ -761,6 +770,96 @@ static enum MHD_Result http__claim(http_t *h, http__req_t *rq) {
     }
 }
 
+/* The first call for a request: its headers are in, no body read yet.
+ * Makes rq (owned by *con_cls from here), then checks the framing and
+ * answers 400 if it is ambiguous, or the early 413 for a Content-Length
+ * over the limit. */
+static enum MHD_Result http__begin(http_t *h, struct MHD_Connection *conn,
+                                   const char *url, const char *method,
+                                   const char *version, void **con_cls) {
+    http__req_t *rq = calloc(1, sizeof(*rq));
+    if (rq == NULL) {
+        return MHD_NO;
+    }
+    *con_cls = rq;
+    atomic_fetch_add(&h->requests, 1);
+    rq->conn = conn;
+    snprintf(rq->method, sizeof(rq->method), "%s", method);
+    rq->path = http__dup(url);
+    rq->content_type = http__dup(MHD_lookup_connection_value(
+        conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE));
+    rq->authorization = http__dup(MHD_lookup_connection_value(
+        conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION));
+    http__request_id(h, conn, rq->request_id);
+    if (rq->path == NULL) {
+        return MHD_NO;
+    }
+    /* Framing first: until it is known to be unambiguous, nothing
+     * else about the request can be trusted. */
+    http__framing_t f = {0, 0, 0, 0, NULL};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, http__count_framing, &f);
+    if (f.bad != NULL) {
+        http__answer_400(rq, f.bad);
+        return http__send(h, rq, 1);
+    }
+    if (http__bad_transfer_encoding(&f)) {
+        http__answer_400(rq, "Transfer-Encoding must be exactly "
+                             "chunked, once");
+        return http__send(h, rq, 1);
+    }
+    if (http__ambiguous_framing(&f)) {
+        http__answer_400(rq, "conflicting Content-Length or "
+                             "Transfer-Encoding headers");
+        return http__send(h, rq, 1);
+    }
+    if (http__bad_host(&f, version)) {
+        http__answer_400(rq, "an HTTP/1.1 request needs exactly one "
+                             "Host header, and no request may have two");
+        return http__send(h, rq, 1);
+    }
+    const char *cl = MHD_lookup_connection_value(
+        conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl != NULL && strtoull(cl, NULL, 10) > h->cfg->max_body) {
+        /* Answer before reading the body at all, here on the event
+         * loop: with body_too_large set, the API decides the status from
+         * the route alone (404, 405, 401 for the admin route, else 413)
+         * and calls no backend. libmicrohttpd closes the connection
+         * after an answer this early; it lingers (http__send). */
+        rq->too_large = 1;
+        http__handle(rq);
+        return http__send(h, rq, 1);
+    }
+    return MHD_YES;
+}
+
+/* One chunk of rq's body: kept up to COUPON_MAX_BODY, dropped beyond it
+ * (the answer is then 413). */
+static enum MHD_Result http__body_chunk(http_t *h, http__req_t *rq,
+                                        const char *upload_data,
+                                        size_t *upload_data_size) {
+    size_t n = *upload_data_size;
+    *upload_data_size = 0; /* consumed (or dropped) */
+    if (rq->too_large) {
+        return MHD_YES;
+    }
+    if (rq->len + n > h->cfg->max_body) {
+        rq->too_large = 1;
+        free(rq->body);
+        rq->body = NULL;
+        rq->len = 0;
+        return MHD_YES;
+    }
+    if (rq->body == NULL) {
+        rq->body = malloc(h->cfg->max_body + 1);
+        if (rq->body == NULL) {
+            return MHD_NO;
+        }
+    }
+    memcpy(rq->body + rq->len, upload_data, n);
+    rq->len += n;
+    return MHD_YES;
+}
+
 static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
                                     const char *url, const char *method,
                                     const char *version,
@@ -770,61 +869,7 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
     http__req_t *rq = *con_cls;
 
     if (rq == NULL) {
-        /* Headers are in; no body read yet. */
-        rq = calloc(1, sizeof(*rq));
-        if (rq == NULL) {
-            return MHD_NO;
-        }
-        *con_cls = rq;
-        atomic_fetch_add(&h->requests, 1);
-        rq->conn = conn;
-        snprintf(rq->method, sizeof(rq->method), "%s", method);
-        rq->path = http__dup(url);
-        rq->content_type = http__dup(MHD_lookup_connection_value(
-            conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE));
-        rq->authorization = http__dup(MHD_lookup_connection_value(
-            conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION));
-        http__request_id(h, conn, rq->request_id);
-        if (rq->path == NULL) {
-            return MHD_NO;
-        }
-        /* Framing first: until it is known to be unambiguous, nothing
-         * else about the request can be trusted. */
-        http__framing_t f = {0, 0, 0, 0, NULL};
-        MHD_get_connection_values(conn, MHD_HEADER_KIND, http__count_framing,
-                                  &f);
-        if (f.bad != NULL) {
-            http__answer_400(rq, f.bad);
-            return http__send(h, rq, 1);
-        }
-        if (http__bad_transfer_encoding(&f)) {
-            http__answer_400(rq, "Transfer-Encoding must be exactly "
-                                 "chunked, once");
-            return http__send(h, rq, 1);
-        }
-        if (http__ambiguous_framing(&f)) {
-            http__answer_400(rq, "conflicting Content-Length or "
-                                 "Transfer-Encoding headers");
-            return http__send(h, rq, 1);
-        }
-        if (http__bad_host(&f, version)) {
-            http__answer_400(rq, "an HTTP/1.1 request needs exactly one "
-                                 "Host header, and no request may have two");
-            return http__send(h, rq, 1);
-        }
-        const char *cl = MHD_lookup_connection_value(
-            conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl != NULL && strtoull(cl, NULL, 10) > h->cfg->max_body) {
-            /* Answer before reading the body at all, here on the event
-             * loop: with body_too_large set, the API decides the status from
-             * the route alone (404, 405, 401 for the admin route, else 413)
-             * and calls no backend. libmicrohttpd closes the connection
-             * after an answer this early; it lingers (http__send). */
-            rq->too_large = 1;
-            http__handle(rq);
-            return http__send(h, rq, 1);
-        }
-        return MHD_YES;
+        return http__begin(h, conn, url, method, version, con_cls);
     }
 
     if (rq->state == HTTP__ANSWERED) {
@@ -832,27 +877,7 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
     }
 
     if (*upload_data_size > 0) {
-        size_t n = *upload_data_size;
-        *upload_data_size = 0; /* consumed (or dropped) */
-        if (rq->too_large) {
-            return MHD_YES;
-        }
-        if (rq->len + n > h->cfg->max_body) {
-            rq->too_large = 1;
-            free(rq->body);
-            rq->body = NULL;
-            rq->len = 0;
-            return MHD_YES;
-        }
-        if (rq->body == NULL) {
-            rq->body = malloc(h->cfg->max_body + 1);
-            if (rq->body == NULL) {
-                return MHD_NO;
-            }
-        }
-        memcpy(rq->body + rq->len, upload_data, n);
-        rq->len += n;
-        return MHD_YES;
+        return http__body_chunk(h, rq, upload_data, upload_data_size);
     }
 
     /* The whole request is in. */
@@ -864,7 +889,7 @@ static enum MHD_Result http__access(void *cls, struct MHD_Connection *conn,
     if (api_is_claim(rq->method, rq->path)) {
         return http__claim(h, rq);
     }
-    if (http__enqueue(h, rq) != 0) {
+    if (http__enqueue(h, rq) != HTTP__ENQUEUED) {
         http__answer_shutting_down(rq);
         return http__send(h, rq, 1);
     }
@@ -946,6 +971,53 @@ static void http__free(http_t *h) {
     free(h);
 }
 
+/* Phase 1 of http_start: h's locks, clocks and request-id prefix, and
+ * its workers (h->nworkers says how many started). */
+static void http__init(http_t *h, const cfg_t *cfg) {
+    h->cfg = cfg;
+    if (getrandom(&h->rid_prefix, sizeof(h->rid_prefix), 0) !=
+        (ssize_t)sizeof(h->rid_prefix)) {
+        h->rid_prefix = (uint64_t)mono_ns() ^ ((uint64_t)getpid() << 32);
+    }
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_mutex_init(&h->conns_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->reaper_wake, &ca);
+    pthread_condattr_destroy(&ca);
+    h->request_deadline_ns = (int64_t)cfg->conn_timeout_s * MONO_S;
+    pthread_cond_init(&h->work, NULL);
+    h->workers = calloc(cfg->threads, sizeof(*h->workers));
+    for (uint32_t i = 0; h->workers != NULL && i < cfg->threads; i++) {
+        if (pthread_create(&h->workers[i], NULL, http__worker, h) != 0) {
+            break;
+        }
+        h->nworkers++;
+    }
+}
+
+/* Phase 2 of http_start: libmicrohttpd's daemon listening on ai, or NULL. */
+static struct MHD_Daemon *http__daemon(http_t *h, const struct addrinfo *ai) {
+    const cfg_t *cfg = h->cfg;
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC |
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6) {
+        flags |= MHD_USE_IPv6;
+    }
+    return MHD_start_daemon(
+        flags, cfg->http.port, NULL, NULL, http__access, h,
+        MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned int)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)cfg->conn_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)cfg->conn_memory_limit, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024U,
+        MHD_OPTION_NOTIFY_COMPLETED, http__completed, h,
+        MHD_OPTION_NOTIFY_CONNECTION, http__conn_notify, h,
+        MHD_OPTION_EXTERNAL_LOGGER, http__log, h, MHD_OPTION_UNESCAPE_CALLBACK,
+        http__unescape, h, MHD_OPTION_END);
+}
+
 http_t *http_start(const cfg_t *cfg) {
     struct addrinfo hints = {.ai_family = AF_UNSPEC,
                              .ai_socktype = SOCK_STREAM,
@@ -966,27 +1038,7 @@ http_t *http_start(const cfg_t *cfg) {
         freeaddrinfo(ai);
         return NULL;
     }
-    h->cfg = cfg;
-    if (getrandom(&h->rid_prefix, sizeof(h->rid_prefix), 0) !=
-        (ssize_t)sizeof(h->rid_prefix)) {
-        h->rid_prefix = (uint64_t)mono_ns() ^ ((uint64_t)getpid() << 32);
-    }
-    pthread_mutex_init(&h->mu, NULL);
-    pthread_mutex_init(&h->conns_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&h->reaper_wake, &ca);
-    pthread_condattr_destroy(&ca);
-    h->request_deadline_ns = (int64_t)cfg->conn_timeout_s * 1000000000LL;
-    pthread_cond_init(&h->work, NULL);
-    h->workers = calloc(cfg->threads, sizeof(*h->workers));
-    for (uint32_t i = 0; h->workers != NULL && i < cfg->threads; i++) {
-        if (pthread_create(&h->workers[i], NULL, http__worker, h) != 0) {
-            break;
-        }
-        h->nworkers++;
-    }
+    http__init(h, cfg);
     if (h->nworkers != cfg->threads) {
         log_error("http.start", "cannot start %u workers", cfg->threads);
         http__stop_workers(h);
@@ -995,22 +1047,7 @@ http_t *http_start(const cfg_t *cfg) {
         return NULL;
     }
 
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ITC |
-                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6) {
-        flags |= MHD_USE_IPv6;
-    }
-    h->d = MHD_start_daemon(
-        flags, cfg->http.port, NULL, NULL, http__access, h,
-        MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
-        (unsigned int)cfg->http_threads, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned int)cfg->conn_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)cfg->conn_memory_limit, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024U,
-        MHD_OPTION_NOTIFY_COMPLETED, http__completed, h,
-        MHD_OPTION_NOTIFY_CONNECTION, http__conn_notify, h,
-        MHD_OPTION_EXTERNAL_LOGGER, http__log, h, MHD_OPTION_UNESCAPE_CALLBACK,
-        http__unescape, h, MHD_OPTION_END);
+    h->d = http__daemon(h, ai);
     freeaddrinfo(ai);
     if (h->d == NULL) {
         log_error("http.start", "cannot listen on %s:%u (in use?)",

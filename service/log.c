@@ -189,27 +189,53 @@ static const char *log__closing_quote(const char *p) {
     return last != NULL ? last : q;
 }
 
-/* Writes the JSON line for the fixed fields and the free text. */
-static size_t log__json(char *buf, size_t cap, const char *ts,
-                        log_level_t level, const char *event, const char *text,
-                        int text_cut) {
-    log__out_t o = {buf, 0, cap - 32, 0}; /* reserve: truncated + "}\n" */
-    log__put(&o, "{\"ts\":", 6);
-    log__str(&o, ts, strlen(ts));
-    log__member(&o, "level", 5, log__names[level], strlen(log__names[level]));
-    log__member(&o, "instance", 8, log__instance, strlen(log__instance));
-    log__member(&o, "event", 5, event, strlen(event));
-
-    /* The free text: key=value pairs, the rest collected as msg. */
-    static const char *const reserved[] = {"ts",    "level",      "instance",
-                                           "event", "request_id", "msg"};
+/* The free text of a JSON line, split: its key=value pairs, in order, and
+ * the rest (prose, a reserved key, a key seen twice) as msg. The pointers
+ * are into the text. */
+typedef struct log__fields {
     struct {
         const char *k, *v;
         size_t kn, vn;
     } pair[LOG__MAX_PAIRS];
-    size_t npairs = 0;
+    size_t npairs;
     char msg[1024];
-    size_t msgn = 0;
+    size_t msgn;
+} log__fields_t;
+
+/* 1 if k may be a member of its own: not a fixed field's name, not seen
+ * already, and there is room. */
+static int log__pair_allowed(const log__fields_t *f, const char *k, size_t kn) {
+    static const char *const reserved[] = {"ts",    "level",      "instance",
+                                           "event", "request_id", "msg"};
+    for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++) {
+        if (strlen(reserved[i]) == kn && memcmp(reserved[i], k, kn) == 0) {
+            return 0;
+        }
+    }
+    for (size_t i = 0; i < f->npairs; i++) {
+        if (f->pair[i].kn == kn && memcmp(f->pair[i].k, k, kn) == 0) {
+            return 0;
+        }
+    }
+    return f->npairs < LOG__MAX_PAIRS;
+}
+
+/* Appends a word of text to msg, space-separated, as much as fits. */
+static void log__msg_add(log__fields_t *f, const char *start, size_t tn) {
+    if (f->msgn > 0 && f->msgn < sizeof(f->msg)) {
+        f->msg[f->msgn++] = ' ';
+    }
+    if (tn > sizeof(f->msg) - f->msgn) {
+        tn = sizeof(f->msg) - f->msgn;
+    }
+    memcpy(f->msg + f->msgn, start, tn);
+    f->msgn += tn;
+}
+
+/* Splits text into f. */
+static void log__split(const char *text, log__fields_t *f) {
+    f->npairs = 0;
+    f->msgn = 0;
     const char *p = text;
     while (*p != '\0') {
         while (*p == ' ') {
@@ -223,58 +249,56 @@ static size_t log__json(char *buf, size_t cap, const char *ts,
             p++;
         }
         size_t kn = (size_t)(p - k);
-        int is_pair = kn > 0 && *p == '=';
-        const char *v = NULL;
-        size_t vn = 0;
-        if (is_pair) {
-            p++;
-            if (*p == '"') {
-                v = ++p;
-                const char *q = log__closing_quote(p);
-                vn = (size_t)(q - v);
-                p = *q == '"' ? q + 1 : q;
-            } else {
-                v = p;
-                while (*p != '\0' && *p != ' ') {
-                    p++;
-                }
-                vn = (size_t)(p - v);
-            }
-            for (size_t i = 0;
-                 is_pair && i < sizeof(reserved) / sizeof(reserved[0]); i++) {
-                is_pair = !(strlen(reserved[i]) == kn &&
-                            memcmp(reserved[i], k, kn) == 0);
-            }
-            for (size_t i = 0; is_pair && i < npairs; i++) {
-                is_pair = !(pair[i].kn == kn && memcmp(pair[i].k, k, kn) == 0);
-            }
-            is_pair = is_pair && npairs < LOG__MAX_PAIRS;
-        } else {
+        if (kn == 0 || *p != '=') {
             while (*p != '\0' && *p != ' ') {
                 p++;
             }
+            log__msg_add(f, start, (size_t)(p - start));
+            continue;
         }
-        if (is_pair) {
-            pair[npairs].k = k, pair[npairs].kn = kn;
-            pair[npairs].v = v, pair[npairs].vn = vn;
-            npairs++;
+        const char *v;
+        size_t vn;
+        p++;
+        if (*p == '"') {
+            v = ++p;
+            const char *q = log__closing_quote(p);
+            vn = (size_t)(q - v);
+            p = *q == '"' ? q + 1 : q;
         } else {
-            size_t tn = (size_t)(p - start);
-            if (msgn > 0 && msgn < sizeof(msg)) {
-                msg[msgn++] = ' ';
+            v = p;
+            while (*p != '\0' && *p != ' ') {
+                p++;
             }
-            if (tn > sizeof(msg) - msgn) {
-                tn = sizeof(msg) - msgn;
-            }
-            memcpy(msg + msgn, start, tn);
-            msgn += tn;
+            vn = (size_t)(p - v);
+        }
+        if (log__pair_allowed(f, k, kn)) {
+            f->pair[f->npairs].k = k, f->pair[f->npairs].kn = kn;
+            f->pair[f->npairs].v = v, f->pair[f->npairs].vn = vn;
+            f->npairs++;
+        } else {
+            log__msg_add(f, start, (size_t)(p - start));
         }
     }
-    for (size_t i = 0; i < npairs; i++) {
-        log__member(&o, pair[i].k, pair[i].kn, pair[i].v, pair[i].vn);
+}
+
+/* Writes the JSON line for the fixed fields and the free text. */
+static size_t log__json(char *buf, size_t cap, const char *ts,
+                        log_level_t level, const char *event, const char *text,
+                        int text_cut) {
+    log__out_t o = {buf, 0, cap - 32, 0}; /* reserve: truncated + "}\n" */
+    log__put(&o, "{\"ts\":", 6);
+    log__str(&o, ts, strlen(ts));
+    log__member(&o, "level", 5, log__names[level], strlen(log__names[level]));
+    log__member(&o, "instance", 8, log__instance, strlen(log__instance));
+    log__member(&o, "event", 5, event, strlen(event));
+
+    log__fields_t f;
+    log__split(text, &f);
+    for (size_t i = 0; i < f.npairs; i++) {
+        log__member(&o, f.pair[i].k, f.pair[i].kn, f.pair[i].v, f.pair[i].vn);
     }
-    if (msgn > 0) {
-        log__member(&o, "msg", 3, msg, msgn);
+    if (f.msgn > 0) {
+        log__member(&o, "msg", 3, f.msg, f.msgn);
     }
     if (log__rid[0] != '\0') {
         log__member(&o, "request_id", 10, log__rid, strlen(log__rid));

@@ -63,17 +63,13 @@ static void main__raise_nofile(uint32_t want) {
     }
 }
 
-static int main__serve(const cfg_t *cfg) {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-
-    main__raise_nofile(cfg->max_connections);
-
+/* The loud lines of a binary that is not safe to serve real claims: fault
+ * injection on, or the naive mode. */
+static void main__warn_unsafe(const cfg_t *cfg) {
     if (fault_any()) {
+        /* Three times, on purpose: among a dozen start-up lines one line is
+         * easy to scroll past, and a binary that pauses claims by design
+         * must not pass for a normal one. */
         for (int i = 0; i < 3; i++) {
             log_warn("FAULT.INJECTION.ON",
                      "COUPON_FAULT=\"%s\": claims will pause on purpose "
@@ -90,6 +86,19 @@ static int main__serve(const cfg_t *cfg) {
                  "COUPON_CLAIM_MODE=naive: claims are NOT protected and WILL "
                  "oversell under concurrency. For demonstrations only.");
     }
+}
+
+static int main__serve(const cfg_t *cfg) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+    main__raise_nofile(cfg->max_connections);
+
+    main__warn_unsafe(cfg);
 
     api_init(cfg);
     char err[512];

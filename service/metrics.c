@@ -260,6 +260,77 @@ static const metrics__family_t metrics__families[] = {
 
 static void metrics__hist_render(metrics__buf_t *b, metrics__hist_t *h);
 
+/* Every counter family of the table, with its series. */
+static void metrics__render_counters(metrics__buf_t *b) {
+    for (size_t f = 0;
+         f < sizeof(metrics__families) / sizeof(metrics__families[0]); f++) {
+        const metrics__family_t *fam = &metrics__families[f];
+        metrics__printf(b, "# HELP %s %s\n# TYPE %s counter\n", fam->name,
+                        fam->help, fam->name);
+        for (int i = 0; fam->series[i].c != M__COUNT; i++) {
+            uint64_t v = metrics_get(fam->series[i].c);
+            if (fam->label != NULL) {
+                metrics__printf(b, "%s{%s=\"%s\"} %llu\n", fam->name,
+                                fam->label, fam->series[i].value,
+                                (unsigned long long)v);
+            } else {
+                metrics__printf(b, "%s %llu\n", fam->name,
+                                (unsigned long long)v);
+            }
+        }
+    }
+}
+
+/* The lock-wait histogram (its own buckets, metrics__le). */
+static void metrics__render_lock_wait(metrics__buf_t *b) {
+    metrics__printf(b, "# HELP couponsvc_lock_wait_seconds Time from the "
+                       "first acquire attempt to the grant or give-up.\n"
+                       "# TYPE couponsvc_lock_wait_seconds histogram\n");
+    uint64_t cum = 0;
+    for (size_t i = 0; i < METRICS__NB; i++) {
+        cum += atomic_load(&metrics__wait_bucket[i]);
+        metrics__printf(b,
+                        "couponsvc_lock_wait_seconds_bucket{le=\"%g\"} %llu\n",
+                        metrics__le[i], (unsigned long long)cum);
+    }
+    uint64_t count = atomic_load(&metrics__wait_count);
+    metrics__printf(b,
+                    "couponsvc_lock_wait_seconds_bucket{le=\"+Inf\"} %llu\n"
+                    "couponsvc_lock_wait_seconds_sum %.6f\n"
+                    "couponsvc_lock_wait_seconds_count %llu\n",
+                    (unsigned long long)count,
+                    (double)atomic_load(&metrics__wait_sum_ns) / 1e9,
+                    (unsigned long long)count);
+}
+
+/* The readiness probe's view of each backend: up, and how old that is. */
+static void metrics__render_backends(metrics__buf_t *b) {
+    static const char *const backend_names[M_BACKEND__COUNT] = {"redis",
+                                                                "postgres"};
+    metrics__printf(b, "# HELP couponsvc_backend_up 1 if the readiness "
+                       "probe's last check of the backend succeeded.\n"
+                       "# TYPE couponsvc_backend_up gauge\n");
+    for (int i = 0; i < M_BACKEND__COUNT; i++) {
+        if (atomic_load(&metrics__backend_checked_ns[i]) != 0) {
+            metrics__printf(b, "couponsvc_backend_up{backend=\"%s\"} %d\n",
+                            backend_names[i],
+                            atomic_load(&metrics__backend_up[i]));
+        }
+    }
+    metrics__printf(b, "# HELP couponsvc_backend_check_age_seconds Time "
+                       "since that check finished.\n"
+                       "# TYPE couponsvc_backend_check_age_seconds gauge\n");
+    int64_t now = mono_ns();
+    for (int i = 0; i < M_BACKEND__COUNT; i++) {
+        int64_t at = atomic_load(&metrics__backend_checked_ns[i]);
+        if (at != 0) {
+            metrics__printf(
+                b, "couponsvc_backend_check_age_seconds{backend=\"%s\"} %.3f\n",
+                backend_names[i], (double)(now - at) / 1e9);
+        }
+    }
+}
+
 char *metrics_render(const char *instance, const char *mode, size_t *len) {
     metrics__buf_t b = {.p = malloc(4096), .cap = 4096};
     if (b.p == NULL) {
@@ -272,23 +343,7 @@ char *metrics_render(const char *instance, const char *mode, size_t *len) {
                     "couponsvc_info{instance=\"%s\",mode=\"%s\"} 1\n",
                     instance, mode);
 
-    for (size_t f = 0;
-         f < sizeof(metrics__families) / sizeof(metrics__families[0]); f++) {
-        const metrics__family_t *fam = &metrics__families[f];
-        metrics__printf(&b, "# HELP %s %s\n# TYPE %s counter\n", fam->name,
-                        fam->help, fam->name);
-        for (int i = 0; fam->series[i].c != M__COUNT; i++) {
-            uint64_t v = metrics_get(fam->series[i].c);
-            if (fam->label != NULL) {
-                metrics__printf(&b, "%s{%s=\"%s\"} %llu\n", fam->name,
-                                fam->label, fam->series[i].value,
-                                (unsigned long long)v);
-            } else {
-                metrics__printf(&b, "%s %llu\n", fam->name,
-                                (unsigned long long)v);
-            }
-        }
-    }
+    metrics__render_counters(&b);
 
     metrics__printf(&b,
                     "# HELP couponsvc_leases_held Leases the watchdog keeps "
@@ -303,25 +358,7 @@ char *metrics_render(const char *instance, const char *mode, size_t *len) {
                     "couponsvc_lock_waiters %lld\n",
                     (long long)atomic_load(&metrics__lock_waiters));
 
-    metrics__printf(&b, "# HELP couponsvc_lock_wait_seconds Time from the "
-                        "first acquire attempt to the grant or give-up.\n"
-                        "# TYPE couponsvc_lock_wait_seconds histogram\n");
-    uint64_t cum = 0;
-    for (size_t i = 0; i < METRICS__NB; i++) {
-        cum += atomic_load(&metrics__wait_bucket[i]);
-        metrics__printf(&b,
-                        "couponsvc_lock_wait_seconds_bucket{le=\"%g\"} %llu\n",
-                        metrics__le[i], (unsigned long long)cum);
-    }
-    uint64_t count = atomic_load(&metrics__wait_count);
-    metrics__printf(&b,
-                    "couponsvc_lock_wait_seconds_bucket{le=\"+Inf\"} %llu\n"
-                    "couponsvc_lock_wait_seconds_sum %.6f\n"
-                    "couponsvc_lock_wait_seconds_count %llu\n",
-                    (unsigned long long)count,
-                    (double)atomic_load(&metrics__wait_sum_ns) / 1e9,
-                    (unsigned long long)count);
-
+    metrics__render_lock_wait(&b);
     metrics__hist_render(&b, &metrics__batch);
     metrics__hist_render(&b, &metrics__queue);
     metrics__printf(&b,
@@ -331,31 +368,7 @@ char *metrics_render(const char *instance, const char *mode, size_t *len) {
                     "couponsvc_claims_parked %lld\n",
                     (long long)atomic_load(&metrics__parked));
 
-    static const char *const backend_names[M_BACKEND__COUNT] = {"redis",
-                                                                "postgres"};
-    metrics__printf(&b, "# HELP couponsvc_backend_up 1 if the readiness "
-                        "probe's last check of the backend succeeded.\n"
-                        "# TYPE couponsvc_backend_up gauge\n");
-    for (int i = 0; i < M_BACKEND__COUNT; i++) {
-        if (atomic_load(&metrics__backend_checked_ns[i]) != 0) {
-            metrics__printf(&b, "couponsvc_backend_up{backend=\"%s\"} %d\n",
-                            backend_names[i],
-                            atomic_load(&metrics__backend_up[i]));
-        }
-    }
-    metrics__printf(&b, "# HELP couponsvc_backend_check_age_seconds Time "
-                        "since that check finished.\n"
-                        "# TYPE couponsvc_backend_check_age_seconds gauge\n");
-    int64_t now = mono_ns();
-    for (int i = 0; i < M_BACKEND__COUNT; i++) {
-        int64_t at = atomic_load(&metrics__backend_checked_ns[i]);
-        if (at != 0) {
-            metrics__printf(
-                &b,
-                "couponsvc_backend_check_age_seconds{backend=\"%s\"} %.3f\n",
-                backend_names[i], (double)(now - at) / 1e9);
-        }
-    }
+    metrics__render_backends(&b);
 
     if (b.failed) {
         free(b.p);

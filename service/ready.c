@@ -1,10 +1,10 @@
 /*
  * ready.c: see ready.h.
  *
- * One thread, one round a second: PING Redis (lock mode only) and SELECT 1
- * on PostgreSQL, each on the thread's own connection, then store both
- * results at once. The round runs without the mutex; only the store takes
- * it, so ready_get never waits for a backend.
+ * One thread, one round a second: ping the lock backend (Redis or etcd,
+ * lock mode only) and SELECT 1 on PostgreSQL, each on the thread's own
+ * connection, then store both results at once. The round runs without the
+ * mutex; only the store takes it, so ready_get never waits for a backend.
  */
 #include "ready.h"
 

@@ -1181,6 +1181,44 @@ static int64_t store__col(const PGresult *res, int row, int col) {
                : strtoll(PQgetvalue(res, row, col), NULL, 10);
 }
 
+/* Each item's status and claim from its row of the claim statement's
+ * answer: claimed now (STORE_OK), held before or named twice
+ * (STORE_ALREADY, the first's claim), else not claimed: the whole call's
+ * refusal (whole), or past the stock (empty: STORE_SOLD_OUT, or
+ * STORE_BUCKET_EMPTY when another bucket has stock). left_all: the
+ * coupon's stock over all buckets before the write; wrote: the claims it
+ * made; claimed: the stock row's count before it. */
+static void store__claim_items(const PGresult *res, store_item_t *items,
+                               size_t n, int empty, int whole, int64_t left_all,
+                               int64_t wrote, int64_t claimed) {
+    for (int r = 0; r < (int)n; r++) {
+        int ord = (int)store__col(res, r, STORE__C_ORD);
+        int first = (int)store__col(res, r, STORE__C_FIRST);
+        assert(ord == r + 1 && first >= 1 && first <= ord);
+        store_item_t *it = &items[r];
+        it->claim_id = store__col(res, r, STORE__C_ID);
+        it->seq = store__col(res, r, STORE__C_SEQ);
+        it->fence = store__int(res, r, STORE__C_FENCE);
+        int fresh_claim = PQgetvalue(res, r, STORE__C_NEW)[0] == 't';
+        if (PQgetisnull(res, r, STORE__C_ID)) {
+            it->status = whole != STORE_OK ? whole : empty;
+            it->claim_id = 0;
+            it->fence = STORE_NO_FENCE;
+            it->remaining = left_all - wrote;
+        } else if (fresh_claim && first == ord) {
+            it->status = STORE_OK;
+            /* stock left once this claim was made: the batch's earlier
+             * claims taken, and this one */
+            it->remaining = left_all - (it->seq - claimed);
+        } else {
+            /* held before, or the second of a user named twice, who gets
+             * the first's claim */
+            it->status = STORE_ALREADY;
+            it->remaining = left_all - wrote;
+        }
+    }
+}
+
 /*
  * Reads the claim statement's answer (one row per item, see store__claim_c_sql)
  * into the items. Returns STORE_OK, STORE__WROTE (STORE_OK, and something to
@@ -1238,37 +1276,66 @@ static int store__claim_read(store_t *st, const PGresult *res, int bucket,
         }
         whole = STORE_FENCED;
     }
-    int empty = others != 0 ? STORE_BUCKET_EMPTY : STORE_SOLD_OUT;
-    for (int r = 0; r < (int)n; r++) {
-        int ord = (int)store__col(res, r, STORE__C_ORD);
-        int first = (int)store__col(res, r, STORE__C_FIRST);
-        assert(ord == r + 1 && first >= 1 && first <= ord);
-        store_item_t *it = &items[r];
-        it->claim_id = store__col(res, r, STORE__C_ID);
-        it->seq = store__col(res, r, STORE__C_SEQ);
-        it->fence = store__int(res, r, STORE__C_FENCE);
-        int fresh_claim = PQgetvalue(res, r, STORE__C_NEW)[0] == 't';
-        if (PQgetisnull(res, r, STORE__C_ID)) {
-            it->status = whole != STORE_OK ? whole : empty;
-            it->claim_id = 0;
-            it->fence = STORE_NO_FENCE;
-            it->remaining = left_all - wrote;
-        } else if (fresh_claim && first == ord) {
-            it->status = STORE_OK;
-            /* stock left once this claim was made: the batch's earlier
-             * claims taken, and this one */
-            it->remaining = left_all - (it->seq - claimed);
-        } else {
-            /* held before, or the second of a user named twice, who gets
-             * the first's claim */
-            it->status = STORE_ALREADY;
-            it->remaining = left_all - wrote;
-        }
-    }
+    store__claim_items(res, items, n,
+                       others != 0 ? STORE_BUCKET_EMPTY : STORE_SOLD_OUT, whole,
+                       left_all, wrote, claimed);
     if (whole != STORE_OK) {
         return whole;
     }
     return wrote > 0 ? STORE__WROTE : STORE_OK;
+}
+
+/* Sends a claim's three statements (BEGIN, the lock, the claim) and reads
+ * their results into res: STORE_OK or STORE_ERR. */
+static int store__claim_send(store_t *st, const store__q_t *q, PGresult **res,
+                             int reused) {
+    int prc;
+    if (fault_ms(FAULT_AFTER_CHECK) == 0) {
+        prc = store__pipeline(st, 3, q, res);
+        if (prc != STORE_OK && reused && st->conn == NULL && !st->timed_out &&
+            store__connect(st) == STORE_OK) {
+            /* The kept connection had died while idle (PostgreSQL
+             * restarted, a proxy timed it out). Nothing was committed, so
+             * once more on a fresh one; otherwise every worker would answer
+             * one spurious 503 after each PostgreSQL restart. */
+            prc = store__pipeline(st, 3, q, res);
+        }
+    } else {
+        /* Tests only: the lock taken and the row read, the write not sent
+         * yet; in two round trips so that the pause falls between them. */
+        prc = store__pipeline(st, 2, q, res);
+        if (prc == STORE_OK) {
+            fault_pause(FAULT_AFTER_CHECK);
+            prc = store__pipeline(st, 1, &q[2], &res[2]);
+        }
+    }
+    return prc;
+}
+
+/* Ends a claim's transaction after its claim statement answered rc:
+ * rolled back unless something was written (STORE__WROTE), then the gate
+ * decides between ROLLBACK (STORE_ABORTED) and COMMIT. Returns as
+ * store_claim. */
+static int store__claim_end(store_t *st, int rc, store_gate_fn gate,
+                            void *arg) {
+    if (rc != STORE__WROTE) {
+        if (rc == STORE_FENCED) {
+            metrics_inc(M_FENCED_REFUSALS);
+        }
+        store__rollback(st); /* failed, refused, or read-only */
+        return rc;
+    }
+    if (gate != NULL && gate(arg) != 0) {
+        store__rollback(st);
+        return STORE_ABORTED;
+    }
+    if (fault_ms(FAULT_ABORT_BEFORE_COMMIT) != 0) {
+        /* Tests only: the transaction fails and the client does not notice,
+         * the state a lost error leaves (a pipelined statement's error
+         * read by nobody). Its COMMIT must then not count as one. */
+        PQclear(store__query(st, "SELECT 1/0"));
+    }
+    return store__commit(st);
 }
 
 /*
@@ -1317,26 +1384,7 @@ static int store__claim_tx(store_t *st, const char *coupon, int bucket,
          .params = pc},
     };
     PGresult *res[3] = {NULL, NULL, NULL};
-    int prc;
-    if (fault_ms(FAULT_AFTER_CHECK) == 0) {
-        prc = store__pipeline(st, 3, q, res);
-        if (prc != STORE_OK && reused && st->conn == NULL && !st->timed_out &&
-            store__connect(st) == STORE_OK) {
-            /* The kept connection had died while idle (PostgreSQL
-             * restarted, a proxy timed it out). Nothing was committed, so
-             * once more on a fresh one; otherwise every worker would answer
-             * one spurious 503 after each PostgreSQL restart. */
-            prc = store__pipeline(st, 3, q, res);
-        }
-    } else {
-        /* Tests only: the lock taken and the row read, the write not sent
-         * yet; in two round trips so that the pause falls between them. */
-        prc = store__pipeline(st, 2, q, res);
-        if (prc == STORE_OK) {
-            fault_pause(FAULT_AFTER_CHECK);
-            prc = store__pipeline(st, 1, &q[2], &res[2]);
-        }
-    }
+    int prc = store__claim_send(st, q, res, reused);
     free(users);
     if (prc != STORE_OK) {
         return STORE_ERR;
@@ -1361,24 +1409,7 @@ static int store__claim_tx(store_t *st, const char *coupon, int bucket,
     for (int i = 0; i < 3; i++) {
         PQclear(res[i]);
     }
-    if (rc != STORE__WROTE) {
-        if (rc == STORE_FENCED) {
-            metrics_inc(M_FENCED_REFUSALS);
-        }
-        store__rollback(st); /* failed, refused, or read-only */
-        return rc;
-    }
-    if (gate != NULL && gate(arg) != 0) {
-        store__rollback(st);
-        return STORE_ABORTED;
-    }
-    if (fault_ms(FAULT_ABORT_BEFORE_COMMIT) != 0) {
-        /* Tests only: the transaction fails and the client does not notice,
-         * the state a lost error leaves (a pipelined statement's error
-         * read by nobody). Its COMMIT must then not count as one. */
-        PQclear(store__query(st, "SELECT 1/0"));
-    }
-    return store__commit(st);
+    return store__claim_end(st, rc, gate, arg);
 }
 
 int store_claim(store_t *st, const char *coupon, int bucket, int64_t fence,
@@ -1602,13 +1633,13 @@ int store_coupon_get(store_t *st, const char *id, store_coupon_t *out) {
  * an old replica's single UPDATE, is judged by a statement_timestamp() taken
  * before its row wait, and is not covered; the service's own claims are.)
  */
-int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
-                    void *arg, int64_t *claimed_out, int64_t *remaining_out) {
-    store__deadline_start(st);
-    if (store__connect(st) != STORE_OK) {
-        return STORE_ERR;
-    }
-    const char *p[] = {coupon};
+/* store_claimants' first step, in its transaction: the stock rows' locks,
+ * then whether the coupon's claimant set is final. Returns STORE_OK with
+ * *final STORE_EXPIRED, STORE_SOLD_OUT or STORE_OK (not final), or
+ * STORE_NOT_FOUND / STORE_ERR. */
+static int store__claimants_state(store_t *st, const char *const *p, int *final,
+                                  int64_t *claimed_out,
+                                  int64_t *remaining_out) {
     store__q_t q[4] = {
         {.sql = "BEGIN"},
         {.name = "memo_lock_c", .n = 1, .params = p},
@@ -1627,7 +1658,7 @@ int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
                              res[i]);
         }
     }
-    int final = STORE_OK;
+    *final = STORE_OK;
     if (rc == STORE_OK && PQntuples(res[3]) != 1) {
         rc = STORE_NOT_FOUND;
     } else if (rc == STORE_OK) {
@@ -1637,21 +1668,24 @@ int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
         *remaining_out = left > 0 ? left : 0;
         /* Expired first: the claim statement judges the window before the
          * stock, so that is what a claim would be answered. */
-        final = ended ? STORE_EXPIRED : left <= 0 ? STORE_SOLD_OUT : STORE_OK;
+        *final = ended ? STORE_EXPIRED : left <= 0 ? STORE_SOLD_OUT : STORE_OK;
     }
     for (int i = 0; i < 4; i++) {
         PQclear(res[i]);
     }
-    if (rc != STORE_OK || final == STORE_OK) {
-        store__rollback(st); /* read only: nothing to keep */
-        return rc;
-    }
+    return rc;
+}
+
+/* store_claimants' second step: every claimant row, one at a time, to fn.
+ * STORE_OK, what fn returned, or STORE_ERR. */
+static int store__claimants_stream(store_t *st, const char *const *p,
+                                   store_claimant_fn fn, void *arg) {
     st->timed_out = 0;
     if (PQsendQueryPrepared(st->conn, "claimants", 1, p, NULL, NULL, 0) == 0 ||
         PQsetSingleRowMode(st->conn) == 0) {
         return store__fail(st, "claimants", NULL);
     }
-    int stop = 0;
+    int rc = STORE_OK, stop = 0;
     for (;;) {
         int err = 0;
         PGresult *r = store__pipe_next(st, "claimants", &err);
@@ -1677,6 +1711,23 @@ int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
         PQclear(r);
     }
     store__rollback(st); /* the locks go with it; nothing was written */
+    return rc;
+}
+
+int store_claimants(store_t *st, const char *coupon, store_claimant_fn fn,
+                    void *arg, int64_t *claimed_out, int64_t *remaining_out) {
+    store__deadline_start(st);
+    if (store__connect(st) != STORE_OK) {
+        return STORE_ERR;
+    }
+    const char *p[] = {coupon};
+    int final = STORE_OK;
+    int rc = store__claimants_state(st, p, &final, claimed_out, remaining_out);
+    if (rc != STORE_OK || final == STORE_OK) {
+        store__rollback(st); /* read only: nothing to keep */
+        return rc;
+    }
+    rc = store__claimants_stream(st, p, fn, arg);
     return rc == STORE_OK ? final : rc;
 }
 
