@@ -4,6 +4,7 @@
  */
 #include "lg_http.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -372,6 +373,26 @@ static lg_http_rc_t lg_http__step(lg_http_resp_t *r, const char *p,
     return LG_HTTP_EBAD;
 }
 
+/* lg_http_resp_t's invariant (lg_http.h), for asserts after each call:
+ * status is 0 while the headers are being read, then a real status; a
+ * state that reads a counted body has bytes still to read (it leaves the
+ * state when none are left); the sample never exceeds its buffer. */
+static bool lg_http__resp_ok(const lg_http_resp_t *r) {
+    bool counted =
+        r->state == LG_HTTP_S_BODY_LEN || r->state == LG_HTTP_S_CHUNK_DATA;
+    if (r->sample_len > r->sample_cap) {
+        return false;
+    }
+    if (r->state == LG_HTTP_S_HEAD) {
+        return r->status == 0;
+    }
+    if (r->state == LG_HTTP_S_ERROR) {
+        return true;
+    }
+    return r->status >= 100 && r->status <= 999 &&
+           (!counted || r->remaining > 0);
+}
+
 lg_http_rc_t lg_http_feed(lg_http_resp_t *r, const char *buf, size_t len,
                           size_t *used) {
     size_t off = 0, n = 0;
@@ -384,6 +405,7 @@ lg_http_rc_t lg_http_feed(lg_http_resp_t *r, const char *buf, size_t len,
         }
     }
     *used = off;
+    assert(lg_http__resp_ok(r));
     return rc;
 }
 

@@ -10,12 +10,13 @@
  * its stock, no 201 without a claim row, fences increasing in commit order.
  *
  * The file reads top to bottom, one section per concern, in the manner of
- * antirez's kilo: configuration, small helpers, the latency histogram, request
- * naming, statistics, the event loop, the admin call, what is gathered after
- * the run, and finally main(). Beside it: lg_cli.c (the command line: one
- * table of options), lg_report.c (the verification and the summary, JSON
- * and CSV), lg_http.c (the response reader) and lg_verify.c (the invariant
- * checker in PostgreSQL, shared with the test harness).
+ * antirez's kilo: configuration, small helpers, request naming, statistics,
+ * the event loop, the admin call, what is gathered after the run, and
+ * finally main(). Beside it: lg_cli.c (the command line: one table of
+ * options), lg_hist.c (the latency histogram), lg_report.c (the
+ * verification and the summary, JSON and CSV), lg_http.c (the response
+ * reader) and lg_verify.c (the invariant checker in PostgreSQL, shared with
+ * the test harness); loadgen.h is what they share.
  *
  * Design
  * ------
@@ -124,6 +125,7 @@
 
 #include <curl/curl.h>
 
+#include "lg_hist.h"
 #include "lg_http.h"
 #include "lg_report.h"
 #include "loadgen.h"
@@ -131,15 +133,15 @@
 
 /* ============================= Configuration ============================= */
 
-#define LG_BODY_MAX 640      /* claim body: two escaped names and numbers */
-#define LG_SAMPLE_MAX 160    /* bytes of a response body kept as a sample */
-#define LG_NS MONO_S         /* nanoseconds per second */
-#define LG_LATE_NS 1000000LL /* open loop: later than this counts as late */
-#define LG_WAIT_MAX_MS 50    /* longest epoll wait, so a stop is noticed */
+#define LG_BODY_MAX 640    /* claim body: two escaped names and numbers */
+#define LG_SAMPLE_MAX 160  /* bytes of a response body kept as a sample */
+#define LG_NS MONO_S       /* nanoseconds per second */
+#define LG_LATE_NS MONO_MS /* open loop: later than this counts as late */
+#define LG_WAIT_MAX_MS 50  /* longest epoll wait, so a stop is noticed */
 #define LG_SWEEP_NS (LG_NS / 100) /* how often timeouts are looked for */
 #define LG_PROGRESS_NS (LG_NS / 4)
 
-/* Derived once from cfg before the run. */
+/* Derived once from lg_cfg before the run. */
 static char *lg__target;        /* the URL every request goes to */
 static char *lg__coupon_json;   /* lg_cfg.coupon escaped for a JSON string */
 static char *lg__prefix_json;   /* lg_cfg.user_prefix escaped likewise */
@@ -239,100 +241,6 @@ static void lg__u64vec_push(lg_u64vec_t *a, uint64_t x) {
     a->v[a->n++] = x;
 }
 
-/* ============================ Latency histogram ============================
- *
- * Values are microseconds. Bucket i covers [low(i), high(i)]:
- *
- *   v < 256:  one bucket per microsecond, index v (exact);
- *   v >= 256: with h the position of v's highest set bit and s = h - 7, the
- *             index is s*128 + (v >> s); v >> s is in [128, 255], so each
- *             power of two [2^h, 2^(h+1)) is cut into 128 equal buckets.
- *
- * A bucket's width is at most 1/128 of its lower bound, so a percentile read
- * as the bucket's upper bound is off by less than 0.8%. The table covers
- * values below 2^32 us (71 minutes); larger ones land in the last bucket,
- * and max is kept exactly anyway.
- */
-
-#define LG_HIST_SUB_BITS 7
-#define LG_HIST_SUB (1 << LG_HIST_SUB_BITS)
-#define LG_HIST_TOP_BIT 31 /* highest bit of the largest value kept exactly */
-#define LG_HIST_LEN ((LG_HIST_TOP_BIT - LG_HIST_SUB_BITS + 2) * LG_HIST_SUB)
-
-typedef struct lg_hist {
-    uint64_t count[LG_HIST_LEN]; /* values recorded per bucket */
-    uint64_t total;              /* == sum of count[] (lg__hist_check) */
-    uint64_t max;                /* largest value recorded, exact */
-} lg_hist_t;
-
-static int lg__hist_index(uint64_t v) {
-    if (v >= (1ULL << (LG_HIST_TOP_BIT + 1))) {
-        return LG_HIST_LEN - 1;
-    }
-    int h = v ? 63 - __builtin_clzll(v) : 0;
-    int s = h > LG_HIST_SUB_BITS ? h - LG_HIST_SUB_BITS : 0;
-    return s * LG_HIST_SUB + (int)(v >> s);
-}
-
-static uint64_t lg__hist_high(int i) {
-    int s = i < 2 * LG_HIST_SUB ? 0 : i / LG_HIST_SUB - 1;
-    uint64_t low = (uint64_t)(i - s * LG_HIST_SUB) << s;
-    return low + ((1ULL << s) - 1);
-}
-
-static void lg__hist_record(lg_hist_t *h, uint64_t v) {
-    h->count[lg__hist_index(v)]++;
-    h->total++;
-    if (v > h->max) {
-        h->max = v;
-    }
-}
-
-static void lg__hist_merge(lg_hist_t *dst, const lg_hist_t *src) {
-    for (int i = 0; i < LG_HIST_LEN; i++) {
-        dst->count[i] += src->count[i];
-    }
-    dst->total += src->total;
-    if (src->max > dst->max) {
-        dst->max = src->max;
-    }
-}
-
-/* The invariant, for asserts: total is the sum of the buckets. */
-static bool lg__hist_check(const lg_hist_t *h) {
-    uint64_t sum = 0;
-    for (int i = 0; i < LG_HIST_LEN; i++) {
-        sum += h->count[i];
-    }
-    return sum == h->total;
-}
-
-/* The value at percentile p (0..100) in microseconds, 0 when empty: the
- * upper bound of the bucket holding the ceil(p% * total)-th value, but never
- * more than the exact maximum. */
-static uint64_t lg__hist_percentile(const lg_hist_t *h, double p) {
-    if (h->total == 0) {
-        return 0;
-    }
-    uint64_t rank = (uint64_t)ceil(p / 100.0 * (double)h->total);
-    if (rank < 1) {
-        rank = 1;
-    }
-    uint64_t seen = 0;
-    for (int i = 0; i < LG_HIST_LEN; i++) {
-        seen += h->count[i];
-        if (seen >= rank) {
-            uint64_t v = lg__hist_high(i);
-            return v < h->max ? v : h->max;
-        }
-    }
-    return h->max;
-}
-
-static double lg__us_to_ms(uint64_t us) {
-    return (double)us / 1000.0;
-}
-
 /* ============================= Request naming =============================
  *
  * A request is known by its number alone (0, 1, 2, ...). The number names its
@@ -429,10 +337,10 @@ static void lg__secrow_close(lg_secrow_t *r) {
     if (r->lat == NULL) {
         return;
     }
-    r->p50 = lg__us_to_ms(lg__hist_percentile(r->lat, 50));
-    r->p90 = lg__us_to_ms(lg__hist_percentile(r->lat, 90));
-    r->p99 = lg__us_to_ms(lg__hist_percentile(r->lat, 99));
-    r->max = lg__us_to_ms(r->lat->max);
+    r->p50 = lg_us_to_ms(lg_hist_percentile(r->lat, 50));
+    r->p90 = lg_us_to_ms(lg_hist_percentile(r->lat, 90));
+    r->p99 = lg_us_to_ms(lg_hist_percentile(r->lat, 99));
+    r->max = lg_us_to_ms(r->lat->max);
     free(r->lat);
     r->lat = NULL;
 }
@@ -457,7 +365,7 @@ static void lg__secs_merge(int64_t sec, lg_secstats_t *s, int nworkers) {
         r->lat = lg_calloc(1, sizeof *r->lat);
     }
     if (r->lat) {
-        lg__hist_merge(r->lat, s->lat);
+        lg_hist_merge(r->lat, s->lat);
     }
     if (++r->reported == nworkers) {
         lg__secrow_close(r);
@@ -611,7 +519,7 @@ static int lg__timer_cb(CURLM *multi, long timeout_ms, void *userp) {
     lg_conn_t *c = userp;
     (void)multi;
     c->curl_deadline_ns =
-        timeout_ms < 0 ? -1 : mono_ns() + (int64_t)timeout_ms * 1000000;
+        timeout_ms < 0 ? -1 : mono_ns() + (int64_t)timeout_ms * MONO_MS;
     return 0;
 }
 
@@ -673,8 +581,8 @@ static void lg__record(lg_worker_t *w, lg_conn_t *c, CURLcode rc, long st,
         return;
     }
     uint64_t us = now > c->t0_ns ? (uint64_t)(now - c->t0_ns) / 1000 : 0;
-    lg__hist_record(w->total.lat, us);
-    lg__hist_record(w->sec.lat, us);
+    lg_hist_record(w->total.lat, us);
+    lg_hist_record(w->sec.lat, us);
     if (st < 100 || st >= LG_STATUS_MAX) {
         st = 0;
     }
@@ -723,6 +631,38 @@ static void lg__publish(lg_worker_t *w) {
 
 /* ------------------------------ Connections ------------------------------ */
 
+/* What one connection can check of lg_conn_t's invariants alone, O(1), for
+ * asserts at its transitions: an open socket is in the multi handle, and
+ * the request and read offsets stay inside their buffers. */
+static bool lg__conn_ok(const lg_conn_t *c) {
+    return (c->fd < 0 || c->in_multi) && c->req_off <= c->req_len &&
+           c->rlen <= sizeof c->rbuf;
+}
+
+/* The invariants across a worker's connections (lg_conn_t's comment), by a
+ * walk of all of them: the idle list holds exactly the LG_C_IDLE ones,
+ * inflight counts the others and nconnecting the LG_C_CONNECTING ones.
+ * Asserted when the worker's loop ends, and at every turn of it in a
+ * COUPONSVC_DEBUG_SANITY build. */
+static bool lg__worker_ok(const lg_worker_t *w) {
+    int listed = 0, idle = 0, connecting = 0;
+    for (const lg_conn_t *c = w->idle; c != NULL; c = c->next_idle) {
+        if (c->state != LG_C_IDLE || ++listed > w->nconns) {
+            return false;
+        }
+    }
+    for (int i = 0; i < w->nconns; i++) {
+        const lg_conn_t *c = &w->conns[i];
+        if (!lg__conn_ok(c)) {
+            return false;
+        }
+        idle += c->state == LG_C_IDLE;
+        connecting += c->state == LG_C_CONNECTING;
+    }
+    return listed == idle && w->inflight == w->nconns - idle &&
+           w->nconnecting == connecting;
+}
+
 static void lg__conn_send(lg_conn_t *c);
 static void lg__conn_connected(lg_conn_t *c);
 
@@ -756,6 +696,7 @@ static void lg__conn_finish(lg_conn_t *c, CURLcode rc, long st, int64_t now) {
     w->idle = c;
     w->inflight--;
     assert(w->inflight >= 0);
+    assert(lg__conn_ok(c));
 }
 
 /* The request on c failed with transport error rc at `now`: the
@@ -942,7 +883,7 @@ static void lg__conn_read(lg_conn_t *c) {
 
 /* End every request that has run past the timeout. */
 static void lg__sweep(lg_worker_t *w, int64_t now) {
-    int64_t limit = (int64_t)lg_cfg.timeout_ms * 1000000;
+    int64_t limit = (int64_t)lg_cfg.timeout_ms * MONO_MS;
     for (int i = 0; i < w->nconns; i++) {
         lg_conn_t *c = &w->conns[i];
         if (c->state != LG_C_IDLE && now - c->start_ns >= limit) {
@@ -1123,7 +1064,11 @@ static void *lg__worker_main(void *arg) {
             lg__sec_advance(w, mono_ns());
             lg__publish(w);
         }
+#ifdef COUPONSVC_DEBUG_SANITY
+        assert(lg__worker_ok(w));
+#endif
     }
+    assert(lg__worker_ok(w));
     w->end_ns = mono_ns();
     lg__secs_merge(w->sec_no, &w->sec,
                    lg_cfg.threads); /* the last, partial second */
@@ -1321,7 +1266,7 @@ static void lg__collect(lg_result_t *res) {
         for (int k = 0; k < CURL_LAST; k++) {
             t->err_kind[k] += w->total.err_kind[k];
         }
-        lg__hist_merge(t->lat, w->total.lat);
+        lg_hist_merge(t->lat, w->total.lat);
         res->sent_late += w->sent_late;
         sent += w->sent;
         if (w->end_ns > end) {
@@ -1332,7 +1277,7 @@ static void lg__collect(lg_result_t *res) {
             res->sample = w->sample;
         }
     }
-    assert(lg__hist_check(t->lat));
+    assert(lg_hist_ok(t->lat));
     res->duration_s = (double)(end - lg__start_ns) / 1e9;
     res->rate = res->duration_s > 0 ? (double)t->requests / res->duration_s : 0;
     if (lg_cfg.rate > 0) {
@@ -1340,11 +1285,11 @@ static void lg__collect(lg_result_t *res) {
         res->unsent = sched > sent ? sched - sent : 0;
     }
     res->interrupted = atomic_load(&lg__stop) != 0;
-    res->p50 = lg__us_to_ms(lg__hist_percentile(t->lat, 50));
-    res->p90 = lg__us_to_ms(lg__hist_percentile(t->lat, 90));
-    res->p99 = lg__us_to_ms(lg__hist_percentile(t->lat, 99));
-    res->p999 = lg__us_to_ms(lg__hist_percentile(t->lat, 99.9));
-    res->max = lg__us_to_ms(t->lat->max);
+    res->p50 = lg_us_to_ms(lg_hist_percentile(t->lat, 50));
+    res->p90 = lg_us_to_ms(lg_hist_percentile(t->lat, 90));
+    res->p99 = lg_us_to_ms(lg_hist_percentile(t->lat, 99));
+    res->p999 = lg_us_to_ms(lg_hist_percentile(t->lat, 99.9));
+    res->max = lg_us_to_ms(t->lat->max);
 
     for (size_t s = 0; s < lg__nsecs; s++) {
         lg__secrow_close(&lg__secs[s]); /* stragglers */

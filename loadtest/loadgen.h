@@ -1,11 +1,12 @@
 /*
  * loadgen.h: what the load generator's files share.
  *
- * loadgen.c runs the load (workers, connections, the histogram, main);
- * lg_cli.c turns the command line into lg_cfg through one table of options;
- * lg_report.c checks the database afterwards (through lg_verify.c) and
- * prints the summary, the JSON and the CSV. The names here are the ones
- * those files use of each other; everything else stays static in its file.
+ * loadgen.c runs the load (workers, connections, main); lg_hist.c keeps
+ * the latency histogram; lg_cli.c turns the command line into lg_cfg
+ * through one table of options; lg_report.c checks the database afterwards
+ * (through lg_verify.c) and prints the summary, the JSON and the CSV. The names
+ * here are the ones those files use of each other; everything else stays static
+ * in its file.
  *
  * Thread safety: lg_cfg is written by lg_cli_parse before any worker starts
  * and only read afterwards; the helpers keep no state.

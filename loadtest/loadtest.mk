@@ -16,7 +16,7 @@
 
 LOADGEN_PKGS := libcurl libpq
 LOADGEN_OBJS := $(addprefix $(BUILD)/loadtest/, loadgen.o lg_cli.o \
-	lg_report.o lg_http.o lg_verify.o)
+	lg_hist.o lg_report.o lg_http.o lg_verify.o)
 
 # -Iservice: the load generator shares the service's header-only helpers
 # (mono.h's clocks and sleeps, util.h's string trimming), nothing it links.
