@@ -470,6 +470,58 @@ void fl_finish(const char *coupon, long stock, fl_load_t *const *loads, int nl,
     TT_EQ_INT(h_pg_int(sql), stock);
 }
 
+void fl_finish_one(fl_load_t *l, const char *coupon, long stock, long extra201,
+                   h_svc_t *const *healthy, int nh) {
+    fl_finish(coupon, stock, &l, 1, extra201, healthy, nh);
+    fl_free(l);
+}
+
+/* ------------------------------------------ waits and row counts --- */
+
+void fl_wait_201s(fl_load_t *l, long n) {
+    double end = h_now_ms() + 15000;
+    while (fl_count(l, 201, NULL) < n) {
+        TT_ASSERT_MSG(h_now_ms() < end, "the load made no progress");
+        h_sleep_ms(10);
+    }
+}
+
+void fl_failures_clear(fl_load_t *l, double from, double to,
+                       const char *const *ok) {
+    int n;
+    const fl_rec_t *r = fl_recs(l, &n);
+    for (int i = 0; i < n; i++) {
+        if (r[i].t0 < from || r[i].t0 >= to || r[i].status == 201 ||
+            r[i].status == 410) {
+            continue;
+        }
+        int known = ok == NULL;
+        for (int k = 0; ok != NULL && ok[k] != NULL; k++) {
+            known |= strcmp(r[i].error, ok[k]) == 0;
+        }
+        TT_ASSERT_MSG(r[i].status == 503 && r[i].retry_after && known,
+                      "unclear answer during the fault: %ld %s (%s)%s",
+                      r[i].status, r[i].error, r[i].detail,
+                      r[i].retry_after ? "" : " without Retry-After");
+    }
+}
+
+long fl_rows_for_user(const char *user) {
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM claims WHERE user_id = '%s'", user);
+    return h_pg_int(sql);
+}
+
+long fl_rows_with_fence(const char *coupon, long fence) {
+    char sql[160];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM claims WHERE coupon_id = '%s' AND "
+             "fence = %ld",
+             coupon, fence);
+    return h_pg_int(sql);
+}
+
 /* ------------------------------------------------------ movable clock --- */
 
 void fl_clock_init(fl_clock_t *c, const char *name) {

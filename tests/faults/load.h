@@ -131,6 +131,24 @@ void fl_solo_join(fl_solo_t *so);
 void fl_finish(const char *coupon, long stock, fl_load_t *const *loads, int nl,
                long extra201, h_svc_t *const *healthy, int nh);
 
+/* fl_finish for a scenario of one load, l, which it then frees (stolen). */
+void fl_finish_one(fl_load_t *l, const char *coupon, long stock, long extra201,
+                   h_svc_t *const *healthy, int nh);
+
+/* Waits, at most 15 s, until the load has n 201s (the setting is up and
+ * the coupon is being claimed). */
+void fl_wait_201s(fl_load_t *l, long n);
+
+/* Every answer of l sent in [from, to) that is not a 201/410 is a clear
+ * 503: with Retry-After, and with one of the error codes in ok
+ * (NULL-terminated; ok NULL: any code). */
+void fl_failures_clear(fl_load_t *l, double from, double to,
+                       const char *const *ok);
+
+/* Claim rows of user / of coupon with fence fence, in PostgreSQL. */
+long fl_rows_for_user(const char *user);
+long fl_rows_with_fence(const char *coupon, long fence);
+
 /* A movable wall clock for one process (tests/faults/clockshift.c): env is
  * the environment to start it with (LD_PRELOAD, CLOCKSHIFT_FILE; it points
  * into the struct, which must outlive the start), path the file that holds

@@ -40,20 +40,6 @@ int h_etcd_on(void) {
     return b != NULL && strcmp(b, "etcd") == 0;
 }
 
-static int h_etcd__port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
-        perror("free port");
-        exit(1);
-    }
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* ---------------------------------------------------------- supervisor --- */
 
 static void h_etcd__pidfile(int i, char *out, size_t n) {
@@ -271,8 +257,8 @@ int h_etcd_setup(void) {
     }
     size_t o = 0;
     for (int i = 0; i < H_ETCD_MEMBERS; i++) {
-        h_etcd__g.client[i] = h_etcd__port();
-        h_etcd__g.peer[i] = h_etcd__port();
+        h_etcd__g.client[i] = h_free_port();
+        h_etcd__g.peer[i] = h_free_port();
         o += (size_t)snprintf(
             h_etcd__g.endpoints + o, sizeof(h_etcd__g.endpoints) - o,
             "%shttp://127.0.0.1:%d", i ? "," : "", h_etcd__g.client[i]);
@@ -459,44 +445,67 @@ static char *h_etcd__b64(const char *s) {
     return o;
 }
 
-long h_etcd_count(const char *sub) {
-    char key[256], end[256];
-    snprintf(key, sizeof(key), "%s%s", h_etcd__prefix, sub);
-    snprintf(end, sizeof(end), "%s", key);
-    end[strlen(end) - 1]++;
-    char *k = h_etcd__b64(key), *e = h_etcd__b64(end);
-    char body[700];
-    snprintf(body, sizeof(body),
-             "{\"key\":\"%s\",\"range_end\":\"%s\",\"count_only\":true}", k, e);
-    free(k);
-    free(e);
+/* POSTs body to path on each member in turn until one answers 200. Returns
+ * that answer's JSON (new; an empty object if it had no JSON body), or NULL
+ * if no member answered 200. */
+static json_t *h_etcd__any(const char *path, const char *body) {
     for (int i = 0; i < H_ETCD_MEMBERS; i++) {
         json_t *j = NULL;
-        if (h_etcd__post(i, "/v3/kv/range", body, &j) == 200) {
-            json_t *c = json_object_get(j, "count");
-            long n = json_is_string(c) ? atol(json_string_value(c)) : 0;
-            json_decref(j);
-            return n;
+        if (h_etcd__post(i, path, body, &j) == 200) {
+            return j != NULL ? j : json_object();
         }
         json_decref(j);
     }
-    return -1;
+    return NULL;
+}
+
+/* Writes to out the JSON body {"key": <the test's prefix + sub>} for the KV
+ * API (base64, as the gateway wants), with "range_end" for every key under
+ * it when range, then the members of extra ("" or starting with ","). */
+static void h_etcd__key_body(char *out, size_t n, const char *sub, int range,
+                             const char *extra) {
+    char key[256], end[256];
+    snprintf(key, sizeof(key), "%s%s", h_etcd__prefix, sub);
+    char *k = h_etcd__b64(key), *e = NULL;
+    if (range) {
+        snprintf(end, sizeof(end), "%s", key);
+        end[strlen(end) - 1]++;
+        e = h_etcd__b64(end);
+    }
+    snprintf(out, n, "{\"key\":\"%s\"%s%s%s%s}", k,
+             range ? ",\"range_end\":\"" : "", range ? e : "",
+             range ? "\"" : "", extra);
+    free(k);
+    free(e);
+}
+
+/* A decimal-string member of j (etcd's gateway sends int64 as strings), 0
+ * when absent. */
+static long h_etcd__num(const json_t *j, const char *name) {
+    const json_t *v = json_object_get(j, name);
+    return json_is_string(v) ? atol(json_string_value(v)) : 0;
+}
+
+long h_etcd_count(const char *sub) {
+    char body[700];
+    h_etcd__key_body(body, sizeof(body), sub, 1, ",\"count_only\":true");
+    json_t *j = h_etcd__any("/v3/kv/range", body);
+    if (j == NULL) {
+        return -1;
+    }
+    long n = h_etcd__num(j, "count");
+    json_decref(j);
+    return n;
 }
 
 void h_etcd_put(const char *sub, const char *value) {
-    char key[256];
-    snprintf(key, sizeof(key), "%s%s", h_etcd__prefix, sub);
-    char *k = h_etcd__b64(key), *v = h_etcd__b64(value);
-    char body[700];
-    snprintf(body, sizeof(body), "{\"key\":\"%s\",\"value\":\"%s\"}", k, v);
-    free(k);
+    char *v = h_etcd__b64(value), extra[400], body[700];
+    snprintf(extra, sizeof(extra), ",\"value\":\"%s\"", v);
     free(v);
-    for (int i = 0; i < H_ETCD_MEMBERS; i++) {
-        if (h_etcd__post(i, "/v3/kv/put", body, NULL) == 200) {
-            return;
-        }
-    }
-    TT_ASSERT_MSG(0, "etcd put %s: no member answered", key);
+    h_etcd__key_body(body, sizeof(body), sub, 0, extra);
+    json_t *j = h_etcd__any("/v3/kv/put", body);
+    TT_ASSERT_MSG(j != NULL, "etcd put %s: no member answered", sub);
+    json_decref(j);
 }
 
 static int h_etcd__unb64(const char *s, char *out, size_t cap) {
@@ -522,71 +531,38 @@ static int h_etcd__unb64(const char *s, char *out, size_t cap) {
 }
 
 long long h_etcd_get_int(const char *sub) {
-    char key[256];
-    snprintf(key, sizeof(key), "%s%s", h_etcd__prefix, sub);
-    char *k = h_etcd__b64(key);
     char body[400];
-    snprintf(body, sizeof(body), "{\"key\":\"%s\"}", k);
-    free(k);
-    for (int i = 0; i < H_ETCD_MEMBERS; i++) {
-        json_t *j = NULL;
-        if (h_etcd__post(i, "/v3/kv/range", body, &j) == 200) {
-            const char *v = json_string_value(json_object_get(
-                json_array_get(json_object_get(j, "kvs"), 0), "value"));
-            char buf[64] = "";
-            if (v != NULL) {
-                h_etcd__unb64(v, buf, sizeof(buf));
-            }
-            json_decref(j);
-            return atoll(buf);
-        }
-        json_decref(j);
+    h_etcd__key_body(body, sizeof(body), sub, 0, "");
+    json_t *j = h_etcd__any("/v3/kv/range", body);
+    TT_ASSERT_MSG(j != NULL, "etcd get %s: no member answered", sub);
+    const char *v = json_string_value(
+        json_object_get(json_array_get(json_object_get(j, "kvs"), 0), "value"));
+    char buf[64] = "";
+    if (v != NULL) {
+        h_etcd__unb64(v, buf, sizeof(buf));
     }
-    TT_ASSERT_MSG(0, "etcd get %s: no member answered", key);
+    json_decref(j);
+    return atoll(buf);
 }
 
 long h_etcd_del(const char *sub) {
-    char key[256];
-    snprintf(key, sizeof(key), "%s%s", h_etcd__prefix, sub);
-    char *k = h_etcd__b64(key);
     char body[400];
-    snprintf(body, sizeof(body), "{\"key\":\"%s\"}", k);
-    free(k);
-    for (int i = 0; i < H_ETCD_MEMBERS; i++) {
-        json_t *j = NULL;
-        if (h_etcd__post(i, "/v3/kv/deleterange", body, &j) == 200) {
-            json_t *d = json_object_get(j, "deleted");
-            long n = json_is_string(d) ? atol(json_string_value(d)) : 0;
-            json_decref(j);
-            return n;
-        }
-        json_decref(j);
-    }
-    TT_ASSERT_MSG(0, "etcd delete %s: no member answered", key);
+    h_etcd__key_body(body, sizeof(body), sub, 0, "");
+    json_t *j = h_etcd__any("/v3/kv/deleterange", body);
+    TT_ASSERT_MSG(j != NULL, "etcd delete %s: no member answered", sub);
+    long n = h_etcd__num(j, "deleted");
+    json_decref(j);
+    return n;
 }
 
 /* The lease (a decimal string, new) of the first key under sub, or NULL. */
 static char *h_etcd__owner_lease(const char *sub) {
-    char key[256], end[256];
-    snprintf(key, sizeof(key), "%s%s", h_etcd__prefix, sub);
-    snprintf(end, sizeof(end), "%s", key);
-    end[strlen(end) - 1]++;
-    char *k = h_etcd__b64(key), *e = h_etcd__b64(end);
     char body[700];
-    snprintf(body, sizeof(body),
-             "{\"key\":\"%s\",\"range_end\":\"%s\",\"limit\":1,"
-             "\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\"}",
-             k, e);
-    free(k);
-    free(e);
-    json_t *j = NULL;
-    for (int i = 0; i < H_ETCD_MEMBERS && j == NULL; i++) {
-        if (h_etcd__post(i, "/v3/kv/range", body, &j) != 200) {
-            json_decref(j);
-            j = NULL;
-        }
-    }
-    TT_ASSERT_MSG(j != NULL, "etcd range %s: no member answered", key);
+    h_etcd__key_body(body, sizeof(body), sub, 1,
+                     ",\"limit\":1,\"sort_order\":\"ASCEND\","
+                     "\"sort_target\":\"CREATE\"");
+    json_t *j = h_etcd__any("/v3/kv/range", body);
+    TT_ASSERT_MSG(j != NULL, "etcd range %s: no member answered", sub);
     const char *lease = json_string_value(
         json_object_get(json_array_get(json_object_get(j, "kvs"), 0), "lease"));
     char *out = lease != NULL ? strdup(lease) : NULL;
@@ -594,44 +570,46 @@ static char *h_etcd__owner_lease(const char *sub) {
     return out;
 }
 
-int h_etcd_revoke_owner(const char *sub) {
+/* The answer of the lease API at path about the lease of the first key
+ * under sub (new JSON; NULL when no member answered), or NULL with *none
+ * set when there is no such key. */
+static json_t *h_etcd__owner_call(const char *sub, const char *path,
+                                  int *none) {
     char *lease = h_etcd__owner_lease(sub);
+    *none = lease == NULL;
     if (lease == NULL) {
-        return 0;
+        return NULL;
     }
     char rb[96];
     snprintf(rb, sizeof(rb), "{\"ID\":\"%s\"}", lease);
     free(lease);
-    for (int i = 0; i < H_ETCD_MEMBERS; i++) {
-        if (h_etcd__post(i, "/v3/lease/revoke", rb, NULL) == 200) {
-            return 1;
-        }
+    return h_etcd__any(path, rb);
+}
+
+int h_etcd_revoke_owner(const char *sub) {
+    int none;
+    json_t *j = h_etcd__owner_call(sub, "/v3/lease/revoke", &none);
+    if (none) {
+        return 0;
     }
-    TT_ASSERT_MSG(0, "etcd lease revoke: no member answered");
+    TT_ASSERT_MSG(j != NULL, "etcd lease revoke: no member answered");
+    json_decref(j);
+    return 1;
 }
 
 long h_etcd_owner_ttl_ms(const char *sub) {
-    char *lease = h_etcd__owner_lease(sub);
-    if (lease == NULL) {
+    int none;
+    json_t *j = h_etcd__owner_call(sub, "/v3/lease/timetolive", &none);
+    if (none) {
         return -2;
     }
-    char rb[96];
-    snprintf(rb, sizeof(rb), "{\"ID\":\"%s\"}", lease);
-    free(lease);
-    for (int i = 0; i < H_ETCD_MEMBERS; i++) {
-        json_t *j = NULL;
-        if (h_etcd__post(i, "/v3/lease/timetolive", rb, &j) == 200) {
-            json_t *t = json_object_get(j, "TTL"),
-                   *g = json_object_get(j, "grantedTTL");
-            long ttl = json_is_string(t) ? atol(json_string_value(t)) : 0;
-            long granted = json_is_string(g) ? atol(json_string_value(g)) : 0;
-            json_decref(j);
-            long ms = (ttl + 1) * 1000;
-            return ms > granted * 1000 ? granted * 1000 : ms;
-        }
-        json_decref(j);
+    if (j == NULL) {
+        return -1;
     }
-    return -1;
+    long ttl = h_etcd__num(j, "TTL"), granted = h_etcd__num(j, "grantedTTL");
+    json_decref(j);
+    long ms = (ttl + 1) * 1000;
+    return ms > granted * 1000 ? granted * 1000 : ms;
 }
 
 void h_etcd_make_leader(int i) {
@@ -652,8 +630,4 @@ void h_etcd_make_leader(int i) {
         }
         h_sleep_ms(200);
     }
-}
-
-int h_etcd_free_port(void) {
-    return h_etcd__port();
 }

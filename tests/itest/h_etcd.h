@@ -88,7 +88,4 @@ void h_etcd_make_leader(int i);
  * the upper end, capped at the granted TTL), or -2 when there is no key. */
 long h_etcd_owner_ttl_ms(const char *sub);
 
-/* A free loopback port (for a test's own etcd member). */
-int h_etcd_free_port(void);
-
 #endif

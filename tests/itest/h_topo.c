@@ -42,46 +42,6 @@ static char h__sent_pass[64];
 
 /* -------------------------------------------------------------- helpers --- */
 
-static int h__topo_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET,
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    TT_ASSERT_MSG(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-                      getsockname(fd, (struct sockaddr *)&a, &len) == 0,
-                  "no free port: %s", strerror(errno));
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-/* fork + exec argv, output appended to log, env ("K=V", may be NULL)
- * added. */
-static pid_t h__topo_spawn(char *const *argv, const char *log,
-                           const char *const *env) {
-    pid_t pid = fork();
-    TT_ASSERT_MSG(pid >= 0, "fork: %s", strerror(errno));
-    if (pid != 0) {
-        return pid;
-    }
-    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd >= 0) {
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-    }
-    int devnull = open("/dev/null", O_RDONLY);
-    if (devnull >= 0) {
-        dup2(devnull, 0);
-        close(devnull);
-    }
-    for (int i = 0; env != NULL && env[i] != NULL; i++) {
-        putenv((char *)env[i]);
-    }
-    execvp(argv[0], argv);
-    fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-    _exit(127);
-}
-
 /* A new connection to 127.0.0.1:port, authenticated with pass if not NULL;
  * NULL if it cannot be had within 1 s. */
 static redisContext *h__topo_conn(int port, const char *pass) {
@@ -169,7 +129,7 @@ void h_node_start(int i, const char *const *args, const char *const *env) {
         argv[k++] = (char *)args[j];
     }
     argv[k] = NULL;
-    n->pid = h__topo_spawn(argv, log, env);
+    n->pid = h_spawn(argv, log, NULL, env);
     h__topo_wait_ping(n->port, n->pid, NULL, log);
 }
 
@@ -180,7 +140,7 @@ void h_nodes_start(int count) {
     size_t used = 0;
     h__addrs[0] = '\0';
     for (int i = 0; i < count; i++) {
-        h__nodes[i].port = h__topo_port();
+        h__nodes[i].port = h_free_port();
         used += (size_t)snprintf(h__addrs + used, sizeof(h__addrs) - used,
                                  "%s127.0.0.1:%d", i > 0 ? "," : "",
                                  h__nodes[i].port);
@@ -344,7 +304,7 @@ void h_sentinel_start(const char *master_name, const char *sentinel_pass,
      * the stream, and the sentinels would see it down). */
     h__repl_proxy = fp_start(mport);
     h__nnodes = 2;
-    h__nodes[1].port = h__topo_port();
+    h__nodes[1].port = h_free_port();
     char replicaof[64];
     snprintf(replicaof, sizeof(replicaof), "127.0.0.1 %d",
              fp_port(h__repl_proxy));
@@ -356,7 +316,7 @@ void h_sentinel_start(const char *master_name, const char *sentinel_pass,
 
     size_t used = 0;
     for (int i = 0; i < H_SENTINELS; i++) {
-        h__sents[i].port = h__topo_port();
+        h__sents[i].port = h_free_port();
         char conf[400], log[400];
         snprintf(conf, sizeof(conf), "%s/sentinel%d.conf", h_test_dir(), i);
         snprintf(log, sizeof(log), "%s/sentinel%d.log", h_test_dir(), i);
@@ -387,7 +347,7 @@ void h_sentinel_start(const char *master_name, const char *sentinel_pass,
         }
         TT_ASSERT(fclose(f) == 0);
         char *argv[] = {"redis-server", conf, "--sentinel", NULL};
-        h__sents[i].pid = h__topo_spawn(argv, log, NULL);
+        h__sents[i].pid = h_spawn(argv, log, NULL, NULL);
         h__topo_wait_ping(h__sents[i].port, h__sents[i].pid, h__sent_pass, log);
         used += (size_t)snprintf(h__sent_addrs + used,
                                  sizeof(h__sent_addrs) - used, "%s127.0.0.1:%d",

@@ -56,7 +56,7 @@ double h_now_ms(void) {
     return (double)mono_ns() / (double)MONO_MS;
 }
 
-static int h__free_port(void) {
+int h_free_port(void) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET,
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -85,9 +85,8 @@ static struct passwd *h__pg_user(void) {
     return pw;
 }
 
-/* fork + exec argv with stdout/stderr to logfile, optionally as pw. */
-static pid_t h__spawn(char *const *argv, const char *logfile, struct passwd *pw,
-                      const char *const *env) {
+pid_t h_spawn(char *const *argv, const char *logfile, struct passwd *pw,
+              const char *const *env) {
     pid_t pid = fork();
     if (pid < 0) {
         perror("fork");
@@ -236,7 +235,7 @@ static pid_t h__postgres_spawn(const char *dir, int port, const char *log,
         argv[n++] = (char *)extra[i];
     }
     argv[n] = NULL;
-    return h__spawn(argv, log, pw, NULL);
+    return h_spawn(argv, log, pw, NULL);
 }
 
 /* Waits up to 30 s for postgres (pid) on port to answer. Returns NULL once
@@ -281,7 +280,7 @@ static int h__pg_initdb(const char *pgdir, const char *log, struct passwd *pw) {
     char *d = (char *)pgdir;
     char *iargv[] = {initdb,     "-D",        d,    "-A",   "trust", "-U",
                      "postgres", "--no-sync", "-E", "UTF8", NULL};
-    pid_t ip = h__spawn(iargv, log, pw, NULL);
+    pid_t ip = h_spawn(iargv, log, pw, NULL);
     int st = h__wait(ip, 60000);
     if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
         fprintf(stderr, "harness: initdb failed, see %s\n", log);
@@ -297,7 +296,7 @@ static int h__pg_initdb(const char *pgdir, const char *log, struct passwd *pw) {
 static int h__pg_start(const char *pgdir, const char *log, struct passwd *pw) {
     const char *extra[] = {"synchronous_commit=off", "full_page_writes=off",
                            "max_connections=400", NULL};
-    h__pg_port = h__free_port();
+    h__pg_port = h_free_port();
     h__pg_pid = h__postgres_spawn(pgdir, h__pg_port, log, pw, extra);
     const char *why = h__postgres_wait(h__pg_port, h__pg_pid);
     if (why != NULL) {
@@ -325,7 +324,7 @@ static int h__make_template(void) {
     snprintf(mlog, sizeof(mlog), "%s/migrate.log", h__dir);
     const char *env[] = {dsn, NULL};
     char *margv[] = {(char *)h__bin(), "migrate", NULL};
-    pid_t mp = h__spawn(margv, mlog, NULL, env);
+    pid_t mp = h_spawn(margv, mlog, NULL, env);
     int st = h__wait(mp, 30000);
     if (st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
         fprintf(stderr, "harness: couponsvc migrate failed\n");
@@ -420,7 +419,7 @@ static void h__redis_launch(const char *const *args, const char *const *env) {
         argv[n++] = (char *)args[i];
     }
     argv[n] = NULL;
-    h__redis_pid = h__spawn(argv, log, NULL, env);
+    h__redis_pid = h_spawn(argv, log, NULL, env);
     double end = h_now_ms() + 10000;
     for (;;) {
         struct timeval tv = {1, 0};
@@ -503,7 +502,7 @@ void h_begin(void) {
     snprintf(h__dsn, sizeof(h__dsn),
              "host=127.0.0.1 port=%d dbname=%s user=postgres", h__pg_port, db);
 
-    h__redis_port = h__free_port();
+    h__redis_port = h_free_port();
     h_redis_start();
     if (h_etcd_on()) {
         h_etcd_begin();
@@ -519,7 +518,7 @@ h_svc_t *h_svc_start(const char *name, const char *const *env) {
     h_svc_t *s = &h__svcs[h__nsvcs++];
     memset(s, 0, sizeof(*s));
     snprintf(s->name, sizeof(s->name), "%s", name);
-    s->port = h__free_port();
+    s->port = h_free_port();
     snprintf(s->url, sizeof(s->url), "http://127.0.0.1:%d", s->port);
     snprintf(s->log, sizeof(s->log), "%s/%s.log", h__test_dir, name);
 
@@ -552,7 +551,7 @@ h_svc_t *h_svc_start(const char *name, const char *const *env) {
     all[n] = NULL;
 
     char *argv[] = {(char *)h__bin(), NULL};
-    s->pid = h__spawn(argv, s->log, NULL, all);
+    s->pid = h_spawn(argv, s->log, NULL, all);
 
     char url[96];
     snprintf(url, sizeof(url), "%s/healthz", s->url);
@@ -841,13 +840,25 @@ void h_check_invariants(const char *coupon, long stock, long n201) {
     TT_ASSERT_MSG(v.ok, "invariants of %s: %s", coupon, v.first);
 }
 
+int h_file_has(const char *path, const char *text) {
+    FILE *f = fopen(path, "r");
+    TT_ASSERT_MSG(f != NULL, "cannot read %s", path);
+    char line[2048];
+    int found = 0;
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        found = strstr(line, text) != NULL;
+    }
+    fclose(f);
+    return found;
+}
+
 int h_run_migrate(void) {
     char dsn[300], log[400];
     snprintf(dsn, sizeof(dsn), "COUPON_PG_DSN=%s", h__dsn);
     snprintf(log, sizeof(log), "%s/migrate.log", h__test_dir);
     const char *env[] = {dsn, NULL};
     char *argv[] = {(char *)h__bin(), "migrate", NULL};
-    int st = h__wait(h__spawn(argv, log, NULL, env), 30000);
+    int st = h__wait(h_spawn(argv, log, NULL, env), 30000);
     return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
@@ -870,7 +881,7 @@ pid_t h_redis_stall_bg(long ms) {
     snprintf(log, sizeof(log), "%s/redis-cli.log", h__test_dir);
     char *argv[] = {"redis-cli", "-h",    "127.0.0.1", "-p", port,
                     "DEBUG",     "SLEEP", secs,        NULL};
-    return h__spawn(argv, log, NULL, NULL);
+    return h_spawn(argv, log, NULL, NULL);
 }
 
 /* The private cluster (per test, in the test's process). */
@@ -896,7 +907,7 @@ void h_pg_private_start(void) {
     TT_ASSERT_MSG(h__pg_initdb(h__ppg_dir, h__ppg_log, pw) == 0,
                   "initdb of the private cluster failed, see %s", h__ppg_log);
 
-    h__ppg_port = h__free_port();
+    h__ppg_port = h_free_port();
     h__ppg_spawn();
 
     char dsn[200];
@@ -973,10 +984,10 @@ const char *h_pg_standby_start(void) {
     char *argv[] = {bb,          "-D", h__sby_dir, "-h", "127.0.0.1", "-p",
                     port,        "-U", "postgres", "-R", "-X",        "stream",
                     "--no-sync", "-c", "fast",     NULL};
-    int st = h__wait(h__spawn(argv, h__sby_log, pw, NULL), 60000);
+    int st = h__wait(h_spawn(argv, h__sby_log, pw, NULL), 60000);
     TT_ASSERT_MSG(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
                   "pg_basebackup failed, see %s", h__sby_log);
-    h__sby_port = h__free_port();
+    h__sby_port = h_free_port();
     h__sby_spawn();
     snprintf(h__sby_dsn, sizeof(h__sby_dsn),
              "host=127.0.0.1 port=%d dbname=t user=postgres", h__sby_port);
@@ -1105,7 +1116,7 @@ int h_nginx_start(h_svc_t *const *upstreams, int n) {
     TT_ASSERT(fclose(out) == 0);
     TT_ASSERT_MSG(zone, "%s: no line starting with '%s'", http_src, key);
 
-    int port = h__free_port();
+    int port = h_free_port();
     FILE *f = fopen(conf, "w");
     TT_ASSERT(f != NULL);
     /* Under master_process off nginx does not switch users, so its temp
@@ -1156,7 +1167,7 @@ int h_nginx_start(h_svc_t *const *upstreams, int n) {
     TT_ASSERT(fclose(f) == 0);
 
     char *argv[] = {"nginx", "-p", dir, "-c", conf, "-e", h__nginx_err, NULL};
-    h__nginx_pid = h__spawn(argv, h__nginx_err, NULL, NULL);
+    h__nginx_pid = h_spawn(argv, h__nginx_err, NULL, NULL);
 
     char url[96];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/lb-healthz", port);
@@ -1227,14 +1238,14 @@ void h_redis_restart_acl(const char *svc_pass) {
 }
 
 int h_redis_extra_start(const char *name) {
-    int port = h__free_port();
+    int port = h_free_port();
     char ports[16], log[400];
     snprintf(ports, sizeof(ports), "%d", port);
     snprintf(log, sizeof(log), "%s/%s.log", h__test_dir, name);
     char *argv[] = {"redis-server", "--port", ports,       "--bind",
                     "127.0.0.1",    "--save", "",          "--appendonly",
                     "no",           "--dir",  h__test_dir, NULL};
-    pid_t pid = h__spawn(argv, log, NULL, NULL);
+    pid_t pid = h_spawn(argv, log, NULL, NULL);
     double end = h_now_ms() + 10000;
     for (;;) {
         struct timeval tv = {1, 0};
@@ -1256,7 +1267,9 @@ int h_redis_extra_start(const char *name) {
     }
 }
 
-long long h_redis_cmd_at(int port, const char *fmt, ...) {
+/* The reply to one command (fmt, ap) on the Redis at port; see
+ * h_redis_cmd_at. */
+static redisReply *h__redis_vreply_at(int port, const char *fmt, va_list ap) {
     struct timeval tv = {2, 0};
     redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
     TT_ASSERT_MSG(c != NULL && c->err == 0, "redis connect: %s",
@@ -1264,14 +1277,27 @@ long long h_redis_cmd_at(int port, const char *fmt, ...) {
     if (port == h__redis_port) {
         TT_ASSERT_MSG(h__redis_auth(c) == 0, "redis AUTH failed");
     }
-    va_list ap;
-    va_start(ap, fmt);
     redisReply *r = redisvCommand(c, fmt, ap);
-    va_end(ap);
     TT_ASSERT_MSG(r != NULL, "redis command failed: %s", c->errstr);
     TT_ASSERT_MSG(r->type != REDIS_REPLY_ERROR, "redis: %s", r->str);
+    redisFree(c); /* the reply is an object of its own */
+    return r;
+}
+
+redisReply *h_redis_reply_at(int port, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = h__redis_vreply_at(port, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+long long h_redis_cmd_at(int port, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = h__redis_vreply_at(port, fmt, ap);
+    va_end(ap);
     long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
     freeReplyObject(r);
-    redisFree(c);
     return v;
 }

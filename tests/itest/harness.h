@@ -100,6 +100,10 @@ double h_metric(const h_svc_t *s, const char *series);
 /* One integer from a query on the test database (first row, first column). */
 long long h_pg_int(const char *sql);
 
+/* 1 if a line of the file at path (a service's log, a command's output)
+ * contains text, else 0; fails the test if the file cannot be read. */
+int h_file_has(const char *path, const char *text);
+
 /* Concurrent claims: users <prefix>-0 .. <prefix>-(n-1), spread round-robin
  * over svcs, from `threads` threads at once. counts[status]++ per answer
  * (status 0 = transport error). */
@@ -129,6 +133,20 @@ void h_sleep_ms(long ms);
 
 /* Milliseconds on the monotonic clock (for intervals, not dates). */
 double h_now_ms(void);
+
+/* A free loopback TCP port (bound, then closed: nobody else holds it at
+ * the moment of the call). Exits the process if there is none. */
+int h_free_port(void);
+
+struct passwd;
+
+/* fork + exec (execvp) argv, stdout and stderr appended to logfile, stdin
+ * from /dev/null, the settings of env ("K=V", NULL-terminated, may be NULL)
+ * added, as user pw if not NULL. Returns the child's pid (the caller reaps
+ * it); exits the process if fork fails. For the harness's own files
+ * (harness.c, h_topo.c, h_etcd.c) and tests that start a helper process. */
+pid_t h_spawn(char *const *argv, const char *logfile, struct passwd *pw,
+              const char *const *env);
 
 /* Polls until metric >= want on s, up to timeout_ms; returns the last value. */
 double h_wait_metric(const h_svc_t *s, const char *series, double want,
@@ -231,6 +249,12 @@ int h_redis_extra_start(const char *name);
  * extra one); fails the test on an error reply. Returns an integer reply, or
  * 0. */
 long long h_redis_cmd_at(int port, const char *fmt, ...);
+
+struct redisReply;
+
+/* The same, returning the whole reply (new: freeReplyObject); fails the
+ * test on an error reply or none. */
+struct redisReply *h_redis_reply_at(int port, const char *fmt, ...);
 
 /* ------------------------------------------------- the etcd suites ---
  * COUPONSVC_LOCK_BACKEND=etcd runs the same tests on a 3-member etcd

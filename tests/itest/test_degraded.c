@@ -47,21 +47,6 @@ static int dead_port(void) {
     return ntohs(a.sin_port);
 }
 
-/* 1 if the service's log has a line containing what. */
-static int log_has(const h_svc_t *s, const char *what) {
-    FILE *f = fopen(s->log, "r");
-    if (f == NULL) {
-        return 0;
-    }
-    char line[2048];
-    int found = 0;
-    while (!found && fgets(line, sizeof(line), f) != NULL) {
-        found = strstr(line, what) != NULL;
-    }
-    fclose(f);
-    return found;
-}
-
 /* ----------------------------------------------------------------- fail --- */
 
 /* One claim on s that must be refused: 503 unavailable within the lock-wait
@@ -157,7 +142,7 @@ static void atomic_run(const char *batch) {
                               "\"sold_out\"}");
     TT_EQ_INT(h_metric(s, "couponsvc_claims_degraded_total") + fast, 61);
     TT_CMP_INT(h_metric(s, "couponsvc_claims_degraded_total"), >=, 25);
-    TT_ASSERT_MSG(log_has(s, "event=claim.degraded"),
+    TT_ASSERT_MSG(h_file_has(s->log, "event=claim.degraded"),
                   "no claim.degraded line in %s", s->log);
     /* A user who holds a claim gets it back. */
     json_t *j = NULL;

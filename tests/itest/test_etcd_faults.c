@@ -40,21 +40,6 @@
 #define E_STOCK 2000
 #define E_PAUSE_MS 20
 
-static void e_wait_201s(fl_load_t *l, long n) {
-    double end = h_now_ms() + 15000;
-    while (fl_count(l, 201, NULL) < n) {
-        TT_ASSERT_MSG(h_now_ms() < end, "the load made no progress");
-        h_sleep_ms(10);
-    }
-}
-
-static long e_rows_for_user(const char *user) {
-    char sql[160];
-    snprintf(sql, sizeof(sql),
-             "SELECT count(*) FROM claims WHERE user_id = '%s'", user);
-    return h_pg_int(sql);
-}
-
 /* ------------------------------------------------------------------------ */
 
 /*
@@ -109,7 +94,7 @@ TT_TEST(etcd_kill9_holder_freed_by_lease, 60) {
     h_svc_t *ok[] = {a, b};
     h_coupon(a, "k9", E_STOCK);
     fl_load_t *l = fl_start(ok, 2, "k9", "load", 4, 20000, E_PAUSE_MS);
-    e_wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "k9", "victim", 20000);
     TT_CMP_INT(h_wait_metric(v, "couponsvc_leases_held", 1, 10000), >=, 1);
@@ -132,10 +117,8 @@ TT_TEST(etcd_kill9_holder_freed_by_lease, 60) {
            first - t_kill);
     TT_CMP_INT(first - t_kill, >=, 500);
     TT_CMP_INT(first - t_kill, <=, 3500);
-    TT_EQ_INT(e_rows_for_user("victim"), 0);
-    fl_load_t *ls[] = {l};
-    fl_finish("k9", E_STOCK, ls, 1, 0, ok, 2);
-    fl_free(l);
+    TT_EQ_INT(fl_rows_for_user("victim"), 0);
+    fl_finish_one(l, "k9", E_STOCK, 0, ok, 2);
 }
 
 /*
@@ -153,7 +136,7 @@ TT_TEST(etcd_leader_killed, 90) {
                      h_svc_start("ld-3", env)};
     h_coupon(s[0], "ld", E_STOCK);
     fl_load_t *l = fl_start(s, 3, "ld", "load", 6, 20000, E_PAUSE_MS);
-    e_wait_201s(l, 30);
+    fl_wait_201s(l, 30);
     /* The leader is also the member every instance talks to first: the
      * instances lose their endpoint and the cluster its leader at once. */
     h_etcd_make_leader(0);
@@ -181,9 +164,7 @@ TT_TEST(etcd_leader_killed, 90) {
     h_sleep_ms(1000);
     fl_stop(l);
     fl_print(l, "load");
-    fl_load_t *ls[] = {l};
-    fl_finish("ld", E_STOCK, ls, 1, 0, s, 3);
-    fl_free(l);
+    fl_finish_one(l, "ld", E_STOCK, 0, s, 3);
 }
 
 /*
@@ -210,8 +191,8 @@ TT_TEST(etcd_member_partitioned_from_one_instance, 90) {
     h_coupon(b, "pt", E_STOCK);
     fl_load_t *la = fl_start(&a, 1, "pt", "a", 3, 20000, E_PAUSE_MS);
     fl_load_t *lb = fl_start(&b, 1, "pt", "b", 3, 20000, E_PAUSE_MS);
-    e_wait_201s(la, 10);
-    e_wait_201s(lb, 10);
+    fl_wait_201s(la, 10);
+    fl_wait_201s(lb, 10);
     TT_CMP_INT(fp_accepted(p[0]), >, 0); /* A talks to member 0 first */
     double t0 = h_now_ms();
     fp_blackhole(p[0], 1);
@@ -273,7 +254,7 @@ TT_TEST(etcd_quorum_lost_then_back, 90) {
     TT_EQ_STR(json_string_value(json_object_get(j, "error")), "unavailable");
     TT_CMP_INT(took, <, 10000);
     json_decref(j);
-    TT_EQ_INT(e_rows_for_user("during"), 0);
+    TT_EQ_INT(fl_rows_for_user("during"), 0);
 
     char url[96], *body = NULL;
     snprintf(url, sizeof(url), "%s/readyz", s->url);
@@ -376,7 +357,7 @@ TT_TEST(etcd_session_lost_every_lock_lost, 60) {
     fl_solo_join(&so);
     TT_EQ_INT(so.r.status, 503);
     TT_EQ_STR(so.r.error, "lease_lost");
-    TT_EQ_INT(e_rows_for_user("orphan"), 0);
+    TT_EQ_INT(fl_rows_for_user("orphan"), 0);
     TT_CMP_INT(h_metric(a, "couponsvc_leases_lost_total"), >=, 1);
     TT_EQ_INT(h_claim(a, "sl", "next", NULL), 201);
     h_check_invariants("sl", 5, 1);
@@ -402,7 +383,7 @@ static void e_etcdctl(const char *ep, const char *args) {
 TT_TEST(etcd_auth_user_and_refused_password, 60) {
     H_ETCD_ONLY();
     h_begin();
-    int cport = h_etcd_free_port(), pport = h_etcd_free_port();
+    int cport = h_free_port(), pport = h_free_port();
     char curl_[64], purl[64], cluster[96], data[300], log[300];
     snprintf(curl_, sizeof(curl_), "http://127.0.0.1:%d", cport);
     snprintf(purl, sizeof(purl), "http://127.0.0.1:%d", pport);
@@ -460,7 +441,7 @@ TT_TEST(etcd_auth_user_and_refused_password, 60) {
     TT_EQ_INT(h_claim(b, "au", "intruder", &j), 503);
     TT_EQ_STR(json_string_value(json_object_get(j, "error")), "unavailable");
     json_decref(j);
-    TT_EQ_INT(e_rows_for_user("intruder"), 0);
+    TT_EQ_INT(fl_rows_for_user("intruder"), 0);
     snprintf(url, sizeof(url), "%s/readyz", b->url);
     long st = 0;
     char *body = NULL;

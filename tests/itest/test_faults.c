@@ -51,13 +51,6 @@ static long rows_by_instance(const char *name) {
     return h_pg_int(sql);
 }
 
-static long rows_for_user(const char *user) {
-    char sql[160];
-    snprintf(sql, sizeof(sql),
-             "SELECT count(*) FROM claims WHERE user_id = '%s'", user);
-    return h_pg_int(sql);
-}
-
 /* Sessions of the test database that sit inside a transaction. */
 static long idle_in_tx(void) {
     return h_pg_int("SELECT count(*) FROM pg_stat_activity"
@@ -88,15 +81,6 @@ static long statement_timeouts(h_svc_t *const *svcs, int n) {
     return sum;
 }
 
-/* Waits until the load has had n 201s (so the fault hits a running load). */
-static void wait_201s(fl_load_t *l, long n) {
-    double end = h_now_ms() + 10000;
-    while (fl_count(l, 201, NULL) < n) {
-        TT_ASSERT_MSG(h_now_ms() < end, "the load made no progress");
-        h_sleep_ms(10);
-    }
-}
-
 /* Waits until s holds a lease (its victim claim is in the critical
  * section). */
 static void wait_lease(const h_svc_t *s) {
@@ -113,28 +97,6 @@ static long pttl_of(const char *coupon) {
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "PTTL coupon:{%s}:lock", coupon);
     return h_redis_cmd(cmd);
-}
-
-/* Every answer sent in [from, to) that is not a 201/410 is a clear 503 with
- * Retry-After and one of the error codes in ok (NULL-terminated). */
-static void all_failures_clear(fl_load_t *l, double from, double to,
-                               const char *const *ok) {
-    int n;
-    const fl_rec_t *r = fl_recs(l, &n);
-    for (int i = 0; i < n; i++) {
-        if (r[i].t0 < from || r[i].t0 >= to || r[i].status == 201 ||
-            r[i].status == 410) {
-            continue;
-        }
-        int known = 0;
-        for (int k = 0; ok[k] != NULL; k++) {
-            known |= strcmp(r[i].error, ok[k]) == 0;
-        }
-        TT_ASSERT_MSG(r[i].status == 503 && r[i].retry_after && known,
-                      "unclear answer during the fault: %ld %s (%s)%s",
-                      r[i].status, r[i].error, r[i].detail,
-                      r[i].retry_after ? "" : " without Retry-After");
-    }
 }
 
 /* Redis with a movable wall clock (tests/faults/clockshift.c). */
@@ -183,7 +145,7 @@ static void kill9_holder(const char *point) {
     h_coupon(a, "k9", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "k9", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "k9", "victim", 20000);
     wait_lease(v);
@@ -226,21 +188,19 @@ static void kill9_holder(const char *point) {
     long extra = 0;
     if (!committed) {
         /* No partial claim: nothing of the victim's, in either table. */
-        TT_EQ_INT(rows_for_user("victim"), 0);
+        TT_EQ_INT(fl_rows_for_user("victim"), 0);
         TT_EQ_INT(rows_by_instance("k9-victim"), 0);
     } else {
         /* Committed, then killed before it could answer or release: the
          * claim stands, the client cannot know, and a retry tells it. */
-        TT_EQ_INT(rows_for_user("victim"), 1);
+        TT_EQ_INT(fl_rows_for_user("victim"), 1);
         fl_rec_t again;
         fl_claim(a->url, "k9", "victim", 10000, &again);
         TT_EQ_INT(again.status, 200);
         extra = 1;
     }
 
-    fl_load_t *ls[] = {l};
-    fl_finish("k9", STOCK, ls, 1, extra, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "k9", STOCK, extra, ok, 2);
 }
 
 TT_TEST(kill9_holder_after_acquire, 60) {
@@ -275,7 +235,7 @@ TT_TEST(sigstop_holder_after_acquire, 60) {
     h_coupon(a, "st", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "st", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "st", "sleeper", 20000);
     wait_lease(v);
@@ -293,13 +253,11 @@ TT_TEST(sigstop_holder_after_acquire, 60) {
     TT_CMP_INT(fl_count_between(l, 201, t_stop + 900, t_cont), >=, 1);
     TT_EQ_INT(so.r.status, 409);
     TT_EQ_STR(so.r.error, "fenced");
-    TT_EQ_INT(rows_for_user("sleeper"), 0);
+    TT_EQ_INT(fl_rows_for_user("sleeper"), 0);
     TT_EQ_INT(rows_by_instance("st-victim"), 0);
     TT_CMP_INT(h_metric(v, "couponsvc_fenced_refusals_total"), >=, 1);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("st", STOCK, ls, 1, 0, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "st", STOCK, 0, ok, 2);
 }
 
 /*
@@ -396,7 +354,7 @@ TT_TEST(sigstop_bucket_holder_past_ttl, 90) {
     TT_EQ_INT(so.r.status, 409);
     TT_EQ_STR(so.r.error, "fenced");
     TT_EQ_INT(so.r.fence, vfence);
-    TT_EQ_INT(rows_for_user("sleeper"), 0);
+    TT_EQ_INT(fl_rows_for_user("sleeper"), 0);
     TT_CMP_INT(h_metric(v, "couponsvc_fenced_refusals_total"), >=, 1);
 
     n += fl_drain(ok, 2, "bk", "drain");
@@ -462,7 +420,7 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
     h_coupon(a, "sb", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "sb", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "sb", "frozen", 20000);
     wait_lease(v);
@@ -487,12 +445,12 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
 
     TT_EQ_INT(so.r.status, 503);
     TT_EQ_STR(so.r.error, "lease_lost");
-    TT_EQ_INT(rows_for_user("frozen"), 0);
+    TT_EQ_INT(fl_rows_for_user("frozen"), 0);
     TT_EQ_INT(rows_by_instance("sb-victim"), 0);
     long stmt = statement_timeouts(ok, 2);
     printf("    UPDATEs cancelled by statement_timeout: %ld\n", stmt);
     const char *clear[] = {"unavailable", "lock_busy", "lease_lost", NULL};
-    all_failures_clear(l, t_stop, t_cont, clear);
+    fl_failures_clear(l, t_stop, t_cont, clear);
     /* Bounded: lock wait (3 s) + statement timeout (1 s) + slack. */
     TT_CMP_INT(fl_max_latency(l, t_stop, t_cont), <, 6500);
 
@@ -524,9 +482,7 @@ static void sigstop_before_commit(int idle_timeout_ms, int stop_ms) {
     TT_CMP_INT(h_metric(v, "couponsvc_claims_total{outcome=\"lease_lost\"}"),
                >=, 1);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("sb", STOCK, ls, 1, 0, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "sb", STOCK, 0, ok, 2);
 }
 
 TT_TEST(sigstop_holder_before_commit_row_lock, 60) {
@@ -553,7 +509,7 @@ TT_TEST(redis_killed_restarted_empty, 60) {
                     h_svc_start("rk-3", env)};
     h_coupon(s[0], "rk", STOCK);
     fl_load_t *l = fl_start(s, 3, "rk", "load", 6, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 30);
+    fl_wait_201s(l, 30);
 
     long f_before = h_redis_cmd("GET coupon:{rk}:fence");
     h_redis_stop();
@@ -567,7 +523,7 @@ TT_TEST(redis_killed_restarted_empty, 60) {
     fl_print(l, "load");
 
     const char *clear[] = {"unavailable", NULL};
-    all_failures_clear(l, t_down + 50, t_up - 50, clear);
+    fl_failures_clear(l, t_down + 50, t_up - 50, clear);
     TT_EQ_INT(fl_count_within(l, 201, t_down, t_restart), 0);
     TT_CMP_INT(fl_max_latency(l, t_down + 50, t_up - 50), <, 2000);
     double first = fl_first_after(l, 201, t_up);
@@ -584,9 +540,7 @@ TT_TEST(redis_killed_restarted_empty, 60) {
     TT_CMP_INT(h_redis_cmd("GET coupon:{rk}:fence"), >=,
                h_pg_int("SELECT last_fence FROM coupons WHERE id = 'rk'"));
 
-    fl_load_t *ls[] = {l};
-    fl_finish("rk", STOCK, ls, 1, 0, s, 3);
-    fl_free(l);
+    fl_finish_one(l, "rk", STOCK, 0, s, 3);
 }
 
 /*
@@ -615,7 +569,7 @@ TT_TEST(redis_stalled_past_ttl, 60) {
     h_coupon(a, "rs", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "rs", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "rs", "stalled", 20000);
     wait_lease(v);
@@ -635,12 +589,12 @@ TT_TEST(redis_stalled_past_ttl, 60) {
 
     TT_EQ_INT(so.r.status, 503);
     TT_EQ_STR(so.r.error, "lease_lost");
-    TT_EQ_INT(rows_for_user("stalled"), 0);
+    TT_EQ_INT(fl_rows_for_user("stalled"), 0);
     TT_EQ_INT(rows_by_instance("rs-victim"), 0);
     TT_CMP_INT(h_metric(v, "couponsvc_leases_lost_total"), >=, 1);
     TT_EQ_INT(fl_count_within(l, 201, t_stall, t_end), 0);
     const char *clear[] = {"unavailable", "lock_busy", NULL};
-    all_failures_clear(l, t_stall + 100, t_end - 100, clear);
+    fl_failures_clear(l, t_stall + 100, t_end - 100, clear);
     /* The command timeout (250 ms at this TTL), not the stall, bounds
      * them. */
     TT_CMP_INT(fl_max_latency(l, t_stall + 100, t_end - 1000), <, 1500);
@@ -651,9 +605,7 @@ TT_TEST(redis_stalled_past_ttl, 60) {
      * locks (their senders had given up); those expire within a TTL. */
     TT_CMP_INT(first - t_end, <, 1000 + 1500);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("rs", STOCK, ls, 1, 0, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "rs", STOCK, 0, ok, 2);
 }
 
 /*
@@ -686,7 +638,7 @@ TT_TEST(redis_partitioned_from_one_instance, 60) {
     h_coupon(a, "rp", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "rp", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "rp", "cut-off", 20000);
     wait_lease(v);
@@ -738,9 +690,7 @@ TT_TEST(redis_partitioned_from_one_instance, 60) {
     fl_stop(l);
     fl_print(l, "load");
 
-    fl_load_t *ls[] = {l};
-    fl_finish("rp", STOCK, ls, 1, 1, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "rp", STOCK, 1, ok, 2);
     fp_stop(px);
 }
 
@@ -767,7 +717,7 @@ TT_TEST(redis_clock_jumps_forward, 60) {
     h_coupon(a, "cj", STOCK);
 
     fl_load_t *l = fl_start(ok, 2, "cj", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     fl_solo_t so;
     fl_solo_start(&so, v, "cj", "early", 20000);
     wait_lease(v);
@@ -789,12 +739,10 @@ TT_TEST(redis_clock_jumps_forward, 60) {
         (so.r.status == 409 && strcmp(so.r.error, "fenced") == 0) ||
             (so.r.status == 503 && strcmp(so.r.error, "lease_lost") == 0),
         "early-expired holder got %ld %s", so.r.status, so.r.error);
-    TT_EQ_INT(rows_for_user("early"), 0);
+    TT_EQ_INT(fl_rows_for_user("early"), 0);
     TT_EQ_INT(rows_by_instance("cj-victim"), 0);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("cj", STOCK, ls, 1, 0, ok, 2);
-    fl_free(l);
+    fl_finish_one(l, "cj", STOCK, 0, ok, 2);
 }
 
 /* ------------------------------------------------- stale holder / read --- */
@@ -845,7 +793,7 @@ TT_TEST(stale_holder_fenced_after_early_expiry, 60) {
     h_coupon(b, "sh", 10);
     h_coupon(b, "bg", 1000);
     fl_load_t *bg = fl_start(bg_svcs, 2, "bg", "bg", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(bg, 10);
+    fl_wait_201s(bg, 10);
 
     fl_solo_t so;
     fl_solo_start(&so, v, "sh", "stale", 20000);
@@ -876,7 +824,7 @@ TT_TEST(stale_holder_fenced_after_early_expiry, 60) {
     TT_EQ_INT(so.r.status, 409);
     TT_EQ_STR(so.r.error, "fenced");
     TT_CMP_INT(so.r.fence, <, rb.fence);
-    TT_EQ_INT(rows_for_user("stale"), 0);
+    TT_EQ_INT(fl_rows_for_user("stale"), 0);
 
     for (int i = 0; i < H_ETCD_MEMBERS; i++) {
         if (pe[i] != NULL) {
@@ -954,7 +902,7 @@ TT_TEST(stale_read_last_coupon, 60) {
 
     h_svc_t *bg_svcs[] = {c};
     fl_load_t *bg = fl_start(bg_svcs, 1, "bg", "bg", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(bg, 10);
+    fl_wait_201s(bg, 10);
 
     fl_solo_t ss, sb;
     fl_solo_start(&ss, s, "sr", "stale", 20000);
@@ -1019,7 +967,7 @@ TT_TEST(redis_lost_duplicate_fence_refused, 60) {
     }
     h_svc_t *bg_svcs[] = {c};
     fl_load_t *bg = fl_start(bg_svcs, 1, "bg", "bg", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(bg, 10);
+    fl_wait_201s(bg, 10);
 
     fl_solo_t so;
     fl_solo_start(&so, st, "df", "stale", 20000);
@@ -1041,7 +989,7 @@ TT_TEST(redis_lost_duplicate_fence_refused, 60) {
     TT_EQ_INT(rb.fence, so.r.fence); /* the same fence, twice */
     TT_EQ_INT(so.r.status, 409);
     TT_EQ_STR(so.r.error, "fenced");
-    TT_EQ_INT(rows_for_user("stale"), 0);
+    TT_EQ_INT(fl_rows_for_user("stale"), 0);
     TT_CMP_INT(h_metric(b, "couponsvc_fence_counter_recoveries_total"), >=, 1);
 
     fp_blackhole(px, 0);
@@ -1072,7 +1020,7 @@ static void pg_restart(const char *mode) {
                     h_svc_start("pg-3", env)};
     h_coupon(s[0], "pg", STOCK);
     fl_load_t *l = fl_start(s, 3, "pg", "load", 6, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 30);
+    fl_wait_201s(l, 30);
 
     double t_stop = h_now_ms();
     h_pg_private_stop(mode);
@@ -1089,7 +1037,7 @@ static void pg_restart(const char *mode) {
     TT_EQ_INT(fl_count(l, 0, NULL), 0); /* the service stayed up */
     TT_EQ_INT(fl_count(l, 500, NULL), 0);
     const char *clear[] = {"unavailable", "lock_busy", "commit_unknown", NULL};
-    all_failures_clear(l, t_down, t_up, clear);
+    fl_failures_clear(l, t_down, t_up, clear);
     TT_EQ_INT(fl_count_within(l, 201, t_down, t_restart), 0);
     double first = fl_first_after(l, 201, t_up);
     TT_CMP_INT(first, >, 0);
@@ -1098,9 +1046,7 @@ static void pg_restart(const char *mode) {
            first - t_up, fl_count_between(l, 503, t_up, h_now_ms()));
     TT_CMP_INT(first - t_up, <, 5000);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("pg", STOCK, ls, 1, 0, s, 3);
-    fl_free(l);
+    fl_finish_one(l, "pg", STOCK, 0, s, 3);
     h_pg_private_stop("fast");
 }
 
@@ -1129,7 +1075,7 @@ TT_TEST(outside_row_lock, 60) {
     h_svc_t *s[] = {h_svc_start("rl-1", env), h_svc_start("rl-2", env)};
     h_coupon(s[0], "rl", STOCK);
     fl_load_t *l = fl_start(s, 2, "rl", "load", 4, 20000, LOAD_PAUSE_MS);
-    wait_201s(l, 20);
+    fl_wait_201s(l, 20);
 
     PGconn *pg = PQconnectdb(h_dsn());
     TT_ASSERT(PQstatus(pg) == CONNECTION_OK);
@@ -1155,7 +1101,7 @@ TT_TEST(outside_row_lock, 60) {
 
     TT_EQ_INT(fl_count_within(l, 201, t_lock, t_unlock), 0);
     const char *clear[] = {"unavailable", "lock_busy", NULL};
-    all_failures_clear(l, t_lock, t_unlock, clear);
+    fl_failures_clear(l, t_lock, t_unlock, clear);
     TT_CMP_INT(statement_timeouts(s, 2), >=, 2);
     /* lock wait 2 s + statement timeout 0.7 s + slack */
     double worst = fl_max_latency(l, t_lock, t_unlock);
@@ -1178,9 +1124,7 @@ TT_TEST(outside_row_lock, 60) {
     }
     TT_EQ_INT(h_redis_cmd("EXISTS coupon:{rl}:lock"), 0);
 
-    fl_load_t *ls[] = {l};
-    fl_finish("rl", STOCK, ls, 1, 0, s, 2);
-    fl_free(l);
+    fl_finish_one(l, "rl", STOCK, 0, s, 2);
 }
 
 /*
@@ -1308,7 +1252,7 @@ static void bh_start(bh_t *b, const char *coupon, const char *const *victim_env,
     TT_EQ_INT(warm.status, 201);
 
     b->load = fl_start(&b->ok, 1, coupon, "load", 2, 20000, LOAD_PAUSE_MS);
-    wait_201s(b->load, 10);
+    fl_wait_201s(b->load, 10);
     fl_solo_start(&b->so, b->victim, coupon, "victim", 20000);
     wait_lease(b->victim);
 }
@@ -1320,9 +1264,8 @@ static void bh_start(bh_t *b, const char *coupon, const char *const *victim_env,
 static void bh_finish(bh_t *b, long extra201) {
     fl_stop(b->load);
     fl_print(b->load, "load");
-    TT_EQ_INT(rows_for_user("victim"), 0);
-    fl_finish(b->coupon, STOCK, &b->load, 1, extra201, &b->ok, 1);
-    fl_free(b->load);
+    TT_EQ_INT(fl_rows_for_user("victim"), 0);
+    fl_finish_one(b->load, b->coupon, STOCK, extra201, &b->ok, 1);
     fp_stop(b->px);
 }
 
@@ -1440,7 +1383,7 @@ TT_TEST(pg_blackhole_before_write_deadline, 90) {
     fl_rec_t again;
     fl_claim(b.victim->url, "bd", "after", 10000, &again);
     TT_EQ_INT(again.status, 201); /* connected again once the path is back */
-    TT_EQ_INT(rows_for_user("during"), 0);
+    TT_EQ_INT(fl_rows_for_user("during"), 0);
     bh_finish(&b, 2);
 }
 
@@ -1496,7 +1439,7 @@ TT_TEST(pg_blackhole_after_write_idle_tx_timeout, 90) {
     fp_blackhole(b.px, 0);
     h_sleep_ms(500);
     /* The victim's write is not there before the claim after the thaw. */
-    TT_EQ_INT(rows_for_user("victim"), 0);
+    TT_EQ_INT(fl_rows_for_user("victim"), 0);
     fl_rec_t again;
     fl_claim(b.victim->url, "bw", "after", 10000, &again);
     TT_EQ_INT(again.status, 201);
@@ -1521,7 +1464,7 @@ TT_TEST(pg_commit_answered_rollback_is_not_a_claim, 60) {
     fl_rec_t r;
     fl_claim(s->url, "rb", "ghost", 10000, &r);
     printf("    answer: %ld %s\n", r.status, r.error);
-    TT_EQ_INT(rows_for_user("ghost"), 0);
+    TT_EQ_INT(fl_rows_for_user("ghost"), 0);
     TT_CMP_INT(r.status, !=, 201);
     TT_EQ_INT(r.status, 503);
     TT_EQ_STR(r.error, "unavailable");
@@ -1644,7 +1587,7 @@ TT_TEST(pg_deadline_before_commit_rolls_back, 60) {
     printf("    answer: %ld %s: %s\n", r.status, r.error, r.detail);
     TT_EQ_INT(r.status, 503);
     TT_EQ_STR(r.error, "unavailable");
-    TT_EQ_INT(rows_for_user("late"), 0);
+    TT_EQ_INT(fl_rows_for_user("late"), 0);
     h_check_invariants("dc", 5, 0);
 }
 

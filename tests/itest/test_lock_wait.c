@@ -57,20 +57,8 @@ TT_TEST(lock_wait_subscribe_then_attempt, 60) {
 TT_TEST(lock_wait_wakes_one_in_order, 60) {
     H_REDIS_ONLY();
     h_begin();
-    const char *env[] = {"COUPON_LOCK_WAIT_MS=15000",
-                         "COUPON_LOCK_RECHECK_MS=250", "COUPON_THREADS=4",
-                         LW_UNCOMBINED, NULL};
-    h_svc_t *s = h_svc_start("fifo", env);
-    h_coupon(s, "fifo", 5);
-    lw_hold("fifo");
-
     lw_claim_t c[3];
-    char user[3][8];
-    for (int i = 0; i < 3; i++) {
-        snprintf(user[i], sizeof(user[i]), "u%d", i);
-        lw_claim_start(&c[i], s, "fifo", user[i]);
-        TT_EQ_INT(h_wait_metric(s, LW_WAITERS, i + 1, 5000), i + 1);
-    }
+    h_svc_t *s = lw_waiters_start("fifo", c, 3);
     double msg0 = h_metric(s, LW_WAKE_MESSAGE);
     h_redis_cmd("PUBLISH coupon:{fifo}:released coupon:{fifo}:lock");
     h_wait_metric(s, LW_WAKE_MESSAGE, msg0 + 1, 5000);
@@ -123,17 +111,8 @@ TT_TEST(lock_wait_subscriber_acl, 60) {
 TT_TEST(lock_wait_failed_waiter_passes_wake, 60) {
     H_REDIS_ONLY();
     h_begin();
-    const char *env[] = {"COUPON_LOCK_WAIT_MS=15000",
-                         "COUPON_LOCK_RECHECK_MS=250", "COUPON_THREADS=4",
-                         LW_UNCOMBINED, NULL};
-    h_svc_t *s = h_svc_start("pass", env);
-    h_coupon(s, "pass", 5);
-    lw_hold("pass");
     lw_claim_t c[2];
-    lw_claim_start(&c[0], s, "pass", "u0");
-    TT_EQ_INT(h_wait_metric(s, LW_WAITERS, 1, 5000), 1);
-    lw_claim_start(&c[1], s, "pass", "u1");
-    TT_EQ_INT(h_wait_metric(s, LW_WAITERS, 2, 5000), 2);
+    h_svc_t *s = lw_waiters_start("pass", c, 2);
     h_sleep_ms(300);
 
     h_redis_cmd("EVAL %s 1 %s",
@@ -159,43 +138,16 @@ TT_TEST(lock_wait_failed_waiter_passes_wake, 60) {
  * the polling baseline B sleeps between attempts while A's claims keep
  * taking the lock, and some of B's claims run out of wait. This is a
  * liveness bound (no starved waiter), not a speed. */
-typedef struct fair_load {
-    h_svc_t *a;
-    h_counts_t c;
-} fair_load_t;
-
-static void *fair__load(void *p) {
-    fair_load_t *l = p;
-    h_claim_many(&l->a, 1, "fair", "a", 3000, 16, &l->c);
-    return NULL;
-}
-
 TT_TEST(lock_wait_no_replica_starves, 120) {
     H_REDIS_ONLY(); /* the handoff window is the Pub/Sub waiting's */
     h_begin();
     const char *envb[] = {"COUPON_LOCK_WAIT_MS=150", NULL};
     const char *enva[] = {"COUPON_LOCK_WAIT_MS=20000", NULL};
-    fair_load_t l = {.a = h_svc_start("fa", enva)};
+    lw_fair_t l = {.a = h_svc_start("fa", enva), .coupon = "fair", .n = 3000};
     h_svc_t *b = h_svc_start("fb", envb);
     h_coupon(l.a, "fair", 4000);
-    pthread_t t;
-    TT_ASSERT(pthread_create(&t, NULL, fair__load, &l) == 0);
-    h_wait_metric(l.a, "couponsvc_lock_grants_total", 50, 10000);
-    long busy = 0;
-    for (int i = 0; i < 20; i++) {
-        char u[16];
-        snprintf(u, sizeof(u), "b%d", i);
-        long st = h_claim(b, "fair", u, NULL);
-        TT_ASSERT_MSG(st == 201 || st == 503, "B's claim answered %ld", st);
-        busy += st == 503;
-    }
-    double a_grants = h_metric(l.a, "couponsvc_lock_grants_total");
-    pthread_join(t, NULL);
-    TT_ASSERT_MSG(busy == 0,
-                  "B's claims starved: %ld of 20 ran out of lock wait while "
-                  "A had %g grants",
-                  busy, a_grants);
-    h_check_invariants("fair", 4000, l.c.by_status[201] + 20 - busy);
+    lw_fair_run(&l, b);
+    lw_fair_check(&l, 4000);
 }
 
 /* The release is sent at once, its reply read later: right after a 201

@@ -17,17 +17,8 @@
 TT_TEST(lock_wait_subscriber_killed_mid_wait, 60) {
     H_REDIS_ONLY();
     h_begin();
-    const char *env[] = {"COUPON_LOCK_WAIT_MS=15000",
-                         "COUPON_LOCK_RECHECK_MS=250", "COUPON_THREADS=4",
-                         LW_UNCOMBINED, NULL};
-    h_svc_t *s = h_svc_start("kill", env);
-    h_coupon(s, "kill", 5);
-    lw_hold("kill");
     lw_claim_t c[2];
-    lw_claim_start(&c[0], s, "kill", "u0");
-    TT_EQ_INT(h_wait_metric(s, LW_WAITERS, 1, 5000), 1);
-    lw_claim_start(&c[1], s, "kill", "u1");
-    TT_EQ_INT(h_wait_metric(s, LW_WAITERS, 2, 5000), 2);
+    h_svc_t *s = lw_waiters_start("kill", c, 2);
     h_sleep_ms(300); /* both past their subscription wait */
 
     TT_EQ_INT(h_redis_cmd("CLIENT KILL TYPE pubsub"), 1);

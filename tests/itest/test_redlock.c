@@ -85,14 +85,9 @@ static int rl_grants(const h_svc_t *s, const char *resource, long long *fence,
 
 /* Redis's integer reply for GET on a counter at port, 0 when absent. */
 static long long rl_counter(int port, const char *key) {
-    struct timeval tv = {2, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    TT_ASSERT(c != NULL && c->err == 0);
-    redisReply *r = redisCommand(c, "GET %s", key);
-    TT_ASSERT(r != NULL);
+    redisReply *r = h_redis_reply_at(port, "GET %s", key);
     long long v = r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
     freeReplyObject(r);
-    redisFree(c);
     return v;
 }
 
@@ -239,19 +234,6 @@ static int rl_run(const char *const *env, const char *out) {
     return -1;
 }
 
-/* 1 if the file holds text. */
-static int rl_file_has(const char *path, const char *text) {
-    FILE *f = fopen(path, "r");
-    TT_ASSERT(f != NULL);
-    char line[2048];
-    int found = 0;
-    while (!found && fgets(line, sizeof(line), f) != NULL) {
-        found = strstr(line, text) != NULL;
-    }
-    fclose(f);
-    return found;
-}
-
 /* An even count, a replica among the nodes, one node listed twice (also
  * under another name), one node reached twice (through a TCP proxy: two
  * addresses, one run_id): couponsvc refuses to start, saying which and
@@ -269,14 +251,14 @@ TT_TEST(redlock_startup_refusals, 90) {
     snprintf(env, sizeof(env), "COUPON_REDIS_ADDRS=127.0.0.1:%d,127.0.0.1:%d",
              port[0], port[1]);
     TT_EQ_INT(rl_run(e, out), 1);
-    TT_ASSERT(rl_file_has(out, "names 2 Redis nodes"));
+    TT_ASSERT(h_file_has(out, "names 2 Redis nodes"));
 
     snprintf(out, sizeof(out), "%s/dup.out", h_test_dir());
     snprintf(env, sizeof(env),
              "COUPON_REDIS_ADDRS=127.0.0.1:%d,127.0.0.1:%d,localhost:%d",
              port[0], port[1], port[0]);
     TT_EQ_INT(rl_run(e, out), 1);
-    TT_ASSERT(rl_file_has(out, "lists one node twice: entries 1"));
+    TT_ASSERT(h_file_has(out, "lists one node twice: entries 1"));
 
     fp_t *px = fp_start(port[1]);
     snprintf(out, sizeof(out), "%s/runid.out", h_test_dir());
@@ -284,23 +266,23 @@ TT_TEST(redlock_startup_refusals, 90) {
              "COUPON_REDIS_ADDRS=127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d",
              port[0], port[1], fp_port(px));
     TT_EQ_INT(rl_run(e, out), 1);
-    TT_ASSERT(rl_file_has(out, "(entries 2 and 3 of COUPON_REDIS_ADDRS) are "
-                               "one Redis server"));
+    TT_ASSERT(h_file_has(out, "(entries 2 and 3 of COUPON_REDIS_ADDRS) are "
+                              "one Redis server"));
     fp_stop(px);
 
     h_redis_cmd_at(port[2], "REPLICAOF 127.0.0.1 %d", port[0]);
     snprintf(out, sizeof(out), "%s/replica.out", h_test_dir());
     snprintf(env, sizeof(env), "%s", addrs);
     TT_EQ_INT(rl_run(e, out), 1);
-    TT_ASSERT(rl_file_has(out, "(entry 3 of COUPON_REDIS_ADDRS) is not a "
-                               "master: its ROLE is slave"));
+    TT_ASSERT(h_file_has(out, "(entry 3 of COUPON_REDIS_ADDRS) is not a "
+                              "master: its ROLE is slave"));
 
     /* Three masters again: it starts, and logs the topology. */
     h_redis_cmd_at(port[2], "REPLICAOF NO ONE");
     const char *ok[] = {addrs, NULL};
     h_svc_t *s = h_svc_start("rlok", ok);
-    TT_ASSERT(rl_file_has(s->log, "event=lock.topology backend=redlock "
-                                  "nodes=3 majority=2 checked=3"));
+    TT_ASSERT(h_file_has(s->log, "event=lock.topology backend=redlock "
+                                 "nodes=3 majority=2 checked=3"));
 }
 
 /* Waiting on 3 nodes: three claims wait for a lock held on every node by a
@@ -361,15 +343,11 @@ TT_TEST(redlock_wait_one_wake_per_release, 60) {
 
 /* Calls of EVAL the node at port has served so far (INFO commandstats). */
 static long long rl_evals(int port) {
-    struct timeval tv = {2, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    TT_ASSERT(c != NULL && c->err == 0);
-    redisReply *r = redisCommand(c, "INFO commandstats");
-    TT_ASSERT(r != NULL && r->type == REDIS_REPLY_STRING);
+    redisReply *r = h_redis_reply_at(port, "INFO commandstats");
+    TT_ASSERT(r->type == REDIS_REPLY_STRING);
     const char *p = strstr(r->str, "cmdstat_eval:calls=");
     long long v = p != NULL ? atoll(p + strlen("cmdstat_eval:calls=")) : 0;
     freeReplyObject(r);
-    redisFree(c);
     return v;
 }
 
@@ -419,19 +397,19 @@ TT_TEST(redlock_waiter_attempts_bounded, 60) {
             /* The holder keeps nodes 1 and 2; node 0 is free. */
             h_redis_cmd_at(port[0], "DEL coupon:{rlb}:lock");
         }
-        long long f0 = h_node_int(port[0], "GET coupon:{rlb}:fence");
+        long long f0 = rl_counter(port[0], "coupon:{rlb}:fence");
         long long e0 = rl_evals(port[0]);
         lw_claim_t c;
         lw_claim_start(&c, w, "rlb", round == 0 ? "waiter0" : "waiter1");
         lw_claim_join(&c);
-        long long f1 = h_node_int(port[0], "GET coupon:{rlb}:fence");
+        long long f1 = rl_counter(port[0], "coupon:{rlb}:fence");
         long long e1 = rl_evals(port[0]);
         printf("    round %d: the waiter's claim %ld; node 0's fence %lld -> "
                "%lld, its EVALs %lld -> %lld\n",
-               round, c.status, f0 < 0 ? 0 : f0, f1, e0, e1);
+               round, c.status, f0, f1, e0, e1);
         TT_EQ_INT(c.status, 503);
-        TT_CMP_INT(f1 - (f0 < 0 ? 0 : f0), >=, 1);
-        TT_CMP_INT(f1 - (f0 < 0 ? 0 : f0), <=, 60);
+        TT_CMP_INT(f1 - f0, >=, 1);
+        TT_CMP_INT(f1 - f0, <=, 60);
         TT_CMP_INT(e1 - e0, <=, 2 * 60 + 20);
         if (round == 0) {
             for (int i = 1; i < 3; i++) {
@@ -508,21 +486,21 @@ TT_TEST(redlock_refused_writeback_wakes_nobody, 60) {
     rl_thief_t th = {.port = port[1]};
     TT_ASSERT(pthread_create(&th.t, NULL, rl__thief_run, &th) == 0);
     double msg0 = h_metric(w, LW_WAKE_MESSAGE);
-    long long f0 = h_node_int(port[0], "GET coupon:{rlwb}:fence");
+    long long f0 = rl_counter(port[0], "coupon:{rlwb}:fence");
     lw_claim_t c;
     lw_claim_start(&c, w, "rlwb", "waiter");
     lw_claim_join(&c);
     atomic_store(&th.stop, 1);
     pthread_join(th.t, NULL);
-    long long f1 = h_node_int(port[0], "GET coupon:{rlwb}:fence");
+    long long f1 = rl_counter(port[0], "coupon:{rlwb}:fence");
     double msgs = h_metric(w, LW_WAKE_MESSAGE) - msg0;
     printf("    claim %ld; %ld grants stolen on node 1; node 0's fence "
            "%lld -> %lld; %.0f message wakes\n",
-           c.status, th.stolen, f0 < 0 ? 0 : f0, f1, msgs);
+           c.status, th.stolen, f0, f1, msgs);
     TT_EQ_INT(c.status, 503);
     TT_CMP_INT(th.stolen, >=, 1);
     TT_EQ_INT(msgs, 0);
-    TT_CMP_INT(f1 - (f0 < 0 ? 0 : f0), <=, 20);
+    TT_CMP_INT(f1 - f0, <=, 20);
 }
 
 /* Creates the service's ACL user on the node at port with exactly the
@@ -550,14 +528,10 @@ static void rl_acl_user(int port, const char *pass) {
 
 /* The entries of ACL LOG on the node at port (denials). */
 static long rl_acl_denials(int port) {
-    struct timeval tv = {2, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    TT_ASSERT(c != NULL && c->err == 0);
-    redisReply *r = redisCommand(c, "ACL LOG");
-    TT_ASSERT(r != NULL && r->type == REDIS_REPLY_ARRAY);
+    redisReply *r = h_redis_reply_at(port, "ACL LOG");
+    TT_ASSERT(r->type == REDIS_REPLY_ARRAY);
     long n = (long)r->elements;
     freeReplyObject(r);
-    redisFree(c);
     return n;
 }
 
@@ -583,14 +557,14 @@ TT_TEST(redlock_acl_user_topology_checked, 90) {
     h_redis_cmd_at(port[2], "REPLICAOF 127.0.0.1 %d", port[0]);
     snprintf(out, sizeof(out), "%s/acl-replica.out", h_test_dir());
     TT_EQ_INT(rl_run(e, out), 1);
-    TT_ASSERT(rl_file_has(out, "(entry 3 of COUPON_REDIS_ADDRS) is not a "
-                               "master: its ROLE is slave"));
-    TT_ASSERT(!rl_file_has(out, "lock.topology_unchecked"));
+    TT_ASSERT(h_file_has(out, "(entry 3 of COUPON_REDIS_ADDRS) is not a "
+                              "master: its ROLE is slave"));
+    TT_ASSERT(!h_file_has(out, "lock.topology_unchecked"));
 
     h_redis_cmd_at(port[2], "REPLICAOF NO ONE");
     h_svc_t *s = h_svc_start("rlacl", e);
-    TT_ASSERT(rl_file_has(s->log, "event=lock.topology backend=redlock "
-                                  "nodes=3 majority=2 checked=3"));
+    TT_ASSERT(h_file_has(s->log, "event=lock.topology backend=redlock "
+                                 "nodes=3 majority=2 checked=3"));
     h_coupon(s, "rlacl", 5);
     json_t *j = NULL;
     TT_EQ_INT(h_claim(s, "rlacl", "u1", &j), 201);
@@ -610,17 +584,6 @@ TT_TEST(redlock_acl_user_topology_checked, 90) {
  * A's own subscription there (the sum would say 3, without taking ours
  * off 2). And B gets the lock every time within its wait: a liveness
  * bound (no starved waiter), not a speed. */
-typedef struct rl_fair {
-    h_svc_t *a;
-    h_counts_t c;
-} rl_fair_t;
-
-static void *rl__fair_load(void *p) {
-    rl_fair_t *l = p;
-    h_claim_many(&l->a, 1, "rlf", "a", 1500, 16, &l->c);
-    return NULL;
-}
-
 TT_TEST(redlock_no_replica_starves, 120) {
     H_REDIS_ONLY(); /* a Redis topology of its own */
     h_begin();
@@ -630,24 +593,12 @@ TT_TEST(redlock_no_replica_starves, 120) {
     const char *envb[] = {addrs, "COUPON_LOCK_WAIT_MS=300", NULL};
     const char *enva[] = {addrs, "COUPON_LOCK_WAIT_MS=20000",
                           "COUPON_LOG_LEVEL=debug", NULL};
-    rl_fair_t l = {.a = h_svc_start("rlfa", enva)};
+    lw_fair_t l = {.a = h_svc_start("rlfa", enva), .coupon = "rlf", .n = 1500};
     h_svc_t *b = h_svc_start("rlfb", envb);
     h_coupon(l.a, "rlf", 4000);
-    pthread_t t;
-    TT_ASSERT(pthread_create(&t, NULL, rl__fair_load, &l) == 0);
-    h_wait_metric(l.a, "couponsvc_lock_grants_total", 50, 10000);
-    long busy = 0;
-    for (int i = 0; i < 20; i++) {
-        char u[16];
-        snprintf(u, sizeof(u), "b%d", i);
-        long st = h_claim(b, "rlf", u, NULL);
-        TT_ASSERT_MSG(st == 201 || st == 503, "B's claim answered %ld", st);
-        busy += st == 503;
-    }
-    double a_grants = h_metric(l.a, "couponsvc_lock_grants_total");
-    pthread_join(t, NULL);
+    lw_fair_run(&l, b);
     printf("    B: %ld of 20 claims ran out of lock wait; A had %g grants\n",
-           busy, a_grants);
+           l.b_busy, l.a_grants);
     FILE *f = fopen(l.a->log, "r");
     TT_ASSERT(f != NULL);
     char line[2048];
@@ -666,9 +617,5 @@ TT_TEST(redlock_no_replica_starves, 120) {
     printf("    A's hint changed %d times; at most %d other process\n", hints,
            top);
     TT_EQ_INT(top, 1);
-    TT_ASSERT_MSG(busy == 0,
-                  "B's claims starved: %ld of 20 ran out of lock wait while "
-                  "A had %g grants",
-                  busy, a_grants);
-    h_check_invariants("rlf", 4000, l.c.by_status[201] + 20 - busy);
+    lw_fair_check(&l, 4000);
 }

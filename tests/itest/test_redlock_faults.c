@@ -39,46 +39,6 @@ static const char *rl_addrs_env(int slot, const char *addrs) {
     return buf[slot];
 }
 
-static void rl_wait_201s(fl_load_t *l, long n) {
-    double end = h_now_ms() + 15000;
-    while (fl_count(l, 201, NULL) < n) {
-        TT_ASSERT_MSG(h_now_ms() < end, "the load made no progress");
-        h_sleep_ms(10);
-    }
-}
-
-static long rl_rows_with_fence(const char *coupon, long fence) {
-    char sql[160];
-    snprintf(sql, sizeof(sql),
-             "SELECT count(*) FROM claims WHERE coupon_id = '%s' AND "
-             "fence = %ld",
-             coupon, fence);
-    return h_pg_int(sql);
-}
-
-static long rl_rows_for_user(const char *user) {
-    char sql[160];
-    snprintf(sql, sizeof(sql),
-             "SELECT count(*) FROM claims WHERE user_id = '%s'", user);
-    return h_pg_int(sql);
-}
-
-/* Every answer in [from, to) that is not a 201/410 is a 503 with
- * Retry-After. */
-static void rl_failures_clear(fl_load_t *l, double from, double to) {
-    int n;
-    const fl_rec_t *r = fl_recs(l, &n);
-    for (int i = 0; i < n; i++) {
-        if (r[i].t0 < from || r[i].t0 >= to || r[i].status == 201 ||
-            r[i].status == 410) {
-            continue;
-        }
-        TT_ASSERT_MSG(r[i].status == 503 && r[i].retry_after,
-                      "unclear answer during the fault: %ld %s (%s)",
-                      r[i].status, r[i].error, r[i].detail);
-    }
-}
-
 /* The accounting every scenario ends with; then fences in grant order. */
 static void rl_finish(const char *coupon, long stock, fl_load_t *l,
                       long extra201, h_svc_t *const *svcs, int nsvc,
@@ -121,7 +81,7 @@ static fl_load_t *rl_two_under_load(int nodes, const char *coupon, int wait_ms,
     }
     h_coupon(s[0], coupon, RL_STOCK);
     fl_load_t *l = fl_start(s, 2, coupon, "load", 4, 20000, RL_PAUSE_MS);
-    rl_wait_201s(l, 20);
+    fl_wait_201s(l, 20);
     return l;
 }
 
@@ -165,7 +125,7 @@ static void redlock_minority_down(int nodes) {
            down, nodes, during, before);
     /* Claims go on; how fast is not asserted (a loaded machine). */
     TT_CMP_INT(during, >=, 3);
-    rl_failures_clear(l, t_down, t_back);
+    fl_failures_clear(l, t_down, t_back, NULL);
     /* They have been out for 2 s = TTL + 1 s: the delayed-restart rule
      * holds, they may come back (empty). */
     double t_up = rl_start_first(down);
@@ -205,7 +165,7 @@ static void redlock_majority_down(int nodes) {
     h_sleep_ms(2000);
     double t_restart = h_now_ms();
     TT_EQ_INT(fl_count_within(l, 201, t_down + 200, t_restart), 0);
-    rl_failures_clear(l, t_down, t_restart);
+    fl_failures_clear(l, t_down, t_restart, NULL);
     double worst = fl_max_latency(l, t_down + 200, t_restart);
     printf("    %d of %d nodes down: slowest answer %.0f ms (lock wait 1000 "
            "ms)\n",
@@ -271,7 +231,7 @@ static void redlock_node_partitioned(int nodes) {
     h_svc_t *all[] = {v, b};
     h_coupon(b, "rp", RL_STOCK);
     fl_load_t *l = fl_start(all, 2, "rp", "load", 4, 20000, RL_PAUSE_MS);
-    rl_wait_201s(l, 20);
+    fl_wait_201s(l, 20);
 
     fp_blackhole(px, 1);
     double t_cut = h_now_ms();
@@ -294,7 +254,7 @@ static void redlock_node_partitioned(int nodes) {
            "meanwhile\n",
            v->name, victim_201);
     TT_CMP_INT(victim_201, >=, 5);
-    rl_failures_clear(l, t_cut, t_heal);
+    fl_failures_clear(l, t_cut, t_heal, NULL);
     rl_finish("rp", RL_STOCK, l, 0, all, 2, 0);
     fl_free(l);
     fp_stop(px);
@@ -342,7 +302,7 @@ static void redlock_node_clock_jumps(int nodes) {
     h_svc_t *ok[] = {a, b}, *all[] = {v, a, b};
     h_coupon(a, "rc", RL_STOCK);
     fl_load_t *l = fl_start(ok, 2, "rc", "load", 4, 20000, RL_PAUSE_MS);
-    rl_wait_201s(l, 20);
+    fl_wait_201s(l, 20);
 
     fl_solo_t sv;
     fl_solo_start(&sv, v, "rc", "victim", 30000);
@@ -357,7 +317,7 @@ static void redlock_node_clock_jumps(int nodes) {
     /* The others held off: no 201 of theirs while the victim held. */
     TT_EQ_INT(fl_count_between(l, 201, t_jump + 50, sv.r.t1 - 200), 0);
     TT_EQ_INT(sv.r.status, 201);
-    TT_EQ_INT(rl_rows_for_user("victim"), 1);
+    TT_EQ_INT(fl_rows_for_user("victim"), 1);
     double fenced = 0;
     for (int i = 0; i < 3; i++) {
         fenced += h_metric(all[i], "couponsvc_fenced_refusals_total");
@@ -448,7 +408,7 @@ static void redlock_restart_empty(int nodes, int delayed) {
     /* The load runs on another coupon, through a third instance: load on
      * re would decide the race between V and B for them. */
     fl_load_t *l = fl_start(bg_svcs, 1, "bg", "bg", 2, 20000, RL_PAUSE_MS);
-    rl_wait_201s(l, 10);
+    fl_wait_201s(l, 10);
 
     for (int i = m; i < nodes; i++) {
         fp_blackhole(px[i], 1);
@@ -493,7 +453,7 @@ static void redlock_restart_empty(int nodes, int delayed) {
     long f = g[3].fence; /* V's */
     TT_EQ_INT(all[g[3].svc] == v, 1);
     TT_EQ_INT(sv.r.fence, f);
-    TT_EQ_INT(rl_rows_with_fence("re", f), 1);
+    TT_EQ_INT(fl_rows_with_fence("re", f), 1);
     if (!delayed) {
         /* Two holders: V's grant and B's first grant drew one fence. */
         TT_CMP_INT(ng, >=, 5);
@@ -580,7 +540,7 @@ static void redlock_holder_paused(int nodes) {
     h_svc_t *ok[] = {a, b}, *all[] = {v, a, b};
     h_coupon(a, "rh", RL_STOCK);
     fl_load_t *l = fl_start(ok, 2, "rh", "load", 4, 20000, RL_PAUSE_MS);
-    rl_wait_201s(l, 20);
+    fl_wait_201s(l, 20);
 
     fl_solo_t sv;
     fl_solo_start(&sv, v, "rh", "sleeper", 30000);
@@ -597,7 +557,7 @@ static void redlock_holder_paused(int nodes) {
     TT_CMP_INT(fl_count_between(l, 201, t_stop + 1000, t_cont), >=, 1);
     TT_EQ_INT(sv.r.status, 409);
     TT_EQ_STR(sv.r.error, "fenced");
-    TT_EQ_INT(rl_rows_for_user("sleeper"), 0);
+    TT_EQ_INT(fl_rows_for_user("sleeper"), 0);
     fl_stop(l);
     fl_settle(l, a);
     fl_check_rows(l, "rh");

@@ -45,28 +45,6 @@ static int grant_fences(const h_svc_t *s, const char *res, long *out, int max) {
     return n;
 }
 
-/* 1 if s's log has a line containing text. */
-static int log_has(const h_svc_t *s, const char *text) {
-    FILE *f = fopen(s->log, "r");
-    TT_ASSERT_MSG(f != NULL, "cannot read %s", s->log);
-    char line[1024];
-    int found = 0;
-    while (!found && fgets(line, sizeof(line), f) != NULL) {
-        found = strstr(line, text) != NULL;
-    }
-    fclose(f);
-    return found;
-}
-
-static long rows_with_fence(const char *coupon, long fence) {
-    char sql[160];
-    snprintf(sql, sizeof(sql),
-             "SELECT count(*) FROM claims WHERE coupon_id = '%s' AND "
-             "fence = %ld",
-             coupon, fence);
-    return h_pg_int(sql);
-}
-
 #define SF_MASTER "couponsvc"
 #define SF_SENT_PASS "sentinel-pw"
 
@@ -134,7 +112,7 @@ TT_TEST(sentinel_failover_loses_lock, 120) {
     h_svc_t *ok[] = {b, c};
     /* The harness also sets COUPON_REDIS_ADDRS (to the test's own Redis,
      * which nobody here uses): the sentinels win, and the log says so. */
-    TT_ASSERT(log_has(b, "sentinel.overrides_addrs"));
+    TT_ASSERT(h_file_has(b->log, "sentinel.overrides_addrs"));
     h_coupon(b, "sf", 10);
     h_coupon(b, "bg", 2000);
     for (int i = 0; i < 3; i++) {
@@ -200,7 +178,7 @@ TT_TEST(sentinel_failover_loses_lock, 120) {
 
     /* PostgreSQL accepted one write for fence 4, and the other was
      * refused: V fenced, or B refused, recovered, and written above 4. */
-    TT_EQ_INT(rows_with_fence("sf", 4), 1);
+    TT_EQ_INT(fl_rows_with_fence("sf", 4), 1);
     if (sb.r.status == 201 && sb.r.fence == 4) {
         TT_EQ_INT(sv.r.status, 409);
         TT_EQ_STR(sv.r.error, "fenced");
@@ -314,7 +292,8 @@ TT_TEST(sentinel_asks_each_sentinel_in_turn, 60) {
                r.t1 - r.t0);
         TT_EQ_INT(r.status, 201);
     }
-    TT_ASSERT(log_has(a, "event=sentinel.master master_name=" SF_MASTER));
+    TT_ASSERT(
+        h_file_has(a->log, "event=sentinel.master master_name=" SF_MASTER));
     /* The start line names the master the sentinels named, not the
      * COUPON_REDIS_ADDRS entry the harness also sets. */
     char start[160];
@@ -322,7 +301,7 @@ TT_TEST(sentinel_asks_each_sentinel_in_turn, 60) {
              "lock=sentinel redis=127.0.0.1:%d master_name=" SF_MASTER
              " sentinel=127.0.0.1:%d",
              h_node_port(0), h_sentinel_port(2));
-    TT_ASSERT_MSG(log_has(a, start), "no \"%s\" in %s", start, a->log);
+    TT_ASSERT_MSG(h_file_has(a->log, start), "no \"%s\" in %s", start, a->log);
 
     fl_rec_t r;
     fl_claim(p->url, "sa", "badpass", 10000, &r);

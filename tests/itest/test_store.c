@@ -32,6 +32,16 @@ static store_t *st_new(void) {
     return st;
 }
 
+/* The setting of a store test: a service (named as the coupon) that
+ * creates coupon with stock, and a store of the test's own (new:
+ * store_free). */
+static store_t *st_begin(const char *coupon, long stock) {
+    h_begin();
+    h_svc_t *s = h_svc_start(coupon, NULL);
+    h_coupon(s, coupon, stock);
+    return st_new();
+}
+
 /* A batch of n users "<prefix>-<from>" .. "<prefix>-<from+n-1>". */
 typedef struct batch {
     char names[64][32];
@@ -74,10 +84,7 @@ static long long pg_int1(const char *fmt, const char *arg) {
  * rows: no savepoints, whose subtransactions would each have their own),
  * and the counter moved by exactly the rows written. */
 TT_TEST(store_batch_sizes_1_2_32, 60) {
-    h_begin();
-    h_svc_t *s = h_svc_start("sb", NULL);
-    h_coupon(s, "sb", 100);
-    store_t *st = st_new();
+    store_t *st = st_begin("sb", 100);
     static const size_t sizes[] = {1, 2, 32};
     int from = 0;
     int64_t fence = 10;
@@ -115,10 +122,7 @@ TT_TEST(store_batch_sizes_1_2_32, 60) {
  * the second mention gets the first's claim, holders get theirs back, and
  * only the new users move the counter. */
 TT_TEST(store_batch_duplicates, 60) {
-    h_begin();
-    h_svc_t *s = h_svc_start("sd", NULL);
-    h_coupon(s, "sd", 10);
-    store_t *st = st_new();
+    store_t *st = st_begin("sd", 10);
     batch_t b;
     batch_fill(&b, "old", 0, 1);
     TT_EQ_INT(batch_claim(st, "sd", -1, 5, &b, NULL), STORE_OK);
@@ -167,10 +171,7 @@ TT_TEST(store_batch_duplicates, 60) {
  * last coupons, the rest are sold out, and the next batch is all sold
  * out. */
 TT_TEST(store_batch_crosses_stock, 60) {
-    h_begin();
-    h_svc_t *s = h_svc_start("sx", NULL);
-    h_coupon(s, "sx", 5);
-    store_t *st = st_new();
+    store_t *st = st_begin("sx", 5);
     batch_t b;
     batch_fill(&b, "x", 0, 3);
     TT_EQ_INT(batch_claim(st, "sx", -1, 1, &b, NULL), STORE_OK);
@@ -199,10 +200,7 @@ TT_TEST(store_batch_crosses_stock, 60) {
  * counter) and a lower one (a stale lease) are refused, the whole call,
  * nothing written. */
 TT_TEST(store_batch_fenced, 60) {
-    h_begin();
-    h_svc_t *s = h_svc_start("sf", NULL);
-    h_coupon(s, "sf", 100);
-    store_t *st = st_new();
+    store_t *st = st_begin("sf", 100);
     batch_t b;
     batch_fill(&b, "f", 0, 2);
     TT_EQ_INT(batch_claim(st, "sf", -1, 10, &b, NULL), STORE_OK);
@@ -228,10 +226,7 @@ TT_TEST(store_batch_fenced, 60) {
  * batch's size. A claim that writes nothing (sold out) also costs two (the
  * pipeline, ROLLBACK). */
 TT_TEST(store_round_trips_per_claim, 30) {
-    h_begin();
-    h_svc_t *s = h_svc_start("rt", NULL);
-    h_coupon(s, "rt", 40);
-    store_t *st = st_new();
+    store_t *st = st_begin("rt", 40);
     batch_t b;
     batch_fill(&b, "warm", 0, 1);
     TT_EQ_INT(batch_claim(st, "rt", -1, 1, &b, NULL), STORE_OK);

@@ -13,6 +13,7 @@
 #include "tt.h"
 
 #include <libpq-fe.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -43,8 +44,9 @@ static void v_coupon(const char *id, int total, int claimed) {
 static void v_claim(const char *coupon, const char *user, long fence, int seq,
                     int bucket) {
     char sql[384], b[16] = "NULL";
-    if (bucket >= 0)
+    if (bucket >= 0) {
         snprintf(b, sizeof b, "%d", bucket);
+    }
     snprintf(sql, sizeof sql,
              "INSERT INTO claims (coupon_id, user_id, fence, seq, instance,"
              " bucket) VALUES ('%s', '%s', %ld, %d, 'test_verify', %s)",
@@ -59,6 +61,97 @@ static lg_verify_report_t v_check(const char *coupon) {
     printf("  %-8s ok=%d first: %s\n", coupon, r.ok,
            r.first[0] ? r.first : "-");
     return r;
+}
+
+/* One counter of the report and the value the checker must give it. */
+typedef struct v_want {
+    const char *name; /* the member's name, for the failure message */
+    size_t off, size; /* where it is in lg_verify_report_t */
+    long long value;
+} v_want_t;
+
+#define V_WANT(member, v)                                                      \
+    {                                                                          \
+        #member, offsetof(lg_verify_report_t, member),                         \
+            sizeof(((lg_verify_report_t *)0)->member), v                       \
+    }
+
+/* A violation planted on an unsharded coupon of its own: the coupon's stock
+ * and counter, two claim rows written in two transactions, and what the
+ * checker must count. It must also say the coupon is not ok. */
+typedef struct v_planted {
+    const char *coupon; /* also what the violation is */
+    int total, claimed;
+    struct {
+        const char *user;
+        long fence;
+        int seq;
+    } rows[2];
+    v_want_t want[3];  /* unused slots have name NULL */
+    const char *first; /* a phrase of the first violation's words, or NULL */
+} v_planted_t;
+
+static const v_planted_t v_planted[] = {
+    /* Two transactions with an equal fence: two leases that drew the same
+     * fence (Redis lost its counter) both wrote. */
+    {"tie",
+     5,
+     2,
+     {{"u1", 7, 1}, {"u2", 7, 2}},
+     {V_WANT(fence_repeats, 1), V_WANT(fence_ties_in_tx, 0),
+      V_WANT(fences_increasing, 0)},
+     "another transaction"},
+    /* A fence falling in commit order: a stale holder wrote after a newer
+     * one. */
+    {"fall",
+     5,
+     2,
+     {{"u1", 9, 1}, {"u2", 8, 2}},
+     {V_WANT(fence_decreases, 1), V_WANT(fences_increasing, 0)},
+     NULL},
+    /* A row its counter does not count. */
+    {"rows",
+     5,
+     1,
+     {{"u1", 1, 1}, {"u2", 2, 2}},
+     {V_WANT(rows_mismatch, 1), V_WANT(oversell, 0)},
+     NULL},
+    /* More rows than stock. */
+    {"over",
+     1,
+     1,
+     {{"u1", 1, 1}, {"u2", 2, 2}},
+     {V_WANT(oversell, 1), V_WANT(oversold_coupons, 1)},
+     NULL},
+    /* A gap in seq: a counter that moved without its row (or a row with a
+     * seq no UPDATE produced). */
+    {"gap",
+     5,
+     2,
+     {{"u1", 1, 1}, {"u2", 2, 3}},
+     {V_WANT(seq_mismatch, 1)},
+     NULL},
+};
+
+/* Plants p and checks that the checker finds it. */
+static void v_planted_check(const v_planted_t *p) {
+    v_coupon(p->coupon, p->total, p->claimed);
+    for (int i = 0; i < 2; i++) {
+        v_claim(p->coupon, p->rows[i].user, p->rows[i].fence, p->rows[i].seq,
+                -1);
+    }
+    lg_verify_report_t r = v_check(p->coupon);
+    TT_ASSERT_MSG(!r.ok, "%s: the checker found nothing", p->coupon);
+    for (int i = 0; i < 3 && p->want[i].name != NULL; i++) {
+        const v_want_t *w = &p->want[i];
+        const char *at = (const char *)&r + w->off;
+        long long got =
+            w->size == sizeof(int) ? *(const int *)at : *(const long long *)at;
+        TT_ASSERT_MSG(got == w->value, "%s: %s is %lld, not %lld", p->coupon,
+                      w->name, got, w->value);
+    }
+    TT_ASSERT_MSG(p->first == NULL || strstr(r.first, p->first) != NULL,
+                  "%s: first: %s", p->coupon, r.first);
 }
 
 TT_TEST(verify_checker_catches_planted_violations, 60) {
@@ -79,55 +172,10 @@ TT_TEST(verify_checker_catches_planted_violations, 60) {
     TT_EQ_INT(r.fence_repeats, 0);
     TT_EQ_INT(r.fenced_rows, 3);
 
-    /* Two transactions with an equal fence: two leases that drew the same
-     * fence (Redis lost its counter) both wrote. */
-    v_coupon("tie", 5, 2);
-    v_claim("tie", "u1", 7, 1, -1);
-    v_claim("tie", "u2", 7, 2, -1);
-    r = v_check("tie");
-    TT_ASSERT(!r.ok);
-    TT_EQ_INT(r.fence_repeats, 1);
-    TT_EQ_INT(r.fence_ties_in_tx, 0);
-    TT_EQ_INT(r.fences_increasing, 0);
-    TT_ASSERT_MSG(strstr(r.first, "another transaction") != NULL, "first: %s",
-                  r.first);
-
-    /* A fence falling in commit order: a stale holder wrote after a newer
-     * one. */
-    v_coupon("fall", 5, 2);
-    v_claim("fall", "u1", 9, 1, -1);
-    v_claim("fall", "u2", 8, 2, -1);
-    r = v_check("fall");
-    TT_ASSERT(!r.ok);
-    TT_EQ_INT(r.fence_decreases, 1);
-    TT_EQ_INT(r.fences_increasing, 0);
-
-    /* A row its counter does not count. */
-    v_coupon("rows", 5, 1);
-    v_claim("rows", "u1", 1, 1, -1);
-    v_claim("rows", "u2", 2, 2, -1);
-    r = v_check("rows");
-    TT_ASSERT(!r.ok);
-    TT_EQ_INT(r.rows_mismatch, 1);
-    TT_EQ_INT(r.oversell, 0);
-
-    /* More rows than stock. */
-    v_coupon("over", 1, 1);
-    v_claim("over", "u1", 1, 1, -1);
-    v_claim("over", "u2", 2, 2, -1);
-    r = v_check("over");
-    TT_ASSERT(!r.ok);
-    TT_EQ_INT(r.oversell, 1);
-    TT_EQ_INT(r.oversold_coupons, 1);
-
-    /* A gap in seq: a counter that moved without its row (or a row with a
-     * seq no UPDATE produced). */
-    v_coupon("gap", 5, 2);
-    v_claim("gap", "u1", 1, 1, -1);
-    v_claim("gap", "u2", 2, 3, -1);
-    r = v_check("gap");
-    TT_ASSERT(!r.ok);
-    TT_EQ_INT(r.seq_mismatch, 1);
+    /* The planted violations of an unsharded coupon, one row each. */
+    for (size_t i = 0; i < sizeof(v_planted) / sizeof(v_planted[0]); i++) {
+        v_planted_check(&v_planted[i]);
+    }
 
     /* A sharded coupon: two buckets, each its own counter and fence order.
      * Clean first: the buckets reuse each other's fences (each bucket's lock

@@ -40,8 +40,9 @@ static int conn_feed(lg_http_resp_t *r, conn_t *c, const char *p, size_t n,
     TT_CMP_INT(u, <=, c->len);
     memmove(c->buf, c->buf + u, c->len - u);
     c->len -= u;
-    if (used)
+    if (used) {
         *used = u;
+    }
     return rc;
 }
 
@@ -59,8 +60,9 @@ static int feed_split(lg_http_resp_t *r, conn_t *c, const char *msg, size_t len,
     c->len = 0;
     int rc = conn_feed(r, c, msg, k, &s->first_used);
     s->first_rc = rc;
-    if (rc == LG_HTTP_AGAIN)
+    if (rc == LG_HTTP_AGAIN) {
         return conn_feed(r, c, msg + k, len - k, NULL);
+    }
     TT_ASSERT(c->len + (len - k) <= sizeof c->buf);
     memcpy(c->buf + c->len, msg + k, len - k);
     c->len += len - k;
@@ -74,8 +76,9 @@ static int feed_bytewise(lg_http_resp_t *r, conn_t *c, const char *msg,
     int rc = LG_HTTP_AGAIN;
     size_t i = 0;
     c->len = 0;
-    while (rc == LG_HTTP_AGAIN && i < len)
+    while (rc == LG_HTTP_AGAIN && i < len) {
         rc = conn_feed(r, c, msg + i++, 1, NULL);
+    }
     *fed = i;
     return rc;
 }
@@ -85,8 +88,9 @@ static int feed_bytewise(lg_http_resp_t *r, conn_t *c, const char *msg,
 static int feed_whole(lg_http_resp_t *r, bool head, const char *msg,
                       char *sample, size_t *used) {
     lg_http_resp_init(r, head, sample, sample ? 64 : 0);
-    if (sample)
+    if (sample) {
         memset(sample, 0, 64);
+    }
     return lg_http_feed(r, msg, strlen(msg), used);
 }
 
@@ -181,8 +185,9 @@ static void check_every_split(const char *resp, const char *body) {
         /* Only the response's last byte completes it. */
         TT_EQ_INT(s.first_rc, k < rlen ? LG_HTTP_AGAIN : LG_HTTP_OK);
         /* A partial header block is not consumed: it is fed again. */
-        if (k < hlen)
+        if (k < hlen) {
             TT_EQ_INT(s.first_used, 0);
+        }
         TT_EQ_INT(r.status, 200);
         TT_ASSERT(r.keep_alive);
         TT_EQ_INT(r.body_bytes, strlen(body));
@@ -467,9 +472,10 @@ TT_TEST(lg_http_sample_keeps_body_start, 5) {
             TT_EQ_INT(r.body_bytes, 11);
             TT_EQ_INT(r.sample_len, want);
             TT_ASSERT(memcmp(buf, "hello world", want) == 0);
-            for (size_t j = cap; j < sizeof buf; j++)
+            for (size_t j = cap; j < sizeof buf; j++) {
                 TT_ASSERT_MSG(buf[j] == '#', "byte %zu written, cap %zu", j,
                               cap);
+            }
         }
     }
     /* No sample at all: the body is still counted. */
