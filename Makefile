@@ -2,12 +2,15 @@
 #
 #   make            build build/couponsvc (and the tools)
 #   make test       install missing packages, run every test suite
+#   make test-docs  the READMEs' excerpts of the source equal the source
 #   make demo       install missing packages, race vs fix through the LB
 #   make tour       every failure and performance demo, narrated (deploy/tour)
 #   make up/down    local stack (see deploy/stack.sh)
 #
 # Switches: V=1 prints commands, SANITIZE=address,undefined builds with
-# sanitizers (into build/san-*/ so a plain build is not clobbered),
+# sanitizers and COUPONSVC_DEBUG_SANITY (the sanity functions' full walks of
+# a list or table, off in a plain build) into build/san-*/, so that a plain
+# build is not clobbered,
 # WERROR=1 turns warnings into errors (CI sets it).
 
 CC       ?= cc
@@ -28,6 +31,7 @@ comma    := ,
 ifdef SANITIZE
 BUILD    := $(BUILD)/san-$(subst $(comma),-,$(SANITIZE))
 CFLAGS   += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+CFLAGS   += -DCOUPONSVC_DEBUG_SANITY # the sanity checks' full walks, too
 LDFLAGS  += -fsanitize=$(SANITIZE)
 endif
 
@@ -71,10 +75,10 @@ $(BUILD)/service/%.o: service/%.c | deps-check
 # The migrations are compiled into the binary so `couponsvc migrate` works
 # wherever the binary goes (a container, a Kubernetes Job) without the tree.
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
-$(BUILD)/service/migrations.c: $(MIGRATIONS) service/embed.sh
+$(BUILD)/service/migrations.c: $(MIGRATIONS) deploy/build/embed.sh
 	@mkdir -p $(dir $@)
 	@echo "  EMBED   $@"
-	$(Q)sh service/embed.sh $(MIGRATIONS) > $@
+	$(Q)sh deploy/build/embed.sh $(MIGRATIONS) > $@
 
 $(BUILD)/service/migrations.o: $(BUILD)/service/migrations.c
 	@echo "  CC      $<"
@@ -121,6 +125,17 @@ check-format: | deps-check
 -include loadtest/loadtest.mk
 -include deploy/deploy.mk
 -include deploy/tour/tour.mk
+
+# ------------------------------------------------------------------ docs ----
+
+# `make test-docs`: every excerpt of the source the READMEs show (the Lua
+# scripts, the fenced SQL) equals the source, every Lua or SQL block there
+# is such an excerpt, and every path and file:function they name exists
+# (tests/docs/check_excerpts.py: Python 3 alone, no build, well under a
+# second). `make test` runs it first, in tests/run.sh's list (tests/tests.mk).
+.PHONY: test-docs
+test-docs:
+	$(Q)python3 tests/docs/check_excerpts.py .
 
 .PHONY: clean
 clean:

@@ -54,11 +54,11 @@ done
 
 # ------------------------------------------------------------- shell ------
 step "shell scripts"
-for f in deploy/*.sh deploy/tour/*.sh; do
+for f in deploy/*.sh deploy/build/*.sh deploy/tour/*.sh; do
     if bash -n "$f"; then ok "bash -n $f"; else bad "bash -n $f"; fi
 done
 if have shellcheck; then
-    if shellcheck -x deploy/*.sh deploy/tour/*.sh; then ok "shellcheck deploy/*.sh deploy/tour/*.sh"; else bad "shellcheck deploy/*.sh deploy/tour/*.sh"; fi
+    if shellcheck -x deploy/*.sh deploy/build/*.sh deploy/tour/*.sh; then ok "shellcheck deploy/*.sh deploy/build/*.sh deploy/tour/*.sh"; else bad "shellcheck deploy/*.sh deploy/build/*.sh deploy/tour/*.sh"; fi
 else
     skip "shellcheck not installed (apt-get install shellcheck)"
 fi

@@ -51,6 +51,7 @@ test: deps-check all $(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests 
 		$(BUILD)/loadgen $(BUILD)/old/couponsvc
 	$(Q)$(FAULT_ENV) LOADGEN=$(BUILD)/loadgen \
 		COUPONSVC_OLD_BIN=$(BUILD)/old/couponsvc sh tests/run.sh \
+		"python3 tests/docs/check_excerpts.py ." \
 		$(BUILD)/tests/unit-tests $(BUILD)/tests/integration-tests \
 		$(BUILD)/tests/fault-tests \
 		"env COUPONSVC_LOCK_BACKEND=etcd $(BUILD)/tests/fault-tests etcd_" \
