@@ -162,6 +162,9 @@ def source_codes(root):
             codes.add((503, code))
         for code in re.findall(r'"error",\s*"(\w+)"', s):
             codes.add((None, code))
+        # api.c's table of claim outcomes: [CLAIM_X] = {status, "code"}.
+        for st, code in re.findall(r'\[CLAIM_\w+\]\s*=\s*\{(\d{3}),\s*"(\w+)"\}', s):
+            codes.add((int(st), code))
         for code in re.findall(r'\\"error\\":\s*\\"(\w+)\\"', s):
             codes.add((None, code))
         if f.endswith("/req.c"):
