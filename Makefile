@@ -46,7 +46,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 # The lock module: the contract and the waiting (lock.o, lock_wait.o), then
 # one object per backend (lock_*.o). A build with etcd adds its objects here.
-LOCK_OBJS := lock.o lock_wait.o lock_redis.o lock_redlock.o sentinel.o
+LOCK_OBJS := lock.o lock_wait.o lock_redis.o lock_redlock.o lock_sentinel.o
 # etcd (COUPON_LOCK_BACKEND=etcd): its v3 JSON gateway over libcurl.
 LOCK_OBJS += lock_etcd.o lock_etcd_gw.o
 CFLAGS   += -DCOUPONSVC_WITH_ETCD

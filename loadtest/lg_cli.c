@@ -24,7 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "util.h"
+#include "str.h"
 
 /* Written here, read everywhere; create_stock -1 is "not given" (the
  * option's range starts at 0, so no default text can say it). */

@@ -19,7 +19,7 @@ LOADGEN_OBJS := $(addprefix $(BUILD)/loadtest/, loadgen.o lg_cli.o \
 	lg_hist.o lg_report.o lg_http.o lg_verify.o)
 
 # -Iservice: the load generator shares the service's header-only helpers
-# (mono.h's clocks and sleeps, util.h's string trimming), nothing it links.
+# (mono.h's clocks and sleeps, str.h's string trimming), nothing it links.
 # Recursive (=) on purpose: pkg-config runs when a recipe needs the flags,
 # after deps-check has had the chance to install the packages.
 LOADGEN_CFLAGS = $(shell pkg-config --cflags $(LOADGEN_PKGS) 2>/dev/null)

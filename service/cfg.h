@@ -90,7 +90,8 @@ typedef struct cfg {
     log_level_t log_level; /* COUPON_LOG_LEVEL */
     int log_json;          /* COUPON_LOG_FORMAT: 1 = json, 0 = text */
 
-    /* Redis Sentinel (sentinel.h): with sentinels, they name the master. */
+    /* Redis Sentinel (lock_sentinel.h): with sentinels, they name the master.
+     */
     cfg_addr_t sentinels[CFG_MAX_REDIS]; /* COUPON_REDIS_SENTINELS */
     int nsentinels;                      /* 0: no Sentinel */
     char *redis_master_name;             /* COUPON_REDIS_MASTER_NAME; owned */

@@ -68,7 +68,7 @@
 #include "mono.h"
 #include "ready.h"
 #include "req.h"
-#include "util.h"
+#include "str.h"
 
 typedef enum http__state {
     HTTP__READING = 0, /* headers in, body arriving */

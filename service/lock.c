@@ -20,11 +20,11 @@
 #include <sys/random.h>
 
 #include "lock_backend.h"
+#include "lock_sentinel.h"
 #include "lock_wait.h"
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
-#include "sentinel.h"
 
 /* The backend lock_init picked; NULL before. Written once, before any
  * client exists, then only read. */
@@ -42,7 +42,7 @@ static const lock_backend_t *lock__pick(const cfg_t *cfg, char *err,
         return &lock_etcd_backend;
     }
 #endif
-    if (sentinel_configured(cfg)) {
+    if (lock_sentinel_configured(cfg)) {
         return &lock_sentinel_backend; /* COUPON_REDIS_ADDRS is ignored */
     }
     if (cfg->nredis == 1) {
@@ -63,7 +63,7 @@ static const lock_backend_t *lock__pick(const cfg_t *cfg, char *err,
 int lock_init(const cfg_t *cfg, char *err, size_t errlen) {
     lock_redis_username = cfg->redis_username;
     lock_redis_password = cfg->redis_password;
-    sentinel_init(cfg);
+    lock_sentinel_init(cfg);
     const lock_backend_t *be = lock__pick(cfg, err, errlen);
     if (be == NULL) {
         return -1;
@@ -98,13 +98,14 @@ void lock_describe(char *out, size_t outlen) {
     if (lock__be == &lock_sentinel_backend) {
         cfg_addr_t m, from;
         char err[160];
-        if (!sentinel_last(&m, &from) &&
-            sentinel_master(cfg, &m, err, sizeof(err)) != SENTINEL_OK) {
+        if (!lock_sentinel_last(&m, &from) &&
+            lock_sentinel_master(cfg, &m, err, sizeof(err)) !=
+                LOCK_SENTINEL_OK) {
             snprintf(out, outlen, "redis=unknown master_name=%s",
                      cfg->redis_master_name);
             return;
         }
-        sentinel_last(&m, &from);
+        lock_sentinel_last(&m, &from);
         snprintf(out, outlen, "redis=%s:%u master_name=%s sentinel=%s:%u",
                  m.host, m.port, cfg->redis_master_name, from.host, from.port);
         return;
@@ -229,7 +230,7 @@ void lock_resource_of(const char *key, char *out) {
 
 int lock_lease_usable(const lock_lease_t *l) {
     return !atomic_load(&l->lost) &&
-           boot_ns() < atomic_load(&l->valid_until_ns);
+           mono_boot_ns() < atomic_load(&l->valid_until_ns);
 }
 
 int lock_lease_mark_lost(lock_lease_t *l) {
@@ -427,7 +428,7 @@ int lock_extend_many(lock_client_t *cl, lock_lease_t *const *leases, size_t n,
     for (size_t i = 0; i < n; i++) {
         results[i] = LOCK_ERR;
     }
-    *sent_at_ns = boot_ns();
+    *sent_at_ns = mono_boot_ns();
     if (n == 0) {
         return LOCK_OK;
     }

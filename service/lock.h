@@ -85,7 +85,7 @@ typedef struct lock_lease {
      * COMMIT), read by the claim. Invariant: once lost is 1 it stays 1;
      * valid_until_ns only grows while lost is 0 (lock_lease__sanity checks
      * both, at the end of each watchdog round). The lease may be used for a
-     * write only while !lost && boot_ns() < valid_until_ns. */
+     * write only while !lost && mono_boot_ns() < valid_until_ns. */
     _Atomic int64_t valid_until_ns; /* boot clock (mono.h): the instant the
                                        last grant/renewal was sent + ttl
                                        (Redlock: minus its drift allowance) */

@@ -1,7 +1,7 @@
 /*
  * lock_backend.h: the lock's backends behind lock.h (internal to the lock
  * module: lock.c, lock_redis.c, lock_redlock.c, lock_etcd*.c, lock_wait.c,
- * sentinel.c; and the unit tests of its pure parts).
+ * lock_sentinel.c; and the unit tests of its pure parts).
  *
  * A backend is one const table of operations. lock.c picks one table in
  * lock_init and calls through it; whatever every backend needs the same way
@@ -59,7 +59,7 @@ extern const lock_backend_t lock_redis_backend, lock_redlock_backend,
     lock_etcd_backend;
 
 /* lock_redis.c's code for one logical node found through Redis Sentinel
- * (sentinel.h): chosen when COUPON_REDIS_SENTINELS is set. */
+ * (lock_sentinel.h): chosen when COUPON_REDIS_SENTINELS is set. */
 extern const lock_backend_t lock_sentinel_backend;
 
 /* An etcd build's choice (lock_etcd.c): 1 when cfg selects etcd

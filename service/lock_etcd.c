@@ -302,7 +302,7 @@ static int lock_etcd__session(lock_etcd__client_t *c, int64_t deadline,
     int64_t cur = lock_etcd__g.lease_id, ttl = lock_etcd__g.lease_ttl_ms;
     int64_t until = lock_etcd__g.valid_until_ns;
     pthread_mutex_unlock(&lock_etcd__g.mu);
-    int64_t now = boot_ns();
+    int64_t now = mono_boot_ns();
     int rc = LOCK_OK;
     if (cur != 0 && until - now > ttl * MONO_MS / 2) {
         goto done;
@@ -692,7 +692,7 @@ static int lock_etcd__extend_many(lock_client_t *cl,
                                   int *results, int64_t *sent_at_ns) {
     lock_etcd__client_t *c = lock_etcd__cl(cl);
     int rc = LOCK_OK;
-    *sent_at_ns = boot_ns();
+    *sent_at_ns = mono_boot_ns();
     /* Normally every lease is on the one session lease: one keep-alive.
      * Just after a session was lost and replaced, two. */
     for (size_t i = 0; i < n; i++) {

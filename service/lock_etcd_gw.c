@@ -560,7 +560,7 @@ int lock_etcd_gw_call(lock_etcd_gw_t *gw, const char *path, json_t *req,
         gen = lock_etcd_gw__g.gen;
         pthread_mutex_unlock(&lock_etcd_gw__g.mu);
         if (sent_ns != NULL) {
-            *sent_ns = boot_ns();
+            *sent_ns = mono_boot_ns();
         }
         /* The bound at the top: one attempt per endpoint, one more after a
          * re-authentication. */

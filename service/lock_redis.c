@@ -21,11 +21,11 @@
 
 #include "lock_backend.h"
 #include "lock_scripts.h"
+#include "lock_sentinel.h"
 #include "lock_wait.h"
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
-#include "sentinel.h"
 
 typedef enum lock_redis__script {
     LOCK__ACQUIRE = 0,
@@ -188,11 +188,11 @@ static int lock_redis__connect(lock_redis__client_t *cl) {
     }
     /* Behind Sentinel, every (re)connect asks where the master is now. */
     char serr[160];
-    int src = sentinel_resolve(&cl->addr, serr, sizeof(serr));
-    cl->resolved = src == SENTINEL_OK;
-    if (src == SENTINEL_ERR || src == SENTINEL_EAUTH) {
+    int src = lock_sentinel_resolve(&cl->addr, serr, sizeof(serr));
+    cl->resolved = src == LOCK_SENTINEL_OK;
+    if (src == LOCK_SENTINEL_ERR || src == LOCK_SENTINEL_EAUTH) {
         return lock_redis__fail(
-            cl, src == SENTINEL_EAUTH ? LOCK_EAUTH : LOCK_EIO, serr);
+            cl, src == LOCK_SENTINEL_EAUTH ? LOCK_EAUTH : LOCK_EIO, serr);
     }
     struct timeval tv = {.tv_sec = cl->timeout_ms / 1000,
                          .tv_usec = (cl->timeout_ms % 1000) * 1000};
@@ -447,7 +447,7 @@ static int lock_redis__try(lock_client_t *base, lock_lease_t *lease,
 
     /* The lease is valid for ttl from the moment we SENT the request: the
      * server started the TTL later than that, never earlier. */
-    int64_t sent = boot_ns();
+    int64_t sent = mono_boot_ns();
     redisReply *r = lock_redis__eval(cl, LOCK__ACQUIRE, keys, 2, args, 2);
     if (r == NULL) {
         if (cl->unanswered) {
@@ -558,7 +558,7 @@ static int lock_redis__extend_many(lock_client_t *base,
 
     /* Pipeline: every renewal goes out in one write, the replies come back
      * in order. One round trip however many leases this process holds. */
-    *sent_at_ns = boot_ns();
+    *sent_at_ns = mono_boot_ns();
     for (size_t i = 0; i < n; i++) {
         char ttl[16], nk[8];
         snprintf(ttl, sizeof(ttl), "%u", leases[i]->ttl_ms);
@@ -701,11 +701,11 @@ static lock_client_t *lock_redis__client_new(const cfg_t *cfg) {
     if (cl == NULL) {
         return NULL;
     }
-    lock_client_base_init(&cl->base, sentinel_configured(cfg)
+    lock_client_base_init(&cl->base, lock_sentinel_configured(cfg)
                                          ? &lock_sentinel_backend
                                          : &lock_redis_backend);
     cl->addr = cfg->redis[0];
-    if (sentinel_configured(cfg)) {
+    if (lock_sentinel_configured(cfg)) {
         cl->master_name = cfg->redis_master_name;
     }
     cl->timeout_ms = cfg->redis_timeout_ms;

@@ -850,7 +850,8 @@ static int lock_redlock__make_usable(lock_redlock__client_t *cl,
                                      int64_t t0, int64_t *holder_pttl_ms) {
     /* The write-back ends within the timeout, and never after the lease's
      * validity would have run out anyway. */
-    int64_t budget = lock_redlock_validity_ns(lease->ttl_ms, boot_ns() - t0);
+    int64_t budget =
+        lock_redlock_validity_ns(lease->ttl_ms, mono_boot_ns() - t0);
     int64_t deadline = lock_redlock__deadline(cl);
     if (budget < cl->timeout_ns) {
         deadline = mono_ns() + (budget > 0 ? budget : 0);
@@ -858,7 +859,8 @@ static int lock_redlock__make_usable(lock_redlock__client_t *cl,
     int wb_refused = 0;
     int raised =
         lock_redlock__write_back(cl, lease, granted, deadline, &wb_refused);
-    int64_t validity = lock_redlock_validity_ns(lease->ttl_ms, boot_ns() - t0);
+    int64_t validity =
+        lock_redlock_validity_ns(lease->ttl_ms, mono_boot_ns() - t0);
     int wb = lock_redlock_verdict(cl->n, raised, wb_refused);
     if (wb != LOCK_OK || validity <= 0) {
         if (wb == LOCK_ERR) {
@@ -903,7 +905,7 @@ static int lock_redlock__try(lock_client_t *base, lock_lease_t *lease,
 
     /* Validity counts from the moment we SENT the acquire: every node
      * started its TTL later than that, never earlier. */
-    int64_t t0 = boot_ns();
+    int64_t t0 = mono_boot_ns();
     lock_redlock__round(cl, lock_redlock__all(cl), &c, 1, 1,
                         lock_redlock__deadline(cl), lock_redlock__judge_acquire,
                         NULL);
@@ -961,7 +963,7 @@ static int lock_redlock__extend_many(lock_client_t *base,
     }
     /* Every lease's TTL restarts on each node some time after this; the
      * drift allowance is taken off once more, as at grant. */
-    int64_t sent = boot_ns();
+    int64_t sent = mono_boot_ns();
     *sent_at_ns = sent - lock_redlock_drift_ns(max_ttl);
     lock_redlock__round(cl, lock_redlock__all(cl), cmds, (int)n, 1,
                         lock_redlock__deadline(cl), NULL, NULL);

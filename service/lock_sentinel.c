@@ -1,7 +1,7 @@
 /*
- * sentinel.c: see sentinel.h.
+ * lock_sentinel.c: see lock_sentinel.h.
  */
-#include "sentinel.h"
+#include "lock_sentinel.h"
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
@@ -16,23 +16,23 @@
 #include "mono.h"
 
 /* The master last reported, to log a change once (not on every connect),
- * and for sentinel_last. */
-static pthread_mutex_t sentinel__mu = PTHREAD_MUTEX_INITIALIZER;
-static cfg_addr_t sentinel__last;
-static cfg_addr_t sentinel__last_from; /* the sentinel that named it */
+ * and for lock_sentinel_last. */
+static pthread_mutex_t lock_sentinel__mu = PTHREAD_MUTEX_INITIALIZER;
+static cfg_addr_t lock_sentinel__last;
+static cfg_addr_t lock_sentinel__last_from; /* the sentinel that named it */
 
 /* The sentinel that answered last: the next question starts there. */
-static atomic_int sentinel__first;
+static atomic_int lock_sentinel__first;
 
-/* The process's configuration (sentinel_init), NULL before. */
-static const cfg_t *sentinel__cfg;
+/* The process's configuration (lock_sentinel_init), NULL before. */
+static const cfg_t *lock_sentinel__cfg;
 
-int sentinel_configured(const cfg_t *cfg) {
+int lock_sentinel_configured(const cfg_t *cfg) {
     return cfg->nsentinels > 0;
 }
 
-void sentinel_log_config(const cfg_t *cfg) {
-    if (!sentinel_configured(cfg)) {
+void lock_sentinel_log_config(const cfg_t *cfg) {
+    if (!lock_sentinel_configured(cfg)) {
         return;
     }
     char list[512];
@@ -51,7 +51,7 @@ void sentinel_log_config(const cfg_t *cfg) {
              cfg->redis_master_name, list,
              cfg->redis_sentinel_password[0] != '\0' ? "password" : "none");
     if (cfg->redis_addrs_given) {
-        log_warn("sentinel.overrides_addrs",
+        log_warn("lock_sentinel.overrides_addrs",
                  "msg=\"COUPON_REDIS_SENTINELS is set: the master comes from "
                  "the sentinels, COUPON_REDIS_ADDRS (%s:%u%s) is ignored\"",
                  cfg->redis[0].host, cfg->redis[0].port,
@@ -61,7 +61,7 @@ void sentinel_log_config(const cfg_t *cfg) {
 
 /* Milliseconds left until deadline_ns, at least 1 (hiredis reads a zero
  * timeout as "none"). */
-static long sentinel__left_ms(int64_t deadline_ns) {
+static long lock_sentinel__left_ms(int64_t deadline_ns) {
     int64_t left = (deadline_ns - mono_ns()) / MONO_MS;
     return left < 1 ? 1 : (long)left;
 }
@@ -69,35 +69,36 @@ static long sentinel__left_ms(int64_t deadline_ns) {
 /* hiredis's text for a context error; a blocking call that ran out of time
  * says EAGAIN's "Resource temporarily unavailable", which hides what it
  * was. */
-static const char *sentinel__ctx_err(const redisContext *c) {
+static const char *lock_sentinel__ctx_err(const redisContext *c) {
     if (c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         return "timed out";
     }
     return c->errstr;
 }
 
-/* What sentinel__ask says besides 0 (*out filled). */
+/* What lock_sentinel__ask says besides 0 (*out filled). */
 enum {
-    SENTINEL__UNREACHED = -1, /* no connection, or it timed out */
-    SENTINEL__NO = -2,        /* it answered, but no address */
-    SENTINEL__AUTH = -3,      /* it refused our password */
+    LOCK_SENTINEL__UNREACHED = -1, /* no connection, or it timed out */
+    LOCK_SENTINEL__NO = -2,        /* it answered, but no address */
+    LOCK_SENTINEL__AUTH = -3,      /* it refused our password */
 };
 
 /* The answer of sentinel s (on c) to get-master-addr-by-name, r (NULL: none
  * came): 0 and *out filled, or one of the codes above with why in err. */
-static int sentinel__read_master(const cfg_t *cfg, const cfg_addr_t *s,
-                                 const redisContext *c, const redisReply *r,
-                                 cfg_addr_t *out, char *err, size_t errlen) {
-    int rc = r == NULL ? SENTINEL__UNREACHED : SENTINEL__NO;
+static int lock_sentinel__read_master(const cfg_t *cfg, const cfg_addr_t *s,
+                                      const redisContext *c,
+                                      const redisReply *r, cfg_addr_t *out,
+                                      char *err, size_t errlen) {
+    int rc = r == NULL ? LOCK_SENTINEL__UNREACHED : LOCK_SENTINEL__NO;
     if (r == NULL) {
         snprintf(err, errlen, "sentinel %s:%u: %s", s->host, s->port,
-                 sentinel__ctx_err(c));
+                 lock_sentinel__ctx_err(c));
     } else if (r->type == REDIS_REPLY_NIL) {
         snprintf(err, errlen, "sentinel %s:%u: no master named \"%s\"", s->host,
                  s->port, cfg->redis_master_name);
     } else if (lock_redis_reply_kind(r) == LOCK_EAUTH) {
         snprintf(err, errlen, "sentinel %s:%u: %s", s->host, s->port, r->str);
-        rc = SENTINEL__AUTH; /* it wants a password we do not have */
+        rc = LOCK_SENTINEL__AUTH; /* it wants a password we do not have */
     } else if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
                r->element[0]->type != REDIS_REPLY_STRING ||
                r->element[1]->type != REDIS_REPLY_STRING) {
@@ -125,22 +126,22 @@ static int sentinel__read_master(const cfg_t *cfg, const cfg_addr_t *s,
 
 /* Asks one sentinel, until deadline_ns: 0 and *out filled, or one of the
  * codes above with why in err. */
-static int sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
-                         int64_t deadline_ns, cfg_addr_t *out, char *err,
-                         size_t errlen) {
-    long ms = sentinel__left_ms(deadline_ns);
+static int lock_sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
+                              int64_t deadline_ns, cfg_addr_t *out, char *err,
+                              size_t errlen) {
+    long ms = lock_sentinel__left_ms(deadline_ns);
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
     redisContext *c = redisConnectWithTimeout(s->host, s->port, tv);
     if (c == NULL) {
         snprintf(err, errlen, "sentinel %s:%u: out of memory", s->host,
                  s->port);
-        return SENTINEL__UNREACHED;
+        return LOCK_SENTINEL__UNREACHED;
     }
-    int rc = SENTINEL__UNREACHED;
+    int rc = LOCK_SENTINEL__UNREACHED;
     redisReply *r = NULL;
     if (c->err != 0 || redisSetTimeout(c, tv) != REDIS_OK) {
         snprintf(err, errlen, "sentinel %s:%u: connect: %s", s->host, s->port,
-                 sentinel__ctx_err(c));
+                 lock_sentinel__ctx_err(c));
         goto out;
     }
     if (cfg->redis_sentinel_password[0] != '\0') {
@@ -149,12 +150,12 @@ static int sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
         if (r == NULL || r->type != REDIS_REPLY_STATUS) {
             /* Sentinel's refusal does not repeat the password. */
             snprintf(err, errlen, "sentinel %s:%u: AUTH: %s", s->host, s->port,
-                     r == NULL                      ? sentinel__ctx_err(c)
+                     r == NULL                      ? lock_sentinel__ctx_err(c)
                      : r->type == REDIS_REPLY_ERROR ? r->str
                                                     : "bad reply");
-            rc = r == NULL                      ? SENTINEL__UNREACHED
-                 : r->type == REDIS_REPLY_ERROR ? SENTINEL__AUTH
-                                                : SENTINEL__NO;
+            rc = r == NULL                      ? LOCK_SENTINEL__UNREACHED
+                 : r->type == REDIS_REPLY_ERROR ? LOCK_SENTINEL__AUTH
+                                                : LOCK_SENTINEL__NO;
             goto out;
         }
         freeReplyObject(r);
@@ -163,7 +164,7 @@ static int sentinel__ask(const cfg_t *cfg, const cfg_addr_t *s,
     const char *argv[3] = {"SENTINEL", "get-master-addr-by-name",
                            cfg->redis_master_name};
     r = redisCommandArgv(c, 3, argv, NULL);
-    rc = sentinel__read_master(cfg, s, c, r, out, err, errlen);
+    rc = lock_sentinel__read_master(cfg, s, c, r, out, err, errlen);
 out:
     if (r != NULL) {
         freeReplyObject(r);
@@ -172,12 +173,12 @@ out:
     return rc;
 }
 
-int sentinel_master(const cfg_t *cfg, cfg_addr_t *out, char *err,
-                    size_t errlen) {
+int lock_sentinel_master(const cfg_t *cfg, cfg_addr_t *out, char *err,
+                         size_t errlen) {
     int64_t start = mono_ns();
     int64_t deadline = start + (int64_t)cfg->redis_timeout_ms * MONO_MS;
     char why[192] = "no sentinel configured";
-    int n = cfg->nsentinels, first = atomic_load(&sentinel__first);
+    int n = cfg->nsentinels, first = atomic_load(&lock_sentinel__first);
     int reached = 0, refused = 0;
     for (int k = 0; k < n; k++) {
         int64_t now = mono_ns();
@@ -191,22 +192,22 @@ int sentinel_master(const cfg_t *cfg, cfg_addr_t *out, char *err,
         int64_t until = now + (deadline - now) / (n - k);
         int i = (first + k) % n;
         cfg_addr_t a;
-        int rc =
-            sentinel__ask(cfg, &cfg->sentinels[i], until, &a, why, sizeof(why));
-        reached += rc != SENTINEL__UNREACHED;
-        refused += rc == SENTINEL__AUTH;
+        int rc = lock_sentinel__ask(cfg, &cfg->sentinels[i], until, &a, why,
+                                    sizeof(why));
+        reached += rc != LOCK_SENTINEL__UNREACHED;
+        refused += rc == LOCK_SENTINEL__AUTH;
         if (rc != 0) {
             continue;
         }
         /* Ask the one that answered first next time. */
-        atomic_store(&sentinel__first, i);
-        pthread_mutex_lock(&sentinel__mu);
-        int changed = a.port != sentinel__last.port ||
-                      strcmp(a.host, sentinel__last.host) != 0;
-        cfg_addr_t was = sentinel__last;
-        sentinel__last = a;
-        sentinel__last_from = cfg->sentinels[i];
-        pthread_mutex_unlock(&sentinel__mu);
+        atomic_store(&lock_sentinel__first, i);
+        pthread_mutex_lock(&lock_sentinel__mu);
+        int changed = a.port != lock_sentinel__last.port ||
+                      strcmp(a.host, lock_sentinel__last.host) != 0;
+        cfg_addr_t was = lock_sentinel__last;
+        lock_sentinel__last = a;
+        lock_sentinel__last_from = cfg->sentinels[i];
+        pthread_mutex_unlock(&lock_sentinel__mu);
         if (changed) {
             log_info("sentinel.master",
                      "master_name=%s addr=%s:%u was=%s:%u from=%s:%u "
@@ -217,37 +218,38 @@ int sentinel_master(const cfg_t *cfg, cfg_addr_t *out, char *err,
                      (long long)((mono_ns() - start) / MONO_MS));
         }
         *out = a;
-        return SENTINEL_OK;
+        return LOCK_SENTINEL_OK;
     }
     snprintf(err, errlen, "master \"%s\" unknown: %s", cfg->redis_master_name,
              why);
     /* Every sentinel that could be reached refused our password: that is
      * this instance's credentials, not an outage. */
-    return refused > 0 && refused == reached ? SENTINEL_EAUTH : SENTINEL_ERR;
+    return refused > 0 && refused == reached ? LOCK_SENTINEL_EAUTH
+                                             : LOCK_SENTINEL_ERR;
 }
 
-void sentinel_init(const cfg_t *cfg) {
-    sentinel__cfg = cfg;
-    sentinel_log_config(cfg);
+void lock_sentinel_init(const cfg_t *cfg) {
+    lock_sentinel__cfg = cfg;
+    lock_sentinel_log_config(cfg);
 }
 
-int sentinel_resolve(cfg_addr_t *addr, char *err, size_t errlen) {
-    const cfg_t *cfg = sentinel__cfg;
-    if (cfg == NULL || !sentinel_configured(cfg)) {
-        return SENTINEL_NONE;
+int lock_sentinel_resolve(cfg_addr_t *addr, char *err, size_t errlen) {
+    const cfg_t *cfg = lock_sentinel__cfg;
+    if (cfg == NULL || !lock_sentinel_configured(cfg)) {
+        return LOCK_SENTINEL_NONE;
     }
-    return sentinel_master(cfg, addr, err, errlen);
+    return lock_sentinel_master(cfg, addr, err, errlen);
 }
 
-int sentinel_last(cfg_addr_t *master, cfg_addr_t *from) {
-    pthread_mutex_lock(&sentinel__mu);
-    int known = sentinel__last.host[0] != '\0';
+int lock_sentinel_last(cfg_addr_t *master, cfg_addr_t *from) {
+    pthread_mutex_lock(&lock_sentinel__mu);
+    int known = lock_sentinel__last.host[0] != '\0';
     if (known) {
-        *master = sentinel__last;
+        *master = lock_sentinel__last;
         if (from != NULL) {
-            *from = sentinel__last_from;
+            *from = lock_sentinel__last_from;
         }
     }
-    pthread_mutex_unlock(&sentinel__mu);
+    pthread_mutex_unlock(&lock_sentinel__mu);
     return known;
 }

@@ -1,5 +1,5 @@
 /*
- * sentinel.h: where the Redis master is, asked of Redis Sentinel.
+ * lock_sentinel.h: where the Redis master is, asked of Redis Sentinel.
  *
  * With COUPON_REDIS_SENTINELS set, the service does not take the Redis
  * address from COUPON_REDIS_ADDRS: every (re)connect of a lock connection
@@ -22,54 +22,54 @@
  * each call uses connections of its own. The last master seen is kept under
  * a mutex, only to log the moment it changes.
  */
-#ifndef COUPONSVC_SENTINEL_H
-#define COUPONSVC_SENTINEL_H
+#ifndef COUPONSVC_LOCK_SENTINEL_H
+#define COUPONSVC_LOCK_SENTINEL_H
 
 #include <stddef.h>
 
 #include "cfg.h"
 
 enum {
-    SENTINEL_OK = 0,
-    SENTINEL_NONE = 1,   /* sentinel_resolve: no sentinels configured */
-    SENTINEL_ERR = -1,   /* no sentinel gave an address: err says why */
-    SENTINEL_EAUTH = -2, /* every sentinel reached refused the password */
+    LOCK_SENTINEL_OK = 0,
+    LOCK_SENTINEL_NONE = 1, /* lock_sentinel_resolve: no sentinels configured */
+    LOCK_SENTINEL_ERR = -1, /* no sentinel gave an address: err says why */
+    LOCK_SENTINEL_EAUTH = -2, /* every sentinel reached refused the password */
 };
 
 /* 1 when cfg names sentinels (COUPON_REDIS_SENTINELS), 0 otherwise. */
-int sentinel_configured(const cfg_t *cfg);
+int lock_sentinel_configured(const cfg_t *cfg);
 
 /* Logs, once at start, that the sentinels decide where Redis is, and warns
  * when COUPON_REDIS_ADDRS was also given (it is then ignored). Does nothing
  * when no sentinels are configured. cfg is borrowed. */
-void sentinel_log_config(const cfg_t *cfg);
+void lock_sentinel_log_config(const cfg_t *cfg);
 
 /* Asks the sentinels of cfg (borrowed) for the master's address and writes
- * it to *out. Returns SENTINEL_OK, or with a message in err (errlen bytes,
- * always NUL-terminated; never a password) SENTINEL_ERR: the master is
+ * it to *out. Returns LOCK_SENTINEL_OK, or with a message in err (errlen bytes,
+ * always NUL-terminated; never a password) LOCK_SENTINEL_ERR: the master is
  * unknown, which the callers treat as Redis being unavailable; or
- * SENTINEL_EAUTH: every sentinel that answered refused our password (or
+ * LOCK_SENTINEL_EAUTH: every sentinel that answered refused our password (or
  * wanted one), this instance's own fault. */
-int sentinel_master(const cfg_t *cfg, cfg_addr_t *out, char *err,
-                    size_t errlen);
+int lock_sentinel_master(const cfg_t *cfg, cfg_addr_t *out, char *err,
+                         size_t errlen);
 
 /* Once per process, before any connection: remembers cfg (borrowed; it must
  * outlive every connection, as the process's cfg_t does) for
- * sentinel_resolve, and logs it (sentinel_log_config). */
-void sentinel_init(const cfg_t *cfg);
+ * lock_sentinel_resolve, and logs it (lock_sentinel_log_config). */
+void lock_sentinel_init(const cfg_t *cfg);
 
 /* The hook of every lock connection's (re)connect: with sentinels
- * configured (sentinel_init), asks them (sentinel_master) and writes the
- * master's address to *addr: SENTINEL_OK, or SENTINEL_ERR / SENTINEL_EAUTH
- * with err filled (a connection error / refused credentials). Without
- * sentinels: SENTINEL_NONE, and *addr is left as it is (the COUPON_REDIS_ADDRS
- * entry). */
-int sentinel_resolve(cfg_addr_t *addr, char *err, size_t errlen);
+ * configured (lock_sentinel_init), asks them (lock_sentinel_master) and writes
+ * the master's address to *addr: LOCK_SENTINEL_OK, or LOCK_SENTINEL_ERR /
+ * LOCK_SENTINEL_EAUTH with err filled (a connection error / refused
+ * credentials). Without sentinels: LOCK_SENTINEL_NONE, and *addr is left as it
+ * is (the COUPON_REDIS_ADDRS entry). */
+int lock_sentinel_resolve(cfg_addr_t *addr, char *err, size_t errlen);
 
 /* The master the sentinels named last (any thread's question), into
  * *master, and the sentinel that named it, into *from (may be NULL).
  * Returns 1, or 0 when no sentinel has named one yet (both left as they
  * are). */
-int sentinel_last(cfg_addr_t *master, cfg_addr_t *from);
+int lock_sentinel_last(cfg_addr_t *master, cfg_addr_t *from);
 
 #endif

@@ -117,10 +117,10 @@
 #include "fault.h"
 #include "lock.h"
 #include "lock_backend.h"
+#include "lock_sentinel.h"
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
-#include "sentinel.h"
 
 #define LOCK_WAIT__HANDOFF_NS (10 * MONO_MS)
 #define LOCK_WAIT__LINGER_NS (1000 * MONO_MS)
@@ -364,7 +364,7 @@ static redisContext *lock_wait__connect(cfg_addr_t *addr, uint32_t timeout_ms) {
     /* Behind Sentinel, every (re)connect asks where the master is now. */
     cfg_addr_t at = *addr;
     char serr[160];
-    if (sentinel_resolve(&at, serr, sizeof(serr)) < 0) {
+    if (lock_sentinel_resolve(&at, serr, sizeof(serr)) < 0) {
         log_warn("lock.subscriber_sentinel", "err=\"%s\"", serr);
         return NULL;
     }

@@ -4,7 +4,7 @@
  * Neither CLOCK_MONOTONIC nor CLOCK_BOOTTIME jumps when NTP or an operator
  * sets the wall clock, so every lease deadline and wait deadline in this
  * service is "now on one of them + a relative amount": leases on the boot
- * clock (boot_ns, which also counts a system suspend), waits on the
+ * clock (mono_boot_ns, which also counts a system suspend), waits on the
  * monotonic one (mono_ns). No wall-clock time takes part in a lock
  * decision.
  */
@@ -41,7 +41,7 @@ static inline int64_t mono_ns(void) {
  * granted it to someone else. So lease validity (valid_until_ns), the commit
  * gate and the watchdog's expiry check read this clock. Waits and sleeps stay
  * on CLOCK_MONOTONIC, which glibc's condition variables require. */
-static inline int64_t boot_ns(void) {
+static inline int64_t mono_boot_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_BOOTTIME, &ts);
     return (int64_t)ts.tv_sec * MONO_S + ts.tv_nsec;

@@ -36,7 +36,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "mono.h"
-#include "util.h"
+#include "str.h"
 
 struct store {
     PGconn *conn; /* NULL while disconnected; non-blocking while connected */

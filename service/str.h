@@ -1,11 +1,11 @@
 /*
- * util.h: small string helpers that more than one module needs.
+ * str.h: small string helpers (str_) that more than one module needs.
  *
  * Header-only (static inline), no state, no allocation: any module, the load
  * generator and the tests may include it without linking anything.
  */
-#ifndef COUPONSVC_UTIL_H
-#define COUPONSVC_UTIL_H
+#ifndef COUPONSVC_STR_H
+#define COUPONSVC_STR_H
 
 #include <stddef.h>
 #include <string.h>

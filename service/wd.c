@@ -171,7 +171,7 @@ void wd_set_max_hold(wd_t *wd, uint32_t max_hold_ms) {
 }
 
 void wd_watch(wd_t *wd, lock_lease_t *l) {
-    int64_t since = boot_ns();
+    int64_t since = mono_boot_ns();
     assert(lock_lease__ok(l));
     pthread_mutex_lock(&wd->mu);
     assert(wd__lease_ok(wd->head, l));
@@ -266,10 +266,10 @@ static void wd__grow(wd_t *wd) {
 static size_t wd__snapshot(wd_t *wd, size_t *nabandon) {
     /* The max hold, like lease validity, is on the boot clock: a suspended
      * host's hold time counts too. */
-    int64_t held_now = boot_ns();
+    int64_t held_now = mono_boot_ns();
     wd__grow(wd);
 
-    int64_t now = boot_ns(); /* lease validity is on the boot clock */
+    int64_t now = mono_boot_ns(); /* lease validity is on the boot clock */
     size_t n = 0, m = 0;
     for (lock_lease_t *l = wd->head; l != NULL; l = l->wd_next) {
         if (atomic_load(&l->lost)) {

@@ -26,8 +26,8 @@
 
 #include "h_etcd.h"
 #include "mono.h"
+#include "str.h"
 #include "tt.h"
-#include "util.h"
 
 #define H_ADMIN_TOKEN "test-admin-token"
 

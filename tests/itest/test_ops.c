@@ -8,8 +8,8 @@
 #include <string.h>
 
 #include "harness.h"
+#include "str.h"
 #include "tt.h"
-#include "util.h"
 
 #define JSON "application/json"
 #define OPS_ADMIN "Bearer test-admin-token" /* the harness's */

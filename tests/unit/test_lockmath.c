@@ -11,8 +11,8 @@
 #include "lock_backend.h"
 #include "lock_wait.h"
 #include "mono.h"
+#include "str.h"
 #include "tt.h"
-#include "util.h"
 
 /* The backoff's draw stays in [cap/2, cap]: rnd 0 gives cap/2, the largest
  * rnd that the modulus keeps gives cap. */
@@ -139,7 +139,7 @@ TT_TEST(redlock_quorum_counts_checked, 5) {
     TT_EQ_INT(lock_redlock__masks_ok(3, 0x9, 0x0, 2, 0), 0);  /* node 3 of 3 */
 }
 
-/* The shared helpers the wait arithmetic stands on (mono.h, util.h). */
+/* The shared helpers the wait arithmetic stands on (mono.h, str.h). */
 TT_TEST(mono_ts_and_trim_helpers, 5) {
     struct timespec ts = mono_ts_from_ns(3 * MONO_S + 250 * MONO_MS);
     TT_EQ_INT(ts.tv_sec, 3);
