@@ -8,7 +8,7 @@
 # of its own. Halfway, a rolling restart of the replicas (stack.sh
 # restart-app). What it checks:
 #   - no error but the documented ones: every request answered 2xx, or 503
-#     (the service's lock_timeout / overloaded answers, which tell the client
+#     (the service's lock_busy / overloaded answers, which tell the client
 #     to retry), or, in the minute of the rolling restart only, 502 (the
 #     failure table's "replicas restarted" row: a POST nginx sent on a
 #     kept-alive connection as the stopping replica closed it); all counted

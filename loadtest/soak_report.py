@@ -18,7 +18,7 @@ import sys
 
 DRIFT_MAX = 5.0   # percent, per process lifetime, after the warm-up
 WINDOW = 30.0     # seconds: the first and the last window compared
-ALLOWED = ("503",)  # documented: lock_timeout / overloaded, retry later
+ALLOWED = ("503",)  # documented: lock_busy / overloaded, retry later
 # Documented in the minute of the rolling restart only: a POST sent on a
 # kept-alive connection as the stopping replica closes it (502).
 ALLOWED_RESTART = ("502", "503")

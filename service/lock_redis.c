@@ -284,7 +284,7 @@ static void lock_redis__drain(lock_redis__client_t *cl);
  * release compares the same token. A timeout is NOT retried: Redis may be
  * running the command right now. A failure after the command was sent sets
  * cl->unanswered, so that an acquire can undo what it may have done
- * (lock_try_acquire).
+ * (lock_redis__try).
  *
  * An error reply that says this node cannot serve (READONLY from a demoted
  * primary, MASTERDOWN, LOADING) is a connection error: the connection is

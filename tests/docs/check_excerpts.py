@@ -404,9 +404,12 @@ PATH = re.compile(
 
 def defines(text, name):
     """Whether C source text defines name at file level: a function (its
-    parameter list followed by a body), a macro, or a variable."""
+    parameter list followed by a body), a macro, a variable, or a type (a
+    typedef's name, `} name;` or `typedef ... name;`)."""
     n = re.escape(name)
     if re.search(r"^\s*#\s*define\s+%s\b" % n, text, re.M):
+        return True
+    if re.search(r"^(\}|typedef\b[^;]*)\s*\b%s\s*;" % n, text, re.M):
         return True
     if re.search(r"^[A-Za-z_][^;(){}\n]*\b%s\s*(\[[^\]]*\])?\s*=" % n, text,
                  re.M):
