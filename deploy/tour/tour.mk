@@ -13,10 +13,10 @@ TOUR_DEMOS := race stale oversell kill flush failover redis-down clock partition
 	contention etcd
 
 $(BUILD)/tests/faultproxy: tests/faults/faultproxy.c tests/faults/proxy.c \
-		tests/faults/proxy.h tests/tt.c tests/tt.h
+		tests/faults/proxy.h tests/tt.c tests/tt.h service/mono.h
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
-	$(Q)$(CC) $(CFLAGS) -Itests -o $@ tests/faults/faultproxy.c \
+	$(Q)$(CC) $(CFLAGS) -Itests -Iservice -o $@ tests/faults/faultproxy.c \
 		tests/faults/proxy.c tests/tt.c $(LDLIBS)
 
 # The negative controls the demos run beside the real binary, each built
