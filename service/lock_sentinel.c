@@ -51,7 +51,7 @@ void lock_sentinel_log_config(const cfg_t *cfg) {
              cfg->redis_master_name, list,
              cfg->redis_sentinel_password[0] != '\0' ? "password" : "none");
     if (cfg->redis_addrs_given) {
-        log_warn("lock_sentinel.overrides_addrs",
+        log_warn("sentinel.overrides_addrs",
                  "msg=\"COUPON_REDIS_SENTINELS is set: the master comes from "
                  "the sentinels, COUPON_REDIS_ADDRS (%s:%u%s) is ignored\"",
                  cfg->redis[0].host, cfg->redis[0].port,

@@ -20,9 +20,13 @@
 #include "tt.h"
 
 #define FL__MAX_THREADS 32
+#define FL__MAX_SVCS 16
 
 struct fl_load {
-    h_svc_t *const *svcs; /* borrowed */
+    /* A copy of the caller's array (which may be a local of a function that
+     * returns while the load runs); the services it points to are borrowed
+     * and must outlive the load. */
+    h_svc_t *svcs[FL__MAX_SVCS];
     int nsvc;
     char coupon[64], prefix[64];
     int max, pause_ms, nthreads;
@@ -139,7 +143,8 @@ fl_load_t *fl_start(h_svc_t *const *svcs, int nsvc, const char *coupon,
                     const char *prefix, int threads, int max, int pause_ms) {
     fl_load_t *l = calloc(1, sizeof(*l));
     TT_ASSERT(l != NULL);
-    l->svcs = svcs;
+    TT_ASSERT(nsvc >= 1 && nsvc <= FL__MAX_SVCS);
+    memcpy(l->svcs, svcs, (size_t)nsvc * sizeof(*svcs));
     l->nsvc = nsvc;
     snprintf(l->coupon, sizeof(l->coupon), "%s", coupon);
     snprintf(l->prefix, sizeof(l->prefix), "%s", prefix);

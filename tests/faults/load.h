@@ -48,8 +48,9 @@ typedef struct fl_load fl_load_t;
 void fl_claim(const char *url, const char *coupon, const char *user,
               long timeout_ms, fl_rec_t *r);
 
-/* Starts threads claiming coupon as <prefix>-0, -1, ... over svcs
- * (borrowed; they must outlive the load), each thread pausing pause_ms
+/* Starts threads claiming coupon as <prefix>-0, -1, ... over svcs (at
+ * most 16; the array is copied, the services it names are borrowed and
+ * must outlive the load), each thread pausing pause_ms
  * between its requests, until fl_stop or max requests. Returns a new load
  * (free with fl_free). */
 fl_load_t *fl_start(h_svc_t *const *svcs, int nsvc, const char *coupon,

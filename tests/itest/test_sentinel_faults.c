@@ -124,7 +124,7 @@ static void sf_start(sf_t *f) {
     f->c = h_svc_start("sf-c", env);
     /* The harness also sets COUPON_REDIS_ADDRS (to the test's own Redis,
      * which nobody here uses): the sentinels win, and the log says so. */
-    TT_ASSERT(h_file_has(f->b->log, "lock_sentinel.overrides_addrs"));
+    TT_ASSERT(h_file_has(f->b->log, "sentinel.overrides_addrs"));
     h_coupon(f->b, "sf", 10);
     h_coupon(f->b, "bg", 2000);
 }
