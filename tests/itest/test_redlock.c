@@ -590,7 +590,15 @@ TT_TEST(redlock_no_replica_starves, 120) {
     int port[3];
     const char *addrs;
     rl_nodes(port, &addrs);
-    const char *envb[] = {addrs, "COUPON_LOCK_WAIT_MS=300", NULL};
+    /* B's wait covers one of A's turns with room to spare: 300 ms, or
+     * 1500 ms under ThreadSanitizer (its builds run the service 5 to 15
+     * times slower; its pass exports TSAN_OPTIONS). The 300 ms bound, the
+     * one a build without the handoff fails, holds in every other run. */
+    const char *envb[] = {addrs,
+                          getenv("TSAN_OPTIONS") != NULL
+                              ? "COUPON_LOCK_WAIT_MS=1500"
+                              : "COUPON_LOCK_WAIT_MS=300",
+                          NULL};
     const char *enva[] = {addrs, "COUPON_LOCK_WAIT_MS=20000",
                           "COUPON_LOG_LEVEL=debug", NULL};
     lw_fair_t l = {.a = h_svc_start("rlfa", enva), .coupon = "rlf", .n = 1500};
