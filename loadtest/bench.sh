@@ -221,7 +221,13 @@ FAILED=0
 run() {
     local name=$1 kind=$2 rc=0
     shift 2
-    say "$name: ${SECS} s"
+    # Its length as loadgen is given it (-d S, or -n N requests).
+    local a prev='' len="${SECS} s"
+    for a in "$@"; do
+        case $prev in -d) len="$a s" ;; -n) len="$a requests" ;; esac
+        prev=$a
+    done
+    say "$name: $len"
     metrics_snapshot "$name" m0
     local p
     for p in $REDIS_DATA_PORTS; do
