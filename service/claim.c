@@ -1577,24 +1577,154 @@ static int claim__lead_answer(claim__conns_t *c, const char *coupon,
     return sold_out;
 }
 
-/* The leader's turn: one lease, one batch, one transaction. */
-static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
+/* One leader's batch: the claims one lease (or, degraded, none) carries
+ * into one transaction. */
+typedef struct claim__batch {
+    claim__res_t *r;
+    char coupon[REQ_COUPON_ID_MAX + 1]; /* a copy: the leader's claim may be
+                                           answered and gone */
+    claim_waiter_t **b;  /* b[0..n): the claims, the oldest first */
+    store_item_t *items; /* items[i]: b[i]'s row for the store */
+    size_t n, max;       /* 0 until the first lease; max: COUPON_BATCH_MAX */
+    lock_lease_t lease;  /* fence STORE_NO_FENCE when degraded */
+    int degraded;        /* 1: this round runs without the lock */
+    int64_t last_fence;  /* a refused fence: the one that beat it */
+    int current;         /* a refused fence: the lease was still ours */
+} claim__batch_t;
+
+/* Takes the lease for batch t, led by w (before the first round) or by
+ * t->b[0], whose deadline is then the batch's earliest: the leader is the
+ * oldest claim of the queue, or of a batch put back in order. Returns
+ * LOCK_OK with the lease granted and watched, or with t->degraded set
+ * when the lock is down and the degraded mode lets the batch run without
+ * it. Otherwise the claims are answered 503 (a first round has only its
+ * leader, a later one its whole batch) and the lock's code is returned. */
+static int claim__lead_hold(claim__conns_t *c, claim__batch_t *t,
+                            claim_waiter_t *w) {
     const cfg_t *cfg = claim__cfg;
-    claim__res_t *r = w->res;
-    /* A copy: w may be gone once it is answered. */
-    char coupon[REQ_COUPON_ID_MAX + 1];
-    memcpy(coupon, w->coupon, sizeof(coupon));
+    int64_t deadline = t->n > 0 ? t->b[0]->deadline_ns : w->deadline_ns;
+    int64_t waited = 0;
+    int skip = claim__lock_skipped();
+    int lrc = skip ? LOCK_ERR
+                   : lock_acquire(c->lock, t->r->key, cfg->lock_ttl_ms,
+                                  deadline, &t->lease, &waited);
+    if (!skip) {
+        metrics_observe_lock_wait((uint64_t)waited);
+    }
+    t->degraded =
+        lrc == LOCK_ERR && (skip || claim__degrade(c->lock, t->coupon));
+    if (t->degraded) {
+        memset(&t->lease, 0, sizeof(t->lease));
+        t->lease.fence = STORE_NO_FENCE;
+        return LOCK_OK;
+    }
+    if (lrc != LOCK_OK) {
+        claim__lead_no_lock(c, t->coupon, lrc, t->n > 0 ? t->b : &w,
+                            t->n > 0 ? t->n : 1);
+        return lrc;
+    }
+    wd_watch(claim__wd, &t->lease);
+    fault_pause(FAULT_AFTER_ACQUIRE);
+    return LOCK_OK;
+}
+
+/* Writes batch t in one transaction under its lease (degraded: the atomic
+ * mode's lockless write for its n users), then ends the lease. Returns
+ * what store_claim returned; t->items hold each claim's row. */
+static int claim__lead_write(claim__conns_t *c, claim__batch_t *t) {
+    assert(claim__batch_ok(t->b, t->n, t->max, t->r));
+    for (size_t i = 0; i < t->n; i++) {
+        t->items[i] = (store_item_t){.user_id = t->b[i]->user};
+    }
+    t->last_fence = 0;
+    int src = t->degraded ? store_claim(c->store, t->coupon, t->r->bucket,
+                                        STORE_NO_FENCE, t->items, t->n,
+                                        claim__gate_fault_only, NULL, NULL)
+                          : store_claim(c->store, t->coupon, t->r->bucket,
+                                        t->lease.fence, t->items, t->n,
+                                        claim__gate, &t->lease, &t->last_fence);
+    claim__shape_learn(t->coupon, c->store);
+    int wrote = 0;
+    for (size_t i = 0; src == STORE_OK && i < t->n; i++) {
+        wrote |= t->items[i].status == STORE_OK;
+    }
+    if (wrote) {
+        fault_pause(FAULT_AFTER_COMMIT);
+    }
+    t->current = 0;
+    if (t->degraded) {
+        claim__degraded(t->n);
+    } else {
+        t->current = claim__end_lease(c, &t->lease, src);
+    }
+    metrics_observe_batch((uint32_t)t->n);
+    return src;
+}
+
+/* After batch t's transaction answered src in round attempt: answers its
+ * claims, or puts them back, or moves them. Returns 1 when the batch is
+ * to run once more with a new lease (a fence recovered after Redis lost
+ * its counter), else 0, with *sold_out set when the coupon was found
+ * final. */
+static int claim__lead_settle(claim__conns_t *c, claim__batch_t *t, int src,
+                              int attempt, int *sold_out) {
+    switch (src) {
+    case STORE_ABORTED:
+        /* Nothing was written: back to the head of the queue for a new
+         * lease, each within its own deadline. */
+        log_warn("claim.lease_lost",
+                 "coupon=%s fence=%lld batch=%zu (rolled back; the claims "
+                 "wait for a new lease)",
+                 t->coupon, (long long)t->lease.fence, t->n);
+        claim__lead_requeue(t->r, t->b, t->n);
+        return 0;
+    case STORE_FENCED: {
+        int64_t now_at = 0;
+        if (claim__fence_retry(c, t->r->key, t->last_fence, t->current, attempt,
+                               &now_at)) {
+            log_warn("fence.recovered",
+                     "coupon=%s fence=%lld last_fence=%lld counter=%lld "
+                     "batch=%zu (Redis lost the counter; retrying with a new "
+                     "lease)",
+                     t->coupon, (long long)t->lease.fence,
+                     (long long)t->last_fence, (long long)now_at, t->n);
+            return 1;
+        }
+        log_warn("claim.fenced",
+                 "coupon=%s fence=%lld last_fence=%lld batch=%zu", t->coupon,
+                 (long long)t->lease.fence, (long long)t->last_fence, t->n);
+        claim__lead_fenced(t->b, t->n, t->lease.fence, t->last_fence);
+        return 0;
+    }
+    case STORE_WRONG_BUCKET:
+        /* Nothing written: the coupon is sharded (or not) after all; its
+         * shape is learnt now, so each claim goes to its bucket. */
+        for (size_t i = 0; i < t->n; i++) {
+            claim__reroute(t->b[i]);
+        }
+        return 0;
+    default:
+        *sold_out = claim__lead_answer(c, t->coupon, t->b, t->items, t->n, src,
+                                       t->lease.fence);
+        return 0;
+    }
+}
+
+/* The leader's turn: one lease, one batch, one transaction. w leads; with
+ * the lease it takes every claim queued behind it (up to the batch's
+ * max), and a round that recovered a fence runs the same batch again. */
+static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
+    claim__batch_t t = {.r = w->res, .max = claim__cfg->batch_max};
+    memcpy(t.coupon, w->coupon, sizeof(t.coupon));
     int64_t start = mono_ns();
-    size_t max = cfg->batch_max;
-    size_t n = 0;
     int sold_out = 0;
-    claim_waiter_t **b = calloc(max, sizeof(*b));
-    store_item_t *items = calloc(max, sizeof(*items));
-    if (b == NULL || items == NULL) {
-        free(b);
-        free(items);
+    t.b = calloc(t.max, sizeof(*t.b));
+    t.items = calloc(t.max, sizeof(*t.items));
+    if (t.b == NULL || t.items == NULL) {
+        free(t.b);
+        free(t.items);
         claim__answer(w, CLAIM_UNAVAILABLE, "out of memory");
-        claim__pass(r, 0);
+        claim__pass(t.r, 0);
         return;
     }
     metrics_observe_queue_wait((uint64_t)(start - w->submitted_ns));
@@ -1602,116 +1732,25 @@ static void claim__lead(claim__conns_t *c, claim_waiter_t *w) {
         claim__answer(w, CLAIM_BUSY,
                       "the request waited in this instance's queue past its "
                       "lock-wait deadline; nothing was tried");
-        goto pass;
-    }
-
-    for (int attempt = 0;; attempt++) {
-        lock_lease_t lease;
-        int64_t waited = 0;
-        /* The leader is the oldest claim of the queue (or of a batch put
-         * back in order), so its deadline is the earliest. */
-        int64_t deadline = n > 0 ? b[0]->deadline_ns : w->deadline_ns;
-        int skip = claim__lock_skipped();
-        int lrc = skip ? LOCK_ERR
-                       : lock_acquire(c->lock, r->key, cfg->lock_ttl_ms,
-                                      deadline, &lease, &waited);
-        if (!skip) {
-            metrics_observe_lock_wait((uint64_t)waited);
-        }
-        /* Degraded: the batch runs without a lease, as one lockless
-         * set-based claim (the atomic mode's write for n users). */
-        int degraded =
-            lrc == LOCK_ERR && (skip || claim__degrade(c->lock, coupon));
-        if (lrc != LOCK_OK && !degraded) {
-            /* A retry's batch was taken already; a first attempt has only
-             * its leader. */
-            claim__lead_no_lock(c, coupon, lrc, n > 0 ? b : &w, n > 0 ? n : 1);
-            goto pass;
-        }
-        if (degraded) {
-            memset(&lease, 0, sizeof(lease));
-            lease.fence = STORE_NO_FENCE;
-        } else {
-            wd_watch(claim__wd, &lease);
-            fault_pause(FAULT_AFTER_ACQUIRE);
-        }
-        if (n == 0) {
-            b[0] = w;
-            n = claim__take(r, b, 1, max);
-        }
-        assert(claim__batch_ok(b, n, max, r));
-        for (size_t i = 0; i < n; i++) {
-            items[i] = (store_item_t){.user_id = b[i]->user};
-        }
-
-        int64_t last_fence = 0;
-        int src =
-            degraded ? store_claim(c->store, coupon, r->bucket, STORE_NO_FENCE,
-                                   items, n, claim__gate_fault_only, NULL, NULL)
-                     : store_claim(c->store, coupon, r->bucket, lease.fence,
-                                   items, n, claim__gate, &lease, &last_fence);
-        claim__shape_learn(coupon, c->store);
-        int wrote = 0;
-        for (size_t i = 0; src == STORE_OK && i < n; i++) {
-            wrote |= items[i].status == STORE_OK;
-        }
-        if (wrote) {
-            fault_pause(FAULT_AFTER_COMMIT);
-        }
-        int current = 0;
-        if (degraded) {
-            claim__degraded(n);
-        } else {
-            current = claim__end_lease(c, &lease, src);
-        }
-        metrics_observe_batch((uint32_t)n);
-
-        if (src == STORE_ABORTED) {
-            /* Nothing was written: back to the head of the queue for a new
-             * lease, each within its own deadline. */
-            log_warn("claim.lease_lost",
-                     "coupon=%s fence=%lld batch=%zu (rolled back; the "
-                     "claims wait for a new lease)",
-                     coupon, (long long)lease.fence, n);
-            claim__lead_requeue(r, b, n);
-            goto pass;
-        }
-        if (src == STORE_FENCED) {
-            int64_t now_at = 0;
-            if (claim__fence_retry(c, r->key, last_fence, current, attempt,
-                                   &now_at)) {
-                log_warn("fence.recovered",
-                         "coupon=%s fence=%lld last_fence=%lld counter=%lld "
-                         "batch=%zu (Redis lost the counter; retrying with a "
-                         "new lease)",
-                         coupon, (long long)lease.fence, (long long)last_fence,
-                         (long long)now_at, n);
-                continue;
+    } else {
+        for (int attempt = 0; claim__lead_hold(c, &t, w) == LOCK_OK;
+             attempt++) {
+            if (t.n == 0) {
+                t.b[0] = w;
+                t.n = claim__take(t.r, t.b, 1, t.max);
             }
-            log_warn("claim.fenced",
-                     "coupon=%s fence=%lld last_fence=%lld batch=%zu", coupon,
-                     (long long)lease.fence, (long long)last_fence, n);
-            claim__lead_fenced(b, n, lease.fence, last_fence);
-            goto pass;
-        }
-        if (src == STORE_WRONG_BUCKET) {
-            /* Nothing written: the coupon is sharded (or not) after all;
-             * its shape is learnt now, so each claim goes to its bucket. */
-            for (size_t i = 0; i < n; i++) {
-                claim__reroute(b[i]);
+            int src = claim__lead_write(c, &t);
+            if (!claim__lead_settle(c, &t, src, attempt, &sold_out)) {
+                break;
             }
-            break;
         }
-        sold_out = claim__lead_answer(c, coupon, b, items, n, src, lease.fence);
-        break;
     }
-pass:
-    free(b);
-    free(items);
+    free(t.b);
+    free(t.items);
     /* After the answers, not before: the next leader's wait starts now. */
-    claim__pass(r, mono_ns() - start);
+    claim__pass(t.r, mono_ns() - start);
     if (sold_out) {
-        claim__memo_build(c, coupon);
+        claim__memo_build(c, t.coupon);
     }
 }
 

@@ -83,7 +83,7 @@ enum {
  * back after a window refusal. The fence answered is the claim's own when
  * it has one, else the batch's (lease_fence). errstr (the store's text,
  * borrowed) is the detail of a failure. A fenced batch (STORE_FENCED) is
- * answered by claim__lead itself, with both fences in the detail.
+ * answered by claim__lead_settle, with both fences in the detail.
  */
 int claim__batch_answer(int src, const store_item_t *it, int64_t lease_fence,
                         const char *errstr, claim_result_t *o);
