@@ -1079,9 +1079,17 @@ void http_stop(http_t *h, uint32_t grace_ms) {
      * loops. */
     atomic_store(&h->draining, 1);
     ready_set_draining(); /* /readyz: 503 from now on */
+    /* The listening socket is ours now, but not to close yet: the event
+     * loops take it out of their epoll sets on their own time, and
+     * libmicrohttpd's manual says a threaded daemon's socket must stay
+     * open until MHD_stop_daemon has returned. Closed earlier, a loop's
+     * epoll_ctl races with the close (ThreadSanitizer caught one), and it
+     * could reach a new descriptor given the same number. shutdown() stops
+     * the listening at once (new connections are refused) and keeps the
+     * descriptor; it is closed after MHD_stop_daemon, below. */
     MHD_socket ls = MHD_quiesce_daemon(h->d);
     if (ls != MHD_INVALID_SOCKET) {
-        close(ls);
+        shutdown(ls, SHUT_RDWR);
     }
     int64_t deadline = mono_ns() + (int64_t)grace_ms * MONO_MS;
     while (atomic_load(&h->requests) > 0 && mono_ns() < deadline) {
@@ -1113,5 +1121,8 @@ void http_stop(http_t *h, uint32_t grace_ms) {
                  left);
     }
     MHD_stop_daemon(h->d);
+    if (ls != MHD_INVALID_SOCKET) {
+        close(ls);
+    }
     http__free(h);
 }
