@@ -229,3 +229,20 @@ TT_TEST(verify_checker_catches_planted_violations, 60) {
     TT_ASSERT(!r.ok);
     TT_EQ_INT(r.coupons_missing, 1);
 }
+
+/* The harness's ports: every server a test starts gets a port of its own.
+ * The kernel's "free port" (bind to port 0) repeats itself within a few
+ * hundred calls on this machine, and a test of five Redis nodes once got
+ * one port twice, so h_free_port remembers what it gave. 500 calls, as
+ * many as the busiest tests' servers several times over, must all differ. */
+TT_TEST(harness_free_ports_never_repeat, 10) {
+    static int ports[500];
+    for (int i = 0; i < 500; i++) {
+        ports[i] = h_free_port();
+        TT_ASSERT(ports[i] > 0);
+        for (int j = 0; j < i; j++) {
+            TT_ASSERT_MSG(ports[j] != ports[i],
+                          "port %d given at calls %d and %d", ports[i], j, i);
+        }
+    }
+}
