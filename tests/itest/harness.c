@@ -62,8 +62,9 @@ double h_now_ms(void) {
  * service rightly refused a Redlock of four distinct nodes). So the ports
  * this process has handed out are remembered and never returned twice. */
 int h_free_port(void) {
-    static int given[512];
-    static size_t ngiven;
+    enum { H__GIVEN_MAX = 512 };
+    static int given[H__GIVEN_MAX]; /* a ring: the last ports handed out */
+    static size_t ngiven;           /* how many ever were */
     for (int attempt = 0; attempt < 1000; attempt++) {
         int fd = socket(AF_INET, SOCK_STREAM, 0);
         struct sockaddr_in a = {.sin_family = AF_INET,
@@ -75,13 +76,13 @@ int h_free_port(void) {
             exit(1);
         }
         close(fd);
-        int port = ntohs(a.sin_port), seen = 0;
-        for (size_t i = 0; i < ngiven && i < sizeof(given) / sizeof(given[0]);
-             i++) {
-            seen |= given[i] == port;
+        int port = ntohs(a.sin_port);
+        size_t i = 0, n = ngiven < H__GIVEN_MAX ? ngiven : H__GIVEN_MAX;
+        while (i < n && given[i] != port) {
+            i++;
         }
-        if (!seen) {
-            given[ngiven++ % (sizeof(given) / sizeof(given[0]))] = port;
+        if (i == n) {
+            given[ngiven++ % H__GIVEN_MAX] = port;
             return port;
         }
     }
