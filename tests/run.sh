@@ -2,9 +2,9 @@
 # run.sh: runs each test binary in turn, adds up their "N passed, N failed"
 # lines, and ends with the total on a line of its own. Exit 1 if any failed.
 # Just above the total it repeats every FAIL line the binaries printed, with
-# the suite it came from and the two lines before it (a failed check's own
-# report): a CI log is often read from its tail only, and the failed test's
-# name and reason must be in that tail.
+# the suite it came from and the failed checks reported since the test
+# before it ("file.c:line: ..." lines): a CI log is often read from its
+# tail only, and the failed test's name and reason must be in that tail.
 # An argument may carry the binary's own arguments after it, separated by
 # spaces ("build/tests/fault-tests name1 name2": only those tests).
 set -u
@@ -22,8 +22,11 @@ for bin in "$@"; do
     # Each suite starts its own lines of a failed test with FAIL (tt.c, the
     # stack's and the docs' scripts); indented FAIL lines are a test's own
     # report of a subprocess that had to fail, not a failure.
-    grep -E -B2 '^FAIL ' "$out" | grep -Ev '^(ok |--$)' |
-        sed "s|^|  $bin: |" >>"$fails"
+    awk -v bin="$bin" '
+        /^ok / { why = "" }
+        /^ +[^ ]+\.(c|sh|py):[0-9]+: / { why = why "  " bin ": " $0 "\n" }
+        /^FAIL / { printf "%s  %s: %s\n", why, bin, $0; why = "" }
+    ' "$out" >>"$fails"
     rm -f "$out"
     if [ -z "$last" ]; then
         echo "run.sh: $bin printed no summary (crashed?)"

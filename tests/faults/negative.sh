@@ -54,6 +54,7 @@ baseline sigstop_bucket_holder_past_ttl
 baseline sentinel_failover_loses_lock
 baseline redlock3_rotating_majorities_fences_rise
 baseline redlock3_writeback_after_key_lost
+baseline redlock3_clock_jumps_bare_majority
 control "$BUILD/neg-nofence/couponsvc" stale_holder_fenced_after_early_expiry \
     "fences out of commit order"
 control "$BUILD/neg-nostock/couponsvc" stale_read_last_coupon \
@@ -83,6 +84,11 @@ control "$BUILD/neg-wbnotoken/couponsvc" redlock3_writeback_after_key_lost \
 # right), so the claim is re-queued and claimed with a new lease: 201.
 control "$BUILD/neg-nofence/couponsvc" sigstop_bucket_holder_past_ttl \
     "so.r.status == 409: 201 != 409"
+# A node's clock jump takes a bare majority from the holder: a second
+# holder, with a higher fence, writes first. Only the fence in the UPDATE
+# refuses the first holder's late write.
+control "$BUILD/neg-nofence/couponsvc" redlock3_clock_jumps_bare_majority \
+    "e.sv.r.status == 409: 201 != 409"
 
 if [ "$status" -eq 0 ]; then
     echo "negative controls: every guard's scenario fails without the guard"

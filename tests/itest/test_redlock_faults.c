@@ -275,10 +275,18 @@ TT_TEST(redlock5_node_partitioned_from_one_instance, 60) {
 
 /*
  * Node 0's wall clock jumps 60 s forward (tests/faults/clockshift.c) while
- * the victim holds a lock and pauses in its critical section: node 0
- * expires the key at once. The others still hold it: no majority can form
- * for anyone else, so the victim stays the only holder and its claim is
- * 201; nobody is fenced, fences rise in grant order.
+ * the victim holds a lock on every node and pauses in its critical
+ * section: node 0 expires the key at once. The others still hold it: no
+ * majority can form for anyone else, so the victim stays the only holder
+ * and its claim is 201; nobody is fenced, fences rise in grant order.
+ *
+ * The victim is granted while the load is stopped, so that its SET NX
+ * meets no rival's key and lands on every node. Granted under contention
+ * it may hold only a bare majority, and then the jump takes that majority
+ * away: the case redlock_clock_jumps_bare_majority below stages on
+ * purpose. (A CI run met it here by chance, when this scenario still
+ * granted the victim under load: 87 claims of the others went through
+ * while it held, and its write was fenced.)
  */
 static void redlock_node_clock_jumps(int nodes) {
     h_begin();
@@ -301,12 +309,18 @@ static void redlock_node_clock_jumps(int nodes) {
     h_svc_t *a = h_svc_start("rc-a", env), *b = h_svc_start("rc-b", env);
     h_svc_t *ok[] = {a, b}, *all[] = {v, a, b};
     h_coupon(a, "rc", RL_STOCK);
-    fl_load_t *l = fl_start(ok, 2, "rc", "load", 4, 20000, RL_PAUSE_MS);
-    fl_wait_201s(l, 20);
+    fl_load_t *warm = fl_start(ok, 2, "rc", "warm", 4, 20000, RL_PAUSE_MS);
+    fl_wait_201s(warm, 20);
+    fl_stop(warm);
+    fl_print(warm, "warm-up");
 
     fl_solo_t sv;
     fl_solo_start(&sv, v, "rc", "victim", 30000);
     TT_CMP_INT(h_wait_metric(v, "couponsvc_leases_held", 1, 10000), >=, 1);
+    for (int i = 0; i < nodes; i++) {
+        TT_EQ_INT(h_node_int(h_node_port(i), "EXISTS coupon:{rc}:lock"), 1);
+    }
+    fl_load_t *l = fl_start(ok, 2, "rc", "load", 4, 20000, RL_PAUSE_MS);
     fl_clock_shift(&node_clock, 60000);
     double t_jump = h_now_ms();
     fl_solo_join(&sv);
@@ -324,13 +338,17 @@ static void redlock_node_clock_jumps(int nodes) {
     }
     TT_EQ_INT(fenced, 0);
 
+    fl_settle(warm, a);
+    fl_check_rows(warm, "rc");
     fl_settle(l, a);
     fl_check_rows(l, "rc");
-    long n = 1 + fl_durable(l) + fl_drain(ok, 2, "rc", "drain");
+    long n =
+        1 + fl_durable(warm) + fl_durable(l) + fl_drain(ok, 2, "rc", "drain");
     h_check_invariants("rc", RL_STOCK, n);
     int grants = 0;
     TT_EQ_INT(h_grant_order_violations(all, 3, "rc", &grants), 0);
     printf("    %d grants of rc, all in fence order\n", grants);
+    fl_free(warm);
     fl_free(l);
     h_topo_stop();
 }
@@ -376,15 +394,22 @@ typedef struct re {
     fl_load_t *l;          /* on coupon bg, through C */
     fl_solo_t sv;          /* V's claim "victim" */
     fl_rec_t rb;           /* B's claim "second" */
+    fl_clock_t clock;      /* node m-1's clock (the clock-jump variant) */
 } re_t;
 
 /* The setting: the nodes, V reaching nodes m .. nodes-1 through proxies,
  * B and C reaching all of them directly, three warm-up claims on re, and
- * the load on bg. */
-static void re_start(re_t *e, int nodes) {
+ * the load on bg. With clock, node m-1 runs with a clock the test can
+ * move (e->clock). */
+static void re_start(re_t *e, int nodes, int clock) {
     h_nodes_start(nodes);
     e->nodes = nodes;
     e->m = nodes / 2 + 1;
+    if (clock) {
+        fl_clock_init(&e->clock, "clockshift-m");
+        h_node_kill(e->m - 1);
+        h_node_start(e->m - 1, NULL, e->clock.env);
+    }
     char via[200];
     size_t used = 0;
     for (int i = 0; i < nodes; i++) {
@@ -498,7 +523,7 @@ static void re_check(const re_t *e, int delayed) {
 static void redlock_restart_empty(int nodes, int delayed) {
     h_begin();
     re_t e = {0};
-    re_start(&e, nodes);
+    re_start(&e, nodes, 0);
     re_restart(&e, delayed);
     re_check(&e, delayed);
     fl_stop(e.l);
@@ -532,6 +557,91 @@ TT_TEST(redlock5_node_restarted_empty_at_once, 60) {
 TT_TEST(redlock5_node_restarted_empty_delayed, 60) {
     H_REDIS_ONLY(); /* a Redis topology of its own */
     redlock_restart_empty(5, 1);
+}
+
+/* ------------------------------ one node's clock jumps, a bare majority ---
+ */
+
+/*
+ * The clock-jump counterpart of the node restarted empty, and the case the
+ * jump above avoids: V holds the lock of re on exactly a majority (nodes
+ * 0 .. m-1, the others black-holed on its paths, as above) and pauses 2 s
+ * in its critical section. Node m-1's wall clock jumps 60 s forward: it
+ * expires V's key, and with it V's majority, while V still holds by its
+ * own clock. B's SET NX fails on nodes 0 .. m-2 and succeeds on m-1 and
+ * on the nodes V never reached: a majority, a second holder. This is the
+ * clock assumption Redlock's mutual exclusion rests on, broken; the fence
+ * is what keeps PostgreSQL right.
+ *
+ * Unlike a node restarted empty, m-1 kept its counter, which V's grant
+ * left at V's fence f: B draws f + 1, so fences still rise in grant
+ * order. B writes f + 1; V wakes and writes f; PostgreSQL's strict rule
+ * refuses it: 409 fenced, nothing written. V's watchdog does not save it
+ * sooner: one node says "not ours" and the black-holed ones time out, not
+ * a majority saying "not ours", so the lease runs on to its validity.
+ */
+static void redlock_clock_jumps_bare_majority(int nodes) {
+    h_begin();
+    re_t e = {0};
+    re_start(&e, nodes, 1);
+    for (int i = e.m; i < e.nodes; i++) {
+        fp_blackhole(e.px[i], 1);
+    }
+    fl_solo_start(&e.sv, e.v, "re", "victim", 30000);
+    TT_CMP_INT(h_wait_metric(e.v, "couponsvc_leases_held", 1, 10000), >=, 1);
+    int jumps = e.m - 1;
+    TT_EQ_INT(h_node_int(h_node_port(jumps), "EXISTS coupon:{re}:lock"), 1);
+    TT_EQ_INT(h_node_int(h_node_port(e.m), "EXISTS coupon:{re}:lock"), 0);
+    fl_clock_shift(&e.clock, 60000);
+    /* The jump alone takes V's key off node m-1: V has m-1 nodes now. */
+    TT_EQ_INT(h_node_int(h_node_port(jumps), "EXISTS coupon:{re}:lock"), 0);
+    fl_claim(e.b->url, "re", "second", 10000, &e.rb);
+    fl_solo_join(&e.sv);
+    printf("    second on re-b after node %d's jump: %ld %s fence %ld\n", jumps,
+           e.rb.status, e.rb.error, e.rb.fence);
+    for (int i = e.m; i < e.nodes; i++) {
+        fp_blackhole(e.px[i], 0);
+    }
+
+    /* Two holders at once, in grant order: V's fence f, then B's f + 1. */
+    h_svc_t *all[] = {e.v, e.b, e.c};
+    h_grant_t g[16];
+    int ng = h_grants(all, 3, "re", g, 16);
+    TT_CMP_INT(ng, >=, 5); /* three warm-ups, V's, B's */
+    long f = g[3].fence;
+    TT_EQ_INT(all[g[3].svc] == e.v, 1);
+    TT_EQ_INT(all[g[4].svc] == e.b, 1);
+    TT_EQ_INT(g[4].fence, f + 1);
+    TT_EQ_INT(e.rb.status, 201);
+    TT_EQ_INT(e.rb.fence, f + 1);
+    TT_EQ_INT(e.sv.r.status, 409);
+    TT_EQ_STR(e.sv.r.error, "fenced");
+    TT_EQ_INT(fl_rows_for_user("victim"), 0);
+    TT_EQ_INT(fl_rows_with_fence("re", f), 0);
+    TT_EQ_INT(h_grant_order_violations(all, 3, "re", NULL), 0);
+    h_check_invariants("re", 10, 3 + 1);
+
+    fl_stop(e.l);
+    fl_print(e.l, "bg load");
+    fl_settle(e.l, e.c);
+    fl_check_rows(e.l, "bg");
+    long n = fl_durable(e.l) + fl_drain(&e.c, 1, "bg", "drain");
+    h_check_invariants("bg", RL_STOCK, n);
+    fl_free(e.l);
+    for (int i = 0; i < nodes; i++) {
+        fp_stop(e.px[i]);
+    }
+    h_topo_stop();
+}
+
+TT_TEST(redlock3_clock_jumps_bare_majority, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
+    redlock_clock_jumps_bare_majority(3);
+}
+
+TT_TEST(redlock5_clock_jumps_bare_majority, 60) {
+    H_REDIS_ONLY(); /* a Redis topology of its own */
+    redlock_clock_jumps_bare_majority(5);
 }
 
 /* -------------------------------------------- holder paused past validity ---
