@@ -440,17 +440,28 @@ static void re_start(re_t *e, int nodes, int clock) {
     fl_wait_201s(e->l, 10);
 }
 
+/* V's paths to nodes m .. nodes-1 black-holed (on) or healed. */
+static void re_cut(re_t *e, int on) {
+    for (int i = e->m; i < e->nodes; i++) {
+        fp_blackhole(e->px[i], on);
+    }
+}
+
+/* V's claim started with its paths to nodes m .. nodes-1 cut: once it
+ * holds, its key is on node m-1 and not on node m (nodes 0 .. m-1 alone). */
+static void re_grant_victim(re_t *e) {
+    re_cut(e, 1);
+    fl_solo_start(&e->sv, e->v, "re", "victim", 30000);
+    TT_CMP_INT(h_wait_metric(e->v, "couponsvc_leases_held", 1, 10000), >=, 1);
+    TT_EQ_INT(h_node_int(h_node_port(e->m - 1), "EXISTS coupon:{re}:lock"), 1);
+    TT_EQ_INT(h_node_int(h_node_port(e->m), "EXISTS coupon:{re}:lock"), 0);
+}
+
 /* V granted on nodes 0 .. m-1 alone, node m-1 killed, back at once or
  * after the delay, B's claims; V's answer. */
 static void re_restart(re_t *e, int delayed) {
-    for (int i = e->m; i < e->nodes; i++) {
-        fp_blackhole(e->px[i], 1);
-    }
-    fl_solo_start(&e->sv, e->v, "re", "victim", 30000);
-    TT_CMP_INT(h_wait_metric(e->v, "couponsvc_leases_held", 1, 10000), >=, 1);
+    re_grant_victim(e);
     int lost = e->m - 1;
-    TT_EQ_INT(h_node_int(h_node_port(lost), "EXISTS coupon:{re}:lock"), 1);
-    TT_EQ_INT(h_node_int(h_node_port(e->m), "EXISTS coupon:{re}:lock"), 0);
     h_node_kill(lost);
     double t_kill = h_now_ms();
     if (!delayed) {
@@ -470,9 +481,7 @@ static void re_restart(re_t *e, int delayed) {
     fl_solo_join(&e->sv);
     printf("    second on re-b: %ld %s fence %ld\n", e->rb.status, e->rb.error,
            e->rb.fence);
-    for (int i = e->m; i < e->nodes; i++) {
-        fp_blackhole(e->px[i], 0);
-    }
+    re_cut(e, 0);
 }
 
 /* The grants of re and the answers: two holders of fence f and one write
@@ -518,23 +527,29 @@ static void re_check(const re_t *e, int delayed) {
     h_check_invariants("re", 10, 3 + (rv->status == 201) + (rb->status == 201));
 }
 
+/* The load on bg stopped and accounted for, the proxies and nodes
+ * stopped. */
+static void re_finish(re_t *e) {
+    fl_stop(e->l);
+    fl_print(e->l, "bg load");
+    fl_settle(e->l, e->c);
+    fl_check_rows(e->l, "bg");
+    long n = fl_durable(e->l) + fl_drain(&e->c, 1, "bg", "drain");
+    h_check_invariants("bg", RL_STOCK, n);
+    fl_free(e->l);
+    for (int i = 0; i < e->nodes; i++) {
+        fp_stop(e->px[i]);
+    }
+    h_topo_stop();
+}
+
 static void redlock_restart_empty(int nodes, int delayed) {
     h_begin();
     re_t e = {0};
     re_start(&e, nodes, 0);
     re_restart(&e, delayed);
     re_check(&e, delayed);
-    fl_stop(e.l);
-    fl_print(e.l, "bg load");
-    fl_settle(e.l, e.c);
-    fl_check_rows(e.l, "bg");
-    long n = fl_durable(e.l) + fl_drain(&e.c, 1, "bg", "drain");
-    h_check_invariants("bg", RL_STOCK, n);
-    fl_free(e.l);
-    for (int i = 0; i < nodes; i++) {
-        fp_stop(e.px[i]);
-    }
-    h_topo_stop();
+    re_finish(&e);
 }
 
 TT_TEST(redlock3_node_restarted_empty_at_once, 60) {
@@ -582,14 +597,8 @@ static void redlock_clock_jumps_bare_majority(int nodes) {
     h_begin();
     re_t e = {0};
     re_start(&e, nodes, 1);
-    for (int i = e.m; i < e.nodes; i++) {
-        fp_blackhole(e.px[i], 1);
-    }
-    fl_solo_start(&e.sv, e.v, "re", "victim", 30000);
-    TT_CMP_INT(h_wait_metric(e.v, "couponsvc_leases_held", 1, 10000), >=, 1);
+    re_grant_victim(&e);
     int jumps = e.m - 1;
-    TT_EQ_INT(h_node_int(h_node_port(jumps), "EXISTS coupon:{re}:lock"), 1);
-    TT_EQ_INT(h_node_int(h_node_port(e.m), "EXISTS coupon:{re}:lock"), 0);
     fl_clock_shift(&e.clock, 60000);
     /* The jump alone takes V's key off node m-1: V has m-1 nodes now. */
     TT_EQ_INT(h_node_int(h_node_port(jumps), "EXISTS coupon:{re}:lock"), 0);
@@ -597,9 +606,7 @@ static void redlock_clock_jumps_bare_majority(int nodes) {
     fl_solo_join(&e.sv);
     printf("    second on re-b after node %d's jump: %ld %s fence %ld\n", jumps,
            e.rb.status, e.rb.error, e.rb.fence);
-    for (int i = e.m; i < e.nodes; i++) {
-        fp_blackhole(e.px[i], 0);
-    }
+    re_cut(&e, 0);
 
     /* Two holders at once, in grant order: V's fence f, then B's f + 1. */
     h_svc_t *all[] = {e.v, e.b, e.c};
@@ -619,17 +626,7 @@ static void redlock_clock_jumps_bare_majority(int nodes) {
     TT_EQ_INT(h_grant_order_violations(all, 3, "re", NULL), 0);
     h_check_invariants("re", 10, 3 + 1);
 
-    fl_stop(e.l);
-    fl_print(e.l, "bg load");
-    fl_settle(e.l, e.c);
-    fl_check_rows(e.l, "bg");
-    long n = fl_durable(e.l) + fl_drain(&e.c, 1, "bg", "drain");
-    h_check_invariants("bg", RL_STOCK, n);
-    fl_free(e.l);
-    for (int i = 0; i < nodes; i++) {
-        fp_stop(e.px[i]);
-    }
-    h_topo_stop();
+    re_finish(&e);
 }
 
 TT_TEST(redlock3_clock_jumps_bare_majority, 60) {
